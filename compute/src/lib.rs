@@ -1,0 +1,6 @@
+//! Deterministic execution of task segments and inference on candle (filled by the compute issue).
+//!
+//! Skeleton: the crate exists so that the workspace and its dependency direction
+//! (protocol at the bottom, market at the top) are fixed from the start.
+
+pub use market_protocol as protocol;

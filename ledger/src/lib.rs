@@ -1,0 +1,6 @@
+//! Signed, hash-chained ledger of credits on sled (filled by the ledger issue).
+//!
+//! Skeleton: the crate exists so that the workspace and its dependency direction
+//! (protocol at the bottom, market at the top) are fixed from the start.
+
+pub use market_protocol as protocol;

@@ -1,0 +1,59 @@
+//! The messages of the protocol, from a buyer's task to the node's receipt.
+//!
+//! Each is plain data with a [`crate::Message`] domain tag; who signs which is written in
+//! `spec/PROTOCOL.md`. Every message starts with a [`Version`] so fields can grow later.
+
+mod challenge;
+mod commitment;
+mod receipt;
+mod task;
+mod verdict;
+
+pub use challenge::{Challenge, ChallengeError, Opening};
+pub use commitment::Commitment;
+pub use receipt::{Payment, PaymentKind, Receipt};
+pub use task::{
+    Activation, AuditPolicy, DatasetSource, Decoding, ExecutionProfile, InferenceInputs,
+    InferenceSpec, ModelSpec, OptimizerSpec, TaskSpec, TrainingSpec, Workload,
+};
+pub use verdict::{FailureReason, SegmentCheck, Verdict, VerdictOutcome};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The version field of every message. Only versions this crate understands deserialize, so a
+/// message from a newer protocol is refused instead of being misread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Version(u32);
+
+impl Version {
+    /// The current version.
+    pub const CURRENT: Self = Self(PROTOCOL_VERSION);
+
+    /// The number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for Version {
+    fn default() -> Self {
+        Self::CURRENT
+    }
+}
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        if v == PROTOCOL_VERSION {
+            Ok(Self(v))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "protocol version {v} is not supported (this build speaks {PROTOCOL_VERSION})"
+            )))
+        }
+    }
+}

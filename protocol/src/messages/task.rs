@@ -1,0 +1,233 @@
+//! [`TaskSpec`]: what a buyer asks for, declaratively. Workers never run buyer code: a task
+//! names a model from the zoo with its config, a dataset and the optimizer's settings.
+
+use serde::{Deserialize, Serialize};
+
+use super::Version;
+use crate::hash::BlobId;
+use crate::keys::AccountId;
+use crate::numbers::{Credits, Decimal};
+use crate::signed::Message;
+
+/// A buyer's task. Signed by the buyer; its [`crate::TaskId`] is the message id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Protocol version.
+    pub version: Version,
+    /// The account that pays and owns the results.
+    pub buyer: AccountId,
+    /// Distinguishes otherwise identical tasks from one buyer.
+    pub nonce: u64,
+    /// What to run.
+    pub workload: Workload,
+    /// The root of every random stream of the run (init, batches, dropout, sampling).
+    pub seed: u64,
+    /// How exactly the run must be reproducible.
+    pub profile: ExecutionProfile,
+    /// The most the buyer pays, locked in escrow at post.
+    pub price: Credits,
+    /// How hard the result is audited.
+    pub audit: AuditPolicy,
+}
+
+impl Message for TaskSpec {
+    const DOMAIN: &'static str = "market/v1/TaskSpec";
+    fn author(&self) -> Option<AccountId> {
+        Some(self.buyer)
+    }
+}
+
+/// Training or inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Workload {
+    /// Train a model for a number of steps, committing every checkpoint.
+    Training(TrainingSpec),
+    /// Run a model over a batch of inputs, committing every output item.
+    Inference(InferenceSpec),
+}
+
+/// A training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    /// The model and its config.
+    pub model: ModelSpec,
+    /// Where the examples come from.
+    pub dataset: DatasetSource,
+    /// The optimizer and its hyper-parameters.
+    pub optimizer: OptimizerSpec,
+    /// Examples per step.
+    pub batch_size: u32,
+    /// Optimizer steps in the run.
+    pub steps: u32,
+    /// Steps per segment: a checkpoint is committed after every `checkpoint_interval` steps.
+    pub checkpoint_interval: u32,
+    /// Weights to start from (safetensors blob), or `null` for a seeded initialisation.
+    pub initial_weights: Option<BlobId>,
+}
+
+/// An inference batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceSpec {
+    /// The model and its config.
+    pub model: ModelSpec,
+    /// The weights (safetensors blob), or `null` for a seeded initialisation.
+    pub weights: Option<BlobId>,
+    /// The items to run.
+    pub inputs: InferenceInputs,
+    /// How tokens are chosen (ignored by models that do not generate).
+    pub decoding: Decoding,
+}
+
+/// A model from the zoo.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// A multi-layer perceptron: `widths[0]` inputs, `widths[last]` outputs.
+    Mlp {
+        /// Layer widths, input first.
+        widths: Vec<u32>,
+        /// Activation between layers.
+        activation: Activation,
+    },
+    /// A decoder-only transformer.
+    Gpt {
+        /// Transformer blocks.
+        layers: u32,
+        /// Attention heads per block; must divide `width`.
+        heads: u32,
+        /// Embedding width.
+        width: u32,
+        /// Vocabulary size.
+        vocab: u32,
+        /// Context length in tokens.
+        context: u32,
+    },
+}
+
+/// An activation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// GELU (tanh approximation).
+    Gelu,
+}
+
+/// Where training examples come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DatasetSource {
+    /// An uploaded safetensors blob.
+    Blob {
+        /// Its content id.
+        id: BlobId,
+    },
+    /// Sums like `17+25=42`, generated from the task seed.
+    Arithmetic {
+        /// Operands are drawn from `0..=max_operand`.
+        max_operand: u32,
+        /// Number of examples.
+        examples: u32,
+    },
+    /// Regression on the outputs of a random teacher MLP, generated from the task seed.
+    TeacherMlp {
+        /// Input features.
+        features: u32,
+        /// Output values.
+        outputs: u32,
+        /// Number of examples.
+        examples: u32,
+    },
+}
+
+/// An optimizer with its hyper-parameters, as canonical decimals.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "optimizer", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// AdamW (decoupled weight decay).
+    Adamw {
+        /// Learning rate.
+        lr: Decimal,
+        /// First-moment decay.
+        beta1: Decimal,
+        /// Second-moment decay.
+        beta2: Decimal,
+        /// Denominator epsilon.
+        eps: Decimal,
+        /// Decoupled weight decay.
+        weight_decay: Decimal,
+    },
+    /// Stochastic gradient descent with momentum.
+    Sgd {
+        /// Learning rate.
+        lr: Decimal,
+        /// Momentum (0 for none).
+        momentum: Decimal,
+        /// L2 weight decay.
+        weight_decay: Decimal,
+    },
+}
+
+/// Inputs of an inference task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InferenceInputs {
+    /// Text prompts for a `gpt` model.
+    Prompts {
+        /// One item per prompt.
+        prompts: Vec<String>,
+        /// Tokens to generate per prompt.
+        max_new_tokens: u32,
+    },
+    /// Feature rows for an `mlp` model, as a safetensors blob with a 2-D `x`.
+    Rows {
+        /// Its content id.
+        id: BlobId,
+    },
+}
+
+/// How a generating model picks tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decoding", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Decoding {
+    /// Always the most likely token.
+    Greedy,
+    /// Seeded sampling.
+    Sample {
+        /// Softmax temperature (> 0).
+        temperature: Decimal,
+        /// Sample among the `top_k` most likely tokens (0 for all).
+        top_k: u32,
+    },
+}
+
+/// How reproducible the run must be, and so how it is audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionProfile {
+    /// Bitwise identical across runs, thread counts and CPUs; audited by exact hash.
+    #[default]
+    Repro,
+    /// Stock kernels; audited with a documented tolerance.
+    Native,
+    /// CUDA kernels; audited with the `native` tolerance.
+    Cuda,
+}
+
+/// The audit the buyer asks for: catch a worker that faked at least `assumed_faked_fraction`
+/// of the segments with probability at least `detection_target`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditPolicy {
+    /// For example `"0.99"`.
+    pub detection_target: Decimal,
+    /// For example `"0.1"`.
+    pub assumed_faked_fraction: Decimal,
+}
