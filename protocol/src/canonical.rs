@@ -109,10 +109,16 @@ pub fn from_json_limited<T: DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| CanonicalError::Shape(e.to_string()))
 }
 
-fn check_value(v: &Value, depth: usize) -> Result<(), CanonicalError> {
-    if depth > MAX_DEPTH {
+/// `depth` counts the arrays and objects around `v`; at most [`MAX_DEPTH`] may nest.
+fn enter(v: &Value, depth: usize) -> Result<(), CanonicalError> {
+    if matches!(v, Value::Array(_) | Value::Object(_)) && depth >= MAX_DEPTH {
         return Err(CanonicalError::TooDeep);
     }
+    Ok(())
+}
+
+fn check_value(v: &Value, depth: usize) -> Result<(), CanonicalError> {
+    enter(v, depth)?;
     match v {
         Value::Number(n) => check_number(n).map(|_| ()),
         Value::Array(items) => items.iter().try_for_each(|i| check_value(i, depth + 1)),
@@ -130,9 +136,7 @@ fn check_number(n: &serde_json::Number) -> Result<i64, CanonicalError> {
 }
 
 fn write_value(v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), CanonicalError> {
-    if depth > MAX_DEPTH {
-        return Err(CanonicalError::TooDeep);
-    }
+    enter(v, depth)?;
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -273,7 +277,13 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let deep = "[".repeat(100) + &"]".repeat(100);
-        assert!(from_canonical_bytes::<Value>(deep.as_bytes()).is_err());
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert!(from_canonical_bytes::<Value>(nested(MAX_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            from_canonical_bytes::<Value>(nested(MAX_DEPTH + 1).as_bytes()),
+            Err(CanonicalError::TooDeep)
+        );
+        // Deeper than serde_json's own recursion limit: still an error, not a stack overflow.
+        assert!(from_canonical_bytes::<Value>(nested(100_000).as_bytes()).is_err());
     }
 }

@@ -129,6 +129,12 @@ macro_rules! typed_id {
             }
         }
 
+        impl AsRef<[u8]> for $name {
+            fn as_ref(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
+        }
+
         impl From<Hash> for $name {
             fn from(h: Hash) -> Self {
                 Self(h)

@@ -8,6 +8,7 @@
 
 pub mod canonical;
 pub mod detection;
+pub mod fixtures;
 pub mod hash;
 pub mod keyfile;
 pub mod keys;
