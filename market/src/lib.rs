@@ -1,6 +1,6 @@
-//! The market node: REST API, task lifecycle, settlement (filled by the node issue).
-//!
-//! Skeleton: the crate exists so that the workspace and its dependency direction
-//! (protocol at the bottom, market at the top) are fixed from the start.
+//! The market node: REST API, task lifecycle, settlement (filled by the node issue), and the
+//! audit plan the node shows a buyer when a task is posted.
 
 pub use market_protocol as protocol;
+
+pub mod audit_plan;

@@ -36,9 +36,14 @@ pub enum KeyError {
 pub struct AccountId([u8; 32]);
 
 impl AccountId {
-    /// Checks that `bytes` are a valid ed25519 public key.
+    /// Checks that `bytes` are a usable ed25519 public key: a point that decompresses, written
+    /// in its canonical compressed form (so one key has one account id), and not of small order
+    /// (such a key could "sign" messages without a secret).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, KeyError> {
-        VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPublicKey)?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::InvalidPublicKey)?;
+        if key.is_weak() || key.to_edwards().compress().to_bytes() != bytes {
+            return Err(KeyError::InvalidPublicKey);
+        }
         Ok(Self(bytes))
     }
 
