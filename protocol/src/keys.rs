@@ -257,13 +257,24 @@ mod tests {
     }
 
     #[test]
-    fn invalid_public_key_is_refused() {
-        // y = 2 is not on the curve's decompressible set.
+    fn invalid_weak_and_non_canonical_keys_are_refused() {
+        let refused =
+            |bytes: [u8; 32]| AccountId::from_bytes(bytes) == Err(KeyError::InvalidPublicKey);
+        // y = 2 does not decompress to a curve point.
         let mut bytes = [0u8; 32];
         bytes[0] = 2;
-        assert_eq!(
-            AccountId::from_bytes(bytes),
-            Err(KeyError::InvalidPublicKey)
-        );
+        assert!(refused(bytes));
+        // The identity point (y = 1) has small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(refused(identity));
+        // y = p + 1, a non-canonical spelling of y = 1 (and of small order).
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        assert!(refused(non_canonical));
+        // A real key passes.
+        let real = Identity::from_test_label("k").account();
+        assert_eq!(AccountId::from_bytes(*real.as_bytes()), Ok(real));
     }
 }

@@ -52,7 +52,16 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir().context("creating the devnet's data directory")?;
     let mut done = Vec::new();
 
-    let roles = ["node", "worker-1", "worker-2", "worker-3", "cheater", "verifier-1", "verifier-2", "buyer"];
+    let roles = [
+        "node",
+        "worker-1",
+        "worker-2",
+        "worker-3",
+        "cheater",
+        "verifier-1",
+        "verifier-2",
+        "buyer",
+    ];
     let ids: Vec<(&str, Identity)> = roles
         .iter()
         .map(|r| identity(dir.path(), r).map(|id| (*r, id)))
@@ -60,7 +69,11 @@ fn main() -> Result<()> {
     for (role, id) in &ids {
         tracing::info!(role, account = %id.account(), peer = %id.account().to_peer_id(), "identity");
     }
-    done.push(format!("{} identities with 0600 key files in {}", ids.len(), dir.path().display()));
+    done.push(format!(
+        "{} identities with 0600 key files in {}",
+        ids.len(),
+        dir.path().display()
+    ));
 
     let buyer = &ids[ids.len() - 1].1;
     let posted: Vec<Signed<TaskSpec>> = vec![
@@ -68,7 +81,9 @@ fn main() -> Result<()> {
         Signed::sign(fixtures::inference_task(buyer, 2), buyer)?,
     ];
     for task in &posted {
-        let body = task.verify().context("the node checks the buyer's signature")?;
+        let body = task
+            .verify()
+            .context("the node checks the buyer's signature")?;
         let plan = audit_plan::plan(body)?;
         tracing::info!(
             task = %TaskId(task.id()?),
@@ -78,7 +93,10 @@ fn main() -> Result<()> {
             "task signed by the buyer and verified; audit plan shown to the buyer"
         );
     }
-    done.push(format!("{} signed tasks verified with audit plans", posted.len()));
+    done.push(format!(
+        "{} signed tasks verified with audit plans",
+        posted.len()
+    ));
     tracing::info!(cheat = %args.cheat, "the cheating worker will use this strategy once workers exist");
 
     let summary = Summary {
@@ -99,7 +117,10 @@ fn main() -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!("market-devnet: {} tasks posted, {} settled", summary.tasks, summary.settled);
+        println!(
+            "market-devnet: {} tasks posted, {} settled",
+            summary.tasks, summary.settled
+        );
         for stage in &summary.stages_done {
             println!("  done:    {stage}");
         }
