@@ -1,0 +1,110 @@
+//! The numerical backends behind the execution profiles. `repro` runs the deterministic kernels
+//! of [`crate::repro`]; `native` and `cuda` run the same maths with stock candle kernels and
+//! autograd ([`crate::native`]). Everything above this module (batches, optimizer, state,
+//! segments) is shared by all profiles.
+
+use market_protocol::ExecutionProfile;
+
+use crate::batch::{RegressionBatch, TokenBatch};
+use crate::error::{ComputeError, Result};
+use crate::zoo::{GptConfig, MlpConfig, ParamLayout};
+use crate::{native, repro};
+
+/// Where and how the maths runs.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Deterministic pure-Rust kernels.
+    Repro,
+    /// candle on a device (CPU for `native`, CUDA for `cuda`).
+    Candle(candle_core::Device),
+}
+
+impl Backend {
+    /// The backend of a profile in this build.
+    pub fn for_profile(profile: ExecutionProfile) -> Result<Self> {
+        match profile {
+            ExecutionProfile::Repro => Ok(Self::Repro),
+            ExecutionProfile::Native => Ok(Self::Candle(candle_core::Device::Cpu)),
+            ExecutionProfile::Cuda => {
+                if !cfg!(feature = "cuda") {
+                    return Err(ComputeError::ProfileUnavailable(
+                        profile,
+                        " (build with --features cuda)",
+                    ));
+                }
+                Ok(Self::Candle(candle_core::Device::new_cuda(0)?))
+            }
+        }
+    }
+
+    /// GPT loss over the batch's scored positions, and its gradients (overwriting `grads`).
+    pub fn gpt_loss_and_grads(
+        &self,
+        cfg: &GptConfig,
+        layout: &ParamLayout,
+        params: &[f32],
+        batch: &TokenBatch,
+        grads: &mut [f32],
+    ) -> Result<f32> {
+        match self {
+            Self::Repro => Ok(repro::gpt::loss_and_grads(
+                cfg, layout, params, batch, grads,
+            )),
+            Self::Candle(device) => {
+                native::gpt_loss_and_grads(device, cfg, layout, params, batch, grads)
+            }
+        }
+    }
+
+    /// GPT logits `[rows * len, vocab]`.
+    pub fn gpt_logits(
+        &self,
+        cfg: &GptConfig,
+        layout: &ParamLayout,
+        params: &[f32],
+        inputs: &[u32],
+        rows: usize,
+        len: usize,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Self::Repro => Ok(repro::gpt::logits(cfg, layout, params, inputs, rows, len)),
+            Self::Candle(device) => {
+                native::gpt_logits(device, cfg, layout, params, inputs, rows, len)
+            }
+        }
+    }
+
+    /// MLP mean squared error and its gradients (overwriting `grads`).
+    pub fn mlp_loss_and_grads(
+        &self,
+        cfg: &MlpConfig,
+        layout: &ParamLayout,
+        params: &[f32],
+        batch: &RegressionBatch,
+        grads: &mut [f32],
+    ) -> Result<f32> {
+        match self {
+            Self::Repro => Ok(repro::mlp::loss_and_grads(
+                cfg, layout, params, &batch.x, &batch.y, batch.rows, grads,
+            )),
+            Self::Candle(device) => {
+                native::mlp_loss_and_grads(device, cfg, layout, params, batch, grads)
+            }
+        }
+    }
+
+    /// MLP outputs for `rows` rows of features.
+    pub fn mlp_predict(
+        &self,
+        cfg: &MlpConfig,
+        layout: &ParamLayout,
+        params: &[f32],
+        x: &[f32],
+        rows: usize,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Self::Repro => Ok(repro::mlp::predict(cfg, layout, params, x, rows)),
+            Self::Candle(device) => native::mlp_predict(device, cfg, layout, params, x, rows),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Typed errors of the compute crate. Config errors name the offending field, so a buyer whose
+//! task is refused learns what to change.
+
+/// Why a task cannot be run, or a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// A field of the task is out of range or inconsistent with another.
+    #[error("invalid task: `{field}` {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    /// A dataset, weights or state blob does not have the expected content.
+    #[error("invalid {what}: {reason}")]
+    InvalidBlob { what: &'static str, reason: String },
+    /// A blob the task names is not available.
+    #[error("blob {0} is not available")]
+    MissingBlob(market_protocol::BlobId),
+    /// Training produced a NaN or infinity; the state is not hashed.
+    #[error("non-finite value in `{tensor}` after step {step}: the run diverged")]
+    NonFinite { tensor: String, step: u32 },
+    /// A state does not belong to this task (wrong step or tensor layout).
+    #[error("state does not fit this task: {0}")]
+    StateMismatch(String),
+    /// The task needs a profile this build cannot run.
+    #[error("profile {0:?} is not available in this build{1}")]
+    ProfileUnavailable(market_protocol::ExecutionProfile, &'static str),
+    /// A candle kernel failed (native and cuda profiles).
+    #[error("candle: {0}")]
+    Candle(String),
+}
+
+impl ComputeError {
+    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<candle_core::Error> for ComputeError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Candle(e.to_string())
+    }
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, ComputeError>;

@@ -1,0 +1,123 @@
+//! Seeded parameter initialisation and the weights file format.
+//!
+//! Draws come from the task's `Init` stream, slot by slot in layout (name) order. Weights files
+//! (final weights of a training task, inputs of an inference task) are safetensors with one
+//! tensor per parameter under its layout name.
+
+use std::collections::HashMap;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{ComputeError, Result};
+use crate::rng::{self, Purpose};
+use crate::zoo::{ModelConfig, ParamLayout};
+
+const STD: f32 = 0.02;
+const SQRT3: f32 = 1.732_050_8;
+
+/// Seeded initial parameters for `model`.
+pub fn init_params(model: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<f32> {
+    let mut r = rng::stream(seed, Purpose::Init, 0);
+    let mut params = vec![0.0f32; layout.total()];
+    for slot in layout.slots() {
+        let name = slot.name.as_str();
+        let out = &mut params[slot.range()];
+        let bound = match model {
+            ModelConfig::Gpt(g) => {
+                if name.ends_with("ln1.w") || name.ends_with("ln2.w") || name == "lnf.w" {
+                    out.iter_mut().for_each(|v| *v = 1.0);
+                    continue;
+                }
+                if name.ends_with(".b") {
+                    continue;
+                }
+                // GPT-2: residual projections scaled down by the depth.
+                let scale = if name.ends_with("proj.w") {
+                    1.0 / (2.0 * g.layers as f32).sqrt()
+                } else {
+                    1.0
+                };
+                STD * SQRT3 * scale
+            }
+            ModelConfig::Mlp(_) => {
+                if name.ends_with(".b") {
+                    continue;
+                }
+                let (fan_in, fan_out) = (slot.shape[0] as f32, slot.shape[1] as f32);
+                (6.0 / (fan_in + fan_out)).sqrt()
+            }
+        };
+        out.iter_mut()
+            .for_each(|v| *v = rng::symmetric_f32(&mut r, bound));
+    }
+    params
+}
+
+/// Weights as a safetensors file (one tensor per parameter, metadata `format`).
+pub fn weights_to_bytes(layout: &ParamLayout, params: &[f32]) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = layout
+        .slots()
+        .iter()
+        .map(|s| {
+            params[s.range()]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views = layout
+        .slots()
+        .iter()
+        .zip(&bytes)
+        .map(|(s, b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, s.shape.clone(), b)
+                .map(|v| (s.name.clone(), v))
+                .map_err(|e| ComputeError::InvalidBlob {
+                    what: "weights",
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = HashMap::from([("format".to_string(), "market-weights-v1".to_string())]);
+    safetensors::serialize(views, Some(metadata)).map_err(|e| ComputeError::InvalidBlob {
+        what: "weights",
+        reason: e.to_string(),
+    })
+}
+
+/// Reads weights for `layout`: every parameter present with the right shape and F32, all finite.
+pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>> {
+    let invalid = |reason: String| ComputeError::InvalidBlob {
+        what: "weights",
+        reason,
+    };
+    if bytes.len() > crate::state::MAX_STATE_BYTES {
+        return Err(invalid(format!("{} bytes is over the limit", bytes.len())));
+    }
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| invalid(format!("not safetensors: {e}")))?;
+    let mut params = Vec::with_capacity(layout.total());
+    for slot in layout.slots() {
+        let t = st
+            .tensor(&slot.name)
+            .map_err(|_| invalid(format!("missing tensor `{}`", slot.name)))?;
+        if t.dtype() != Dtype::F32 || t.shape() != slot.shape.as_slice() {
+            return Err(invalid(format!(
+                "`{}` is {:?} {:?}, expected F32 {:?}",
+                slot.name,
+                t.dtype(),
+                t.shape(),
+                slot.shape
+            )));
+        }
+        params.extend(
+            t.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+    if params.iter().any(|v| !v.is_finite()) {
+        return Err(invalid("contains NaN or infinity".into()));
+    }
+    Ok(params)
+}

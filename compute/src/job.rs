@@ -1,0 +1,366 @@
+//! A training job: a validated task plus its data, and the one function that runs a segment.
+//!
+//! The worker calls [`TrainingJob::run_segment`] for every segment of the run; the verifier
+//! calls it for the sampled segments, from the committed start state. There is no other
+//! implementation of a training step anywhere.
+
+use market_protocol::{BlobId, DatasetSource, ExecutionProfile, TaskSpec, Workload};
+
+use crate::backend::Backend;
+use crate::batch::{self, check_token_data};
+use crate::data::{self, arithmetic, teacher, Dataset};
+use crate::error::{ComputeError, Result};
+use crate::init::{init_params, weights_from_bytes};
+use crate::optim::Optimizer;
+use crate::state::TrainState;
+use crate::zoo::{ModelConfig, ParamLayout};
+
+/// Limits on the run itself.
+pub mod limits {
+    /// Most optimizer steps in a task.
+    pub const MAX_STEPS: u32 = 10_000_000;
+    /// Largest batch.
+    pub const MAX_BATCH: u32 = 4096;
+    /// Most activation values one step may hold (about 4 bytes each).
+    pub const MAX_ACTIVATIONS: u64 = 256 << 20;
+}
+
+/// Gives the compute crate the bytes of a blob the task names (datasets, weights).
+pub trait BlobSource {
+    /// The bytes of `id`, or `None` if not available.
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>>;
+}
+
+/// No blobs at all: enough for tasks that use only generated data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoBlobs;
+
+impl BlobSource for NoBlobs {
+    fn blob(&self, _id: &BlobId) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// A validated training task, ready to run.
+#[derive(Debug, Clone)]
+pub struct TrainingJob {
+    /// The model.
+    pub model: ModelConfig,
+    /// Its parameter layout.
+    pub layout: ParamLayout,
+    /// The training data.
+    pub data: Dataset,
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Steps in the run.
+    pub steps: u32,
+    /// Steps per segment.
+    pub checkpoint_interval: u32,
+    /// The task seed.
+    pub seed: u64,
+    /// The execution profile.
+    pub profile: ExecutionProfile,
+    backend: Backend,
+    initial_params: Option<Vec<f32>>,
+}
+
+fn fetch(blobs: &dyn BlobSource, id: &BlobId) -> Result<Vec<u8>> {
+    blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))
+}
+
+impl TrainingJob {
+    /// Validates a training task and loads its data. Every limit is checked before allocation.
+    pub fn from_spec(spec: &TaskSpec, blobs: &dyn BlobSource) -> Result<Self> {
+        let Workload::Training(t) = &spec.workload else {
+            return Err(ComputeError::config("workload", "is not a training task"));
+        };
+        let model = ModelConfig::from_spec(&t.model)?;
+        let optimizer = Optimizer::from_spec(&t.optimizer)?;
+        if t.steps == 0 || t.steps > limits::MAX_STEPS {
+            return Err(ComputeError::config(
+                "steps",
+                format!(
+                    "is {}, must be between 1 and {}",
+                    t.steps,
+                    limits::MAX_STEPS
+                ),
+            ));
+        }
+        if t.checkpoint_interval == 0 || t.checkpoint_interval > t.steps {
+            return Err(ComputeError::config(
+                "checkpoint_interval",
+                format!(
+                    "is {}, must be between 1 and steps ({})",
+                    t.checkpoint_interval, t.steps
+                ),
+            ));
+        }
+        if t.batch_size == 0 || t.batch_size > limits::MAX_BATCH {
+            return Err(ComputeError::config(
+                "batch_size",
+                format!(
+                    "is {}, must be between 1 and {}",
+                    t.batch_size,
+                    limits::MAX_BATCH
+                ),
+            ));
+        }
+        let batch_size = t.batch_size as usize;
+        let activations = match &model {
+            ModelConfig::Gpt(g) => {
+                let (b, tt, c, h, l) = (
+                    batch_size as u64,
+                    g.context as u64,
+                    g.width as u64,
+                    g.heads as u64,
+                    g.layers as u64,
+                );
+                l * (b * tt * c * 20 + b * h * tt * tt) + b * tt * g.vocab as u64 * 2
+            }
+            ModelConfig::Mlp(m) => m
+                .widths
+                .iter()
+                .map(|w| *w as u64 * batch_size as u64 * 3)
+                .sum(),
+        };
+        if activations > limits::MAX_ACTIVATIONS {
+            return Err(ComputeError::config(
+                "batch_size",
+                format!(
+                    "needs {activations} activation values per step, over the limit of {}",
+                    limits::MAX_ACTIVATIONS
+                ),
+            ));
+        }
+        let data = match (&model, &t.dataset) {
+            (
+                ModelConfig::Gpt(g),
+                DatasetSource::Arithmetic {
+                    max_operand,
+                    examples,
+                },
+            ) => {
+                if g.vocab < arithmetic::VOCAB {
+                    return Err(ComputeError::config(
+                        "model.vocab",
+                        format!(
+                            "is {}, the arithmetic language needs at least {}",
+                            g.vocab,
+                            arithmetic::VOCAB
+                        ),
+                    ));
+                }
+                if *max_operand > arithmetic::MAX_OPERAND {
+                    return Err(ComputeError::config(
+                        "dataset.max_operand",
+                        format!(
+                            "is {max_operand}, must be at most {}",
+                            arithmetic::MAX_OPERAND
+                        ),
+                    ));
+                }
+                let longest = arithmetic::max_example_len(*max_operand);
+                if longest > g.context + 1 {
+                    return Err(ComputeError::config(
+                        "model.context",
+                        format!(
+                            "is {}, too short for sums up to {max_operand} ({longest} tokens)",
+                            g.context
+                        ),
+                    ));
+                }
+                arithmetic::generate(spec.seed, *max_operand, *examples)?
+            }
+            (ModelConfig::Gpt(g), DatasetSource::Blob { id }) => {
+                data::parse_token_blob(&fetch(blobs, id)?, g.vocab)?
+            }
+            (
+                ModelConfig::Mlp(m),
+                DatasetSource::TeacherMlp {
+                    features,
+                    outputs,
+                    examples,
+                },
+            ) => {
+                let (f, o) = (m.widths[0], m.widths[m.widths.len() - 1]);
+                if *features as usize != f {
+                    return Err(ComputeError::config(
+                        "dataset.features",
+                        format!("is {features}, the model takes {f} inputs"),
+                    ));
+                }
+                if *outputs as usize != o {
+                    return Err(ComputeError::config(
+                        "dataset.outputs",
+                        format!("is {outputs}, the model has {o} outputs"),
+                    ));
+                }
+                teacher::generate(spec.seed, f, o, *examples)?
+            }
+            (ModelConfig::Mlp(m), DatasetSource::Blob { id }) => data::parse_regression_blob(
+                &fetch(blobs, id)?,
+                m.widths[0],
+                m.widths[m.widths.len() - 1],
+            )?,
+            (ModelConfig::Gpt(_), _) => {
+                return Err(ComputeError::config(
+                    "dataset.source",
+                    "a gpt model trains on `arithmetic` or a token blob",
+                ))
+            }
+            (ModelConfig::Mlp(_), _) => {
+                return Err(ComputeError::config(
+                    "dataset.source",
+                    "an mlp model trains on `teacher_mlp` or a regression blob",
+                ))
+            }
+        };
+        match &model {
+            ModelConfig::Gpt(g) => check_token_data(&data, batch_size, g.context)?,
+            ModelConfig::Mlp(_) => {
+                if data.len() < batch_size {
+                    return Err(ComputeError::config(
+                        "batch_size",
+                        format!(
+                            "is {batch_size}, larger than the dataset's {} rows",
+                            data.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        let layout = model.layout();
+        let initial_params = match &t.initial_weights {
+            Some(id) => Some(weights_from_bytes(&layout, &fetch(blobs, id)?)?),
+            None => None,
+        };
+        Ok(Self {
+            backend: Backend::for_profile(spec.profile)?,
+            model,
+            layout,
+            data,
+            optimizer,
+            batch_size,
+            steps: t.steps,
+            checkpoint_interval: t.checkpoint_interval,
+            seed: spec.seed,
+            profile: spec.profile,
+            initial_params,
+        })
+    }
+
+    /// Uses another backend than the profile's (for example to compare profiles in tests).
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Segments in the run: `ceil(steps / checkpoint_interval)`.
+    pub fn segments(&self) -> u32 {
+        self.steps.div_ceil(self.checkpoint_interval)
+    }
+
+    /// The steps of segment `index`: it starts after `start` steps and ends after `end`.
+    pub fn segment_bounds(&self, index: u32) -> Result<(u32, u32)> {
+        if index >= self.segments() {
+            return Err(ComputeError::StateMismatch(format!(
+                "segment {index} of a run of {}",
+                self.segments()
+            )));
+        }
+        let start = index * self.checkpoint_interval;
+        Ok((start, (start + self.checkpoint_interval).min(self.steps)))
+    }
+
+    /// The state before the first step (checkpoint 0).
+    pub fn initial_state(&self) -> TrainState {
+        let params = self
+            .initial_params
+            .clone()
+            .unwrap_or_else(|| init_params(&self.model, &self.layout, self.seed));
+        let n = params.len();
+        TrainState {
+            step: 0,
+            params,
+            m: vec![0.0; n],
+            v: if self.optimizer.has_second_moment() {
+                vec![0.0; n]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// One optimizer step from `state`; returns the step's loss. Fails on a non-finite loss.
+    pub fn step(&self, state: &mut TrainState) -> Result<f32> {
+        if state.params.len() != self.layout.total() {
+            return Err(ComputeError::StateMismatch(format!(
+                "{} parameters, the model has {}",
+                state.params.len(),
+                self.layout.total()
+            )));
+        }
+        if state.step >= self.steps {
+            return Err(ComputeError::StateMismatch(format!(
+                "state is at step {}, the run has {}",
+                state.step, self.steps
+            )));
+        }
+        let mut grads = vec![0.0f32; self.layout.total()];
+        let loss = match &self.model {
+            ModelConfig::Gpt(g) => {
+                let b = batch::token_batch(
+                    &self.data,
+                    self.seed,
+                    state.step,
+                    self.batch_size,
+                    g.context,
+                );
+                self.backend
+                    .gpt_loss_and_grads(g, &self.layout, &state.params, &b, &mut grads)?
+            }
+            ModelConfig::Mlp(m) => {
+                let b = batch::regression_batch(&self.data, self.seed, state.step, self.batch_size);
+                self.backend
+                    .mlp_loss_and_grads(m, &self.layout, &state.params, &b, &mut grads)?
+            }
+        };
+        if !loss.is_finite() {
+            return Err(ComputeError::NonFinite {
+                tensor: "loss".into(),
+                step: state.step + 1,
+            });
+        }
+        self.optimizer.step(&self.layout, state, &grads);
+        Ok(loss)
+    }
+
+    /// Runs segment `index` from `start` (which must be the state after the segment's first
+    /// step count) and returns the end state and the mean loss of its steps. `on_step` sees
+    /// every step's number and loss (for progress bars). The end state is checked finite.
+    pub fn run_segment(
+        &self,
+        index: u32,
+        start: &TrainState,
+        mut on_step: impl FnMut(u32, f32),
+    ) -> Result<(TrainState, f32)> {
+        let (first, end) = self.segment_bounds(index)?;
+        if start.step != first {
+            return Err(ComputeError::StateMismatch(format!(
+                "segment {index} starts at step {first}, the state is at step {}",
+                start.step
+            )));
+        }
+        let mut state = start.clone();
+        let mut total = 0.0f32;
+        while state.step < end {
+            let loss = self.step(&mut state)?;
+            total = total + loss;
+            on_step(state.step, loss);
+        }
+        state.check_finite(&self.layout)?;
+        Ok((state, total / (end - first) as f32))
+    }
+}

@@ -1,0 +1,515 @@
+//! Kernels of the `repro` profile: every output is computed by one fixed sequence of IEEE 754
+//! binary32 operations, whatever the CPU, its SIMD width or the thread count.
+//!
+//! The rules that make this so:
+//! - No fused multiply-add anywhere: `a * b + c` is two roundings, on every CPU (Rust never
+//!   contracts float expressions, and we never call `mul_add`).
+//! - Reductions run in one fixed order (ascending index). Vectorisation and threads only split
+//!   the work across *independent outputs* (columns of a tile, rows of a matrix), never across a
+//!   reduction.
+//! - Transcendentals come from the pure-Rust `libm` crate (pinned), not the system libm.
+//! - Division and square root are IEEE-exact on every target.
+
+use rayon::prelude::*;
+
+/// Columns computed together by the matmul micro-kernel (independent outputs).
+const TILE_COLS: usize = 16;
+/// Rows computed together by the matmul micro-kernel.
+const TILE_ROWS: usize = 4;
+/// Rows handed to one rayon task.
+const ROWS_PER_TASK: usize = 16;
+
+/// `out[m, n] = (accumulate ? out[m, n] : 0) + sum_{k ascending} a[m, k] * b[k, n]`, where the
+/// sum starts from 0 and adds one product at a time. Row-major `a` is `m × k`, `b` is `k × n`.
+pub fn matmul(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    assert_eq!(a.len(), m * k, "matmul: a");
+    assert_eq!(b.len(), k * n, "matmul: b");
+    assert_eq!(out.len(), m * n, "matmul: out");
+    if n == 0 {
+        return;
+    }
+    out.par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(task, out_rows)| {
+            let row0 = task * ROWS_PER_TASK;
+            let rows = out_rows.len() / n;
+            let a_rows = &a[row0 * k..(row0 + rows) * k];
+            matmul_rows(out_rows, a_rows, b, rows, k, n, accumulate);
+        });
+}
+
+fn matmul_rows(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    let mut r = 0;
+    while r + TILE_ROWS <= m {
+        let mut c = 0;
+        while c + TILE_COLS <= n {
+            tile::<TILE_ROWS>(out, a, b, r, c, k, n, accumulate);
+            c += TILE_COLS;
+        }
+        edge_cols(out, a, b, r, TILE_ROWS, c, k, n, accumulate);
+        r += TILE_ROWS;
+    }
+    while r < m {
+        let mut c = 0;
+        while c + TILE_COLS <= n {
+            tile::<1>(out, a, b, r, c, k, n, accumulate);
+            c += TILE_COLS;
+        }
+        edge_cols(out, a, b, r, 1, c, k, n, accumulate);
+        r += 1;
+    }
+}
+
+/// An `R × TILE_COLS` block: each of its outputs adds its `k` products in ascending order.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile<const R: usize>(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    r: usize,
+    c: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0.0f32; TILE_COLS]; R];
+    for kk in 0..k {
+        let brow: &[f32; TILE_COLS] = b[kk * n + c..kk * n + c + TILE_COLS]
+            .try_into()
+            .unwrap_or_else(|_| unreachable!());
+        for (i, acc_row) in acc.iter_mut().enumerate() {
+            let x = a[(r + i) * k + kk];
+            for j in 0..TILE_COLS {
+                acc_row[j] = acc_row[j] + x * brow[j];
+            }
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate() {
+        let o = &mut out[(r + i) * n + c..(r + i) * n + c + TILE_COLS];
+        for j in 0..TILE_COLS {
+            o[j] = if accumulate {
+                o[j] + acc_row[j]
+            } else {
+                acc_row[j]
+            };
+        }
+    }
+}
+
+/// The columns right of the last full tile, with the same per-output order.
+#[allow(clippy::too_many_arguments)]
+fn edge_cols(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    r: usize,
+    rows: usize,
+    c0: usize,
+    k: usize,
+    n: usize,
+    accumulate: bool,
+) {
+    for i in r..r + rows {
+        for c in c0..n {
+            let mut acc = 0.0f32;
+            for kk in 0..k {
+                acc = acc + a[i * k + kk] * b[kk * n + c];
+            }
+            let o = &mut out[i * n + c];
+            *o = if accumulate { *o + acc } else { acc };
+        }
+    }
+}
+
+/// The transpose of a row-major `rows × cols` matrix.
+pub fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; x.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = x[r * cols + c];
+        }
+    }
+    t
+}
+
+/// `out[m, n] += bias[n]` for every row.
+pub fn add_bias(out: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
+        for row in rows.chunks_mut(n) {
+            for (o, b) in row.iter_mut().zip(bias) {
+                *o = *o + *b;
+            }
+        }
+    });
+}
+
+/// A linear layer `y = x w + b` forward: `x` is `m × k`, `w` is `k × n`.
+pub fn linear_forward(
+    y: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    matmul(y, x, w, m, k, n, false);
+    if let Some(b) = b {
+        add_bias(y, b);
+    }
+}
+
+/// A linear layer backward. Accumulates into `dx` (`m × k`), `dw` (`k × n`) and `db` (`n`):
+/// `dx += dy wᵀ`, `dw += xᵀ dy` (sum over rows ascending), `db += Σ_rows dy` (ascending).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward(
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if let Some(dx) = dx {
+        let wt = transpose(w, k, n);
+        matmul(dx, dy, &wt, m, n, k, true);
+    }
+    let xt = transpose(x, m, k);
+    matmul(dw, &xt, dy, k, m, n, true);
+    if let Some(db) = db {
+        // Column sums: each column adds its rows in ascending order.
+        let mut sums = vec![0.0f32; n];
+        for row in dy.chunks_exact(n) {
+            for (s, v) in sums.iter_mut().zip(row) {
+                *s = *s + *v;
+            }
+        }
+        for (d, s) in db.iter_mut().zip(&sums) {
+            *d = *d + *s;
+        }
+    }
+}
+
+/// Layer norm over rows of width `c`, with `eps = 1e-5`. Returns per-row mean and 1/std for
+/// the backward pass.
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    c: usize,
+) {
+    out.par_chunks_mut(c)
+        .zip(x.par_chunks(c))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .for_each(|((o, xr), (mu, rs))| {
+            let mut sum = 0.0f32;
+            for v in xr {
+                sum = sum + *v;
+            }
+            let m = sum / c as f32;
+            let mut var = 0.0f32;
+            for v in xr {
+                let d = *v - m;
+                var = var + d * d;
+            }
+            let s = 1.0 / (var / c as f32 + 1e-5).sqrt();
+            for i in 0..c {
+                o[i] = (xr[i] - m) * s * w[i] + b[i];
+            }
+            *mu = m;
+            *rs = s;
+        });
+}
+
+/// Layer norm backward (as in llm.c). Accumulates into `dx`, `dw`, `db`; `dw` and `db` sum the
+/// rows in ascending order.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
+) {
+    dx.par_chunks_mut(c)
+        .zip(dout.par_chunks(c))
+        .zip(x.par_chunks(c))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|(((dxr, dor), xr), (m, s))| {
+            let mut dnorm_mean = 0.0f32;
+            let mut dnorm_norm_mean = 0.0f32;
+            for i in 0..c {
+                let norm = (xr[i] - m) * s;
+                let dnorm = w[i] * dor[i];
+                dnorm_mean = dnorm_mean + dnorm;
+                dnorm_norm_mean = dnorm_norm_mean + dnorm * norm;
+            }
+            dnorm_mean = dnorm_mean / c as f32;
+            dnorm_norm_mean = dnorm_norm_mean / c as f32;
+            for i in 0..c {
+                let norm = (xr[i] - m) * s;
+                let dnorm = w[i] * dor[i];
+                dxr[i] = dxr[i] + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+            }
+        });
+    for ((dor, xr), (m, s)) in dout.chunks(c).zip(x.chunks(c)).zip(mean.iter().zip(rstd)) {
+        for i in 0..c {
+            let norm = (xr[i] - m) * s;
+            dw[i] = dw[i] + norm * dor[i];
+            db[i] = db[i] + dor[i];
+        }
+    }
+}
+
+const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2 / pi)
+
+/// GELU, tanh approximation: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x³)))`.
+pub fn gelu(x: f32) -> f32 {
+    let cube = 0.044715 * x * x * x;
+    0.5 * x * (1.0 + libm::tanhf(GELU_SCALE * (x + cube)))
+}
+
+/// d gelu(x) / dx.
+pub fn gelu_grad(x: f32) -> f32 {
+    let cube = 0.044715 * x * x * x;
+    let t = libm::tanhf(GELU_SCALE * (x + cube));
+    let sech2 = 1.0 - t * t;
+    0.5 * (1.0 + t) + x * 0.5 * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+/// Softmax of one row in place: max, then `exp(x - max)` summed ascending, then division.
+pub fn softmax_row(row: &mut [f32]) {
+    let mut max = f32::NEG_INFINITY;
+    for v in row.iter() {
+        if *v > max {
+            max = *v;
+        }
+    }
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum = sum + *v;
+    }
+    for v in row.iter_mut() {
+        *v = *v / sum;
+    }
+}
+
+/// Causal multi-head attention forward (as in llm.c). `qkv` is `[b, t, 3c]` (queries, keys,
+/// values); writes `out` `[b, t, c]` and the attention weights `att` `[b, h, t, t]`.
+pub fn attention_forward(
+    out: &mut [f32],
+    att: &mut [f32],
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+) {
+    assert_eq!(att.len(), b * h * t * t, "attention_forward: att");
+    let hs = c / h;
+    let scale = 1.0 / (hs as f32).sqrt();
+    // One task per (batch, head): it owns att[b, h] and out[b, :, h*hs..]; out is written after.
+    let results: Vec<Vec<f32>> = att
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .map(|(bh, att_bh)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let mut o = vec![0.0f32; t * hs];
+            for ti in 0..t {
+                let q = &qkv[(bi * t + ti) * 3 * c + hi * hs..][..hs];
+                let row = &mut att_bh[ti * t..(ti + 1) * t];
+                for (t2, r) in row.iter_mut().enumerate().take(ti + 1) {
+                    let key = &qkv[(bi * t + t2) * 3 * c + c + hi * hs..][..hs];
+                    let mut dot = 0.0f32;
+                    for i in 0..hs {
+                        dot = dot + q[i] * key[i];
+                    }
+                    *r = dot * scale;
+                }
+                softmax_row(&mut row[..=ti]);
+                for r in row[ti + 1..].iter_mut() {
+                    *r = 0.0;
+                }
+                let orow = &mut o[ti * hs..(ti + 1) * hs];
+                for (t2, a) in row.iter().enumerate().take(ti + 1) {
+                    let v = &qkv[(bi * t + t2) * 3 * c + 2 * c + hi * hs..][..hs];
+                    for i in 0..hs {
+                        orow[i] = orow[i] + a * v[i];
+                    }
+                }
+            }
+            o
+        })
+        .collect();
+    for (bh, o) in results.iter().enumerate() {
+        let (bi, hi) = (bh / h, bh % h);
+        for ti in 0..t {
+            out[(bi * t + ti) * c + hi * hs..][..hs].copy_from_slice(&o[ti * hs..(ti + 1) * hs]);
+        }
+    }
+}
+
+/// Causal attention backward. Accumulates into `dqkv` `[b, t, 3c]` from `dout` `[b, t, c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    h: usize,
+) {
+    let hs = c / h;
+    let scale = 1.0 / (hs as f32).sqrt();
+    // Per (batch, head): local gradients for q, k, v at every position, in a fixed order.
+    let results: Vec<Vec<f32>> = (0..b * h)
+        .into_par_iter()
+        .map(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let att_bh = &att[bh * t * t..(bh + 1) * t * t];
+            let mut local = vec![0.0f32; t * 3 * hs]; // [t, (dq | dk | dv)]
+            let mut datt = vec![0.0f32; t];
+            let mut dpre = vec![0.0f32; t];
+            for ti in 0..t {
+                let a = &att_bh[ti * t..(ti + 1) * t];
+                let d = &dout[(bi * t + ti) * c + hi * hs..][..hs];
+                // Through the weighted sum of values.
+                for t2 in 0..=ti {
+                    let v = &qkv[(bi * t + t2) * 3 * c + 2 * c + hi * hs..][..hs];
+                    let mut s = 0.0f32;
+                    for i in 0..hs {
+                        s = s + v[i] * d[i];
+                    }
+                    datt[t2] = s;
+                    let dv = &mut local[t2 * 3 * hs + 2 * hs..t2 * 3 * hs + 3 * hs];
+                    for i in 0..hs {
+                        dv[i] = dv[i] + a[t2] * d[i];
+                    }
+                }
+                // Through the softmax: dpre = a * (datt - sum(a * datt)).
+                let mut dot = 0.0f32;
+                for t2 in 0..=ti {
+                    dot = dot + a[t2] * datt[t2];
+                }
+                for t2 in 0..=ti {
+                    dpre[t2] = a[t2] * (datt[t2] - dot);
+                }
+                // Through q · k.
+                let q = &qkv[(bi * t + ti) * 3 * c + hi * hs..][..hs];
+                for t2 in 0..=ti {
+                    let key = &qkv[(bi * t + t2) * 3 * c + c + hi * hs..][..hs];
+                    let g = dpre[t2] * scale;
+                    for i in 0..hs {
+                        local[ti * 3 * hs + i] = local[ti * 3 * hs + i] + key[i] * g;
+                    }
+                    let dk = &mut local[t2 * 3 * hs + hs..t2 * 3 * hs + 2 * hs];
+                    for i in 0..hs {
+                        dk[i] = dk[i] + q[i] * g;
+                    }
+                }
+            }
+            local
+        })
+        .collect();
+    for (bh, local) in results.iter().enumerate() {
+        let (bi, hi) = (bh / h, bh % h);
+        for ti in 0..t {
+            for part in 0..3 {
+                let dst = &mut dqkv[(bi * t + ti) * 3 * c + part * c + hi * hs..][..hs];
+                let src = &local[ti * 3 * hs + part * hs..][..hs];
+                for i in 0..hs {
+                    dst[i] = dst[i] + src[i];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f32;
+                for kk in 0..k {
+                    acc = acc + a[i * k + kk] * b[kk * n + j];
+                }
+                out[i * n + j] = acc;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn tiled_matmul_is_bitwise_the_naive_order() {
+        for (m, k, n) in [(1, 1, 1), (5, 7, 3), (17, 33, 35), (64, 16, 48), (3, 0, 4)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.0)
+                .collect();
+            let mut out = vec![0.0f32; m * n];
+            matmul(&mut out, &a, &b, m, k, n, false);
+            let expected = naive(&a, &b, m, k, n);
+            assert!(
+                out.iter()
+                    .zip(&expected)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{m}x{k}x{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut row = [1.0f32, 2.0, 3.0, -1.0];
+        softmax_row(&mut row);
+        let s: f32 = row.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        assert!(row[2] > row[1] && row[1] > row[0]);
+    }
+
+    #[test]
+    fn gelu_grad_matches_finite_difference() {
+        for x in [-3.0f32, -0.5, 0.0, 0.7, 2.5] {
+            let h = 1e-3;
+            let fd = (gelu(x + h) - gelu(x - h)) / (2.0 * h);
+            assert!((fd - gelu_grad(x)).abs() < 1e-3, "{x}");
+        }
+    }
+}

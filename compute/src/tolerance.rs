@@ -1,0 +1,47 @@
+//! How close two states of a `native` or `cuda` run must be to count as the same.
+//!
+//! Per tensor, the relative L2 distance `‖a − b‖ / max(‖b‖, tiny)`. The threshold is justified by
+//! measurement in `spec/COMPUTE.md`: honest re-executions on other thread counts or kernels stay
+//! far below it, while every cheating strategy moves at least one tensor far above it.
+
+use crate::state::TrainState;
+use crate::zoo::ParamLayout;
+
+/// The largest relative L2 distance per tensor that still counts as a match.
+pub const MAX_RELATIVE_L2: f64 = 1e-3;
+
+/// The worst per-tensor relative L2 distance between two states, with the tensor's name.
+pub fn worst_relative_l2(layout: &ParamLayout, a: &TrainState, b: &TrainState) -> (f64, String) {
+    let mut worst = (0.0f64, String::new());
+    for (prefix, xa, xb) in [
+        ("param", &a.params, &b.params),
+        ("opt.m", &a.m, &b.m),
+        ("opt.v", &a.v, &b.v),
+    ] {
+        if xa.len() != xb.len() {
+            return (f64::INFINITY, format!("{prefix} (sizes differ)"));
+        }
+        if xa.is_empty() {
+            continue;
+        }
+        for slot in layout.slots() {
+            let r = slot.range();
+            let (mut diff, mut norm) = (0.0f64, 0.0f64);
+            for (x, y) in xa[r.clone()].iter().zip(&xb[r]) {
+                let d = f64::from(*x) - f64::from(*y);
+                diff += d * d;
+                norm += f64::from(*y) * f64::from(*y);
+            }
+            let rel = diff.sqrt() / norm.sqrt().max(1e-12);
+            if rel > worst.0 || rel.is_nan() {
+                worst = (rel, format!("{prefix}.{}", slot.name));
+            }
+        }
+    }
+    worst
+}
+
+/// Whether two states match within [`MAX_RELATIVE_L2`] (and are at the same step).
+pub fn states_match(layout: &ParamLayout, a: &TrainState, b: &TrainState) -> bool {
+    a.step == b.step && worst_relative_l2(layout, a, b).0 <= MAX_RELATIVE_L2
+}
