@@ -282,7 +282,7 @@ impl InferenceJob {
                 let u = rng::unit_f32(&mut r);
                 let mut acc = 0.0f32;
                 for (j, p) in scaled.iter().enumerate() {
-                    acc = acc + *p;
+                    acc += *p;
                     if u < acc {
                         return order[j] as u32;
                     }

@@ -357,7 +357,7 @@ impl TrainingJob {
         let mut total = 0.0f32;
         while state.step < end {
             let loss = self.step(&mut state)?;
-            total = total + loss;
+            total += loss;
             on_step(state.step, loss);
         }
         state.check_finite(&self.layout)?;

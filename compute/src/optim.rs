@@ -140,7 +140,7 @@ impl Optimizer {
                         .for_each(|((p, m), g)| {
                             let g = *g + wd * *p;
                             *m = momentum * *m + g;
-                            *p = *p - lr * *m;
+                            *p -= lr * *m;
                         });
                 }
             }
@@ -154,7 +154,7 @@ fn powi(x: f32, n: u32) -> f32 {
     let (mut base, mut exp, mut acc) = (x, n, 1.0f32);
     while exp > 0 {
         if exp & 1 == 1 {
-            acc = acc * base;
+            acc *= base;
         }
         base = base * base;
         exp >>= 1;

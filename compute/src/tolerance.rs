@@ -8,7 +8,7 @@ use crate::state::TrainState;
 use crate::zoo::ParamLayout;
 
 /// The largest relative L2 distance per tensor that still counts as a match.
-pub const MAX_RELATIVE_L2: f64 = 1e-3;
+pub const MAX_RELATIVE_L2: f64 = 5e-2;
 
 /// The worst per-tensor relative L2 distance between two states, with the tensor's name.
 pub fn worst_relative_l2(layout: &ParamLayout, a: &TrainState, b: &TrainState) -> (f64, String) {

@@ -102,7 +102,7 @@ fn forward(cfg: &GptConfig, p: &Params<'_>, inputs: &[u32], b: usize, t: usize) 
             c,
         );
         for (m, xi) in x_mid.iter_mut().zip(&x) {
-            *m = *xi + *m;
+            *m += *xi;
         }
         let mut ln2 = vec![0.0f32; bt * c];
         let (mut ln2_mean, mut ln2_rstd) = (vec![0.0f32; bt], vec![0.0f32; bt]);
@@ -137,7 +137,7 @@ fn forward(cfg: &GptConfig, p: &Params<'_>, inputs: &[u32], b: usize, t: usize) 
             c,
         );
         for (o, m) in x_out.iter_mut().zip(&x_mid) {
-            *o = *m + *o;
+            *o += *m;
         }
         let x_in = std::mem::replace(&mut x, x_out);
         blocks.push(BlockActs {
@@ -227,7 +227,7 @@ pub fn loss_and_grads(
         }
         let target = batch.targets[i] as usize;
         let row = &probs[i * v..(i + 1) * v];
-        loss = loss + -libm::logf(row[target]);
+        loss += -libm::logf(row[target]);
         let d = &mut dlogits[i * v..(i + 1) * v];
         for j in 0..v {
             let indicator = if j == target { 1.0 } else { 0.0 };
@@ -396,9 +396,9 @@ pub fn loss_and_grads(
         for j in 0..c {
             let d = dx[i * c + j];
             let e = &mut grads[wte_slot.start + tok * c + j];
-            *e = *e + d;
+            *e += d;
             let q = &mut grads[wpe_slot.start + pos * c + j];
-            *q = *q + d;
+            *q += d;
         }
     }
     loss

@@ -97,7 +97,7 @@ fn tile<const R: usize>(
         for (i, acc_row) in acc.iter_mut().enumerate() {
             let x = a[(r + i) * k + kk];
             for j in 0..TILE_COLS {
-                acc_row[j] = acc_row[j] + x * brow[j];
+                acc_row[j] += x * brow[j];
             }
         }
     }
@@ -130,7 +130,7 @@ fn edge_cols(
         for c in c0..n {
             let mut acc = 0.0f32;
             for kk in 0..k {
-                acc = acc + a[i * k + kk] * b[kk * n + c];
+                acc += a[i * k + kk] * b[kk * n + c];
             }
             let o = &mut out[i * n + c];
             *o = if accumulate { *o + acc } else { acc };
@@ -155,7 +155,7 @@ pub fn add_bias(out: &mut [f32], bias: &[f32]) {
     out.par_chunks_mut(n * ROWS_PER_TASK).for_each(|rows| {
         for row in rows.chunks_mut(n) {
             for (o, b) in row.iter_mut().zip(bias) {
-                *o = *o + *b;
+                *o += *b;
             }
         }
     });
@@ -202,11 +202,11 @@ pub fn linear_backward(
         let mut sums = vec![0.0f32; n];
         for row in dy.chunks_exact(n) {
             for (s, v) in sums.iter_mut().zip(row) {
-                *s = *s + *v;
+                *s += *v;
             }
         }
         for (d, s) in db.iter_mut().zip(&sums) {
-            *d = *d + *s;
+            *d += *s;
         }
     }
 }
@@ -228,13 +228,13 @@ pub fn layernorm_forward(
         .for_each(|((o, xr), (mu, rs))| {
             let mut sum = 0.0f32;
             for v in xr {
-                sum = sum + *v;
+                sum += *v;
             }
             let m = sum / c as f32;
             let mut var = 0.0f32;
             for v in xr {
                 let d = *v - m;
-                var = var + d * d;
+                var += d * d;
             }
             let s = 1.0 / (var / c as f32 + 1e-5).sqrt();
             for i in 0..c {
@@ -269,22 +269,22 @@ pub fn layernorm_backward(
             for i in 0..c {
                 let norm = (xr[i] - m) * s;
                 let dnorm = w[i] * dor[i];
-                dnorm_mean = dnorm_mean + dnorm;
-                dnorm_norm_mean = dnorm_norm_mean + dnorm * norm;
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
             }
-            dnorm_mean = dnorm_mean / c as f32;
-            dnorm_norm_mean = dnorm_norm_mean / c as f32;
+            dnorm_mean /= c as f32;
+            dnorm_norm_mean /= c as f32;
             for i in 0..c {
                 let norm = (xr[i] - m) * s;
                 let dnorm = w[i] * dor[i];
-                dxr[i] = dxr[i] + (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+                dxr[i] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
             }
         });
     for ((dor, xr), (m, s)) in dout.chunks(c).zip(x.chunks(c)).zip(mean.iter().zip(rstd)) {
         for i in 0..c {
             let norm = (xr[i] - m) * s;
-            dw[i] = dw[i] + norm * dor[i];
-            db[i] = db[i] + dor[i];
+            dw[i] += norm * dor[i];
+            db[i] += dor[i];
         }
     }
 }
@@ -316,10 +316,10 @@ pub fn softmax_row(row: &mut [f32]) {
     let mut sum = 0.0f32;
     for v in row.iter_mut() {
         *v = libm::expf(*v - max);
-        sum = sum + *v;
+        sum += *v;
     }
     for v in row.iter_mut() {
-        *v = *v / sum;
+        *v /= sum;
     }
 }
 
@@ -351,7 +351,7 @@ pub fn attention_forward(
                     let key = &qkv[(bi * t + t2) * 3 * c + c + hi * hs..][..hs];
                     let mut dot = 0.0f32;
                     for i in 0..hs {
-                        dot = dot + q[i] * key[i];
+                        dot += q[i] * key[i];
                     }
                     *r = dot * scale;
                 }
@@ -363,7 +363,7 @@ pub fn attention_forward(
                 for (t2, a) in row.iter().enumerate().take(ti + 1) {
                     let v = &qkv[(bi * t + t2) * 3 * c + 2 * c + hi * hs..][..hs];
                     for i in 0..hs {
-                        orow[i] = orow[i] + a * v[i];
+                        orow[i] += a * v[i];
                     }
                 }
             }
@@ -409,18 +409,18 @@ pub fn attention_backward(
                     let v = &qkv[(bi * t + t2) * 3 * c + 2 * c + hi * hs..][..hs];
                     let mut s = 0.0f32;
                     for i in 0..hs {
-                        s = s + v[i] * d[i];
+                        s += v[i] * d[i];
                     }
                     datt[t2] = s;
                     let dv = &mut local[t2 * 3 * hs + 2 * hs..t2 * 3 * hs + 3 * hs];
                     for i in 0..hs {
-                        dv[i] = dv[i] + a[t2] * d[i];
+                        dv[i] += a[t2] * d[i];
                     }
                 }
                 // Through the softmax: dpre = a * (datt - sum(a * datt)).
                 let mut dot = 0.0f32;
                 for t2 in 0..=ti {
-                    dot = dot + a[t2] * datt[t2];
+                    dot += a[t2] * datt[t2];
                 }
                 for t2 in 0..=ti {
                     dpre[t2] = a[t2] * (datt[t2] - dot);
@@ -431,11 +431,11 @@ pub fn attention_backward(
                     let key = &qkv[(bi * t + t2) * 3 * c + c + hi * hs..][..hs];
                     let g = dpre[t2] * scale;
                     for i in 0..hs {
-                        local[ti * 3 * hs + i] = local[ti * 3 * hs + i] + key[i] * g;
+                        local[ti * 3 * hs + i] += key[i] * g;
                     }
                     let dk = &mut local[t2 * 3 * hs + hs..t2 * 3 * hs + 2 * hs];
                     for i in 0..hs {
-                        dk[i] = dk[i] + q[i] * g;
+                        dk[i] += q[i] * g;
                     }
                 }
             }
@@ -449,7 +449,7 @@ pub fn attention_backward(
                 let dst = &mut dqkv[(bi * t + ti) * 3 * c + part * c + hi * hs..][..hs];
                 let src = &local[ti * 3 * hs + part * hs..][..hs];
                 for i in 0..hs {
-                    dst[i] = dst[i] + src[i];
+                    dst[i] += src[i];
                 }
             }
         }
@@ -466,7 +466,7 @@ mod tests {
             for j in 0..n {
                 let mut acc = 0.0f32;
                 for kk in 0..k {
-                    acc = acc + a[i * k + kk] * b[kk * n + j];
+                    acc += a[i * k + kk] * b[kk * n + j];
                 }
                 out[i * n + j] = acc;
             }

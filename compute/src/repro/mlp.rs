@@ -103,7 +103,7 @@ pub fn loss_and_grads(
     let mut dz: Vec<f32> = Vec::with_capacity(out.len());
     for (p, t) in out.iter().zip(y) {
         let d = *p - *t;
-        loss = loss + d * d;
+        loss += d * d;
         dz.push(2.0 * d / count);
     }
     grads.iter_mut().for_each(|g| *g = 0.0);

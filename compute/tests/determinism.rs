@@ -1,0 +1,130 @@
+//! The `repro` profile is bitwise reproducible: golden hashes from `spec/vectors/`, the same hash
+//! for any thread count (in separate processes), and a segment re-run from its committed start
+//! checkpoint gives the committed end hash.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use market_compute::{NoBlobs, TrainState, TrainingJob};
+use market_protocol::fixtures::training_task;
+use market_protocol::{Identity, TaskSpec};
+use serde_json::Value;
+
+fn golden(file: &str) -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../spec/vectors")
+        .join(file);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    doc["vectors"].as_array().unwrap().clone()
+}
+
+fn check_golden(file: &str) {
+    for v in golden(file) {
+        let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();
+        let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+        let mut state = job.initial_state();
+        let checkpoints = v["checkpoints"].as_array().unwrap();
+        assert_eq!(
+            state.hash(&job.layout).unwrap().to_string(),
+            checkpoints[0]["state_hash"].as_str().unwrap()
+        );
+        for (seg, expected) in checkpoints[1..].iter().enumerate() {
+            state = job.run_segment(seg as u32, &state, |_, _| {}).unwrap().0;
+            assert_eq!(u64::from(state.step), expected["step"].as_u64().unwrap());
+            assert_eq!(
+                state.hash(&job.layout).unwrap().to_string(),
+                expected["state_hash"].as_str().unwrap(),
+                "{} after segment {seg}",
+                v["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn golden_mlp_hashes() {
+    check_golden("compute-mlp.json");
+}
+
+#[test]
+fn golden_gpt_hashes() {
+    check_golden("compute-gpt.json");
+}
+
+/// Runs two segments of the example task and prints the end hash (run as a child process).
+#[test]
+fn child_prints_segment_hash() {
+    if std::env::var("MARKET_COMPUTE_CHILD").is_err() {
+        return;
+    }
+    let job = TrainingJob::from_spec(
+        &training_task(&Identity::from_test_label("buyer"), 3),
+        &NoBlobs,
+    )
+    .unwrap();
+    let mut state = job.initial_state();
+    for seg in 0..2 {
+        state = job.run_segment(seg, &state, |_, _| {}).unwrap().0;
+    }
+    println!("HASH {}", state.hash(&job.layout).unwrap());
+}
+
+fn child_hash(threads: &str) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_prints_segment_hash",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MARKET_COMPUTE_CHILD", "1")
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("HASH ").map(|(_, h)| &h[..64]))
+        .unwrap_or_else(|| panic!("child printed no hash: {stdout}"))
+        .to_string()
+}
+
+#[test]
+fn same_hash_for_one_and_two_threads_in_separate_processes() {
+    let one = child_hash("1");
+    let two = child_hash("2");
+    let four = child_hash("4");
+    assert_eq!(one, two);
+    assert_eq!(one, four);
+}
+
+#[test]
+fn rerun_from_committed_start_checkpoint_reproduces_end_hash() {
+    let job = TrainingJob::from_spec(
+        &training_task(&Identity::from_test_label("buyer"), 4),
+        &NoBlobs,
+    )
+    .unwrap();
+    let mut checkpoints = vec![job.initial_state().to_bytes(&job.layout).unwrap()];
+    let mut state = job.initial_state();
+    for seg in 0..3 {
+        state = job.run_segment(seg, &state, |_, _| {}).unwrap().0;
+        checkpoints.push(state.to_bytes(&job.layout).unwrap());
+    }
+    // A verifier holds only the committed bytes of checkpoint 1 and re-runs segment 1.
+    let start = TrainState::from_bytes(&checkpoints[1], &job.layout).unwrap();
+    let (end, _) = job.run_segment(1, &start, |_, _| {}).unwrap();
+    assert_eq!(end.to_bytes(&job.layout).unwrap(), checkpoints[2]);
+    // Starting from the wrong checkpoint is refused rather than silently run.
+    let wrong = TrainState::from_bytes(&checkpoints[0], &job.layout).unwrap();
+    assert!(job.run_segment(1, &wrong, |_, _| {}).is_err());
+    // A changed byte in the state either fails to parse or hashes differently.
+    let mut tampered = checkpoints[2].clone();
+    let at = tampered.len() - 5;
+    tampered[at] ^= 1;
+    if let Ok(s) = TrainState::from_bytes(&tampered, &job.layout) {
+        assert_ne!(s.hash(&job.layout).unwrap(), end.hash(&job.layout).unwrap());
+    }
+}
