@@ -15,7 +15,13 @@ use market_protocol::*;
 fn gpt_task(layers: u32, width: u32, context: u32, batch: u32) -> TaskSpec {
     let mut task = training_task(&Identity::from_test_label("buyer"), 1);
     if let Workload::Training(t) = &mut task.workload {
-        t.model = ModelSpec::Gpt { layers, heads: if width >= 128 { 4 } else { 2 }, width, vocab: 16, context };
+        t.model = ModelSpec::Gpt {
+            layers,
+            heads: if width >= 128 { 4 } else { 2 },
+            width,
+            vocab: 16,
+            context,
+        };
         t.batch_size = batch;
         t.steps = 1000;
     }
@@ -39,19 +45,29 @@ fn main() {
     println!("## Training throughput, repro / native (target >= 0.6)");
     println!("| config | repro steps/s | native steps/s | ratio |\n|---|---|---|---|");
     for (name, task, steps) in [
-        ("gpt L2 W32 T16 B16 (example task)", gpt_task(2, 32, 16, 16), 150),
+        (
+            "gpt L2 W32 T16 B16 (example task)",
+            gpt_task(2, 32, 16, 16),
+            150,
+        ),
         ("gpt L4 W128 T64 B8", gpt_task(4, 128, 64, 8), 20),
         ("gpt L4 W256 T64 B8", gpt_task(4, 256, 64, 8), 10),
     ] {
         let repro = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
-        let native = repro.clone().with_backend(Backend::for_profile(ExecutionProfile::Native).unwrap());
+        let native = repro
+            .clone()
+            .with_backend(Backend::for_profile(ExecutionProfile::Native).unwrap());
         let r = steps_per_second(&repro, steps);
         let n = steps_per_second(&native, steps);
         println!("| {name} | {r:.2} | {n:.2} | {:.2} |", r / n);
     }
 
     println!("\n## Checkpoint overhead at the example task's interval (target <= 2%)");
-    let job = TrainingJob::from_spec(&training_task(&Identity::from_test_label("buyer"), 1), &NoBlobs).unwrap();
+    let job = TrainingJob::from_spec(
+        &training_task(&Identity::from_test_label("buyer"), 1),
+        &NoBlobs,
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut state = job.initial_state();
     let (mut compute_s, mut checkpoint_s) = (0.0f64, 0.0f64);
@@ -77,7 +93,10 @@ fn main() {
     if let Workload::Inference(i) = &mut task.workload {
         i.weights = None;
         i.decoding = Decoding::Greedy;
-        i.inputs = InferenceInputs::Prompts { prompts: (0..16).map(|k| format!("{k}+{k}=")).collect(), max_new_tokens: 8 };
+        i.inputs = InferenceInputs::Prompts {
+            prompts: (0..16).map(|k| format!("{k}+{k}=")).collect(),
+            max_new_tokens: 8,
+        };
     }
     println!("| profile | tokens/s |\n|---|---|");
     for profile in [ExecutionProfile::Repro, ExecutionProfile::Native] {
@@ -86,6 +105,9 @@ fn main() {
         let start = Instant::now();
         let out = job.run_all(|_| {}).unwrap();
         let tokens: usize = out.items.iter().map(|i| i.bytes.len()).sum();
-        println!("| {profile:?} | {:.0} |", tokens as f64 / start.elapsed().as_secs_f64());
+        println!(
+            "| {profile:?} | {:.0} |",
+            tokens as f64 / start.elapsed().as_secs_f64()
+        );
     }
 }

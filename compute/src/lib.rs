@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod bundle;
 pub mod data;
 pub mod error;
 pub mod inference;

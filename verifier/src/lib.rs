@@ -1,6 +1,8 @@
-//! The verifier: samples segments, re-executes them, signs verdicts (filled by the audit issue).
-//!
-//! Skeleton: the crate exists so that the workspace and its dependency direction
-//! (protocol at the bottom, market at the top) are fixed from the start.
+//! The market verifier: derives a challenge from a commitment and a beacon, checks the opened
+//! checkpoints against the committed root, re-executes the sampled segments with
+//! `market-compute` (the very code the worker ran), narrows a failure to its first bad step,
+//! and signs a verdict.
 
-pub use market_protocol as protocol;
+pub mod audit;
+
+pub use audit::{audit, AuditError, AuditReport, SamplePolicy};

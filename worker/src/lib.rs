@@ -1,6 +1,12 @@
-//! The worker: runs tasks, commits to every checkpoint, answers challenges (filled by the audit issue).
+//! The market worker: runs tasks with `market-compute` (the same code the verifier runs),
+//! writes a result bundle, commits to every checkpoint with a signed Merkle root, and opens
+//! what it is challenged on.
 //!
-//! Skeleton: the crate exists so that the workspace and its dependency direction
-//! (protocol at the bottom, market at the top) are fixed from the start.
+//! [`Behavior`] also holds the cheating strategies, as a testing aid: the adversary suite uses
+//! them to measure how often audits catch each one.
 
-pub use market_protocol as protocol;
+pub mod behavior;
+pub mod exec;
+
+pub use behavior::Behavior;
+pub use exec::{exec, open_steps, ExecError, ExecReport, Progress};

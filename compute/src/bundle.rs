@@ -1,0 +1,182 @@
+//! The result bundle: the directory a worker produces for a task, and from which a verifier
+//! audits it without trusting anything but signatures, hashes and re-execution.
+//!
+//! ```text
+//! task.json                 the task spec (canonical JSON)
+//! commitment.json           the worker's signed commitment (canonical JSON)
+//! leaves.json               the committed leaf hashes (checkpoint or item hashes), in order
+//! checkpoints/NNNNNN.st     training: the state after checkpoint N (canonical state bytes)
+//! items/NNNNNN.bin          inference: the output bytes of item N
+//! steps/NNNNNN.json         training, on request: per-step state hashes of segment N
+//! outputs/weights.st        training: final weights (safetensors)
+//! loss.json                 training: mean loss per segment, for people
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use market_protocol::canonical::{from_canonical_bytes, to_canonical_bytes, MAX_MESSAGE_BYTES};
+use market_protocol::{Commitment, Signed, StateHash, TaskSpec};
+
+/// Largest JSON file of a bundle that is read.
+const MAX_JSON_BYTES: u64 = MAX_MESSAGE_BYTES as u64;
+
+/// Why a bundle cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// A file is missing or unreadable.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not what it should be.
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A bundle directory.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl Bundle {
+    /// A bundle at `root` (not created yet, or existing).
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// Its directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directory layout.
+    pub fn create(&self) -> Result<(), BundleError> {
+        for dir in ["checkpoints", "items", "steps", "outputs"] {
+            let p = self.root.join(dir);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// Path of checkpoint `index`.
+    pub fn checkpoint_path(&self, index: u32) -> PathBuf {
+        self.root.join("checkpoints").join(format!("{index:06}.st"))
+    }
+
+    /// Path of item `index`'s output.
+    pub fn item_path(&self, index: u32) -> PathBuf {
+        self.root.join("items").join(format!("{index:06}.bin"))
+    }
+
+    /// Path of segment `index`'s per-step hashes.
+    pub fn steps_path(&self, index: u32) -> PathBuf {
+        self.root.join("steps").join(format!("{index:06}.json"))
+    }
+
+    /// Path of the final weights.
+    pub fn weights_path(&self) -> PathBuf {
+        self.root.join("outputs").join("weights.st")
+    }
+
+    /// Writes `bytes` to `relative` inside the bundle.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
+        std::fs::write(path, bytes).map_err(io(path))
+    }
+
+    /// Reads a file of at most `limit` bytes, checking the size before reading.
+    pub fn read(&self, path: &Path, limit: u64) -> Result<Vec<u8>, BundleError> {
+        let meta = std::fs::metadata(path).map_err(io(path))?;
+        if meta.len() > limit {
+            return Err(BundleError::Invalid {
+                path: path.to_owned(),
+                reason: format!("{} bytes, over the limit of {limit}", meta.len()),
+            });
+        }
+        std::fs::read(path).map_err(io(path))
+    }
+
+    fn write_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), BundleError> {
+        let path = self.root.join(name);
+        let bytes = to_canonical_bytes(value).map_err(|e| BundleError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.write(&path, &bytes)
+    }
+
+    fn read_json<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<T, BundleError> {
+        let path = self.root.join(name);
+        let bytes = self.read(&path, MAX_JSON_BYTES)?;
+        from_canonical_bytes(&bytes).map_err(|e| BundleError::Invalid {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes the task spec.
+    pub fn write_task(&self, task: &TaskSpec) -> Result<(), BundleError> {
+        self.write_json("task.json", task)
+    }
+
+    /// Reads the task spec.
+    pub fn read_task(&self) -> Result<TaskSpec, BundleError> {
+        self.read_json("task.json")
+    }
+
+    /// Writes the signed commitment.
+    pub fn write_commitment(&self, c: &Signed<Commitment>) -> Result<(), BundleError> {
+        self.write_json("commitment.json", c)
+    }
+
+    /// Reads the signed commitment (not yet verified).
+    pub fn read_commitment(&self) -> Result<Signed<Commitment>, BundleError> {
+        self.read_json("commitment.json")
+    }
+
+    /// Writes the committed leaves.
+    pub fn write_leaves(&self, leaves: &[StateHash]) -> Result<(), BundleError> {
+        self.write_json("leaves.json", &leaves)
+    }
+
+    /// Reads the committed leaves.
+    pub fn read_leaves(&self) -> Result<Vec<StateHash>, BundleError> {
+        self.read_json("leaves.json")
+    }
+
+    /// Writes per-step state hashes of a segment (the worker's opening of its steps).
+    pub fn write_step_hashes(&self, segment: u32, hashes: &[StateHash]) -> Result<(), BundleError> {
+        self.write_json(&format!("steps/{segment:06}.json"), &hashes)
+    }
+
+    /// Reads per-step state hashes of a segment, if the worker opened them.
+    pub fn read_step_hashes(&self, segment: u32) -> Result<Option<Vec<StateHash>>, BundleError> {
+        if !self.steps_path(segment).exists() {
+            return Ok(None);
+        }
+        self.read_json(&format!("steps/{segment:06}.json"))
+            .map(Some)
+    }
+
+    /// Writes the human-readable loss trace.
+    pub fn write_loss(&self, losses: &[f32]) -> Result<(), BundleError> {
+        let path = self.root.join("loss.json");
+        let text = serde_json::to_string_pretty(losses).map_err(|e| BundleError::Invalid {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        self.write(&path, text.as_bytes())
+    }
+}

@@ -1,0 +1,503 @@
+//! One audit of a result bundle.
+
+use std::str::FromStr;
+
+use market_compute::bundle::{Bundle, BundleError};
+use market_compute::state::MAX_STATE_BYTES;
+use market_compute::tolerance::{states_match, worst_relative_l2};
+use market_compute::{BlobSource, InferenceJob, TrainState, TrainingJob};
+use market_protocol::detection::{detection_probability, faked_segments, samples_for_target};
+use market_protocol::{
+    message_id, Beacon, Challenge, ChallengeId, Commitment, CommitmentId, Decimal,
+    ExecutionProfile, FailureReason, Hash, Identity, MerkleTree, SegmentCheck, Signed, StateHash,
+    TaskId, TaskSpec, Verdict, VerdictOutcome, Version, Workload,
+};
+
+/// How many segments to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SamplePolicy {
+    /// Exactly this many (capped at the segment count).
+    Count(u32),
+    /// Every segment.
+    All,
+    /// The fewest that catch a worker faking `assumed_faked` of the segments with probability
+    /// at least `target`.
+    Detect {
+        /// Target detection probability, e.g. 0.99.
+        target: Decimal,
+        /// Assumed faked fraction, e.g. 0.1.
+        assumed_faked: Decimal,
+    },
+}
+
+impl FromStr for SamplePolicy {
+    type Err = String;
+    /// `all` or a number (for `--samples`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "all" {
+            return Ok(Self::All);
+        }
+        s.parse()
+            .map(Self::Count)
+            .map_err(|_| format!("{s:?} is neither a number nor `all`"))
+    }
+}
+
+/// Input an audit cannot work with (exit code 2): nothing about the worker is concluded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The bundle is missing a file the audit needs first, or it is malformed.
+    #[error("unusable bundle: {0}")]
+    Bundle(#[from] BundleError),
+    /// The commitment's signature does not verify (or names another author).
+    #[error("the commitment's signature is not valid: {0}")]
+    Signature(#[from] market_protocol::SignatureError),
+    /// The task itself cannot run.
+    #[error("the task cannot be run: {0}")]
+    Task(#[from] market_compute::ComputeError),
+    /// The sampling policy cannot be met.
+    #[error("{0}")]
+    Policy(String),
+}
+
+/// The result of an audit.
+#[derive(Debug, Clone)]
+pub struct AuditReport {
+    /// The signed verdict.
+    pub verdict: Signed<Verdict>,
+    /// The challenge answered.
+    pub challenge: Challenge,
+    /// The detection probability of this challenge against the policy's assumed cheater, if
+    /// the policy named one.
+    pub detection_probability: Option<f64>,
+    /// Steps (training) or items (inference) re-executed.
+    pub rerun: u64,
+    /// Steps or items the worker ran.
+    pub total: u64,
+}
+
+impl AuditReport {
+    /// Whether the verdict is a pass.
+    pub fn passed(&self) -> bool {
+        self.verdict.body.outcome == VerdictOutcome::Pass
+    }
+}
+
+struct Failure {
+    segment: u32,
+    step: Option<u32>,
+    reason: FailureReason,
+    detail: String,
+}
+
+fn fail(segment: u32, reason: FailureReason, detail: impl Into<String>) -> Failure {
+    Failure {
+        segment,
+        step: None,
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Audits the bundle against `beacon`. Returns a signed verdict (pass or fail) or, when the
+/// input is unusable, an error.
+pub fn audit(
+    bundle: &Bundle,
+    beacon: Beacon,
+    policy: &SamplePolicy,
+    identity: &Identity,
+    blobs: &dyn BlobSource,
+) -> Result<AuditReport, AuditError> {
+    let task = bundle.read_task()?;
+    let signed = bundle.read_commitment()?;
+    let commitment = signed.verify()?.clone();
+    let commitment_id = CommitmentId(signed.id().map_err(market_protocol::SignatureError::from)?);
+    let n = commitment.segments;
+    let (samples, detection) = match policy {
+        SamplePolicy::Count(c) => ((*c).min(n), None),
+        SamplePolicy::All => (n, None),
+        SamplePolicy::Detect {
+            target,
+            assumed_faked,
+        } => {
+            let m = faked_segments(u64::from(n), assumed_faked);
+            let s = samples_for_target(u64::from(n), m, target.to_f64()).ok_or_else(|| {
+                AuditError::Policy("the assumed faked fraction must be positive".into())
+            })?;
+            (s as u32, Some(detection_probability(u64::from(n), m, s)))
+        }
+    };
+    let challenge = Challenge::derive(identity.account(), commitment_id, beacon, n, samples)
+        .map_err(|e| AuditError::Policy(e.to_string()))?;
+    let mut checked = Vec::new();
+    let mut rerun = 0u64;
+    let total;
+    let outcome = match &task.workload {
+        Workload::Training(_) => {
+            total = u64::from(commitment.steps);
+            check_training(
+                bundle,
+                &task,
+                &commitment,
+                &challenge,
+                blobs,
+                &mut checked,
+                &mut rerun,
+            )?
+        }
+        Workload::Inference(_) => {
+            total = u64::from(n);
+            check_inference(
+                bundle,
+                &task,
+                &commitment,
+                &challenge,
+                blobs,
+                &mut checked,
+                &mut rerun,
+            )?
+        }
+    };
+    let outcome = match outcome {
+        None => VerdictOutcome::Pass,
+        Some(f) => VerdictOutcome::Fail {
+            segment: f.segment,
+            step: f.step,
+            reason: f.reason,
+            detail: f.detail,
+        },
+    };
+    let verdict = Verdict {
+        version: Version::CURRENT,
+        verifier: identity.account(),
+        commitment_id,
+        challenge_id: ChallengeId(
+            message_id(&challenge).map_err(market_protocol::SignatureError::from)?,
+        ),
+        checked,
+        outcome,
+        compute_share_ppm: (rerun * 1_000_000)
+            .checked_div(total.max(1))
+            .unwrap_or(0)
+            .min(u64::from(u32::MAX)) as u32,
+    };
+    Ok(AuditReport {
+        verdict: Signed::sign(verdict, identity)?,
+        challenge,
+        detection_probability: detection,
+        rerun,
+        total,
+    })
+}
+
+/// Checks shared by both kinds: the commitment answers this task, and its leaves give its root.
+fn check_commitment(
+    task: &TaskSpec,
+    c: &Commitment,
+    leaves: &[StateHash],
+    expected_leaves: u64,
+) -> Option<Failure> {
+    let task_id = match message_id(task) {
+        Ok(id) => TaskId(id),
+        Err(e) => {
+            return Some(fail(
+                0,
+                FailureReason::InvalidCommitment,
+                format!("task not canonical: {e}"),
+            ))
+        }
+    };
+    if c.task_id != task_id {
+        return Some(fail(
+            0,
+            FailureReason::InvalidCommitment,
+            format!(
+                "the commitment is for task {}, the bundle's task is {task_id}",
+                c.task_id
+            ),
+        ));
+    }
+    if c.leaf_count() != expected_leaves || leaves.len() as u64 != expected_leaves {
+        return Some(fail(0, FailureReason::InvalidCommitment, format!("the task has {expected_leaves} leaves, the commitment claims {} and the bundle lists {}", c.leaf_count(), leaves.len())));
+    }
+    if MerkleTree::new(leaves).root() != c.root {
+        return Some(fail(
+            0,
+            FailureReason::BadProof,
+            "the committed root does not match the committed leaves (forged root)",
+        ));
+    }
+    None
+}
+
+/// Reads leaf `index`'s file and checks it is the committed one, with its inclusion proof.
+fn open_leaf(
+    bundle: &Bundle,
+    path: &std::path::Path,
+    leaves: &[StateHash],
+    root: &Hash,
+    index: u32,
+    segment: u32,
+) -> Result<Vec<u8>, Failure> {
+    let bytes = match bundle.read(path, MAX_STATE_BYTES as u64) {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(fail(
+                segment,
+                FailureReason::Withheld,
+                format!("checkpoint {index} not opened: {e}"),
+            ))
+        }
+    };
+    let actual = StateHash(Hash::of(&bytes));
+    let proof = MerkleTree::new(leaves).proof(u64::from(index));
+    let proven = proof.is_some_and(|p| p.verify(actual.as_bytes(), root).is_ok());
+    if !proven {
+        return Err(fail(
+            segment,
+            FailureReason::BadProof,
+            format!(
+                "checkpoint {index} ({actual}) is not the committed one ({}): altered or truncated",
+                leaves[index as usize]
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn check_training(
+    bundle: &Bundle,
+    task: &TaskSpec,
+    c: &Commitment,
+    challenge: &Challenge,
+    blobs: &dyn BlobSource,
+    checked: &mut Vec<SegmentCheck>,
+    rerun: &mut u64,
+) -> Result<Option<Failure>, AuditError> {
+    let job = TrainingJob::from_spec(task, blobs)?;
+    let leaves = match bundle.read_leaves() {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(Some(fail(
+                0,
+                FailureReason::Withheld,
+                format!("no committed leaves: {e}"),
+            )))
+        }
+    };
+    if c.steps != job.steps {
+        return Ok(Some(fail(
+            0,
+            FailureReason::InvalidCommitment,
+            format!(
+                "the task has {} steps, the commitment claims {}",
+                job.steps, c.steps
+            ),
+        )));
+    }
+    if let Some(f) = check_commitment(task, c, &leaves, u64::from(job.segments()) + 1) {
+        return Ok(Some(f));
+    }
+    // Checkpoint 0 must be the task's own initial state: a run of another task (replay) or a
+    // different initialisation fails here, whatever is sampled.
+    let initial = job.initial_state().hash(&job.layout)?;
+    if leaves[0] != initial {
+        return Ok(Some(fail(
+            0,
+            FailureReason::StateMismatch,
+            format!(
+                "checkpoint 0 is {}, the task's initial state is {initial}",
+                leaves[0]
+            ),
+        )));
+    }
+    let exact = job.profile == ExecutionProfile::Repro;
+    for &seg in &challenge.sampled {
+        let start = match open_leaf(
+            bundle,
+            &bundle.checkpoint_path(seg),
+            &leaves,
+            &c.root,
+            seg,
+            seg,
+        ) {
+            Ok(b) => b,
+            Err(f) => return Ok(Some(f)),
+        };
+        let end_bytes = match open_leaf(
+            bundle,
+            &bundle.checkpoint_path(seg + 1),
+            &leaves,
+            &c.root,
+            seg + 1,
+            seg,
+        ) {
+            Ok(b) => b,
+            Err(f) => return Ok(Some(f)),
+        };
+        let Ok(start_state) = TrainState::from_bytes(&start, &job.layout) else {
+            return Ok(Some(fail(
+                seg,
+                FailureReason::StateMismatch,
+                format!("checkpoint {seg} is not a state of this task"),
+            )));
+        };
+        let (first, end) = job.segment_bounds(seg)?;
+        let ran = job.run_segment(seg, &start_state, |_, _| {});
+        *rerun += u64::from(end - first);
+        let ours = match ran {
+            Ok((s, _)) => s,
+            Err(e) => {
+                return Ok(Some(fail(
+                    seg,
+                    FailureReason::StateMismatch,
+                    format!("re-execution from checkpoint {seg} failed: {e}"),
+                )))
+            }
+        };
+        let actual = ours.hash(&job.layout)?;
+        let expected = leaves[seg as usize + 1];
+        checked.push(SegmentCheck {
+            segment: seg,
+            expected,
+            actual: Some(actual),
+        });
+        let matches = if exact {
+            actual == expected
+        } else {
+            TrainState::from_bytes(&end_bytes, &job.layout)
+                .is_ok_and(|theirs| states_match(&job.layout, &ours, &theirs))
+        };
+        if !matches {
+            let mut f = fail(seg, FailureReason::StateMismatch, format!("segment {seg} (steps {}..{end}) re-executes to {actual}, the worker committed {expected}", first + 1));
+            if !exact {
+                if let Ok(theirs) = TrainState::from_bytes(&end_bytes, &job.layout) {
+                    let (d, tensor) = worst_relative_l2(&job.layout, &ours, &theirs);
+                    f.detail = format!("{}; {tensor} differs by relative L2 {d:.3e}", f.detail);
+                }
+            } else {
+                narrow(bundle, &job, seg, &start_state, expected, &mut f, rerun)?;
+            }
+            return Ok(Some(f));
+        }
+    }
+    Ok(None)
+}
+
+/// Names the first step of a failed segment whose state differs from the worker's own opened
+/// per-step states (the evidence a referee needs: one step to re-run).
+fn narrow(
+    bundle: &Bundle,
+    job: &TrainingJob,
+    seg: u32,
+    start: &TrainState,
+    expected_end: StateHash,
+    f: &mut Failure,
+    rerun: &mut u64,
+) -> Result<(), AuditError> {
+    let (first, end) = job.segment_bounds(seg)?;
+    let claims = match bundle.read_step_hashes(seg) {
+        Ok(Some(c)) if c.len() as u32 == end - first && c.last() == Some(&expected_end) => c,
+        Ok(Some(_)) => {
+            f.detail.push_str(
+                "; the worker's per-step opening does not end at its committed checkpoint",
+            );
+            return Ok(());
+        }
+        _ => {
+            f.detail
+                .push_str("; the worker did not open per-step states for this segment");
+            return Ok(());
+        }
+    };
+    let mut state = start.clone();
+    for claim in &claims {
+        job.step(&mut state)?;
+        *rerun += 1;
+        let ours = state.hash(&job.layout)?;
+        if ours != *claim {
+            f.step = Some(state.step);
+            f.detail = format!(
+                "{}; first differing step is {} (worker {claim}, re-executed {ours})",
+                f.detail, state.step
+            );
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn check_inference(
+    bundle: &Bundle,
+    task: &TaskSpec,
+    c: &Commitment,
+    challenge: &Challenge,
+    blobs: &dyn BlobSource,
+    checked: &mut Vec<SegmentCheck>,
+    rerun: &mut u64,
+) -> Result<Option<Failure>, AuditError> {
+    let job = InferenceJob::from_spec(task, blobs)?;
+    let leaves = match bundle.read_leaves() {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(Some(fail(
+                0,
+                FailureReason::Withheld,
+                format!("no committed leaves: {e}"),
+            )))
+        }
+    };
+    if let Some(f) = check_commitment(task, c, &leaves, job.len() as u64) {
+        return Ok(Some(f));
+    }
+    for &item in &challenge.sampled {
+        let theirs = match open_leaf(
+            bundle,
+            &bundle.item_path(item),
+            &leaves,
+            &c.root,
+            item,
+            item,
+        ) {
+            Ok(b) => b,
+            Err(f) => return Ok(Some(f)),
+        };
+        let ours = job.run_item(item as usize)?;
+        *rerun += 1;
+        let expected = leaves[item as usize];
+        checked.push(SegmentCheck {
+            segment: item,
+            expected,
+            actual: Some(ours.hash),
+        });
+        let matches = ours.hash == expected
+            || (job.profile != ExecutionProfile::Repro && rows_close(&ours.bytes, &theirs));
+        if !matches {
+            return Ok(Some(fail(
+                item,
+                FailureReason::StateMismatch,
+                format!(
+                    "item {item} re-executes to {}, the worker committed {expected}",
+                    ours.hash
+                ),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// For `native` mlp rows: the same tolerance as states, over the row.
+fn rows_close(ours: &[u8], theirs: &[u8]) -> bool {
+    if ours.len() != theirs.len() || ours.len() % 4 != 0 {
+        return false;
+    }
+    let f = |b: &[u8]| {
+        b.chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (f(ours), f(theirs));
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let norm: f64 = b.iter().map(|y| y * y).sum();
+    diff.sqrt() <= market_compute::tolerance::MAX_RELATIVE_L2 * norm.sqrt().max(1e-12)
+}

@@ -1,0 +1,369 @@
+//! Running a task into a result bundle and a signed commitment: the same code path the
+//! networked worker uses; only the transport differs.
+
+use std::collections::BTreeSet;
+
+use market_compute::bundle::{Bundle, BundleError};
+use market_compute::rng::{self, Purpose};
+use market_compute::{BlobSource, ComputeError, InferenceJob, TrainState, TrainingJob};
+use market_protocol::{
+    message_id, BlobId, Commitment, CommitmentId, DatasetSource, F32Bits, Hash, Identity,
+    MerkleTree, Signed, StateHash, TaskId, TaskSpec, Version, Workload,
+};
+
+use crate::behavior::Behavior;
+
+/// Why a task could not be run into a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The task cannot run (bad config, missing blob, divergence, ...).
+    #[error(transparent)]
+    Compute(#[from] ComputeError),
+    /// The bundle could not be written or read.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The strategy does not apply to this task.
+    #[error("strategy {0} does not apply to {1}")]
+    NotApplicable(Behavior, &'static str),
+    /// Signing failed (the task cannot be canonicalized).
+    #[error(transparent)]
+    Signature(#[from] market_protocol::SignatureError),
+}
+
+/// Where a run is, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Steps (training) or items (inference) done.
+    pub done: u32,
+    /// Steps or items in all.
+    pub total: u32,
+    /// The latest training loss (0 for inference).
+    pub loss: f32,
+}
+
+/// What `exec` produced.
+#[derive(Debug, Clone)]
+pub struct ExecReport {
+    /// The signed commitment (also in the bundle).
+    pub commitment: Signed<Commitment>,
+    /// Its id.
+    pub commitment_id: CommitmentId,
+    /// The segments this worker faked (empty when honest): for tests and reports only.
+    pub faked: BTreeSet<u32>,
+}
+
+/// Runs `task` with `behavior`, writes the bundle and returns the signed commitment.
+pub fn exec(
+    task: &TaskSpec,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<ExecReport, ExecError> {
+    bundle.create()?;
+    bundle.write_task(task)?;
+    let task_id = TaskId(message_id(task).map_err(market_protocol::SignatureError::from)?);
+    let (mut commitment, leaves, faked) = match &task.workload {
+        Workload::Training(_) => exec_training(
+            task,
+            task_id,
+            identity,
+            behavior,
+            bundle,
+            blobs,
+            &mut on_progress,
+        )?,
+        Workload::Inference(_) => exec_inference(
+            task,
+            task_id,
+            identity,
+            behavior,
+            bundle,
+            blobs,
+            &mut on_progress,
+        )?,
+    };
+    commitment.root = MerkleTree::new(&leaves).root();
+    if behavior == Behavior::ForgeRoot {
+        commitment.root = Hash::of(&[b"forged".as_slice(), commitment.root.as_bytes()].concat());
+    }
+    bundle.write_leaves(&leaves)?;
+    if behavior == Behavior::Withhold {
+        withhold(bundle, &task.workload, leaves.len() as u32)?;
+    }
+    let signed = Signed::sign(commitment, identity)?;
+    bundle.write_commitment(&signed)?;
+    let commitment_id = CommitmentId(signed.id().map_err(market_protocol::SignatureError::from)?);
+    Ok(ExecReport {
+        commitment: signed,
+        commitment_id,
+        faked,
+    })
+}
+
+fn withhold(bundle: &Bundle, workload: &Workload, leaves: u32) -> Result<(), ExecError> {
+    for i in 1..leaves.saturating_sub(1) {
+        let path = match workload {
+            Workload::Training(_) => bundle.checkpoint_path(i),
+            Workload::Inference(_) => bundle.item_path(i),
+        };
+        std::fs::remove_file(&path).map_err(|source| BundleError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// The job a cheating strategy actually runs instead of the task (other data, another seed).
+fn cheat_job(
+    task: &TaskSpec,
+    behavior: Behavior,
+    blobs: &dyn BlobSource,
+) -> Result<Option<TrainingJob>, ExecError> {
+    let mut other = task.clone();
+    match behavior {
+        Behavior::WrongData => match &mut other.workload {
+            Workload::Training(t) => match &mut t.dataset {
+                DatasetSource::Arithmetic { examples, .. }
+                | DatasetSource::TeacherMlp { examples, .. } => {
+                    *examples = examples.saturating_mul(2).max(2)
+                }
+                DatasetSource::Blob { .. } => {
+                    return Err(ExecError::NotApplicable(
+                        behavior,
+                        "a task with an uploaded dataset",
+                    ))
+                }
+            },
+            Workload::Inference(_) => unreachable!("training only"),
+        },
+        Behavior::Replay => other.seed = other.seed.wrapping_add(1),
+        _ => return Ok(None),
+    }
+    Ok(Some(TrainingJob::from_spec(&other, blobs)?))
+}
+
+/// Rounds to bfloat16 (round to nearest, ties to even) and back.
+fn to_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}
+
+/// Runs segment `seg` as `behavior` would. Honest segments go through the one shared
+/// `TrainingJob::run_segment` unless per-step hashes are asked for (an opening), in which case
+/// the same `TrainingJob::step` runs one step at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn run_segment_as(
+    job: &TrainingJob,
+    cheat: Option<&TrainingJob>,
+    behavior: Behavior,
+    faked: bool,
+    seg: u32,
+    start: &TrainState,
+    record_steps: bool,
+    on_step: &mut dyn FnMut(u32, f32),
+) -> Result<(TrainState, f32, Vec<StateHash>), ExecError> {
+    let (first, end) = job.segment_bounds(seg)?;
+    if !faked && !record_steps {
+        let (state, loss) = job.run_segment(seg, start, |s, l| on_step(s, l))?;
+        return Ok((state, loss, Vec::new()));
+    }
+    let mut state = start.clone();
+    let mut hashes = Vec::new();
+    let mut total = 0.0f32;
+    while state.step < end {
+        let loss = match (faked, behavior) {
+            (true, Behavior::Skip(_) | Behavior::Truncate(_)) => {
+                state.step += 1;
+                0.0
+            }
+            (true, Behavior::WrongData | Behavior::Replay) => {
+                cheat.unwrap_or(job).step(&mut state)?
+            }
+            (true, Behavior::LowPrecision) => {
+                let loss = job.step(&mut state)?;
+                state.params.iter_mut().for_each(|p| *p = to_bf16(*p));
+                loss
+            }
+            _ => job.step(&mut state)?,
+        };
+        total += loss;
+        on_step(state.step, loss);
+        if record_steps {
+            hashes.push(state.hash(&job.layout)?);
+        }
+    }
+    if faked && matches!(behavior, Behavior::Noise(_)) {
+        let mut r = rng::stream(u64::from(seg), Purpose::Init, 0xbad);
+        state
+            .params
+            .iter_mut()
+            .for_each(|p| *p += rng::symmetric_f32(&mut r, 0.01));
+        if let Some(last) = hashes.last_mut() {
+            *last = state.hash(&job.layout)?;
+        }
+    }
+    Ok((state, total / (end - first).max(1) as f32, hashes))
+}
+
+#[allow(clippy::type_complexity)]
+fn exec_training(
+    task: &TaskSpec,
+    task_id: TaskId,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
+    let job = TrainingJob::from_spec(task, blobs)?;
+    let cheat = cheat_job(task, behavior, blobs)?;
+    let n = job.segments();
+    let faked = behavior.faked_segments(n, &task_id.0);
+    let mut state = match (&cheat, behavior) {
+        (Some(c), Behavior::Replay) => c.initial_state(),
+        _ => job.initial_state(),
+    };
+    let write = |i: u32, s: &TrainState| -> Result<StateHash, ExecError> {
+        let bytes = s.to_bytes(&job.layout)?;
+        bundle.write(&bundle.checkpoint_path(i), &bytes)?;
+        Ok(StateHash(Hash::of(&bytes)))
+    };
+    let mut leaves = vec![write(0, &state)?];
+    let mut losses = Vec::with_capacity(n as usize);
+    for seg in 0..n {
+        let mut report = |step: u32, loss: f32| {
+            on_progress(Progress {
+                done: step,
+                total: job.steps,
+                loss,
+            })
+        };
+        let (next, loss, _) = run_segment_as(
+            &job,
+            cheat.as_ref(),
+            behavior,
+            faked.contains(&seg),
+            seg,
+            &state,
+            false,
+            &mut report,
+        )?;
+        state = next;
+        leaves.push(write(seg + 1, &state)?);
+        losses.push(loss);
+    }
+    let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)?;
+    bundle.write(&bundle.weights_path(), &weights)?;
+    bundle.write_loss(&losses)?;
+    let commitment = Commitment {
+        version: Version::CURRENT,
+        task_id,
+        worker: identity.account(),
+        steps: job.steps,
+        segments: n,
+        root: Hash::default(),
+        final_state_hash: *leaves.last().unwrap_or(&StateHash::default()),
+        outputs: vec![BlobId::of(&weights)],
+        loss_trace: losses.iter().map(|l| F32Bits::from_f32(*l)).collect(),
+    };
+    Ok((commitment, leaves, faked))
+}
+
+#[allow(clippy::type_complexity)]
+fn exec_inference(
+    task: &TaskSpec,
+    task_id: TaskId,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    on_progress: &mut dyn FnMut(Progress),
+) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
+    if matches!(behavior, Behavior::WrongData | Behavior::LowPrecision) {
+        return Err(ExecError::NotApplicable(behavior, "inference"));
+    }
+    let job = InferenceJob::from_spec(task, blobs)?;
+    let n = job.len() as u32;
+    let faked = behavior.faked_segments(n, &task_id.0);
+    let mut leaves = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let bytes = match (faked.contains(&i), behavior) {
+            (true, Behavior::Skip(_) | Behavior::Truncate(_)) => Vec::new(),
+            (true, Behavior::Replay) => job.run_item(((i + 1) % n) as usize)?.bytes,
+            (true, Behavior::Noise(_)) => {
+                let mut b = job.run_item(i as usize)?.bytes;
+                b.push(b'!');
+                b
+            }
+            _ => job.run_item(i as usize)?.bytes,
+        };
+        bundle.write(&bundle.item_path(i), &bytes)?;
+        leaves.push(StateHash(Hash::of(&bytes)));
+        on_progress(Progress {
+            done: i + 1,
+            total: n,
+            loss: 0.0,
+        });
+    }
+    let concat: Vec<u8> = leaves.iter().flat_map(|h| h.as_bytes().to_vec()).collect();
+    let commitment = Commitment {
+        version: Version::CURRENT,
+        task_id,
+        worker: identity.account(),
+        steps: 0,
+        segments: n,
+        root: Hash::default(),
+        final_state_hash: StateHash(Hash::of(&concat)),
+        outputs: leaves.iter().map(|h| BlobId(h.0)).collect(),
+        loss_trace: Vec::new(),
+    };
+    Ok((commitment, leaves, faked))
+}
+
+/// Opens the per-step state hashes of a challenged segment, re-running it from the bundle's
+/// own start checkpoint as `behavior` ran it, and writes them into the bundle.
+pub fn open_steps(
+    task: &TaskSpec,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    segment: u32,
+) -> Result<Vec<StateHash>, ExecError> {
+    let job = TrainingJob::from_spec(task, blobs)?;
+    let cheat = cheat_job(task, behavior, blobs)?;
+    let task_id = TaskId(message_id(task).map_err(market_protocol::SignatureError::from)?);
+    let faked = behavior
+        .faked_segments(job.segments(), &task_id.0)
+        .contains(&segment);
+    let bytes = bundle.read(
+        &bundle.checkpoint_path(segment),
+        market_compute::state::MAX_STATE_BYTES as u64,
+    )?;
+    let start = TrainState::from_bytes(&bytes, &job.layout)?;
+    let (_, _, hashes) = run_segment_as(
+        &job,
+        cheat.as_ref(),
+        behavior,
+        faked,
+        segment,
+        &start,
+        true,
+        &mut |_, _| {},
+    )?;
+    bundle.write_step_hashes(segment, &hashes)?;
+    Ok(hashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_bf16;
+
+    #[test]
+    fn bf16_rounding_keeps_eight_bits_of_mantissa() {
+        assert_eq!(to_bf16(1.0), 1.0);
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 1.0); // a tie rounds to even
+        assert_ne!(to_bf16(0.1), 0.1);
+        assert!((to_bf16(0.1) - 0.1).abs() < 0.001);
+    }
+}
