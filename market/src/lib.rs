@@ -3,4 +3,5 @@
 
 pub use market_protocol as protocol;
 
+pub mod adversary;
 pub mod audit_plan;

@@ -1,0 +1,324 @@
+//! Audits of real bundles: honest work always passes (worker and verifier on different thread
+//! counts), the audit is sized and priced as promised, and bad input gives a clear error or a
+//! failed verdict naming the problem.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use market_compute::bundle::Bundle;
+use market_compute::NoBlobs;
+use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
+use market_protocol::detection::{detection_probability, faked_segments};
+use market_protocol::*;
+use market_verifier::{audit, AuditError, SamplePolicy};
+use market_worker::{exec, Behavior};
+
+fn example(name: &str) -> TaskSpec {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/tasks")
+        .join(name);
+    from_json_limited(&std::fs::read(path).unwrap(), MAX_MESSAGE_BYTES).unwrap()
+}
+
+fn beacon(k: usize) -> Beacon {
+    Beacon(Hash::of(format!("test beacon {k}").as_bytes()))
+}
+
+fn verifier() -> Identity {
+    Identity::from_test_label("verifier")
+}
+
+fn worker() -> Identity {
+    Identity::from_test_label("worker")
+}
+
+/// Child mode: runs the worker on the example task into the bundle directory given by the
+/// parent (with the parent's choice of RAYON_NUM_THREADS).
+#[test]
+fn child_exec_example_task() {
+    let (Ok(dir), Ok(task)) = (
+        std::env::var("MARKET_CHILD_BUNDLE"),
+        std::env::var("MARKET_CHILD_TASK"),
+    ) else {
+        return;
+    };
+    exec(
+        &example(&task),
+        &worker(),
+        Behavior::Honest,
+        &Bundle::at(dir),
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap();
+}
+
+fn exec_in_child(task: &str, dir: &Path) {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_exec_example_task", "--test-threads=1"])
+        .env("MARKET_CHILD_BUNDLE", dir)
+        .env("MARKET_CHILD_TASK", task)
+        .env("RAYON_NUM_THREADS", "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        dir.join("commitment.json").exists(),
+        "the child wrote no bundle"
+    );
+}
+
+#[test]
+fn honest_bundles_pass_every_audit_across_thread_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut audits = 0;
+    for task in ["mlp-train.json", "gpt-train.json", "gpt-infer.json"] {
+        let path = dir.path().join(task);
+        exec_in_child(task, &path);
+        let bundle = Bundle::at(&path);
+        let beacons = if task == "mlp-train.json" { 200 } else { 10 };
+        for k in 0..beacons {
+            let report = audit(
+                &bundle,
+                beacon(k),
+                &SamplePolicy::Count(2),
+                &verifier(),
+                &NoBlobs,
+            )
+            .unwrap();
+            assert!(
+                report.passed(),
+                "{task}, beacon {k}: {:?}",
+                report.verdict.body.outcome
+            );
+            report.verdict.verify().unwrap();
+            audits += 1;
+        }
+    }
+    assert!(audits >= 200);
+}
+
+#[test]
+fn detect_policy_samples_the_fewest_and_costs_under_five_percent_on_1000_segments() {
+    let mut task = example("mlp-train.json");
+    if let Workload::Training(t) = &mut task.workload {
+        t.model = ModelSpec::Mlp {
+            widths: vec![4, 8, 1],
+            activation: Activation::Relu,
+        };
+        t.dataset = DatasetSource::TeacherMlp {
+            features: 4,
+            outputs: 1,
+            examples: 256,
+        };
+        t.steps = 1000;
+        t.checkpoint_interval = 1;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = Bundle::at(dir.path());
+    exec(
+        &task,
+        &worker(),
+        Behavior::Honest,
+        &bundle,
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap();
+    let policy = SamplePolicy::Detect {
+        target: "0.99".parse().unwrap(),
+        assumed_faked: "0.1".parse().unwrap(),
+    };
+    let report = audit(&bundle, beacon(0), &policy, &verifier(), &NoBlobs).unwrap();
+    assert!(report.passed());
+    let s = report.challenge.sampled.len() as u64;
+    let m = faked_segments(1000, &"0.1".parse().unwrap());
+    assert!(detection_probability(1000, m, s) >= 0.99);
+    assert!(
+        detection_probability(1000, m, s - 1) < 0.99,
+        "{s} is not the smallest"
+    );
+    assert_eq!(
+        report.detection_probability,
+        Some(detection_probability(1000, m, s))
+    );
+    let share = report.rerun as f64 / report.total as f64;
+    println!(
+        "1000 segments: sampled {s}, re-executed {} of {} steps = {:.2}%",
+        report.rerun,
+        report.total,
+        100.0 * share
+    );
+    assert!(share <= 0.05, "audit cost {share}");
+    assert_eq!(
+        u64::from(report.verdict.body.compute_share_ppm),
+        report.rerun * 1_000_000 / report.total
+    );
+}
+
+fn honest_bundle(dir: &Path) -> Bundle {
+    let bundle = Bundle::at(dir);
+    exec(
+        &example("mlp-train.json"),
+        &worker(),
+        Behavior::Honest,
+        &bundle,
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap();
+    bundle
+}
+
+fn outcome(bundle: &Bundle, policy: SamplePolicy) -> VerdictOutcome {
+    audit(bundle, beacon(1), &policy, &verifier(), &NoBlobs)
+        .unwrap()
+        .verdict
+        .body
+        .outcome
+}
+
+#[test]
+fn tampered_or_truncated_checkpoint_fails_naming_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = honest_bundle(dir.path());
+    let path = bundle.checkpoint_path(17);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 9;
+    bytes[at] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    match outcome(&bundle, SamplePolicy::All) {
+        VerdictOutcome::Fail {
+            segment,
+            reason,
+            detail,
+            ..
+        } => {
+            assert!(segment == 16 || segment == 17, "{segment}");
+            assert_eq!(reason, FailureReason::BadProof);
+            assert!(detail.contains("checkpoint 17"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(matches!(
+        outcome(&bundle, SamplePolicy::All),
+        VerdictOutcome::Fail {
+            reason: FailureReason::BadProof,
+            ..
+        }
+    ));
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        outcome(&bundle, SamplePolicy::All),
+        VerdictOutcome::Fail {
+            reason: FailureReason::Withheld,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unusable_input_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = honest_bundle(dir.path());
+    // A commitment re-signed by another key than the worker it names.
+    let mut signed = bundle.read_commitment().unwrap();
+    let mallory = Identity::from_test_label("mallory");
+    signed.signer = mallory.account();
+    signed.signature = mallory.sign_raw(&signing_bytes(&signed.body).unwrap());
+    bundle.write_commitment(&signed).unwrap();
+    let err = audit(
+        &bundle,
+        beacon(1),
+        &SamplePolicy::Count(1),
+        &verifier(),
+        &NoBlobs,
+    )
+    .unwrap_err();
+    assert!(matches!(err, AuditError::Signature(_)), "{err}");
+    assert!(err.to_string().contains("signed by"), "{err}");
+    // A missing file.
+    std::fs::remove_file(dir.path().join("commitment.json")).unwrap();
+    let err = audit(
+        &bundle,
+        beacon(1),
+        &SamplePolicy::Count(1),
+        &verifier(),
+        &NoBlobs,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("commitment.json"), "{err}");
+    // Garbage in task.json.
+    std::fs::write(dir.path().join("task.json"), b"{").unwrap();
+    assert!(matches!(
+        audit(
+            &bundle,
+            beacon(1),
+            &SamplePolicy::Count(1),
+            &verifier(),
+            &NoBlobs
+        ),
+        Err(AuditError::Bundle(_))
+    ));
+    // No such bundle at all.
+    assert!(audit(
+        &Bundle::at(dir.path().join("nope")),
+        beacon(1),
+        &SamplePolicy::All,
+        &verifier(),
+        &NoBlobs
+    )
+    .is_err());
+}
+
+#[test]
+fn task_that_does_not_match_the_commitment_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = honest_bundle(dir.path());
+    let mut task = bundle.read_task().unwrap();
+    task.price = Credits(task.price.0 + 1);
+    bundle.write_task(&task).unwrap();
+    match outcome(&bundle, SamplePolicy::Count(1)) {
+        VerdictOutcome::Fail { reason, detail, .. } => {
+            assert_eq!(reason, FailureReason::InvalidCommitment);
+            assert!(detail.contains("task"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_failed_segment_is_narrowed_to_its_first_bad_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = example("mlp-train.json");
+    let bundle = Bundle::at(dir.path());
+    let report = exec(
+        &task,
+        &worker(),
+        Behavior::Noise(0.1),
+        &bundle,
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap();
+    for &seg in &report.faked {
+        market_worker::open_steps(&task, Behavior::Noise(0.1), &bundle, &NoBlobs, seg).unwrap();
+    }
+    match outcome(&bundle, SamplePolicy::All) {
+        VerdictOutcome::Fail {
+            segment,
+            step,
+            reason,
+            ..
+        } => {
+            assert!(report.faked.contains(&segment));
+            assert_eq!(reason, FailureReason::StateMismatch);
+            // Noise is added after the segment's last step, so that is the first bad one.
+            assert_eq!(step, Some((segment + 1) * 5));
+        }
+        other => panic!("{other:?}"),
+    }
+}
