@@ -322,3 +322,36 @@ fn a_failed_segment_is_narrowed_to_its_first_bad_step() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn cheating_on_inference_items_is_caught() {
+    let task = example("gpt-infer.json");
+    for behavior in [
+        Behavior::Skip(0.25),
+        Behavior::Noise(0.25),
+        Behavior::Replay,
+        Behavior::ForgeRoot,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::at(dir.path());
+        exec(&task, &worker(), behavior, &bundle, &NoBlobs, |_| {}).unwrap();
+        assert!(
+            matches!(
+                outcome(&bundle, SamplePolicy::All),
+                VerdictOutcome::Fail { .. }
+            ),
+            "{behavior} went unnoticed"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let err = exec(
+        &task,
+        &worker(),
+        Behavior::LowPrecision,
+        &Bundle::at(dir.path()),
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not apply"), "{err}");
+}

@@ -165,7 +165,7 @@ pub fn run_segment_as(
 ) -> Result<(TrainState, f32, Vec<StateHash>), ExecError> {
     let (first, end) = job.segment_bounds(seg)?;
     if !faked && !record_steps {
-        let (state, loss) = job.run_segment(seg, start, |s, l| on_step(s, l))?;
+        let (state, loss) = job.run_segment(seg, start, &mut *on_step)?;
         return Ok((state, loss, Vec::new()));
     }
     let mut state = start.clone();
