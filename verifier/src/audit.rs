@@ -190,7 +190,27 @@ pub fn audit(
     })
 }
 
-/// Checks shared by both kinds: the commitment answers this task, and its leaves give its root.
+/// Reads the committed leaves and checks what both kinds share: the commitment answers this
+/// task, and its leaves give its root.
+fn committed_leaves(
+    bundle: &Bundle,
+    task: &TaskSpec,
+    c: &Commitment,
+    expected_leaves: u64,
+) -> Result<Vec<StateHash>, Failure> {
+    let leaves = bundle.read_leaves().map_err(|e| {
+        fail(
+            0,
+            FailureReason::Withheld,
+            format!("no committed leaves: {e}"),
+        )
+    })?;
+    match check_commitment(task, c, &leaves, expected_leaves) {
+        Some(f) => Err(f),
+        None => Ok(leaves),
+    }
+}
+
 fn check_commitment(
     task: &TaskSpec,
     c: &Commitment,
@@ -275,16 +295,6 @@ fn check_training(
     rerun: &mut u64,
 ) -> Result<Option<Failure>, AuditError> {
     let job = TrainingJob::from_spec(task, blobs)?;
-    let leaves = match bundle.read_leaves() {
-        Ok(l) => l,
-        Err(e) => {
-            return Ok(Some(fail(
-                0,
-                FailureReason::Withheld,
-                format!("no committed leaves: {e}"),
-            )))
-        }
-    };
     if c.steps != job.steps {
         return Ok(Some(fail(
             0,
@@ -295,9 +305,10 @@ fn check_training(
             ),
         )));
     }
-    if let Some(f) = check_commitment(task, c, &leaves, u64::from(job.segments()) + 1) {
-        return Ok(Some(f));
-    }
+    let leaves = match committed_leaves(bundle, task, c, u64::from(job.segments()) + 1) {
+        Ok(l) => l,
+        Err(f) => return Ok(Some(f)),
+    };
     // Checkpoint 0 must be the task's own initial state: a run of another task (replay) or a
     // different initialisation fails here, whatever is sampled.
     let initial = job.initial_state().hash(&job.layout)?;
@@ -437,19 +448,10 @@ fn check_inference(
     rerun: &mut u64,
 ) -> Result<Option<Failure>, AuditError> {
     let job = InferenceJob::from_spec(task, blobs)?;
-    let leaves = match bundle.read_leaves() {
+    let leaves = match committed_leaves(bundle, task, c, job.len() as u64) {
         Ok(l) => l,
-        Err(e) => {
-            return Ok(Some(fail(
-                0,
-                FailureReason::Withheld,
-                format!("no committed leaves: {e}"),
-            )))
-        }
+        Err(f) => return Ok(Some(f)),
     };
-    if let Some(f) = check_commitment(task, c, &leaves, job.len() as u64) {
-        return Ok(Some(f));
-    }
     for &item in &challenge.sampled {
         let theirs = match open_leaf(
             bundle,
