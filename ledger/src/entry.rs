@@ -12,10 +12,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use market_protocol::canonical::{to_canonical_bytes, CanonicalError, MAX_MESSAGE_BYTES};
+use market_protocol::canonical::{
+    to_canonical_bytes, CanonicalError, MAX_MESSAGE_BYTES, MAX_SAFE_INTEGER,
+};
 use market_protocol::{
-    message_id, signing_bytes, AccountId, Commitment, Credits, Hash, Identity, Message,
-    Signature, SignatureError, Signed, TaskId, TaskSpec, Verdict, Version,
+    message_id, signing_bytes, AccountId, Commitment, Credits, Hash, Identity, Message, Signature,
+    SignatureError, Signed, TaskId, TaskSpec, Verdict, Version,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -62,6 +64,11 @@ impl IdempotencyKey {
         }
     }
 
+    /// The key of the genesis entry.
+    pub fn genesis() -> Self {
+        Self(GENESIS_KEY.to_owned())
+    }
+
     /// The key.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -96,75 +103,100 @@ impl<'de> Deserialize<'de> for IdempotencyKey {
 
 /// What an entry does. Amounts are whole credits; every variant that moves credits keeps the
 /// total supply (balances + stakes + open escrow) equal to the sum of all mints.
+///
+/// In JSON a kind is an object with one member named after the variant, e.g.
+/// `{"mint":{"amount":5,"to":"…"}}` (serde's external tagging, which decodes without
+/// buffering). Fields are declared in JCS order (sorted by name) so that plain serde output is
+/// already canonical; see [`canonical_body`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum EntryKind {
     /// Entry 0 only: names the operator key that signs every entry of this ledger.
     Genesis {
         /// The operator's account.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
         ledger: AccountId,
     },
     /// Credits issued by the operator (for example against a fiat payment).
     Mint {
-        /// Who receives them.
-        to: AccountId,
         /// How many.
         amount: Credits,
+        /// Who receives them.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        to: AccountId,
     },
     /// Credits moved between two accounts at the account owner's request.
     Transfer {
-        /// Who pays.
-        from: AccountId,
-        /// Who is paid.
-        to: AccountId,
         /// How much.
         amount: Credits,
+        /// Who pays.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        from: AccountId,
+        /// Who is paid.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        to: AccountId,
     },
     /// A buyer's credits locked for a task until it settles.
     Escrow {
-        /// The task.
-        task_id: TaskId,
-        /// Whose credits are locked.
-        buyer: AccountId,
         /// How many; equal to the spec's price when the spec is embedded.
         amount: Credits,
+        /// Whose credits are locked.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        buyer: AccountId,
         /// The buyer's signed task, so the ledger proves the buyer asked for it.
         spec: Option<Signed<TaskSpec>>,
+        /// The task.
+        task_id: TaskId,
+    },
+    /// A worker's commitment to a task with an open escrow, recorded before any challenge: the
+    /// entry's hash is the beacon the challenge is drawn from. Moves no credits.
+    Commit {
+        /// The worker's signed commitment.
+        commitment: Signed<Commitment>,
+        /// The task.
+        task_id: TaskId,
+        /// The worker.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        worker: AccountId,
     },
     /// Escrow paid out to the worker after the audits passed.
     Release {
-        /// The task.
-        task_id: TaskId,
-        /// Who is paid.
-        worker: AccountId,
         /// How much leaves the escrow.
         amount: Credits,
         /// The worker's signed commitment to the result that was accepted.
         commitment: Option<Signed<Commitment>>,
-    },
-    /// Escrow returned to its buyer.
-    Refund {
-        /// The task.
-        task_id: TaskId,
-        /// The escrow's buyer (checked against the escrow).
-        buyer: AccountId,
-        /// How much leaves the escrow.
-        amount: Credits,
-    },
-    /// A verifier's fee, paid from the task's escrow.
-    Reward {
         /// The task.
         task_id: TaskId,
         /// Who is paid.
-        verifier: AccountId,
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        worker: AccountId,
+    },
+    /// Escrow returned to its buyer.
+    Refund {
         /// How much leaves the escrow.
         amount: Credits,
+        /// The escrow's buyer (checked against the escrow).
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        buyer: AccountId,
+        /// The task.
+        task_id: TaskId,
+    },
+    /// A verifier's fee, paid from the task's escrow.
+    Reward {
+        /// How much leaves the escrow.
+        amount: Credits,
+        /// The task.
+        task_id: TaskId,
         /// The verifier's signed verdict the fee is for.
         verdict: Option<Signed<Verdict>>,
+        /// Who is paid.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        verifier: AccountId,
     },
     /// Credits moved from an account's balance to its stake (workers and verifiers).
     Stake {
         /// Whose.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
         account: AccountId,
         /// How many.
         amount: Credits,
@@ -172,6 +204,7 @@ pub enum EntryKind {
     /// Credits moved from an account's stake back to its balance.
     Unstake {
         /// Whose.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
         account: AccountId,
         /// How many.
         amount: Credits,
@@ -180,21 +213,24 @@ pub enum EntryKind {
     /// stays provable.
     Slash {
         /// Whose stake.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
         account: AccountId,
         /// How much.
         amount: Credits,
-        /// Who receives the slashed credits (the harmed party or the operator's treasury).
-        to: AccountId,
-        /// Why, for people.
-        reason: String,
         /// The hash of the evidence: the failed verdict's id.
         evidence: Hash,
+        /// Why, for people.
+        reason: String,
+        /// Who receives the slashed credits (the harmed party or the operator's treasury).
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        to: AccountId,
         /// The signed verdict itself, when the operator has it.
         verdict: Option<Signed<Verdict>>,
     },
     /// A change of reputation score (no credits move).
     Reputation {
         /// Whose.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
         account: AccountId,
         /// Added to the score; never zero.
         delta: i64,
@@ -239,6 +275,7 @@ impl EntryKind {
             Self::Mint { .. } => "mint",
             Self::Transfer { .. } => "transfer",
             Self::Escrow { .. } => "escrow",
+            Self::Commit { .. } => "commit",
             Self::Release { .. } => "release",
             Self::Refund { .. } => "refund",
             Self::Reward { .. } => "reward",
@@ -246,6 +283,44 @@ impl EntryKind {
             Self::Unstake { .. } => "unstake",
             Self::Slash { .. } => "slash",
             Self::Reputation { .. } => "reputation",
+        }
+    }
+
+    /// Whether the kind embeds a participant's signed message.
+    pub fn embeds_message(&self) -> bool {
+        matches!(
+            self,
+            Self::Escrow { spec: Some(_), .. }
+                | Self::Commit { .. }
+                | Self::Release {
+                    commitment: Some(_),
+                    ..
+                }
+                | Self::Reward {
+                    verdict: Some(_),
+                    ..
+                }
+                | Self::Slash {
+                    verdict: Some(_),
+                    ..
+                }
+        )
+    }
+
+    /// The largest integer magnitude among the kind's own fields.
+    fn largest_integer(&self) -> u64 {
+        match self {
+            Self::Genesis { .. } | Self::Commit { .. } => 0,
+            Self::Mint { amount, .. }
+            | Self::Transfer { amount, .. }
+            | Self::Escrow { amount, .. }
+            | Self::Release { amount, .. }
+            | Self::Refund { amount, .. }
+            | Self::Reward { amount, .. }
+            | Self::Stake { amount, .. }
+            | Self::Unstake { amount, .. }
+            | Self::Slash { amount, .. } => amount.0,
+            Self::Reputation { delta, .. } => delta.unsigned_abs(),
         }
     }
 
@@ -276,6 +351,11 @@ impl EntryKind {
                 worker,
                 commitment: Some(commitment),
                 ..
+            }
+            | Self::Commit {
+                task_id,
+                worker,
+                commitment,
             } => {
                 let body = commitment.verify()?;
                 if body.worker != *worker {
@@ -289,19 +369,15 @@ impl EntryKind {
                 verifier,
                 verdict: Some(verdict),
                 ..
-            } => {
-                if verdict.verify()?.verifier != *verifier {
-                    return Err(mismatch("verdict", "verifier"));
-                }
+            } if verdict.verify()?.verifier != *verifier => {
+                return Err(mismatch("verdict", "verifier"));
             }
             Self::Slash {
                 evidence,
                 verdict: Some(verdict),
                 ..
-            } => {
-                if message_id(verdict.verify()?)? != *evidence {
-                    return Err(mismatch("verdict", "evidence"));
-                }
+            } if message_id(verdict.verify()?)? != *evidence => {
+                return Err(mismatch("verdict", "evidence"));
             }
             _ => {}
         }
@@ -309,22 +385,23 @@ impl EntryKind {
     }
 }
 
-/// The signed part of an entry.
+/// The signed part of an entry. Fields are declared in JCS order (sorted by name).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntryBody {
-    /// Protocol version.
-    pub version: Version,
-    /// Position in the chain, from 0 (genesis) without gaps.
-    pub seq: u64,
-    /// The hash of entry `seq - 1`; all zeros for genesis.
-    pub prev: Hash,
     /// The caller's idempotency key; unique in the chain.
     pub key: IdempotencyKey,
-    /// The operator key (the genesis entry's `ledger`).
-    pub signer: AccountId,
     /// What happened.
     pub kind: EntryKind,
+    /// The hash of entry `seq - 1`; all zeros for genesis.
+    pub prev: Hash,
+    /// Position in the chain, from 0 (genesis) without gaps.
+    pub seq: u64,
+    /// The operator key (the genesis entry's `ledger`).
+    #[serde(deserialize_with = "crate::accounts::deserialize")]
+    pub signer: AccountId,
+    /// Protocol version.
+    pub version: Version,
 }
 
 impl Message for EntryBody {
@@ -384,7 +461,8 @@ pub(crate) struct Unsigned {
 impl Unsigned {
     /// Canonicalizes and hashes `body`.
     pub fn new(body: EntryBody) -> Result<Self, CanonicalError> {
-        let body_json = to_canonical_bytes(&body)?;
+        let body_json = canonical_body(&body)?;
+        debug_assert_eq!(Ok(&body_json), to_canonical_bytes(&body).as_ref());
         let signing = domain_bytes(&body_json);
         let hash = Hash::of(&signing);
         Ok(Self {
@@ -398,6 +476,11 @@ impl Unsigned {
     /// Signs with `operator`, which must be the body's signer.
     pub fn sign(self, operator: &Identity) -> SealedEntry {
         let signature = operator.sign_raw(&self.signing);
+        self.seal(signature)
+    }
+
+    /// Completes the entry with a signature made elsewhere over [`Unsigned::signing`].
+    pub fn seal(self, signature: Signature) -> SealedEntry {
         let line = line_bytes(&self.body_json, &signature);
         SealedEntry {
             entry: Entry {
@@ -408,6 +491,25 @@ impl Unsigned {
             line,
         }
     }
+}
+
+/// The canonical JSON of an entry body: exactly what [`to_canonical_bytes`] returns, faster.
+///
+/// Verification canonicalizes every entry, and the protocol's generic path (through a
+/// `serde_json::Value` tree) costs more than anything but the signature check. A body without
+/// embedded messages holds only objects whose fields are declared in sorted order, strings
+/// (which serde_json escapes exactly as JCS does) and integers; once the integers are checked
+/// to be safe, serde_json's compact output is already the canonical form. Bodies that embed a
+/// participant's message take the protocol's path. Tests check that both paths agree.
+pub fn canonical_body(body: &EntryBody) -> Result<Vec<u8>, CanonicalError> {
+    if body.kind.embeds_message() {
+        return to_canonical_bytes(body);
+    }
+    let largest = body.seq.max(body.kind.largest_integer());
+    if largest > MAX_SAFE_INTEGER {
+        return Err(CanonicalError::Number(largest.to_string()));
+    }
+    serde_json::to_vec(body).map_err(|e| CanonicalError::Shape(e.to_string()))
 }
 
 /// `DOMAIN || 0x00 || body_json`, as [`signing_bytes`] builds it.
@@ -422,14 +524,43 @@ fn domain_bytes(body_json: &[u8]) -> Vec<u8> {
 /// The canonical JSON of an entry from its canonical body: `"body"` sorts before
 /// `"signature"`, so the entry's JCS is this concatenation and needs no second pass.
 fn line_bytes(body_json: &[u8], signature: &Signature) -> Vec<u8> {
-    let sig = signature.to_string();
-    let mut line = Vec::with_capacity(body_json.len() + sig.len() + 24);
+    let mut line = Vec::with_capacity(body_json.len() + 128 + 24);
     line.extend_from_slice(b"{\"body\":");
     line.extend_from_slice(body_json);
     line.extend_from_slice(b",\"signature\":\"");
-    line.extend_from_slice(sig.as_bytes());
+    line.extend_from_slice(&signature_hex(signature));
     line.extend_from_slice(b"\"}");
     line
+}
+
+/// A signature as 128 lowercase hex digits, without allocating.
+fn signature_hex(signature: &Signature) -> [u8; 128] {
+    let mut hex = [0u8; 128];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(signature.0) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    hex
+}
+
+/// Whether `line` is exactly [`line_bytes`]`(body_json, signature)`, checked in place because
+/// verification does this for every entry.
+fn is_line_of(line: &[u8], body_json: &[u8], signature: &Signature) -> bool {
+    const HEAD: &[u8] = b"{\"body\":";
+    const MID: &[u8] = b",\"signature\":\"";
+    const TAIL: &[u8] = b"\"}";
+    let sig_hex = signature_hex(signature);
+    let Some(rest) = line.strip_prefix(HEAD) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(body_json) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix(MID) else {
+        return false;
+    };
+    rest.strip_prefix(&sig_hex[..]) == Some(TAIL)
 }
 
 impl Entry {
@@ -471,8 +602,8 @@ impl Entry {
         }
         let entry: Entry =
             serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
-        let body_json = to_canonical_bytes(&entry.body)?;
-        if line_bytes(&body_json, &entry.signature) != line {
+        let body_json = canonical_body(&entry.body)?;
+        if !is_line_of(line, &body_json, &entry.signature) {
             return Err(DecodeError::NotCanonical);
         }
         let signing = domain_bytes(&body_json);
@@ -598,5 +729,112 @@ mod tests {
             Entry::sign(b, &other),
             Err(SignatureError::WrongSigner { .. })
         ));
+    }
+
+    mod fast_canonical {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn account() -> impl Strategy<Value = AccountId> {
+            any::<u16>().prop_map(|i| Identity::from_test_label(&i.to_string()).account())
+        }
+
+        fn credits() -> impl Strategy<Value = Credits> {
+            prop_oneof![
+                0u64..1000,
+                Just(MAX_SAFE_INTEGER),
+                Just(MAX_SAFE_INTEGER + 1),
+                any::<u64>()
+            ]
+            .prop_map(Credits)
+        }
+
+        fn plain_kind() -> impl Strategy<Value = EntryKind> {
+            let hash = any::<[u8; 32]>().prop_map(Hash);
+            prop_oneof![
+                account().prop_map(|ledger| EntryKind::Genesis { ledger }),
+                (credits(), account()).prop_map(|(amount, to)| EntryKind::Mint { amount, to }),
+                (credits(), account(), account())
+                    .prop_map(|(amount, from, to)| EntryKind::Transfer { amount, from, to }),
+                (credits(), account(), hash.clone()).prop_map(|(amount, buyer, h)| {
+                    EntryKind::Escrow {
+                        amount,
+                        buyer,
+                        spec: None,
+                        task_id: TaskId(h),
+                    }
+                }),
+                (credits(), account(), hash.clone()).prop_map(|(amount, worker, h)| {
+                    EntryKind::Release {
+                        amount,
+                        commitment: None,
+                        task_id: TaskId(h),
+                        worker,
+                    }
+                }),
+                (credits(), account(), hash.clone()).prop_map(|(amount, buyer, h)| {
+                    EntryKind::Refund {
+                        amount,
+                        buyer,
+                        task_id: TaskId(h),
+                    }
+                }),
+                (credits(), account(), hash.clone()).prop_map(|(amount, verifier, h)| {
+                    EntryKind::Reward {
+                        amount,
+                        task_id: TaskId(h),
+                        verdict: None,
+                        verifier,
+                    }
+                }),
+                (account(), credits())
+                    .prop_map(|(account, amount)| EntryKind::Stake { account, amount }),
+                (account(), credits())
+                    .prop_map(|(account, amount)| EntryKind::Unstake { account, amount }),
+                (account(), credits(), hash, any::<String>(), account()).prop_map(
+                    |(account, amount, evidence, reason, to)| EntryKind::Slash {
+                        account,
+                        amount,
+                        evidence,
+                        reason,
+                        to,
+                        verdict: None,
+                    }
+                ),
+                (account(), any::<i64>())
+                    .prop_map(|(account, delta)| EntryKind::Reputation { account, delta }),
+            ]
+        }
+
+        fn idempotency_key() -> impl Strategy<Value = IdempotencyKey> {
+            "[!-~]{1,128}".prop_map(|k| IdempotencyKey::new(k).expect("generated keys are valid"))
+        }
+
+        proptest! {
+            /// The fast path writes exactly the protocol's canonical bytes, and refuses exactly
+            /// what the protocol refuses.
+            #[test]
+            fn agrees_with_the_protocol(
+                kind in plain_kind(),
+                key in idempotency_key(),
+                seq in prop_oneof![0u64..1000, Just(MAX_SAFE_INTEGER + 1)],
+                prev in any::<[u8; 32]>(),
+            ) {
+                let body = EntryBody {
+                    key,
+                    kind,
+                    prev: Hash(prev),
+                    seq,
+                    signer: Identity::from_test_label("op").account(),
+                    version: Version::CURRENT,
+                };
+                let fast = canonical_body(&body);
+                let reference = to_canonical_bytes(&body);
+                prop_assert_eq!(fast.is_ok(), reference.is_ok());
+                if let (Ok(f), Ok(r)) = (fast, reference) {
+                    prop_assert_eq!(f, r);
+                }
+            }
+        }
     }
 }

@@ -1,6 +1,43 @@
-//! Signed, hash-chained ledger of credits on sled (filled by the ledger issue).
+//! The market's signed local ledger: credits, escrows, stakes and reputation as an append-only,
+//! hash-chained chain of entries signed by the operator, stored in sled.
 //!
-//! Skeleton: the crate exists so that the workspace and its dependency direction
-//! (protocol at the bottom, market at the top) are fixed from the start.
+//! The ledger must never lose a credit, never invent one, and let anyone prove both from an
+//! export. Hence:
+//!
+//! - every entry is signed over its canonical JSON with its own domain tag and names its
+//!   predecessor's hash ([`entry`]); entries that carry a participant's decision embed the
+//!   participant's own signed message, so the ledger is evidence and not only the operator's
+//!   claim;
+//! - derived state is written in the same atomic sled batch as the entries that imply it, and
+//!   an overdraft writes nothing ([`state`]);
+//! - an append returns only after a flush, and concurrent appends share flushes ([`Ledger`]:
+//!   one commit thread chains each batch, a pool signs it on all cores, one sled batch and one
+//!   flush make it durable);
+//! - [`Ledger::verify`] and [`verify_export`] recheck every link and signature and replay every
+//!   operation; the first bad sequence number is named ([`Broken`]);
+//! - signed heads let a peer check that the ledger only grew ([`head`]).
+//!
+//! `README.md` in this crate describes the export format for independent verifiers. All sled
+//! code is in the private `storage` module.
 
+mod accounts;
+mod commit;
+pub mod entry;
+mod error;
+pub mod export;
+pub mod head;
+mod ledger;
+mod signer;
+pub mod state;
+mod storage;
+pub mod verify;
+
+pub use entry::{Entry, EntryBody, EntryKind, EvidenceError, IdempotencyKey, ENTRY_DOMAIN};
+pub use error::LedgerError;
+pub use export::{verify_export, verify_export_file, ExportReport};
+pub use head::{check_prefix, Head, HeadError, LedgerHead, SignedHead, HEAD_DOMAIN};
+pub use ledger::{Appended, Ledger, OpenCheck, OpenOptions, VerifyReport};
 pub use market_protocol as protocol;
+pub use state::{Escrow, OpError, State};
+pub use storage::StorageError;
+pub use verify::{Broken, Fault, Summary};

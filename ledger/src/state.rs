@@ -1,6 +1,6 @@
 //! Derived state (balances, escrows, stakes, reputation, supply) and the rules that move it.
 //!
-//! The same function, [`plan`], decides every operation when it is appended and again when a
+//! The same function, `plan`, decides every operation when it is appended and again when a
 //! verifier replays the chain, so "the stored state is the replay of the entries" is checked
 //! against the very rules that produced it. Everything is a `BTreeMap`, so iteration order is
 //! the key order on every machine. Zero balances, stakes and scores are not stored: two states
@@ -64,8 +64,8 @@ pub enum OpError {
         /// What the operation takes.
         needed: Credits,
     },
-    /// No escrow for this task.
-    #[error("no escrow for task {0}")]
+    /// No escrow for this task (or, for a commitment, no open one).
+    #[error("no open escrow for task {0}")]
     NoEscrow(TaskId),
     /// The task already has (or had) an escrow.
     #[error("task {0} already has an escrow")]
@@ -151,7 +151,9 @@ impl State {
 
     /// Escrows with credits still locked, in task id order.
     pub fn open_escrows(&self) -> impl Iterator<Item = (&TaskId, &Escrow)> {
-        self.escrows.iter().filter(|(_, e)| e.remaining > Credits::ZERO)
+        self.escrows
+            .iter()
+            .filter(|(_, e)| e.remaining > Credits::ZERO)
     }
 
     /// All non-zero balances, in account order.
@@ -198,7 +200,10 @@ impl State {
 
     /// Applies planned changes.
     pub(crate) fn apply(&mut self, delta: Delta) {
-        fn merge<K: Ord, V: PartialEq + Default>(map: &mut BTreeMap<K, V>, changes: BTreeMap<K, V>) {
+        fn merge<K: Ord, V: PartialEq + Default>(
+            map: &mut BTreeMap<K, V>,
+            changes: BTreeMap<K, V>,
+        ) {
             for (k, v) in changes {
                 if v == V::default() {
                     map.remove(&k);
@@ -223,7 +228,10 @@ impl State {
             a: &BTreeMap<K, V>,
             b: &BTreeMap<K, V>,
         ) -> Option<String> {
-            let keys = a.keys().chain(b.keys()).collect::<std::collections::BTreeSet<_>>();
+            let keys = a
+                .keys()
+                .chain(b.keys())
+                .collect::<std::collections::BTreeSet<_>>();
             keys.into_iter().find_map(|k| {
                 let (x, y) = (a.get(k), b.get(k));
                 (x != y).then(|| format!("{what} of {k}: {x:?} vs {y:?}"))
@@ -365,6 +373,13 @@ pub(crate) fn plan<R: StateRead + ?Sized>(kind: &EntryKind, state: &R) -> Result
                 },
             );
         }
+        EntryKind::Commit { task_id, .. } => {
+            // No work is recorded for a task whose buyer has not paid, or that has settled.
+            match tx.view().escrow(task_id) {
+                Some(e) if e.remaining > Credits::ZERO => {}
+                _ => return Err(OpError::NoEscrow(*task_id)),
+            }
+        }
         EntryKind::Release {
             task_id,
             worker: to,
@@ -496,7 +511,10 @@ impl<R: StateRead + ?Sized> Tx<'_, R> {
     }
 
     fn take_escrow(&mut self, task_id: &TaskId, amount: Credits) -> Result<Escrow, OpError> {
-        let mut escrow = self.view().escrow(task_id).ok_or(OpError::NoEscrow(*task_id))?;
+        let mut escrow = self
+            .view()
+            .escrow(task_id)
+            .ok_or(OpError::NoEscrow(*task_id))?;
         escrow.remaining = escrow
             .remaining
             .checked_sub(amount)
@@ -530,21 +548,60 @@ mod tests {
         let (a, b) = (acct("a"), acct("b"));
         let task = TaskId(Hash::of(b"task"));
         let mut s = State::default();
-        run(&mut s, &EntryKind::Mint { to: a, amount: Credits(100) }).expect("mint");
-        run(&mut s, &EntryKind::Transfer { from: a, to: b, amount: Credits(30) }).expect("xfer");
         run(
             &mut s,
-            &EntryKind::Escrow { task_id: task, buyer: a, amount: Credits(50), spec: None },
+            &EntryKind::Mint {
+                to: a,
+                amount: Credits(100),
+            },
+        )
+        .expect("mint");
+        run(
+            &mut s,
+            &EntryKind::Transfer {
+                from: a,
+                to: b,
+                amount: Credits(30),
+            },
+        )
+        .expect("xfer");
+        run(
+            &mut s,
+            &EntryKind::Escrow {
+                task_id: task,
+                buyer: a,
+                amount: Credits(50),
+                spec: None,
+            },
         )
         .expect("escrow");
         run(
             &mut s,
-            &EntryKind::Release { task_id: task, worker: b, amount: Credits(20), commitment: None },
+            &EntryKind::Release {
+                task_id: task,
+                worker: b,
+                amount: Credits(20),
+                commitment: None,
+            },
         )
         .expect("release");
-        run(&mut s, &EntryKind::Refund { task_id: task, buyer: a, amount: Credits(30) })
-            .expect("refund");
-        run(&mut s, &EntryKind::Stake { account: b, amount: Credits(40) }).expect("stake");
+        run(
+            &mut s,
+            &EntryKind::Refund {
+                task_id: task,
+                buyer: a,
+                amount: Credits(30),
+            },
+        )
+        .expect("refund");
+        run(
+            &mut s,
+            &EntryKind::Stake {
+                account: b,
+                amount: Credits(40),
+            },
+        )
+        .expect("stake");
         run(
             &mut s,
             &EntryKind::Slash {
@@ -571,16 +628,68 @@ mod tests {
         let (a, b) = (acct("a"), acct("b"));
         let task = TaskId(Hash::of(b"task"));
         let mut s = State::default();
-        run(&mut s, &EntryKind::Mint { to: a, amount: Credits(10) }).expect("mint");
+        run(
+            &mut s,
+            &EntryKind::Mint {
+                to: a,
+                amount: Credits(10),
+            },
+        )
+        .expect("mint");
         let before = s.clone();
         let refused = [
-            (EntryKind::Transfer { from: a, to: b, amount: Credits(11) }, "overdraft"),
-            (EntryKind::Transfer { from: a, to: a, amount: Credits(1) }, "self"),
-            (EntryKind::Mint { to: a, amount: Credits::ZERO }, "zero"),
-            (EntryKind::Mint { to: a, amount: Credits(MAX_SAFE_INTEGER) }, "supply"),
-            (EntryKind::Unstake { account: a, amount: Credits(1) }, "stake"),
-            (EntryKind::Refund { task_id: task, buyer: a, amount: Credits(1) }, "no escrow"),
-            (EntryKind::Reputation { account: a, delta: 0 }, "zero delta"),
+            (
+                EntryKind::Transfer {
+                    from: a,
+                    to: b,
+                    amount: Credits(11),
+                },
+                "overdraft",
+            ),
+            (
+                EntryKind::Transfer {
+                    from: a,
+                    to: a,
+                    amount: Credits(1),
+                },
+                "self",
+            ),
+            (
+                EntryKind::Mint {
+                    to: a,
+                    amount: Credits::ZERO,
+                },
+                "zero",
+            ),
+            (
+                EntryKind::Mint {
+                    to: a,
+                    amount: Credits(MAX_SAFE_INTEGER),
+                },
+                "supply",
+            ),
+            (
+                EntryKind::Unstake {
+                    account: a,
+                    amount: Credits(1),
+                },
+                "stake",
+            ),
+            (
+                EntryKind::Refund {
+                    task_id: task,
+                    buyer: a,
+                    amount: Credits(1),
+                },
+                "no escrow",
+            ),
+            (
+                EntryKind::Reputation {
+                    account: a,
+                    delta: 0,
+                },
+                "zero delta",
+            ),
             (EntryKind::Genesis { ledger: a }, "genesis"),
         ];
         for (kind, why) in refused {
@@ -588,8 +697,19 @@ mod tests {
             assert_eq!(s, before, "{why}");
         }
         assert_eq!(
-            run(&mut s, &EntryKind::Transfer { from: a, to: b, amount: Credits(11) }),
-            Err(OpError::Overdraft { account: a, balance: Credits(10), needed: Credits(11) })
+            run(
+                &mut s,
+                &EntryKind::Transfer {
+                    from: a,
+                    to: b,
+                    amount: Credits(11)
+                }
+            ),
+            Err(OpError::Overdraft {
+                account: a,
+                balance: Credits(10),
+                needed: Credits(11)
+            })
         );
     }
 
@@ -597,14 +717,50 @@ mod tests {
     fn zero_values_are_not_stored() {
         let (a, b) = (acct("a"), acct("b"));
         let mut s = State::default();
-        run(&mut s, &EntryKind::Mint { to: a, amount: Credits(5) }).expect("mint");
-        run(&mut s, &EntryKind::Transfer { from: a, to: b, amount: Credits(5) }).expect("xfer");
-        run(&mut s, &EntryKind::Reputation { account: a, delta: 3 }).expect("rep");
-        run(&mut s, &EntryKind::Reputation { account: a, delta: -3 }).expect("rep");
+        run(
+            &mut s,
+            &EntryKind::Mint {
+                to: a,
+                amount: Credits(5),
+            },
+        )
+        .expect("mint");
+        run(
+            &mut s,
+            &EntryKind::Transfer {
+                from: a,
+                to: b,
+                amount: Credits(5),
+            },
+        )
+        .expect("xfer");
+        run(
+            &mut s,
+            &EntryKind::Reputation {
+                account: a,
+                delta: 3,
+            },
+        )
+        .expect("rep");
+        run(
+            &mut s,
+            &EntryKind::Reputation {
+                account: a,
+                delta: -3,
+            },
+        )
+        .expect("rep");
         assert!(!s.balances().contains_key(&a));
         assert!(s.reputations().is_empty());
         let mut fresh = State::default();
-        run(&mut fresh, &EntryKind::Mint { to: b, amount: Credits(5) }).expect("mint");
+        run(
+            &mut fresh,
+            &EntryKind::Mint {
+                to: b,
+                amount: Credits(5),
+            },
+        )
+        .expect("mint");
         assert_eq!(s, fresh);
     }
 }

@@ -6,7 +6,7 @@ use market_protocol::{TaskSpec, Workload};
 use serde::Serialize;
 
 /// What the buyer is shown.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditPlan {
     /// Segments (training) or items (inference) that can be challenged.
     pub segments: u64,

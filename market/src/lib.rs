@@ -1,7 +1,16 @@
-//! The market node: REST API, task lifecycle, settlement (filled by the node issue), and the
-//! audit plan the node shows a buyer when a task is posted.
+//! The market node: REST API, task lifecycle, escrow and settlement through the ledger, work
+//! dispatch to workers and verifiers, and the audit plan the node shows a buyer at post.
 
 pub use market_protocol as protocol;
 
 pub mod adversary;
+pub mod api;
 pub mod audit_plan;
+pub mod auth;
+pub mod blobs;
+pub mod config;
+pub mod dispatch;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod store;

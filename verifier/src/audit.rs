@@ -139,7 +139,7 @@ pub fn audit(
                 bundle,
                 &task,
                 &commitment,
-                &challenge,
+                &challenge.sampled,
                 blobs,
                 &mut checked,
                 &mut rerun,
@@ -289,7 +289,7 @@ fn check_training(
     bundle: &Bundle,
     task: &TaskSpec,
     c: &Commitment,
-    challenge: &Challenge,
+    sampled: &[u32],
     blobs: &dyn BlobSource,
     checked: &mut Vec<SegmentCheck>,
     rerun: &mut u64,
@@ -323,7 +323,7 @@ fn check_training(
         )));
     }
     let exact = job.profile == ExecutionProfile::Repro;
-    for &seg in &challenge.sampled {
+    for &seg in sampled {
         let start = match open_leaf(
             bundle,
             &bundle.checkpoint_path(seg),
@@ -502,4 +502,52 @@ fn rows_close(ours: &[u8], theirs: &[u8]) -> bool {
     let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
     let norm: f64 = b.iter().map(|y| y * y).sum();
     diff.sqrt() <= market_compute::tolerance::MAX_RELATIVE_L2 * norm.sqrt().max(1e-12)
+}
+
+/// A referee's check of chosen segments of a training bundle (for example the one two verdicts
+/// disagree on), with the same checks as an audit: `Ok(None)` if they reproduce, or the
+/// failure's segment, reason and detail.
+pub fn recheck_segments(
+    bundle: &Bundle,
+    segments: &[u32],
+    blobs: &dyn BlobSource,
+) -> Result<Option<(u32, FailureReason, String)>, AuditError> {
+    let task = bundle.read_task()?;
+    let commitment = bundle.read_commitment()?.into_verified()?;
+    let (mut checked, mut rerun) = (Vec::new(), 0);
+    let failure = match &task.workload {
+        Workload::Training(_) => check_training(
+            bundle,
+            &task,
+            &commitment,
+            segments,
+            blobs,
+            &mut checked,
+            &mut rerun,
+        )?,
+        Workload::Inference(_) => {
+            let c = Challenge::derive(
+                commitment.worker,
+                CommitmentId(market_protocol::Hash::default()),
+                Beacon::default(),
+                commitment.segments,
+                0,
+            )
+            .map_err(|e| AuditError::Policy(e.to_string()))?;
+            let c = Challenge {
+                sampled: segments.to_vec(),
+                ..c
+            };
+            check_inference(
+                bundle,
+                &task,
+                &commitment,
+                &c,
+                blobs,
+                &mut checked,
+                &mut rerun,
+            )?
+        }
+    };
+    Ok(failure.map(|f| (f.segment, f.reason, f.detail)))
 }

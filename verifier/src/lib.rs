@@ -5,4 +5,4 @@
 
 pub mod audit;
 
-pub use audit::{audit, AuditError, AuditReport, SamplePolicy};
+pub use audit::{audit, recheck_segments, AuditError, AuditReport, SamplePolicy};

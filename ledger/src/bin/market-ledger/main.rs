@@ -1,0 +1,197 @@
+//! `market-ledger`: verify, export and inspect a ledger, and measure it.
+//!
+//! Exit status 0 means the ledger (or export) is intact; any failure exits 1 with a message
+//! that names the first bad sequence number when the chain is broken.
+
+mod bench;
+mod child;
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use market_ledger::protocol::keyfile::load_or_create_identity;
+use market_ledger::protocol::{to_canonical_bytes, AccountId, Identity};
+use market_ledger::{verify_export_file, Ledger, OpenCheck, SignedHead};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "market-ledger",
+    version,
+    about = "The market's signed local ledger"
+)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), written to stderr.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify every link, signature and balance of a ledger directory or an export.
+    Verify(VerifyArgs),
+    /// Write entries as JSON lines to stdout.
+    Export {
+        /// The ledger directory.
+        #[arg(long)]
+        path: PathBuf,
+        /// The first sequence number to write (a verifiable export starts at 0).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Print an account's balance, stake and reputation.
+    Balance {
+        /// The ledger directory.
+        #[arg(long)]
+        path: PathBuf,
+        /// The account (64 hex digits).
+        account: AccountId,
+    },
+    /// Print the head; signed by the operator when `--key` is given.
+    Head {
+        /// The ledger directory.
+        #[arg(long)]
+        path: PathBuf,
+        /// The operator key file (created with mode 0600 if missing).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Append real signed entries from concurrent threads, then verify the chain.
+    Bench(bench::BenchArgs),
+    /// Test support: append in a loop, printing each durable seq (used by the crash test).
+    #[command(hide = true)]
+    CrashChild(child::ChildArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Source {
+    /// A ledger directory.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// An export file (JSON lines); checked with no database.
+    #[arg(long)]
+    export: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    source: Source,
+    /// A signed head (JSON) that must be a prefix of the chain.
+    #[arg(long)]
+    head: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("market-ledger: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Verify(args) => verify(args),
+        Command::Export { path, from } => {
+            let ledger = Ledger::inspect(&path)?;
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            let n = ledger.export(&mut out, from)?;
+            tracing::info!(entries = n, "exported");
+            Ok(())
+        }
+        Command::Balance { path, account } => {
+            let ledger = Ledger::open_read_only(&path, OpenCheck::Tail(1000))?;
+            let report = json!({
+                "account": account,
+                "balance": ledger.balance(&account),
+                "stake": ledger.stake(&account),
+                "reputation": ledger.reputation(&account),
+                "head": ledger.head(),
+            });
+            writeln!(std::io::stdout().lock(), "{report}")?;
+            Ok(())
+        }
+        Command::Head { path, key } => {
+            let ledger = Ledger::open_read_only(&path, OpenCheck::Tail(1000))?;
+            match key {
+                Some(key) => {
+                    let operator = load_key(&key)?;
+                    let signed = ledger.sign_head(&operator)?;
+                    let bytes = to_canonical_bytes(&signed)?;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&bytes)?;
+                    out.write_all(b"\n")?;
+                }
+                None => writeln!(std::io::stdout().lock(), "{}", json!(ledger.head()))?,
+            }
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args),
+        Command::CrashChild(args) => child::run(args),
+    }
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let head: Option<SignedHead> = args
+        .head
+        .as_deref()
+        .map(|p| -> Result<SignedHead> {
+            let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a signed head", p.display()))
+        })
+        .transpose()?;
+    match (args.source.path, args.source.export) {
+        (Some(path), _) => {
+            let ledger = Ledger::inspect(&path)?;
+            let report = ledger.verify()?;
+            if let Some(signed) = &head {
+                ledger.check_signed_head(signed)?;
+            }
+            writeln!(
+                std::io::stdout().lock(),
+                "ok: {} entries, head {} at seq {}, supply {}",
+                report.entries,
+                report.head.hash,
+                report.head.seq,
+                report.supply
+            )?;
+        }
+        (None, Some(file)) => {
+            let report = verify_export_file(&file, head.as_ref())?;
+            let s = &report.summary;
+            writeln!(
+                std::io::stdout().lock(),
+                "ok: {} entries, head {} at seq {}, supply {}, ledger {}",
+                report.lines,
+                s.head.hash,
+                s.head.seq,
+                s.state.supply(),
+                s.ledger
+            )?;
+        }
+        (None, None) => anyhow::bail!("give --path or --export"),
+    }
+    Ok(())
+}
+
+/// Loads (or creates) an operator key file.
+pub(crate) fn load_key(path: &Path) -> Result<Identity> {
+    load_or_create_identity(path).with_context(|| format!("operator key {}", path.display()))
+}

@@ -1,0 +1,133 @@
+//! Exports: JSON lines, one entry per line, checked with no database at all.
+//!
+//! An export is the chain from genesis, each line the entry's canonical JSON followed by `\n`.
+//! [`verify_export`] applies every check [`crate::Ledger::verify`] applies to the chain itself,
+//! replays the operations to recompute balances, escrows, stakes and reputation, and can check
+//! that an operator's earlier signed head is a prefix. Errors name the first bad entry by seq
+//! and line number.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use market_protocol::Hash;
+
+use crate::entry::{DecodeError, MAX_ENTRY_BYTES};
+use crate::error::LedgerError;
+use crate::head::{check_prefix, SignedHead};
+use crate::verify::{Broken, Checker, Fault, Raw, Summary};
+
+/// What a verified export adds up to.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    /// The chain's head, ledger key and replayed state.
+    pub summary: Summary,
+    /// Lines read.
+    pub lines: u64,
+}
+
+/// Verifies the export file at `path` (see [`verify_export`]).
+pub fn verify_export_file(
+    path: &Path,
+    signed_head: Option<&SignedHead>,
+) -> Result<ExportReport, LedgerError> {
+    let file = File::open(path).map_err(|source| LedgerError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    verify_export(BufReader::new(file), path, signed_head)
+}
+
+/// Verifies an export read from `input` (`label` names it in errors): the whole chain from
+/// genesis, and `signed_head`, when given, as a prefix of it.
+pub fn verify_export(
+    input: impl BufRead,
+    label: &Path,
+    signed_head: Option<&SignedHead>,
+) -> Result<ExportReport, LedgerError> {
+    let watch = signed_head.map(|h| h.body.seq);
+    let mut watched: Option<Hash> = None;
+    let mut lines = Lines {
+        input,
+        label,
+        read: 0,
+    };
+    let summary = Checker::from_genesis(true).run(&mut lines, &|_| Ok(()), |d| {
+        if Some(d.entry.body.seq) == watch {
+            watched = Some(d.hash);
+        }
+        Ok(())
+    })?;
+    if let Some(signed) = signed_head {
+        check_prefix(signed, summary.ledger, summary.head, |_| watched)?;
+    }
+    Ok(ExportReport {
+        summary,
+        lines: lines.read,
+    })
+}
+
+/// The lines of an export, numbered from 1.
+struct Lines<'a, R> {
+    input: R,
+    label: &'a Path,
+    read: u64,
+}
+
+impl<R: BufRead> Iterator for Lines<'_, R> {
+    type Item = Result<Raw, LedgerError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Entry n is expected on line n + 1.
+        let line = self.read + 1;
+        match read_line(&mut self.input, self.label, line, self.read) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => {
+                self.read = line;
+                Some(Ok(Raw {
+                    stored: None,
+                    line: Some(line),
+                    bytes,
+                }))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line of at most [`MAX_ENTRY_BYTES`], without the newline; `None`
+/// at the end of input.
+fn read_line(
+    input: &mut impl BufRead,
+    label: &Path,
+    line: u64,
+    seq: u64,
+) -> Result<Option<Vec<u8>>, LedgerError> {
+    let mut bytes = Vec::new();
+    let limit = MAX_ENTRY_BYTES as u64 + 1;
+    input
+        .by_ref()
+        .take(limit)
+        .read_until(b'\n', &mut bytes)
+        .map_err(|source| LedgerError::Io {
+            path: PathBuf::from(label),
+            source,
+        })?;
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let broken = |fault| Broken {
+        seq,
+        line: Some(line),
+        fault,
+    };
+    if bytes.pop() != Some(b'\n') {
+        let fault = if bytes.len() + 1 >= limit as usize {
+            Fault::Decode(DecodeError::TooLarge(bytes.len() + 1))
+        } else {
+            Fault::Decode(DecodeError::Json("the last line has no newline".into()))
+        };
+        return Err(broken(fault).into());
+    }
+    Ok(Some(bytes))
+}

@@ -1,0 +1,177 @@
+//! The REST API under `/v1` (axum). Reads of public state need no signature; every request
+//! that changes state, or reads a buyer's private results, is signed ([`crate::auth`]).
+//! Every failure is a JSON error body with a 4xx status for client mistakes.
+
+mod accounts;
+mod blobs;
+mod ledger;
+mod ops;
+mod tasks;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use market_protocol::{AccountId, Hash};
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+
+use crate::auth::{unix_now, SignedRequest};
+use crate::engine::Node;
+use crate::error::ApiError;
+
+/// The OpenAPI description, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "market node API",
+        description = "Post verifiable training and inference tasks, follow them, fetch results, audit the ledger."
+    ),
+    paths(
+        accounts::register,
+        accounts::get_account,
+        blobs::upload,
+        blobs::download,
+        tasks::post_task,
+        tasks::list_tasks,
+        tasks::get_task,
+        tasks::get_result,
+        tasks::cancel,
+        ops::workers,
+        ops::verifiers,
+        ledger::entries,
+        ledger::head,
+        ledger::export,
+        ops::healthz,
+        ops::metrics,
+        ops::events
+    ),
+    components(schemas(
+        crate::model::TaskView,
+        crate::model::TaskState,
+        crate::model::Attempt,
+        crate::model::VerdictSummary,
+        crate::audit_plan::AuditPlan,
+        crate::model::ParticipantStats,
+        crate::error::ErrorBody,
+        crate::error::ErrorDetail,
+        accounts::AccountView,
+        blobs::BlobCreated,
+        tasks::TaskResult,
+        ops::Participant
+    ))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// The router.
+pub fn router(node: Arc<Node>) -> Router {
+    let max = node.config.max_body_bytes;
+    Router::new()
+        .route("/v1/accounts", post(accounts::register))
+        .route("/v1/accounts/{id}", get(accounts::get_account))
+        .route(
+            "/v1/blobs",
+            post(blobs::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/blobs/{id}", get(blobs::download))
+        .route("/v1/tasks", post(tasks::post_task).get(tasks::list_tasks))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/result", get(tasks::get_result))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/workers", get(ops::workers))
+        .route("/v1/verifiers", get(ops::verifiers))
+        .route("/v1/ledger/entries", get(ledger::entries))
+        .route("/v1/ledger/head", get(ledger::head))
+        .route("/v1/ledger/export", get(ledger::export))
+        .route("/v1/events", get(ops::events))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { axum::Json(ApiDoc::openapi()) }),
+        )
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max))
+        .with_state(node)
+}
+
+/// Maps a body extraction failure (notably one over the limit) to a JSON error.
+pub(crate) fn body_or_error(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the node's limit",
+            )
+        } else {
+            ApiError::bad_request("bad_body", e.body_text())
+        }
+    })
+}
+
+/// Parses a JSON body strictly (unknown fields and wrong types are errors).
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            "malformed_json"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, e.to_string())
+    })
+}
+
+/// Checks a signed request and its nonce; returns the signer.
+pub(crate) fn authenticate(
+    node: &Node,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body_digest: &Hash,
+) -> Result<AccountId, ApiError> {
+    let req = SignedRequest::from_headers(headers)?;
+    let now = unix_now();
+    let skew = node.config.max_clock_skew_secs;
+    let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    req.verify(method.as_str(), pq, body_digest, now, skew)?;
+    if !node
+        .store
+        .use_nonce(
+            &req.account,
+            &req.nonce,
+            req.timestamp,
+            now.saturating_sub(2 * skew),
+        )
+        .map_err(ApiError::internal)?
+    {
+        return Err(ApiError::unauthorized(
+            "replayed_request",
+            "this nonce was already used: a request is accepted once",
+        ));
+    }
+    Ok(req.account)
+}
+
+/// Parses a hex id from a path segment.
+pub(crate) fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_id",
+            format!("{raw:?} is not a valid {what} (64 lowercase hex digits)"),
+        )
+    })
+}

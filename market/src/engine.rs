@@ -1,0 +1,768 @@
+//! The node's engine: posting (escrow), assignment, commitment records and beacons, audits by
+//! randomly drawn verifiers, referee, settlement and slashing. Every credit movement goes
+//! through the ledger with an idempotency key, so a node killed at any point and restarted
+//! re-runs its steps without paying or refunding twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use market_ledger::{EntryKind, IdempotencyKey, Ledger, LedgerError, OpError};
+use market_protocol::{
+    AccountId, Beacon, ChallengeSeed, Commitment, CommitmentId, Credits, Hash, Identity, Signed,
+    TaskId, TaskSpec, Verdict, VerdictId, VerdictOutcome, Workload,
+};
+use market_verifier::SamplePolicy;
+use tokio::sync::{broadcast, Notify};
+
+use crate::audit_plan;
+use crate::blobs::BlobStore;
+use crate::config::NodeConfig;
+use crate::dispatch::Dispatch;
+use crate::error::ApiError;
+use crate::model::{Attempt, TaskRecord, TaskState, VerdictSummary};
+use crate::store::Store;
+
+/// The node: its state, its ledger and its workers' dispatcher.
+pub struct Node {
+    /// Settings.
+    pub config: NodeConfig,
+    /// The credit ledger (the only place credits move).
+    pub ledger: Arc<Ledger>,
+    /// Blobs.
+    pub blobs: BlobStore,
+    /// Tasks, accounts, nonces.
+    pub store: Store,
+    /// The operator key (signs ledger entries and receipts).
+    pub operator: Identity,
+    /// Hands out work.
+    pub dispatch: Arc<dyn Dispatch>,
+    /// Task events for `/v1/events` (JSON lines).
+    pub events: broadcast::Sender<String>,
+    bundles: PathBuf,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("operator", &self.operator.account())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the node's data directory (ledger, store, blobs, bundles). Tasks a crash left
+    /// running or auditing go back to the queue; their ledger steps are idempotent.
+    pub fn open(
+        data: &Path,
+        config: NodeConfig,
+        operator: Identity,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(data)?;
+        let ledger = Arc::new(Ledger::open(
+            &data.join("ledger"),
+            operator.clone(),
+            Default::default(),
+        )?);
+        let store = Store::open(&data.join("node"))?;
+        let blobs = BlobStore::open(&data.join("blobs"), config.max_blob_bytes)?;
+        let bundles = data.join("bundles");
+        std::fs::create_dir_all(&bundles)?;
+        let (events, _) = broadcast::channel(1024);
+        let node = Arc::new(Self {
+            config,
+            ledger,
+            blobs,
+            store,
+            operator,
+            dispatch,
+            events,
+            bundles,
+            wake: Notify::new(),
+        });
+        for mut t in node.store.tasks(None, usize::MAX)? {
+            if matches!(
+                t.state,
+                TaskState::Running { .. } | TaskState::Auditing { .. }
+            ) {
+                tracing::warn!(task = %t.id, "task interrupted by a restart: back to the queue");
+                t.state = TaskState::Queued;
+                node.store.save_task(&t)?;
+            }
+        }
+        Ok(node)
+    }
+
+    fn emit(&self, t: &TaskRecord) {
+        let event = serde_json::json!({"task": t.id, "state": t.state});
+        let _ = self.events.send(event.to_string());
+    }
+
+    fn save(&self, t: &TaskRecord) -> anyhow::Result<()> {
+        self.store.save_task(t)?;
+        self.emit(t);
+        Ok(())
+    }
+
+    /// Appends on a blocking thread (an append waits for its flush). `k` names the operation
+    /// (`kind:task:...`); it is shortened to `kind:` + 48 hex digits of its blake3 to fit the
+    /// ledger's key limit while staying unique.
+    async fn append(&self, k: String, kind: EntryKind) -> anyhow::Result<market_ledger::Appended> {
+        let ledger = self.ledger.clone();
+        let prefix = k.split(':').next().unwrap_or("op");
+        let k = IdempotencyKey::new(format!(
+            "{prefix}:{}",
+            &Hash::of(k.as_bytes()).to_hex()[..48]
+        ))?;
+        Ok(tokio::task::spawn_blocking(move || ledger.append(k, kind)).await??)
+    }
+
+    /// Operator action: mints `mint` credits to `account` and stakes `stake` of them (for
+    /// devnets, tests and onboarding). Idempotent under `label`.
+    pub async fn fund(
+        &self,
+        label: &str,
+        account: &AccountId,
+        mint: u64,
+        stake: u64,
+    ) -> anyhow::Result<()> {
+        if mint > 0 {
+            self.append(
+                format!("mint:{label}:{account}"),
+                EntryKind::Mint {
+                    amount: Credits(mint),
+                    to: *account,
+                },
+            )
+            .await?;
+        }
+        if stake > 0 {
+            self.append(
+                format!("stake:{label}:{account}"),
+                EntryKind::Stake {
+                    account: *account,
+                    amount: Credits(stake),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until task `id` is settled, rejected or cancelled, or `timeout` passes.
+    pub async fn wait_final(
+        &self,
+        id: &TaskId,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<TaskRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let t = self
+                .store
+                .task(id)?
+                .ok_or_else(|| anyhow::anyhow!("no task {id}"))?;
+            if t.state.is_final() {
+                return Ok(t);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("task {id} still {} after {timeout:?}", t.state.name());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Validates a buyer's signed task, shows the audit plan, escrows the price and queues it.
+    pub async fn post_task(&self, signed: Signed<TaskSpec>) -> Result<TaskRecord, ApiError> {
+        let spec = signed
+            .verify()
+            .map_err(|e| ApiError::bad_request("bad_task_signature", e.to_string()))?
+            .clone();
+        let id = TaskId(
+            signed
+                .id()
+                .map_err(|e| ApiError::bad_request("not_canonical", e.to_string()))?,
+        );
+        if let Some(existing) = self.store.task(&id).map_err(ApiError::internal)? {
+            return Ok(existing);
+        }
+        let check = match &spec.workload {
+            Workload::Training(_) => {
+                market_compute::TrainingJob::from_spec(&spec, &self.blobs).map(|_| ())
+            }
+            Workload::Inference(_) => {
+                market_compute::InferenceJob::from_spec(&spec, &self.blobs).map(|_| ())
+            }
+        };
+        check.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                e.to_string(),
+            )
+        })?;
+        let plan = audit_plan::plan(&spec).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                e.to_string(),
+            )
+        })?;
+        let fees = self.config.verifier_fee * self.config.verifiers_per_task as u64;
+        if spec.price.0 <= fees {
+            return Err(ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("the price {} does not cover {} verifiers at a fee of {} each and leave anything for the worker", spec.price.0, self.config.verifiers_per_task, self.config.verifier_fee)));
+        }
+        let kind = EntryKind::Escrow {
+            amount: spec.price,
+            buyer: spec.buyer,
+            spec: Some(signed.clone()),
+            task_id: id,
+        };
+        let appended = match self.append(format!("escrow:{id}"), kind).await {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(match e.downcast_ref::<LedgerError>() {
+                    Some(LedgerError::Refused(OpError::Overdraft { .. })) => ApiError::new(
+                        axum::http::StatusCode::PAYMENT_REQUIRED,
+                        "insufficient_balance",
+                        format!(
+                            "account {} has {} credits; the task's price is {}",
+                            spec.buyer,
+                            self.ledger.balance(&spec.buyer),
+                            spec.price
+                        ),
+                    ),
+                    Some(LedgerError::Refused(op)) => ApiError::conflict("refused", op.to_string()),
+                    _ => ApiError::internal(e),
+                })
+            }
+        };
+        let record = TaskRecord {
+            id,
+            spec: signed,
+            order: self.store.next_order().map_err(ApiError::internal)?,
+            state: TaskState::Queued,
+            plan,
+            verifier_fee: self.config.verifier_fee,
+            attempts: Vec::new(),
+            outputs: Vec::new(),
+            ledger_seqs: vec![appended.seq()],
+        };
+        self.save(&record).map_err(ApiError::internal)?;
+        self.wake.notify_one();
+        Ok(record)
+    }
+
+    /// Cancels a queued task and refunds its escrow. Only its buyer may.
+    pub async fn cancel(&self, id: &TaskId, requester: &AccountId) -> Result<TaskRecord, ApiError> {
+        let mut t = self
+            .store
+            .task(id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found("task"))?;
+        if t.spec.body.buyer != *requester {
+            return Err(ApiError::forbidden("only the task's buyer may cancel it"));
+        }
+        if t.state == TaskState::Cancelled {
+            return Ok(t);
+        }
+        if t.state != TaskState::Queued {
+            return Err(ApiError::conflict(
+                "not_cancellable",
+                format!(
+                    "the task is {}; only queued tasks can be cancelled",
+                    t.state.name()
+                ),
+            ));
+        }
+        let refund = self.refund_rest(&t).await.map_err(ApiError::internal)?;
+        t.ledger_seqs.extend(refund);
+        t.state = TaskState::Cancelled;
+        self.save(&t).map_err(ApiError::internal)?;
+        Ok(t)
+    }
+
+    async fn refund_rest(&self, t: &TaskRecord) -> anyhow::Result<Option<u64>> {
+        let Some(escrow) = self.ledger.escrow_of(&t.id) else {
+            return Ok(None);
+        };
+        if escrow.remaining.0 == 0 {
+            return Ok(None);
+        }
+        let a = self
+            .append(
+                format!("refund:{}", t.id),
+                EntryKind::Refund {
+                    amount: escrow.remaining,
+                    buyer: t.spec.body.buyer,
+                    task_id: t.id,
+                },
+            )
+            .await?;
+        Ok(Some(a.seq()))
+    }
+
+    /// Runs queued tasks forever (one at a time: the machine's cores go to the work itself).
+    pub async fn run_engine(self: Arc<Self>) {
+        loop {
+            match self.next_queued() {
+                Ok(Some(id)) => {
+                    if let Err(e) = self.clone().process(id).await {
+                        tracing::error!(task = %id, error = %e, "task processing failed; back to the queue");
+                        if let Ok(Some(mut t)) = self.store.task(&id) {
+                            if !t.state.is_final() {
+                                t.state = TaskState::Queued;
+                                let _ = self.save(&t);
+                            }
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+                Ok(None) => {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        self.wake.notified(),
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "store failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn next_queued(&self) -> anyhow::Result<Option<TaskId>> {
+        Ok(self
+            .store
+            .tasks(None, usize::MAX)?
+            .into_iter()
+            .find(|t| t.state == TaskState::Queued)
+            .map(|t| t.id))
+    }
+
+    fn stake(&self, a: &AccountId) -> u64 {
+        self.ledger.stake(a).0
+    }
+
+    /// A worker with enough stake that has not yet tried this task.
+    fn pick_worker(&self, t: &TaskRecord) -> Option<AccountId> {
+        let tried: Vec<AccountId> = t.attempts.iter().map(|a| a.worker).collect();
+        // The least-used eligible worker; ties go to the dispatcher's order.
+        self.dispatch
+            .workers()
+            .into_iter()
+            .filter(|w| !tried.contains(w) && self.stake(w) >= self.config.min_worker_stake)
+            .min_by_key(|w| self.store.participant(w).map(|p| p.tasks_done).unwrap_or(0))
+    }
+
+    /// Draws `k` distinct verifiers, weighted by stake and reputation, from a stream keyed by the
+    /// beacon (so the worker could not know them when it committed).
+    fn draw_verifiers(&self, beacon: &Beacon, exclude: &AccountId) -> Vec<AccountId> {
+        let mut pool: Vec<(AccountId, u64)> = self
+            .dispatch
+            .verifiers()
+            .into_iter()
+            .filter(|v| v != exclude && self.stake(v) >= self.config.min_verifier_stake)
+            .map(|v| {
+                let rep = self.ledger.reputation(&v);
+                // Reputation scales the weight: slow to earn (+10% a point), quick to lose (halved per point lost).
+                let w = if rep >= 0 {
+                    self.stake(&v) * (10 + rep.min(100) as u64) / 10
+                } else {
+                    self.stake(&v) >> (-rep).min(32)
+                };
+                (v, w.max(1))
+            })
+            .collect();
+        pool.sort();
+        let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(
+            &[b"verifiers".as_slice(), beacon.as_bytes()].concat(),
+        )));
+        let mut chosen = Vec::new();
+        while chosen.len() < self.config.verifiers_per_task && !pool.is_empty() {
+            let total: u64 = pool.iter().map(|(_, w)| w).sum();
+            let mut x = market_protocol::sampling::uniform_below(&mut rng, total);
+            let i = pool
+                .iter()
+                .position(|(_, w)| {
+                    if x < *w {
+                        true
+                    } else {
+                        x -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            chosen.push(pool.remove(i).0);
+        }
+        chosen
+    }
+
+    async fn process(self: Arc<Self>, id: TaskId) -> anyhow::Result<()> {
+        let mut t = self
+            .store
+            .task(&id)?
+            .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
+        if t.attempts.len() >= self.config.max_attempts {
+            return self
+                .reject(
+                    t,
+                    "no worker produced a result that passed its audits".into(),
+                )
+                .await;
+        }
+        let Some(worker) = self.pick_worker(&t) else {
+            if t.attempts.is_empty() {
+                // Nobody can take it yet; look again later.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                return Ok(());
+            }
+            return self
+                .reject(t, "no other staked worker is available".into())
+                .await;
+        };
+        let attempt_no = t.attempts.len();
+        t.attempts.push(Attempt {
+            worker,
+            commitment_id: None,
+            commit_seq: None,
+            verdicts: Vec::new(),
+            accepted: false,
+        });
+        t.state = TaskState::Running {
+            worker,
+            done: 0,
+            total: 0,
+            loss: 0.0,
+        };
+        self.save(&t)?;
+
+        // Run the task on a blocking thread, with throttled progress.
+        let dir = self.bundles.join(format!("{id}-{attempt_no}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let node = self.clone();
+        let spec = t.spec.body.clone();
+        let progress_task = t.clone();
+        let run_dir = dir.clone();
+        let commitment = tokio::task::spawn_blocking(move || {
+            let mut last = 0u32;
+            let mut shown = progress_task;
+            node.dispatch
+                .run(&worker, &spec, &run_dir, &node.blobs, &mut |p| {
+                    if p.done >= last + 10 || p.done == p.total {
+                        last = p.done;
+                        shown.state = TaskState::Running {
+                            worker,
+                            done: p.done,
+                            total: p.total,
+                            loss: p.loss,
+                        };
+                        let _ = node.store.save_task(&shown);
+                        node.emit(&shown);
+                    }
+                })
+        })
+        .await?;
+        let mut t = self
+            .store
+            .task(&id)?
+            .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
+        let commitment = match commitment {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(task = %id, %worker, error = %e, "worker failed the task");
+                t.state = TaskState::Queued;
+                self.save(&t)?;
+                return Ok(());
+            }
+        };
+        self.audit_and_settle(t, attempt_no, worker, commitment, dir)
+            .await
+    }
+
+    async fn audit_and_settle(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        commitment: Signed<Commitment>,
+        dir: PathBuf,
+    ) -> anyhow::Result<()> {
+        let id = t.id;
+        // The commitment goes into the ledger before any challenge exists; the entry's hash is
+        // the beacon, which nobody could know when the commitment was signed.
+        let record = self
+            .append(
+                format!("commit:{id}:{n}"),
+                EntryKind::Commit {
+                    commitment: commitment.clone(),
+                    task_id: id,
+                    worker,
+                },
+            )
+            .await?;
+        let beacon = Beacon(record.hash);
+        let cid = CommitmentId(commitment.id()?);
+        t.attempts[n].commitment_id = Some(cid);
+        t.attempts[n].commit_seq = Some(record.seq());
+        t.ledger_seqs.push(record.seq());
+        t.state = TaskState::Auditing { worker };
+        self.save(&t)?;
+
+        let verifiers = self.draw_verifiers(&beacon, &worker);
+        if verifiers.is_empty() {
+            anyhow::bail!("no staked verifier is available");
+        }
+        let policy = SamplePolicy::Count(t.plan.samples as u32);
+        let mut verdicts: Vec<Signed<Verdict>> = Vec::new();
+        for v in &verifiers {
+            let (node_dispatch, v2, d, p) =
+                (self.dispatch.clone(), *v, dir.clone(), policy.clone());
+            let blobs = self.blobs.clone();
+            let verdict = tokio::task::spawn_blocking(move || {
+                node_dispatch.audit(&v2, &d, beacon, &p, &blobs)
+            })
+            .await?;
+            match verdict {
+                Ok(verdict)
+                    if verdict.verify().is_ok()
+                        && verdict.body.verifier == *v
+                        && verdict.body.commitment_id == cid =>
+                {
+                    verdicts.push(verdict)
+                }
+                Ok(_) => {
+                    tracing::warn!(verifier = %v, "verdict refused: bad signature or for another commitment")
+                }
+                Err(e) => tracing::warn!(verifier = %v, error = %e, "verifier failed to audit"),
+            }
+        }
+        for verdict in &verdicts {
+            let body = &verdict.body;
+            t.attempts[n].verdicts.push(VerdictSummary {
+                verifier: body.verifier,
+                verdict_id: VerdictId(verdict.id()?),
+                passed: body.outcome == VerdictOutcome::Pass,
+                checked: body.checked.len(),
+                detail: match &body.outcome {
+                    VerdictOutcome::Pass => None,
+                    VerdictOutcome::Fail { detail, .. } => Some(detail.clone()),
+                },
+            });
+        }
+        let failing: Vec<&Signed<Verdict>> = verdicts
+            .iter()
+            .filter(|v| v.body.outcome != VerdictOutcome::Pass)
+            .collect();
+        let passing: Vec<&Signed<Verdict>> = verdicts
+            .iter()
+            .filter(|v| v.body.outcome == VerdictOutcome::Pass)
+            .collect();
+        if verdicts.is_empty() {
+            anyhow::bail!("no verdicts");
+        }
+        // Disagreement: the node referees by re-running only the disputed segment itself.
+        let worker_cheated = if failing.is_empty() {
+            false
+        } else if passing.is_empty() {
+            true
+        } else {
+            let VerdictOutcome::Fail { segment, .. } = failing[0].body.outcome.clone() else {
+                unreachable!()
+            };
+            let blobs = self.blobs.clone();
+            let d = dir.clone();
+            let finding = tokio::task::spawn_blocking(move || {
+                market_verifier::recheck_segments(
+                    &market_compute::bundle::Bundle::at(&d),
+                    &[segment],
+                    &blobs,
+                )
+            })
+            .await??;
+            let cheated = finding.is_some();
+            // Slash the side that lied.
+            let liars: Vec<&Signed<Verdict>> = if cheated {
+                passing.clone()
+            } else {
+                failing.clone()
+            };
+            for liar in liars {
+                self.slash(
+                    &t,
+                    n,
+                    &liar.body.verifier,
+                    self.config.verifier_slash,
+                    liar,
+                    "verdict contradicted by the referee's re-execution",
+                    &[],
+                )
+                .await?;
+                self.store
+                    .update_participant(&liar.body.verifier, |p| p.slashed += 1)?;
+            }
+            cheated
+        };
+        if worker_cheated {
+            let evidence = failing[0];
+            let catchers: Vec<AccountId> = failing.iter().map(|v| v.body.verifier).collect();
+            self.slash(
+                &t,
+                n,
+                &worker,
+                self.config.worker_slash,
+                evidence,
+                "result failed its audit",
+                &catchers,
+            )
+            .await?;
+            self.store.update_participant(&worker, |p| {
+                p.tasks_failed += 1;
+                p.slashed += 1;
+            })?;
+            for v in &catchers {
+                self.store.update_participant(v, |p| {
+                    p.audits += 1;
+                    p.audits_failed += 1;
+                })?;
+            }
+            t.state = TaskState::Queued;
+            self.save(&t)?;
+            self.wake.notify_one();
+            return Ok(());
+        }
+        // Accepted: pay the verifiers that vouched for it and the worker, refund any rest.
+        let fee = Credits(t.verifier_fee);
+        for v in &passing {
+            let a = self
+                .append(
+                    format!("reward:{id}:{}", v.body.verifier),
+                    EntryKind::Reward {
+                        amount: fee,
+                        task_id: id,
+                        verdict: Some((*v).clone()),
+                        verifier: v.body.verifier,
+                    },
+                )
+                .await?;
+            t.ledger_seqs.push(a.seq());
+            self.store.update_participant(&v.body.verifier, |p| {
+                p.audits += 1;
+                p.audits_passed += 1;
+            })?;
+        }
+        let left = self.ledger.escrow_of(&id).map_or(0, |e| e.remaining.0);
+        let unspent_fees =
+            t.verifier_fee * (self.config.verifiers_per_task.saturating_sub(passing.len())) as u64;
+        let pay = left.saturating_sub(unspent_fees);
+        let a = self
+            .append(
+                format!("release:{id}"),
+                EntryKind::Release {
+                    amount: Credits(pay),
+                    commitment: Some(commitment.clone()),
+                    task_id: id,
+                    worker,
+                },
+            )
+            .await?;
+        t.ledger_seqs.push(a.seq());
+        if let Some(seq) = self.refund_rest(&t).await? {
+            t.ledger_seqs.push(seq);
+        }
+        self.reputation(&format!("{id}:{n}"), &worker, 1).await?;
+        self.store
+            .update_participant(&worker, |p| p.tasks_done += 1)?;
+        t.outputs = self.collect_outputs(&t, &dir)?;
+        t.attempts[n].accepted = true;
+        t.state = TaskState::Settled;
+        self.save(&t)
+    }
+
+    /// Slashes `amount` (at most the stake) of `account`: a fee to each of `to` and the rest to
+    /// the task's buyer, with the verdict as evidence; and a reputation penalty.
+    #[allow(clippy::too_many_arguments)]
+    async fn slash(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        account: &AccountId,
+        amount: u64,
+        verdict: &Signed<Verdict>,
+        reason: &str,
+        to: &[AccountId],
+    ) -> anyhow::Result<()> {
+        let mut left = amount.min(self.stake(account));
+        let evidence = verdict.id()?;
+        let mut payees: Vec<(AccountId, u64)> = to
+            .iter()
+            .filter(|a| **a != t.spec.body.buyer)
+            .map(|a| (*a, t.verifier_fee))
+            .collect();
+        payees.push((t.spec.body.buyer, u64::MAX));
+        for (payee, share) in payees {
+            let x = share.min(left);
+            if x == 0 {
+                continue;
+            }
+            left -= x;
+            self.append(
+                format!("slash:{}:{n}:{account}:{payee}", t.id),
+                EntryKind::Slash {
+                    account: *account,
+                    amount: Credits(x),
+                    evidence,
+                    reason: reason.into(),
+                    to: payee,
+                    verdict: Some(verdict.clone()),
+                },
+            )
+            .await?;
+        }
+        self.reputation(&format!("{}:{n}", t.id), account, -5).await
+    }
+
+    async fn reputation(&self, k: &str, account: &AccountId, delta: i64) -> anyhow::Result<()> {
+        self.append(
+            format!("rep:{k}:{account}"),
+            EntryKind::Reputation {
+                account: *account,
+                delta,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn reject(&self, mut t: TaskRecord, reason: String) -> anyhow::Result<()> {
+        if let Some(seq) = self.refund_rest(&t).await? {
+            t.ledger_seqs.push(seq);
+        }
+        t.state = TaskState::Rejected { reason };
+        self.save(&t)
+    }
+
+    /// Copies the accepted result into the blob store, owned by the buyer.
+    fn collect_outputs(
+        &self,
+        t: &TaskRecord,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<market_protocol::BlobId>> {
+        let bundle = market_compute::bundle::Bundle::at(dir);
+        let files: Vec<PathBuf> = match &t.spec.body.workload {
+            Workload::Training(_) => vec![bundle.weights_path()],
+            Workload::Inference(_) => (0..t.plan.segments as u32)
+                .map(|i| bundle.item_path(i))
+                .collect(),
+        };
+        let mut ids = Vec::new();
+        for f in files {
+            let id = self.blobs.put(&std::fs::read(&f)?)?;
+            self.store.set_blob_owner(&id, &t.spec.body.buyer)?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,179 @@
+//! What the node remembers about tasks and participants, and what it shows about them.
+
+use market_protocol::{AccountId, BlobId, CommitmentId, Signed, TaskId, TaskSpec, VerdictId};
+use serde::{Deserialize, Serialize};
+
+use crate::audit_plan::AuditPlan;
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    /// Escrowed, waiting for a worker.
+    Queued,
+    /// Handed to a worker that is running it.
+    Running {
+        /// The worker.
+        #[schema(value_type = String)]
+        worker: AccountId,
+        /// Steps or items done.
+        done: u32,
+        /// Steps or items in all.
+        total: u32,
+        /// Latest training loss.
+        loss: f32,
+    },
+    /// The worker's commitment is recorded; verifiers are auditing it.
+    Auditing {
+        /// The worker.
+        #[schema(value_type = String)]
+        worker: AccountId,
+    },
+    /// Audits passed and everyone is paid.
+    Settled,
+    /// No worker produced a result that passed (or the task could not run).
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The buyer cancelled it before a result was committed; the escrow was refunded.
+    Cancelled,
+}
+
+impl TaskState {
+    /// The state's name, as in the JSON `state` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running { .. } => "running",
+            Self::Auditing { .. } => "auditing",
+            Self::Settled => "settled",
+            Self::Rejected { .. } => "rejected",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the task is finished.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Settled | Self::Rejected { .. } | Self::Cancelled
+        )
+    }
+}
+
+/// One verifier's finding on one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerdictSummary {
+    /// The verifier.
+    #[schema(value_type = String)]
+    pub verifier: AccountId,
+    /// The verdict's id.
+    #[schema(value_type = String)]
+    pub verdict_id: VerdictId,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Segments checked.
+    pub checked: usize,
+    /// The failure, for people.
+    pub detail: Option<String>,
+}
+
+/// One worker's attempt at a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// The worker.
+    #[schema(value_type = String)]
+    pub worker: AccountId,
+    /// Its commitment, once made.
+    #[schema(value_type = Option<String>)]
+    pub commitment_id: Option<CommitmentId>,
+    /// The ledger sequence number of the commitment record (its hash is the beacon).
+    pub commit_seq: Option<u64>,
+    /// The verdicts.
+    pub verdicts: Vec<VerdictSummary>,
+    /// Whether the attempt was accepted.
+    pub accepted: bool,
+}
+
+/// Everything the node keeps about a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The id.
+    pub id: TaskId,
+    /// The buyer's signed spec.
+    pub spec: Signed<TaskSpec>,
+    /// Order of arrival.
+    pub order: u64,
+    /// The state.
+    pub state: TaskState,
+    /// The audit promised at post.
+    pub plan: AuditPlan,
+    /// Verifier fee per verifier.
+    pub verifier_fee: u64,
+    /// Attempts so far.
+    pub attempts: Vec<Attempt>,
+    /// Result blobs, for the buyer only.
+    pub outputs: Vec<BlobId>,
+    /// Ledger sequence numbers of this task's entries.
+    pub ledger_seqs: Vec<u64>,
+}
+
+/// The public view of a task (no results).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskView {
+    /// The id.
+    #[schema(value_type = String)]
+    pub id: TaskId,
+    /// The buyer.
+    #[schema(value_type = String)]
+    pub buyer: AccountId,
+    /// Training or inference.
+    pub kind: String,
+    /// The price in escrow.
+    pub price: u64,
+    /// The state.
+    pub state: TaskState,
+    /// The audit promised.
+    pub audit: AuditPlan,
+    /// Attempts with their verdicts.
+    pub attempts: Vec<Attempt>,
+    /// Ledger sequence numbers of this task's entries.
+    pub ledger_seqs: Vec<u64>,
+}
+
+impl TaskRecord {
+    /// The public view.
+    pub fn view(&self) -> TaskView {
+        TaskView {
+            id: self.id,
+            buyer: self.spec.body.buyer,
+            kind: match self.spec.body.workload {
+                market_protocol::Workload::Training(_) => "training".into(),
+                market_protocol::Workload::Inference(_) => "inference".into(),
+            },
+            price: self.spec.body.price.0,
+            state: self.state.clone(),
+            audit: self.plan.clone(),
+            attempts: self.attempts.clone(),
+            ledger_seqs: self.ledger_seqs.clone(),
+        }
+    }
+}
+
+/// A worker or verifier known to the node, with its record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ParticipantStats {
+    /// Tasks completed and accepted (workers).
+    pub tasks_done: u64,
+    /// Results that failed an audit (workers).
+    pub tasks_failed: u64,
+    /// Audits signed (verifiers).
+    pub audits: u64,
+    /// Audits that passed (verifiers: verdicts of pass).
+    pub audits_passed: u64,
+    /// Audits that failed the worker.
+    pub audits_failed: u64,
+    /// Times slashed.
+    pub slashed: u64,
+}

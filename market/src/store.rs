@@ -1,0 +1,181 @@
+//! The node's own state on sled: tasks, their arrival order, registered accounts, request
+//! nonces, blob owners and participant records. Credits are never here: they live only in the
+//! ledger.
+
+use std::path::Path;
+
+use market_protocol::{AccountId, BlobId, TaskId};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::model::{ParticipantStats, TaskRecord};
+
+/// Why the node's store failed (always the node's own fault).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("node store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record did not decode.
+    #[error("node store: corrupt record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    tasks: sled::Tree,
+    order: sled::Tree,
+    accounts: sled::Tree,
+    nonces: sled::Tree,
+    blob_owners: sled::Tree,
+    participants: sled::Tree,
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+    tree.get(key)?
+        .map(|v| serde_json::from_slice(&v))
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
+    tree.insert(key, serde_json::to_vec(value)?)?;
+    Ok(())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(dir)?;
+        Ok(Self {
+            tasks: db.open_tree("tasks")?,
+            order: db.open_tree("order")?,
+            accounts: db.open_tree("accounts")?,
+            nonces: db.open_tree("nonces")?,
+            blob_owners: db.open_tree("blob_owners")?,
+            participants: db.open_tree("participants")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A task.
+    pub fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        get(&self.tasks, id.as_bytes())
+    }
+
+    /// Saves a task (and indexes a new one by arrival order), durably.
+    pub fn save_task(&self, t: &TaskRecord) -> Result<(), StoreError> {
+        put(&self.tasks, t.id.as_bytes(), t)?;
+        self.order.insert(t.order.to_be_bytes(), t.id.as_bytes())?;
+        self.flush()
+    }
+
+    /// The next arrival number.
+    pub fn next_order(&self) -> Result<u64, StoreError> {
+        Ok(self.order.last()?.map_or(0, |(k, _)| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&k[..8]);
+            u64::from_be_bytes(b) + 1
+        }))
+    }
+
+    /// Tasks in arrival order starting after `after`, at most `limit`.
+    pub fn tasks(&self, after: Option<u64>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.order.range(start.to_be_bytes()..) {
+            let (_, id) = item?;
+            if let Some(t) = get::<TaskRecord>(&self.tasks, &id)? {
+                out.push(t);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Registers an account (idempotent).
+    pub fn register(&self, account: &AccountId) -> Result<bool, StoreError> {
+        Ok(self.accounts.insert(account.as_bytes(), &[1u8])?.is_none())
+    }
+
+    /// Whether an account is registered.
+    pub fn is_registered(&self, account: &AccountId) -> Result<bool, StoreError> {
+        Ok(self.accounts.contains_key(account.as_bytes())?)
+    }
+
+    /// Records a nonce; false if the account used it before (a replay). Nonces older than
+    /// `expire_before` are forgotten, since their timestamps are refused anyway.
+    pub fn use_nonce(
+        &self,
+        account: &AccountId,
+        nonce: &str,
+        timestamp: u64,
+        expire_before: u64,
+    ) -> Result<bool, StoreError> {
+        let mut key = account.as_bytes().to_vec();
+        key.extend_from_slice(nonce.as_bytes());
+        let fresh = self
+            .nonces
+            .compare_and_swap(
+                &key,
+                None as Option<&[u8]>,
+                Some(&timestamp.to_be_bytes()[..]),
+            )?
+            .is_ok();
+        if fresh && timestamp % 64 == 0 {
+            for item in self.nonces.iter() {
+                let (k, v) = item?;
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v[..8]);
+                if u64::from_be_bytes(b) < expire_before {
+                    self.nonces.remove(k)?;
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Who uploaded a blob (the only account that may read it).
+    pub fn blob_owner(&self, id: &BlobId) -> Result<Option<AccountId>, StoreError> {
+        Ok(self
+            .blob_owners
+            .get(id.as_bytes())?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .and_then(|b: [u8; 32]| AccountId::from_bytes(b).ok()))
+    }
+
+    /// Records a blob's owner (the first uploader keeps it).
+    pub fn set_blob_owner(&self, id: &BlobId, owner: &AccountId) -> Result<(), StoreError> {
+        let _ = self.blob_owners.compare_and_swap(
+            id.as_bytes(),
+            None as Option<&[u8]>,
+            Some(&owner.as_bytes()[..]),
+        )?;
+        Ok(())
+    }
+
+    /// A participant's record.
+    pub fn participant(&self, account: &AccountId) -> Result<ParticipantStats, StoreError> {
+        Ok(get(&self.participants, account.as_bytes())?.unwrap_or_default())
+    }
+
+    /// Updates a participant's record.
+    pub fn update_participant(
+        &self,
+        account: &AccountId,
+        f: impl FnOnce(&mut ParticipantStats),
+    ) -> Result<(), StoreError> {
+        let mut p = self.participant(account)?;
+        f(&mut p);
+        put(&self.participants, account.as_bytes(), &p)
+    }
+}

@@ -1,0 +1,548 @@
+//! The REST API driven with `tower::ServiceExt::oneshot` (no sockets): every endpoint, the whole
+//! life of honest and cheated tasks, and every kind of bad input getting a 4xx JSON error while
+//! nothing is written.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use market_node::auth::{sign_headers, unix_now};
+use market_node::config::NodeConfig;
+use market_node::dispatch::{InProcess, VerifierMode};
+use market_node::engine::Node;
+use market_protocol::fixtures::{inference_task, training_task};
+use market_protocol::*;
+use market_worker::Behavior;
+use serde_json::Value;
+use tower::ServiceExt;
+
+struct Net {
+    node: Arc<Node>,
+    app: Router,
+    buyer: Identity,
+    workers: Vec<Identity>,
+    verifiers: Vec<Identity>,
+    _dir: tempfile::TempDir,
+}
+
+async fn net(workers: Vec<(&str, Behavior)>, verifiers: Vec<(&str, VerifierMode)>) -> Net {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let dispatch = InProcess {
+        workers: workers
+            .iter()
+            .map(|(l, b)| (Identity::from_test_label(l), *b))
+            .collect(),
+        verifiers: verifiers
+            .iter()
+            .map(|(l, m)| (Identity::from_test_label(l), *m))
+            .collect(),
+    };
+    let workers: Vec<Identity> = dispatch.workers.iter().map(|(i, _)| i.clone()).collect();
+    let verifiers: Vec<Identity> = dispatch.verifiers.iter().map(|(i, _)| i.clone()).collect();
+    let node = Node::open(
+        dir.path(),
+        NodeConfig::default(),
+        Identity::from_test_label("operator"),
+        Arc::new(dispatch),
+    )
+    .unwrap();
+    let buyer = Identity::from_test_label("buyer");
+    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
+    for w in &workers {
+        node.fund("test", &w.account(), 500, 300).await.unwrap();
+    }
+    for v in &verifiers {
+        node.fund("test", &v.account(), 200, 100).await.unwrap();
+    }
+    let app = market_node::api::router(node.clone());
+    Net {
+        node,
+        app,
+        buyer,
+        workers,
+        verifiers,
+        _dir: dir,
+    }
+}
+
+fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("nonce-{:016}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn signed(id: &Identity, method: &str, uri: &str, body: Vec<u8>) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in sign_headers(id, method, uri, &body, unix_now(), &nonce()) {
+        req = req.header(k, v);
+    }
+    req.header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::builder().uri(uri).body(Body::empty()).unwrap()
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+fn post_body(buyer: &Identity, task: TaskSpec) -> Vec<u8> {
+    serde_json::to_vec(&Signed::sign(task, buyer).unwrap()).unwrap()
+}
+
+fn short(mut task: TaskSpec) -> TaskSpec {
+    if let Workload::Training(t) = &mut task.workload {
+        t.steps = 60;
+    }
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_tasks_settle_and_balances_move_exactly_as_the_entries_say() {
+    let n = net(
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest), ("v2", VerifierMode::Honest)],
+    )
+    .await;
+    tokio::spawn(n.node.clone().run_engine());
+    let (s, v) = call(&n.app, signed(&n.buyer, "POST", "/v1/accounts", Vec::new())).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let mut ids = Vec::new();
+    let mut inference = inference_task(&n.buyer, 2);
+    inference.profile = ExecutionProfile::Repro;
+    if let Workload::Inference(i) = &mut inference.workload {
+        i.weights = None;
+    }
+    for task in [short(training_task(&n.buyer, 1)), inference] {
+        let price = task.price.0;
+        let (s, v) = call(
+            &n.app,
+            signed(&n.buyer, "POST", "/v1/tasks", post_body(&n.buyer, task)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert_eq!(v["state"]["state"], "queued");
+        assert!(v["audit"]["detection_probability"].as_f64().unwrap() >= 0.9);
+        ids.push((v["id"].as_str().unwrap().to_string(), price));
+    }
+    let before = n.node.ledger.balance(&n.workers[0].account()).0;
+    for (id, _) in &ids {
+        let t = n
+            .node
+            .wait_final(&id.parse().unwrap(), Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.state,
+            market_node::model::TaskState::Settled,
+            "{:?}",
+            t.attempts
+        );
+        let (s, v) = call(&n.app, get(&format!("/v1/tasks/{id}"))).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(v["state"]["state"], "settled");
+        assert_eq!(v["attempts"][0]["verdicts"].as_array().unwrap().len(), 2);
+        // Results: the buyer may read them, nobody else.
+        let uri = format!("/v1/tasks/{id}/result");
+        let (s, v) = call(&n.app, signed(&n.buyer, "GET", &uri, Vec::new())).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let blob = v["outputs"][0].as_str().unwrap().to_string();
+        let (s, _) = call(&n.app, signed(&n.workers[0], "GET", &uri, Vec::new())).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _) = call(
+            &n.app,
+            signed(&n.buyer, "GET", &format!("/v1/blobs/{blob}"), Vec::new()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(
+            &n.app,
+            signed(
+                &n.verifiers[0],
+                "GET",
+                &format!("/v1/blobs/{blob}"),
+                Vec::new(),
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    let fee = NodeConfig::default().verifier_fee;
+    let total_price: u64 = ids.iter().map(|(_, p)| p).sum();
+    assert_eq!(
+        n.node.ledger.balance(&n.buyer.account()).0,
+        5_000 - total_price
+    );
+    assert_eq!(
+        n.node.ledger.balance(&n.workers[0].account()).0 - before,
+        total_price - 2 * 2 * fee
+    );
+    for v in &n.verifiers {
+        assert_eq!(n.node.ledger.balance(&v.account()).0, 100 + 2 * fee);
+    }
+    let report = n.node.ledger.verify().unwrap();
+    assert!(report.entries > 10);
+    let (s, v) = call(&n.app, get(&format!("/v1/accounts/{}", n.buyer.account()))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["balance"], 5_000 - total_price);
+    assert_eq!(v["escrowed"], 0);
+    // Public reads.
+    for uri in [
+        "/v1/tasks",
+        "/v1/tasks?state=settled&limit=1",
+        "/v1/workers",
+        "/v1/verifiers",
+        "/v1/ledger/entries?from=0&limit=5",
+        "/v1/ledger/head",
+        "/v1/openapi.json",
+        "/healthz",
+    ] {
+        let (s, v) = call(&n.app, get(uri)).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {v}");
+    }
+    let (s, v) = call(&n.app, get("/v1/tasks?state=settled&limit=1")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
+    let resp = n.app.clone().oneshot(get("/metrics")).await.unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("market_tasks{state=\"settled\"} 2"), "{text}");
+    let resp = n
+        .app
+        .clone()
+        .oneshot(get("/v1/ledger/export"))
+        .await
+        .unwrap();
+    let export = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let exported = market_ledger::verify_export(
+        std::io::Cursor::new(export.to_vec()),
+        std::path::Path::new("export"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(exported.lines, report.entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cheating_worker_is_slashed_and_another_worker_completes_the_task() {
+    let n = net(
+        vec![
+            ("cheater", Behavior::Skip(0.5)),
+            ("honest", Behavior::Honest),
+        ],
+        vec![("v1", VerifierMode::Honest), ("v2", VerifierMode::Honest)],
+    )
+    .await;
+    tokio::spawn(n.node.clone().run_engine());
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &n.buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&n.buyer, short(training_task(&n.buyer, 5))),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let t = n
+        .node
+        .wait_final(
+            &v["id"].as_str().unwrap().parse().unwrap(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.state, market_node::model::TaskState::Settled);
+    assert_eq!(t.attempts.len(), 2);
+    assert!(!t.attempts[0].accepted && t.attempts[0].worker == n.workers[0].account());
+    assert!(t.attempts[1].accepted && t.attempts[1].worker == n.workers[1].account());
+    let cheater = n.workers[0].account();
+    assert_eq!(
+        n.node.ledger.stake(&cheater).0,
+        300 - NodeConfig::default().worker_slash
+    );
+    assert!(n.node.ledger.reputation(&cheater) < 0);
+    n.node.ledger.verify().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_that_vouches_for_a_cheat_is_slashed_by_the_referee() {
+    let n = net(
+        vec![
+            ("cheater", Behavior::Skip(0.5)),
+            ("honest", Behavior::Honest),
+        ],
+        vec![
+            ("lazy", VerifierMode::Lazy),
+            ("careful", VerifierMode::Honest),
+        ],
+    )
+    .await;
+    tokio::spawn(n.node.clone().run_engine());
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &n.buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&n.buyer, short(training_task(&n.buyer, 6))),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let t = n
+        .node
+        .wait_final(
+            &v["id"].as_str().unwrap().parse().unwrap(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.state, market_node::model::TaskState::Settled);
+    let lazy = n.verifiers[0].account();
+    assert_eq!(
+        n.node.ledger.stake(&lazy).0,
+        100 - NodeConfig::default().verifier_slash
+    );
+    assert_eq!(n.node.ledger.stake(&n.verifiers[1].account()).0, 100);
+    n.node.ledger.verify().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_json_error_and_writes_nothing() {
+    let n = net(
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest)],
+    )
+    .await;
+    let head = n.node.ledger.head();
+    let b = &n.buyer;
+    let good = post_body(b, short(training_task(b, 9)));
+    let mut unknown: Value = serde_json::from_slice(&good).unwrap();
+    unknown["body"]["surprise"] = Value::from(1);
+    let mut wrong_type: Value = serde_json::from_slice(&good).unwrap();
+    wrong_type["body"]["price"] = Value::from("a lot");
+    let mut huge = training_task(b, 10);
+    if let Workload::Training(t) = &mut huge.workload {
+        t.model = ModelSpec::Gpt {
+            layers: 48,
+            heads: 64,
+            width: 4096,
+            vocab: 65536,
+            context: 2048,
+        };
+    }
+    let mut pricey = short(training_task(b, 11));
+    pricey.price = Credits(1_000_000);
+    let mallory = Identity::from_test_label("mallory");
+    let replayed = {
+        let req = signed(b, "POST", "/v1/accounts", Vec::new());
+        let headers = req.headers().clone();
+        let (s, _) = call(&n.app, req).await;
+        assert_eq!(s, StatusCode::CREATED);
+        let mut again = Request::builder()
+            .method("POST")
+            .uri("/v1/accounts")
+            .body(Body::empty())
+            .unwrap();
+        *again.headers_mut() = headers;
+        again
+    };
+    let mut bad_sig = signed(b, "POST", "/v1/tasks", good.clone());
+    bad_sig
+        .headers_mut()
+        .insert("x-market-signature", "00".repeat(64).parse().unwrap());
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "malformed json",
+            signed(b, "POST", "/v1/tasks", b"{not json".to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "unknown field",
+            signed(
+                b,
+                "POST",
+                "/v1/tasks",
+                serde_json::to_vec(&unknown).unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong type",
+            signed(
+                b,
+                "POST",
+                "/v1/tasks",
+                serde_json::to_vec(&wrong_type).unwrap(),
+            ),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "over the limit",
+            signed(b, "POST", "/v1/tasks", vec![b' '; (1 << 20) + 1]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "missing signature",
+            Request::builder()
+                .method("POST")
+                .uri("/v1/tasks")
+                .body(Body::from(good.clone()))
+                .unwrap(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("bad signature", bad_sig, StatusCode::UNAUTHORIZED),
+        ("replayed", replayed, StatusCode::UNAUTHORIZED),
+        (
+            "someone else's account",
+            signed(&mallory, "POST", "/v1/tasks", good.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "unknown task",
+            get(&format!("/v1/tasks/{}", Hash::of(b"nothing"))),
+            StatusCode::NOT_FOUND,
+        ),
+        ("bad id", get("/v1/tasks/xyz"), StatusCode::BAD_REQUEST),
+        ("unknown route", get("/v1/nothing"), StatusCode::NOT_FOUND),
+        (
+            "insufficient balance",
+            signed(b, "POST", "/v1/tasks", post_body(b, pricey)),
+            StatusCode::PAYMENT_REQUIRED,
+        ),
+        (
+            "outside compute limits",
+            signed(b, "POST", "/v1/tasks", post_body(b, huge)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "bad query",
+            get("/v1/tasks?limit=lots"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "cancel someone else's",
+            signed(
+                &mallory,
+                "POST",
+                &format!("/v1/tasks/{}/cancel", Hash::of(b"x")),
+                Vec::new(),
+            ),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (name, req, expected) in cases {
+        let (s, v) = call(&n.app, req).await;
+        assert_eq!(s, expected, "{name}: {v}");
+        assert!(
+            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+            "{name}: {v}"
+        );
+    }
+    assert_eq!(n.node.ledger.head(), head, "nothing may be written");
+    let (s, v) = call(&n.app, get("/v1/tasks")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["tasks"].as_array().unwrap().is_empty());
+    // Cancel: the buyer's queued task is refunded in full.
+    let (s, v) = call(&n.app, signed(b, "POST", "/v1/tasks", good)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = v["id"].as_str().unwrap();
+    let (s, _) = call(
+        &n.app,
+        signed(
+            &mallory,
+            "POST",
+            &format!("/v1/tasks/{id}/cancel"),
+            Vec::new(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = call(
+        &n.app,
+        signed(b, "POST", &format!("/v1/tasks/{id}/cancel"), Vec::new()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(n.node.ledger.balance(&b.account()).0, 5_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_content_addressed_and_limited() {
+    let n = net(
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest)],
+    )
+    .await;
+    let data = b"some dataset bytes".to_vec();
+    let id = BlobId::of(&data);
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &n.buyer,
+            "POST",
+            &format!("/v1/blobs?expected={id}"),
+            data.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["id"], id.to_string());
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &n.buyer,
+            "POST",
+            &format!("/v1/blobs?expected={}", Hash::of(b"other")),
+            data.clone(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let resp = n
+        .app
+        .clone()
+        .oneshot(signed(
+            &n.buyer,
+            "GET",
+            &format!("/v1/blobs/{id}"),
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+        data
+    );
+}
