@@ -1,0 +1,218 @@
+//! `market-node`: serve the market, or act as a buyer at a terminal.
+//!
+//! `serve` runs the REST API, the engine and the ledger. Until workers and verifiers connect over
+//! libp2p (the network issue), `--local-workers` and `--local-verifiers` run them in-process,
+//! funded and staked by the operator. `task submit|status|result` talk to a node as a buyer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use market_node::client::Client;
+use market_node::config::NodeConfig;
+use market_node::dispatch::{InProcess, VerifierMode};
+use market_node::engine::Node;
+use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
+use market_protocol::keyfile::{load_identity, load_or_create_identity};
+use market_protocol::{Identity, TaskId, TaskSpec};
+use market_worker::Behavior;
+
+#[derive(Parser, Debug)]
+#[command(about = "The market node, and buyer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node.
+    Serve {
+        /// Data directory (ledger, tasks, blobs).
+        #[arg(long)]
+        data: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The operator key (created with mode 0600 if missing; default DATA/operator.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Honest workers to run in-process (funded and staked by the operator).
+        #[arg(long, default_value_t = 0)]
+        local_workers: usize,
+        /// Verifiers to run in-process (funded and staked by the operator).
+        #[arg(long, default_value_t = 0)]
+        local_verifiers: usize,
+    },
+    /// Buyer commands.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TaskCommand {
+    /// Sign a task file with your key (as its buyer) and post it.
+    Submit {
+        /// The task spec (JSON); its `buyer` is set to your key's account.
+        file: PathBuf,
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Your key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Wait until the task is settled or rejected.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a task's state.
+    Status {
+        /// The task id.
+        id: TaskId,
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+    },
+    /// Fetch a settled task's results (buyer only).
+    Result {
+        /// The task id.
+        id: TaskId,
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Your key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            data,
+            listen,
+            config,
+            key,
+            local_workers,
+            local_verifiers,
+        } => {
+            let config = match config {
+                Some(p) => NodeConfig::from_toml(
+                    &std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?,
+                )?,
+                None => NodeConfig::default(),
+            };
+            std::fs::create_dir_all(&data)?;
+            let operator =
+                load_or_create_identity(&key.unwrap_or_else(|| data.join("operator.key")))?;
+            let local = |role: &str, n: usize| {
+                (0..n)
+                    .map(|i| {
+                        Identity::from_test_label(&format!(
+                            "local {role} {i} of {}",
+                            operator.account()
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let workers = local("worker", local_workers);
+            let verifiers = local("verifier", local_verifiers);
+            let dispatch = InProcess {
+                workers: workers
+                    .iter()
+                    .map(|w| (w.clone(), Behavior::Honest))
+                    .collect(),
+                verifiers: verifiers
+                    .iter()
+                    .map(|v| (v.clone(), VerifierMode::Honest))
+                    .collect(),
+            };
+            let node = Node::open(&data, config.clone(), operator, Arc::new(dispatch))?;
+            for w in &workers {
+                node.fund(
+                    "local",
+                    &w.account(),
+                    config.min_worker_stake * 2,
+                    config.min_worker_stake * 2,
+                )
+                .await?;
+            }
+            for v in &verifiers {
+                node.fund(
+                    "local",
+                    &v.account(),
+                    config.min_verifier_stake * 2,
+                    config.min_verifier_stake * 2,
+                )
+                .await?;
+            }
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving");
+            market_node::server::serve(node, listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        }
+        Command::Task { command } => match command {
+            TaskCommand::Submit {
+                file,
+                node,
+                key,
+                wait,
+            } => {
+                let identity = load_identity(&key)?;
+                let mut spec: TaskSpec = from_json_limited(
+                    &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+                    MAX_MESSAGE_BYTES,
+                )
+                .with_context(|| format!("{} is not a valid task spec", file.display()))?;
+                spec.buyer = identity.account();
+                let client = Client::new(node, Some(identity));
+                let view = client.submit(spec).await?;
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                if wait {
+                    let done = client
+                        .wait(&view.id, Duration::from_secs(3600), |t| {
+                            eprintln!("{}", t.state.name())
+                        })
+                        .await?;
+                    println!("{}", serde_json::to_string_pretty(&done)?);
+                }
+            }
+            TaskCommand::Status { id, node } => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&Client::new(node, None).task(&id).await?)?
+                );
+            }
+            TaskCommand::Result { id, node, key } => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &Client::new(node, Some(load_identity(&key)?))
+                            .result(&id)
+                            .await?
+                    )?
+                );
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! End to end over a real socket: a buyer posts a training and an inference task through the
+//! typed client; workers and verifiers complete them; the buyer fetches results; balances move
+//! exactly as the ledger's entries say; a cheating worker is slashed and its task completed by
+//! another worker; the exported ledger verifies.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use market_node::client::{Client, ClientError};
+use market_node::config::NodeConfig;
+use market_node::dispatch::{InProcess, VerifierMode};
+use market_node::engine::Node;
+use market_node::model::TaskState;
+use market_protocol::fixtures::{inference_task, training_task};
+use market_protocol::*;
+use market_worker::Behavior;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_worker_verifiers_and_a_cheater_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let cheater = Identity::from_test_label("e2e cheater");
+    let honest = Identity::from_test_label("e2e honest");
+    let verifiers = [
+        Identity::from_test_label("e2e v1"),
+        Identity::from_test_label("e2e v2"),
+    ];
+    let dispatch = InProcess {
+        workers: vec![
+            (cheater.clone(), Behavior::Skip(0.5)),
+            (honest.clone(), Behavior::Honest),
+        ],
+        verifiers: verifiers
+            .iter()
+            .map(|v| (v.clone(), VerifierMode::Honest))
+            .collect(),
+    };
+    let config = NodeConfig::default();
+    let node = Node::open(
+        dir.path(),
+        config.clone(),
+        Identity::from_test_label("e2e operator"),
+        Arc::new(dispatch),
+    )
+    .unwrap();
+    let buyer = Identity::from_test_label("e2e buyer");
+    node.fund("e2e", &buyer.account(), 10_000, 0).await.unwrap();
+    for w in [&cheater, &honest] {
+        node.fund("e2e", &w.account(), 300, 300).await.unwrap();
+    }
+    for v in &verifiers {
+        node.fund("e2e", &v.account(), 100, 100).await.unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+
+    let client = Client::new(&url, Some(buyer.clone()));
+    client.register().await.unwrap();
+    let mut training = training_task(&buyer, 1);
+    if let Workload::Training(t) = &mut training.workload {
+        t.steps = 60;
+    }
+    let mut inference = inference_task(&buyer, 2);
+    inference.profile = ExecutionProfile::Repro;
+    if let Workload::Inference(i) = &mut inference.workload {
+        i.weights = None;
+    }
+    let prices = training.price.0 + inference.price.0;
+    let a = client.submit(training).await.unwrap();
+    let b = client.submit(inference).await.unwrap();
+    for id in [a.id, b.id] {
+        let t = client
+            .wait(&id, Duration::from_secs(180), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{t:?}");
+        let result = client.result(&id).await.unwrap();
+        assert!(!result["outputs"].as_array().unwrap().is_empty());
+    }
+    // The inference results are text the buyer can read; nobody else can.
+    let items = client.result(&b.id).await.unwrap()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(items, 2);
+    let stranger = Client::new(&url, Some(Identity::from_test_label("e2e stranger")));
+    assert!(matches!(
+        stranger.result(&b.id).await,
+        Err(ClientError::Api { status: 403, .. })
+    ));
+
+    // The cheater was tried first on both tasks, caught and slashed each time; the honest
+    // worker completed them. Balances follow the entries exactly: each slash pays each catching
+    // verifier a fee and the rest to the buyer.
+    for id in [a.id, b.id] {
+        let t = client.task(&id).await.unwrap();
+        assert_eq!(t.attempts.len(), 2);
+        assert_eq!(t.attempts[0].worker, cheater.account());
+        assert!(!t.attempts[0].accepted && t.attempts[1].accepted);
+    }
+    let fee = config.verifier_fee;
+    let slash = config.worker_slash;
+    let account = |v: serde_json::Value, field: &str| v[field].as_u64().unwrap();
+    assert_eq!(
+        account(client.account(&buyer.account()).await.unwrap(), "balance"),
+        10_000 - prices + 2 * (slash - 2 * fee)
+    );
+    assert_eq!(
+        account(client.account(&cheater.account()).await.unwrap(), "staked"),
+        300 - 2 * slash
+    );
+    assert_eq!(
+        account(client.account(&honest.account()).await.unwrap(), "balance"),
+        prices - 4 * fee
+    );
+    for v in &verifiers {
+        // A fee per accepted audit and a fee from the cheater's stake per catch.
+        assert_eq!(
+            account(client.account(&v.account()).await.unwrap(), "balance"),
+            4 * fee
+        );
+    }
+    let export = client.ledger_export().await.unwrap();
+    let report = market_ledger::verify_export(
+        std::io::Cursor::new(export),
+        std::path::Path::new("export"),
+        None,
+    )
+    .unwrap();
+    assert!(report.lines > 15);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
