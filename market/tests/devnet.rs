@@ -16,7 +16,14 @@ fn devnet_catches_the_cheater_and_passes_honest_work() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["tasks"], 3);
+    assert_eq!(summary["tasks"], 2);
     assert_eq!(summary["settled"], 2);
     assert_eq!(summary["slashed"], serde_json::json!(["cheater"]));
+    assert_eq!(summary["ledger_verified"], true);
+    let balances = summary["balances"].as_array().unwrap();
+    let worker_1 = balances.iter().find(|b| b["role"] == "worker-1").unwrap();
+    assert!(
+        worker_1["balance"].as_u64().unwrap() > 200,
+        "the honest worker that took over was paid: {worker_1}"
+    );
 }

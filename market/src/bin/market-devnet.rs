@@ -1,23 +1,25 @@
 //! `market-devnet`: one command for a whole local market.
 //!
-//! The network issue turns this into separate processes (node, three honest workers, a cheater,
-//! two verifiers) talking libp2p on loopback. Until the node and network land, it runs the
-//! stages that exist, for real and in one process: identities with key files, signed tasks and
-//! their audit plans, workers running tasks into bundles with `market-compute`, a cheating
-//! worker, two verifiers auditing every commitment against a fresh beacon; and it names the
-//! stages that do not exist yet.
+//! Today: a node serving its REST API on loopback, with three honest workers, one cheating
+//! worker and two verifiers running the real worker and verifier code in the node's process
+//! (the network issue moves them into separate processes over libp2p). A buyer is funded,
+//! posts a training task (`gpt` on the arithmetic language) and an inference task through the
+//! API, and follows them; the summary shows what settled, who was slashed, every balance, and
+//! whether the exported ledger verifies.
 
-use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use market_compute::bundle::Bundle;
-use market_compute::NoBlobs;
-use market_node::audit_plan;
+use market_node::client::Client;
+use market_node::config::NodeConfig;
+use market_node::dispatch::{InProcess, VerifierMode};
+use market_node::engine::Node;
+use market_node::model::TaskState;
 use market_protocol::keyfile::{load_identity, save_identity};
-use market_protocol::{fixtures, Beacon, Hash, Identity, Signed, TaskId, TaskSpec, Workload};
-use market_verifier::{audit, SamplePolicy};
-use market_worker::{exec, Behavior};
+use market_protocol::{fixtures, ExecutionProfile, Identity, Workload};
+use market_worker::Behavior;
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -29,189 +31,234 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Serialize)]
-struct TaskOutcome {
-    task: String,
-    worker: String,
-    behavior: String,
-    segments: u32,
-    samples: usize,
-    detection_probability: f64,
-    verdicts: Vec<String>,
-    settled: bool,
+    /// Keep the market running after the summary and print the API address.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[derive(Serialize)]
 struct Summary {
+    api: String,
     tasks: usize,
     settled: usize,
     slashed: Vec<String>,
-    balances: Vec<(String, u64)>,
-    ledger_verified: Option<bool>,
-    outcomes: Vec<TaskOutcome>,
-    stages_missing: Vec<&'static str>,
+    balances: Vec<Balance>,
+    ledger_verified: bool,
+    ledger_entries: u64,
 }
 
-fn identity(dir: &Path, role: &str) -> Result<Identity> {
+#[derive(Serialize)]
+struct Balance {
+    role: String,
+    account: String,
+    balance: u64,
+    staked: u64,
+    reputation: i64,
+}
+
+fn identity(dir: &std::path::Path, role: &str) -> Result<Identity> {
     let path = dir.join(format!("{role}.key"));
     save_identity(&Identity::generate()?, &path)?;
-    // Read it back the way every daemon will: through the 0600 check.
+    // Read back the way every daemon will: through the 0600 check.
     load_identity(&path).with_context(|| format!("loading the {role} key"))
 }
 
-/// A beacon that did not exist when the commitment was made: fresh randomness drawn after it.
-/// (The node will use the hash of the ledger entry that records the commitment.)
-fn fresh_beacon() -> Result<Beacon> {
-    Ok(Beacon(Hash(Identity::generate()?.secret_bytes())))
-}
-
-fn main() -> Result<()> {
+#[tokio::main]
+async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let dir = tempfile::tempdir().context("creating the devnet's data directory")?;
     let roles = [
-        "node",
+        "cheater",
         "worker-1",
         "worker-2",
         "worker-3",
-        "cheater",
         "verifier-1",
         "verifier-2",
         "buyer",
     ];
-    let mut ids = std::collections::BTreeMap::new();
+    let mut ids = Vec::new();
     for role in roles {
-        let id = identity(dir.path(), role)?;
-        tracing::info!(role, account = %id.account(), peer = %id.account().to_peer_id(), "identity");
-        ids.insert(role, id);
+        ids.push((role.to_string(), identity(dir.path(), role)?));
     }
-    let id = |role: &str| ids.get(role).cloned().context("unknown role");
+    let id = |role: &str| {
+        ids.iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, i)| i.clone())
+            .context("role")
+    };
+    // The cheater is listed first, so it is offered the first task.
+    let dispatch = InProcess {
+        workers: vec![
+            (id("cheater")?, args.cheat),
+            (id("worker-1")?, Behavior::Honest),
+            (id("worker-2")?, Behavior::Honest),
+            (id("worker-3")?, Behavior::Honest),
+        ],
+        verifiers: vec![
+            (id("verifier-1")?, VerifierMode::Honest),
+            (id("verifier-2")?, VerifierMode::Honest),
+        ],
+    };
+    let config = NodeConfig::default();
+    let operator = identity(dir.path(), "operator")?;
+    let node = Node::open(
+        &dir.path().join("node"),
+        config.clone(),
+        operator,
+        Arc::new(dispatch),
+    )?;
+    node.fund("devnet", &id("buyer")?.account(), 5_000, 0)
+        .await?;
+    for (role, i) in &ids {
+        if role.starts_with("worker") || role == "cheater" {
+            node.fund("devnet", &i.account(), 500, 300).await?;
+        } else if role.starts_with("verifier") {
+            node.fund("devnet", &i.account(), 200, 100).await?;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    eprintln!(
+        "market-devnet: node API at {api}; workers: 3 honest + 1 cheater ({}); 2 verifiers",
+        args.cheat
+    );
+
     let buyer = id("buyer")?;
-
-    // The buyer's tasks: the example training and inference tasks, and a second training task
-    // that the cheater will take.
+    let client = Client::new(&api, Some(buyer.clone()));
+    client.register().await?;
     let mut training = fixtures::training_task(&buyer, 1);
-    let mut cheated = fixtures::training_task(&buyer, 2);
-    for t in [&mut training, &mut cheated] {
-        if let Workload::Training(spec) = &mut t.workload {
-            spec.steps = 300;
-        }
+    if let Workload::Training(t) = &mut training.workload {
+        t.steps = 300;
     }
-    let mut inference = fixtures::inference_task(&buyer, 3);
-    inference.profile = market_protocol::ExecutionProfile::Repro;
-    if let Workload::Inference(spec) = &mut inference.workload {
-        spec.weights = None;
+    let mut inference = fixtures::inference_task(&buyer, 2);
+    inference.profile = ExecutionProfile::Repro;
+    if let Workload::Inference(i) = &mut inference.workload {
+        i.weights = None;
     }
-    let jobs: Vec<(TaskSpec, &str, Behavior)> = vec![
-        (training, "worker-1", Behavior::Honest),
-        (inference, "worker-2", Behavior::Honest),
-        (cheated, "cheater", args.cheat),
-    ];
-
-    let mut outcomes = Vec::new();
-    let mut slashed = Vec::new();
-    for (n, (task, worker_role, behavior)) in jobs.into_iter().enumerate() {
-        let signed: Signed<TaskSpec> = Signed::sign(task, &buyer)?;
-        let task = signed
-            .verify()
-            .context("the node checks the buyer's signature")?
-            .clone();
-        let task_id = TaskId(signed.id()?);
-        let plan = audit_plan::plan(&task)?;
-        tracing::info!(task = %task_id, segments = plan.segments, samples = plan.samples,
-            detection = format!("{:.4}", plan.detection_probability), "task posted; audit plan shown to the buyer");
-        let worker = id(worker_role)?;
-        let bundle = Bundle::at(dir.path().join(format!("bundle-{n}")));
-        let report = exec(&task, &worker, behavior, &bundle, &NoBlobs, |_| {})
-            .with_context(|| format!("{worker_role} running task {task_id}"))?;
-        tracing::info!(worker = worker_role, commitment = %report.commitment_id, "commitment signed");
-        let policy = SamplePolicy::Detect {
-            target: task.audit.detection_target.clone(),
-            assumed_faked: task.audit.assumed_faked_fraction.clone(),
-        };
-        let mut verdicts = Vec::new();
-        let mut passed = true;
-        let mut samples = 0;
-        for verifier in ["verifier-1", "verifier-2"] {
-            let audit = audit(&bundle, fresh_beacon()?, &policy, &id(verifier)?, &NoBlobs)?;
-            samples = audit.challenge.sampled.len();
-            let outcome = match &audit.verdict.body.outcome {
-                market_protocol::VerdictOutcome::Pass => "pass".to_string(),
-                market_protocol::VerdictOutcome::Fail {
-                    segment, reason, ..
-                } => {
-                    format!("fail ({reason:?} in segment {segment})")
+    let mut posted = Vec::new();
+    for (name, spec) in [
+        ("training (gpt, arithmetic)", training),
+        ("inference (gpt)", inference),
+    ] {
+        let view = client.submit(spec).await?;
+        eprintln!("posted {name}: task {} — audit: {} of {} segments, detection {:.4} against {} faked; verifier fee {}",
+            &view.id.to_string()[..12], view.audit.samples, view.audit.segments, view.audit.detection_probability, view.audit.assumed_faked, config.verifier_fee);
+        posted.push(view.id);
+    }
+    let mut settled = 0;
+    for tid in &posted {
+        let mut last = String::new();
+        let t = client
+            .wait(tid, Duration::from_secs(600), |t| {
+                let line = match &t.state {
+                    TaskState::Running {
+                        done, total, loss, ..
+                    } => format!("running {done}/{total} loss {loss:.3}"),
+                    s => s.name().to_string(),
+                };
+                if line != last {
+                    eprintln!("  task {}: {line}", &tid.to_string()[..12]);
+                    last = line;
                 }
-            };
-            tracing::info!(verifier, %outcome, "verdict signed");
-            passed &= audit.passed();
-            verdicts.push(format!("{verifier}: {outcome}"));
+            })
+            .await?;
+        if t.state == TaskState::Settled {
+            settled += 1;
+            let result = client.result(tid).await?;
+            eprintln!(
+                "  task {} settled after {} attempt(s); results: {}",
+                &tid.to_string()[..12],
+                t.attempts.len(),
+                result["outputs"].as_array().map_or(0, Vec::len)
+            );
         }
-        if !passed {
-            slashed.push(worker_role.to_string());
+    }
+    let mut balances = Vec::new();
+    let mut slashed = Vec::new();
+    for (role, i) in &ids {
+        let v = client.account(&i.account()).await?;
+        let rep = v["reputation"].as_i64().unwrap_or(0);
+        if rep < 0 {
+            slashed.push(role.clone());
         }
-        outcomes.push(TaskOutcome {
-            task: task_id.to_string(),
-            worker: worker_role.into(),
-            behavior: behavior.to_string(),
-            segments: report.commitment.body.segments,
-            samples,
-            detection_probability: plan.detection_probability,
-            verdicts,
-            settled: passed,
+        balances.push(Balance {
+            role: role.clone(),
+            account: i.account().to_hex(),
+            balance: v["balance"].as_u64().unwrap_or(0),
+            staked: v["staked"].as_u64().unwrap_or(0),
+            reputation: rep,
         });
     }
-
+    let export = client.ledger_export().await?;
+    let verified = market_ledger::verify_export(
+        std::io::Cursor::new(export),
+        std::path::Path::new("ledger export"),
+        None,
+    );
     let summary = Summary {
-        tasks: outcomes.len(),
-        settled: outcomes.iter().filter(|o| o.settled).count(),
+        api: api.clone(),
+        tasks: posted.len(),
+        settled,
         slashed,
-        balances: Vec::new(),
-        ledger_verified: None,
-        outcomes,
-        stages_missing: vec![
-            "ledger: escrow, release, reward, refund and slash entries (ledger issue)",
-            "node: REST API, assignment, settlement (node issue)",
-            "network: workers and verifiers as separate processes over libp2p (network issue)",
-        ],
+        balances,
+        ledger_verified: verified.is_ok(),
+        ledger_entries: verified.as_ref().map_or(0, |r| r.lines),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "market-devnet: {} tasks, {} passed their audits",
-            summary.tasks, summary.settled
-        );
-        for o in &summary.outcomes {
-            println!(
-                "  {} by {} ({}): {} segments, {} sampled per audit, detection {:.4}; {}",
-                &o.task[..12],
-                o.worker,
-                o.behavior,
-                o.segments,
-                o.samples,
-                o.detection_probability,
-                o.verdicts.join("; ")
-            );
-        }
-        println!(
-            "  caught: {}",
+            "market-devnet: {} tasks, {} settled; slashed: {}",
+            summary.tasks,
+            summary.settled,
             if summary.slashed.is_empty() {
                 "nobody".into()
             } else {
                 summary.slashed.join(", ")
             }
         );
-        for stage in &summary.stages_missing {
-            println!("  not yet built: {stage}");
+        println!(
+            "{:<11} {:>8} {:>7} {:>5}  account",
+            "role", "balance", "staked", "rep"
+        );
+        for b in &summary.balances {
+            println!(
+                "{:<11} {:>8} {:>7} {:>5}  {}",
+                b.role,
+                b.balance,
+                b.staked,
+                b.reputation,
+                &b.account[..16]
+            );
         }
+        println!(
+            "ledger: {} entries, {}",
+            summary.ledger_entries,
+            if summary.ledger_verified {
+                "verified from its export"
+            } else {
+                "VERIFICATION FAILED"
+            }
+        );
+    }
+    if args.keep {
+        eprintln!("market-devnet keeps running; API at {api}; Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = stop.send(());
+    server.await??;
+    if !summary.ledger_verified || settled != posted.len() {
+        anyhow::bail!("the devnet did not end as expected");
     }
     Ok(())
 }
