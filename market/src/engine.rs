@@ -87,6 +87,15 @@ impl Node {
                 TaskState::Running { .. } | TaskState::Auditing { .. }
             ) {
                 tracing::warn!(task = %t.id, "task interrupted by a restart: back to the queue");
+                // The interrupted attempt is not the worker's failure: forget it, so the same
+                // worker may run it again. Its ledger steps, if any, are idempotent: a
+                // deterministic re-run records the same commitment under the same key.
+                if t.attempts
+                    .last()
+                    .is_some_and(|a| !a.accepted && a.verdicts.is_empty())
+                {
+                    t.attempts.pop();
+                }
                 t.state = TaskState::Queued;
                 node.store.save_task(&t)?;
             }

@@ -48,6 +48,10 @@ enum Command {
         /// Verifiers to run in-process (funded and staked by the operator).
         #[arg(long, default_value_t = 0)]
         local_verifiers: usize,
+        /// Operator action at start: mint credits to an account, as ACCOUNT:AMOUNT (repeatable;
+        /// idempotent, so a restart with the same flags mints nothing twice).
+        #[arg(long)]
+        mint: Vec<String>,
     },
     /// Buyer commands.
     Task {
@@ -109,6 +113,7 @@ async fn main() -> Result<()> {
             key,
             local_workers,
             local_verifiers,
+            mint,
         } => {
             let config = match config {
                 Some(p) => NodeConfig::from_toml(
@@ -158,6 +163,18 @@ async fn main() -> Result<()> {
                     &v.account(),
                     config.min_verifier_stake * 2,
                     config.min_verifier_stake * 2,
+                )
+                .await?;
+            }
+            for m in &mint {
+                let (account, amount) = m.split_once(':').context("--mint takes ACCOUNT:AMOUNT")?;
+                let account: market_protocol::AccountId =
+                    account.parse().context("--mint: not an account id")?;
+                node.fund(
+                    "cli",
+                    &account,
+                    amount.parse().context("--mint: not an amount")?,
+                    0,
                 )
                 .await?;
             }
