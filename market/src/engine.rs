@@ -548,6 +548,8 @@ impl Node {
                 Err(e) => tracing::warn!(verifier = %v, error = %e, "verifier failed to audit"),
             }
         }
+        self.plant_ringers(&t, n, &dir, beacon, &verifiers, &policy)
+            .await?;
         for verdict in &verdicts {
             let body = &verdict.body;
             t.attempts[n].verdicts.push(VerdictSummary {
@@ -690,6 +692,79 @@ impl Node {
         self.save(&t)
     }
 
+    /// Keeps verifiers honest: at the configured rate (drawn from the beacon's stream, so no
+    /// verifier can predict it), a verifier is also handed a ringer, a bundle the node knows is
+    /// wrong. A verifier that passes it is slashed with its own verdict as evidence.
+    async fn plant_ringers(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        dir: &Path,
+        beacon: Beacon,
+        verifiers: &[AccountId],
+        policy: &SamplePolicy,
+    ) -> anyhow::Result<()> {
+        if self.config.ringer_rate_ppm == 0
+            || !matches!(t.spec.body.workload, Workload::Training(_))
+        {
+            return Ok(());
+        }
+        let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(
+            &[b"ringers".as_slice(), beacon.as_bytes()].concat(),
+        )));
+        for v in verifiers {
+            if market_protocol::sampling::uniform_below(&mut rng, 1_000_000)
+                >= u64::from(self.config.ringer_rate_ppm)
+            {
+                continue;
+            }
+            let ringer_dir = dir.with_extension(format!("ringer-{v}"));
+            let ringer_key = Identity::from_secret_bytes(
+                *Hash::of(&[b"ringer worker".as_slice(), &self.operator.secret_bytes()].concat())
+                    .as_bytes(),
+            );
+            let (src, dst, layout_task) = (dir.to_owned(), ringer_dir.clone(), t.spec.body.clone());
+            tokio::task::spawn_blocking(move || make_ringer(&layout_task, &src, &dst, &ringer_key))
+                .await??;
+            let (d, v2, p, blobs, dispatch) = (
+                ringer_dir.clone(),
+                *v,
+                policy.clone(),
+                self.blobs.clone(),
+                self.dispatch.clone(),
+            );
+            let verdict =
+                tokio::task::spawn_blocking(move || dispatch.audit(&v2, &d, beacon, &p, &blobs))
+                    .await?;
+            let _ = std::fs::remove_dir_all(&ringer_dir);
+            match verdict {
+                Ok(verdict)
+                    if verdict.verify().is_ok()
+                        && verdict.body.verifier == *v
+                        && verdict.body.outcome == VerdictOutcome::Pass =>
+                {
+                    tracing::warn!(verifier = %v, "verifier passed a ringer: slashed");
+                    self.slash(
+                        t,
+                        n,
+                        v,
+                        self.config.verifier_slash,
+                        &verdict,
+                        "passed a planted faulty bundle (ringer)",
+                        &[],
+                    )
+                    .await?;
+                    self.store.update_participant(v, |p| p.slashed += 1)?;
+                }
+                Ok(_) => tracing::debug!(verifier = %v, "ringer caught"),
+                Err(e) => {
+                    tracing::warn!(verifier = %v, error = %e, "verifier failed to audit a ringer")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Slashes `amount` (at most the stake) of `account`: a fee to each of `to` and the rest to
     /// the task's buyer, with the verdict as evidence; and a reputation penalty.
     #[allow(clippy::too_many_arguments)]
@@ -718,7 +793,7 @@ impl Node {
             }
             left -= x;
             self.append(
-                format!("slash:{}:{n}:{account}:{payee}", t.id),
+                format!("slash:{}:{n}:{account}:{payee}:{reason}", t.id),
                 EntryKind::Slash {
                     account: *account,
                     amount: Credits(x),
@@ -774,4 +849,37 @@ impl Node {
         }
         Ok(ids)
     }
+}
+
+/// A ringer made from a real training bundle: every checkpoint after the first is perturbed,
+/// the leaves and root recomputed and the commitment re-signed by the node's ringer key. Every
+/// proof checks out, but no segment re-executes to its committed end, so any honest audit fails.
+fn make_ringer(task: &TaskSpec, src: &Path, dst: &Path, key: &Identity) -> anyhow::Result<()> {
+    use market_compute::bundle::Bundle;
+    let job = market_compute::TrainingJob::from_spec(task, &market_compute::NoBlobs)
+        .or_else(|_| anyhow::bail!("ringers need a task whose data the node can generate"))?;
+    let (from, to) = (Bundle::at(src), Bundle::at(dst));
+    let _ = std::fs::remove_dir_all(dst);
+    to.create()?;
+    to.write_task(task)?;
+    let mut leaves = from.read_leaves()?;
+    for i in 0..leaves.len() as u32 {
+        let mut bytes = std::fs::read(from.checkpoint_path(i))?;
+        if i > 0 {
+            let mut state = market_compute::TrainState::from_bytes(&bytes, &job.layout)?;
+            state.params.iter_mut().for_each(|p| *p += 0.01);
+            bytes = state.to_bytes(&job.layout)?;
+            leaves[i as usize] = market_protocol::StateHash(Hash::of(&bytes));
+        }
+        to.write(&to.checkpoint_path(i), &bytes)?;
+    }
+    let mut commitment = from.read_commitment()?.body;
+    commitment.worker = key.account();
+    commitment.root = market_protocol::MerkleTree::new(&leaves).root();
+    commitment.final_state_hash = *leaves
+        .last()
+        .unwrap_or(&market_protocol::StateHash::default());
+    to.write_leaves(&leaves)?;
+    to.write_commitment(&Signed::sign(commitment, key)?)?;
+    Ok(())
 }

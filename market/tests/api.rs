@@ -546,3 +546,59 @@ async fn blobs_are_content_addressed_and_limited() {
         data
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_that_passes_a_ringer_is_slashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dispatch = InProcess {
+        workers: vec![(Identity::from_test_label("w1"), Behavior::Honest)],
+        verifiers: vec![
+            (Identity::from_test_label("lazy"), VerifierMode::Lazy),
+            (Identity::from_test_label("careful"), VerifierMode::Honest),
+        ],
+    };
+    let config = NodeConfig {
+        ringer_rate_ppm: 1_000_000,
+        ..NodeConfig::default()
+    };
+    let node = Node::open(
+        dir.path(),
+        config.clone(),
+        Identity::from_test_label("operator"),
+        Arc::new(dispatch),
+    )
+    .unwrap();
+    let buyer = Identity::from_test_label("buyer");
+    node.fund("t", &buyer.account(), 5_000, 0).await.unwrap();
+    node.fund("t", &Identity::from_test_label("w1").account(), 500, 300)
+        .await
+        .unwrap();
+    for v in ["lazy", "careful"] {
+        node.fund("t", &Identity::from_test_label(v).account(), 200, 100)
+            .await
+            .unwrap();
+    }
+    tokio::spawn(node.clone().run_engine());
+    let task = node
+        .post_task(Signed::sign(short(training_task(&buyer, 1)), &buyer).unwrap())
+        .await
+        .unwrap();
+    let t = node
+        .wait_final(&task.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(t.state, market_node::model::TaskState::Settled);
+    assert_eq!(
+        node.ledger
+            .stake(&Identity::from_test_label("lazy").account())
+            .0,
+        100 - config.verifier_slash
+    );
+    assert_eq!(
+        node.ledger
+            .stake(&Identity::from_test_label("careful").account())
+            .0,
+        100
+    );
+    node.ledger.verify().unwrap();
+}
