@@ -29,6 +29,10 @@ pub struct NodeConfig {
     pub ringer_rate_ppm: u32,
     /// Attempts (workers) a task gets before it is rejected.
     pub max_attempts: usize,
+    /// Reputation at which a worker is trusted enough to be audited by fewer verifiers.
+    pub trusted_reputation: i64,
+    /// The fewest verifiers any result gets, however good the worker's record (the floor).
+    pub min_verifiers_per_task: usize,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +49,8 @@ impl Default for NodeConfig {
             verifier_slash: 50,
             ringer_rate_ppm: 0,
             max_attempts: 3,
+            trusted_reputation: 10,
+            min_verifiers_per_task: 1,
         }
     }
 }

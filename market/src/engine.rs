@@ -366,6 +366,20 @@ impl Node {
             .min_by_key(|w| self.store.participant(w).map(|p| p.tasks_done).unwrap_or(0))
     }
 
+    /// How many verifiers audit a worker's result: all of `verifiers_per_task` until its
+    /// reputation reaches `trusted_reputation` (earned one accepted task at a time, lost five
+    /// at a time), then one fewer per further `trusted_reputation` points, never below the floor.
+    pub fn verifiers_for(&self, worker: &AccountId) -> usize {
+        let rep = self.ledger.reputation(worker).max(0);
+        let step = self.config.trusted_reputation.max(1);
+        let relief = (rep / step) as usize;
+        self.config
+            .verifiers_per_task
+            .saturating_sub(relief)
+            .max(self.config.min_verifiers_per_task)
+            .max(1)
+    }
+
     /// Draws `k` distinct verifiers, weighted by stake and reputation, from a stream keyed by the
     /// beacon (so the worker could not know them when it committed).
     fn draw_verifiers(&self, beacon: &Beacon, exclude: &AccountId) -> Vec<AccountId> {
@@ -390,7 +404,8 @@ impl Node {
             &[b"verifiers".as_slice(), beacon.as_bytes()].concat(),
         )));
         let mut chosen = Vec::new();
-        while chosen.len() < self.config.verifiers_per_task && !pool.is_empty() {
+        let wanted = self.verifiers_for(exclude);
+        while chosen.len() < wanted && !pool.is_empty() {
             let total: u64 = pool.iter().map(|(_, w)| w).sum();
             let mut x = market_protocol::sampling::uniform_below(&mut rng, total);
             let i = pool

@@ -602,3 +602,64 @@ async fn a_verifier_that_passes_a_ringer_is_slashed() {
     );
     node.ledger.verify().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_rate_falls_with_a_good_record_but_never_below_the_floor() {
+    let n = net(
+        vec![("w1", Behavior::Honest)],
+        vec![
+            ("v1", VerifierMode::Honest),
+            ("v2", VerifierMode::Honest),
+            ("v3", VerifierMode::Honest),
+        ],
+    )
+    .await;
+    let config = NodeConfig::default();
+    let w = n.workers[0].account();
+    assert_eq!(n.node.verifiers_for(&w), config.verifiers_per_task);
+    // Reputation is earned one accepted task at a time; simulate a long record.
+    for k in 0..(3 * config.trusted_reputation) {
+        n.node
+            .ledger
+            .append(
+                market_ledger::IdempotencyKey::new(format!("rep-{k}")).unwrap(),
+                market_ledger::EntryKind::Reputation {
+                    account: w,
+                    delta: 1,
+                },
+            )
+            .unwrap();
+    }
+    assert_eq!(
+        n.node.verifiers_for(&w),
+        config.min_verifiers_per_task.max(1)
+    );
+    assert!(n.node.verifiers_for(&w) >= 1);
+    // Losing reputation (five points per failed audit) brings full auditing back.
+    n.node
+        .ledger
+        .append(
+            market_ledger::IdempotencyKey::new("rep-loss").unwrap(),
+            market_ledger::EntryKind::Reputation {
+                account: w,
+                delta: -25,
+            },
+        )
+        .unwrap();
+    assert_eq!(n.node.verifiers_for(&w), config.verifiers_per_task);
+    // The OpenAPI description lists the API.
+    let (s, v) = call(&n.app, get("/v1/openapi.json")).await;
+    assert_eq!(s, StatusCode::OK);
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+        "/v1/blobs",
+        "/v1/accounts/{id}",
+        "/v1/ledger/head",
+    ] {
+        assert!(
+            v["paths"][path].is_object(),
+            "{path} missing from the OpenAPI description"
+        );
+    }
+}
