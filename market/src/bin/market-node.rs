@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: TaskCommand,
     },
+    /// Create a key file (mode 0600) and print its account id.
+    Key {
+        /// Where to write it (refuses to overwrite).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +191,11 @@ async fn main() -> Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
+        }
+        Command::Key { file } => {
+            let identity = Identity::generate()?;
+            market_protocol::keyfile::save_identity(&identity, &file)?;
+            println!("{}", identity.account());
         }
         Command::Task { command } => match command {
             TaskCommand::Submit {
