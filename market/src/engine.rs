@@ -738,9 +738,22 @@ impl Node {
                 *Hash::of(&[b"ringer worker".as_slice(), &self.operator.secret_bytes()].concat())
                     .as_bytes(),
             );
-            let (src, dst, layout_task) = (dir.to_owned(), ringer_dir.clone(), t.spec.body.clone());
-            tokio::task::spawn_blocking(move || make_ringer(&layout_task, &src, &dst, &ringer_key))
-                .await??;
+            let (src, dst, layout_task, blobs) = (
+                dir.to_owned(),
+                ringer_dir.clone(),
+                t.spec.body.clone(),
+                self.blobs.clone(),
+            );
+            let made = tokio::task::spawn_blocking(move || {
+                make_ringer(&layout_task, &src, &dst, &ringer_key, &blobs)
+            })
+            .await?;
+            if let Err(e) = made {
+                // A ringer the node cannot make is skipped; it must never cost the task an attempt.
+                tracing::warn!(error = %e, "could not make a ringer");
+                let _ = std::fs::remove_dir_all(&ringer_dir);
+                continue;
+            }
             let (d, v2, p, blobs, dispatch) = (
                 ringer_dir.clone(),
                 *v,
@@ -869,10 +882,15 @@ impl Node {
 /// A ringer made from a real training bundle: every checkpoint after the first is perturbed,
 /// the leaves and root recomputed and the commitment re-signed by the node's ringer key. Every
 /// proof checks out, but no segment re-executes to its committed end, so any honest audit fails.
-fn make_ringer(task: &TaskSpec, src: &Path, dst: &Path, key: &Identity) -> anyhow::Result<()> {
+fn make_ringer(
+    task: &TaskSpec,
+    src: &Path,
+    dst: &Path,
+    key: &Identity,
+    blobs: &BlobStore,
+) -> anyhow::Result<()> {
     use market_compute::bundle::Bundle;
-    let job = market_compute::TrainingJob::from_spec(task, &market_compute::NoBlobs)
-        .or_else(|_| anyhow::bail!("ringers need a task whose data the node can generate"))?;
+    let job = market_compute::TrainingJob::from_spec(task, blobs)?;
     let (from, to) = (Bundle::at(src), Bundle::at(dst));
     let _ = std::fs::remove_dir_all(dst);
     to.create()?;

@@ -136,6 +136,8 @@ pub struct TaskView {
     pub state: TaskState,
     /// The audit promised.
     pub audit: AuditPlan,
+    /// Each verifier's fee, paid from the escrow.
+    pub verifier_fee: u64,
     /// Attempts with their verdicts.
     pub attempts: Vec<Attempt>,
     /// Ledger sequence numbers of this task's entries.
@@ -155,6 +157,7 @@ impl TaskRecord {
             price: self.spec.body.price.0,
             state: self.state.clone(),
             audit: self.plan.clone(),
+            verifier_fee: self.verifier_fee,
             attempts: self.attempts.clone(),
             ledger_seqs: self.ledger_seqs.clone(),
         }

@@ -663,3 +663,44 @@ async fn the_audit_rate_falls_with_a_good_record_but_never_below_the_floor() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_task_state_changes() {
+    use http_body_util::BodyExt;
+    let n = net(
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest)],
+    )
+    .await;
+    let resp = n.app.clone().oneshot(get("/v1/events")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &n.buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&n.buyer, short(training_task(&n.buyer, 3))),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["verifier_fee"], NodeConfig::default().verifier_fee);
+    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("event: task")
+            && text.contains(v["id"].as_str().unwrap())
+            && text.contains("queued"),
+        "{text}"
+    );
+}
