@@ -11,25 +11,43 @@ use market_node::model::TaskState;
 use market_protocol::fixtures::training_task;
 use market_protocol::{Identity, Workload};
 
-fn start(data: &std::path::Path, port: u16, buyer: &Identity) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_market-node"))
-        .args([
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--local-workers",
-            "1",
-            "--local-verifiers",
-            "2",
-        ])
-        .args(["--mint", &format!("{}:5000", buyer.account())])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A node process, killed when dropped (also when a failed assertion unwinds the test).
+struct NodeProcess(Child);
+
+impl NodeProcess {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start(data: &std::path::Path, port: u16, buyer: &Identity) -> NodeProcess {
+    NodeProcess(
+        Command::new(env!("CARGO_BIN_EXE_market-node"))
+            .args([
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--local-workers",
+                "1",
+                "--local-verifiers",
+                "2",
+            ])
+            .args(["--mint", &format!("{}:5000", buyer.account())])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 async fn until_up(client: &Client, buyer: &Identity) {
@@ -71,10 +89,9 @@ async fn sigkill_mid_task_loses_and_doubles_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    node.kill().unwrap();
-    node.wait().unwrap();
+    node.kill();
 
-    let mut node = start(dir.path(), port, &buyer);
+    let _node = start(dir.path(), port, &buyer);
     until_up(&client, &buyer).await;
     let t = client
         .wait(&view.id, Duration::from_secs(300), |_| {})
@@ -130,8 +147,6 @@ async fn sigkill_mid_task_loses_and_doubles_nothing() {
         None,
     )
     .unwrap();
-    node.kill().unwrap();
-    node.wait().unwrap();
 }
 
 async fn client_balance(client: &Client, participant: &serde_json::Value) -> u64 {
