@@ -115,6 +115,27 @@ fn short(mut task: TaskSpec) -> TaskSpec {
     task
 }
 
+/// Runs the engine, posts a short training task through the API and waits until it settles.
+async fn post_and_settle(n: &Net, nonce: u64) -> market_node::model::TaskRecord {
+    tokio::spawn(n.node.clone().run_engine());
+    let body = post_body(&n.buyer, short(training_task(&n.buyer, nonce)));
+    let (s, v) = call(&n.app, signed(&n.buyer, "POST", "/v1/tasks", body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().parse().unwrap();
+    let t = n
+        .node
+        .wait_final(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.state,
+        market_node::model::TaskState::Settled,
+        "{:?}",
+        t.attempts
+    );
+    t
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_tasks_settle_and_balances_move_exactly_as_the_entries_say() {
     let n = net(
@@ -258,27 +279,7 @@ async fn a_cheating_worker_is_slashed_and_another_worker_completes_the_task() {
         vec![("v1", VerifierMode::Honest), ("v2", VerifierMode::Honest)],
     )
     .await;
-    tokio::spawn(n.node.clone().run_engine());
-    let (s, v) = call(
-        &n.app,
-        signed(
-            &n.buyer,
-            "POST",
-            "/v1/tasks",
-            post_body(&n.buyer, short(training_task(&n.buyer, 5))),
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let t = n
-        .node
-        .wait_final(
-            &v["id"].as_str().unwrap().parse().unwrap(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-    assert_eq!(t.state, market_node::model::TaskState::Settled);
+    let t = post_and_settle(&n, 5).await;
     assert_eq!(t.attempts.len(), 2);
     assert!(!t.attempts[0].accepted && t.attempts[0].worker == n.workers[0].account());
     assert!(t.attempts[1].accepted && t.attempts[1].worker == n.workers[1].account());
@@ -304,27 +305,7 @@ async fn a_verifier_that_vouches_for_a_cheat_is_slashed_by_the_referee() {
         ],
     )
     .await;
-    tokio::spawn(n.node.clone().run_engine());
-    let (s, v) = call(
-        &n.app,
-        signed(
-            &n.buyer,
-            "POST",
-            "/v1/tasks",
-            post_body(&n.buyer, short(training_task(&n.buyer, 6))),
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let t = n
-        .node
-        .wait_final(
-            &v["id"].as_str().unwrap().parse().unwrap(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-    assert_eq!(t.state, market_node::model::TaskState::Settled);
+    let t = post_and_settle(&n, 6).await;
     let lazy = n.verifiers[0].account();
     assert_eq!(
         n.node.ledger.stake(&lazy).0,
