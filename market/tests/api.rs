@@ -306,6 +306,11 @@ async fn a_verifier_that_vouches_for_a_cheat_is_slashed_by_the_referee() {
     )
     .await;
     let t = post_and_settle(&n, 6).await;
+    assert_eq!(
+        t.attempts.len(),
+        2,
+        "the cheat was refereed and the task re-run"
+    );
     let lazy = n.verifiers[0].account();
     assert_eq!(
         n.node.ledger.stake(&lazy).0,
