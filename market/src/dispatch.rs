@@ -43,6 +43,16 @@ pub trait Dispatch: Send + Sync {
         policy: &SamplePolicy,
         blobs: &dyn BlobSource,
     ) -> anyhow::Result<Signed<Verdict>>;
+
+    /// Has `worker` open the per-step state hashes of `segment` of the bundle in `dir` (asked
+    /// when a verifier found the segment wrong, so its verdict can name the first bad step).
+    fn open_steps(
+        &self,
+        worker: &AccountId,
+        dir: &Path,
+        segment: u32,
+        blobs: &dyn BlobSource,
+    ) -> anyhow::Result<()>;
 }
 
 /// Workers and verifiers as library code in this process.
@@ -80,6 +90,23 @@ impl Dispatch for InProcess {
             market_worker::exec(task, identity, *behavior, &Bundle::at(dir), blobs, progress)?
                 .commitment,
         )
+    }
+
+    fn open_steps(
+        &self,
+        worker: &AccountId,
+        dir: &Path,
+        segment: u32,
+        blobs: &dyn BlobSource,
+    ) -> anyhow::Result<()> {
+        let (_, behavior) = self
+            .workers
+            .iter()
+            .find(|(i, _)| i.account() == *worker)
+            .ok_or_else(|| anyhow::anyhow!("no worker {worker}"))?;
+        let bundle = Bundle::at(dir);
+        market_worker::open_steps(&bundle.read_task()?, *behavior, &bundle, blobs, segment)?;
+        Ok(())
     }
 
     fn audit(

@@ -542,13 +542,43 @@ impl Node {
         let policy = SamplePolicy::Count(t.plan.samples as u32);
         let mut verdicts: Vec<Signed<Verdict>> = Vec::new();
         for v in &verifiers {
-            let (node_dispatch, v2, d, p) =
-                (self.dispatch.clone(), *v, dir.clone(), policy.clone());
-            let blobs = self.blobs.clone();
-            let verdict = tokio::task::spawn_blocking(move || {
-                node_dispatch.audit(&v2, &d, beacon, &p, &blobs)
-            })
-            .await?;
+            let mut verdict = self.request_audit(v, &dir, beacon, &policy).await;
+            // A mismatch not yet narrowed to a step: the worker opens that segment's steps and
+            // the verifier looks again, so the evidence names the first bad step.
+            if let Ok(Signed {
+                body:
+                    Verdict {
+                        outcome:
+                            VerdictOutcome::Fail {
+                                segment,
+                                step: None,
+                                reason: market_protocol::FailureReason::StateMismatch,
+                                ..
+                            },
+                        ..
+                    },
+                ..
+            }) = &verdict
+            {
+                if matches!(t.spec.body.workload, Workload::Training(_)) {
+                    let (dispatch, d, seg, blobs) = (
+                        self.dispatch.clone(),
+                        dir.clone(),
+                        *segment,
+                        self.blobs.clone(),
+                    );
+                    let opened = tokio::task::spawn_blocking(move || {
+                        dispatch.open_steps(&worker, &d, seg, &blobs)
+                    })
+                    .await?;
+                    match opened {
+                        Ok(()) => verdict = self.request_audit(v, &dir, beacon, &policy).await,
+                        Err(e) => {
+                            tracing::info!(%worker, error = %e, "worker did not open per-step states")
+                        }
+                    }
+                }
+            }
             match verdict {
                 Ok(verdict)
                     if verdict.verify().is_ok()
@@ -707,6 +737,24 @@ impl Node {
         self.save(&t)
     }
 
+    /// Asks verifier `v` to audit the bundle in `dir`, on a blocking thread.
+    async fn request_audit(
+        &self,
+        v: &AccountId,
+        dir: &Path,
+        beacon: Beacon,
+        policy: &SamplePolicy,
+    ) -> anyhow::Result<Signed<Verdict>> {
+        let (dispatch, v, d, p, blobs) = (
+            self.dispatch.clone(),
+            *v,
+            dir.to_owned(),
+            policy.clone(),
+            self.blobs.clone(),
+        );
+        tokio::task::spawn_blocking(move || dispatch.audit(&v, &d, beacon, &p, &blobs)).await?
+    }
+
     /// Keeps verifiers honest: at the configured rate (drawn from the beacon's stream, so no
     /// verifier can predict it), a verifier is also handed a ringer, a bundle the node knows is
     /// wrong. A verifier that passes it is slashed with its own verdict as evidence.
@@ -754,16 +802,7 @@ impl Node {
                 let _ = std::fs::remove_dir_all(&ringer_dir);
                 continue;
             }
-            let (d, v2, p, blobs, dispatch) = (
-                ringer_dir.clone(),
-                *v,
-                policy.clone(),
-                self.blobs.clone(),
-                self.dispatch.clone(),
-            );
-            let verdict =
-                tokio::task::spawn_blocking(move || dispatch.audit(&v2, &d, beacon, &p, &blobs))
-                    .await?;
+            let verdict = self.request_audit(v, &ringer_dir, beacon, policy).await;
             let _ = std::fs::remove_dir_all(&ringer_dir);
             match verdict {
                 Ok(verdict)

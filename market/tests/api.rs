@@ -289,6 +289,13 @@ async fn a_cheating_worker_is_slashed_and_another_worker_completes_the_task() {
         300 - NodeConfig::default().worker_slash
     );
     assert!(n.node.ledger.reputation(&cheater) < 0);
+    // The worker opened the failed segment's steps when asked, so the evidence names the step.
+    let narrowed = t.attempts[0]
+        .verdicts
+        .iter()
+        .filter_map(|v| v.detail.as_deref())
+        .any(|d| d.contains("first differing step"));
+    assert!(narrowed, "{:?}", t.attempts[0].verdicts);
     n.node.ledger.verify().unwrap();
 }
 
