@@ -136,3 +136,69 @@ async fn buyer_worker_verifiers_and_a_cheater_over_http() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_that_passes_a_ringer_is_slashed_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Identity::from_test_label("e2e ringer worker");
+    let lazy = Identity::from_test_label("e2e lazy verifier");
+    let careful = Identity::from_test_label("e2e careful verifier");
+    let dispatch = InProcess {
+        workers: vec![(worker.clone(), Behavior::Honest)],
+        verifiers: vec![
+            (lazy.clone(), VerifierMode::Lazy),
+            (careful.clone(), VerifierMode::Honest),
+        ],
+    };
+    let config = NodeConfig {
+        ringer_rate_ppm: 1_000_000,
+        ..NodeConfig::default()
+    };
+    let node = Node::open(
+        dir.path(),
+        config.clone(),
+        Identity::from_test_label("e2e ringer operator"),
+        Arc::new(dispatch),
+    )
+    .unwrap();
+    let buyer = Identity::from_test_label("e2e ringer buyer");
+    node.fund("e2e", &buyer.account(), 5_000, 0).await.unwrap();
+    node.fund("e2e", &worker.account(), 300, 300).await.unwrap();
+    for v in [&lazy, &careful] {
+        node.fund("e2e", &v.account(), 100, 100).await.unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(&url, Some(buyer.clone()));
+    let mut task = training_task(&buyer, 7);
+    if let Workload::Training(t) = &mut task.workload {
+        t.steps = 60;
+    }
+    let view = client.submit(task).await.unwrap();
+    let t = client
+        .wait(&view.id, Duration::from_secs(180), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled);
+    let staked = |v: serde_json::Value| v["staked"].as_u64().unwrap();
+    assert_eq!(
+        staked(client.account(&lazy.account()).await.unwrap()),
+        100 - config.verifier_slash
+    );
+    assert_eq!(
+        staked(client.account(&careful.account()).await.unwrap()),
+        100
+    );
+    assert!(
+        client.account(&lazy.account()).await.unwrap()["reputation"]
+            .as_i64()
+            .unwrap()
+            < 0
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
