@@ -518,7 +518,8 @@ async fn blobs_are_content_addressed_and_limited() {
         ),
     )
     .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // The signature covers the body's digest, which is not the expected id: refused up front.
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     let resp = n
         .app
         .clone()
@@ -696,4 +697,38 @@ async fn events_stream_task_state_changes() {
             && text.contains("queued"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_upload_with_an_expected_id_is_authenticated_before_it_is_read() {
+    let n = net(
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest)],
+    )
+    .await;
+    let data = b"dataset".to_vec();
+    let id = BlobId::of(&data);
+    // A wrong signature is refused up front, and nothing is stored.
+    let mut req = signed(
+        &n.buyer,
+        "POST",
+        &format!("/v1/blobs?expected={id}"),
+        data.clone(),
+    );
+    req.headers_mut()
+        .insert("x-market-signature", "11".repeat(64).parse().unwrap());
+    let (s, v) = call(&n.app, req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(!n.node.blobs.contains(&id));
+    // Signed for the expected id but with other content: refused, nothing stored.
+    let mut req = signed(
+        &n.buyer,
+        "POST",
+        &format!("/v1/blobs?expected={id}"),
+        data.clone(),
+    );
+    *req.body_mut() = Body::from(b"other content".to_vec());
+    let (s, v) = call(&n.app, req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(!n.node.blobs.contains(&BlobId::of(b"other content")));
 }

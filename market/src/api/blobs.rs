@@ -30,7 +30,8 @@ pub(crate) struct UploadQuery {
 }
 
 /// Uploads a blob (raw bytes, streamed). The request signature covers the blake3 of the body,
-/// which is also the blob's id.
+/// which is also the blob's id. Give `?expected=ID` to have the signature checked before the
+/// upload is read (recommended); without it, it is checked once the body has been hashed.
 #[utoipa::path(post, path = "/v1/blobs", request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, body = BlobCreated), (status = 413, body = crate::error::ErrorBody)))]
 pub(crate) async fn upload(
     State(node): State<Arc<Node>>,
@@ -48,6 +49,12 @@ pub(crate) async fn upload(
         .as_deref()
         .map(|e| parse_id(e, "blob id"))
         .transpose()?;
+    // With `expected`, the signature (over the body's blake3, which is the blob id) can be
+    // checked before a byte is stored, so unsigned uploads cost the node nothing.
+    let pre_authenticated = match expected {
+        Some(id) => Some(authenticate(&node, &method, &uri, &headers, &id.0)?),
+        None => None,
+    };
     let staged = node
         .blobs
         .stage(body.into_data_stream())
@@ -61,13 +68,6 @@ pub(crate) async fn upload(
             BlobError::Body(m) => ApiError::bad_request("upload_interrupted", m),
             BlobError::Io(e) => ApiError::internal(e),
         })?;
-    let owner = match authenticate(&node, &method, &uri, &headers, &staged.id.0) {
-        Ok(a) => a,
-        Err(e) => {
-            node.blobs.discard(staged).await;
-            return Err(e);
-        }
-    };
     if expected.is_some_and(|e| e != staged.id) {
         let got = staged.id;
         node.blobs.discard(staged).await;
@@ -76,6 +76,16 @@ pub(crate) async fn upload(
             format!("the content hashes to {got}, not the expected id"),
         ));
     }
+    let owner = match pre_authenticated {
+        Some(owner) => owner,
+        None => match authenticate(&node, &method, &uri, &headers, &staged.id.0) {
+            Ok(a) => a,
+            Err(e) => {
+                node.blobs.discard(staged).await;
+                return Err(e);
+            }
+        },
+    };
     let size = staged.size;
     let id = node
         .blobs
