@@ -159,10 +159,16 @@ impl Client {
         .await
     }
 
-    /// Uploads a blob.
+    /// Uploads a blob, naming its id up front so the node checks the signature before reading.
     pub async fn upload(&self, bytes: Vec<u8>) -> Result<BlobId, ClientError> {
+        let id = BlobId::of(&bytes);
         let v: Value = self
-            .send(reqwest::Method::POST, "/v1/blobs", bytes, true)
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/blobs?expected={id}"),
+                bytes,
+                true,
+            )
             .await?;
         v["id"]
             .as_str()
