@@ -30,6 +30,16 @@ struct Net {
 }
 
 async fn net(workers: Vec<(&str, Behavior)>, verifiers: Vec<(&str, VerifierMode)>) -> Net {
+    net_with(NodeConfig::default(), workers, verifiers).await
+}
+
+/// A node with `config`, the given in-process workers and verifiers, all funded and staked, and
+/// a buyer with 5,000 credits.
+async fn net_with(
+    config: NodeConfig,
+    workers: Vec<(&str, Behavior)>,
+    verifiers: Vec<(&str, VerifierMode)>,
+) -> Net {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("warn")
@@ -49,7 +59,7 @@ async fn net(workers: Vec<(&str, Behavior)>, verifiers: Vec<(&str, VerifierMode)
     let verifiers: Vec<Identity> = dispatch.verifiers.iter().map(|(i, _)| i.clone()).collect();
     let node = Node::open(
         dir.path(),
-        NodeConfig::default(),
+        config,
         Identity::from_test_label("operator"),
         Arc::new(dispatch),
     )
@@ -543,45 +553,21 @@ async fn blobs_are_content_addressed_and_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_that_passes_a_ringer_is_slashed() {
-    let dir = tempfile::tempdir().unwrap();
-    let dispatch = InProcess {
-        workers: vec![(Identity::from_test_label("w1"), Behavior::Honest)],
-        verifiers: vec![
-            (Identity::from_test_label("lazy"), VerifierMode::Lazy),
-            (Identity::from_test_label("careful"), VerifierMode::Honest),
-        ],
-    };
     let config = NodeConfig {
         ringer_rate_ppm: 1_000_000,
         ..NodeConfig::default()
     };
-    let node = Node::open(
-        dir.path(),
+    let n = net_with(
         config.clone(),
-        Identity::from_test_label("operator"),
-        Arc::new(dispatch),
+        vec![("w1", Behavior::Honest)],
+        vec![
+            ("lazy", VerifierMode::Lazy),
+            ("careful", VerifierMode::Honest),
+        ],
     )
-    .unwrap();
-    let buyer = Identity::from_test_label("buyer");
-    node.fund("t", &buyer.account(), 5_000, 0).await.unwrap();
-    node.fund("t", &Identity::from_test_label("w1").account(), 500, 300)
-        .await
-        .unwrap();
-    for v in ["lazy", "careful"] {
-        node.fund("t", &Identity::from_test_label(v).account(), 200, 100)
-            .await
-            .unwrap();
-    }
-    tokio::spawn(node.clone().run_engine());
-    let task = node
-        .post_task(Signed::sign(short(training_task(&buyer, 1)), &buyer).unwrap())
-        .await
-        .unwrap();
-    let t = node
-        .wait_final(&task.id, Duration::from_secs(120))
-        .await
-        .unwrap();
-    assert_eq!(t.state, market_node::model::TaskState::Settled);
+    .await;
+    let node = &n.node;
+    post_and_settle(&n, 1).await;
     assert_eq!(
         node.ledger
             .stake(&Identity::from_test_label("lazy").account())

@@ -17,6 +17,23 @@ use market_protocol::fixtures::{inference_task, training_task};
 use market_protocol::*;
 use market_worker::Behavior;
 
+/// Serves `node` on a free loopback port; returns its URL, a stop switch and the server task.
+async fn serve(
+    node: Arc<Node>,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(market_node::server::serve(node, listener, async {
+        let _ = stopped.await;
+    }));
+    (url, stop, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyer_worker_verifiers_and_a_cheater_over_http() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,12 +69,7 @@ async fn buyer_worker_verifiers_and_a_cheater_over_http() {
     for v in &verifiers {
         node.fund("e2e", &v.account(), 100, 100).await.unwrap();
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let (url, stop, server) = serve(node.clone()).await;
 
     let client = Client::new(&url, Some(buyer.clone()));
     client.register().await.unwrap();
@@ -167,12 +179,7 @@ async fn a_verifier_that_passes_a_ringer_is_slashed_over_http() {
     for v in [&lazy, &careful] {
         node.fund("e2e", &v.account(), 100, 100).await.unwrap();
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let (url, stop, server) = serve(node.clone()).await;
     let client = Client::new(&url, Some(buyer.clone()));
     let mut task = training_task(&buyer, 7);
     if let Workload::Training(t) = &mut task.workload {
