@@ -179,4 +179,14 @@ impl Bundle {
         })?;
         self.write(&path, text.as_bytes())
     }
+
+    /// Reads the loss trace written so far (a resumed run continues after its last entry).
+    pub fn read_loss(&self) -> Result<Vec<f32>, BundleError> {
+        let path = self.root.join("loss.json");
+        let bytes = self.read(&path, MAX_JSON_BYTES)?;
+        serde_json::from_slice(&bytes).map_err(|e| BundleError::Invalid {
+            path,
+            reason: e.to_string(),
+        })
+    }
 }

@@ -159,6 +159,28 @@ impl Node {
         Ok(())
     }
 
+    /// A participant's own decision, from its signed hello: keep at least `target` staked,
+    /// taken from its balance. Returns its stake and balance afterwards.
+    pub async fn hold_stake(&self, account: &AccountId, target: u64) -> anyhow::Result<(u64, u64)> {
+        let current = self.stake(account);
+        if target > current {
+            self.append(
+                format!("stake:hello:{account}:{current}:{target}"),
+                EntryKind::Stake {
+                    account: *account,
+                    amount: Credits(target - current),
+                },
+            )
+            .await?;
+        }
+        Ok((self.stake(account), self.ledger.balance(account).0))
+    }
+
+    /// Looks at the queue now (a worker or verifier just joined).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Waits until task `id` is settled, rejected or cancelled, or `timeout` passes.
     pub async fn wait_final(
         &self,
@@ -380,8 +402,10 @@ impl Node {
             .max(1)
     }
 
-    /// Draws `k` distinct verifiers, weighted by stake and reputation, from a stream keyed by the
-    /// beacon (so the worker could not know them when it committed).
+    /// Orders every eligible verifier by weighted draws without replacement (weights from
+    /// stake and reputation), from a stream keyed by the beacon, so the worker could not know
+    /// them when it committed. The first [`Node::verifiers_for`] audit; the rest stand in, in
+    /// order, for any that fails to answer.
     fn draw_verifiers(&self, beacon: &Beacon, exclude: &AccountId) -> Vec<AccountId> {
         let mut pool: Vec<(AccountId, u64)> = self
             .dispatch
@@ -404,8 +428,7 @@ impl Node {
             &[b"verifiers".as_slice(), beacon.as_bytes()].concat(),
         )));
         let mut chosen = Vec::new();
-        let wanted = self.verifiers_for(exclude);
-        while chosen.len() < wanted && !pool.is_empty() {
+        while !pool.is_empty() {
             let total: u64 = pool.iter().map(|(_, w)| w).sum();
             let mut x = market_protocol::sampling::uniform_below(&mut rng, total);
             let i = pool
@@ -535,13 +558,19 @@ impl Node {
         t.state = TaskState::Auditing { worker };
         self.save(&t)?;
 
-        let verifiers = self.draw_verifiers(&beacon, &worker);
-        if verifiers.is_empty() {
+        let candidates = self.draw_verifiers(&beacon, &worker);
+        let wanted = self.verifiers_for(&worker);
+        if candidates.is_empty() {
             anyhow::bail!("no staked verifier is available");
         }
         let policy = SamplePolicy::Count(t.plan.samples as u32);
         let mut verdicts: Vec<Signed<Verdict>> = Vec::new();
-        for v in &verifiers {
+        let mut verifiers = Vec::new();
+        for v in &candidates {
+            if verdicts.len() >= wanted {
+                break;
+            }
+            verifiers.push(*v);
             let mut verdict = self.request_audit(v, &dir, beacon, &policy).await;
             // A mismatch not yet narrowed to a step: the worker opens that segment's steps and
             // the verifier looks again, so the evidence names the first bad step.
@@ -590,7 +619,12 @@ impl Node {
                 Ok(_) => {
                     tracing::warn!(verifier = %v, "verdict refused: bad signature or for another commitment")
                 }
-                Err(e) => tracing::warn!(verifier = %v, error = %e, "verifier failed to audit"),
+                Err(e) => {
+                    // Unreachable, silent past the timeout, or broken: the next one drawn
+                    // stands in; nothing is concluded about the worker from it.
+                    tracing::warn!(verifier = %v, error = %e, "verifier failed to audit; drawing another");
+                    verifiers.pop();
+                }
             }
         }
         self.plant_ringers(&t, n, &dir, beacon, &verifiers, &policy)

@@ -14,5 +14,6 @@ pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod p2p;
 pub mod server;
 pub mod store;

@@ -127,8 +127,7 @@ pub fn audit(
             (s as u32, Some(detection_probability(u64::from(n), m, s)))
         }
     };
-    let challenge = Challenge::derive(identity.account(), commitment_id, beacon, n, samples)
-        .map_err(|e| AuditError::Policy(e.to_string()))?;
+    let challenge = challenge_for(identity, &signed, beacon, samples)?;
     let mut checked = Vec::new();
     let mut rerun = 0u64;
     let total;
@@ -550,4 +549,49 @@ pub fn recheck_segments(
         }
     };
     Ok(failure.map(|f| (f.segment, f.reason, f.detail)))
+}
+
+/// The bundle files an audit of `sampled` segments reads, as bundle paths: what a networked
+/// verifier fetches (the rest of the bundle it never needs).
+pub fn openings(task: &TaskSpec, sampled: &[u32]) -> Vec<String> {
+    let mut paths = vec![
+        "task.json".to_owned(),
+        "commitment.json".to_owned(),
+        "leaves.json".to_owned(),
+    ];
+    for &s in sampled {
+        match &task.workload {
+            Workload::Training(_) => {
+                paths.push(format!("checkpoints/{s:06}.st"));
+                paths.push(format!("checkpoints/{:06}.st", s + 1));
+                paths.push(format!("steps/{s:06}.json"));
+            }
+            Workload::Inference(_) => paths.push(format!("items/{s:06}.bin")),
+        }
+    }
+    paths
+}
+
+/// The challenge an audit by `identity` of `commitment` against `beacon` answers, for a
+/// sample of `samples` segments (capped at the segment count, as [`audit`] caps it).
+pub fn challenge_for(
+    identity: &Identity,
+    commitment: &Signed<Commitment>,
+    beacon: Beacon,
+    samples: u32,
+) -> Result<Challenge, AuditError> {
+    let c = commitment.verify()?;
+    let id = CommitmentId(
+        commitment
+            .id()
+            .map_err(market_protocol::SignatureError::from)?,
+    );
+    Challenge::derive(
+        identity.account(),
+        id,
+        beacon,
+        c.segments,
+        samples.min(c.segments),
+    )
+    .map_err(|e| AuditError::Policy(e.to_string()))
 }

@@ -4,5 +4,6 @@
 //! and signs a verdict.
 
 pub mod audit;
+pub mod daemon;
 
 pub use audit::{audit, recheck_segments, AuditError, AuditReport, SamplePolicy};

@@ -50,9 +50,16 @@ pub struct ExecReport {
     pub commitment_id: CommitmentId,
     /// The segments this worker faked (empty when honest): for tests and reports only.
     pub faked: BTreeSet<u32>,
+    /// The segment a training run resumed at from checkpoints already in the bundle (0 for a
+    /// fresh run).
+    pub resumed_from: u32,
 }
 
 /// Runs `task` with `behavior`, writes the bundle and returns the signed commitment.
+///
+/// A training run whose bundle already holds checkpoints of the same task (the worker was
+/// stopped) resumes after the last complete segment: the result is bit-identical to an
+/// uninterrupted run, because every segment depends only on the checkpoint before it.
 pub fn exec(
     task: &TaskSpec,
     identity: &Identity,
@@ -61,9 +68,11 @@ pub fn exec(
     blobs: &dyn BlobSource,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<ExecReport, ExecError> {
+    let resumable = bundle.read_task().ok().as_ref() == Some(task);
     bundle.create()?;
     bundle.write_task(task)?;
     let task_id = TaskId(message_id(task).map_err(market_protocol::SignatureError::from)?);
+    let mut resumed_from = 0;
     let (mut commitment, leaves, faked) = match &task.workload {
         Workload::Training(_) => exec_training(
             task,
@@ -72,6 +81,8 @@ pub fn exec(
             behavior,
             bundle,
             blobs,
+            resumable,
+            &mut resumed_from,
             &mut on_progress,
         )?,
         Workload::Inference(_) => exec_inference(
@@ -99,6 +110,7 @@ pub fn exec(
         commitment: signed,
         commitment_id,
         faked,
+        resumed_from,
     })
 }
 
@@ -206,7 +218,7 @@ pub fn run_segment_as(
     Ok((state, total / (end - first).max(1) as f32, hashes))
 }
 
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn exec_training(
     task: &TaskSpec,
     task_id: TaskId,
@@ -214,6 +226,8 @@ fn exec_training(
     behavior: Behavior,
     bundle: &Bundle,
     blobs: &dyn BlobSource,
+    resumable: bool,
+    resumed_from: &mut u32,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
     let job = TrainingJob::from_spec(task, blobs)?;
@@ -231,7 +245,13 @@ fn exec_training(
     };
     let mut leaves = vec![write(0, &state)?];
     let mut losses = Vec::with_capacity(n as usize);
-    for seg in 0..n {
+    if resumable {
+        if let Some((s, l, ls)) = resume_point(bundle, &job, n) {
+            (state, leaves, losses) = (s, l, ls);
+            *resumed_from = losses.len() as u32;
+        }
+    }
+    for seg in losses.len() as u32..n {
         let mut report = |step: u32, loss: f32| {
             on_progress(Progress {
                 done: step,
@@ -252,6 +272,8 @@ fn exec_training(
         state = next;
         leaves.push(write(seg + 1, &state)?);
         losses.push(loss);
+        // The loss trace doubles as the resume point: it is written after the checkpoint.
+        bundle.write_loss(&losses)?;
     }
     let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)?;
     bundle.write(&bundle.weights_path(), &weights)?;
@@ -268,6 +290,29 @@ fn exec_training(
         loss_trace: losses.iter().map(|l| F32Bits::from_f32(*l)).collect(),
     };
     Ok((commitment, leaves, faked))
+}
+
+/// The state, leaves and losses after the last complete segment already in `bundle`, if any
+/// (anything unreadable means starting over).
+fn resume_point(
+    bundle: &Bundle,
+    job: &TrainingJob,
+    segments: u32,
+) -> Option<(TrainState, Vec<StateHash>, Vec<f32>)> {
+    let losses = bundle.read_loss().ok()?;
+    let done = u32::try_from(losses.len()).ok()?;
+    if done == 0 || done > segments {
+        return None;
+    }
+    let limit = market_compute::state::MAX_STATE_BYTES as u64;
+    let mut leaves = Vec::with_capacity(done as usize + 1);
+    let mut last = Vec::new();
+    for i in 0..=done {
+        last = bundle.read(&bundle.checkpoint_path(i), limit).ok()?;
+        leaves.push(StateHash(Hash::of(&last)));
+    }
+    let state = TrainState::from_bytes(&last, &job.layout).ok()?;
+    Some((state, leaves, losses))
 }
 
 #[allow(clippy::type_complexity)]

@@ -6,6 +6,7 @@
 //! them to measure how often audits catch each one.
 
 pub mod behavior;
+pub mod daemon;
 pub mod exec;
 
 pub use behavior::Behavior;

@@ -1,24 +1,24 @@
 //! `market-devnet`: one command for a whole local market.
 //!
-//! Today: a node serving its REST API on loopback, with three honest workers, one cheating
-//! worker and two verifiers running the real worker and verifier code in the node's process
-//! (the network issue moves them into separate processes over libp2p). A buyer is funded,
-//! posts a training task (`gpt` on the arithmetic language) and an inference task through the
-//! API, and follows them; the summary shows what settled, who was slashed, every balance, and
-//! whether the exported ledger verifies.
+//! A node (in this process: REST API on loopback, libp2p on loopback), three honest workers,
+//! one cheating worker and two verifiers, each worker and verifier a separate process (this
+//! binary re-run with a hidden `worker` or `verifier` subcommand, which is exactly
+//! `market-worker run` / `market-verifier run`), all with temporary data directories. A buyer
+//! is funded, posts a training task (`gpt` on the arithmetic language) and an inference task
+//! through the API, and follows them; the summary shows what settled, who was slashed, every
+//! balance, and whether the exported ledger verifies.
 
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use market_node::client::Client;
 use market_node::config::NodeConfig;
-use market_node::dispatch::{InProcess, VerifierMode};
-use market_node::engine::Node;
 use market_node::model::TaskState;
+use market_node::p2p::{open_networked, P2pOptions};
 use market_protocol::keyfile::{load_identity, save_identity};
-use market_protocol::{fixtures, ExecutionProfile, Identity, Workload};
+use market_protocol::{fixtures, ExecutionProfile, Identity, Role, Workload};
 use market_worker::Behavior;
 use serde::Serialize;
 
@@ -34,6 +34,19 @@ struct Args {
     /// Keep the market running after the summary and print the API address.
     #[arg(long)]
     keep: bool,
+    #[command(subcommand)]
+    role: Option<ChildRole>,
+}
+
+/// The devnet's own child processes.
+#[derive(Subcommand, Debug)]
+enum ChildRole {
+    /// A worker process (`market-worker run`).
+    #[command(hide = true)]
+    Worker(market_worker::daemon::RunArgs),
+    /// A verifier process (`market-verifier run`).
+    #[command(hide = true)]
+    Verifier(market_verifier::daemon::RunArgs),
 }
 
 #[derive(Serialize)]
@@ -63,15 +76,58 @@ fn identity(dir: &std::path::Path, role: &str) -> Result<Identity> {
     load_identity(&path).with_context(|| format!("loading the {role} key"))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Child processes, killed when the devnet ends however it ends.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = Args::parse();
+    match args.role {
+        Some(ChildRole::Worker(a)) => market_worker::daemon::run_cli(a),
+        Some(ChildRole::Verifier(a)) => market_verifier::daemon::run_cli(a),
+        None => tokio::runtime::Runtime::new()?.block_on(devnet(args)),
+    }
+}
+
+/// Waits until `workers` workers and `verifiers` verifiers are connected; fails at once if a
+/// child process exits.
+async fn wait_for_joins(
+    dispatch: &market_node::p2p::P2pDispatch,
+    children: &mut Children,
+    workers: usize,
+    verifiers: usize,
+) -> Result<()> {
+    for _ in 0..1200 {
+        let p = dispatch.participants();
+        let count = |r| p.values().filter(|x| x.role == r && x.connected).count();
+        if count(Role::Worker) >= workers && count(Role::Verifier) >= verifiers {
+            return Ok(());
+        }
+        for (role, child) in &mut children.0 {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("the {role} process exited ({status})");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("participants did not join within two minutes")
+}
+
+async fn devnet(args: Args) -> Result<()> {
     let dir = tempfile::tempdir().context("creating the devnet's data directory")?;
     let roles = [
         "cheater",
@@ -92,34 +148,27 @@ async fn main() -> Result<()> {
             .map(|(_, i)| i.clone())
             .context("role")
     };
-    // The cheater is listed first, so it is offered the first task.
-    let dispatch = InProcess {
-        workers: vec![
-            (id("cheater")?, args.cheat),
-            (id("worker-1")?, Behavior::Honest),
-            (id("worker-2")?, Behavior::Honest),
-            (id("worker-3")?, Behavior::Honest),
-        ],
-        verifiers: vec![
-            (id("verifier-1")?, VerifierMode::Honest),
-            (id("verifier-2")?, VerifierMode::Honest),
-        ],
-    };
     let config = NodeConfig::default();
     let operator = identity(dir.path(), "operator")?;
-    let node = Node::open(
+    let (node, dispatch, addrs) = open_networked(
         &dir.path().join("node"),
         config.clone(),
         operator,
-        Arc::new(dispatch),
-    )?;
+        market_net::NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            ..Default::default()
+        },
+        P2pOptions::default(),
+    )
+    .await?;
+    let market = addrs.first().context("the node listens nowhere")?.clone();
     node.fund("devnet", &id("buyer")?.account(), 5_000, 0)
         .await?;
     for (role, i) in &ids {
         if role.starts_with("worker") || role == "cheater" {
-            node.fund("devnet", &i.account(), 500, 300).await?;
+            node.fund("devnet", &i.account(), 500, 0).await?;
         } else if role.starts_with("verifier") {
-            node.fund("devnet", &i.account(), 200, 100).await?;
+            node.fund("devnet", &i.account(), 200, 0).await?;
         }
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -128,8 +177,55 @@ async fn main() -> Result<()> {
     let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
         let _ = stopped.await;
     }));
+    eprintln!("market-devnet: node API at {api}, libp2p at {market}");
+
+    // Each participant is its own process; each stakes from its balance when it says hello.
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    let spawn = |role: &str, fault: Option<Behavior>| -> Result<Child> {
+        let mut cmd = Command::new(&exe);
+        let kind = if role.starts_with("verifier") {
+            "verifier"
+        } else {
+            "worker"
+        };
+        cmd.arg(kind)
+            .arg("--market")
+            .arg(market.to_string())
+            .arg("--key")
+            .arg(dir.path().join(format!("{role}.key")))
+            .arg("--data")
+            .arg(dir.path().join(role))
+            .arg("--listen")
+            .arg("/ip4/127.0.0.1/tcp/0")
+            .arg("--stake")
+            .arg(if kind == "verifier" { "100" } else { "300" })
+            .stdin(Stdio::null());
+        if kind == "worker" {
+            cmd.arg("--quiet")
+                .arg("--fault")
+                .arg(fault.unwrap_or(Behavior::Honest).to_string());
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting the {role} process"))
+    };
+    // The cheater joins first, so it is offered the first task (ties go to join order).
+    children
+        .0
+        .push(("cheater".into(), spawn("cheater", Some(args.cheat))?));
+    wait_for_joins(&dispatch, &mut children, 1, 0).await?;
+    for role in [
+        "worker-1",
+        "worker-2",
+        "worker-3",
+        "verifier-1",
+        "verifier-2",
+    ] {
+        children.0.push((role.into(), spawn(role, None)?));
+    }
+    wait_for_joins(&dispatch, &mut children, 4, 2).await?;
     eprintln!(
-        "market-devnet: node API at {api}; workers: 3 honest + 1 cheater ({}); 2 verifiers",
+        "market-devnet: 3 honest workers + 1 cheater ({}) and 2 verifiers joined, each its own process",
         args.cheat
     );
 
@@ -255,6 +351,7 @@ async fn main() -> Result<()> {
         eprintln!("market-devnet keeps running; API at {api}; Ctrl-C to stop");
         let _ = tokio::signal::ctrl_c().await;
     }
+    drop(children);
     let _ = stop.send(());
     server.await??;
     if !summary.ledger_verified || settled != posted.len() {

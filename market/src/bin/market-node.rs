@@ -1,8 +1,9 @@
 //! `market-node`: serve the market, or act as a buyer at a terminal.
 //!
-//! `serve` runs the REST API, the engine and the ledger. Until workers and verifiers connect over
-//! libp2p (the network issue), `--local-workers` and `--local-verifiers` run them in-process,
-//! funded and staked by the operator. `task submit|status|result` talk to a node as a buyer.
+//! `serve` runs the REST API, the engine and the ledger; workers and verifiers join over libp2p
+//! (`--p2p` addresses; `market-worker run`, `market-verifier run`). For a quick single-process
+//! node, `--local-workers` and `--local-verifiers` run them in-process instead, funded and
+//! staked by the operator. `task submit|status|result` talk to a node as a buyer.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +49,13 @@ enum Command {
         /// Verifiers to run in-process (funded and staked by the operator).
         #[arg(long, default_value_t = 0)]
         local_verifiers: usize,
+        /// libp2p listen address for workers and verifiers (repeatable); used when no local
+        /// workers or verifiers are asked for.
+        #[arg(long, default_values_t = ["/ip4/0.0.0.0/tcp/4001".to_string(), "/ip4/0.0.0.0/udp/4001/quic-v1".to_string()])]
+        p2p: Vec<String>,
+        /// Discover peers on the local network with mDNS.
+        #[arg(long)]
+        mdns: bool,
         /// Operator action at start: mint credits to an account, as ACCOUNT:AMOUNT (repeatable;
         /// idempotent, so a restart with the same flags mints nothing twice).
         #[arg(long)]
@@ -118,6 +126,8 @@ async fn main() -> Result<()> {
             key,
             local_workers,
             local_verifiers,
+            p2p,
+            mdns,
             mint,
         } => {
             let config = match config {
@@ -152,7 +162,33 @@ async fn main() -> Result<()> {
                     .map(|v| (v.clone(), VerifierMode::Honest))
                     .collect(),
             };
-            let node = Node::open(&data, config.clone(), operator, Arc::new(dispatch))?;
+            let node = if local_workers + local_verifiers > 0 {
+                Node::open(&data, config.clone(), operator, Arc::new(dispatch))?
+            } else {
+                let listen = p2p
+                    .iter()
+                    .map(|a| {
+                        a.parse()
+                            .with_context(|| format!("--p2p {a}: not a multiaddr"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let (node, _, addrs) = market_node::p2p::open_networked(
+                    &data,
+                    config.clone(),
+                    operator,
+                    market_net::NetConfig {
+                        listen,
+                        mdns,
+                        ..Default::default()
+                    },
+                    market_node::p2p::P2pOptions::default(),
+                )
+                .await?;
+                for a in &addrs {
+                    eprintln!("workers and verifiers join at {a}");
+                }
+                node
+            };
             for w in &workers {
                 node.fund(
                     "local",

@@ -5,12 +5,14 @@
 
 mod challenge;
 mod commitment;
+mod hello;
 mod receipt;
 mod task;
 mod verdict;
 
 pub use challenge::{Challenge, ChallengeError, Opening};
 pub use commitment::Commitment;
+pub use hello::{Capabilities, Hello, Role};
 pub use receipt::{Payment, PaymentKind, Receipt};
 pub use task::{
     Activation, AuditPolicy, DatasetSource, Decoding, ExecutionProfile, InferenceInputs,

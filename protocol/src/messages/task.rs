@@ -231,3 +231,35 @@ pub struct AuditPolicy {
     /// For example `"0.1"`.
     pub assumed_faked_fraction: Decimal,
 }
+
+impl TaskSpec {
+    /// Every blob the task reads (weights, datasets, inference rows), without repeats, in
+    /// the order they appear. Whoever runs or audits the task may read these and only these.
+    pub fn blobs(&self) -> Vec<BlobId> {
+        let mut out = Vec::new();
+        let mut add = |id: &BlobId| {
+            if !out.contains(id) {
+                out.push(*id);
+            }
+        };
+        match &self.workload {
+            Workload::Training(t) => {
+                if let DatasetSource::Blob { id, .. } = &t.dataset {
+                    add(id);
+                }
+                if let Some(id) = &t.initial_weights {
+                    add(id);
+                }
+            }
+            Workload::Inference(i) => {
+                if let Some(id) = &i.weights {
+                    add(id);
+                }
+                if let InferenceInputs::Rows { id, .. } = &i.inputs {
+                    add(id);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,6 +1,6 @@
 //! `market-verifier`: audit result bundles and sign verdicts.
 //!
-//! `audit` prints the signed verdict as JSON. Exit code 0: pass; 1: fail; 2: unusable input.
+//! `run` joins a market over libp2p and audits for it. `audit` prints the signed verdict as JSON. Exit code 0: pass; 1: fail; 2: unusable input.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Join a market node over libp2p and audit what it hands out.
+    Run(market_verifier::daemon::RunArgs),
     /// Audit a result bundle against a beacon; prints the signed verdict.
     Audit {
         /// The bundle directory.
@@ -51,6 +53,16 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let command = Cli::parse().command;
+    if let Command::Run(args) = command {
+        return match market_verifier::daemon::run_cli(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let Command::Audit {
         bundle,
         beacon,
@@ -58,7 +70,10 @@ fn main() -> ExitCode {
         detect,
         assume_faked,
         key,
-    } = Cli::parse().command;
+    } = command
+    else {
+        unreachable!("run returned above")
+    };
     let identity: anyhow::Result<Identity> = match key {
         Some(k) => load_identity(&k).map_err(Into::into),
         None => Identity::generate().map_err(Into::into),

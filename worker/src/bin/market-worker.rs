@@ -1,7 +1,8 @@
 //! `market-worker`: run tasks and commit to them.
 //!
-//! `exec` runs a task file locally into a result bundle (the same code path the networked worker
-//! uses); `open` opens the per-step states of challenged segments.
+//! `run` joins a market over libp2p and works for it; `exec` runs a task file locally into a
+//! result bundle (the same code path the networked worker uses); `open` opens the per-step
+//! states of challenged segments.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Join a market node over libp2p and run the tasks it assigns.
+    Run(market_worker::daemon::RunArgs),
     /// Run a task locally and write its result bundle; prints the commitment id.
     Exec {
         /// The task spec (JSON).
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Run(args) => market_worker::daemon::run_cli(args)?,
         Command::Exec {
             task,
             out,

@@ -1,0 +1,787 @@
+//! The networked [`Dispatch`]: workers and verifiers are separate processes that joined this
+//! node over libp2p (see `market-net`). The engine's blocking calls become requests on the
+//! participants' connections: assign and wait for the commitment (riding out a disconnect for
+//! a grace period, re-assigning the same job when the worker comes back so it resumes), fetch
+//! the bundle in verified chunks, hand audits to verifiers and wait for verdicts with a
+//! timeout, and ask workers to open per-step hashes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use market_compute::bundle::Bundle;
+use market_compute::BlobSource;
+use market_net::heads::HeadWatch;
+use market_net::transfer::{
+    bundle_manifest, check_bundle_path, check_manifest, chunk_reply, describe_reply, fetch_bundle,
+    fetch_file, FetchStats, TransferError,
+};
+use market_net::wire::{AuditJob, FileEntry, Manifest, Reply, Request, Response, Source};
+use market_net::{account_of, Event, Net, PeerId};
+use market_protocol::{
+    message_id, AccountId, Beacon, BlobId, Capabilities, Commitment, Role, Signed, TaskId,
+    TaskSpec, Verdict,
+};
+use market_verifier::SamplePolicy;
+use market_worker::Progress;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::dispatch::Dispatch;
+use crate::engine::Node;
+
+/// Timeouts and limits of the networked dispatch.
+#[derive(Debug, Clone)]
+pub struct P2pOptions {
+    /// How long a worker that lost its connection mid-task may take to come back before the
+    /// task goes to another worker.
+    pub run_grace: Duration,
+    /// How long a verifier may take to return a verdict before another is drawn.
+    pub audit_timeout: Duration,
+    /// Largest bundle the node fetches from a worker.
+    pub max_bundle_bytes: u64,
+}
+
+impl Default for P2pOptions {
+    fn default() -> Self {
+        Self {
+            run_grace: Duration::from_secs(30),
+            audit_timeout: Duration::from_secs(120),
+            max_bundle_bytes: 16 << 30,
+        }
+    }
+}
+
+/// A participant that said hello.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    /// Its peer.
+    pub peer: PeerId,
+    /// Worker or verifier.
+    pub role: Role,
+    /// What it says it can do.
+    pub capabilities: Capabilities,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// When it first joined, as a count of earlier joins (ties between equally used workers
+    /// go to the earliest).
+    pub joined: u64,
+}
+
+#[derive(Debug)]
+enum RunEvent {
+    Progress(Progress),
+    Done(Box<Signed<Commitment>>, Manifest),
+    Failed(String),
+    Disconnected,
+    Reconnected(PeerId),
+}
+
+struct RunSlot {
+    worker: AccountId,
+    task_id: TaskId,
+    blobs: Vec<BlobId>,
+    events: mpsc::UnboundedSender<RunEvent>,
+}
+
+struct AuditSlot {
+    verifier: AccountId,
+    task_id: TaskId,
+    dir: PathBuf,
+    blobs: Vec<BlobId>,
+    verdict: Option<oneshot::Sender<Signed<Verdict>>>,
+}
+
+#[derive(Default)]
+struct State {
+    participants: BTreeMap<AccountId, Participant>,
+    runs: HashMap<u64, RunSlot>,
+    audits: HashMap<u64, AuditSlot>,
+    /// Bundle directory -> (worker, task, job) of the run that produced it.
+    finished: HashMap<PathBuf, (AccountId, TaskId, u64)>,
+}
+
+/// Where the time of one task went, as the node saw it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunTiming {
+    /// The task.
+    pub task_id: Option<TaskId>,
+    /// From assignment to the worker's commitment.
+    pub execution: Duration,
+    /// Fetching the bundle from the worker.
+    pub transfer: Duration,
+    /// Bytes fetched.
+    pub bytes: u64,
+    /// Audits (each verifier, fetch and re-execution together).
+    pub audits: Vec<Duration>,
+}
+
+/// The libp2p dispatch.
+pub struct P2pDispatch {
+    net: Net,
+    rt: tokio::runtime::Handle,
+    options: P2pOptions,
+    state: Mutex<State>,
+    next_job: AtomicU64,
+    timings: Mutex<Vec<RunTiming>>,
+}
+
+impl std::fmt::Debug for P2pDispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2pDispatch")
+            .field("peer", &self.net.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+fn job_seed() -> u64 {
+    // Job numbers only need to differ from those of an earlier run of this node (a worker
+    // keeps its job directories across restarts), so they start at a random point.
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) >> 16
+}
+
+impl P2pDispatch {
+    /// A dispatch over `net`; call [`P2pDispatch::serve`] once the node exists.
+    pub fn new(net: Net, options: P2pOptions) -> Arc<Self> {
+        Arc::new(Self {
+            net,
+            rt: tokio::runtime::Handle::current(),
+            options,
+            state: Mutex::new(State::default()),
+            next_job: AtomicU64::new(job_seed()),
+            timings: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Participants that said hello, connected or not.
+    pub fn participants(&self) -> BTreeMap<AccountId, Participant> {
+        self.state().participants.clone()
+    }
+
+    /// Per-task timings so far.
+    pub fn timings(&self) -> Vec<RunTiming> {
+        self.timings.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn connected(&self, role: Role) -> Vec<AccountId> {
+        let st = self.state();
+        let mut found: Vec<(u64, AccountId)> = st
+            .participants
+            .iter()
+            .filter(|(_, p)| p.role == role && p.connected)
+            .map(|(a, p)| (p.joined, *a))
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, a)| a).collect()
+    }
+
+    fn peer_of(&self, account: &AccountId) -> anyhow::Result<PeerId> {
+        match self.state().participants.get(account) {
+            Some(p) if p.connected => Ok(p.peer),
+            Some(_) => anyhow::bail!("{account} is not connected"),
+            None => anyhow::bail!("{account} never joined"),
+        }
+    }
+
+    async fn ask_ok(&self, peer: PeerId, request: Request) -> anyhow::Result<()> {
+        match self.net.request(peer, request).await?.response {
+            Response::Ok => Ok(()),
+            Response::Refused { reason } => anyhow::bail!("refused: {reason}"),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// Answers the network: hellos, progress, results, verdicts and fetches. Runs until the
+    /// network stops. Also publishes task events and signed ledger heads on gossip.
+    pub fn serve(self: &Arc<Self>, node: Arc<Node>, mut events: mpsc::UnboundedReceiver<Event>) {
+        let me = self.clone();
+        let n = node.clone();
+        tokio::spawn(async move {
+            let mut heads = HeadWatch::default();
+            while let Some(event) = events.recv().await {
+                me.on_event(&n, event, &mut heads).await;
+            }
+        });
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let mut tasks = node.events.subscribe();
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut last_seq = None;
+            loop {
+                tokio::select! {
+                    ev = tasks.recv() => match ev {
+                        Ok(line) => { let _ = net.publish(market_net::wire::TOPIC_TASKS, line.into_bytes()); }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    },
+                    _ = tick.tick() => {
+                        let seq = node.ledger.head().seq;
+                        if last_seq != Some(seq) {
+                            if let Ok(head) = node.ledger.sign_head(&node.operator) {
+                                if let Ok(bytes) = serde_json::to_vec(&head) {
+                                    if net.publish(market_net::wire::TOPIC_HEADS, bytes).is_ok() {
+                                        last_seq = Some(seq);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn on_event(&self, node: &Arc<Node>, event: Event, heads: &mut HeadWatch) {
+        match event {
+            Event::Request {
+                peer,
+                request,
+                responder,
+            } => {
+                let reply = match account_of(&peer) {
+                    Some(account) => self.on_request(node, peer, account, request).await,
+                    None => Reply::refused("peer ids must be ed25519 accounts"),
+                };
+                responder.send(reply);
+            }
+            Event::Disconnected { peer } => {
+                let Some(account) = account_of(&peer) else {
+                    return;
+                };
+                let mut st = self.state();
+                if let Some(p) = st.participants.get_mut(&account) {
+                    p.connected = false;
+                    tracing::info!(%account, role = ?p.role, "participant disconnected");
+                }
+                for run in st.runs.values().filter(|r| r.worker == account) {
+                    let _ = run.events.send(RunEvent::Disconnected);
+                }
+            }
+            Event::Misbehaved { peer, reason } => {
+                tracing::warn!(%peer, %reason, "peer banned for a malformed message");
+                if let Some(account) = account_of(&peer) {
+                    if let Some(p) = self.state().participants.get_mut(&account) {
+                        p.connected = false;
+                    }
+                }
+            }
+            Event::Gossip {
+                topic,
+                data,
+                source,
+            } if topic == market_net::wire::TOPIC_HEADS => {
+                if let market_net::heads::HeadCheck::Equivocation { ledger, seq, .. } =
+                    heads.observe(&data, source)
+                {
+                    tracing::error!(%ledger, seq, "a node signed two different ledger heads");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_request(
+        &self,
+        node: &Arc<Node>,
+        peer: PeerId,
+        account: AccountId,
+        request: Request,
+    ) -> Reply {
+        match request {
+            Request::Hello { hello } => self.on_hello(node, peer, account, hello).await,
+            Request::Progress {
+                task_id,
+                job,
+                done,
+                total,
+                loss,
+            } => self.to_run(account, task_id, job, |_| {
+                Ok(RunEvent::Progress(Progress {
+                    done,
+                    total,
+                    loss: loss.to_f32(),
+                }))
+            }),
+            Request::Failed {
+                task_id,
+                job,
+                reason,
+            } => self.to_run(account, task_id, job, |_| Ok(RunEvent::Failed(reason))),
+            Request::Done {
+                task_id,
+                job,
+                commitment,
+                manifest,
+            } => {
+                let max = self.options.max_bundle_bytes;
+                self.to_run(account, task_id, job, |_| {
+                    let body = commitment
+                        .verify()
+                        .map_err(|e| format!("the commitment's signature: {e}"))?;
+                    if body.worker != account {
+                        return Err("the commitment names another worker".into());
+                    }
+                    if body.task_id != task_id {
+                        return Err("the commitment is for another task".into());
+                    }
+                    check_manifest(&manifest).map_err(|e| e.to_string())?;
+                    if manifest.bytes() > max {
+                        return Err(format!(
+                            "bundle of {} bytes is over {max}",
+                            manifest.bytes()
+                        ));
+                    }
+                    Ok(RunEvent::Done(Box::new(commitment), manifest))
+                })
+            }
+            Request::Verdict {
+                task_id,
+                job,
+                verdict,
+            } => {
+                let mut st = self.state();
+                let Some(slot) = st.audits.get_mut(&job) else {
+                    return Reply::refused("no such audit");
+                };
+                if slot.verifier != account || slot.task_id != task_id {
+                    return Reply::refused("not your audit");
+                }
+                match verdict.verify() {
+                    Ok(v) if v.verifier == account => {}
+                    Ok(_) => return Reply::refused("the verdict is signed for another verifier"),
+                    Err(e) => return Reply::refused(format!("the verdict's signature: {e}")),
+                }
+                match slot.verdict.take() {
+                    Some(tx) => {
+                        let _ = tx.send(verdict);
+                        Reply::of(Response::Ok)
+                    }
+                    None => Reply::refused("verdict already received"),
+                }
+            }
+            Request::Describe { source } => match self.readable(&account, &source, node) {
+                Ok((path, name)) => describe_reply(&path, &name),
+                Err(e) => Reply::refused(e),
+            },
+            Request::Fetch { source, chunk } => match self.readable(&account, &source, node) {
+                Ok((path, _)) => chunk_reply(&path, chunk),
+                Err(e) => Reply::refused(e),
+            },
+            other => Reply::refused(format!("a node does not answer {}", other.name())),
+        }
+    }
+
+    async fn on_hello(
+        &self,
+        node: &Arc<Node>,
+        peer: PeerId,
+        account: AccountId,
+        hello: Signed<market_protocol::Hello>,
+    ) -> Reply {
+        let body = match hello.verify() {
+            Ok(b) => b.clone(),
+            Err(e) => return Reply::refused(format!("the hello's signature: {e}")),
+        };
+        if body.account != account {
+            // Signed by a key that is not this connection's: someone speaking for another.
+            return Reply::refused(format!(
+                "the hello is signed by {} but this connection is {account}",
+                body.account
+            ));
+        }
+        if body.node != node.operator.account() {
+            return Reply::refused("the hello is addressed to another node");
+        }
+        let (stake, balance) = match node.hold_stake(&account, body.stake.0).await {
+            Ok(sb) => sb,
+            Err(e) => return Reply::refused(format!("cannot stake {}: {e}", body.stake.0)),
+        };
+        let mut st = self.state();
+        let joined = st
+            .participants
+            .get(&account)
+            .map_or(st.participants.len() as u64, |p| p.joined);
+        st.participants.insert(
+            account,
+            Participant {
+                peer,
+                role: body.role,
+                capabilities: body.capabilities.clone(),
+                connected: true,
+                joined,
+            },
+        );
+        let mut resume = None;
+        for (job, run) in st.runs.iter().filter(|(_, r)| r.worker == account) {
+            let _ = run.events.send(RunEvent::Reconnected(peer));
+            resume = Some((run.task_id, *job));
+        }
+        drop(st);
+        tracing::info!(%account, role = ?body.role, stake, "participant joined");
+        node.wake();
+        Reply::of(Response::Welcome {
+            stake,
+            balance,
+            resume,
+        })
+    }
+
+    fn to_run(
+        &self,
+        account: AccountId,
+        task_id: TaskId,
+        job: u64,
+        make: impl FnOnce(&RunSlot) -> Result<RunEvent, String>,
+    ) -> Reply {
+        let st = self.state();
+        let Some(slot) = st.runs.get(&job) else {
+            return Reply::refused("no such job");
+        };
+        if slot.worker != account || slot.task_id != task_id {
+            return Reply::refused("not your job");
+        }
+        match make(slot) {
+            Ok(ev) => {
+                let _ = slot.events.send(ev);
+                Reply::of(Response::Ok)
+            }
+            Err(reason) => Reply::refused(reason),
+        }
+    }
+
+    /// The file `account` may read for `source`, with its name: a blob only while it runs or
+    /// audits a task that reads it, a bundle file only of an audit it was given.
+    fn readable(
+        &self,
+        account: &AccountId,
+        source: &Source,
+        node: &Node,
+    ) -> Result<(PathBuf, String), String> {
+        let st = self.state();
+        match source {
+            Source::Blob { id } => {
+                let working = st
+                    .runs
+                    .values()
+                    .any(|r| r.worker == *account && r.blobs.contains(id))
+                    || st
+                        .audits
+                        .values()
+                        .any(|a| a.verifier == *account && a.blobs.contains(id));
+                if working && node.blobs.contains(id) {
+                    Ok((node.blobs.path(id), id.to_string()))
+                } else {
+                    Err(format!("blob {id} is not yours to read"))
+                }
+            }
+            Source::Bundle { task_id, job, path } => {
+                check_bundle_path(path).map_err(|e| e.to_string())?;
+                match st.audits.get(job) {
+                    Some(a) if a.verifier == *account && a.task_id == *task_id => {
+                        Ok((a.dir.join(path), path.clone()))
+                    }
+                    _ => Err("not your audit".into()),
+                }
+            }
+        }
+    }
+
+    /// Fetches the bundle of `job` from `worker` into `dir`, except the task and commitment,
+    /// which the node writes itself from what it assigned and what it verified.
+    async fn fetch_result(
+        &self,
+        worker: &AccountId,
+        task_id: TaskId,
+        job: u64,
+        manifest: &Manifest,
+        dir: &Path,
+    ) -> anyhow::Result<FetchStats> {
+        let mut last = None;
+        for _ in 0..5 {
+            let peer = match self.peer_of(worker) {
+                Ok(p) => p,
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let theirs = |p: &str| !matches!(p, "task.json" | "commitment.json");
+            match fetch_bundle(&self.net, peer, task_id, job, manifest, dir, theirs).await {
+                Ok(stats) => return Ok(stats),
+                Err(e @ (TransferError::Net(_) | TransferError::Corrupt { .. })) => {
+                    tracing::warn!(%worker, error = %e, "bundle transfer interrupted; resuming");
+                    last = Some(e.into());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("bundle transfer failed")))
+    }
+
+    async fn run_async(
+        &self,
+        worker: &AccountId,
+        task: &TaskSpec,
+        task_id: TaskId,
+        job: u64,
+        dir: &Path,
+        mut events: mpsc::UnboundedReceiver<RunEvent>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<Signed<Commitment>> {
+        let started = Instant::now();
+        let assign = |()| Request::Assign {
+            task_id,
+            job,
+            task: task.clone(),
+        };
+        self.ask_ok(self.peer_of(worker)?, assign(())).await?;
+        let grace = self.options.run_grace;
+        let mut gone_since: Option<Instant> = None;
+        let (commitment, manifest) = loop {
+            let wait = gone_since.map_or(Duration::from_secs(24 * 3600), |t| {
+                grace.saturating_sub(t.elapsed())
+            });
+            match tokio::time::timeout(wait, events.recv()).await {
+                Err(_) => anyhow::bail!(
+                    "worker {worker} lost its connection and did not come back within {grace:?}"
+                ),
+                Ok(None) => anyhow::bail!("the run was abandoned"),
+                Ok(Some(RunEvent::Progress(p))) => progress(p),
+                Ok(Some(RunEvent::Disconnected)) => {
+                    tracing::warn!(%worker, task = %task_id, "worker disconnected mid-task; waiting for it");
+                    gone_since.get_or_insert_with(Instant::now);
+                }
+                Ok(Some(RunEvent::Reconnected(peer))) => {
+                    gone_since = None;
+                    // The same job again: a worker that restarted resumes from its checkpoints.
+                    if let Err(e) = self.ask_ok(peer, assign(())).await {
+                        tracing::warn!(%worker, error = %e, "re-assigning after reconnect failed");
+                    }
+                }
+                Ok(Some(RunEvent::Failed(reason))) => {
+                    anyhow::bail!("worker {worker} could not run the task: {reason}")
+                }
+                Ok(Some(RunEvent::Done(c, m))) => break (*c, m),
+            }
+        };
+        let execution = started.elapsed();
+        let t = Instant::now();
+        std::fs::create_dir_all(dir)?;
+        let stats = self
+            .fetch_result(worker, task_id, job, &manifest, dir)
+            .await?;
+        let bundle = Bundle::at(dir);
+        bundle.create()?;
+        bundle.write_task(task)?;
+        bundle.write_commitment(&commitment)?;
+        if let Ok(mut timings) = self.timings.lock() {
+            timings.push(RunTiming {
+                task_id: Some(task_id),
+                execution,
+                transfer: t.elapsed(),
+                bytes: stats.received,
+                audits: Vec::new(),
+            });
+        }
+        self.state()
+            .finished
+            .insert(dir.to_owned(), (*worker, task_id, job));
+        Ok(commitment)
+    }
+
+    async fn audit_async(
+        &self,
+        verifier: &AccountId,
+        dir: &Path,
+        beacon: Beacon,
+        policy: &SamplePolicy,
+    ) -> anyhow::Result<Signed<Verdict>> {
+        let started = Instant::now();
+        let peer = self.peer_of(verifier)?;
+        let bundle = Bundle::at(dir);
+        let task = bundle.read_task()?;
+        let task_id = TaskId(message_id(&task)?);
+        let samples = match policy {
+            SamplePolicy::Count(n) => *n,
+            SamplePolicy::All => u32::MAX,
+            SamplePolicy::Detect { .. } => anyhow::bail!("the node sends sample counts"),
+        };
+        let d = dir.to_owned();
+        let manifest = tokio::task::spawn_blocking(move || bundle_manifest(&d)).await??;
+        let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.state().audits.insert(
+            job,
+            AuditSlot {
+                verifier: *verifier,
+                task_id,
+                dir: dir.to_owned(),
+                blobs: task.blobs(),
+                verdict: Some(tx),
+            },
+        );
+        let result = async {
+            self.ask_ok(
+                peer,
+                Request::Audit {
+                    job: AuditJob {
+                        task_id,
+                        job,
+                        beacon,
+                        samples,
+                        manifest,
+                    },
+                },
+            )
+            .await?;
+            match tokio::time::timeout(self.options.audit_timeout, rx).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(_)) => anyhow::bail!("the audit was dropped"),
+                Err(_) => anyhow::bail!(
+                    "verifier {verifier} sent no verdict within {:?}",
+                    self.options.audit_timeout
+                ),
+            }
+        }
+        .await;
+        self.state().audits.remove(&job);
+        if let Ok(mut timings) = self.timings.lock() {
+            if let Some(t) = timings
+                .iter_mut()
+                .rev()
+                .find(|t| t.task_id == Some(task_id))
+            {
+                t.audits.push(started.elapsed());
+            }
+        }
+        result
+    }
+
+    async fn open_steps_async(
+        &self,
+        worker: &AccountId,
+        dir: &Path,
+        segment: u32,
+    ) -> anyhow::Result<()> {
+        let (w, task_id, job) = *self
+            .state()
+            .finished
+            .get(dir)
+            .ok_or_else(|| anyhow::anyhow!("no run produced {}", dir.display()))?;
+        anyhow::ensure!(w == *worker, "that bundle is another worker's");
+        let peer = self.peer_of(worker)?;
+        let reply = self
+            .net
+            .request(
+                peer,
+                Request::OpenSteps {
+                    task_id,
+                    job,
+                    segment,
+                },
+            )
+            .await?;
+        let entry: FileEntry = match reply.response {
+            Response::File { entry } => entry,
+            Response::Refused { reason } => anyhow::bail!("refused: {reason}"),
+            other => anyhow::bail!("unexpected answer {other:?}"),
+        };
+        let name = format!("steps/{segment:06}.json");
+        anyhow::ensure!(entry.path == name, "asked for {name}, got {}", entry.path);
+        let source = Source::Bundle {
+            task_id,
+            job,
+            path: name.clone(),
+        };
+        fetch_file(&self.net, peer, &source, &entry, &dir.join(&name)).await?;
+        Ok(())
+    }
+}
+
+impl Dispatch for P2pDispatch {
+    fn workers(&self) -> Vec<AccountId> {
+        self.connected(Role::Worker)
+    }
+
+    fn verifiers(&self) -> Vec<AccountId> {
+        self.connected(Role::Verifier)
+    }
+
+    fn run(
+        &self,
+        worker: &AccountId,
+        task: &TaskSpec,
+        dir: &Path,
+        _blobs: &dyn BlobSource,
+        progress: &mut dyn FnMut(Progress),
+    ) -> anyhow::Result<Signed<Commitment>> {
+        let task_id = TaskId(message_id(task)?);
+        let job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state().runs.insert(
+            job,
+            RunSlot {
+                worker: *worker,
+                task_id,
+                blobs: task.blobs(),
+                events: tx,
+            },
+        );
+        let result = self
+            .rt
+            .block_on(self.run_async(worker, task, task_id, job, dir, rx, progress));
+        self.state().runs.remove(&job);
+        result
+    }
+
+    fn audit(
+        &self,
+        verifier: &AccountId,
+        dir: &Path,
+        beacon: Beacon,
+        policy: &SamplePolicy,
+        _blobs: &dyn BlobSource,
+    ) -> anyhow::Result<Signed<Verdict>> {
+        self.rt
+            .block_on(self.audit_async(verifier, dir, beacon, policy))
+    }
+
+    fn open_steps(
+        &self,
+        worker: &AccountId,
+        dir: &Path,
+        segment: u32,
+        _blobs: &dyn BlobSource,
+    ) -> anyhow::Result<()> {
+        self.rt
+            .block_on(self.open_steps_async(worker, dir, segment))
+    }
+}
+
+/// A node whose workers and verifiers join over libp2p: starts the network (as a relay for
+/// peers behind NAT), opens the node with a [`P2pDispatch`] and serves the network. Returns
+/// the node, the dispatch and the addresses participants dial (ending in `/p2p/<id>`).
+pub async fn open_networked(
+    data: &Path,
+    config: crate::config::NodeConfig,
+    operator: market_protocol::Identity,
+    mut net_config: market_net::NetConfig,
+    options: P2pOptions,
+) -> anyhow::Result<(Arc<Node>, Arc<P2pDispatch>, Vec<market_net::Multiaddr>)> {
+    net_config.relay_server = true;
+    let (net, events) = Net::start(&operator, net_config)?;
+    let addrs = net.wait_listening().await?;
+    let dispatch = P2pDispatch::new(net, options);
+    let node = Node::open(data, config, operator, dispatch.clone())?;
+    dispatch.serve(node.clone(), events);
+    Ok((node, dispatch, addrs))
+}

@@ -1,0 +1,259 @@
+//! The request-response messages between a market node and its workers and verifiers.
+//!
+//! Participants dial the node and keep the connection; requests then flow both ways on it, so
+//! a worker behind NAT never needs to be dialled. Everything a participant decides is a signed
+//! protocol message inside these envelopes (a [`Hello`], a commitment, a verdict); the
+//! envelopes themselves are authenticated by the connection (noise, with the account's key).
+//! See `spec/NETWORK.md`.
+
+use market_protocol::{
+    Beacon, BlobId, Commitment, F32Bits, Hash, Hello, Signed, TaskId, TaskSpec, Verdict,
+};
+use serde::{Deserialize, Serialize};
+
+/// The request-response protocol name.
+pub const PROTOCOL_NAME: &str = "/market/rr/1";
+/// Bytes per transfer chunk (the last chunk of a file may be shorter).
+pub const CHUNK_BYTES: u32 = 1 << 20;
+/// Largest message header accepted, checked before allocation.
+pub const MAX_HEADER_BYTES: usize = market_protocol::canonical::MAX_MESSAGE_BYTES;
+/// Largest payload accepted (one chunk), checked before allocation.
+pub const MAX_PAYLOAD_BYTES: usize = CHUNK_BYTES as usize;
+/// Most files a manifest may list.
+pub const MAX_MANIFEST_FILES: usize = 100_000;
+/// Largest file a manifest may list (64 GiB).
+pub const MAX_FILE_BYTES: u64 = 64 << 30;
+/// Gossipsub topic for task announcements.
+pub const TOPIC_TASKS: &str = "market/v1/tasks";
+/// Gossipsub topic for signed ledger heads.
+pub const TOPIC_HEADS: &str = "market/v1/heads";
+
+/// Something that can be fetched in chunks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Source {
+    /// A blob of the node's store (task inputs), readable by the peers working on a task that
+    /// names it.
+    Blob {
+        /// Its id (the blake3 of its bytes).
+        id: BlobId,
+    },
+    /// A file of an attempt's result bundle.
+    Bundle {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// The file's path inside the bundle (see [`crate::transfer::check_bundle_path`]).
+        path: String,
+    },
+}
+
+/// One file to transfer: its size and the blake3 hash of each chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path inside the bundle, or the blob id.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// blake3 of each [`CHUNK_BYTES`] chunk, in order.
+    pub chunks: Vec<Hash>,
+}
+
+/// The files of a bundle.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The files.
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// The entry for `path`.
+    pub fn get(&self, path: &str) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.path == path)
+    }
+
+    /// Total bytes.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// An audit the node asks a verifier for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditJob {
+    /// The task.
+    pub task_id: TaskId,
+    /// The node's job number.
+    pub job: u64,
+    /// The challenge beacon (the hash of the ledger entry recording the commitment).
+    pub beacon: Beacon,
+    /// Segments to sample.
+    pub samples: u32,
+    /// The bundle's files, fetchable from the node.
+    pub manifest: Manifest,
+}
+
+/// A request, in either direction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Request {
+    /// Participant to node: who I am (signed by the connection's own key).
+    Hello {
+        /// The signed introduction.
+        hello: Signed<Hello>,
+    },
+    /// Node to worker: run this task.
+    Assign {
+        /// The task.
+        task_id: TaskId,
+        /// The node's number for this piece of work.
+        job: u64,
+        /// Its spec.
+        task: TaskSpec,
+    },
+    /// Worker to node: how far it is.
+    Progress {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// Steps or items done.
+        done: u32,
+        /// Steps or items in all.
+        total: u32,
+        /// Latest loss.
+        loss: F32Bits,
+    },
+    /// Worker to node: finished; fetch the bundle from me.
+    Done {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// The signed commitment.
+        commitment: Signed<Commitment>,
+        /// The bundle's files.
+        manifest: Manifest,
+    },
+    /// Worker to node: the task cannot run here.
+    Failed {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Node to verifier: audit this.
+    Audit {
+        /// The job.
+        job: AuditJob,
+    },
+    /// Verifier to node: the verdict.
+    Verdict {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// The signed verdict.
+        verdict: Signed<Verdict>,
+    },
+    /// Node to worker: open the per-step hashes of a segment (answered with [`Response::File`]).
+    OpenSteps {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// The segment.
+        segment: u32,
+    },
+    /// Size and chunk hashes of a source (answered with [`Response::File`]).
+    Describe {
+        /// What.
+        source: Source,
+    },
+    /// One chunk of a source (answered with [`Response::Chunk`] and the bytes as payload).
+    Fetch {
+        /// What.
+        source: Source,
+        /// Chunk index.
+        chunk: u32,
+    },
+}
+
+impl Request {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello { .. } => "hello",
+            Self::Assign { .. } => "assign",
+            Self::Progress { .. } => "progress",
+            Self::Done { .. } => "done",
+            Self::Failed { .. } => "failed",
+            Self::Audit { .. } => "audit",
+            Self::Verdict { .. } => "verdict",
+            Self::OpenSteps { .. } => "open_steps",
+            Self::Describe { .. } => "describe",
+            Self::Fetch { .. } => "fetch",
+        }
+    }
+}
+
+/// A response header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Response {
+    /// Accepted.
+    Ok,
+    /// The node accepted a [`Request::Hello`].
+    Welcome {
+        /// The participant's stake now.
+        stake: u64,
+        /// The participant's balance now.
+        balance: u64,
+        /// A task the node still expects from this worker (it resumes it).
+        resume: Option<(TaskId, u64)>,
+    },
+    /// A file's size and chunk hashes.
+    File {
+        /// The entry.
+        entry: FileEntry,
+    },
+    /// A chunk; the bytes are the reply's payload.
+    Chunk,
+    /// Refused, with the reason.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A response with its payload (only [`Response::Chunk`] has one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The header.
+    pub response: Response,
+    /// Raw bytes.
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    /// A reply without payload.
+    pub fn of(response: Response) -> Self {
+        Self {
+            response,
+            payload: Vec::new(),
+        }
+    }
+
+    /// A refusal.
+    pub fn refused(reason: impl Into<String>) -> Self {
+        Self::of(Response::Refused {
+            reason: reason.into(),
+        })
+    }
+}

@@ -1,0 +1,61 @@
+//! [`Hello`]: how a worker or verifier introduces itself to a market node over the network.
+
+use serde::{Deserialize, Serialize};
+
+use super::Version;
+use crate::keys::AccountId;
+use crate::numbers::Credits;
+use crate::signed::Message;
+
+/// What a participant does on the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs tasks.
+    Worker,
+    /// Audits results.
+    Verifier,
+}
+
+/// What a participant can run, as it measured itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Execution profiles it runs: `repro`, `native`.
+    pub profiles: Vec<String>,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Memory it offers to tasks, in bytes.
+    pub memory_bytes: u64,
+    /// Training steps per second of the reference benchmark task, times 1000.
+    pub steps_per_ksec: u64,
+}
+
+/// A participant's signed introduction. The node accepts it only from the peer whose key
+/// signed it, so a participant cannot speak for another account; `node` names the node it is
+/// meant for and `session` differs per connection attempt, so it cannot be replayed elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// Protocol version.
+    pub version: Version,
+    /// The participant (also its libp2p peer id).
+    pub account: AccountId,
+    /// The node it is addressed to.
+    pub node: AccountId,
+    /// Worker or verifier.
+    pub role: Role,
+    /// What it can do.
+    pub capabilities: Capabilities,
+    /// The stake it wants held while it participates (taken from its balance).
+    pub stake: Credits,
+    /// A per-connection number chosen by the participant.
+    pub session: u64,
+}
+
+impl Message for Hello {
+    const DOMAIN: &'static str = "market/v1/Hello";
+    fn author(&self) -> Option<AccountId> {
+        Some(self.account)
+    }
+}

@@ -1,0 +1,425 @@
+//! `market-worker run`: the networked worker. It keeps one connection to its market node
+//! (reconnecting with backoff), runs assigned tasks with the same [`crate::exec`] as the local
+//! command, serves its bundle to the node in verified chunks, and opens per-step hashes when
+//! asked. A task interrupted by a restart resumes from its last checkpoint when the node
+//! assigns it again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+use market_compute::bundle::Bundle;
+use market_net::participant::{join, measure_capabilities, DirBlobs};
+use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
+use market_net::wire::{Reply, Request, Response, Source};
+use market_net::{Event, Multiaddr, Net, NetConfig, PeerId, Responder};
+use market_protocol::{message_id, F32Bits, Identity, Role, TaskId, TaskSpec};
+use tokio::sync::watch;
+
+use crate::{exec, open_steps, Behavior};
+
+/// How the worker daemon runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The market node's address (`/ip4/.../tcp/.../p2p/...`).
+    pub market: Multiaddr,
+    /// Where jobs, bundles and cached blobs live (kept across restarts).
+    pub data_dir: PathBuf,
+    /// How it behaves (anything but honest exists to test audits).
+    pub behavior: Behavior,
+    /// Stake to hold while working.
+    pub stake: u64,
+    /// `cpu` or `cuda`.
+    pub device: String,
+    /// Addresses to listen on (for direct connections and hole punching).
+    pub listen: Vec<Multiaddr>,
+    /// Show the live status line on standard error.
+    pub status_line: bool,
+}
+
+struct Worker {
+    net: Net,
+    identity: Identity,
+    options: WorkerOptions,
+    /// The node's peer while connected.
+    node: watch::Sender<Option<PeerId>>,
+    /// Jobs started by this process, by the node's job number.
+    jobs: Mutex<BTreeMap<u64, (TaskId, JobStatus)>>,
+    status: ProgressBar,
+    done: Mutex<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobStatus {
+    Running,
+    Finished,
+}
+
+impl Worker {
+    fn job_dir(&self, task_id: &TaskId, job: u64) -> PathBuf {
+        self.options
+            .data_dir
+            .join("jobs")
+            .join(format!("{task_id}-{job}"))
+    }
+
+    fn blobs(&self) -> DirBlobs {
+        DirBlobs::new(self.options.data_dir.join("blobs"))
+    }
+
+    /// Waits until connected and returns the node.
+    async fn connected(&self) -> PeerId {
+        let mut rx = self.node.subscribe();
+        loop {
+            if let Some(p) = *rx.borrow_and_update() {
+                return p;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Sends `request` to the node until it answers (reconnecting as needed).
+    async fn deliver(&self, request: Request) -> Option<Response> {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        while Instant::now() < deadline {
+            let node = self.connected().await;
+            match self.net.request(node, request.clone()).await {
+                Ok(reply) => return Some(reply.response),
+                Err(e) => {
+                    tracing::info!(request = request.name(), error = %e, "retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        None
+    }
+
+    fn status(&self, msg: String) {
+        self.status.set_message(msg);
+    }
+}
+
+/// Runs the worker daemon until the process is stopped (or the node refuses it).
+pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(options.data_dir.join("jobs"))?;
+    std::fs::create_dir_all(options.data_dir.join("blobs"))?;
+    let (net, mut events) = Net::start(
+        &identity,
+        NetConfig {
+            listen: options.listen.clone(),
+            ..NetConfig::default()
+        },
+    )?;
+    let device = options.device.clone();
+    let capabilities = tokio::task::spawn_blocking(move || measure_capabilities(&device)).await?;
+    let status = if options.status_line {
+        let bar = ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let worker = Arc::new(Worker {
+        net,
+        identity,
+        options,
+        node: watch::channel(None).0,
+        jobs: Mutex::new(BTreeMap::new()),
+        status,
+        done: Mutex::new(0),
+    });
+    let session = rand_session();
+    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
+    let start_join = |w: Arc<Worker>, tx: tokio::sync::mpsc::UnboundedSender<_>| {
+        let caps = capabilities.clone();
+        tokio::spawn(async move {
+            w.status("connecting to the market".into());
+            let r = join(
+                &w.net,
+                &w.options.market,
+                &w.identity,
+                Role::Worker,
+                &caps,
+                w.options.stake,
+                session,
+            )
+            .await;
+            let _ = tx.send(r);
+        });
+    };
+    start_join(worker.clone(), joined_tx.clone());
+    loop {
+        tokio::select! {
+            joined = joined_rx.recv() => match joined {
+                Some(Ok(welcome)) => {
+                    tracing::info!(node = %welcome.node, stake = welcome.stake, balance = welcome.balance, "joined the market");
+                    worker.status(format!("connected; stake {} balance {}", welcome.stake, welcome.balance));
+                    worker.node.send_replace(Some(welcome.node));
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+            event = events.recv() => match event {
+                None => return Ok(()),
+                Some(Event::Request { peer, request, responder }) => {
+                    on_request(&worker, peer, request, responder);
+                }
+                Some(Event::Disconnected { peer }) if Some(peer) == *worker.node.borrow() => {
+                    tracing::warn!(%peer, "lost the market; reconnecting");
+                    worker.node.send_replace(None);
+                    start_join(worker.clone(), joined_tx.clone());
+                }
+                Some(Event::Gossip { topic, data, .. }) => tracing::debug!(%topic, bytes = data.len(), "gossip"),
+                Some(_) => {}
+            },
+        }
+    }
+}
+
+/// A number that differs per process start (it only has to differ, not be secret); 53 bits,
+/// so it stays a safe integer in canonical JSON.
+fn rand_session() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) >> 11
+}
+
+fn on_request(worker: &Arc<Worker>, peer: PeerId, request: Request, responder: Responder) {
+    if Some(peer) != *worker.node.borrow() && !matches!(request, Request::Assign { .. }) {
+        // Only the node this worker joined may ask it anything.
+        return responder.send(Reply::refused("not my market node"));
+    }
+    match request {
+        Request::Assign { task_id, job, task } => {
+            if worker.node.borrow().is_some() && Some(peer) != *worker.node.borrow() {
+                return responder.send(Reply::refused("not my market node"));
+            }
+            match message_id(&task) {
+                Ok(id) if TaskId(id) == task_id => {}
+                _ => return responder.send(Reply::refused("the task does not match its id")),
+            }
+            let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let already = jobs.get(&job).map(|(_, s)| *s);
+            match already {
+                Some(JobStatus::Running) => {}
+                Some(JobStatus::Finished) | None => {
+                    jobs.insert(job, (task_id, JobStatus::Running));
+                    tokio::spawn(run_job(worker.clone(), task_id, job, task));
+                }
+            }
+            responder.send(Reply::of(Response::Ok));
+        }
+        Request::OpenSteps {
+            task_id,
+            job,
+            segment,
+        } => {
+            let w = worker.clone();
+            tokio::spawn(async move {
+                let dir = w.job_dir(&task_id, job);
+                let behavior = w.options.behavior;
+                let blobs = w.blobs();
+                let d = dir.clone();
+                let opened = tokio::task::spawn_blocking(move || {
+                    let bundle = Bundle::at(&d);
+                    let task = bundle.read_task()?;
+                    open_steps(&task, behavior, &bundle, &blobs, segment)
+                        .map_err(anyhow::Error::from)
+                })
+                .await;
+                let name = format!("steps/{segment:06}.json");
+                responder.send(match opened {
+                    Ok(Ok(_)) => describe_reply(&dir.join(&name), &name),
+                    Ok(Err(e)) => Reply::refused(e.to_string()),
+                    Err(e) => Reply::refused(e.to_string()),
+                });
+            });
+        }
+        Request::Describe {
+            source: Source::Bundle { task_id, job, path },
+        } => responder.send(match check_bundle_path(&path) {
+            Ok(()) => describe_reply(&worker.job_dir(&task_id, job).join(&path), &path),
+            Err(e) => Reply::refused(e.to_string()),
+        }),
+        Request::Fetch {
+            source: Source::Bundle { task_id, job, path },
+            chunk,
+        } => responder.send(match check_bundle_path(&path) {
+            Ok(()) => chunk_reply(&worker.job_dir(&task_id, job).join(&path), chunk),
+            Err(e) => Reply::refused(e.to_string()),
+        }),
+        other => responder.send(Reply::refused(format!(
+            "a worker does not answer {}",
+            other.name()
+        ))),
+    }
+}
+
+async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec) {
+    let short = &task_id.to_string()[..12];
+    worker.status(format!("task {short}: fetching inputs"));
+    let blobs = worker.blobs();
+    let mut fetched = false;
+    for _ in 0..10 {
+        let node = worker.connected().await;
+        match blobs.fetch_for(&worker.net, node, &task).await {
+            Ok(_) => {
+                fetched = true;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(task = %task_id, error = %e, "fetching inputs failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let dir = worker.job_dir(&task_id, job);
+    let outcome = if fetched {
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (identity, behavior, d, spec) = (
+            worker.identity.clone(),
+            worker.options.behavior,
+            dir.clone(),
+            task.clone(),
+        );
+        let handle = tokio::task::spawn_blocking(move || {
+            exec(&spec, &identity, behavior, &Bundle::at(&d), &blobs, |p| {
+                let _ = progress_tx.send(p);
+            })
+        });
+        // Forward progress, at most a few times a second.
+        let mut last = Instant::now() - Duration::from_secs(1);
+        while let Some(p) = progress_rx.recv().await {
+            worker.status(format!(
+                "task {short}: {}/{} loss {:.4} | {} tasks done",
+                p.done,
+                p.total,
+                p.loss,
+                worker.done.lock().map(|d| *d).unwrap_or(0)
+            ));
+            if last.elapsed() >= Duration::from_millis(250) || p.done == p.total {
+                last = Instant::now();
+                if let Some(node) = *worker.node.borrow() {
+                    let net = worker.net.clone();
+                    let req = Request::Progress {
+                        task_id,
+                        job,
+                        done: p.done,
+                        total: p.total,
+                        loss: F32Bits::from_f32(p.loss),
+                    };
+                    tokio::spawn(async move { net.request(node, req).await });
+                }
+            }
+        }
+        match handle.await {
+            Ok(Ok(report)) => {
+                if report.resumed_from > 0 {
+                    tracing::info!(task = %task_id, segment = report.resumed_from, "resumed from a checkpoint");
+                }
+                match bundle_manifest(&dir) {
+                    Ok(manifest) => Request::Done {
+                        task_id,
+                        job,
+                        commitment: report.commitment,
+                        manifest,
+                    },
+                    Err(e) => Request::Failed {
+                        task_id,
+                        job,
+                        reason: e.to_string(),
+                    },
+                }
+            }
+            Ok(Err(e)) => Request::Failed {
+                task_id,
+                job,
+                reason: e.to_string(),
+            },
+            Err(e) => Request::Failed {
+                task_id,
+                job,
+                reason: e.to_string(),
+            },
+        }
+    } else {
+        Request::Failed {
+            task_id,
+            job,
+            reason: "could not fetch the task's inputs".into(),
+        }
+    };
+    let finished = matches!(outcome, Request::Done { .. });
+    match worker.deliver(outcome).await {
+        Some(Response::Ok) => {}
+        other => {
+            tracing::warn!(task = %task_id, answer = ?other, "the node did not take the result")
+        }
+    }
+    if let Ok(mut jobs) = worker.jobs.lock() {
+        jobs.insert(job, (task_id, JobStatus::Finished));
+    }
+    if finished {
+        if let Ok(mut d) = worker.done.lock() {
+            *d += 1;
+        }
+    }
+    worker.status(format!(
+        "idle | {} tasks done",
+        worker.done.lock().map(|d| *d).unwrap_or(0)
+    ));
+}
+
+/// `market-worker run`'s arguments (also used by `market-devnet` for its worker processes).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The market node's libp2p address, e.g. `/ip4/127.0.0.1/tcp/4001/p2p/12D3...`.
+    #[arg(long)]
+    pub market: Multiaddr,
+    /// The worker's key file (0600); its account is also its peer id.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Compute device: `cpu`, or `cuda` in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Credits to stake from the account's balance while working.
+    #[arg(long, default_value_t = 100)]
+    pub stake: u64,
+    /// Data directory (jobs, bundles, cached inputs; kept across restarts).
+    #[arg(long, default_value = "market-worker-data")]
+    pub data: PathBuf,
+    /// Listen addresses (for direct connections and hole punching).
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
+    pub listen: Vec<Multiaddr>,
+    /// No live status line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Testing aid: cheat with this strategy (see `exec --fault`) so audits can be tested.
+    #[arg(long, default_value = "honest")]
+    pub fault: Behavior,
+}
+
+/// Runs the worker daemon from command-line arguments, on a new tokio runtime.
+pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
+    match args.device.as_str() {
+        "cpu" => {}
+        "cuda" if cfg!(feature = "cuda") => {}
+        "cuda" => anyhow::bail!("this build has no CUDA support (build with --features cuda)"),
+        other => anyhow::bail!("unknown device {other:?}: use cpu or cuda"),
+    }
+    let identity = market_protocol::keyfile::load_identity(&args.key)?;
+    let options = WorkerOptions {
+        market: args.market,
+        data_dir: args.data,
+        behavior: args.fault,
+        stake: args.stake,
+        device: args.device,
+        listen: args.listen,
+        status_line: !args.quiet,
+    };
+    tokio::runtime::Runtime::new()?.block_on(run(identity, options))
+}
