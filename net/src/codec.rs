@@ -16,6 +16,17 @@ use crate::wire::{Reply, Request, Response, MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES}
 #[derive(Debug, Clone, Default)]
 pub struct MarketCodec;
 
+/// A request as read off a stream: well-formed, or what was wrong with it. (A read error would
+/// vanish inside libp2p's request-response; a value reaches the event loop, which bans the
+/// sender.)
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A request.
+    Request(Request),
+    /// An oversized or undecodable frame, and why.
+    Malformed(String),
+}
+
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
@@ -67,14 +78,18 @@ async fn write_header<M: Serialize, T: AsyncWrite + Unpin + Send>(
 
 impl libp2p::request_response::Codec for MarketCodec {
     type Protocol = StreamProtocol;
-    type Request = Request;
+    type Request = Inbound;
     type Response = Reply;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Inbound>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_header(io).await
+        match read_header(io).await {
+            Ok(r) => Ok(Inbound::Request(r)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Inbound::Malformed(e.to_string())),
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Reply>
@@ -90,11 +105,14 @@ impl libp2p::request_response::Codec for MarketCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Request,
+        req: Inbound,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
+        let Inbound::Request(req) = req else {
+            return Err(invalid("a malformed request is never sent".into()));
+        };
         write_header(io, &req).await?;
         io.close().await
     }

@@ -14,7 +14,7 @@ use libp2p::{
 use market_protocol::{AccountId, Identity};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::MarketCodec;
+use crate::codec::{Inbound, MarketCodec};
 use crate::wire::{Reply, Request, PROTOCOL_NAME, TOPIC_HEADS, TOPIC_TASKS};
 
 /// Why a network operation failed.
@@ -397,7 +397,11 @@ impl EventLoop {
                 request,
                 done,
             } => {
-                let id = self.swarm.behaviour_mut().rr.send_request(&peer, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .rr
+                    .send_request(&peer, Inbound::Request(request));
                 self.pending.insert(id, done);
             }
             Command::Respond { channel, reply } => {
@@ -529,11 +533,23 @@ impl EventLoop {
         }
     }
 
-    fn on_rr(&mut self, e: request_response::Event<Request, Reply>) {
+    fn on_rr(&mut self, e: request_response::Event<Inbound, Reply>) {
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: Inbound::Malformed(reason),
+                    ..
+                } => {
+                    // Oversized or undecodable: the peer broke the protocol. Ban it; the node
+                    // carries on with everyone else.
+                    tracing::warn!(%peer, %reason, "peer sent a bad message; banned");
+                    self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    self.emit(Event::Misbehaved { peer, reason });
+                }
+                request_response::Message::Request {
+                    request: Inbound::Request(request),
+                    channel,
+                    ..
                 } => self.emit(Event::Request {
                     peer,
                     request,
@@ -565,19 +581,6 @@ impl EventLoop {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                if let request_response::InboundFailure::Io(e) = &error {
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        // Oversized or undecodable: the peer broke the protocol. Ban it; the
-                        // node carries on with everyone else.
-                        tracing::warn!(%peer, error = %e, "peer sent a bad message; banned");
-                        self.swarm.behaviour_mut().blocked.block_peer(peer);
-                        self.emit(Event::Misbehaved {
-                            peer,
-                            reason: e.to_string(),
-                        });
-                        return;
-                    }
-                }
                 tracing::debug!(%peer, %error, "inbound request failed");
             }
             request_response::Event::ResponseSent { .. } => {}

@@ -1,0 +1,291 @@
+//! Two peers in one process over loopback TCP: chunked transfer with verification and resume,
+//! and a peer that sends garbage or oversized frames is banned while the node carries on.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use market_net::transfer::{chunk_reply, describe, describe_reply, fetch_file};
+use market_net::wire::{Reply, Request, Response, Source, CHUNK_BYTES};
+use market_net::{Event, Net, NetConfig};
+use market_protocol::{BlobId, Identity};
+
+fn loopback() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetConfig::default()
+    }
+}
+
+/// Serves `path` as blob `id`; the first answer for chunk 1 has a flipped byte when `corrupt`.
+fn serve_file(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    path: std::path::PathBuf,
+    id: BlobId,
+    corrupt: Arc<AtomicBool>,
+) {
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let Event::Request {
+                request, responder, ..
+            } = ev
+            {
+                let reply = match request {
+                    Request::Describe {
+                        source: Source::Blob { id: asked },
+                    } if asked == id => describe_reply(&path, &id.to_string()),
+                    Request::Fetch {
+                        source: Source::Blob { id: asked },
+                        chunk,
+                    } if asked == id => {
+                        let mut r = chunk_reply(&path, chunk);
+                        if chunk == 1 && corrupt.swap(false, Ordering::SeqCst) {
+                            r.payload[7] ^= 0x40;
+                        }
+                        r
+                    }
+                    _ => Reply::refused("no"),
+                };
+                responder.send(reply);
+            }
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_is_detected_and_fetched_again_and_transfers_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..(2 * CHUNK_BYTES as usize + 12345))
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let id = BlobId::of(&bytes);
+
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("server"), loopback()).unwrap();
+    let corrupt = Arc::new(AtomicBool::new(true));
+    serve_file(server_events, src, id, corrupt.clone());
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, _client_events) =
+        Net::start(&Identity::from_test_label("client"), NetConfig::default()).unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    assert_eq!(peer, server.peer_id());
+
+    let source = Source::Blob { id };
+    let entry = describe(&client, peer, source.clone()).await.unwrap();
+    assert_eq!(entry.chunks.len(), 3);
+    let dest = dir.path().join("dest.bin");
+    let stats = fetch_file(&client, peer, &source, &entry, &dest).await.unwrap();
+    assert_eq!(stats.corrupt_chunks, 1, "the flipped byte was caught");
+    assert!(!corrupt.load(Ordering::SeqCst));
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes, "and the chunk fetched again");
+
+    // Resume: a transfer cut after its first chunk keeps that chunk and fetches the rest.
+    std::fs::write(&dest, &bytes[..CHUNK_BYTES as usize + 100]).unwrap();
+    let stats = fetch_file(&client, peer, &source, &entry, &dest).await.unwrap();
+    assert_eq!(stats.kept_chunks, 1);
+    assert_eq!(
+        stats.received,
+        bytes.len() as u64 - u64::from(CHUNK_BYTES)
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    // A chunk that is corrupted every time fails after the retries, naming it.
+    let always = Arc::new(AtomicBool::new(true));
+    let (bad, bad_events) = Net::start(&Identity::from_test_label("bad"), loopback()).unwrap();
+    let bad_src = dir.path().join("bad.bin");
+    std::fs::write(&bad_src, &bytes).unwrap();
+    let flag = always.clone();
+    let mut bad_events = bad_events;
+    tokio::spawn(async move {
+        while let Some(ev) = bad_events.recv().await {
+            if let Event::Request {
+                request: Request::Fetch { chunk, .. },
+                responder,
+                ..
+            } = ev
+            {
+                flag.store(true, Ordering::SeqCst);
+                let mut r = chunk_reply(&bad_src, chunk);
+                r.payload[0] ^= 1;
+                responder.send(r);
+            }
+        }
+    });
+    let bad_peer = client
+        .dial(bad.wait_listening().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    let err = fetch_file(&client, bad_peer, &source, &entry, &dir.path().join("x"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chunk 0"), "{err}");
+}
+
+/// A codec that writes whatever bytes it is given, to speak the market protocol badly.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl libp2p::request_response::Codec for RawCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, _: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        Ok(Vec::new())
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: libp2p::futures::AsyncRead + Unpin + Send,
+    {
+        use libp2p::futures::AsyncReadExt;
+        let mut v = Vec::new();
+        io.read_to_end(&mut v).await?;
+        Ok(v)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        use libp2p::futures::AsyncWriteExt;
+        io.write_all(&req).await?;
+        io.close().await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: libp2p::futures::AsyncWrite + Unpin + Send,
+    {
+        Ok(())
+    }
+}
+
+/// Sends `frame` raw on the market protocol from a fresh attacker peer and returns its id and
+/// what its request ended with.
+async fn send_raw(addr: libp2p::Multiaddr, label: &str, frame: Vec<u8>) -> (libp2p::PeerId, String) {
+    use libp2p::futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    let key = Identity::from_test_label(label).to_libp2p_keypair();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<RawCodec>::new(
+                [(
+                    libp2p::StreamProtocol::new(market_net::wire::PROTOCOL_NAME),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .unwrap()
+        .build();
+    let me = *swarm.local_peer_id();
+    let target: libp2p::PeerId = match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => panic!("address without a peer id"),
+    };
+    swarm.dial(addr).unwrap();
+    swarm.behaviour_mut().send_request(&target, frame);
+    let outcome = loop {
+        match swarm.select_next_some().await {
+            SwarmEvent::Behaviour(request_response::Event::OutboundFailure { error, .. }) => {
+                break format!("failed: {error}")
+            }
+            SwarmEvent::Behaviour(request_response::Event::Message { .. }) => {
+                break "answered".to_string()
+            }
+            _ => {}
+        }
+    };
+    (me, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_messages_get_the_sender_banned_and_the_node_carries_on() {
+    let (node, mut events) = Net::start(&Identity::from_test_label("node"), loopback()).unwrap();
+    let addr = node.wait_listening().await.unwrap()[0].clone();
+    // The node answers every well-formed request with Ok and reports misbehaviour.
+    let (bans_tx, mut bans) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                Event::Request { responder, .. } => responder.send(Reply::of(Response::Ok)),
+                Event::Misbehaved { peer, reason } => {
+                    let _ = bans_tx.send((peer, reason));
+                }
+                _ => {}
+            }
+        }
+    });
+
+    // A frame announcing 4 GiB: refused on the length alone, nothing allocated.
+    let mut huge = u32::MAX.to_be_bytes().to_vec();
+    huge.extend_from_slice(b"{}");
+    let (liar, _) = send_raw(addr.clone(), "oversized", huge).await;
+    let (peer, reason) = tokio::time::timeout(Duration::from_secs(10), bans.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer, liar);
+    assert!(reason.contains("over the limit"), "{reason}");
+
+    // A well-sized frame of garbage.
+    let mut garbage = 9u32.to_be_bytes().to_vec();
+    garbage.extend_from_slice(b"not json!");
+    let (babbler, _) = send_raw(addr.clone(), "garbage", garbage).await;
+    let (peer, reason) = tokio::time::timeout(Duration::from_secs(10), bans.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(peer, babbler);
+    assert!(reason.contains("malformed"), "{reason}");
+
+    // Banned: the babbler cannot even get a well-formed request through any more.
+    let mut fine = Vec::new();
+    let body = br#"{"type":"describe","source":{"kind":"blob","id":"0000000000000000000000000000000000000000000000000000000000000000"}}"#;
+    fine.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    fine.extend_from_slice(body);
+    let (_, outcome) = send_raw(addr.clone(), "garbage", fine.clone()).await;
+    assert!(outcome.starts_with("failed"), "banned peer got through: {outcome}");
+
+    // The node is unaffected: an honest peer's request is answered.
+    let (honest, _e) = Net::start(&Identity::from_test_label("honest"), NetConfig::default()).unwrap();
+    let peer = honest.dial(addr).await.unwrap();
+    let reply = honest
+        .request(
+            peer,
+            Request::Describe {
+                source: Source::Blob {
+                    id: BlobId::of(b"x"),
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.response, Response::Ok);
+}
