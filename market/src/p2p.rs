@@ -160,6 +160,11 @@ impl P2pDispatch {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The network handle.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
     /// Participants that said hello, connected or not.
     pub fn participants(&self) -> BTreeMap<AccountId, Participant> {
         self.state().participants.clone()

@@ -1,0 +1,386 @@
+//! The network's fault handling, with the node and its participants talking libp2p over
+//! loopback. Participants run in this process (each with its own swarm) unless a test needs to
+//! kill one: then it is a real process (`market-devnet worker`, i.e. `market-worker run`).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use market_net::participant::{join, measure_capabilities};
+use market_net::wire::{Reply, Request, Response};
+use market_net::{Event, Multiaddr, Net, NetConfig};
+use market_node::config::NodeConfig;
+use market_node::engine::Node;
+use market_node::model::{TaskRecord, TaskState};
+use market_node::p2p::{open_networked, P2pDispatch, P2pOptions};
+use market_protocol::fixtures::training_task;
+use market_protocol::*;
+use market_worker::Behavior;
+
+struct Market {
+    node: Arc<Node>,
+    dispatch: Arc<P2pDispatch>,
+    addr: Multiaddr,
+    dir: tempfile::TempDir,
+    buyer: Identity,
+}
+
+async fn market(config: NodeConfig, options: P2pOptions) -> Market {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, dispatch, addrs) = open_networked(
+        &dir.path().join("node"),
+        config,
+        Identity::from_test_label("network operator"),
+        NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..NetConfig::default()
+        },
+        options,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(node.clone().run_engine());
+    let buyer = Identity::from_test_label("network buyer");
+    node.fund("test", &buyer.account(), 10_000, 0).await.unwrap();
+    Market {
+        node,
+        dispatch,
+        addr: addrs[0].clone(),
+        dir,
+        buyer,
+    }
+}
+
+fn key_file(m: &Market, who: &Identity, label: &str) -> std::path::PathBuf {
+    let path = m.dir.path().join(format!("{label}.key"));
+    if !path.exists() {
+        market_protocol::keyfile::save_identity(who, &path).unwrap();
+    }
+    path
+}
+
+/// An in-process worker daemon.
+async fn worker(m: &Market, label: &str) -> Identity {
+    let id = Identity::from_test_label(label);
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_worker::daemon::WorkerOptions {
+        market: m.addr.clone(),
+        data_dir: m.dir.path().join(label),
+        behavior: Behavior::Honest,
+        stake: 200,
+        device: "cpu".into(),
+        listen: Vec::new(),
+        status_line: false,
+    };
+    tokio::spawn(market_worker::daemon::run(id.clone(), options));
+    id
+}
+
+/// An in-process verifier daemon.
+async fn verifier(m: &Market, label: &str) -> Identity {
+    let id = Identity::from_test_label(label);
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_verifier::daemon::VerifierOptions {
+        market: m.addr.clone(),
+        data_dir: m.dir.path().join(label),
+        stake: 100,
+        listen: Vec::new(),
+    };
+    tokio::spawn(market_verifier::daemon::run(id.clone(), options));
+    id
+}
+
+/// A worker as its own process, killable.
+fn worker_process(m: &Market, who: &Identity, label: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_market-devnet"))
+        .args(["worker", "--quiet", "--stake", "200", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .arg("--market")
+        .arg(m.addr.to_string())
+        .arg("--key")
+        .arg(key_file(m, who, label))
+        .arg("--data")
+        .arg(m.dir.path().join(label))
+        .env("RUST_LOG", "market_worker=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_joined(m: &Market, workers: usize, verifiers: usize) {
+    for _ in 0..600 {
+        let p = m.dispatch.participants();
+        let n = |r| p.values().filter(|x| x.role == r && x.connected).count();
+        if n(Role::Worker) >= workers && n(Role::Verifier) >= verifiers {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("participants did not join");
+}
+
+async fn wait_connected(m: &Market, who: &AccountId, connected: bool) {
+    for _ in 0..600 {
+        if m.dispatch.participants().get(who).map(|p| p.connected) == Some(connected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{who} never became connected={connected}");
+}
+
+async fn post(m: &Market, nonce: u64, steps: u32) -> TaskId {
+    let mut spec = training_task(&m.buyer, nonce);
+    if let Workload::Training(t) = &mut spec.workload {
+        t.steps = steps;
+    }
+    let posted = m
+        .node
+        .post_task(Signed::sign(spec, &m.buyer).unwrap())
+        .await
+        .unwrap();
+    posted.id
+}
+
+/// Waits until `task` runs on `worker` and has done at least `steps`.
+async fn wait_running(m: &Market, task: &TaskId, steps: u32) -> AccountId {
+    for _ in 0..2400 {
+        let t = m.node.store.task(task).unwrap().unwrap();
+        if let TaskState::Running { worker, done, .. } = t.state {
+            if done >= steps {
+                return worker;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task never got going");
+}
+
+async fn settled(m: &Market, task: &TaskId) -> TaskRecord {
+    let t = m
+        .node
+        .wait_final(task, Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    t
+}
+
+/// Credits are neither lost nor invented: every balance, stake and open escrow adds up to what
+/// was minted; the ledger verifies; the buyer paid exactly once.
+fn assert_conserved(m: &Market, accounts: &[AccountId], minted: u64) {
+    let ledger = &m.node.ledger;
+    ledger.verify().unwrap();
+    let held: u64 = accounts
+        .iter()
+        .map(|a| ledger.balance(a).0 + ledger.stake(a).0)
+        .sum();
+    let escrowed: u64 = ledger.open_escrows().iter().map(|(_, e)| e.remaining.0).sum();
+    assert_eq!(held + escrowed, minted, "credits conserved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_loses_its_connection_reconnects_and_finishes_the_same_task() {
+    let config = NodeConfig {
+        verifiers_per_task: 1,
+        ..NodeConfig::default()
+    };
+    let m = market(config, P2pOptions::default()).await;
+    let w = worker(&m, "reconnecting worker").await;
+    verifier(&m, "verifier a").await;
+    wait_joined(&m, 1, 1).await;
+    let task = post(&m, 1, 200).await;
+    assert_eq!(wait_running(&m, &task, 20).await, w.account());
+    // The node drops the connection; the worker notices, dials again and says hello.
+    m.dispatch.net().disconnect(w.account().to_peer_id()).unwrap();
+    let t = settled(&m, &task).await;
+    assert_eq!(t.attempts.len(), 1, "the same attempt finished: {t:?}");
+    assert_eq!(t.attempts[0].worker, w.account());
+    assert!(m.node.ledger.balance(&w.account()).0 > 800, "and was paid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by_another_key_is_refused(
+) {
+    let config = NodeConfig {
+        verifiers_per_task: 1,
+        ..NodeConfig::default()
+    };
+    let options = P2pOptions {
+        audit_timeout: Duration::from_secs(3),
+        ..P2pOptions::default()
+    };
+    let m = market(config, options).await;
+    worker(&m, "worker for the silent test").await;
+    let honest = verifier(&m, "honest verifier").await;
+
+    // The silent verifier stakes far more, so it is drawn first. It acknowledges the audit,
+    // sends a verdict signed with somebody else's key, and then never answers.
+    let silent = Identity::from_test_label("silent verifier");
+    m.node.fund("test", &silent.account(), 100_000, 0).await.unwrap();
+    let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
+    let caps = measure_capabilities("cpu");
+    join(&net, &m.addr, &silent, Role::Verifier, &caps, 50_000, 1)
+        .await
+        .unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, r, n) = (asked.clone(), refusals.clone(), net.clone());
+    tokio::spawn(async move {
+        let impostor = Identity::from_test_label("honest verifier");
+        while let Some(ev) = events.recv().await {
+            if let Event::Request {
+                peer,
+                request: Request::Audit { job },
+                responder,
+            } = ev
+            {
+                a.fetch_add(1, Ordering::SeqCst);
+                responder.send(Reply::of(Response::Ok));
+                let verdict = Verdict {
+                    version: Version::CURRENT,
+                    verifier: impostor.account(),
+                    commitment_id: CommitmentId(Hash::of(b"whatever")),
+                    challenge_id: ChallengeId(Hash::of(b"whatever")),
+                    checked: Vec::new(),
+                    outcome: VerdictOutcome::Pass,
+                    compute_share_ppm: 0,
+                };
+                let forged = Signed::sign(verdict, &impostor).unwrap();
+                let reply = n
+                    .request(
+                        peer,
+                        Request::Verdict {
+                            task_id: job.task_id,
+                            job: job.job,
+                            verdict: forged,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                r.lock().unwrap().push(reply.response);
+            }
+        }
+    });
+    wait_joined(&m, 1, 2).await;
+    let task = post(&m, 2, 40).await;
+    let t = settled(&m, &task).await;
+    assert!(asked.load(Ordering::SeqCst) >= 1, "the silent verifier was drawn");
+    let refusals = refusals.lock().unwrap().clone();
+    assert!(
+        matches!(&refusals[..], [Response::Refused { reason }] if reason.contains("another verifier")),
+        "{refusals:?}"
+    );
+    let verdicts = &t.attempts[0].verdicts;
+    assert_eq!(verdicts.len(), 1);
+    assert_eq!(verdicts[0].verifier, honest.account(), "the stand-in's verdict");
+    assert!(verdicts[0].passed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_signed_by_another_key_is_refused() {
+    let m = market(NodeConfig::default(), P2pOptions::default()).await;
+    let me = Identity::from_test_label("speaker");
+    let other = Identity::from_test_label("spoken for");
+    m.node.fund("test", &other.account(), 1_000, 0).await.unwrap();
+    let (net, _events) = Net::start(&me, NetConfig::default()).unwrap();
+    let node = net.dial(m.addr.clone()).await.unwrap();
+    let hello = Hello {
+        version: Version::CURRENT,
+        account: other.account(),
+        node: m.node.operator.account(),
+        role: Role::Worker,
+        capabilities: measure_capabilities("cpu"),
+        stake: Credits(500),
+        session: 7,
+    };
+    let reply = net
+        .request(
+            node,
+            Request::Hello {
+                hello: Signed::sign(hello, &other).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply.response, Response::Refused { reason } if reason.contains("this connection is")),
+        "{reply:?}"
+    );
+    assert!(m.dispatch.participants().is_empty(), "nobody joined");
+    assert_eq!(m.node.ledger.stake(&other.account()).0, 0, "nothing staked for the victim");
+}
+
+fn stderr_of(mut child: Child) -> String {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
+    let config = NodeConfig {
+        verifiers_per_task: 1,
+        ..NodeConfig::default()
+    };
+    let options = P2pOptions {
+        run_grace: Duration::from_secs(4),
+        ..P2pOptions::default()
+    };
+    let m = market(config, options).await;
+    verifier(&m, "verifier k").await;
+    let a = Identity::from_test_label("killed worker a");
+    let b = Identity::from_test_label("worker b");
+    for w in [&a, &b] {
+        m.node.fund("test", &w.account(), 1_000, 0).await.unwrap();
+    }
+    let minted = 10_000 + 1_000 * 2 + 1_000;
+    let everyone = [
+        m.buyer.account(),
+        a.account(),
+        b.account(),
+        Identity::from_test_label("verifier k").account(),
+        m.node.operator.account(),
+    ];
+
+    // 1. Killed and restarted within the grace period: the same job resumes from its last
+    //    checkpoint.
+    let child = worker_process(&m, &a, "a");
+    wait_joined(&m, 1, 1).await;
+    let task = post(&m, 3, 400).await;
+    wait_running(&m, &task, 60).await;
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let child = worker_process(&m, &a, "a");
+    let t = settled(&m, &task).await;
+    let log = stderr_of(child);
+    assert_eq!(t.attempts.len(), 1, "resumed, not re-assigned: {t:?}");
+    assert!(log.contains("resumed from a checkpoint"), "{log}");
+    assert_conserved(&m, &everyone, minted);
+
+    // 2. Killed and not coming back: after the grace period the task goes to another worker.
+    wait_connected(&m, &a.account(), false).await;
+    let child = worker_process(&m, &a, "a");
+    wait_connected(&m, &a.account(), true).await;
+    let task = post(&m, 4, 400).await;
+    assert_eq!(wait_running(&m, &task, 40).await, a.account());
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let replacement = worker_process(&m, &b, "b");
+    let t = settled(&m, &task).await;
+    drop(stderr_of(replacement));
+    assert_eq!(t.attempts.len(), 2, "{t:?}");
+    assert_eq!(t.attempts[0].worker, a.account());
+    assert!(!t.attempts[0].accepted);
+    assert_eq!(t.attempts[1].worker, b.account());
+    assert!(t.attempts[1].accepted);
+    assert_conserved(&m, &everyone, minted);
+    let escrow = m.node.ledger.escrow_of(&task);
+    assert!(escrow.is_none_or(|e| e.remaining.0 == 0), "escrow fully settled: {escrow:?}");
+}
