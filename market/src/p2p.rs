@@ -67,6 +67,8 @@ pub struct Participant {
     /// When it first joined, as a count of earlier joins (ties between equally used workers
     /// go to the earliest).
     pub joined: u64,
+    /// Hellos accepted from it (one per connection).
+    pub hellos: u32,
 }
 
 #[derive(Debug)]
@@ -103,10 +105,12 @@ struct State {
 }
 
 /// Where the time of one task went, as the node saw it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunTiming {
     /// The task.
     pub task_id: Option<TaskId>,
+    /// When it was assigned.
+    pub assigned_at: Instant,
     /// From assignment to the worker's commitment.
     pub execution: Duration,
     /// Fetching the bundle from the worker.
@@ -409,10 +413,10 @@ impl P2pDispatch {
             Err(e) => return Reply::refused(format!("cannot stake {}: {e}", body.stake.0)),
         };
         let mut st = self.state();
-        let joined = st
+        let (joined, hellos) = st
             .participants
             .get(&account)
-            .map_or(st.participants.len() as u64, |p| p.joined);
+            .map_or((st.participants.len() as u64, 0), |p| (p.joined, p.hellos));
         st.participants.insert(
             account,
             Participant {
@@ -421,6 +425,7 @@ impl P2pDispatch {
                 capabilities: body.capabilities.clone(),
                 connected: true,
                 joined,
+                hellos: hellos + 1,
             },
         );
         let mut resume = None;
@@ -536,12 +541,12 @@ impl P2pDispatch {
         &self,
         worker: &AccountId,
         task: &TaskSpec,
-        task_id: TaskId,
         job: u64,
         dir: &Path,
         mut events: mpsc::UnboundedReceiver<RunEvent>,
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Signed<Commitment>> {
+        let task_id = TaskId(message_id(task)?);
         let started = Instant::now();
         let assign = |()| Request::Assign {
             task_id,
@@ -591,6 +596,7 @@ impl P2pDispatch {
         if let Ok(mut timings) = self.timings.lock() {
             timings.push(RunTiming {
                 task_id: Some(task_id),
+                assigned_at: started,
                 execution,
                 transfer: t.elapsed(),
                 bytes: stats.received,
@@ -743,7 +749,7 @@ impl Dispatch for P2pDispatch {
         );
         let result = self
             .rt
-            .block_on(self.run_async(worker, task, task_id, job, dir, rx, progress));
+            .block_on(self.run_async(worker, task, job, dir, rx, progress));
         self.state().runs.remove(&job);
         result
     }

@@ -44,7 +44,9 @@ async fn market(config: NodeConfig, options: P2pOptions) -> Market {
     .unwrap();
     tokio::spawn(node.clone().run_engine());
     let buyer = Identity::from_test_label("network buyer");
-    node.fund("test", &buyer.account(), 10_000, 0).await.unwrap();
+    node.fund("test", &buyer.account(), 10_000, 0)
+        .await
+        .unwrap();
     Market {
         node,
         dispatch,
@@ -96,7 +98,14 @@ async fn verifier(m: &Market, label: &str) -> Identity {
 /// A worker as its own process, killable.
 fn worker_process(m: &Market, who: &Identity, label: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_market-devnet"))
-        .args(["worker", "--quiet", "--stake", "200", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "worker",
+            "--quiet",
+            "--stake",
+            "200",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
         .arg("--market")
         .arg(m.addr.to_string())
         .arg("--key")
@@ -179,7 +188,11 @@ fn assert_conserved(m: &Market, accounts: &[AccountId], minted: u64) {
         .iter()
         .map(|a| ledger.balance(a).0 + ledger.stake(a).0)
         .sum();
-    let escrowed: u64 = ledger.open_escrows().iter().map(|(_, e)| e.remaining.0).sum();
+    let escrowed: u64 = ledger
+        .open_escrows()
+        .iter()
+        .map(|(_, e)| e.remaining.0)
+        .sum();
     assert_eq!(held + escrowed, minted, "credits conserved");
 }
 
@@ -196,10 +209,18 @@ async fn a_worker_that_loses_its_connection_reconnects_and_finishes_the_same_tas
     let task = post(&m, 1, 200).await;
     assert_eq!(wait_running(&m, &task, 20).await, w.account());
     // The node drops the connection; the worker notices, dials again and says hello.
-    m.dispatch.net().disconnect(w.account().to_peer_id()).unwrap();
+    m.dispatch
+        .net()
+        .disconnect(w.account().to_peer_id())
+        .unwrap();
     let t = settled(&m, &task).await;
     assert_eq!(t.attempts.len(), 1, "the same attempt finished: {t:?}");
     assert_eq!(t.attempts[0].worker, w.account());
+    assert_eq!(
+        m.dispatch.participants()[&w.account()].hellos,
+        2,
+        "it joined again on a new connection"
+    );
     assert!(m.node.ledger.balance(&w.account()).0 > 800, "and was paid");
 }
 
@@ -221,7 +242,10 @@ async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by
     // The silent verifier stakes far more, so it is drawn first. It acknowledges the audit,
     // sends a verdict signed with somebody else's key, and then never answers.
     let silent = Identity::from_test_label("silent verifier");
-    m.node.fund("test", &silent.account(), 100_000, 0).await.unwrap();
+    m.node
+        .fund("test", &silent.account(), 100_000, 0)
+        .await
+        .unwrap();
     let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
     let caps = measure_capabilities("cpu");
     join(&net, &m.addr, &silent, Role::Verifier, &caps, 50_000, 1)
@@ -269,7 +293,10 @@ async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by
     wait_joined(&m, 1, 2).await;
     let task = post(&m, 2, 40).await;
     let t = settled(&m, &task).await;
-    assert!(asked.load(Ordering::SeqCst) >= 1, "the silent verifier was drawn");
+    assert!(
+        asked.load(Ordering::SeqCst) >= 1,
+        "the silent verifier was drawn"
+    );
     let refusals = refusals.lock().unwrap().clone();
     assert!(
         matches!(&refusals[..], [Response::Refused { reason }] if reason.contains("another verifier")),
@@ -277,7 +304,11 @@ async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by
     );
     let verdicts = &t.attempts[0].verdicts;
     assert_eq!(verdicts.len(), 1);
-    assert_eq!(verdicts[0].verifier, honest.account(), "the stand-in's verdict");
+    assert_eq!(
+        verdicts[0].verifier,
+        honest.account(),
+        "the stand-in's verdict"
+    );
     assert!(verdicts[0].passed);
 }
 
@@ -286,7 +317,10 @@ async fn a_hello_signed_by_another_key_is_refused() {
     let m = market(NodeConfig::default(), P2pOptions::default()).await;
     let me = Identity::from_test_label("speaker");
     let other = Identity::from_test_label("spoken for");
-    m.node.fund("test", &other.account(), 1_000, 0).await.unwrap();
+    m.node
+        .fund("test", &other.account(), 1_000, 0)
+        .await
+        .unwrap();
     let (net, _events) = Net::start(&me, NetConfig::default()).unwrap();
     let node = net.dial(m.addr.clone()).await.unwrap();
     let hello = Hello {
@@ -312,7 +346,11 @@ async fn a_hello_signed_by_another_key_is_refused() {
         "{reply:?}"
     );
     assert!(m.dispatch.participants().is_empty(), "nobody joined");
-    assert_eq!(m.node.ledger.stake(&other.account()).0, 0, "nothing staked for the victim");
+    assert_eq!(
+        m.node.ledger.stake(&other.account()).0,
+        0,
+        "nothing staked for the victim"
+    );
 }
 
 fn stderr_of(mut child: Child) -> String {
@@ -382,5 +420,8 @@ async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
     assert!(t.attempts[1].accepted);
     assert_conserved(&m, &everyone, minted);
     let escrow = m.node.ledger.escrow_of(&task);
-    assert!(escrow.is_none_or(|e| e.remaining.0 == 0), "escrow fully settled: {escrow:?}");
+    assert!(
+        escrow.is_none_or(|e| e.remaining.0 == 0),
+        "escrow fully settled: {escrow:?}"
+    );
 }

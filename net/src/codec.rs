@@ -19,6 +19,8 @@ pub struct MarketCodec;
 /// A request as read off a stream: well-formed, or what was wrong with it. (A read error would
 /// vanish inside libp2p's request-response; a value reaches the event loop, which bans the
 /// sender.)
+// Almost every value is a request; boxing it would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Inbound {
     /// A request.
@@ -87,7 +89,9 @@ impl libp2p::request_response::Codec for MarketCodec {
     {
         match read_header(io).await {
             Ok(r) => Ok(Inbound::Request(r)),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Ok(Inbound::Malformed(e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Ok(Inbound::Malformed(e.to_string()))
+            }
             Err(e) => Err(e),
         }
     }

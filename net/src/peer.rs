@@ -78,6 +78,8 @@ pub struct Behaviour {
 }
 
 /// Something the network loop reports.
+// Requests dominate the traffic; boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// A peer asks something; answer through the responder (dropping it answers nothing and
@@ -145,6 +147,7 @@ impl Responder {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // as for Event
 enum Command {
     Request {
         peer: PeerId,

@@ -6,6 +6,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use futures_util::StreamExt;
 use libp2p::PeerId;
 use market_protocol::Hash;
 
@@ -272,10 +273,10 @@ pub async fn fetch_file(
     let on_disk = file.metadata().map_err(io_err(dest))?.len();
     let mut stats = FetchStats::default();
     let mut buf = vec![0u8; CHUNK_BYTES as usize];
+    let mut todo = Vec::new();
     for (i, want) in entry.chunks.iter().enumerate() {
         let i = i as u32;
-        let offset = u64::from(i) * u64::from(CHUNK_BYTES);
-        let len = (entry.size - offset).min(u64::from(CHUNK_BYTES)) as usize;
+        let (offset, len) = chunk_span(entry, i);
         if offset + len as u64 <= on_disk {
             file.seek(SeekFrom::Start(offset)).map_err(io_err(dest))?;
             file.read_exact(&mut buf[..len]).map_err(io_err(dest))?;
@@ -284,47 +285,84 @@ pub async fn fetch_file(
                 continue;
             }
         }
-        let mut tries = 0;
-        let bytes = loop {
-            let reply = net
-                .request(
-                    peer,
-                    Request::Fetch {
-                        source: source.clone(),
-                        chunk: i,
-                    },
-                )
-                .await?;
-            match reply.response {
-                Response::Chunk => {}
-                Response::Refused { reason } => return Err(TransferError::Refused(reason)),
-                other => {
-                    return Err(TransferError::Refused(format!(
-                        "unexpected reply {other:?}"
-                    )))
-                }
-            }
-            stats.received += reply.payload.len() as u64;
-            if reply.payload.len() == len && Hash::of(&reply.payload) == *want {
-                break reply.payload;
-            }
-            tries += 1;
-            stats.corrupt_chunks += 1;
-            tracing::warn!(%peer, path = %entry.path, chunk = i, tries, "chunk failed its hash check; fetching it again");
-            if tries >= CHUNK_RETRIES {
-                return Err(TransferError::Corrupt {
-                    path: entry.path.clone(),
-                    chunk: i,
-                    tries,
-                });
-            }
-        };
-        file.seek(SeekFrom::Start(offset)).map_err(io_err(dest))?;
+        todo.push(i);
+    }
+    // Several chunks in flight, so the sender reads and encrypts while this side decrypts,
+    // hashes and writes; chunks are written in order as they complete.
+    let mut arriving = futures_util::stream::iter(
+        todo.into_iter()
+            .map(|i| fetch_chunk(net, peer, source, entry, i)),
+    )
+    .buffered(CHUNKS_IN_FLIGHT);
+    while let Some(arrived) = arriving.next().await {
+        let (i, bytes, fetch_stats) = arrived?;
+        stats += fetch_stats;
+        file.seek(SeekFrom::Start(chunk_span(entry, i).0))
+            .map_err(io_err(dest))?;
         file.write_all(&bytes).map_err(io_err(dest))?;
     }
     file.set_len(entry.size).map_err(io_err(dest))?;
     file.sync_all().map_err(io_err(dest))?;
     Ok(stats)
+}
+
+/// Chunk requests kept in flight by one transfer.
+pub const CHUNKS_IN_FLIGHT: usize = 4;
+
+fn chunk_span(entry: &FileEntry, i: u32) -> (u64, usize) {
+    let offset = u64::from(i) * u64::from(CHUNK_BYTES);
+    (
+        offset,
+        (entry.size - offset).min(u64::from(CHUNK_BYTES)) as usize,
+    )
+}
+
+/// Fetches chunk `i`, again while it fails its hash check (up to [`CHUNK_RETRIES`] times).
+async fn fetch_chunk(
+    net: &Net,
+    peer: PeerId,
+    source: &Source,
+    entry: &FileEntry,
+    i: u32,
+) -> Result<(u32, Vec<u8>, FetchStats), TransferError> {
+    let want = entry.chunks[i as usize];
+    let len = chunk_span(entry, i).1;
+    let mut stats = FetchStats::default();
+    let mut tries = 0;
+    loop {
+        let reply = net
+            .request(
+                peer,
+                Request::Fetch {
+                    source: source.clone(),
+                    chunk: i,
+                },
+            )
+            .await?;
+        match reply.response {
+            Response::Chunk => {}
+            Response::Refused { reason } => return Err(TransferError::Refused(reason)),
+            other => {
+                return Err(TransferError::Refused(format!(
+                    "unexpected reply {other:?}"
+                )))
+            }
+        }
+        stats.received += reply.payload.len() as u64;
+        if reply.payload.len() == len && Hash::of(&reply.payload) == want {
+            return Ok((i, reply.payload, stats));
+        }
+        tries += 1;
+        stats.corrupt_chunks += 1;
+        tracing::warn!(%peer, path = %entry.path, chunk = i, tries, "chunk failed its hash check; fetching it again");
+        if tries >= CHUNK_RETRIES {
+            return Err(TransferError::Corrupt {
+                path: entry.path.clone(),
+                chunk: i,
+                tries,
+            });
+        }
+    }
 }
 
 /// Fetches the files of `manifest` accepted by `wanted` from `peer` into the directory `root`.

@@ -78,19 +78,24 @@ async fn a_corrupted_chunk_is_detected_and_fetched_again_and_transfers_resume() 
     let entry = describe(&client, peer, source.clone()).await.unwrap();
     assert_eq!(entry.chunks.len(), 3);
     let dest = dir.path().join("dest.bin");
-    let stats = fetch_file(&client, peer, &source, &entry, &dest).await.unwrap();
+    let stats = fetch_file(&client, peer, &source, &entry, &dest)
+        .await
+        .unwrap();
     assert_eq!(stats.corrupt_chunks, 1, "the flipped byte was caught");
     assert!(!corrupt.load(Ordering::SeqCst));
-    assert_eq!(std::fs::read(&dest).unwrap(), bytes, "and the chunk fetched again");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        bytes,
+        "and the chunk fetched again"
+    );
 
     // Resume: a transfer cut after its first chunk keeps that chunk and fetches the rest.
     std::fs::write(&dest, &bytes[..CHUNK_BYTES as usize + 100]).unwrap();
-    let stats = fetch_file(&client, peer, &source, &entry, &dest).await.unwrap();
+    let stats = fetch_file(&client, peer, &source, &entry, &dest)
+        .await
+        .unwrap();
     assert_eq!(stats.kept_chunks, 1);
-    assert_eq!(
-        stats.received,
-        bytes.len() as u64 - u64::from(CHUNK_BYTES)
-    );
+    assert_eq!(stats.received, bytes.len() as u64 - u64::from(CHUNK_BYTES));
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
 
     // A chunk that is corrupted every time fails after the retries, naming it.
@@ -180,7 +185,11 @@ impl libp2p::request_response::Codec for RawCodec {
 
 /// Sends `frame` raw on the market protocol from a fresh attacker peer and returns its id and
 /// what its request ended with.
-async fn send_raw(addr: libp2p::Multiaddr, label: &str, frame: Vec<u8>) -> (libp2p::PeerId, String) {
+async fn send_raw(
+    addr: libp2p::Multiaddr,
+    label: &str,
+    frame: Vec<u8>,
+) -> (libp2p::PeerId, String) {
     use libp2p::futures::StreamExt;
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::SwarmEvent;
@@ -271,10 +280,14 @@ async fn garbage_and_oversized_messages_get_the_sender_banned_and_the_node_carri
     fine.extend_from_slice(&(body.len() as u32).to_be_bytes());
     fine.extend_from_slice(body);
     let (_, outcome) = send_raw(addr.clone(), "garbage", fine.clone()).await;
-    assert!(outcome.starts_with("failed"), "banned peer got through: {outcome}");
+    assert!(
+        outcome.starts_with("failed"),
+        "banned peer got through: {outcome}"
+    );
 
     // The node is unaffected: an honest peer's request is answered.
-    let (honest, _e) = Net::start(&Identity::from_test_label("honest"), NetConfig::default()).unwrap();
+    let (honest, _e) =
+        Net::start(&Identity::from_test_label("honest"), NetConfig::default()).unwrap();
     let peer = honest.dial(addr).await.unwrap();
     let reply = honest
         .request(
