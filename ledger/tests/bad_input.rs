@@ -13,10 +13,24 @@ use market_ledger::{
 
 fn open_any(path: &Path) -> Vec<Result<Ledger, LedgerError>> {
     vec![
-        Ledger::open(path, operator(), OpenOptions::default()),
-        Ledger::open_read_only(path, OpenCheck::Full),
-        Ledger::inspect(path),
+        unlocked(|| Ledger::open(path, operator(), OpenOptions::default())),
+        unlocked(|| Ledger::open_read_only(path, OpenCheck::Full)),
+        unlocked(|| Ledger::inspect(path)),
     ]
+}
+
+/// Runs `open` again while sled's file lock is still held by the previous open's background
+/// thread (it is released shortly after the handle drops), so the test sees the real outcome.
+fn unlocked(open: impl Fn() -> Result<Ledger, LedgerError>) -> Result<Ledger, LedgerError> {
+    for _ in 0..200 {
+        match open() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+    open()
 }
 
 fn a_ledger(dir: &Path, entries: u64) -> std::path::PathBuf {
@@ -108,7 +122,7 @@ fn a_damaged_database_is_refused_never_reinitialised() {
         assert!(text.contains("damaged") || text.contains("lost"), "{text}");
     }
     // Refused again: opening with the operator key did not start a fresh ledger over it.
-    assert!(Ledger::open(&path, operator(), OpenOptions::default()).is_err());
+    assert!(unlocked(|| Ledger::open(&path, operator(), OpenOptions::default())).is_err());
 }
 
 #[test]

@@ -22,6 +22,9 @@ use crate::error::ApiError;
 use crate::model::{Attempt, TaskRecord, TaskState, VerdictSummary};
 use crate::store::Store;
 
+/// Verifiers drawn beyond those wanted, to stand in for ones that do not answer.
+const MAX_STAND_INS: usize = 2;
+
 /// The node: its state, its ledger and its workers' dispatcher.
 pub struct Node {
     /// Settings.
@@ -498,7 +501,7 @@ impl Node {
             let mut shown = progress_task;
             node.dispatch
                 .run(&worker, &spec, &run_dir, &node.blobs, &mut |p| {
-                    if p.done >= last + 10 || p.done == p.total {
+                    if p.done >= last.saturating_add(10) || p.done == p.total {
                         last = p.done;
                         shown.state = TaskState::Running {
                             worker,
@@ -566,7 +569,9 @@ impl Node {
         let policy = SamplePolicy::Count(t.plan.samples as u32);
         let mut verdicts: Vec<Signed<Verdict>> = Vec::new();
         let mut verifiers = Vec::new();
-        for v in &candidates {
+        // Stand-ins for verifiers that do not answer, but only a few: each silent one costs a
+        // timeout.
+        for v in candidates.iter().take(wanted + MAX_STAND_INS) {
             if verdicts.len() >= wanted {
                 break;
             }
@@ -617,13 +622,19 @@ impl Node {
                     verdicts.push(verdict)
                 }
                 Ok(_) => {
-                    tracing::warn!(verifier = %v, "verdict refused: bad signature or for another commitment")
+                    tracing::warn!(verifier = %v, "verdict refused: bad signature or for another commitment; drawing another");
+                    verifiers.pop();
+                    self.reputation(&format!("silent:{id}:{n}:{v}"), v, -1)
+                        .await?;
                 }
                 Err(e) => {
                     // Unreachable, silent past the timeout, or broken: the next one drawn
-                    // stands in; nothing is concluded about the worker from it.
+                    // stands in; nothing is concluded about the worker from it. Silence costs
+                    // the verifier a point of reputation, so it is drawn less often.
                     tracing::warn!(verifier = %v, error = %e, "verifier failed to audit; drawing another");
                     verifiers.pop();
+                    self.reputation(&format!("silent:{id}:{n}:{v}"), v, -1)
+                        .await?;
                 }
             }
         }

@@ -41,6 +41,10 @@ pub struct P2pOptions {
     pub audit_timeout: Duration,
     /// Largest bundle the node fetches from a worker.
     pub max_bundle_bytes: u64,
+    /// Longest a worker may take from assignment to its commitment.
+    pub max_run: Duration,
+    /// Slowest bundle transfer accepted (bytes per second; the transfer also gets a minute).
+    pub min_transfer_rate: u64,
 }
 
 impl Default for P2pOptions {
@@ -49,6 +53,8 @@ impl Default for P2pOptions {
             run_grace: Duration::from_secs(30),
             audit_timeout: Duration::from_secs(120),
             max_bundle_bytes: 16 << 30,
+            max_run: Duration::from_secs(6 * 3600),
+            min_transfer_rate: 1 << 20,
         }
     }
 }
@@ -85,12 +91,16 @@ struct RunSlot {
     task_id: TaskId,
     blobs: Vec<BlobId>,
     events: mpsc::UnboundedSender<RunEvent>,
+    /// A `Done` or `Failed` was taken: nothing more is accepted for this job.
+    closed: bool,
 }
 
 struct AuditSlot {
     verifier: AccountId,
     task_id: TaskId,
     dir: PathBuf,
+    /// The bundle files the verifier's challenge opens: all it may read.
+    openings: Vec<String>,
     blobs: Vec<BlobId>,
     verdict: Option<oneshot::Sender<Signed<Verdict>>>,
 }
@@ -139,25 +149,25 @@ impl std::fmt::Debug for P2pDispatch {
     }
 }
 
-fn job_seed() -> u64 {
+fn job_seed() -> anyhow::Result<u64> {
     // Job numbers only need to differ from those of an earlier run of this node (a worker
     // keeps its job directories across restarts), so they start at a random point.
     let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b) >> 16
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness for job numbers: {e}"))?;
+    Ok(u64::from_le_bytes(b) >> 16)
 }
 
 impl P2pDispatch {
     /// A dispatch over `net`; call [`P2pDispatch::serve`] once the node exists.
-    pub fn new(net: Net, options: P2pOptions) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(net: Net, options: P2pOptions) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
             net,
             rt: tokio::runtime::Handle::current(),
             options,
             state: Mutex::new(State::default()),
-            next_job: AtomicU64::new(job_seed()),
+            next_job: AtomicU64::new(job_seed()?),
             timings: Mutex::new(Vec::new()),
-        })
+        }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -219,25 +229,32 @@ impl P2pDispatch {
             }
         });
         let net = self.net.clone();
+        let me_notify = self.clone();
         tokio::spawn(async move {
             let mut tasks = node.events.subscribe();
             let mut tick = tokio::time::interval(Duration::from_secs(2));
+            let mut ticks = 0u64;
             let mut last_seq = None;
             loop {
                 tokio::select! {
                     ev = tasks.recv() => match ev {
-                        Ok(line) => { let _ = net.publish(market_net::wire::TOPIC_TASKS, line.into_bytes()); }
+                        Ok(line) => {
+                            me_notify.notify_settled(&node, &line);
+                            let _ = net.publish(market_net::wire::TOPIC_TASKS, line.into_bytes());
+                        }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => return,
                     },
                     _ = tick.tick() => {
+                        // A new head at once; the same head again now and then, for peers
+                        // that joined since.
+                        ticks += 1;
                         let seq = node.ledger.head().seq;
-                        if last_seq != Some(seq) {
+                        if last_seq != Some(seq) || ticks % 5 == 0 {
                             if let Ok(head) = node.ledger.sign_head(&node.operator) {
                                 if let Ok(bytes) = serde_json::to_vec(&head) {
-                                    if net.publish(market_net::wire::TOPIC_HEADS, bytes).is_ok() {
-                                        last_seq = Some(seq);
-                                    }
+                                    let _ = net.publish(market_net::wire::TOPIC_HEADS, bytes);
+                                    last_seq = Some(seq);
                                 }
                             }
                         }
@@ -247,18 +264,23 @@ impl P2pDispatch {
         });
     }
 
-    async fn on_event(&self, node: &Arc<Node>, event: Event, heads: &mut HeadWatch) {
+    async fn on_event(self: &Arc<Self>, node: &Arc<Node>, event: Event, heads: &mut HeadWatch) {
         match event {
             Event::Request {
                 peer,
                 request,
                 responder,
             } => {
-                let reply = match account_of(&peer) {
-                    Some(account) => self.on_request(node, peer, account, request).await,
-                    None => Reply::refused("peer ids must be ed25519 accounts"),
-                };
-                responder.send(reply);
+                // Each request is answered in its own task, so a slow one (a hello's ledger
+                // write, a big file) never holds up the others.
+                let (me, node) = (self.clone(), node.clone());
+                tokio::spawn(async move {
+                    let reply = match account_of(&peer) {
+                        Some(account) => me.on_request(&node, peer, account, request).await,
+                        None => Reply::refused("peer ids must be ed25519 accounts"),
+                    };
+                    responder.send(reply);
+                });
             }
             Event::Disconnected { peer } => {
                 let Some(account) = account_of(&peer) else {
@@ -311,18 +333,23 @@ impl P2pDispatch {
                 done,
                 total,
                 loss,
-            } => self.to_run(account, task_id, job, |_| {
-                Ok(RunEvent::Progress(Progress {
-                    done,
-                    total,
-                    loss: loss.to_f32(),
-                }))
-            }),
+            } => {
+                if done > total {
+                    return Reply::refused("progress past the end");
+                }
+                self.to_run(account, task_id, job, || {
+                    Ok(RunEvent::Progress(Progress {
+                        done,
+                        total,
+                        loss: loss.to_f32(),
+                    }))
+                })
+            }
             Request::Failed {
                 task_id,
                 job,
                 reason,
-            } => self.to_run(account, task_id, job, |_| Ok(RunEvent::Failed(reason))),
+            } => self.to_run(account, task_id, job, || Ok(RunEvent::Failed(reason))),
             Request::Done {
                 task_id,
                 job,
@@ -330,7 +357,7 @@ impl P2pDispatch {
                 manifest,
             } => {
                 let max = self.options.max_bundle_bytes;
-                self.to_run(account, task_id, job, |_| {
+                self.to_run(account, task_id, job, || {
                     let body = commitment
                         .verify()
                         .map_err(|e| format!("the commitment's signature: {e}"))?;
@@ -375,16 +402,52 @@ impl P2pDispatch {
                     None => Reply::refused("verdict already received"),
                 }
             }
+            // File work runs on the blocking pool, never on the task answering the network.
             Request::Describe { source } => match self.readable(&account, &source, node) {
-                Ok((path, name)) => describe_reply(&path, &name),
+                Ok((path, name)) => {
+                    tokio::task::spawn_blocking(move || describe_reply(&path, &name))
+                        .await
+                        .unwrap_or_else(|e| Reply::refused(e.to_string()))
+                }
                 Err(e) => Reply::refused(e),
             },
             Request::Fetch { source, chunk } => match self.readable(&account, &source, node) {
-                Ok((path, _)) => chunk_reply(&path, chunk),
+                Ok((path, _)) => tokio::task::spawn_blocking(move || chunk_reply(&path, chunk))
+                    .await
+                    .unwrap_or_else(|e| Reply::refused(e.to_string())),
                 Err(e) => Reply::refused(e),
             },
             other => Reply::refused(format!("a node does not answer {}", other.name())),
         }
+    }
+
+    /// Tells the worker of a task that just settled its balance (for its status line).
+    fn notify_settled(&self, node: &Node, event_line: &str) {
+        let Ok(ev) = serde_json::from_str::<serde_json::Value>(event_line) else {
+            return;
+        };
+        if ev["state"]["state"] != "settled" && ev["state"] != "settled" {
+            return;
+        }
+        let Some(task_id) = ev["task"].as_str().and_then(|t| t.parse::<TaskId>().ok()) else {
+            return;
+        };
+        let Ok(Some(t)) = node.store.task(&task_id) else {
+            return;
+        };
+        let Some(worker) = t.attempts.iter().find(|a| a.accepted).map(|a| a.worker) else {
+            return;
+        };
+        let Ok(peer) = self.peer_of(&worker) else {
+            return;
+        };
+        let balance = node.ledger.balance(&worker).0;
+        let net = self.net.clone();
+        tokio::spawn(async move {
+            let _ = net
+                .request(peer, Request::Settled { task_id, balance })
+                .await;
+        });
     }
 
     async fn on_hello(
@@ -443,26 +506,37 @@ impl P2pDispatch {
         })
     }
 
+    /// Hands a worker's report to the run waiting for it. A `Done` that fails its checks
+    /// fails the attempt (the worker will not send a better one); after a `Done` or `Failed`
+    /// the job takes nothing more.
     fn to_run(
         &self,
         account: AccountId,
         task_id: TaskId,
         job: u64,
-        make: impl FnOnce(&RunSlot) -> Result<RunEvent, String>,
+        make: impl FnOnce() -> Result<RunEvent, String>,
     ) -> Reply {
-        let st = self.state();
-        let Some(slot) = st.runs.get(&job) else {
+        let mut st = self.state();
+        let Some(slot) = st.runs.get_mut(&job) else {
             return Reply::refused("no such job");
         };
         if slot.worker != account || slot.task_id != task_id {
             return Reply::refused("not your job");
         }
-        match make(slot) {
+        if slot.closed {
+            return Reply::refused("this job has already reported");
+        }
+        match make() {
             Ok(ev) => {
+                slot.closed = matches!(ev, RunEvent::Done(..) | RunEvent::Failed(_));
                 let _ = slot.events.send(ev);
                 Reply::of(Response::Ok)
             }
-            Err(reason) => Reply::refused(reason),
+            Err(reason) => {
+                slot.closed = true;
+                let _ = slot.events.send(RunEvent::Failed(reason.clone()));
+                Reply::refused(reason)
+            }
         }
     }
 
@@ -495,7 +569,11 @@ impl P2pDispatch {
                 check_bundle_path(path).map_err(|e| e.to_string())?;
                 match st.audits.get(job) {
                     Some(a) if a.verifier == *account && a.task_id == *task_id => {
-                        Ok((a.dir.join(path), path.clone()))
+                        if a.openings.iter().any(|o| o == path) {
+                            Ok((a.dir.join(path), path.clone()))
+                        } else {
+                            Err(format!("{path} is not opened by your challenge"))
+                        }
                     }
                     _ => Err("not your audit".into()),
                 }
@@ -555,14 +633,18 @@ impl P2pDispatch {
         };
         self.ask_ok(self.peer_of(worker)?, assign(())).await?;
         let grace = self.options.run_grace;
+        let deadline = started + self.options.max_run;
         let mut gone_since: Option<Instant> = None;
         let (commitment, manifest) = loop {
-            let wait = gone_since.map_or(Duration::from_secs(24 * 3600), |t| {
-                grace.saturating_sub(t.elapsed())
-            });
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = gone_since.map_or(left, |t| grace.saturating_sub(t.elapsed()).min(left));
             match tokio::time::timeout(wait, events.recv()).await {
-                Err(_) => anyhow::bail!(
+                Err(_) if gone_since.is_some() => anyhow::bail!(
                     "worker {worker} lost its connection and did not come back within {grace:?}"
+                ),
+                Err(_) => anyhow::bail!(
+                    "worker {worker} did not commit within {:?}",
+                    self.options.max_run
                 ),
                 Ok(None) => anyhow::bail!("the run was abandoned"),
                 Ok(Some(RunEvent::Progress(p))) => progress(p),
@@ -586,9 +668,15 @@ impl P2pDispatch {
         let execution = started.elapsed();
         let t = Instant::now();
         std::fs::create_dir_all(dir)?;
-        let stats = self
-            .fetch_result(worker, task_id, job, &manifest, dir)
-            .await?;
+        // However the worker paces its chunks, the transfer ends.
+        let limit =
+            Duration::from_secs(60 + manifest.bytes() / self.options.min_transfer_rate.max(1));
+        let stats = tokio::time::timeout(
+            limit,
+            self.fetch_result(worker, task_id, job, &manifest, dir),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the bundle transfer took longer than {limit:?}"))??;
         let bundle = Bundle::at(dir);
         bundle.create()?;
         bundle.write_task(task)?;
@@ -626,8 +714,13 @@ impl P2pDispatch {
             SamplePolicy::All => u32::MAX,
             SamplePolicy::Detect { .. } => anyhow::bail!("the node sends sample counts"),
         };
+        let commitment = bundle.read_commitment()?;
+        let challenge =
+            market_verifier::audit::challenge_for(*verifier, &commitment, beacon, samples)?;
+        let openings = market_verifier::audit::openings(&task, &challenge.sampled);
         let d = dir.to_owned();
-        let manifest = tokio::task::spawn_blocking(move || bundle_manifest(&d)).await??;
+        let mut manifest = tokio::task::spawn_blocking(move || bundle_manifest(&d)).await??;
+        manifest.files.retain(|f| openings.contains(&f.path));
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.state().audits.insert(
@@ -636,6 +729,7 @@ impl P2pDispatch {
                 verifier: *verifier,
                 task_id,
                 dir: dir.to_owned(),
+                openings,
                 blobs: task.blobs(),
                 verdict: Some(tx),
             },
@@ -745,6 +839,7 @@ impl Dispatch for P2pDispatch {
                 task_id,
                 blobs: task.blobs(),
                 events: tx,
+                closed: false,
             },
         );
         let result = self
@@ -791,7 +886,7 @@ pub async fn open_networked(
     net_config.relay_server = true;
     let (net, events) = Net::start(&operator, net_config)?;
     let addrs = net.wait_listening().await?;
-    let dispatch = P2pDispatch::new(net, options);
+    let dispatch = P2pDispatch::new(net, options)?;
     let node = Node::open(data, config, operator, dispatch.clone())?;
     dispatch.serve(node.clone(), events);
     Ok((node, dispatch, addrs))

@@ -248,9 +248,19 @@ async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by
         .unwrap();
     let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
     let caps = measure_capabilities("cpu");
-    join(&net, &m.addr, &silent, Role::Verifier, &caps, 50_000, 1)
-        .await
-        .unwrap();
+    let dialed = tokio::sync::watch::channel(None).0;
+    join(
+        &net,
+        &m.addr,
+        &dialed,
+        &silent,
+        Role::Verifier,
+        &caps,
+        50_000,
+        1,
+    )
+    .await
+    .unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
     let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (a, r, n) = (asked.clone(), refusals.clone(), net.clone());

@@ -46,8 +46,16 @@ async fn read_block<T: AsyncRead + Unpin + Send>(
             "{what} of {len} bytes is over the limit of {limit}"
         )));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grow with the bytes that actually arrive: a peer announcing 4 MiB and sending nothing
+    // costs the receiver nothing.
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what} ended after {} of {len} bytes", buf.len()),
+        ));
+    }
     Ok(buf)
 }
 

@@ -80,3 +80,76 @@ impl HeadWatch {
         }
     }
 }
+
+/// Feeds a gossip message to `heads` and logs what it shows: a node that signed two different
+/// ledger heads for one sequence number is showing different histories to different peers.
+pub fn log_equivocation(heads: &mut HeadWatch, topic: &str, data: &[u8], source: Option<PeerId>) {
+    if topic != crate::wire::TOPIC_HEADS {
+        return;
+    }
+    match heads.observe(data, source) {
+        HeadCheck::Equivocation {
+            ledger,
+            seq,
+            first,
+            second,
+        } => tracing::error!(
+            %ledger, seq, %first, %second,
+            "the market signed two different ledger heads: it shows different histories"
+        ),
+        HeadCheck::Invalid(why) => tracing::debug!(%why, "ignoring a bad head"),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use market_ledger::LedgerHead;
+    use market_protocol::{Identity, Signed, Version};
+
+    fn head(op: &Identity, seq: u64, hash: &[u8]) -> Vec<u8> {
+        let body = LedgerHead {
+            version: Version::CURRENT,
+            ledger: op.account(),
+            seq,
+            hash: Hash::of(hash),
+        };
+        serde_json::to_vec(&Signed::sign(body, op).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn two_heads_for_one_sequence_number_are_caught_and_forgeries_ignored() {
+        let op = Identity::from_test_label("head operator");
+        let peer = Some(op.account().to_peer_id());
+        let mut w = HeadWatch::default();
+        assert_eq!(
+            w.observe(&head(&op, 5, b"a"), peer),
+            HeadCheck::New { seq: 5 }
+        );
+        assert_eq!(w.observe(&head(&op, 5, b"a"), peer), HeadCheck::Known);
+        assert_eq!(
+            w.observe(&head(&op, 6, b"b"), peer),
+            HeadCheck::New { seq: 6 }
+        );
+        assert!(matches!(
+            w.observe(&head(&op, 5, b"other history"), peer),
+            HeadCheck::Equivocation { seq: 5, .. }
+        ));
+        // Relayed by a peer that is not the operator: not evidence of anything.
+        let other = Some(Identity::from_test_label("someone").account().to_peer_id());
+        assert!(matches!(
+            w.observe(&head(&op, 7, b"c"), other),
+            HeadCheck::Invalid(_)
+        ));
+        // A head signed by someone else for the operator's ledger.
+        let mut forged: serde_json::Value =
+            serde_json::from_slice(&head(&Identity::from_test_label("forger"), 8, b"d"))
+                .unwrap_or_default();
+        forged["body"]["ledger"] = serde_json::json!(op.account());
+        let bytes = serde_json::to_vec(&forged).unwrap_or_default();
+        assert!(matches!(w.observe(&bytes, peer), HeadCheck::Invalid(_)));
+        assert!(matches!(w.observe(b"garbage", peer), HeadCheck::Invalid(_)));
+    }
+}

@@ -28,31 +28,60 @@ pub struct Welcome {
 /// Longest wait between two connection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
+/// Why a hello did not lead to a welcome.
+#[derive(Debug, thiserror::Error)]
+pub enum HelloError {
+    /// The node refused (retrying would not change it).
+    #[error("the market refused us: {0}")]
+    Refused(String),
+    /// The connection failed on the way (try again).
+    #[error(transparent)]
+    Net(#[from] crate::peer::NetError),
+    /// Signing the hello failed.
+    #[error(transparent)]
+    Signature(#[from] market_protocol::SignatureError),
+}
+
+/// The node's peer id, when the market address names it (`.../p2p/<id>`); the dial then checks
+/// that the node holds that key.
+pub fn market_peer(market: &Multiaddr) -> Option<PeerId> {
+    market.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
 /// Dials `market` until a connection stands, waiting 250 ms, 500 ms, ... up to
-/// [`MAX_BACKOFF`] between attempts, then introduces this participant with a signed
-/// [`Hello`]. A refused hello is an error (retrying would not change it).
-pub async fn join(
-    net: &Net,
-    market: &Multiaddr,
-    identity: &Identity,
-    role: Role,
-    capabilities: &Capabilities,
-    stake: u64,
-    session: u64,
-) -> anyhow::Result<Welcome> {
+/// [`MAX_BACKOFF`] between attempts. Returns the node's peer.
+pub async fn dial_market(net: &Net, market: &Multiaddr) -> PeerId {
     let mut backoff = Duration::from_millis(250);
-    let node = loop {
+    loop {
         match net.dial(market.clone()).await {
-            Ok(peer) => break peer,
+            Ok(peer) => return peer,
             Err(e) => {
                 tracing::info!(%market, error = %e, retry_in = ?backoff, "cannot reach the market");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-    };
-    let node_account = account_of(&node)
-        .ok_or_else(|| anyhow::anyhow!("the market's peer id {node} is not an ed25519 account"))?;
+    }
+}
+
+/// Introduces this participant to `node` with a signed [`Hello`].
+pub async fn hello(
+    net: &Net,
+    node: PeerId,
+    identity: &Identity,
+    role: Role,
+    capabilities: &Capabilities,
+    stake: u64,
+    session: u64,
+) -> Result<Welcome, HelloError> {
+    let node_account = account_of(&node).ok_or_else(|| {
+        HelloError::Refused(format!(
+            "the market's peer id {node} is not an ed25519 account"
+        ))
+    })?;
     let hello = Hello {
         version: Version::CURRENT,
         account: identity.account(),
@@ -69,9 +98,48 @@ pub async fn join(
             stake,
             balance,
         }),
-        Response::Refused { reason } => anyhow::bail!("the market refused us: {reason}"),
-        other => anyhow::bail!("unexpected answer to hello: {other:?}"),
+        Response::Refused { reason } => Err(HelloError::Refused(reason)),
+        other => Err(HelloError::Refused(format!(
+            "unexpected answer to hello: {other:?}"
+        ))),
     }
+}
+
+/// Joins a market until it works or the node refuses: dials with backoff, reports the node's
+/// peer through `dialed` (so requests from it are accepted from then on), and says hello; a
+/// connection lost on the way starts over.
+#[allow(clippy::too_many_arguments)]
+pub async fn join(
+    net: &Net,
+    market: &Multiaddr,
+    dialed: &tokio::sync::watch::Sender<Option<PeerId>>,
+    identity: &Identity,
+    role: Role,
+    capabilities: &Capabilities,
+    stake: u64,
+    session: u64,
+) -> Result<Welcome, HelloError> {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let node = dial_market(net, market).await;
+        dialed.send_replace(Some(node));
+        match hello(net, node, identity, role, capabilities, stake, session).await {
+            Err(HelloError::Net(e)) => {
+                tracing::info!(error = %e, retry_in = ?backoff, "hello did not get through");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A number that differs per process start (informational; it only has to differ, not be
+/// secret); 53 bits, so it stays a safe integer in canonical JSON.
+pub fn session_number() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) >> 11
 }
 
 /// Blobs kept in a directory, one file per id, each checked against its id when fetched.

@@ -8,8 +8,8 @@ use libp2p::futures::StreamExt;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    allow_block_list, autonat, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay,
-    request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise,
+    ping, relay, request_response, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use market_protocol::{AccountId, Identity};
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +75,7 @@ pub struct Behaviour {
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
 }
 
 /// Something the network loop reports.
@@ -238,7 +239,7 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
                     )],
                     request_response::Config::default()
                         .with_request_timeout(request_timeout)
-                        .with_max_concurrent_streams(256),
+                        .with_max_concurrent_streams(64),
                 ),
                 identify: identify::Behaviour::new(identify::Config::new(
                     "/market/1".into(),
@@ -253,6 +254,14 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                 blocked: allow_block_list::Behaviour::default(),
+                // A participant needs one connection; these bound what a crowd of peers can
+                // make a node hold.
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established_per_peer(Some(4))
+                        .with_max_pending_incoming(Some(128))
+                        .with_max_established_incoming(Some(4096)),
+                ),
             })
         })
         .map_err(|e| setup(&e))?

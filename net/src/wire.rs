@@ -171,6 +171,13 @@ pub enum Request {
         /// The segment.
         segment: u32,
     },
+    /// Node to worker: a task it ran has settled (for its status line).
+    Settled {
+        /// The task.
+        task_id: TaskId,
+        /// The worker's balance now.
+        balance: u64,
+    },
     /// Size and chunk hashes of a source (answered with [`Response::File`]).
     Describe {
         /// What.
@@ -197,6 +204,7 @@ impl Request {
             Self::Audit { .. } => "audit",
             Self::Verdict { .. } => "verdict",
             Self::OpenSteps { .. } => "open_steps",
+            Self::Settled { .. } => "settled",
             Self::Describe { .. } => "describe",
             Self::Fetch { .. } => "fetch",
         }

@@ -8,7 +8,7 @@ use market_compute::tolerance::{states_match, worst_relative_l2};
 use market_compute::{BlobSource, InferenceJob, TrainState, TrainingJob};
 use market_protocol::detection::{detection_probability, faked_segments, samples_for_target};
 use market_protocol::{
-    message_id, Beacon, Challenge, ChallengeId, Commitment, CommitmentId, Decimal,
+    message_id, AccountId, Beacon, Challenge, ChallengeId, Commitment, CommitmentId, Decimal,
     ExecutionProfile, FailureReason, Hash, Identity, MerkleTree, SegmentCheck, Signed, StateHash,
     TaskId, TaskSpec, Verdict, VerdictOutcome, Version, Workload,
 };
@@ -127,7 +127,7 @@ pub fn audit(
             (s as u32, Some(detection_probability(u64::from(n), m, s)))
         }
     };
-    let challenge = challenge_for(identity, &signed, beacon, samples)?;
+    let challenge = challenge_for(identity.account(), &signed, beacon, samples)?;
     let mut checked = Vec::new();
     let mut rerun = 0u64;
     let total;
@@ -572,10 +572,10 @@ pub fn openings(task: &TaskSpec, sampled: &[u32]) -> Vec<String> {
     paths
 }
 
-/// The challenge an audit by `identity` of `commitment` against `beacon` answers, for a
+/// The challenge an audit by `verifier` of `commitment` against `beacon` answers, for a
 /// sample of `samples` segments (capped at the segment count, as [`audit`] caps it).
 pub fn challenge_for(
-    identity: &Identity,
+    verifier: AccountId,
     commitment: &Signed<Commitment>,
     beacon: Beacon,
     samples: u32,
@@ -586,12 +586,6 @@ pub fn challenge_for(
             .id()
             .map_err(market_protocol::SignatureError::from)?,
     );
-    Challenge::derive(
-        identity.account(),
-        id,
-        beacon,
-        c.segments,
-        samples.min(c.segments),
-    )
-    .map_err(|e| AuditError::Policy(e.to_string()))
+    Challenge::derive(verifier, id, beacon, c.segments, samples.min(c.segments))
+        .map_err(|e| AuditError::Policy(e.to_string()))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use market_compute::bundle::Bundle;
-use market_net::participant::{join, measure_capabilities, DirBlobs};
+use market_net::participant::{join, measure_capabilities, session_number, DirBlobs};
 use market_net::transfer::fetch_bundle;
 use market_net::wire::{AuditJob, Reply, Request, Response};
 use market_net::{Event, Multiaddr, Net, NetConfig, PeerId};
@@ -36,6 +36,8 @@ struct Verifier {
     identity: Identity,
     options: VerifierOptions,
     node: watch::Sender<Option<PeerId>>,
+    /// The node's peer as dialled: the only peer whose requests are taken.
+    dialed: watch::Sender<Option<PeerId>>,
 }
 
 /// Runs the verifier daemon until the process is stopped (or the node refuses it).
@@ -55,48 +57,62 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
         identity,
         options,
         node: watch::channel(None).0,
+        dialed: watch::channel(None).0,
     });
     let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
-    let start_join = |v: Arc<Verifier>, tx: tokio::sync::mpsc::UnboundedSender<_>| {
+    let session = session_number();
+    let mut generation = 0u64;
+    let mut heads = market_net::heads::HeadWatch::default();
+    let start_join = |v: Arc<Verifier>, tx: tokio::sync::mpsc::UnboundedSender<_>, gen: u64| {
         let caps = capabilities.clone();
         tokio::spawn(async move {
             let r = join(
                 &v.net,
                 &v.options.market,
+                &v.dialed,
                 &v.identity,
                 Role::Verifier,
                 &caps,
                 v.options.stake,
-                0,
+                session,
             )
             .await;
-            let _ = tx.send(r);
+            let _ = tx.send((gen, r));
         });
     };
-    start_join(verifier.clone(), joined_tx.clone());
+    start_join(verifier.clone(), joined_tx.clone(), generation);
     loop {
         tokio::select! {
             joined = joined_rx.recv() => match joined {
-                Some(Ok(welcome)) => {
+                Some((gen, _)) if gen != generation => {}
+                Some((_, Ok(welcome))) => {
                     tracing::info!(node = %welcome.node, stake = welcome.stake, "joined the market as a verifier");
                     verifier.node.send_replace(Some(welcome.node));
                 }
-                Some(Err(e)) => return Err(e),
+                Some((_, Err(e))) => return Err(e.into()),
                 None => return Ok(()),
             },
             event = events.recv() => match event {
                 None => return Ok(()),
                 Some(Event::Request { peer, request, responder }) => match request {
-                    Request::Audit { job } if verifier.node.borrow().is_none_or(|n| n == peer) => {
+                    _ if Some(peer) != *verifier.dialed.borrow() => {
+                        responder.send(Reply::refused("not my market node"));
+                    }
+                    Request::Audit { job } => {
                         responder.send(Reply::of(Response::Ok));
                         tokio::spawn(run_audit(verifier.clone(), peer, job));
                     }
                     other => responder.send(Reply::refused(format!("a verifier does not answer {}", other.name()))),
                 },
-                Some(Event::Disconnected { peer }) if Some(peer) == *verifier.node.borrow() => {
+                Some(Event::Disconnected { peer }) if Some(peer) == *verifier.dialed.borrow() => {
                     tracing::warn!(%peer, "lost the market; reconnecting");
                     verifier.node.send_replace(None);
-                    start_join(verifier.clone(), joined_tx.clone());
+                    verifier.dialed.send_replace(None);
+                    generation += 1;
+                    start_join(verifier.clone(), joined_tx.clone(), generation);
+                }
+                Some(Event::Gossip { topic, data, source }) => {
+                    market_net::heads::log_equivocation(&mut heads, &topic, &data, source);
                 }
                 Some(_) => {}
             },
@@ -160,7 +176,12 @@ async fn audit_job(
     let bundle = Bundle::at(&dir);
     let task = bundle.read_task()?;
     let commitment = bundle.read_commitment()?;
-    let challenge = challenge_for(&verifier.identity, &commitment, job.beacon, job.samples)?;
+    let challenge = challenge_for(
+        verifier.identity.account(),
+        &commitment,
+        job.beacon,
+        job.samples,
+    )?;
     let wanted = openings(&task, &challenge.sampled);
     // A file the worker withheld is simply absent; the audit then fails the worker for it.
     fetch_bundle(net, node, job.task_id, job.job, &job.manifest, &dir, |p| {

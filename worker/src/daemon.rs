@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use market_compute::bundle::Bundle;
-use market_net::participant::{join, measure_capabilities, DirBlobs};
+use market_net::participant::{join, measure_capabilities, session_number, DirBlobs};
 use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
 use market_net::wire::{Reply, Request, Response, Source};
 use market_net::{Event, Multiaddr, Net, NetConfig, PeerId, Responder};
@@ -43,18 +43,23 @@ struct Worker {
     net: Net,
     identity: Identity,
     options: WorkerOptions,
-    /// The node's peer while connected.
+    /// The node's peer while joined (hello answered).
     node: watch::Sender<Option<PeerId>>,
+    /// The node's peer as dialled: the only peer whose requests are taken.
+    dialed: watch::Sender<Option<PeerId>>,
     /// Jobs started by this process, by the node's job number.
     jobs: Mutex<BTreeMap<u64, (TaskId, JobStatus)>>,
     status: ProgressBar,
     done: Mutex<u64>,
+    /// Balance when joined, and now (the node reports it after each settlement).
+    balance: Mutex<(u64, u64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum JobStatus {
     Running,
-    Finished,
+    /// Done, with the report that was delivered (sent again if the node asks again).
+    Finished(Box<Request>),
 }
 
 impl Worker {
@@ -123,24 +128,31 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
     } else {
         ProgressBar::hidden()
     };
+    let mut heads = market_net::heads::HeadWatch::default();
     let worker = Arc::new(Worker {
         net,
         identity,
         options,
         node: watch::channel(None).0,
+        dialed: watch::channel(None).0,
         jobs: Mutex::new(BTreeMap::new()),
         status,
         done: Mutex::new(0),
+        balance: Mutex::new((0, 0)),
     });
-    let session = rand_session();
+    let session = session_number();
     let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
-    let start_join = |w: Arc<Worker>, tx: tokio::sync::mpsc::UnboundedSender<_>| {
+    // Each join attempt has a generation; a result from an attempt overtaken by a newer one
+    // (the connection dropped while it was under way) is ignored.
+    let mut generation = 0u64;
+    let start_join = |w: Arc<Worker>, tx: tokio::sync::mpsc::UnboundedSender<_>, gen: u64| {
         let caps = capabilities.clone();
         tokio::spawn(async move {
             w.status("connecting to the market".into());
             let r = join(
                 &w.net,
                 &w.options.market,
+                &w.dialed,
                 &w.identity,
                 Role::Worker,
                 &caps,
@@ -148,19 +160,21 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
                 session,
             )
             .await;
-            let _ = tx.send(r);
+            let _ = tx.send((gen, r));
         });
     };
-    start_join(worker.clone(), joined_tx.clone());
+    start_join(worker.clone(), joined_tx.clone(), generation);
     loop {
         tokio::select! {
             joined = joined_rx.recv() => match joined {
-                Some(Ok(welcome)) => {
+                Some((gen, _)) if gen != generation => {}
+                Some((_, Ok(welcome))) => {
                     tracing::info!(node = %welcome.node, stake = welcome.stake, balance = welcome.balance, "joined the market");
+                    *worker.balance.lock().unwrap_or_else(|e| e.into_inner()) = (welcome.balance, welcome.balance);
                     worker.status(format!("connected; stake {} balance {}", welcome.stake, welcome.balance));
                     worker.node.send_replace(Some(welcome.node));
                 }
-                Some(Err(e)) => return Err(e),
+                Some((_, Err(e))) => return Err(e.into()),
                 None => return Ok(()),
             },
             event = events.recv() => match event {
@@ -168,49 +182,56 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
                 Some(Event::Request { peer, request, responder }) => {
                     on_request(&worker, peer, request, responder);
                 }
-                Some(Event::Disconnected { peer }) if Some(peer) == *worker.node.borrow() => {
+                Some(Event::Disconnected { peer }) if Some(peer) == *worker.dialed.borrow() => {
                     tracing::warn!(%peer, "lost the market; reconnecting");
                     worker.node.send_replace(None);
-                    start_join(worker.clone(), joined_tx.clone());
+                    worker.dialed.send_replace(None);
+                    generation += 1;
+                    start_join(worker.clone(), joined_tx.clone(), generation);
                 }
-                Some(Event::Gossip { topic, data, .. }) => tracing::debug!(%topic, bytes = data.len(), "gossip"),
+                Some(Event::Gossip { topic, data, source }) => {
+                    market_net::heads::log_equivocation(&mut heads, &topic, &data, source);
+                }
                 Some(_) => {}
             },
         }
     }
 }
 
-/// A number that differs per process start (it only has to differ, not be secret); 53 bits,
-/// so it stays a safe integer in canonical JSON.
-fn rand_session() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b) >> 11
-}
-
 fn on_request(worker: &Arc<Worker>, peer: PeerId, request: Request, responder: Responder) {
-    if Some(peer) != *worker.node.borrow() && !matches!(request, Request::Assign { .. }) {
-        // Only the node this worker joined may ask it anything.
+    if Some(peer) != *worker.dialed.borrow() {
+        // Only the node this worker dialled may ask it anything.
         return responder.send(Reply::refused("not my market node"));
     }
     match request {
         Request::Assign { task_id, job, task } => {
-            if worker.node.borrow().is_some() && Some(peer) != *worker.node.borrow() {
-                return responder.send(Reply::refused("not my market node"));
-            }
             match message_id(&task) {
                 Ok(id) if TaskId(id) == task_id => {}
                 _ => return responder.send(Reply::refused("the task does not match its id")),
             }
             let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            let already = jobs.get(&job).map(|(_, s)| *s);
-            match already {
+            match jobs.get(&job).map(|(_, s)| s.clone()) {
+                // Assigned again after a reconnect: still running, or the report is re-sent.
                 Some(JobStatus::Running) => {}
-                Some(JobStatus::Finished) | None => {
+                Some(JobStatus::Finished(report)) => {
+                    let w = worker.clone();
+                    tokio::spawn(async move { w.deliver(*report).await });
+                }
+                None => {
                     jobs.insert(job, (task_id, JobStatus::Running));
                     tokio::spawn(run_job(worker.clone(), task_id, job, task));
                 }
             }
+            responder.send(Reply::of(Response::Ok));
+        }
+        Request::Settled { balance, .. } => {
+            let mut b = worker.balance.lock().unwrap_or_else(|e| e.into_inner());
+            b.1 = balance;
+            worker.status(format!(
+                "idle | {} tasks done | earned {} (balance {balance})",
+                worker.done.lock().map(|d| *d).unwrap_or(0),
+                balance.saturating_sub(b.0)
+            ));
             responder.send(Reply::of(Response::Ok));
         }
         Request::OpenSteps {
@@ -354,14 +375,17 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
         }
     };
     let finished = matches!(outcome, Request::Done { .. });
+    if let Ok(mut jobs) = worker.jobs.lock() {
+        jobs.insert(
+            job,
+            (task_id, JobStatus::Finished(Box::new(outcome.clone()))),
+        );
+    }
     match worker.deliver(outcome).await {
         Some(Response::Ok) => {}
         other => {
             tracing::warn!(task = %task_id, answer = ?other, "the node did not take the result")
         }
-    }
-    if let Ok(mut jobs) = worker.jobs.lock() {
-        jobs.insert(job, (task_id, JobStatus::Finished));
     }
     if finished {
         if let Ok(mut d) = worker.done.lock() {

@@ -32,8 +32,9 @@ pub struct Capabilities {
 }
 
 /// A participant's signed introduction. The node accepts it only from the peer whose key
-/// signed it, so a participant cannot speak for another account; `node` names the node it is
-/// meant for and `session` differs per connection attempt, so it cannot be replayed elsewhere.
+/// signed it (the connection is authenticated with that same key), so a participant cannot
+/// speak for another account; `node` names the node it is meant for, so a hello shown to one
+/// node is refused by any other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hello {
@@ -49,7 +50,7 @@ pub struct Hello {
     pub capabilities: Capabilities,
     /// The stake it wants held while it participates (taken from its balance).
     pub stake: Credits,
-    /// A per-connection number chosen by the participant.
+    /// A number the participant chooses per process start (informational, for logs).
     pub session: u64,
 }
 
