@@ -25,7 +25,7 @@ use crate::head::Head;
 use crate::state::{plan, OpError, State};
 
 /// Entries per chunk: large enough for batch verification and thread start-up to pay off.
-pub(crate) const CHUNK: usize = 8192;
+pub(crate) const CHUNK: usize = 16384;
 
 /// What is wrong with an entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,7 +130,8 @@ pub(crate) struct Raw {
 struct Checked {
     stored: Option<u64>,
     line: Option<u64>,
-    result: Result<Decoded, Fault>,
+    /// Boxed: entries are large, and each is moved through several collections and channels.
+    result: Result<Box<Decoded>, Fault>,
 }
 
 /// What a verified chain adds up to.
@@ -202,7 +203,7 @@ impl Checker {
                 Some(raw) => {
                     let raw = raw?;
                     let decoded = self.genesis(&raw)?;
-                    let result = on_worker(&decoded).map(|()| decoded);
+                    let result = on_worker(&decoded).map(|()| Box::new(decoded));
                     let checked = Checked {
                         stored: raw.stored,
                         line: raw.line,
@@ -445,7 +446,7 @@ fn check_slice(
         .map(|raw| Checked {
             stored: raw.stored,
             line: raw.line,
-            result: check_stateless(&raw.bytes, account, on_worker),
+            result: check_stateless(&raw.bytes, account, on_worker).map(Box::new),
         })
         .collect();
     for i in bad_signatures(&checked, key) {
@@ -479,7 +480,7 @@ fn bad_signatures(checked: &[Checked], key: &VerifyingKey) -> Vec<usize> {
     let decoded: Vec<(usize, &Decoded)> = checked
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| c.result.as_ref().ok().map(|d| (i, d)))
+        .filter_map(|(i, c)| c.result.as_deref().ok().map(|d| (i, d)))
         .collect();
     if decoded.is_empty() {
         return Vec::new();

@@ -20,7 +20,38 @@ pub enum HexError {
     NotLowercaseHex(String),
 }
 
-/// Decodes exactly `N` bytes from `2N` lowercase hex digits.
+/// The value of each lowercase hex digit; 0xff for every other byte.
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Writes `bytes` (at most 64) as lowercase hex into `buf` and returns it as a string, without
+/// allocating: ids, keys and signatures are encoded on every canonical (re-)encoding.
+pub(crate) fn hex_in<'a>(bytes: &[u8], buf: &'a mut [u8; 128]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = bytes.len().min(64);
+    let out = &mut buf[..2 * n];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
+/// Decodes exactly `N` bytes from `2N` lowercase hex digits, checking and decoding in one pass
+/// (ledger verification decodes several ids per entry, so this is on its hot path).
 pub(crate) fn decode_hex_array<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
     if s.len() != 2 * N {
         return Err(HexError::Length {
@@ -28,11 +59,14 @@ pub(crate) fn decode_hex_array<const N: usize>(s: &str) -> Result<[u8; N], HexEr
             actual: s.len(),
         });
     }
-    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(HexError::NotLowercaseHex(s.chars().take(80).collect()));
-    }
     let mut out = [0u8; N];
-    hex::decode_to_slice(s, &mut out).map_err(|_| HexError::NotLowercaseHex(s.into()))?;
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let (hi, lo) = (HEX_VALUE[pair[0] as usize], HEX_VALUE[pair[1] as usize]);
+        if (hi | lo) & 0xf0 != 0 {
+            return Err(HexError::NotLowercaseHex(s.chars().take(80).collect()));
+        }
+        *o = hi << 4 | lo;
+    }
     Ok(out)
 }
 
@@ -84,7 +118,7 @@ impl FromStr for Hash {
 
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(hex_in(&self.0, &mut [0; 128]))
     }
 }
 
@@ -201,5 +235,26 @@ mod tests {
         let back: TaskId = serde_json::from_str(&json).unwrap();
         assert_eq!(back, TaskId(h));
         assert!(serde_json::from_str::<TaskId>("\"zz\"").is_err());
+    }
+
+    #[test]
+    fn the_table_codec_agrees_with_the_hex_crate_on_every_byte_and_refuses_every_other_digit() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        for chunk in bytes.chunks(32) {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(chunk);
+            let mut buf = [0u8; 128];
+            let ours = hex_in(&a, &mut buf);
+            assert_eq!(ours, hex::encode(a));
+            assert_eq!(decode_hex_array::<32>(ours).unwrap(), a);
+        }
+        let good = "00".repeat(32);
+        for c in 0..=255u8 {
+            let mut s = good.clone().into_bytes();
+            s[17] = c;
+            let Ok(s) = String::from_utf8(s) else { continue };
+            let valid = c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+            assert_eq!(decode_hex_array::<32>(&s).is_ok(), valid, "digit {c}");
+        }
     }
 }

@@ -108,7 +108,7 @@ impl FromStr for AccountId {
 
 impl Serialize for AccountId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(crate::hash::hex_in(&self.0, &mut [0; 128]))
     }
 }
 
@@ -151,7 +151,7 @@ impl FromStr for Signature {
 
 impl Serialize for Signature {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(self.0))
+        s.serialize_str(crate::hash::hex_in(&self.0, &mut [0; 128]))
     }
 }
 
