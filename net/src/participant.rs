@@ -248,3 +248,136 @@ fn available_memory() -> u64 {
         })
         .map_or(0, |kb| kb * 1024)
 }
+
+/// A worker's or verifier's standing with its node: joined or not, and the node's peer. The
+/// daemons share its loop: join (again after every lost connection, ignoring the results of
+/// attempts overtaken by a newer one), take requests only from the dialled node, watch gossiped
+/// ledger heads.
+#[derive(Debug)]
+pub struct Membership {
+    /// The network.
+    pub net: Net,
+    /// This participant's key.
+    pub identity: Identity,
+    /// The node's address.
+    pub market: Multiaddr,
+    /// Worker or verifier.
+    pub role: Role,
+    /// What it says it can do.
+    pub capabilities: Capabilities,
+    /// The stake it holds.
+    pub stake: u64,
+    /// The node's peer while joined (hello answered).
+    pub node: tokio::sync::watch::Sender<Option<PeerId>>,
+    /// The node's peer as dialled: the only peer whose requests are taken.
+    pub dialed: tokio::sync::watch::Sender<Option<PeerId>>,
+}
+
+impl Membership {
+    /// A membership not yet joined.
+    pub fn new(
+        net: Net,
+        identity: Identity,
+        market: Multiaddr,
+        role: Role,
+        capabilities: Capabilities,
+        stake: u64,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            net,
+            identity,
+            market,
+            role,
+            capabilities,
+            stake,
+            node: tokio::sync::watch::channel(None).0,
+            dialed: tokio::sync::watch::channel(None).0,
+        })
+    }
+
+    /// The node, if joined now.
+    pub fn node(&self) -> Option<PeerId> {
+        *self.node.borrow()
+    }
+
+    /// Waits until joined and returns the node.
+    pub async fn connected(&self) -> PeerId {
+        let mut rx = self.node.subscribe();
+        loop {
+            if let Some(p) = *rx.borrow_and_update() {
+                return p;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Keeps this participant joined until the network stops (`Ok`) or the node refuses it
+    /// (`Err`). Each welcome goes to `on_welcome`, each request from the node to `on_request`;
+    /// requests from anyone else are refused here.
+    pub async fn run(
+        self: &std::sync::Arc<Self>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<crate::Event>,
+        mut on_welcome: impl FnMut(&Welcome),
+        mut on_request: impl FnMut(PeerId, Request, crate::Responder),
+    ) -> anyhow::Result<()> {
+        let session = session_number();
+        let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut generation = 0u64;
+        let mut heads = crate::heads::HeadWatch::default();
+        let start_join = |gen: u64| {
+            let (me, tx) = (self.clone(), joined_tx.clone());
+            tokio::spawn(async move {
+                let r = join(
+                    &me.net,
+                    &me.market,
+                    &me.dialed,
+                    &me.identity,
+                    me.role,
+                    &me.capabilities,
+                    me.stake,
+                    session,
+                )
+                .await;
+                let _ = tx.send((gen, r));
+            });
+        };
+        start_join(generation);
+        loop {
+            tokio::select! {
+                joined = joined_rx.recv() => match joined {
+                    Some((gen, _)) if gen != generation => {}
+                    Some((_, Ok(welcome))) => {
+                        tracing::info!(node = %welcome.node, role = ?self.role, stake = welcome.stake, balance = welcome.balance, "joined the market");
+                        on_welcome(&welcome);
+                        self.node.send_replace(Some(welcome.node));
+                    }
+                    Some((_, Err(e))) => return Err(e.into()),
+                    None => return Ok(()),
+                },
+                event = events.recv() => match event {
+                    None => return Ok(()),
+                    Some(crate::Event::Request { peer, request, responder }) => {
+                        if Some(peer) == *self.dialed.borrow() {
+                            on_request(peer, request, responder);
+                        } else {
+                            responder.send(crate::Reply::refused("not my market node"));
+                        }
+                    }
+                    Some(crate::Event::Disconnected { peer }) if Some(peer) == *self.dialed.borrow() => {
+                        tracing::warn!(%peer, "lost the market; reconnecting");
+                        self.node.send_replace(None);
+                        self.dialed.send_replace(None);
+                        generation += 1;
+                        start_join(generation);
+                    }
+                    Some(crate::Event::Gossip { topic, data, source }) => {
+                        crate::heads::log_equivocation(&mut heads, &topic, &data, source);
+                    }
+                    Some(_) => {}
+                },
+            }
+        }
+    }
+}

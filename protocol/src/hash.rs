@@ -252,7 +252,9 @@ mod tests {
         for c in 0..=255u8 {
             let mut s = good.clone().into_bytes();
             s[17] = c;
-            let Ok(s) = String::from_utf8(s) else { continue };
+            let Ok(s) = String::from_utf8(s) else {
+                continue;
+            };
             let valid = c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
             assert_eq!(decode_hex_array::<32>(&s).is_ok(), valid, "digit {c}");
         }

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use market_compute::bundle::Bundle;
-use market_net::participant::{join, measure_capabilities, session_number, DirBlobs};
+use market_net::participant::{measure_capabilities, DirBlobs, Membership};
 use market_net::transfer::fetch_bundle;
 use market_net::wire::{AuditJob, Reply, Request, Response};
-use market_net::{Event, Multiaddr, Net, NetConfig, PeerId};
+use market_net::{Multiaddr, Net, NetConfig, PeerId};
 use market_protocol::{Identity, Role, Signed, Verdict};
-use tokio::sync::watch;
 
 use crate::audit::{challenge_for, openings};
 use crate::{audit, SamplePolicy};
@@ -35,16 +34,14 @@ struct Verifier {
     net: Net,
     identity: Identity,
     options: VerifierOptions,
-    node: watch::Sender<Option<PeerId>>,
-    /// The node's peer as dialled: the only peer whose requests are taken.
-    dialed: watch::Sender<Option<PeerId>>,
+    member: Arc<Membership>,
 }
 
 /// Runs the verifier daemon until the process is stopped (or the node refuses it).
 pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(options.data_dir.join("audits"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
-    let (net, mut events) = Net::start(
+    let (net, events) = Net::start(
         &identity,
         NetConfig {
             listen: options.listen.clone(),
@@ -52,72 +49,36 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
         },
     )?;
     let capabilities = tokio::task::spawn_blocking(|| measure_capabilities("cpu")).await?;
+    let member = Membership::new(
+        net.clone(),
+        identity.clone(),
+        options.market.clone(),
+        Role::Verifier,
+        capabilities,
+        options.stake,
+    );
     let verifier = Arc::new(Verifier {
         net,
         identity,
         options,
-        node: watch::channel(None).0,
-        dialed: watch::channel(None).0,
+        member: member.clone(),
     });
-    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
-    let session = session_number();
-    let mut generation = 0u64;
-    let mut heads = market_net::heads::HeadWatch::default();
-    let start_join = |v: Arc<Verifier>, tx: tokio::sync::mpsc::UnboundedSender<_>, gen: u64| {
-        let caps = capabilities.clone();
-        tokio::spawn(async move {
-            let r = join(
-                &v.net,
-                &v.options.market,
-                &v.dialed,
-                &v.identity,
-                Role::Verifier,
-                &caps,
-                v.options.stake,
-                session,
-            )
-            .await;
-            let _ = tx.send((gen, r));
-        });
-    };
-    start_join(verifier.clone(), joined_tx.clone(), generation);
-    loop {
-        tokio::select! {
-            joined = joined_rx.recv() => match joined {
-                Some((gen, _)) if gen != generation => {}
-                Some((_, Ok(welcome))) => {
-                    tracing::info!(node = %welcome.node, stake = welcome.stake, "joined the market as a verifier");
-                    verifier.node.send_replace(Some(welcome.node));
+    member
+        .run(
+            events,
+            |_| {},
+            |node, request, responder| match request {
+                Request::Audit { job } => {
+                    responder.send(Reply::of(Response::Ok));
+                    tokio::spawn(run_audit(verifier.clone(), node, job));
                 }
-                Some((_, Err(e))) => return Err(e.into()),
-                None => return Ok(()),
+                other => responder.send(Reply::refused(format!(
+                    "a verifier does not answer {}",
+                    other.name()
+                ))),
             },
-            event = events.recv() => match event {
-                None => return Ok(()),
-                Some(Event::Request { peer, request, responder }) => match request {
-                    _ if Some(peer) != *verifier.dialed.borrow() => {
-                        responder.send(Reply::refused("not my market node"));
-                    }
-                    Request::Audit { job } => {
-                        responder.send(Reply::of(Response::Ok));
-                        tokio::spawn(run_audit(verifier.clone(), peer, job));
-                    }
-                    other => responder.send(Reply::refused(format!("a verifier does not answer {}", other.name()))),
-                },
-                Some(Event::Disconnected { peer }) if Some(peer) == *verifier.dialed.borrow() => {
-                    tracing::warn!(%peer, "lost the market; reconnecting");
-                    verifier.node.send_replace(None);
-                    verifier.dialed.send_replace(None);
-                    generation += 1;
-                    start_join(verifier.clone(), joined_tx.clone(), generation);
-                }
-                Some(Event::Gossip { topic, data, source }) => {
-                    market_net::heads::log_equivocation(&mut heads, &topic, &data, source);
-                }
-                Some(_) => {}
-            },
-        }
-    }
+        )
+        .await
 }
 
 async fn run_audit(verifier: Arc<Verifier>, node: PeerId, job: AuditJob) {
@@ -130,7 +91,7 @@ async fn run_audit(verifier: Arc<Verifier>, node: PeerId, job: AuditJob) {
                 verdict,
             };
             for _ in 0..30 {
-                let Some(node) = *verifier.node.borrow() else {
+                let Some(node) = verifier.member.node() else {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };

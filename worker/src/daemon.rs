@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use market_compute::bundle::Bundle;
-use market_net::participant::{join, measure_capabilities, session_number, DirBlobs};
+use market_net::participant::{measure_capabilities, DirBlobs, Membership};
 use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
 use market_net::wire::{Reply, Request, Response, Source};
-use market_net::{Event, Multiaddr, Net, NetConfig, PeerId, Responder};
+use market_net::{Multiaddr, Net, NetConfig, PeerId, Responder};
 use market_protocol::{message_id, F32Bits, Identity, Role, TaskId, TaskSpec};
-use tokio::sync::watch;
 
 use crate::{exec, open_steps, Behavior};
 
@@ -43,10 +42,7 @@ struct Worker {
     net: Net,
     identity: Identity,
     options: WorkerOptions,
-    /// The node's peer while joined (hello answered).
-    node: watch::Sender<Option<PeerId>>,
-    /// The node's peer as dialled: the only peer whose requests are taken.
-    dialed: watch::Sender<Option<PeerId>>,
+    member: Arc<Membership>,
     /// Jobs started by this process, by the node's job number.
     jobs: Mutex<BTreeMap<u64, (TaskId, JobStatus)>>,
     status: ProgressBar,
@@ -74,24 +70,11 @@ impl Worker {
         DirBlobs::new(self.options.data_dir.join("blobs"))
     }
 
-    /// Waits until connected and returns the node.
-    async fn connected(&self) -> PeerId {
-        let mut rx = self.node.subscribe();
-        loop {
-            if let Some(p) = *rx.borrow_and_update() {
-                return p;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-
     /// Sends `request` to the node until it answers (reconnecting as needed).
     async fn deliver(&self, request: Request) -> Option<Response> {
         let deadline = Instant::now() + Duration::from_secs(3600);
         while Instant::now() < deadline {
-            let node = self.connected().await;
+            let node = self.member.connected().await;
             match self.net.request(node, request.clone()).await {
                 Ok(reply) => return Some(reply.response),
                 Err(e) => {
@@ -112,7 +95,7 @@ impl Worker {
 pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(options.data_dir.join("jobs"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
-    let (net, mut events) = Net::start(
+    let (net, events) = Net::start(
         &identity,
         NetConfig {
             listen: options.listen.clone(),
@@ -128,81 +111,43 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
     } else {
         ProgressBar::hidden()
     };
-    let mut heads = market_net::heads::HeadWatch::default();
+    let member = Membership::new(
+        net.clone(),
+        identity.clone(),
+        options.market.clone(),
+        Role::Worker,
+        capabilities,
+        options.stake,
+    );
     let worker = Arc::new(Worker {
         net,
         identity,
         options,
-        node: watch::channel(None).0,
-        dialed: watch::channel(None).0,
+        member: member.clone(),
         jobs: Mutex::new(BTreeMap::new()),
         status,
         done: Mutex::new(0),
         balance: Mutex::new((0, 0)),
     });
-    let session = session_number();
-    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
-    // Each join attempt has a generation; a result from an attempt overtaken by a newer one
-    // (the connection dropped while it was under way) is ignored.
-    let mut generation = 0u64;
-    let start_join = |w: Arc<Worker>, tx: tokio::sync::mpsc::UnboundedSender<_>, gen: u64| {
-        let caps = capabilities.clone();
-        tokio::spawn(async move {
-            w.status("connecting to the market".into());
-            let r = join(
-                &w.net,
-                &w.options.market,
-                &w.dialed,
-                &w.identity,
-                Role::Worker,
-                &caps,
-                w.options.stake,
-                session,
-            )
-            .await;
-            let _ = tx.send((gen, r));
-        });
-    };
-    start_join(worker.clone(), joined_tx.clone(), generation);
-    loop {
-        tokio::select! {
-            joined = joined_rx.recv() => match joined {
-                Some((gen, _)) if gen != generation => {}
-                Some((_, Ok(welcome))) => {
-                    tracing::info!(node = %welcome.node, stake = welcome.stake, balance = welcome.balance, "joined the market");
-                    *worker.balance.lock().unwrap_or_else(|e| e.into_inner()) = (welcome.balance, welcome.balance);
-                    worker.status(format!("connected; stake {} balance {}", welcome.stake, welcome.balance));
-                    worker.node.send_replace(Some(welcome.node));
-                }
-                Some((_, Err(e))) => return Err(e.into()),
-                None => return Ok(()),
+    worker.status("connecting to the market".into());
+    member
+        .run(
+            events,
+            |welcome| {
+                *worker.balance.lock().unwrap_or_else(|e| e.into_inner()) =
+                    (welcome.balance, welcome.balance);
+                worker.status(format!(
+                    "connected; stake {} balance {}",
+                    welcome.stake, welcome.balance
+                ));
             },
-            event = events.recv() => match event {
-                None => return Ok(()),
-                Some(Event::Request { peer, request, responder }) => {
-                    on_request(&worker, peer, request, responder);
-                }
-                Some(Event::Disconnected { peer }) if Some(peer) == *worker.dialed.borrow() => {
-                    tracing::warn!(%peer, "lost the market; reconnecting");
-                    worker.node.send_replace(None);
-                    worker.dialed.send_replace(None);
-                    generation += 1;
-                    start_join(worker.clone(), joined_tx.clone(), generation);
-                }
-                Some(Event::Gossip { topic, data, source }) => {
-                    market_net::heads::log_equivocation(&mut heads, &topic, &data, source);
-                }
-                Some(_) => {}
-            },
-        }
-    }
+            |peer, request, responder| on_request(&worker, peer, request, responder),
+        )
+        .await
 }
 
-fn on_request(worker: &Arc<Worker>, peer: PeerId, request: Request, responder: Responder) {
-    if Some(peer) != *worker.dialed.borrow() {
-        // Only the node this worker dialled may ask it anything.
-        return responder.send(Reply::refused("not my market node"));
-    }
+/// A request from the node (the membership refused everyone else's).
+fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: Responder) {
     match request {
         Request::Assign { task_id, job, task } => {
             match message_id(&task) {
@@ -286,7 +231,7 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
     let blobs = worker.blobs();
     let mut fetched = false;
     for _ in 0..10 {
-        let node = worker.connected().await;
+        let node = worker.member.connected().await;
         match blobs.fetch_for(&worker.net, node, &task).await {
             Ok(_) => {
                 fetched = true;
@@ -324,7 +269,7 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
             ));
             if last.elapsed() >= Duration::from_millis(250) || p.done == p.total {
                 last = Instant::now();
-                if let Some(node) = *worker.node.borrow() {
+                if let Some(node) = worker.member.node() {
                     let net = worker.net.clone();
                     let req = Request::Progress {
                         task_id,
