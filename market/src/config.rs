@@ -33,6 +33,37 @@ pub struct NodeConfig {
     pub trusted_reputation: i64,
     /// The fewest verifiers any result gets, however good the worker's record (the floor).
     pub min_verifiers_per_task: usize,
+    /// How the node deals with workers and verifiers over libp2p (`[network]`).
+    pub network: NetworkConfig,
+}
+
+/// Timeouts and limits for networked workers and verifiers (the `[network]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// How long a worker that lost its connection mid-task may take to come back before the
+    /// task goes to another worker, seconds.
+    pub run_grace_secs: u64,
+    /// How long a verifier may take to return a verdict before another is drawn, seconds.
+    pub audit_timeout_secs: u64,
+    /// Longest a worker may take from assignment to its commitment, seconds.
+    pub max_run_secs: u64,
+    /// Slowest bundle transfer accepted, bytes per second (every transfer also gets a minute).
+    pub min_transfer_bytes_per_sec: u64,
+    /// Largest result bundle the node fetches from a worker, bytes.
+    pub max_bundle_bytes: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            run_grace_secs: 30,
+            audit_timeout_secs: 120,
+            max_run_secs: 6 * 3600,
+            min_transfer_bytes_per_sec: 1 << 20,
+            max_bundle_bytes: 16 << 30,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -51,6 +82,7 @@ impl Default for NodeConfig {
             max_attempts: 3,
             trusted_reputation: 10,
             min_verifiers_per_task: 1,
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -59,5 +91,26 @@ impl NodeConfig {
     /// Reads a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_table_is_optional_partial_and_strict() {
+        assert_eq!(NodeConfig::from_toml("").ok(), Some(NodeConfig::default()));
+        let c = NodeConfig::from_toml("verifier_fee = 7\n[network]\naudit_timeout_secs = 5\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.verifier_fee, 7);
+        assert_eq!(c.network.audit_timeout_secs, 5);
+        assert_eq!(
+            c.network.run_grace_secs,
+            NetworkConfig::default().run_grace_secs
+        );
+        let options = crate::p2p::P2pOptions::from(&c.network);
+        assert_eq!(options.audit_timeout, std::time::Duration::from_secs(5));
+        assert!(NodeConfig::from_toml("[network]\naudit_timeout = 5\n").is_err());
     }
 }

@@ -49,12 +49,18 @@ pub struct P2pOptions {
 
 impl Default for P2pOptions {
     fn default() -> Self {
+        Self::from(&crate::config::NetworkConfig::default())
+    }
+}
+
+impl From<&crate::config::NetworkConfig> for P2pOptions {
+    fn from(c: &crate::config::NetworkConfig) -> Self {
         Self {
-            run_grace: Duration::from_secs(30),
-            audit_timeout: Duration::from_secs(120),
-            max_bundle_bytes: 16 << 30,
-            max_run: Duration::from_secs(6 * 3600),
-            min_transfer_rate: 1 << 20,
+            run_grace: Duration::from_secs(c.run_grace_secs),
+            audit_timeout: Duration::from_secs(c.audit_timeout_secs),
+            max_bundle_bytes: c.max_bundle_bytes,
+            max_run: Duration::from_secs(c.max_run_secs),
+            min_transfer_rate: c.min_transfer_bytes_per_sec,
         }
     }
 }

@@ -158,7 +158,7 @@ async fn devnet(args: Args) -> Result<()> {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             ..Default::default()
         },
-        P2pOptions::default(),
+        P2pOptions::from(&config.network),
     )
     .await?;
     let market = addrs.first().context("the node listens nowhere")?.clone();

@@ -181,7 +181,7 @@ async fn main() -> Result<()> {
                         mdns,
                         ..Default::default()
                     },
-                    market_node::p2p::P2pOptions::default(),
+                    market_node::p2p::P2pOptions::from(&config.network),
                 )
                 .await?;
                 for a in &addrs {
