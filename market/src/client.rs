@@ -112,6 +112,18 @@ impl Client {
         .await
     }
 
+    /// The workers the node can assign to now, with stake, reputation and record.
+    pub async fn workers(&self) -> Result<Vec<Value>, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/workers", Vec::new(), false)
+            .await
+    }
+
+    /// The verifiers the node can draw now.
+    pub async fn verifiers(&self) -> Result<Vec<Value>, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/verifiers", Vec::new(), false)
+            .await
+    }
+
     /// Posts a signed task.
     pub async fn post_task(&self, task: &Signed<TaskSpec>) -> Result<TaskView, ClientError> {
         let body = serde_json::to_vec(task).map_err(|e| ClientError::Body(e.to_string()))?;

@@ -1,12 +1,13 @@
 //! `market-devnet`: one command for a whole local market.
 //!
-//! A node (in this process: REST API on loopback, libp2p on loopback), three honest workers,
-//! one cheating worker and two verifiers, each worker and verifier a separate process (this
-//! binary re-run with a hidden `worker` or `verifier` subcommand, which is exactly
-//! `market-worker run` / `market-verifier run`), all with temporary data directories. A buyer
-//! is funded, posts a training task (`gpt` on the arithmetic language) and an inference task
-//! through the API, and follows them; the summary shows what settled, who was slashed, every
-//! balance, and whether the exported ledger verifies.
+//! A node (REST API and libp2p on loopback), three honest workers, one cheating worker and two
+//! verifiers, each a separate process: this binary re-run with a hidden `node`, `worker` or
+//! `verifier` subcommand, which is exactly `market-node serve`, `market-worker run` or
+//! `market-verifier run` (so `cargo run --bin market-devnet` needs no other binary), all with
+//! temporary data directories. This process is the launcher and the buyer: the buyer is funded
+//! (the node mints at start), posts a training task (`gpt` on the arithmetic language) and an
+//! inference task through the API, and follows them; the summary shows what settled, who was
+//! slashed, every balance, and whether the exported ledger verifies.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -16,9 +17,8 @@ use clap::{Parser, Subcommand};
 use market_node::client::Client;
 use market_node::config::NodeConfig;
 use market_node::model::TaskState;
-use market_node::p2p::{open_networked, P2pOptions};
 use market_protocol::keyfile::{load_identity, save_identity};
-use market_protocol::{fixtures, ExecutionProfile, Identity, Role, Workload};
+use market_protocol::{fixtures, ExecutionProfile, Identity, Workload};
 use market_worker::Behavior;
 use serde::Serialize;
 
@@ -41,6 +41,9 @@ struct Args {
 /// The devnet's own child processes.
 #[derive(Subcommand, Debug)]
 enum ChildRole {
+    /// The node process (`market-node serve`).
+    #[command(hide = true)]
+    Node(market_node::server::ServeArgs),
     /// A worker process (`market-worker run`).
     #[command(hide = true)]
     Worker(market_worker::daemon::RunArgs),
@@ -81,7 +84,8 @@ struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
+        // Participants first, the node (started first) last.
+        for (_, c) in self.0.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -97,34 +101,62 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match args.role {
+        Some(ChildRole::Node(a)) => {
+            tokio::runtime::Runtime::new()?.block_on(market_node::server::run(a, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }))
+        }
         Some(ChildRole::Worker(a)) => market_worker::daemon::run_cli(a),
         Some(ChildRole::Verifier(a)) => market_verifier::daemon::run_cli(a),
         None => tokio::runtime::Runtime::new()?.block_on(devnet(args)),
     }
 }
 
-/// Waits until `workers` workers and `verifiers` verifiers are connected; fails at once if a
+/// Fails if a child process has exited.
+fn check_children(children: &mut Children) -> Result<()> {
+    for (role, child) in &mut children.0 {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the {role} process exited ({status})");
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the node lists `workers` workers and `verifiers` verifiers; fails at once if a
 /// child process exits.
 async fn wait_for_joins(
-    dispatch: &market_node::p2p::P2pDispatch,
+    client: &Client,
     children: &mut Children,
     workers: usize,
     verifiers: usize,
 ) -> Result<()> {
     for _ in 0..1200 {
-        let p = dispatch.participants();
-        let count = |r| p.values().filter(|x| x.role == r && x.connected).count();
-        if count(Role::Worker) >= workers && count(Role::Verifier) >= verifiers {
+        if client.workers().await?.len() >= workers && client.verifiers().await?.len() >= verifiers
+        {
             return Ok(());
         }
-        for (role, child) in &mut children.0 {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("the {role} process exited ({status})");
-            }
-        }
+        check_children(children)?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("participants did not join within two minutes")
+}
+
+/// Waits for the node process to write where it listens: (API URL, libp2p address).
+async fn wait_for_node(dir: &std::path::Path, children: &mut Children) -> Result<(String, String)> {
+    let path = dir.join("endpoints.json");
+    for _ in 0..1200 {
+        if let Ok(bytes) = std::fs::read(&path) {
+            let v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            let api = v["api"].as_str().context("endpoints.json: no api")?;
+            let p2p = v["p2p"][0]
+                .as_str()
+                .context("endpoints.json: no p2p address")?;
+            return Ok((api.to_owned(), p2p.to_owned()));
+        }
+        check_children(children)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the node did not come up within two minutes")
 }
 
 async fn devnet(args: Args) -> Result<()> {
@@ -149,39 +181,38 @@ async fn devnet(args: Args) -> Result<()> {
             .context("role")
     };
     let config = NodeConfig::default();
-    let operator = identity(dir.path(), "operator")?;
-    let (node, dispatch, addrs) = open_networked(
-        &dir.path().join("node"),
-        config.clone(),
-        operator,
-        market_net::NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
-            ..Default::default()
-        },
-        P2pOptions::from(&config.network),
-    )
-    .await?;
-    let market = addrs.first().context("the node listens nowhere")?.clone();
-    node.fund("devnet", &id("buyer")?.account(), 5_000, 0)
-        .await?;
-    for (role, i) in &ids {
-        if role.starts_with("worker") || role == "cheater" {
-            node.fund("devnet", &i.account(), 500, 0).await?;
-        } else if role.starts_with("verifier") {
-            node.fund("devnet", &i.account(), 200, 0).await?;
-        }
-    }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(market_node::server::serve(node.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    eprintln!("market-devnet: node API at {api}, libp2p at {market}");
-
-    // Each participant is its own process; each stakes from its balance when it says hello.
     let exe = std::env::current_exe()?;
     let mut children = Children(Vec::new());
+    // The node mints every participant's and the buyer's credits at start; participants stake
+    // from them when they join.
+    let mut node_cmd = Command::new(&exe);
+    node_cmd
+        .arg("node")
+        .arg("--data")
+        .arg(dir.path().join("node"))
+        .arg("--key")
+        .arg(dir.path().join("operator.key"))
+        .args(["--listen", "127.0.0.1:0", "--p2p", "/ip4/127.0.0.1/tcp/0"])
+        .stdin(Stdio::null());
+    for (role, i) in &ids {
+        let mint = match role.as_str() {
+            "buyer" => 5_000,
+            r if r.starts_with("verifier") => 200,
+            _ => 500,
+        };
+        node_cmd
+            .arg("--mint")
+            .arg(format!("{}:{mint}", i.account()));
+    }
+    identity(dir.path(), "operator")?;
+    children.0.push((
+        "node".into(),
+        node_cmd.spawn().context("starting the node process")?,
+    ));
+    let (api, market) = wait_for_node(&dir.path().join("node"), &mut children).await?;
+    eprintln!("market-devnet: node API at {api}, libp2p at {market}");
+    let watcher = Client::new(&api, None);
+
     let spawn = |role: &str, fault: Option<Behavior>| -> Result<Child> {
         let mut cmd = Command::new(&exe);
         let kind = if role.starts_with("verifier") {
@@ -191,7 +222,7 @@ async fn devnet(args: Args) -> Result<()> {
         };
         cmd.arg(kind)
             .arg("--market")
-            .arg(market.to_string())
+            .arg(&market)
             .arg("--key")
             .arg(dir.path().join(format!("{role}.key")))
             .arg("--data")
@@ -213,7 +244,7 @@ async fn devnet(args: Args) -> Result<()> {
     children
         .0
         .push(("cheater".into(), spawn("cheater", Some(args.cheat))?));
-    wait_for_joins(&dispatch, &mut children, 1, 0).await?;
+    wait_for_joins(&watcher, &mut children, 1, 0).await?;
     for role in [
         "worker-1",
         "worker-2",
@@ -223,7 +254,7 @@ async fn devnet(args: Args) -> Result<()> {
     ] {
         children.0.push((role.into(), spawn(role, None)?));
     }
-    wait_for_joins(&dispatch, &mut children, 4, 2).await?;
+    wait_for_joins(&watcher, &mut children, 4, 2).await?;
     eprintln!(
         "market-devnet: 3 honest workers + 1 cheater ({}) and 2 verifiers joined, each its own process",
         args.cheat
@@ -352,8 +383,6 @@ async fn devnet(args: Args) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(children);
-    let _ = stop.send(());
-    server.await??;
     if !summary.ledger_verified || settled != posted.len() {
         anyhow::bail!("the devnet did not end as expected");
     }
