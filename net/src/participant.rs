@@ -295,6 +295,40 @@ impl Membership {
         })
     }
 
+    /// Starts this participant's network (listening on `listen`), measures the machine on
+    /// `device`, and returns the membership, not yet joined, with the network's events.
+    pub async fn start(
+        identity: &Identity,
+        market: &Multiaddr,
+        listen: Vec<Multiaddr>,
+        role: Role,
+        device: &str,
+        stake: u64,
+    ) -> anyhow::Result<(
+        std::sync::Arc<Self>,
+        tokio::sync::mpsc::UnboundedReceiver<crate::Event>,
+    )> {
+        let (net, events) = Net::start(
+            identity,
+            crate::NetConfig {
+                listen,
+                ..crate::NetConfig::default()
+            },
+        )?;
+        let device = device.to_owned();
+        let capabilities =
+            tokio::task::spawn_blocking(move || measure_capabilities(&device)).await?;
+        let member = Self::new(
+            net,
+            identity.clone(),
+            market.clone(),
+            role,
+            capabilities,
+            stake,
+        );
+        Ok((member, events))
+    }
+
     /// The node, if joined now.
     pub fn node(&self) -> Option<PeerId> {
         *self.node.borrow()

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use market_compute::bundle::Bundle;
-use market_net::participant::{measure_capabilities, DirBlobs, Membership};
+use market_net::participant::{DirBlobs, Membership};
 use market_net::transfer::fetch_bundle;
 use market_net::wire::{AuditJob, Reply, Request, Response};
-use market_net::{Multiaddr, Net, NetConfig, PeerId};
+use market_net::{Multiaddr, Net, PeerId};
 use market_protocol::{Identity, Role, Signed, Verdict};
 
 use crate::audit::{challenge_for, openings};
@@ -41,22 +41,16 @@ struct Verifier {
 pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(options.data_dir.join("audits"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
-    let (net, events) = Net::start(
+    let (member, events) = Membership::start(
         &identity,
-        NetConfig {
-            listen: options.listen.clone(),
-            ..NetConfig::default()
-        },
-    )?;
-    let capabilities = tokio::task::spawn_blocking(|| measure_capabilities("cpu")).await?;
-    let member = Membership::new(
-        net.clone(),
-        identity.clone(),
-        options.market.clone(),
+        &options.market,
+        options.listen.clone(),
         Role::Verifier,
-        capabilities,
+        "cpu",
         options.stake,
-    );
+    )
+    .await?;
+    let net = member.net.clone();
     let verifier = Arc::new(Verifier {
         net,
         identity,

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use market_compute::bundle::Bundle;
-use market_net::participant::{measure_capabilities, DirBlobs, Membership};
+use market_net::participant::{DirBlobs, Membership};
 use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
 use market_net::wire::{Reply, Request, Response, Source};
-use market_net::{Multiaddr, Net, NetConfig, PeerId, Responder};
+use market_net::{Multiaddr, Net, PeerId, Responder};
 use market_protocol::{message_id, F32Bits, Identity, Role, TaskId, TaskSpec};
 
 use crate::{exec, open_steps, Behavior};
@@ -95,15 +95,16 @@ impl Worker {
 pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(options.data_dir.join("jobs"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
-    let (net, events) = Net::start(
+    let (member, events) = Membership::start(
         &identity,
-        NetConfig {
-            listen: options.listen.clone(),
-            ..NetConfig::default()
-        },
-    )?;
-    let device = options.device.clone();
-    let capabilities = tokio::task::spawn_blocking(move || measure_capabilities(&device)).await?;
+        &options.market,
+        options.listen.clone(),
+        Role::Worker,
+        &options.device,
+        options.stake,
+    )
+    .await?;
+    let net = member.net.clone();
     let status = if options.status_line {
         let bar = ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -111,14 +112,6 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
     } else {
         ProgressBar::hidden()
     };
-    let member = Membership::new(
-        net.clone(),
-        identity.clone(),
-        options.market.clone(),
-        Role::Worker,
-        capabilities,
-        options.stake,
-    );
     let worker = Arc::new(Worker {
         net,
         identity,
