@@ -116,9 +116,14 @@ struct State {
     participants: BTreeMap<AccountId, Participant>,
     runs: HashMap<u64, RunSlot>,
     audits: HashMap<u64, AuditSlot>,
-    /// Bundle directory -> (worker, task, job) of the run that produced it.
+    /// Bundle directory -> (worker, task, job) of the run that produced it, for open-steps
+    /// during its audits; only the most recent [`REMEMBERED_RUNS`] are kept.
     finished: HashMap<PathBuf, (AccountId, TaskId, u64)>,
 }
+
+/// Finished runs and timings remembered (a long-running node must not grow without bound; a
+/// run's audits happen right after it).
+const REMEMBERED_RUNS: usize = 1024;
 
 /// Where the time of one task went, as the node saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -688,6 +693,9 @@ impl P2pDispatch {
         bundle.write_task(task)?;
         bundle.write_commitment(&commitment)?;
         if let Ok(mut timings) = self.timings.lock() {
+            if timings.len() >= REMEMBERED_RUNS {
+                timings.remove(0);
+            }
             timings.push(RunTiming {
                 task_id: Some(task_id),
                 assigned_at: started,
@@ -697,9 +705,19 @@ impl P2pDispatch {
                 audits: Vec::new(),
             });
         }
-        self.state()
-            .finished
-            .insert(dir.to_owned(), (*worker, task_id, job));
+        let mut st = self.state();
+        if st.finished.len() >= REMEMBERED_RUNS {
+            // Job numbers grow, so the smallest is the oldest run.
+            if let Some(oldest) = st
+                .finished
+                .iter()
+                .min_by_key(|(_, (_, _, j))| *j)
+                .map(|(d, _)| d.clone())
+            {
+                st.finished.remove(&oldest);
+            }
+        }
+        st.finished.insert(dir.to_owned(), (*worker, task_id, job));
         Ok(commitment)
     }
 

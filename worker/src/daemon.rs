@@ -157,6 +157,7 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
                 }
                 None => {
                     jobs.insert(job, (task_id, JobStatus::Running));
+                    forget_old_jobs(worker, &mut jobs);
                     tokio::spawn(run_job(worker.clone(), task_id, job, task));
                 }
             }
@@ -215,6 +216,27 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
             "a worker does not answer {}",
             other.name()
         ))),
+    }
+}
+
+/// Finished jobs whose bundles are kept on disk (the node fetches a bundle and asks for
+/// openings right after the run; older ones only fill the disk).
+const KEPT_JOBS: usize = 8;
+
+/// Forgets finished jobs beyond the [`KEPT_JOBS`] most recent, with their directories.
+fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)>) {
+    let finished: Vec<u64> = jobs
+        .iter()
+        .filter(|(_, (_, s))| matches!(s, JobStatus::Finished(_)))
+        .map(|(j, _)| *j)
+        .collect();
+    for job in finished
+        .iter()
+        .take(finished.len().saturating_sub(KEPT_JOBS))
+    {
+        if let Some((task_id, _)) = jobs.remove(job) {
+            let _ = std::fs::remove_dir_all(worker.job_dir(&task_id, *job));
+        }
     }
 }
 
