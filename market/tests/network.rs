@@ -232,7 +232,7 @@ async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by
         ..NodeConfig::default()
     };
     let options = P2pOptions {
-        audit_timeout: Duration::from_secs(3),
+        audit_timeout: Duration::from_secs(6),
         ..P2pOptions::default()
     };
     let m = market(config, options).await;
@@ -376,7 +376,8 @@ async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
         ..NodeConfig::default()
     };
     let options = P2pOptions {
-        run_grace: Duration::from_secs(4),
+        // Long enough for a restarted worker process to rejoin on a loaded CI machine.
+        run_grace: Duration::from_secs(10),
         ..P2pOptions::default()
     };
     let m = market(config, options).await;
