@@ -216,10 +216,14 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
             for topic in [TOPIC_TASKS, TOPIC_HEADS] {
                 gossipsub.subscribe(&gossipsub::IdentTopic::new(topic))?;
             }
+            // Bootstrap when peers are learnt (identify, mDNS), not on a timer that would only
+            // warn while the routing table is still empty.
+            let mut kad_config = kad::Config::new(StreamProtocol::new("/market/kad/1"));
+            kad_config.set_periodic_bootstrap_interval(None);
             let kad = kad::Behaviour::with_config(
                 peer_id,
                 kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(StreamProtocol::new("/market/kad/1")),
+                kad_config,
             );
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(
