@@ -387,3 +387,63 @@ pub async fn fetch_bundle(
     }
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_of_the_bundle_layout_are_accepted() {
+        for ok in [
+            "task.json",
+            "commitment.json",
+            "leaves.json",
+            "loss.json",
+            "checkpoints/000000.st",
+            "checkpoints/123456.st",
+            "items/000007.bin",
+            "steps/000003.json",
+            "outputs/weights.st",
+        ] {
+            assert!(check_bundle_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../task.json",
+            "checkpoints/../../x.st",
+            "checkpoints/00001.st",
+            "checkpoints/0000001.st",
+            "checkpoints/00000a.st",
+            "checkpoints/000001.bin",
+            "checkpoints/000001.st/x",
+            "items/000001.bin/../../k",
+            "outputs/other.st",
+            "keys/operator.key",
+            "TASK.json",
+            "task.json\0",
+        ] {
+            assert!(check_bundle_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn manifests_must_describe_their_chunks_and_stay_within_limits() {
+        let entry = |size: u64, chunks: usize| FileEntry {
+            path: "leaves.json".into(),
+            size,
+            chunks: vec![Hash::of(b"x"); chunks],
+        };
+        let ok = |files| check_manifest(&Manifest { files }).is_ok();
+        assert!(ok(vec![entry(0, 0)]));
+        assert!(ok(vec![entry(u64::from(CHUNK_BYTES), 1)]));
+        assert!(ok(vec![entry(u64::from(CHUNK_BYTES) + 1, 2)]));
+        assert!(!ok(vec![entry(u64::from(CHUNK_BYTES) + 1, 1)]), "too few chunk hashes");
+        assert!(!ok(vec![entry(10, 2)]), "too many chunk hashes");
+        let huge = MAX_FILE_BYTES + 1;
+        assert!(!ok(vec![entry(huge, chunk_count(huge) as usize)]), "file too big");
+        let mut far = entry(0, 0);
+        far.path = "../leaves.json".into();
+        assert!(!ok(vec![far]));
+    }
+}
