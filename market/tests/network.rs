@@ -436,3 +436,35 @@ async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
         "escrow fully settled: {escrow:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_networked_verifier_is_handed_a_ringer_and_catches_it() {
+    let config = NodeConfig {
+        verifiers_per_task: 1,
+        ringer_rate_ppm: 1_000_000,
+        ..NodeConfig::default()
+    };
+    let m = market(config, P2pOptions::default()).await;
+    worker(&m, "worker r").await;
+    let v = verifier(&m, "verifier r").await;
+    wait_joined(&m, 1, 1).await;
+    let task = post(&m, 5, 40).await;
+    let t = settled(&m, &task).await;
+    // Two audits went over the network for this task: the real bundle and the planted one,
+    // each fetched from the node as openings and re-executed by the verifier process code.
+    let timing = m
+        .dispatch
+        .timings()
+        .into_iter()
+        .find(|x| x.task_id == Some(task))
+        .unwrap();
+    assert_eq!(timing.audits.len(), 2, "{timing:?}");
+    assert!(t.attempts[0].verdicts[0].passed);
+    assert_eq!(
+        m.node.ledger.stake(&v.account()).0,
+        100,
+        "it failed the ringer: not slashed"
+    );
+    assert!(m.node.ledger.reputation(&v.account()) >= 0);
+    m.node.ledger.verify().unwrap();
+}

@@ -438,10 +438,16 @@ mod tests {
         assert!(ok(vec![entry(0, 0)]));
         assert!(ok(vec![entry(u64::from(CHUNK_BYTES), 1)]));
         assert!(ok(vec![entry(u64::from(CHUNK_BYTES) + 1, 2)]));
-        assert!(!ok(vec![entry(u64::from(CHUNK_BYTES) + 1, 1)]), "too few chunk hashes");
+        assert!(
+            !ok(vec![entry(u64::from(CHUNK_BYTES) + 1, 1)]),
+            "too few chunk hashes"
+        );
         assert!(!ok(vec![entry(10, 2)]), "too many chunk hashes");
         let huge = MAX_FILE_BYTES + 1;
-        assert!(!ok(vec![entry(huge, chunk_count(huge) as usize)]), "file too big");
+        assert!(
+            !ok(vec![entry(huge, chunk_count(huge) as usize)]),
+            "file too big"
+        );
         let mut far = entry(0, 0);
         far.path = "../leaves.json".into();
         assert!(!ok(vec![far]));
