@@ -110,6 +110,7 @@ async fn main() {
             device: "cpu".into(),
             listen: Vec::new(),
             status_line: false,
+            relay: false,
         },
     ));
     tokio::spawn(market_verifier::daemon::run(

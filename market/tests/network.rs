@@ -76,6 +76,8 @@ async fn worker(m: &Market, label: &str) -> Identity {
         device: "cpu".into(),
         listen: Vec::new(),
         status_line: false,
+        // Exercise the relay reservation on the way (the node relays).
+        relay: true,
     };
     tokio::spawn(market_worker::daemon::run(id.clone(), options));
     id

@@ -271,6 +271,9 @@ pub struct Membership {
     pub node: tokio::sync::watch::Sender<Option<PeerId>>,
     /// The node's peer as dialled: the only peer whose requests are taken.
     pub dialed: tokio::sync::watch::Sender<Option<PeerId>>,
+    /// Take a reservation on the node's relay after joining, so other peers can reach this
+    /// one behind NAT (done anyway once AutoNAT finds this peer private).
+    pub relay: std::sync::atomic::AtomicBool,
 }
 
 impl Membership {
@@ -292,7 +295,21 @@ impl Membership {
             stake,
             node: tokio::sync::watch::channel(None).0,
             dialed: tokio::sync::watch::channel(None).0,
+            relay: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Listens on the node's relay (`<market>/p2p-circuit`); the reservation lasts as long as
+    /// the connection to the node.
+    async fn take_relay_reservation(&self) {
+        let circuit = self
+            .market
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2pCircuit);
+        match self.net.listen(circuit.clone()).await {
+            Ok(()) => tracing::info!(%circuit, "reachable through the market's relay"),
+            Err(e) => tracing::warn!(%circuit, error = %e, "no relay reservation"),
+        }
     }
 
     /// Starts this participant's network (listening on `listen`), measures the machine on
@@ -386,6 +403,9 @@ impl Membership {
                         tracing::info!(node = %welcome.node, role = ?self.role, stake = welcome.stake, balance = welcome.balance, "joined the market");
                         on_welcome(&welcome);
                         self.node.send_replace(Some(welcome.node));
+                        if self.relay.load(std::sync::atomic::Ordering::Relaxed) {
+                            self.take_relay_reservation().await;
+                        }
                     }
                     Some((_, Err(e))) => return Err(e.into()),
                     None => return Ok(()),
@@ -408,6 +428,14 @@ impl Membership {
                     }
                     Some(crate::Event::Gossip { topic, data, source }) => {
                         crate::heads::log_equivocation(&mut heads, &topic, &data, source);
+                    }
+                    Some(crate::Event::Reachability { status }) if status == "private" => {
+                        // Behind NAT: be reachable through the node from now on.
+                        if !self.relay.swap(true, std::sync::atomic::Ordering::Relaxed)
+                            && self.node().is_some()
+                        {
+                            self.take_relay_reservation().await;
+                        }
                     }
                     Some(_) => {}
                 },

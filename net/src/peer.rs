@@ -300,6 +300,7 @@ impl Net {
             pending: HashMap::new(),
             dials: HashMap::new(),
             listening: Vec::new(),
+            public: config.relay_server,
         };
         tokio::spawn(event_loop.run());
         Ok((Self { commands, peer_id }, event_rx))
@@ -382,6 +383,9 @@ struct EventLoop {
     pending: HashMap<request_response::OutboundRequestId, oneshot::Sender<Result<Reply, NetError>>>,
     dials: HashMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, NetError>>>,
     listening: Vec<Multiaddr>,
+    /// A node: its listen addresses are where the public reaches it, so they are its
+    /// external addresses (the relay serves reservations only with some).
+    public: bool,
 }
 
 impl EventLoop {
@@ -539,6 +543,9 @@ impl EventLoop {
                 ..
             } => self.emit(Event::Disconnected { peer: peer_id }),
             SwarmEvent::NewListenAddr { address, .. } => {
+                if self.public {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listening.push(address.clone());
                 self.emit(Event::Listening { addr: address })
             }

@@ -302,3 +302,70 @@ async fn garbage_and_oversized_messages_get_the_sender_banned_and_the_node_carri
         .unwrap();
     assert_eq!(reply.response, Response::Ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_cannot_be_dialled_is_reachable_through_its_nodes_relay() {
+    use libp2p::multiaddr::Protocol;
+    // The node relays (as market nodes do).
+    let (node, _node_events) = Net::start(
+        &Identity::from_test_label("relay node"),
+        NetConfig {
+            relay_server: true,
+            ..loopback()
+        },
+    )
+    .unwrap();
+    let node_addr = node.wait_listening().await.unwrap()[0].clone();
+    // A worker that listens nowhere itself (as behind NAT) dials the node and takes a
+    // reservation on it.
+    let (worker, mut worker_events) = Net::start(
+        &Identity::from_test_label("natted worker"),
+        NetConfig::default(),
+    )
+    .unwrap();
+    worker.dial(node_addr.clone()).await.unwrap();
+    worker
+        .listen(node_addr.clone().with(Protocol::P2pCircuit))
+        .await
+        .unwrap();
+    let circuit = loop {
+        match tokio::time::timeout(Duration::from_secs(10), worker_events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Event::Listening { addr } if addr.iter().any(|p| p == Protocol::P2pCircuit) => {
+                break addr
+            }
+            _ => {}
+        }
+    };
+    tokio::spawn(async move {
+        while let Some(ev) = worker_events.recv().await {
+            if let Event::Request { responder, .. } = ev {
+                responder.send(Reply::of(Response::Ok));
+            }
+        }
+    });
+    // Someone else reaches the worker through the relay address.
+    let (other, _e) = Net::start(
+        &Identity::from_test_label("other peer"),
+        NetConfig::default(),
+    )
+    .unwrap();
+    let target = circuit.with_p2p(worker.peer_id()).unwrap_or_else(|a| a);
+    let peer = other.dial(target).await.unwrap();
+    assert_eq!(peer, worker.peer_id());
+    let reply = other
+        .request(
+            peer,
+            Request::Describe {
+                source: Source::Blob {
+                    id: BlobId::of(b"y"),
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.response, Response::Ok);
+}

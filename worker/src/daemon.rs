@@ -36,6 +36,9 @@ pub struct WorkerOptions {
     pub listen: Vec<Multiaddr>,
     /// Show the live status line on standard error.
     pub status_line: bool,
+    /// Take a reservation on the node's relay at once (behind NAT; otherwise done when
+    /// AutoNAT finds this machine private).
+    pub relay: bool,
 }
 
 struct Worker {
@@ -104,6 +107,9 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
         options.stake,
     )
     .await?;
+    member
+        .relay
+        .store(options.relay, std::sync::atomic::Ordering::Relaxed);
     let net = member.net.clone();
     let status = if options.status_line {
         let bar = ProgressBar::new_spinner();
@@ -382,6 +388,10 @@ pub struct RunArgs {
     /// No live status line.
     #[arg(long)]
     pub quiet: bool,
+    /// Take a reservation on the market node's relay, so this worker is reachable behind NAT
+    /// (done anyway when AutoNAT finds the machine private).
+    #[arg(long)]
+    pub relay: bool,
     /// Testing aid: cheat with this strategy (see `exec --fault`) so audits can be tested.
     #[arg(long, default_value = "honest")]
     pub fault: Behavior,
@@ -404,6 +414,7 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
         device: args.device,
         listen: args.listen,
         status_line: !args.quiet,
+        relay: args.relay,
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))
 }
