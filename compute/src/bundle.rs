@@ -88,9 +88,15 @@ impl Bundle {
         self.root.join("outputs").join("weights.st")
     }
 
-    /// Writes `bytes` to `relative` inside the bundle.
+    /// Writes `bytes` to `path` inside the bundle, atomically: to a temporary file renamed
+    /// into place, so a worker killed mid-write leaves the old file or the new one, never a
+    /// torn one (a resumed run reads them back).
     pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-        std::fs::write(path, bytes).map_err(io(path))
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
     }
 
     /// Reads a file of at most `limit` bytes, checking the size before reading.

@@ -400,13 +400,19 @@ async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
 
     // 1. Killed and restarted within the grace period: the same job resumes from its last
     //    checkpoint.
+    // Long enough that the worker is surely mid-run when it is killed, however the machine
+    // is loaded.
     let child = worker_process(&m, &a, "a");
     wait_joined(&m, 1, 1).await;
-    let task = post(&m, 3, 400).await;
-    wait_running(&m, &task, 60).await;
+    let task = post(&m, 3, 1000).await;
+    wait_running(&m, &task, 30).await;
     let mut child = child;
     child.kill().unwrap();
     child.wait().unwrap();
+    assert!(
+        matches!(m.node.store.task(&task).unwrap().unwrap().state, TaskState::Running { done, .. } if done < 1000),
+        "killed mid-run"
+    );
     let child = worker_process(&m, &a, "a");
     let t = settled(&m, &task).await;
     let log = stderr_of(child);
@@ -418,8 +424,8 @@ async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
     wait_connected(&m, &a.account(), false).await;
     let child = worker_process(&m, &a, "a");
     wait_connected(&m, &a.account(), true).await;
-    let task = post(&m, 4, 400).await;
-    assert_eq!(wait_running(&m, &task, 40).await, a.account());
+    let task = post(&m, 4, 1000).await;
+    assert_eq!(wait_running(&m, &task, 30).await, a.account());
     let mut child = child;
     child.kill().unwrap();
     child.wait().unwrap();
