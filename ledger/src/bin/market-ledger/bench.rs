@@ -48,47 +48,32 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let started = Instant::now();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..args.concurrency)
-            .map(|t| {
-                let (ledger, bar, run) = (&ledger, &bar, &run);
-                let n = args.entries / args.concurrency
-                    + u64::from(t < args.entries % args.concurrency);
-                scope.spawn(move || -> Result<()> {
-                    let a = Identity::from_test_label(&format!("bench-{t}-a")).account();
-                    let b = Identity::from_test_label(&format!("bench-{t}-b")).account();
-                    for i in 0..n {
-                        let key = IdempotencyKey::new(format!("bench/{run}/{t}/{i}"))?;
-                        let kind = match i % 3 {
-                            0 => EntryKind::Mint {
-                                to: a,
-                                amount: Credits(2),
-                            },
-                            1 => EntryKind::Transfer {
-                                from: a,
-                                to: b,
-                                amount: Credits(1),
-                            },
-                            _ => EntryKind::Transfer {
-                                from: b,
-                                to: a,
-                                amount: Credits(1),
-                            },
-                        };
-                        ensure!(ledger.append(key, kind)?.fresh, "bench key reused");
-                        bar.inc(1);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("appender panicked")))
-            })
-            .collect::<Result<Vec<()>>>()
+    crate::in_threads(args.concurrency, |t| {
+        let n = args.entries / args.concurrency + u64::from(t < args.entries % args.concurrency);
+        let a = Identity::from_test_label(&format!("bench-{t}-a")).account();
+        let b = Identity::from_test_label(&format!("bench-{t}-b")).account();
+        for i in 0..n {
+            let key = IdempotencyKey::new(format!("bench/{run}/{t}/{i}"))?;
+            let kind = match i % 3 {
+                0 => EntryKind::Mint {
+                    to: a,
+                    amount: Credits(2),
+                },
+                1 => EntryKind::Transfer {
+                    from: a,
+                    to: b,
+                    amount: Credits(1),
+                },
+                _ => EntryKind::Transfer {
+                    from: b,
+                    to: a,
+                    amount: Credits(1),
+                },
+            };
+            ensure!(ledger.append(key, kind)?.fresh, "bench key reused");
+            bar.inc(1);
+        }
+        Ok(())
     })?;
     let append_secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();

@@ -27,43 +27,28 @@ pub(crate) fn run(args: ChildArgs) -> Result<()> {
     let ledger = Ledger::open(&args.path, operator, OpenOptions::default())?;
     writeln!(std::io::stdout().lock(), "ready {}", ledger.head().seq)?;
     let pid = std::process::id();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..args.threads)
-            .map(|t| {
-                let ledger = &ledger;
-                scope.spawn(move || -> Result<()> {
-                    let a = Identity::from_test_label(&format!("crash-{t}-a")).account();
-                    let b = Identity::from_test_label(&format!("crash-{t}-b")).account();
-                    for i in 0u64.. {
-                        let key = IdempotencyKey::new(format!("crash/{pid}/{t}/{i}"))?;
-                        let kind = if i % 2 == 0 {
-                            EntryKind::Mint {
-                                to: a,
-                                amount: Credits(2),
-                            }
-                        } else {
-                            EntryKind::Transfer {
-                                from: a,
-                                to: b,
-                                amount: Credits(1),
-                            }
-                        };
-                        let appended = ledger.append(key.clone(), kind)?;
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "ack {} {key}", appended.seq())?;
-                        out.flush()?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("appender panicked")))
-            })
-            .collect::<Result<Vec<()>>>()
-    })?;
-    Ok(())
+    crate::in_threads(u64::from(args.threads), |t| {
+        let a = Identity::from_test_label(&format!("crash-{t}-a")).account();
+        let b = Identity::from_test_label(&format!("crash-{t}-b")).account();
+        for i in 0u64.. {
+            let key = IdempotencyKey::new(format!("crash/{pid}/{t}/{i}"))?;
+            let kind = if i % 2 == 0 {
+                EntryKind::Mint {
+                    to: a,
+                    amount: Credits(2),
+                }
+            } else {
+                EntryKind::Transfer {
+                    from: a,
+                    to: b,
+                    amount: Credits(1),
+                }
+            };
+            let appended = ledger.append(key.clone(), kind)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "ack {} {key}", appended.seq())?;
+            out.flush()?;
+        }
+        Ok(())
+    })
 }

@@ -200,3 +200,20 @@ fn verify(args: VerifyArgs) -> Result<()> {
 pub(crate) fn load_key(path: &Path) -> Result<Identity> {
     load_or_create_identity(path).with_context(|| format!("operator key {}", path.display()))
 }
+
+/// Runs `work(t)` on `threads` scoped threads at once and returns the first error (a panic
+/// counts as one): the appenders of `bench` and of the crash-test child.
+pub(crate) fn in_threads(threads: u64, work: impl Fn(u64) -> Result<()> + Sync) -> Result<()> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = (0..threads).map(|t| scope.spawn(move || work(t))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("appender panicked")))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    Ok(())
+}
