@@ -43,10 +43,9 @@ pub struct Client {
 }
 
 fn nonce() -> Result<String, ClientError> {
-    let bytes = Identity::generate()
-        .map_err(|e| ClientError::Body(e.to_string()))?
-        .secret_bytes();
-    Ok(hex::encode(&bytes[..16]))
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| ClientError::Body(e.to_string()))?;
+    Ok(hex::encode(bytes))
 }
 
 impl Client {

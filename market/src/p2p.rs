@@ -502,19 +502,14 @@ impl P2pDispatch {
                 hellos: hellos + 1,
             },
         );
-        let mut resume = None;
-        for (job, run) in st.runs.iter().filter(|(_, r)| r.worker == account) {
+        // Runs still assigned to this account assign their job again on this connection.
+        for run in st.runs.values().filter(|r| r.worker == account) {
             let _ = run.events.send(RunEvent::Reconnected(peer));
-            resume = Some((run.task_id, *job));
         }
         drop(st);
         tracing::info!(%account, role = ?body.role, stake, "participant joined");
         node.wake();
-        Reply::of(Response::Welcome {
-            stake,
-            balance,
-            resume,
-        })
+        Reply::of(Response::Welcome { stake, balance })
     }
 
     /// Hands a worker's report to the run waiting for it. A `Done` that fails its checks

@@ -33,6 +33,15 @@ async fn net(workers: Vec<(&str, Behavior)>, verifiers: Vec<(&str, VerifierMode)
     net_with(NodeConfig::default(), workers, verifiers).await
 }
 
+/// A node with one honest worker and one honest verifier.
+async fn one_of_each() -> Net {
+    net(
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest)],
+    )
+    .await
+}
+
 /// A node with `config`, the given in-process workers and verifiers, all funded and staked, and
 /// a buyer with 5,000 credits.
 async fn net_with(
@@ -339,11 +348,7 @@ async fn a_verifier_that_vouches_for_a_cheat_is_slashed_by_the_referee() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_json_error_and_writes_nothing() {
-    let n = net(
-        vec![("w1", Behavior::Honest)],
-        vec![("v1", VerifierMode::Honest)],
-    )
-    .await;
+    let n = one_of_each().await;
     let head = n.node.ledger.head();
     let b = &n.buyer;
     let good = post_body(b, short(training_task(b, 9)));
@@ -499,11 +504,7 @@ async fn bad_input_gets_a_4xx_json_error_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blobs_are_content_addressed_and_limited() {
-    let n = net(
-        vec![("w1", Behavior::Honest)],
-        vec![("v1", VerifierMode::Honest)],
-    )
-    .await;
+    let n = one_of_each().await;
     let data = b"some dataset bytes".to_vec();
     let id = BlobId::of(&data);
     let (s, v) = call(
@@ -647,11 +648,7 @@ async fn the_audit_rate_falls_with_a_good_record_but_never_below_the_floor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_task_state_changes() {
     use http_body_util::BodyExt;
-    let n = net(
-        vec![("w1", Behavior::Honest)],
-        vec![("v1", VerifierMode::Honest)],
-    )
-    .await;
+    let n = one_of_each().await;
     let resp = n.app.clone().oneshot(get("/v1/events")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers()["content-type"]
@@ -687,11 +684,7 @@ async fn events_stream_task_state_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_upload_with_an_expected_id_is_authenticated_before_it_is_read() {
-    let n = net(
-        vec![("w1", Behavior::Honest)],
-        vec![("v1", VerifierMode::Honest)],
-    )
-    .await;
+    let n = one_of_each().await;
     let data = b"dataset".to_vec();
     let id = BlobId::of(&data);
     // A wrong signature is refused up front, and nothing is stored.

@@ -51,18 +51,30 @@ pub fn market_peer(market: &Multiaddr) -> Option<PeerId> {
     })
 }
 
-/// Dials `market` until a connection stands, waiting 250 ms, 500 ms, ... up to
-/// [`MAX_BACKOFF`] between attempts. Returns the node's peer.
+/// Waits 250 ms, 500 ms, ... up to [`MAX_BACKOFF`] between attempts.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(250))
+    }
+
+    /// Logs why the attempt failed and waits before the next one.
+    async fn wait(&mut self, what: &str, error: String) {
+        tracing::info!(%error, retry_in = ?self.0, "{what}");
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Dials `market` until a connection stands, with [`Backoff`]. Returns the node's peer.
 pub async fn dial_market(net: &Net, market: &Multiaddr) -> PeerId {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new();
     loop {
         match net.dial(market.clone()).await {
             Ok(peer) => return peer,
-            Err(e) => {
-                tracing::info!(%market, error = %e, retry_in = ?backoff, "cannot reach the market");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+            Err(e) => backoff.wait("cannot reach the market", e.to_string()).await,
         }
     }
 }
@@ -119,15 +131,15 @@ pub async fn join(
     stake: u64,
     session: u64,
 ) -> Result<Welcome, HelloError> {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Backoff::new();
     loop {
         let node = dial_market(net, market).await;
         dialed.send_replace(Some(node));
         match hello(net, node, identity, role, capabilities, stake, session).await {
             Err(HelloError::Net(e)) => {
-                tracing::info!(error = %e, retry_in = ?backoff, "hello did not get through");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff
+                    .wait("hello did not get through", e.to_string())
+                    .await
             }
             other => return other,
         }

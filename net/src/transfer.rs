@@ -81,7 +81,7 @@ pub fn chunk_count(size: u64) -> u64 {
 }
 
 /// Hashes `path` chunk by chunk into a manifest entry named `name`.
-pub fn describe_file(path: &Path, name: &str) -> Result<FileEntry, TransferError> {
+fn describe_file(path: &Path, name: &str) -> Result<FileEntry, TransferError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let size = f.metadata().map_err(io_err(path))?.len();
     let mut chunks = Vec::with_capacity(chunk_count(size) as usize);

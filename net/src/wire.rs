@@ -70,11 +70,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// The entry for `path`.
-    pub fn get(&self, path: &str) -> Option<&FileEntry> {
-        self.files.iter().find(|f| f.path == path)
-    }
-
     /// Total bytes.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
@@ -223,8 +218,6 @@ pub enum Response {
         stake: u64,
         /// The participant's balance now.
         balance: u64,
-        /// A task the node still expects from this worker (it resumes it).
-        resume: Option<(TaskId, u64)>,
     },
     /// A file's size and chunk hashes.
     File {
