@@ -1,8 +1,10 @@
 //! A training job: a validated task plus its data, and the one function that runs a segment.
 //!
-//! The worker calls [`TrainingJob::run_segment`] for every segment of the run; the verifier
-//! calls it for the sampled segments, from the committed start state. There is no other
-//! implementation of a training step anywhere.
+//! The worker calls [`TrainingJob::run_segment`] for every segment of the run (and
+//! [`TrainingJob::run_segment_with`] to open one step by step); the verifier calls it for the
+//! sampled segments, from the committed start state. There is no other implementation of a
+//! training step anywhere: the verifier's narrowing to the first bad step calls
+//! [`TrainingJob::step`] itself.
 
 use market_protocol::{BlobId, DatasetSource, ExecutionProfile, TaskSpec, Workload};
 
@@ -346,6 +348,20 @@ impl TrainingJob {
         start: &TrainState,
         mut on_step: impl FnMut(u32, f32),
     ) -> Result<(TrainState, f32)> {
+        self.run_segment_with(index, start, |state, loss| {
+            on_step(state.step, loss);
+            Ok(())
+        })
+    }
+
+    /// [`TrainingJob::run_segment`], with `after_step` seeing the whole state after every step
+    /// (a worker opening a segment hashes each one); an error from it stops the run.
+    pub fn run_segment_with(
+        &self,
+        index: u32,
+        start: &TrainState,
+        mut after_step: impl FnMut(&TrainState, f32) -> Result<()>,
+    ) -> Result<(TrainState, f32)> {
         let (first, end) = self.segment_bounds(index)?;
         if start.step != first {
             return Err(ComputeError::StateMismatch(format!(
@@ -358,7 +374,7 @@ impl TrainingJob {
         while state.step < end {
             let loss = self.step(&mut state)?;
             total += loss;
-            on_step(state.step, loss);
+            after_step(&state, loss)?;
         }
         state.check_finite(&self.layout)?;
         Ok((state, total / (end - first) as f32))

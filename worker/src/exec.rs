@@ -161,9 +161,9 @@ fn to_bf16(x: f32) -> f32 {
     f32::from_bits(rounded)
 }
 
-/// Runs segment `seg` as `behavior` would. Honest segments go through the one shared
-/// `TrainingJob::run_segment` unless per-step hashes are asked for (an opening), in which case
-/// the same `TrainingJob::step` runs one step at a time.
+/// Runs segment `seg` as `behavior` would. Honest segments, with or without per-step hashes
+/// (an opening), go through the one shared `TrainingJob::run_segment_with`; only faked
+/// segments step through this function's own loop.
 #[allow(clippy::too_many_arguments)]
 pub fn run_segment_as(
     job: &TrainingJob,
@@ -176,9 +176,16 @@ pub fn run_segment_as(
     on_step: &mut dyn FnMut(u32, f32),
 ) -> Result<(TrainState, f32, Vec<StateHash>), ExecError> {
     let (first, end) = job.segment_bounds(seg)?;
-    if !faked && !record_steps {
-        let (state, loss) = job.run_segment(seg, start, &mut *on_step)?;
-        return Ok((state, loss, Vec::new()));
+    if !faked {
+        let mut hashes = Vec::new();
+        let (state, loss) = job.run_segment_with(seg, start, |state, loss| {
+            on_step(state.step, loss);
+            if record_steps {
+                hashes.push(state.hash(&job.layout)?);
+            }
+            Ok(())
+        })?;
+        return Ok((state, loss, hashes));
     }
     let mut state = start.clone();
     let mut hashes = Vec::new();
