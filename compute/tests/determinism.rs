@@ -53,12 +53,11 @@ fn golden_gpt_hashes() {
     check_golden("compute-gpt.json");
 }
 
-/// Runs two segments of the example task and prints the end hash (run as a child process).
+/// Runs two segments of the example task and prints the end hash. Only a child process of
+/// `child_hash` runs it (ignored otherwise, so it never reports a vacuous pass).
 #[test]
+#[ignore = "run only as the child of child_hash"]
 fn child_prints_segment_hash() {
-    if std::env::var("MARKET_COMPUTE_CHILD").is_err() {
-        return;
-    }
     let job = TrainingJob::from_spec(
         &training_task(&Identity::from_test_label("buyer"), 3),
         &NoBlobs,
@@ -76,10 +75,10 @@ fn child_hash(threads: &str) -> String {
         .args([
             "--exact",
             "child_prints_segment_hash",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("MARKET_COMPUTE_CHILD", "1")
         .env("RAYON_NUM_THREADS", threads)
         .output()
         .unwrap();
