@@ -69,6 +69,9 @@ fn main() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // The worker's own write path: the bundle's checkpoint file, written atomically.
+    let bundle = market_compute::bundle::Bundle::at(dir.path());
+    bundle.create().unwrap();
     let mut state = job.initial_state();
     let (mut compute_s, mut checkpoint_s) = (0.0f64, 0.0f64);
     for seg in 0..job.segments() {
@@ -76,8 +79,11 @@ fn main() {
         state = job.run_segment(seg, &state, |_, _| {}).unwrap().0;
         let t1 = Instant::now();
         let bytes = state.to_bytes(&job.layout).unwrap();
-        let hash = StateHash(Hash::of(&bytes));
-        std::fs::write(dir.path().join(format!("{hash}.safetensors")), &bytes).unwrap();
+        // The hash the worker commits to.
+        let _committed = StateHash(Hash::of(&bytes));
+        bundle
+            .write(&bundle.checkpoint_path(seg + 1), &bytes)
+            .unwrap();
         checkpoint_s += t1.elapsed().as_secs_f64();
         compute_s += (t1 - t0).as_secs_f64();
     }
