@@ -43,14 +43,24 @@ fn invalid(reason: impl Into<String>) -> ComputeError {
     }
 }
 
+/// The groups of a state's tensors, in canonical order: each slot of the layout appears once
+/// per group, named `GROUP.SLOT`.
+pub const TENSOR_GROUPS: [&str; 3] = ["param", "opt.m", "opt.v"];
+
 impl TrainState {
+    /// The state's flat tensor groups with their names ([`TENSOR_GROUPS`]); an optimizer
+    /// without moments has empty `opt.*` groups.
+    pub fn groups(&self) -> [(&'static str, &[f32]); 3] {
+        [
+            (TENSOR_GROUPS[0], &self.params),
+            (TENSOR_GROUPS[1], &self.m),
+            (TENSOR_GROUPS[2], &self.v),
+        ]
+    }
+
     /// Fails if any value is NaN or infinite, naming the tensor.
     pub fn check_finite(&self, layout: &ParamLayout) -> Result<()> {
-        for (prefix, data) in [
-            ("param", &self.params),
-            ("opt.m", &self.m),
-            ("opt.v", &self.v),
-        ] {
+        for (prefix, data) in self.groups() {
             if data.is_empty() {
                 continue;
             }
@@ -70,11 +80,7 @@ impl TrainState {
     pub fn to_bytes(&self, layout: &ParamLayout) -> Result<Vec<u8>> {
         self.check_finite(layout)?;
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-        for (prefix, data) in [
-            ("param", &self.params),
-            ("opt.m", &self.m),
-            ("opt.v", &self.v),
-        ] {
+        for (prefix, data) in self.groups() {
             if data.is_empty() {
                 continue;
             }
@@ -136,7 +142,7 @@ impl TrainState {
             }
         };
         let mut parts: [Vec<f32>; 3] = Default::default();
-        for (k, prefix) in ["param", "opt.m", "opt.v"].iter().enumerate() {
+        for (k, prefix) in TENSOR_GROUPS.iter().enumerate() {
             let mut present = 0;
             for slot in layout.slots() {
                 if let Some(data) = read(format!("{prefix}.{}", slot.name), &slot.shape)? {

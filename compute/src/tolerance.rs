@@ -10,14 +10,22 @@ use crate::zoo::ParamLayout;
 /// The largest relative L2 distance per tensor that still counts as a match.
 pub const MAX_RELATIVE_L2: f64 = 5e-2;
 
+/// The relative L2 distance `‖a − b‖ / max(‖b‖, 1e-12)` of two equally long vectors, in f64
+/// (NaN if either holds one): the one measure of "close" for states and output rows.
+pub fn relative_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let d = f64::from(*x) - f64::from(*y);
+        diff += d * d;
+        norm += f64::from(*y) * f64::from(*y);
+    }
+    diff.sqrt() / norm.sqrt().max(1e-12)
+}
+
 /// The worst per-tensor relative L2 distance between two states, with the tensor's name.
 pub fn worst_relative_l2(layout: &ParamLayout, a: &TrainState, b: &TrainState) -> (f64, String) {
     let mut worst = (0.0f64, String::new());
-    for (prefix, xa, xb) in [
-        ("param", &a.params, &b.params),
-        ("opt.m", &a.m, &b.m),
-        ("opt.v", &a.v, &b.v),
-    ] {
+    for ((prefix, xa), (_, xb)) in a.groups().into_iter().zip(b.groups()) {
         if xa.len() != xb.len() {
             return (f64::INFINITY, format!("{prefix} (sizes differ)"));
         }
@@ -26,13 +34,7 @@ pub fn worst_relative_l2(layout: &ParamLayout, a: &TrainState, b: &TrainState) -
         }
         for slot in layout.slots() {
             let r = slot.range();
-            let (mut diff, mut norm) = (0.0f64, 0.0f64);
-            for (x, y) in xa[r.clone()].iter().zip(&xb[r]) {
-                let d = f64::from(*x) - f64::from(*y);
-                diff += d * d;
-                norm += f64::from(*y) * f64::from(*y);
-            }
-            let rel = diff.sqrt() / norm.sqrt().max(1e-12);
+            let rel = relative_l2(&xa[r.clone()], &xb[r]);
             if rel > worst.0 || rel.is_nan() {
                 worst = (rel, format!("{prefix}.{}", slot.name));
             }

@@ -494,13 +494,12 @@ fn rows_close(ours: &[u8], theirs: &[u8]) -> bool {
     }
     let f = |b: &[u8]| {
         b.chunks_exact(4)
-            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect::<Vec<_>>()
     };
-    let (a, b) = (f(ours), f(theirs));
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let norm: f64 = b.iter().map(|y| y * y).sum();
-    diff.sqrt() <= market_compute::tolerance::MAX_RELATIVE_L2 * norm.sqrt().max(1e-12)
+    // NaN (a row holding one) is never close.
+    market_compute::tolerance::relative_l2(&f(ours), &f(theirs))
+        <= market_compute::tolerance::MAX_RELATIVE_L2
 }
 
 /// A referee's check of chosen segments of a training bundle (for example the one two verdicts
