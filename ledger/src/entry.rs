@@ -16,8 +16,8 @@ use market_protocol::canonical::{
     to_canonical_bytes, CanonicalError, MAX_MESSAGE_BYTES, MAX_SAFE_INTEGER,
 };
 use market_protocol::{
-    message_id, signing_bytes, AccountId, Commitment, Credits, Hash, Identity, Message, Signature,
-    SignatureError, Signed, TaskId, TaskSpec, Verdict, Version,
+    message_id, AccountId, Commitment, Credits, Hash, Identity, Message, Signature, SignatureError,
+    Signed, TaskId, TaskSpec, Verdict, Version,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -576,22 +576,14 @@ impl Entry {
         Ok(Unsigned::new(body)?.sign(operator))
     }
 
-    /// blake3 of the signing bytes: the value the next entry's `prev` holds.
+    /// blake3 of the signing bytes (its message id): the value the next entry's `prev` holds.
     pub fn hash(&self) -> Result<Hash, CanonicalError> {
-        Ok(Hash::of(&signing_bytes(&self.body)?))
+        message_id(&self.body)
     }
 
     /// Checks the operator signature alone (strict RFC 8032), without chain context.
     pub fn verify_signature(&self) -> Result<(), SignatureError> {
-        let bytes = signing_bytes(&self.body)?;
-        self.body
-            .signer
-            .verifying_key()
-            .verify_strict(&bytes, &self.signature.to_dalek())
-            .map_err(|_| SignatureError::BadSignature {
-                domain: ENTRY_DOMAIN,
-                signer: self.body.signer,
-            })
+        market_protocol::verify_signature(&self.body, self.body.signer, &self.signature)
     }
 
     /// Decodes one canonical line (no newline). Any other spelling is refused, so every entry
@@ -654,7 +646,7 @@ mod tests {
             sealed.line,
             to_canonical_bytes(&sealed.entry).expect("canonical")
         );
-        let signing = signing_bytes(&sealed.entry.body).expect("signing bytes");
+        let signing = market_protocol::signing_bytes(&sealed.entry.body).expect("signing bytes");
         assert!(signing.starts_with(b"market/v1/LedgerEntry\0{"));
         assert_eq!(sealed.hash, Hash::of(&signing));
         assert_eq!(sealed.entry.hash().expect("hash"), sealed.hash);

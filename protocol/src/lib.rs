@@ -27,4 +27,4 @@ pub use keys::{AccountId, Identity, KeyError, Signature};
 pub use merkle::{MerkleError, MerkleProof, MerkleTree};
 pub use messages::*;
 pub use numbers::{Credits, Decimal, F32Bits};
-pub use signed::{message_id, signing_bytes, Message, SignatureError, Signed};
+pub use signed::{message_id, signing_bytes, verify_signature, Message, SignatureError, Signed};

@@ -60,6 +60,23 @@ pub fn message_id<T: Message>(body: &T) -> Result<Hash, CanonicalError> {
     Ok(Hash::of(&signing_bytes(body)?))
 }
 
+/// Checks `signature` by `signer` over `body`'s signing bytes (strict RFC 8032), without the
+/// author rule: for bodies that carry their signer elsewhere, such as ledger entries.
+pub fn verify_signature<T: Message>(
+    body: &T,
+    signer: AccountId,
+    signature: &Signature,
+) -> Result<(), SignatureError> {
+    let bytes = signing_bytes(body)?;
+    signer
+        .verifying_key()
+        .verify_strict(&bytes, &signature.to_dalek())
+        .map_err(|_| SignatureError::BadSignature {
+            domain: T::DOMAIN,
+            signer,
+        })
+}
+
 /// A message with its signer and signature. Construct with [`Signed::sign`]; read the body
 /// only through [`Signed::verify`] when the message came from elsewhere.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,14 +123,7 @@ impl<T: Message> Signed<T> {
                 });
             }
         }
-        let bytes = signing_bytes(&self.body)?;
-        self.signer
-            .verifying_key()
-            .verify_strict(&bytes, &self.signature.to_dalek())
-            .map_err(|_| SignatureError::BadSignature {
-                domain: T::DOMAIN,
-                signer: self.signer,
-            })?;
+        verify_signature(&self.body, self.signer, &self.signature)?;
         Ok(&self.body)
     }
 
