@@ -16,19 +16,6 @@ use market_ledger::{Ledger, OpenCheck};
 
 const ROUNDS: usize = 32;
 
-/// A small deterministic generator, seeded per run and printed so a failure reproduces.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// One acknowledged append: `ack SEQ KEY`.
 fn parse_ack(line: &str) -> Option<(u64, String)> {
     let mut parts = line.strip_suffix('\n')?.split(' ');
@@ -68,7 +55,7 @@ fn acknowledged_appends_survive_repeated_sigkill() {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(7);
     println!("crash test seed {seed}");
-    let mut rng = SplitMix(seed);
+    let mut rng = common::SplitMix(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = common::ledger_path(dir.path());
     let key_file = dir.path().join("operator.key");

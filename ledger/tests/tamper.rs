@@ -103,23 +103,10 @@ fn broken(lines: &[Vec<u8>]) -> Broken {
     }
 }
 
-/// A small deterministic generator, so failures reproduce.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 #[test]
 fn any_single_byte_change_is_detected_and_named() {
     let (_dir, _ledger, lines) = sample();
-    let mut rng = SplitMix(0x1ed6e5);
+    let mut rng = common::SplitMix(0x1ed6e5);
     let mut tried = 0;
     for (index, line) in lines.iter().enumerate() {
         // The first and last bytes, the newline after the line, and a sample in between.

@@ -146,3 +146,17 @@ pub fn verdict(
 pub fn verdict_id(v: &Signed<Verdict>) -> Hash {
     message_id(&v.body).expect("verdict id")
 }
+
+/// A small deterministic generator (SplitMix64), so failures reproduce.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next value.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
