@@ -10,6 +10,30 @@ use crate::error::{ComputeError, Result};
 use crate::zoo::{GptConfig, MlpConfig, ParamLayout};
 use crate::{native, repro};
 
+/// The profiles this build can run on `device` (`cpu` or `cuda`): what a worker or verifier
+/// announces, so the node never hands it a task it would fail for want of a kernel.
+pub fn profiles_on(device: &str) -> Vec<ExecutionProfile> {
+    let mut profiles = vec![ExecutionProfile::Repro, ExecutionProfile::Native];
+    if cfg!(feature = "cuda") && device == "cuda" {
+        profiles.push(ExecutionProfile::Cuda);
+    }
+    profiles
+}
+
+/// Checks a daemon's `--device` against this build: `cpu` always, `cuda` only in a build with
+/// the `cuda` feature.
+pub fn check_device(device: &str) -> Result<()> {
+    match device {
+        "cpu" => Ok(()),
+        "cuda" if cfg!(feature = "cuda") => Ok(()),
+        "cuda" => Err(ComputeError::ProfileUnavailable(
+            ExecutionProfile::Cuda,
+            " (build with --features cuda)",
+        )),
+        other => Err(ComputeError::UnknownDevice(other.to_owned())),
+    }
+}
+
 /// Where and how the maths runs.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -106,5 +130,28 @@ impl Backend {
             Self::Repro => Ok(repro::mlp::predict(cfg, layout, params, x, rows)),
             Self::Candle(device) => native::mlp_predict(device, cfg, layout, params, x, rows),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_announces_the_cpu_profiles_and_cuda_needs_the_feature_and_the_device() {
+        assert_eq!(
+            profiles_on("cpu"),
+            [ExecutionProfile::Repro, ExecutionProfile::Native]
+        );
+        assert_eq!(
+            profiles_on("cuda").contains(&ExecutionProfile::Cuda),
+            cfg!(feature = "cuda")
+        );
+        assert!(check_device("cpu").is_ok());
+        assert_eq!(check_device("cuda").is_ok(), cfg!(feature = "cuda"));
+        assert!(matches!(
+            check_device("tpu"),
+            Err(ComputeError::UnknownDevice(d)) if d == "tpu"
+        ));
     }
 }

@@ -22,6 +22,9 @@ pub enum ComputeError {
     /// The task needs a profile this build cannot run.
     #[error("profile {0:?} is not available in this build{1}")]
     ProfileUnavailable(market_protocol::ExecutionProfile, &'static str),
+    /// A `--device` that is neither `cpu` nor `cuda`.
+    #[error("unknown device {0:?}: use cpu or cuda")]
+    UnknownDevice(String),
     /// A candle kernel failed (native and cuda profiles).
     #[error("candle: {0}")]
     Candle(String),

@@ -120,6 +120,7 @@ async fn main() {
             data_dir: dir.path().join("verifier"),
             stake: 500,
             listen: Vec::new(),
+            device: "cpu".into(),
         },
     ));
     while dispatch

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use market_compute::bundle::Bundle;
 use market_compute::BlobSource;
-use market_protocol::{AccountId, Beacon, Commitment, Identity, Signed, TaskSpec, Verdict};
+use market_protocol::{
+    AccountId, Beacon, Commitment, ExecutionProfile, Identity, Signed, TaskSpec, Verdict,
+};
 use market_verifier::SamplePolicy;
 use market_worker::{Behavior, Progress};
 
@@ -25,6 +27,9 @@ pub trait Dispatch: Send + Sync {
     fn workers(&self) -> Vec<AccountId>;
     /// Verifiers that can audit.
     fn verifiers(&self) -> Vec<AccountId>;
+    /// Whether `participant` (a worker or a verifier) can execute tasks of `profile`: a task
+    /// goes only to a worker that runs it, and its audits only to verifiers that do.
+    fn runs(&self, participant: &AccountId, profile: ExecutionProfile) -> bool;
     /// Has `worker` run `task` into a bundle in `dir`; returns its signed commitment.
     fn run(
         &self,
@@ -71,6 +76,11 @@ impl Dispatch for InProcess {
 
     fn verifiers(&self) -> Vec<AccountId> {
         self.verifiers.iter().map(|(i, _)| i.account()).collect()
+    }
+
+    fn runs(&self, _participant: &AccountId, profile: ExecutionProfile) -> bool {
+        // Everyone here is library code on this process's CPU.
+        market_compute::backend::profiles_on("cpu").contains(&profile)
     }
 
     fn run(

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use market_ledger::{EntryKind, IdempotencyKey, Ledger, LedgerError, OpError};
 use market_protocol::{
-    AccountId, Beacon, ChallengeSeed, Commitment, CommitmentId, Credits, Hash, Identity, Signed,
-    TaskId, TaskSpec, Verdict, VerdictId, VerdictOutcome, Workload,
+    AccountId, Beacon, ChallengeSeed, Commitment, CommitmentId, Credits, ExecutionProfile, Hash,
+    Identity, Signed, TaskId, TaskSpec, Verdict, VerdictId, VerdictOutcome, Workload,
 };
 use market_verifier::SamplePolicy;
 use tokio::sync::{broadcast, Notify};
@@ -220,12 +220,19 @@ impl Node {
         if let Some(existing) = self.store.task(&id).map_err(ApiError::internal)? {
             return Ok(existing);
         }
-        let check = match &spec.workload {
+        // The node checks the task's shape, not whether it could run the task itself: a
+        // CPU-only node takes `cuda` tasks for its GPU workers. Only the kernels depend on the
+        // profile, so the check builds the job with the reproducible ones.
+        let shape = TaskSpec {
+            profile: ExecutionProfile::Repro,
+            ..spec.clone()
+        };
+        let check = match &shape.workload {
             Workload::Training(_) => {
-                market_compute::TrainingJob::from_spec(&spec, &self.blobs).map(|_| ())
+                market_compute::TrainingJob::from_spec(&shape, &self.blobs).map(|_| ())
             }
             Workload::Inference(_) => {
-                market_compute::InferenceJob::from_spec(&spec, &self.blobs).map(|_| ())
+                market_compute::InferenceJob::from_spec(&shape, &self.blobs).map(|_| ())
             }
         };
         check.map_err(|e| {
@@ -367,27 +374,47 @@ impl Node {
         }
     }
 
+    /// The oldest queued task that can go ahead now. A task nobody has tried waits until a
+    /// staked worker and a staked verifier that run its profile are there, without holding up
+    /// the tasks behind it (a `cuda` task must not stall the queue of a CPU-only market). A
+    /// task already tried goes ahead regardless, to be retried or rejected.
     fn next_queued(&self) -> anyhow::Result<Option<TaskId>> {
         Ok(self
             .store
             .tasks(None, usize::MAX)?
             .into_iter()
-            .find(|t| t.state == TaskState::Queued)
+            .find(|t| {
+                t.state == TaskState::Queued
+                    && (!t.attempts.is_empty()
+                        || (self.pick_worker(t).is_some()
+                            && self.has_verifier_for(t.spec.body.profile)))
+            })
             .map(|t| t.id))
+    }
+
+    fn has_verifier_for(&self, profile: ExecutionProfile) -> bool {
+        self.dispatch.verifiers().iter().any(|v| {
+            self.dispatch.runs(v, profile) && self.stake(v) >= self.config.min_verifier_stake
+        })
     }
 
     fn stake(&self, a: &AccountId) -> u64 {
         self.ledger.stake(a).0
     }
 
-    /// A worker with enough stake that has not yet tried this task.
+    /// A worker with enough stake that runs the task's profile and has not yet tried it.
     fn pick_worker(&self, t: &TaskRecord) -> Option<AccountId> {
         let tried: Vec<AccountId> = t.attempts.iter().map(|a| a.worker).collect();
+        let profile = t.spec.body.profile;
         // The least-used eligible worker; ties go to the dispatcher's order.
         self.dispatch
             .workers()
             .into_iter()
-            .filter(|w| !tried.contains(w) && self.stake(w) >= self.config.min_worker_stake)
+            .filter(|w| {
+                !tried.contains(w)
+                    && self.stake(w) >= self.config.min_worker_stake
+                    && self.dispatch.runs(w, profile)
+            })
             .min_by_key(|w| self.store.participant(w).map(|p| p.tasks_done).unwrap_or(0))
     }
 
@@ -409,12 +436,21 @@ impl Node {
     /// stake and reputation), from a stream keyed by the beacon, so the worker could not know
     /// them when it committed. The first [`Node::verifiers_for`] audit; the rest stand in, in
     /// order, for any that fails to answer.
-    fn draw_verifiers(&self, beacon: &Beacon, exclude: &AccountId) -> Vec<AccountId> {
+    fn draw_verifiers(
+        &self,
+        beacon: &Beacon,
+        exclude: &AccountId,
+        profile: ExecutionProfile,
+    ) -> Vec<AccountId> {
         let mut pool: Vec<(AccountId, u64)> = self
             .dispatch
             .verifiers()
             .into_iter()
-            .filter(|v| v != exclude && self.stake(v) >= self.config.min_verifier_stake)
+            .filter(|v| {
+                v != exclude
+                    && self.stake(v) >= self.config.min_verifier_stake
+                    && self.dispatch.runs(v, profile)
+            })
             .map(|v| {
                 let rep = self.ledger.reputation(&v);
                 // Reputation scales the weight: slow to earn (+10% a point), quick to lose (halved per point lost).
@@ -561,7 +597,7 @@ impl Node {
         t.state = TaskState::Auditing { worker };
         self.save(&t)?;
 
-        let candidates = self.draw_verifiers(&beacon, &worker);
+        let candidates = self.draw_verifiers(&beacon, &worker, t.spec.body.profile);
         let wanted = self.verifiers_for(&worker);
         if candidates.is_empty() {
             anyhow::bail!("no staked verifier is available");

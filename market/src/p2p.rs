@@ -21,8 +21,8 @@ use market_net::transfer::{
 use market_net::wire::{AuditJob, FileEntry, Manifest, Reply, Request, Response, Source};
 use market_net::{account_of, Event, Net, PeerId};
 use market_protocol::{
-    message_id, AccountId, Beacon, BlobId, Capabilities, Commitment, Role, Signed, TaskId,
-    TaskSpec, Verdict,
+    message_id, AccountId, Beacon, BlobId, Capabilities, Commitment, ExecutionProfile, Role,
+    Signed, TaskId, TaskSpec, Verdict,
 };
 use market_verifier::SamplePolicy;
 use market_worker::Progress;
@@ -838,6 +838,13 @@ impl Dispatch for P2pDispatch {
 
     fn verifiers(&self) -> Vec<AccountId> {
         self.connected(Role::Verifier)
+    }
+
+    fn runs(&self, participant: &AccountId, profile: ExecutionProfile) -> bool {
+        self.state()
+            .participants
+            .get(participant)
+            .is_some_and(|p| p.capabilities.runs(profile))
     }
 
     fn run(

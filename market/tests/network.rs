@@ -92,6 +92,7 @@ async fn verifier(m: &Market, label: &str) -> Identity {
         data_dir: m.dir.path().join(label),
         stake: 100,
         listen: Vec::new(),
+        device: "cpu".into(),
     };
     tokio::spawn(market_verifier::daemon::run(id.clone(), options));
     id
@@ -322,6 +323,89 @@ async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by
         "the stand-in's verdict"
     );
     assert!(verdicts[0].passed);
+}
+
+/// A participant that only joins and hands the node's requests to the test.
+async fn raw_participant(
+    m: &Market,
+    label: &str,
+    role: Role,
+    capabilities: &Capabilities,
+) -> tokio::sync::mpsc::UnboundedReceiver<Event> {
+    let id = Identity::from_test_label(label);
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let (net, events) = Net::start(&id, NetConfig::default()).unwrap();
+    let dialed = tokio::sync::watch::channel(None).0;
+    join(&net, &m.addr, &dialed, &id, role, capabilities, 200, 1)
+        .await
+        .unwrap();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue() {
+    let config = NodeConfig {
+        verifiers_per_task: 1,
+        ..NodeConfig::default()
+    };
+    let m = market(config, P2pOptions::default()).await;
+    let cpu_worker = worker(&m, "cpu-only worker").await;
+    verifier(&m, "cpu-only verifier").await;
+    wait_joined(&m, 1, 1).await;
+    let caps = m.dispatch.participants()[&cpu_worker.account()]
+        .capabilities
+        .clone();
+    assert!(caps.runs(ExecutionProfile::Repro) && !caps.runs(ExecutionProfile::Cuda));
+
+    // First in the queue: a task for CUDA, which nobody here runs. The CPU task behind it
+    // still settles, and the CUDA task is never handed to the CPU worker.
+    let mut spec = training_task(&m.buyer, 30);
+    spec.profile = ExecutionProfile::Cuda;
+    let cuda = m
+        .node
+        .post_task(Signed::sign(spec, &m.buyer).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let cpu = post(&m, 31, 20).await;
+    settled(&m, &cpu).await;
+    let waiting = m.node.store.task(&cuda).unwrap().unwrap();
+    assert_eq!(waiting.state, TaskState::Queued);
+    assert!(waiting.attempts.is_empty(), "{:?}", waiting.attempts);
+
+    // A CUDA worker alone is not enough (its result could not be audited); once a CUDA
+    // verifier joins too, the task goes to the CUDA worker.
+    let gpu = Capabilities {
+        profiles: vec!["cuda".into()],
+        device: "cuda".into(),
+        memory_bytes: 80 << 30,
+        steps_per_ksec: 1_000_000,
+    };
+    let mut gpu_worker = raw_participant(&m, "cuda worker", Role::Worker, &gpu).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = m.node.store.task(&cuda).unwrap().unwrap();
+    assert_eq!(waiting.state, TaskState::Queued, "no CUDA verifier yet");
+    let _gpu_verifier = raw_participant(&m, "cuda verifier", Role::Verifier, &gpu).await;
+    let assigned = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(ev) = gpu_worker.recv().await {
+            if let Event::Request {
+                request: Request::Assign { task_id, .. },
+                responder,
+                ..
+            } = ev
+            {
+                responder.send(Reply::of(Response::Ok));
+                return task_id;
+            }
+        }
+        panic!("the CUDA worker's events ended");
+    })
+    .await
+    .expect("the CUDA task was assigned");
+    assert_eq!(assigned, cuda);
+    let t = m.node.store.task(&cuda).unwrap().unwrap();
+    assert_eq!(t.attempts.len(), 1);
+    assert_ne!(t.attempts[0].worker, cpu_worker.account());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

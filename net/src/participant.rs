@@ -241,7 +241,10 @@ pub fn measure_capabilities(device: &str) -> Capabilities {
         })
         .unwrap_or(0);
     Capabilities {
-        profiles: vec!["repro".into(), "native".into()],
+        profiles: market_compute::backend::profiles_on(device)
+            .into_iter()
+            .map(|p| p.name().to_owned())
+            .collect(),
         device: device.into(),
         memory_bytes: available_memory(),
         steps_per_ksec,

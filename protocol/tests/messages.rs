@@ -164,3 +164,26 @@ fn openings_prove_committed_checkpoints_only() {
         );
     }
 }
+
+#[test]
+fn capabilities_name_profiles_as_they_are_serialized() {
+    let all = [
+        ExecutionProfile::Repro,
+        ExecutionProfile::Native,
+        ExecutionProfile::Cuda,
+    ];
+    for profile in all {
+        assert_eq!(
+            serde_json::to_string(&profile).unwrap(),
+            format!("\"{}\"", profile.name())
+        );
+    }
+    let cpu = Capabilities {
+        profiles: vec!["repro".into(), "native".into()],
+        device: "cpu".into(),
+        memory_bytes: 1 << 30,
+        steps_per_ksec: 1,
+    };
+    assert!(cpu.runs(ExecutionProfile::Repro) && cpu.runs(ExecutionProfile::Native));
+    assert!(!cpu.runs(ExecutionProfile::Cuda));
+}

@@ -28,6 +28,9 @@ pub struct VerifierOptions {
     pub stake: u64,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
+    /// Compute device for re-execution: `cpu`, or `cuda` (which also lets it audit `cuda`
+    /// tasks) in a build with the `cuda` feature.
+    pub device: String,
 }
 
 struct Verifier {
@@ -46,7 +49,7 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
         &options.market,
         options.listen.clone(),
         Role::Verifier,
-        "cpu",
+        &options.device,
         options.stake,
     )
     .await?;
@@ -178,16 +181,21 @@ pub struct RunArgs {
     /// Listen addresses.
     #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
     pub listen: Vec<Multiaddr>,
+    /// Compute device: `cpu`, or `cuda` in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Runs the verifier daemon from command-line arguments, on a new tokio runtime.
 pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
+    market_compute::backend::check_device(&args.device)?;
     let identity = market_protocol::keyfile::load_identity(&args.key)?;
     let options = VerifierOptions {
         market: args.market,
         data_dir: args.data,
         stake: args.stake,
         listen: args.listen,
+        device: args.device,
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))
 }

@@ -399,12 +399,7 @@ pub struct RunArgs {
 
 /// Runs the worker daemon from command-line arguments, on a new tokio runtime.
 pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
-    match args.device.as_str() {
-        "cpu" => {}
-        "cuda" if cfg!(feature = "cuda") => {}
-        "cuda" => anyhow::bail!("this build has no CUDA support (build with --features cuda)"),
-        other => anyhow::bail!("unknown device {other:?}: use cpu or cuda"),
-    }
+    market_compute::backend::check_device(&args.device)?;
     let identity = market_protocol::keyfile::load_identity(&args.key)?;
     let options = WorkerOptions {
         market: args.market,

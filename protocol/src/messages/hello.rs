@@ -31,6 +31,14 @@ pub struct Capabilities {
     pub steps_per_ksec: u64,
 }
 
+impl Capabilities {
+    /// Whether it says it runs tasks of `profile` (a node hands a participant only the tasks
+    /// and audits it can execute).
+    pub fn runs(&self, profile: crate::ExecutionProfile) -> bool {
+        self.profiles.iter().any(|p| p == profile.name())
+    }
+}
+
 /// A participant's signed introduction. The node accepts it only from the peer whose key
 /// signed it (the connection is authenticated with that same key), so a participant cannot
 /// speak for another account; `node` names the node it is meant for, so a hello shown to one

@@ -221,6 +221,18 @@ pub enum ExecutionProfile {
     Cuda,
 }
 
+impl ExecutionProfile {
+    /// Its name on the wire (as serialized), which is also how a participant's
+    /// [`crate::Capabilities`] list the profiles it runs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Repro => "repro",
+            Self::Native => "native",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
 /// The audit the buyer asks for: catch a worker that faked at least `assumed_faked_fraction`
 /// of the segments with probability at least `detection_target`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
