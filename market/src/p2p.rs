@@ -114,11 +114,40 @@ struct AuditSlot {
 #[derive(Default)]
 struct State {
     participants: BTreeMap<AccountId, Participant>,
+    /// First joins so far (the next participant's `joined`).
+    joins: u64,
     runs: HashMap<u64, RunSlot>,
     audits: HashMap<u64, AuditSlot>,
     /// Bundle directory -> (worker, task, job) of the run that produced it, for open-steps
     /// during its audits; only the most recent [`REMEMBERED_RUNS`] are kept.
     finished: HashMap<PathBuf, (AccountId, TaskId, u64)>,
+}
+
+/// Disconnected participants remembered (for the operator's view and the order of first joins).
+/// Beyond this the earliest-joined disconnected ones are forgotten, so peers coming and going
+/// with fresh keys cannot grow the node's memory without bound (connected ones are bounded by
+/// the connection limits).
+const REMEMBERED_DISCONNECTED: usize = 4096;
+
+impl State {
+    /// Forgets the earliest-joined disconnected participants beyond
+    /// [`REMEMBERED_DISCONNECTED`], except those with a run still assigned.
+    fn forget_departed(&mut self) {
+        let mut departed: Vec<(u64, AccountId)> = self
+            .participants
+            .iter()
+            .filter(|(a, p)| !p.connected && !self.runs.values().any(|r| r.worker == **a))
+            .map(|(a, p)| (p.joined, *a))
+            .collect();
+        let excess = departed.len().saturating_sub(REMEMBERED_DISCONNECTED);
+        if excess == 0 {
+            return;
+        }
+        departed.sort_unstable();
+        for (_, account) in departed.into_iter().take(excess) {
+            self.participants.remove(&account);
+        }
+    }
 }
 
 /// Finished runs and timings remembered (a long-running node must not grow without bound; a
@@ -305,6 +334,7 @@ impl P2pDispatch {
                 for run in st.runs.values().filter(|r| r.worker == account) {
                     let _ = run.events.send(RunEvent::Disconnected);
                 }
+                st.forget_departed();
             }
             Event::Misbehaved { peer, reason } => {
                 tracing::warn!(%peer, %reason, "peer banned for a malformed message");
@@ -487,10 +517,13 @@ impl P2pDispatch {
             Err(e) => return Reply::refused(format!("cannot stake {}: {e}", body.stake.0)),
         };
         let mut st = self.state();
-        let (joined, hellos) = st
-            .participants
-            .get(&account)
-            .map_or((st.participants.len() as u64, 0), |p| (p.joined, p.hellos));
+        let (joined, hellos) = match st.participants.get(&account) {
+            Some(p) => (p.joined, p.hellos),
+            None => {
+                st.joins += 1;
+                (st.joins - 1, 0)
+            }
+        };
         st.participants.insert(
             account,
             Participant {
@@ -916,4 +949,57 @@ pub async fn open_networked(
     let node = Node::open(data, config, operator, dispatch.clone())?;
     dispatch.serve(node.clone(), events);
     Ok((node, dispatch, addrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use market_protocol::Identity;
+
+    fn participant(account: &AccountId, joined: u64, connected: bool) -> Participant {
+        Participant {
+            peer: account.to_peer_id(),
+            role: Role::Worker,
+            capabilities: Capabilities {
+                profiles: vec!["repro".into()],
+                device: "cpu".into(),
+                memory_bytes: 0,
+                steps_per_ksec: 0,
+            },
+            connected,
+            joined,
+            hellos: 1,
+        }
+    }
+
+    #[test]
+    fn departed_participants_are_forgotten_earliest_first_beyond_the_limit() {
+        let mut st = State::default();
+        let account = |i: usize| Identity::from_test_label(&format!("participant {i}")).account();
+        let total = REMEMBERED_DISCONNECTED + 5;
+        let connected = [0, 3];
+        for i in 0..total {
+            let p = participant(&account(i), i as u64, connected.contains(&i));
+            st.participants.insert(account(i), p);
+        }
+        // A departed worker that still has a run assigned (it may come back to finish it).
+        st.runs.insert(
+            7,
+            RunSlot {
+                worker: account(1),
+                task_id: TaskId(market_protocol::Hash::of(b"task")),
+                blobs: Vec::new(),
+                events: mpsc::unbounded_channel().0,
+                closed: false,
+            },
+        );
+        st.forget_departed();
+        let gone: Vec<usize> = (0..total)
+            .filter(|i| !st.participants.contains_key(&account(*i)))
+            .collect();
+        // REMEMBERED_DISCONNECTED + 2 departed without a run: the two earliest of them go.
+        assert_eq!(gone, [2, 4]);
+        st.forget_departed();
+        assert_eq!(st.participants.len(), total - 2, "nothing more to forget");
+    }
 }
