@@ -177,6 +177,7 @@ impl DirBlobs {
         node: PeerId,
         task: &TaskSpec,
     ) -> Result<FetchStats, TransferError> {
+        let _turn = cache_lock(&self.dir).lock_owned().await;
         let mut stats = FetchStats::default();
         for id in task.blobs() {
             let dest = self.path(&id);
@@ -202,6 +203,21 @@ impl DirBlobs {
         }
         Ok(stats)
     }
+}
+
+/// The lock that fetches into the cache in `dir` take turns on: two jobs may read the same
+/// blob (a dataset shared by two audits), and both would otherwise write its `.part` file at
+/// once. Keyed by directory, because a daemon makes a [`DirBlobs`] per job; a daemon has one
+/// cache, so the map stays tiny.
+fn cache_lock(dir: &Path) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    type Locks = std::collections::BTreeMap<PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>;
+    static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(Locks::new());
+    LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(dir.to_owned())
+        .or_default()
+        .clone()
 }
 
 fn hash_file(path: &Path) -> Result<Hash, TransferError> {

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use market_compute::BlobSource;
+use market_net::participant::DirBlobs;
 use market_net::transfer::{chunk_reply, describe, describe_reply, fetch_file};
 use market_net::wire::{Reply, Request, Response, Source, CHUNK_BYTES};
 use market_net::{Event, Net, NetConfig};
@@ -232,6 +234,49 @@ async fn send_raw(
         }
     };
     (me, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_needing_the_same_blob_fetch_it_once_into_the_shared_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..(3 * CHUNK_BYTES as usize + 777))
+        .map(|i| (i * 17 % 253) as u8)
+        .collect();
+    let src = dir.path().join("dataset.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let id = BlobId::of(&bytes);
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("blob server"), loopback()).unwrap();
+    serve_file(server_events, src, id, Arc::new(AtomicBool::new(false)));
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, _client_events) = Net::start(
+        &Identity::from_test_label("blob client"),
+        NetConfig::default(),
+    )
+    .unwrap();
+    let peer = client.dial(addr).await.unwrap();
+
+    let buyer = Identity::from_test_label("blob buyer");
+    let mut task = market_protocol::fixtures::training_task(&buyer, 1);
+    if let market_protocol::Workload::Training(t) = &mut task.workload {
+        t.dataset = market_protocol::DatasetSource::Blob { id };
+    }
+    assert_eq!(task.blobs(), [id]);
+    // Two jobs at once, each with its own handle on the same cache directory.
+    let cache = dir.path().join("blobs");
+    let (a, b) = (DirBlobs::new(&cache), DirBlobs::new(&cache));
+    let (sa, sb) = tokio::join!(
+        a.fetch_for(&client, peer, &task),
+        b.fetch_for(&client, peer, &task)
+    );
+    let (sa, sb) = (sa.unwrap(), sb.unwrap());
+    assert_eq!(
+        sa.received + sb.received,
+        bytes.len() as u64,
+        "one fetch, the other found it cached"
+    );
+    assert_eq!(a.blob(&id).unwrap(), bytes);
+    assert!(!cache.join(format!("{id}.part")).exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
