@@ -98,6 +98,7 @@ impl Worker {
 pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(options.data_dir.join("jobs"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
+    sweep_job_dirs(&options.data_dir.join("jobs"), KEPT_JOBS)?;
     let (member, events) = Membership::start(
         &identity,
         &options.market,
@@ -244,6 +245,29 @@ fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)
             let _ = std::fs::remove_dir_all(worker.job_dir(&task_id, *job));
         }
     }
+}
+
+/// Removes all but the `keep` most recently written job directories, at startup. Jobs of an
+/// earlier process are not in its memory, so [`forget_old_jobs`] never sees them; the recent
+/// ones stay (the node re-assigns an interrupted job, which then resumes from its checkpoints,
+/// or fetches a just-finished bundle), older ones were finished or handed to another worker
+/// long ago.
+fn sweep_job_dirs(jobs_dir: &std::path::Path, keep: usize) -> anyhow::Result<()> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(jobs_dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            dirs.push((meta.modified()?, entry.path()));
+        }
+    }
+    dirs.sort();
+    let stale = dirs.len().saturating_sub(keep);
+    for (_, dir) in dirs.into_iter().take(stale) {
+        tracing::info!(dir = %dir.display(), "removing a job directory from an earlier run");
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
 }
 
 async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec) {
@@ -412,4 +436,35 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
         relay: args.relay,
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn only_the_most_recent_job_directories_survive_a_restart() {
+        let jobs = tempfile::tempdir().unwrap();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        // Written in a shuffled order, so names and creation order do not give the answer.
+        for (i, age) in [3u64, 0, 7, 1, 9, 4, 2, 8, 6, 5].into_iter().enumerate() {
+            let dir = jobs.path().join(format!("job-{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("state"), b"x").unwrap();
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(base - Duration::from_secs(age * 60))
+                .unwrap();
+        }
+        std::fs::write(jobs.path().join("stray-file"), b"not a job").unwrap();
+        sweep_job_dirs(jobs.path(), 4).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(jobs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // Ages 0..=3 minutes are jobs 1, 3, 6 and 0.
+        assert_eq!(left, ["job-0", "job-1", "job-3", "job-6", "stray-file"]);
+    }
 }
