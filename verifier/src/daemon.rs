@@ -42,7 +42,12 @@ struct Verifier {
 
 /// Runs the verifier daemon until the process is stopped (or the node refuses it).
 pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(options.data_dir.join("audits"))?;
+    // Audits do not resume: whatever an earlier process left half-fetched is of no use.
+    let audits = options.data_dir.join("audits");
+    if audits.exists() {
+        std::fs::remove_dir_all(&audits)?;
+    }
+    std::fs::create_dir_all(&audits)?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
     let (member, events) = Membership::start(
         &identity,
