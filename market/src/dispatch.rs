@@ -30,6 +30,8 @@ pub trait Dispatch: Send + Sync {
     /// Whether `participant` (a worker or a verifier) can execute tasks of `profile`: a task
     /// goes only to a worker that runs it, and its audits only to verifiers that do.
     fn runs(&self, participant: &AccountId, profile: ExecutionProfile) -> bool;
+    /// How many tasks may run at once (each on its own worker).
+    fn concurrent_tasks(&self) -> usize;
     /// Has `worker` run `task` into a bundle in `dir`; returns its signed commitment.
     fn run(
         &self,
@@ -81,6 +83,11 @@ impl Dispatch for InProcess {
     fn runs(&self, _participant: &AccountId, profile: ExecutionProfile) -> bool {
         // Everyone here is library code on this process's CPU.
         market_compute::backend::profiles_on("cpu").contains(&profile)
+    }
+
+    fn concurrent_tasks(&self) -> usize {
+        // The workers share this machine's cores: more at once would only slow each down.
+        1
     }
 
     fn run(

@@ -3,8 +3,9 @@
 //! through the ledger with an idempotency key, so a node killed at any point and restarted
 //! re-runs its steps without paying or refunding twice.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use market_ledger::{EntryKind, IdempotencyKey, Ledger, LedgerError, OpError};
 use market_protocol::{
@@ -43,6 +44,24 @@ pub struct Node {
     pub events: broadcast::Sender<String>,
     bundles: PathBuf,
     wake: Notify,
+    /// Tasks claimed by the engine (being assigned, run, audited, settled or rejected) or by a
+    /// cancel: a task claimed by one is skipped by the other.
+    claimed: Mutex<BTreeSet<TaskId>>,
+    /// Workers running a task now (each runs one at a time).
+    busy: Mutex<BTreeSet<AccountId>>,
+}
+
+/// What the engine does next with a claimed task.
+#[derive(Debug)]
+enum Step {
+    /// Runs it on this worker.
+    Run(AccountId),
+    /// Rejects it, for this reason.
+    Reject(String),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Node {
@@ -83,6 +102,8 @@ impl Node {
             events,
             bundles,
             wake: Notify::new(),
+            claimed: Mutex::new(BTreeSet::new()),
+            busy: Mutex::new(BTreeSet::new()),
         });
         for mut t in node.store.tasks(None, usize::MAX)? {
             if matches!(
@@ -296,6 +317,23 @@ impl Node {
 
     /// Cancels a queued task and refunds its escrow. Only its buyer may.
     pub async fn cancel(&self, id: &TaskId, requester: &AccountId) -> Result<TaskRecord, ApiError> {
+        // Claimed, the task cannot be handed to a worker while it is being cancelled.
+        if !lock(&self.claimed).insert(*id) {
+            return Err(ApiError::conflict(
+                "not_cancellable",
+                "the task is being handed to a worker or settled; try again",
+            ));
+        }
+        let result = self.cancel_claimed(id, requester).await;
+        lock(&self.claimed).remove(id);
+        result
+    }
+
+    async fn cancel_claimed(
+        &self,
+        id: &TaskId,
+        requester: &AccountId,
+    ) -> Result<TaskRecord, ApiError> {
         let mut t = self
             .store
             .task(id)
@@ -343,21 +381,38 @@ impl Node {
         Ok(Some(a.seq()))
     }
 
-    /// Runs queued tasks forever (one at a time: the machine's cores go to the work itself).
+    /// Runs queued tasks forever: each on its own worker, as many at once as the dispatcher
+    /// allows ([`Dispatch::concurrent_tasks`]: one when the workers share this machine's cores,
+    /// all the workers there are on a network).
     pub async fn run_engine(self: Arc<Self>) {
         loop {
-            match self.next_queued() {
-                Ok(Some(id)) => {
-                    if let Err(e) = self.clone().process(id).await {
-                        tracing::error!(task = %id, error = %e, "task processing failed; back to the queue");
-                        if let Ok(Some(mut t)) = self.store.task(&id) {
-                            if !t.state.is_final() {
-                                t.state = TaskState::Queued;
-                                let _ = self.save(&t);
+            let room = lock(&self.claimed).len() < self.dispatch.concurrent_tasks().max(1);
+            let next = if room { self.claim_next() } else { Ok(None) };
+            match next {
+                Ok(Some((id, step))) => {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let worker = match &step {
+                            Step::Run(w) => Some(*w),
+                            Step::Reject(_) => None,
+                        };
+                        if let Err(e) = node.clone().process(id, step).await {
+                            tracing::error!(task = %id, error = %e, "task processing failed; back to the queue");
+                            if let Ok(Some(mut t)) = node.store.task(&id) {
+                                if !t.state.is_final() {
+                                    t.state = TaskState::Queued;
+                                    let _ = node.save(&t);
+                                }
                             }
+                            // Still claimed, so a failing task is not retried in a tight loop.
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         }
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    }
+                        if let Some(w) = worker {
+                            lock(&node.busy).remove(&w);
+                        }
+                        lock(&node.claimed).remove(&id);
+                        node.wake();
+                    });
                 }
                 Ok(None) => {
                     let _ = tokio::time::timeout(
@@ -374,22 +429,42 @@ impl Node {
         }
     }
 
-    /// The oldest queued task that can go ahead now. A task nobody has tried waits until a
-    /// staked worker and a staked verifier that run its profile are there, without holding up
-    /// the tasks behind it (a `cuda` task must not stall the queue of a CPU-only market). A
-    /// task already tried goes ahead regardless, to be retried or rejected.
-    fn next_queued(&self) -> anyhow::Result<Option<TaskId>> {
-        Ok(self
-            .store
-            .tasks(None, usize::MAX)?
-            .into_iter()
-            .find(|t| {
-                t.state == TaskState::Queued
-                    && (!t.attempts.is_empty()
-                        || (self.pick_worker(t).is_some()
-                            && self.has_verifier_for(t.spec.body.profile)))
-            })
-            .map(|t| t.id))
+    /// Claims the oldest queued task that can go ahead now, with what to do with it. A task
+    /// waits, without holding up the tasks behind it, until an idle staked worker and a staked
+    /// verifier that run its profile are there (a `cuda` task must not stall the queue of a
+    /// CPU-only market); it is rejected after `max_attempts`, or when it has been tried and no
+    /// other worker, busy or idle, could take it.
+    fn claim_next(&self) -> anyhow::Result<Option<(TaskId, Step)>> {
+        let tasks = self.store.tasks(None, usize::MAX)?;
+        let mut claimed = lock(&self.claimed);
+        let mut busy = lock(&self.busy);
+        for t in tasks {
+            if t.state != TaskState::Queued || claimed.contains(&t.id) {
+                continue;
+            }
+            let eligible = self.eligible_workers(&t);
+            let step = if t.attempts.len() >= self.config.max_attempts {
+                Step::Reject("no worker produced a result that passed its audits".into())
+            } else if eligible.is_empty() && !t.attempts.is_empty() {
+                Step::Reject("no other staked worker is available".into())
+            } else {
+                // The least-used idle worker; ties go to the dispatcher's order.
+                let idle = eligible
+                    .into_iter()
+                    .filter(|w| !busy.contains(w))
+                    .min_by_key(|w| self.store.participant(w).map(|p| p.tasks_done).unwrap_or(0));
+                match idle {
+                    Some(w) if self.has_verifier_for(t.spec.body.profile) => {
+                        busy.insert(w);
+                        Step::Run(w)
+                    }
+                    _ => continue,
+                }
+            };
+            claimed.insert(t.id);
+            return Ok(Some((t.id, step)));
+        }
+        Ok(None)
     }
 
     fn has_verifier_for(&self, profile: ExecutionProfile) -> bool {
@@ -402,11 +477,11 @@ impl Node {
         self.ledger.stake(a).0
     }
 
-    /// A worker with enough stake that runs the task's profile and has not yet tried it.
-    fn pick_worker(&self, t: &TaskRecord) -> Option<AccountId> {
+    /// Workers, busy or idle, with enough stake that run the task's profile and have not yet
+    /// tried it, in the dispatcher's order.
+    fn eligible_workers(&self, t: &TaskRecord) -> Vec<AccountId> {
         let tried: Vec<AccountId> = t.attempts.iter().map(|a| a.worker).collect();
         let profile = t.spec.body.profile;
-        // The least-used eligible worker; ties go to the dispatcher's order.
         self.dispatch
             .workers()
             .into_iter()
@@ -415,7 +490,7 @@ impl Node {
                     && self.stake(w) >= self.config.min_worker_stake
                     && self.dispatch.runs(w, profile)
             })
-            .min_by_key(|w| self.store.participant(w).map(|p| p.tasks_done).unwrap_or(0))
+            .collect()
     }
 
     /// How many verifiers audit a worker's result: all of `verifiers_per_task` until its
@@ -486,28 +561,16 @@ impl Node {
         chosen
     }
 
-    async fn process(self: Arc<Self>, id: TaskId) -> anyhow::Result<()> {
+    /// Takes a claimed task through `step`: rejects it, or runs it on the worker, audits the
+    /// result and settles.
+    async fn process(self: Arc<Self>, id: TaskId, step: Step) -> anyhow::Result<()> {
         let mut t = self
             .store
             .task(&id)?
             .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
-        if t.attempts.len() >= self.config.max_attempts {
-            return self
-                .reject(
-                    t,
-                    "no worker produced a result that passed its audits".into(),
-                )
-                .await;
-        }
-        let Some(worker) = self.pick_worker(&t) else {
-            if t.attempts.is_empty() {
-                // Nobody can take it yet; look again later.
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                return Ok(());
-            }
-            return self
-                .reject(t, "no other staked worker is available".into())
-                .await;
+        let worker = match step {
+            Step::Run(worker) => worker,
+            Step::Reject(reason) => return self.reject(t, reason).await,
         };
         let attempt_no = t.attempts.len();
         t.attempts.push(Attempt {

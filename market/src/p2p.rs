@@ -880,6 +880,11 @@ impl Dispatch for P2pDispatch {
             .is_some_and(|p| p.capabilities.runs(profile))
     }
 
+    fn concurrent_tasks(&self) -> usize {
+        // Every worker is its own machine; the engine gives each one task at a time.
+        usize::MAX
+    }
+
     fn run(
         &self,
         worker: &AccountId,

@@ -409,6 +409,81 @@ async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one() {
+    let m = market(NodeConfig::default(), P2pOptions::default()).await;
+    verifier(&m, "verifier for parallel tasks").await;
+    let caps = measure_capabilities("cpu");
+    // Workers that take their assignment and then sit on it: only running tasks at once can
+    // hand all of them one.
+    let mut workers = Vec::new();
+    for i in 0..3 {
+        let label = format!("parallel worker {i}");
+        let events = raw_participant(&m, &label, Role::Worker, &caps).await;
+        workers.push((Identity::from_test_label(&label).account(), events));
+    }
+    wait_joined(&m, 3, 1).await;
+    let mut tasks = Vec::new();
+    for nonce in 40..44 {
+        tasks.push(post(&m, nonce, 20).await);
+    }
+    let mut assigned = Vec::new();
+    for (account, events) in &mut workers {
+        let task = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(ev) = events.recv().await {
+                if let Event::Request {
+                    request: Request::Assign { task_id, .. },
+                    responder,
+                    ..
+                } = ev
+                {
+                    responder.send(Reply::of(Response::Ok));
+                    return task_id;
+                }
+            }
+            panic!("the worker's events ended");
+        })
+        .await
+        .expect("every worker was handed a task while the others still ran theirs");
+        let t = m.node.store.task(&task).unwrap().unwrap();
+        assert!(
+            matches!(t.state, TaskState::Running { worker, .. } if worker == *account),
+            "{:?}",
+            t.state
+        );
+        assigned.push(task);
+    }
+    assigned.sort();
+    assigned.dedup();
+    assert_eq!(assigned.len(), 3, "three different tasks");
+    // The oldest three went out; the fourth waits for a worker to become free.
+    assert_eq!(
+        &tasks[..3]
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        &assigned.iter().copied().collect()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fourth = m.node.store.task(&tasks[3]).unwrap().unwrap();
+    assert_eq!(fourth.state, TaskState::Queued);
+    assert!(fourth.attempts.is_empty());
+    for (_, events) in &mut workers {
+        while let Ok(ev) = events.try_recv() {
+            assert!(
+                !matches!(
+                    ev,
+                    Event::Request {
+                        request: Request::Assign { .. },
+                        ..
+                    }
+                ),
+                "a busy worker was handed a second task"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_signed_by_another_key_is_refused() {
     let m = market(NodeConfig::default(), P2pOptions::default()).await;
     let me = Identity::from_test_label("speaker");
