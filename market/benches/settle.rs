@@ -176,4 +176,107 @@ async fn main() {
         "median ratio libp2p / in-process: {:.2}",
         ratios[ratios.len() / 2]
     );
+
+    println!(
+        "\n{PARALLEL_TASKS} tasks posted at once, {PARALLEL_WORKERS} workers and 1 verifier over libp2p, post of the first to settlement of the last"
+    );
+    println!(
+        "{:>5} {:>18} {:>16} {:>6}",
+        "round", "one at a time ms", "in parallel ms", "ratio"
+    );
+    for round in 0..2 {
+        let serial = parallel_round(1, round).await;
+        let parallel = parallel_round(0, round).await;
+        println!(
+            "{round:>5} {:>18.1} {:>16.1} {:>6.2}",
+            ms(serial),
+            ms(parallel),
+            serial.as_secs_f64() / parallel.as_secs_f64()
+        );
+    }
+}
+
+const PARALLEL_TASKS: u64 = 4;
+const PARALLEL_WORKERS: usize = 2;
+
+/// A fresh networked node with [`PARALLEL_WORKERS`] workers and one verifier, running at most
+/// `cap` tasks at once (0: one per worker): the time from posting [`PARALLEL_TASKS`] tasks to
+/// the last one settled.
+async fn parallel_round(cap: usize, round: u64) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let buyer = Identity::from_test_label("parallel bench buyer");
+    let (node, dispatch, addrs) = open_networked(
+        &dir.path().join("node"),
+        config(),
+        Identity::from_test_label("parallel bench operator"),
+        market_net::NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..Default::default()
+        },
+        P2pOptions {
+            max_parallel_tasks: cap,
+            ..P2pOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    tokio::spawn(node.clone().run_engine());
+    node.fund("b", &buyer.account(), 100_000, 0).await.unwrap();
+    for i in 0..PARALLEL_WORKERS {
+        let worker = Identity::from_test_label(&format!("parallel bench worker {i}"));
+        node.fund("b", &worker.account(), 1_000, 0).await.unwrap();
+        tokio::spawn(market_worker::daemon::run(
+            worker,
+            market_worker::daemon::WorkerOptions {
+                market: addrs[0].clone(),
+                data_dir: dir.path().join(format!("worker-{i}")),
+                behavior: Behavior::Honest,
+                stake: 500,
+                device: "cpu".into(),
+                listen: Vec::new(),
+                status_line: false,
+                relay: false,
+            },
+        ));
+    }
+    let verifier = Identity::from_test_label("parallel bench verifier");
+    node.fund("b", &verifier.account(), 1_000, 0).await.unwrap();
+    tokio::spawn(market_verifier::daemon::run(
+        verifier,
+        market_verifier::daemon::VerifierOptions {
+            market: addrs[0].clone(),
+            data_dir: dir.path().join("verifier"),
+            stake: 500,
+            listen: Vec::new(),
+            device: "cpu".into(),
+        },
+    ));
+    while dispatch
+        .participants()
+        .values()
+        .filter(|p| p.connected)
+        .count()
+        < PARALLEL_WORKERS + 1
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let start = Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..PARALLEL_TASKS {
+        let spec = task(&buyer, 1_000 + round * 100 + n);
+        ids.push(
+            node.post_task(Signed::sign(spec, &buyer).unwrap())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in ids {
+        let t = node
+            .wait_final(&id, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled);
+    }
+    start.elapsed()
 }

@@ -52,6 +52,9 @@ pub struct NetworkConfig {
     pub min_transfer_bytes_per_sec: u64,
     /// Largest result bundle the node fetches from a worker, bytes.
     pub max_bundle_bytes: u64,
+    /// Most tasks running at once (each on its own worker); 0 for no limit but the number of
+    /// workers. A cap bounds the node's own load: bundle fetches and audits it coordinates.
+    pub max_parallel_tasks: usize,
 }
 
 impl Default for NetworkConfig {
@@ -62,6 +65,7 @@ impl Default for NetworkConfig {
             max_run_secs: 6 * 3600,
             min_transfer_bytes_per_sec: 1 << 20,
             max_bundle_bytes: 16 << 30,
+            max_parallel_tasks: 0,
         }
     }
 }

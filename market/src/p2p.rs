@@ -45,6 +45,8 @@ pub struct P2pOptions {
     pub max_run: Duration,
     /// Slowest bundle transfer accepted (bytes per second; the transfer also gets a minute).
     pub min_transfer_rate: u64,
+    /// Most tasks running at once; 0 for one per worker with no other limit.
+    pub max_parallel_tasks: usize,
 }
 
 impl Default for P2pOptions {
@@ -61,6 +63,7 @@ impl From<&crate::config::NetworkConfig> for P2pOptions {
             max_bundle_bytes: c.max_bundle_bytes,
             max_run: Duration::from_secs(c.max_run_secs),
             min_transfer_rate: c.min_transfer_bytes_per_sec,
+            max_parallel_tasks: c.max_parallel_tasks,
         }
     }
 }
@@ -882,7 +885,10 @@ impl Dispatch for P2pDispatch {
 
     fn concurrent_tasks(&self) -> usize {
         // Every worker is its own machine; the engine gives each one task at a time.
-        usize::MAX
+        match self.options.max_parallel_tasks {
+            0 => usize::MAX,
+            cap => cap,
+        }
     }
 
     fn run(
