@@ -168,14 +168,55 @@ impl Store {
         Ok(get(&self.participants, account.as_bytes())?.unwrap_or_default())
     }
 
-    /// Updates a participant's record.
+    /// Updates a participant's record atomically. Tasks settle in parallel and two of them may
+    /// count for the same verifier at once: a plain read-then-write would lose one count, so
+    /// this is a compare-and-swap loop (`f` may run more than once).
     pub fn update_participant(
         &self,
         account: &AccountId,
-        f: impl FnOnce(&mut ParticipantStats),
+        f: impl Fn(&mut ParticipantStats),
     ) -> Result<(), StoreError> {
-        let mut p = self.participant(account)?;
-        f(&mut p);
-        put(&self.participants, account.as_bytes(), &p)
+        let key = account.as_bytes();
+        loop {
+            let old = self.participants.get(key)?;
+            let mut p: ParticipantStats = match &old {
+                Some(bytes) => serde_json::from_slice(bytes)?,
+                None => ParticipantStats::default(),
+            };
+            f(&mut p);
+            let new = serde_json::to_vec(&p)?;
+            if self
+                .participants
+                .compare_and_swap(key, old, Some(new))?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use market_protocol::Identity;
+
+    #[test]
+    fn concurrent_updates_of_one_participant_lose_no_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let verifier = Identity::from_test_label("busy verifier").account();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..250 {
+                        store
+                            .update_participant(&verifier, |p| p.audits += 1)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.participant(&verifier).unwrap().audits, 1000);
     }
 }
