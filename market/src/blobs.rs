@@ -73,9 +73,7 @@ impl BlobStore {
         B: AsRef<[u8]>,
         E: std::fmt::Display,
     {
-        static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.tmp.join(format!("upload-{}-{n}", std::process::id()));
+        let path = self.tmp_path("upload");
         let mut file = tokio::fs::File::create(&path).await?;
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
@@ -116,16 +114,25 @@ impl BlobStore {
         let _ = tokio::fs::remove_file(&staged.path).await;
     }
 
-    /// Stores bytes the node made itself (results).
+    /// Stores bytes the node made itself (results). Two tasks may store the same bytes at
+    /// once: each writes its own temporary file, and the rename is atomic, so the blob is
+    /// whole whichever lands last.
     pub fn put(&self, bytes: &[u8]) -> std::io::Result<BlobId> {
         let id = BlobId::of(bytes);
         let path = self.path(&id);
         if !path.exists() {
-            let tmp = self.tmp.join(format!("put-{id}"));
+            let tmp = self.tmp_path("put");
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(tmp, path)?;
         }
         Ok(id)
+    }
+
+    /// A temporary file name no other write of this process uses.
+    fn tmp_path(&self, kind: &str) -> PathBuf {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tmp.join(format!("{kind}-{}-{n}", std::process::id()))
     }
 
     /// Reads a whole blob (for the compute crate, which takes bytes).

@@ -53,7 +53,8 @@ pub struct NetworkConfig {
     /// Largest result bundle the node fetches from a worker, bytes.
     pub max_bundle_bytes: u64,
     /// Most tasks running at once (each on its own worker); 0 for no limit but the number of
-    /// workers. A cap bounds the node's own load: bundle fetches and audits it coordinates.
+    /// workers. A cap bounds the node's own load: each task in flight holds one of the node's
+    /// blocking threads (tokio has 512), and the node fetches every bundle.
     pub max_parallel_tasks: usize,
 }
 
@@ -65,7 +66,7 @@ impl Default for NetworkConfig {
             max_run_secs: 6 * 3600,
             min_transfer_bytes_per_sec: 1 << 20,
             max_bundle_bytes: 16 << 30,
-            max_parallel_tasks: 0,
+            max_parallel_tasks: 256,
         }
     }
 }

@@ -49,6 +49,31 @@ pub struct Node {
     claimed: Mutex<BTreeSet<TaskId>>,
     /// Workers running a task now (each runs one at a time).
     busy: Mutex<BTreeSet<AccountId>>,
+    /// One audit at a time per verifier: tasks settle in parallel, and a verifier re-executing
+    /// several at once would run each past its timeout. A permit is taken before the audit is
+    /// sent, so the timeout counts from when the verifier can start.
+    audit_slots: Mutex<std::collections::BTreeMap<AccountId, Arc<tokio::sync::Semaphore>>>,
+    /// Slashes read a stake and then take from it; two at once of one account would both take
+    /// the whole stake and the second would fail.
+    slashing: tokio::sync::Mutex<()>,
+}
+
+/// Holds a task's claim (and its worker's busy mark) until dropped: whatever way the work on
+/// it ends (an error, a panic, a dropped request), the task and the worker are free again.
+struct Claim {
+    node: Arc<Node>,
+    task: TaskId,
+    worker: Option<AccountId>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker {
+            lock(&self.node.busy).remove(&w);
+        }
+        lock(&self.node.claimed).remove(&self.task);
+        self.node.wake();
+    }
 }
 
 /// What the engine does next with a claimed task.
@@ -104,6 +129,8 @@ impl Node {
             wake: Notify::new(),
             claimed: Mutex::new(BTreeSet::new()),
             busy: Mutex::new(BTreeSet::new()),
+            audit_slots: Mutex::new(std::collections::BTreeMap::new()),
+            slashing: tokio::sync::Mutex::new(()),
         });
         for mut t in node.store.tasks(None, usize::MAX)? {
             if matches!(
@@ -316,7 +343,11 @@ impl Node {
     }
 
     /// Cancels a queued task and refunds its escrow. Only its buyer may.
-    pub async fn cancel(&self, id: &TaskId, requester: &AccountId) -> Result<TaskRecord, ApiError> {
+    pub async fn cancel(
+        self: &Arc<Self>,
+        id: &TaskId,
+        requester: &AccountId,
+    ) -> Result<TaskRecord, ApiError> {
         // Claimed, the task cannot be handed to a worker while it is being cancelled.
         if !lock(&self.claimed).insert(*id) {
             return Err(ApiError::conflict(
@@ -324,9 +355,20 @@ impl Node {
                 "the task is being handed to a worker or settled; try again",
             ));
         }
-        let result = self.cancel_claimed(id, requester).await;
-        lock(&self.claimed).remove(id);
-        result
+        let claim = Claim {
+            node: self.clone(),
+            task: *id,
+            worker: None,
+        };
+        // Its own task, so a client that hangs up cannot stop a cancel halfway.
+        let (node, id, requester) = (self.clone(), *id, *requester);
+        tokio::spawn(async move {
+            let result = node.cancel_claimed(&id, &requester).await;
+            drop(claim);
+            result
+        })
+        .await
+        .map_err(ApiError::internal)?
     }
 
     async fn cancel_claimed(
@@ -390,13 +432,22 @@ impl Node {
             let next = if room { self.claim_next() } else { Ok(None) };
             match next {
                 Ok(Some((id, step))) => {
-                    let node = self.clone();
-                    tokio::spawn(async move {
-                        let worker = match &step {
+                    let claim = Claim {
+                        node: self.clone(),
+                        task: id,
+                        worker: match &step {
                             Step::Run(w) => Some(*w),
                             Step::Reject(_) => None,
-                        };
-                        if let Err(e) = node.clone().process(id, step).await {
+                        },
+                    };
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        // A panic in `process` comes back here as an error (its own task).
+                        let outcome = tokio::spawn(node.clone().process(id, step))
+                            .await
+                            .map_err(anyhow::Error::from)
+                            .and_then(|r| r);
+                        if let Err(e) = outcome {
                             tracing::error!(task = %id, error = %e, "task processing failed; back to the queue");
                             if let Ok(Some(mut t)) = node.store.task(&id) {
                                 if !t.state.is_final() {
@@ -407,11 +458,7 @@ impl Node {
                             // Still claimed, so a failing task is not retried in a tight loop.
                             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         }
-                        if let Some(w) = worker {
-                            lock(&node.busy).remove(&w);
-                        }
-                        lock(&node.claimed).remove(&id);
-                        node.wake();
+                        drop(claim);
                     });
                 }
                 Ok(None) => {
@@ -435,10 +482,11 @@ impl Node {
     /// CPU-only market); it is rejected after `max_attempts`, or when it has been tried and no
     /// other worker, busy or idle, could take it.
     fn claim_next(&self) -> anyhow::Result<Option<(TaskId, Step)>> {
-        let tasks = self.store.tasks(None, usize::MAX)?;
+        // Locked before the read: every save of a claimed task happens before its claim is
+        // released, so what is read here is current for every task not claimed.
         let mut claimed = lock(&self.claimed);
         let mut busy = lock(&self.busy);
-        for t in tasks {
+        for t in self.store.tasks(None, usize::MAX)? {
             if t.state != TaskState::Queued || claimed.contains(&t.id) {
                 continue;
             }
@@ -568,6 +616,10 @@ impl Node {
             .store
             .task(&id)?
             .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
+        if t.state != TaskState::Queued {
+            // Claimed from a queued record; nothing else moves a claimed task, but be sure.
+            return Ok(());
+        }
         let worker = match step {
             Step::Run(worker) => worker,
             Step::Reject(reason) => return self.reject(t, reason).await,
@@ -889,6 +941,11 @@ impl Node {
         beacon: Beacon,
         policy: &SamplePolicy,
     ) -> anyhow::Result<Signed<Verdict>> {
+        let slot = lock(&self.audit_slots)
+            .entry(*v)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let _turn = slot.acquire_owned().await?;
         let (dispatch, v, d, p, blobs) = (
             self.dispatch.clone(),
             *v,
@@ -989,6 +1046,7 @@ impl Node {
         reason: &str,
         to: &[AccountId],
     ) -> anyhow::Result<()> {
+        let _one_at_a_time = self.slashing.lock().await;
         let mut left = amount.min(self.stake(account));
         let evidence = verdict.id()?;
         let mut payees: Vec<(AccountId, u64)> = to

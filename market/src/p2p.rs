@@ -124,6 +124,9 @@ struct State {
     /// Bundle directory -> (worker, task, job) of the run that produced it, for open-steps
     /// during its audits; only the most recent [`REMEMBERED_RUNS`] are kept.
     finished: HashMap<PathBuf, (AccountId, TaskId, u64)>,
+    /// The keys of `finished` in the order the runs finished (the oldest is forgotten first;
+    /// runs in parallel finish out of job order).
+    finished_order: std::collections::VecDeque<PathBuf>,
 }
 
 /// Disconnected participants remembered (for the operator's view and the order of first joins).
@@ -737,18 +740,18 @@ impl P2pDispatch {
             });
         }
         let mut st = self.state();
-        if st.finished.len() >= REMEMBERED_RUNS {
-            // Job numbers grow, so the smallest is the oldest run.
-            if let Some(oldest) = st
-                .finished
-                .iter()
-                .min_by_key(|(_, (_, _, j))| *j)
-                .map(|(d, _)| d.clone())
-            {
+        while st.finished_order.len() >= REMEMBERED_RUNS {
+            if let Some(oldest) = st.finished_order.pop_front() {
                 st.finished.remove(&oldest);
             }
         }
-        st.finished.insert(dir.to_owned(), (*worker, task_id, job));
+        if st
+            .finished
+            .insert(dir.to_owned(), (*worker, task_id, job))
+            .is_none()
+        {
+            st.finished_order.push_back(dir.to_owned());
+        }
         Ok(commitment)
     }
 

@@ -484,6 +484,68 @@ async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
+    let config = NodeConfig {
+        verifiers_per_task: 1,
+        ..NodeConfig::default()
+    };
+    let m = market(config, P2pOptions::default()).await;
+    worker(&m, "first of two workers").await;
+    worker(&m, "second of two workers").await;
+    // The only verifier takes its audits and sits on them.
+    let mut verifier = raw_participant(
+        &m,
+        "one-at-a-time verifier",
+        Role::Verifier,
+        &measure_capabilities("cpu"),
+    )
+    .await;
+    wait_joined(&m, 2, 1).await;
+    let tasks = [post(&m, 50, 20).await, post(&m, 51, 20).await];
+    let mut audits = Vec::new();
+    // Both tasks finish running (in parallel) and wait for their audit.
+    for _ in 0..2400 {
+        while let Ok(ev) = verifier.try_recv() {
+            if let Event::Request {
+                request: Request::Audit { job },
+                responder,
+                ..
+            } = ev
+            {
+                responder.send(Reply::of(Response::Ok));
+                audits.push(job.task_id);
+            }
+        }
+        let auditing = tasks
+            .iter()
+            .filter(|id| {
+                matches!(
+                    m.node.store.task(id).unwrap().unwrap().state,
+                    TaskState::Auditing { .. }
+                )
+            })
+            .count();
+        if auditing == 2 && !audits.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // While the first audit is outstanding, the second is not sent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while let Ok(ev) = verifier.try_recv() {
+        if let Event::Request {
+            request: Request::Audit { job },
+            ..
+        } = ev
+        {
+            audits.push(job.task_id);
+        }
+    }
+    assert_eq!(audits.len(), 1, "{audits:?}");
+    assert!(tasks.contains(&audits[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hello_signed_by_another_key_is_refused() {
     let m = market(NodeConfig::default(), P2pOptions::default()).await;
     let me = Identity::from_test_label("speaker");

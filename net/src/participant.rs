@@ -177,6 +177,10 @@ impl DirBlobs {
         node: PeerId,
         task: &TaskSpec,
     ) -> Result<FetchStats, TransferError> {
+        if task.blobs().iter().all(|id| self.path(id).is_file()) {
+            // All cached: no need to wait for another job's download.
+            return Ok(FetchStats::default());
+        }
         let _turn = cache_lock(&self.dir).lock_owned().await;
         let mut stats = FetchStats::default();
         for id in task.blobs() {
