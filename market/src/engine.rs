@@ -693,10 +693,12 @@ impl Node {
     ) -> anyhow::Result<()> {
         let id = t.id;
         // The commitment goes into the ledger before any challenge exists; the entry's hash is
-        // the beacon, which nobody could know when the commitment was signed.
+        // the beacon, which nobody could know when the commitment was signed. The key names the
+        // worker: after a restart the attempt may go to another worker, whose commitment is a
+        // new entry rather than a conflict with the first one's.
         let record = self
             .append(
-                format!("commit:{id}:{n}"),
+                format!("commit:{id}:{n}:{worker}"),
                 EntryKind::Commit {
                     commitment: commitment.clone(),
                     task_id: id,
