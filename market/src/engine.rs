@@ -486,7 +486,7 @@ impl Node {
         // released, so what is read here is current for every task not claimed.
         let mut claimed = lock(&self.claimed);
         let mut busy = lock(&self.busy);
-        for t in self.store.tasks(None, usize::MAX)? {
+        for t in self.store.queued_tasks()? {
             if t.state != TaskState::Queued || claimed.contains(&t.id) {
                 continue;
             }

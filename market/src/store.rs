@@ -7,7 +7,7 @@ use std::path::Path;
 use market_protocol::{AccountId, BlobId, TaskId};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::{ParticipantStats, TaskRecord};
+use crate::model::{ParticipantStats, TaskRecord, TaskState};
 
 /// Why the node's store failed (always the node's own fault).
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,9 @@ pub struct Store {
     db: sled::Db,
     tasks: sled::Tree,
     order: sled::Tree,
+    /// Queued tasks only, by arrival order: what the engine looks through for its next task,
+    /// so its cost does not grow with every task ever posted. Rebuilt at open.
+    queued: sled::Tree,
     accounts: sled::Tree,
     nonces: sled::Tree,
     blob_owners: sled::Tree,
@@ -51,12 +54,26 @@ impl Store {
         Ok(Self {
             tasks: db.open_tree("tasks")?,
             order: db.open_tree("order")?,
+            queued: db.open_tree("queued")?,
             accounts: db.open_tree("accounts")?,
             nonces: db.open_tree("nonces")?,
             blob_owners: db.open_tree("blob_owners")?,
             participants: db.open_tree("participants")?,
             db,
         })
+        .and_then(Self::index_queue)
+    }
+
+    /// Rebuilds the queue index from the tasks (a store written before the index existed, or
+    /// one whose index a crash left behind its tasks).
+    fn index_queue(self) -> Result<Self, StoreError> {
+        self.queued.clear()?;
+        for t in self.tasks(None, usize::MAX)? {
+            if t.state == TaskState::Queued {
+                self.queued.insert(t.order.to_be_bytes(), t.id.as_bytes())?;
+            }
+        }
+        Ok(self)
     }
 
     /// Makes everything written so far durable.
@@ -74,7 +91,24 @@ impl Store {
     pub fn save_task(&self, t: &TaskRecord) -> Result<(), StoreError> {
         put(&self.tasks, t.id.as_bytes(), t)?;
         self.order.insert(t.order.to_be_bytes(), t.id.as_bytes())?;
+        if t.state == TaskState::Queued {
+            self.queued.insert(t.order.to_be_bytes(), t.id.as_bytes())?;
+        } else {
+            self.queued.remove(t.order.to_be_bytes())?;
+        }
         self.flush()
+    }
+
+    /// The queued tasks, oldest first.
+    pub fn queued_tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.queued.iter() {
+            let (_, id) = item?;
+            if let Some(t) = get::<TaskRecord>(&self.tasks, &id)? {
+                out.push(t);
+            }
+        }
+        Ok(out)
     }
 
     /// The next arrival number.
@@ -218,5 +252,73 @@ mod tests {
             }
         });
         assert_eq!(store.participant(&verifier).unwrap().audits, 1000);
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+    use market_protocol::{fixtures::training_task, Identity, Signed};
+
+    fn record(buyer: &Identity, order: u64) -> TaskRecord {
+        let spec = Signed::sign(training_task(buyer, order), buyer).unwrap();
+        TaskRecord {
+            id: TaskId(spec.id().unwrap()),
+            plan: crate::audit_plan::plan(&spec.body).unwrap(),
+            spec,
+            order,
+            state: TaskState::Queued,
+            verifier_fee: 10,
+            attempts: Vec::new(),
+            outputs: Vec::new(),
+            ledger_seqs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_queue_index_follows_every_save_and_is_rebuilt_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let buyer = Identity::from_test_label("queue buyer");
+        let tasks: Vec<TaskRecord> = (0..5).map(|i| record(&buyer, i)).collect();
+        let queued = |store: &Store| -> Vec<u64> {
+            store
+                .queued_tasks()
+                .unwrap()
+                .iter()
+                .map(|t| t.order)
+                .collect()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for t in &tasks {
+                store.save_task(t).unwrap();
+            }
+            assert_eq!(queued(&store), [0, 1, 2, 3, 4]);
+            let mut running = tasks[1].clone();
+            running.state = TaskState::Running {
+                worker: buyer.account(),
+                done: 0,
+                total: 0,
+                loss: 0.0,
+            };
+            store.save_task(&running).unwrap();
+            let mut settled = tasks[3].clone();
+            settled.state = TaskState::Settled;
+            store.save_task(&settled).unwrap();
+            assert_eq!(queued(&store), [0, 2, 4]);
+            // Back to the queue (a failed attempt): in its place by arrival, not at the end.
+            store.save_task(&tasks[1]).unwrap();
+            assert_eq!(queued(&store), [0, 1, 2, 4]);
+            // An index that lags its tasks (as after a crash between the two writes).
+            store
+                .queued
+                .insert(3u64.to_be_bytes(), tasks[3].id.as_bytes())
+                .unwrap();
+            store.queued.remove(0u64.to_be_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(queued(&store), [0, 1, 2, 4], "rebuilt from the tasks");
+        assert_eq!(store.tasks(None, usize::MAX).unwrap().len(), 5);
     }
 }
