@@ -525,6 +525,26 @@ impl Node {
         self.ledger.stake(a).0
     }
 
+    /// The public view of a task, with what it waits for if it is queued: a buyer whose task
+    /// sits in the queue learns why (no worker or verifier for its profile, or none free).
+    pub fn view(&self, t: &TaskRecord) -> crate::model::TaskView {
+        let mut view = t.view();
+        if t.state == TaskState::Queued {
+            let profile = t.spec.body.profile.name();
+            let eligible = self.eligible_workers(t);
+            view.waiting_for = if eligible.is_empty() {
+                Some(format!("a staked worker that runs the {profile} profile"))
+            } else if !self.has_verifier_for(t.spec.body.profile) {
+                Some(format!("a staked verifier that runs the {profile} profile"))
+            } else if eligible.iter().all(|w| lock(&self.busy).contains(w)) {
+                Some("a worker to finish its current task".into())
+            } else {
+                None
+            };
+        }
+        view
+    }
+
     /// Workers, busy or idle, with enough stake that run the task's profile and have not yet
     /// tried it, in the dispatcher's order.
     fn eligible_workers(&self, t: &TaskRecord) -> Vec<AccountId> {

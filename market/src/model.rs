@@ -142,10 +142,15 @@ pub struct TaskView {
     pub attempts: Vec<Attempt>,
     /// Ledger sequence numbers of this task's entries.
     pub ledger_seqs: Vec<u64>,
+    /// For a queued task, what it waits for (a worker or verifier that runs its profile, or a
+    /// free worker); absent when it is about to start or not queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
 }
 
 impl TaskRecord {
-    /// The public view.
+    /// The public view, as far as the record alone tells ([`crate::engine::Node::view`] adds
+    /// what a queued task waits for).
     pub fn view(&self) -> TaskView {
         TaskView {
             id: self.id,
@@ -160,6 +165,7 @@ impl TaskRecord {
             verifier_fee: self.verifier_fee,
             attempts: self.attempts.clone(),
             ledger_seqs: self.ledger_seqs.clone(),
+            waiting_for: None,
         }
     }
 }

@@ -372,6 +372,11 @@ async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_
     let waiting = m.node.store.task(&cuda).unwrap().unwrap();
     assert_eq!(waiting.state, TaskState::Queued);
     assert!(waiting.attempts.is_empty(), "{:?}", waiting.attempts);
+    assert_eq!(
+        m.node.view(&waiting).waiting_for.as_deref(),
+        Some("a staked worker that runs the cuda profile"),
+        "the buyer is told why"
+    );
 
     // A CUDA worker alone is not enough (its result could not be audited); once a CUDA
     // verifier joins too, the task goes to the CUDA worker.
@@ -385,6 +390,10 @@ async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_
     tokio::time::sleep(Duration::from_secs(2)).await;
     let waiting = m.node.store.task(&cuda).unwrap().unwrap();
     assert_eq!(waiting.state, TaskState::Queued, "no CUDA verifier yet");
+    assert_eq!(
+        m.node.view(&waiting).waiting_for.as_deref(),
+        Some("a staked verifier that runs the cuda profile")
+    );
     let _gpu_verifier = raw_participant(&m, "cuda verifier", Role::Verifier, &gpu).await;
     let assigned = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(ev) = gpu_worker.recv().await {
@@ -467,6 +476,10 @@ async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second
     let fourth = m.node.store.task(&tasks[3]).unwrap().unwrap();
     assert_eq!(fourth.state, TaskState::Queued);
     assert!(fourth.attempts.is_empty());
+    assert_eq!(
+        m.node.view(&fourth).waiting_for.as_deref(),
+        Some("a worker to finish its current task")
+    );
     for (_, events) in &mut workers {
         while let Ok(ev) = events.try_recv() {
             assert!(

@@ -34,7 +34,7 @@ pub(crate) async fn post_task(
         ));
     }
     let record = node.post_task(signed).await?;
-    Ok((StatusCode::CREATED, Json(record.view())))
+    Ok((StatusCode::CREATED, Json(node.view(&record))))
 }
 
 #[derive(Deserialize)]
@@ -72,7 +72,7 @@ pub(crate) async fn list_tasks(
             let keep = q.state.as_deref().is_none_or(|s| s == t.state.name())
                 && buyer.is_none_or(|b| b == t.spec.body.buyer);
             if keep {
-                out.push(t.view());
+                out.push(node.view(&t));
                 if out.len() == limit {
                     next = Some(t.order);
                     break 'pages;
@@ -97,7 +97,7 @@ pub(crate) async fn get_task(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
-    Ok(Json(task(&node, &id)?.view()))
+    Ok(Json(node.view(&task(&node, &id)?)))
 }
 
 /// The results of a settled task.
