@@ -14,7 +14,7 @@ use market_node::engine::Node;
 use market_node::model::TaskState;
 use market_node::p2p::{open_networked, P2pOptions};
 use market_protocol::fixtures::training_task;
-use market_protocol::{Identity, Role, Signed, TaskSpec, Workload};
+use market_protocol::{Identity, Signed, TaskSpec, Workload};
 use market_worker::Behavior;
 
 const TASKS: u64 = 5;
@@ -100,38 +100,9 @@ async fn main() {
     node.fund("b", &buyer.account(), 100_000, 0).await.unwrap();
     node.fund("b", &worker.account(), 1_000, 0).await.unwrap();
     node.fund("b", &verifier.account(), 1_000, 0).await.unwrap();
-    tokio::spawn(market_worker::daemon::run(
-        worker.clone(),
-        market_worker::daemon::WorkerOptions {
-            market: addrs[0].clone(),
-            data_dir: dir.path().join("worker"),
-            behavior: Behavior::Honest,
-            stake: 500,
-            device: "cpu".into(),
-            listen: Vec::new(),
-            status_line: false,
-            relay: false,
-        },
-    ));
-    tokio::spawn(market_verifier::daemon::run(
-        verifier.clone(),
-        market_verifier::daemon::VerifierOptions {
-            market: addrs[0].clone(),
-            data_dir: dir.path().join("verifier"),
-            stake: 500,
-            listen: Vec::new(),
-            device: "cpu".into(),
-        },
-    ));
-    while dispatch
-        .participants()
-        .values()
-        .filter(|p| p.connected && matches!(p.role, Role::Worker | Role::Verifier))
-        .count()
-        < 2
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    spawn_worker(&worker, &addrs[0], &dir.path().join("worker"));
+    spawn_verifier(&verifier, &addrs[0], &dir.path().join("verifier"));
+    wait_joined(&dispatch, 2).await;
     println!("post to settlement, a 60-step gpt training task (6 segments, 1 verifier), {TASKS} tasks one after another");
     println!(
         "{:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}",
@@ -225,41 +196,12 @@ async fn parallel_round(cap: usize, round: u64) -> Duration {
     for i in 0..PARALLEL_WORKERS {
         let worker = Identity::from_test_label(&format!("parallel bench worker {i}"));
         node.fund("b", &worker.account(), 1_000, 0).await.unwrap();
-        tokio::spawn(market_worker::daemon::run(
-            worker,
-            market_worker::daemon::WorkerOptions {
-                market: addrs[0].clone(),
-                data_dir: dir.path().join(format!("worker-{i}")),
-                behavior: Behavior::Honest,
-                stake: 500,
-                device: "cpu".into(),
-                listen: Vec::new(),
-                status_line: false,
-                relay: false,
-            },
-        ));
+        spawn_worker(&worker, &addrs[0], &dir.path().join(format!("worker-{i}")));
     }
     let verifier = Identity::from_test_label("parallel bench verifier");
     node.fund("b", &verifier.account(), 1_000, 0).await.unwrap();
-    tokio::spawn(market_verifier::daemon::run(
-        verifier,
-        market_verifier::daemon::VerifierOptions {
-            market: addrs[0].clone(),
-            data_dir: dir.path().join("verifier"),
-            stake: 500,
-            listen: Vec::new(),
-            device: "cpu".into(),
-        },
-    ));
-    while dispatch
-        .participants()
-        .values()
-        .filter(|p| p.connected)
-        .count()
-        < PARALLEL_WORKERS + 1
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    spawn_verifier(&verifier, &addrs[0], &dir.path().join("verifier"));
+    wait_joined(&dispatch, PARALLEL_WORKERS + 1).await;
     let start = Instant::now();
     let mut ids = Vec::new();
     for n in 0..PARALLEL_TASKS {
@@ -279,4 +221,48 @@ async fn parallel_round(cap: usize, round: u64) -> Duration {
         assert_eq!(t.state, TaskState::Settled);
     }
     start.elapsed()
+}
+
+/// An honest worker daemon in this process, with its own swarm, joining the node at `market`.
+fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
+    tokio::spawn(market_worker::daemon::run(
+        who.clone(),
+        market_worker::daemon::WorkerOptions {
+            market: market.clone(),
+            data_dir: data.to_owned(),
+            behavior: Behavior::Honest,
+            stake: 500,
+            device: "cpu".into(),
+            listen: Vec::new(),
+            status_line: false,
+            relay: false,
+        },
+    ));
+}
+
+/// A verifier daemon in this process, with its own swarm, joining the node at `market`.
+fn spawn_verifier(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
+    tokio::spawn(market_verifier::daemon::run(
+        who.clone(),
+        market_verifier::daemon::VerifierOptions {
+            market: market.clone(),
+            data_dir: data.to_owned(),
+            stake: 500,
+            listen: Vec::new(),
+            device: "cpu".into(),
+        },
+    ));
+}
+
+/// Waits until `n` participants are connected.
+async fn wait_joined(dispatch: &market_node::p2p::P2pDispatch, n: usize) {
+    while dispatch
+        .participants()
+        .values()
+        .filter(|p| p.connected)
+        .count()
+        < n
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

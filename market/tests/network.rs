@@ -342,6 +342,31 @@ async fn raw_participant(
     events
 }
 
+/// The next task a raw worker is assigned (acknowledged, never run), if one comes within a
+/// minute.
+async fn next_assignment(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> Option<TaskId> {
+    let wait = async {
+        while let Some(ev) = events.recv().await {
+            if let Event::Request {
+                request: Request::Assign { task_id, .. },
+                responder,
+                ..
+            } = ev
+            {
+                responder.send(Reply::of(Response::Ok));
+                return Some(task_id);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .ok()
+        .flatten()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue() {
     let config = NodeConfig {
@@ -395,22 +420,9 @@ async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_
         Some("a staked verifier that runs the cuda profile")
     );
     let _gpu_verifier = raw_participant(&m, "cuda verifier", Role::Verifier, &gpu).await;
-    let assigned = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(ev) = gpu_worker.recv().await {
-            if let Event::Request {
-                request: Request::Assign { task_id, .. },
-                responder,
-                ..
-            } = ev
-            {
-                responder.send(Reply::of(Response::Ok));
-                return task_id;
-            }
-        }
-        panic!("the CUDA worker's events ended");
-    })
-    .await
-    .expect("the CUDA task was assigned");
+    let assigned = next_assignment(&mut gpu_worker)
+        .await
+        .expect("the CUDA task was assigned");
     assert_eq!(assigned, cuda);
     let t = m.node.store.task(&cuda).unwrap().unwrap();
     assert_eq!(t.attempts.len(), 1);
@@ -437,22 +449,9 @@ async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second
     }
     let mut assigned = Vec::new();
     for (account, events) in &mut workers {
-        let task = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(ev) = events.recv().await {
-                if let Event::Request {
-                    request: Request::Assign { task_id, .. },
-                    responder,
-                    ..
-                } = ev
-                {
-                    responder.send(Reply::of(Response::Ok));
-                    return task_id;
-                }
-            }
-            panic!("the worker's events ended");
-        })
-        .await
-        .expect("every worker was handed a task while the others still ran theirs");
+        let task = next_assignment(events)
+            .await
+            .expect("every worker was handed a task while the others still ran theirs");
         let t = m.node.store.task(&task).unwrap().unwrap();
         assert!(
             matches!(t.state, TaskState::Running { worker, .. } if worker == *account),
