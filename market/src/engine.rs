@@ -525,6 +525,11 @@ impl Node {
         self.ledger.stake(a).0
     }
 
+    /// Whether `worker` is running a task now.
+    pub fn is_busy(&self, worker: &AccountId) -> bool {
+        lock(&self.busy).contains(worker)
+    }
+
     /// The public view of a task, with what it waits for if it is queued: a buyer whose task
     /// sits in the queue learns why (no worker or verifier for its profile, or none free).
     pub fn view(&self, t: &TaskRecord) -> crate::model::TaskView {

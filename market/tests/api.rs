@@ -261,6 +261,14 @@ async fn honest_tasks_settle_and_balances_move_exactly_as_the_entries_say() {
     let (s, v) = call(&n.app, get("/v1/tasks?state=settled&limit=1")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
+    // Who can take what: in-process participants run the CPU profiles, and nobody is busy now.
+    let (_, v) = call(&n.app, get("/v1/workers")).await;
+    let workers = v.as_array().unwrap();
+    assert_eq!(workers.len(), n.workers.len());
+    for w in workers {
+        assert_eq!(w["profiles"], serde_json::json!(["repro", "native"]), "{w}");
+        assert_eq!(w["busy"], false);
+    }
     let resp = n.app.clone().oneshot(get("/metrics")).await.unwrap();
     let text = String::from_utf8(
         axum::body::to_bytes(resp.into_body(), usize::MAX)

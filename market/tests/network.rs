@@ -458,6 +458,7 @@ async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second
             "{:?}",
             t.state
         );
+        assert!(m.node.is_busy(account));
         assigned.push(task);
     }
     assigned.sort();

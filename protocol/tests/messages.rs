@@ -167,12 +167,7 @@ fn openings_prove_committed_checkpoints_only() {
 
 #[test]
 fn capabilities_name_profiles_as_they_are_serialized() {
-    let all = [
-        ExecutionProfile::Repro,
-        ExecutionProfile::Native,
-        ExecutionProfile::Cuda,
-    ];
-    for profile in all {
+    for profile in ExecutionProfile::ALL {
         assert_eq!(
             serde_json::to_string(&profile).unwrap(),
             format!("\"{}\"", profile.name())

@@ -19,6 +19,11 @@ pub(crate) struct Participant {
     account: String,
     staked: u64,
     reputation: i64,
+    /// The execution profiles it runs (`repro`, `native`, `cuda`): the tasks it can take or
+    /// audit.
+    profiles: Vec<String>,
+    /// A worker running a task now.
+    busy: bool,
     stats: ParticipantStats,
 }
 
@@ -33,6 +38,12 @@ fn participants(
                 account: a.to_hex(),
                 staked: node.ledger.stake(&a).0,
                 reputation: node.ledger.reputation(&a),
+                profiles: market_protocol::ExecutionProfile::ALL
+                    .into_iter()
+                    .filter(|p| node.dispatch.runs(&a, *p))
+                    .map(|p| p.name().to_owned())
+                    .collect(),
+                busy: node.is_busy(&a),
                 stats: node.store.participant(&a).map_err(ApiError::internal)?,
             })
         })

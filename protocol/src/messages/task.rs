@@ -222,6 +222,9 @@ pub enum ExecutionProfile {
 }
 
 impl ExecutionProfile {
+    /// Every profile, in declaration order.
+    pub const ALL: [Self; 3] = [Self::Repro, Self::Native, Self::Cuda];
+
     /// Its name on the wire (as serialized), which is also how a participant's
     /// [`crate::Capabilities`] list the profiles it runs.
     pub fn name(self) -> &'static str {
