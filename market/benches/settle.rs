@@ -230,6 +230,7 @@ fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::path
         market_worker::daemon::WorkerOptions {
             market: market.clone(),
             data_dir: data.to_owned(),
+            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
             behavior: Behavior::Honest,
             stake: 500,
             device: "cpu".into(),
@@ -247,6 +248,7 @@ fn spawn_verifier(who: &Identity, market: &market_net::Multiaddr, data: &std::pa
         market_verifier::daemon::VerifierOptions {
             market: market.clone(),
             data_dir: data.to_owned(),
+            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
             stake: 500,
             listen: Vec::new(),
             device: "cpu".into(),

@@ -71,6 +71,7 @@ async fn worker(m: &Market, label: &str) -> Identity {
     let options = market_worker::daemon::WorkerOptions {
         market: m.addr.clone(),
         data_dir: m.dir.path().join(label),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
         behavior: Behavior::Honest,
         stake: 200,
         device: "cpu".into(),
@@ -90,6 +91,7 @@ async fn verifier(m: &Market, label: &str) -> Identity {
     let options = market_verifier::daemon::VerifierOptions {
         market: m.addr.clone(),
         data_dir: m.dir.path().join(label),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
         stake: 100,
         listen: Vec::new(),
         device: "cpu".into(),

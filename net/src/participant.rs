@@ -154,16 +154,75 @@ pub fn session_number() -> u64 {
     u64::from_le_bytes(b) >> 11
 }
 
-/// Blobs kept in a directory, one file per id, each checked against its id when fetched.
+/// Bytes of cached blobs a worker or verifier keeps by default (`--cache-bytes`).
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 30;
+
+/// Blobs kept in a directory, one file per id, each checked against its id when fetched. The
+/// cache is bounded: after each fetch, the least recently used blobs beyond its limit go (never
+/// those of the task at hand), so a participant that serves many buyers does not fill its disk.
 #[derive(Debug, Clone)]
 pub struct DirBlobs {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl DirBlobs {
-    /// A cache in `dir`.
+    /// A cache in `dir`, holding [`DEFAULT_CACHE_BYTES`] at most.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            max_bytes: DEFAULT_CACHE_BYTES,
+        }
+    }
+
+    /// The same cache, holding `max_bytes` at most (besides the blobs of the task at hand).
+    pub fn with_limit(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Marks `task`'s blobs as just used, then removes the least recently used others until
+    /// the cache fits its limit. Recency is the file's modification time (housekeeping only:
+    /// nothing hashed or signed depends on it).
+    fn evict_for(&self, task: &TaskSpec) -> Result<(), TransferError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| TransferError::Io { path, source }
+        };
+        let keep = task.blobs();
+        let now = std::time::SystemTime::now();
+        for id in &keep {
+            let path = self.path(id);
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(now))
+                .map_err(io(&path))?;
+        }
+        let mut cached = Vec::new();
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            let meta = entry.metadata().map_err(io(&entry.path()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !meta.is_file() || name.ends_with(".part") {
+                continue;
+            }
+            total += meta.len();
+            if !keep.iter().any(|id| id.to_string() == name) {
+                let used = meta.modified().map_err(io(&entry.path()))?;
+                cached.push((used, meta.len(), entry.path()));
+            }
+        }
+        cached.sort();
+        for (_, len, path) in cached {
+            if total <= self.max_bytes {
+                break;
+            }
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            total -= len;
+        }
+        Ok(())
     }
 
     fn path(&self, id: &BlobId) -> PathBuf {
@@ -177,8 +236,7 @@ impl DirBlobs {
         node: PeerId,
         task: &TaskSpec,
     ) -> Result<FetchStats, TransferError> {
-        if task.blobs().iter().all(|id| self.path(id).is_file()) {
-            // All cached: no need to wait for another job's download.
+        if task.blobs().is_empty() {
             return Ok(FetchStats::default());
         }
         let _turn = cache_lock(&self.dir).lock_owned().await;
@@ -205,6 +263,7 @@ impl DirBlobs {
                 source,
             })?;
         }
+        self.evict_for(task)?;
         Ok(stats)
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,6 +278,90 @@ async fn two_jobs_needing_the_same_blob_fetch_it_once_into_the_shared_cache() {
     );
     assert_eq!(a.blob(&id).unwrap(), bytes);
     assert!(!cache.join(format!("{id}.part")).exists());
+}
+
+/// Serves each `(path, id)` as a blob.
+fn serve_blobs(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    blobs: Vec<(PathBuf, BlobId)>,
+) {
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let Event::Request {
+                request, responder, ..
+            } = ev
+            {
+                let find = |asked: &BlobId| blobs.iter().find(|(_, id)| id == asked);
+                let reply = match request {
+                    Request::Describe {
+                        source: Source::Blob { id },
+                    } => match find(&id) {
+                        Some((path, id)) => describe_reply(path, &id.to_string()),
+                        None => Reply::refused("no"),
+                    },
+                    Request::Fetch {
+                        source: Source::Blob { id },
+                        chunk,
+                    } => match find(&id) {
+                        Some((path, _)) => chunk_reply(path, chunk),
+                        None => Reply::refused("no"),
+                    },
+                    _ => Reply::refused("no"),
+                };
+                responder.send(reply);
+            }
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blob_cache_forgets_the_least_recently_used_beyond_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let buyer = Identity::from_test_label("cache buyer");
+    let size = CHUNK_BYTES as usize + 100;
+    let mut blobs = Vec::new();
+    let mut tasks = Vec::new();
+    for k in 0..3u8 {
+        let bytes: Vec<u8> = (0..size).map(|i| (i as u8).wrapping_mul(k + 3)).collect();
+        let path = dir.path().join(format!("dataset-{k}.bin"));
+        std::fs::write(&path, &bytes).unwrap();
+        let id = BlobId::of(&bytes);
+        blobs.push((path, id));
+        let mut task = market_protocol::fixtures::training_task(&buyer, u64::from(k));
+        if let market_protocol::Workload::Training(t) = &mut task.workload {
+            t.dataset = market_protocol::DatasetSource::Blob { id };
+        }
+        tasks.push(task);
+    }
+    let ids: Vec<BlobId> = blobs.iter().map(|(_, id)| *id).collect();
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("cache server"), loopback()).unwrap();
+    serve_blobs(server_events, blobs);
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, _events) = Net::start(
+        &Identity::from_test_label("cache client"),
+        NetConfig::default(),
+    )
+    .unwrap();
+    let peer = client.dial(addr).await.unwrap();
+
+    // Room for two blobs.
+    let cache = DirBlobs::new(dir.path().join("blobs")).with_limit(2 * size as u64);
+    let cached = |id: &BlobId| cache.blob(id).is_some();
+    for task in &tasks[..2] {
+        cache.fetch_for(&client, peer, task).await.unwrap();
+    }
+    assert!(cached(&ids[0]) && cached(&ids[1]));
+    // Using the first again makes the second the least recently used: the third evicts it.
+    let again = cache.fetch_for(&client, peer, &tasks[0]).await.unwrap();
+    assert_eq!(again.received, 0, "still cached");
+    cache.fetch_for(&client, peer, &tasks[2]).await.unwrap();
+    assert!(cached(&ids[0]) && !cached(&ids[1]) && cached(&ids[2]));
+    // The task at hand keeps its blob whatever the limit.
+    let tiny = DirBlobs::new(dir.path().join("blobs")).with_limit(1);
+    tiny.fetch_for(&client, peer, &tasks[1]).await.unwrap();
+    assert!(cached(&ids[1]));
+    assert!(!cached(&ids[0]) && !cached(&ids[2]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

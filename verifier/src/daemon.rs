@@ -24,6 +24,8 @@ pub struct VerifierOptions {
     pub market: Multiaddr,
     /// Where fetched openings and cached blobs live.
     pub data_dir: PathBuf,
+    /// Most bytes of input blobs kept cached (least recently used go first).
+    pub cache_bytes: u64,
     /// Stake to hold while verifying.
     pub stake: u64,
     /// Addresses to listen on.
@@ -151,7 +153,8 @@ async fn audit_job(
         !head(p) && wanted.iter().any(|w| w == p)
     })
     .await?;
-    let blobs = DirBlobs::new(verifier.options.data_dir.join("blobs"));
+    let blobs = DirBlobs::new(verifier.options.data_dir.join("blobs"))
+        .with_limit(verifier.options.cache_bytes);
     blobs.fetch_for(net, node, &task).await?;
     let (identity, beacon, samples) = (verifier.identity.clone(), job.beacon, job.samples);
     let report = tokio::task::spawn_blocking(move || {
@@ -183,6 +186,10 @@ pub struct RunArgs {
     /// Data directory (fetched openings, cached inputs).
     #[arg(long, default_value = "market-verifier-data")]
     pub data: PathBuf,
+    /// Most bytes of input blobs (datasets, weights) to keep cached; the least recently used
+    /// go first.
+    #[arg(long, default_value_t = market_net::participant::DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
     /// Listen addresses.
     #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
     pub listen: Vec<Multiaddr>,
@@ -198,6 +205,7 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
     let options = VerifierOptions {
         market: args.market,
         data_dir: args.data,
+        cache_bytes: args.cache_bytes,
         stake: args.stake,
         listen: args.listen,
         device: args.device,

@@ -26,6 +26,8 @@ pub struct WorkerOptions {
     pub market: Multiaddr,
     /// Where jobs, bundles and cached blobs live (kept across restarts).
     pub data_dir: PathBuf,
+    /// Most bytes of input blobs kept cached (least recently used go first).
+    pub cache_bytes: u64,
     /// How it behaves (anything but honest exists to test audits).
     pub behavior: Behavior,
     /// Stake to hold while working.
@@ -70,7 +72,7 @@ impl Worker {
     }
 
     fn blobs(&self) -> DirBlobs {
-        DirBlobs::new(self.options.data_dir.join("blobs"))
+        DirBlobs::new(self.options.data_dir.join("blobs")).with_limit(self.options.cache_bytes)
     }
 
     /// Sends `request` to the node until it answers (reconnecting as needed).
@@ -406,6 +408,10 @@ pub struct RunArgs {
     /// Data directory (jobs, bundles, cached inputs; kept across restarts).
     #[arg(long, default_value = "market-worker-data")]
     pub data: PathBuf,
+    /// Most bytes of input blobs (datasets, weights) to keep cached; the least recently used
+    /// go first.
+    #[arg(long, default_value_t = market_net::participant::DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
     /// Listen addresses (for direct connections and hole punching).
     #[arg(long, default_value = "/ip4/0.0.0.0/tcp/0")]
     pub listen: Vec<Multiaddr>,
@@ -428,6 +434,7 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
     let options = WorkerOptions {
         market: args.market,
         data_dir: args.data,
+        cache_bytes: args.cache_bytes,
         behavior: args.fault,
         stake: args.stake,
         device: args.device,
