@@ -33,6 +33,10 @@ pub struct NodeConfig {
     pub trusted_reputation: i64,
     /// The fewest verifiers any result gets, however good the worker's record (the floor).
     pub min_verifiers_per_task: usize,
+    /// Keep result bundles (every checkpoint of every attempt) after a task is settled or
+    /// rejected. Off by default: the ledger holds the commitments and verdicts, the buyer's
+    /// outputs are in the blob store, and bundles of large models would fill the disk.
+    pub keep_bundles: bool,
     /// How the node deals with workers and verifiers over libp2p (`[network]`).
     pub network: NetworkConfig,
 }
@@ -87,6 +91,7 @@ impl Default for NodeConfig {
             max_attempts: 3,
             trusted_reputation: 10,
             min_verifiers_per_task: 1,
+            keep_bundles: false,
             network: NetworkConfig::default(),
         }
     }

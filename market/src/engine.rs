@@ -458,6 +458,7 @@ impl Node {
                             // Still claimed, so a failing task is not retried in a tight loop.
                             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         }
+                        node.forget_bundles_if_final(&id);
                         drop(claim);
                     });
                 }
@@ -471,6 +472,28 @@ impl Node {
                 Err(e) => {
                     tracing::error!(error = %e, "store failed");
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Removes a settled or rejected task's result bundles (all attempts), unless the config
+    /// keeps them.
+    fn forget_bundles_if_final(&self, id: &TaskId) {
+        if self.config.keep_bundles {
+            return;
+        }
+        let Ok(Some(t)) = self.store.task(id) else {
+            return;
+        };
+        if !t.state.is_final() {
+            return;
+        }
+        for n in 0..t.attempts.len() {
+            let dir = self.bundles.join(format!("{id}-{n}"));
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(task = %id, dir = %dir.display(), error = %e, "could not remove a bundle");
                 }
             }
         }

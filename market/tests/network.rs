@@ -227,6 +227,15 @@ async fn a_worker_that_loses_its_connection_reconnects_and_finishes_the_same_tas
         "it joined again on a new connection"
     );
     assert!(m.node.ledger.balance(&w.account()).0 > 800, "and was paid");
+    // Settled, the task's bundle leaves the node's disk (right after the settlement is saved).
+    let bundle = m.dir.path().join(format!("node/bundles/{task}-0"));
+    for _ in 0..200 {
+        if !bundle.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} is still there", bundle.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
