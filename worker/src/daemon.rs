@@ -91,6 +91,15 @@ impl Worker {
         None
     }
 
+    /// Whether a job of `task_id` other than `job` is running in this process.
+    fn runs_another_job_of(&self, task_id: &TaskId, job: u64) -> bool {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(j, (t, s))| *j != job && t == task_id && matches!(s, JobStatus::Running))
+    }
+
     fn status(&self, msg: String) {
         self.status.set_message(msg);
     }
@@ -249,6 +258,20 @@ fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)
     }
 }
 
+/// The most recently written directory of an earlier job of `task_id` in `jobs_dir`, if any
+/// (job directories are named `TASK-JOB`).
+fn earlier_run_dir(jobs_dir: &std::path::Path, task_id: &TaskId) -> Option<PathBuf> {
+    let prefix = format!("{task_id}-");
+    std::fs::read_dir(jobs_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter(|(_, p)| p.is_dir())
+        .max()
+        .map(|(_, p)| p)
+}
+
 /// Removes all but the `keep` most recently written job directories, at startup. Jobs of an
 /// earlier process are not in its memory, so [`forget_old_jobs`] never sees them; the recent
 /// ones stay (the node re-assigns an interrupted job, which then resumes from its checkpoints,
@@ -291,6 +314,28 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
         }
     }
     let dir = worker.job_dir(&task_id, job);
+    if !dir.exists() {
+        // The same task under another job number: the node restarted (its job numbers start
+        // afresh) or assigned it again. Its checkpoints are this worker's own and the run is
+        // deterministic, so it continues from them instead of starting over. An earlier job
+        // still running here (the node restarted mid-run) first finishes into its directory.
+        while worker.runs_another_job_of(&task_id, job) {
+            worker.status(format!(
+                "task {short}: reassigned; the earlier run finishes first"
+            ));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Some(earlier) = earlier_run_dir(&worker.options.data_dir.join("jobs"), &task_id) {
+            match std::fs::rename(&earlier, &dir) {
+                Ok(()) => {
+                    tracing::info!(task = %task_id, from = %earlier.display(), "continuing an earlier assignment's run")
+                }
+                Err(e) => {
+                    tracing::warn!(task = %task_id, error = %e, "could not take over an earlier run")
+                }
+            }
+        }
+    }
     let outcome = if fetched {
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let (identity, behavior, d, spec) = (
@@ -473,5 +518,30 @@ mod tests {
         left.sort();
         // Ages 0..=3 minutes are jobs 1, 3, 6 and 0.
         assert_eq!(left, ["job-0", "job-1", "job-3", "job-6", "stray-file"]);
+    }
+
+    #[test]
+    fn an_earlier_run_of_the_same_task_is_found_newest_first() {
+        let jobs = tempfile::tempdir().unwrap();
+        let task = TaskId(market_protocol::Hash::of(b"the task"));
+        let other = TaskId(market_protocol::Hash::of(b"another task"));
+        assert_eq!(earlier_run_dir(jobs.path(), &task), None);
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (name, age) in [
+            (format!("{task}-17"), 5u64),
+            (format!("{task}-900"), 1),
+            (format!("{other}-3"), 0),
+        ] {
+            let dir = jobs.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(base - Duration::from_secs(age))
+                .unwrap();
+        }
+        assert_eq!(
+            earlier_run_dir(jobs.path(), &task),
+            Some(jobs.path().join(format!("{task}-900")))
+        );
     }
 }
