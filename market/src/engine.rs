@@ -268,19 +268,15 @@ impl Node {
         if let Some(existing) = self.store.task(&id).map_err(ApiError::internal)? {
             return Ok(existing);
         }
-        // The node checks the task's shape, not whether it could run the task itself: a
-        // CPU-only node takes `cuda` tasks for its GPU workers. Only the kernels depend on the
-        // profile, so the check builds the job with the reproducible ones.
-        let shape = TaskSpec {
-            profile: ExecutionProfile::Repro,
-            ..spec.clone()
-        };
-        let check = match &shape.workload {
+        // Built with the task's own profile: the node referees split verdicts and makes
+        // ringers by re-executing, so it takes only tasks its own build can run (a node for
+        // `cuda` tasks is built with the `cuda` feature and has a GPU).
+        let check = match &spec.workload {
             Workload::Training(_) => {
-                market_compute::TrainingJob::from_spec(&shape, &self.blobs).map(|_| ())
+                market_compute::TrainingJob::from_spec(&spec, &self.blobs).map(|_| ())
             }
             Workload::Inference(_) => {
-                market_compute::InferenceJob::from_spec(&shape, &self.blobs).map(|_| ())
+                market_compute::InferenceJob::from_spec(&spec, &self.blobs).map(|_| ())
             }
         };
         check.map_err(|e| {
@@ -566,6 +562,8 @@ impl Node {
                 Some(format!("a staked verifier that runs the {profile} profile"))
             } else if eligible.iter().all(|w| lock(&self.busy).contains(w)) {
                 Some("a worker to finish its current task".into())
+            } else if lock(&self.claimed).len() >= self.dispatch.concurrent_tasks().max(1) {
+                Some("room: the node runs as many tasks at once as it allows".into())
             } else {
                 None
             };
@@ -995,15 +993,25 @@ impl Node {
             .entry(*v)
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
             .clone();
-        let _turn = slot.acquire_owned().await?;
-        let (dispatch, v, d, p, blobs) = (
+        let turn = slot.clone().acquire_owned().await?;
+        let (dispatch, account, d, p, blobs) = (
             self.dispatch.clone(),
             *v,
             dir.to_owned(),
             policy.clone(),
             self.blobs.clone(),
         );
-        tokio::task::spawn_blocking(move || dispatch.audit(&v, &d, beacon, &p, &blobs)).await?
+        let verdict =
+            tokio::task::spawn_blocking(move || dispatch.audit(&account, &d, beacon, &p, &blobs))
+                .await;
+        drop((turn, slot));
+        // Nobody else waiting for this verifier: forget its slot (verifiers come and go).
+        let mut slots = lock(&self.audit_slots);
+        if slots.get(v).is_some_and(|s| Arc::strong_count(s) == 1) {
+            slots.remove(v);
+        }
+        drop(slots);
+        verdict?
     }
 
     /// Keeps verifiers honest: at the configured rate (drawn from the beacon's stream, so no

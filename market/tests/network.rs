@@ -378,66 +378,72 @@ async fn next_assignment(
         .flatten()
 }
 
+/// Capabilities announcing only `profiles`.
+fn running(profiles: &[ExecutionProfile]) -> Capabilities {
+    Capabilities {
+        profiles: profiles.iter().map(|p| p.name().to_owned()).collect(),
+        ..measure_capabilities("cpu")
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue() {
-    let config = NodeConfig {
-        verifiers_per_task: 1,
-        ..NodeConfig::default()
-    };
-    let m = market(config, P2pOptions::default()).await;
-    let cpu_worker = worker(&m, "cpu-only worker").await;
-    verifier(&m, "cpu-only verifier").await;
+    let m = market(NodeConfig::default(), P2pOptions::default()).await;
+    let repro_only = running(&[ExecutionProfile::Repro]);
+    let native_only = running(&[ExecutionProfile::Native]);
+    let _v1 = raw_participant(&m, "repro verifier", Role::Verifier, &repro_only).await;
+    let mut w1 = raw_participant(&m, "repro worker", Role::Worker, &repro_only).await;
     wait_joined(&m, 1, 1).await;
-    let caps = m.dispatch.participants()[&cpu_worker.account()]
-        .capabilities
-        .clone();
-    assert!(caps.runs(ExecutionProfile::Repro) && !caps.runs(ExecutionProfile::Cuda));
 
-    // First in the queue: a task for CUDA, which nobody here runs. The CPU task behind it
-    // still settles, and the CUDA task is never handed to the CPU worker.
+    // First in the queue: a `native` task, which nobody here runs. The `repro` task behind it
+    // goes ahead, and the native one is never handed to the repro-only worker.
     let mut spec = training_task(&m.buyer, 30);
-    spec.profile = ExecutionProfile::Cuda;
-    let cuda = m
+    spec.profile = ExecutionProfile::Native;
+    let native = m
         .node
         .post_task(Signed::sign(spec, &m.buyer).unwrap())
         .await
         .unwrap()
         .id;
-    let cpu = post(&m, 31, 20).await;
-    settled(&m, &cpu).await;
-    let waiting = m.node.store.task(&cuda).unwrap().unwrap();
+    let repro = post(&m, 31, 20).await;
+    assert_eq!(next_assignment(&mut w1).await, Some(repro));
+    let waiting = m.node.store.task(&native).unwrap().unwrap();
     assert_eq!(waiting.state, TaskState::Queued);
     assert!(waiting.attempts.is_empty(), "{:?}", waiting.attempts);
     assert_eq!(
         m.node.view(&waiting).waiting_for.as_deref(),
-        Some("a staked worker that runs the cuda profile"),
+        Some("a staked worker that runs the native profile"),
         "the buyer is told why"
     );
 
-    // A CUDA worker alone is not enough (its result could not be audited); once a CUDA
-    // verifier joins too, the task goes to the CUDA worker.
-    let gpu = Capabilities {
-        profiles: vec!["cuda".into()],
-        device: "cuda".into(),
-        memory_bytes: 80 << 30,
-        steps_per_ksec: 1_000_000,
-    };
-    let mut gpu_worker = raw_participant(&m, "cuda worker", Role::Worker, &gpu).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let waiting = m.node.store.task(&cuda).unwrap().unwrap();
-    assert_eq!(waiting.state, TaskState::Queued, "no CUDA verifier yet");
+    // A native worker alone is not enough (its result could not be audited); once a native
+    // verifier joins too, the task goes to the native worker.
+    let mut w2 = raw_participant(&m, "native worker", Role::Worker, &native_only).await;
+    wait_joined(&m, 2, 1).await;
     assert_eq!(
         m.node.view(&waiting).waiting_for.as_deref(),
-        Some("a staked verifier that runs the cuda profile")
+        Some("a staked verifier that runs the native profile")
     );
-    let _gpu_verifier = raw_participant(&m, "cuda verifier", Role::Verifier, &gpu).await;
-    let assigned = next_assignment(&mut gpu_worker)
-        .await
-        .expect("the CUDA task was assigned");
-    assert_eq!(assigned, cuda);
-    let t = m.node.store.task(&cuda).unwrap().unwrap();
+    let _v2 = raw_participant(&m, "native verifier", Role::Verifier, &native_only).await;
+    assert_eq!(next_assignment(&mut w2).await, Some(native));
+    let t = m.node.store.task(&native).unwrap().unwrap();
     assert_eq!(t.attempts.len(), 1);
-    assert_ne!(t.attempts[0].worker, cpu_worker.account());
+    assert_eq!(
+        t.attempts[0].worker,
+        Identity::from_test_label("native worker").account()
+    );
+    while let Ok(ev) = w1.try_recv() {
+        assert!(
+            !matches!(
+                ev,
+                Event::Request {
+                    request: Request::Assign { .. },
+                    ..
+                }
+            ),
+            "the repro-only worker was handed the native task"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,10 @@ struct Worker {
     member: Arc<Membership>,
     /// Jobs started by this process, by the node's job number.
     jobs: Mutex<BTreeMap<u64, (TaskId, JobStatus)>>,
+    /// One run at a time per task: a task handed over again under a new job number (a node
+    /// restart) waits for the earlier job's run, then continues in its directory. Entries go
+    /// when nobody holds or waits for them.
+    task_turns: Mutex<BTreeMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
     status: ProgressBar,
     done: Mutex<u64>,
     /// Balance when joined, and now (the node reports it after each settlement).
@@ -91,13 +95,26 @@ impl Worker {
         None
     }
 
-    /// Whether a job of `task_id` other than `job` is running in this process.
-    fn runs_another_job_of(&self, task_id: &TaskId, job: u64) -> bool {
-        self.jobs
+    /// The lock a run of `task_id` holds (see [`Worker::task_turns`]).
+    fn task_turn(&self, task_id: &TaskId) -> Arc<tokio::sync::Mutex<()>> {
+        self.task_turns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|(j, (t, s))| *j != job && t == task_id && matches!(s, JobStatus::Running))
+            .entry(*task_id)
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets `task_id`'s lock if nobody else holds or waits for it.
+    fn forget_task_turn(&self, task_id: &TaskId, turn: Arc<tokio::sync::Mutex<()>>) {
+        drop(turn);
+        let mut turns = self.task_turns.lock().unwrap_or_else(|e| e.into_inner());
+        if turns
+            .get(task_id)
+            .is_some_and(|t| Arc::strong_count(t) == 1)
+        {
+            turns.remove(task_id);
+        }
     }
 
     fn status(&self, msg: String) {
@@ -136,6 +153,7 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
         options,
         member: member.clone(),
         jobs: Mutex::new(BTreeMap::new()),
+        task_turns: Mutex::new(BTreeMap::new()),
         status,
         done: Mutex::new(0),
         balance: Mutex::new((0, 0)),
@@ -314,17 +332,22 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
         }
     }
     let dir = worker.job_dir(&task_id, job);
-    if !dir.exists() {
-        // The same task under another job number: the node restarted (its job numbers start
-        // afresh) or assigned it again. Its checkpoints are this worker's own and the run is
-        // deterministic, so it continues from them instead of starting over. An earlier job
-        // still running here (the node restarted mid-run) first finishes into its directory.
-        while worker.runs_another_job_of(&task_id, job) {
+    // An earlier job of this task still running here (the node restarted mid-run) finishes
+    // into its directory first; jobs of one task take turns in the order they wait.
+    let turn = worker.task_turn(&task_id);
+    let held = match turn.clone().try_lock_owned() {
+        Ok(held) => held,
+        Err(_) => {
             worker.status(format!(
                 "task {short}: reassigned; the earlier run finishes first"
             ));
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            turn.clone().lock_owned().await
         }
+    };
+    if !dir.exists() {
+        // The same task under another job number: the node restarted (its job numbers start
+        // afresh) or assigned it again. Its checkpoints are this worker's own and the run is
+        // deterministic, so it continues from them instead of starting over.
         if let Some(earlier) = earlier_run_dir(&worker.options.data_dir.join("jobs"), &task_id) {
             match std::fs::rename(&earlier, &dir) {
                 Ok(()) => {
@@ -411,6 +434,8 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
             reason: "could not fetch the task's inputs".into(),
         }
     };
+    drop(held);
+    worker.forget_task_turn(&task_id, turn);
     let finished = matches!(outcome, Request::Done { .. });
     if let Ok(mut jobs) = worker.jobs.lock() {
         jobs.insert(
