@@ -953,10 +953,14 @@ impl Node {
                 p.audits_passed += 1;
             })?;
         }
-        let left = self.ledger.escrow_of(&id).map_or(0, |e| e.remaining.0);
-        let unspent_fees =
-            t.verifier_fee * (self.config.verifiers_per_task.saturating_sub(passing.len())) as u64;
-        let pay = left.saturating_sub(unspent_fees);
+        // The price less every verifier fee the task reserved (paid to the passing verifiers,
+        // the rest refunded). From the escrow's original amount, not what remains, so a re-run
+        // of this step after a crash asks for the same release and the ledger's idempotency
+        // key recognises it.
+        let escrowed = self.ledger.escrow_of(&id).map_or(0, |e| e.amount.0);
+        let reserved_fees =
+            t.verifier_fee * self.config.verifiers_per_task.max(passing.len()) as u64;
+        let pay = escrowed.saturating_sub(reserved_fees);
         let a = self
             .append(
                 format!("release:{id}"),

@@ -20,6 +20,23 @@ use market_protocol::fixtures::training_task;
 use market_protocol::*;
 use market_worker::Behavior;
 
+/// Runs a test on a runtime of its own and drops it without waiting for blocking work. Tests
+/// end with runs or audits still in flight (raw participants sit on their assignments), and the
+/// node waits for those on blocking threads until their deadlines (hours): dropping the
+/// runtime normally would wait for them, and hang the test binary.
+fn in_runtime(test: impl std::future::Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(test)));
+    rt.shutdown_background();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 struct Market {
     node: Arc<Node>,
     dispatch: Arc<P2pDispatch>,
@@ -201,139 +218,143 @@ fn assert_conserved(m: &Market, accounts: &[AccountId], minted: u64) {
     assert_eq!(held + escrowed, minted, "credits conserved");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_that_loses_its_connection_reconnects_and_finishes_the_same_task() {
-    let config = NodeConfig {
-        verifiers_per_task: 1,
-        ..NodeConfig::default()
-    };
-    let m = market(config, P2pOptions::default()).await;
-    let w = worker(&m, "reconnecting worker").await;
-    verifier(&m, "verifier a").await;
-    wait_joined(&m, 1, 1).await;
-    let task = post(&m, 1, 200).await;
-    assert_eq!(wait_running(&m, &task, 20).await, w.account());
-    // The node drops the connection; the worker notices, dials again and says hello.
-    m.dispatch
-        .net()
-        .disconnect(w.account().to_peer_id())
-        .unwrap();
-    let t = settled(&m, &task).await;
-    assert_eq!(t.attempts.len(), 1, "the same attempt finished: {t:?}");
-    assert_eq!(t.attempts[0].worker, w.account());
-    assert_eq!(
-        m.dispatch.participants()[&w.account()].hellos,
-        2,
-        "it joined again on a new connection"
-    );
-    assert!(m.node.ledger.balance(&w.account()).0 > 800, "and was paid");
-    // Settled, the task's bundle leaves the node's disk (right after the settlement is saved).
-    let bundle = m.dir.path().join(format!("node/bundles/{task}-0"));
-    for _ in 0..200 {
-        if !bundle.exists() {
-            return;
+#[test]
+fn a_worker_that_loses_its_connection_reconnects_and_finishes_the_same_task() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        let w = worker(&m, "reconnecting worker").await;
+        verifier(&m, "verifier a").await;
+        wait_joined(&m, 1, 1).await;
+        let task = post(&m, 1, 200).await;
+        assert_eq!(wait_running(&m, &task, 20).await, w.account());
+        // The node drops the connection; the worker notices, dials again and says hello.
+        m.dispatch
+            .net()
+            .disconnect(w.account().to_peer_id())
+            .unwrap();
+        let t = settled(&m, &task).await;
+        assert_eq!(t.attempts.len(), 1, "the same attempt finished: {t:?}");
+        assert_eq!(t.attempts[0].worker, w.account());
+        assert_eq!(
+            m.dispatch.participants()[&w.account()].hellos,
+            2,
+            "it joined again on a new connection"
+        );
+        assert!(m.node.ledger.balance(&w.account()).0 > 800, "and was paid");
+        // Settled, the task's bundle leaves the node's disk (right after the settlement is saved).
+        let bundle = m.dir.path().join(format!("node/bundles/{task}-0"));
+        for _ in 0..200 {
+            if !bundle.exists() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{} is still there", bundle.display());
+        panic!("{} is still there", bundle.display());
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by_another_key_is_refused(
-) {
-    let config = NodeConfig {
-        verifiers_per_task: 1,
-        ..NodeConfig::default()
-    };
-    let options = P2pOptions {
-        audit_timeout: Duration::from_secs(6),
-        ..P2pOptions::default()
-    };
-    let m = market(config, options).await;
-    worker(&m, "worker for the silent test").await;
-    let honest = verifier(&m, "honest verifier").await;
+#[test]
+fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by_another_key_is_refused()
+{
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            audit_timeout: Duration::from_secs(6),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        worker(&m, "worker for the silent test").await;
+        let honest = verifier(&m, "honest verifier").await;
 
-    // The silent verifier stakes far more, so it is drawn first. It acknowledges the audit,
-    // sends a verdict signed with somebody else's key, and then never answers.
-    let silent = Identity::from_test_label("silent verifier");
-    m.node
-        .fund("test", &silent.account(), 100_000, 0)
+        // The silent verifier stakes far more, so it is drawn first. It acknowledges the audit,
+        // sends a verdict signed with somebody else's key, and then never answers.
+        let silent = Identity::from_test_label("silent verifier");
+        m.node
+            .fund("test", &silent.account(), 100_000, 0)
+            .await
+            .unwrap();
+        let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
+        let caps = measure_capabilities("cpu");
+        let dialed = tokio::sync::watch::channel(None).0;
+        join(
+            &net,
+            &m.addr,
+            &dialed,
+            &silent,
+            Role::Verifier,
+            &caps,
+            50_000,
+            1,
+        )
         .await
         .unwrap();
-    let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
-    let caps = measure_capabilities("cpu");
-    let dialed = tokio::sync::watch::channel(None).0;
-    join(
-        &net,
-        &m.addr,
-        &dialed,
-        &silent,
-        Role::Verifier,
-        &caps,
-        50_000,
-        1,
-    )
-    .await
-    .unwrap();
-    let asked = Arc::new(AtomicUsize::new(0));
-    let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (a, r, n) = (asked.clone(), refusals.clone(), net.clone());
-    tokio::spawn(async move {
-        let impostor = Identity::from_test_label("honest verifier");
-        while let Some(ev) = events.recv().await {
-            if let Event::Request {
-                peer,
-                request: Request::Audit { job },
-                responder,
-            } = ev
-            {
-                a.fetch_add(1, Ordering::SeqCst);
-                responder.send(Reply::of(Response::Ok));
-                let verdict = Verdict {
-                    version: Version::CURRENT,
-                    verifier: impostor.account(),
-                    commitment_id: CommitmentId(Hash::of(b"whatever")),
-                    challenge_id: ChallengeId(Hash::of(b"whatever")),
-                    checked: Vec::new(),
-                    outcome: VerdictOutcome::Pass,
-                    compute_share_ppm: 0,
-                };
-                let forged = Signed::sign(verdict, &impostor).unwrap();
-                let reply = n
-                    .request(
-                        peer,
-                        Request::Verdict {
-                            task_id: job.task_id,
-                            job: job.job,
-                            verdict: forged,
-                        },
-                    )
-                    .await
-                    .unwrap();
-                r.lock().unwrap().push(reply.response);
+        let asked = Arc::new(AtomicUsize::new(0));
+        let refusals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, r, n) = (asked.clone(), refusals.clone(), net.clone());
+        tokio::spawn(async move {
+            let impostor = Identity::from_test_label("honest verifier");
+            while let Some(ev) = events.recv().await {
+                if let Event::Request {
+                    peer,
+                    request: Request::Audit { job },
+                    responder,
+                } = ev
+                {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    responder.send(Reply::of(Response::Ok));
+                    let verdict = Verdict {
+                        version: Version::CURRENT,
+                        verifier: impostor.account(),
+                        commitment_id: CommitmentId(Hash::of(b"whatever")),
+                        challenge_id: ChallengeId(Hash::of(b"whatever")),
+                        checked: Vec::new(),
+                        outcome: VerdictOutcome::Pass,
+                        compute_share_ppm: 0,
+                    };
+                    let forged = Signed::sign(verdict, &impostor).unwrap();
+                    let reply = n
+                        .request(
+                            peer,
+                            Request::Verdict {
+                                task_id: job.task_id,
+                                job: job.job,
+                                verdict: forged,
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    r.lock().unwrap().push(reply.response);
+                }
             }
-        }
+        });
+        wait_joined(&m, 1, 2).await;
+        let task = post(&m, 2, 40).await;
+        let t = settled(&m, &task).await;
+        assert!(
+            asked.load(Ordering::SeqCst) >= 1,
+            "the silent verifier was drawn"
+        );
+        let refusals = refusals.lock().unwrap().clone();
+        assert!(
+            matches!(&refusals[..], [Response::Refused { reason }] if reason.contains("another verifier")),
+            "{refusals:?}"
+        );
+        let verdicts = &t.attempts[0].verdicts;
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(
+            verdicts[0].verifier,
+            honest.account(),
+            "the stand-in's verdict"
+        );
+        assert!(verdicts[0].passed);
     });
-    wait_joined(&m, 1, 2).await;
-    let task = post(&m, 2, 40).await;
-    let t = settled(&m, &task).await;
-    assert!(
-        asked.load(Ordering::SeqCst) >= 1,
-        "the silent verifier was drawn"
-    );
-    let refusals = refusals.lock().unwrap().clone();
-    assert!(
-        matches!(&refusals[..], [Response::Refused { reason }] if reason.contains("another verifier")),
-        "{refusals:?}"
-    );
-    let verdicts = &t.attempts[0].verdicts;
-    assert_eq!(verdicts.len(), 1);
-    assert_eq!(
-        verdicts[0].verifier,
-        honest.account(),
-        "the stand-in's verdict"
-    );
-    assert!(verdicts[0].passed);
 }
 
 /// A participant that only joins and hands the node's requests to the test.
@@ -386,119 +407,54 @@ fn running(profiles: &[ExecutionProfile]) -> Capabilities {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue() {
-    let m = market(NodeConfig::default(), P2pOptions::default()).await;
-    let repro_only = running(&[ExecutionProfile::Repro]);
-    let native_only = running(&[ExecutionProfile::Native]);
-    let _v1 = raw_participant(&m, "repro verifier", Role::Verifier, &repro_only).await;
-    let mut w1 = raw_participant(&m, "repro worker", Role::Worker, &repro_only).await;
-    wait_joined(&m, 1, 1).await;
+#[test]
+fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue() {
+    in_runtime(async {
+        let m = market(NodeConfig::default(), P2pOptions::default()).await;
+        let repro_only = running(&[ExecutionProfile::Repro]);
+        let native_only = running(&[ExecutionProfile::Native]);
+        let _v1 = raw_participant(&m, "repro verifier", Role::Verifier, &repro_only).await;
+        let mut w1 = raw_participant(&m, "repro worker", Role::Worker, &repro_only).await;
+        wait_joined(&m, 1, 1).await;
 
-    // First in the queue: a `native` task, which nobody here runs. The `repro` task behind it
-    // goes ahead, and the native one is never handed to the repro-only worker.
-    let mut spec = training_task(&m.buyer, 30);
-    spec.profile = ExecutionProfile::Native;
-    let native = m
-        .node
-        .post_task(Signed::sign(spec, &m.buyer).unwrap())
-        .await
-        .unwrap()
-        .id;
-    let repro = post(&m, 31, 20).await;
-    assert_eq!(next_assignment(&mut w1).await, Some(repro));
-    let waiting = m.node.store.task(&native).unwrap().unwrap();
-    assert_eq!(waiting.state, TaskState::Queued);
-    assert!(waiting.attempts.is_empty(), "{:?}", waiting.attempts);
-    assert_eq!(
-        m.node.view(&waiting).waiting_for.as_deref(),
-        Some("a staked worker that runs the native profile"),
-        "the buyer is told why"
-    );
-
-    // A native worker alone is not enough (its result could not be audited); once a native
-    // verifier joins too, the task goes to the native worker.
-    let mut w2 = raw_participant(&m, "native worker", Role::Worker, &native_only).await;
-    wait_joined(&m, 2, 1).await;
-    assert_eq!(
-        m.node.view(&waiting).waiting_for.as_deref(),
-        Some("a staked verifier that runs the native profile")
-    );
-    let _v2 = raw_participant(&m, "native verifier", Role::Verifier, &native_only).await;
-    assert_eq!(next_assignment(&mut w2).await, Some(native));
-    let t = m.node.store.task(&native).unwrap().unwrap();
-    assert_eq!(t.attempts.len(), 1);
-    assert_eq!(
-        t.attempts[0].worker,
-        Identity::from_test_label("native worker").account()
-    );
-    while let Ok(ev) = w1.try_recv() {
-        assert!(
-            !matches!(
-                ev,
-                Event::Request {
-                    request: Request::Assign { .. },
-                    ..
-                }
-            ),
-            "the repro-only worker was handed the native task"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one() {
-    let m = market(NodeConfig::default(), P2pOptions::default()).await;
-    verifier(&m, "verifier for parallel tasks").await;
-    let caps = measure_capabilities("cpu");
-    // Workers that take their assignment and then sit on it: only running tasks at once can
-    // hand all of them one.
-    let mut workers = Vec::new();
-    for i in 0..3 {
-        let label = format!("parallel worker {i}");
-        let events = raw_participant(&m, &label, Role::Worker, &caps).await;
-        workers.push((Identity::from_test_label(&label).account(), events));
-    }
-    wait_joined(&m, 3, 1).await;
-    let mut tasks = Vec::new();
-    for nonce in 40..44 {
-        tasks.push(post(&m, nonce, 20).await);
-    }
-    let mut assigned = Vec::new();
-    for (account, events) in &mut workers {
-        let task = next_assignment(events)
+        // First in the queue: a `native` task, which nobody here runs. The `repro` task behind it
+        // goes ahead, and the native one is never handed to the repro-only worker.
+        let mut spec = training_task(&m.buyer, 30);
+        spec.profile = ExecutionProfile::Native;
+        let native = m
+            .node
+            .post_task(Signed::sign(spec, &m.buyer).unwrap())
             .await
-            .expect("every worker was handed a task while the others still ran theirs");
-        let t = m.node.store.task(&task).unwrap().unwrap();
-        assert!(
-            matches!(t.state, TaskState::Running { worker, .. } if worker == *account),
-            "{:?}",
-            t.state
+            .unwrap()
+            .id;
+        let repro = post(&m, 31, 20).await;
+        assert_eq!(next_assignment(&mut w1).await, Some(repro));
+        let waiting = m.node.store.task(&native).unwrap().unwrap();
+        assert_eq!(waiting.state, TaskState::Queued);
+        assert!(waiting.attempts.is_empty(), "{:?}", waiting.attempts);
+        assert_eq!(
+            m.node.view(&waiting).waiting_for.as_deref(),
+            Some("a staked worker that runs the native profile"),
+            "the buyer is told why"
         );
-        assert!(m.node.is_busy(account));
-        assigned.push(task);
-    }
-    assigned.sort();
-    assigned.dedup();
-    assert_eq!(assigned.len(), 3, "three different tasks");
-    // The oldest three went out; the fourth waits for a worker to become free.
-    assert_eq!(
-        &tasks[..3]
-            .iter()
-            .copied()
-            .collect::<std::collections::BTreeSet<_>>(),
-        &assigned.iter().copied().collect()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let fourth = m.node.store.task(&tasks[3]).unwrap().unwrap();
-    assert_eq!(fourth.state, TaskState::Queued);
-    assert!(fourth.attempts.is_empty());
-    assert_eq!(
-        m.node.view(&fourth).waiting_for.as_deref(),
-        Some("a worker to finish its current task")
-    );
-    for (_, events) in &mut workers {
-        while let Ok(ev) = events.try_recv() {
+
+        // A native worker alone is not enough (its result could not be audited); once a native
+        // verifier joins too, the task goes to the native worker.
+        let mut w2 = raw_participant(&m, "native worker", Role::Worker, &native_only).await;
+        wait_joined(&m, 2, 1).await;
+        assert_eq!(
+            m.node.view(&waiting).waiting_for.as_deref(),
+            Some("a staked verifier that runs the native profile")
+        );
+        let _v2 = raw_participant(&m, "native verifier", Role::Verifier, &native_only).await;
+        assert_eq!(next_assignment(&mut w2).await, Some(native));
+        let t = m.node.store.task(&native).unwrap().unwrap();
+        assert_eq!(t.attempts.len(), 1);
+        assert_eq!(
+            t.attempts[0].worker,
+            Identity::from_test_label("native worker").account()
+        );
+        while let Ok(ev) = w1.try_recv() {
             assert!(
                 !matches!(
                     ev,
@@ -507,113 +463,186 @@ async fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second
                         ..
                     }
                 ),
-                "a busy worker was handed a second task"
+                "the repro-only worker was handed the native task"
             );
         }
-    }
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
-    let config = NodeConfig {
-        verifiers_per_task: 1,
-        ..NodeConfig::default()
-    };
-    let m = market(config, P2pOptions::default()).await;
-    worker(&m, "first of two workers").await;
-    worker(&m, "second of two workers").await;
-    // The only verifier takes its audits and sits on them.
-    let mut verifier = raw_participant(
-        &m,
-        "one-at-a-time verifier",
-        Role::Verifier,
-        &measure_capabilities("cpu"),
-    )
-    .await;
-    wait_joined(&m, 2, 1).await;
-    let tasks = [post(&m, 50, 20).await, post(&m, 51, 20).await];
-    let mut audits = Vec::new();
-    // Both tasks finish running (in parallel) and wait for their audit.
-    for _ in 0..2400 {
+#[test]
+fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one() {
+    in_runtime(async {
+        let m = market(NodeConfig::default(), P2pOptions::default()).await;
+        verifier(&m, "verifier for parallel tasks").await;
+        let caps = measure_capabilities("cpu");
+        // Workers that take their assignment and then sit on it: only running tasks at once can
+        // hand all of them one.
+        let mut workers = Vec::new();
+        for i in 0..3 {
+            let label = format!("parallel worker {i}");
+            let events = raw_participant(&m, &label, Role::Worker, &caps).await;
+            workers.push((Identity::from_test_label(&label).account(), events));
+        }
+        wait_joined(&m, 3, 1).await;
+        let mut tasks = Vec::new();
+        for nonce in 40..44 {
+            tasks.push(post(&m, nonce, 20).await);
+        }
+        let mut assigned = Vec::new();
+        for (account, events) in &mut workers {
+            let task = next_assignment(events)
+                .await
+                .expect("every worker was handed a task while the others still ran theirs");
+            let t = m.node.store.task(&task).unwrap().unwrap();
+            assert!(
+                matches!(t.state, TaskState::Running { worker, .. } if worker == *account),
+                "{:?}",
+                t.state
+            );
+            assert!(m.node.is_busy(account));
+            assigned.push(task);
+        }
+        assigned.sort();
+        assigned.dedup();
+        assert_eq!(assigned.len(), 3, "three different tasks");
+        // The oldest three went out; the fourth waits for a worker to become free.
+        assert_eq!(
+            &tasks[..3]
+                .iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            &assigned.iter().copied().collect()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let fourth = m.node.store.task(&tasks[3]).unwrap().unwrap();
+        assert_eq!(fourth.state, TaskState::Queued);
+        assert!(fourth.attempts.is_empty());
+        assert_eq!(
+            m.node.view(&fourth).waiting_for.as_deref(),
+            Some("a worker to finish its current task")
+        );
+        for (_, events) in &mut workers {
+            while let Ok(ev) = events.try_recv() {
+                assert!(
+                    !matches!(
+                        ev,
+                        Event::Request {
+                            request: Request::Assign { .. },
+                            ..
+                        }
+                    ),
+                    "a busy worker was handed a second task"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        worker(&m, "first of two workers").await;
+        worker(&m, "second of two workers").await;
+        // The only verifier takes its audits and sits on them.
+        let mut verifier = raw_participant(
+            &m,
+            "one-at-a-time verifier",
+            Role::Verifier,
+            &measure_capabilities("cpu"),
+        )
+        .await;
+        wait_joined(&m, 2, 1).await;
+        let tasks = [post(&m, 50, 20).await, post(&m, 51, 20).await];
+        let mut audits = Vec::new();
+        // Both tasks finish running (in parallel) and wait for their audit.
+        for _ in 0..2400 {
+            while let Ok(ev) = verifier.try_recv() {
+                if let Event::Request {
+                    request: Request::Audit { job },
+                    responder,
+                    ..
+                } = ev
+                {
+                    responder.send(Reply::of(Response::Ok));
+                    audits.push(job.task_id);
+                }
+            }
+            let auditing = tasks
+                .iter()
+                .filter(|id| {
+                    matches!(
+                        m.node.store.task(id).unwrap().unwrap().state,
+                        TaskState::Auditing { .. }
+                    )
+                })
+                .count();
+            if auditing == 2 && !audits.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        // While the first audit is outstanding, the second is not sent.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         while let Ok(ev) = verifier.try_recv() {
             if let Event::Request {
                 request: Request::Audit { job },
-                responder,
                 ..
             } = ev
             {
-                responder.send(Reply::of(Response::Ok));
                 audits.push(job.task_id);
             }
         }
-        let auditing = tasks
-            .iter()
-            .filter(|id| {
-                matches!(
-                    m.node.store.task(id).unwrap().unwrap().state,
-                    TaskState::Auditing { .. }
-                )
-            })
-            .count();
-        if auditing == 2 && !audits.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    // While the first audit is outstanding, the second is not sent.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    while let Ok(ev) = verifier.try_recv() {
-        if let Event::Request {
-            request: Request::Audit { job },
-            ..
-        } = ev
-        {
-            audits.push(job.task_id);
-        }
-    }
-    assert_eq!(audits.len(), 1, "{audits:?}");
-    assert!(tasks.contains(&audits[0]));
+        assert_eq!(audits.len(), 1, "{audits:?}");
+        assert!(tasks.contains(&audits[0]));
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hello_signed_by_another_key_is_refused() {
-    let m = market(NodeConfig::default(), P2pOptions::default()).await;
-    let me = Identity::from_test_label("speaker");
-    let other = Identity::from_test_label("spoken for");
-    m.node
-        .fund("test", &other.account(), 1_000, 0)
-        .await
-        .unwrap();
-    let (net, _events) = Net::start(&me, NetConfig::default()).unwrap();
-    let node = net.dial(m.addr.clone()).await.unwrap();
-    let hello = Hello {
-        version: Version::CURRENT,
-        account: other.account(),
-        node: m.node.operator.account(),
-        role: Role::Worker,
-        capabilities: measure_capabilities("cpu"),
-        stake: Credits(500),
-        session: 7,
-    };
-    let reply = net
-        .request(
-            node,
-            Request::Hello {
-                hello: Signed::sign(hello, &other).unwrap(),
-            },
-        )
-        .await
-        .unwrap();
-    assert!(
-        matches!(&reply.response, Response::Refused { reason } if reason.contains("this connection is")),
-        "{reply:?}"
-    );
-    assert!(m.dispatch.participants().is_empty(), "nobody joined");
-    assert_eq!(
-        m.node.ledger.stake(&other.account()).0,
-        0,
-        "nothing staked for the victim"
-    );
+#[test]
+fn a_hello_signed_by_another_key_is_refused() {
+    in_runtime(async {
+        let m = market(NodeConfig::default(), P2pOptions::default()).await;
+        let me = Identity::from_test_label("speaker");
+        let other = Identity::from_test_label("spoken for");
+        m.node
+            .fund("test", &other.account(), 1_000, 0)
+            .await
+            .unwrap();
+        let (net, _events) = Net::start(&me, NetConfig::default()).unwrap();
+        let node = net.dial(m.addr.clone()).await.unwrap();
+        let hello = Hello {
+            version: Version::CURRENT,
+            account: other.account(),
+            node: m.node.operator.account(),
+            role: Role::Worker,
+            capabilities: measure_capabilities("cpu"),
+            stake: Credits(500),
+            session: 7,
+        };
+        let reply = net
+            .request(
+                node,
+                Request::Hello {
+                    hello: Signed::sign(hello, &other).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply.response, Response::Refused { reason } if reason.contains("this connection is")),
+            "{reply:?}"
+        );
+        assert!(m.dispatch.participants().is_empty(), "nobody joined");
+        assert_eq!(
+            m.node.ledger.stake(&other.account()).0,
+            0,
+            "nothing staked for the victim"
+        );
+    });
 }
 
 fn stderr_of(mut child: Child) -> String {
@@ -622,108 +651,112 @@ fn stderr_of(mut child: Child) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
-    let config = NodeConfig {
-        verifiers_per_task: 1,
-        ..NodeConfig::default()
-    };
-    let options = P2pOptions {
-        // Long enough for a restarted worker process to rejoin on a loaded CI machine.
-        run_grace: Duration::from_secs(10),
-        ..P2pOptions::default()
-    };
-    let m = market(config, options).await;
-    verifier(&m, "verifier k").await;
-    let a = Identity::from_test_label("killed worker a");
-    let b = Identity::from_test_label("worker b");
-    for w in [&a, &b] {
-        m.node.fund("test", &w.account(), 1_000, 0).await.unwrap();
-    }
-    let minted = 10_000 + 1_000 * 2 + 1_000;
-    let everyone = [
-        m.buyer.account(),
-        a.account(),
-        b.account(),
-        Identity::from_test_label("verifier k").account(),
-        m.node.operator.account(),
-    ];
+#[test]
+fn a_worker_killed_mid_task_resumes_after_a_restart_or_is_replaced() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            // Long enough for a restarted worker process to rejoin on a loaded CI machine.
+            run_grace: Duration::from_secs(10),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        verifier(&m, "verifier k").await;
+        let a = Identity::from_test_label("killed worker a");
+        let b = Identity::from_test_label("worker b");
+        for w in [&a, &b] {
+            m.node.fund("test", &w.account(), 1_000, 0).await.unwrap();
+        }
+        let minted = 10_000 + 1_000 * 2 + 1_000;
+        let everyone = [
+            m.buyer.account(),
+            a.account(),
+            b.account(),
+            Identity::from_test_label("verifier k").account(),
+            m.node.operator.account(),
+        ];
 
-    // 1. Killed and restarted within the grace period: the same job resumes from its last
-    //    checkpoint.
-    // Long enough that the worker is surely mid-run when it is killed, however the machine
-    // is loaded.
-    let child = worker_process(&m, &a, "a");
-    wait_joined(&m, 1, 1).await;
-    let task = post(&m, 3, 1000).await;
-    wait_running(&m, &task, 30).await;
-    let mut child = child;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        matches!(m.node.store.task(&task).unwrap().unwrap().state, TaskState::Running { done, .. } if done < 1000),
-        "killed mid-run"
-    );
-    let child = worker_process(&m, &a, "a");
-    let t = settled(&m, &task).await;
-    let log = stderr_of(child);
-    assert_eq!(t.attempts.len(), 1, "resumed, not re-assigned: {t:?}");
-    assert!(log.contains("resumed from a checkpoint"), "{log}");
-    assert_conserved(&m, &everyone, minted);
+        // 1. Killed and restarted within the grace period: the same job resumes from its last
+        //    checkpoint.
+        // Long enough that the worker is surely mid-run when it is killed, however the machine
+        // is loaded.
+        let child = worker_process(&m, &a, "a");
+        wait_joined(&m, 1, 1).await;
+        let task = post(&m, 3, 1000).await;
+        wait_running(&m, &task, 30).await;
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            matches!(m.node.store.task(&task).unwrap().unwrap().state, TaskState::Running { done, .. } if done < 1000),
+            "killed mid-run"
+        );
+        let child = worker_process(&m, &a, "a");
+        let t = settled(&m, &task).await;
+        let log = stderr_of(child);
+        assert_eq!(t.attempts.len(), 1, "resumed, not re-assigned: {t:?}");
+        assert!(log.contains("resumed from a checkpoint"), "{log}");
+        assert_conserved(&m, &everyone, minted);
 
-    // 2. Killed and not coming back: after the grace period the task goes to another worker.
-    wait_connected(&m, &a.account(), false).await;
-    let child = worker_process(&m, &a, "a");
-    wait_connected(&m, &a.account(), true).await;
-    let task = post(&m, 4, 1000).await;
-    assert_eq!(wait_running(&m, &task, 30).await, a.account());
-    let mut child = child;
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let replacement = worker_process(&m, &b, "b");
-    let t = settled(&m, &task).await;
-    drop(stderr_of(replacement));
-    assert_eq!(t.attempts.len(), 2, "{t:?}");
-    assert_eq!(t.attempts[0].worker, a.account());
-    assert!(!t.attempts[0].accepted);
-    assert_eq!(t.attempts[1].worker, b.account());
-    assert!(t.attempts[1].accepted);
-    assert_conserved(&m, &everyone, minted);
-    let escrow = m.node.ledger.escrow_of(&task);
-    assert!(
-        escrow.is_none_or(|e| e.remaining.0 == 0),
-        "escrow fully settled: {escrow:?}"
-    );
+        // 2. Killed and not coming back: after the grace period the task goes to another worker.
+        wait_connected(&m, &a.account(), false).await;
+        let child = worker_process(&m, &a, "a");
+        wait_connected(&m, &a.account(), true).await;
+        let task = post(&m, 4, 1000).await;
+        assert_eq!(wait_running(&m, &task, 30).await, a.account());
+        let mut child = child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let replacement = worker_process(&m, &b, "b");
+        let t = settled(&m, &task).await;
+        drop(stderr_of(replacement));
+        assert_eq!(t.attempts.len(), 2, "{t:?}");
+        assert_eq!(t.attempts[0].worker, a.account());
+        assert!(!t.attempts[0].accepted);
+        assert_eq!(t.attempts[1].worker, b.account());
+        assert!(t.attempts[1].accepted);
+        assert_conserved(&m, &everyone, minted);
+        let escrow = m.node.ledger.escrow_of(&task);
+        assert!(
+            escrow.is_none_or(|e| e.remaining.0 == 0),
+            "escrow fully settled: {escrow:?}"
+        );
+    });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_networked_verifier_is_handed_a_ringer_and_catches_it() {
-    let config = NodeConfig {
-        verifiers_per_task: 1,
-        ringer_rate_ppm: 1_000_000,
-        ..NodeConfig::default()
-    };
-    let m = market(config, P2pOptions::default()).await;
-    worker(&m, "worker r").await;
-    let v = verifier(&m, "verifier r").await;
-    wait_joined(&m, 1, 1).await;
-    let task = post(&m, 5, 40).await;
-    let t = settled(&m, &task).await;
-    // Two audits went over the network for this task: the real bundle and the planted one,
-    // each fetched from the node as openings and re-executed by the verifier process code.
-    let timing = m
-        .dispatch
-        .timings()
-        .into_iter()
-        .find(|x| x.task_id == Some(task))
-        .unwrap();
-    assert_eq!(timing.audits.len(), 2, "{timing:?}");
-    assert!(t.attempts[0].verdicts[0].passed);
-    assert_eq!(
-        m.node.ledger.stake(&v.account()).0,
-        100,
-        "it failed the ringer: not slashed"
-    );
-    assert!(m.node.ledger.reputation(&v.account()) >= 0);
-    m.node.ledger.verify().unwrap();
+#[test]
+fn a_networked_verifier_is_handed_a_ringer_and_catches_it() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ringer_rate_ppm: 1_000_000,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        worker(&m, "worker r").await;
+        let v = verifier(&m, "verifier r").await;
+        wait_joined(&m, 1, 1).await;
+        let task = post(&m, 5, 40).await;
+        let t = settled(&m, &task).await;
+        // Two audits went over the network for this task: the real bundle and the planted one,
+        // each fetched from the node as openings and re-executed by the verifier process code.
+        let timing = m
+            .dispatch
+            .timings()
+            .into_iter()
+            .find(|x| x.task_id == Some(task))
+            .unwrap();
+        assert_eq!(timing.audits.len(), 2, "{timing:?}");
+        assert!(t.attempts[0].verdicts[0].passed);
+        assert_eq!(
+            m.node.ledger.stake(&v.account()).0,
+            100,
+            "it failed the ringer: not slashed"
+        );
+        assert!(m.node.ledger.reputation(&v.account()) >= 0);
+        m.node.ledger.verify().unwrap();
+    });
 }
