@@ -457,6 +457,10 @@ impl Node {
                         node.forget_bundles_if_final(&id);
                         drop(claim);
                     });
+                    // Claiming never waits, so yield between claims: a long queue must not hold
+                    // this thread, and a runtime shutting down (which drops the spawned work and
+                    // with it the claim at once) must be able to stop this loop.
+                    tokio::task::yield_now().await;
                 }
                 Ok(None) => {
                     let _ = tokio::time::timeout(
