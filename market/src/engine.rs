@@ -539,9 +539,18 @@ impl Node {
     }
 
     fn has_verifier_for(&self, profile: ExecutionProfile) -> bool {
-        self.dispatch.verifiers().iter().any(|v| {
-            self.dispatch.runs(v, profile) && self.stake(v) >= self.config.min_verifier_stake
-        })
+        !self.eligible_verifiers(profile).is_empty()
+    }
+
+    /// Verifiers with enough stake that run `profile`, in the dispatcher's order.
+    fn eligible_verifiers(&self, profile: ExecutionProfile) -> Vec<AccountId> {
+        self.dispatch
+            .verifiers()
+            .into_iter()
+            .filter(|v| {
+                self.stake(v) >= self.config.min_verifier_stake && self.dispatch.runs(v, profile)
+            })
+            .collect()
     }
 
     fn stake(&self, a: &AccountId) -> u64 {
@@ -616,14 +625,9 @@ impl Node {
         profile: ExecutionProfile,
     ) -> Vec<AccountId> {
         let mut pool: Vec<(AccountId, u64)> = self
-            .dispatch
-            .verifiers()
+            .eligible_verifiers(profile)
             .into_iter()
-            .filter(|v| {
-                v != exclude
-                    && self.stake(v) >= self.config.min_verifier_stake
-                    && self.dispatch.runs(v, profile)
-            })
+            .filter(|v| v != exclude)
             .map(|v| {
                 let rep = self.ledger.reputation(&v);
                 // Reputation scales the weight: slow to earn (+10% a point), quick to lose (halved per point lost).

@@ -280,22 +280,19 @@ fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)
 /// (job directories are named `TASK-JOB`).
 fn earlier_run_dir(jobs_dir: &std::path::Path, task_id: &TaskId) -> Option<PathBuf> {
     let prefix = format!("{task_id}-");
-    std::fs::read_dir(jobs_dir)
+    job_dirs(jobs_dir)
         .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .filter(|(_, p)| p.is_dir())
-        .max()
-        .map(|(_, p)| p)
+        .into_iter()
+        .rev()
+        .map(|(_, dir)| dir)
+        .find(|dir| {
+            dir.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
 }
 
-/// Removes all but the `keep` most recently written job directories, at startup. Jobs of an
-/// earlier process are not in its memory, so [`forget_old_jobs`] never sees them; the recent
-/// ones stay (the node re-assigns an interrupted job, which then resumes from its checkpoints,
-/// or fetches a just-finished bundle), older ones were finished or handed to another worker
-/// long ago.
-fn sweep_job_dirs(jobs_dir: &std::path::Path, keep: usize) -> anyhow::Result<()> {
+/// The job directories in `jobs_dir`, least recently written first.
+fn job_dirs(jobs_dir: &std::path::Path) -> std::io::Result<Vec<(std::time::SystemTime, PathBuf)>> {
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(jobs_dir)? {
         let entry = entry?;
@@ -305,6 +302,16 @@ fn sweep_job_dirs(jobs_dir: &std::path::Path, keep: usize) -> anyhow::Result<()>
         }
     }
     dirs.sort();
+    Ok(dirs)
+}
+
+/// Removes all but the `keep` most recently written job directories, at startup. Jobs of an
+/// earlier process are not in its memory, so [`forget_old_jobs`] never sees them; the recent
+/// ones stay (the node re-assigns an interrupted job, which then resumes from its checkpoints,
+/// or fetches a just-finished bundle), older ones were finished or handed to another worker
+/// long ago.
+fn sweep_job_dirs(jobs_dir: &std::path::Path, keep: usize) -> anyhow::Result<()> {
+    let dirs = job_dirs(jobs_dir)?;
     let stale = dirs.len().saturating_sub(keep);
     for (_, dir) in dirs.into_iter().take(stale) {
         tracing::info!(dir = %dir.display(), "removing a job directory from an earlier run");
