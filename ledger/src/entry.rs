@@ -148,9 +148,13 @@ pub enum EntryKind {
         /// The task.
         task_id: TaskId,
     },
-    /// A worker's commitment to a task with an open escrow, recorded before any challenge: the
-    /// entry's hash is the beacon the challenge is drawn from. Moves no credits.
+    /// A worker's commitment to a task with an open escrow, recorded before any challenge.
+    /// `beacon_proof` is the operator's VRF proof over the commitment id; its output is the
+    /// beacon every verifier's challenge is drawn from (`market_protocol::beacon`), which the
+    /// worker could not compute and the operator could not choose. Moves no credits.
     Commit {
+        /// The operator's ECVRF proof of the beacon (checked against the entry's signer).
+        beacon_proof: market_protocol::vrf::VrfProof,
         /// The worker's signed commitment.
         commitment: Signed<Commitment>,
         /// The task.
@@ -257,6 +261,27 @@ pub enum EvidenceError {
 }
 
 impl EntryKind {
+    /// The `commit` entry recording a worker's signed commitment, with `operator`'s beacon proof,
+    /// and the beacon it proves.
+    pub fn commit_of(
+        operator: &Identity,
+        commitment: Signed<Commitment>,
+    ) -> Result<(Self, market_protocol::Beacon), EvidenceError> {
+        let body = commitment.verify()?;
+        let id = market_protocol::CommitmentId(commitment.id()?);
+        let (task_id, worker) = (body.task_id, body.worker);
+        let (beacon, beacon_proof) = market_protocol::beacon::prove_beacon(operator, &id);
+        Ok((
+            Self::Commit {
+                beacon_proof,
+                commitment,
+                task_id,
+                worker,
+            },
+            beacon,
+        ))
+    }
+
     /// An escrow of a buyer's signed task, with the task id, buyer and amount taken from it.
     pub fn escrow_of(spec: Signed<TaskSpec>) -> Result<Self, EvidenceError> {
         spec.verify()?;
@@ -326,7 +351,9 @@ impl EntryKind {
 
     /// Checks every embedded participant message: its signature, and that it says what the
     /// entry claims. Stateless, so verification runs it in parallel.
-    pub fn check_evidence(&self) -> Result<(), EvidenceError> {
+    /// `operator` is the ledger's key (the entry's signer), under which a `commit` entry's
+    /// beacon proof must verify.
+    pub fn check_evidence(&self, operator: &AccountId) -> Result<(), EvidenceError> {
         let mismatch = |message, field| EvidenceError::Mismatch { message, field };
         match self {
             Self::Escrow {
@@ -356,6 +383,7 @@ impl EntryKind {
                 task_id,
                 worker,
                 commitment,
+                ..
             } => {
                 let body = commitment.verify()?;
                 if body.worker != *worker {
@@ -380,6 +408,16 @@ impl EntryKind {
                 return Err(mismatch("verdict", "evidence"));
             }
             _ => {}
+        }
+        if let Self::Commit {
+            beacon_proof,
+            commitment,
+            ..
+        } = self
+        {
+            let id = market_protocol::CommitmentId(message_id(&commitment.body)?);
+            market_protocol::beacon::verify_beacon(operator, &id, beacon_proof)
+                .map_err(|_| mismatch("commitment", "beacon_proof"))?;
         }
         Ok(())
     }

@@ -245,7 +245,7 @@ impl Ledger {
             return Err(OpError::MisplacedGenesis.into());
         }
         // Checked on the caller's thread, so concurrent callers check signatures in parallel.
-        kind.check_evidence()?;
+        kind.check_evidence(&self.shared.ledger)?;
         writer.submit(key, kind)
     }
 

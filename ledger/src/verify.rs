@@ -469,7 +469,7 @@ fn check_stateless(
             found: signer,
         });
     }
-    decoded.entry.body.kind.check_evidence()?;
+    decoded.entry.body.kind.check_evidence(&signer)?;
     on_worker(&decoded)?;
     Ok(decoded)
 }

@@ -43,18 +43,34 @@ fn task_lifecycle_with_embedded_evidence_settles_and_verifies() {
     assert_eq!(ledger.open_escrows().len(), 1);
 
     let commitment = commitment(&worker, task);
-    let recorded = ledger
-        .append(
-            key("commit-1"),
-            EntryKind::Commit {
-                commitment: commitment.clone(),
-                task_id: task,
-                worker: worker.account(),
-            },
-        )
-        .expect("commit");
-    // The commit entry's hash is the challenge beacon: it is the chain's hash of that entry.
-    assert_eq!(recorded.hash, recorded.entry.hash().expect("hash"));
+    let (commit, beacon) = EntryKind::commit_of(&operator(), commitment.clone()).expect("commit");
+    let recorded = ledger.append(key("commit-1"), commit).expect("commit");
+    // The beacon is the operator's VRF output over the commitment id, proven in the entry and
+    // not its hash (which the worker could compute before committing).
+    assert_ne!(beacon.0, recorded.hash);
+    let EntryKind::Commit { beacon_proof, .. } = &recorded.entry.body.kind else {
+        panic!("not a commit entry");
+    };
+    let cid = market_ledger::protocol::CommitmentId(commitment.id().expect("id"));
+    assert_eq!(
+        market_ledger::protocol::beacon::verify_beacon(&operator().account(), &cid, beacon_proof),
+        Ok(beacon)
+    );
+    // A proof by any other key (a worker that wants to choose its beacon) is refused.
+    let (forged, _) = EntryKind::commit_of(&who("grinder"), commitment.clone()).expect("entry");
+    let err = ledger
+        .append(key("commit-forged"), forged)
+        .expect_err("forged beacon");
+    assert!(
+        matches!(
+            err,
+            LedgerError::Evidence(EvidenceError::Mismatch {
+                field: "beacon_proof",
+                ..
+            })
+        ),
+        "{err}"
+    );
 
     let pass = verdict(&verifier, &commitment, false);
     let settle = [
@@ -347,11 +363,12 @@ fn evidence_that_does_not_match_is_refused() {
     let err = ledger
         .append(
             key("commit-unpaid"),
-            EntryKind::Commit {
-                commitment: commitment(&worker, TaskId(Hash::of(b"unpaid"))),
-                task_id: TaskId(Hash::of(b"unpaid")),
-                worker: worker.account(),
-            },
+            EntryKind::commit_of(
+                &operator(),
+                commitment(&worker, TaskId(Hash::of(b"unpaid"))),
+            )
+            .expect("entry")
+            .0,
         )
         .expect_err("no escrow");
     assert!(

@@ -32,11 +32,9 @@ fn sample() -> (tempfile::TempDir, Ledger, Vec<Vec<u8>>) {
     ledger.escrow(key("escrow"), spec).expect("escrow");
     let c = commitment(&worker, t);
     let kinds = vec![
-        EntryKind::Commit {
-            commitment: c.clone(),
-            task_id: t,
-            worker: worker.account(),
-        },
+        EntryKind::commit_of(&operator(), c.clone())
+            .expect("commit entry")
+            .0,
         EntryKind::Release {
             amount: Credits(200),
             commitment: Some(c.clone()),

@@ -1,8 +1,10 @@
-//! The audit the node promises a buyer at post time: how many segments will be sampled and the
-//! probability that a worker faking the buyer's assumed fraction is caught.
+//! The audit the node promises a buyer at post time: how many verifiers audit the result, how
+//! many segments each samples (independently of the others), and the probability that together
+//! they catch a worker faking the buyer's assumed fraction.
 
-use market_protocol::detection::{detection_probability, faked_segments, samples_for_target};
-use market_protocol::{TaskSpec, Workload};
+use market_compute::BlobSource;
+use market_protocol::detection::{plan_samples, union_detection_probability};
+use market_protocol::{Decimal, TaskSpec, Workload};
 use serde::Serialize;
 
 /// What the buyer is shown.
@@ -12,10 +14,17 @@ pub struct AuditPlan {
     pub segments: u64,
     /// Segments a cheater faking the assumed fraction would have faked.
     pub assumed_faked: u64,
-    /// Segments each audit re-executes.
+    /// Verifiers planned to audit the result, each drawing its own sample.
+    #[serde(default = "one")]
+    pub verifiers: u64,
+    /// Segments each verifier re-executes.
     pub samples: u64,
-    /// Probability that one audit catches such a cheater.
+    /// Probability that the verifiers together catch such a cheater.
     pub detection_probability: f64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// Why no plan can be made.
@@ -27,10 +36,25 @@ pub enum AuditPlanError {
     /// The buyer assumed a cheater who fakes nothing; no audit size can promise detection.
     #[error("assumed_faked_fraction must be positive")]
     NothingFaked,
+    /// The buyer asked for less detection than the node audits for.
+    #[error("detection_target {asked} is below this node's minimum {minimum}")]
+    TargetTooLow {
+        /// What the task asks.
+        asked: String,
+        /// The node's `min_detection_target`.
+        minimum: String,
+    },
+    /// An inference task with nothing to infer.
+    #[error("the task has no items to run")]
+    Empty,
+    /// The task's inputs cannot be read (a rows blob that is missing or malformed).
+    #[error("{0}")]
+    Inputs(String),
 }
 
-/// The number of segments a task's run is cut into.
-pub fn segment_count(task: &TaskSpec) -> Result<u64, AuditPlanError> {
+/// The number of segments a task's run is cut into: checkpoints for training, one per prompt or
+/// row for inference (a rows blob is read to count them, so the plan is made per item).
+pub fn segment_count(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<u64, AuditPlanError> {
     match &task.workload {
         Workload::Training(t) => {
             if t.checkpoint_interval == 0 {
@@ -38,42 +62,156 @@ pub fn segment_count(task: &TaskSpec) -> Result<u64, AuditPlanError> {
             }
             Ok(u64::from(t.steps).div_ceil(u64::from(t.checkpoint_interval)))
         }
-        Workload::Inference(i) => Ok(match &i.inputs {
-            market_protocol::InferenceInputs::Prompts { prompts, .. } => prompts.len() as u64,
-            // Row counts are known once the blob is read; plan per row then.
-            market_protocol::InferenceInputs::Rows { .. } => 1,
-        }),
+        Workload::Inference(_) => {
+            let job = market_compute::InferenceJob::from_spec(task, blobs)
+                .map_err(|e| AuditPlanError::Inputs(e.to_string()))?;
+            match job.len() as u64 {
+                0 => Err(AuditPlanError::Empty),
+                n => Ok(n),
+            }
+        }
     }
 }
 
-/// The smallest audit that meets the buyer's detection target.
-pub fn plan(task: &TaskSpec) -> Result<AuditPlan, AuditPlanError> {
-    let segments = segment_count(task)?;
-    let assumed_faked = faked_segments(segments, &task.audit.assumed_faked_fraction);
-    let target = task.audit.detection_target.to_f64();
-    let samples =
-        samples_for_target(segments, assumed_faked, target).ok_or(AuditPlanError::NothingFaked)?;
+/// The smallest audit by `verifiers` verifiers that meets the buyer's detection target, which
+/// must be at least `min_target`.
+pub fn plan(
+    task: &TaskSpec,
+    blobs: &dyn BlobSource,
+    verifiers: u64,
+    min_target: &Decimal,
+) -> Result<AuditPlan, AuditPlanError> {
+    if task.audit.detection_target.to_f64() < min_target.to_f64() {
+        return Err(AuditPlanError::TargetTooLow {
+            asked: task.audit.detection_target.as_str().to_owned(),
+            minimum: min_target.as_str().to_owned(),
+        });
+    }
+    let segments = segment_count(task, blobs)?;
+    plan_for(task, segments, verifiers)
+}
+
+/// The plan for `verifiers` verifiers on a run of `segments` segments (the attempt's own plan
+/// when its worker gets fewer verifiers than the task was planned with).
+pub fn plan_for(
+    task: &TaskSpec,
+    segments: u64,
+    verifiers: u64,
+) -> Result<AuditPlan, AuditPlanError> {
+    let verifiers = verifiers.max(1);
+    let (assumed_faked, samples) =
+        plan_samples(&task.audit, segments, verifiers).ok_or(AuditPlanError::NothingFaked)?;
     Ok(AuditPlan {
         segments,
         assumed_faked,
+        verifiers,
         samples,
-        detection_probability: detection_probability(segments, assumed_faked, samples),
+        detection_probability: union_detection_probability(
+            segments,
+            assumed_faked,
+            samples,
+            verifiers,
+        ),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use market_protocol::fixtures::training_task;
+    use market_protocol::detection::{detection_probability, samples_for_target};
+    use market_protocol::fixtures::{inference_task, training_task};
     use market_protocol::Identity;
+
+    use market_compute::NoBlobs;
+
+    fn min() -> Decimal {
+        "0.5".parse().expect("decimal")
+    }
 
     #[test]
     fn plan_meets_target_with_fewest_samples() {
         let task = training_task(&Identity::from_test_label("buyer"), 1);
-        let p = plan(&task).unwrap();
+        let p = plan(&task, &NoBlobs, 1, &min()).unwrap();
         assert_eq!(p.segments, 20);
         assert_eq!(p.assumed_faked, 2);
         assert!(p.detection_probability >= 0.99);
         assert!(detection_probability(20, 2, p.samples - 1) < 0.99);
+        // Two verifiers with their own samples: each checks fewer, together they still meet it.
+        let two = plan(&task, &NoBlobs, 2, &min()).unwrap();
+        assert_eq!(two.verifiers, 2);
+        assert!(two.samples < p.samples, "{two:?} {p:?}");
+        assert!(two.detection_probability >= 0.99);
+        assert!(union_detection_probability(20, 2, two.samples - 1, 2) < 0.99);
+        assert_eq!(Some(p.samples), samples_for_target(20, 2, 0.99));
+    }
+
+    /// Attack 6 (stealing verifier stake with ringers): a detection target of "0" planned an
+    /// audit of no segment, on which a planted ringer cannot be caught. Now the node refuses
+    /// targets below its minimum, and every plan samples at least one segment.
+    #[test]
+    fn attack_zero_detection_target_is_refused_and_every_plan_samples() {
+        let mut task = training_task(&Identity::from_test_label("buyer"), 1);
+        task.audit.detection_target = "0".parse().expect("decimal");
+        assert!(matches!(
+            plan(&task, &NoBlobs, 2, &min()),
+            Err(AuditPlanError::TargetTooLow { .. })
+        ));
+        let p = plan(&task, &NoBlobs, 2, &"0".parse().expect("decimal")).unwrap();
+        assert_eq!(p.samples, 1);
+    }
+
+    /// Attack 5: a 1000-row `mlp` inference task was planned as one segment (its rows are in a
+    /// blob), so each verifier checked one row while the buyer was shown detection 1.0. The
+    /// rows blob is read at post time and the plan is made per row.
+    #[test]
+    fn attack_rows_are_planned_per_item() {
+        struct Rows(Vec<u8>);
+        impl BlobSource for Rows {
+            fn blob(&self, _id: &market_protocol::BlobId) -> Option<Vec<u8>> {
+                Some(self.0.clone())
+            }
+        }
+        let x: Vec<u8> = (0..1000 * 4)
+            .flat_map(|i| (i as f32 / 4000.0).to_le_bytes())
+            .collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1000, 4], &x)
+            .unwrap();
+        let blob = safetensors::serialize([("x", view)], None).unwrap();
+        let mut task = inference_task(&Identity::from_test_label("buyer"), 1);
+        task.profile = market_protocol::ExecutionProfile::Repro;
+        task.audit.assumed_faked_fraction = "0.1".parse().unwrap();
+        task.audit.detection_target = "0.9".parse().unwrap();
+        if let Workload::Inference(i) = &mut task.workload {
+            i.model = market_protocol::ModelSpec::Mlp {
+                widths: vec![4, 8, 2],
+                activation: market_protocol::Activation::Relu,
+            };
+            i.weights = None;
+            i.inputs = market_protocol::InferenceInputs::Rows {
+                id: market_protocol::BlobId::of(&blob),
+            };
+        }
+        let p = plan(&task, &Rows(blob), 2, &min()).unwrap();
+        assert_eq!(p.segments, 1000);
+        assert_eq!(p.assumed_faked, 100);
+        assert!(p.samples > 1 && p.detection_probability >= 0.9, "{p:?}");
+        assert!(p.detection_probability < 1.0, "{p:?}");
+    }
+
+    #[test]
+    fn prompts_are_planned_per_item() {
+        let mut task = inference_task(&Identity::from_test_label("buyer"), 1);
+        task.profile = market_protocol::ExecutionProfile::Repro;
+        if let Workload::Inference(i) = &mut task.workload {
+            i.weights = None;
+        }
+        let p = plan(&task, &NoBlobs, 2, &min()).unwrap();
+        let Workload::Inference(i) = &task.workload else {
+            panic!("not inference")
+        };
+        let market_protocol::InferenceInputs::Prompts { prompts, .. } = &i.inputs else {
+            panic!("not prompts")
+        };
+        assert_eq!(p.segments, prompts.len() as u64);
     }
 }

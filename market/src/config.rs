@@ -27,12 +27,22 @@ pub struct NodeConfig {
     pub verifier_slash: u64,
     /// Share of audits that are ringers (planted faulty bundles), in parts per million.
     pub ringer_rate_ppm: u32,
-    /// Attempts (workers) a task gets before it is rejected.
+    /// Attempts whose result failed its audit before a task is rejected (runs that produced no
+    /// result do not count: they cost their worker instead).
     pub max_attempts: usize,
     /// Reputation at which a worker is trusted enough to be audited by fewer verifiers.
     pub trusted_reputation: i64,
     /// The fewest verifiers any result gets, however good the worker's record (the floor).
     pub min_verifiers_per_task: usize,
+    /// The lowest detection target a task may ask for (a decimal string, e.g. "0.5"): below it
+    /// an audit would check almost nothing, and a buyer could plant ringers no audit catches.
+    pub min_detection_target: market_protocol::Decimal,
+    /// Stake taken from a verifier that does not answer an audit in time (it costs the worker
+    /// nothing: another verifier is drawn, or the node waits for one).
+    pub silence_slash: u64,
+    /// Stake taken from a worker that accepted a task and produced no usable result (no
+    /// commitment, or one that does not match the task).
+    pub abandon_slash: u64,
     /// Keep result bundles (every checkpoint of every attempt) after a task is settled or
     /// rejected. Off by default: the ledger holds the commitments and verdicts, the buyer's
     /// outputs are in the blob store, and bundles of large models would fill the disk.
@@ -91,6 +101,9 @@ impl Default for NodeConfig {
             max_attempts: 3,
             trusted_reputation: 10,
             min_verifiers_per_task: 1,
+            min_detection_target: "0.5".parse().expect("a canonical decimal"),
+            silence_slash: 10,
+            abandon_slash: 10,
             keep_bundles: false,
             network: NetworkConfig::default(),
         }

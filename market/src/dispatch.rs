@@ -12,13 +12,39 @@ use market_protocol::{
 use market_verifier::SamplePolicy;
 use market_worker::{Behavior, Progress};
 
-/// How a verifier behaves (dishonest ones exist to test ringers).
+/// How a verifier behaves (dishonest ones exist to test ringers and the referee).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifierMode {
     /// Re-executes and reports what it finds.
     Honest,
-    /// Signs a pass without checking anything.
+    /// Signs a pass without re-executing anything, listing its challenge's segments as if each
+    /// had reproduced (a verdict that looks like an honest pass).
     Lazy,
+    /// Signs a failure of work it never checked: names a segment (this verifier's first sampled
+    /// one) as not reproducing, to get an honest worker slashed.
+    Liar,
+}
+
+/// What the node asks a verifier to audit against: the beacon with its VRF proof (the verifier
+/// checks it under the node's key) and how many verifiers audit the commitment, from which the
+/// verifier sizes its own sample with the task's audit policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuditRequest {
+    /// The operator's VRF output over the commitment id.
+    pub beacon: Beacon,
+    /// Its proof.
+    pub beacon_proof: market_protocol::vrf::VrfProof,
+    /// Verifiers auditing the commitment, each with its own sample.
+    pub verifiers: u32,
+}
+
+impl AuditRequest {
+    /// The sample policy it implies.
+    pub fn policy(&self) -> SamplePolicy {
+        SamplePolicy::Plan {
+            verifiers: self.verifiers,
+        }
+    }
 }
 
 /// Hands out work. Calls block; the node runs them on blocking threads.
@@ -41,13 +67,12 @@ pub trait Dispatch: Send + Sync {
         blobs: &dyn BlobSource,
         progress: &mut dyn FnMut(Progress),
     ) -> anyhow::Result<Signed<Commitment>>;
-    /// Has `verifier` audit the bundle in `dir` against `beacon`.
+    /// Has `verifier` audit the bundle in `dir` as `request` says.
     fn audit(
         &self,
         verifier: &AccountId,
         dir: &Path,
-        beacon: Beacon,
-        policy: &SamplePolicy,
+        request: &AuditRequest,
         blobs: &dyn BlobSource,
     ) -> anyhow::Result<Signed<Verdict>>;
 
@@ -130,8 +155,7 @@ impl Dispatch for InProcess {
         &self,
         verifier: &AccountId,
         dir: &Path,
-        beacon: Beacon,
-        policy: &SamplePolicy,
+        request: &AuditRequest,
         blobs: &dyn BlobSource,
     ) -> anyhow::Result<Signed<Verdict>> {
         let (identity, mode) = self
@@ -140,34 +164,71 @@ impl Dispatch for InProcess {
             .find(|(i, _)| i.account() == *verifier)
             .ok_or_else(|| anyhow::anyhow!("no verifier {verifier}"))?;
         let bundle = Bundle::at(dir);
-        match mode {
-            VerifierMode::Honest => {
-                Ok(market_verifier::audit(&bundle, beacon, policy, identity, blobs)?.verdict)
-            }
-            VerifierMode::Lazy => {
-                // Signs a pass for whatever it was given, checking nothing.
-                let commitment = bundle.read_commitment()?;
-                let c = &commitment.body;
-                let challenge = market_protocol::Challenge::derive(
-                    identity.account(),
-                    market_protocol::CommitmentId(commitment.id()?),
-                    beacon,
-                    c.segments,
-                    1,
-                )?;
-                let verdict = Verdict {
-                    version: market_protocol::Version::CURRENT,
-                    verifier: identity.account(),
-                    commitment_id: challenge.commitment_id,
-                    challenge_id: market_protocol::ChallengeId(market_protocol::message_id(
-                        &challenge,
-                    )?),
-                    checked: Vec::new(),
-                    outcome: market_protocol::VerdictOutcome::Pass,
-                    compute_share_ppm: 0,
-                };
-                Ok(Signed::sign(verdict, identity)?)
-            }
+        let policy = request.policy();
+        if *mode == VerifierMode::Honest {
+            return Ok(
+                market_verifier::audit(&bundle, request.beacon, &policy, identity, blobs)?.verdict,
+            );
         }
+        // A dishonest verifier still derives its challenge, so its verdict names the right one.
+        let task = bundle.read_task()?;
+        let commitment = bundle.read_commitment()?;
+        let (samples, _) =
+            market_verifier::audit::sample_count(&task, commitment.body.segments, &policy)?;
+        let challenge = market_verifier::audit::challenge_for(
+            identity.account(),
+            &commitment,
+            request.beacon,
+            samples,
+        )?;
+        let leaves = bundle.read_leaves()?;
+        let leaf = |i: u32| leaves.get(i as usize).copied().unwrap_or_default();
+        let training = commitment.body.steps > 0;
+        let (checked, outcome) = match mode {
+            VerifierMode::Lazy => (
+                challenge
+                    .sampled
+                    .iter()
+                    .map(|&s| {
+                        let end = if training { leaf(s + 1) } else { leaf(s) };
+                        market_protocol::SegmentCheck {
+                            segment: s,
+                            expected: end,
+                            actual: Some(end),
+                        }
+                    })
+                    .collect(),
+                market_protocol::VerdictOutcome::Pass,
+            ),
+            _ => {
+                let s = challenge.sampled.first().copied().unwrap_or(0);
+                let end = if training { leaf(s + 1) } else { leaf(s) };
+                (
+                    vec![market_protocol::SegmentCheck {
+                        segment: s,
+                        expected: end,
+                        actual: Some(market_protocol::StateHash(market_protocol::Hash::of(
+                            b"made up",
+                        ))),
+                    }],
+                    market_protocol::VerdictOutcome::Fail {
+                        segment: s,
+                        step: None,
+                        reason: market_protocol::FailureReason::StateMismatch,
+                        detail: format!("segment {s} does not reproduce (a lie)"),
+                    },
+                )
+            }
+        };
+        let verdict = Verdict {
+            version: market_protocol::Version::CURRENT,
+            verifier: identity.account(),
+            commitment_id: challenge.commitment_id,
+            challenge_id: market_protocol::ChallengeId(market_protocol::message_id(&challenge)?),
+            checked,
+            outcome,
+            compute_share_ppm: 0,
+        };
+        Ok(Signed::sign(verdict, identity)?)
     }
 }

@@ -94,6 +94,28 @@ pub struct Attempt {
     pub verdicts: Vec<VerdictSummary>,
     /// Whether the attempt was accepted.
     pub accepted: bool,
+    /// The audit this attempt gets: its verifiers (fewer for a reputable worker, each then
+    /// sampling more) and the detection they give together; set once the commitment is
+    /// recorded.
+    #[serde(default)]
+    pub plan: Option<crate::audit_plan::AuditPlan>,
+    /// Whether the worker's result failed its audit (confirmed by the node's re-execution):
+    /// these, not runs that produced nothing, count toward `max_attempts`.
+    #[serde(default)]
+    pub result_failed: bool,
+}
+
+/// An accepted attempt being paid: written before the first payment, so a node restarted
+/// halfway pays the rest from it (each payment's ledger key names the attempt, so nothing is
+/// paid twice) and never re-runs or re-audits an accepted result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settlement {
+    /// The accepted attempt.
+    pub attempt: usize,
+    /// Its worker's signed commitment (embedded in the release).
+    pub commitment: Signed<market_protocol::Commitment>,
+    /// The passing verdicts kept for it, each rewarded.
+    pub verdicts: Vec<Signed<market_protocol::Verdict>>,
 }
 
 /// Everything the node keeps about a task.
@@ -117,6 +139,9 @@ pub struct TaskRecord {
     pub outputs: Vec<BlobId>,
     /// Ledger sequence numbers of this task's entries.
     pub ledger_seqs: Vec<u64>,
+    /// The accepted attempt's payments, from the moment it is accepted until it is settled.
+    #[serde(default)]
+    pub settlement: Option<Settlement>,
 }
 
 /// The public view of a task (no results).

@@ -21,14 +21,13 @@ use market_net::transfer::{
 use market_net::wire::{AuditJob, FileEntry, Manifest, Reply, Request, Response, Source};
 use market_net::{account_of, Event, Net, PeerId};
 use market_protocol::{
-    message_id, AccountId, Beacon, BlobId, Capabilities, Commitment, ExecutionProfile, Role,
-    Signed, TaskId, TaskSpec, Verdict,
+    message_id, AccountId, BlobId, Capabilities, Commitment, ExecutionProfile, Role, Signed,
+    TaskId, TaskSpec, Verdict,
 };
-use market_verifier::SamplePolicy;
 use market_worker::Progress;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::dispatch::Dispatch;
+use crate::dispatch::{AuditRequest, Dispatch};
 use crate::engine::Node;
 
 /// Timeouts and limits of the networked dispatch.
@@ -759,22 +758,22 @@ impl P2pDispatch {
         &self,
         verifier: &AccountId,
         dir: &Path,
-        beacon: Beacon,
-        policy: &SamplePolicy,
+        request: &AuditRequest,
     ) -> anyhow::Result<Signed<Verdict>> {
         let started = Instant::now();
         let peer = self.peer_of(verifier)?;
         let bundle = Bundle::at(dir);
         let task = bundle.read_task()?;
         let task_id = TaskId(message_id(&task)?);
-        let samples = match policy {
-            SamplePolicy::Count(n) => *n,
-            SamplePolicy::All => u32::MAX,
-            SamplePolicy::Detect { .. } => anyhow::bail!("the node sends sample counts"),
-        };
         let commitment = bundle.read_commitment()?;
+        // The verifier will derive the same sample: it may fetch exactly those openings.
+        let (samples, _) = market_verifier::audit::sample_count(
+            &task,
+            commitment.body.segments,
+            &request.policy(),
+        )?;
         let challenge =
-            market_verifier::audit::challenge_for(*verifier, &commitment, beacon, samples)?;
+            market_verifier::audit::challenge_for(*verifier, &commitment, request.beacon, samples)?;
         let openings = market_verifier::audit::openings(&task, &challenge.sampled);
         let d = dir.to_owned();
         let mut manifest = tokio::task::spawn_blocking(move || bundle_manifest(&d)).await??;
@@ -799,8 +798,9 @@ impl P2pDispatch {
                     job: AuditJob {
                         task_id,
                         job,
-                        beacon,
-                        samples,
+                        beacon: request.beacon,
+                        beacon_proof: request.beacon_proof,
+                        verifiers: request.verifiers,
                         manifest,
                     },
                 },
@@ -926,12 +926,10 @@ impl Dispatch for P2pDispatch {
         &self,
         verifier: &AccountId,
         dir: &Path,
-        beacon: Beacon,
-        policy: &SamplePolicy,
+        request: &AuditRequest,
         _blobs: &dyn BlobSource,
     ) -> anyhow::Result<Signed<Verdict>> {
-        self.rt
-            .block_on(self.audit_async(verifier, dir, beacon, policy))
+        self.rt.block_on(self.audit_async(verifier, dir, request))
     }
 
     fn open_steps(

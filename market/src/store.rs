@@ -264,7 +264,7 @@ mod queue_tests {
         let spec = Signed::sign(training_task(buyer, order), buyer).unwrap();
         TaskRecord {
             id: TaskId(spec.id().unwrap()),
-            plan: crate::audit_plan::plan(&spec.body).unwrap(),
+            plan: crate::audit_plan::plan_for(&spec.body, 20, 2).unwrap(),
             spec,
             order,
             state: TaskState::Queued,
@@ -272,6 +272,7 @@ mod queue_tests {
             attempts: Vec::new(),
             outputs: Vec::new(),
             ledger_seqs: Vec::new(),
+            settlement: None,
         }
     }
 

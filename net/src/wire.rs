@@ -84,10 +84,14 @@ pub struct AuditJob {
     pub task_id: TaskId,
     /// The node's job number.
     pub job: u64,
-    /// The challenge beacon (the hash of the ledger entry recording the commitment).
+    /// The challenge beacon: the node operator's VRF output over the commitment id.
     pub beacon: Beacon,
-    /// Segments to sample.
-    pub samples: u32,
+    /// Its ECVRF proof (also in the ledger's `commit` entry): the verifier checks it under the
+    /// node's key before auditing, so no node can hand it a beacon of its choosing.
+    pub beacon_proof: market_protocol::vrf::VrfProof,
+    /// How many verifiers audit this commitment, each with its own sample: the verifier sizes
+    /// its sample from the task's audit policy and this count.
+    pub verifiers: u32,
     /// The bundle's files, fetchable from the node.
     pub manifest: Manifest,
 }

@@ -11,7 +11,10 @@
 use std::path::PathBuf;
 
 use market_protocol::canonical::parse_json_limited;
-use market_protocol::detection::{detection_probability, faked_segments, samples_for_target};
+use market_protocol::detection::{
+    detection_probability, faked_segments, samples_for_target, samples_per_verifier,
+    union_detection_probability,
+};
 use market_protocol::fixtures::{
     beacon, checkpoint_hashes, commitment, inference_task, training_task,
 };
@@ -31,8 +34,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("canonical.json", "Canonical bytes (RFC 8785 JCS restricted to safe integers). `input` is JSON text; either `canonical` is its canonical form, or strict decoding of `input` fails with `error`.", canonical()?),
         ("signatures.json", "Signed messages: signing bytes = domain || 0x00 || JCS(body); ed25519 signature by the test identity; id = blake3(signing bytes).", signatures()?),
         ("merkle.json", "Merkle trees (RFC 6962 shape, blake3, leaf prefix 0x00, node prefix 0x01): leaves (hex bytes), root, and the inclusion proof of every leaf.", merkle()),
-        ("challenge.json", "Challenge sampling: `stream` vectors give the first little-endian u64s of the ChaCha20 stream of a seed (hex strings); `sample` vectors derive the seed from a commitment id and beacon and draw indices in draw order.", challenge()?),
-        ("detection.json", "Detection maths: `probability` = 1 - C(n-m, s)/C(n, s); `sizing` gives m = ceil(fraction * n) and the smallest s reaching the target.", detection()),
+        ("challenge.json", "Challenge sampling: `stream` vectors give the first little-endian u64s of the ChaCha20 stream of a seed (hex strings); `sample` vectors derive the seed from a commitment id, beacon and verifier and draw indices in draw order; `beacon` vectors give the operator's ECVRF proof over a commitment id and the beacon it yields.", challenge()?),
+        ("detection.json", "Detection maths: `probability` = 1 - C(n-m, s)/C(n, s); `sizing` gives m = ceil(fraction * n) and the smallest s reaching the target; `per_verifier` gives the smallest s >= 1 that `verifiers` independent samples need to reach it together, and their union probability.", detection()),
     ];
     for (name, description, vectors) in files {
         let doc = json!({ "description": description, "vectors": vectors });
@@ -273,12 +276,25 @@ fn challenge() -> Result<Value, Box<dyn std::error::Error>> {
     {
         let cid = CommitmentId(Hash::of(format!("commitment {i}").as_bytes()));
         let b = beacon(&format!("beacon {i}"));
-        let seed = challenge_seed(&cid, &b);
+        let verifier = Identity::from_test_label(&format!("verifier {i}")).account();
+        let seed = challenge_seed(&cid, &b, &verifier);
         v.push(json!({
             "kind": "sample", "name": format!("sample-{samples}-of-{segments}"),
-            "commitment_id": cid, "beacon": b, "seed": seed,
+            "commitment_id": cid, "beacon": b, "verifier": verifier, "seed": seed,
             "segments": segments, "samples": samples,
             "indices": sample_indices(&seed, segments, samples)?,
+        }));
+    }
+    // Beacons: the operator's ECVRF proof over "market/v1/Beacon" 0x00 commitment_id, and the
+    // beacon (the first 32 bytes of the VRF output).
+    for i in 0..3 {
+        let operator = Identity::from_test_label(&format!("operator {i}"));
+        let cid = CommitmentId(Hash::of(format!("commitment {i}").as_bytes()));
+        let (b, proof) = market_protocol::beacon::prove_beacon(&operator, &cid);
+        v.push(json!({
+            "kind": "beacon", "name": format!("beacon-{i}"),
+            "operator": operator.account(), "commitment_id": cid,
+            "beacon_proof": proof, "beacon": b,
         }));
     }
     Ok(Value::Array(v))
@@ -314,6 +330,27 @@ fn detection() -> Value {
             "faked_fraction": fraction, "target": target, "m": m,
             "samples": samples_for_target(n, m, t.to_f64())}),
         );
+    }
+    // Per-verifier samples: each of `verifiers` verifiers draws its own sample of `samples`.
+    for (n, fraction, target, verifiers) in [
+        (1000u64, "0.1", "0.99", 1u64),
+        (1000, "0.1", "0.99", 2),
+        (1000, "0.1", "0.99", 3),
+        (20, "0.1", "0.99", 2),
+        (40, "0.1", "0.5", 2),
+        (100, "0.25", "0", 2),
+        (5, "1", "1", 2),
+    ] {
+        let f: Decimal = fraction.parse().unwrap_or_else(|_| unreachable!());
+        let t: Decimal = target.parse().unwrap_or_else(|_| unreachable!());
+        let m = faked_segments(n, &f);
+        let s = samples_per_verifier(n, m, t.to_f64(), verifiers);
+        v.push(json!({
+            "kind": "per_verifier", "name": format!("plan-{n}-{fraction}-{target}-{verifiers}"),
+            "n": n, "faked_fraction": fraction, "target": target, "verifiers": verifiers,
+            "m": m, "samples": s,
+            "probability": s.map(|s| union_detection_probability(n, m, s, verifiers)),
+        }));
     }
     Value::Array(v)
 }

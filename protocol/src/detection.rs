@@ -56,6 +56,62 @@ pub fn samples_for_target(n: u64, m: u64, target: f64) -> Option<u64> {
     Some((n - m + 1).min(n))
 }
 
+/// Probability that `verifiers` independent samples of `s` segments each (every verifier draws
+/// its own, [`crate::sampling::challenge_seed`]) include at least one of `m` faked segments out of
+/// `n`: `1 - miss^verifiers`, `miss` being one sample's miss probability, the power taken by
+/// repeated multiplication so every implementation gets the same bits.
+pub fn union_detection_probability(n: u64, m: u64, s: u64, verifiers: u64) -> f64 {
+    if verifiers == 0 {
+        return 0.0;
+    }
+    let miss = 1.0 - detection_probability(n, m, s);
+    let mut union_miss = 1.0f64;
+    for _ in 0..verifiers {
+        union_miss *= miss;
+    }
+    1.0 - union_miss
+}
+
+/// The smallest sample `s >= 1` each of `verifiers` verifiers draws so that together they catch
+/// `m` faked segments out of `n` with probability at least `target`. At least one segment even
+/// for a target of 0: an audit that checks nothing could not catch a ringer. `None` when `m` or
+/// `verifiers` is 0.
+pub fn samples_per_verifier(n: u64, m: u64, target: f64, verifiers: u64) -> Option<u64> {
+    let m = m.min(n);
+    if m == 0 || verifiers == 0 {
+        return None;
+    }
+    // `miss` is one sample's miss probability for `s` samples, walked down as `s` grows.
+    let mut miss = 1.0f64;
+    for s in 0..n {
+        if s >= 1 {
+            let mut union_miss = 1.0f64;
+            for _ in 0..verifiers {
+                union_miss *= miss;
+            }
+            if 1.0 - union_miss >= target {
+                return Some(s);
+            }
+        }
+        miss *= (n - m).saturating_sub(s) as f64 / (n - s) as f64;
+    }
+    Some(n)
+}
+
+/// What a task's audit policy asks of each of `verifiers` verifiers on `segments` segments:
+/// the faked segments it assumes and the sample each draws. The node plans with it when the task
+/// is posted and each verifier re-derives its own sample size with it, so nobody takes the
+/// other's word for `s`. `None` when the policy assumes nothing faked.
+pub fn plan_samples(
+    policy: &crate::AuditPolicy,
+    segments: u64,
+    verifiers: u64,
+) -> Option<(u64, u64)> {
+    let m = faked_segments(segments, &policy.assumed_faked_fraction);
+    let s = samples_per_verifier(segments, m, policy.detection_target.to_f64(), verifiers)?;
+    Some((m, s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +149,53 @@ mod tests {
         assert_eq!(samples_for_target(100, 0, 0.5), None);
         // Catching 1 faked of 10 with certainty needs all 10.
         assert_eq!(samples_for_target(10, 1, 1.0), Some(10));
+    }
+
+    #[test]
+    fn per_verifier_samples_meet_the_union_target() {
+        for (n, m, target, v) in [
+            (1000u64, 100u64, 0.99f64, 1u64),
+            (1000, 100, 0.99, 2),
+            (1000, 100, 0.99, 3),
+            (40, 4, 0.9, 2),
+            (20, 2, 0.999, 2),
+            (5, 5, 1.0, 2),
+            (1, 1, 0.5, 4),
+        ] {
+            let s = samples_per_verifier(n, m, target, v).unwrap();
+            assert!(s >= 1);
+            assert!(
+                union_detection_probability(n, m, s, v) >= target,
+                "{n} {m} {target} {v} {s}"
+            );
+            if s > 1 {
+                assert!(
+                    union_detection_probability(n, m, s - 1, v) < target,
+                    "{n} {m} {target} {v} {s}"
+                );
+            }
+        }
+        // One verifier plans exactly as the single-audit maths.
+        assert_eq!(
+            samples_per_verifier(1000, 100, 0.99, 1),
+            samples_for_target(1000, 100, 0.99)
+        );
+        // Two verifiers each sample fewer than one would alone, but more than half as many
+        // (their samples may overlap).
+        let (one, two) = (
+            samples_per_verifier(1000, 100, 0.99, 1).unwrap(),
+            samples_per_verifier(1000, 100, 0.99, 2).unwrap(),
+        );
+        assert!(two < one && 2 * two >= one, "{one} {two}");
+        // A target of 0 still checks one segment.
+        assert_eq!(samples_per_verifier(100, 10, 0.0, 2), Some(1));
+        assert_eq!(samples_per_verifier(100, 0, 0.5, 2), None);
+        assert_eq!(samples_per_verifier(100, 10, 0.5, 0), None);
+        // The union of independent samples: 1 - (1 - p)^v.
+        let p = detection_probability(40, 4, 3);
+        assert!(
+            (union_detection_probability(40, 4, 3, 2) - (1.0 - (1.0 - p) * (1.0 - p))).abs()
+                < 1e-15
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! this for implementers in other languages, and its test vectors are checked by this crate's
 //! tests.
 
+pub mod beacon;
 pub mod canonical;
 pub mod detection;
 pub mod fixtures;
@@ -17,6 +18,7 @@ pub mod messages;
 pub mod numbers;
 pub mod sampling;
 pub mod signed;
+pub mod vrf;
 
 pub use canonical::{from_canonical_bytes, to_canonical_bytes, CanonicalError};
 pub use hash::{
@@ -28,3 +30,4 @@ pub use merkle::{MerkleError, MerkleProof, MerkleTree};
 pub use messages::*;
 pub use numbers::{Credits, Decimal, F32Bits};
 pub use signed::{message_id, signing_bytes, verify_signature, Message, SignatureError, Signed};
+pub use vrf::{VrfError, VrfProof};

@@ -1,10 +1,12 @@
 //! Challenge sampling: which segments a verifier re-executes.
 //!
-//! The seed is `blake3::derive_key("market v1 challenge seed", commitment_id || beacon)`: the
-//! beacon did not exist when the worker committed, so the worker cannot know which segments
-//! will be drawn. A ChaCha20 stream keyed by the seed then draws `s` distinct indices out of
-//! `n` by a partial Fisher-Yates shuffle with unbiased rejection sampling. `spec/ENCODING.md`
-//! writes the algorithm down for other languages.
+//! The seed is `blake3::derive_key("market v1 challenge seed", commitment_id || beacon ||
+//! verifier)`: the beacon (the operator's VRF output over the commitment id, [`crate::beacon`])
+//! did not exist when the worker committed, so the worker cannot know which segments will be
+//! drawn, and each verifier's account makes its sample its own, so a second verifier checks
+//! segments the first may have missed. A ChaCha20 stream keyed by the seed then draws `s`
+//! distinct indices out of `n` by a partial Fisher-Yates shuffle with unbiased rejection
+//! sampling. `spec/ENCODING.md` writes the algorithm down for other languages.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::hash::{Beacon, ChallengeSeed, CommitmentId, Hash};
+use crate::keys::AccountId;
 
 /// The blake3 key-derivation context of challenge seeds.
 pub const CHALLENGE_SEED_CONTEXT: &str = "market v1 challenge seed";
@@ -24,11 +27,16 @@ pub enum SamplingError {
     TooManySamples { samples: u32, segments: u32 },
 }
 
-/// The seed of a challenge on `commitment` with `beacon`.
-pub fn challenge_seed(commitment: &CommitmentId, beacon: &Beacon) -> ChallengeSeed {
+/// The seed of `verifier`'s challenge on `commitment` with `beacon`.
+pub fn challenge_seed(
+    commitment: &CommitmentId,
+    beacon: &Beacon,
+    verifier: &AccountId,
+) -> ChallengeSeed {
     let mut h = blake3::Hasher::new_derive_key(CHALLENGE_SEED_CONTEXT);
     h.update(commitment.as_bytes());
     h.update(beacon.as_bytes());
+    h.update(verifier.as_bytes());
     ChallengeSeed(Hash::from(h.finalize()))
 }
 

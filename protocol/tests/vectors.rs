@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 use market_protocol::canonical::{canonicalize_value, parse_json_limited, MAX_MESSAGE_BYTES};
-use market_protocol::detection::{detection_probability, faked_segments, samples_for_target};
+use market_protocol::detection::{
+    detection_probability, faked_segments, samples_for_target, samples_per_verifier,
+    union_detection_probability,
+};
 use market_protocol::sampling::{challenge_seed, sample_indices, seed_stream};
 use market_protocol::*;
 use rand_core::RngCore;
@@ -200,7 +203,8 @@ fn challenge() {
             "sample" => {
                 let cid: CommitmentId = s(&v, "commitment_id").parse().unwrap();
                 let beacon: Beacon = s(&v, "beacon").parse().unwrap();
-                let seed = challenge_seed(&cid, &beacon);
+                let verifier: AccountId = s(&v, "verifier").parse().unwrap();
+                let seed = challenge_seed(&cid, &beacon, &verifier);
                 assert_eq!(seed.to_string(), s(&v, "seed"), "{name}");
                 let segments = v["segments"].as_u64().unwrap() as u32;
                 let samples = v["samples"].as_u64().unwrap() as u32;
@@ -210,6 +214,13 @@ fn challenge() {
                     indices,
                     "{name}"
                 );
+            }
+            "beacon" => {
+                let operator: AccountId = s(&v, "operator").parse().unwrap();
+                let cid: CommitmentId = s(&v, "commitment_id").parse().unwrap();
+                let proof: market_protocol::VrfProof = s(&v, "beacon_proof").parse().unwrap();
+                let beacon = market_protocol::beacon::verify_beacon(&operator, &cid, &proof);
+                assert_eq!(beacon.unwrap().to_string(), s(&v, "beacon"), "{name}");
             }
             other => panic!("unknown kind {other}"),
         }
@@ -240,6 +251,20 @@ fn detection() {
                     v["samples"].as_u64(),
                     "{name}"
                 );
+            }
+            "per_verifier" => {
+                let fraction: Decimal = s(&v, "faked_fraction").parse().unwrap();
+                let target: Decimal = s(&v, "target").parse().unwrap();
+                let verifiers = v["verifiers"].as_u64().unwrap();
+                let m = faked_segments(n, &fraction);
+                assert_eq!(m, v["m"].as_u64().unwrap(), "{name}");
+                let samples = samples_per_verifier(n, m, target.to_f64(), verifiers);
+                assert_eq!(samples, v["samples"].as_u64(), "{name}");
+                let p = samples.map(|s| union_detection_probability(n, m, s, verifiers));
+                match (p, v["probability"].as_f64()) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() < 1e-15, "{name}: {a} {b}"),
+                    (a, b) => assert_eq!(a, b, "{name}"),
+                }
             }
             other => panic!("unknown kind {other}"),
         }

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """An independent implementation of market's encoding, written from spec/ENCODING.md alone, that
-checks every protocol vector in spec/vectors/. It shares no code with the Rust crates, so if both
-pass, the spec is precise enough for a second implementation.
+checks every protocol vector in spec/vectors/ and the RFC 9381 ECVRF examples. It shares no code
+with the Rust crates, so if both pass, the spec is precise enough for a second implementation.
 
 Needs: python3 >= 3.9, `pip install blake3 cryptography`.
 Run:   python3 spec/reference/check_vectors.py
 """
 
+import hashlib
 import json
 import struct
 import sys
@@ -211,8 +212,128 @@ def sample(seed: bytes, n: int, s: int):
     return out
 
 
-def challenge_seed(commitment_id: bytes, beacon: bytes) -> bytes:
-    return blake3.blake3(commitment_id + beacon, derive_key_context="market v1 challenge seed").digest()
+def challenge_seed(commitment_id: bytes, beacon: bytes, verifier: bytes) -> bytes:
+    return blake3.blake3(
+        commitment_id + beacon + verifier, derive_key_context="market v1 challenge seed"
+    ).digest()
+
+
+def beacon_of(operator: bytes, commitment_id: bytes, proof: bytes):
+    """The beacon: the first 32 bytes of the operator's ECVRF output over
+    "market/v1/Beacon" 0x00 commitment_id, or None if the proof does not verify."""
+    beta = vrf_verify(operator, b"market/v1/Beacon\x00" + commitment_id, proof)
+    return None if beta is None else beta[:32]
+
+
+# --- ECVRF-EDWARDS25519-SHA512-TAI (RFC 9381), edwards25519 as in RFC 8032's Python ---------
+
+ED_P = 2**255 - 19
+ED_L = 2**252 + 27742317777372353535851937790883648493
+ED_D = -121665 * pow(121666, ED_P - 2, ED_P) % ED_P
+ED_SQRT_M1 = pow(2, (ED_P - 1) // 4, ED_P)
+ED_IDENTITY = (0, 1, 1, 0)  # extended coordinates (X, Y, Z, T), x = X/Z, y = Y/Z, xy = T/Z
+VRF_SUITE = b"\x03"
+
+
+def ed_add(P, Q):
+    p, d = ED_P, ED_D
+    A = (P[1] - P[0]) * (Q[1] - Q[0]) % p
+    B = (P[1] + P[0]) * (Q[1] + Q[0]) % p
+    C = 2 * P[3] * Q[3] * d % p
+    D = 2 * P[2] * Q[2] % p
+    E, F, G, H = B - A, D - C, D + C, B + A
+    return (E * F % p, G * H % p, F * G % p, E * H % p)
+
+
+def ed_neg(P):
+    return (-P[0] % ED_P, P[1], P[2], -P[3] % ED_P)
+
+
+def ed_mul(s, P):
+    Q = ED_IDENTITY
+    while s > 0:
+        if s & 1:
+            Q = ed_add(Q, P)
+        P = ed_add(P, P)
+        s >>= 1
+    return Q
+
+
+def ed_equal(P, Q):
+    return (P[0] * Q[2] - Q[0] * P[2]) % ED_P == 0 and (P[1] * Q[2] - Q[1] * P[2]) % ED_P == 0
+
+
+def ed_recover_x(y, sign):
+    p = ED_P
+    if y >= p:
+        return None
+    x2 = (y * y - 1) * pow(ED_D * y * y + 1, p - 2, p) % p
+    if x2 == 0:
+        return None if sign else 0
+    x = pow(x2, (p + 3) // 8, p)
+    if (x * x - x2) % p != 0:
+        x = x * ED_SQRT_M1 % p
+    if (x * x - x2) % p != 0:
+        return None
+    if (x & 1) != sign:
+        x = p - x
+    return x
+
+
+def ed_compress(P):
+    zinv = pow(P[2], ED_P - 2, ED_P)
+    x, y = P[0] * zinv % ED_P, P[1] * zinv % ED_P
+    return (y | (x & 1) << 255).to_bytes(32, "little")
+
+
+def ed_decompress(b: bytes):
+    """RFC 8032 5.1.3: None unless b is the canonical encoding of a curve point."""
+    if len(b) != 32:
+        return None
+    y = int.from_bytes(b, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    x = ed_recover_x(y, sign)
+    if x is None:
+        return None
+    return (x, y, 1, x * y % ED_P)
+
+
+ED_BY = 4 * pow(5, ED_P - 2, ED_P) % ED_P
+ED_BX = ed_recover_x(ED_BY, 0)
+ED_B = (ED_BX, ED_BY, 1, ED_BX * ED_BY % ED_P)
+
+
+def vrf_encode_to_curve(pk: bytes, alpha: bytes):
+    for ctr in range(256):
+        h = hashlib.sha512(VRF_SUITE + b"\x01" + pk + alpha + bytes([ctr]) + b"\x00").digest()
+        P = ed_decompress(h[:32])
+        if P is not None:
+            P = ed_mul(8, P)
+            if not ed_equal(P, ED_IDENTITY):
+                return P
+    raise AssertionError("try-and-increment failed 256 times")
+
+
+def vrf_challenge(*points) -> bytes:
+    data = VRF_SUITE + b"\x02" + b"".join(ed_compress(P) for P in points) + b"\x00"
+    return hashlib.sha512(data).digest()[:16]
+
+
+def vrf_verify(pk: bytes, alpha: bytes, pi: bytes):
+    """RFC 9381 5.3 with key validation: beta (64 bytes) if pi proves alpha under pk, else None."""
+    Y = ed_decompress(pk)
+    if Y is None or ed_equal(ed_mul(8, Y), ED_IDENTITY) or len(pi) != 80:
+        return None
+    Gamma = ed_decompress(pi[:32])
+    c, s = int.from_bytes(pi[32:48], "little"), int.from_bytes(pi[48:], "little")
+    if Gamma is None or s >= ED_L:
+        return None
+    H = vrf_encode_to_curve(pk, alpha)
+    U = ed_add(ed_mul(s, ED_B), ed_neg(ed_mul(c, Y)))
+    V = ed_add(ed_mul(s, H), ed_neg(ed_mul(c, Gamma)))
+    if vrf_challenge(Y, H, Gamma, U, V) != pi[32:48]:
+        return None
+    return hashlib.sha512(VRF_SUITE + b"\x03" + ed_compress(ed_mul(8, Gamma)) + b"\x00").digest()
 
 
 # --- Detection maths (exact, with fractions) ----------------------------------------------------
@@ -318,11 +439,40 @@ def check_challenge():
         if v["kind"] == "stream":
             rng = Stream(bytes.fromhex(v["seed"]))
             assert ["%016x" % rng.next_u64() for _ in v["u64"]] == v["u64"], v["name"]
+        elif v["kind"] == "beacon":
+            cid, op = bytes.fromhex(v["commitment_id"]), bytes.fromhex(v["operator"])
+            proof = bytes.fromhex(v["beacon_proof"])
+            got = beacon_of(op, cid, proof)
+            assert got is not None and got.hex() == v["beacon"], v["name"]
+            # Another commitment id, or a proof by another key, gives no beacon.
+            assert beacon_of(op, bytes(32), proof) is None, v["name"]
         else:
-            seed = challenge_seed(bytes.fromhex(v["commitment_id"]), bytes.fromhex(v["beacon"]))
+            seed = challenge_seed(
+                bytes.fromhex(v["commitment_id"]),
+                bytes.fromhex(v["beacon"]),
+                bytes.fromhex(v["verifier"]),
+            )
             assert seed.hex() == v["seed"], v["name"]
             assert sample(seed, v["segments"], v["samples"]) == v["indices"], v["name"]
     return len(vectors)
+
+
+def samples_per_verifier(n: int, m: int, target: float, verifiers: int):
+    """ENCODING.md section 9, in binary64 exactly as specified: the smallest s >= 1 such that
+    1 - miss(s)^verifiers >= target, miss(s) walked down one factor at a time."""
+    m = min(m, n)
+    if m == 0 or verifiers == 0:
+        return None
+    miss = 1.0
+    for s in range(n):
+        if s >= 1:
+            union_miss = 1.0
+            for _ in range(verifiers):
+                union_miss *= miss
+            if 1.0 - union_miss >= target:
+                return s
+        miss *= float(max(n - m - s, 0)) / float(n - s)
+    return n
 
 
 def check_detection():
@@ -331,6 +481,14 @@ def check_detection():
         n = v["n"]
         if v["kind"] == "probability":
             assert abs(float(detection(n, v["m"], v["s"])) - v["probability"]) < 1e-12, v["name"]
+        elif v["kind"] == "per_verifier":
+            m = ceil_fraction(v["faked_fraction"], n)
+            assert m == v["m"], v["name"]
+            s = samples_per_verifier(n, m, float(Fraction(v["target"])), v["verifiers"])
+            assert s == v["samples"], (v["name"], s, v["samples"])
+            # The exact union probability agrees with the binary64 walk of the spec.
+            exact = 1 - (1 - detection(n, m, s)) ** v["verifiers"]
+            assert abs(float(exact) - v["probability"]) < 1e-12, v["name"]
         else:
             m = ceil_fraction(v["faked_fraction"], n)
             assert m == v["m"], v["name"]
@@ -340,9 +498,43 @@ def check_detection():
     return len(vectors)
 
 
+# RFC 9381 appendix B.3: (SK, PK, alpha, pi, beta).
+VRF_VECTORS = [
+    ("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+     "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "8657106690b5526245a92b003bb079ccd1a92130477671f6fc01ad16f26f723f26f8a57ccaed74ee1b190bed1f479d9727d2d0f9b005a6e456a35d4fb0daab1268a1b0db10836d9826a528ca76567805",
+     "90cf1df3b703cce59e2a35b925d411164068269d7b2d29f3301c03dd757876ff66b71dda49d2de59d03450451af026798e8f81cd2e333de5cdf4f3e140fdd8ae"),
+    ("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+     "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "f3141cd382dc42909d19ec5110469e4feae18300e94f304590abdced48aed5933bf0864a62558b3ed7f2fea45c92a465301b3bbf5e3e54ddf2d935be3b67926da3ef39226bbc355bdc9850112c8f4b02",
+     "eb4440665d3891d668e7e0fcaf587f1b4bd7fbfe99d0eb2211ccec90496310eb5e33821bc613efb94db5e5b54c70a848a0bef4553a41befc57663b56373a5031"),
+    ("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+     "fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025", "af82",
+     "9bc0f79119cc5604bf02d23b4caede71393cedfbb191434dd016d30177ccbf8096bb474e53895c362d8628ee9f9ea3c0e52c7a5c691b6c18c9979866568add7a2d41b00b05081ed0f58ee5e31b3a970e",
+     "645427e5d00c62a23fb703732fa5d892940935942101e456ecca7bb217c61c452118fec1219202a0edcf038bb6373241578be7217ba85a2687f7a0310b2df19f"),
+]
+
+
+def check_vrf():
+    for i, (sk, pk, alpha, pi, beta) in enumerate(VRF_VECTORS):
+        pk, alpha, pi = bytes.fromhex(pk), bytes.fromhex(alpha), bytes.fromhex(pi)
+        name = f"RFC 9381 B.3 example {16 + i}"
+        assert Ed25519PrivateKey.from_private_bytes(bytes.fromhex(sk)).public_key().public_bytes_raw() == pk, name
+        assert ed_compress(ed_decompress(pk)) == pk, name
+        assert vrf_verify(pk, alpha, pi).hex() == beta, name
+        # A flipped bit in Gamma, c or s, another input, another key, and s + L are refused.
+        for byte in [0, 32, 47, 48]:
+            assert vrf_verify(pk, alpha, pi[:byte] + bytes([pi[byte] ^ 1]) + pi[byte + 1:]) is None, name
+        assert vrf_verify(pk, alpha + b"\x00", pi) is None, name
+        assert vrf_verify(bytes.fromhex(VRF_VECTORS[(i + 1) % 3][1]), alpha, pi) is None, name
+        s_plus_l = (int.from_bytes(pi[48:], "little") + ED_L).to_bytes(32, "little")
+        assert vrf_verify(pk, alpha, pi[:48] + s_plus_l) is None, name
+    return len(VRF_VECTORS)
+
+
 def main():
     total = 0
-    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection]:
+    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf]:
         count = check()
         print(f"{check.__name__[6:]:<10} {count} vectors ok")
         total += count

@@ -6,7 +6,10 @@ use market_compute::bundle::{Bundle, BundleError};
 use market_compute::state::MAX_STATE_BYTES;
 use market_compute::tolerance::{states_match, worst_relative_l2};
 use market_compute::{BlobSource, InferenceJob, TrainState, TrainingJob};
-use market_protocol::detection::{detection_probability, faked_segments, samples_for_target};
+use market_protocol::detection::{
+    detection_probability, faked_segments, plan_samples, samples_for_target,
+    union_detection_probability,
+};
 use market_protocol::{
     message_id, AccountId, Beacon, Challenge, ChallengeId, Commitment, CommitmentId, Decimal,
     ExecutionProfile, FailureReason, Hash, Identity, MerkleTree, SegmentCheck, Signed, StateHash,
@@ -27,6 +30,14 @@ pub enum SamplePolicy {
         target: Decimal,
         /// Assumed faked fraction, e.g. 0.1.
         assumed_faked: Decimal,
+    },
+    /// The task's own audit policy (its detection target and assumed faked fraction), met by
+    /// `verifiers` verifiers together, each drawing its own sample
+    /// (`market_protocol::detection::plan_samples`). What a node asks for: the verifier
+    /// derives its sample size itself from the buyer's signed task, never taking a count.
+    Plan {
+        /// How many verifiers audit the commitment, each with its own sample.
+        verifiers: u32,
     },
 }
 
@@ -113,19 +124,12 @@ pub fn audit(
     let commitment = signed.verify()?.clone();
     let commitment_id = CommitmentId(signed.id().map_err(market_protocol::SignatureError::from)?);
     let n = commitment.segments;
-    let (samples, detection) = match policy {
-        SamplePolicy::Count(c) => ((*c).min(n), None),
-        SamplePolicy::All => (n, None),
-        SamplePolicy::Detect {
-            target,
-            assumed_faked,
-        } => {
-            let m = faked_segments(u64::from(n), assumed_faked);
-            let s = samples_for_target(u64::from(n), m, target.to_f64()).ok_or_else(|| {
-                AuditError::Policy("the assumed faked fraction must be positive".into())
-            })?;
-            (s as u32, Some(detection_probability(u64::from(n), m, s)))
-        }
+    // Sized from the task, never from what the worker claims: a commitment with another
+    // segment count fails check 2 before anything is sampled.
+    let (samples, detection) = if u64::from(n) == task_segments(&task, blobs)? {
+        sample_count(&task, n, policy)?
+    } else {
+        (0, None)
     };
     let challenge = challenge_for(identity.account(), &signed, beacon, samples)?;
     let mut checked = Vec::new();
@@ -189,6 +193,51 @@ pub fn audit(
     })
 }
 
+/// The segments (training) or items (inference) of `task`'s run.
+pub fn task_segments(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<u64, AuditError> {
+    Ok(match &task.workload {
+        Workload::Training(_) => u64::from(TrainingJob::from_spec(task, blobs)?.segments()),
+        Workload::Inference(_) => InferenceJob::from_spec(task, blobs)?.len() as u64,
+    })
+}
+
+/// How many of `n` segments an audit under `policy` samples, and the probability it (with the
+/// other verifiers, under [`SamplePolicy::Plan`]) catches the policy's assumed cheater.
+pub fn sample_count(
+    task: &TaskSpec,
+    n: u32,
+    policy: &SamplePolicy,
+) -> Result<(u32, Option<f64>), AuditError> {
+    Ok(match policy {
+        SamplePolicy::Count(c) => ((*c).min(n), None),
+        SamplePolicy::All => (n, None),
+        SamplePolicy::Detect {
+            target,
+            assumed_faked,
+        } => {
+            let m = faked_segments(u64::from(n), assumed_faked);
+            let s = samples_for_target(u64::from(n), m, target.to_f64()).ok_or_else(|| {
+                AuditError::Policy("the assumed faked fraction must be positive".into())
+            })?;
+            (s as u32, Some(detection_probability(u64::from(n), m, s)))
+        }
+        SamplePolicy::Plan { verifiers } => {
+            let v = u64::from(*verifiers);
+            let (m, s) = plan_samples(&task.audit, u64::from(n), v).ok_or_else(|| {
+                AuditError::Policy(
+                    "the task's assumed faked fraction must be positive and at least one verifier audit it"
+                        .into(),
+                )
+            })?;
+            let s = s.min(u64::from(n));
+            (
+                s as u32,
+                Some(union_detection_probability(u64::from(n), m, s, v)),
+            )
+        }
+    })
+}
+
 /// Reads the committed leaves and checks what both kinds share: the commitment answers this
 /// task, and its leaves give its root.
 fn committed_leaves(
@@ -246,7 +295,48 @@ fn check_commitment(
             "the committed root does not match the committed leaves (forged root)",
         ));
     }
-    None
+    // Every other field is bound to what the audit checks, so none is free to vary: the final
+    // state and the outputs follow from the leaves, and the loss trace has one value per
+    // segment (the sampled ones are re-executed in check 6).
+    let binding = match &task.workload {
+        Workload::Training(_) => {
+            if c.final_state_hash != leaves[leaves.len() - 1] {
+                Some(format!(
+                    "the final state hash {} is not the last committed checkpoint {}",
+                    c.final_state_hash,
+                    leaves[leaves.len() - 1]
+                ))
+            } else if c.loss_trace.len() as u64 != u64::from(c.segments) {
+                Some(format!(
+                    "the loss trace has {} values for {} segments",
+                    c.loss_trace.len(),
+                    c.segments
+                ))
+            } else if c.outputs.len() != 1 {
+                Some(format!(
+                    "a training result is one weights blob, the commitment lists {}",
+                    c.outputs.len()
+                ))
+            } else {
+                None
+            }
+        }
+        Workload::Inference(_) => {
+            let concat: Vec<u8> = leaves.iter().flat_map(|h| h.as_bytes().to_vec()).collect();
+            if c.steps != 0 || !c.loss_trace.is_empty() {
+                Some("an inference commitment has no steps and no loss trace".to_owned())
+            } else if c.final_state_hash != StateHash(Hash::of(&concat)) {
+                Some("the final hash is not the hash of the concatenated item hashes".to_owned())
+            } else if c.outputs.len() != leaves.len()
+                || c.outputs.iter().zip(leaves).any(|(o, l)| o.0 != l.0)
+            {
+                Some("the outputs are not the committed items".to_owned())
+            } else {
+                None
+            }
+        }
+    };
+    binding.map(|detail| fail(0, FailureReason::InvalidCommitment, detail))
 }
 
 /// Reads leaf `index`'s file and checks it is the committed one, with its inclusion proof.
@@ -355,8 +445,8 @@ fn check_training(
         let (first, end) = job.segment_bounds(seg)?;
         let ran = job.run_segment(seg, &start_state, |_, _| {});
         *rerun += u64::from(end - first);
-        let ours = match ran {
-            Ok((s, _)) => s,
+        let (ours, loss) = match ran {
+            Ok(r) => r,
             Err(e) => {
                 return Ok(Some(fail(
                     seg,
@@ -389,6 +479,22 @@ fn check_training(
                 narrow(bundle, &job, seg, &start_state, expected, &mut f, rerun)?;
             }
             return Ok(Some(f));
+        }
+        // The committed loss of a sampled segment is re-executed too: exactly for `repro`,
+        // within the state tolerance otherwise.
+        let committed = c.loss_trace[seg as usize].to_f32();
+        let loss_ok = if exact {
+            committed.to_bits() == loss.to_bits()
+        } else {
+            let (a, b) = (f64::from(committed), f64::from(loss));
+            (a - b).abs() <= market_compute::tolerance::MAX_RELATIVE_L2 * a.abs().max(b.abs())
+        };
+        if !loss_ok {
+            return Ok(Some(fail(
+                seg,
+                FailureReason::InvalidCommitment,
+                format!("segment {seg}'s committed loss is {committed}, re-execution gives {loss}"),
+            )));
         }
     }
     Ok(None)

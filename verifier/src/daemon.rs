@@ -141,11 +141,25 @@ async fn audit_job(
     let bundle = Bundle::at(&dir);
     let task = bundle.read_task()?;
     let commitment = bundle.read_commitment()?;
+    // The beacon must be the node's own VRF output for this commitment: a node cannot steer
+    // which segments are checked by handing out a beacon of its choosing.
+    let operator = market_protocol::AccountId::from_peer_id(&node)?;
+    let cid = market_protocol::CommitmentId(commitment.id()?);
+    let proven = market_protocol::beacon::verify_beacon(&operator, &cid, &job.beacon_proof)
+        .map_err(|e| anyhow::anyhow!("the node's beacon proof does not verify: {e}"))?;
+    anyhow::ensure!(
+        proven == job.beacon,
+        "the beacon is not the one the node's proof gives"
+    );
+    let policy = SamplePolicy::Plan {
+        verifiers: job.verifiers,
+    };
+    let (samples, _) = crate::audit::sample_count(&task, commitment.body.segments, &policy)?;
     let challenge = challenge_for(
         verifier.identity.account(),
         &commitment,
         job.beacon,
-        job.samples,
+        samples,
     )?;
     let wanted = openings(&task, &challenge.sampled);
     // A file the worker withheld is simply absent; the audit then fails the worker for it.
@@ -156,17 +170,10 @@ async fn audit_job(
     let blobs = DirBlobs::new(verifier.options.data_dir.join("blobs"))
         .with_limit(verifier.options.cache_bytes);
     blobs.fetch_for(net, node, &task).await?;
-    let (identity, beacon, samples) = (verifier.identity.clone(), job.beacon, job.samples);
-    let report = tokio::task::spawn_blocking(move || {
-        audit(
-            &bundle,
-            beacon,
-            &SamplePolicy::Count(samples),
-            &identity,
-            &blobs,
-        )
-    })
-    .await??;
+    let (identity, beacon) = (verifier.identity.clone(), job.beacon);
+    let report =
+        tokio::task::spawn_blocking(move || audit(&bundle, beacon, &policy, &identity, &blobs))
+            .await??;
     tracing::info!(task = %job.task_id, passed = report.passed(), rerun = report.rerun, "audit done");
     Ok(report.verdict)
 }

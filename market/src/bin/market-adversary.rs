@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use market_node::adversary::{run_case, strategies, table};
+use market_node::adversary::{
+    experiment_table, grinding, lazy_verifier, lying_verifier, per_verifier_samples, run_case,
+    strategies, table,
+};
 use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
 use market_protocol::TaskSpec;
 
@@ -28,6 +31,15 @@ struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Trials of each attack on the protocol (grinding, lying, lazy, two verifiers).
+    #[arg(long, default_value_t = 200)]
+    trials: usize,
+    /// Re-signed commitments a grinding worker tries per task.
+    #[arg(long, default_value_t = 10_000)]
+    grind_tries: usize,
+    /// Ringer rate for the lazy verifier, parts per million.
+    #[arg(long, default_value_t = 100_000)]
+    ringer_rate_ppm: u32,
 }
 
 fn main() -> Result<()> {
@@ -45,10 +57,45 @@ fn main() -> Result<()> {
         );
         results.push(r);
     }
+    let mut attacks = Vec::new();
+    attacks.extend(grinding(
+        &task,
+        0.1,
+        args.samples,
+        args.trials,
+        args.grind_tries,
+        dir.path(),
+    )?);
+    attacks.push(per_verifier_samples(
+        &task,
+        0.1,
+        args.samples,
+        args.trials * 2,
+        dir.path(),
+    )?);
+    attacks.push(lying_verifier(&task, args.trials, dir.path())?);
+    attacks.push(lazy_verifier(
+        &task,
+        args.trials * 10,
+        args.ringer_rate_ppm,
+        dir.path(),
+    )?);
+    for a in &attacks {
+        eprintln!(
+            "{}: {}/{} (predicted {:.3})",
+            a.name, a.hits, a.trials, a.predicted
+        );
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "strategies": results,
+                "attacks": attacks,
+            }))?
+        );
     } else {
-        print!("{}", table(&results));
+        print!("{}\n{}", table(&results), experiment_table(&attacks));
     }
     Ok(())
 }

@@ -10,21 +10,22 @@ use crate::merkle::MerkleProof;
 use crate::sampling::{challenge_seed, sample_indices, SamplingError};
 use crate::signed::Message;
 
-/// The segments a verifier will re-execute. Anyone can recompute it from the commitment id, the
-/// beacon, the segment count and the sample count, so the issuer cannot pick segments it
-/// likes. Signed by its issuer (the market node).
+/// The segments one verifier re-executes. Anyone can recompute it from the commitment id, the
+/// beacon, the verifier's account, the segment count and the sample count, so nobody picks
+/// segments it likes, and two verifiers draw independent samples. It is derived, not sent: a
+/// verdict names it by its message id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Challenge {
     /// Protocol version.
     pub version: Version,
-    /// The node that issued it.
-    pub issuer: AccountId,
+    /// The verifier whose sample this is.
+    pub verifier: AccountId,
     /// The commitment challenged.
     pub commitment_id: CommitmentId,
     /// Randomness that did not exist when the commitment was made.
     pub beacon: Beacon,
-    /// `challenge_seed(commitment_id, beacon)`.
+    /// `challenge_seed(commitment_id, beacon, verifier)`.
     pub seed: ChallengeSeed,
     /// Segments in the commitment.
     pub segments: u32,
@@ -35,15 +36,15 @@ pub struct Challenge {
 impl Message for Challenge {
     const DOMAIN: &'static str = "market/v1/Challenge";
     fn author(&self) -> Option<AccountId> {
-        Some(self.issuer)
+        Some(self.verifier)
     }
 }
 
 /// Why a challenge does not follow from its inputs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChallengeError {
-    /// The seed is not derived from the commitment id and beacon.
-    #[error("challenge seed does not match commitment id and beacon")]
+    /// The seed is not derived from the commitment id, beacon and verifier.
+    #[error("challenge seed does not match commitment id, beacon and verifier")]
     Seed,
     /// The indices are not the ones the seed draws.
     #[error("sampled segments are not the ones the seed draws")]
@@ -54,19 +55,19 @@ pub enum ChallengeError {
 }
 
 impl Challenge {
-    /// Derives the challenge of `samples` segments out of `segments`.
+    /// Derives `verifier`'s challenge of `samples` segments out of `segments`.
     pub fn derive(
-        issuer: AccountId,
+        verifier: AccountId,
         commitment_id: CommitmentId,
         beacon: Beacon,
         segments: u32,
         samples: u32,
     ) -> Result<Self, SamplingError> {
-        let seed = challenge_seed(&commitment_id, &beacon);
+        let seed = challenge_seed(&commitment_id, &beacon, &verifier);
         let sampled = sample_indices(&seed, segments, samples)?;
         Ok(Self {
             version: Version::CURRENT,
-            issuer,
+            verifier,
             commitment_id,
             beacon,
             seed,
@@ -75,9 +76,9 @@ impl Challenge {
         })
     }
 
-    /// Checks that the seed and indices follow from the commitment id and beacon.
+    /// Checks that the seed and indices follow from the commitment id, beacon and verifier.
     pub fn check(&self) -> Result<(), ChallengeError> {
-        if challenge_seed(&self.commitment_id, &self.beacon) != self.seed {
+        if challenge_seed(&self.commitment_id, &self.beacon, &self.verifier) != self.seed {
             return Err(ChallengeError::Seed);
         }
         let expected = sample_indices(&self.seed, self.segments, self.sampled.len() as u32)?;

@@ -3,16 +3,20 @@
 //! through the ledger with an idempotency key, so a node killed at any point and restarted
 //! re-runs its steps without paying or refunding twice.
 
+mod audit;
+pub mod ringers;
+mod settle;
+pub mod verdicts;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use market_ledger::{EntryKind, IdempotencyKey, Ledger, LedgerError, OpError};
 use market_protocol::{
-    AccountId, Beacon, ChallengeSeed, Commitment, CommitmentId, Credits, ExecutionProfile, Hash,
-    Identity, Signed, TaskId, TaskSpec, Verdict, VerdictId, VerdictOutcome, Workload,
+    AccountId, Beacon, ChallengeSeed, Credits, ExecutionProfile, Hash, Identity, Signed, TaskId,
+    TaskSpec, Workload,
 };
-use market_verifier::SamplePolicy;
 use tokio::sync::{broadcast, Notify};
 
 use crate::audit_plan;
@@ -20,11 +24,8 @@ use crate::blobs::BlobStore;
 use crate::config::NodeConfig;
 use crate::dispatch::Dispatch;
 use crate::error::ApiError;
-use crate::model::{Attempt, TaskRecord, TaskState, VerdictSummary};
+use crate::model::{Attempt, TaskRecord, TaskState};
 use crate::store::Store;
-
-/// Verifiers drawn beyond those wanted, to stand in for ones that do not answer.
-const MAX_STAND_INS: usize = 2;
 
 /// The node: its state, its ledger and its workers' dispatcher.
 pub struct Node {
@@ -56,6 +57,14 @@ pub struct Node {
     /// Slashes read a stake and then take from it; two at once of one account would both take
     /// the whole stake and the second would fail.
     slashing: tokio::sync::Mutex<()>,
+    /// Tasks whose commitment is recorded (being audited) or whose result is accepted (being
+    /// paid) when a restart or an error interrupted them: the engine resumes them, never
+    /// re-running or re-auditing a recorded result from scratch.
+    resume: Mutex<Vec<TaskId>>,
+    /// A test's injected crash: settlement fails after this many more steps.
+    settlement_crash: Mutex<Option<usize>>,
+    /// Whether that crash happened.
+    settlement_crashed: std::sync::atomic::AtomicBool,
 }
 
 /// Holds a task's claim (and its worker's busy mark) until dropped: whatever way the work on
@@ -83,6 +92,8 @@ enum Step {
     Run(AccountId),
     /// Rejects it, for this reason.
     Reject(String),
+    /// Resumes the audit or the settlement of its recorded result.
+    Resume,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,27 +142,49 @@ impl Node {
             busy: Mutex::new(BTreeSet::new()),
             audit_slots: Mutex::new(std::collections::BTreeMap::new()),
             slashing: tokio::sync::Mutex::new(()),
+            resume: Mutex::new(Vec::new()),
+            settlement_crash: Mutex::new(None),
+            settlement_crashed: std::sync::atomic::AtomicBool::new(false),
         });
         for mut t in node.store.tasks(None, usize::MAX)? {
-            if matches!(
+            if !matches!(
                 t.state,
                 TaskState::Running { .. } | TaskState::Auditing { .. }
             ) {
-                tracing::warn!(task = %t.id, "task interrupted by a restart: back to the queue");
-                // The interrupted attempt is not the worker's failure: forget it, so the same
-                // worker may run it again. Its ledger steps, if any, are idempotent: a
-                // deterministic re-run records the same commitment under the same key.
-                if t.attempts
-                    .last()
-                    .is_some_and(|a| !a.accepted && a.verdicts.is_empty())
-                {
-                    t.attempts.pop();
-                }
-                t.state = TaskState::Queued;
-                node.store.save_task(&t)?;
+                continue;
             }
+            if t.settlement.is_some() || t.attempts.last().is_some_and(|a| a.commit_seq.is_some()) {
+                // A recorded commitment is audited (or an accepted one paid) where it stopped:
+                // re-running it would give its worker a second beacon.
+                tracing::warn!(task = %t.id, "task interrupted by a restart: resuming it");
+                lock(&node.resume).push(t.id);
+                continue;
+            }
+            tracing::warn!(task = %t.id, "task interrupted by a restart: back to the queue");
+            // The interrupted run is not the worker's failure: forget it, so the same worker
+            // may run it again. A deterministic re-run records the same commitment under the
+            // same key, and the same beacon.
+            if t.attempts.last().is_some_and(|a| !a.accepted) {
+                t.attempts.pop();
+            }
+            t.state = TaskState::Queued;
+            node.store.save_task(&t)?;
         }
         Ok(node)
+    }
+
+    /// Test hook: the next settlement fails, as a crash would, after `steps` more of its steps
+    /// (each ledger append of a settlement is preceded and followed by one).
+    #[doc(hidden)]
+    pub fn crash_settlement_after(&self, steps: usize) {
+        *lock(&self.settlement_crash) = Some(steps);
+    }
+
+    /// Test hook: whether the crash armed by [`Node::crash_settlement_after`] happened.
+    #[doc(hidden)]
+    pub fn settlement_crashed(&self) -> bool {
+        self.settlement_crashed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn emit(&self, t: &TaskRecord) {
@@ -286,7 +319,13 @@ impl Node {
                 e.to_string(),
             )
         })?;
-        let plan = audit_plan::plan(&spec).map_err(|e| {
+        let plan = audit_plan::plan(
+            &spec,
+            &self.blobs,
+            self.config.verifiers_per_task.max(1) as u64,
+            &self.config.min_detection_target,
+        )
+        .map_err(|e| {
             ApiError::new(
                 axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_task",
@@ -332,6 +371,7 @@ impl Node {
             attempts: Vec::new(),
             outputs: Vec::new(),
             ledger_seqs: vec![appended.seq()],
+            settlement: None,
         };
         self.save(&record).map_err(ApiError::internal)?;
         self.wake.notify_one();
@@ -399,33 +439,19 @@ impl Node {
         Ok(t)
     }
 
-    async fn refund_rest(&self, t: &TaskRecord) -> anyhow::Result<Option<u64>> {
-        let Some(escrow) = self.ledger.escrow_of(&t.id) else {
-            return Ok(None);
-        };
-        if escrow.remaining.0 == 0 {
-            return Ok(None);
-        }
-        let a = self
-            .append(
-                format!("refund:{}", t.id),
-                EntryKind::Refund {
-                    amount: escrow.remaining,
-                    buyer: t.spec.body.buyer,
-                    task_id: t.id,
-                },
-            )
-            .await?;
-        Ok(Some(a.seq()))
-    }
-
     /// Runs queued tasks forever: each on its own worker, as many at once as the dispatcher
     /// allows ([`Dispatch::concurrent_tasks`]: one when the workers share this machine's cores,
     /// all the workers there are on a network).
     pub async fn run_engine(self: Arc<Self>) {
         loop {
             let room = lock(&self.claimed).len() < self.dispatch.concurrent_tasks().max(1);
-            let next = if room { self.claim_next() } else { Ok(None) };
+            let next = if !room {
+                Ok(None)
+            } else if let Some(id) = self.claim_resumable() {
+                Ok(Some((id, Step::Resume)))
+            } else {
+                self.claim_next()
+            };
             match next {
                 Ok(Some((id, step))) => {
                     let claim = Claim {
@@ -433,7 +459,7 @@ impl Node {
                         task: id,
                         worker: match &step {
                             Step::Run(w) => Some(*w),
-                            Step::Reject(_) => None,
+                            Step::Reject(_) | Step::Resume => None,
                         },
                     };
                     let node = self.clone();
@@ -444,9 +470,15 @@ impl Node {
                             .map_err(anyhow::Error::from)
                             .and_then(|r| r);
                         if let Err(e) = outcome {
-                            tracing::error!(task = %id, error = %e, "task processing failed; back to the queue");
+                            tracing::error!(task = %id, error = %e, "task processing failed");
                             if let Ok(Some(mut t)) = node.store.task(&id) {
-                                if !t.state.is_final() {
+                                let recorded = t.settlement.is_some()
+                                    || t.attempts.last().is_some_and(|a| a.commit_seq.is_some());
+                                if t.state.is_final() {
+                                } else if recorded {
+                                    // A recorded result is resumed, never run again.
+                                    lock(&node.resume).push(id);
+                                } else {
                                     t.state = TaskState::Queued;
                                     let _ = node.save(&t);
                                 }
@@ -499,6 +531,16 @@ impl Node {
         }
     }
 
+    /// Claims a task to resume, if one is waiting and not claimed.
+    fn claim_resumable(&self) -> Option<TaskId> {
+        let mut claimed = lock(&self.claimed);
+        let mut resume = lock(&self.resume);
+        let i = resume.iter().position(|id| !claimed.contains(id))?;
+        let id = resume.remove(i);
+        claimed.insert(id);
+        Some(id)
+    }
+
     /// Claims the oldest queued task that can go ahead now, with what to do with it. A task
     /// waits, without holding up the tasks behind it, until an idle staked worker and a staked
     /// verifier that run its profile are there (a `cuda` task must not stall the queue of a
@@ -514,16 +556,19 @@ impl Node {
                 continue;
             }
             let eligible = self.eligible_workers(&t);
-            let step = if t.attempts.len() >= self.config.max_attempts {
+            let failed = t.attempts.iter().filter(|a| a.result_failed).count();
+            let step = if failed >= self.config.max_attempts {
                 Step::Reject("no worker produced a result that passed its audits".into())
             } else if eligible.is_empty() && !t.attempts.is_empty() {
                 Step::Reject("no other staked worker is available".into())
             } else {
-                // The least-used idle worker; ties go to the dispatcher's order.
+                // The idle worker with the best record (reputation, earned one accepted task at
+                // a time and lost on every failure): a fresh account is never preferred over
+                // one that has delivered. Ties go to the dispatcher's order.
                 let idle = eligible
                     .into_iter()
                     .filter(|w| !busy.contains(w))
-                    .min_by_key(|w| self.store.participant(w).map(|p| p.tasks_done).unwrap_or(0));
+                    .min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)));
                 match idle {
                     Some(w) if self.has_verifier_for(t.spec.body.profile) => {
                         busy.insert(w);
@@ -614,20 +659,22 @@ impl Node {
             .max(1)
     }
 
-    /// Orders every eligible verifier by weighted draws without replacement (weights from
-    /// stake and reputation), from a stream keyed by the beacon, so the worker could not know
-    /// them when it committed. The first [`Node::verifiers_for`] audit; the rest stand in, in
-    /// order, for any that fails to answer.
+    /// Orders every eligible verifier not in `exclude` by weighted draws without replacement
+    /// (weights from stake and reputation), from a stream keyed by the beacon and the draw's
+    /// round, so the worker could not know them when it committed. The first audit; the rest
+    /// stand in, in order, for any that fails to answer; a later round draws again (verifiers
+    /// that joined since, or were silent before).
     fn draw_verifiers(
         &self,
         beacon: &Beacon,
-        exclude: &AccountId,
+        round: u32,
+        exclude: &BTreeSet<AccountId>,
         profile: ExecutionProfile,
     ) -> Vec<AccountId> {
         let mut pool: Vec<(AccountId, u64)> = self
             .eligible_verifiers(profile)
             .into_iter()
-            .filter(|v| v != exclude)
+            .filter(|v| !exclude.contains(v))
             .map(|v| {
                 let rep = self.ledger.reputation(&v);
                 // Reputation scales the weight: slow to earn (+10% a point), quick to lose (halved per point lost).
@@ -640,9 +687,11 @@ impl Node {
             })
             .collect();
         pool.sort();
-        let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(
-            &[b"verifiers".as_slice(), beacon.as_bytes()].concat(),
-        )));
+        let mut key = [b"verifiers".as_slice(), beacon.as_bytes()].concat();
+        if round > 0 {
+            key.extend_from_slice(&round.to_le_bytes());
+        }
+        let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(&key)));
         let mut chosen = Vec::new();
         while !pool.is_empty() {
             let total: u64 = pool.iter().map(|(_, w)| w).sum();
@@ -670,13 +719,14 @@ impl Node {
             .store
             .task(&id)?
             .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
-        if t.state != TaskState::Queued {
+        if t.state != TaskState::Queued && !matches!(step, Step::Resume) {
             // Claimed from a queued record; nothing else moves a claimed task, but be sure.
             return Ok(());
         }
         let worker = match step {
             Step::Run(worker) => worker,
             Step::Reject(reason) => return self.reject(t, reason).await,
+            Step::Resume => return self.resume_task(t).await,
         };
         let attempt_no = t.attempts.len();
         t.attempts.push(Attempt {
@@ -685,6 +735,8 @@ impl Node {
             commit_seq: None,
             verdicts: Vec::new(),
             accepted: false,
+            plan: None,
+            result_failed: false,
         });
         t.state = TaskState::Running {
             worker,
@@ -720,510 +772,54 @@ impl Node {
                 })
         })
         .await?;
-        let mut t = self
+        let t = self
             .store
             .task(&id)?
             .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
-        let commitment = match commitment {
+        // The worker is done with it: free for other tasks while its result is audited.
+        lock(&self.busy).remove(&worker);
+        let commitment = match commitment.and_then(|c| self.check_commitment(&t, &worker, c)) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(task = %id, %worker, error = %e, "worker failed the task");
-                t.state = TaskState::Queued;
-                self.save(&t)?;
-                return Ok(());
+                return self
+                    .abandoned(t, attempt_no, worker, &format!("{e:#}"))
+                    .await
             }
         };
         self.audit_and_settle(t, attempt_no, worker, commitment, dir)
             .await
     }
 
-    async fn audit_and_settle(
+    /// What is checked before a commitment is recorded (its full check is the verifiers'): it
+    /// is `worker`'s, for this task, with the task's segment count, so no commitment the
+    /// task's plan cannot audit ever gets a beacon.
+    fn check_commitment(
         &self,
-        mut t: TaskRecord,
-        n: usize,
-        worker: AccountId,
-        commitment: Signed<Commitment>,
-        dir: PathBuf,
-    ) -> anyhow::Result<()> {
-        let id = t.id;
-        // The commitment goes into the ledger before any challenge exists; the entry's hash is
-        // the beacon, which nobody could know when the commitment was signed. The key names the
-        // worker: after a restart the attempt may go to another worker, whose commitment is a
-        // new entry rather than a conflict with the first one's.
-        let record = self
-            .append(
-                format!("commit:{id}:{n}:{worker}"),
-                EntryKind::Commit {
-                    commitment: commitment.clone(),
-                    task_id: id,
-                    worker,
-                },
-            )
-            .await?;
-        let beacon = Beacon(record.hash);
-        let cid = CommitmentId(commitment.id()?);
-        t.attempts[n].commitment_id = Some(cid);
-        t.attempts[n].commit_seq = Some(record.seq());
-        t.ledger_seqs.push(record.seq());
-        t.state = TaskState::Auditing { worker };
-        self.save(&t)?;
-
-        let candidates = self.draw_verifiers(&beacon, &worker, t.spec.body.profile);
-        let wanted = self.verifiers_for(&worker);
-        if candidates.is_empty() {
-            anyhow::bail!("no staked verifier is available");
-        }
-        let policy = SamplePolicy::Count(t.plan.samples as u32);
-        let mut verdicts: Vec<Signed<Verdict>> = Vec::new();
-        let mut verifiers = Vec::new();
-        // Stand-ins for verifiers that do not answer, but only a few: each silent one costs a
-        // timeout.
-        for v in candidates.iter().take(wanted + MAX_STAND_INS) {
-            if verdicts.len() >= wanted {
-                break;
-            }
-            verifiers.push(*v);
-            let mut verdict = self.request_audit(v, &dir, beacon, &policy).await;
-            // A mismatch not yet narrowed to a step: the worker opens that segment's steps and
-            // the verifier looks again, so the evidence names the first bad step.
-            if let Ok(Signed {
-                body:
-                    Verdict {
-                        outcome:
-                            VerdictOutcome::Fail {
-                                segment,
-                                step: None,
-                                reason: market_protocol::FailureReason::StateMismatch,
-                                ..
-                            },
-                        ..
-                    },
-                ..
-            }) = &verdict
-            {
-                if matches!(t.spec.body.workload, Workload::Training(_)) {
-                    let (dispatch, d, seg, blobs) = (
-                        self.dispatch.clone(),
-                        dir.clone(),
-                        *segment,
-                        self.blobs.clone(),
-                    );
-                    let opened = tokio::task::spawn_blocking(move || {
-                        dispatch.open_steps(&worker, &d, seg, &blobs)
-                    })
-                    .await?;
-                    match opened {
-                        Ok(()) => verdict = self.request_audit(v, &dir, beacon, &policy).await,
-                        Err(e) => {
-                            tracing::info!(%worker, error = %e, "worker did not open per-step states")
-                        }
-                    }
-                }
-            }
-            match verdict {
-                Ok(verdict)
-                    if verdict.verify().is_ok()
-                        && verdict.body.verifier == *v
-                        && verdict.body.commitment_id == cid =>
-                {
-                    verdicts.push(verdict)
-                }
-                Ok(_) => {
-                    tracing::warn!(verifier = %v, "verdict refused: bad signature or for another commitment; drawing another");
-                    verifiers.pop();
-                    self.reputation(&format!("silent:{id}:{n}:{v}"), v, -1)
-                        .await?;
-                }
-                Err(e) => {
-                    // Unreachable, silent past the timeout, or broken: the next one drawn
-                    // stands in; nothing is concluded about the worker from it. Silence costs
-                    // the verifier a point of reputation, so it is drawn less often.
-                    tracing::warn!(verifier = %v, error = %e, "verifier failed to audit; drawing another");
-                    verifiers.pop();
-                    self.reputation(&format!("silent:{id}:{n}:{v}"), v, -1)
-                        .await?;
-                }
-            }
-        }
-        self.plant_ringers(&t, n, &dir, beacon, &verifiers, &policy)
-            .await?;
-        for verdict in &verdicts {
-            let body = &verdict.body;
-            t.attempts[n].verdicts.push(VerdictSummary {
-                verifier: body.verifier,
-                verdict_id: VerdictId(verdict.id()?),
-                passed: body.outcome == VerdictOutcome::Pass,
-                checked: body.checked.len(),
-                detail: match &body.outcome {
-                    VerdictOutcome::Pass => None,
-                    VerdictOutcome::Fail { detail, .. } => Some(detail.clone()),
-                },
-            });
-        }
-        let failing: Vec<&Signed<Verdict>> = verdicts
-            .iter()
-            .filter(|v| v.body.outcome != VerdictOutcome::Pass)
-            .collect();
-        let passing: Vec<&Signed<Verdict>> = verdicts
-            .iter()
-            .filter(|v| v.body.outcome == VerdictOutcome::Pass)
-            .collect();
-        if verdicts.is_empty() {
-            anyhow::bail!("no verdicts");
-        }
-        // Disagreement: the node referees by re-running only the disputed segment itself.
-        let worker_cheated = if failing.is_empty() {
-            false
-        } else if passing.is_empty() {
-            true
-        } else {
-            let VerdictOutcome::Fail { segment, .. } = failing[0].body.outcome.clone() else {
-                unreachable!()
-            };
-            let blobs = self.blobs.clone();
-            let d = dir.clone();
-            let finding = tokio::task::spawn_blocking(move || {
-                market_verifier::recheck_segments(
-                    &market_compute::bundle::Bundle::at(&d),
-                    &[segment],
-                    &blobs,
-                )
-            })
-            .await??;
-            let cheated = finding.is_some();
-            // Slash the side that lied.
-            let liars: Vec<&Signed<Verdict>> = if cheated {
-                passing.clone()
-            } else {
-                failing.clone()
-            };
-            for liar in liars {
-                self.slash(
-                    &t,
-                    n,
-                    &liar.body.verifier,
-                    self.config.verifier_slash,
-                    liar,
-                    "verdict contradicted by the referee's re-execution",
-                    &[],
-                )
-                .await?;
-                self.store
-                    .update_participant(&liar.body.verifier, |p| p.slashed += 1)?;
-            }
-            cheated
-        };
-        if worker_cheated {
-            let evidence = failing[0];
-            let catchers: Vec<AccountId> = failing.iter().map(|v| v.body.verifier).collect();
-            self.slash(
-                &t,
-                n,
-                &worker,
-                self.config.worker_slash,
-                evidence,
-                "result failed its audit",
-                &catchers,
-            )
-            .await?;
-            self.store.update_participant(&worker, |p| {
-                p.tasks_failed += 1;
-                p.slashed += 1;
-            })?;
-            for v in &catchers {
-                self.store.update_participant(v, |p| {
-                    p.audits += 1;
-                    p.audits_failed += 1;
-                })?;
-            }
-            t.state = TaskState::Queued;
-            self.save(&t)?;
-            self.wake.notify_one();
-            return Ok(());
-        }
-        // Accepted: pay the verifiers that vouched for it and the worker, refund any rest.
-        let fee = Credits(t.verifier_fee);
-        for v in &passing {
-            let a = self
-                .append(
-                    format!("reward:{id}:{}", v.body.verifier),
-                    EntryKind::Reward {
-                        amount: fee,
-                        task_id: id,
-                        verdict: Some((*v).clone()),
-                        verifier: v.body.verifier,
-                    },
-                )
-                .await?;
-            t.ledger_seqs.push(a.seq());
-            self.store.update_participant(&v.body.verifier, |p| {
-                p.audits += 1;
-                p.audits_passed += 1;
-            })?;
-        }
-        // The price less every verifier fee the task reserved (paid to the passing verifiers,
-        // the rest refunded). From the escrow's original amount, not what remains, so a re-run
-        // of this step after a crash asks for the same release and the ledger's idempotency
-        // key recognises it.
-        let escrowed = self.ledger.escrow_of(&id).map_or(0, |e| e.amount.0);
-        let reserved_fees =
-            t.verifier_fee * self.config.verifiers_per_task.max(passing.len()) as u64;
-        let pay = escrowed.saturating_sub(reserved_fees);
-        let a = self
-            .append(
-                format!("release:{id}"),
-                EntryKind::Release {
-                    amount: Credits(pay),
-                    commitment: Some(commitment.clone()),
-                    task_id: id,
-                    worker,
-                },
-            )
-            .await?;
-        t.ledger_seqs.push(a.seq());
-        if let Some(seq) = self.refund_rest(&t).await? {
-            t.ledger_seqs.push(seq);
-        }
-        self.reputation(&format!("{id}:{n}"), &worker, 1).await?;
-        self.store
-            .update_participant(&worker, |p| p.tasks_done += 1)?;
-        t.outputs = self.collect_outputs(&t, &dir)?;
-        t.attempts[n].accepted = true;
-        t.state = TaskState::Settled;
-        self.save(&t)
-    }
-
-    /// Asks verifier `v` to audit the bundle in `dir`, on a blocking thread.
-    async fn request_audit(
-        &self,
-        v: &AccountId,
-        dir: &Path,
-        beacon: Beacon,
-        policy: &SamplePolicy,
-    ) -> anyhow::Result<Signed<Verdict>> {
-        let slot = lock(&self.audit_slots)
-            .entry(*v)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
-            .clone();
-        let turn = slot.clone().acquire_owned().await?;
-        let (dispatch, account, d, p, blobs) = (
-            self.dispatch.clone(),
-            *v,
-            dir.to_owned(),
-            policy.clone(),
-            self.blobs.clone(),
+        t: &TaskRecord,
+        worker: &AccountId,
+        c: Signed<market_protocol::Commitment>,
+    ) -> anyhow::Result<Signed<market_protocol::Commitment>> {
+        let body = c.verify()?;
+        anyhow::ensure!(body.worker == *worker, "the commitment is another worker's");
+        anyhow::ensure!(body.task_id == t.id, "the commitment is for another task");
+        anyhow::ensure!(
+            u64::from(body.segments) == t.plan.segments,
+            "the commitment has {} segments, the task {}",
+            body.segments,
+            t.plan.segments
         );
-        let verdict =
-            tokio::task::spawn_blocking(move || dispatch.audit(&account, &d, beacon, &p, &blobs))
-                .await;
-        drop((turn, slot));
-        // Nobody else waiting for this verifier: forget its slot (verifiers come and go).
-        let mut slots = lock(&self.audit_slots);
-        if slots.get(v).is_some_and(|s| Arc::strong_count(s) == 1) {
-            slots.remove(v);
-        }
-        drop(slots);
-        verdict?
+        Ok(c)
     }
 
-    /// Keeps verifiers honest: at the configured rate (drawn from the beacon's stream, so no
-    /// verifier can predict it), a verifier is also handed a ringer, a bundle the node knows is
-    /// wrong. A verifier that passes it is slashed with its own verdict as evidence.
-    async fn plant_ringers(
-        &self,
-        t: &TaskRecord,
-        n: usize,
-        dir: &Path,
-        beacon: Beacon,
-        verifiers: &[AccountId],
-        policy: &SamplePolicy,
-    ) -> anyhow::Result<()> {
-        if self.config.ringer_rate_ppm == 0
-            || !matches!(t.spec.body.workload, Workload::Training(_))
-        {
-            return Ok(());
+    /// Resumes a task whose result was recorded: pays an accepted one, or goes on auditing.
+    async fn resume_task(&self, t: TaskRecord) -> anyhow::Result<()> {
+        if t.settlement.is_some() {
+            tracing::info!(task = %t.id, "resuming the settlement of an accepted result");
+            return self.pay(t).await;
         }
-        let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(
-            &[b"ringers".as_slice(), beacon.as_bytes()].concat(),
-        )));
-        for v in verifiers {
-            if market_protocol::sampling::uniform_below(&mut rng, 1_000_000)
-                >= u64::from(self.config.ringer_rate_ppm)
-            {
-                continue;
-            }
-            let ringer_dir = dir.with_extension(format!("ringer-{v}"));
-            let ringer_key = Identity::from_secret_bytes(
-                *Hash::of(&[b"ringer worker".as_slice(), &self.operator.secret_bytes()].concat())
-                    .as_bytes(),
-            );
-            let (src, dst, layout_task, blobs) = (
-                dir.to_owned(),
-                ringer_dir.clone(),
-                t.spec.body.clone(),
-                self.blobs.clone(),
-            );
-            let made = tokio::task::spawn_blocking(move || {
-                make_ringer(&layout_task, &src, &dst, &ringer_key, &blobs)
-            })
-            .await?;
-            if let Err(e) = made {
-                // A ringer the node cannot make is skipped; it must never cost the task an attempt.
-                tracing::warn!(error = %e, "could not make a ringer");
-                let _ = std::fs::remove_dir_all(&ringer_dir);
-                continue;
-            }
-            let verdict = self.request_audit(v, &ringer_dir, beacon, policy).await;
-            let _ = std::fs::remove_dir_all(&ringer_dir);
-            match verdict {
-                Ok(verdict)
-                    if verdict.verify().is_ok()
-                        && verdict.body.verifier == *v
-                        && verdict.body.outcome == VerdictOutcome::Pass =>
-                {
-                    tracing::warn!(verifier = %v, "verifier passed a ringer: slashed");
-                    self.slash(
-                        t,
-                        n,
-                        v,
-                        self.config.verifier_slash,
-                        &verdict,
-                        "passed a planted faulty bundle (ringer)",
-                        &[],
-                    )
-                    .await?;
-                    self.store.update_participant(v, |p| p.slashed += 1)?;
-                }
-                Ok(_) => tracing::debug!(verifier = %v, "ringer caught"),
-                Err(e) => {
-                    tracing::warn!(verifier = %v, error = %e, "verifier failed to audit a ringer")
-                }
-            }
+        match t.attempts.len().checked_sub(1) {
+            Some(n) if t.attempts[n].commit_seq.is_some() => self.resume_audit(t, n).await,
+            _ => Ok(()),
         }
-        Ok(())
     }
-
-    /// Slashes `amount` (at most the stake) of `account`: a fee to each of `to` and the rest to
-    /// the task's buyer, with the verdict as evidence; and a reputation penalty.
-    #[allow(clippy::too_many_arguments)]
-    async fn slash(
-        &self,
-        t: &TaskRecord,
-        n: usize,
-        account: &AccountId,
-        amount: u64,
-        verdict: &Signed<Verdict>,
-        reason: &str,
-        to: &[AccountId],
-    ) -> anyhow::Result<()> {
-        let _one_at_a_time = self.slashing.lock().await;
-        let mut left = amount.min(self.stake(account));
-        let evidence = verdict.id()?;
-        let mut payees: Vec<(AccountId, u64)> = to
-            .iter()
-            .filter(|a| **a != t.spec.body.buyer)
-            .map(|a| (*a, t.verifier_fee))
-            .collect();
-        payees.push((t.spec.body.buyer, u64::MAX));
-        for (payee, share) in payees {
-            let x = share.min(left);
-            if x == 0 {
-                continue;
-            }
-            left -= x;
-            self.append(
-                format!("slash:{}:{n}:{account}:{payee}:{reason}", t.id),
-                EntryKind::Slash {
-                    account: *account,
-                    amount: Credits(x),
-                    evidence,
-                    reason: reason.into(),
-                    to: payee,
-                    verdict: Some(verdict.clone()),
-                },
-            )
-            .await?;
-        }
-        self.reputation(&format!("{}:{n}", t.id), account, -5).await
-    }
-
-    async fn reputation(&self, k: &str, account: &AccountId, delta: i64) -> anyhow::Result<()> {
-        self.append(
-            format!("rep:{k}:{account}"),
-            EntryKind::Reputation {
-                account: *account,
-                delta,
-            },
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn reject(&self, mut t: TaskRecord, reason: String) -> anyhow::Result<()> {
-        if let Some(seq) = self.refund_rest(&t).await? {
-            t.ledger_seqs.push(seq);
-        }
-        t.state = TaskState::Rejected { reason };
-        self.save(&t)
-    }
-
-    /// Copies the accepted result into the blob store, owned by the buyer.
-    fn collect_outputs(
-        &self,
-        t: &TaskRecord,
-        dir: &Path,
-    ) -> anyhow::Result<Vec<market_protocol::BlobId>> {
-        let bundle = market_compute::bundle::Bundle::at(dir);
-        let files: Vec<PathBuf> = match &t.spec.body.workload {
-            Workload::Training(_) => vec![bundle.weights_path()],
-            Workload::Inference(_) => (0..t.plan.segments as u32)
-                .map(|i| bundle.item_path(i))
-                .collect(),
-        };
-        let mut ids = Vec::new();
-        for f in files {
-            let id = self.blobs.put(&std::fs::read(&f)?)?;
-            self.store.set_blob_owner(&id, &t.spec.body.buyer)?;
-            ids.push(id);
-        }
-        Ok(ids)
-    }
-}
-
-/// A ringer made from a real training bundle: every checkpoint after the first is perturbed,
-/// the leaves and root recomputed and the commitment re-signed by the node's ringer key. Every
-/// proof checks out, but no segment re-executes to its committed end, so any honest audit fails.
-fn make_ringer(
-    task: &TaskSpec,
-    src: &Path,
-    dst: &Path,
-    key: &Identity,
-    blobs: &BlobStore,
-) -> anyhow::Result<()> {
-    use market_compute::bundle::Bundle;
-    let job = market_compute::TrainingJob::from_spec(task, blobs)?;
-    let (from, to) = (Bundle::at(src), Bundle::at(dst));
-    let _ = std::fs::remove_dir_all(dst);
-    to.create()?;
-    to.write_task(task)?;
-    let mut leaves = from.read_leaves()?;
-    for i in 0..leaves.len() as u32 {
-        let mut bytes = std::fs::read(from.checkpoint_path(i))?;
-        if i > 0 {
-            let mut state = market_compute::TrainState::from_bytes(&bytes, &job.layout)?;
-            state.params.iter_mut().for_each(|p| *p += 0.01);
-            bytes = state.to_bytes(&job.layout)?;
-            leaves[i as usize] = market_protocol::StateHash(Hash::of(&bytes));
-        }
-        to.write(&to.checkpoint_path(i), &bytes)?;
-    }
-    let mut commitment = from.read_commitment()?.body;
-    commitment.worker = key.account();
-    commitment.root = market_protocol::MerkleTree::new(&leaves).root();
-    commitment.final_state_hash = *leaves
-        .last()
-        .unwrap_or(&market_protocol::StateHash::default());
-    to.write_leaves(&leaves)?;
-    to.write_commitment(&Signed::sign(commitment, key)?)?;
-    Ok(())
 }

@@ -1,0 +1,472 @@
+//! Auditing one attempt: the commitment goes into the ledger with the operator's VRF beacon,
+//! verifiers drawn from the beacon each audit their own sample, every verdict must answer its
+//! verifier's challenge, and every failure is re-executed by the node before anyone is slashed.
+//! A verifier's silence or lie costs the verifier, never the worker: another is drawn, or the
+//! node waits for one.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use market_ledger::EntryKind;
+use market_protocol::vrf::VrfProof;
+use market_protocol::{
+    AccountId, Beacon, Challenge, Commitment, CommitmentId, Hash, Signed, Verdict, VerdictId,
+    VerdictOutcome, Workload,
+};
+
+use super::verdicts::{check_verdict, VerdictDefect};
+use super::Node;
+use crate::audit_plan;
+use crate::dispatch::AuditRequest;
+use crate::model::{TaskRecord, TaskState, VerdictSummary};
+
+/// Longest wait between two draws when no verifier answers.
+const MAX_REDRAW_WAIT: Duration = Duration::from_secs(30);
+
+/// What the node's own re-execution found about the failing verdicts of an attempt.
+struct Ruling {
+    /// Failing verdicts the re-execution confirmed (the worker's result is wrong).
+    catchers: Vec<Signed<Verdict>>,
+    /// Failing verdicts it contradicted (their verifiers lied).
+    liars: Vec<Signed<Verdict>>,
+    /// Confirmed: the failure is of the commitment as a whole (checks 2-4, which every audit
+    /// makes), or these sampled segments do not reproduce.
+    whole: bool,
+    segments: BTreeSet<u32>,
+}
+
+impl Node {
+    /// Records `worker`'s commitment for attempt `n` (the ledger's `commit` entry, with the
+    /// beacon's VRF proof) and audits it until it is accepted and paid, or found wrong.
+    pub(super) async fn audit_and_settle(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        commitment: Signed<Commitment>,
+        dir: PathBuf,
+    ) -> anyhow::Result<()> {
+        let id = t.id;
+        // The beacon exists only once the commitment is fixed: the operator's VRF output over
+        // the commitment id, which the worker cannot compute and the operator cannot choose.
+        // The key names the worker: after a restart the attempt may go to another worker,
+        // whose commitment is a new entry rather than a conflict with the first one's.
+        let (kind, beacon) = EntryKind::commit_of(&self.operator, commitment.clone())?;
+        let EntryKind::Commit { beacon_proof, .. } = &kind else {
+            anyhow::bail!("not a commit entry");
+        };
+        let beacon_proof = *beacon_proof;
+        let record = self
+            .append(format!("commit:{id}:{n}:{worker}"), kind)
+            .await?;
+        t.attempts[n].commitment_id = Some(CommitmentId(commitment.id()?));
+        t.attempts[n].commit_seq = Some(record.seq());
+        if !t.ledger_seqs.contains(&record.seq()) {
+            t.ledger_seqs.push(record.seq());
+        }
+        t.state = TaskState::Auditing { worker };
+        self.save(&t)?;
+        self.audit_attempt(t, n, worker, commitment, dir, beacon, beacon_proof)
+            .await
+    }
+
+    /// Resumes the audit of a recorded commitment (after a restart or an error): the commitment
+    /// and the beacon proof come from the ledger's `commit` entry.
+    pub(super) async fn resume_audit(&self, t: TaskRecord, n: usize) -> anyhow::Result<()> {
+        let seq = t.attempts[n]
+            .commit_seq
+            .ok_or_else(|| anyhow::anyhow!("attempt {n} has no recorded commitment"))?;
+        let entry = self
+            .ledger
+            .entry(seq)?
+            .ok_or_else(|| anyhow::anyhow!("no ledger entry {seq}"))?;
+        let EntryKind::Commit {
+            beacon_proof,
+            commitment,
+            worker,
+            ..
+        } = entry.body.kind
+        else {
+            anyhow::bail!("ledger entry {seq} is not a commitment");
+        };
+        let cid = CommitmentId(commitment.id()?);
+        let beacon =
+            market_protocol::beacon::verify_beacon(&self.operator.account(), &cid, &beacon_proof)?;
+        let dir = self.bundles.join(format!("{}-{n}", t.id));
+        tracing::info!(task = %t.id, attempt = n, "resuming the audit of a recorded commitment");
+        self.audit_attempt(t, n, worker, commitment, dir, beacon, beacon_proof)
+            .await
+    }
+
+    /// Draws verifiers and collects verdicts until `verifiers` of them (fixed at the first
+    /// draw) pass, or the node's re-execution confirms a failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn audit_attempt(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        commitment: Signed<Commitment>,
+        dir: PathBuf,
+        beacon: Beacon,
+        beacon_proof: VrfProof,
+    ) -> anyhow::Result<()> {
+        let id = t.id;
+        let cid = CommitmentId(commitment.id()?);
+        let profile = t.spec.body.profile;
+        let mut kept: Vec<Signed<Verdict>> = Vec::new();
+        // The worker never audits itself; a verifier whose verdict was kept or that lied is
+        // not asked again. A silent one may be, in a later round.
+        let mut settled_with: BTreeSet<AccountId> = BTreeSet::from([worker]);
+        let mut wait = Duration::from_secs(1);
+        for round in 0u32.. {
+            let pool = self.draw_verifiers(&beacon, round, &settled_with, profile);
+            let plan = match &t.attempts[n].plan {
+                Some(p) => p.clone(),
+                None if pool.is_empty() => {
+                    tracing::info!(task = %id, "no verifier for the commitment yet; waiting");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_REDRAW_WAIT);
+                    continue;
+                }
+                None => {
+                    // Fewer verifiers for a reputable worker, or when fewer are there; each then
+                    // samples more, so the buyer's target holds either way.
+                    let v = self.verifiers_for(&worker).min(pool.len()).max(1) as u64;
+                    let p =
+                        audit_plan::plan_for(&t.spec.body, u64::from(commitment.body.segments), v)?;
+                    t.attempts[n].plan = Some(p.clone());
+                    self.save(&t)?;
+                    p
+                }
+            };
+            let wanted = plan.verifiers as usize;
+            let request = AuditRequest {
+                beacon,
+                beacon_proof,
+                verifiers: plan.verifiers as u32,
+            };
+            let mut answered = false;
+            for v in pool {
+                if kept.len() >= wanted {
+                    break;
+                }
+                let challenge = market_verifier::audit::challenge_for(
+                    v,
+                    &commitment,
+                    beacon,
+                    plan.samples.min(u64::from(commitment.body.segments)) as u32,
+                )?;
+                match self.verdict_of(&t, worker, &v, &dir, &request).await {
+                    Ok(verdict) => match check_verdict(&verdict, &v, &cid, &challenge) {
+                        Ok(()) => {
+                            answered = true;
+                            settled_with.insert(v);
+                            kept.push(verdict);
+                        }
+                        Err(VerdictDefect::Lie(why)) => {
+                            answered = true;
+                            settled_with.insert(v);
+                            tracing::warn!(verifier = %v, %why, "verdict does not answer its challenge: slashed");
+                            let evidence = verdict.id()?;
+                            self.slash(
+                                &t,
+                                n,
+                                &v,
+                                self.config.verifier_slash,
+                                evidence,
+                                Some(&verdict),
+                                "verdict does not answer its challenge",
+                                &[],
+                            )
+                            .await?;
+                            self.store.update_participant(&v, |p| p.slashed += 1)?;
+                        }
+                        Err(VerdictDefect::Unattributable(why)) => {
+                            self.silent(&t, n, round, &v, &challenge, &why).await?;
+                        }
+                    },
+                    Err(e) => {
+                        self.silent(&t, n, round, &v, &challenge, &e.to_string())
+                            .await?;
+                    }
+                }
+            }
+            if kept.iter().any(|v| v.body.outcome != VerdictOutcome::Pass) {
+                let ruling = self.referee(&dir, &kept).await?;
+                for liar in &ruling.liars {
+                    self.slash_verifier(
+                        &t,
+                        n,
+                        liar,
+                        "failure contradicted by the referee's re-execution",
+                    )
+                    .await?;
+                }
+                if !ruling.catchers.is_empty() {
+                    return self.result_failed(t, n, worker, &kept, ruling).await;
+                }
+                // Every failure was a lie: their verifiers are replaced by others.
+                kept.retain(|v| v.body.outcome == VerdictOutcome::Pass);
+            }
+            if kept.len() >= wanted {
+                break;
+            }
+            if !answered {
+                // Nobody (new) answered: wait before drawing again, longer each time, but never
+                // give up on the worker's finished result.
+                tracing::info!(task = %id, have = kept.len(), wanted, "waiting for verifiers");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_REDRAW_WAIT);
+            }
+        }
+        self.plant_ringers(&t, n, &dir, &kept).await?;
+        self.accept(t, n, commitment, dir, kept).await
+    }
+
+    /// Asks `v` for a verdict; a mismatch not yet narrowed to a step makes the worker open that
+    /// segment's steps and the verifier look again, so the evidence names the first bad step.
+    async fn verdict_of(
+        &self,
+        t: &TaskRecord,
+        worker: AccountId,
+        v: &AccountId,
+        dir: &Path,
+        request: &AuditRequest,
+    ) -> anyhow::Result<Signed<Verdict>> {
+        let verdict = self.request_audit(v, dir, request).await?;
+        let VerdictOutcome::Fail {
+            segment,
+            step: None,
+            reason: market_protocol::FailureReason::StateMismatch,
+            ..
+        } = verdict.body.outcome
+        else {
+            return Ok(verdict);
+        };
+        if !matches!(t.spec.body.workload, Workload::Training(_)) {
+            return Ok(verdict);
+        }
+        let (dispatch, d, blobs) = (self.dispatch.clone(), dir.to_owned(), self.blobs.clone());
+        let opened =
+            tokio::task::spawn_blocking(move || dispatch.open_steps(&worker, &d, segment, &blobs))
+                .await?;
+        match opened {
+            Ok(()) => self.request_audit(v, dir, request).await,
+            Err(e) => {
+                tracing::info!(%worker, error = %e, "worker did not open per-step states");
+                Ok(verdict)
+            }
+        }
+    }
+
+    /// Asks verifier `v` to audit the bundle in `dir`, on a blocking thread.
+    pub(super) async fn request_audit(
+        &self,
+        v: &AccountId,
+        dir: &Path,
+        request: &AuditRequest,
+    ) -> anyhow::Result<Signed<Verdict>> {
+        let slot = super::lock(&self.audit_slots)
+            .entry(*v)
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let turn = slot.clone().acquire_owned().await?;
+        let (dispatch, account, d, r, blobs) = (
+            self.dispatch.clone(),
+            *v,
+            dir.to_owned(),
+            *request,
+            self.blobs.clone(),
+        );
+        let verdict =
+            tokio::task::spawn_blocking(move || dispatch.audit(&account, &d, &r, &blobs)).await;
+        drop((turn, slot));
+        // Nobody else waiting for this verifier: forget its slot (verifiers come and go).
+        let mut slots = super::lock(&self.audit_slots);
+        if slots
+            .get(v)
+            .is_some_and(|s| std::sync::Arc::strong_count(s) == 1)
+        {
+            slots.remove(v);
+        }
+        drop(slots);
+        verdict?
+    }
+
+    /// A verifier that did not answer (unreachable, past the timeout, broken, or a verdict not
+    /// signed by it): nothing is concluded about the worker; the verifier loses stake and a
+    /// point of reputation, so silence never pays.
+    async fn silent(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        round: u32,
+        v: &AccountId,
+        challenge: &Challenge,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(verifier = %v, error = %why, "verifier gave no verdict; drawing another");
+        let evidence = Hash(*market_protocol::message_id(challenge)?.as_bytes());
+        self.slash_tagged(
+            t,
+            n,
+            v,
+            self.config.silence_slash,
+            evidence,
+            None,
+            "gave no verdict on its challenge in time",
+            &[],
+            &format!("silent:{round}"),
+        )
+        .await?;
+        self.reputation(&format!("silent:{}:{n}:{round}:{v}", t.id), v, -1)
+            .await
+    }
+
+    /// Re-executes, itself, what the failing verdicts claim: first the checks of the
+    /// commitment as a whole, then each failing verdict's segment.
+    async fn referee(&self, dir: &Path, kept: &[Signed<Verdict>]) -> anyhow::Result<Ruling> {
+        let recheck = |segments: Vec<u32>| {
+            let (blobs, d) = (self.blobs.clone(), dir.to_owned());
+            tokio::task::spawn_blocking(move || {
+                market_verifier::recheck_segments(
+                    &market_compute::bundle::Bundle::at(&d),
+                    &segments,
+                    &blobs,
+                )
+            })
+        };
+        let mut ruling = Ruling {
+            catchers: Vec::new(),
+            liars: Vec::new(),
+            whole: recheck(Vec::new()).await??.is_some(),
+            segments: BTreeSet::new(),
+        };
+        for v in kept {
+            let VerdictOutcome::Fail { segment, .. } = v.body.outcome else {
+                continue;
+            };
+            let confirmed = ruling.whole
+                || ruling.segments.contains(&segment)
+                || recheck(vec![segment]).await??.is_some();
+            if confirmed {
+                if !ruling.whole {
+                    ruling.segments.insert(segment);
+                }
+                ruling.catchers.push(v.clone());
+            } else {
+                ruling.liars.push(v.clone());
+            }
+        }
+        Ok(ruling)
+    }
+
+    /// The node's re-execution confirmed that the worker's result is wrong: the worker is
+    /// slashed (a fee to each verifier that caught it), and so is every passing verifier whose
+    /// own sample held the failure; the task goes back to the queue.
+    async fn result_failed(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        kept: &[Signed<Verdict>],
+        ruling: Ruling,
+    ) -> anyhow::Result<()> {
+        for v in kept {
+            let missed = v.body.outcome == VerdictOutcome::Pass
+                && (ruling.whole
+                    || v.body
+                        .checked
+                        .iter()
+                        .any(|c| ruling.segments.contains(&c.segment)));
+            if missed {
+                self.slash_verifier(
+                    &t,
+                    n,
+                    v,
+                    "passed a segment the referee's re-execution found wrong",
+                )
+                .await?;
+            }
+        }
+        let catchers: Vec<AccountId> = ruling.catchers.iter().map(|v| v.body.verifier).collect();
+        let evidence = &ruling.catchers[0];
+        self.slash(
+            &t,
+            n,
+            &worker,
+            self.config.worker_slash,
+            evidence.id()?,
+            Some(evidence),
+            "result failed its audit",
+            &catchers,
+        )
+        .await?;
+        self.store.update_participant(&worker, |p| {
+            p.tasks_failed += 1;
+            p.slashed += 1;
+        })?;
+        for v in &catchers {
+            self.store.update_participant(v, |p| {
+                p.audits += 1;
+                p.audits_failed += 1;
+            })?;
+        }
+        record_verdicts(&mut t, n, kept)?;
+        t.attempts[n].result_failed = true;
+        t.state = TaskState::Queued;
+        self.save(&t)?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn slash_verifier(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        verdict: &Signed<Verdict>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let v = verdict.body.verifier;
+        self.slash(
+            t,
+            n,
+            &v,
+            self.config.verifier_slash,
+            verdict.id()?,
+            Some(verdict),
+            reason,
+            &[],
+        )
+        .await?;
+        self.store.update_participant(&v, |p| p.slashed += 1)?;
+        Ok(())
+    }
+}
+
+/// Shows the kept verdicts on the attempt.
+pub(super) fn record_verdicts(
+    t: &mut TaskRecord,
+    n: usize,
+    kept: &[Signed<Verdict>],
+) -> anyhow::Result<()> {
+    t.attempts[n].verdicts = kept
+        .iter()
+        .map(|verdict| {
+            let body = &verdict.body;
+            Ok(VerdictSummary {
+                verifier: body.verifier,
+                verdict_id: VerdictId(verdict.id()?),
+                passed: body.outcome == VerdictOutcome::Pass,
+                checked: body.checked.len(),
+                detail: match &body.outcome {
+                    VerdictOutcome::Pass => None,
+                    VerdictOutcome::Fail { detail, .. } => Some(detail.clone()),
+                },
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! Settlement and penalties: an accepted result's outputs are checked against the commitment
+//! and handed to the buyer before anything is paid; the accepted attempt and its verdicts are
+//! saved, then every payment is appended under a key naming the attempt, so a node that stops
+//! at any point resumes paying where it stopped and pays nothing twice. Slashes, reputation,
+//! refunds and rejections live here too: every credit the node moves, it moves from here.
+
+use std::path::{Path, PathBuf};
+
+use market_ledger::EntryKind;
+use market_protocol::{
+    AccountId, BlobId, Commitment, CommitmentId, Credits, Hash, Signed, StateHash, Verdict,
+    Workload,
+};
+
+use super::Node;
+use crate::model::{Settlement, TaskRecord, TaskState};
+
+/// Why a result's outputs cannot be handed to the buyer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum OutputError {
+    /// The worker's outputs are not the ones its commitment binds: its fault.
+    #[error("{0}")]
+    Mismatch(String),
+    /// Reading or storing failed: the node's problem, retried.
+    #[error(transparent)]
+    Io(#[from] anyhow::Error),
+}
+
+impl Node {
+    /// Accepts attempt `n`: outputs checked and stored for the buyer, the settlement saved,
+    /// then paid. A result whose outputs do not follow from its commitment is the worker's
+    /// failure, caught before anyone is paid.
+    pub(super) async fn accept(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        commitment: Signed<Commitment>,
+        dir: PathBuf,
+        passing: Vec<Signed<Verdict>>,
+    ) -> anyhow::Result<()> {
+        let worker = commitment.body.worker;
+        super::audit::record_verdicts(&mut t, n, &passing)?;
+        match self.collect_outputs(&t, &dir, &commitment.body) {
+            Ok(ids) => t.outputs = ids,
+            Err(OutputError::Mismatch(why)) => {
+                tracing::warn!(task = %t.id, %worker, %why, "outputs do not match the commitment");
+                let evidence = CommitmentId(commitment.id()?).0;
+                self.slash(
+                    &t,
+                    n,
+                    &worker,
+                    self.config.worker_slash,
+                    evidence,
+                    None,
+                    "outputs do not match the committed result",
+                    &[],
+                )
+                .await?;
+                self.store.update_participant(&worker, |p| {
+                    p.tasks_failed += 1;
+                    p.slashed += 1;
+                })?;
+                t.attempts[n].result_failed = true;
+                t.state = TaskState::Queued;
+                self.save(&t)?;
+                self.wake();
+                return Ok(());
+            }
+            Err(OutputError::Io(e)) => return Err(e),
+        }
+        t.attempts[n].accepted = true;
+        t.settlement = Some(Settlement {
+            attempt: n,
+            commitment,
+            verdicts: passing,
+        });
+        self.save(&t)?;
+        self.pay(t).await
+    }
+
+    /// Pays a saved settlement: a reward to each passing verifier, the worker's release, a
+    /// refund of the rest, the worker's reputation. Each under a key naming the attempt, so a
+    /// re-run after a crash finds what was already paid and pays only the rest.
+    pub(super) async fn pay(&self, mut t: TaskRecord) -> anyhow::Result<()> {
+        let s = t
+            .settlement
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("task {} has no settlement", t.id))?;
+        let (id, n, worker) = (t.id, s.attempt, s.commitment.body.worker);
+        let fee = Credits(t.verifier_fee);
+        for v in &s.verdicts {
+            let a = self
+                .settlement_append(
+                    format!("reward:{id}:{n}:{}", v.body.verifier),
+                    EntryKind::Reward {
+                        amount: fee,
+                        task_id: id,
+                        verdict: Some(v.clone()),
+                        verifier: v.body.verifier,
+                    },
+                )
+                .await?;
+            push_seq(&mut t, a.seq());
+        }
+        // The price less every verifier fee the task reserved (paid to the passing verifiers,
+        // the rest refunded). From the escrow's original amount, not what remains, so a re-run
+        // of this step asks for the same release and the ledger's key recognises it.
+        let escrowed = self.ledger.escrow_of(&id).map_or(0, |e| e.amount.0);
+        let reserved = t.verifier_fee * self.config.verifiers_per_task.max(s.verdicts.len()) as u64;
+        let a = self
+            .settlement_append(
+                format!("release:{id}:{n}"),
+                EntryKind::Release {
+                    amount: Credits(escrowed.saturating_sub(reserved)),
+                    commitment: Some(s.commitment.clone()),
+                    task_id: id,
+                    worker,
+                },
+            )
+            .await?;
+        push_seq(&mut t, a.seq());
+        self.crash_point()?;
+        if let Some(seq) = self.refund_rest(&t).await? {
+            push_seq(&mut t, seq);
+        }
+        self.crash_point()?;
+        self.reputation(&format!("{id}:{n}"), &worker, 1).await?;
+        self.crash_point()?;
+        for v in &s.verdicts {
+            self.store.update_participant(&v.body.verifier, |p| {
+                p.audits += 1;
+                p.audits_passed += 1;
+            })?;
+        }
+        self.store
+            .update_participant(&worker, |p| p.tasks_done += 1)?;
+        t.state = TaskState::Settled;
+        t.settlement = None;
+        self.save(&t)
+    }
+
+    /// An append of the settlement, after which a test may have the node "crash".
+    async fn settlement_append(
+        &self,
+        key: String,
+        kind: EntryKind,
+    ) -> anyhow::Result<market_ledger::Appended> {
+        self.crash_point()?;
+        let a = self.append(key, kind).await?;
+        self.crash_point()?;
+        Ok(a)
+    }
+
+    /// Fails if a test armed a crash here (see [`Node::crash_settlement_after`]).
+    fn crash_point(&self) -> anyhow::Result<()> {
+        let mut armed = super::lock(&self.settlement_crash);
+        match armed.as_mut() {
+            Some(0) => {
+                self.settlement_crashed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                anyhow::bail!("injected crash during settlement")
+            }
+            Some(k) => {
+                *k -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Copies an accepted result's outputs into the blob store, owned by the buyer, after
+    /// checking them against the commitment: training weights must be the parameters of the
+    /// committed final checkpoint, inference items the committed leaves. Nothing the worker
+    /// changed after committing can reach the buyer.
+    fn collect_outputs(
+        &self,
+        t: &TaskRecord,
+        dir: &Path,
+        c: &Commitment,
+    ) -> Result<Vec<BlobId>, OutputError> {
+        let bundle = market_compute::bundle::Bundle::at(dir);
+        let mismatch = |s: String| OutputError::Mismatch(s);
+        let io = |e: &dyn std::fmt::Display| OutputError::Io(anyhow::anyhow!("{e}"));
+        let leaves = bundle.read_leaves().map_err(|e| io(&e))?;
+        if market_protocol::MerkleTree::new(&leaves).root() != c.root {
+            return Err(mismatch(
+                "the bundle's leaves are not the committed ones".into(),
+            ));
+        }
+        let outputs: Vec<Vec<u8>> = match &t.spec.body.workload {
+            Workload::Training(_) => {
+                let job = market_compute::TrainingJob::from_spec(&t.spec.body, &self.blobs)
+                    .map_err(|e| io(&e))?;
+                let last = leaves.len() as u32 - 1;
+                let state_bytes = std::fs::read(bundle.checkpoint_path(last))
+                    .map_err(|e| mismatch(format!("the final checkpoint cannot be read: {e}")))?;
+                if StateHash(Hash::of(&state_bytes)) != c.final_state_hash
+                    || c.final_state_hash != leaves[last as usize]
+                {
+                    return Err(mismatch(
+                        "the final checkpoint is not the committed final state".into(),
+                    ));
+                }
+                let state = market_compute::TrainState::from_bytes(&state_bytes, &job.layout)
+                    .map_err(|e| mismatch(format!("the final checkpoint is not a state: {e}")))?;
+                let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)
+                    .map_err(|e| io(&e))?;
+                let delivered = std::fs::read(bundle.weights_path()).unwrap_or_default();
+                if delivered != weights || c.outputs != vec![BlobId::of(&weights)] {
+                    return Err(mismatch(
+                        "the weights are not the parameters of the committed final state".into(),
+                    ));
+                }
+                vec![weights]
+            }
+            Workload::Inference(_) => {
+                let mut items = Vec::with_capacity(leaves.len());
+                for (i, leaf) in leaves.iter().enumerate() {
+                    let bytes = std::fs::read(bundle.item_path(i as u32))
+                        .map_err(|e| mismatch(format!("item {i} cannot be read: {e}")))?;
+                    if StateHash(Hash::of(&bytes)) != *leaf
+                        || c.outputs.get(i).map(|o| o.0) != Some(leaf.0)
+                    {
+                        return Err(mismatch(format!("item {i} is not the committed one")));
+                    }
+                    items.push(bytes);
+                }
+                items
+            }
+        };
+        let mut ids = Vec::with_capacity(outputs.len());
+        for bytes in outputs {
+            let id = self.blobs.put(&bytes).map_err(|e| io(&e))?;
+            self.store
+                .set_blob_owner(&id, &t.spec.body.buyer)
+                .map_err(|e| io(&e))?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// A worker that accepted attempt `n` and produced no usable result (no commitment, or one
+    /// that does not match the task): it loses stake and reputation, so failing costs, and the
+    /// task goes back to the queue for another worker.
+    pub(super) async fn abandoned(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(task = %t.id, %worker, error = %why, "worker produced no usable result");
+        let evidence = Hash::of(format!("abandoned:{}:{n}:{worker}", t.id).as_bytes());
+        self.slash(
+            &t,
+            n,
+            &worker,
+            self.config.abandon_slash,
+            evidence,
+            None,
+            "accepted a task and produced no usable result",
+            &[],
+        )
+        .await?;
+        self.store
+            .update_participant(&worker, |p| p.tasks_failed += 1)?;
+        t.state = TaskState::Queued;
+        self.save(&t)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Slashes `amount` (at most the stake) of `account`: a fee to each of `to` and the rest to
+    /// the task's buyer, with `evidence` (a verdict's id, with the verdict when there is one);
+    /// and a reputation penalty.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn slash(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        account: &AccountId,
+        amount: u64,
+        evidence: Hash,
+        verdict: Option<&Signed<Verdict>>,
+        reason: &str,
+        to: &[AccountId],
+    ) -> anyhow::Result<()> {
+        self.slash_tagged(t, n, account, amount, evidence, verdict, reason, to, reason)
+            .await?;
+        self.reputation(&format!("{}:{n}", t.id), account, -5).await
+    }
+
+    /// [`Node::slash`] without the reputation penalty, its ledger keys told apart by `tag`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn slash_tagged(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        account: &AccountId,
+        amount: u64,
+        evidence: Hash,
+        verdict: Option<&Signed<Verdict>>,
+        reason: &str,
+        to: &[AccountId],
+        tag: &str,
+    ) -> anyhow::Result<()> {
+        let _one_at_a_time = self.slashing.lock().await;
+        let mut left = amount.min(self.stake(account));
+        let mut payees: Vec<(AccountId, u64)> = to
+            .iter()
+            .filter(|a| **a != t.spec.body.buyer)
+            .map(|a| (*a, t.verifier_fee))
+            .collect();
+        payees.push((t.spec.body.buyer, u64::MAX));
+        for (payee, share) in payees {
+            let x = share.min(left);
+            if x == 0 {
+                continue;
+            }
+            left -= x;
+            self.append(
+                format!("slash:{}:{n}:{account}:{payee}:{tag}", t.id),
+                EntryKind::Slash {
+                    account: *account,
+                    amount: Credits(x),
+                    evidence,
+                    reason: reason.into(),
+                    to: payee,
+                    verdict: verdict.cloned(),
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn reputation(
+        &self,
+        k: &str,
+        account: &AccountId,
+        delta: i64,
+    ) -> anyhow::Result<()> {
+        self.append(
+            format!("rep:{k}:{account}"),
+            EntryKind::Reputation {
+                account: *account,
+                delta,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn reject(&self, mut t: TaskRecord, reason: String) -> anyhow::Result<()> {
+        if let Some(seq) = self.refund_rest(&t).await? {
+            push_seq(&mut t, seq);
+        }
+        t.state = TaskState::Rejected { reason };
+        self.save(&t)
+    }
+
+    pub(super) async fn refund_rest(&self, t: &TaskRecord) -> anyhow::Result<Option<u64>> {
+        let Some(escrow) = self.ledger.escrow_of(&t.id) else {
+            return Ok(None);
+        };
+        if escrow.remaining.0 == 0 {
+            return Ok(None);
+        }
+        let a = self
+            .append(
+                format!("refund:{}", t.id),
+                EntryKind::Refund {
+                    amount: escrow.remaining,
+                    buyer: t.spec.body.buyer,
+                    task_id: t.id,
+                },
+            )
+            .await?;
+        Ok(Some(a.seq()))
+    }
+}
+
+fn push_seq(t: &mut TaskRecord, seq: u64) {
+    if !t.ledger_seqs.contains(&seq) {
+        t.ledger_seqs.push(seq);
+    }
+}
