@@ -76,8 +76,8 @@ pub fn run_case(
 ) -> anyhow::Result<CaseResult> {
     let worker = Identity::from_test_label("adversary worker");
     let verifier = Identity::from_test_label("adversary verifier");
-    let bundle = Bundle::at(dir.join(behavior.to_string().replace(':', "-")));
-    let report = exec(task, &worker, behavior, &bundle, &NoBlobs, |_| {})?;
+    let name = behavior.to_string().replace(':', "-");
+    let (bundle, report) = run_once(task, &worker, behavior, dir, &name)?;
     let segments = report.commitment.body.segments;
     let mut caught = 0;
     let mut exact = true;
@@ -212,6 +212,20 @@ pub fn experiment_table(results: &[Experiment]) -> String {
     s
 }
 
+/// Runs `task` with `behavior` by the worker named `worker` into `dir/name`: one bundle that an
+/// experiment then audits many times.
+fn run_once(
+    task: &TaskSpec,
+    worker: &Identity,
+    behavior: Behavior,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<(Bundle, market_worker::ExecReport)> {
+    let bundle = Bundle::at(dir.join(name));
+    let report = exec(task, worker, behavior, &bundle, &NoBlobs, |_| {})?;
+    Ok((bundle, report))
+}
+
 fn trial_beacon(label: &str, k: usize) -> Beacon {
     Beacon(Hash::of(format!("{label} {k}").as_bytes()))
 }
@@ -234,15 +248,7 @@ pub fn grinding(
     let worker = Identity::from_test_label("adversary grinder");
     let verifier = Identity::from_test_label("adversary verifier");
     let operator = Identity::from_test_label("adversary operator");
-    let bundle = Bundle::at(dir.join("grinding"));
-    let report = exec(
-        task,
-        &worker,
-        Behavior::Skip(fraction),
-        &bundle,
-        &NoBlobs,
-        |_| {},
-    )?;
+    let (bundle, report) = run_once(task, &worker, Behavior::Skip(fraction), dir, "grinding")?;
     let base = report.commitment.body.clone();
     let n = base.segments;
     let knob = *report.faked.iter().next().unwrap_or(&0) as usize;
@@ -315,15 +321,7 @@ pub fn per_verifier_samples(
         Identity::from_test_label("adversary verifier a"),
         Identity::from_test_label("adversary verifier b"),
     ];
-    let bundle = Bundle::at(dir.join("per-verifier"));
-    let report = exec(
-        task,
-        &worker,
-        Behavior::Skip(fraction),
-        &bundle,
-        &NoBlobs,
-        |_| {},
-    )?;
+    let (bundle, report) = run_once(task, &worker, Behavior::Skip(fraction), dir, "per-verifier")?;
     let n = report.commitment.body.segments;
     let (mut caught, mut overlap) = (0, 0);
     for k in 0..trials {
@@ -368,8 +366,7 @@ pub fn lying_verifier(task: &TaskSpec, trials: usize, dir: &Path) -> anyhow::Res
     };
     let worker = Identity::from_test_label("adversary worker");
     let liar = Identity::from_test_label("adversary liar");
-    let bundle = Bundle::at(dir.join("lying"));
-    let report = exec(task, &worker, Behavior::Honest, &bundle, &NoBlobs, |_| {})?;
+    let (bundle, report) = run_once(task, &worker, Behavior::Honest, dir, "lying")?;
     let commitment = report.commitment;
     let cid = CommitmentId(commitment.id()?);
     let n = commitment.body.segments;
@@ -444,8 +441,7 @@ pub fn lazy_verifier(
     let worker = Identity::from_test_label("adversary worker");
     let lazy = Identity::from_test_label("adversary lazy verifier");
     let operator = Identity::from_test_label("adversary operator");
-    let real = Bundle::at(dir.join("lazy-real"));
-    let report = exec(task, &worker, Behavior::Honest, &real, &NoBlobs, |_| {})?;
+    let (real, report) = run_once(task, &worker, Behavior::Honest, dir, "lazy-real")?;
     let cid = CommitmentId(report.commitment.id()?);
     let task_id = TaskId(market_protocol::message_id(task)?);
     let mut learned: BTreeSet<market_protocol::AccountId> = BTreeSet::new();

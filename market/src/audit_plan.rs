@@ -44,6 +44,9 @@ pub enum AuditPlanError {
         /// The node's `min_detection_target`.
         minimum: String,
     },
+    /// A probability above 1 cannot be reached (it would sample every segment, every time).
+    #[error("detection_target {0} is above 1")]
+    TargetAboveOne(String),
     /// An inference task with nothing to infer.
     #[error("the task has no items to run")]
     Empty,
@@ -81,6 +84,11 @@ pub fn plan(
     verifiers: u64,
     min_target: &Decimal,
 ) -> Result<AuditPlan, AuditPlanError> {
+    if task.audit.detection_target.to_f64() > 1.0 {
+        return Err(AuditPlanError::TargetAboveOne(
+            task.audit.detection_target.as_str().to_owned(),
+        ));
+    }
     if task.audit.detection_target.to_f64() < min_target.to_f64() {
         return Err(AuditPlanError::TargetTooLow {
             asked: task.audit.detection_target.as_str().to_owned(),
@@ -158,6 +166,12 @@ mod tests {
         ));
         let p = plan(&task, &NoBlobs, 2, &"0".parse().expect("decimal")).unwrap();
         assert_eq!(p.samples, 1);
+        // Nor can a buyer ask for more than certainty (every verifier would re-run everything).
+        task.audit.detection_target = "1.5".parse().expect("decimal");
+        assert!(matches!(
+            plan(&task, &NoBlobs, 2, &min()),
+            Err(AuditPlanError::TargetAboveOne(_))
+        ));
     }
 
     /// Attack 5: a 1000-row `mlp` inference task was planned as one segment (its rows are in a

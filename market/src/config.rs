@@ -103,7 +103,7 @@ impl Default for NodeConfig {
             min_verifiers_per_task: 1,
             min_detection_target: "0.5".parse().expect("a canonical decimal"),
             silence_slash: 10,
-            abandon_slash: 10,
+            abandon_slash: 50,
             keep_bundles: false,
             network: NetworkConfig::default(),
         }

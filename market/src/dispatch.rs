@@ -36,6 +36,10 @@ pub struct AuditRequest {
     pub beacon_proof: market_protocol::vrf::VrfProof,
     /// Verifiers auditing the commitment, each with its own sample.
     pub verifiers: u32,
+    /// How long re-executing its sample should take, estimated from the worker's run (its time
+    /// times the share of the work sampled): a verifier is given this much on top of the
+    /// network's audit timeout before its silence counts, so no task is too long to audit.
+    pub rerun_estimate: std::time::Duration,
 }
 
 impl AuditRequest {

@@ -99,6 +99,9 @@ pub struct Attempt {
     /// recorded.
     #[serde(default)]
     pub plan: Option<crate::audit_plan::AuditPlan>,
+    /// How long the worker's run took, milliseconds (sizes the verifiers' time to re-execute).
+    #[serde(default)]
+    pub run_millis: Option<u64>,
     /// Whether the worker's result failed its audit (confirmed by the node's re-execution):
     /// these, not runs that produced nothing, count toward `max_attempts`.
     #[serde(default)]

@@ -806,13 +806,12 @@ impl P2pDispatch {
                 },
             )
             .await?;
-            match tokio::time::timeout(self.options.audit_timeout, rx).await {
+            // Three times the expected re-execution, on top of the fixed allowance.
+            let timeout = self.options.audit_timeout + request.rerun_estimate * 3;
+            match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(_)) => anyhow::bail!("the audit was dropped"),
-                Err(_) => anyhow::bail!(
-                    "verifier {verifier} sent no verdict within {:?}",
-                    self.options.audit_timeout
-                ),
+                Err(_) => anyhow::bail!("verifier {verifier} sent no verdict within {timeout:?}"),
             }
         }
         .await;

@@ -32,6 +32,9 @@ pub struct Store {
     accounts: sled::Tree,
     nonces: sled::Tree,
     blob_owners: sled::Tree,
+    /// Accounts granted reading rights to a blob besides its owner (a buyer, to its results):
+    /// key = blob id || account.
+    blob_readers: sled::Tree,
     participants: sled::Tree,
 }
 
@@ -58,6 +61,7 @@ impl Store {
             accounts: db.open_tree("accounts")?,
             nonces: db.open_tree("nonces")?,
             blob_owners: db.open_tree("blob_owners")?,
+            blob_readers: db.open_tree("blob_readers")?,
             participants: db.open_tree("participants")?,
             db,
         })
@@ -195,6 +199,31 @@ impl Store {
             Some(&owner.as_bytes()[..]),
         )?;
         Ok(())
+    }
+
+    /// Lets `reader` read blob `id` whoever owns it: a task's results are the buyer's even when
+    /// someone uploaded the same bytes first (a deterministic result can be computed by anyone
+    /// from the public spec).
+    pub fn grant_blob_reader(&self, id: &BlobId, reader: &AccountId) -> Result<(), StoreError> {
+        self.blob_readers
+            .insert([id.as_bytes().as_slice(), reader.as_bytes()].concat(), &[])?;
+        Ok(())
+    }
+
+    /// Whether `account` may read blob `id`: its owner, or an account granted it. `None` if
+    /// nobody owns the blob (it is not there).
+    pub fn may_read_blob(
+        &self,
+        id: &BlobId,
+        account: &AccountId,
+    ) -> Result<Option<bool>, StoreError> {
+        let Some(owner) = self.blob_owner(id)? else {
+            return Ok(None);
+        };
+        let granted = self
+            .blob_readers
+            .contains_key([id.as_bytes().as_slice(), account.as_bytes()].concat())?;
+        Ok(Some(owner == *account || granted))
     }
 
     /// A participant's record.

@@ -336,6 +336,66 @@ async fn attack_4_swapped_outputs_are_never_paid_or_delivered() {
     assert_eq!(release.body.outputs, vec![BlobId::of(&weights)]);
 }
 
+/// Attack 4, found by the red team (a stranger locks the buyer out of its result): a `repro`
+/// result is deterministic, so anyone can compute it from the public spec and upload the same
+/// bytes first; the first uploader owned the blob and the buyer got 403 on its own weights. The
+/// buyer is now always granted reading rights to its results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_4_uploading_the_result_first_does_not_lock_the_buyer_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Identity::from_test_label("squat worker");
+    let vs = [
+        Identity::from_test_label("squat v1"),
+        Identity::from_test_label("squat v2"),
+    ];
+    let d = rigged(
+        &[(&worker, Behavior::Honest)],
+        &[
+            (&vs[0], VerifierMode::Honest),
+            (&vs[1], VerifierMode::Honest),
+        ],
+    );
+    let m = market(dir.path(), "squat", d, NodeConfig::default()).await;
+    // The squatter computes the result offline and uploads it before the task is posted.
+    let squatter = Identity::from_test_label("squatter");
+    let spec = small_task(&m.buyer, 1);
+    let offline = market_compute::bundle::Bundle::at(dir.path().join("offline"));
+    market_worker::exec(
+        &spec,
+        &squatter,
+        Behavior::Honest,
+        &offline,
+        &market_compute::NoBlobs,
+        |_| {},
+    )
+    .unwrap();
+    let weights = std::fs::read(offline.weights_path()).unwrap();
+    let squatted = m.node.blobs.put(&weights).unwrap();
+    m.node
+        .store
+        .set_blob_owner(&squatted, &squatter.account())
+        .unwrap();
+    let t = settle(&m, 1).await;
+    assert_eq!(t.state, TaskState::Settled);
+    assert_eq!(t.outputs, vec![squatted]);
+    assert_eq!(
+        m.node
+            .store
+            .may_read_blob(&squatted, &m.buyer.account())
+            .unwrap(),
+        Some(true)
+    );
+    // The squatter keeps its own upload; nobody else gains anything.
+    let stranger = Identity::from_test_label("squat stranger");
+    assert_eq!(
+        m.node
+            .store
+            .may_read_blob(&squatted, &stranger.account())
+            .unwrap(),
+        Some(false)
+    );
+}
+
 /// Attack 4 (crash during settlement): a node stopped between any two settlement appends
 /// resumes the settlement from what it saved and pays nothing twice and loses nothing: one
 /// commitment, one reward per passing verifier, one release, and the chain verifies.
@@ -495,7 +555,26 @@ async fn attack_8_a_silent_verifier_costs_itself_not_the_worker() {
         100 - silences as u64 * m.config.silence_slash
     );
     assert_eq!(stake(&m, &worker), 300);
-    assert!(m.node.ledger.balance(&worker.account()).0 > 0);
+    // Silence is paid to the worker whose pay it delayed, never to the buyer (who could
+    // otherwise profit from posting a task too long to audit in time).
+    let to_buyer = entries(&m).iter().any(|e| {
+        matches!(&e.body.kind, EntryKind::Slash { account, to, .. }
+            if *account == silent.account() && *to == m.buyer.account())
+    });
+    assert!(!to_buyer);
+    let paid: u64 = entries(&m)
+        .iter()
+        .filter_map(|e| match &e.body.kind {
+            EntryKind::Release {
+                amount, worker: w, ..
+            } if *w == worker.account() => Some(amount.0),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(
+        m.node.ledger.balance(&worker.account()).0,
+        paid + silences as u64 * m.config.silence_slash
+    );
 }
 
 /// Attack 9 (throwaway workers get every task rejected for free): three fresh keys that fail

@@ -7,19 +7,26 @@ use crate::numbers::Decimal;
 /// Probability that `s` distinct samples out of `n` segments include at least one of `m` faked
 /// ones: `1 - C(n - m, s) / C(n, s) = 1 - prod_{i < s} (n - m - i) / (n - i)`.
 pub fn detection_probability(n: u64, m: u64, s: u64) -> f64 {
+    1.0 - miss_probability(n, m, s)
+}
+
+/// Probability that `s` distinct samples out of `n` miss all `m` faked segments:
+/// `prod_{i < s} (n - m - i) / (n - i)`, multiplied in that order from 1.0 (the same walk
+/// [`samples_per_verifier`] makes, so both give the same bits).
+pub fn miss_probability(n: u64, m: u64, s: u64) -> f64 {
     let m = m.min(n);
     let s = s.min(n);
     if m == 0 || s == 0 {
-        return 0.0;
+        return 1.0;
     }
     if s > n - m {
-        return 1.0;
+        return 0.0;
     }
     let mut miss = 1.0f64;
     for i in 0..s {
         miss *= (n - m - i) as f64 / (n - i) as f64;
     }
-    1.0 - miss
+    miss
 }
 
 /// The number of faked segments a fraction implies: `ceil(fraction * n)`, at least 1 when the
@@ -64,7 +71,7 @@ pub fn union_detection_probability(n: u64, m: u64, s: u64, verifiers: u64) -> f6
     if verifiers == 0 {
         return 0.0;
     }
-    let miss = 1.0 - detection_probability(n, m, s);
+    let miss = miss_probability(n, m, s);
     let mut union_miss = 1.0f64;
     for _ in 0..verifiers {
         union_miss *= miss;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """An independent implementation of market's encoding, written from spec/ENCODING.md alone, that
-checks every protocol vector in spec/vectors/ and the RFC 9381 ECVRF examples. It shares no code
+checks every protocol vector in spec/vectors/ and the RFC 9381 ECVRF examples, and re-derives
+every beacon and every embedded verdict's challenge from a ledger export (spec/vectors/export.jsonl). It shares no code
 with the Rust crates, so if both pass, the spec is precise enough for a second implementation.
 
 Needs: python3 >= 3.9, `pip install blake3 cryptography`.
@@ -475,6 +476,90 @@ def samples_per_verifier(n: int, m: int, target: float, verifiers: int):
     return n
 
 
+def message_id(domain: str, body) -> bytes:
+    return blake3.blake3(domain.encode() + b"\x00" + jcs(body)).digest()
+
+
+def challenge_id(verifier: bytes, cid: bytes, beacon: bytes, segments: int, samples: int) -> bytes:
+    """The message id of a verifier's Challenge (ENCODING.md sections 6 and 8)."""
+    seed = challenge_seed(cid, beacon, verifier)
+    body = {
+        "beacon": beacon.hex(),
+        "commitment_id": cid.hex(),
+        "sampled": sample(seed, segments, samples),
+        "seed": seed.hex(),
+        "segments": segments,
+        "verifier": verifier.hex(),
+        "version": 1,
+    }
+    return message_id("market/v1/Challenge", body)
+
+
+def check_export():
+    """Re-derives, from a ledger export alone (a devnet run's, spec/vectors/export.jsonl), every
+    beacon and the challenge of every verdict the ledger embeds: a rewarded verdict must answer
+    the challenge sized for the V verifiers paid on its commitment and list exactly its sample;
+    a failing verdict embedded in a slash must answer its verifier's challenge for some V and
+    name a segment of it. Also checks the chain, signatures and that the rewarded samples meet
+    the buyer's detection target together."""
+    lines = (VECTORS / "export.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    entries = [parse(line.decode()) for line in lines[:-1]]
+    ledger = bytes.fromhex(entries[0]["body"]["kind"]["genesis"]["ledger"])
+    prev = bytes(32)
+    tasks, commitments, verdicts = {}, {}, []
+    for raw, e in zip(lines, entries):
+        assert jcs(e) == raw, "not canonical"
+        body = e["body"]
+        assert bytes.fromhex(body["prev"]) == prev and bytes.fromhex(body["signer"]) == ledger
+        signing = b"market/v1/LedgerEntry\x00" + jcs(body)
+        Ed25519PublicKey.from_public_bytes(ledger).verify(bytes.fromhex(e["signature"]), signing)
+        prev = blake3.blake3(signing).digest()
+        (kind, k), = body["kind"].items()
+        if kind == "escrow":
+            tasks[k["task_id"]] = k["spec"]["body"]
+        elif kind == "commit":
+            c = k["commitment"]
+            cid = message_id("market/v1/Commitment", c["body"])
+            beacon = beacon_of(ledger, cid, bytes.fromhex(k["beacon_proof"]))
+            assert beacon is not None, "a beacon proof does not verify"
+            commitments[cid] = (c["body"], beacon)
+        elif kind in ("reward", "slash") and k.get("verdict"):
+            verdicts.append((kind, k["verdict"]["body"]))
+    checked = 0
+    for cid, (c, beacon) in commitments.items():
+        task = tasks[c["task_id"]]
+        policy, n = task["audit"], c["segments"]
+        m = ceil_fraction(policy["assumed_faked_fraction"], n)
+        target = float(Fraction(policy["detection_target"]))
+        mine = [(kind, v) for kind, v in verdicts if bytes.fromhex(v["commitment_id"]) == cid]
+        paid = [v for kind, v in mine if kind == "reward"]
+        for kind, v in mine:
+            verifier = bytes.fromhex(v["verifier"])
+            sizes = [len(paid)] if kind == "reward" else range(1, 9)
+            found = None
+            for V in sizes:
+                s = min(samples_per_verifier(n, m, target, V), n)
+                if challenge_id(verifier, cid, beacon, n, s).hex() == v["challenge_id"]:
+                    found = s
+                    break
+            assert found is not None, f"a {kind} verdict does not answer its challenge"
+            got = [x["segment"] for x in v["checked"]]
+            sampled = sample(challenge_seed(cid, beacon, verifier), n, found)
+            if v["outcome"]["result"] == "pass":
+                assert got == sampled, "a pass does not list its sample"
+            else:
+                seg = v["outcome"]["segment"]
+                assert seg in sampled or (seg == 0 and not got), "a failure outside its sample"
+            checked += 1
+        if paid:
+            s = min(samples_per_verifier(n, m, target, len(paid)), n)
+            union = 1 - (1 - detection(n, m, s)) ** len(paid)
+            assert union >= Fraction(policy["detection_target"]), "below the buyer's target"
+    assert commitments and checked
+    return len(commitments) + checked
+
+
 def check_detection():
     vectors = load("detection.json")
     for v in vectors:
@@ -534,7 +619,7 @@ def check_vrf():
 
 def main():
     total = 0
-    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf]:
+    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf, check_export]:
         count = check()
         print(f"{check.__name__[6:]:<10} {count} vectors ok")
         total += count

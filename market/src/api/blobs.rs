@@ -104,7 +104,8 @@ pub(crate) async fn upload(
     ))
 }
 
-/// Downloads a blob; only its owner may (signed GET).
+/// Downloads a blob; only its owner, or the buyer of a task whose result it is, may (signed
+/// GET).
 #[utoipa::path(get, path = "/v1/blobs/{id}", params(("id" = String, Path, description = "blob id")), responses((status = 200, content_type = "application/octet-stream"), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn download(
     State(node): State<Arc<Node>>,
@@ -115,13 +116,15 @@ pub(crate) async fn download(
 ) -> Result<Response, ApiError> {
     let id: BlobId = parse_id(&id, "blob id")?;
     let requester = authenticate(&node, &method, &uri, &headers, &Hash::of(b""))?;
-    let owner = node
+    let allowed = node
         .store
-        .blob_owner(&id)
+        .may_read_blob(&id, &requester)
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found("blob"))?;
-    if owner != requester {
-        return Err(ApiError::forbidden("only the blob's owner may read it"));
+    if !allowed {
+        return Err(ApiError::forbidden(
+            "only the blob's owner (or the buyer of the task it is a result of) may read it",
+        ));
     }
     let file = tokio::fs::File::open(node.blobs.path(&id))
         .await

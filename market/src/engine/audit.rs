@@ -24,6 +24,14 @@ use crate::model::{TaskRecord, TaskState, VerdictSummary};
 /// Longest wait between two draws when no verifier answers.
 const MAX_REDRAW_WAIT: Duration = Duration::from_secs(30);
 
+/// How the verdicts on an attempt came out.
+enum Collected {
+    /// Enough verifiers passed it.
+    Accepted(Vec<Signed<Verdict>>),
+    /// The node's re-execution confirmed a failure: the kept verdicts and the ruling.
+    Failed(Vec<Signed<Verdict>>, Ruling),
+}
+
 /// What the node's own re-execution found about the failing verdicts of an attempt.
 struct Ruling {
     /// Failing verdicts the re-execution confirmed (the worker's result is wrong).
@@ -99,8 +107,9 @@ impl Node {
             .await
     }
 
-    /// Draws verifiers and collects verdicts until `verifiers` of them (fixed at the first
-    /// draw) pass, or the node's re-execution confirms a failure.
+    /// Audits attempt `n` once its commitment is recorded: waits for a verifier if there is
+    /// none, fixes the attempt's plan (how many verifiers, each sampling how much), then
+    /// collects verdicts while ringers, if any, are planted at the same time.
     #[allow(clippy::too_many_arguments)]
     async fn audit_attempt(
         &self,
@@ -112,6 +121,65 @@ impl Node {
         beacon: Beacon,
         beacon_proof: VrfProof,
     ) -> anyhow::Result<()> {
+        let profile = t.spec.body.profile;
+        let only_worker = BTreeSet::from([worker]);
+        let mut wait = Duration::from_secs(1);
+        let (plan, pool) = loop {
+            let pool = self.draw_verifiers(&beacon, 0, &only_worker, profile);
+            if let Some(p) = &t.attempts[n].plan {
+                break (p.clone(), pool);
+            }
+            if pool.is_empty() {
+                tracing::info!(task = %t.id, "no verifier for the commitment yet; waiting");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_REDRAW_WAIT);
+                continue;
+            }
+            // Fewer verifiers for a reputable worker, or when fewer are there; each then samples
+            // more, so the buyer's target holds either way.
+            let v = self.verifiers_for(&worker).min(pool.len()).max(1) as u64;
+            let p = audit_plan::plan_for(&t.spec.body, u64::from(commitment.body.segments), v)?;
+            t.attempts[n].plan = Some(p.clone());
+            self.save(&t)?;
+            break (p, pool);
+        };
+        // Ringers go out with the real audits, not after them, so their timing tells nothing.
+        let (planted, collected) = tokio::join!(
+            self.plant_ringers(&t, n, &dir, &plan, &pool),
+            self.collect_verdicts(
+                &t,
+                n,
+                worker,
+                &commitment,
+                &dir,
+                beacon,
+                beacon_proof,
+                &plan
+            ),
+        );
+        planted?;
+        match collected? {
+            Collected::Accepted(kept) => self.accept(t, n, commitment, dir, kept).await,
+            Collected::Failed(kept, ruling) => {
+                self.result_failed(t, n, worker, &kept, ruling).await
+            }
+        }
+    }
+
+    /// Draws verifiers and collects verdicts until `plan.verifiers` of them pass, or the
+    /// node's re-execution confirms a failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn collect_verdicts(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        worker: AccountId,
+        commitment: &Signed<Commitment>,
+        dir: &Path,
+        beacon: Beacon,
+        beacon_proof: VrfProof,
+        plan: &audit_plan::AuditPlan,
+    ) -> anyhow::Result<Collected> {
         let id = t.id;
         let cid = CommitmentId(commitment.id()?);
         let profile = t.spec.body.profile;
@@ -122,30 +190,12 @@ impl Node {
         let mut wait = Duration::from_secs(1);
         for round in 0u32.. {
             let pool = self.draw_verifiers(&beacon, round, &settled_with, profile);
-            let plan = match &t.attempts[n].plan {
-                Some(p) => p.clone(),
-                None if pool.is_empty() => {
-                    tracing::info!(task = %id, "no verifier for the commitment yet; waiting");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_REDRAW_WAIT);
-                    continue;
-                }
-                None => {
-                    // Fewer verifiers for a reputable worker, or when fewer are there; each then
-                    // samples more, so the buyer's target holds either way.
-                    let v = self.verifiers_for(&worker).min(pool.len()).max(1) as u64;
-                    let p =
-                        audit_plan::plan_for(&t.spec.body, u64::from(commitment.body.segments), v)?;
-                    t.attempts[n].plan = Some(p.clone());
-                    self.save(&t)?;
-                    p
-                }
-            };
             let wanted = plan.verifiers as usize;
             let request = AuditRequest {
                 beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
+                rerun_estimate: rerun_estimate(t, n, plan),
             };
             let mut answered = false;
             for v in pool {
@@ -154,11 +204,11 @@ impl Node {
                 }
                 let challenge = market_verifier::audit::challenge_for(
                     v,
-                    &commitment,
+                    commitment,
                     beacon,
                     plan.samples.min(u64::from(commitment.body.segments)) as u32,
                 )?;
-                match self.verdict_of(&t, worker, &v, &dir, &request).await {
+                match self.verdict_of(t, worker, &v, dir, &request).await {
                     Ok(verdict) => match check_verdict(&verdict, &v, &cid, &challenge) {
                         Ok(()) => {
                             answered = true;
@@ -171,7 +221,7 @@ impl Node {
                             tracing::warn!(verifier = %v, %why, "verdict does not answer its challenge: slashed");
                             let evidence = verdict.id()?;
                             self.slash(
-                                &t,
+                                t,
                                 n,
                                 &v,
                                 self.config.verifier_slash,
@@ -184,20 +234,20 @@ impl Node {
                             self.store.update_participant(&v, |p| p.slashed += 1)?;
                         }
                         Err(VerdictDefect::Unattributable(why)) => {
-                            self.silent(&t, n, round, &v, &challenge, &why).await?;
+                            self.silent(t, n, round, &v, &challenge, &why).await?;
                         }
                     },
                     Err(e) => {
-                        self.silent(&t, n, round, &v, &challenge, &e.to_string())
+                        self.silent(t, n, round, &v, &challenge, &e.to_string())
                             .await?;
                     }
                 }
             }
             if kept.iter().any(|v| v.body.outcome != VerdictOutcome::Pass) {
-                let ruling = self.referee(&dir, &kept).await?;
+                let ruling = self.referee(dir, &kept).await?;
                 for liar in &ruling.liars {
                     self.slash_verifier(
-                        &t,
+                        t,
                         n,
                         liar,
                         "failure contradicted by the referee's re-execution",
@@ -205,7 +255,7 @@ impl Node {
                     .await?;
                 }
                 if !ruling.catchers.is_empty() {
-                    return self.result_failed(t, n, worker, &kept, ruling).await;
+                    return Ok(Collected::Failed(kept, ruling));
                 }
                 // Every failure was a lie: their verifiers are replaced by others.
                 kept.retain(|v| v.body.outcome == VerdictOutcome::Pass);
@@ -221,8 +271,7 @@ impl Node {
                 wait = (wait * 2).min(MAX_REDRAW_WAIT);
             }
         }
-        self.plant_ringers(&t, n, &dir, &kept).await?;
-        self.accept(t, n, commitment, dir, kept).await
+        Ok(Collected::Accepted(kept))
     }
 
     /// Asks `v` for a verdict; a mismatch not yet narrowed to a step makes the worker open that
@@ -295,9 +344,11 @@ impl Node {
         verdict?
     }
 
-    /// A verifier that did not answer (unreachable, past the timeout, broken, or a verdict not
+    /// A verifier that did not answer (unreachable, past its time, broken, or a verdict not
     /// signed by it): nothing is concluded about the worker; the verifier loses stake and a
-    /// point of reputation, so silence never pays.
+    /// point of reputation, so silence never pays. Once per attempt, however often it is asked
+    /// again, and paid to the worker whose pay it delays, never to the buyer (who could
+    /// otherwise profit from an audit it made hard to finish).
     async fn silent(
         &self,
         t: &TaskRecord,
@@ -307,8 +358,9 @@ impl Node {
         challenge: &Challenge,
         why: &str,
     ) -> anyhow::Result<()> {
-        tracing::warn!(verifier = %v, error = %why, "verifier gave no verdict; drawing another");
+        tracing::warn!(verifier = %v, round, error = %why, "verifier gave no verdict; drawing another");
         let evidence = Hash(*market_protocol::message_id(challenge)?.as_bytes());
+        let worker = t.attempts[n].worker;
         self.slash_tagged(
             t,
             n,
@@ -317,11 +369,11 @@ impl Node {
             evidence,
             None,
             "gave no verdict on its challenge in time",
-            &[],
-            &format!("silent:{round}"),
+            (&[], &worker),
+            "silent",
         )
         .await?;
-        self.reputation(&format!("silent:{}:{n}:{round}:{v}", t.id), v, -1)
+        self.reputation(&format!("silent:{}:{n}:{v}", t.id), v, -1)
             .await
     }
 
@@ -446,6 +498,14 @@ impl Node {
     }
 }
 
+/// How long one verifier's sample should take to re-execute: the worker's run time times the
+/// share of the segments sampled (zero when the run time is not known).
+pub(super) fn rerun_estimate(t: &TaskRecord, n: usize, plan: &audit_plan::AuditPlan) -> Duration {
+    let run = Duration::from_millis(t.attempts[n].run_millis.unwrap_or(0));
+    let share = plan.samples.min(plan.segments) as f64 / plan.segments.max(1) as f64;
+    run.mul_f64(share)
+}
+
 /// Shows the kept verdicts on the attempt.
 pub(super) fn record_verdicts(
     t: &mut TaskRecord,
@@ -469,4 +529,47 @@ pub(super) fn record_verdicts(
         })
         .collect::<anyhow::Result<_>>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use market_protocol::{fixtures::training_task, Identity};
+
+    /// Found by the red team: a task whose sample takes longer to re-execute than the fixed
+    /// audit timeout had every honest verifier slashed as silent, round after round. A
+    /// verifier now gets time in proportion to its share of the worker's run.
+    #[test]
+    fn a_verifier_is_given_time_for_its_share_of_the_run() {
+        let buyer = Identity::from_test_label("estimate buyer");
+        let spec = Signed::sign(training_task(&buyer, 1), &buyer).unwrap();
+        let plan = audit_plan::plan_for(&spec.body, 20, 2).unwrap();
+        let mut t = TaskRecord {
+            id: market_protocol::TaskId(spec.id().unwrap()),
+            spec,
+            order: 0,
+            state: TaskState::Queued,
+            plan: plan.clone(),
+            verifier_fee: 10,
+            attempts: vec![crate::model::Attempt {
+                worker: buyer.account(),
+                commitment_id: None,
+                commit_seq: None,
+                verdicts: Vec::new(),
+                accepted: false,
+                plan: Some(plan.clone()),
+                run_millis: Some(20_000),
+                result_failed: false,
+            }],
+            outputs: Vec::new(),
+            ledger_seqs: Vec::new(),
+            settlement: None,
+        };
+        let expected = Duration::from_millis(20_000 * plan.samples / 20);
+        let got = rerun_estimate(&t, 0, &plan);
+        assert!(got.abs_diff(expected) < Duration::from_millis(1), "{got:?} {expected:?}");
+        assert!(expected > Duration::ZERO);
+        t.attempts[0].run_millis = None;
+        assert_eq!(rerun_estimate(&t, 0, &plan), Duration::ZERO);
+    }
 }

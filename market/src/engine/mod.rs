@@ -652,10 +652,12 @@ impl Node {
         let rep = self.ledger.reputation(worker).max(0);
         let step = self.config.trusted_reputation.max(1);
         let relief = (rep / step) as usize;
+        // Never more than the task's price reserved fees for.
         self.config
             .verifiers_per_task
             .saturating_sub(relief)
             .max(self.config.min_verifiers_per_task)
+            .min(self.config.verifiers_per_task)
             .max(1)
     }
 
@@ -736,6 +738,7 @@ impl Node {
             verdicts: Vec::new(),
             accepted: false,
             plan: None,
+            run_millis: None,
             result_failed: false,
         });
         t.state = TaskState::Running {
@@ -753,6 +756,7 @@ impl Node {
         let spec = t.spec.body.clone();
         let progress_task = t.clone();
         let run_dir = dir.clone();
+        let started = std::time::Instant::now();
         let commitment = tokio::task::spawn_blocking(move || {
             let mut last = 0u32;
             let mut shown = progress_task;
@@ -772,10 +776,12 @@ impl Node {
                 })
         })
         .await?;
-        let t = self
+        let mut t = self
             .store
             .task(&id)?
             .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
+        t.attempts[attempt_no].run_millis =
+            Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         // The worker is done with it: free for other tasks while its result is audited.
         lock(&self.busy).remove(&worker);
         let commitment = match commitment.and_then(|c| self.check_commitment(&t, &worker, c)) {

@@ -1,6 +1,7 @@
 //! Ringers keep verifiers honest: at the configured rate (decided from the beacon's stream, so
-//! no verifier can predict it) a verifier whose verdict was kept is also handed a bundle the
-//! node knows is wrong. A verifier that passes it is slashed with its own verdict as evidence.
+//! no verifier can predict it) an eligible verifier is also handed a bundle the node knows is
+//! wrong, while the real audits of the same result run. A verifier that passes it is slashed
+//! with its own verdict as evidence.
 //!
 //! A ringer looks like real work from what the verifier is sent: the real task, a commitment
 //! signed by a key of its own (derived per ringer, so no two ringers share a signer), a beacon
@@ -12,37 +13,46 @@ use std::path::Path;
 
 use market_protocol::{
     AccountId, Beacon, ChallengeSeed, CommitmentId, Hash, Identity, Signed, TaskId, TaskSpec,
-    Verdict, VerdictOutcome, Workload,
+    VerdictOutcome, Workload,
 };
 
 use super::Node;
+use crate::audit_plan::AuditPlan;
 use crate::dispatch::AuditRequest;
 use crate::model::TaskRecord;
 
 impl Node {
-    /// Plants ringers on the verifiers whose verdicts on attempt `n` were kept.
+    /// Plants ringers for attempt `n` on verifiers of `pool` (every eligible verifier but the
+    /// worker, in draw order: the first `plan.verifiers` are asked for the real audit), each
+    /// with probability `ringer_rate_ppm`, while the real audits run.
     pub(super) async fn plant_ringers(
         &self,
         t: &TaskRecord,
         n: usize,
         dir: &Path,
-        kept: &[Signed<Verdict>],
+        plan: &AuditPlan,
+        pool: &[AccountId],
     ) -> anyhow::Result<()> {
         if self.config.ringer_rate_ppm == 0
             || !matches!(t.spec.body.workload, Workload::Training(_))
         {
             return Ok(());
         }
-        let Some(plan) = t.attempts[n].plan.clone() else {
-            return Ok(());
-        };
         let Some(commitment_id) = t.attempts[n].commitment_id else {
             return Ok(());
         };
+        // Verifiers not drawn for the real audit first: to them a ringer is the one audit of
+        // this task they get, as real work is. Only a market with no verifier to spare plants
+        // on the drawn ones (which then see two audits of one task).
+        let wanted = plan.verifiers as usize;
+        let targets = if pool.len() > wanted {
+            &pool[wanted..]
+        } else {
+            pool
+        };
         let (beacon, _) = market_protocol::beacon::prove_beacon(&self.operator, &commitment_id);
-        let draws = ringer_draws(&beacon, self.config.ringer_rate_ppm, kept.len());
-        for (verdict, _) in kept.iter().zip(draws).filter(|(_, planted)| *planted) {
-            let v = verdict.body.verifier;
+        let draws = ringer_draws(&beacon, self.config.ringer_rate_ppm, targets.len());
+        for (&v, _) in targets.iter().zip(draws).filter(|(_, planted)| *planted) {
             let ringer_dir = dir.with_extension(format!("ringer-{v}"));
             let ringer_key = self.ringer_key(t, n, &v);
             let (src, dst, task, blobs) = (
@@ -70,6 +80,7 @@ impl Node {
                 beacon: ringer_beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
+                rerun_estimate: super::audit::rerun_estimate(t, n, plan),
             };
             let verdict = self.request_audit(&v, &ringer_dir, &request).await;
             let _ = std::fs::remove_dir_all(&ringer_dir);
@@ -119,7 +130,7 @@ pub fn ringer_key(operator: &Identity, task: &TaskId, n: usize, v: &AccountId) -
     Identity::from_secret_bytes(*h.finalize().as_bytes())
 }
 
-/// Whether each of `count` verifiers (in the order their verdicts were kept) is handed a
+/// Whether each of `count` verifiers (in the order of the attempt's first draw) is handed a
 /// ringer: one draw per verifier at `rate_ppm` parts per million from the stream of
 /// `ENCODING.md` section 8 keyed by `blake3("ringers" || beacon)`, so no verifier can know it
 /// in advance.

@@ -106,7 +106,9 @@ impl Node {
         // the rest refunded). From the escrow's original amount, not what remains, so a re-run
         // of this step asks for the same release and the ledger's key recognises it.
         let escrowed = self.ledger.escrow_of(&id).map_or(0, |e| e.amount.0);
-        let reserved = t.verifier_fee * self.config.verifiers_per_task.max(s.verdicts.len()) as u64;
+        // The verifiers the task was planned (and priced) with when it was posted, not today's
+        // setting: a config change between post and settlement must not change the release.
+        let reserved = t.verifier_fee * (t.plan.verifiers as usize).max(s.verdicts.len()) as u64;
         let a = self
             .settlement_append(
                 format!("release:{id}:{n}"),
@@ -231,8 +233,12 @@ impl Node {
         let mut ids = Vec::with_capacity(outputs.len());
         for bytes in outputs {
             let id = self.blobs.put(&bytes).map_err(|e| io(&e))?;
+            let buyer = &t.spec.body.buyer;
+            // Owned by whoever uploaded the same bytes first, if anyone did; readable by the
+            // buyer in any case.
+            self.store.set_blob_owner(&id, buyer).map_err(|e| io(&e))?;
             self.store
-                .set_blob_owner(&id, &t.spec.body.buyer)
+                .grant_blob_reader(&id, buyer)
                 .map_err(|e| io(&e))?;
             ids.push(id);
         }
@@ -285,12 +291,24 @@ impl Node {
         reason: &str,
         to: &[AccountId],
     ) -> anyhow::Result<()> {
-        self.slash_tagged(t, n, account, amount, evidence, verdict, reason, to, reason)
-            .await?;
+        let buyer = t.spec.body.buyer;
+        self.slash_tagged(
+            t,
+            n,
+            account,
+            amount,
+            evidence,
+            verdict,
+            reason,
+            (to, &buyer),
+            reason,
+        )
+        .await?;
         self.reputation(&format!("{}:{n}", t.id), account, -5).await
     }
 
-    /// [`Node::slash`] without the reputation penalty, its ledger keys told apart by `tag`.
+    /// [`Node::slash`] without the reputation penalty: a fee to each of `pay.0` (but the buyer),
+    /// the rest to `pay.1`; its ledger keys told apart by `tag`.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn slash_tagged(
         &self,
@@ -301,7 +319,7 @@ impl Node {
         evidence: Hash,
         verdict: Option<&Signed<Verdict>>,
         reason: &str,
-        to: &[AccountId],
+        (to, rest_to): (&[AccountId], &AccountId),
         tag: &str,
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.slashing.lock().await;
@@ -311,7 +329,7 @@ impl Node {
             .filter(|a| **a != t.spec.body.buyer)
             .map(|a| (*a, t.verifier_fee))
             .collect();
-        payees.push((t.spec.body.buyer, u64::MAX));
+        payees.push((*rest_to, u64::MAX));
         for (payee, share) in payees {
             let x = share.min(left);
             if x == 0 {
