@@ -137,7 +137,12 @@ impl Node {
             }
             // Fewer verifiers for a reputable worker, or when fewer are there; each then samples
             // more, so the buyer's target holds either way.
-            let v = self.verifiers_for(&worker).min(pool.len()).max(1) as u64;
+            // Never more than the task was priced for when it was posted.
+            let v = self
+                .verifiers_for(&worker)
+                .min(pool.len())
+                .min(t.plan.verifiers as usize)
+                .max(1) as u64;
             let p = audit_plan::plan_for(&t.spec.body, u64::from(commitment.body.segments), v)?;
             t.attempts[n].plan = Some(p.clone());
             self.save(&t)?;
@@ -157,7 +162,10 @@ impl Node {
                 &plan
             ),
         );
-        planted?;
+        if let Err(e) = planted {
+            // A ringer that went wrong never costs the real result its finished audit.
+            tracing::warn!(task = %t.id, error = %e, "planting ringers failed");
+        }
         match collected? {
             Collected::Accepted(kept) => self.accept(t, n, commitment, dir, kept).await,
             Collected::Failed(kept, ruling) => {
@@ -208,7 +216,10 @@ impl Node {
                     beacon,
                     plan.samples.min(u64::from(commitment.body.segments)) as u32,
                 )?;
-                match self.verdict_of(t, worker, &v, dir, &request).await {
+                match self
+                    .verdict_of(t, worker, &v, dir, &request, &challenge)
+                    .await
+                {
                     Ok(verdict) => match check_verdict(&verdict, &v, &cid, &challenge) {
                         Ok(()) => {
                             answered = true;
@@ -275,7 +286,9 @@ impl Node {
     }
 
     /// Asks `v` for a verdict; a mismatch not yet narrowed to a step makes the worker open that
-    /// segment's steps and the verifier look again, so the evidence names the first bad step.
+    /// segment's steps and the verifier look again, so the evidence names the first bad step
+    /// (only for a verdict that answers its challenge: a liar does not get to make the worker
+    /// work).
     async fn verdict_of(
         &self,
         t: &TaskRecord,
@@ -283,8 +296,12 @@ impl Node {
         v: &AccountId,
         dir: &Path,
         request: &AuditRequest,
+        challenge: &Challenge,
     ) -> anyhow::Result<Signed<Verdict>> {
         let verdict = self.request_audit(v, dir, request).await?;
+        if check_verdict(&verdict, v, &challenge.commitment_id, challenge).is_err() {
+            return Ok(verdict);
+        }
         let VerdictOutcome::Fail {
             segment,
             step: None,
@@ -567,7 +584,10 @@ mod tests {
         };
         let expected = Duration::from_millis(20_000 * plan.samples / 20);
         let got = rerun_estimate(&t, 0, &plan);
-        assert!(got.abs_diff(expected) < Duration::from_millis(1), "{got:?} {expected:?}");
+        assert!(
+            got.abs_diff(expected) < Duration::from_millis(1),
+            "{got:?} {expected:?}"
+        );
         assert!(expected > Duration::ZERO);
         t.attempts[0].run_millis = None;
         assert_eq!(rerun_estimate(&t, 0, &plan), Duration::ZERO);

@@ -48,8 +48,9 @@ pub struct Node {
     /// Tasks claimed by the engine (being assigned, run, audited, settled or rejected) or by a
     /// cancel: a task claimed by one is skipped by the other.
     claimed: Mutex<BTreeSet<TaskId>>,
-    /// Workers running a task now (each runs one at a time).
-    busy: Mutex<BTreeSet<AccountId>>,
+    /// Workers running a task now (each runs one at a time), with the task: a worker is freed
+    /// when its run ends, so the mark is removed only by the task that set it.
+    busy: Mutex<std::collections::BTreeMap<AccountId, TaskId>>,
     /// One audit at a time per verifier: tasks settle in parallel, and a verifier re-executing
     /// several at once would run each past its timeout. A permit is taken before the audit is
     /// sent, so the timeout counts from when the verifier can start.
@@ -78,7 +79,7 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(w) = self.worker {
-            lock(&self.node.busy).remove(&w);
+            self.node.free_worker(&w, &self.task);
         }
         lock(&self.node.claimed).remove(&self.task);
         self.node.wake();
@@ -109,8 +110,9 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Opens the node's data directory (ledger, store, blobs, bundles). Tasks a crash left
-    /// running or auditing go back to the queue; their ledger steps are idempotent.
+    /// Opens the node's data directory (ledger, store, blobs, bundles). A task a crash left
+    /// running goes back to the queue; one whose commitment was recorded resumes its audit, and
+    /// one whose result was accepted resumes its payments (ledger steps are idempotent).
     pub fn open(
         data: &Path,
         config: NodeConfig,
@@ -139,7 +141,7 @@ impl Node {
             bundles,
             wake: Notify::new(),
             claimed: Mutex::new(BTreeSet::new()),
-            busy: Mutex::new(BTreeSet::new()),
+            busy: Mutex::new(std::collections::BTreeMap::new()),
             audit_slots: Mutex::new(std::collections::BTreeMap::new()),
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),
@@ -476,7 +478,9 @@ impl Node {
                                     || t.attempts.last().is_some_and(|a| a.commit_seq.is_some());
                                 if t.state.is_final() {
                                 } else if recorded {
-                                    // A recorded result is resumed, never run again.
+                                    // A recorded result is resumed, never run again; not in a
+                                    // tight loop (it stays claimed meanwhile).
+                                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                                     lock(&node.resume).push(id);
                                 } else {
                                     t.state = TaskState::Queued;
@@ -567,11 +571,11 @@ impl Node {
                 // one that has delivered. Ties go to the dispatcher's order.
                 let idle = eligible
                     .into_iter()
-                    .filter(|w| !busy.contains(w))
+                    .filter(|w| !busy.contains_key(w))
                     .min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)));
                 match idle {
                     Some(w) if self.has_verifier_for(t.spec.body.profile) => {
-                        busy.insert(w);
+                        busy.insert(w, t.id);
                         Step::Run(w)
                     }
                     _ => continue,
@@ -602,9 +606,17 @@ impl Node {
         self.ledger.stake(a).0
     }
 
+    /// Frees `worker` if it is still marked busy with `task` (not with a task it took since).
+    fn free_worker(&self, worker: &AccountId, task: &TaskId) {
+        let mut busy = lock(&self.busy);
+        if busy.get(worker) == Some(task) {
+            busy.remove(worker);
+        }
+    }
+
     /// Whether `worker` is running a task now.
     pub fn is_busy(&self, worker: &AccountId) -> bool {
-        lock(&self.busy).contains(worker)
+        lock(&self.busy).contains_key(worker)
     }
 
     /// The public view of a task, with what it waits for if it is queued: a buyer whose task
@@ -618,7 +630,7 @@ impl Node {
                 Some(format!("a staked worker that runs the {profile} profile"))
             } else if !self.has_verifier_for(t.spec.body.profile) {
                 Some(format!("a staked verifier that runs the {profile} profile"))
-            } else if eligible.iter().all(|w| lock(&self.busy).contains(w)) {
+            } else if eligible.iter().all(|w| lock(&self.busy).contains_key(w)) {
                 Some("a worker to finish its current task".into())
             } else if lock(&self.claimed).len() >= self.dispatch.concurrent_tasks().max(1) {
                 Some("room: the node runs as many tasks at once as it allows".into())
@@ -652,7 +664,7 @@ impl Node {
         let rep = self.ledger.reputation(worker).max(0);
         let step = self.config.trusted_reputation.max(1);
         let relief = (rep / step) as usize;
-        // Never more than the task's price reserved fees for.
+        // Never more than today's `verifiers_per_task` (a task's own plan caps it further).
         self.config
             .verifiers_per_task
             .saturating_sub(relief)
@@ -783,7 +795,7 @@ impl Node {
         t.attempts[attempt_no].run_millis =
             Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
         // The worker is done with it: free for other tasks while its result is audited.
-        lock(&self.busy).remove(&worker);
+        self.free_worker(&worker, &id);
         let commitment = match commitment.and_then(|c| self.check_commitment(&t, &worker, c)) {
             Ok(c) => c,
             Err(e) => {

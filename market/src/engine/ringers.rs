@@ -41,9 +41,10 @@ impl Node {
         let Some(commitment_id) = t.attempts[n].commitment_id else {
             return Ok(());
         };
-        // Verifiers not drawn for the real audit first: to them a ringer is the one audit of
-        // this task they get, as real work is. Only a market with no verifier to spare plants
-        // on the drawn ones (which then see two audits of one task).
+        // Verifiers not drawn for the real audit first: to them a ringer is usually the one
+        // audit of this task they get, as real work is (unless one drawn before them is silent
+        // or lies and they stand in). Only a market with no verifier to spare plants on the
+        // drawn ones (which then see two audits of one task).
         let wanted = plan.verifiers as usize;
         let targets = if pool.len() > wanted {
             &pool[wanted..]
@@ -85,9 +86,11 @@ impl Node {
             let verdict = self.request_audit(&v, &ringer_dir, &request).await;
             let _ = std::fs::remove_dir_all(&ringer_dir);
             match verdict {
+                // A pass of this very ringer, by this verifier: the evidence proves the pass.
                 Ok(verdict)
                     if verdict.verify().is_ok()
                         && verdict.body.verifier == v
+                        && verdict.body.commitment_id == ringer_id
                         && verdict.body.outcome == VerdictOutcome::Pass =>
                 {
                     tracing::warn!(verifier = %v, "verifier passed a ringer: slashed");

@@ -193,7 +193,11 @@ impl Node {
             Workload::Training(_) => {
                 let job = market_compute::TrainingJob::from_spec(&t.spec.body, &self.blobs)
                     .map_err(|e| io(&e))?;
-                let last = leaves.len() as u32 - 1;
+                let last = leaves
+                    .len()
+                    .checked_sub(1)
+                    .ok_or_else(|| mismatch("no committed leaves".into()))?
+                    as u32;
                 let state_bytes = std::fs::read(bundle.checkpoint_path(last))
                     .map_err(|e| mismatch(format!("the final checkpoint cannot be read: {e}")))?;
                 if StateHash(Hash::of(&state_bytes)) != c.final_state_hash
@@ -304,7 +308,10 @@ impl Node {
             reason,
         )
         .await?;
-        self.reputation(&format!("{}:{n}", t.id), account, -5).await
+        // Its own key per reason: a verifier slashed twice in one attempt loses reputation
+        // twice, and a -5 never shares a key with the +1 of an accepted attempt.
+        self.reputation(&format!("{}:{n}:slash:{reason}", t.id), account, -5)
+            .await
     }
 
     /// [`Node::slash`] without the reputation penalty: a fee to each of `pay.0` (but the buyer),
@@ -336,7 +343,7 @@ impl Node {
                 continue;
             }
             left -= x;
-            self.append(
+            let appended = self.append(
                 format!("slash:{}:{n}:{account}:{payee}:{tag}", t.id),
                 EntryKind::Slash {
                     account: *account,
@@ -346,8 +353,21 @@ impl Node {
                     to: payee,
                     verdict: verdict.cloned(),
                 },
-            )
-            .await?;
+            );
+            match appended.await {
+                Ok(_) => {}
+                // Already slashed for this, before a restart, with what the stake or the
+                // evidence were then: done, not to be taken twice nor to wedge the task.
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<market_ledger::LedgerError>(),
+                        Some(market_ledger::LedgerError::KeyConflict { .. })
+                    ) =>
+                {
+                    tracing::info!(%account, %payee, "slash already recorded before a restart");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
