@@ -28,6 +28,13 @@ struct Rigged {
     failing: Vec<AccountId>,
     swaps_outputs: Vec<AccountId>,
     silent: Vec<AccountId>,
+    /// Tasks at once, and how long each run and each audit take beyond their work.
+    concurrency: usize,
+    run_delay: Duration,
+    audit_delay: Duration,
+    /// Runs in flight per worker, and the most any worker ever had at once.
+    running: std::sync::Mutex<std::collections::BTreeMap<AccountId, usize>>,
+    most_runs_at_once: std::sync::atomic::AtomicUsize,
 }
 
 impl Dispatch for Rigged {
@@ -41,7 +48,7 @@ impl Dispatch for Rigged {
         self.inner.runs(p, profile)
     }
     fn concurrent_tasks(&self) -> usize {
-        1
+        self.concurrency
     }
     fn run(
         &self,
@@ -54,7 +61,18 @@ impl Dispatch for Rigged {
         if self.failing.contains(worker) {
             anyhow::bail!("a throwaway worker gives up");
         }
-        let c = self.inner.run(worker, task, dir, blobs, progress)?;
+        let now = {
+            let mut running = self.running.lock().unwrap();
+            let n = running.entry(*worker).or_default();
+            *n += 1;
+            *n
+        };
+        self.most_runs_at_once
+            .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(self.run_delay);
+        let c = self.inner.run(worker, task, dir, blobs, progress);
+        *self.running.lock().unwrap().entry(*worker).or_default() -= 1;
+        let c = c?;
         if self.swaps_outputs.contains(worker) {
             // Foreign weights, after the commitment is signed.
             let bundle = market_compute::bundle::Bundle::at(dir);
@@ -75,6 +93,7 @@ impl Dispatch for Rigged {
         if self.silent.contains(verifier) {
             anyhow::bail!("verifier {verifier} sent no verdict within the timeout");
         }
+        std::thread::sleep(self.audit_delay);
         self.inner.audit(verifier, dir, request, blobs)
     }
     fn open_steps(
@@ -103,6 +122,11 @@ fn rigged(workers: &[(&Identity, Behavior)], verifiers: &[(&Identity, VerifierMo
         failing: Vec::new(),
         swaps_outputs: Vec::new(),
         silent: Vec::new(),
+        concurrency: 1,
+        run_delay: Duration::ZERO,
+        audit_delay: Duration::ZERO,
+        running: Default::default(),
+        most_runs_at_once: Default::default(),
     }
 }
 
@@ -621,4 +645,70 @@ async fn attack_9_throwaway_workers_cannot_get_tasks_rejected() {
     let second = settle(&m, 2).await;
     assert_eq!(second.attempts.len(), 1);
     assert_eq!(second.attempts[0].worker, honest.account());
+}
+
+/// Found by review: a worker is freed for other tasks when its run ends, while its result is
+/// still audited; the claim of that first task, dropped after its audit, used to clear the busy
+/// mark of the worker's next task too, so a third task went to a worker already running one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_is_never_handed_two_tasks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Identity::from_test_label("busy worker");
+    let vs = [
+        Identity::from_test_label("busy v1"),
+        Identity::from_test_label("busy v2"),
+    ];
+    let mut d = rigged(
+        &[(&worker, Behavior::Honest)],
+        &[
+            (&vs[0], VerifierMode::Honest),
+            (&vs[1], VerifierMode::Honest),
+        ],
+    );
+    // The first task's audit ends while the second task's run is still going.
+    d.concurrency = 3;
+    d.run_delay = Duration::from_secs(3);
+    d.audit_delay = Duration::from_millis(400);
+    let dispatch = Arc::new(d);
+    let node = Node::open(
+        dir.path(),
+        NodeConfig::default(),
+        Identity::from_test_label("busy operator"),
+        dispatch.clone(),
+    )
+    .unwrap();
+    let buyer = Identity::from_test_label("busy buyer");
+    node.fund("busy", &buyer.account(), 10_000, 0)
+        .await
+        .unwrap();
+    node.fund("busy", &worker.account(), 300, 300)
+        .await
+        .unwrap();
+    for v in &vs {
+        node.fund("busy", &v.account(), 100, 100).await.unwrap();
+    }
+    tokio::spawn(node.clone().run_engine());
+    let mut ids = Vec::new();
+    for nonce in 1..=3 {
+        let spec = small_task(&buyer, nonce);
+        ids.push(
+            node.post_task(Signed::sign(spec, &buyer).unwrap())
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in ids {
+        let t = node
+            .wait_final(&id, Duration::from_secs(240))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    }
+    assert_eq!(
+        dispatch
+            .most_runs_at_once
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }
