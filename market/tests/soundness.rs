@@ -712,3 +712,35 @@ async fn a_worker_is_never_handed_two_tasks_at_once() {
         1
     );
 }
+
+/// Attack 8, with no verifier to stand in: the attempt was planned for two verifiers and one
+/// never answers. After a few empty draws the attempt is re-planned for the verifier that is
+/// left (a larger sample, the same detection target): the honest worker is paid, the silent
+/// verifier pays once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_8_a_silent_verifier_with_no_stand_in_does_not_stall_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Identity::from_test_label("stall worker");
+    let silent = Identity::from_test_label("stall silent");
+    let answering = Identity::from_test_label("stall answering");
+    let mut d = rigged(
+        &[(&worker, Behavior::Honest)],
+        &[
+            (&silent, VerifierMode::Honest),
+            (&answering, VerifierMode::Honest),
+        ],
+    );
+    d.silent.push(silent.account());
+    let m = market(dir.path(), "stall", d, NodeConfig::default()).await;
+    let t = settle(&m, 1).await;
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    let posted = t.plan.clone();
+    let used = t.attempts[0].plan.clone().unwrap();
+    assert_eq!((posted.verifiers, used.verifiers), (2, 1));
+    assert!(used.samples >= posted.samples, "{used:?} {posted:?}");
+    assert!(used.detection_probability >= 0.99, "{used:?}");
+    assert_eq!(t.attempts[0].verdicts.len(), 1);
+    assert_eq!(t.attempts[0].verdicts[0].verifier, answering.account());
+    assert_eq!(stake(&m, &silent), 100 - m.config.silence_slash);
+    assert!(m.node.ledger.balance(&worker.account()).0 > 0);
+}

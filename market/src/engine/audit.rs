@@ -24,10 +24,14 @@ use crate::model::{TaskRecord, TaskState, VerdictSummary};
 /// Longest wait between two draws when no verifier answers.
 const MAX_REDRAW_WAIT: Duration = Duration::from_secs(30);
 
+/// Draws in a row in which no verifier answered before an attempt whose verifiers are gone
+/// (silent or liars) is re-planned for the ones that are left.
+const REPLAN_AFTER: u32 = 3;
+
 /// How the verdicts on an attempt came out.
 enum Collected {
-    /// Enough verifiers passed it.
-    Accepted(Vec<Signed<Verdict>>),
+    /// Enough verifiers passed it, under this plan (re-planned if verifiers went away).
+    Accepted(Vec<Signed<Verdict>>, audit_plan::AuditPlan),
     /// The node's re-execution confirmed a failure: the kept verdicts and the ruling.
     Failed(Vec<Signed<Verdict>>, Ruling),
 }
@@ -167,7 +171,10 @@ impl Node {
             tracing::warn!(task = %t.id, error = %e, "planting ringers failed");
         }
         match collected? {
-            Collected::Accepted(kept) => self.accept(t, n, commitment, dir, kept).await,
+            Collected::Accepted(kept, plan) => {
+                t.attempts[n].plan = Some(plan);
+                self.accept(t, n, commitment, dir, kept).await
+            }
             Collected::Failed(kept, ruling) => {
                 self.result_failed(t, n, worker, &kept, ruling).await
             }
@@ -191,11 +198,14 @@ impl Node {
         let id = t.id;
         let cid = CommitmentId(commitment.id()?);
         let profile = t.spec.body.profile;
+        let mut plan = plan.clone();
         let mut kept: Vec<Signed<Verdict>> = Vec::new();
         // The worker never audits itself; a verifier whose verdict was kept or that lied is
         // not asked again. A silent one may be, in a later round.
         let mut settled_with: BTreeSet<AccountId> = BTreeSet::from([worker]);
+        let (mut liars, mut silent_now) = (BTreeSet::new(), BTreeSet::new());
         let mut wait = Duration::from_secs(1);
+        let mut empty_rounds = 0;
         for round in 0u32.. {
             let pool = self.draw_verifiers(&beacon, round, &settled_with, profile);
             let wanted = plan.verifiers as usize;
@@ -203,7 +213,7 @@ impl Node {
                 beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
-                rerun_estimate: rerun_estimate(t, n, plan),
+                rerun_estimate: rerun_estimate(t, n, &plan),
             };
             let mut answered = false;
             for v in pool {
@@ -229,6 +239,7 @@ impl Node {
                         Err(VerdictDefect::Lie(why)) => {
                             answered = true;
                             settled_with.insert(v);
+                            liars.insert(v);
                             tracing::warn!(verifier = %v, %why, "verdict does not answer its challenge: slashed");
                             let evidence = verdict.id()?;
                             self.slash(
@@ -245,10 +256,12 @@ impl Node {
                             self.store.update_participant(&v, |p| p.slashed += 1)?;
                         }
                         Err(VerdictDefect::Unattributable(why)) => {
+                            silent_now.insert(v);
                             self.silent(t, n, round, &v, &challenge, &why).await?;
                         }
                     },
                     Err(e) => {
+                        silent_now.insert(v);
                         self.silent(t, n, round, &v, &challenge, &e.to_string())
                             .await?;
                     }
@@ -257,6 +270,7 @@ impl Node {
             if kept.iter().any(|v| v.body.outcome != VerdictOutcome::Pass) {
                 let ruling = self.referee(dir, &kept).await?;
                 for liar in &ruling.liars {
+                    liars.insert(liar.body.verifier);
                     self.slash_verifier(
                         t,
                         n,
@@ -274,15 +288,41 @@ impl Node {
             if kept.len() >= wanted {
                 break;
             }
-            if !answered {
-                // Nobody (new) answered: wait before drawing again, longer each time, but never
-                // give up on the worker's finished result.
-                tracing::info!(task = %id, have = kept.len(), wanted, "waiting for verifiers");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(MAX_REDRAW_WAIT);
+            if answered {
+                empty_rounds = 0;
+                continue;
             }
+            empty_rounds += 1;
+            // Verifiers went away (silent, or excluded as liars) and fewer than the plan's are
+            // left: re-plan for those, each sampling more so the buyer's target still holds,
+            // and audit afresh (verdicts kept so far were sized for more verifiers).
+            let gone: BTreeSet<AccountId> = liars
+                .iter()
+                .chain(&silent_now)
+                .copied()
+                .chain([worker])
+                .collect();
+            let left = self.draw_verifiers(&beacon, 0, &gone, profile).len();
+            if empty_rounds >= REPLAN_AFTER && left >= 1 && left < wanted {
+                plan = audit_plan::plan_for(
+                    &t.spec.body,
+                    u64::from(commitment.body.segments),
+                    left as u64,
+                )?;
+                tracing::warn!(task = %id, verifiers = left, samples = plan.samples, "too few verifiers answer: re-planned");
+                kept.clear();
+                settled_with = liars.iter().copied().chain([worker]).collect();
+                silent_now.clear();
+                (empty_rounds, wait) = (0, Duration::from_secs(1));
+                continue;
+            }
+            // Nobody (new) answered: wait before drawing again, longer each time, but never
+            // give up on the worker's finished result.
+            tracing::info!(task = %id, have = kept.len(), wanted, "waiting for verifiers");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(MAX_REDRAW_WAIT);
         }
-        Ok(Collected::Accepted(kept))
+        Ok(Collected::Accepted(kept, plan))
     }
 
     /// Asks `v` for a verdict; a mismatch not yet narrowed to a step makes the worker open that
