@@ -350,3 +350,35 @@ fn hashes_link_every_entry_to_the_one_before() {
         prev = d.hash;
     }
 }
+
+/// A `commit` entry whose beacon proof is not the operator's VRF proof (here a grinding worker's
+/// own proof, so the beacon would be the worker's choice) is refused at that entry on replay,
+/// even though the operator signed the entry: the proof itself is checked under the ledger key.
+#[test]
+fn a_beacon_proof_by_another_key_is_refused_on_replay() {
+    let (_dir, _ledger, lines) = sample();
+    let at = lines
+        .iter()
+        .position(|l| {
+            matches!(
+                Entry::decode(l).expect("decodes").entry.body.kind,
+                EntryKind::Commit { .. }
+            )
+        })
+        .expect("a commit entry");
+    let mut body = Entry::decode(&lines[at]).expect("decodes").entry.body;
+    let EntryKind::Commit { commitment, .. } = body.kind.clone() else {
+        unreachable!()
+    };
+    // The honest entry verifies; the same entry with the worker's own proof does not.
+    body.kind = EntryKind::commit_of(&who("worker"), commitment)
+        .expect("entry")
+        .0;
+    let mut tampered = lines.clone();
+    tampered[at] = Entry::sign(body, &operator()).expect("sign").line;
+    // Entries after it no longer link; the first fault must be the proof itself, at `at`.
+    tampered.truncate(at + 1);
+    let b = broken(&tampered);
+    assert_eq!(b.seq, at as u64, "{b}");
+    assert!(b.to_string().contains("beacon_proof"), "{b}");
+}

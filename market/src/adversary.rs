@@ -43,17 +43,23 @@ impl CaseResult {
 
     /// How many standard errors the measured rate is from the prediction.
     pub fn sigmas(&self) -> f64 {
-        let p = self.predicted;
-        let se = (p * (1.0 - p) / self.audits.max(1) as f64).sqrt();
-        if se == 0.0 {
-            if (self.rate() - p).abs() < 1e-12 {
-                0.0
-            } else {
-                f64::INFINITY
-            }
+        sigmas(self.caught, self.audits, self.predicted)
+    }
+}
+
+/// How many standard errors `hits` of `trials` is from a predicted probability `p` (0 or
+/// infinity when `p` is 0 or 1 and the outcome is certain).
+fn sigmas(hits: usize, trials: usize, p: f64) -> f64 {
+    let rate = hits as f64 / trials.max(1) as f64;
+    let se = (p * (1.0 - p) / trials.max(1) as f64).sqrt();
+    if se == 0.0 {
+        if (rate - p).abs() < 1e-12 {
+            0.0
         } else {
-            (self.rate() - p).abs() / se
+            f64::INFINITY
         }
+    } else {
+        (rate - p).abs() / se
     }
 }
 
@@ -178,17 +184,7 @@ impl Experiment {
 
     /// How many standard errors the measured rate is from the prediction.
     pub fn sigmas(&self) -> f64 {
-        CaseResult {
-            strategy: String::new(),
-            segments: 0,
-            faked: 0,
-            samples: 0,
-            audits: self.trials,
-            caught: self.hits,
-            predicted: self.predicted,
-            caught_exactly_when_sampled: true,
-        }
-        .sigmas()
+        sigmas(self.hits, self.trials, self.predicted)
     }
 }
 

@@ -58,21 +58,14 @@ pub enum AuditPlanError {
 /// The number of segments a task's run is cut into: checkpoints for training, one per prompt or
 /// row for inference (a rows blob is read to count them, so the plan is made per item).
 pub fn segment_count(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<u64, AuditPlanError> {
-    match &task.workload {
-        Workload::Training(t) => {
-            if t.checkpoint_interval == 0 {
-                return Err(AuditPlanError::ZeroInterval);
-            }
-            Ok(u64::from(t.steps).div_ceil(u64::from(t.checkpoint_interval)))
-        }
-        Workload::Inference(_) => {
-            let job = market_compute::InferenceJob::from_spec(task, blobs)
-                .map_err(|e| AuditPlanError::Inputs(e.to_string()))?;
-            match job.len() as u64 {
-                0 => Err(AuditPlanError::Empty),
-                n => Ok(n),
-            }
-        }
+    if matches!(&task.workload, Workload::Training(t) if t.checkpoint_interval == 0) {
+        return Err(AuditPlanError::ZeroInterval);
+    }
+    // The verifiers' own count, so node and verifiers size samples from the same number.
+    match market_verifier::audit::task_segments(task, blobs) {
+        Ok(0) => Err(AuditPlanError::Empty),
+        Ok(n) => Ok(n),
+        Err(e) => Err(AuditPlanError::Inputs(e.to_string())),
     }
 }
 

@@ -186,31 +186,31 @@ impl Dispatch for InProcess {
             samples,
         )?;
         let leaves = bundle.read_leaves()?;
-        let leaf = |i: u32| leaves.get(i as usize).copied().unwrap_or_default();
+        // The committed end of segment `s`: checkpoint `s + 1` (training) or item `s`.
         let training = commitment.body.steps > 0;
+        let end_of = |s: u32| {
+            let i = if training { s + 1 } else { s };
+            leaves.get(i as usize).copied().unwrap_or_default()
+        };
         let (checked, outcome) = match mode {
             VerifierMode::Lazy => (
                 challenge
                     .sampled
                     .iter()
-                    .map(|&s| {
-                        let end = if training { leaf(s + 1) } else { leaf(s) };
-                        market_protocol::SegmentCheck {
-                            segment: s,
-                            expected: end,
-                            actual: Some(end),
-                        }
+                    .map(|&s| market_protocol::SegmentCheck {
+                        segment: s,
+                        expected: end_of(s),
+                        actual: Some(end_of(s)),
                     })
                     .collect(),
                 market_protocol::VerdictOutcome::Pass,
             ),
             _ => {
                 let s = challenge.sampled.first().copied().unwrap_or(0);
-                let end = if training { leaf(s + 1) } else { leaf(s) };
                 (
                     vec![market_protocol::SegmentCheck {
                         segment: s,
-                        expected: end,
+                        expected: end_of(s),
                         actual: Some(market_protocol::StateHash(market_protocol::Hash::of(
                             b"made up",
                         ))),

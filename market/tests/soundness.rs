@@ -130,14 +130,22 @@ fn rigged(workers: &[(&Identity, Behavior)], verifiers: &[(&Identity, VerifierMo
     }
 }
 
-async fn market(dir: &Path, label: &str, dispatch: Rigged, config: NodeConfig) -> Market {
+/// A node with `dispatch` (a `Rigged`, or an `Arc` of one the test keeps to look at), its
+/// participants funded and staked, and its engine running.
+async fn market(
+    dir: &Path,
+    label: &str,
+    dispatch: impl Into<Arc<Rigged>>,
+    config: NodeConfig,
+) -> Market {
+    let dispatch: Arc<Rigged> = dispatch.into();
     let workers = dispatch.workers();
     let verifiers = dispatch.verifiers();
     let node = Node::open(
         dir,
         config.clone(),
         Identity::from_test_label(&format!("{label} operator")),
-        Arc::new(dispatch),
+        dispatch,
     )
     .unwrap();
     let buyer = Identity::from_test_label(&format!("{label} buyer"));
@@ -670,36 +678,14 @@ async fn a_worker_is_never_handed_two_tasks_at_once() {
     d.run_delay = Duration::from_secs(3);
     d.audit_delay = Duration::from_millis(400);
     let dispatch = Arc::new(d);
-    let node = Node::open(
-        dir.path(),
-        NodeConfig::default(),
-        Identity::from_test_label("busy operator"),
-        dispatch.clone(),
-    )
-    .unwrap();
-    let buyer = Identity::from_test_label("busy buyer");
-    node.fund("busy", &buyer.account(), 10_000, 0)
-        .await
-        .unwrap();
-    node.fund("busy", &worker.account(), 300, 300)
-        .await
-        .unwrap();
-    for v in &vs {
-        node.fund("busy", &v.account(), 100, 100).await.unwrap();
-    }
-    tokio::spawn(node.clone().run_engine());
+    let m = market(dir.path(), "busy", dispatch.clone(), NodeConfig::default()).await;
     let mut ids = Vec::new();
     for nonce in 1..=3 {
-        let spec = small_task(&buyer, nonce);
-        ids.push(
-            node.post_task(Signed::sign(spec, &buyer).unwrap())
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(post(&m, nonce).await);
     }
     for id in ids {
-        let t = node
+        let t = m
+            .node
             .wait_final(&id, Duration::from_secs(240))
             .await
             .unwrap();

@@ -193,12 +193,17 @@ pub fn audit(
     })
 }
 
-/// The segments (training) or items (inference) of `task`'s run.
+/// The segments (training: `ceil(steps / checkpoint_interval)`) or items (inference: one per
+/// prompt or row, the rows read from their blob) of `task`'s run: what the node plans with when
+/// the task is posted and what every verifier sizes its sample from.
 pub fn task_segments(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<u64, AuditError> {
-    Ok(match &task.workload {
-        Workload::Training(_) => u64::from(TrainingJob::from_spec(task, blobs)?.segments()),
-        Workload::Inference(_) => InferenceJob::from_spec(task, blobs)?.len() as u64,
-    })
+    match &task.workload {
+        Workload::Training(t) if t.checkpoint_interval == 0 => Err(AuditError::Policy(
+            "checkpoint_interval must be at least 1".into(),
+        )),
+        Workload::Training(t) => Ok(u64::from(t.steps).div_ceil(u64::from(t.checkpoint_interval))),
+        Workload::Inference(_) => Ok(InferenceJob::from_spec(task, blobs)?.len() as u64),
+    }
 }
 
 /// How many of `n` segments an audit under `policy` samples, and the probability it (with the

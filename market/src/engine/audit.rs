@@ -154,7 +154,7 @@ impl Node {
         };
         // Ringers go out with the real audits, not after them, so their timing tells nothing.
         let (planted, collected) = tokio::join!(
-            self.plant_ringers(&t, n, &dir, &plan, &pool),
+            self.plant_ringers(&t, n, &dir, &beacon, &plan, &pool),
             self.collect_verdicts(
                 &t,
                 n,
@@ -215,17 +215,19 @@ impl Node {
                 verifiers: plan.verifiers as u32,
                 rerun_estimate: rerun_estimate(t, n, &plan),
             };
+            // Sized exactly as the verifier sizes it (`AuditRequest::policy`).
+            let (samples, _) = market_verifier::audit::sample_count(
+                &t.spec.body,
+                commitment.body.segments,
+                &request.policy(),
+            )?;
             let mut answered = false;
             for v in pool {
                 if kept.len() >= wanted {
                     break;
                 }
-                let challenge = market_verifier::audit::challenge_for(
-                    v,
-                    commitment,
-                    beacon,
-                    plan.samples.min(u64::from(commitment.body.segments)) as u32,
-                )?;
+                let challenge =
+                    market_verifier::audit::challenge_for(v, commitment, beacon, samples)?;
                 match self
                     .verdict_of(t, worker, &v, dir, &request, &challenge)
                     .await
@@ -426,7 +428,8 @@ impl Node {
             evidence,
             None,
             "gave no verdict on its challenge in time",
-            (&[], &worker),
+            &[],
+            &worker,
             "silent",
         )
         .await?;

@@ -30,6 +30,7 @@ impl Node {
         t: &TaskRecord,
         n: usize,
         dir: &Path,
+        beacon: &Beacon,
         plan: &AuditPlan,
         pool: &[AccountId],
     ) -> anyhow::Result<()> {
@@ -38,9 +39,6 @@ impl Node {
         {
             return Ok(());
         }
-        let Some(commitment_id) = t.attempts[n].commitment_id else {
-            return Ok(());
-        };
         // Verifiers not drawn for the real audit first: to them a ringer is usually the one
         // audit of this task they get, as real work is (unless one drawn before them is silent
         // or lies and they stand in). Only a market with no verifier to spare plants on the
@@ -51,11 +49,10 @@ impl Node {
         } else {
             pool
         };
-        let (beacon, _) = market_protocol::beacon::prove_beacon(&self.operator, &commitment_id);
-        let draws = ringer_draws(&beacon, self.config.ringer_rate_ppm, targets.len());
+        let draws = ringer_draws(beacon, self.config.ringer_rate_ppm, targets.len());
         for (&v, _) in targets.iter().zip(draws).filter(|(_, planted)| *planted) {
             let ringer_dir = dir.with_extension(format!("ringer-{v}"));
-            let ringer_key = self.ringer_key(t, n, &v);
+            let ringer_key = ringer_key(&self.operator, &t.id, n, &v);
             let (src, dst, task, blobs) = (
                 dir.to_owned(),
                 ringer_dir.clone(),
@@ -114,10 +111,6 @@ impl Node {
             }
         }
         Ok(())
-    }
-
-    fn ringer_key(&self, t: &TaskRecord, n: usize, v: &AccountId) -> Identity {
-        ringer_key(&self.operator, &t.id, n, v)
     }
 }
 

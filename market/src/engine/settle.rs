@@ -297,15 +297,7 @@ impl Node {
     ) -> anyhow::Result<()> {
         let buyer = t.spec.body.buyer;
         self.slash_tagged(
-            t,
-            n,
-            account,
-            amount,
-            evidence,
-            verdict,
-            reason,
-            (to, &buyer),
-            reason,
+            t, n, account, amount, evidence, verdict, reason, to, &buyer, reason,
         )
         .await?;
         // Its own key per reason: a verifier slashed twice in one attempt loses reputation
@@ -314,8 +306,8 @@ impl Node {
             .await
     }
 
-    /// [`Node::slash`] without the reputation penalty: a fee to each of `pay.0` (but the buyer),
-    /// the rest to `pay.1`; its ledger keys told apart by `tag`.
+    /// [`Node::slash`] without the reputation penalty: a fee to each of `to` (but the buyer),
+    /// the rest to `rest_to`; its ledger keys told apart by `tag`.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn slash_tagged(
         &self,
@@ -326,7 +318,8 @@ impl Node {
         evidence: Hash,
         verdict: Option<&Signed<Verdict>>,
         reason: &str,
-        (to, rest_to): (&[AccountId], &AccountId),
+        to: &[AccountId],
+        rest_to: &AccountId,
         tag: &str,
     ) -> anyhow::Result<()> {
         let _one_at_a_time = self.slashing.lock().await;
