@@ -162,6 +162,13 @@ impl Bundle {
         self.read_json("leaves.json")
     }
 
+    /// The largest opening of a segment of `interval` steps: a JSON array of `interval`
+    /// state hashes (66 bytes each with quotes, plus a comma) and its brackets, with room to
+    /// spare. A node fetches no larger file when it asks a worker to open a segment.
+    pub fn max_step_hashes_bytes(interval: u32) -> u64 {
+        u64::from(interval) * 80 + 64
+    }
+
     /// Writes per-step state hashes of a segment (the worker's opening of its steps).
     pub fn write_step_hashes(&self, segment: u32, hashes: &[StateHash]) -> Result<(), BundleError> {
         self.write_json(&format!("steps/{segment:06}.json"), &hashes)
@@ -194,5 +201,33 @@ impl Bundle {
             path,
             reason: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod step_opening_tests {
+    use super::*;
+
+    /// The node refuses openings over this bound (issue 12 item 9): an honest one, with the
+    /// longest hex hashes, always fits.
+    #[test]
+    fn an_honest_opening_fits_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::at(dir.path());
+        std::fs::create_dir_all(dir.path().join("steps")).unwrap();
+        for interval in [1u32, 7, 10, 1000] {
+            let hashes = vec![StateHash(market_protocol::Hash([0xff; 32])); interval as usize];
+            bundle.write_step_hashes(3, &hashes).unwrap();
+            let size = std::fs::metadata(bundle.steps_path(3)).unwrap().len();
+            assert!(
+                size <= Bundle::max_step_hashes_bytes(interval),
+                "{interval}: {size}"
+            );
+            // Not so loose that it lets through much more than an opening.
+            assert!(
+                Bundle::max_step_hashes_bytes(interval) < 2 * size + 64,
+                "{interval}: {size}"
+            );
+        }
     }
 }

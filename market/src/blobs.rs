@@ -66,13 +66,15 @@ impl BlobStore {
         self.path(id).is_file()
     }
 
-    /// Streams `body` to a temporary file, hashing as it goes.
-    pub async fn stage<S, B, E>(&self, mut body: S) -> Result<Staged, BlobError>
+    /// Streams `body` to a temporary file, hashing as it goes; refused past `limit` bytes (or
+    /// the store's own limit, whichever is lower).
+    pub async fn stage<S, B, E>(&self, mut body: S, limit: u64) -> Result<Staged, BlobError>
     where
         S: Stream<Item = Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
         E: std::fmt::Display,
     {
+        let limit = limit.min(self.max_bytes);
         let path = self.tmp_path("upload");
         let mut file = tokio::fs::File::create(&path).await?;
         let mut hasher = blake3::Hasher::new();
@@ -82,8 +84,8 @@ impl BlobStore {
                 let chunk = chunk.map_err(|e| BlobError::Body(e.to_string()))?;
                 let chunk = chunk.as_ref();
                 size += chunk.len() as u64;
-                if size > self.max_bytes {
-                    return Err(BlobError::TooLarge(self.max_bytes));
+                if size > limit {
+                    return Err(BlobError::TooLarge(limit));
                 }
                 hasher.update(chunk);
                 file.write_all(chunk).await?;
@@ -133,6 +135,14 @@ impl BlobStore {
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tmp.join(format!("{kind}-{}-{n}", std::process::id()))
+    }
+
+    /// Deletes a stored blob (expired); a blob that is not there is no error.
+    pub fn remove(&self, id: &BlobId) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Reads a whole blob (for the compute crate, which takes bytes).

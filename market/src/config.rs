@@ -11,6 +11,16 @@ pub struct NodeConfig {
     pub max_body_bytes: usize,
     /// Largest blob upload, bytes.
     pub max_blob_bytes: u64,
+    /// Blob storage each account may hold per credit it has (balance plus stake), bytes: an
+    /// account with no credits may store nothing.
+    pub blob_bytes_per_credit: u64,
+    /// How long an uploaded blob that no task reads is kept after its last upload, seconds.
+    pub blob_ttl_secs: u64,
+    /// Task posts validated at once (building a dataset can take seconds of CPU); more wait.
+    pub max_concurrent_validations: usize,
+    /// How long a task post waits for a validation slot before it is refused with 429,
+    /// seconds.
+    pub validation_wait_secs: u64,
     /// How far a signed request's timestamp may be from the node's clock, seconds.
     pub max_clock_skew_secs: u64,
     /// Credits each verifier earns per audit, paid from the task's escrow.
@@ -90,6 +100,10 @@ impl Default for NodeConfig {
         Self {
             max_body_bytes: 1 << 20,
             max_blob_bytes: 256 << 20,
+            blob_bytes_per_credit: 1 << 20,
+            blob_ttl_secs: 24 * 3600,
+            max_concurrent_validations: 2,
+            validation_wait_secs: 30,
             max_clock_skew_secs: 300,
             verifier_fee: 10,
             verifiers_per_task: 2,

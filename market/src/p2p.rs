@@ -828,12 +828,36 @@ impl P2pDispatch {
         result
     }
 
+    /// Asks the worker to open a segment's per-step hashes and fetches them: a file no larger
+    /// than a segment of the task's checkpoint interval needs, and the whole exchange within
+    /// the audit timeout (the worker re-executes the segment to answer), so a worker cannot
+    /// make the node fetch a file of its choosing or wait on it for ever.
     async fn open_steps_async(
         &self,
         worker: &AccountId,
         dir: &Path,
         segment: u32,
     ) -> anyhow::Result<()> {
+        let limit = self.options.audit_timeout;
+        tokio::time::timeout(limit, self.open_steps_within(worker, dir, segment))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the worker did not open segment {segment} within {limit:?}")
+            })?
+    }
+
+    async fn open_steps_within(
+        &self,
+        worker: &AccountId,
+        dir: &Path,
+        segment: u32,
+    ) -> anyhow::Result<()> {
+        let task = market_compute::bundle::Bundle::at(dir).read_task()?;
+        let market_protocol::Workload::Training(training) = &task.workload else {
+            anyhow::bail!("an inference task has no steps to open");
+        };
+        let max =
+            market_compute::bundle::Bundle::max_step_hashes_bytes(training.checkpoint_interval);
         let (w, task_id, job) = *self
             .state()
             .finished
@@ -859,6 +883,12 @@ impl P2pDispatch {
         };
         let name = format!("steps/{segment:06}.json");
         anyhow::ensure!(entry.path == name, "asked for {name}, got {}", entry.path);
+        anyhow::ensure!(
+            entry.size <= max,
+            "the opening of segment {segment} is {} bytes; {} steps need at most {max}",
+            entry.size,
+            training.checkpoint_interval
+        );
         let source = Source::Bundle {
             task_id,
             job,

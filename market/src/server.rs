@@ -13,11 +13,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let engine = tokio::spawn(node.clone().run_engine());
+    let housekeeping = tokio::spawn(node.clone().run_housekeeping());
     let app = crate::api::router(node).layer(tower_http::trace::TraceLayer::new_for_http());
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     engine.abort();
+    housekeeping.abort();
     result
 }
 
@@ -56,6 +58,25 @@ pub struct ServeArgs {
     pub mint: Vec<String>,
 }
 
+/// The keys of in-process workers or verifiers: random, each in a 0600 key file under
+/// `DATA/local/` made on first start and reused after, so a restarted node keeps the same
+/// participants (and their earnings). Keys derived from a public label would let anyone who
+/// knows the operator's account spend what its local participants earn.
+pub fn local_identities(
+    data: &std::path::Path,
+    role: &str,
+    n: usize,
+) -> anyhow::Result<Vec<market_protocol::Identity>> {
+    let dir = data.join("local");
+    std::fs::create_dir_all(&dir)?;
+    (0..n)
+        .map(|i| {
+            market_protocol::keyfile::load_or_create_identity(&dir.join(format!("{role}-{i}.key")))
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
 /// Runs a node from command-line arguments until `shutdown` resolves.
 pub async fn run(
     args: ServeArgs,
@@ -65,7 +86,6 @@ pub async fn run(
 
     use crate::config::NodeConfig;
     use crate::dispatch::{InProcess, VerifierMode};
-    use market_protocol::Identity;
     use market_worker::Behavior;
 
     let ServeArgs {
@@ -89,15 +109,8 @@ pub async fn run(
     let operator = market_protocol::keyfile::load_or_create_identity(
         &key.unwrap_or_else(|| data.join("operator.key")),
     )?;
-    let local = |role: &str, n: usize| {
-        (0..n)
-            .map(|i| {
-                Identity::from_test_label(&format!("local {role} {i} of {}", operator.account()))
-            })
-            .collect::<Vec<_>>()
-    };
-    let workers = local("worker", local_workers);
-    let verifiers = local("verifier", local_verifiers);
+    let workers = local_identities(&data, "worker", local_workers)?;
+    let verifiers = local_identities(&data, "verifier", local_verifiers)?;
     let mut p2p_addrs = Vec::new();
     let node = if local_workers + local_verifiers > 0 {
         let dispatch = InProcess {

@@ -405,7 +405,13 @@ async fn attack_4_uploading_the_result_first_does_not_lock_the_buyer_out() {
     let squatted = m.node.blobs.put(&weights).unwrap();
     m.node
         .store
-        .set_blob_owner(&squatted, &squatter.account())
+        .record_upload(
+            &squatted,
+            &squatter.account(),
+            weights.len() as u64,
+            0,
+            u64::MAX,
+        )
         .unwrap();
     let t = settle(&m, 1).await;
     assert_eq!(t.state, TaskState::Settled);
@@ -518,6 +524,17 @@ fn attack_4_a_crash_between_settlement_appends_pays_nothing_twice() {
             }
             assert!(node.ledger.escrow_of(&id).unwrap().remaining.0 == 0);
             node.ledger.verify().unwrap();
+            // Issue 12 item 8: the records count the settlement once, however often its
+            // steps ran.
+            let record = |a: &Identity| node.store.participant(&a.account()).unwrap();
+            assert_eq!(record(&worker).tasks_done, 1, "crash at {k}");
+            for v in &vs {
+                assert_eq!(
+                    (record(v).audits, record(v).audits_passed),
+                    (1, 1),
+                    "crash at {k}"
+                );
+            }
         });
         rt.shutdown_timeout(Duration::from_secs(5));
         if !crashed {

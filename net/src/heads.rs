@@ -13,6 +13,10 @@ use crate::peer::account_of;
 /// Heads remembered per ledger (older ones are forgotten).
 const REMEMBERED: usize = 4096;
 
+/// Ledgers watched at most: a peer follows its own market's ledger, so a publisher with a new
+/// key each time cannot make it keep state for every key.
+pub const MAX_LEDGERS: usize = 16;
+
 /// What a received head means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadCheck {
@@ -60,6 +64,9 @@ impl HeadWatch {
             return HeadCheck::Invalid(
                 "published by a peer other than the ledger's operator".into(),
             );
+        }
+        if !self.seen.contains_key(&body.ledger) && self.seen.len() >= MAX_LEDGERS {
+            return HeadCheck::Invalid(format!("already watching {MAX_LEDGERS} ledgers"));
         }
         let heads = self.seen.entry(body.ledger).or_default();
         match heads.get(&body.seq) {
@@ -151,5 +158,12 @@ mod tests {
         let bytes = serde_json::to_vec(&forged).unwrap_or_default();
         assert!(matches!(w.observe(&bytes, peer), HeadCheck::Invalid(_)));
         assert!(matches!(w.observe(b"garbage", peer), HeadCheck::Invalid(_)));
+        // Publishers with fresh keys: state for at most MAX_LEDGERS ledgers.
+        for i in 0..100 {
+            let key = Identity::from_test_label(&format!("fresh publisher {i}"));
+            let _ = w.observe(&head(&key, 1, b"x"), Some(key.account().to_peer_id()));
+        }
+        assert_eq!(w.seen.len(), MAX_LEDGERS);
+        assert_eq!(w.observe(&head(&op, 5, b"a"), peer), HeadCheck::Known);
     }
 }

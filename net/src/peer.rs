@@ -207,6 +207,9 @@ fn build_swarm(identity: &Identity, config: &NetConfig) -> Result<Swarm<Behaviou
             let peer_id = key.public().to_peer_id();
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)
+                // Nothing is relayed before `crate::gossip::validate` accepts it.
+                .validate_messages()
+                .max_transmit_size(crate::gossip::MAX_GOSSIP_BYTES + 4096)
                 .heartbeat_interval(Duration::from_secs(1))
                 .build()?;
             let mut gossipsub = gossipsub::Behaviour::new(
@@ -301,6 +304,7 @@ impl Net {
             dials: HashMap::new(),
             listening: Vec::new(),
             public: config.relay_server,
+            strikes: Default::default(),
         };
         tokio::spawn(event_loop.run());
         Ok((Self { commands, peer_id }, event_rx))
@@ -386,6 +390,8 @@ struct EventLoop {
     /// A node: its listen addresses are where the public reaches it, so they are its
     /// external addresses (the relay serves reservations only with some).
     public: bool,
+    /// Peers that relayed invalid gossip.
+    strikes: crate::gossip::Strikes,
 }
 
 impl EventLoop {
@@ -483,13 +489,46 @@ impl EventLoop {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Rr(e)) => self.on_rr(e),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
                 message,
-                ..
-            })) => self.emit(Event::Gossip {
-                topic: message.topic.into_string(),
-                source: message.source,
-                data: message.data,
-            }),
+            })) => {
+                let topic = message.topic.into_string();
+                let checked = crate::gossip::validate(&topic, message.source, &message.data);
+                let acceptance = match &checked {
+                    Ok(()) => gossipsub::MessageAcceptance::Accept,
+                    Err(_) => gossipsub::MessageAcceptance::Reject,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                match checked {
+                    Ok(()) => self.emit(Event::Gossip {
+                        topic,
+                        source: message.source,
+                        data: message.data,
+                    }),
+                    Err(e) => {
+                        tracing::debug!(peer = %propagation_source, error = %e, "invalid gossip");
+                        if self.strikes.strike(propagation_source) {
+                            let reason = format!(
+                                "relayed invalid gossip {} times: {e}",
+                                crate::gossip::STRIKES
+                            );
+                            tracing::warn!(peer = %propagation_source, %reason, "banned");
+                            self.swarm
+                                .behaviour_mut()
+                                .blocked
+                                .block_peer(propagation_source);
+                            self.emit(Event::Misbehaved {
+                                peer: propagation_source,
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -583,7 +583,7 @@ fn check_inference(
             actual: Some(ours.hash),
         });
         let matches = ours.hash == expected
-            || (job.profile != ExecutionProfile::Repro && rows_close(&ours.bytes, &theirs));
+            || within_tolerance(&job.model, job.profile, &ours.bytes, &theirs);
         if !matches {
             return Ok(Some(fail(
                 item,
@@ -596,6 +596,21 @@ fn check_inference(
         }
     }
     Ok(None)
+}
+
+/// Whether an inference output that differs from ours is still an honest one: only `mlp` rows
+/// (numbers) outside `repro` have a tolerance. Generated text is compared exactly, byte for
+/// byte: text bytes read as binary32 come out "close" for different text (a changed first
+/// character moves only the lowest bits of the first value).
+fn within_tolerance(
+    model: &market_compute::zoo::ModelConfig,
+    profile: ExecutionProfile,
+    ours: &[u8],
+    theirs: &[u8],
+) -> bool {
+    matches!(model, market_compute::zoo::ModelConfig::Mlp(_))
+        && profile != ExecutionProfile::Repro
+        && rows_close(ours, theirs)
 }
 
 /// For `native` mlp rows: the same tolerance as states, over the row.
@@ -698,4 +713,57 @@ pub fn challenge_for(
     );
     Challenge::derive(verifier, id, beacon, c.segments, samples.min(c.segments))
         .map_err(|e| AuditError::Policy(e.to_string()))
+}
+
+#[cfg(test)]
+mod tolerance_tests {
+    use super::*;
+    use market_compute::zoo::{GptConfig, MlpConfig, ModelConfig};
+    use market_protocol::Activation;
+
+    /// Issue 12 item 14: `native` gpt inference compared UTF-8 output bytes as if they were
+    /// binary32 values, so a worker could change the first character of every fourth byte and
+    /// still pass.
+    #[test]
+    fn changed_text_is_never_within_tolerance() {
+        let gpt = ModelConfig::Gpt(GptConfig {
+            layers: 1,
+            heads: 1,
+            width: 8,
+            vocab: 16,
+            context: 8,
+        });
+        let honest = b"12+34=46";
+        let forged = b"02+34=46";
+        // What the old comparison said about these bytes.
+        assert!(
+            rows_close(forged, honest),
+            "the old check took them as close"
+        );
+        for profile in ExecutionProfile::ALL {
+            assert!(
+                !within_tolerance(&gpt, profile, forged, honest),
+                "{profile:?}"
+            );
+        }
+        // Rows of numbers keep their tolerance outside `repro`.
+        let mlp = ModelConfig::Mlp(MlpConfig {
+            widths: vec![2, 2],
+            activation: Activation::Relu,
+        });
+        let row = |v: [f32; 2]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (ours, theirs) = (row([1.0, 2.0]), row([1.0001, 2.0]));
+        assert!(within_tolerance(
+            &mlp,
+            ExecutionProfile::Native,
+            &ours,
+            &theirs
+        ));
+        assert!(!within_tolerance(
+            &mlp,
+            ExecutionProfile::Repro,
+            &ours,
+            &theirs
+        ));
+    }
 }

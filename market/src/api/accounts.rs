@@ -25,13 +25,18 @@ pub(crate) struct AccountView {
 }
 
 fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
-    let escrowed = node
-        .ledger
-        .open_escrows()
-        .iter()
-        .filter(|(_, e)| e.buyer == *account)
-        .map(|(_, e)| e.remaining.0)
-        .sum();
+    // Only unfinished tasks hold escrow: read them from the store's index, so the cost is
+    // that of this buyer's open tasks, not of every escrow in the ledger.
+    let mut escrowed = 0u64;
+    for state in ["queued", "running", "auditing"] {
+        for t in node
+            .store
+            .tasks_where(Some(account), Some(state), None, usize::MAX)
+            .map_err(ApiError::internal)?
+        {
+            escrowed += node.ledger.escrow_of(&t.id).map_or(0, |e| e.remaining.0);
+        }
+    }
     Ok(AccountView {
         account: account.to_hex(),
         registered: node
@@ -45,8 +50,9 @@ fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
     })
 }
 
-/// Registers the signing account (the signature proves the key is held).
-#[utoipa::path(post, path = "/v1/accounts", responses((status = 201, body = AccountView), (status = 401, body = crate::error::ErrorBody)))]
+/// Registers the signing account (the signature proves the key is held). Only an account
+/// that holds credits (balance or stake) may register: 402 otherwise.
+#[utoipa::path(post, path = "/v1/accounts", responses((status = 201, body = AccountView), (status = 401, body = crate::error::ErrorBody), (status = 402, body = crate::error::ErrorBody)))]
 pub(crate) async fn register(
     State(node): State<Arc<Node>>,
     method: Method,
@@ -56,6 +62,17 @@ pub(crate) async fn register(
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let body = body_or_error(body)?;
     let account = authenticate(&node, &method, &uri, &headers, &Hash::of(&body))?;
+    // Only accounts with credits are kept, so registrations grow with the funded accounts,
+    // not with every key anyone generates.
+    if node.ledger.balance(&account).0 == 0 && node.ledger.stake(&account).0 == 0 {
+        return Err(ApiError::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "unfunded_account",
+            format!(
+                "account {account} holds no credits: an account is registered once it is funded"
+            ),
+        ));
+    }
     node.store.register(&account).map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(view(&node, &account)?)))
 }

@@ -50,16 +50,52 @@ pub(crate) async fn head(
     ))
 }
 
-/// The whole ledger as JSON lines, verifiable with `market-ledger verify --export`.
-#[utoipa::path(get, path = "/v1/ledger/export", responses((status = 200, content_type = "application/x-ndjson")))]
-pub(crate) async fn export(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportQuery {
+    from: Option<u64>,
+}
+
+/// The ledger as JSON lines, from genesis (verifiable with `market-ledger verify --export`) or
+/// from `?from=SEQ` (to follow it). Streamed as it is read: the node holds a few chunks of it
+/// at a time, however long the ledger, and stops reading when the client goes away.
+#[utoipa::path(get, path = "/v1/ledger/export", params(("from" = Option<u64>, Query, description = "first sequence number (default 0)")), responses((status = 200, content_type = "application/x-ndjson")))]
+pub(crate) async fn export(
+    State(node): State<Arc<Node>>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let ledger = node.ledger.clone();
-    let bytes = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        ledger.export(&mut out, 0).map(|_| out)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
-    Ok(([("content-type", "application/x-ndjson")], bytes))
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, ChannelWriter(tx.clone()));
+        if let Err(e) = ledger.export(&mut out, q.from.unwrap_or(0)) {
+            // The client sees a truncated body (the last line incomplete or missing) and the
+            // connection closed with an error, never a silently short export.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    ))
+}
+
+/// Sends what is written to an HTTP body, a chunk at a time (blocking while the client reads).
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

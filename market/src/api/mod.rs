@@ -35,6 +35,8 @@ use crate::error::ApiError;
         accounts::get_account,
         blobs::upload,
         blobs::download,
+        blobs::grant,
+        blobs::revoke,
         tasks::post_task,
         tasks::list_tasks,
         tasks::get_task,
@@ -60,6 +62,7 @@ use crate::error::ApiError;
         crate::error::ErrorDetail,
         accounts::AccountView,
         blobs::BlobCreated,
+        blobs::BlobGrant,
         tasks::TaskResult,
         ops::Participant
     ))
@@ -78,6 +81,11 @@ pub fn router(node: Arc<Node>) -> Router {
             post(blobs::upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/blobs/{id}", get(blobs::download))
+        .route("/v1/blobs/{id}/grants", post(blobs::grant))
+        .route(
+            "/v1/blobs/{id}/grants/{account}",
+            axum::routing::delete(blobs::revoke),
+        )
         .route("/v1/tasks", post(tasks::post_task).get(tasks::list_tasks))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/result", get(tasks::get_result))
@@ -150,12 +158,7 @@ pub(crate) fn authenticate(
     req.verify(method.as_str(), pq, body_digest, now, skew)?;
     if !node
         .store
-        .use_nonce(
-            &req.account,
-            &req.nonce,
-            req.timestamp,
-            now.saturating_sub(2 * skew),
-        )
+        .use_nonce(&req.account, &req.nonce, req.timestamp)
         .map_err(ApiError::internal)?
     {
         return Err(ApiError::unauthorized(

@@ -58,28 +58,23 @@ pub(crate) async fn list_tasks(
         .as_deref()
         .map(|b| parse_id(b, "account id"))
         .transpose()?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 100);
-    let mut out = Vec::new();
-    let mut after = q.after;
-    let mut next = None;
-    'pages: loop {
-        let page = node.store.tasks(after, 256).map_err(ApiError::internal)?;
-        if page.is_empty() {
-            break;
-        }
-        for t in page {
-            after = Some(t.order);
-            let keep = q.state.as_deref().is_none_or(|s| s == t.state.name())
-                && buyer.is_none_or(|b| b == t.spec.body.buyer);
-            if keep {
-                out.push(node.view(&t));
-                if out.len() == limit {
-                    next = Some(t.order);
-                    break 'pages;
-                }
-            }
+    if let Some(state) = q.state.as_deref() {
+        if !crate::store::Store::is_state_name(state) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("{state:?} is not a task state (queued, running, auditing, settled, rejected, cancelled)"),
+            ));
         }
     }
+    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    // Read from the index that matches the filter: the cost is that of the page.
+    let mut page = node
+        .store
+        .tasks_where(buyer.as_ref(), q.state.as_deref(), q.after, limit + 1)
+        .map_err(ApiError::internal)?;
+    let next = (page.len() > limit).then(|| page[limit - 1].order);
+    page.truncate(limit);
+    let out: Vec<TaskView> = page.iter().map(|t| node.view(t)).collect();
     Ok(Json(serde_json::json!({"tasks": out, "next_after": next})))
 }
 

@@ -255,7 +255,11 @@ impl Node {
                                 &[],
                             )
                             .await?;
-                            self.store.update_participant(&v, |p| p.slashed += 1)?;
+                            self.store.update_participant(
+                                &format!("{}:{n}:slash:{evidence}", t.id),
+                                &v,
+                                |p| p.slashed += 1,
+                            )?;
                         }
                         Err(VerdictDefect::Unattributable(why)) => {
                             silent_now.insert(v);
@@ -516,12 +520,13 @@ impl Node {
             &catchers,
         )
         .await?;
-        self.store.update_participant(&worker, |p| {
+        let event = format!("{}:{n}:failed", t.id);
+        self.store.update_participant(&event, &worker, |p| {
             p.tasks_failed += 1;
             p.slashed += 1;
         })?;
         for v in &catchers {
-            self.store.update_participant(v, |p| {
+            self.store.update_participant(&event, v, |p| {
                 p.audits += 1;
                 p.audits_failed += 1;
             })?;
@@ -553,7 +558,11 @@ impl Node {
             &[],
         )
         .await?;
-        self.store.update_participant(&v, |p| p.slashed += 1)?;
+        self.store.update_participant(
+            &format!("{}:{n}:slash:{}", t.id, verdict.id()?),
+            &v,
+            |p| p.slashed += 1,
+        )?;
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 //! re-runs its steps without paying or refunding twice.
 
 mod audit;
+pub mod housekeeping;
+mod post;
 pub mod ringers;
 mod settle;
 pub mod verdicts;
@@ -12,14 +14,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use market_ledger::{EntryKind, IdempotencyKey, Ledger, LedgerError, OpError};
+use market_ledger::{EntryKind, IdempotencyKey, Ledger};
 use market_protocol::{
     AccountId, Beacon, ChallengeSeed, Credits, ExecutionProfile, Hash, Identity, Signed, TaskId,
-    TaskSpec, Workload,
 };
 use tokio::sync::{broadcast, Notify};
 
-use crate::audit_plan;
 use crate::blobs::BlobStore;
 use crate::config::NodeConfig;
 use crate::dispatch::Dispatch;
@@ -55,6 +55,9 @@ pub struct Node {
     /// several at once would run each past its timeout. A permit is taken before the audit is
     /// sent, so the timeout counts from when the verifier can start.
     audit_slots: Mutex<std::collections::BTreeMap<AccountId, Arc<tokio::sync::Semaphore>>>,
+    /// Task posts being validated (building a dataset can take seconds of CPU): a bound, so
+    /// a flood of posts cannot take every core.
+    validations: Arc<tokio::sync::Semaphore>,
     /// Slashes read a stake and then take from it; two at once of one account would both take
     /// the whole stake and the second would fail.
     slashing: tokio::sync::Mutex<()>,
@@ -130,6 +133,9 @@ impl Node {
         let bundles = data.join("bundles");
         std::fs::create_dir_all(&bundles)?;
         let (events, _) = broadcast::channel(1024);
+        let validations = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_validations.max(1),
+        ));
         let node = Arc::new(Self {
             config,
             ledger,
@@ -143,6 +149,7 @@ impl Node {
             claimed: Mutex::new(BTreeSet::new()),
             busy: Mutex::new(std::collections::BTreeMap::new()),
             audit_slots: Mutex::new(std::collections::BTreeMap::new()),
+            validations,
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),
             settlement_crash: Mutex::new(None),
@@ -287,97 +294,6 @@ impl Node {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-    }
-
-    /// Validates a buyer's signed task, shows the audit plan, escrows the price and queues it.
-    pub async fn post_task(&self, signed: Signed<TaskSpec>) -> Result<TaskRecord, ApiError> {
-        let spec = signed
-            .verify()
-            .map_err(|e| ApiError::bad_request("bad_task_signature", e.to_string()))?
-            .clone();
-        let id = TaskId(
-            signed
-                .id()
-                .map_err(|e| ApiError::bad_request("not_canonical", e.to_string()))?,
-        );
-        if let Some(existing) = self.store.task(&id).map_err(ApiError::internal)? {
-            return Ok(existing);
-        }
-        // Built with the task's own profile: the node referees split verdicts and makes
-        // ringers by re-executing, so it takes only tasks its own build can run (a node for
-        // `cuda` tasks is built with the `cuda` feature and has a GPU).
-        let check = match &spec.workload {
-            Workload::Training(_) => {
-                market_compute::TrainingJob::from_spec(&spec, &self.blobs).map(|_| ())
-            }
-            Workload::Inference(_) => {
-                market_compute::InferenceJob::from_spec(&spec, &self.blobs).map(|_| ())
-            }
-        };
-        check.map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_task",
-                e.to_string(),
-            )
-        })?;
-        let plan = audit_plan::plan(
-            &spec,
-            &self.blobs,
-            self.config.verifiers_per_task.max(1) as u64,
-            &self.config.min_detection_target,
-        )
-        .map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_task",
-                e.to_string(),
-            )
-        })?;
-        let fees = self.config.verifier_fee * self.config.verifiers_per_task as u64;
-        if spec.price.0 <= fees {
-            return Err(ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("the price {} does not cover {} verifiers at a fee of {} each and leave anything for the worker", spec.price.0, self.config.verifiers_per_task, self.config.verifier_fee)));
-        }
-        let kind = EntryKind::Escrow {
-            amount: spec.price,
-            buyer: spec.buyer,
-            spec: Some(signed.clone()),
-            task_id: id,
-        };
-        let appended = match self.append(format!("escrow:{id}"), kind).await {
-            Ok(a) => a,
-            Err(e) => {
-                return Err(match e.downcast_ref::<LedgerError>() {
-                    Some(LedgerError::Refused(OpError::Overdraft { .. })) => ApiError::new(
-                        axum::http::StatusCode::PAYMENT_REQUIRED,
-                        "insufficient_balance",
-                        format!(
-                            "account {} has {} credits; the task's price is {}",
-                            spec.buyer,
-                            self.ledger.balance(&spec.buyer),
-                            spec.price
-                        ),
-                    ),
-                    Some(LedgerError::Refused(op)) => ApiError::conflict("refused", op.to_string()),
-                    _ => ApiError::internal(e),
-                })
-            }
-        };
-        let record = TaskRecord {
-            id,
-            spec: signed,
-            order: self.store.next_order().map_err(ApiError::internal)?,
-            state: TaskState::Queued,
-            plan,
-            verifier_fee: self.config.verifier_fee,
-            attempts: Vec::new(),
-            outputs: Vec::new(),
-            ledger_seqs: vec![appended.seq()],
-            settlement: None,
-        };
-        self.save(&record).map_err(ApiError::internal)?;
-        self.wake.notify_one();
-        Ok(record)
     }
 
     /// Cancels a queued task and refunds its escrow. Only its buyer may.
@@ -770,12 +686,11 @@ impl Node {
         let run_dir = dir.clone();
         let started = std::time::Instant::now();
         let commitment = tokio::task::spawn_blocking(move || {
-            let mut last = 0u32;
+            let mut throttle = ProgressThrottle::default();
             let mut shown = progress_task;
             node.dispatch
                 .run(&worker, &spec, &run_dir, &node.blobs, &mut |p| {
-                    if p.done >= last.saturating_add(10) || p.done == p.total {
-                        last = p.done;
+                    if throttle.admit(p.done, p.total, std::time::Instant::now()) {
                         shown.state = TaskState::Running {
                             worker,
                             done: p.done,
@@ -839,5 +754,71 @@ impl Node {
             Some(n) if t.attempts[n].commit_seq.is_some() => self.resume_audit(t, n).await,
             _ => Ok(()),
         }
+    }
+}
+
+/// Which progress reports of a run are saved (an fsync) and announced: only reports that move
+/// forward, at most one per [`ProgressThrottle::EVERY`], and besides those the first that says
+/// the run is complete. A worker repeating a report, even `done == total`, or inventing totals,
+/// costs the node at most two saves a second.
+#[derive(Debug, Default)]
+struct ProgressThrottle {
+    last_done: Option<u32>,
+    last_at: Option<std::time::Instant>,
+    completed: bool,
+}
+
+impl ProgressThrottle {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+    fn admit(&mut self, done: u32, total: u32, now: std::time::Instant) -> bool {
+        let forward = self.last_done.is_none_or(|l| done > l);
+        let complete = done == total && !self.completed;
+        let due = self
+            .last_at
+            .is_none_or(|t| now.duration_since(t) >= Self::EVERY);
+        let admit = forward && (due || complete);
+        if admit {
+            self.last_done = Some(done);
+            self.last_at = Some(now);
+            self.completed |= done == total;
+        }
+        admit
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::ProgressThrottle;
+    use std::time::{Duration, Instant};
+
+    /// Issue 12 item 10: a `Progress` with `done == total` forced an fsync and a publish each
+    /// time it was sent.
+    #[test]
+    fn a_worker_repeating_its_last_progress_costs_one_save() {
+        let mut t = ProgressThrottle::default();
+        let now = Instant::now();
+        assert!(t.admit(0, 100, now));
+        assert!(
+            !t.admit(10, 100, now + Duration::from_millis(100)),
+            "too soon"
+        );
+        assert!(t.admit(11, 100, now + Duration::from_secs(1)), "a while on");
+        assert!(!t.admit(5, 100, now + Duration::from_secs(2)), "backwards");
+        assert!(
+            t.admit(100, 100, now + Duration::from_millis(1100)),
+            "complete, at once"
+        );
+        let mut saved = 0;
+        for i in 0..1000u32 {
+            // A report every millisecond for a second.
+            let later = now + Duration::from_millis(1200 + u64::from(i));
+            assert!(!t.admit(100, 100, later), "repeated end");
+            saved += usize::from(t.admit(101 + i, 101 + i, later));
+        }
+        assert!(
+            saved <= 2,
+            "invented totals saved {saved} times in a second"
+        );
     }
 }

@@ -102,7 +102,11 @@ impl Node {
                         &[],
                     )
                     .await?;
-                    self.store.update_participant(&v, |p| p.slashed += 1)?;
+                    self.store.update_participant(
+                        &format!("ringer:{}", verdict.id()?),
+                        &v,
+                        |p| p.slashed += 1,
+                    )?;
                 }
                 Ok(_) => tracing::debug!(verifier = %v, "ringer caught"),
                 Err(e) => {

@@ -56,10 +56,11 @@ impl Node {
                     &[],
                 )
                 .await?;
-                self.store.update_participant(&worker, |p| {
-                    p.tasks_failed += 1;
-                    p.slashed += 1;
-                })?;
+                self.store
+                    .update_participant(&format!("{}:{n}:outputs", t.id), &worker, |p| {
+                        p.tasks_failed += 1;
+                        p.slashed += 1;
+                    })?;
                 t.attempts[n].result_failed = true;
                 t.state = TaskState::Queued;
                 self.save(&t)?;
@@ -128,14 +129,18 @@ impl Node {
         self.crash_point()?;
         self.reputation(&format!("{id}:{n}"), &worker, 1).await?;
         self.crash_point()?;
+        let event = format!("{id}:{n}:settled");
         for v in &s.verdicts {
-            self.store.update_participant(&v.body.verifier, |p| {
-                p.audits += 1;
-                p.audits_passed += 1;
-            })?;
+            self.store
+                .update_participant(&event, &v.body.verifier, |p| {
+                    p.audits += 1;
+                    p.audits_passed += 1;
+                })?;
         }
+        self.crash_point()?;
         self.store
-            .update_participant(&worker, |p| p.tasks_done += 1)?;
+            .update_participant(&event, &worker, |p| p.tasks_done += 1)?;
+        self.crash_point()?;
         t.state = TaskState::Settled;
         t.settlement = None;
         self.save(&t)
@@ -238,12 +243,9 @@ impl Node {
         for bytes in outputs {
             let id = self.blobs.put(&bytes).map_err(|e| io(&e))?;
             let buyer = &t.spec.body.buyer;
-            // Owned by whoever uploaded the same bytes first, if anyone did; readable by the
-            // buyer in any case.
-            self.store.set_blob_owner(&id, buyer).map_err(|e| io(&e))?;
-            self.store
-                .grant_blob_reader(&id, buyer)
-                .map_err(|e| io(&e))?;
+            // Owned by whoever uploaded the same bytes first, if anyone did; held by the
+            // buyer in any case, and kept for good.
+            self.store.hold_result(&id, buyer).map_err(|e| io(&e))?;
             ids.push(id);
         }
         Ok(ids)
@@ -273,7 +275,9 @@ impl Node {
         )
         .await?;
         self.store
-            .update_participant(&worker, |p| p.tasks_failed += 1)?;
+            .update_participant(&format!("{}:{n}:abandoned", t.id), &worker, |p| {
+                p.tasks_failed += 1
+            })?;
         t.state = TaskState::Queued;
         self.save(&t)?;
         self.wake();

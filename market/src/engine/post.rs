@@ -1,0 +1,185 @@
+//! Posting a task: the checks, cheapest first, then the escrow and the record.
+//!
+//! The order matters for what a caller can make the node spend: the signature and the price
+//! cost nothing, the balance and the blob rights a lookup each, and only a funded buyer with
+//! the right to every blob it names gets the expensive validation (building the dataset,
+//! reading inference rows), on the blocking pool, a bounded number at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use market_ledger::{EntryKind, LedgerError, OpError};
+use market_protocol::{AccountId, Signed, TaskId, TaskSpec, Workload};
+
+use super::Node;
+use crate::audit_plan::{self, AuditPlan};
+use crate::error::ApiError;
+use crate::model::{TaskRecord, TaskState};
+use crate::store::BlobAccess;
+
+fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_task",
+        e.to_string(),
+    )
+}
+
+impl Node {
+    /// Blob storage `account` may hold: [`crate::config::NodeConfig::blob_bytes_per_credit`]
+    /// for each credit of its balance and stake.
+    pub fn blob_quota(&self, account: &AccountId) -> u64 {
+        let credits = self
+            .ledger
+            .balance(account)
+            .0
+            .saturating_add(self.ledger.stake(account).0);
+        credits.saturating_mul(self.config.blob_bytes_per_credit)
+    }
+
+    /// Validates a buyer's signed task, shows the audit plan, escrows the price and queues it.
+    pub async fn post_task(&self, signed: Signed<TaskSpec>) -> Result<TaskRecord, ApiError> {
+        let spec = signed
+            .verify()
+            .map_err(|e| ApiError::bad_request("bad_task_signature", e.to_string()))?
+            .clone();
+        let id = TaskId(
+            signed
+                .id()
+                .map_err(|e| ApiError::bad_request("not_canonical", e.to_string()))?,
+        );
+        if let Some(existing) = self.store.task(&id).map_err(ApiError::internal)? {
+            return Ok(existing);
+        }
+        let fees = self.config.verifier_fee * self.config.verifiers_per_task as u64;
+        if spec.price.0 <= fees {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("the price {} does not cover {} verifiers at a fee of {} each and leave anything for the worker", spec.price.0, self.config.verifiers_per_task, self.config.verifier_fee)));
+        }
+        // The escrow below checks the balance again, atomically; this one only spares the
+        // node the validation of a task that cannot be paid for.
+        let balance = self.ledger.balance(&spec.buyer);
+        if balance < spec.price {
+            return Err(insufficient(&spec, balance.0));
+        }
+        self.check_blob_rights(&spec)?;
+        let plan = self.validate(&spec).await?;
+        let kind = EntryKind::Escrow {
+            amount: spec.price,
+            buyer: spec.buyer,
+            spec: Some(signed.clone()),
+            task_id: id,
+        };
+        let appended = match self.append(format!("escrow:{id}"), kind).await {
+            Ok(a) => a,
+            Err(e) => {
+                return Err(match e.downcast_ref::<LedgerError>() {
+                    Some(LedgerError::Refused(OpError::Overdraft { .. })) => {
+                        insufficient(&spec, self.ledger.balance(&spec.buyer).0)
+                    }
+                    Some(LedgerError::Refused(op)) => ApiError::conflict("refused", op.to_string()),
+                    _ => ApiError::internal(e),
+                })
+            }
+        };
+        // Kept for as long as the task is: whoever runs or audits it reads these.
+        for blob in spec.blobs() {
+            self.store.pin_blob(&blob).map_err(ApiError::internal)?;
+        }
+        let record = TaskRecord {
+            id,
+            spec: signed,
+            order: 0,
+            state: TaskState::Queued,
+            plan,
+            verifier_fee: self.config.verifier_fee,
+            attempts: Vec::new(),
+            outputs: Vec::new(),
+            ledger_seqs: vec![appended.seq()],
+            settlement: None,
+        };
+        let record = self.store.insert_task(record).map_err(ApiError::internal)?;
+        self.emit(&record);
+        self.wake.notify_one();
+        Ok(record)
+    }
+
+    /// A task may name only blobs its buyer holds or was granted: the blob ids are public
+    /// (results are in the ledger), the blobs are not.
+    fn check_blob_rights(&self, spec: &TaskSpec) -> Result<(), ApiError> {
+        for blob in spec.blobs() {
+            match self
+                .store
+                .blob_access(&blob, &spec.buyer)
+                .map_err(ApiError::internal)?
+            {
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unknown_blob",
+                        format!("the task names blob {blob}, which is not stored here: upload it first"),
+                    ))
+                }
+                Some(BlobAccess::None) => {
+                    return Err(ApiError::forbidden(format!(
+                        "the task names blob {blob}, which account {} neither uploaded nor was granted (POST /v1/blobs/{blob}/grants, by its owner)",
+                        spec.buyer
+                    )))
+                }
+                Some(BlobAccess::Holder | BlobAccess::Granted) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the task's job and audit plan as a worker would, on the blocking pool, at most
+    /// [`crate::config::NodeConfig::max_concurrent_validations`] at once. Built with the task's
+    /// own profile: the node referees split verdicts and makes ringers by re-executing, so it
+    /// takes only tasks its own build can run (a node for `cuda` tasks is built with the
+    /// `cuda` feature and has a GPU).
+    async fn validate(&self, spec: &TaskSpec) -> Result<AuditPlan, ApiError> {
+        let wait = Duration::from_secs(self.config.validation_wait_secs);
+        let permit = tokio::time::timeout(wait, Arc::clone(&self.validations).acquire_owned())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "validation_busy",
+                    format!(
+                        "the node validates at most {} task posts at once and none freed up in {}s: try again",
+                        self.config.max_concurrent_validations, self.config.validation_wait_secs
+                    ),
+                )
+            })?
+            .map_err(ApiError::internal)?;
+        let (spec, blobs) = (spec.clone(), self.blobs.clone());
+        let verifiers = self.config.verifiers_per_task.max(1) as u64;
+        let min_target = self.config.min_detection_target.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match &spec.workload {
+                Workload::Training(_) => {
+                    market_compute::TrainingJob::from_spec(&spec, &blobs).map(|_| ())
+                }
+                Workload::Inference(_) => {
+                    market_compute::InferenceJob::from_spec(&spec, &blobs).map(|_| ())
+                }
+            }
+            .map_err(invalid)?;
+            audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+}
+
+fn insufficient(spec: &TaskSpec, balance: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_balance",
+        format!(
+            "account {} has {balance} credits; the task's price is {}",
+            spec.buyer, spec.price
+        ),
+    )
+}

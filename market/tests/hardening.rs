@@ -1,0 +1,403 @@
+//! Issue 12: the node facing buyers with bad intent and unfunded keys. Each test is named
+//! after the attack it stops, and fails on the code before the defence.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{call, get, open, post_body, short, signed, upload, Net};
+use market_node::config::NodeConfig;
+use market_node::dispatch::VerifierMode;
+use market_node::model::TaskState;
+use market_protocol::fixtures::training_task;
+use market_protocol::{BlobId, Credits, Identity, TaskSpec, Workload};
+use market_worker::Behavior;
+
+async fn market(config: NodeConfig) -> Net {
+    open(
+        tempfile::tempdir().unwrap(),
+        config,
+        &[("hw1", Behavior::Honest)],
+        &[("hv1", VerifierMode::Honest)],
+    )
+    .await
+}
+
+fn from_weights(buyer: &Identity, nonce: u64, weights: BlobId) -> TaskSpec {
+    let mut task = short(training_task(buyer, nonce));
+    if let Workload::Training(t) = &mut task.workload {
+        t.initial_weights = Some(weights);
+        t.optimizer = market_protocol::OptimizerSpec::Sgd {
+            lr: "0.000001".parse().unwrap(),
+            momentum: "0".parse().unwrap(),
+            weight_decay: "0".parse().unwrap(),
+        };
+    }
+    task
+}
+
+/// Item 1: a buyer read a victim's weights id from the public ledger and trained from it with
+/// a tiny learning rate, getting the weights back as its own result. A task may name only
+/// blobs its buyer holds or was granted; an owner's grant lets another buyer use them, and its
+/// revocation stops that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_cannot_train_from_another_accounts_private_blob() {
+    let n = market(NodeConfig::default()).await;
+    tokio::spawn(n.node.clone().run_engine());
+    let victim = &n.buyer;
+    let (s, v) = call(
+        &n.app,
+        signed(
+            victim,
+            "POST",
+            "/v1/tasks",
+            post_body(victim, short(training_task(victim, 1))),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().parse().unwrap();
+    let t = n
+        .node
+        .wait_final(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled);
+    let weights = t.outputs[0];
+
+    let thief = Identity::from_test_label("thief");
+    n.node
+        .fund("test", &thief.account(), 5_000, 0)
+        .await
+        .unwrap();
+    let steal = |nonce| {
+        signed(
+            &thief,
+            "POST",
+            "/v1/tasks",
+            post_body(&thief, from_weights(&thief, nonce, weights)),
+        )
+    };
+    let (s, v) = call(&n.app, steal(2)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("granted"),
+        "{v}"
+    );
+    // Nothing was escrowed.
+    assert_eq!(n.node.ledger.balance(&thief.account()).0, 5_000);
+    // A direct read is refused as before.
+    let (s, _) = call(
+        &n.app,
+        signed(&thief, "GET", &format!("/v1/blobs/{weights}"), vec![]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Only a holder may grant: the thief cannot grant itself.
+    let grant = |account: &Identity| {
+        serde_json::to_vec(&serde_json::json!({"account": account.account().to_hex()})).unwrap()
+    };
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &thief,
+            "POST",
+            &format!("/v1/blobs/{weights}/grants"),
+            grant(&thief),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    // The victim (the buyer of the task that made them, so a holder) grants them: now the
+    // former thief may read them and fine-tune from them.
+    let (s, v) = call(
+        &n.app,
+        signed(
+            victim,
+            "POST",
+            &format!("/v1/blobs/{weights}/grants"),
+            grant(&thief),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = call(
+        &n.app,
+        signed(&thief, "GET", &format!("/v1/blobs/{weights}"), vec![]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&n.app, steal(3)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Revoked: no new task may name them (the one posted keeps them).
+    let (s, v) = call(
+        &n.app,
+        signed(
+            victim,
+            "DELETE",
+            &format!("/v1/blobs/{weights}/grants/{}", thief.account()),
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, v["revoked"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{v}"
+    );
+    let (s, v) = call(&n.app, steal(4)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    // A blob nobody uploaded is named as such.
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &thief,
+            "POST",
+            "/v1/tasks",
+            post_body(
+                &thief,
+                from_weights(&thief, 5, BlobId(market_protocol::Hash([7; 32]))),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_blob")),
+        "{v}"
+    );
+}
+
+/// Item 2: the keys of `--local-workers` and `--local-verifiers` came from a public label
+/// (the operator's account), so anyone could derive them and spend what they earned.
+#[test]
+fn a_stranger_cannot_derive_local_participant_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let workers = market_node::server::local_identities(dir.path(), "worker", 2).unwrap();
+    let verifiers = market_node::server::local_identities(dir.path(), "verifier", 1).unwrap();
+    let operator =
+        market_protocol::keyfile::load_or_create_identity(&dir.path().join("operator.key"))
+            .unwrap();
+    // What a stranger could compute on the old code.
+    let derived = Identity::from_test_label(&format!("local worker 0 of {}", operator.account()));
+    assert_ne!(workers[0].account(), derived.account());
+    assert_ne!(workers[0].account(), workers[1].account());
+    assert_ne!(workers[0].account(), verifiers[0].account());
+    // Random, kept in 0600 files, and the same after a restart.
+    let again = market_node::server::local_identities(dir.path(), "worker", 2).unwrap();
+    assert_eq!(again[1].account(), workers[1].account());
+    let other =
+        market_node::server::local_identities(tempfile::tempdir().unwrap().path(), "worker", 1)
+            .unwrap();
+    assert_ne!(other[0].account(), workers[0].account());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("local/worker-0.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+/// Item 3: an unfunded key made the node build a task's dataset (seconds of CPU) before being
+/// told it could not pay. The balance is checked first: an invalid task from an unfunded key
+/// is refused for the money (402), before anything is validated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfunded_post_is_refused_before_the_node_builds_anything() {
+    let n = market(NodeConfig::default()).await;
+    let broke = Identity::from_test_label("broke");
+    let mut task = training_task(&broke, 1);
+    if let Workload::Training(t) = &mut task.workload {
+        // Refused by validation (a batch larger than the dataset), which now never runs.
+        t.batch_size = 1 << 20;
+    }
+    let (s, v) = call(
+        &n.app,
+        signed(&broke, "POST", "/v1/tasks", post_body(&broke, task.clone())),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("insufficient_balance")),
+        "{v}"
+    );
+    // Funded, the same task gets validated and refused for what it is.
+    n.node
+        .fund("test", &broke.account(), 5_000, 0)
+        .await
+        .unwrap();
+    let (s, v) = call(
+        &n.app,
+        signed(&broke, "POST", "/v1/tasks", post_body(&broke, task)),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_task")),
+        "{v}"
+    );
+}
+
+/// Item 4: unfunded, unregistered keys stored up to 256 MiB per upload, without quota or
+/// expiry. Now storage is bought with credits held, the signature and quota are checked before
+/// a byte is read, and blobs no task reads expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfunded_keys_cannot_fill_the_disk_with_blobs() {
+    let config = NodeConfig {
+        blob_bytes_per_credit: 1, // the buyer's 5,000 credits buy 5,000 bytes
+        ..NodeConfig::default()
+    };
+    let n = market(config.clone()).await;
+    let stranger = Identity::from_test_label("stranger");
+    let (s, v) = upload(&n.app, &stranger, &[1u8; 1000]).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("no_blob_quota")),
+        "{v}"
+    );
+    // Without `expected` the upload is refused before it is read.
+    let (s, v) = call(&n.app, signed(&n.buyer, "POST", "/v1/blobs", vec![1; 10])).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("expected_required")),
+        "{v}"
+    );
+    // Within quota, past it, and a re-upload of what one holds (free).
+    let (s, v) = upload(&n.app, &n.buyer, &[2u8; 4000]).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let kept: BlobId = v["id"].as_str().unwrap().parse().unwrap();
+    let (s, v) = upload(&n.app, &n.buyer, &[3u8; 2000]).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("blob_quota_exceeded")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("4000"),
+        "{v}"
+    );
+    let (s, _) = upload(&n.app, &n.buyer, &[2u8; 4000]).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(n.node.store.blob_usage(&n.buyer.account()).unwrap(), 4000);
+    // Nobody reads it: it expires a day after its last upload, and the quota comes back.
+    let now = market_node::auth::unix_now();
+    n.node.housekeep(now).unwrap();
+    assert!(n.node.blobs.contains(&kept));
+    let (_, blobs) = n.node.housekeep(now + config.blob_ttl_secs + 1).unwrap();
+    assert_eq!(blobs, 1);
+    assert!(!n.node.blobs.contains(&kept));
+    assert_eq!(n.node.store.blob_usage(&n.buyer.account()).unwrap(), 0);
+    let (s, _) = upload(&n.app, &n.buyer, &[3u8; 2000]).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+/// Item 5: registration of keys with nothing at stake grew the store without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfunded_keys_cannot_register() {
+    let n = market(NodeConfig::default()).await;
+    let stranger = Identity::from_test_label("registering stranger");
+    let (s, v) = call(&n.app, signed(&stranger, "POST", "/v1/accounts", vec![])).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("unfunded_account")),
+        "{v}"
+    );
+    assert!(!n.node.store.is_registered(&stranger.account()).unwrap());
+    let (s, v) = call(&n.app, signed(&n.buyer, "POST", "/v1/accounts", vec![])).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}
+
+/// Item 7: of 300 concurrent posts one vanished from the listing and the queue (two took the
+/// same arrival number) and stayed escrowed. 1,000 concurrent posts, then a restart: every
+/// task is listed, queued and counted once, and escrow matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_posts_lose_no_task_across_a_restart() {
+    const POSTS: u64 = 1000;
+    let config = NodeConfig {
+        max_concurrent_validations: 2,
+        validation_wait_secs: 600,
+        ..NodeConfig::default()
+    };
+    let n = market(config.clone()).await;
+    let price = 30;
+    n.node
+        .fund("many", &n.buyer.account(), price * POSTS, 0)
+        .await
+        .unwrap();
+    let mut posts = tokio::task::JoinSet::new();
+    for nonce in 0..POSTS {
+        let (app, buyer) = (n.app.clone(), n.buyer.clone());
+        posts.spawn(async move {
+            let mut task = training_task(&buyer, 1000 + nonce);
+            task.price = Credits(price);
+            let (s, v) = call(
+                &app,
+                signed(&buyer, "POST", "/v1/tasks", post_body(&buyer, task)),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(id) = posts.join_next().await {
+        ids.insert(id.unwrap());
+    }
+    assert_eq!(ids.len() as u64, POSTS);
+    let check = |n: &Net| {
+        let listed: std::collections::BTreeSet<String> = n
+            .node
+            .store
+            .tasks(None, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|t| t.id.to_string())
+            .collect();
+        assert_eq!(listed, ids);
+        assert_eq!(n.node.store.queued_tasks().unwrap().len() as u64, POSTS);
+        assert_eq!(n.node.store.task_counts().get("queued"), Some(&POSTS));
+        assert_eq!(n.node.ledger.open_escrows().len() as u64, POSTS);
+    };
+    check(&n);
+    let Net { node, app, dir, .. } = n;
+    drop((node, app));
+    let n = open(
+        dir,
+        config,
+        &[("hw1", Behavior::Honest)],
+        &[("hv1", VerifierMode::Honest)],
+    )
+    .await;
+    check(&n);
+    // The listing pages through all of them by the state index.
+    let (mut after, mut seen) = (None::<u64>, 0);
+    loop {
+        let uri = match after {
+            Some(a) => format!("/v1/tasks?state=queued&limit=100&after={a}"),
+            None => "/v1/tasks?state=queued&limit=100".to_string(),
+        };
+        let (s, v) = call(&n.app, get(&uri)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        seen += v["tasks"].as_array().unwrap().len();
+        match v["next_after"].as_u64() {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen as u64, POSTS);
+    let (s, v) = call(&n.app, get("/v1/tasks?state=bogus")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (_, metrics) = call(&n.app, get("/metrics")).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(&format!("market_tasks{{state=\"queued\"}} {POSTS}")),
+        "{metrics}"
+    );
+}
