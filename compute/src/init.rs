@@ -96,7 +96,9 @@ pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>
     }
     let st =
         SafeTensors::deserialize(bytes).map_err(|e| invalid(format!("not safetensors: {e}")))?;
-    let mut params = Vec::with_capacity(layout.total());
+    // Sized by the bytes that arrived, not by the model the task claims: a 50M-parameter
+    // layout must not reserve 200 MB for a blob of a few bytes that is about to be refused.
+    let mut params = Vec::with_capacity(layout.total().min(bytes.len() / 4));
     for slot in layout.slots() {
         let t = st
             .tensor(&slot.name)

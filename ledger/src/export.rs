@@ -7,7 +7,7 @@
 //! and line number.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use market_protocol::Hash;
@@ -103,16 +103,11 @@ fn read_line(
     line: u64,
     seq: u64,
 ) -> Result<Option<Vec<u8>>, LedgerError> {
-    let mut bytes = Vec::new();
-    let limit = MAX_ENTRY_BYTES as u64 + 1;
-    input
-        .by_ref()
-        .take(limit)
-        .read_until(b'\n', &mut bytes)
-        .map_err(|source| LedgerError::Io {
-            path: PathBuf::from(label),
-            source,
-        })?;
+    let limit = MAX_ENTRY_BYTES + 1;
+    let mut bytes = read_until_newline(input, limit).map_err(|source| LedgerError::Io {
+        path: PathBuf::from(label),
+        source,
+    })?;
     if bytes.is_empty() {
         return Ok(None);
     }
@@ -122,7 +117,7 @@ fn read_line(
         fault,
     };
     if bytes.pop() != Some(b'\n') {
-        let fault = if bytes.len() + 1 >= limit as usize {
+        let fault = if bytes.len() + 1 >= limit {
             Fault::Decode(DecodeError::TooLarge(bytes.len() + 1))
         } else {
             Fault::Decode(DecodeError::Json("the last line has no newline".into()))
@@ -130,4 +125,36 @@ fn read_line(
         return Err(broken(fault).into());
     }
     Ok(Some(bytes))
+}
+
+/// Reads up to and including the next `\n`, at most `limit` bytes. The buffer doubles as
+/// `read_until` would, but never past `limit`: a line of 4 MiB and more costs 4 MiB + 1, not
+/// the 8 MiB that one more doubling would reserve.
+fn read_until_newline(input: &mut impl BufRead, limit: usize) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while bytes.len() < limit {
+        let available = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            break;
+        }
+        let room = &available[..available.len().min(limit - bytes.len())];
+        let (take, done) = match room.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (room.len(), false),
+        };
+        if bytes.capacity() < bytes.len() + take {
+            let want = (bytes.capacity() * 2).max(bytes.len() + take).min(limit);
+            bytes.reserve_exact(want - bytes.len());
+        }
+        bytes.extend_from_slice(&room[..take]);
+        input.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(bytes)
 }

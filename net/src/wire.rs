@@ -70,9 +70,12 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Total bytes.
+    /// Total bytes (saturating: the sizes are a peer's claims until
+    /// [`crate::transfer::check_manifest`] has bounded them).
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files
+            .iter()
+            .fold(0u64, |total, f| total.saturating_add(f.size))
     }
 }
 

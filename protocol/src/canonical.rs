@@ -7,7 +7,12 @@
 //! Decoding is strict: input that is not byte-for-byte the canonical form of what it decodes
 //! to is refused, so one value has exactly one accepted encoding.
 
-use serde::de::DeserializeOwned;
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::io::Write as _;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -66,22 +71,250 @@ pub fn from_canonical_bytes<T: Serialize + DeserializeOwned>(
 }
 
 /// As [`from_canonical_bytes`], with an explicit size limit.
+///
+/// No JSON tree is built: one pass over the bytes checks syntax, numbers, depth and canonical
+/// form (`spec/ENCODING.md` section 3, rules 2 to 4), allocating only to unescape a string, and
+/// only then is the typed value decoded from the bytes. A tree costs many times the input (an array of 4 MiB of
+/// `0,` is a 64 MiB vector of nodes), and a message of the wrong type must not cost its
+/// receiver more than it costs the sender.
 pub fn from_canonical_bytes_limited<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<T, CanonicalError> {
-    let value = parse_json_limited(bytes, limit)?;
-    if canonicalize_value(&value)? != bytes {
-        return Err(CanonicalError::NotCanonical);
+    if bytes.len() > limit {
+        return Err(CanonicalError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
     }
+    check_canonical(bytes)?;
     let typed: T =
-        serde_json::from_value(value).map_err(|e| CanonicalError::Shape(e.to_string()))?;
+        serde_json::from_slice(bytes).map_err(|e| CanonicalError::Shape(e.to_string()))?;
     // The typed value must encode back to the same bytes: this refuses input that relied on
     // defaults or on aliases, so the signed bytes are always what the receiver re-derives.
     if to_canonical_bytes(&typed)? != bytes {
         return Err(CanonicalError::NotCanonical);
     }
     Ok(typed)
+}
+
+/// Rules 2 to 4 of strict decoding in one pass that builds nothing: `bytes` parse as JSON, hold
+/// only safe integers, nest at most [`MAX_DEPTH`] deep, and are their own canonical encoding.
+///
+/// The walk writes the canonical encoding of each value as it is parsed and compares it with
+/// the input as it goes. Members are written in input order, which is the canonical order
+/// exactly when every object's names strictly increase (as UTF-16); a repeated or out-of-order
+/// name makes the input non-canonical, as it does for the parsed-and-re-encoded tree. A syntax
+/// error anywhere wins over the other rules, and a number or depth error over non-canonical
+/// form, as in the order the spec gives.
+fn check_canonical(bytes: &[u8]) -> Result<(), CanonicalError> {
+    let mut walk = Walk {
+        input: bytes,
+        at: 0,
+        matches: true,
+        found: None,
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    Node {
+        walk: &mut walk,
+        depth: 0,
+        comma: false,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end())
+    .map_err(|e| CanonicalError::Syntax(e.to_string()))?;
+    if let Some(e) = walk.found {
+        return Err(e);
+    }
+    if !walk.matches || walk.at != bytes.len() {
+        return Err(CanonicalError::NotCanonical);
+    }
+    Ok(())
+}
+
+/// The state of [`check_canonical`]: how much of the input matched the canonical encoding so
+/// far, and the first number or depth error.
+struct Walk<'a> {
+    input: &'a [u8],
+    at: usize,
+    matches: bool,
+    found: Option<CanonicalError>,
+}
+
+impl Walk<'_> {
+    /// The next bytes of the canonical encoding: do they come next in the input?
+    fn emit(&mut self, canonical: &[u8]) {
+        if !self.matches {
+            return;
+        }
+        let end = self.at + canonical.len();
+        if self.input.get(self.at..end) == Some(canonical) {
+            self.at = end;
+        } else {
+            self.matches = false;
+        }
+    }
+
+    fn fail(&mut self, e: CanonicalError) {
+        if self.found.is_none() {
+            self.found = Some(e);
+        }
+    }
+
+    fn number(&mut self, n: serde_json::Number) {
+        match check_number(&n) {
+            Ok(i) => {
+                // At most 17 characters (a sign and 16 digits); no allocation per number.
+                let mut buf = [0u8; 24];
+                let mut w = &mut buf[..];
+                let _ = write!(w, "{i}");
+                let len = 24 - w.len();
+                self.emit(&buf[..len]);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        write_string_to(s, &mut |b| self.emit(b));
+    }
+}
+
+/// One value of the walk, at `depth`, preceded by a `,` when `comma`.
+struct Node<'w, 'a> {
+    walk: &'w mut Walk<'a>,
+    depth: usize,
+    comma: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.comma {
+            self.walk.emit(b",");
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Node<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.walk.emit(b"null");
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.walk.emit(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.walk.number(v.into());
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.walk.number(v.into());
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        // A float is never canonical; one that is not finite would parse to `null`.
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.walk.number(n),
+            None => self.walk.matches = false,
+        }
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.walk.string(v);
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            self.walk.fail(CanonicalError::TooDeep);
+        }
+        self.walk.emit(b"[");
+        let mut comma = false;
+        while seq
+            .next_element_seed(Node {
+                walk: &mut *self.walk,
+                depth: self.depth + 1,
+                comma,
+            })?
+            .is_some()
+        {
+            comma = true;
+        }
+        self.walk.emit(b"]");
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            self.walk.fail(CanonicalError::TooDeep);
+        }
+        self.walk.emit(b"{");
+        let mut previous: Option<Cow<'de, str>> = None;
+        while let Some(name) = map.next_key_seed(Name)? {
+            match &previous {
+                Some(p) if utf16_cmp(p, &name) != Ordering::Less => self.walk.matches = false,
+                Some(_) => self.walk.emit(b","),
+                None => {}
+            }
+            self.walk.string(&name);
+            self.walk.emit(b":");
+            map.next_value_seed(Node {
+                walk: &mut *self.walk,
+                depth: self.depth + 1,
+                comma: false,
+            })?;
+            previous = Some(name);
+        }
+        self.walk.emit(b"}");
+        Ok(())
+    }
+}
+
+/// A member name, borrowed from the input unless it holds escapes.
+struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Name {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+}
+
+/// Compares two strings as sequences of UTF-16 code units (RFC 8785 member order).
+fn utf16_cmp(a: &str, b: &str) -> Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
 }
 
 /// Parses any JSON (not necessarily canonical) with a size limit checked first and a depth
@@ -177,26 +410,34 @@ fn write_value(v: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), Canonic
 
 /// Writes a JSON string as ECMAScript's `JSON.stringify` does (RFC 8785 section 3.2.2.2).
 fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
+    write_string_to(s, &mut |b| out.extend_from_slice(b));
+}
+
+/// As [`write_string`], handing the bytes to `out` piece by piece (the decoder compares them
+/// with its input instead of collecting them).
+fn write_string_to(s: &str, out: &mut impl FnMut(&[u8])) {
+    out(b"\"");
     for c in s.chars() {
         match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
+            '"' => out(b"\\\""),
+            '\\' => out(b"\\\\"),
+            '\u{8}' => out(b"\\b"),
+            '\u{c}' => out(b"\\f"),
+            '\n' => out(b"\\n"),
+            '\r' => out(b"\\r"),
+            '\t' => out(b"\\t"),
             c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let c = c as usize;
+                out(&[b'\\', b'u', b'0', b'0', HEX[c >> 4], HEX[c & 15]]);
             }
             c => {
                 let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                out(c.encode_utf8(&mut buf).as_bytes());
             }
         }
     }
-    out.push(b'"');
+    out(b"\"");
 }
 
 #[cfg(test)]

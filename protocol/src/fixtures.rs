@@ -4,6 +4,8 @@
 //! ([`Identity::from_test_label`]); other crates' tests use them too, so one definition of "a
 //! typical task" exists.
 
+pub mod hostile;
+
 use crate::hash::{Beacon, BlobId, Hash, StateHash, TaskId};
 use crate::keys::Identity;
 use crate::merkle::MerkleTree;

@@ -93,14 +93,19 @@ impl Decimal {
     }
 
     /// `ceil(self * n)` computed exactly, for a non-negative decimal; `None` if negative.
+    ///
+    /// The whole and fractional parts are multiplied apart: `numerator * n` alone can pass
+    /// `u128::MAX` (18 + 18 digits times a 20-digit `n`), and an untrusted task's
+    /// `assumed_faked_fraction` must not be able to overflow it.
     pub fn ceil_mul(&self, n: u64) -> Option<u128> {
         let (negative, num, scale) = self.to_fraction();
         if negative {
             return None;
         }
         let denominator = 10u128.pow(scale);
-        let product = num * u128::from(n);
-        Some(product.div_ceil(denominator))
+        let (whole, rest) = (num / denominator, num % denominator);
+        // whole < 10^18 and rest < 10^18, so each product is below 10^18 * 2^64 < 2^124.
+        Some(whole * u128::from(n) + (rest * u128::from(n)).div_ceil(denominator))
     }
 }
 
@@ -204,5 +209,17 @@ mod tests {
         assert_eq!(f.ceil_mul(1001), Some(101));
         assert_eq!(f.ceil_mul(0), Some(0));
         assert_eq!("-0.1".parse::<Decimal>().unwrap().ceil_mul(10), None);
+        assert_eq!("2.5".parse::<Decimal>().unwrap().ceil_mul(3), Some(8));
+        // The largest canonical decimal times the largest n: 10^36 * 2^64 does not fit u128,
+        // and overflowed (a panic in debug builds) before the parts were multiplied apart.
+        let max: Decimal = "999999999999999999.999999999999999999".parse().unwrap();
+        assert_eq!(
+            max.ceil_mul(u64::MAX),
+            Some(18_446_744_073_709_551_614_999_999_999_999_999_982)
+        );
+        assert_eq!(
+            max.ceil_mul(10_000_000),
+            Some(10_000_000_000_000_000_000_000_000)
+        );
     }
 }
