@@ -9,6 +9,8 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod fuzz_harness;
+// One copy for every crate: each test binary installs its own allocator from it.
+#[path = "../../protocol/tests/heap/mod.rs"]
 mod heap;
 
 use std::io::{BufReader, Read};

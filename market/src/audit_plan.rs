@@ -77,6 +77,14 @@ pub fn plan(
     verifiers: u64,
     min_target: &Decimal,
 ) -> Result<AuditPlan, AuditPlanError> {
+    check_target(task, min_target)?;
+    let segments = segment_count(task, blobs)?;
+    plan_for(task, segments, verifiers)
+}
+
+/// The detection target is at most 1 and at least `min_target`: checked from the spec alone,
+/// before anything is built.
+pub fn check_target(task: &TaskSpec, min_target: &Decimal) -> Result<(), AuditPlanError> {
     if task.audit.detection_target.to_f64() > 1.0 {
         return Err(AuditPlanError::TargetAboveOne(
             task.audit.detection_target.as_str().to_owned(),
@@ -88,8 +96,7 @@ pub fn plan(
             minimum: min_target.as_str().to_owned(),
         });
     }
-    let segments = segment_count(task, blobs)?;
-    plan_for(task, segments, verifiers)
+    Ok(())
 }
 
 /// The plan for `verifiers` verifiers on a run of `segments` segments (the attempt's own plan

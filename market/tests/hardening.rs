@@ -284,6 +284,18 @@ async fn unfunded_keys_cannot_fill_the_disk_with_blobs() {
     let (s, _) = upload(&n.app, &n.buyer, &[2u8; 4000]).await;
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(n.node.store.blob_usage(&n.buyer.account()).unwrap(), 4000);
+    // A held blob's id does not open the full size limit to longer bodies.
+    let longer = [2u8; 4001];
+    let mut req = signed(
+        &n.buyer,
+        "POST",
+        &format!("/v1/blobs?expected={kept}"),
+        longer.to_vec(),
+    );
+    req.headers_mut()
+        .insert("content-length", "4001".parse().unwrap());
+    let (s, v) = call(&n.app, req).await;
+    assert!(s.is_client_error(), "{v}");
     // Nobody reads it: it expires a day after its last upload, and the quota comes back.
     let now = market_node::auth::unix_now();
     n.node.housekeep(now).unwrap();

@@ -520,7 +520,11 @@ impl Membership {
                         generation += 1;
                         start_join(generation);
                     }
-                    Some(crate::Event::Gossip { topic, data, source }) => {
+                    // Only its own market's heads: others cannot fill the watch and push
+                    // the market's ledger out of it.
+                    Some(crate::Event::Gossip { topic, data, source })
+                        if source.is_some() && source == self.node() =>
+                    {
                         crate::heads::log_equivocation(&mut heads, &topic, &data, source);
                     }
                     Some(crate::Event::Reachability { status }) if status == "private" => {

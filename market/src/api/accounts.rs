@@ -25,16 +25,16 @@ pub(crate) struct AccountView {
 }
 
 fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
-    // Only unfinished tasks hold escrow: read them from the store's index, so the cost is
-    // that of this buyer's open tasks, not of every escrow in the ledger.
+    // Only unfinished tasks hold escrow: their ids come from the store's index (no record is
+    // loaded), so the cost is a lookup per open task of this buyer, not one per escrow ever.
     let mut escrowed = 0u64;
     for state in ["queued", "running", "auditing"] {
-        for t in node
+        for id in node
             .store
-            .tasks_where(Some(account), Some(state), None, usize::MAX)
+            .task_ids_where(Some(account), Some(state), None, usize::MAX)
             .map_err(ApiError::internal)?
         {
-            escrowed += node.ledger.escrow_of(&t.id).map_or(0, |e| e.remaining.0);
+            escrowed += node.ledger.escrow_of(&id).map_or(0, |e| e.remaining.0);
         }
     }
     Ok(AccountView {

@@ -1,4 +1,5 @@
-//! Blobs: streaming, content-addressed uploads; downloads for their owner only.
+//! Blobs: streaming, content-addressed uploads within a quota; downloads and grants by their
+//! holders (spec/PROTOCOL.md section 9.1).
 
 use std::sync::Arc;
 
@@ -91,7 +92,12 @@ pub(crate) async fn upload(
     };
     // Re-uploading a blob one holds costs no quota; otherwise the upload may use what is left.
     let room = if held {
-        node.config.max_blob_bytes
+        // The same bytes again: exactly their size, no more.
+        node.store
+            .blob_size(&expected)
+            .map_err(ApiError::internal)?
+            .unwrap_or(node.config.max_blob_bytes)
+            .min(node.config.max_blob_bytes)
     } else {
         quota.saturating_sub(used).min(node.config.max_blob_bytes)
     };
@@ -99,20 +105,29 @@ pub(crate) async fn upload(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|d| d > room) || room == 0 {
-        return Err(if room < node.config.max_blob_bytes || room == 0 {
+    // What an upload past `room` is: more bytes than the blob held (so not it), past the
+    // account's quota, or past the size limit.
+    let refusal = |room: u64| {
+        if held {
+            ApiError::bad_request(
+                "id_mismatch",
+                format!("blob {expected} is {room} bytes; the upload is longer"),
+            )
+        } else if room < node.config.max_blob_bytes {
             over_quota(used)
         } else {
             too_large(node.config.max_blob_bytes)
-        });
+        }
+    };
+    if declared.is_some_and(|d| d > room) || (room == 0 && !held) {
+        return Err(refusal(room));
     }
     let staged = node
         .blobs
         .stage(body.into_data_stream(), room)
         .await
         .map_err(|e| match e {
-            BlobError::TooLarge(limit) if limit < node.config.max_blob_bytes => over_quota(used),
-            BlobError::TooLarge(limit) => too_large(limit),
+            BlobError::TooLarge(limit) => refusal(limit),
             BlobError::Body(m) => ApiError::bad_request("upload_interrupted", m),
             BlobError::Io(e) => ApiError::internal(e),
         })?;

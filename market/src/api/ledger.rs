@@ -65,14 +65,35 @@ pub(crate) async fn export(
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    // Each export holds a blocking thread while it streams: a few at a time, and a client that
+    // stops reading is dropped after EXPORT_STALL, so slow readers cannot take the pool.
+    let permit = EXPORTS
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)))
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "exports_busy",
+                format!("at most {MAX_EXPORTS} ledger exports stream at once: try again"),
+            )
+        })?;
     let ledger = node.ledger.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let mut out = std::io::BufWriter::with_capacity(64 << 10, ChannelWriter(tx.clone()));
+        let _permit = permit;
+        let runtime_for_error = runtime.clone();
+        let writer = ChannelWriter {
+            tx: tx.clone(),
+            runtime,
+        };
+        let mut out = std::io::BufWriter::with_capacity(64 << 10, writer);
         if let Err(e) = ledger.export(&mut out, q.from.unwrap_or(0)) {
             // The client sees a truncated body (the last line incomplete or missing) and the
             // connection closed with an error, never a silently short export.
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            let failed = Err(std::io::Error::other(e.to_string()));
+            let _ = runtime_for_error.block_on(tokio::time::timeout(EXPORT_STALL, tx.send(failed)));
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -84,15 +105,36 @@ pub(crate) async fn export(
     ))
 }
 
-/// Sends what is written to an HTTP body, a chunk at a time (blocking while the client reads).
-struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+/// Ledger exports streaming at once.
+const MAX_EXPORTS: usize = 4;
+/// How long an export waits for its client to take the next chunk.
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+static EXPORTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+
+/// Sends what is written to an HTTP body, a chunk at a time (blocking while the client reads,
+/// at most [`EXPORT_STALL`] per chunk).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    runtime: tokio::runtime::Handle,
+}
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))?;
-        Ok(buf.len())
+        let chunk = Ok(bytes::Bytes::copy_from_slice(buf));
+        match self
+            .runtime
+            .block_on(tokio::time::timeout(EXPORT_STALL, self.tx.send(chunk)))
+        {
+            Ok(Ok(())) => Ok(buf.len()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client gone",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -1,7 +1,7 @@
 //! Posting a task: the checks, cheapest first, then the escrow and the record.
 //!
-//! The order matters for what a caller can make the node spend: the signature and the price
-//! cost nothing, the balance and the blob rights a lookup each, and only a funded buyer with
+//! The order matters for what a caller can make the node spend: the signature, the price and
+//! the detection target cost nothing, the balance and the blob rights a lookup each, and only a funded buyer with
 //! the right to every blob it names gets the expensive validation (building the dataset,
 //! reading inference rows), on the blocking pool, a bounded number at a time.
 
@@ -56,14 +56,19 @@ impl Node {
         if spec.price.0 <= fees {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("the price {} does not cover {} verifiers at a fee of {} each and leave anything for the worker", spec.price.0, self.config.verifiers_per_task, self.config.verifier_fee)));
         }
+        audit_plan::check_target(&spec, &self.config.min_detection_target).map_err(invalid)?;
         // The escrow below checks the balance again, atomically; this one only spares the
-        // node the validation of a task that cannot be paid for.
+        // node the validation of a task that cannot be paid for. A task whose escrow is
+        // already in the ledger (a post interrupted by a crash, posted again) is let through:
+        // the escrow append is idempotent, and the record is made below.
         let balance = self.ledger.balance(&spec.buyer);
-        if balance < spec.price {
+        if balance < spec.price && self.ledger.escrow_of(&id).is_none() {
             return Err(insufficient(&spec, balance.0));
         }
         self.check_blob_rights(&spec)?;
         let plan = self.validate(&spec).await?;
+        // Rights are checked again at the escrow: a grant revoked during validation counts.
+        self.check_blob_rights(&spec)?;
         let kind = EntryKind::Escrow {
             amount: spec.price,
             buyer: spec.buyer,
@@ -82,10 +87,6 @@ impl Node {
                 })
             }
         };
-        // Kept for as long as the task is: whoever runs or audits it reads these.
-        for blob in spec.blobs() {
-            self.store.pin_blob(&blob).map_err(ApiError::internal)?;
-        }
         let record = TaskRecord {
             id,
             spec: signed,
@@ -99,6 +100,11 @@ impl Node {
             settlement: None,
         };
         let record = self.store.insert_task(record).map_err(ApiError::internal)?;
+        // Kept for as long as the task is: whoever runs or audits it reads these. (Kept alive
+        // until here by the rights check, which counts as a use.)
+        for blob in spec.blobs() {
+            self.store.pin_blob(&blob).map_err(ApiError::internal)?;
+        }
         self.emit(&record);
         self.wake.notify_one();
         Ok(record)
@@ -107,7 +113,12 @@ impl Node {
     /// A task may name only blobs its buyer holds or was granted: the blob ids are public
     /// (results are in the ledger), the blobs are not.
     fn check_blob_rights(&self, spec: &TaskSpec) -> Result<(), ApiError> {
+        let now = crate::auth::unix_now();
         for blob in spec.blobs() {
+            // A use keeps the blob from expiring while the post is validated and escrowed.
+            self.store
+                .touch_blob(&blob, now)
+                .map_err(ApiError::internal)?;
             match self
                 .store
                 .blob_access(&blob, &spec.buyer)

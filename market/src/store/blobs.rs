@@ -193,6 +193,32 @@ impl Store {
         Ok(revoked)
     }
 
+    /// Counts a use of blob `id` at `now` (a task naming it is being posted): it does not
+    /// expire until `blob_ttl_secs` after that. A blob that is not there is left alone.
+    pub fn touch_blob(&self, id: &BlobId, now: u64) -> Result<(), StoreError> {
+        let Some(meta) = self.blob_meta.get(id.as_bytes())? else {
+            return Ok(());
+        };
+        let mut meta: BlobMeta = serde_json::from_slice(&meta)?;
+        if meta.last_upload < now {
+            meta.last_upload = now;
+            self.blob_meta
+                .insert(id.as_bytes(), serde_json::to_vec(&meta)?)?;
+            self.blob_uploads
+                .insert([&now.to_be_bytes()[..], id.as_bytes()].concat(), &[])?;
+        }
+        Ok(())
+    }
+
+    /// A stored blob's size, if the node recorded an upload of it.
+    pub fn blob_size(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
+        self.blob_meta
+            .get(id.as_bytes())?
+            .map(|m| serde_json::from_slice::<BlobMeta>(&m).map(|m| m.size))
+            .transpose()
+            .map_err(Into::into)
+    }
+
     /// Keeps blob `id` for good: a task reads it or produced it.
     pub fn pin_blob(&self, id: &BlobId) -> Result<(), StoreError> {
         self.blob_pins.insert(id.as_bytes(), &[])?;

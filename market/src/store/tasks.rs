@@ -191,6 +191,23 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut out = Vec::new();
+        for id in self.task_ids_where(buyer, state, after, limit)? {
+            if let Some(t) = get::<TaskRecord>(&self.tasks, id.as_bytes())? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of [`Store::tasks_where`], read from the index alone (no record is loaded).
+    pub fn task_ids_where(
+        &self,
+        buyer: Option<&AccountId>,
+        state: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
         let (tree, prefix) = match (buyer, state) {
             (None, None) => (&self.order, Vec::new()),
             (None, Some(s)) => (&self.by_state, [s.as_bytes(), &[0]].concat()),
@@ -200,22 +217,22 @@ impl Store {
                 [b.as_bytes().as_slice(), s.as_bytes(), &[0]].concat(),
             ),
         };
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
         let start = [
             prefix.as_slice(),
             &after.map_or(0, |a| a.saturating_add(1)).to_be_bytes(),
         ]
         .concat();
-        if after == Some(u64::MAX) {
-            return Ok(Vec::new());
-        }
         let mut out = Vec::new();
         for item in tree.range(start..) {
             let (key, id) = item?;
             if !key.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
-            if let Some(t) = get::<TaskRecord>(&self.tasks, &id)? {
-                out.push(t);
+            if let Ok(bytes) = <[u8; 32]>::try_from(id.as_ref()) {
+                out.push(TaskId(market_protocol::Hash(bytes)));
             }
         }
         Ok(out)

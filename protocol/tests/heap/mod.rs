@@ -2,7 +2,7 @@
 //! while a measurement runs, the largest single allocation and the most bytes live at once (a
 //! growing buffer counts old and new while it moves). The workspace forbids `unsafe`, so the
 //! counting allocator comes from `tracking-allocator`; this file only adds up what it reports.
-//! The same file is copied into each crate's `tests/heap/` (a test binary has one allocator).
+//! The other crates' fuzz tests include this file by path (each test binary has its own allocator).
 
 #![allow(dead_code)]
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
