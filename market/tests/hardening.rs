@@ -285,17 +285,34 @@ async fn unfunded_keys_cannot_fill_the_disk_with_blobs() {
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(n.node.store.blob_usage(&n.buyer.account()).unwrap(), 4000);
     // A held blob's id does not open the full size limit to longer bodies.
-    let longer = [2u8; 4001];
-    let mut req = signed(
+    // (Signed over the held blob's id, as the node checks, with a longer body declared.)
+    let uri = format!("/v1/blobs?expected={kept}");
+    let mut req = axum::http::Request::builder().method("POST").uri(&uri);
+    for (k, v) in market_node::auth::sign_headers(
         &n.buyer,
         "POST",
-        &format!("/v1/blobs?expected={kept}"),
-        longer.to_vec(),
-    );
-    req.headers_mut()
-        .insert("content-length", "4001".parse().unwrap());
+        &uri,
+        &[2u8; 4000],
+        market_node::auth::unix_now(),
+        &common::nonce(),
+    ) {
+        req = req.header(k, v);
+    }
+    let req = req
+        .header("content-length", "4001")
+        // A body that fails after its first bytes: read at all, it would be refused as an
+        // interrupted upload; refused on its declared length, nothing of it is read.
+        .body(axum::body::Body::from_stream(futures_util::stream::iter([
+            Ok(bytes::Bytes::from(vec![2u8; 100])),
+            Err(std::io::Error::other("the rest never comes")),
+        ])))
+        .unwrap();
     let (s, v) = call(&n.app, req).await;
-    assert!(s.is_client_error(), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("id_mismatch")),
+        "{v}"
+    );
     // Nobody reads it: it expires a day after its last upload, and the quota comes back.
     let now = market_node::auth::unix_now();
     n.node.housekeep(now).unwrap();
