@@ -85,9 +85,9 @@ fn seeds_decode() {
 #[test]
 fn hostile_tokens_in_every_field_never_panic() {
     let _serial = serial();
-    // Every JSON token replacing every number of every seed, exhaustively.
+    // Every JSON token replacing each of the first 16 numbers of every seed.
     for seed in SEEDS.iter() {
-        for k in 0..40u8 {
+        for k in 0..16u8 {
             for t in 0..hostile::JSON_TOKENS.len() as u8 {
                 check_protocol_decoders(&mutate(seed, &[5, k, 0, t]));
             }
