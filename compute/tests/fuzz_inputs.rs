@@ -27,23 +27,11 @@ use fuzz_harness::{
     blob_seeds, bundle_seeds, check_blobs, check_bundle, check_task, task_blobs, task_seeds, Blobs,
     OneBlob,
 };
-use heap::{measure, serial};
+use heap::{config, measure, serial};
 
 static BLOBS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(blob_seeds);
 static TASKS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(task_seeds);
 static BUNDLE: LazyLock<Vec<Vec<u8>>> = LazyLock::new(bundle_seeds);
-
-/// `cases` per property, or `PROPTEST_CASES` when set (for a longer run by hand).
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 proptest! {
     #![proptest_config(config(512))]

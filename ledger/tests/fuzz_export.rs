@@ -22,19 +22,7 @@ use market_protocol::fixtures::hostile::mutate;
 use proptest::prelude::*;
 
 use fuzz_harness::{check_export, mutate_lines, EXPORT};
-use heap::{measure, serial};
-
-/// `cases` per property, or `PROPTEST_CASES` when set (for a longer run by hand).
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+use heap::{config, measure, serial};
 
 proptest! {
     #![proptest_config(config(256))]

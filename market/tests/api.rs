@@ -4,13 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use market_node::auth::{sign_headers, unix_now};
+use common::{call, get, post_body, short, signed};
 use market_node::config::NodeConfig;
 use market_node::dispatch::{InProcess, VerifierMode};
 use market_node::engine::Node;
@@ -90,48 +92,6 @@ async fn net_with(
         verifiers,
         _dir: dir,
     }
-}
-
-fn nonce() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!("nonce-{:016}", N.fetch_add(1, Ordering::Relaxed))
-}
-
-fn signed(id: &Identity, method: &str, uri: &str, body: Vec<u8>) -> Request<Body> {
-    let mut req = Request::builder().method(method).uri(uri);
-    for (k, v) in sign_headers(id, method, uri, &body, unix_now(), &nonce()) {
-        req = req.header(k, v);
-    }
-    req.header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap()
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::builder().uri(uri).body(Body::empty()).unwrap()
-}
-
-async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
-}
-
-fn post_body(buyer: &Identity, task: TaskSpec) -> Vec<u8> {
-    serde_json::to_vec(&Signed::sign(task, buyer).unwrap()).unwrap()
-}
-
-fn short(mut task: TaskSpec) -> TaskSpec {
-    if let Workload::Training(t) = &mut task.workload {
-        t.steps = 60;
-    }
-    task
 }
 
 /// Runs the engine, posts a short training task through the API and waits until it settles.

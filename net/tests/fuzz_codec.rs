@@ -28,22 +28,10 @@ use proptest::prelude::*;
 use fuzz_harness::{
     check_frames, check_head, check_manifest_json, frame_seeds, json_seeds, Trickle,
 };
-use heap::{measure, serial};
+use heap::{config, measure, serial};
 
 static FRAMES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(frame_seeds);
 static JSON: LazyLock<Vec<Vec<u8>>> = LazyLock::new(json_seeds);
-
-/// `cases` per property, or `PROPTEST_CASES` when set (for a longer run by hand).
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 proptest! {
     #![proptest_config(config(512))]

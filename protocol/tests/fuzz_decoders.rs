@@ -22,21 +22,9 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use fuzz_harness::{check_protocol_decoders, seeds};
-use heap::{measure, serial};
+use heap::{config, measure, serial};
 
 static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(seeds);
-
-/// `cases` per property, or `PROPTEST_CASES` when set (for a longer run by hand).
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 proptest! {
     #![proptest_config(config(512))]

@@ -259,8 +259,23 @@ mod tests {
 
     #[test]
     fn every_state_name_is_a_listing_filter() {
-        for s in [TaskState::Queued, TaskState::Settled, TaskState::Cancelled] {
-            assert!(Store::is_state_name(s.name()));
+        let worker = Identity::from_test_label("state worker").account();
+        for s in [
+            TaskState::Queued,
+            TaskState::Running {
+                worker,
+                done: 0,
+                total: 1,
+                loss: 0.0,
+            },
+            TaskState::Auditing { worker },
+            TaskState::Settled,
+            TaskState::Rejected {
+                reason: String::new(),
+            },
+            TaskState::Cancelled,
+        ] {
+            assert!(Store::is_state_name(s.name()), "{}", s.name());
         }
         assert!(!Store::is_state_name("queued\0"));
     }
@@ -327,28 +342,6 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(queued(&store), [0, 1, 2, 4], "rebuilt from the tasks");
         assert_eq!(store.tasks(None, usize::MAX).unwrap().len(), 5);
-    }
-}
-
-#[cfg(test)]
-mod concurrency_tests {
-    use super::*;
-    use market_protocol::{fixtures::training_task, Identity, Signed};
-
-    fn record(buyer: &Identity, n: u64) -> TaskRecord {
-        let spec = Signed::sign(training_task(buyer, n), buyer).unwrap();
-        TaskRecord {
-            id: TaskId(spec.id().unwrap()),
-            plan: crate::audit_plan::plan_for(&spec.body, 20, 2).unwrap(),
-            spec,
-            order: 0,
-            state: TaskState::Queued,
-            verifier_fee: 10,
-            attempts: Vec::new(),
-            outputs: Vec::new(),
-            ledger_seqs: Vec::new(),
-            settlement: None,
-        }
     }
 
     /// Issue 12 item 7: posts that took the same arrival number hid one task from the listing

@@ -3,6 +3,7 @@
 //! growing buffer counts old and new while it moves). The workspace forbids `unsafe`, so the
 //! counting allocator comes from `tracking-allocator`; this file only adds up what it reports.
 //! The other crates' fuzz tests include this file by path (each test binary has its own allocator).
+//! It also holds their shared property-test configuration.
 
 #![allow(dead_code)]
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -73,4 +74,16 @@ pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Usage) {
         peak: PEAK.load(SeqCst).saturating_sub(base),
     };
     (r, usage)
+}
+
+/// `cases` per property, or `PROPTEST_CASES` when set (for a longer run by hand).
+pub fn config(cases: u32) -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases),
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
 }
