@@ -25,6 +25,9 @@ pub enum ComputeError {
     /// A `--device` that is neither `cpu` nor `cuda`.
     #[error("unknown device {0:?}: use cpu or cuda")]
     UnknownDevice(String),
+    /// The run was stopped from outside (the worker's node gave up on the job).
+    #[error("the run was cancelled")]
+    Cancelled,
     /// A candle kernel failed (native and cuda profiles).
     #[error("candle: {0}")]
     Candle(String),

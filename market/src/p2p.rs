@@ -126,6 +126,12 @@ struct State {
     /// The keys of `finished` in the order the runs finished (the oldest is forgotten first;
     /// runs in parallel finish out of job order).
     finished_order: std::collections::VecDeque<PathBuf>,
+    /// Runs the node gave up on, by job, with their worker, task and why: the worker is sent
+    /// `cancel` at once if connected, again when it says hello, and again in answer to any
+    /// report for the job, so a worker that was away when the node gave up stops too. Only
+    /// the most recent [`REMEMBERED_RUNS`] are kept (job numbers grow, so the smallest is the
+    /// oldest).
+    abandoned: BTreeMap<u64, (AccountId, TaskId, String)>,
 }
 
 /// Disconnected participants remembered (for the operator's view and the order of first joins).
@@ -154,6 +160,9 @@ impl State {
         }
     }
 }
+
+/// Longest reason sent in a `cancel`, in bytes.
+const MAX_CANCEL_REASON: usize = 512;
 
 /// Finished runs and timings remembered (a long-running node must not grow without bound; a
 /// run's audits happen right after it).
@@ -260,6 +269,45 @@ impl P2pDispatch {
             Response::Refused { reason } => anyhow::bail!("refused: {reason}"),
             other => anyhow::bail!("unexpected answer {other:?}"),
         }
+    }
+
+    /// Gives up on `job`: remembers it as abandoned and tells its worker to stop (see
+    /// [`State::abandoned`]).
+    fn abandon(&self, worker: AccountId, task_id: TaskId, job: u64, mut reason: String) {
+        // An error chain can be long; the worker only logs it.
+        if reason.len() > MAX_CANCEL_REASON {
+            let mut end = MAX_CANCEL_REASON;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        let mut st = self.state();
+        while st.abandoned.len() >= REMEMBERED_RUNS {
+            st.abandoned.pop_first();
+        }
+        st.abandoned.insert(job, (worker, task_id, reason.clone()));
+        drop(st);
+        self.send_cancel(worker, task_id, job, reason);
+    }
+
+    /// Sends `cancel` for `job` to `worker` if it is connected now, without waiting for the
+    /// answer (a worker not connected is told when it says hello again).
+    fn send_cancel(&self, worker: AccountId, task_id: TaskId, job: u64, reason: String) {
+        let Ok(peer) = self.peer_of(&worker) else {
+            return;
+        };
+        let net = self.net.clone();
+        self.rt.spawn(async move {
+            let request = Request::Cancel {
+                task_id,
+                job,
+                reason,
+            };
+            if let Err(e) = net.request(peer, request).await {
+                tracing::debug!(%worker, job, error = %e, "cancel not delivered");
+            }
+        });
     }
 
     /// Answers the network: hellos, progress, results, verdicts and fetches. Runs until the
@@ -544,7 +592,17 @@ impl P2pDispatch {
         for run in st.runs.values().filter(|r| r.worker == account) {
             let _ = run.events.send(RunEvent::Reconnected(peer));
         }
+        // Runs given up on while it was away are cancelled on this connection.
+        let given_up: Vec<(u64, TaskId, String)> = st
+            .abandoned
+            .iter()
+            .filter(|(_, (w, _, _))| *w == account)
+            .map(|(job, (_, task, reason))| (*job, *task, reason.clone()))
+            .collect();
         drop(st);
+        for (job, task_id, reason) in given_up {
+            self.send_cancel(account, task_id, job, reason);
+        }
         tracing::info!(%account, role = ?body.role, stake, "participant joined");
         node.wake();
         Reply::of(Response::Welcome { stake, balance })
@@ -562,6 +620,14 @@ impl P2pDispatch {
     ) -> Reply {
         let mut st = self.state();
         let Some(slot) = st.runs.get_mut(&job) else {
+            if let Some((worker, task, reason)) = st.abandoned.get(&job).cloned() {
+                if worker == account && task == task_id {
+                    drop(st);
+                    // Still working on it (it was away when told): tell it again.
+                    self.send_cancel(account, task_id, job, reason.clone());
+                    return Reply::refused(format!("the node gave up on this job: {reason}"));
+                }
+            }
             return Reply::refused("no such job");
         };
         if slot.worker != account || slot.task_id != task_id {
@@ -948,6 +1014,10 @@ impl Dispatch for P2pDispatch {
             .rt
             .block_on(self.run_async(worker, task, job, dir, rx, progress));
         self.state().runs.remove(&job);
+        if let Err(e) = &result {
+            // The attempt failed: whatever the worker is still doing for it is wasted.
+            self.abandon(*worker, task_id, job, format!("{e:#}"));
+        }
         result
     }
 

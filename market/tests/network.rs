@@ -760,3 +760,209 @@ fn a_networked_verifier_is_handed_a_ringer_and_catches_it() {
         m.node.ledger.verify().unwrap();
     });
 }
+
+/// The job directories of `task` in a worker's data directory.
+fn job_dirs_of(m: &Market, label: &str, task: &TaskId) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(m.dir.path().join(label).join("jobs")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!("{task}-"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            // The long task cannot commit in time; the short one can.
+            max_run: Duration::from_secs(6),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        let label = "worker given up on";
+        let w = worker(&m, label).await;
+        verifier(&m, "verifier c").await;
+        wait_joined(&m, 1, 1).await;
+        // Hours of steps on this machine: only a cancel stops it.
+        let long = post(&m, 50, 1_000_000).await;
+        assert_eq!(wait_running(&m, &long, 5).await, w.account());
+        assert_eq!(
+            job_dirs_of(&m, label, &long).len(),
+            1,
+            "the run has its directory"
+        );
+        // Past `max_run` the node fails the attempt; with no other worker it rejects the task.
+        let t = m
+            .node
+            .wait_final(&long, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(matches!(t.state, TaskState::Rejected { .. }), "{t:?}");
+        let given_up = std::time::Instant::now();
+        // The worker stops and drops the job's files; an uncancelled run would keep writing
+        // checkpoints into that directory for hours.
+        while !job_dirs_of(&m, label, &long).is_empty() {
+            assert!(
+                given_up.elapsed() < Duration::from_secs(20),
+                "the worker still runs the job the node gave up on"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        eprintln!("stopped {:?} after the node gave up", given_up.elapsed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            job_dirs_of(&m, label, &long).is_empty(),
+            "nothing writes into the cancelled job any more"
+        );
+        // Free again, it runs the next task to settlement, alone on its cores.
+        let short = post(&m, 51, 20).await;
+        let t = settled(&m, &short).await;
+        assert_eq!(t.attempts[0].worker, w.account());
+    });
+}
+
+#[test]
+fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
+    in_runtime(async {
+        let options = P2pOptions {
+            max_run: Duration::from_secs(3),
+            ..P2pOptions::default()
+        };
+        let m = market(NodeConfig::default(), options).await;
+        let caps = measure_capabilities("cpu");
+        let _v = raw_participant(&m, "cancel verifier", Role::Verifier, &caps).await;
+        let me = Identity::from_test_label("silent worker");
+        m.node.fund("test", &me.account(), 1_000, 0).await.unwrap();
+        let (net, mut events) = Net::start(&me, NetConfig::default()).unwrap();
+        let dialed = tokio::sync::watch::channel(None).0;
+        join(&net, &m.addr, &dialed, &me, Role::Worker, &caps, 200, 1)
+            .await
+            .unwrap();
+        let node = dialed.borrow().unwrap();
+        wait_joined(&m, 1, 1).await;
+        let task = post(&m, 60, 20).await;
+        // Takes the assignment, then neither reports nor commits.
+        let job = loop {
+            match events.recv().await.unwrap() {
+                Event::Request {
+                    request: Request::Assign { task_id, job, .. },
+                    responder,
+                    ..
+                } => {
+                    assert_eq!(task_id, task);
+                    responder.send(Reply::of(Response::Ok));
+                    break job;
+                }
+                _ => continue,
+            }
+        };
+        // The next cancel from the node, answered `ok`.
+        async fn next_cancel(
+            events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+        ) -> (TaskId, u64) {
+            let wait = async {
+                loop {
+                    if let Event::Request {
+                        request: Request::Cancel { task_id, job, .. },
+                        responder,
+                        ..
+                    } = events.recv().await.unwrap()
+                    {
+                        responder.send(Reply::of(Response::Ok));
+                        return (task_id, job);
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), wait)
+                .await
+                .expect("no cancel came")
+        }
+        // At the deadline.
+        assert_eq!(next_cancel(&mut events).await, (task, job));
+        // Any later report for the job is refused and answered with the cancel again.
+        let reply = net
+            .request(
+                node,
+                Request::Progress {
+                    task_id: task,
+                    job,
+                    done: 3,
+                    total: 20,
+                    loss: F32Bits::from_f32(1.0),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply.response, Response::Refused { reason } if reason.contains("gave up")),
+            "{reply:?}"
+        );
+        assert_eq!(next_cancel(&mut events).await, (task, job));
+        // So is a hello on a new connection (a worker away when the node gave up).
+        net.disconnect(node).unwrap();
+        wait_connected(&m, &me.account(), false).await;
+        join(&net, &m.addr, &dialed, &me, Role::Worker, &caps, 200, 2)
+            .await
+            .unwrap();
+        assert_eq!(next_cancel(&mut events).await, (task, job));
+        // Another worker's report for the job is not a reason to cancel anything.
+        let stranger = Identity::from_test_label("stranger worker");
+        m.node
+            .fund("test", &stranger.account(), 1_000, 0)
+            .await
+            .unwrap();
+        let (snet, mut sevents) = Net::start(&stranger, NetConfig::default()).unwrap();
+        let sdialed = tokio::sync::watch::channel(None).0;
+        join(
+            &snet,
+            &m.addr,
+            &sdialed,
+            &stranger,
+            Role::Worker,
+            &caps,
+            200,
+            1,
+        )
+        .await
+        .unwrap();
+        let reply = snet
+            .request(
+                sdialed.borrow().unwrap(),
+                Request::Failed {
+                    task_id: task,
+                    job,
+                    reason: "not mine".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&reply.response, Response::Refused { reason } if reason == "no such job"),
+            "{reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(ev) = sevents.try_recv() {
+            assert!(
+                !matches!(
+                    ev,
+                    Event::Request {
+                        request: Request::Cancel { .. },
+                        ..
+                    }
+                ),
+                "a stranger was sent a cancel"
+            );
+        }
+    });
+}

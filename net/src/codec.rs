@@ -220,6 +220,11 @@ enum ExternalRequest {
         job: u64,
         segment: u32,
     },
+    Cancel {
+        task_id: TaskId,
+        job: u64,
+        reason: String,
+    },
     Settled {
         task_id: TaskId,
         balance: u64,

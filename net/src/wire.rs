@@ -173,6 +173,17 @@ pub enum Request {
         /// The segment.
         segment: u32,
     },
+    /// Node to worker: the node gave up on this job (its deadline passed, the worker was gone
+    /// past the grace period, or its result could not be taken): stop running it and drop its
+    /// files. Nothing the worker sends for the job is accepted any more.
+    Cancel {
+        /// The task.
+        task_id: TaskId,
+        /// The node's job number.
+        job: u64,
+        /// Why (human-readable, not normative).
+        reason: String,
+    },
     /// Node to worker: a task it ran has settled (for its status line).
     Settled {
         /// The task.
@@ -206,6 +217,7 @@ impl Request {
             Self::Audit { .. } => "audit",
             Self::Verdict { .. } => "verdict",
             Self::OpenSteps { .. } => "open_steps",
+            Self::Cancel { .. } => "cancel",
             Self::Settled { .. } => "settled",
             Self::Describe { .. } => "describe",
             Self::Fetch { .. } => "fetch",

@@ -17,7 +17,7 @@ use market_net::wire::{Reply, Request, Response, Source};
 use market_net::{Multiaddr, Net, PeerId, Responder};
 use market_protocol::{message_id, F32Bits, Identity, Role, TaskId, TaskSpec};
 
-use crate::{exec, open_steps, Behavior};
+use crate::{exec_until, open_steps, Behavior, CancelToken};
 
 /// How the worker daemon runs.
 #[derive(Debug, Clone)]
@@ -60,9 +60,10 @@ struct Worker {
     balance: Mutex<(u64, u64)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum JobStatus {
-    Running,
+    /// Running; the token stops it (the node sent `cancel`).
+    Running(CancelToken),
     /// Done, with the report that was delivered (sent again if the node asks again).
     Finished(Box<Request>),
 }
@@ -186,15 +187,45 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
             let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
             match jobs.get(&job).map(|(_, s)| s.clone()) {
                 // Assigned again after a reconnect: still running, or the report is re-sent.
-                Some(JobStatus::Running) => {}
+                Some(JobStatus::Running(_)) => {}
                 Some(JobStatus::Finished(report)) => {
                     let w = worker.clone();
                     tokio::spawn(async move { w.deliver(*report).await });
                 }
                 None => {
-                    jobs.insert(job, (task_id, JobStatus::Running));
+                    let cancel = CancelToken::default();
+                    jobs.insert(job, (task_id, JobStatus::Running(cancel.clone())));
                     forget_old_jobs(worker, &mut jobs);
-                    tokio::spawn(run_job(worker.clone(), task_id, job, task));
+                    tokio::spawn(run_job(worker.clone(), task_id, job, task, cancel));
+                }
+            }
+            responder.send(Reply::of(Response::Ok));
+        }
+        Request::Cancel {
+            task_id,
+            job,
+            reason,
+        } => {
+            let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            match jobs.get(&job) {
+                Some((t, _)) if *t != task_id => {
+                    return responder.send(Reply::refused("that job runs another task"))
+                }
+                // The run stops within a step and `run_job` drops its directory.
+                Some((_, JobStatus::Running(cancel))) => {
+                    tracing::info!(task = %task_id, job, %reason, "the node gave up on the job; stopping");
+                    worker.status(format!(
+                        "task {}: cancelled by the node",
+                        &task_id.to_string()[..12]
+                    ));
+                    cancel.cancel();
+                }
+                // Finished, or from an earlier process of this worker: only files are left.
+                _ => {
+                    jobs.remove(&job);
+                    let dir = worker.job_dir(&task_id, job);
+                    tracing::info!(task = %task_id, job, %reason, "the node gave up on the job; removing its files");
+                    tokio::task::spawn_blocking(move || remove_job_dir(&dir));
                 }
             }
             responder.send(Reply::of(Response::Ok));
@@ -276,6 +307,17 @@ fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)
     }
 }
 
+/// Removes a job directory that may not exist.
+fn remove_job_dir(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a job directory")
+        }
+    }
+}
+
 /// The most recently written directory of an earlier job of `task_id` in `jobs_dir`, if any
 /// (job directories are named `TASK-JOB`).
 fn earlier_run_dir(jobs_dir: &std::path::Path, task_id: &TaskId) -> Option<PathBuf> {
@@ -320,12 +362,21 @@ fn sweep_job_dirs(jobs_dir: &std::path::Path, keep: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec) {
+async fn run_job(
+    worker: Arc<Worker>,
+    task_id: TaskId,
+    job: u64,
+    task: TaskSpec,
+    cancel: CancelToken,
+) {
     let short = &task_id.to_string()[..12];
     worker.status(format!("task {short}: fetching inputs"));
     let blobs = worker.blobs();
     let mut fetched = false;
     for _ in 0..10 {
+        if cancel.is_cancelled() {
+            break;
+        }
         let node = worker.member.connected().await;
         match blobs.fetch_for(&worker.net, node, &task).await {
             Ok(_) => {
@@ -366,18 +417,29 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
             }
         }
     }
-    let outcome = if fetched {
+    let outcome = if cancel.is_cancelled() {
+        None
+    } else if fetched {
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (identity, behavior, d, spec) = (
+        let (identity, behavior, d, spec, stop) = (
             worker.identity.clone(),
             worker.options.behavior,
             dir.clone(),
             task.clone(),
+            cancel.clone(),
         );
         let handle = tokio::task::spawn_blocking(move || {
-            exec(&spec, &identity, behavior, &Bundle::at(&d), &blobs, |p| {
-                let _ = progress_tx.send(p);
-            })
+            exec_until(
+                &spec,
+                &identity,
+                behavior,
+                &Bundle::at(&d),
+                &blobs,
+                &stop,
+                |p| {
+                    let _ = progress_tx.send(p);
+                },
+            )
         });
         // Forward progress, at most a few times a second.
         let mut last = Instant::now() - Duration::from_secs(1);
@@ -405,11 +467,12 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
             }
         }
         match handle.await {
+            Ok(Err(e)) if e.is_cancelled() => None,
             Ok(Ok(report)) => {
                 if report.resumed_from > 0 {
                     tracing::info!(task = %task_id, segment = report.resumed_from, "resumed from a checkpoint");
                 }
-                match bundle_manifest(&dir) {
+                Some(match bundle_manifest(&dir) {
                     Ok(manifest) => Request::Done {
                         task_id,
                         job,
@@ -421,28 +484,42 @@ async fn run_job(worker: Arc<Worker>, task_id: TaskId, job: u64, task: TaskSpec)
                         job,
                         reason: e.to_string(),
                     },
-                }
+                })
             }
-            Ok(Err(e)) => Request::Failed {
+            Ok(Err(e)) => Some(Request::Failed {
                 task_id,
                 job,
                 reason: e.to_string(),
-            },
-            Err(e) => Request::Failed {
+            }),
+            Err(e) => Some(Request::Failed {
                 task_id,
                 job,
                 reason: e.to_string(),
-            },
+            }),
         }
     } else {
-        Request::Failed {
+        Some(Request::Failed {
             task_id,
             job,
             reason: "could not fetch the task's inputs".into(),
-        }
+        })
     };
     drop(held);
     worker.forget_task_turn(&task_id, turn);
+    let Some(outcome) = outcome else {
+        // Cancelled: nothing to report, and nobody will ask for its files.
+        if let Ok(mut jobs) = worker.jobs.lock() {
+            jobs.remove(&job);
+        }
+        let d = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_job_dir(&d)).await;
+        tracing::info!(task = %task_id, job, "cancelled run stopped and removed");
+        worker.status(format!(
+            "idle | {} tasks done",
+            worker.done.lock().map(|d| *d).unwrap_or(0)
+        ));
+        return;
+    };
     let finished = matches!(outcome, Request::Done { .. });
     if let Ok(mut jobs) = worker.jobs.lock() {
         jobs.insert(

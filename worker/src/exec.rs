@@ -2,6 +2,8 @@
 //! networked worker uses; only the transport differs.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use market_compute::bundle::{Bundle, BundleError};
 use market_compute::rng::{self, Purpose};
@@ -28,6 +30,39 @@ pub enum ExecError {
     /// Signing failed (the task cannot be canonicalized).
     #[error(transparent)]
     Signature(#[from] market_protocol::SignatureError),
+}
+
+impl ExecError {
+    /// Whether the run stopped because its [`CancelToken`] was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Compute(ComputeError::Cancelled))
+    }
+}
+
+/// Stops a run from another thread: checked before every training step and every inference
+/// item, so a cancelled run ends within one step. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Asks the run to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    fn check(&self) -> Result<(), ComputeError> {
+        if self.is_cancelled() {
+            Err(ComputeError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Where a run is, for progress bars.
@@ -66,8 +101,31 @@ pub fn exec(
     behavior: Behavior,
     bundle: &Bundle,
     blobs: &dyn BlobSource,
+    on_progress: impl FnMut(Progress),
+) -> Result<ExecReport, ExecError> {
+    exec_until(
+        task,
+        identity,
+        behavior,
+        bundle,
+        blobs,
+        &CancelToken::default(),
+        on_progress,
+    )
+}
+
+/// [`exec`], stopping with [`ComputeError::Cancelled`] within a step of `cancel` being
+/// cancelled (the bundle is left as it was: a training run's complete checkpoints stay).
+pub fn exec_until(
+    task: &TaskSpec,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    cancel: &CancelToken,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<ExecReport, ExecError> {
+    cancel.check()?;
     let resumable = bundle.read_task().ok().as_ref() == Some(task);
     bundle.create()?;
     bundle.write_task(task)?;
@@ -83,6 +141,7 @@ pub fn exec(
             blobs,
             resumable,
             &mut resumed_from,
+            cancel,
             &mut on_progress,
         )?,
         Workload::Inference(_) => exec_inference(
@@ -92,6 +151,7 @@ pub fn exec(
             behavior,
             bundle,
             blobs,
+            cancel,
             &mut on_progress,
         )?,
     };
@@ -173,13 +233,13 @@ pub fn run_segment_as(
     seg: u32,
     start: &TrainState,
     record_steps: bool,
-    on_step: &mut dyn FnMut(u32, f32),
+    on_step: &mut dyn FnMut(u32, f32) -> Result<(), ComputeError>,
 ) -> Result<(TrainState, f32, Vec<StateHash>), ExecError> {
     let (first, end) = job.segment_bounds(seg)?;
     if !faked {
         let mut hashes = Vec::new();
         let (state, loss) = job.run_segment_with(seg, start, |state, loss| {
-            on_step(state.step, loss);
+            on_step(state.step, loss)?;
             if record_steps {
                 hashes.push(state.hash(&job.layout)?);
             }
@@ -207,7 +267,7 @@ pub fn run_segment_as(
             _ => job.step(&mut state)?,
         };
         total += loss;
-        on_step(state.step, loss);
+        on_step(state.step, loss)?;
         if record_steps {
             hashes.push(state.hash(&job.layout)?);
         }
@@ -235,6 +295,7 @@ fn exec_training(
     blobs: &dyn BlobSource,
     resumable: bool,
     resumed_from: &mut u32,
+    cancel: &CancelToken,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
     let job = TrainingJob::from_spec(task, blobs)?;
@@ -264,7 +325,8 @@ fn exec_training(
                 done: step,
                 total: job.steps,
                 loss,
-            })
+            });
+            cancel.check()
         };
         let (next, loss, _) = run_segment_as(
             &job,
@@ -322,7 +384,7 @@ fn resume_point(
     Some((state, leaves, losses))
 }
 
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn exec_inference(
     task: &TaskSpec,
     task_id: TaskId,
@@ -330,6 +392,7 @@ fn exec_inference(
     behavior: Behavior,
     bundle: &Bundle,
     blobs: &dyn BlobSource,
+    cancel: &CancelToken,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
     if matches!(behavior, Behavior::WrongData | Behavior::LowPrecision) {
@@ -340,6 +403,7 @@ fn exec_inference(
     let faked = behavior.faked_segments(n, &task_id.0);
     let mut leaves = Vec::with_capacity(n as usize);
     for i in 0..n {
+        cancel.check()?;
         let bytes = match (faked.contains(&i), behavior) {
             (true, Behavior::Skip(_) | Behavior::Truncate(_)) => Vec::new(),
             (true, Behavior::Replay) => job.run_item(((i + 1) % n) as usize)?.bytes,
@@ -401,7 +465,7 @@ pub fn open_steps(
         segment,
         &start,
         true,
-        &mut |_, _| {},
+        &mut |_, _| Ok(()),
     )?;
     bundle.write_step_hashes(segment, &hashes)?;
     Ok(hashes)
@@ -409,7 +473,62 @@ pub fn open_steps(
 
 #[cfg(test)]
 mod tests {
-    use super::to_bf16;
+    use super::*;
+    use market_compute::NoBlobs;
+    use market_protocol::fixtures::{inference_task, training_task};
+
+    /// Runs `task` and cancels it from the progress callback after `after` reports; returns
+    /// the error and how many reports came.
+    fn cancelled_after(task: &TaskSpec, after: u32) -> (ExecError, u32) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let worker = Identity::from_test_label("cancelled worker");
+        let cancel = CancelToken::default();
+        let mut reports = 0;
+        let outcome = exec_until(
+            task,
+            &worker,
+            Behavior::Honest,
+            &Bundle::at(dir.path()),
+            &NoBlobs,
+            &cancel.clone(),
+            |_| {
+                reports += 1;
+                if reports == after {
+                    cancel.cancel();
+                }
+            },
+        );
+        (
+            outcome.expect_err("a cancelled run commits nothing"),
+            reports,
+        )
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_within_one_step_or_item() {
+        let buyer = Identity::from_test_label("buyer");
+        let mut inference = inference_task(&buyer, 1);
+        if let Workload::Inference(i) = &mut inference.workload {
+            i.weights = None; // seeded weights: no blob to fetch
+        }
+        let (e, reports) = cancelled_after(&training_task(&buyer, 1), 3);
+        assert!(e.is_cancelled(), "{e}");
+        assert_eq!(reports, 3, "not one step more (the run has 200)");
+        let (e, reports) = cancelled_after(&inference, 1);
+        assert!(e.is_cancelled(), "{e}");
+        assert_eq!(reports, 1, "the second of two prompts is not run");
+        // And the honest run of the same task does not stop.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let report = exec(
+            &inference,
+            &Identity::from_test_label("cancelled worker"),
+            Behavior::Honest,
+            &Bundle::at(dir.path()),
+            &NoBlobs,
+            |_| {},
+        );
+        assert!(report.is_ok());
+    }
 
     #[test]
     fn bf16_rounding_keeps_eight_bits_of_mantissa() {

@@ -10,4 +10,4 @@ pub mod daemon;
 pub mod exec;
 
 pub use behavior::Behavior;
-pub use exec::{exec, open_steps, ExecError, ExecReport, Progress};
+pub use exec::{exec, exec_until, open_steps, CancelToken, ExecError, ExecReport, Progress};

@@ -173,6 +173,7 @@ fn exercise_request(req: &Request) {
         Request::Progress { .. }
         | Request::Failed { .. }
         | Request::OpenSteps { .. }
+        | Request::Cancel { .. }
         | Request::Settled { .. } => {}
     }
 }
@@ -309,6 +310,11 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             task_id,
             job: 3,
             segment: 1,
+        },
+        Request::Cancel {
+            task_id,
+            job: 3,
+            reason: "the run deadline passed".into(),
         },
         Request::Settled {
             task_id,
