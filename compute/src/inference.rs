@@ -179,6 +179,24 @@ impl InferenceJob {
         }
     }
 
+    /// Bytes the decoded items hold in memory.
+    pub(crate) fn items_bytes(&self) -> u64 {
+        match &self.items {
+            Items::Prompts { prompts, .. } => prompts.iter().map(|p| 4 * p.len() as u64 + 24).sum(),
+            Items::Rows { x, .. } => 4 * x.len() as u64,
+        }
+    }
+
+    /// The largest output of one item: one byte per generated token (the zoo's tokenizer
+    /// decodes each token to one ASCII character), or the model's outputs as f32.
+    pub(crate) fn max_output_bytes(&self) -> u64 {
+        match (&self.model, &self.items) {
+            (_, Items::Prompts { max_new_tokens, .. }) => u64::from(*max_new_tokens),
+            (ModelConfig::Mlp(m), Items::Rows { .. }) => 4 * m.widths[m.widths.len() - 1] as u64,
+            (ModelConfig::Gpt(g), Items::Rows { .. }) => 4 * g.vocab as u64,
+        }
+    }
+
     /// Whether there are no items.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

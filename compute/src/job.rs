@@ -110,23 +110,7 @@ impl TrainingJob {
             ));
         }
         let batch_size = t.batch_size as usize;
-        let activations = match &model {
-            ModelConfig::Gpt(g) => {
-                let (b, tt, c, h, l) = (
-                    batch_size as u64,
-                    g.context as u64,
-                    g.width as u64,
-                    g.heads as u64,
-                    g.layers as u64,
-                );
-                l * (b * tt * c * 20 + b * h * tt * tt) + b * tt * g.vocab as u64 * 2
-            }
-            ModelConfig::Mlp(m) => m
-                .widths
-                .iter()
-                .map(|w| *w as u64 * batch_size as u64 * 3)
-                .sum(),
-        };
+        let activations = crate::resources::activation_values(&model, batch_size as u64);
         if activations > limits::MAX_ACTIVATIONS {
             return Err(ComputeError::config(
                 "batch_size",

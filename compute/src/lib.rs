@@ -21,6 +21,7 @@ pub mod job;
 pub mod native;
 pub mod optim;
 pub mod repro;
+pub mod resources;
 pub mod rng;
 pub mod state;
 pub mod tolerance;

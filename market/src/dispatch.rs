@@ -7,7 +7,7 @@ use std::path::Path;
 use market_compute::bundle::Bundle;
 use market_compute::BlobSource;
 use market_protocol::{
-    AccountId, Beacon, Commitment, ExecutionProfile, Identity, Signed, TaskSpec, Verdict,
+    AccountId, Beacon, Commitment, ExecutionProfile, Identity, Resources, Signed, TaskSpec, Verdict,
 };
 use market_verifier::SamplePolicy;
 use market_worker::{Behavior, Progress};
@@ -60,6 +60,10 @@ pub trait Dispatch: Send + Sync {
     /// Whether `participant` (a worker or a verifier) can execute tasks of `profile`: a task
     /// goes only to a worker that runs it, and its audits only to verifiers that do.
     fn runs(&self, participant: &AccountId, profile: ExecutionProfile) -> bool;
+    /// Whether `participant` offers what a task `needs` (memory and disk, from its hello): a
+    /// task goes only to a worker that can hold it, so a task too big for everyone waits
+    /// instead of failing on worker after worker.
+    fn holds(&self, participant: &AccountId, needs: &Resources) -> bool;
     /// How many tasks may run at once (each on its own worker).
     fn concurrent_tasks(&self) -> usize;
     /// Has `worker` run `task` into a bundle in `dir`; returns its signed commitment.
@@ -112,6 +116,11 @@ impl Dispatch for InProcess {
     fn runs(&self, _participant: &AccountId, profile: ExecutionProfile) -> bool {
         // Everyone here is library code on this process's CPU.
         market_compute::backend::profiles_on("cpu").contains(&profile)
+    }
+
+    fn holds(&self, _participant: &AccountId, _needs: &Resources) -> bool {
+        // Library code in the node's own process: the machine that validated the task.
+        true
     }
 
     fn concurrent_tasks(&self) -> usize {

@@ -145,6 +145,10 @@ pub struct TaskRecord {
     /// The accepted attempt's payments, from the moment it is accepted until it is settled.
     #[serde(default)]
     pub settlement: Option<Settlement>,
+    /// What running it takes of a worker's machine, estimated at post (a record from before
+    /// the estimate needs nothing: any worker may take it, as before).
+    #[serde(default)]
+    pub needs: market_protocol::Resources,
 }
 
 /// The public view of a task (no results).
@@ -170,10 +174,27 @@ pub struct TaskView {
     pub attempts: Vec<Attempt>,
     /// Ledger sequence numbers of this task's entries.
     pub ledger_seqs: Vec<u64>,
+    /// What running it takes of a worker's machine (estimated when it was posted): it goes
+    /// only to a worker whose hello offers at least this much memory and disk, and its
+    /// audits only to verifiers with the memory.
+    #[schema(value_type = ResourcesDoc)]
+    #[serde(default)]
+    pub needs: market_protocol::Resources,
     /// For a queued task, what it waits for (a worker or verifier that runs its profile, or a
     /// free worker); absent when it is about to start or not queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+}
+
+/// [`market_protocol::Resources`] in the OpenAPI document.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = Resources)]
+#[allow(dead_code)] // Only the schema reads it.
+pub struct ResourcesDoc {
+    /// Peak memory of the run, in bytes.
+    memory_bytes: u64,
+    /// Disk for its inputs and result bundle, in bytes.
+    disk_bytes: u64,
 }
 
 impl TaskRecord {
@@ -193,6 +214,7 @@ impl TaskRecord {
             verifier_fee: self.verifier_fee,
             attempts: self.attempts.clone(),
             ledger_seqs: self.ledger_seqs.clone(),
+            needs: self.needs,
             waiting_for: None,
         }
     }

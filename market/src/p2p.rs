@@ -981,6 +981,13 @@ impl Dispatch for P2pDispatch {
             .is_some_and(|p| p.capabilities.runs(profile))
     }
 
+    fn holds(&self, participant: &AccountId, needs: &market_protocol::Resources) -> bool {
+        self.state()
+            .participants
+            .get(participant)
+            .is_some_and(|p| p.capabilities.holds(needs))
+    }
+
     fn concurrent_tasks(&self) -> usize {
         // Every worker is its own machine; the engine gives each one task at a time.
         match self.options.max_parallel_tasks {
@@ -1075,6 +1082,7 @@ mod tests {
                 profiles: vec!["repro".into()],
                 device: "cpu".into(),
                 memory_bytes: 0,
+                disk_bytes: 0,
                 steps_per_ksec: 0,
             },
             connected,

@@ -281,7 +281,7 @@ fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by_anoth
             .await
             .unwrap();
         let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
-        let caps = measure_capabilities("cpu");
+        let caps = measure_capabilities("cpu", std::path::Path::new("."));
         let dialed = tokio::sync::watch::channel(None).0;
         join(
             &net,
@@ -403,7 +403,7 @@ async fn next_assignment(
 fn running(profiles: &[ExecutionProfile]) -> Capabilities {
     Capabilities {
         profiles: profiles.iter().map(|p| p.name().to_owned()).collect(),
-        ..measure_capabilities("cpu")
+        ..measure_capabilities("cpu", std::path::Path::new("."))
     }
 }
 
@@ -474,7 +474,7 @@ fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one()
     in_runtime(async {
         let m = market(NodeConfig::default(), P2pOptions::default()).await;
         verifier(&m, "verifier for parallel tasks").await;
-        let caps = measure_capabilities("cpu");
+        let caps = measure_capabilities("cpu", std::path::Path::new("."));
         // Workers that take their assignment and then sit on it: only running tasks at once can
         // hand all of them one.
         let mut workers = Vec::new();
@@ -553,7 +553,7 @@ fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
             &m,
             "one-at-a-time verifier",
             Role::Verifier,
-            &measure_capabilities("cpu"),
+            &measure_capabilities("cpu", std::path::Path::new(".")),
         )
         .await;
         wait_joined(&m, 2, 1).await;
@@ -619,7 +619,7 @@ fn a_hello_signed_by_another_key_is_refused() {
             account: other.account(),
             node: m.node.operator.account(),
             role: Role::Worker,
-            capabilities: measure_capabilities("cpu"),
+            capabilities: measure_capabilities("cpu", std::path::Path::new(".")),
             stake: Credits(500),
             session: 7,
         };
@@ -840,7 +840,7 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
             ..P2pOptions::default()
         };
         let m = market(NodeConfig::default(), options).await;
-        let caps = measure_capabilities("cpu");
+        let caps = measure_capabilities("cpu", std::path::Path::new("."));
         let _v = raw_participant(&m, "cancel verifier", Role::Verifier, &caps).await;
         let me = Identity::from_test_label("silent worker");
         m.node.fund("test", &me.account(), 1_000, 0).await.unwrap();
@@ -963,6 +963,100 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
                 ),
                 "a stranger was sent a cancel"
             );
+        }
+    });
+}
+
+#[test]
+fn a_task_too_big_for_every_worker_waits_and_says_so_then_goes_to_one_that_holds_it() {
+    in_runtime(async {
+        let m = market(NodeConfig::default(), P2pOptions::default()).await;
+        let caps = running(&[ExecutionProfile::Repro]);
+        let task = post(&m, 70, 20).await;
+        let needs = m.node.store.task(&task).unwrap().unwrap().needs;
+        // Estimated at post: a process, a dataset, checkpoints.
+        assert!(needs.memory_bytes > 64 << 20, "{needs:?}");
+        assert!(needs.disk_bytes > 3 * 1024, "{needs:?}");
+        assert_eq!(
+            m.node
+                .view(&m.node.store.task(&task).unwrap().unwrap())
+                .needs,
+            needs
+        );
+
+        // A verifier with too little memory to re-execute it does not count.
+        let small_verifier = Capabilities {
+            memory_bytes: needs.memory_bytes - 1,
+            ..caps.clone()
+        };
+        let _v1 = raw_participant(&m, "small verifier", Role::Verifier, &small_verifier).await;
+        // Workers short of memory, or of disk, by one byte each.
+        let short_of_memory = Capabilities {
+            memory_bytes: needs.memory_bytes - 1,
+            disk_bytes: needs.disk_bytes,
+            ..caps.clone()
+        };
+        let short_of_disk = Capabilities {
+            memory_bytes: needs.memory_bytes,
+            disk_bytes: needs.disk_bytes - 1,
+            ..caps.clone()
+        };
+        let mut w1 =
+            raw_participant(&m, "worker short of memory", Role::Worker, &short_of_memory).await;
+        let mut w2 =
+            raw_participant(&m, "worker short of disk", Role::Worker, &short_of_disk).await;
+        wait_joined(&m, 2, 1).await;
+        let waiting = |m: &Market| {
+            m.node
+                .view(&m.node.store.task(&task).unwrap().unwrap())
+                .waiting_for
+                .unwrap_or_default()
+        };
+        let says = waiting(&m);
+        assert!(
+            says.contains("a staked worker that runs the repro profile with")
+                && says.contains("no worker here offers that much"),
+            "{says}"
+        );
+        // A worker that holds it joins; the verifier is still too small.
+        let exactly = Capabilities {
+            memory_bytes: needs.memory_bytes,
+            disk_bytes: needs.disk_bytes,
+            ..caps.clone()
+        };
+        let mut w3 = raw_participant(&m, "worker that holds it", Role::Worker, &exactly).await;
+        wait_joined(&m, 3, 1).await;
+        let says = waiting(&m);
+        assert!(
+            says.contains("a staked verifier that runs the repro profile with")
+                && says.contains("no verifier here offers that much"),
+            "{says}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(m
+            .node
+            .store
+            .task(&task)
+            .unwrap()
+            .unwrap()
+            .attempts
+            .is_empty());
+        // With a verifier that can re-execute it, the task goes to the worker that holds it.
+        let _v2 = raw_participant(&m, "big verifier", Role::Verifier, &caps).await;
+        assert_eq!(next_assignment(&mut w3).await, Some(task));
+        for events in [&mut w1, &mut w2] {
+            while let Ok(ev) = events.try_recv() {
+                assert!(
+                    !matches!(
+                        ev,
+                        Event::Request {
+                            request: Request::Assign { .. },
+                            ..
+                        }
+                    ),
+                    "a worker that cannot hold the task was handed it"
+                );
+            }
         }
     });
 }

@@ -47,6 +47,9 @@ impl Dispatch for Rigged {
     fn runs(&self, p: &AccountId, profile: ExecutionProfile) -> bool {
         self.inner.runs(p, profile)
     }
+    fn holds(&self, p: &AccountId, needs: &Resources) -> bool {
+        self.inner.holds(p, needs)
+    }
     fn concurrent_tasks(&self) -> usize {
         self.concurrency
     }

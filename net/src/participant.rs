@@ -303,8 +303,9 @@ impl BlobSource for DirBlobs {
 }
 
 /// Measures this machine on the reference task (a few `repro` steps of the zoo's `gpt` on the
-/// arithmetic language) and describes it.
-pub fn measure_capabilities(device: &str) -> Capabilities {
+/// arithmetic language) and describes it: its memory available now, and the free space of the
+/// file system holding `data_dir` (where a worker keeps inputs and bundles).
+pub fn measure_capabilities(device: &str, data_dir: &std::path::Path) -> Capabilities {
     let probe = Identity::from_test_label("capability-probe");
     let mut task = market_protocol::fixtures::training_task(&probe, 1);
     if let market_protocol::Workload::Training(t) = &mut task.workload {
@@ -326,6 +327,8 @@ pub fn measure_capabilities(device: &str) -> Capabilities {
             .collect(),
         device: device.into(),
         memory_bytes: available_memory(),
+        // Unknown (unreadable) counts as none: a task is never sent to a disk that may be full.
+        disk_bytes: fs2::available_space(data_dir).unwrap_or(0),
         steps_per_ksec,
     }
 }
@@ -407,13 +410,16 @@ impl Membership {
     }
 
     /// Starts this participant's network (listening on `listen`), measures the machine on
-    /// `device`, and returns the membership, not yet joined, with the network's events.
+    /// `device` with its data directory `data_dir`, and returns the membership, not yet
+    /// joined, with the network's events.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         identity: &Identity,
         market: &Multiaddr,
         listen: Vec<Multiaddr>,
         role: Role,
         device: &str,
+        data_dir: &std::path::Path,
         stake: u64,
     ) -> anyhow::Result<(
         std::sync::Arc<Self>,
@@ -426,9 +432,9 @@ impl Membership {
                 ..crate::NetConfig::default()
             },
         )?;
-        let device = device.to_owned();
+        let (device, dir) = (device.to_owned(), data_dir.to_owned());
         let capabilities =
-            tokio::task::spawn_blocking(move || measure_capabilities(&device)).await?;
+            tokio::task::spawn_blocking(move || measure_capabilities(&device, &dir)).await?;
         let member = Self::new(
             net,
             identity.clone(),

@@ -177,6 +177,7 @@ fn capabilities_name_profiles_as_they_are_serialized() {
         profiles: vec!["repro".into(), "native".into()],
         device: "cpu".into(),
         memory_bytes: 1 << 30,
+        disk_bytes: 1 << 34,
         steps_per_ksec: 1,
     };
     assert!(cpu.runs(ExecutionProfile::Repro) && cpu.runs(ExecutionProfile::Native));

@@ -57,6 +57,7 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
         options.listen.clone(),
         Role::Verifier,
         &options.device,
+        &options.data_dir,
         options.stake,
     )
     .await?;

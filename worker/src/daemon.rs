@@ -134,6 +134,7 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
         options.listen.clone(),
         Role::Worker,
         &options.device,
+        &options.data_dir,
         options.stake,
     )
     .await?;

@@ -129,7 +129,7 @@ impl Node {
         let only_worker = BTreeSet::from([worker]);
         let mut wait = Duration::from_secs(1);
         let (plan, pool) = loop {
-            let pool = self.draw_verifiers(&beacon, 0, &only_worker, profile);
+            let pool = self.draw_verifiers(&beacon, 0, &only_worker, profile, &t.needs);
             if let Some(p) = &t.attempts[n].plan {
                 break (p.clone(), pool);
             }
@@ -207,7 +207,7 @@ impl Node {
         let mut wait = Duration::from_secs(1);
         let mut empty_rounds = 0;
         for round in 0u32.. {
-            let pool = self.draw_verifiers(&beacon, round, &settled_with, profile);
+            let pool = self.draw_verifiers(&beacon, round, &settled_with, profile, &t.needs);
             let wanted = plan.verifiers as usize;
             let request = AuditRequest {
                 beacon,
@@ -308,7 +308,9 @@ impl Node {
                 .copied()
                 .chain([worker])
                 .collect();
-            let left = self.draw_verifiers(&beacon, 0, &gone, profile).len();
+            let left = self
+                .draw_verifiers(&beacon, 0, &gone, profile, &t.needs)
+                .len();
             if empty_rounds >= REPLAN_AFTER && left >= 1 && left < wanted {
                 plan = audit_plan::plan_for(
                     &t.spec.body,
@@ -633,6 +635,7 @@ mod tests {
             outputs: Vec::new(),
             ledger_seqs: Vec::new(),
             settlement: None,
+            needs: Default::default(),
         };
         let expected = Duration::from_millis(20_000 * plan.samples / 20);
         let got = rerun_estimate(&t, 0, &plan);

@@ -14,9 +14,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use indicatif::HumanBytes;
 use market_ledger::{EntryKind, IdempotencyKey, Ledger};
 use market_protocol::{
-    AccountId, Beacon, ChallengeSeed, Credits, ExecutionProfile, Hash, Identity, Signed, TaskId,
+    AccountId, Beacon, ChallengeSeed, Credits, ExecutionProfile, Hash, Identity, Resources, Signed,
+    TaskId,
 };
 use tokio::sync::{broadcast, Notify};
 
@@ -490,7 +492,7 @@ impl Node {
                     .filter(|w| !busy.contains_key(w))
                     .min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)));
                 match idle {
-                    Some(w) if self.has_verifier_for(t.spec.body.profile) => {
+                    Some(w) if self.has_verifier_for(&t) => {
                         busy.insert(w, t.id);
                         Step::Run(w)
                     }
@@ -503,17 +505,27 @@ impl Node {
         Ok(None)
     }
 
-    fn has_verifier_for(&self, profile: ExecutionProfile) -> bool {
-        !self.eligible_verifiers(profile).is_empty()
+    fn has_verifier_for(&self, t: &TaskRecord) -> bool {
+        !self
+            .eligible_verifiers(t.spec.body.profile, &t.needs)
+            .is_empty()
     }
 
-    /// Verifiers with enough stake that run `profile`, in the dispatcher's order.
-    fn eligible_verifiers(&self, profile: ExecutionProfile) -> Vec<AccountId> {
+    /// Verifiers with enough stake that run `profile` and have the memory a task that `needs`
+    /// this takes (a verifier re-executes segments of the run, but keeps no bundle of its
+    /// own), in the dispatcher's order.
+    fn eligible_verifiers(&self, profile: ExecutionProfile, needs: &Resources) -> Vec<AccountId> {
+        let memory = Resources {
+            memory_bytes: needs.memory_bytes,
+            disk_bytes: 0,
+        };
         self.dispatch
             .verifiers()
             .into_iter()
             .filter(|v| {
-                self.stake(v) >= self.config.min_verifier_stake && self.dispatch.runs(v, profile)
+                self.stake(v) >= self.config.min_verifier_stake
+                    && self.dispatch.runs(v, profile)
+                    && self.dispatch.holds(v, &memory)
             })
             .collect()
     }
@@ -542,10 +554,26 @@ impl Node {
         if t.state == TaskState::Queued {
             let profile = t.spec.body.profile.name();
             let eligible = self.eligible_workers(t);
+            let (memory, disk) = (
+                HumanBytes(t.needs.memory_bytes),
+                HumanBytes(t.needs.disk_bytes),
+            );
+            let anyone = Resources::default();
             view.waiting_for = if eligible.is_empty() {
-                Some(format!("a staked worker that runs the {profile} profile"))
-            } else if !self.has_verifier_for(t.spec.body.profile) {
-                Some(format!("a staked verifier that runs the {profile} profile"))
+                if self.workers_for(t, &anyone).is_empty() {
+                    Some(format!("a staked worker that runs the {profile} profile"))
+                } else {
+                    Some(format!("a staked worker that runs the {profile} profile with {memory} of memory and {disk} of disk (what this task is estimated to need; no worker here offers that much)"))
+                }
+            } else if !self.has_verifier_for(t) {
+                if self
+                    .eligible_verifiers(t.spec.body.profile, &anyone)
+                    .is_empty()
+                {
+                    Some(format!("a staked verifier that runs the {profile} profile"))
+                } else {
+                    Some(format!("a staked verifier that runs the {profile} profile with {memory} of memory (what this task is estimated to need; no verifier here offers that much)"))
+                }
             } else if eligible.iter().all(|w| lock(&self.busy).contains_key(w)) {
                 Some("a worker to finish its current task".into())
             } else if lock(&self.claimed).len() >= self.dispatch.concurrent_tasks().max(1) {
@@ -557,9 +585,14 @@ impl Node {
         view
     }
 
-    /// Workers, busy or idle, with enough stake that run the task's profile and have not yet
-    /// tried it, in the dispatcher's order.
+    /// Workers, busy or idle, with enough stake that run the task's profile, offer what it
+    /// needs and have not yet tried it, in the dispatcher's order.
     fn eligible_workers(&self, t: &TaskRecord) -> Vec<AccountId> {
+        self.workers_for(t, &t.needs)
+    }
+
+    /// [`Node::eligible_workers`], with `needs` instead of the task's own.
+    fn workers_for(&self, t: &TaskRecord, needs: &Resources) -> Vec<AccountId> {
         let tried: Vec<AccountId> = t.attempts.iter().map(|a| a.worker).collect();
         let profile = t.spec.body.profile;
         self.dispatch
@@ -569,6 +602,7 @@ impl Node {
                 !tried.contains(w)
                     && self.stake(w) >= self.config.min_worker_stake
                     && self.dispatch.runs(w, profile)
+                    && self.dispatch.holds(w, needs)
             })
             .collect()
     }
@@ -600,9 +634,10 @@ impl Node {
         round: u32,
         exclude: &BTreeSet<AccountId>,
         profile: ExecutionProfile,
+        needs: &Resources,
     ) -> Vec<AccountId> {
         let mut pool: Vec<(AccountId, u64)> = self
-            .eligible_verifiers(profile)
+            .eligible_verifiers(profile, needs)
             .into_iter()
             .filter(|v| !exclude.contains(v))
             .map(|v| {

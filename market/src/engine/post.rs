@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use market_ledger::{EntryKind, LedgerError, OpError};
-use market_protocol::{AccountId, Signed, TaskId, TaskSpec, Workload};
+use market_protocol::{AccountId, Resources, Signed, TaskId, TaskSpec, Workload};
 
 use super::Node;
 use crate::audit_plan::{self, AuditPlan};
@@ -66,7 +66,7 @@ impl Node {
             return Err(insufficient(&spec, balance.0));
         }
         self.check_blob_rights(&spec)?;
-        let plan = self.validate(&spec).await?;
+        let (plan, needs) = self.validate(&spec).await?;
         // Rights are checked again at the escrow: a grant revoked during validation counts.
         self.check_blob_rights(&spec)?;
         let kind = EntryKind::Escrow {
@@ -98,6 +98,7 @@ impl Node {
             outputs: Vec::new(),
             ledger_seqs: vec![appended.seq()],
             settlement: None,
+            needs,
         };
         let record = self.store.insert_task(record).map_err(ApiError::internal)?;
         // Kept for as long as the task is: whoever runs or audits it reads these. (Kept alive
@@ -143,12 +144,13 @@ impl Node {
         Ok(())
     }
 
-    /// Builds the task's job and audit plan as a worker would, on the blocking pool, at most
+    /// Builds the task's job and audit plan as a worker would, and estimates what running it
+    /// takes (`market_compute::resources`), on the blocking pool, at most
     /// [`crate::config::NodeConfig::max_concurrent_validations`] at once. Built with the task's
     /// own profile: the node referees split verdicts and makes ringers by re-executing, so it
     /// takes only tasks its own build can run (a node for `cuda` tasks is built with the
     /// `cuda` feature and has a GPU).
-    async fn validate(&self, spec: &TaskSpec) -> Result<AuditPlan, ApiError> {
+    async fn validate(&self, spec: &TaskSpec) -> Result<(AuditPlan, Resources), ApiError> {
         let wait = Duration::from_secs(self.config.validation_wait_secs);
         let permit = tokio::time::timeout(wait, Arc::clone(&self.validations).acquire_owned())
             .await
@@ -168,16 +170,22 @@ impl Node {
         let min_target = self.config.min_detection_target.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            match &spec.workload {
-                Workload::Training(_) => {
-                    market_compute::TrainingJob::from_spec(&spec, &blobs).map(|_| ())
-                }
-                Workload::Inference(_) => {
-                    market_compute::InferenceJob::from_spec(&spec, &blobs).map(|_| ())
-                }
+            // The inputs' lengths on disk (the job reads them just below anyway).
+            let input_bytes: u64 = spec
+                .blobs()
+                .iter()
+                .filter_map(|id| std::fs::metadata(blobs.path(id)).ok())
+                .map(|m| m.len())
+                .sum();
+            let needs = match &spec.workload {
+                Workload::Training(_) => market_compute::TrainingJob::from_spec(&spec, &blobs)
+                    .map(|job| job.needs(input_bytes)),
+                Workload::Inference(_) => market_compute::InferenceJob::from_spec(&spec, &blobs)
+                    .map(|job| job.needs(input_bytes)),
             }
             .map_err(invalid)?;
-            audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)
+            let plan = audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)?;
+            Ok((plan, needs))
         })
         .await
         .map_err(ApiError::internal)?

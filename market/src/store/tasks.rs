@@ -293,6 +293,7 @@ mod tests {
             outputs: Vec::new(),
             ledger_seqs: Vec::new(),
             settlement: None,
+            needs: Default::default(),
         }
     }
 

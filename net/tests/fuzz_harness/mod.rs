@@ -250,6 +250,7 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             profiles: vec!["repro".into()],
             device: "cpu".into(),
             memory_bytes: 1 << 30,
+            disk_bytes: 1 << 34,
             steps_per_ksec: 10,
         },
         stake: Credits(5),

@@ -27,6 +27,8 @@ pub struct Capabilities {
     pub device: String,
     /// Memory it offers to tasks, in bytes.
     pub memory_bytes: u64,
+    /// Disk space it offers to tasks' files (inputs, checkpoints, results), in bytes.
+    pub disk_bytes: u64,
     /// Training steps per second of the reference benchmark task, times 1000.
     pub steps_per_ksec: u64,
 }
@@ -37,6 +39,23 @@ impl Capabilities {
     pub fn runs(&self, profile: crate::ExecutionProfile) -> bool {
         self.profiles.iter().any(|p| p == profile.name())
     }
+
+    /// Whether it offers what a task needs (a node hands a worker only tasks it can hold, and
+    /// an audit only to a verifier with the memory to re-execute it).
+    pub fn holds(&self, needs: &Resources) -> bool {
+        self.memory_bytes >= needs.memory_bytes && self.disk_bytes >= needs.disk_bytes
+    }
+}
+
+/// What running a task takes of a machine, as the node estimates it when the task is posted
+/// (`COMPUTE.md`, "Resources").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Peak memory of the run, in bytes.
+    pub memory_bytes: u64,
+    /// Disk taken by its inputs and its bundle, in bytes.
+    pub disk_bytes: u64,
 }
 
 /// A participant's signed introduction. The node accepts it only from the peer whose key

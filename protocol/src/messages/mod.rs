@@ -12,7 +12,7 @@ mod verdict;
 
 pub use challenge::{Challenge, ChallengeError, Opening};
 pub use commitment::Commitment;
-pub use hello::{Capabilities, Hello, Role};
+pub use hello::{Capabilities, Hello, Resources, Role};
 pub use receipt::{Payment, PaymentKind, Receipt};
 pub use task::{
     Activation, AuditPolicy, DatasetSource, Decoding, ExecutionProfile, InferenceInputs,

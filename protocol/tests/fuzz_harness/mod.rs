@@ -180,6 +180,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             profiles: vec!["repro".into(), "native".into()],
             device: "cpu".into(),
             memory_bytes: 1 << 30,
+            disk_bytes: 1 << 34,
             steps_per_ksec: 100,
         },
         stake: Credits(10),

@@ -86,6 +86,11 @@ fn main() -> Result<()> {
                     Identity::generate()?
                 }
             };
+            let needs = market_compute::resources::estimate(&spec, &NoBlobs)?;
+            eprintln!(
+                "estimated needs: {} bytes of memory, {} bytes of disk",
+                needs.memory_bytes, needs.disk_bytes
+            );
             let bar = ProgressBar::new(0).with_style(ProgressStyle::with_template(
                 "{bar:40} {pos}/{len} {msg} {per_sec} eta {eta}",
             )?);
