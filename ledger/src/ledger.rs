@@ -328,6 +328,15 @@ impl Ledger {
         self.shared.decoded(seq).map(|d| Some(d.entry))
     }
 
+    /// The entry recorded under idempotency key `key`, if any (a caller that lost what it
+    /// appended, in a crash, finds it again by the key it used).
+    pub fn entry_with_key(&self, key: &IdempotencyKey) -> Result<Option<Entry>, LedgerError> {
+        match self.shared.store.idempotency(key)? {
+            Some(seq) => self.entry(seq),
+            None => Ok(None),
+        }
+    }
+
     /// The current head, signed by the operator.
     pub fn sign_head(&self, operator: &Identity) -> Result<SignedHead, LedgerError> {
         if operator.account() != self.shared.ledger {

@@ -32,7 +32,9 @@ pub mod state;
 mod storage;
 pub mod verify;
 
-pub use entry::{Entry, EntryBody, EntryKind, EvidenceError, IdempotencyKey, ENTRY_DOMAIN};
+pub use entry::{
+    Entry, EntryBody, EntryKind, EvidenceError, IdempotencyKey, KeyError, ENTRY_DOMAIN,
+};
 pub use error::LedgerError;
 pub use export::{verify_export, verify_export_file, ExportReport};
 pub use head::{check_prefix, Head, HeadError, LedgerHead, SignedHead, HEAD_DOMAIN};

@@ -13,7 +13,7 @@ use market_node::config::NodeConfig;
 use market_node::dispatch::VerifierMode;
 use market_node::model::TaskState;
 use market_protocol::fixtures::training_task;
-use market_protocol::{BlobId, Credits, Identity, TaskSpec, Workload};
+use market_protocol::{BlobId, Credits, Identity, TaskId, TaskSpec, Workload};
 use market_worker::Behavior;
 
 async fn market(config: NodeConfig) -> Net {
@@ -429,4 +429,87 @@ async fn concurrent_posts_lose_no_task_across_a_restart() {
             .contains(&format!("market_tasks{{state=\"queued\"}} {POSTS}")),
         "{metrics}"
     );
+}
+
+/// A node killed between a post's escrow and its task record left the buyer's credits locked
+/// for a task nothing would run. At restart the post is finished from the spec the escrow
+/// entry embeds, or refunded when the task no longer validates (and then cannot be queued
+/// again on its drained escrow).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_killed_between_its_escrow_and_its_record_is_finished_or_refunded_at_restart() {
+    let n = market(NodeConfig::default()).await;
+    let buyer = n.buyer.clone();
+    let start = n.node.ledger.balance(&buyer.account()).0;
+    // Two posts whose escrows were appended just before the crash: a good task, and one that
+    // names a blob nobody ever uploaded (so it no longer validates).
+    let good = market_protocol::Signed::sign(short(training_task(&buyer, 900)), &buyer).unwrap();
+    let mut gone = short(training_task(&buyer, 901));
+    if let Workload::Training(t) = &mut gone.workload {
+        t.initial_weights = Some(BlobId(market_protocol::Hash::of(b"never uploaded")));
+    }
+    let gone = market_protocol::Signed::sign(gone, &buyer).unwrap();
+    for spec in [&good, &gone] {
+        let id = spec.id().unwrap();
+        n.node
+            .ledger
+            .append(
+                market_node::engine::operation_key(&format!("escrow:{}", TaskId(id))).unwrap(),
+                market_ledger::EntryKind::escrow_of(spec.clone()).unwrap(),
+            )
+            .unwrap();
+    }
+    let (good_id, gone_id) = (TaskId(good.id().unwrap()), TaskId(gone.id().unwrap()));
+    let locked = good.body.price.0 + gone.body.price.0;
+    assert_eq!(n.node.ledger.balance(&buyer.account()).0, start - locked);
+    assert!(n.node.store.task(&good_id).unwrap().is_none());
+    // Restart.
+    let Net { node, app, dir, .. } = n;
+    drop((node, app));
+    let n = open(
+        dir,
+        NodeConfig::default(),
+        &[("hw1", Behavior::Honest)],
+        &[("hv1", VerifierMode::Honest)],
+    )
+    .await;
+    assert_eq!(n.node.recover_orphan_escrows().await.unwrap(), (1, 1));
+    let t = n.node.store.task(&good_id).unwrap().unwrap();
+    assert_eq!(
+        t.state,
+        TaskState::Queued,
+        "the interrupted post is finished"
+    );
+    assert!(t.needs.memory_bytes > 0, "and validated like any post");
+    assert!(n.node.store.task(&gone_id).unwrap().is_none());
+    assert_eq!(
+        n.node.ledger.escrow_of(&gone_id).unwrap().remaining.0,
+        0,
+        "the one that no longer validates is refunded"
+    );
+    assert_eq!(
+        n.node.ledger.balance(&buyer.account()).0,
+        start - good.body.price.0
+    );
+    // Posting the refunded task again is refused: its escrow is drained.
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &buyer,
+            "POST",
+            "/v1/tasks",
+            serde_json::to_vec(&gone).unwrap(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "task_closed", "{v}");
+    // Nothing is left to recover, and the good task runs to settlement.
+    assert_eq!(n.node.recover_orphan_escrows().await.unwrap(), (0, 0));
+    tokio::spawn(n.node.clone().run_engine());
+    let t = n
+        .node
+        .wait_final(&good_id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
 }

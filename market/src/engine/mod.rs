@@ -6,6 +6,7 @@
 mod audit;
 pub mod housekeeping;
 mod post;
+mod recover;
 pub mod ringers;
 mod settle;
 pub mod verdicts;
@@ -67,6 +68,9 @@ pub struct Node {
     /// paid) when a restart or an error interrupted them: the engine resumes them, never
     /// re-running or re-auditing a recorded result from scratch.
     resume: Mutex<Vec<TaskId>>,
+    /// Tasks whose escrow is in the ledger with no record (a post a crash interrupted), found
+    /// at open; the engine finishes or refunds them when it starts.
+    orphans: Mutex<Vec<TaskId>>,
     /// A test's injected crash: settlement fails after this many more steps.
     settlement_crash: Mutex<Option<usize>>,
     /// Whether that crash happened.
@@ -100,6 +104,16 @@ enum Step {
     Reject(String),
     /// Resumes the audit or the settlement of its recorded result.
     Resume,
+}
+
+/// The ledger's idempotency key of the node's operation `op` (`kind:task:...`): `kind:` and 48
+/// hex digits of its blake3, which fits the ledger's key limit and stays unique.
+pub fn operation_key(op: &str) -> Result<IdempotencyKey, market_ledger::KeyError> {
+    let prefix = op.split(':').next().unwrap_or("op");
+    IdempotencyKey::new(format!(
+        "{prefix}:{}",
+        &Hash::of(op.as_bytes()).to_hex()[..48]
+    ))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -154,6 +168,7 @@ impl Node {
             validations,
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),
+            orphans: Mutex::new(Vec::new()),
             settlement_crash: Mutex::new(None),
             settlement_crashed: std::sync::atomic::AtomicBool::new(false),
         });
@@ -181,6 +196,7 @@ impl Node {
             t.state = TaskState::Queued;
             node.store.save_task(&t)?;
         }
+        *lock(&node.orphans) = node.find_orphan_escrows()?;
         Ok(node)
     }
 
@@ -214,11 +230,7 @@ impl Node {
     /// ledger's key limit while staying unique.
     async fn append(&self, k: String, kind: EntryKind) -> anyhow::Result<market_ledger::Appended> {
         let ledger = self.ledger.clone();
-        let prefix = k.split(':').next().unwrap_or("op");
-        let k = IdempotencyKey::new(format!(
-            "{prefix}:{}",
-            &Hash::of(k.as_bytes()).to_hex()[..48]
-        ))?;
+        let k = operation_key(&k)?;
         Ok(tokio::task::spawn_blocking(move || ledger.append(k, kind)).await??)
     }
 
@@ -363,6 +375,13 @@ impl Node {
     /// allows ([`Dispatch::concurrent_tasks`]: one when the workers share this machine's cores,
     /// all the workers there are on a network).
     pub async fn run_engine(self: Arc<Self>) {
+        match self.recover_orphan_escrows().await {
+            Ok((0, 0)) => {}
+            Ok((finished, refunded)) => {
+                tracing::warn!(finished, refunded, "posts interrupted by a crash")
+            }
+            Err(e) => tracing::error!(error = %e, "recovering interrupted posts failed"),
+        }
         loop {
             let room = lock(&self.claimed).len() < self.dispatch.concurrent_tasks().max(1);
             let next = if !room {

@@ -61,9 +61,18 @@ impl Node {
         // node the validation of a task that cannot be paid for. A task whose escrow is
         // already in the ledger (a post interrupted by a crash, posted again) is let through:
         // the escrow append is idempotent, and the record is made below.
+        let escrow = self.ledger.escrow_of(&id);
         let balance = self.ledger.balance(&spec.buyer);
-        if balance < spec.price && self.ledger.escrow_of(&id).is_none() {
+        if balance < spec.price && escrow.is_none() {
             return Err(insufficient(&spec, balance.0));
+        }
+        if escrow.is_some_and(|e| e.remaining.0 == 0) {
+            // Its escrow was refunded (a post interrupted by a crash that no longer
+            // validated): recording it now would queue work nobody pays for.
+            return Err(ApiError::conflict(
+                "task_closed",
+                "this task's escrow has been refunded; post it again with a new nonce",
+            ));
         }
         self.check_blob_rights(&spec)?;
         let (plan, needs) = self.validate(&spec).await?;
