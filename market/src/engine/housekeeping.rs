@@ -37,12 +37,11 @@ impl Node {
     pub fn housekeep(&self, now: u64) -> anyhow::Result<(usize, usize)> {
         let stale = now.saturating_sub(2 * self.config.max_clock_skew_secs);
         let nonces = self.store.expire_nonces(stale, BATCH)?;
-        let expired = self
-            .store
-            .expire_blobs(now.saturating_sub(self.config.blob_ttl_secs), BATCH)?;
-        for id in &expired {
-            self.blobs.remove(id)?;
-        }
+        let expired = self.store.expire_blobs(
+            now.saturating_sub(self.config.blob_ttl_secs),
+            BATCH,
+            |id| self.blobs.remove(id),
+        )?;
         Ok((nonces, expired.len()))
     }
 }

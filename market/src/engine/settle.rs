@@ -241,11 +241,14 @@ impl Node {
         };
         let mut ids = Vec::with_capacity(outputs.len());
         for bytes in outputs {
-            let id = self.blobs.put(&bytes).map_err(|e| io(&e))?;
+            let id = BlobId::of(&bytes);
             let buyer = &t.spec.body.buyer;
             // Owned by whoever uploaded the same bytes first, if anyone did; held by the
-            // buyer in any case, and kept for good.
+            // buyer in any case, and kept for good. Pinned before the file is written: an
+            // upload of the same bytes expiring meanwhile either goes first (and the write
+            // below finds no file) or finds the pin.
             self.store.hold_result(&id, buyer).map_err(|e| io(&e))?;
+            self.blobs.put(&bytes).map_err(|e| io(&e))?;
             ids.push(id);
         }
         Ok(ids)

@@ -52,6 +52,11 @@ fn reader_key(id: &BlobId, account: &AccountId) -> Vec<u8> {
 }
 
 impl Store {
+    /// The blob lifecycle lock (see [`Store::blob_lock`]); never held across an await.
+    fn blob_life(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.blob_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Who uploaded a blob first.
     pub fn blob_owner(&self, id: &BlobId) -> Result<Option<AccountId>, StoreError> {
         Ok(self
@@ -113,6 +118,7 @@ impl Store {
         now: u64,
         quota: u64,
     ) -> Result<UploadCharge, StoreError> {
+        let _life = self.blob_life();
         let trees = (
             &self.blob_owners,
             &self.blob_readers,
@@ -157,6 +163,7 @@ impl Store {
     /// Makes `holder` hold blob `id` as an owner does, without charging it (the buyer of the
     /// task whose result it is); the first to hold it owns it.
     pub fn hold_result(&self, id: &BlobId, holder: &AccountId) -> Result<(), StoreError> {
+        let _life = self.blob_life();
         let first = self
             .blob_owners
             .compare_and_swap(
@@ -168,7 +175,8 @@ impl Store {
         if !first && self.blob_owner(id)? != Some(*holder) {
             self.blob_readers.insert(reader_key(id, holder), HOLDER)?;
         }
-        self.pin_blob(id)
+        self.blob_pins.insert(id.as_bytes(), &[])?;
+        Ok(())
     }
 
     /// Lets `grantee` read blob `id` and use it in its tasks (an owner's grant). A holder
@@ -196,6 +204,7 @@ impl Store {
     /// Counts a use of blob `id` at `now` (a task naming it is being posted): it does not
     /// expire until `blob_ttl_secs` after that. A blob that is not there is left alone.
     pub fn touch_blob(&self, id: &BlobId, now: u64) -> Result<(), StoreError> {
+        let _life = self.blob_life();
         let Some(meta) = self.blob_meta.get(id.as_bytes())? else {
             return Ok(());
         };
@@ -221,14 +230,22 @@ impl Store {
 
     /// Keeps blob `id` for good: a task reads it or produced it.
     pub fn pin_blob(&self, id: &BlobId) -> Result<(), StoreError> {
+        let _life = self.blob_life();
         self.blob_pins.insert(id.as_bytes(), &[])?;
         Ok(())
     }
 
     /// Forgets blobs whose last upload was before `before` and that no task pinned, at most
-    /// `max` uploads looked at: their owners' and holders' usage shrinks, their rights go.
-    /// Returns the blobs to delete from disk.
-    pub fn expire_blobs(&self, before: u64, max: usize) -> Result<Vec<BlobId>, StoreError> {
+    /// `max` uploads looked at: their owners' and holders' usage shrinks, their rights go, and
+    /// `delete` removes each one's file. Each blob is decided and deleted under the lifecycle
+    /// lock, so an upload, a use or a pin either comes first (and keeps it) or finds it gone.
+    /// Returns the blobs deleted.
+    pub fn expire_blobs(
+        &self,
+        before: u64,
+        max: usize,
+        mut delete: impl FnMut(&BlobId) -> std::io::Result<()>,
+    ) -> Result<Vec<BlobId>, StoreError> {
         let mut expired = Vec::new();
         let due: Vec<sled::IVec> = self
             .blob_uploads
@@ -237,6 +254,7 @@ impl Store {
             .take(max)
             .collect::<Result<_, _>>()?;
         for key in due {
+            let _life = self.blob_life();
             self.blob_uploads.remove(&key)?;
             let Some(id) = key
                 .get(8..40)
@@ -249,7 +267,8 @@ impl Store {
                 continue;
             };
             let meta: BlobMeta = serde_json::from_slice(&meta)?;
-            // Uploaded again since (a later index entry stands for it), or pinned: kept.
+            // Uploaded or used again since (a later index entry stands for it), or pinned:
+            // kept.
             if meta.last_upload >= before || self.blob_pins.contains_key(id.as_bytes())? {
                 continue;
             }
@@ -275,6 +294,7 @@ impl Store {
             }
             self.blob_owners.remove(id.as_bytes())?;
             self.blob_meta.remove(id.as_bytes())?;
+            delete(&id)?;
             expired.push(id);
         }
         self.flush()?;
@@ -339,17 +359,60 @@ mod tests {
         assert!(!store.revoke_blob_grant(&a, &bob).unwrap());
         // Expiry: not before the last upload; then everyone's usage is returned.
         assert!(
-            store.expire_blobs(25, 100).unwrap().is_empty(),
+            store.expire_blobs(25, 100, |_| Ok(())).unwrap().is_empty(),
             "re-uploaded at 30"
         );
-        assert_eq!(store.expire_blobs(31, 100).unwrap(), vec![a]);
+        assert_eq!(store.expire_blobs(31, 100, |_| Ok(())).unwrap(), vec![a]);
         assert_eq!(store.blob_usage(&alice).unwrap(), 0);
         assert_eq!(store.blob_usage(&bob).unwrap(), 0);
         assert_eq!(store.blob_access(&a, &bob).unwrap(), None);
         // A pinned blob is kept.
         store.record_upload(&b, &alice, 10, 40, 100).unwrap();
         store.pin_blob(&b).unwrap();
-        assert!(store.expire_blobs(1000, 100).unwrap().is_empty());
+        assert!(store
+            .expire_blobs(1000, 100, |_| Ok(()))
+            .unwrap()
+            .is_empty());
         assert_eq!(store.blob_usage(&alice).unwrap(), 10);
+    }
+
+    /// An expiry decides on a blob and deletes its file as one step: an upload (or a use, a
+    /// pin, a result) of the same blob waits for it, instead of being undone by an expiry that
+    /// read the blob's record before it and deletes the file after it.
+    #[test]
+    fn an_upload_during_an_expiry_waits_for_it_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alice = market_protocol::Identity::from_test_label("alice").account();
+        let a = BlobId(market_protocol::Hash::of(b"a"));
+        store.record_upload(&a, &alice, 10, 10, 100).unwrap();
+        let expired = store
+            .expire_blobs(20, 100, |_| {
+                // Mid-expiry, another request uploads the same bytes again.
+                let (s, id) = (store.clone(), a);
+                let upload = std::thread::spawn(move || s.record_upload(&id, &alice, 10, 30, 100));
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                assert!(
+                    !upload.is_finished(),
+                    "an upload went through while the blob's file was being deleted"
+                );
+                std::thread::spawn(move || upload.join().unwrap().unwrap());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(expired, vec![a]);
+        // The upload lands after the expiry: the blob is there again, its owner charged once.
+        for _ in 0..100 {
+            if store.blob_size(&a).unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(store.blob_size(&a).unwrap(), Some(10));
+        assert_eq!(store.blob_usage(&alice).unwrap(), 10);
+        assert_eq!(
+            store.blob_access(&a, &alice).unwrap(),
+            Some(BlobAccess::Holder)
+        );
     }
 }

@@ -28,6 +28,9 @@ pub enum StoreError {
     /// A record did not decode.
     #[error("node store: corrupt record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A file the store manages (an expired blob's) could not be removed.
+    #[error("node store: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The store.
@@ -68,6 +71,10 @@ pub struct Store {
     counted: sled::Tree,
     /// The next arrival number: one past the last in `order` at open, then taken atomically.
     next_order: Arc<AtomicU64>,
+    /// Held by every change to a blob's life (an upload, a use, a pin, a result, an expiry with
+    /// its file's deletion), so an expiry never acts on what it read before one of the others
+    /// (`blobs.rs`).
+    blob_lock: Arc<std::sync::Mutex<()>>,
 }
 
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -121,6 +128,7 @@ impl Store {
             participants: db.open_tree("participants")?,
             counted: db.open_tree("counted")?,
             next_order: Default::default(),
+            blob_lock: Default::default(),
             db,
         };
         store.reindex_tasks()?;
