@@ -60,10 +60,11 @@ pub trait Dispatch: Send + Sync {
     /// Whether `participant` (a worker or a verifier) can execute tasks of `profile`: a task
     /// goes only to a worker that runs it, and its audits only to verifiers that do.
     fn runs(&self, participant: &AccountId, profile: ExecutionProfile) -> bool;
-    /// Whether `participant` offers what a task `needs` (memory and disk, from its hello): a
-    /// task goes only to a worker that can hold it, so a task too big for everyone waits
+    /// The memory and disk `participant` offers (from its latest hello; nothing for one this
+    /// dispatcher does not know), or `None` when this dispatcher sets no limit. A task goes
+    /// only to a worker that offers what it needs, so a task too big for everyone waits
     /// instead of failing on worker after worker.
-    fn holds(&self, participant: &AccountId, needs: &Resources) -> bool;
+    fn offers(&self, participant: &AccountId) -> Option<Resources>;
     /// How many tasks may run at once (each on its own worker).
     fn concurrent_tasks(&self) -> usize;
     /// Has `worker` run `task` into a bundle in `dir`; returns its signed commitment.
@@ -118,9 +119,9 @@ impl Dispatch for InProcess {
         market_compute::backend::profiles_on("cpu").contains(&profile)
     }
 
-    fn holds(&self, _participant: &AccountId, _needs: &Resources) -> bool {
+    fn offers(&self, _participant: &AccountId) -> Option<Resources> {
         // Library code in the node's own process: the machine that validated the task.
-        true
+        None
     }
 
     fn concurrent_tasks(&self) -> usize {

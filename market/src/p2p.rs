@@ -81,7 +81,8 @@ pub struct Participant {
     /// When it first joined, as a count of earlier joins (ties between equally used workers
     /// go to the earliest).
     pub joined: u64,
-    /// Hellos accepted from it (one per connection).
+    /// Hellos accepted from it: one per connection, and one each time it tells what it
+    /// offers now (a worker does when a job ends or its files go).
     pub hellos: u32,
 }
 
@@ -190,7 +191,8 @@ pub struct P2pDispatch {
     net: Net,
     rt: tokio::runtime::Handle,
     options: P2pOptions,
-    state: Mutex<State>,
+    /// Shared with the tasks that send cancels (they forget a job its worker acknowledged).
+    state: Arc<Mutex<State>>,
     next_job: AtomicU64,
     timings: Mutex<Vec<RunTiming>>,
 }
@@ -218,7 +220,7 @@ impl P2pDispatch {
             net,
             rt: tokio::runtime::Handle::current(),
             options,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             next_job: AtomicU64::new(job_seed()?),
             timings: Mutex::new(Vec::new()),
         }))
@@ -292,20 +294,28 @@ impl P2pDispatch {
     }
 
     /// Sends `cancel` for `job` to `worker` if it is connected now, without waiting for the
-    /// answer (a worker not connected is told when it says hello again).
+    /// answer (a worker not connected is told when it says hello again). Once the worker
+    /// answers `ok` the job is forgotten: it was told, and is not told again on every hello.
     fn send_cancel(&self, worker: AccountId, task_id: TaskId, job: u64, reason: String) {
         let Ok(peer) = self.peer_of(&worker) else {
             return;
         };
-        let net = self.net.clone();
+        let (net, state) = (self.net.clone(), self.state.clone());
         self.rt.spawn(async move {
             let request = Request::Cancel {
                 task_id,
                 job,
                 reason,
             };
-            if let Err(e) = net.request(peer, request).await {
-                tracing::debug!(%worker, job, error = %e, "cancel not delivered");
+            match net.request(peer, request).await.map(|r| r.response) {
+                Ok(Response::Ok) => {
+                    state
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .abandoned
+                        .remove(&job);
+                }
+                other => tracing::debug!(%worker, job, answer = ?other, "cancel not taken"),
             }
         });
     }
@@ -981,11 +991,15 @@ impl Dispatch for P2pDispatch {
             .is_some_and(|p| p.capabilities.runs(profile))
     }
 
-    fn holds(&self, participant: &AccountId, needs: &market_protocol::Resources) -> bool {
-        self.state()
-            .participants
-            .get(participant)
-            .is_some_and(|p| p.capabilities.holds(needs))
+    fn offers(&self, participant: &AccountId) -> Option<market_protocol::Resources> {
+        // One it does not know offers nothing.
+        Some(
+            self.state()
+                .participants
+                .get(participant)
+                .map(|p| p.capabilities.offers())
+                .unwrap_or_default(),
+        )
     }
 
     fn concurrent_tasks(&self) -> usize {

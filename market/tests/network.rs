@@ -239,12 +239,22 @@ fn a_worker_that_loses_its_connection_reconnects_and_finishes_the_same_task() {
         let t = settled(&m, &task).await;
         assert_eq!(t.attempts.len(), 1, "the same attempt finished: {t:?}");
         assert_eq!(t.attempts[0].worker, w.account());
-        assert_eq!(
-            m.dispatch.participants()[&w.account()].hellos,
-            2,
+        // Two joins, then a hello each time it tells the node what it offers now (its run
+        // ended; its files went once the task settled).
+        assert!(
+            m.dispatch.participants()[&w.account()].hellos >= 2,
             "it joined again on a new connection"
         );
         assert!(m.node.ledger.balance(&w.account()).0 > 800, "and was paid");
+        // Told the task settled, the worker drops the job's files: the disk it offers is free
+        // again.
+        for _ in 0..400 {
+            if job_dirs_of(&m, "reconnecting worker", &task).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(job_dirs_of(&m, "reconnecting worker", &task).is_empty());
         // Settled, the task's bundle leaves the node's disk (right after the settlement is saved).
         let bundle = m.dir.path().join(format!("node/bundles/{task}-0"));
         for _ in 0..200 {
@@ -802,6 +812,7 @@ fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
             1,
             "the run has its directory"
         );
+        let hellos = m.dispatch.participants()[&w.account()].hellos;
         // Past `max_run` the node fails the attempt; with no other worker it rejects the task.
         let t = m
             .node
@@ -820,6 +831,14 @@ fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         eprintln!("stopped {:?} after the node gave up", given_up.elapsed());
+        // Its memory and disk free again, it tells the node what it offers now.
+        for _ in 0..400 {
+            if m.dispatch.participants()[&w.account()].hellos > hellos {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(m.dispatch.participants()[&w.account()].hellos > hellos);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(
             job_dirs_of(&m, label, &long).is_empty(),
@@ -867,9 +886,11 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
                 _ => continue,
             }
         };
-        // The next cancel from the node, answered `ok`.
+        // The next cancel from the node, answered `ok` (taken) or refused (as a worker that
+        // was away would never have answered).
         async fn next_cancel(
             events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+            take: bool,
         ) -> (TaskId, u64) {
             let wait = async {
                 loop {
@@ -879,7 +900,11 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
                         ..
                     } = events.recv().await.unwrap()
                     {
-                        responder.send(Reply::of(Response::Ok));
+                        responder.send(if take {
+                            Reply::of(Response::Ok)
+                        } else {
+                            Reply::refused("busy")
+                        });
                         return (task_id, job);
                     }
                 }
@@ -888,34 +913,53 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
                 .await
                 .expect("no cancel came")
         }
-        // At the deadline.
-        assert_eq!(next_cancel(&mut events).await, (task, job));
+        let progress = |done| Request::Progress {
+            task_id: task,
+            job,
+            done,
+            total: 20,
+            loss: F32Bits::from_f32(1.0),
+        };
+        // At the deadline; not taken.
+        assert_eq!(next_cancel(&mut events, false).await, (task, job));
         // Any later report for the job is refused and answered with the cancel again.
-        let reply = net
-            .request(
-                node,
-                Request::Progress {
-                    task_id: task,
-                    job,
-                    done: 3,
-                    total: 20,
-                    loss: F32Bits::from_f32(1.0),
-                },
-            )
-            .await
-            .unwrap();
+        let reply = net.request(node, progress(3)).await.unwrap();
         assert!(
             matches!(&reply.response, Response::Refused { reason } if reason.contains("gave up")),
             "{reply:?}"
         );
-        assert_eq!(next_cancel(&mut events).await, (task, job));
-        // So is a hello on a new connection (a worker away when the node gave up).
+        assert_eq!(next_cancel(&mut events, false).await, (task, job));
+        // So is a hello on a new connection (a worker away when the node gave up); taken now.
         net.disconnect(node).unwrap();
         wait_connected(&m, &me.account(), false).await;
         join(&net, &m.addr, &dialed, &me, Role::Worker, &caps, 200, 2)
             .await
             .unwrap();
-        assert_eq!(next_cancel(&mut events).await, (task, job));
+        assert_eq!(next_cancel(&mut events, true).await, (task, job));
+        // Taken, it is not sent again: not on the next hello, nor for a report.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let node = dialed.borrow().unwrap();
+        let reply = net.request(node, progress(4)).await.unwrap();
+        assert!(
+            matches!(&reply.response, Response::Refused { reason } if reason == "no such job"),
+            "{reply:?}"
+        );
+        join(&net, &m.addr, &dialed, &me, Role::Worker, &caps, 200, 3)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(ev) = events.try_recv() {
+            assert!(
+                !matches!(
+                    ev,
+                    Event::Request {
+                        request: Request::Cancel { .. },
+                        ..
+                    }
+                ),
+                "a cancel the worker took was sent again"
+            );
+        }
         // Another worker's report for the job is not a reason to cancel anything.
         let stranger = Identity::from_test_label("stranger worker");
         m.node

@@ -47,8 +47,8 @@ impl Dispatch for Rigged {
     fn runs(&self, p: &AccountId, profile: ExecutionProfile) -> bool {
         self.inner.runs(p, profile)
     }
-    fn holds(&self, p: &AccountId, needs: &Resources) -> bool {
-        self.inner.holds(p, needs)
+    fn offers(&self, p: &AccountId) -> Option<Resources> {
+        self.inner.offers(p)
     }
     fn concurrent_tasks(&self) -> usize {
         self.concurrency

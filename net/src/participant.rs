@@ -320,16 +320,29 @@ pub fn measure_capabilities(device: &str, data_dir: &std::path::Path) -> Capabil
             Ok(4_000_000 / start.elapsed().as_millis().max(1) as u64)
         })
         .unwrap_or(0);
+    with_free_space(
+        Capabilities {
+            profiles: market_compute::backend::profiles_on(device)
+                .into_iter()
+                .map(|p| p.name().to_owned())
+                .collect(),
+            device: device.into(),
+            memory_bytes: 0,
+            disk_bytes: 0,
+            steps_per_ksec,
+        },
+        data_dir,
+    )
+}
+
+/// `capabilities` with the memory available now and the free space of `data_dir` now: what
+/// changes as jobs come and go (the rest is measured once per process).
+pub fn with_free_space(capabilities: Capabilities, data_dir: &std::path::Path) -> Capabilities {
     Capabilities {
-        profiles: market_compute::backend::profiles_on(device)
-            .into_iter()
-            .map(|p| p.name().to_owned())
-            .collect(),
-        device: device.into(),
         memory_bytes: available_memory(),
         // Unknown (unreadable) counts as none: a task is never sent to a disk that may be full.
         disk_bytes: fs2::available_space(data_dir).unwrap_or(0),
-        steps_per_ksec,
+        ..capabilities
     }
 }
 
@@ -360,8 +373,12 @@ pub struct Membership {
     pub market: Multiaddr,
     /// Worker or verifier.
     pub role: Role,
-    /// What it says it can do.
-    pub capabilities: Capabilities,
+    /// What it says it can do (memory and disk measured again before every hello).
+    capabilities: std::sync::Mutex<Capabilities>,
+    /// Its data directory (whose free space it offers).
+    data_dir: PathBuf,
+    /// A number per process start, sent in every hello.
+    session: u64,
     /// The stake it holds.
     pub stake: u64,
     /// The node's peer while joined (hello answered).
@@ -381,6 +398,7 @@ impl Membership {
         market: Multiaddr,
         role: Role,
         capabilities: Capabilities,
+        data_dir: &Path,
         stake: u64,
     ) -> std::sync::Arc<Self> {
         std::sync::Arc::new(Self {
@@ -388,7 +406,9 @@ impl Membership {
             identity,
             market,
             role,
-            capabilities,
+            capabilities: std::sync::Mutex::new(capabilities),
+            data_dir: data_dir.to_owned(),
+            session: session_number(),
             stake,
             node: tokio::sync::watch::channel(None).0,
             dialed: tokio::sync::watch::channel(None).0,
@@ -441,9 +461,52 @@ impl Membership {
             market.clone(),
             role,
             capabilities,
+            data_dir,
             stake,
         );
         Ok((member, events))
+    }
+
+    /// Measures memory and disk again (the rest stays as measured at start) and keeps them.
+    async fn measure_free_space(&self) -> Capabilities {
+        let (before, dir) = (self.capabilities(), self.data_dir.clone());
+        let now = tokio::task::spawn_blocking(move || with_free_space(before.clone(), &dir))
+            .await
+            .unwrap_or_else(|_| self.capabilities());
+        *self.capabilities.lock().unwrap_or_else(|e| e.into_inner()) = now.clone();
+        now
+    }
+
+    /// What it offers now (as last measured).
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Tells the node, if joined, what this machine offers now: a worker calls it when a job
+    /// ends or its files go, so the node does not hand it a task its disk (filled by earlier
+    /// bundles and cached inputs) or memory can no longer hold. A hello on the connection it
+    /// already has; the node keeps its state per account.
+    pub async fn refresh(&self) {
+        let Some(node) = self.node() else {
+            return;
+        };
+        let capabilities = self.measure_free_space().await;
+        if let Err(e) = hello(
+            &self.net,
+            node,
+            &self.identity,
+            self.role,
+            &capabilities,
+            self.stake,
+            self.session,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "could not tell the node what this machine offers now");
+        }
     }
 
     /// The node, if joined now.
@@ -473,22 +536,22 @@ impl Membership {
         mut on_welcome: impl FnMut(&Welcome),
         mut on_request: impl FnMut(PeerId, Request, crate::Responder),
     ) -> anyhow::Result<()> {
-        let session = session_number();
         let (joined_tx, mut joined_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut generation = 0u64;
         let mut heads = crate::heads::HeadWatch::default();
         let start_join = |gen: u64| {
             let (me, tx) = (self.clone(), joined_tx.clone());
             tokio::spawn(async move {
+                let capabilities = me.measure_free_space().await;
                 let r = join(
                     &me.net,
                     &me.market,
                     &me.dialed,
                     &me.identity,
                     me.role,
-                    &me.capabilities,
+                    &capabilities,
                     me.stake,
-                    session,
+                    me.session,
                 )
                 .await;
                 let _ = tx.send((gen, r));

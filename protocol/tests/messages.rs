@@ -183,3 +183,20 @@ fn capabilities_name_profiles_as_they_are_serialized() {
     assert!(cpu.runs(ExecutionProfile::Repro) && cpu.runs(ExecutionProfile::Native));
     assert!(!cpu.runs(ExecutionProfile::Cuda));
 }
+
+#[test]
+fn an_offer_covers_a_need_only_in_both_memory_and_disk() {
+    let need = Resources {
+        memory_bytes: 100,
+        disk_bytes: 10,
+    };
+    let offer = |memory_bytes, disk_bytes| Resources {
+        memory_bytes,
+        disk_bytes,
+    };
+    assert!(offer(100, 10).covers(&need));
+    assert!(offer(u64::MAX, u64::MAX).covers(&need));
+    assert!(!offer(99, u64::MAX).covers(&need));
+    assert!(!offer(u64::MAX, 9).covers(&need));
+    assert!(Resources::default().covers(&Resources::default()));
+}

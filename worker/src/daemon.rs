@@ -50,6 +50,9 @@ struct Worker {
     member: Arc<Membership>,
     /// Jobs started by this process, by the node's job number.
     jobs: Mutex<BTreeMap<u64, (TaskId, JobStatus)>>,
+    /// Jobs the node cancelled (the most recent [`REMEMBERED_CANCELS`]): an `assign` for one
+    /// that arrives late, after its cancel, is refused rather than run for nothing.
+    cancelled: Mutex<std::collections::BTreeSet<u64>>,
     /// One run at a time per task: a task handed over again under a new job number (a node
     /// restart) waits for the earlier job's run, then continues in its directory. Entries go
     /// when nobody holds or waits for them.
@@ -155,6 +158,7 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
         options,
         member: member.clone(),
         jobs: Mutex::new(BTreeMap::new()),
+        cancelled: Mutex::new(std::collections::BTreeSet::new()),
         task_turns: Mutex::new(BTreeMap::new()),
         status,
         done: Mutex::new(0),
@@ -185,6 +189,14 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
                 Ok(id) if TaskId(id) == task_id => {}
                 _ => return responder.send(Reply::refused("the task does not match its id")),
             }
+            if worker
+                .cancelled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&job)
+            {
+                return responder.send(Reply::refused("the node cancelled this job"));
+            }
             let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
             match jobs.get(&job).map(|(_, s)| s.clone()) {
                 // Assigned again after a reconnect: still running, or the report is re-sent.
@@ -208,10 +220,17 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
             reason,
         } => {
             let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
-            match jobs.get(&job) {
-                Some((t, _)) if *t != task_id => {
-                    return responder.send(Reply::refused("that job runs another task"))
+            if matches!(jobs.get(&job), Some((t, _)) if *t != task_id) {
+                return responder.send(Reply::refused("that job runs another task"));
+            }
+            {
+                let mut cancelled = worker.cancelled.lock().unwrap_or_else(|e| e.into_inner());
+                while cancelled.len() >= REMEMBERED_CANCELS {
+                    cancelled.pop_first();
                 }
+                cancelled.insert(job);
+            }
+            match jobs.get(&job) {
                 // The run stops within a step and `run_job` drops its directory.
                 Some((_, JobStatus::Running(cancel))) => {
                     tracing::info!(task = %task_id, job, %reason, "the node gave up on the job; stopping");
@@ -226,12 +245,26 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
                     jobs.remove(&job);
                     let dir = worker.job_dir(&task_id, job);
                     tracing::info!(task = %task_id, job, %reason, "the node gave up on the job; removing its files");
-                    tokio::task::spawn_blocking(move || remove_job_dir(&dir));
+                    remove_then_refresh(worker, vec![dir]);
                 }
             }
             responder.send(Reply::of(Response::Ok));
         }
-        Request::Settled { balance, .. } => {
+        Request::Settled { task_id, balance } => {
+            // Settled: the node has the bundle and its audits are over, so this task's job
+            // directories only fill the disk the worker offers.
+            let mut jobs = worker.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let done: Vec<u64> = jobs
+                .iter()
+                .filter(|(_, (t, s))| *t == task_id && matches!(s, JobStatus::Finished(_)))
+                .map(|(j, _)| *j)
+                .collect();
+            let dirs = done
+                .iter()
+                .filter_map(|j| jobs.remove(j).map(|(t, _)| worker.job_dir(&t, *j)))
+                .collect();
+            drop(jobs);
+            remove_then_refresh(worker, dirs);
             let mut b = worker.balance.lock().unwrap_or_else(|e| e.into_inner());
             b.1 = balance;
             worker.status(format!(
@@ -306,6 +339,20 @@ fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)
             let _ = std::fs::remove_dir_all(worker.job_dir(&task_id, *job));
         }
     }
+}
+
+/// Jobs the node cancelled that a worker remembers.
+const REMEMBERED_CANCELS: usize = 1024;
+
+/// Removes job directories (off the async threads), then tells the node what the machine
+/// offers now.
+fn remove_then_refresh(worker: &Arc<Worker>, dirs: Vec<PathBuf>) {
+    let w = worker.clone();
+    tokio::spawn(async move {
+        let _ =
+            tokio::task::spawn_blocking(move || dirs.iter().for_each(|d| remove_job_dir(d))).await;
+        w.member.refresh().await;
+    });
 }
 
 /// Removes a job directory that may not exist.
@@ -403,7 +450,7 @@ async fn run_job(
             turn.clone().lock_owned().await
         }
     };
-    if !dir.exists() {
+    if !dir.exists() && !cancel.is_cancelled() {
         // The same task under another job number: the node restarted (its job numbers start
         // afresh) or assigned it again. Its checkpoints are this worker's own and the run is
         // deterministic, so it continues from them instead of starting over.
@@ -515,6 +562,7 @@ async fn run_job(
         let d = dir.clone();
         let _ = tokio::task::spawn_blocking(move || remove_job_dir(&d)).await;
         tracing::info!(task = %task_id, job, "cancelled run stopped and removed");
+        worker.member.refresh().await;
         worker.status(format!(
             "idle | {} tasks done",
             worker.done.lock().map(|d| *d).unwrap_or(0)
@@ -539,6 +587,8 @@ async fn run_job(
             *d += 1;
         }
     }
+    // Its memory is free again and its bundle is on disk: the node sees both.
+    worker.member.refresh().await;
     worker.status(format!(
         "idle | {} tasks done",
         worker.done.lock().map(|d| *d).unwrap_or(0)

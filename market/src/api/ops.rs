@@ -24,6 +24,12 @@ pub(crate) struct Participant {
     profiles: Vec<String>,
     /// A worker running a task now.
     busy: bool,
+    /// The memory and disk it offers to tasks (as it last said; absent for in-process
+    /// participants, which share the node's machine): a task goes only to a worker offering
+    /// what the task `needs`.
+    #[schema(value_type = Option<crate::model::ResourcesDoc>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offers: Option<market_protocol::Resources>,
     stats: ParticipantStats,
 }
 
@@ -44,6 +50,7 @@ fn participants(
                     .map(|p| p.name().to_owned())
                     .collect(),
                 busy: node.is_busy(&a),
+                offers: node.dispatch.offers(&a),
                 stats: node.store.participant(&a).map_err(ApiError::internal)?,
             })
         })

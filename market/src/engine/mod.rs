@@ -544,9 +544,17 @@ impl Node {
             .filter(|v| {
                 self.stake(v) >= self.config.min_verifier_stake
                     && self.dispatch.runs(v, profile)
-                    && self.dispatch.holds(v, &memory)
+                    && self.holds(v, &memory)
             })
             .collect()
+    }
+
+    /// Whether `participant` offers at least `needs` (anyone does where the dispatcher sets no
+    /// limit).
+    fn holds(&self, participant: &AccountId, needs: &Resources) -> bool {
+        self.dispatch
+            .offers(participant)
+            .is_none_or(|o| o.covers(needs))
     }
 
     fn stake(&self, a: &AccountId) -> u64 {
@@ -621,7 +629,7 @@ impl Node {
                 !tried.contains(w)
                     && self.stake(w) >= self.config.min_worker_stake
                     && self.dispatch.runs(w, profile)
-                    && self.dispatch.holds(w, needs)
+                    && self.holds(w, needs)
             })
             .collect()
     }

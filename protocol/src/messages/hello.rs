@@ -40,10 +40,12 @@ impl Capabilities {
         self.profiles.iter().any(|p| p == profile.name())
     }
 
-    /// Whether it offers what a task needs (a node hands a worker only tasks it can hold, and
-    /// an audit only to a verifier with the memory to re-execute it).
-    pub fn holds(&self, needs: &Resources) -> bool {
-        self.memory_bytes >= needs.memory_bytes && self.disk_bytes >= needs.disk_bytes
+    /// The memory and disk it offers.
+    pub fn offers(&self) -> Resources {
+        Resources {
+            memory_bytes: self.memory_bytes,
+            disk_bytes: self.disk_bytes,
+        }
     }
 }
 
@@ -85,5 +87,13 @@ impl Message for Hello {
     const DOMAIN: &'static str = "market/v1/Hello";
     fn author(&self) -> Option<AccountId> {
         Some(self.account)
+    }
+}
+
+impl Resources {
+    /// Whether an offer of `self` covers `needs` (a node hands a worker only tasks it can
+    /// hold, and an audit only to a verifier with the memory to re-execute it).
+    pub fn covers(&self, needs: &Resources) -> bool {
+        self.memory_bytes >= needs.memory_bytes && self.disk_bytes >= needs.disk_bytes
     }
 }
