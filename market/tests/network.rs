@@ -409,6 +409,19 @@ async fn next_assignment(
         .flatten()
 }
 
+/// Asserts that no `kind` request (by [`Request::name`]) is waiting in `events`.
+fn assert_not_sent(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    kind: &str,
+    why: &str,
+) {
+    while let Ok(ev) = events.try_recv() {
+        if let Event::Request { request, .. } = ev {
+            assert_ne!(request.name(), kind, "{why}");
+        }
+    }
+}
+
 /// Capabilities announcing only `profiles`.
 fn running(profiles: &[ExecutionProfile]) -> Capabilities {
     Capabilities {
@@ -464,18 +477,11 @@ fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue(
             t.attempts[0].worker,
             Identity::from_test_label("native worker").account()
         );
-        while let Ok(ev) = w1.try_recv() {
-            assert!(
-                !matches!(
-                    ev,
-                    Event::Request {
-                        request: Request::Assign { .. },
-                        ..
-                    }
-                ),
-                "the repro-only worker was handed the native task"
-            );
-        }
+        assert_not_sent(
+            &mut w1,
+            "assign",
+            "the repro-only worker was handed the native task",
+        );
     });
 }
 
@@ -532,18 +538,7 @@ fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one()
             Some("a worker to finish its current task")
         );
         for (_, events) in &mut workers {
-            while let Ok(ev) = events.try_recv() {
-                assert!(
-                    !matches!(
-                        ev,
-                        Event::Request {
-                            request: Request::Assign { .. },
-                            ..
-                        }
-                    ),
-                    "a busy worker was handed a second task"
-                );
-            }
+            assert_not_sent(events, "assign", "a busy worker was handed a second task");
         }
     });
 }
@@ -948,18 +943,11 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Ok(ev) = events.try_recv() {
-            assert!(
-                !matches!(
-                    ev,
-                    Event::Request {
-                        request: Request::Cancel { .. },
-                        ..
-                    }
-                ),
-                "a cancel the worker took was sent again"
-            );
-        }
+        assert_not_sent(
+            &mut events,
+            "cancel",
+            "a cancel the worker took was sent again",
+        );
         // Another worker's report for the job is not a reason to cancel anything.
         let stranger = Identity::from_test_label("stranger worker");
         m.node
@@ -996,18 +984,7 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
             "{reply:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        while let Ok(ev) = sevents.try_recv() {
-            assert!(
-                !matches!(
-                    ev,
-                    Event::Request {
-                        request: Request::Cancel { .. },
-                        ..
-                    }
-                ),
-                "a stranger was sent a cancel"
-            );
-        }
+        assert_not_sent(&mut sevents, "cancel", "a stranger was sent a cancel");
     });
 }
 
@@ -1089,18 +1066,11 @@ fn a_task_too_big_for_every_worker_waits_and_says_so_then_goes_to_one_that_holds
         let _v2 = raw_participant(&m, "big verifier", Role::Verifier, &caps).await;
         assert_eq!(next_assignment(&mut w3).await, Some(task));
         for events in [&mut w1, &mut w2] {
-            while let Ok(ev) = events.try_recv() {
-                assert!(
-                    !matches!(
-                        ev,
-                        Event::Request {
-                            request: Request::Assign { .. },
-                            ..
-                        }
-                    ),
-                    "a worker that cannot hold the task was handed it"
-                );
-            }
+            assert_not_sent(
+                events,
+                "assign",
+                "a worker that cannot hold the task was handed it",
+            );
         }
     });
 }
