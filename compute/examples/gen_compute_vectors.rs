@@ -1,5 +1,6 @@
 //! Writes the golden vectors `spec/vectors/compute-*.json`: the state hash after a number of
-//! `repro` steps for small `mlp` and `gpt` tasks. Run only for a deliberate protocol change:
+//! `repro` steps for small `mlp` and `gpt` tasks, and every state of 2-slot, 2-round pooled runs
+//! (`compute-pool.json`). Run only for a deliberate protocol change:
 //! `cargo run --release -p market-compute --example gen_compute_vectors -- spec/vectors`.
 
 use market_compute::{NoBlobs, TrainingJob};
@@ -28,6 +29,7 @@ fn mlp_task() -> TaskSpec {
         steps: 40,
         checkpoint_interval: 10,
         initial_weights: None,
+        pool: None,
     });
     task
 }
@@ -54,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (file, tasks) in [
         (
             "compute-mlp.json",
-            vec![("mlp-tanh-sgd", mlp_task()), ("mlp-gelu-adamw", gelu_mlp)],
+            vec![
+                ("mlp-tanh-sgd", mlp_task()),
+                ("mlp-gelu-adamw", gelu_mlp.clone()),
+            ],
         ),
         ("compute-gpt.json", vec![("gpt-arithmetic-adamw", gpt)]),
     ] {
@@ -80,5 +85,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
         println!("wrote {dir}/{file}");
     }
+    // Pooled: the two mlp tasks split into 2 slots × 2 rounds of 10 steps.
+    let mut vectors = Vec::new();
+    for (name, mut task) in [
+        ("pool-mlp-tanh-sgd", mlp_task()),
+        ("pool-mlp-gelu-adamw", gelu_mlp),
+    ] {
+        if let Workload::Training(t) = &mut task.workload {
+            t.steps = 20;
+            t.checkpoint_interval = 5;
+            t.pool = Some(PoolSpec {
+                workers: 2,
+                rounds: 2,
+                inner_steps: 10,
+                outer_optimizer: OuterOptimizerSpec::Nesterov {
+                    lr: "0.7".parse()?,
+                    momentum: "0.9".parse()?,
+                },
+            });
+        }
+        let job = TrainingJob::from_spec(&task, &NoBlobs)?;
+        let hash = |s: &market_compute::TrainState| s.hash(&job.layout).map(|h| h.to_string());
+        let mut rounds = Vec::new();
+        let mut failed = None;
+        market_compute::pool::run_locally(&job, |r| {
+            let hashes = |states: &[market_compute::TrainState]| -> Vec<String> {
+                states.iter().filter_map(|s| hash(s).ok()).collect()
+            };
+            match hash(r.global) {
+                Ok(g) => rounds.push(json!({
+                    "round": r.round,
+                    "slot_starts": hashes(r.starts),
+                    "slot_finals": hashes(r.finals),
+                    "global": g,
+                })),
+                Err(e) => failed = Some(e),
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let initial = hash(&market_compute::pool::initial_global(&job))?;
+        vectors
+            .push(json!({"name": name, "task": task, "initial_global": initial, "rounds": rounds}));
+    }
+    let doc = json!({
+        "description": "Pooled training (spec/COMPUTE.md section 10), repro profile: the state hash of the initial global state, then per round each slot's start and final state and the merged global state. Any CPU, thread count or build must reproduce them bit for bit.",
+        "vectors": vectors,
+    });
+    std::fs::write(
+        format!("{dir}/compute-pool.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    println!("wrote {dir}/compute-pool.json");
     Ok(())
 }

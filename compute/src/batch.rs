@@ -66,15 +66,17 @@ pub fn check_token_data(data: &Dataset, batch_size: usize, context: usize) -> Re
     }
 }
 
-/// The token batch of training step `step`.
+/// The token batch of training step `step` on batch stream `lane`: 0 for a run on one worker,
+/// `slot + 1` for a slot of a pooled run (each slot draws its own batches).
 pub fn token_batch(
     data: &Dataset,
     seed: u64,
     step: u32,
+    lane: u64,
     batch_size: usize,
     context: usize,
 ) -> TokenBatch {
-    let mut r = rng::stream(seed, Purpose::Batch, u64::from(step));
+    let mut r = rng::stream2(seed, Purpose::Batch, u64::from(step), lane);
     let n = batch_size * context;
     let mut batch = TokenBatch {
         rows: batch_size,
@@ -97,12 +99,7 @@ pub fn token_batch(
             }
             Dataset::Examples(examples) => {
                 let e = &examples[rng::below(&mut r, examples.len() as u64) as usize];
-                let l = e.tokens.len();
-                for t in 0..l.saturating_sub(1) {
-                    batch.inputs[base + t] = e.tokens[t];
-                    batch.targets[base + t] = e.tokens[t + 1];
-                    batch.scored[base + t] = t + 1 >= e.answer_start;
-                }
+                put_example(&mut batch, row, e);
             }
             Dataset::Regression { .. } => unreachable!("checked by check_token_data"),
         }
@@ -110,11 +107,40 @@ pub fn token_batch(
     batch
 }
 
-/// The regression batch of training step `step`.
+/// Writes example `e` into row `row` of `batch` (positions past it stay padding, unscored).
+fn put_example(batch: &mut TokenBatch, row: usize, e: &crate::data::Example) {
+    let base = row * batch.len;
+    let l = e.tokens.len().min(batch.len + 1);
+    for t in 0..l.saturating_sub(1) {
+        batch.inputs[base + t] = e.tokens[t];
+        batch.targets[base + t] = e.tokens[t + 1];
+        batch.scored[base + t] = t + 1 >= e.answer_start;
+    }
+}
+
+/// The examples in order, as one batch (evaluation: no draws).
+pub fn examples_batch(examples: &[crate::data::Example], context: usize) -> TokenBatch {
+    let n = examples.len() * context;
+    let mut batch = TokenBatch {
+        rows: examples.len(),
+        len: context,
+        inputs: vec![arithmetic::END; n],
+        targets: vec![arithmetic::END; n],
+        scored: vec![false; n],
+    };
+    for (row, e) in examples.iter().enumerate() {
+        put_example(&mut batch, row, e);
+    }
+    batch
+}
+
+/// The regression batch of training step `step` on batch stream `lane` (see
+/// [`token_batch`]).
 pub fn regression_batch(
     data: &Dataset,
     seed: u64,
     step: u32,
+    lane: u64,
     batch_size: usize,
 ) -> RegressionBatch {
     let Dataset::Regression {
@@ -127,7 +153,7 @@ pub fn regression_batch(
         unreachable!("checked when the job was built")
     };
     let rows_total = x.len() / features;
-    let mut r = rng::stream(seed, Purpose::Batch, u64::from(step));
+    let mut r = rng::stream2(seed, Purpose::Batch, u64::from(step), lane);
     let mut batch = RegressionBatch {
         rows: batch_size,
         x: Vec::with_capacity(batch_size * features),

@@ -34,7 +34,8 @@ pub enum ComputeError {
 }
 
 impl ComputeError {
-    pub(crate) fn config(field: &'static str, reason: impl Into<String>) -> Self {
+    /// An invalid field of the task, and why.
+    pub fn config(field: &'static str, reason: impl Into<String>) -> Self {
         Self::InvalidConfig {
             field,
             reason: reason.into(),

@@ -64,6 +64,13 @@ pub struct TrainingJob {
     pub seed: u64,
     /// The execution profile.
     pub profile: ExecutionProfile,
+    /// The step the run starts after: 0, or `round × inner_steps` for a slot-round of a pooled
+    /// run ([`TrainingJob::slot_round`]); `steps` is then the step it ends at.
+    pub first_step: u32,
+    /// The batch stream: 0 for a run on one worker, `slot + 1` for a slot of a pooled run.
+    pub lane: u64,
+    /// How a pooled task is split (`None` for a run on one worker).
+    pub pool: Option<crate::pool::Pool>,
     backend: Backend,
     initial_params: Option<Vec<f32>>,
 }
@@ -222,6 +229,14 @@ impl TrainingJob {
             Some(id) => Some(weights_from_bytes(&layout, &fetch(blobs, id)?)?),
             None => None,
         };
+        let pool = match &t.pool {
+            Some(p) => Some(crate::pool::Pool::from_spec(
+                p,
+                t.steps,
+                t.checkpoint_interval,
+            )?),
+            None => None,
+        };
         Ok(Self {
             backend: Backend::for_profile(spec.profile)?,
             model,
@@ -233,6 +248,9 @@ impl TrainingJob {
             checkpoint_interval: t.checkpoint_interval,
             seed: spec.seed,
             profile: spec.profile,
+            first_step: 0,
+            lane: 0,
+            pool,
             initial_params,
         })
     }
@@ -243,9 +261,9 @@ impl TrainingJob {
         self
     }
 
-    /// Segments in the run: `ceil(steps / checkpoint_interval)`.
+    /// Segments in the run: `ceil((steps - first_step) / checkpoint_interval)`.
     pub fn segments(&self) -> u32 {
-        self.steps.div_ceil(self.checkpoint_interval)
+        (self.steps - self.first_step).div_ceil(self.checkpoint_interval)
     }
 
     /// The steps of segment `index`: it starts after `start` steps and ends after `end`.
@@ -256,8 +274,28 @@ impl TrainingJob {
                 self.segments()
             )));
         }
-        let start = index * self.checkpoint_interval;
+        let start = self.first_step + index * self.checkpoint_interval;
         Ok((start, (start + self.checkpoint_interval).min(self.steps)))
+    }
+
+    /// The run slot `slot` of a pooled task makes in round `round`: steps `round × H` to
+    /// `(round + 1) × H` (`H` the pool's inner steps) with the task's optimizer, on the slot's
+    /// own batch stream, from the slot's start state ([`crate::pool::slot_start`]).
+    pub fn slot_round(&self, slot: u32, round: u32) -> Result<Self> {
+        let Some(pool) = &self.pool else {
+            return Err(ComputeError::config("pool", "the task is not pooled"));
+        };
+        if slot >= pool.slots || round >= pool.rounds {
+            return Err(ComputeError::StateMismatch(format!(
+                "slot {slot} of round {round}: the pool has {} slots and {} rounds",
+                pool.slots, pool.rounds
+            )));
+        }
+        let mut job = self.clone();
+        job.first_step = round * pool.inner_steps;
+        job.steps = job.first_step + pool.inner_steps;
+        job.lane = u64::from(slot) + 1;
+        Ok(job)
     }
 
     /// The state before the first step (checkpoint 0).
@@ -301,6 +339,7 @@ impl TrainingJob {
                     &self.data,
                     self.seed,
                     state.step,
+                    self.lane,
                     self.batch_size,
                     g.context,
                 );
@@ -308,7 +347,13 @@ impl TrainingJob {
                     .gpt_loss_and_grads(g, &self.layout, &state.params, &b, &mut grads)?
             }
             ModelConfig::Mlp(m) => {
-                let b = batch::regression_batch(&self.data, self.seed, state.step, self.batch_size);
+                let b = batch::regression_batch(
+                    &self.data,
+                    self.seed,
+                    state.step,
+                    self.lane,
+                    self.batch_size,
+                );
                 self.backend
                     .mlp_loss_and_grads(m, &self.layout, &state.params, &b, &mut grads)?
             }
@@ -321,6 +366,21 @@ impl TrainingJob {
         }
         self.optimizer.step(&self.layout, state, &grads);
         Ok(loss)
+    }
+
+    /// The mean loss of a `gpt` model with `params` on `examples` (scored on their answers),
+    /// without training: how well the model does on data it did not train on.
+    pub fn loss_on(&self, params: &[f32], examples: &[crate::data::Example]) -> Result<f32> {
+        let ModelConfig::Gpt(g) = &self.model else {
+            return Err(ComputeError::config(
+                "model",
+                "held-out loss is measured for gpt",
+            ));
+        };
+        let b = batch::examples_batch(examples, g.context);
+        let mut grads = vec![0.0f32; self.layout.total()];
+        self.backend
+            .gpt_loss_and_grads(g, &self.layout, params, &b, &mut grads)
     }
 
     /// Runs segment `index` from `start` (which must be the state after the segment's first

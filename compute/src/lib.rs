@@ -20,6 +20,7 @@ pub mod init;
 pub mod job;
 pub mod native;
 pub mod optim;
+pub mod pool;
 pub mod repro;
 pub mod resources;
 pub mod rng;

@@ -53,6 +53,49 @@ fn golden_gpt_hashes() {
     check_golden("compute-gpt.json");
 }
 
+#[test]
+fn golden_pooled_hashes() {
+    for v in golden("compute-pool.json") {
+        let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();
+        let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+        let hash = |s: &TrainState| s.hash(&job.layout).unwrap().to_string();
+        assert_eq!(
+            hash(&market_compute::pool::initial_global(&job)),
+            v["initial_global"].as_str().unwrap()
+        );
+        let rounds = v["rounds"].as_array().unwrap();
+        let mut seen = 0;
+        market_compute::pool::run_locally(&job, |r| {
+            let expected = &rounds[r.round as usize];
+            let hashes = |key: &str| -> Vec<String> {
+                expected[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.as_str().unwrap().to_owned())
+                    .collect()
+            };
+            let name = v["name"].as_str().unwrap();
+            assert_eq!(
+                r.starts.iter().map(&hash).collect::<Vec<_>>(),
+                hashes("slot_starts"),
+                "{name} round {}",
+                r.round
+            );
+            assert_eq!(
+                r.finals.iter().map(&hash).collect::<Vec<_>>(),
+                hashes("slot_finals"),
+                "{name} round {}",
+                r.round
+            );
+            assert_eq!(hash(r.global), expected["global"].as_str().unwrap());
+            seen += 1;
+        })
+        .unwrap();
+        assert_eq!(seen, rounds.len());
+    }
+}
+
 /// Runs two segments of the example task and prints the end hash. Only a child process of
 /// `child_hash` runs it (ignored otherwise, so it never reports a vacuous pass).
 #[test]

@@ -68,6 +68,7 @@ fn mlp_repro_and_native_agree_within_tolerance() {
         steps: 40,
         checkpoint_interval: 10,
         initial_weights: None,
+        pool: None,
     });
     compare(&task, 4);
 }

@@ -513,3 +513,33 @@ async fn a_post_killed_between_its_escrow_and_its_record_is_finished_or_refunded
         .unwrap();
     assert_eq!(t.state, TaskState::Settled, "{t:?}");
 }
+
+/// A pooled spec run as one task would be trained by one worker, which is not what the buyer
+/// asked for: until the node runs rounds, it is refused before anything is escrowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_task_is_refused_rather_than_run_on_one_worker() {
+    let n = market(NodeConfig::default()).await;
+    let before = n.node.ledger.balance(&n.buyer.account()).0;
+    let mut task = short(training_task(&n.buyer, 950));
+    if let Workload::Training(t) = &mut task.workload {
+        t.steps = 60;
+        t.checkpoint_interval = 10;
+        t.pool = Some(market_protocol::PoolSpec {
+            workers: 2,
+            rounds: 3,
+            inner_steps: 20,
+            outer_optimizer: market_protocol::OuterOptimizerSpec::Nesterov {
+                lr: "0.7".parse().unwrap(),
+                momentum: "0.9".parse().unwrap(),
+            },
+        });
+    }
+    let (s, v) = call(
+        &n.app,
+        signed(&n.buyer, "POST", "/v1/tasks", post_body(&n.buyer, task)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["code"], "pool_unsupported", "{v}");
+    assert_eq!(n.node.ledger.balance(&n.buyer.account()).0, before);
+}

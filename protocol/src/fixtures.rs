@@ -47,6 +47,7 @@ pub fn training_task(buyer: &Identity, nonce: u64) -> TaskSpec {
             steps: 200,
             checkpoint_interval: 10,
             initial_weights: None,
+            pool: None,
         }),
         seed: 42,
         profile: ExecutionProfile::Repro,

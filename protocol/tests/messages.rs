@@ -200,3 +200,16 @@ fn an_offer_covers_a_need_only_in_both_memory_and_disk() {
     assert!(!offer(u64::MAX, 9).covers(&need));
     assert!(Resources::default().covers(&Resources::default()));
 }
+
+#[test]
+fn an_unpooled_task_has_no_pool_member_and_a_null_one_is_not_canonical() {
+    let task = training_task(&Identity::from_test_label("buyer"), 1);
+    let bytes = to_canonical_bytes(&task).unwrap();
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    assert!(!text.contains("pool"), "{text}");
+    assert_eq!(from_canonical_bytes::<TaskSpec>(&bytes).unwrap(), task);
+    // `"pool":null` where the member sorts (after `optimizer`, before `steps`).
+    let with_null = text.replacen("\"steps\":", "\"pool\":null,\"steps\":", 1);
+    assert!(with_null.contains("\"pool\":null"));
+    assert!(from_canonical_bytes::<TaskSpec>(with_null.as_bytes()).is_err());
+}

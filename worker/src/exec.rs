@@ -299,6 +299,13 @@ fn exec_training(
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
     let job = TrainingJob::from_spec(task, blobs)?;
+    if job.pool.is_some() {
+        return Err(ComputeError::config(
+            "pool",
+            "a pooled task runs as slot-rounds on several workers, not as one run",
+        )
+        .into());
+    }
     let cheat = cheat_job(task, behavior, blobs)?;
     let n = job.segments();
     let faked = behavior.faked_segments(n, &task_id.0);

@@ -70,6 +70,17 @@ pub fn example(a: u32, b: u32) -> Example {
     }
 }
 
+/// The first `limit` held-out sums with operands in `0..=max_operand`, in order of `a` then
+/// `b`: pairs no training set contains, for measuring how a model generalises.
+pub fn held_out(max_operand: u32, limit: usize) -> Vec<Example> {
+    (0..=max_operand)
+        .flat_map(|a| (0..=max_operand).map(move |b| (a, b)))
+        .filter(|&(a, b)| is_held_out(a, b))
+        .take(limit)
+        .map(|(a, b)| example(a, b))
+        .collect()
+}
+
 /// Generates `examples` sums with operands in `0..=max_operand` from the task seed.
 pub fn generate(seed: u64, max_operand: u32, examples: u32) -> Result<Dataset> {
     if max_operand == 0 || max_operand > MAX_OPERAND {

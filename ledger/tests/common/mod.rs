@@ -81,6 +81,7 @@ pub fn task(buyer: &Identity, price: u64, nonce: u64) -> Signed<TaskSpec> {
             steps: 8,
             checkpoint_interval: 2,
             initial_weights: None,
+            pool: None,
         }),
         seed: 7,
         profile: ExecutionProfile::Repro,

@@ -57,6 +57,15 @@ impl Node {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("the price {} does not cover {} verifiers at a fee of {} each and leave anything for the worker", spec.price.0, self.config.verifiers_per_task, self.config.verifier_fee)));
         }
         audit_plan::check_target(&spec, &self.config.min_detection_target).map_err(invalid)?;
+        if matches!(&spec.workload, Workload::Training(t) if t.pool.is_some()) {
+            // Run as one task, a pooled spec would be trained on one worker: refused until
+            // the node runs rounds (issue 14), never silently run otherwise.
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "pool_unsupported",
+                "this node does not run pooled training tasks yet: post it without `pool`",
+            ));
+        }
         // The escrow below checks the balance again, atomically; this one only spares the
         // node the validation of a task that cannot be paid for. A task whose escrow is
         // already in the ledger (a post interrupted by a crash, posted again) is let through:

@@ -16,7 +16,8 @@ pub use hello::{Capabilities, Hello, Resources, Role};
 pub use receipt::{Payment, PaymentKind, Receipt};
 pub use task::{
     Activation, AuditPolicy, DatasetSource, Decoding, ExecutionProfile, InferenceInputs,
-    InferenceSpec, ModelSpec, OptimizerSpec, TaskSpec, TrainingSpec, Workload,
+    InferenceSpec, ModelSpec, OptimizerSpec, OuterOptimizerSpec, PoolSpec, TaskSpec, TrainingSpec,
+    Workload,
 };
 pub use verdict::{FailureReason, SegmentCheck, Verdict, VerdictOutcome};
 

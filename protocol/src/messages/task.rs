@@ -66,6 +66,40 @@ pub struct TrainingSpec {
     pub checkpoint_interval: u32,
     /// Weights to start from (safetensors blob), or `null` for a seeded initialisation.
     pub initial_weights: Option<BlobId>,
+    /// Pooled training: the run split across several workers that train apart and merge in
+    /// rounds (`COMPUTE.md` section 10). Absent (not `null`) for a run on one worker, so the
+    /// specs, and ids, of such tasks are what they were before pooling existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+}
+
+/// How a pooled training task is split: `workers` slots each train `inner_steps` steps from
+/// the round's global state on their own batch stream, `rounds` times; after each round the
+/// slots' results merge in an outer step. The task's `steps` must be `rounds × inner_steps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Slots per round, each run by a different worker.
+    pub workers: u32,
+    /// Rounds.
+    pub rounds: u32,
+    /// Steps each slot trains per round (the task's optimizer, the slot's own moments).
+    pub inner_steps: u32,
+    /// The outer step that merges a round.
+    pub outer_optimizer: OuterOptimizerSpec,
+}
+
+/// The optimizer of the merge, applied to the slots' averaged pseudo-gradients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "optimizer", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OuterOptimizerSpec {
+    /// SGD with Nesterov momentum (DiLoCo's outer optimizer).
+    Nesterov {
+        /// Outer learning rate.
+        lr: Decimal,
+        /// Momentum.
+        momentum: Decimal,
+    },
 }
 
 /// An inference batch.
