@@ -21,6 +21,9 @@ pub struct NodeConfig {
     /// How long a task post waits for a validation slot before it is refused with 429,
     /// seconds.
     pub validation_wait_secs: u64,
+    /// Ledger exports streaming at once (each holds a blocking thread while its client reads);
+    /// more are refused with 429.
+    pub max_concurrent_exports: usize,
     /// How far a signed request's timestamp may be from the node's clock, seconds.
     pub max_clock_skew_secs: u64,
     /// Credits each verifier earns per audit, paid from the task's escrow.
@@ -104,6 +107,7 @@ impl Default for NodeConfig {
             blob_ttl_secs: 24 * 3600,
             max_concurrent_validations: 2,
             validation_wait_secs: 30,
+            max_concurrent_exports: 4,
             max_clock_skew_secs: 300,
             verifier_fee: 10,
             verifiers_per_task: 2,

@@ -543,3 +543,52 @@ async fn a_pooled_task_is_refused_rather_than_run_on_one_worker() {
     assert_eq!(v["error"]["code"], "pool_unsupported", "{v}");
     assert_eq!(n.node.ledger.balance(&n.buyer.account()).0, before);
 }
+
+/// Item 6: each ledger export holds a blocking thread while its client reads. A client that
+/// opens an export and stops reading holds one of `max_concurrent_exports` slots; past them
+/// the node answers 429 at once, and a slot comes back as soon as its client goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_that_stop_reading_hold_their_slots_and_the_next_is_refused() {
+    use tower::ServiceExt;
+    let n = market(NodeConfig {
+        max_concurrent_exports: 1,
+        ..NodeConfig::default()
+    })
+    .await;
+    // A ledger longer than the few chunks an export buffers: its writer blocks on the client.
+    let mut funds = tokio::task::JoinSet::new();
+    for i in 0..2000u32 {
+        let node = n.node.clone();
+        funds.spawn(async move {
+            let who = Identity::from_test_label(&format!("export filler {i}"));
+            node.fund("filler", &who.account(), 1, 0).await.unwrap();
+        });
+    }
+    while funds.join_next().await.is_some() {}
+    let export = || n.app.clone().oneshot(get("/v1/ledger/export"));
+    let held = export().await.unwrap();
+    assert_eq!(held.status(), StatusCode::OK);
+    // Not read: the export holds its slot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, v) = call(&n.app, get("/v1/ledger/export")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["error"]["code"], "exports_busy", "{v}");
+    // The client goes away: its slot comes back.
+    drop(held);
+    for _ in 0..100 {
+        let r = export().await.unwrap();
+        if r.status() == StatusCode::OK {
+            let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert!(
+                body.len() > 320 << 10,
+                "the whole ledger: {} bytes",
+                body.len()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the slot never came back");
+}

@@ -67,17 +67,16 @@ pub(crate) async fn export(
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     // Each export holds a blocking thread while it streams: a few at a time, and a client that
     // stops reading is dropped after EXPORT_STALL, so slow readers cannot take the pool.
-    let permit = EXPORTS
-        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)))
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "exports_busy",
-                format!("at most {MAX_EXPORTS} ledger exports stream at once: try again"),
-            )
-        })?;
+    let permit = node.exports.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "exports_busy",
+            format!(
+                "at most {} ledger exports stream at once: try again",
+                node.config.max_concurrent_exports.max(1)
+            ),
+        )
+    })?;
     let ledger = node.ledger.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     let runtime = tokio::runtime::Handle::current();
@@ -105,11 +104,8 @@ pub(crate) async fn export(
     ))
 }
 
-/// Ledger exports streaming at once.
-const MAX_EXPORTS: usize = 4;
 /// How long an export waits for its client to take the next chunk.
 const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(30);
-static EXPORTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
 
 /// Sends what is written to an HTTP body, a chunk at a time (blocking while the client reads,
 /// at most [`EXPORT_STALL`] per chunk).

@@ -61,6 +61,8 @@ pub struct Node {
     /// Task posts being validated (building a dataset can take seconds of CPU): a bound, so
     /// a flood of posts cannot take every core.
     validations: Arc<tokio::sync::Semaphore>,
+    /// Ledger exports streaming now (`max_concurrent_exports` at once).
+    pub(crate) exports: Arc<tokio::sync::Semaphore>,
     /// Slashes read a stake and then take from it; two at once of one account would both take
     /// the whole stake and the second would fail.
     slashing: tokio::sync::Mutex<()>,
@@ -149,6 +151,9 @@ impl Node {
         let bundles = data.join("bundles");
         std::fs::create_dir_all(&bundles)?;
         let (events, _) = broadcast::channel(1024);
+        let exports = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_exports.max(1),
+        ));
         let validations = Arc::new(tokio::sync::Semaphore::new(
             config.max_concurrent_validations.max(1),
         ));
@@ -166,6 +171,7 @@ impl Node {
             busy: Mutex::new(std::collections::BTreeMap::new()),
             audit_slots: Mutex::new(std::collections::BTreeMap::new()),
             validations,
+            exports,
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),
             orphans: Mutex::new(Vec::new()),
