@@ -278,6 +278,34 @@ impl TrainingJob {
         Ok((start, (start + self.checkpoint_interval).min(self.steps)))
     }
 
+    /// The job a committed run executes: the task's own for a run on one worker, or its
+    /// slot-round when the commitment names one. A pooled task has no run of its own, and an
+    /// unpooled one no slot-rounds.
+    pub fn for_run(
+        spec: &TaskSpec,
+        blobs: &dyn BlobSource,
+        slot_round: Option<&market_protocol::SlotRound>,
+    ) -> Result<Self> {
+        let job = Self::from_spec(spec, blobs)?;
+        match (slot_round, job.pool.is_some()) {
+            (Some(r), true) => job.slot_round(r.slot, r.round),
+            (None, false) => Ok(job),
+            (Some(_), false) => Err(ComputeError::config(
+                "pool",
+                "the task is not pooled: a run of it is not a slot-round",
+            )),
+            (None, true) => Err(ComputeError::config(
+                "pool",
+                "a pooled task runs as slot-rounds on several workers, not as one run",
+            )),
+        }
+    }
+
+    /// Steps this run takes: `steps`, or `inner_steps` for a slot-round.
+    pub fn run_steps(&self) -> u32 {
+        self.steps - self.first_step
+    }
+
     /// The run slot `slot` of a pooled task makes in round `round`: steps `round × H` to
     /// `(round + 1) × H` (`H` the pool's inner steps) with the task's optimizer, on the slot's
     /// own batch stream, from the slot's start state ([`crate::pool::slot_start`]).

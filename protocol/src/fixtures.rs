@@ -116,6 +116,7 @@ pub fn commitment(worker: &Identity, task: &TaskSpec, checkpoints: &[StateHash])
         loss_trace: (0..segments)
             .map(|i| F32Bits::from_f32(2.5 / (1.0 + i as f32)))
             .collect(),
+        slot_round: None,
     }
 }
 

@@ -201,7 +201,11 @@ pub fn task_segments(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<u64, Aud
         Workload::Training(t) if t.checkpoint_interval == 0 => Err(AuditError::Policy(
             "checkpoint_interval must be at least 1".into(),
         )),
-        Workload::Training(t) => Ok(u64::from(t.steps).div_ceil(u64::from(t.checkpoint_interval))),
+        // A pooled task's audited runs are its slot-rounds, of `inner_steps` each.
+        Workload::Training(t) => Ok(
+            u64::from(t.pool.as_ref().map_or(t.steps, |p| p.inner_steps))
+                .div_ceil(u64::from(t.checkpoint_interval)),
+        ),
         Workload::Inference(_) => Ok(InferenceJob::from_spec(task, blobs)?.len() as u64),
     }
 }
@@ -304,8 +308,10 @@ fn check_commitment(
     // state and the outputs follow from the leaves, and the loss trace has one value per
     // segment (the sampled ones are re-executed in check 6).
     let binding = match &task.workload {
-        Workload::Training(_) => {
-            if c.final_state_hash != leaves[leaves.len() - 1] {
+        Workload::Training(t) => {
+            if let Some(why) = slot_round_mismatch(t, c) {
+                Some(why)
+            } else if c.final_state_hash != leaves[leaves.len() - 1] {
                 Some(format!(
                     "the final state hash {} is not the last committed checkpoint {}",
                     c.final_state_hash,
@@ -328,7 +334,9 @@ fn check_commitment(
         }
         Workload::Inference(_) => {
             let concat: Vec<u8> = leaves.iter().flat_map(|h| h.as_bytes().to_vec()).collect();
-            if c.steps != 0 || !c.loss_trace.is_empty() {
+            if c.slot_round.is_some() {
+                Some("an inference task has no slot-rounds".to_owned())
+            } else if c.steps != 0 || !c.loss_trace.is_empty() {
                 Some("an inference commitment has no steps and no loss trace".to_owned())
             } else if c.final_state_hash != StateHash(Hash::of(&concat)) {
                 Some("the final hash is not the hash of the concatenated item hashes".to_owned())
@@ -342,6 +350,22 @@ fn check_commitment(
         }
     };
     binding.map(|detail| fail(0, FailureReason::InvalidCommitment, detail))
+}
+
+/// Why a training commitment's slot-round does not fit its task, if it does not: a pooled
+/// task's runs are its slot-rounds, each naming one that exists, and an unpooled task's runs
+/// name none.
+fn slot_round_mismatch(t: &market_protocol::TrainingSpec, c: &Commitment) -> Option<String> {
+    match (&t.pool, &c.slot_round) {
+        (None, None) => None,
+        (None, Some(_)) => Some("the task is not pooled, the commitment names a slot-round".into()),
+        (Some(_), None) => Some("the task is pooled, the commitment names no slot-round".into()),
+        (Some(p), Some(r)) if r.slot >= p.workers || r.round >= p.rounds => Some(format!(
+            "slot {} of round {} does not exist in a pool of {} slots and {} rounds",
+            r.slot, r.round, p.workers, p.rounds
+        )),
+        (Some(_), Some(_)) => None,
+    }
 }
 
 /// Reads leaf `index`'s file and checks it is the committed one, with its inclusion proof.
@@ -388,14 +412,20 @@ fn check_training(
     checked: &mut Vec<SegmentCheck>,
     rerun: &mut u64,
 ) -> Result<Option<Failure>, AuditError> {
-    let job = TrainingJob::from_spec(task, blobs)?;
-    if c.steps != job.steps {
+    if let Workload::Training(t) = &task.workload {
+        if let Some(why) = slot_round_mismatch(t, c) {
+            return Ok(Some(fail(0, FailureReason::InvalidCommitment, why)));
+        }
+    }
+    let job = TrainingJob::for_run(task, blobs, c.slot_round.as_ref())?;
+    if c.steps != job.run_steps() {
         return Ok(Some(fail(
             0,
             FailureReason::InvalidCommitment,
             format!(
-                "the task has {} steps, the commitment claims {}",
-                job.steps, c.steps
+                "the run has {} steps, the commitment claims {}",
+                job.run_steps(),
+                c.steps
             ),
         )));
     }
@@ -404,14 +434,35 @@ fn check_training(
         Err(f) => return Ok(Some(f)),
     };
     // Checkpoint 0 must be the task's own initial state: a run of another task (replay) or a
-    // different initialisation fails here, whatever is sampled.
-    let initial = job.initial_state().hash(&job.layout)?;
+    // different initialisation fails here, whatever is sampled. A slot-round starts from the
+    // state it names; in round 0 that is the slot's start from the task's initial state
+    // (checked here), later the round's merged state, which the node checks against its own.
+    let initial = match &c.slot_round {
+        None => job.initial_state().hash(&job.layout)?,
+        Some(r) if r.round == 0 => {
+            let global = market_compute::pool::initial_global(&job);
+            let start = market_compute::pool::slot_start(&job, &global, None);
+            let expected = start.hash(&job.layout)?;
+            if r.start != expected {
+                return Ok(Some(fail(
+                    0,
+                    FailureReason::StateMismatch,
+                    format!(
+                        "slot {} of round 0 names start {}, the task's initial state is {expected}",
+                        r.slot, r.start
+                    ),
+                )));
+            }
+            expected
+        }
+        Some(r) => r.start,
+    };
     if leaves[0] != initial {
         return Ok(Some(fail(
             0,
             FailureReason::StateMismatch,
             format!(
-                "checkpoint 0 is {}, the task's initial state is {initial}",
+                "checkpoint 0 is {}, the run's start state is {initial}",
                 leaves[0]
             ),
         )));

@@ -10,7 +10,7 @@ use market_compute::rng::{self, Purpose};
 use market_compute::{BlobSource, ComputeError, InferenceJob, TrainState, TrainingJob};
 use market_protocol::{
     message_id, BlobId, Commitment, CommitmentId, DatasetSource, F32Bits, Hash, Identity,
-    MerkleTree, Signed, StateHash, TaskId, TaskSpec, Version, Workload,
+    MerkleTree, Signed, SlotRound, StateHash, TaskId, TaskSpec, Version, Workload,
 };
 
 use crate::behavior::Behavior;
@@ -114,6 +114,15 @@ pub fn exec(
     )
 }
 
+/// What a training run starts from.
+#[derive(Debug, Clone, Copy)]
+enum Start<'a> {
+    /// The task's initial state (a run on one worker).
+    Task,
+    /// A slot-round of a pooled task, from the given state (whose hash the slot-round names).
+    SlotRound(SlotRound, &'a TrainState),
+}
+
 /// [`exec`], stopping with [`ComputeError::Cancelled`] within a step of `cancel` being
 /// cancelled (the bundle is left as it was: a training run's complete checkpoints stay).
 pub fn exec_until(
@@ -123,10 +132,62 @@ pub fn exec_until(
     bundle: &Bundle,
     blobs: &dyn BlobSource,
     cancel: &CancelToken,
+    on_progress: impl FnMut(Progress),
+) -> Result<ExecReport, ExecError> {
+    exec_run(
+        task,
+        Start::Task,
+        identity,
+        behavior,
+        bundle,
+        blobs,
+        cancel,
+        on_progress,
+    )
+}
+
+/// Runs slot `slot_round.slot` of round `slot_round.round` of a pooled task from `start`
+/// (`COMPUTE.md` section 10), into a bundle whose commitment names the slot-round: the same
+/// committed, auditable run as any task's, of the slot-round's steps. `start` must hash to
+/// `slot_round.start`. A slot-round is never resumed from an earlier bundle (runs of other
+/// slot-rounds of the same task share its id).
+#[allow(clippy::too_many_arguments)]
+pub fn exec_slot_round(
+    task: &TaskSpec,
+    slot_round: SlotRound,
+    start: &TrainState,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    cancel: &CancelToken,
+    on_progress: impl FnMut(Progress),
+) -> Result<ExecReport, ExecError> {
+    exec_run(
+        task,
+        Start::SlotRound(slot_round, start),
+        identity,
+        behavior,
+        bundle,
+        blobs,
+        cancel,
+        on_progress,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exec_run(
+    task: &TaskSpec,
+    from: Start<'_>,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    cancel: &CancelToken,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<ExecReport, ExecError> {
     cancel.check()?;
-    let resumable = bundle.read_task().ok().as_ref() == Some(task);
+    let resumable = matches!(from, Start::Task) && bundle.read_task().ok().as_ref() == Some(task);
     bundle.create()?;
     bundle.write_task(task)?;
     let task_id = TaskId(message_id(task).map_err(market_protocol::SignatureError::from)?);
@@ -135,6 +196,7 @@ pub fn exec_until(
         Workload::Training(_) => exec_training(
             task,
             task_id,
+            from,
             identity,
             behavior,
             bundle,
@@ -144,6 +206,9 @@ pub fn exec_until(
             cancel,
             &mut on_progress,
         )?,
+        Workload::Inference(_) if !matches!(from, Start::Task) => {
+            return Err(ComputeError::config("pool", "an inference task has no slot-rounds").into())
+        }
         Workload::Inference(_) => exec_inference(
             task,
             task_id,
@@ -289,6 +354,7 @@ pub fn run_segment_as(
 fn exec_training(
     task: &TaskSpec,
     task_id: TaskId,
+    from: Start<'_>,
     identity: &Identity,
     behavior: Behavior,
     bundle: &Bundle,
@@ -298,20 +364,31 @@ fn exec_training(
     cancel: &CancelToken,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
-    let job = TrainingJob::from_spec(task, blobs)?;
-    if job.pool.is_some() {
-        return Err(ComputeError::config(
-            "pool",
-            "a pooled task runs as slot-rounds on several workers, not as one run",
-        )
-        .into());
-    }
-    let cheat = cheat_job(task, behavior, blobs)?;
+    let slot_round = match from {
+        Start::Task => None,
+        Start::SlotRound(r, _) => Some(r),
+    };
+    let job = TrainingJob::for_run(task, blobs, slot_round.as_ref())?;
+    let cheat = match (cheat_job(task, behavior, blobs)?, slot_round) {
+        (Some(c), Some(r)) => Some(c.slot_round(r.slot, r.round)?),
+        (c, _) => c,
+    };
     let n = job.segments();
     let faked = behavior.faked_segments(n, &task_id.0);
-    let mut state = match (&cheat, behavior) {
-        (Some(c), Behavior::Replay) => c.initial_state(),
-        _ => job.initial_state(),
+    let mut state = match (from, &cheat, behavior) {
+        (Start::SlotRound(r, start), _, _) => {
+            let hash = start.hash(&job.layout)?;
+            if hash != r.start || start.step != job.first_step {
+                return Err(ComputeError::StateMismatch(format!(
+                    "the start state is {hash} at step {}; slot-round {r:?} starts from {} at step {}",
+                    start.step, r.start, job.first_step
+                ))
+                .into());
+            }
+            start.clone()
+        }
+        (Start::Task, Some(c), Behavior::Replay) => c.initial_state(),
+        (Start::Task, _, _) => job.initial_state(),
     };
     let write = |i: u32, s: &TrainState| -> Result<StateHash, ExecError> {
         let bytes = s.to_bytes(&job.layout)?;
@@ -329,8 +406,8 @@ fn exec_training(
     for seg in losses.len() as u32..n {
         let mut report = |step: u32, loss: f32| {
             on_progress(Progress {
-                done: step,
-                total: job.steps,
+                done: step - job.first_step,
+                total: job.run_steps(),
                 loss,
             });
             cancel.check()
@@ -358,12 +435,13 @@ fn exec_training(
         version: Version::CURRENT,
         task_id,
         worker: identity.account(),
-        steps: job.steps,
+        steps: job.run_steps(),
         segments: n,
         root: Hash::default(),
         final_state_hash: *leaves.last().unwrap_or(&StateHash::default()),
         outputs: vec![BlobId::of(&weights)],
         loss_trace: losses.iter().map(|l| F32Bits::from_f32(*l)).collect(),
+        slot_round,
     };
     Ok((commitment, leaves, faked))
 }
@@ -440,6 +518,7 @@ fn exec_inference(
         final_state_hash: StateHash(Hash::of(&concat)),
         outputs: leaves.iter().map(|h| BlobId(h.0)).collect(),
         loss_trace: Vec::new(),
+        slot_round: None,
     };
     Ok((commitment, leaves, faked))
 }
@@ -453,8 +532,13 @@ pub fn open_steps(
     blobs: &dyn BlobSource,
     segment: u32,
 ) -> Result<Vec<StateHash>, ExecError> {
-    let job = TrainingJob::from_spec(task, blobs)?;
-    let cheat = cheat_job(task, behavior, blobs)?;
+    // A slot-round's opening re-runs the slot-round its commitment names.
+    let slot_round = bundle.read_commitment()?.body.slot_round;
+    let job = TrainingJob::for_run(task, blobs, slot_round.as_ref())?;
+    let cheat = match (cheat_job(task, behavior, blobs)?, slot_round) {
+        (Some(c), Some(r)) => Some(c.slot_round(r.slot, r.round)?),
+        (c, _) => c,
+    };
     let task_id = TaskId(message_id(task).map_err(market_protocol::SignatureError::from)?);
     let faked = behavior
         .faked_segments(job.segments(), &task_id.0)

@@ -10,4 +10,6 @@ pub mod daemon;
 pub mod exec;
 
 pub use behavior::Behavior;
-pub use exec::{exec, exec_until, open_steps, CancelToken, ExecError, ExecReport, Progress};
+pub use exec::{
+    exec, exec_slot_round, exec_until, open_steps, CancelToken, ExecError, ExecReport, Progress,
+};

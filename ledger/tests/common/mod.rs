@@ -111,6 +111,7 @@ pub fn commitment(worker: &Identity, task: TaskId) -> Signed<Commitment> {
         final_state_hash: StateHash(Hash::of(b"final")),
         outputs: vec![],
         loss_trace: vec![],
+        slot_round: None,
     };
     Signed::sign(body, worker).expect("sign commitment")
 }

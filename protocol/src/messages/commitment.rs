@@ -35,6 +35,24 @@ pub struct Commitment {
     pub outputs: Vec<BlobId>,
     /// The training loss after each segment, as exact binary32 bits.
     pub loss_trace: Vec<F32Bits>,
+    /// For a slot-round of a pooled task: which slot and round, and the state it started from
+    /// (its checkpoint 0). Absent (not `null`) for any other run, whose commitments, and ids,
+    /// are what they were before pooling existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_round: Option<SlotRound>,
+}
+
+/// Which part of a pooled task a run is (`COMPUTE.md` section 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotRound {
+    /// The slot (0-based).
+    pub slot: u32,
+    /// The round (0-based).
+    pub round: u32,
+    /// The hash of the state the slot started the round from: the round's global parameters
+    /// with the slot's own optimizer moments.
+    pub start: StateHash,
 }
 
 impl Message for Commitment {

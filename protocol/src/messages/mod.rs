@@ -11,7 +11,7 @@ mod task;
 mod verdict;
 
 pub use challenge::{Challenge, ChallengeError, Opening};
-pub use commitment::Commitment;
+pub use commitment::{Commitment, SlotRound};
 pub use hello::{Capabilities, Hello, Resources, Role};
 pub use receipt::{Payment, PaymentKind, Receipt};
 pub use task::{

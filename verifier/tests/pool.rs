@@ -1,0 +1,190 @@
+//! Slot-rounds of a pooled task are committed, audited runs like any other (issue 14): honest
+//! ones pass, a cheating slot fails its audit before anything is merged, a slot-round that
+//! names a start other than the task's fails, and the merge of the audited slots' committed
+//! final states is bit for bit the merge of an all-honest run.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use market_compute::bundle::Bundle;
+use market_compute::pool::{initial_global, outer_step, run_locally, slot_start};
+use market_compute::{NoBlobs, TrainState, TrainingJob};
+use market_protocol::fixtures::training_task;
+use market_protocol::*;
+use market_verifier::{audit, SamplePolicy};
+use market_worker::{exec, exec_slot_round, Behavior, CancelToken};
+
+fn pooled_task() -> TaskSpec {
+    let mut task = training_task(&Identity::from_test_label("pool buyer"), 3);
+    if let Workload::Training(t) = &mut task.workload {
+        t.steps = 20;
+        t.checkpoint_interval = 5;
+        t.pool = Some(PoolSpec {
+            workers: 2,
+            rounds: 2,
+            inner_steps: 10,
+            outer_optimizer: OuterOptimizerSpec::Nesterov {
+                lr: "0.7".parse().unwrap(),
+                momentum: "0.9".parse().unwrap(),
+            },
+        });
+    }
+    task
+}
+
+/// Runs slot `slot` of `round` from `start` into a bundle in `dir` as `behavior`.
+fn run_slot(
+    task: &TaskSpec,
+    job: &TrainingJob,
+    slot: u32,
+    round: u32,
+    start: &TrainState,
+    behavior: Behavior,
+    dir: &std::path::Path,
+) -> Bundle {
+    let bundle = Bundle::at(dir);
+    let slot_round = SlotRound {
+        slot,
+        round,
+        start: start.hash(&job.layout).unwrap(),
+    };
+    exec_slot_round(
+        task,
+        slot_round,
+        start,
+        &Identity::from_test_label(&format!("slot worker {slot}")),
+        behavior,
+        &bundle,
+        &NoBlobs,
+        &CancelToken::default(),
+        |_| {},
+    )
+    .unwrap();
+    bundle
+}
+
+fn audit_all(bundle: &Bundle) -> VerdictOutcome {
+    audit(
+        bundle,
+        Beacon(Hash::of(b"pool beacon")),
+        &SamplePolicy::All,
+        &Identity::from_test_label("pool verifier"),
+        &NoBlobs,
+    )
+    .unwrap()
+    .verdict
+    .body
+    .outcome
+}
+
+/// The final state a slot-round's bundle committed to.
+fn committed_final(bundle: &Bundle, job: &TrainingJob) -> TrainState {
+    let c = bundle.read_commitment().unwrap().body;
+    let bytes = bundle
+        .read(&bundle.checkpoint_path(c.segments), u64::MAX)
+        .unwrap();
+    let state = TrainState::from_bytes(&bytes, &job.layout).unwrap();
+    assert_eq!(state.hash(&job.layout).unwrap(), c.final_state_hash);
+    state
+}
+
+#[test]
+fn audited_slot_rounds_merge_to_the_all_honest_run_and_a_cheating_slot_is_caught_first() {
+    let task = pooled_task();
+    let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+    let pool = job.pool.unwrap();
+    let honest = run_locally(&job, |_| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut global = initial_global(&job);
+    let mut previous: Vec<Option<TrainState>> = vec![None, None];
+    for round in 0..pool.rounds {
+        let mut finals = Vec::new();
+        for slot in 0..pool.slots {
+            let start = slot_start(&job, &global, previous[slot as usize].as_ref());
+            // Slot 1 of round 1 is first run by a cheater, whose result is caught by its
+            // audit and never merged; another worker runs the slot again.
+            if (slot, round) == (1, 1) {
+                for cheat in [Behavior::Skip(0.5), Behavior::Noise(0.5)] {
+                    let path = dir.path().join(format!("cheat-{cheat}-{slot}-{round}"));
+                    let bundle = run_slot(&task, &job, slot, round, &start, cheat, &path);
+                    assert!(
+                        matches!(audit_all(&bundle), VerdictOutcome::Fail { .. }),
+                        "{cheat} passed its audit"
+                    );
+                }
+            }
+            let path = dir.path().join(format!("{slot}-{round}"));
+            let bundle = run_slot(&task, &job, slot, round, &start, Behavior::Honest, &path);
+            assert_eq!(
+                audit_all(&bundle),
+                VerdictOutcome::Pass,
+                "slot {slot} round {round}"
+            );
+            let c = bundle.read_commitment().unwrap().body;
+            assert_eq!(c.steps, pool.inner_steps);
+            assert_eq!(c.slot_round.unwrap().slot, slot);
+            finals.push(committed_final(&bundle, &job));
+        }
+        global = outer_step(&pool, &global, &finals).unwrap();
+        assert_eq!(
+            global.hash(&job.layout).unwrap(),
+            honest.globals[round as usize].hash(&job.layout).unwrap(),
+            "round {round}'s merge of audited results is the all-honest one"
+        );
+        previous = finals.into_iter().map(Some).collect();
+    }
+}
+
+#[test]
+fn a_slot_round_that_does_not_start_from_the_task_fails_its_audit() {
+    let task = pooled_task();
+    let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Round 0 from made-up parameters (the commitment names them honestly): the verifier
+    // knows round 0's start and refuses it.
+    let mut start = slot_start(&job, &initial_global(&job), None);
+    start.params.iter_mut().for_each(|p| *p *= 0.5);
+    let bundle = run_slot(&task, &job, 0, 0, &start, Behavior::Honest, dir.path());
+    match audit_all(&bundle) {
+        VerdictOutcome::Fail { reason, detail, .. } => {
+            assert_eq!(reason, FailureReason::StateMismatch, "{detail}");
+            assert!(detail.contains("round 0"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_pooled_task_is_not_run_as_one_and_a_slot_round_needs_its_stated_start() {
+    let task = pooled_task();
+    let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = exec(
+        &task,
+        &Identity::from_test_label("w"),
+        Behavior::Honest,
+        &Bundle::at(dir.path().join("whole")),
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("slot-rounds"), "{e}");
+    let start = slot_start(&job, &initial_global(&job), None);
+    let wrong = SlotRound {
+        slot: 0,
+        round: 0,
+        start: StateHash(Hash::of(b"another state")),
+    };
+    let e = exec_slot_round(
+        &task,
+        wrong,
+        &start,
+        &Identity::from_test_label("w"),
+        Behavior::Honest,
+        &Bundle::at(dir.path().join("slot")),
+        &NoBlobs,
+        &CancelToken::default(),
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("start"), "{e}");
+}
