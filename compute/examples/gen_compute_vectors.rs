@@ -112,12 +112,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let hashes = |states: &[market_compute::TrainState]| -> Vec<String> {
                 states.iter().filter_map(|s| hash(s).ok()).collect()
             };
-            match hash(r.global) {
+            match market_compute::pool::global_hash(r.global, &job.layout) {
                 Ok(g) => rounds.push(json!({
                     "round": r.round,
                     "slot_starts": hashes(r.starts),
                     "slot_finals": hashes(r.finals),
-                    "global": g,
+                    "global": g.to_string(),
                 })),
                 Err(e) => failed = Some(e),
             }
@@ -125,12 +125,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(e) = failed {
             return Err(e.into());
         }
-        let initial = hash(&market_compute::pool::initial_global(&job))?;
+        let initial = market_compute::pool::global_hash(
+            &market_compute::pool::initial_global(&job),
+            &job.layout,
+        )?
+        .to_string();
         vectors
             .push(json!({"name": name, "task": task, "initial_global": initial, "rounds": rounds}));
     }
     let doc = json!({
-        "description": "Pooled training (spec/COMPUTE.md section 10), repro profile: the state hash of the initial global state, then per round each slot's start and final state and the merged global state. Any CPU, thread count or build must reproduce them bit for bit.",
+        "description": "Pooled training (spec/COMPUTE.md section 10), repro profile: the hash of the initial global state (its own format, market-pool-global-v1), then per round each slot's start and final state hash and the merged global state's hash. Any CPU, thread count or build must reproduce them bit for bit.",
         "vectors": vectors,
     });
     std::fs::write(

@@ -230,6 +230,15 @@ impl TrainingJob {
             None => None,
         };
         let pool = match &t.pool {
+            // One round moves the parameters little against their size, so the `native`
+            // tolerance (relative to the state) could pass a slot that trained less: pooled
+            // tasks are exact until that is measured.
+            Some(_) if spec.profile != ExecutionProfile::Repro => {
+                return Err(ComputeError::config(
+                    "pool",
+                    "pooled tasks run in the repro profile only",
+                ))
+            }
             Some(p) => Some(crate::pool::Pool::from_spec(
                 p,
                 t.steps,
@@ -352,6 +361,21 @@ impl TrainingJob {
                 "{} parameters, the model has {}",
                 state.params.len(),
                 self.layout.total()
+            )));
+        }
+        // A state decoded from a worker's file may lack its moments (a canonical state without
+        // `opt.*` tensors): refused here, not indexed out of bounds by the optimizer.
+        let n = self.layout.total();
+        let v_len = if self.optimizer.has_second_moment() {
+            n
+        } else {
+            0
+        };
+        if state.m.len() != n || state.v.len() != v_len {
+            return Err(ComputeError::StateMismatch(format!(
+                "the state has {} first and {} second moments; this optimizer needs {n} and {v_len}",
+                state.m.len(),
+                state.v.len()
             )));
         }
         if state.step >= self.steps {

@@ -109,6 +109,21 @@ impl Pool {
     }
 }
 
+/// The format name in a global state's metadata: a global state is never mistaken for a
+/// slot's state (for SGD both would otherwise be a state with `param` and `opt.m`).
+pub const GLOBAL_FORMAT: &str = "market-pool-global-v1";
+
+/// The hash of a global state: blake3 of its canonical bytes (section 5 of `COMPUTE.md`) with
+/// [`GLOBAL_FORMAT`] as the metadata's format.
+pub fn global_hash(
+    global: &TrainState,
+    layout: &crate::zoo::ParamLayout,
+) -> Result<market_protocol::StateHash> {
+    Ok(market_protocol::StateHash(market_protocol::Hash::of(
+        &global.to_bytes_as(layout, GLOBAL_FORMAT)?,
+    )))
+}
+
 /// The global state before round 0: the task's initial parameters, zero outer momentum.
 pub fn initial_global(job: &TrainingJob) -> TrainState {
     let params = job.initial_state().params;
@@ -132,17 +147,14 @@ pub fn slot_start(
     let n = global.params.len();
     let (m, v) = match previous {
         Some(p) => (p.m.clone(), p.v.clone()),
-        None => {
-            let zero = job.initial_state();
-            (
-                vec![0.0; n],
-                if zero.v.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![0.0; n]
-                },
-            )
-        }
+        None => (
+            vec![0.0; n],
+            if job.optimizer.has_second_moment() {
+                vec![0.0; n]
+            } else {
+                Vec::new()
+            },
+        ),
     };
     TrainState {
         step: global.step,
@@ -172,6 +184,12 @@ pub fn outer_step(pool: &Pool, global: &TrainState, finals: &[TrainState]) -> Re
     }
     let end = global.step + pool.inner_steps;
     let n = global.params.len();
+    if global.m.len() != n {
+        return Err(ComputeError::StateMismatch(format!(
+            "the global state has {} outer momenta for {n} parameters",
+            global.m.len()
+        )));
+    }
     for (k, f) in finals.iter().enumerate() {
         if f.step != end || f.params.len() != n {
             return Err(ComputeError::StateMismatch(format!(
@@ -202,9 +220,14 @@ pub fn outer_step(pool: &Pool, global: &TrainState, finals: &[TrainState]) -> Re
         m: u,
         v: Vec::new(),
     };
-    if let Some(bad) = next.params.iter().position(|p| !p.is_finite()) {
+    if let Some(bad) = next
+        .params
+        .iter()
+        .chain(&next.m)
+        .position(|p| !p.is_finite())
+    {
         return Err(ComputeError::NonFinite {
-            tensor: format!("merged parameter {bad}"),
+            tensor: format!("merged state value {bad} (parameters, then outer momenta)"),
             step: end,
         });
     }
@@ -357,6 +380,33 @@ mod tests {
         let mut late = at(vec![0.5, -2.5]);
         late.step = 5;
         assert!(outer_step(&pool, &global, &[late.clone(), late]).is_err());
+    }
+
+    #[test]
+    fn a_state_without_its_moments_is_refused_not_indexed() {
+        let job = pooled(2, 1, 4);
+        let run = job.slot_round(0, 0).unwrap();
+        let mut state = slot_start(&job, &initial_global(&job), None);
+        state.m.clear();
+        state.v.clear();
+        assert!(matches!(
+            run.run_segment(0, &state, |_, _| {}),
+            Err(ComputeError::StateMismatch(_))
+        ));
+        let mut global = initial_global(&job);
+        global.m.clear();
+        let finals = [state.clone(), state];
+        assert!(outer_step(&job.pool.unwrap(), &global, &finals).is_err());
+    }
+
+    #[test]
+    fn a_global_state_does_not_hash_as_a_slot_state() {
+        let job = pooled(2, 1, 4);
+        let global = initial_global(&job);
+        assert_ne!(
+            global_hash(&global, &job.layout).unwrap(),
+            global.hash(&job.layout).unwrap()
+        );
     }
 
     #[test]

@@ -78,6 +78,12 @@ impl TrainState {
 
     /// The canonical bytes. Refuses a state holding NaN or infinity.
     pub fn to_bytes(&self, layout: &ParamLayout) -> Result<Vec<u8>> {
+        self.to_bytes_as(layout, FORMAT)
+    }
+
+    /// The canonical bytes with `format` as the metadata's format (a pooled run's global state
+    /// has its own, `crate::pool::GLOBAL_FORMAT`).
+    pub fn to_bytes_as(&self, layout: &ParamLayout, format: &str) -> Result<Vec<u8>> {
         self.check_finite(layout)?;
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (prefix, data) in self.groups() {
@@ -108,7 +114,7 @@ impl TrainState {
             })
             .collect::<Result<_>>()?;
         // One metadata entry only: a map of one key serializes the same way every time.
-        let metadata = HashMap::from([(FORMAT_KEY.to_string(), FORMAT.to_string())]);
+        let metadata = HashMap::from([(FORMAT_KEY.to_string(), format.to_string())]);
         safetensors::serialize(views, Some(metadata)).map_err(|e| invalid(e.to_string()))
     }
 

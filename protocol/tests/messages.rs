@@ -213,3 +213,17 @@ fn an_unpooled_task_has_no_pool_member_and_a_null_one_is_not_canonical() {
     assert!(with_null.contains("\"pool\":null"));
     assert!(from_canonical_bytes::<TaskSpec>(with_null.as_bytes()).is_err());
 }
+
+#[test]
+fn a_commitment_without_a_slot_round_has_no_member_for_it() {
+    let task = training_task(&Identity::from_test_label("buyer"), 1);
+    let c = commitment(
+        &Identity::from_test_label("worker"),
+        &task,
+        &checkpoint_hashes("c", 2),
+    );
+    let text = String::from_utf8(to_canonical_bytes(&c).unwrap()).unwrap();
+    assert!(!text.contains("slot_round"), "{text}");
+    let with_null = text.replacen("\"steps\":", "\"slot_round\":null,\"steps\":", 1);
+    assert!(from_canonical_bytes::<Commitment>(with_null.as_bytes()).is_err());
+}

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use market_compute::bundle::Bundle;
-use market_compute::pool::{initial_global, outer_step, run_locally, slot_start};
+use market_compute::pool::{global_hash, initial_global, outer_step, run_locally, slot_start};
 use market_compute::{NoBlobs, TrainState, TrainingJob};
 use market_protocol::fixtures::training_task;
 use market_protocol::*;
@@ -126,8 +126,8 @@ fn audited_slot_rounds_merge_to_the_all_honest_run_and_a_cheating_slot_is_caught
         }
         global = outer_step(&pool, &global, &finals).unwrap();
         assert_eq!(
-            global.hash(&job.layout).unwrap(),
-            honest.globals[round as usize].hash(&job.layout).unwrap(),
+            global_hash(&global, &job.layout).unwrap(),
+            global_hash(&honest.globals[round as usize], &job.layout).unwrap(),
             "round {round}'s merge of audited results is the all-honest one"
         );
         previous = finals.into_iter().map(Some).collect();
@@ -187,4 +187,110 @@ fn a_pooled_task_is_not_run_as_one_and_a_slot_round_needs_its_stated_start() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("start"), "{e}");
+}
+
+/// Re-signs `bundle`'s commitment after `edit` (the worker is the cheater: it signs what it
+/// likes) and returns the audit's outcome.
+fn audit_recommitted(
+    bundle: &Bundle,
+    signer: &Identity,
+    edit: impl FnOnce(&mut Commitment),
+) -> VerdictOutcome {
+    let mut c = bundle.read_commitment().unwrap().body;
+    edit(&mut c);
+    bundle
+        .write_commitment(&Signed::sign(c, signer).unwrap())
+        .unwrap();
+    audit_all(bundle)
+}
+
+#[test]
+fn a_slot_round_committed_as_another_or_as_none_fails() {
+    let task = pooled_task();
+    let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+    let start = slot_start(&job, &initial_global(&job), None);
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Identity::from_test_label("slot worker 0");
+    let fresh = |name: &str| {
+        run_slot(
+            &task,
+            &job,
+            0,
+            0,
+            &start,
+            Behavior::Honest,
+            &dir.path().join(name),
+        )
+    };
+    // Slot 0's run, claimed as slot 1 (whose batches differ): the re-execution disagrees.
+    let claimed = audit_recommitted(&fresh("as-slot-1"), &signer, |c| {
+        c.slot_round.as_mut().unwrap().slot = 1;
+    });
+    assert!(
+        matches!(
+            claimed,
+            VerdictOutcome::Fail {
+                reason: FailureReason::StateMismatch,
+                ..
+            }
+        ),
+        "{claimed:?}"
+    );
+    // A slot that does not exist, and no slot-round at all, fail before anything runs.
+    for (name, edit) in [
+        (
+            "slot-9",
+            Box::new(|c: &mut Commitment| c.slot_round.as_mut().unwrap().slot = 9)
+                as Box<dyn FnOnce(&mut Commitment)>,
+        ),
+        (
+            "round-2",
+            Box::new(|c: &mut Commitment| c.slot_round.as_mut().unwrap().round = 2),
+        ),
+        ("none", Box::new(|c: &mut Commitment| c.slot_round = None)),
+    ] {
+        let outcome = audit_recommitted(&fresh(name), &signer, edit);
+        assert!(
+            matches!(
+                outcome,
+                VerdictOutcome::Fail {
+                    reason: FailureReason::InvalidCommitment,
+                    ..
+                }
+            ),
+            "{name}: {outcome:?}"
+        );
+    }
+    // An unpooled task's run that names a slot-round.
+    let mut plain = training_task(&Identity::from_test_label("pool buyer"), 4);
+    if let Workload::Training(t) = &mut plain.workload {
+        t.steps = 20;
+    }
+    let bundle = Bundle::at(dir.path().join("plain"));
+    exec(&plain, &signer, Behavior::Honest, &bundle, &NoBlobs, |_| {}).unwrap();
+    let outcome = audit_recommitted(&bundle, &signer, |c| {
+        c.slot_round = Some(SlotRound {
+            slot: 0,
+            round: 0,
+            start: StateHash(Hash::of(b"x")),
+        });
+    });
+    assert!(
+        matches!(
+            outcome,
+            VerdictOutcome::Fail {
+                reason: FailureReason::InvalidCommitment,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn a_pooled_task_outside_the_repro_profile_is_refused() {
+    let mut task = pooled_task();
+    task.profile = ExecutionProfile::Native;
+    let e = TrainingJob::from_spec(&task, &NoBlobs).unwrap_err();
+    assert!(e.to_string().contains("repro"), "{e}");
 }
