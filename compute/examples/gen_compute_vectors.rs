@@ -94,15 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Workload::Training(t) = &mut task.workload {
             t.steps = 20;
             t.checkpoint_interval = 5;
-            t.pool = Some(PoolSpec {
-                workers: 2,
-                rounds: 2,
-                inner_steps: 10,
-                outer_optimizer: OuterOptimizerSpec::Nesterov {
-                    lr: "0.7".parse()?,
-                    momentum: "0.9".parse()?,
-                },
-            });
+            t.pool = Some(market_protocol::fixtures::pool(2, 2, 10));
         }
         let job = TrainingJob::from_spec(&task, &NoBlobs)?;
         let hash = |s: &market_compute::TrainState| s.hash(&job.layout).map(|h| h.to_string());

@@ -13,7 +13,7 @@ use market_compute::data::arithmetic;
 use market_compute::pool::run_locally;
 use market_compute::{NoBlobs, TrainingJob};
 use market_protocol::fixtures::training_task;
-use market_protocol::{Identity, ModelSpec, OuterOptimizerSpec, PoolSpec, TaskSpec, Workload};
+use market_protocol::{Identity, ModelSpec, PoolSpec, TaskSpec, Workload};
 
 fn task(batch: u32, steps: u32, interval: u32, pool: Option<PoolSpec>) -> TaskSpec {
     let mut task = training_task(&Identity::from_test_label("pool experiment"), 1);
@@ -49,15 +49,7 @@ fn main() -> anyhow::Result<()> {
         _ => anyhow::bail!("usage: pool_quality [K H R B]"),
     };
     let held_out = arithmetic::held_out(49, 256);
-    let pool = PoolSpec {
-        workers: k,
-        rounds: r,
-        inner_steps: h,
-        outer_optimizer: OuterOptimizerSpec::Nesterov {
-            lr: "0.7".parse()?,
-            momentum: "0.9".parse()?,
-        },
-    };
+    let pool = market_protocol::fixtures::pool(k, r, h);
     let started = std::time::Instant::now();
     let pooled = TrainingJob::from_spec(&task(b, r * h, h, Some(pool)), &NoBlobs)?;
     let mut a = Vec::new();

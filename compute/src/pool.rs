@@ -310,15 +310,7 @@ mod tests {
         if let Workload::Training(t) = &mut task.workload {
             t.steps = rounds * inner;
             t.checkpoint_interval = inner.min(5);
-            t.pool = Some(PoolSpec {
-                workers: slots,
-                rounds,
-                inner_steps: inner,
-                outer_optimizer: OuterOptimizerSpec::Nesterov {
-                    lr: "0.7".parse().unwrap(),
-                    momentum: "0.9".parse().unwrap(),
-                },
-            });
+            t.pool = Some(market_protocol::fixtures::pool(slots, rounds, inner));
         }
         TrainingJob::from_spec(&task, &NoBlobs).unwrap()
     }
@@ -414,15 +406,7 @@ mod tests {
         let mut task = training_task(&Identity::from_test_label("pool buyer"), 1);
         if let Workload::Training(t) = &mut task.workload {
             t.steps = 100;
-            t.pool = Some(PoolSpec {
-                workers: 2,
-                rounds: 3,
-                inner_steps: 30,
-                outer_optimizer: OuterOptimizerSpec::Nesterov {
-                    lr: "0.7".parse().unwrap(),
-                    momentum: "0.9".parse().unwrap(),
-                },
-            });
+            t.pool = Some(market_protocol::fixtures::pool(2, 3, 30));
         }
         let e = TrainingJob::from_spec(&task, &NoBlobs).unwrap_err();
         assert!(e.to_string().contains("rounds × inner_steps"), "{e}");

@@ -524,15 +524,7 @@ async fn a_pooled_task_is_refused_rather_than_run_on_one_worker() {
     if let Workload::Training(t) = &mut task.workload {
         t.steps = 60;
         t.checkpoint_interval = 10;
-        t.pool = Some(market_protocol::PoolSpec {
-            workers: 2,
-            rounds: 3,
-            inner_steps: 20,
-            outer_optimizer: market_protocol::OuterOptimizerSpec::Nesterov {
-                lr: "0.7".parse().unwrap(),
-                momentum: "0.9".parse().unwrap(),
-            },
-        });
+        t.pool = Some(market_protocol::fixtures::pool(2, 3, 20));
     }
     let (s, v) = call(
         &n.app,

@@ -124,3 +124,17 @@ pub fn commitment(worker: &Identity, task: &TaskSpec, checkpoints: &[StateHash])
 pub fn beacon(label: &str) -> Beacon {
     Beacon(Hash::of(label.as_bytes()))
 }
+
+/// A pool of `workers` slots, `rounds` rounds of `inner_steps` steps, merged by Nesterov with
+/// DiLoCo's outer learning rate 0.7 and momentum 0.9.
+pub fn pool(workers: u32, rounds: u32, inner_steps: u32) -> crate::PoolSpec {
+    crate::PoolSpec {
+        workers,
+        rounds,
+        inner_steps,
+        outer_optimizer: crate::OuterOptimizerSpec::Nesterov {
+            lr: dec("0.7"),
+            momentum: dec("0.9"),
+        },
+    }
+}

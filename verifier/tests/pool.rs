@@ -18,15 +18,7 @@ fn pooled_task() -> TaskSpec {
     if let Workload::Training(t) = &mut task.workload {
         t.steps = 20;
         t.checkpoint_interval = 5;
-        t.pool = Some(PoolSpec {
-            workers: 2,
-            rounds: 2,
-            inner_steps: 10,
-            outer_optimizer: OuterOptimizerSpec::Nesterov {
-                lr: "0.7".parse().unwrap(),
-                momentum: "0.9".parse().unwrap(),
-            },
-        });
+        t.pool = Some(market_protocol::fixtures::pool(2, 2, 10));
     }
     task
 }
