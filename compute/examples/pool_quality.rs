@@ -7,7 +7,7 @@
 //!
 //! Prints the held-out loss after every H steps for all three, and the final ratios.
 //!
-//!   cargo run --release -p market-compute --example pool_quality -- [K H R B]
+//!   cargo run --release -p market-compute --example pool_quality -- [K H R B [SEED]]
 
 use market_compute::data::arithmetic;
 use market_compute::pool::run_locally;
@@ -15,9 +15,9 @@ use market_compute::{NoBlobs, TrainingJob};
 use market_protocol::fixtures::training_task;
 use market_protocol::{Identity, ModelSpec, PoolSpec, TaskSpec, Workload};
 
-fn task(batch: u32, steps: u32, interval: u32, pool: Option<PoolSpec>) -> TaskSpec {
+fn task(seed: u64, batch: u32, steps: u32, interval: u32, pool: Option<PoolSpec>) -> TaskSpec {
     let mut task = training_task(&Identity::from_test_label("pool experiment"), 1);
-    task.seed = 42;
+    task.seed = seed;
     if let Workload::Training(t) = &mut task.workload {
         t.model = ModelSpec::Gpt {
             layers: 4,
@@ -43,15 +43,17 @@ fn main() -> anyhow::Result<()> {
         .skip(1)
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
-    let [k, h, r, b] = match args.as_slice() {
-        [] => [4, 50, 8, 16],
-        [k, h, r, b] => [*k, *h, *r, *b],
-        _ => anyhow::bail!("usage: pool_quality [K H R B]"),
+    let [k, h, r, b, seed] = match args.as_slice() {
+        [] => [4, 50, 8, 16, 42],
+        [k, h, r, b] => [*k, *h, *r, *b, 42],
+        [k, h, r, b, seed] => [*k, *h, *r, *b, *seed],
+        _ => anyhow::bail!("usage: pool_quality [K H R B [SEED]]"),
     };
+    let seed = u64::from(seed);
     let held_out = arithmetic::held_out(49, 256);
     let pool = market_protocol::fixtures::pool(k, r, h);
     let started = std::time::Instant::now();
-    let pooled = TrainingJob::from_spec(&task(b, r * h, h, Some(pool)), &NoBlobs)?;
+    let pooled = TrainingJob::from_spec(&task(seed, b, r * h, h, Some(pool)), &NoBlobs)?;
     let mut a = Vec::new();
     run_locally(&pooled, |r| {
         a.push(
@@ -62,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     let a_time = started.elapsed();
     let single = |batch: u32| -> anyhow::Result<Vec<f32>> {
-        let job = TrainingJob::from_spec(&task(batch, r * h, h, None), &NoBlobs)?;
+        let job = TrainingJob::from_spec(&task(seed, batch, r * h, h, None), &NoBlobs)?;
         let mut state = job.initial_state();
         let mut curve = Vec::new();
         for s in 0..job.segments() {
@@ -77,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let c = single(k * b)?;
     let c_time = t.elapsed();
-    println!("K={k} H={h} R={r} B={b}; gpt 4 layers width 128 on sums up to 49; held-out loss on 256 unseen sums");
+    println!("K={k} H={h} R={r} B={b} seed {seed}; gpt 4 layers width 128 on sums up to 49; held-out loss on 256 unseen sums");
     println!(
         "{:>6} {:>10} {:>10} {:>10}",
         "steps", "(a) pool", "(b) 1xB", "(c) 1xKB"

@@ -750,6 +750,8 @@ impl P2pDispatch {
             task_id,
             job,
             task: task.clone(),
+            // The node does not run pooled tasks yet (refused at post).
+            slot_round: None,
         };
         self.ask_ok(self.peer_of(worker)?, assign(())).await?;
         let grace = self.options.run_grace;

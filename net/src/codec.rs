@@ -188,6 +188,8 @@ enum ExternalRequest {
         task_id: TaskId,
         job: u64,
         task: TaskSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot_round: Option<crate::wire::AssignedSlotRound>,
     },
     Progress {
         task_id: TaskId,

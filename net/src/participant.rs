@@ -181,17 +181,16 @@ impl DirBlobs {
         self
     }
 
-    /// Marks `task`'s blobs as just used, then removes the least recently used others until
-    /// the cache fits its limit. Recency is the file's modification time (housekeeping only:
-    /// nothing hashed or signed depends on it).
-    fn evict_for(&self, task: &TaskSpec) -> Result<(), TransferError> {
+    /// Marks the blobs in `keep` as just used, then removes the least recently used others
+    /// until the cache fits its limit. Recency is the file's modification time (housekeeping
+    /// only: nothing hashed or signed depends on it).
+    fn evict_except(&self, keep: &[BlobId]) -> Result<(), TransferError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| TransferError::Io { path, source }
         };
-        let keep = task.blobs();
         let now = std::time::SystemTime::now();
-        for id in &keep {
+        for id in keep {
             let path = self.path(id);
             std::fs::File::options()
                 .write(true)
@@ -236,12 +235,31 @@ impl DirBlobs {
         node: PeerId,
         task: &TaskSpec,
     ) -> Result<FetchStats, TransferError> {
-        if task.blobs().is_empty() {
+        self.fetch_for_run(net, node, task, &[]).await
+    }
+
+    /// [`DirBlobs::fetch_for`], and the blobs in `extra` besides (a slot-round's start state).
+    pub async fn fetch_for_run(
+        &self,
+        net: &Net,
+        node: PeerId,
+        task: &TaskSpec,
+        extra: &[BlobId],
+    ) -> Result<FetchStats, TransferError> {
+        let mut ids = task.blobs();
+        ids.extend(
+            extra
+                .iter()
+                .filter(|id| !ids.contains(id))
+                .copied()
+                .collect::<Vec<_>>(),
+        );
+        if ids.is_empty() {
             return Ok(FetchStats::default());
         }
         let _turn = cache_lock(&self.dir).lock_owned().await;
         let mut stats = FetchStats::default();
-        for id in task.blobs() {
+        for &id in &ids {
             let dest = self.path(&id);
             if dest.is_file() {
                 continue;
@@ -263,7 +281,7 @@ impl DirBlobs {
                 source,
             })?;
         }
-        self.evict_for(task)?;
+        self.evict_except(&ids)?;
         Ok(stats)
     }
 }

@@ -108,7 +108,7 @@ pub enum Request {
         /// The signed introduction.
         hello: Signed<Hello>,
     },
-    /// Node to worker: run this task.
+    /// Node to worker: run this task (or, for a pooled task, one slot-round of it).
     Assign {
         /// The task.
         task_id: TaskId,
@@ -116,6 +116,10 @@ pub enum Request {
         job: u64,
         /// Its spec.
         task: TaskSpec,
+        /// For a pooled task: the slot-round to run and the blob holding its start state.
+        /// Absent for any other task.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot_round: Option<AssignedSlotRound>,
     },
     /// Worker to node: how far it is.
     Progress {
@@ -203,6 +207,17 @@ pub enum Request {
         /// Chunk index.
         chunk: u32,
     },
+}
+
+/// The slot-round of a pooled task a worker is assigned (`COMPUTE.md` section 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignedSlotRound {
+    /// Which slot and round, and the hash of its start state.
+    pub slot_round: market_protocol::SlotRound,
+    /// The blob of the start state's canonical bytes (its id is the start state's hash), which
+    /// the worker fetches from the node like any input.
+    pub start: BlobId,
 }
 
 impl Request {

@@ -286,3 +286,52 @@ fn a_pooled_task_outside_the_repro_profile_is_refused() {
     let e = TrainingJob::from_spec(&task, &NoBlobs).unwrap_err();
     assert!(e.to_string().contains("repro"), "{e}");
 }
+
+/// Blobs in memory.
+struct Blobs(std::collections::BTreeMap<BlobId, Vec<u8>>);
+
+impl market_compute::BlobSource for Blobs {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        self.0.get(id).cloned()
+    }
+}
+
+#[test]
+fn a_networked_worker_runs_a_slot_round_from_its_start_blob() {
+    let task = pooled_task();
+    let job = TrainingJob::from_spec(&task, &NoBlobs).unwrap();
+    let start = slot_start(&job, &initial_global(&job), None);
+    let bytes = start.to_bytes(&job.layout).unwrap();
+    let id = BlobId::of(&bytes);
+    let slot_round = SlotRound {
+        slot: 1,
+        round: 0,
+        start: start.hash(&job.layout).unwrap(),
+    };
+    assert_eq!(id.0, slot_round.start.0, "the blob's id is the state hash");
+    let blobs = Blobs([(id, bytes)].into());
+    let dir = tempfile::tempdir().unwrap();
+    let run = |blob: BlobId, blobs: &Blobs, name: &str| {
+        market_worker::exec_slot_round_from(
+            &task,
+            slot_round,
+            blob,
+            &Identity::from_test_label("slot worker 1"),
+            Behavior::Honest,
+            &Bundle::at(dir.path().join(name)),
+            blobs,
+            &CancelToken::default(),
+            |_| {},
+        )
+    };
+    let report = run(id, &blobs, "ok").unwrap();
+    assert_eq!(report.commitment.body.slot_round, Some(slot_round));
+    assert_eq!(
+        audit_all(&Bundle::at(dir.path().join("ok"))),
+        VerdictOutcome::Pass
+    );
+    // A start blob other than the slot-round's start, or one the worker could not fetch.
+    let other = BlobId(Hash::of(b"another"));
+    assert!(run(other, &blobs, "other").is_err());
+    assert!(run(id, &Blobs(Default::default()), "missing").is_err());
+}

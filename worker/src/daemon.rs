@@ -13,11 +13,11 @@ use indicatif::ProgressBar;
 use market_compute::bundle::Bundle;
 use market_net::participant::{DirBlobs, Membership};
 use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
-use market_net::wire::{Reply, Request, Response, Source};
+use market_net::wire::{AssignedSlotRound, Reply, Request, Response, Source};
 use market_net::{Multiaddr, Net, PeerId, Responder};
 use market_protocol::{message_id, F32Bits, Identity, Role, TaskId, TaskSpec};
 
-use crate::{exec_until, open_steps, Behavior, CancelToken};
+use crate::{exec_slot_round_from, exec_until, open_steps, Behavior, CancelToken};
 
 /// How the worker daemon runs.
 #[derive(Debug, Clone)]
@@ -184,7 +184,12 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
 /// A request from the node (the membership refused everyone else's).
 fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: Responder) {
     match request {
-        Request::Assign { task_id, job, task } => {
+        Request::Assign {
+            task_id,
+            job,
+            task,
+            slot_round,
+        } => {
             match message_id(&task) {
                 Ok(id) if TaskId(id) == task_id => {}
                 _ => return responder.send(Reply::refused("the task does not match its id")),
@@ -209,7 +214,14 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
                     let cancel = CancelToken::default();
                     jobs.insert(job, (task_id, JobStatus::Running(cancel.clone())));
                     forget_old_jobs(worker, &mut jobs);
-                    tokio::spawn(run_job(worker.clone(), task_id, job, task, cancel));
+                    tokio::spawn(run_job(
+                        worker.clone(),
+                        task_id,
+                        job,
+                        task,
+                        slot_round,
+                        cancel,
+                    ));
                 }
             }
             responder.send(Reply::of(Response::Ok));
@@ -415,6 +427,7 @@ async fn run_job(
     task_id: TaskId,
     job: u64,
     task: TaskSpec,
+    slot_round: Option<AssignedSlotRound>,
     cancel: CancelToken,
 ) {
     let short = &task_id.to_string()[..12];
@@ -426,7 +439,8 @@ async fn run_job(
             break;
         }
         let node = worker.member.connected().await;
-        match blobs.fetch_for(&worker.net, node, &task).await {
+        let start: Vec<_> = slot_round.iter().map(|a| a.start).collect();
+        match blobs.fetch_for_run(&worker.net, node, &task, &start).await {
             Ok(_) => {
                 fetched = true;
                 break;
@@ -477,17 +491,24 @@ async fn run_job(
             cancel.clone(),
         );
         let handle = tokio::task::spawn_blocking(move || {
-            exec_until(
-                &spec,
-                &identity,
-                behavior,
-                &Bundle::at(&d),
-                &blobs,
-                &stop,
-                |p| {
-                    let _ = progress_tx.send(p);
-                },
-            )
+            let progress = |p| {
+                let _ = progress_tx.send(p);
+            };
+            let bundle = Bundle::at(&d);
+            match slot_round {
+                None => exec_until(&spec, &identity, behavior, &bundle, &blobs, &stop, progress),
+                Some(a) => exec_slot_round_from(
+                    &spec,
+                    a.slot_round,
+                    a.start,
+                    &identity,
+                    behavior,
+                    &bundle,
+                    &blobs,
+                    &stop,
+                    progress,
+                ),
+            }
         });
         // Forward progress, at most a few times a second.
         let mut last = Instant::now() - Duration::from_secs(1);

@@ -175,6 +175,44 @@ pub fn exec_slot_round(
     )
 }
 
+/// [`exec_slot_round`] with the start state read from `blobs` under `start` (what a networked
+/// worker is assigned: the node serves the start state as a blob). The blob must hold a
+/// canonical state of the task's model whose hash is both its id and the slot-round's `start`.
+#[allow(clippy::too_many_arguments)]
+pub fn exec_slot_round_from(
+    task: &TaskSpec,
+    slot_round: SlotRound,
+    start: BlobId,
+    identity: &Identity,
+    behavior: Behavior,
+    bundle: &Bundle,
+    blobs: &dyn BlobSource,
+    cancel: &CancelToken,
+    on_progress: impl FnMut(Progress),
+) -> Result<ExecReport, ExecError> {
+    if start.0 != slot_round.start.0 {
+        return Err(ComputeError::StateMismatch(format!(
+            "the start blob {start} is not the slot-round's start state {}",
+            slot_round.start
+        ))
+        .into());
+    }
+    let bytes = blobs.blob(&start).ok_or(ComputeError::MissingBlob(start))?;
+    let layout = TrainingJob::for_run(task, blobs, Some(&slot_round))?.layout;
+    let state = TrainState::from_bytes(&bytes, &layout)?;
+    exec_slot_round(
+        task,
+        slot_round,
+        &state,
+        identity,
+        behavior,
+        bundle,
+        blobs,
+        cancel,
+        on_progress,
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn exec_run(
     task: &TaskSpec,

@@ -11,5 +11,6 @@ pub mod exec;
 
 pub use behavior::Behavior;
 pub use exec::{
-    exec, exec_slot_round, exec_until, open_steps, CancelToken, ExecError, ExecReport, Progress,
+    exec, exec_slot_round, exec_slot_round_from, exec_until, open_steps, CancelToken, ExecError,
+    ExecReport, Progress,
 };
