@@ -7,7 +7,7 @@
 //!
 //! Prints the held-out loss after every H steps for all three, and the final ratios.
 //!
-//!   cargo run --release -p market-compute --example pool_quality -- [K H R B [SEED]]
+//!   cargo run --release -p market-compute --example pool_quality -- [K H R B [SEED [OUTER_LR]]]
 
 use market_compute::data::arithmetic;
 use market_compute::pool::run_locally;
@@ -39,19 +39,27 @@ fn task(seed: u64, batch: u32, steps: u32, interval: u32, pool: Option<PoolSpec>
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<u32> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse())
-        .collect::<Result<_, _>>()?;
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    // The outer learning rate, a decimal, is the optional sixth argument.
+    let outer_lr = if args.len() == 6 {
+        args.pop().unwrap_or_default()
+    } else {
+        "0.7".to_owned()
+    };
+    let args: Vec<u32> = args.iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
     let [k, h, r, b, seed] = match args.as_slice() {
         [] => [4, 50, 8, 16, 42],
         [k, h, r, b] => [*k, *h, *r, *b, 42],
         [k, h, r, b, seed] => [*k, *h, *r, *b, *seed],
-        _ => anyhow::bail!("usage: pool_quality [K H R B [SEED]]"),
+        _ => anyhow::bail!("usage: pool_quality [K H R B [SEED [OUTER_LR]]]"),
     };
     let seed = u64::from(seed);
     let held_out = arithmetic::held_out(49, 256);
-    let pool = market_protocol::fixtures::pool(k, r, h);
+    let mut pool = market_protocol::fixtures::pool(k, r, h);
+    pool.outer_optimizer = market_protocol::OuterOptimizerSpec::Nesterov {
+        lr: outer_lr.parse()?,
+        momentum: "0.9".parse()?,
+    };
     let started = std::time::Instant::now();
     let pooled = TrainingJob::from_spec(&task(seed, b, r * h, h, Some(pool)), &NoBlobs)?;
     let mut a = Vec::new();
@@ -79,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let c = single(k * b)?;
     let c_time = t.elapsed();
-    println!("K={k} H={h} R={r} B={b} seed {seed}; gpt 4 layers width 128 on sums up to 49; held-out loss on 256 unseen sums");
+    println!("K={k} H={h} R={r} B={b} seed {seed} outer lr {outer_lr}; gpt 4 layers width 128 on sums up to 49; held-out loss on 256 unseen sums");
     println!(
         "{:>6} {:>10} {:>10} {:>10}",
         "steps", "(a) pool", "(b) 1xB", "(c) 1xKB"
