@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use common::{call, get, post_body, short, signed};
 use market_node::config::NodeConfig;
-use market_node::dispatch::{InProcess, VerifierMode};
+use market_node::dispatch::VerifierMode;
 use market_node::engine::Node;
 use market_protocol::fixtures::{inference_task, training_task};
 use market_protocol::*;
@@ -45,51 +45,30 @@ async fn one_of_each() -> Net {
 }
 
 /// A node with `config`, the given in-process workers and verifiers, all funded and staked, and
-/// a buyer with 5,000 credits.
+/// a buyer with 5,000 credits (the shared [`common::open`]), with the participants' keys.
 async fn net_with(
     config: NodeConfig,
     workers: Vec<(&str, Behavior)>,
     verifiers: Vec<(&str, VerifierMode)>,
 ) -> Net {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("warn")
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let dispatch = InProcess {
-        workers: workers
-            .iter()
-            .map(|(l, b)| (Identity::from_test_label(l), *b))
-            .collect(),
-        verifiers: verifiers
-            .iter()
-            .map(|(l, m)| (Identity::from_test_label(l), *m))
-            .collect(),
-    };
-    let workers: Vec<Identity> = dispatch.workers.iter().map(|(i, _)| i.clone()).collect();
-    let verifiers: Vec<Identity> = dispatch.verifiers.iter().map(|(i, _)| i.clone()).collect();
-    let node = Node::open(
-        dir.path(),
-        config,
-        Identity::from_test_label("operator"),
-        Arc::new(dispatch),
-    )
-    .unwrap();
-    let buyer = Identity::from_test_label("buyer");
-    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
-    for w in &workers {
-        node.fund("test", &w.account(), 500, 300).await.unwrap();
-    }
-    for v in &verifiers {
-        node.fund("test", &v.account(), 200, 100).await.unwrap();
-    }
-    let app = market_node::api::router(node.clone());
+    let common::Net {
+        node,
+        app,
+        buyer,
+        dir,
+    } = common::open(tempfile::tempdir().unwrap(), config, &workers, &verifiers).await;
     Net {
         node,
         app,
         buyer,
-        workers,
-        verifiers,
+        workers: workers
+            .iter()
+            .map(|(l, _)| Identity::from_test_label(l))
+            .collect(),
+        verifiers: verifiers
+            .iter()
+            .map(|(l, _)| Identity::from_test_label(l))
+            .collect(),
         _dir: dir,
     }
 }

@@ -189,7 +189,7 @@ enum ExternalRequest {
         job: u64,
         task: TaskSpec,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        slot_round: Option<crate::wire::AssignedSlotRound>,
+        slot_round: Option<market_protocol::SlotRound>,
     },
     Progress {
         task_id: TaskId,

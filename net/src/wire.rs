@@ -116,10 +116,10 @@ pub enum Request {
         job: u64,
         /// Its spec.
         task: TaskSpec,
-        /// For a pooled task: the slot-round to run and the blob holding its start state.
-        /// Absent for any other task.
+        /// For a pooled task: the slot-round to run. Its start state is the blob whose id is
+        /// `slot_round.start`, fetched from the node like any input. Absent for any other task.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        slot_round: Option<AssignedSlotRound>,
+        slot_round: Option<market_protocol::SlotRound>,
     },
     /// Worker to node: how far it is.
     Progress {
@@ -207,17 +207,6 @@ pub enum Request {
         /// Chunk index.
         chunk: u32,
     },
-}
-
-/// The slot-round of a pooled task a worker is assigned (`COMPUTE.md` section 10).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssignedSlotRound {
-    /// Which slot and round, and the hash of its start state.
-    pub slot_round: market_protocol::SlotRound,
-    /// The blob of the start state's canonical bytes (its id is the start state's hash), which
-    /// the worker fetches from the node like any input.
-    pub start: BlobId,
 }
 
 impl Request {

@@ -311,11 +311,10 @@ fn a_networked_worker_runs_a_slot_round_from_its_start_blob() {
     assert_eq!(id.0, slot_round.start.0, "the blob's id is the state hash");
     let blobs = Blobs([(id, bytes)].into());
     let dir = tempfile::tempdir().unwrap();
-    let run = |blob: BlobId, blobs: &Blobs, name: &str| {
+    let run = |blobs: &Blobs, name: &str| {
         market_worker::exec_slot_round_from(
             &task,
             slot_round,
-            blob,
             &Identity::from_test_label("slot worker 1"),
             Behavior::Honest,
             &Bundle::at(dir.path().join(name)),
@@ -324,14 +323,16 @@ fn a_networked_worker_runs_a_slot_round_from_its_start_blob() {
             |_| {},
         )
     };
-    let report = run(id, &blobs, "ok").unwrap();
+    let report = run(&blobs, "ok").unwrap();
     assert_eq!(report.commitment.body.slot_round, Some(slot_round));
     assert_eq!(
         audit_all(&Bundle::at(dir.path().join("ok"))),
         VerdictOutcome::Pass
     );
-    // A start blob other than the slot-round's start, or one the worker could not fetch.
-    let other = BlobId(Hash::of(b"another"));
-    assert!(run(other, &blobs, "other").is_err());
-    assert!(run(id, &Blobs(Default::default()), "missing").is_err());
+    // Other bytes under the start's id (a cache gone bad), or no blob at all: refused.
+    let mut other = start.clone();
+    other.params[0] += 1.0;
+    let wrong = Blobs([(id, other.to_bytes(&job.layout).unwrap())].into());
+    assert!(run(&wrong, "wrong").is_err());
+    assert!(run(&Blobs(Default::default()), "missing").is_err());
 }

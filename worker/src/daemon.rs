@@ -13,9 +13,9 @@ use indicatif::ProgressBar;
 use market_compute::bundle::Bundle;
 use market_net::participant::{DirBlobs, Membership};
 use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
-use market_net::wire::{AssignedSlotRound, Reply, Request, Response, Source};
+use market_net::wire::{Reply, Request, Response, Source};
 use market_net::{Multiaddr, Net, PeerId, Responder};
-use market_protocol::{message_id, F32Bits, Identity, Role, TaskId, TaskSpec};
+use market_protocol::{message_id, BlobId, F32Bits, Identity, Role, TaskId, TaskSpec};
 
 use crate::{exec_slot_round_from, exec_until, open_steps, Behavior, CancelToken};
 
@@ -427,7 +427,7 @@ async fn run_job(
     task_id: TaskId,
     job: u64,
     task: TaskSpec,
-    slot_round: Option<AssignedSlotRound>,
+    slot_round: Option<market_protocol::SlotRound>,
     cancel: CancelToken,
 ) {
     let short = &task_id.to_string()[..12];
@@ -439,7 +439,7 @@ async fn run_job(
             break;
         }
         let node = worker.member.connected().await;
-        let start: Vec<_> = slot_round.iter().map(|a| a.start).collect();
+        let start: Vec<_> = slot_round.iter().map(|r| BlobId(r.start.0)).collect();
         match blobs.fetch_for_run(&worker.net, node, &task, &start).await {
             Ok(_) => {
                 fetched = true;
@@ -497,16 +497,8 @@ async fn run_job(
             let bundle = Bundle::at(&d);
             match slot_round {
                 None => exec_until(&spec, &identity, behavior, &bundle, &blobs, &stop, progress),
-                Some(a) => exec_slot_round_from(
-                    &spec,
-                    a.slot_round,
-                    a.start,
-                    &identity,
-                    behavior,
-                    &bundle,
-                    &blobs,
-                    &stop,
-                    progress,
+                Some(r) => exec_slot_round_from(
+                    &spec, r, &identity, behavior, &bundle, &blobs, &stop, progress,
                 ),
             }
         });

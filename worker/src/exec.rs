@@ -175,14 +175,13 @@ pub fn exec_slot_round(
     )
 }
 
-/// [`exec_slot_round`] with the start state read from `blobs` under `start` (what a networked
-/// worker is assigned: the node serves the start state as a blob). The blob must hold a
-/// canonical state of the task's model whose hash is both its id and the slot-round's `start`.
+/// [`exec_slot_round`] with the start state read from `blobs` (what a networked worker is
+/// assigned: the node serves the start state as the blob whose id is `slot_round.start`, the
+/// state's hash, so the blob's own check is the start's check).
 #[allow(clippy::too_many_arguments)]
 pub fn exec_slot_round_from(
     task: &TaskSpec,
     slot_round: SlotRound,
-    start: BlobId,
     identity: &Identity,
     behavior: Behavior,
     bundle: &Bundle,
@@ -190,15 +189,13 @@ pub fn exec_slot_round_from(
     cancel: &CancelToken,
     on_progress: impl FnMut(Progress),
 ) -> Result<ExecReport, ExecError> {
-    if start.0 != slot_round.start.0 {
-        return Err(ComputeError::StateMismatch(format!(
-            "the start blob {start} is not the slot-round's start state {}",
-            slot_round.start
-        ))
-        .into());
-    }
+    let start = BlobId(slot_round.start.0);
     let bytes = blobs.blob(&start).ok_or(ComputeError::MissingBlob(start))?;
-    let layout = TrainingJob::for_run(task, blobs, Some(&slot_round))?.layout;
+    let Workload::Training(t) = &task.workload else {
+        return Err(ComputeError::config("pool", "an inference task has no slot-rounds").into());
+    };
+    // The layout alone (the job, with its dataset, is built once, by the run).
+    let layout = market_compute::zoo::ModelConfig::from_spec(&t.model)?.layout();
     let state = TrainState::from_bytes(&bytes, &layout)?;
     exec_slot_round(
         task,

@@ -279,13 +279,10 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             task_id,
             job: 4,
             task: task.clone(),
-            slot_round: Some(market_net::wire::AssignedSlotRound {
-                slot_round: market_protocol::SlotRound {
-                    slot: 1,
-                    round: 2,
-                    start: market_protocol::StateHash(Hash::of(b"start")),
-                },
-                start: BlobId(Hash::of(b"start")),
+            slot_round: Some(market_protocol::SlotRound {
+                slot: 1,
+                round: 2,
+                start: market_protocol::StateHash(Hash::of(b"start")),
             }),
         },
         Request::Progress {
