@@ -234,6 +234,22 @@ pub fn outer_step(pool: &Pool, global: &TrainState, finals: &[TrainState]) -> Re
     Ok(next)
 }
 
+/// Held-out examples a pooled task's merged states are evaluated on: the first 256 held-out
+/// sums of its `arithmetic` language (pairs no training set contains); none for a `gpt` on
+/// another dataset or for another model.
+pub fn held_out_examples(spec: &market_protocol::TaskSpec) -> Vec<crate::data::Example> {
+    let market_protocol::Workload::Training(t) = &spec.workload else {
+        return Vec::new();
+    };
+    match (&t.dataset, &t.model) {
+        (
+            market_protocol::DatasetSource::Arithmetic { max_operand, .. },
+            market_protocol::ModelSpec::Gpt { .. },
+        ) => crate::data::arithmetic::held_out(*max_operand, 256),
+        _ => Vec::new(),
+    }
+}
+
 /// What a pooled run produced, run in one process.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PooledRun {

@@ -17,7 +17,8 @@ use crate::zoo::ParamLayout;
 pub const MAX_STATE_BYTES: usize = 1 << 31;
 
 const FORMAT_KEY: &str = "format";
-const FORMAT: &str = "market-train-state-v1";
+/// The format name in a slot's (or any single run's) state metadata.
+pub const FORMAT: &str = "market-train-state-v1";
 
 /// A training state in memory.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +127,13 @@ impl TrainState {
     /// Parses canonical bytes for `layout`. The bytes must re-serialize to themselves, so a
     /// state has exactly one accepted encoding.
     pub fn from_bytes(bytes: &[u8], layout: &ParamLayout) -> Result<Self> {
+        Self::from_bytes_as(bytes, layout, FORMAT)
+    }
+
+    /// [`TrainState::from_bytes`] for bytes whose metadata's format is `format` (a pooled
+    /// run's global state: `crate::pool::GLOBAL_FORMAT`); bytes of any other format are
+    /// refused as not canonical.
+    pub fn from_bytes_as(bytes: &[u8], layout: &ParamLayout, format: &str) -> Result<Self> {
         if bytes.len() > MAX_STATE_BYTES {
             return Err(invalid(format!("{} bytes is over the limit", bytes.len())));
         }
@@ -172,7 +180,7 @@ impl TrainState {
         };
         let [params, m, v] = parts;
         let state = Self { step, params, m, v };
-        if state.to_bytes(layout)? != bytes {
+        if state.to_bytes_as(layout, format)? != bytes {
             return Err(invalid(
                 "not in canonical form (extra tensors, metadata or padding)",
             ));

@@ -231,6 +231,21 @@ pub enum EntryKind {
         /// The signed verdict itself, when the operator has it.
         verdict: Option<Signed<Verdict>>,
     },
+    /// A round of a pooled training task merged (`spec/COMPUTE.md` section 10): the global
+    /// state `global` (`G_{round+1}`) is the merge of the slots' accepted runs, named by their
+    /// commitments in slot order (each recorded earlier in a `commit` entry of the same task).
+    /// Moves no credits; anyone recomputes `global` from those commitments' final states and
+    /// the previous round's entry, so the model's whole history is checkable from the export.
+    PoolRound {
+        /// The merged global state's hash.
+        global: market_protocol::StateHash,
+        /// The round (0-based).
+        round: u32,
+        /// The accepted slot-rounds' commitments, in slot order.
+        slots: Vec<market_protocol::CommitmentId>,
+        /// The pooled task.
+        task_id: TaskId,
+    },
     /// A change of reputation score (no credits move).
     Reputation {
         /// Whose.
@@ -307,6 +322,7 @@ impl EntryKind {
             Self::Stake { .. } => "stake",
             Self::Unstake { .. } => "unstake",
             Self::Slash { .. } => "slash",
+            Self::PoolRound { .. } => "pool_round",
             Self::Reputation { .. } => "reputation",
         }
     }
@@ -336,6 +352,7 @@ impl EntryKind {
     fn largest_integer(&self) -> u64 {
         match self {
             Self::Genesis { .. } | Self::Commit { .. } => 0,
+            Self::PoolRound { round, .. } => u64::from(*round),
             Self::Mint { amount, .. }
             | Self::Transfer { amount, .. }
             | Self::Escrow { amount, .. }

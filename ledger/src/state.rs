@@ -107,7 +107,13 @@ pub enum OpError {
     /// Genesis is written once, by the ledger itself, at sequence 0.
     #[error("a genesis entry is only valid at sequence 0")]
     MisplacedGenesis,
+    /// A pool round names no slot, or more than a pool has.
+    #[error("a pool round names {0} slots; it must name 1 to {MAX_POOL_SLOTS}")]
+    PoolSlots(usize),
 }
+
+/// Most slots a `pool_round` entry names (a pool's most slots, `spec/COMPUTE.md` section 10).
+pub const MAX_POOL_SLOTS: usize = 64;
 
 /// Read access to derived state, implemented by [`State`] and by a state with pending changes.
 pub(crate) trait StateRead {
@@ -436,6 +442,16 @@ pub(crate) fn plan<R: StateRead + ?Sized>(kind: &EntryKind, state: &R) -> Result
             }
             tx.unstake(account, amount)?;
             tx.credit(to, amount);
+        }
+        EntryKind::PoolRound { task_id, slots, .. } => {
+            // A round of a task its buyer paid for (the escrow may be spent down to zero by
+            // the round's own payments), with at most as many slots as a pool has.
+            if tx.view().escrow(task_id).is_none() {
+                return Err(OpError::NoEscrow(*task_id));
+            }
+            if slots.is_empty() || slots.len() > MAX_POOL_SLOTS {
+                return Err(OpError::PoolSlots(slots.len()));
+            }
         }
         EntryKind::Reputation { account, delta } => {
             let score = tx.view().reputation(account);

@@ -7,7 +7,8 @@ use std::path::Path;
 use market_compute::bundle::Bundle;
 use market_compute::BlobSource;
 use market_protocol::{
-    AccountId, Beacon, Commitment, ExecutionProfile, Identity, Resources, Signed, TaskSpec, Verdict,
+    AccountId, Beacon, Commitment, ExecutionProfile, Identity, Resources, Signed, SlotRound,
+    TaskSpec, Verdict,
 };
 use market_verifier::SamplePolicy;
 use market_worker::{Behavior, Progress};
@@ -67,11 +68,14 @@ pub trait Dispatch: Send + Sync {
     fn offers(&self, participant: &AccountId) -> Option<Resources>;
     /// How many tasks may run at once (each on its own worker).
     fn concurrent_tasks(&self) -> usize;
-    /// Has `worker` run `task` into a bundle in `dir`; returns its signed commitment.
+    /// Has `worker` run `task` (or, for a pooled task, its `slot_round`, from the start state
+    /// held in `blobs` under the id `slot_round.start`) into a bundle in `dir`; returns its
+    /// signed commitment.
     fn run(
         &self,
         worker: &AccountId,
         task: &TaskSpec,
+        slot_round: Option<SlotRound>,
         dir: &Path,
         blobs: &dyn BlobSource,
         progress: &mut dyn FnMut(Progress),
@@ -133,6 +137,7 @@ impl Dispatch for InProcess {
         &self,
         worker: &AccountId,
         task: &TaskSpec,
+        slot_round: Option<SlotRound>,
         dir: &Path,
         blobs: &dyn BlobSource,
         progress: &mut dyn FnMut(Progress),
@@ -142,10 +147,21 @@ impl Dispatch for InProcess {
             .iter()
             .find(|(i, _)| i.account() == *worker)
             .ok_or_else(|| anyhow::anyhow!("no worker {worker}"))?;
-        Ok(
-            market_worker::exec(task, identity, *behavior, &Bundle::at(dir), blobs, progress)?
-                .commitment,
-        )
+        let bundle = Bundle::at(dir);
+        let report = match slot_round {
+            None => market_worker::exec(task, identity, *behavior, &bundle, blobs, progress)?,
+            Some(sr) => market_worker::exec_slot_round_from(
+                task,
+                sr,
+                identity,
+                *behavior,
+                &bundle,
+                blobs,
+                &market_worker::CancelToken::default(),
+                progress,
+            )?,
+        };
+        Ok(report.commitment)
     }
 
     fn open_steps(

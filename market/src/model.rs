@@ -1,6 +1,8 @@
 //! What the node remembers about tasks and participants, and what it shows about them.
 
-use market_protocol::{AccountId, BlobId, CommitmentId, Signed, TaskId, TaskSpec, VerdictId};
+use market_protocol::{
+    AccountId, BlobId, CommitmentId, Signed, SlotRound, StateHash, TaskId, TaskSpec, VerdictId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::audit_plan::AuditPlan;
@@ -38,6 +40,14 @@ pub enum TaskState {
     },
     /// The buyer cancelled it before a result was committed; the escrow was refunded.
     Cancelled,
+    /// A pooled training task between its first and last merge: its slot-rounds run (each a
+    /// task of its own, `pool.slot_tasks`), and each round is merged once all its slots pass.
+    Pooling {
+        /// The round being run (0-based).
+        round: u32,
+        /// Rounds in all.
+        rounds: u32,
+    },
 }
 
 impl TaskState {
@@ -50,6 +60,7 @@ impl TaskState {
             Self::Settled => "settled",
             Self::Rejected { .. } => "rejected",
             Self::Cancelled => "cancelled",
+            Self::Pooling { .. } => "pooling",
         }
     }
 
@@ -149,6 +160,107 @@ pub struct TaskRecord {
     /// the estimate needs nothing: any worker may take it, as before).
     #[serde(default)]
     pub needs: market_protocol::Resources,
+    /// Its part in a pooled training task: the pooled task itself (its rounds), or one of its
+    /// slot-rounds (absent for any other task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolPart>,
+}
+
+/// A record's part in a pooled training task (`spec/COMPUTE.md` section 10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "part", rename_all = "snake_case")]
+pub enum PoolPart {
+    /// The pooled task its buyer posted: the rounds so far.
+    Task(PoolProgress),
+    /// One slot of one round, run, audited and paid as a task of its own (the same signed
+    /// spec, its commitment naming the slot-round); its ledger entries name the pooled task.
+    SlotRound(SlotRef),
+}
+
+/// Where a pooled task is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolProgress {
+    /// Slots per round (`K`).
+    pub slots: u32,
+    /// Rounds (`R`).
+    pub rounds: u32,
+    /// The round being run; `rounds` once the last is merged.
+    pub round: u32,
+    /// The hash of the global state the round starts from (`G_round`), also its blob's id.
+    #[schema(value_type = String)]
+    pub global: StateHash,
+    /// What each slot-round is paid from the escrow: the price over `rounds × slots`, shared
+    /// by its verifiers' fees and its worker.
+    pub budget: u64,
+    /// The slot-round tasks of the current round, in slot order.
+    #[schema(value_type = Vec<String>)]
+    pub slot_tasks: Vec<TaskId>,
+    /// Every merged round, in order.
+    pub history: Vec<RoundSummary>,
+    /// The buyer cancelled: no round starts after the current one.
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+/// One merged round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RoundSummary {
+    /// The round.
+    pub round: u32,
+    /// The merged state's hash (`G_{round+1}`).
+    #[schema(value_type = String)]
+    pub global: StateHash,
+    /// The accepted slot-rounds, in slot order.
+    pub slots: Vec<SlotSummary>,
+    /// The merged parameters' loss on the task's held-out examples (the `arithmetic`
+    /// language's held-out pairs); absent for datasets without any.
+    pub eval_loss: Option<f32>,
+    /// The `pool_round` ledger entry.
+    pub ledger_seq: u64,
+}
+
+/// A slot's accepted run in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SlotSummary {
+    /// The slot-round's task.
+    #[schema(value_type = String)]
+    pub task: TaskId,
+    /// Its worker.
+    #[schema(value_type = String)]
+    pub worker: AccountId,
+    /// Its accepted commitment.
+    #[schema(value_type = String)]
+    pub commitment_id: CommitmentId,
+    /// Runs of it whose result failed its audit (each slashed, the slot re-run).
+    pub failed_runs: u32,
+}
+
+/// A slot-round task's place in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SlotRef {
+    /// The pooled task (the one in the ledger).
+    #[schema(value_type = String)]
+    pub parent: TaskId,
+    /// The slot.
+    pub slot: u32,
+    /// The round.
+    pub round: u32,
+    /// The hash of its start state (its blob's id).
+    #[schema(value_type = String)]
+    pub start: StateHash,
+    /// What it is paid from the escrow.
+    pub budget: u64,
+}
+
+impl SlotRef {
+    /// The slot-round a commitment to it names.
+    pub fn slot_round(&self) -> SlotRound {
+        SlotRound {
+            slot: self.slot,
+            round: self.round,
+            start: self.start,
+        }
+    }
 }
 
 /// The public view of a task (no results).
@@ -184,6 +296,9 @@ pub struct TaskView {
     /// free worker); absent when it is about to start or not queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// A pooled task's rounds, or a slot-round's place in its pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolPart>,
 }
 
 /// [`market_protocol::Resources`] in the OpenAPI document.
@@ -198,6 +313,31 @@ pub struct ResourcesDoc {
 }
 
 impl TaskRecord {
+    /// The task id its participants and the ledger know it by: a slot-round's is its pooled
+    /// task's (the signed spec they share).
+    pub fn task_id(&self) -> TaskId {
+        match &self.pool {
+            Some(PoolPart::SlotRound(s)) => s.parent,
+            _ => self.id,
+        }
+    }
+
+    /// Its place in a pool, if it is a slot-round.
+    pub fn slot(&self) -> Option<&SlotRef> {
+        match &self.pool {
+            Some(PoolPart::SlotRound(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Its rounds, if it is a pooled task.
+    pub fn rounds(&self) -> Option<&PoolProgress> {
+        match &self.pool {
+            Some(PoolPart::Task(p)) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The public view, as far as the record alone tells ([`crate::engine::Node::view`] adds
     /// what a queued task waits for).
     pub fn view(&self) -> TaskView {
@@ -216,6 +356,7 @@ impl TaskRecord {
             ledger_seqs: self.ledger_seqs.clone(),
             needs: self.needs,
             waiting_for: None,
+            pool: self.pool.clone(),
         }
     }
 }

@@ -22,7 +22,7 @@ use market_net::wire::{AuditJob, FileEntry, Manifest, Reply, Request, Response, 
 use market_net::{account_of, Event, Net, PeerId};
 use market_protocol::{
     message_id, AccountId, BlobId, Capabilities, Commitment, ExecutionProfile, Role, Signed,
-    TaskId, TaskSpec, Verdict,
+    SlotRound, TaskId, TaskSpec, Verdict,
 };
 use market_worker::Progress;
 use tokio::sync::{mpsc, oneshot};
@@ -735,10 +735,12 @@ impl P2pDispatch {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("bundle transfer failed")))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_async(
         &self,
         worker: &AccountId,
         task: &TaskSpec,
+        slot_round: Option<SlotRound>,
         job: u64,
         dir: &Path,
         mut events: mpsc::UnboundedReceiver<RunEvent>,
@@ -750,8 +752,7 @@ impl P2pDispatch {
             task_id,
             job,
             task: task.clone(),
-            // The node does not run pooled tasks yet (refused at post).
-            slot_round: None,
+            slot_round,
         };
         self.ask_ok(self.peer_of(worker)?, assign(())).await?;
         let grace = self.options.run_grace;
@@ -1016,6 +1017,7 @@ impl Dispatch for P2pDispatch {
         &self,
         worker: &AccountId,
         task: &TaskSpec,
+        slot_round: Option<SlotRound>,
         dir: &Path,
         _blobs: &dyn BlobSource,
         progress: &mut dyn FnMut(Progress),
@@ -1023,19 +1025,22 @@ impl Dispatch for P2pDispatch {
         let task_id = TaskId(message_id(task)?);
         let job = self.next_job.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
+        // What the worker may fetch: the task's inputs and, for a slot-round, its start state.
+        let mut blobs = task.blobs();
+        blobs.extend(slot_round.map(|sr| BlobId(sr.start.0)));
         self.state().runs.insert(
             job,
             RunSlot {
                 worker: *worker,
                 task_id,
-                blobs: task.blobs(),
+                blobs,
                 events: tx,
                 closed: false,
             },
         );
         let result = self
             .rt
-            .block_on(self.run_async(worker, task, job, dir, rx, progress));
+            .block_on(self.run_async(worker, task, slot_round, job, dir, rx, progress));
         self.state().runs.remove(&job);
         if let Err(e) = &result {
             // The attempt failed: whatever the worker is still doing for it is wasted.

@@ -57,6 +57,7 @@ impl Dispatch for Rigged {
         &self,
         worker: &AccountId,
         task: &TaskSpec,
+        slot_round: Option<market_protocol::SlotRound>,
         dir: &Path,
         blobs: &dyn BlobSource,
         progress: &mut dyn FnMut(Progress),
@@ -73,7 +74,9 @@ impl Dispatch for Rigged {
         self.most_runs_at_once
             .fetch_max(now, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(self.run_delay);
-        let c = self.inner.run(worker, task, dir, blobs, progress);
+        let c = self
+            .inner
+            .run(worker, task, slot_round, dir, blobs, progress);
         *self.running.lock().unwrap().entry(*worker).or_default() -= 1;
         let c = c?;
         if self.swaps_outputs.contains(worker) {

@@ -62,7 +62,7 @@ pub(crate) async fn list_tasks(
         if !crate::store::Store::is_state_name(state) {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                format!("{state:?} is not a task state (queued, running, auditing, settled, rejected, cancelled)"),
+                format!("{state:?} is not a task state (queued, running, auditing, settled, rejected, cancelled, pooling)"),
             ));
         }
     }
@@ -121,7 +121,10 @@ pub(crate) async fn get_result(
             "only the task's buyer may read its results",
         ));
     }
-    if t.state != crate::model::TaskState::Settled {
+    // A pooled task stopped early (cancelled, or a round that could not be run) still
+    // delivers the weights of its last merged round.
+    let partial = t.rounds().is_some() && t.state.is_final() && !t.outputs.is_empty();
+    if t.state != crate::model::TaskState::Settled && !partial {
         return Err(ApiError::conflict(
             "not_settled",
             format!(

@@ -636,6 +636,7 @@ mod tests {
             ledger_seqs: Vec::new(),
             settlement: None,
             needs: Default::default(),
+            pool: None,
         };
         let expected = Duration::from_millis(20_000 * plan.samples / 20);
         let got = rerun_estimate(&t, 0, &plan);

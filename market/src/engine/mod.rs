@@ -8,6 +8,7 @@ pub mod housekeeping;
 mod post;
 mod recover;
 pub mod ringers;
+mod rounds;
 mod settle;
 pub mod verdicts;
 
@@ -29,6 +30,8 @@ use crate::dispatch::Dispatch;
 use crate::error::ApiError;
 use crate::model::{Attempt, TaskRecord, TaskState};
 use crate::store::Store;
+
+pub use rounds::{slot_round_budget, slot_task_id};
 
 /// The node: its state, its ledger and its workers' dispatcher.
 pub struct Node {
@@ -73,6 +76,10 @@ pub struct Node {
     /// Tasks whose escrow is in the ledger with no record (a post a crash interrupted), found
     /// at open; the engine finishes or refunds them when it starts.
     orphans: Mutex<Vec<TaskId>>,
+    /// Pooled tasks are advanced (a round made, merged or finished) one at a time.
+    pooling: tokio::sync::Mutex<()>,
+    /// Pooled tasks to advance again: one whose advance failed, or that a restart interrupted.
+    pools_pending: Mutex<BTreeSet<TaskId>>,
     /// A test's injected crash: settlement fails after this many more steps.
     settlement_crash: Mutex<Option<usize>>,
     /// Whether that crash happened.
@@ -175,10 +182,17 @@ impl Node {
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),
             orphans: Mutex::new(Vec::new()),
+            pooling: tokio::sync::Mutex::new(()),
+            pools_pending: Mutex::new(BTreeSet::new()),
             settlement_crash: Mutex::new(None),
             settlement_crashed: std::sync::atomic::AtomicBool::new(false),
         });
         for mut t in node.store.tasks(None, usize::MAX)? {
+            if matches!(t.state, TaskState::Pooling { .. }) {
+                // Whatever its round was doing when the node stopped is picked up.
+                lock(&node.pools_pending).insert(t.id);
+                continue;
+            }
             if !matches!(
                 t.state,
                 TaskState::Running { .. } | TaskState::Auditing { .. }
@@ -361,6 +375,18 @@ impl Node {
         if t.state == TaskState::Cancelled {
             return Ok(t);
         }
+        if let Some(slot) = t.slot() {
+            return Err(ApiError::conflict(
+                "not_cancellable",
+                format!(
+                    "this is slot {} of round {} of pooled task {}: cancel that task",
+                    slot.slot, slot.round, slot.parent
+                ),
+            ));
+        }
+        if matches!(t.state, TaskState::Pooling { .. }) {
+            return self.stop_pool(id).await.map_err(ApiError::internal);
+        }
         if t.state != TaskState::Queued {
             return Err(ApiError::conflict(
                 "not_cancellable",
@@ -388,6 +414,7 @@ impl Node {
             }
             Err(e) => tracing::error!(error = %e, "recovering interrupted posts failed"),
         }
+        self.advance_pending_pools().await;
         loop {
             let room = lock(&self.claimed).len() < self.dispatch.concurrent_tasks().max(1);
             let next = if !room {
@@ -442,6 +469,9 @@ impl Node {
                     tokio::task::yield_now().await;
                 }
                 Ok(None) => {
+                    if !lock(&self.pools_pending).is_empty() {
+                        self.advance_pending_pools().await;
+                    }
                     let _ = tokio::time::timeout(
                         std::time::Duration::from_secs(1),
                         self.wake.notified(),
@@ -626,7 +656,13 @@ impl Node {
 
     /// [`Node::eligible_workers`], with `needs` instead of the task's own.
     fn workers_for(&self, t: &TaskRecord, needs: &Resources) -> Vec<AccountId> {
-        let tried: Vec<AccountId> = t.attempts.iter().map(|a| a.worker).collect();
+        // A round's slots go to distinct workers.
+        let tried: Vec<AccountId> = t
+            .attempts
+            .iter()
+            .map(|a| a.worker)
+            .chain(self.round_mates(t))
+            .collect();
         let profile = t.spec.body.profile;
         self.dispatch
             .workers()
@@ -750,14 +786,20 @@ impl Node {
         let _ = std::fs::remove_dir_all(&dir);
         let node = self.clone();
         let spec = t.spec.body.clone();
+        let slot_round = t.slot().map(crate::model::SlotRef::slot_round);
         let progress_task = t.clone();
         let run_dir = dir.clone();
         let started = std::time::Instant::now();
         let commitment = tokio::task::spawn_blocking(move || {
             let mut throttle = ProgressThrottle::default();
             let mut shown = progress_task;
-            node.dispatch
-                .run(&worker, &spec, &run_dir, &node.blobs, &mut |p| {
+            node.dispatch.run(
+                &worker,
+                &spec,
+                slot_round,
+                &run_dir,
+                &node.blobs,
+                &mut |p| {
                     if throttle.admit(p.done, p.total, std::time::Instant::now()) {
                         shown.state = TaskState::Running {
                             worker,
@@ -768,7 +810,8 @@ impl Node {
                         let _ = node.store.save_task(&shown);
                         node.emit(&shown);
                     }
-                })
+                },
+            )
         })
         .await?;
         let mut t = self
@@ -802,7 +845,19 @@ impl Node {
     ) -> anyhow::Result<Signed<market_protocol::Commitment>> {
         let body = c.verify()?;
         anyhow::ensure!(body.worker == *worker, "the commitment is another worker's");
-        anyhow::ensure!(body.task_id == t.id, "the commitment is for another task");
+        anyhow::ensure!(
+            body.task_id == t.task_id(),
+            "the commitment is for another task"
+        );
+        // A verifier can check a slot-round's start only in round 0 (a later one needs every
+        // merge before it): the node, which assigned it, checks it for every round.
+        let assigned = t.slot().map(crate::model::SlotRef::slot_round);
+        anyhow::ensure!(
+            body.slot_round == assigned,
+            "the commitment names slot-round {:?}, the assignment was {:?}",
+            body.slot_round,
+            assigned
+        );
         anyhow::ensure!(
             u64::from(body.segments) == t.plan.segments,
             "the commitment has {} segments, the task {}",

@@ -57,14 +57,11 @@ impl Node {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("the price {} does not cover {} verifiers at a fee of {} each and leave anything for the worker", spec.price.0, self.config.verifiers_per_task, self.config.verifier_fee)));
         }
         audit_plan::check_target(&spec, &self.config.min_detection_target).map_err(invalid)?;
-        if matches!(&spec.workload, Workload::Training(t) if t.pool.is_some()) {
-            // Run as one task, a pooled spec would be trained on one worker: refused until
-            // the node runs rounds (issue 14), never silently run otherwise.
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "pool_unsupported",
-                "this node does not run pooled training tasks yet: post it without `pool`",
-            ));
+        if let Some(prog) = Node::pooled_progress(&spec) {
+            // Each slot-round is audited and paid on its own, from an equal share of the price.
+            if prog.budget <= fees {
+                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "price_too_low", format!("a pooled task pays each of its {} slot-rounds ({} rounds × {} slots) from its price: {} each, which does not cover {} verifiers at a fee of {} each and leave anything for the worker", u64::from(prog.rounds) * u64::from(prog.slots), prog.rounds, prog.slots, prog.budget, self.config.verifiers_per_task, self.config.verifier_fee)));
+            }
         }
         // The escrow below checks the balance again, atomically; this one only spares the
         // node the validation of a task that cannot be paid for. A task whose escrow is
@@ -117,6 +114,20 @@ impl Node {
             ledger_seqs: vec![appended.seq()],
             settlement: None,
             needs,
+            pool: None,
+        };
+        let pooled = Node::pooled_progress(&spec);
+        let record = match pooled {
+            // A pooled task runs as its slot-round tasks, made round by round.
+            Some(prog) => TaskRecord {
+                state: TaskState::Pooling {
+                    round: 0,
+                    rounds: prog.rounds,
+                },
+                pool: Some(crate::model::PoolPart::Task(prog)),
+                ..record
+            },
+            None => record,
         };
         let record = self.store.insert_task(record).map_err(ApiError::internal)?;
         // Kept for as long as the task is: whoever runs or audits it reads these. (Kept alive
@@ -125,6 +136,15 @@ impl Node {
             self.store.pin_blob(&blob).map_err(ApiError::internal)?;
         }
         self.emit(&record);
+        if record.rounds().is_some() {
+            // Its first round's tasks (retried by the engine if this fails).
+            let _ = self.advance_pool(&id).await;
+            return Ok(self
+                .store
+                .task(&id)
+                .map_err(ApiError::internal)?
+                .unwrap_or(record));
+        }
         self.wake.notify_one();
         Ok(record)
     }

@@ -88,6 +88,9 @@ impl Node {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("task {} has no settlement", t.id))?;
         let (id, n, worker) = (t.id, s.attempt, s.commitment.body.worker);
+        // The escrow's task: a slot-round is paid from its pooled task's escrow (its ledger
+        // keys still name the slot-round's own record, so no two slot-rounds share one).
+        let escrow_task = t.task_id();
         let fee = Credits(t.verifier_fee);
         for v in &s.verdicts {
             let a = self
@@ -95,7 +98,7 @@ impl Node {
                     format!("reward:{id}:{n}:{}", v.body.verifier),
                     EntryKind::Reward {
                         amount: fee,
-                        task_id: id,
+                        task_id: escrow_task,
                         verdict: Some(v.clone()),
                         verifier: v.body.verifier,
                     },
@@ -106,7 +109,10 @@ impl Node {
         // The price less every verifier fee the task reserved (paid to the passing verifiers,
         // the rest refunded). From the escrow's original amount, not what remains, so a re-run
         // of this step asks for the same release and the ledger's key recognises it.
-        let escrowed = self.ledger.escrow_of(&id).map_or(0, |e| e.amount.0);
+        let escrowed = match t.slot() {
+            Some(slot) => slot.budget,
+            None => self.ledger.escrow_of(&id).map_or(0, |e| e.amount.0),
+        };
         // The verifiers the task was planned (and priced) with when it was posted, not today's
         // setting: a config change between post and settlement must not change the release.
         let reserved = t.verifier_fee * (t.plan.verifiers as usize).max(s.verdicts.len()) as u64;
@@ -116,15 +122,19 @@ impl Node {
                 EntryKind::Release {
                     amount: Credits(escrowed.saturating_sub(reserved)),
                     commitment: Some(s.commitment.clone()),
-                    task_id: id,
+                    task_id: escrow_task,
                     worker,
                 },
             )
             .await?;
         push_seq(&mut t, a.seq());
         self.crash_point()?;
-        if let Some(seq) = self.refund_rest(&t).await? {
-            push_seq(&mut t, seq);
+        // A slot-round's pooled task keeps its escrow for the other slot-rounds; it refunds
+        // the rest when it ends.
+        if t.slot().is_none() {
+            if let Some(seq) = self.refund_rest(&t).await? {
+                push_seq(&mut t, seq);
+            }
         }
         self.crash_point()?;
         self.reputation(&format!("{id}:{n}"), &worker, 1).await?;
@@ -143,7 +153,9 @@ impl Node {
         self.crash_point()?;
         t.state = TaskState::Settled;
         t.settlement = None;
-        self.save(&t)
+        self.save(&t)?;
+        self.slot_round_done(&t).await;
+        Ok(())
     }
 
     /// An append of the settlement, after which a test may have the node "crash".
@@ -222,7 +234,13 @@ impl Node {
                         "the weights are not the parameters of the committed final state".into(),
                     ));
                 }
-                vec![weights]
+                if t.slot().is_some() {
+                    // A slot-round's result is its whole final state: the merge reads its
+                    // parameters, and the slot's next round starts from its moments.
+                    vec![state_bytes]
+                } else {
+                    vec![weights]
+                }
             }
             Workload::Inference(_) => {
                 let mut items = Vec::with_capacity(leaves.len());
@@ -390,11 +408,15 @@ impl Node {
     }
 
     pub(super) async fn reject(&self, mut t: TaskRecord, reason: String) -> anyhow::Result<()> {
+        // A slot-round has no escrow of its own (`refund_rest` finds none): its pooled task
+        // refunds when it ends, which this rejection brings about.
         if let Some(seq) = self.refund_rest(&t).await? {
             push_seq(&mut t, seq);
         }
         t.state = TaskState::Rejected { reason };
-        self.save(&t)
+        self.save(&t)?;
+        self.slot_round_done(&t).await;
+        Ok(())
     }
 
     pub(super) async fn refund_rest(&self, t: &TaskRecord) -> anyhow::Result<Option<u64>> {

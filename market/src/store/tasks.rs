@@ -12,15 +12,18 @@ use crate::model::TaskRecord;
 #[cfg(test)]
 use crate::model::TaskState;
 
-/// The index keys of a task in `by_state`, `by_buyer` and `by_buyer_state`.
-fn index_keys(t: &TaskRecord) -> [Vec<u8>; 3] {
+/// The index keys of a task in `by_state`, `by_buyer` and `by_buyer_state` (`None` where it
+/// is not listed). A pooled task's slot-rounds are listed by state (the engine's queue) but not
+/// among their buyer's tasks: the buyer posted one task, whose view shows its slot-rounds.
+fn index_keys(t: &TaskRecord) -> [Option<Vec<u8>>; 3] {
     let order = t.order.to_be_bytes();
     let state = t.state.name().as_bytes();
     let buyer = t.spec.body.buyer;
+    let mine = t.slot().is_none();
     [
-        [state, &[0], &order].concat(),
-        [buyer.as_bytes().as_slice(), &order].concat(),
-        [buyer.as_bytes().as_slice(), state, &[0], &order].concat(),
+        Some([state, &[0], &order].concat()),
+        mine.then(|| [buyer.as_bytes().as_slice(), &order].concat()),
+        mine.then(|| [buyer.as_bytes().as_slice(), state, &[0], &order].concat()),
     ]
 }
 
@@ -45,7 +48,9 @@ fn write(
             .into_iter()
             .zip(index_keys(old))
         {
-            tree.remove(key)?;
+            if let Some(key) = key {
+                tree.remove(key)?;
+            }
         }
     }
     tasks.insert(id, value)?;
@@ -54,7 +59,9 @@ fn write(
         .into_iter()
         .zip(index_keys(t))
     {
-        tree.insert(key, id)?;
+        if let Some(key) = key {
+            tree.insert(key, id)?;
+        }
     }
     Ok(())
 }
@@ -75,7 +82,9 @@ impl Store {
                 .into_iter()
                 .zip(index_keys(&t))
             {
-                tree.insert(key, t.id.as_bytes())?;
+                if let Some(key) = key {
+                    tree.insert(key, t.id.as_bytes())?;
+                }
             }
             *counts.entry(t.state.name()).or_insert(0) += 1;
         }
@@ -247,6 +256,7 @@ impl Store {
             "settled",
             "rejected",
             "cancelled",
+            "pooling",
         ]
         .contains(&name)
     }
@@ -274,6 +284,10 @@ mod tests {
                 reason: String::new(),
             },
             TaskState::Cancelled,
+            TaskState::Pooling {
+                round: 0,
+                rounds: 1,
+            },
         ] {
             assert!(Store::is_state_name(s.name()), "{}", s.name());
         }
@@ -294,6 +308,7 @@ mod tests {
             ledger_seqs: Vec::new(),
             settlement: None,
             needs: Default::default(),
+            pool: None,
         }
     }
 
