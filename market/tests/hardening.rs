@@ -514,26 +514,76 @@ async fn a_post_killed_between_its_escrow_and_its_record_is_finished_or_refunded
     assert_eq!(t.state, TaskState::Settled, "{t:?}");
 }
 
-/// A pooled spec run as one task would be trained by one worker, which is not what the buyer
-/// asked for: until the node runs rounds, it is refused before anything is escrowed.
+/// A pooled task pays each of its `rounds × slots` slot-rounds an equal share of its price:
+/// one whose share cannot pay its verifiers is refused before anything is escrowed, and one
+/// that can is posted as a pooled task (never run on one worker), its first round's
+/// slot-round tasks shown in its view and kept out of its buyer's listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_task_is_refused_rather_than_run_on_one_worker() {
+async fn a_pooled_task_is_priced_per_slot_round_and_posted_as_its_rounds() {
     let n = market(NodeConfig::default()).await;
     let before = n.node.ledger.balance(&n.buyer.account()).0;
-    let mut task = short(training_task(&n.buyer, 950));
-    if let Workload::Training(t) = &mut task.workload {
-        t.steps = 60;
-        t.checkpoint_interval = 10;
-        t.pool = Some(market_protocol::fixtures::pool(2, 3, 20));
-    }
+    let pooled = |nonce: u64, price: u64| {
+        let mut task = short(training_task(&n.buyer, nonce));
+        if let Workload::Training(t) = &mut task.workload {
+            t.steps = 60;
+            t.checkpoint_interval = 10;
+            t.pool = Some(market_protocol::fixtures::pool(2, 3, 20));
+        }
+        task.price = market_protocol::Credits(price);
+        task
+    };
+    // 6 slot-rounds at 20 credits each: no more than two verifiers' fees of 10.
     let (s, v) = call(
         &n.app,
-        signed(&n.buyer, "POST", "/v1/tasks", post_body(&n.buyer, task)),
+        signed(
+            &n.buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&n.buyer, pooled(950, 120)),
+        ),
     )
     .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert_eq!(v["error"]["code"], "pool_unsupported", "{v}");
+    assert_eq!(v["error"]["code"], "price_too_low", "{v}");
     assert_eq!(n.node.ledger.balance(&n.buyer.account()).0, before);
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &n.buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&n.buyer, pooled(951, 600)),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["state"]["state"], "pooling", "{v}");
+    assert_eq!(v["pool"]["part"], "task", "{v}");
+    assert_eq!(v["pool"]["budget"], 100, "{v}");
+    let slots = v["pool"]["slot_tasks"].as_array().unwrap();
+    assert_eq!(slots.len(), 2, "{v}");
+    let (s, slot) = call(
+        &n.app,
+        get(&format!("/v1/tasks/{}", slots[0].as_str().unwrap())),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{slot}");
+    assert_eq!(slot["pool"]["part"], "slot_round", "{slot}");
+    assert_eq!(slot["pool"]["parent"], v["id"], "{slot}");
+    assert_eq!(slot["state"]["state"], "queued", "{slot}");
+    let (_, mine) = call(
+        &n.app,
+        get(&format!("/v1/tasks?buyer={}", n.buyer.account())),
+    )
+    .await;
+    let ids: Vec<&str> = mine["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [v["id"].as_str().unwrap()], "{mine}");
+    assert_eq!(n.node.ledger.balance(&n.buyer.account()).0, before - 600);
 }
 
 /// Item 6: each ledger export holds a blocking thread while its client reads. A client that
