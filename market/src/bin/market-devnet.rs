@@ -5,9 +5,10 @@
 //! `verifier` subcommand, which is exactly `market-node serve`, `market-worker run` or
 //! `market-verifier run` (so `cargo run --bin market-devnet` needs no other binary), all with
 //! temporary data directories. This process is the launcher and the buyer: the buyer is funded
-//! (the node mints at start), posts a training task (`gpt` on the arithmetic language) and an
-//! inference task through the API, and follows them; the summary shows what settled, who was
-//! slashed, every balance, and whether the exported ledger verifies.
+//! (the node mints at start), posts a training task (`gpt` on the arithmetic language), an
+//! inference task and a pooled training task (3 slots, 3 rounds: DiLoCo across the workers)
+//! through the API, and follows them; the summary shows what settled, the pooled task's rounds,
+//! who was slashed, every balance, and whether the exported ledger verifies.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -58,9 +59,24 @@ struct Summary {
     tasks: usize,
     settled: usize,
     slashed: Vec<String>,
+    rounds: Vec<RoundLine>,
     balances: Vec<Balance>,
     ledger_verified: bool,
     ledger_entries: u64,
+}
+
+/// One merged round of the pooled task.
+#[derive(Serialize)]
+struct RoundLine {
+    round: u32,
+    /// The merged state's hash.
+    global: String,
+    /// Held-out loss of the merged parameters.
+    eval_loss: Option<f32>,
+    /// The accepted slot-rounds' workers, in slot order (roles).
+    workers: Vec<String>,
+    /// Runs of the round's slots that failed their audits (each slashed and re-run).
+    failed_runs: u32,
 }
 
 #[derive(Serialize)]
@@ -272,8 +288,18 @@ async fn devnet(args: Args) -> Result<()> {
     if let Workload::Inference(i) = &mut inference.workload {
         i.weights = None;
     }
+    // Pooled: 3 slots train apart for 20 steps and merge, 3 times; every slot-round is a
+    // committed run, audited before it is merged and paid from the task's escrow.
+    let mut pooled = fixtures::training_task(&buyer, 3);
+    if let Workload::Training(t) = &mut pooled.workload {
+        t.steps = 60;
+        t.checkpoint_interval = 5;
+        t.pool = Some(fixtures::pool(3, 3, 20));
+    }
     let mut posted = Vec::new();
+    // The pooled task first: the cheater, first in join order, is offered its first slot.
     for (name, spec) in [
+        ("pooled training (3 slots × 3 rounds of 20 steps)", pooled),
         ("training (gpt, arithmetic)", training),
         ("inference (gpt)", inference),
     ] {
@@ -283,6 +309,12 @@ async fn devnet(args: Args) -> Result<()> {
         posted.push(view.id);
     }
     let mut settled = 0;
+    let mut rounds = Vec::new();
+    let role_of = |account: &market_protocol::AccountId| {
+        ids.iter()
+            .find(|(_, i)| i.account() == *account)
+            .map_or_else(|| account.to_hex()[..12].to_string(), |(r, _)| r.clone())
+    };
     for tid in &posted {
         let mut last = String::new();
         let t = client
@@ -291,6 +323,9 @@ async fn devnet(args: Args) -> Result<()> {
                     TaskState::Running {
                         done, total, loss, ..
                     } => format!("running {done}/{total} loss {loss:.3}"),
+                    TaskState::Pooling { round, rounds } => {
+                        format!("pooling: round {}/{rounds}", round + 1)
+                    }
                     s => s.name().to_string(),
                 };
                 if line != last {
@@ -302,12 +337,28 @@ async fn devnet(args: Args) -> Result<()> {
         if t.state == TaskState::Settled {
             settled += 1;
             let result = client.result(tid).await?;
+            let runs = match &t.pool {
+                Some(market_node::model::PoolPart::Task(p)) => {
+                    format!("{} rounds merged", p.history.len())
+                }
+                _ => format!("{} attempt(s)", t.attempts.len()),
+            };
             eprintln!(
-                "  task {} settled after {} attempt(s); results: {}",
+                "  task {} settled after {runs}; results: {}",
                 &tid.to_string()[..12],
-                t.attempts.len(),
                 result["outputs"].as_array().map_or(0, Vec::len)
             );
+        }
+        if let Some(market_node::model::PoolPart::Task(p)) = &t.pool {
+            for h in &p.history {
+                rounds.push(RoundLine {
+                    round: h.round,
+                    global: h.global.0.to_hex(),
+                    eval_loss: h.eval_loss,
+                    workers: h.slots.iter().map(|s| role_of(&s.worker)).collect(),
+                    failed_runs: h.slots.iter().map(|s| s.failed_runs).sum(),
+                });
+            }
         }
     }
     let mut balances = Vec::new();
@@ -337,6 +388,7 @@ async fn devnet(args: Args) -> Result<()> {
         tasks: posted.len(),
         settled,
         slashed,
+        rounds,
         balances,
         ledger_verified: verified.is_ok(),
         ledger_entries: verified.as_ref().map_or(0, |r| r.lines),
@@ -354,6 +406,26 @@ async fn devnet(args: Args) -> Result<()> {
                 summary.slashed.join(", ")
             }
         );
+        if !summary.rounds.is_empty() {
+            println!(
+                "pooled task: {} rounds merged (each recorded in the ledger)",
+                summary.rounds.len()
+            );
+            println!(
+                "{:>5} {:>9} {:>6}  {:<32} merged state",
+                "round", "held-out", "failed", "slot workers"
+            );
+            for r in &summary.rounds {
+                println!(
+                    "{:>5} {:>9} {:>6}  {:<32} {}",
+                    r.round,
+                    r.eval_loss.map_or("-".into(), |l| format!("{l:.4}")),
+                    r.failed_runs,
+                    r.workers.join(", "),
+                    &r.global[..16]
+                );
+            }
+        }
         println!(
             "{:<11} {:>8} {:>7} {:>5}  account",
             "role", "balance", "staked", "rep"
