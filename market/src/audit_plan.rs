@@ -3,7 +3,7 @@
 //! they catch a worker faking the buyer's assumed fraction.
 
 use market_compute::BlobSource;
-use market_protocol::detection::{plan_samples, union_detection_probability};
+use market_protocol::detection::{audited_runs, plan_for_runs};
 use market_protocol::{Decimal, TaskSpec, Workload};
 use serde::Serialize;
 
@@ -107,26 +107,26 @@ pub fn plan_for(
     verifiers: u64,
 ) -> Result<AuditPlan, AuditPlanError> {
     let verifiers = verifiers.max(1);
-    let (assumed_faked, samples) =
-        plan_samples(&task.audit, segments, verifiers).ok_or(AuditPlanError::NothingFaked)?;
+    // A pooled task's slot-rounds are audited apart but sized together: `assumed_faked` is
+    // over the whole pool, `detection_probability` the pooled bound (`ENCODING.md` section 9).
+    let (assumed_faked, samples, detection_probability) =
+        plan_for_runs(&task.audit, segments, audited_runs(task), verifiers)
+            .ok_or(AuditPlanError::NothingFaked)?;
     Ok(AuditPlan {
         segments,
         assumed_faked,
         verifiers,
         samples,
-        detection_probability: union_detection_probability(
-            segments,
-            assumed_faked,
-            samples,
-            verifiers,
-        ),
+        detection_probability,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use market_protocol::detection::{detection_probability, samples_for_target};
+    use market_protocol::detection::{
+        detection_probability, samples_for_target, union_detection_probability,
+    };
     use market_protocol::fixtures::{inference_task, training_task};
     use market_protocol::Identity;
 

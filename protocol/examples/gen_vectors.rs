@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 use market_protocol::canonical::parse_json_limited;
 use market_protocol::detection::{
-    detection_probability, faked_segments, samples_for_target, samples_per_verifier,
+    detection_probability, faked_segments, pooled_detection_probability,
+    pooled_samples_per_verifier, samples_for_target, samples_per_verifier,
     union_detection_probability,
 };
 use market_protocol::fixtures::{
@@ -35,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("signatures.json", "Signed messages: signing bytes = domain || 0x00 || JCS(body); ed25519 signature by the test identity; id = blake3(signing bytes).", signatures()?),
         ("merkle.json", "Merkle trees (RFC 6962 shape, blake3, leaf prefix 0x00, node prefix 0x01): leaves (hex bytes), root, and the inclusion proof of every leaf.", merkle()),
         ("challenge.json", "Challenge sampling: `stream` vectors give the first little-endian u64s of the ChaCha20 stream of a seed (hex strings); `sample` vectors derive the seed from a commitment id, beacon and verifier and draw indices in draw order; `beacon` vectors give the operator's ECVRF proof over a commitment id and the beacon it yields.", challenge()?),
-        ("detection.json", "Detection maths: `probability` = 1 - C(n-m, s)/C(n, s); `sizing` gives m = ceil(fraction * n) and the smallest s reaching the target; `per_verifier` gives the smallest s >= 1 that `verifiers` independent samples need to reach it together, and their union probability.", detection()),
+        ("detection.json", "Detection maths: `probability` = 1 - C(n-m, s)/C(n, s); `sizing` gives m = ceil(fraction * n) and the smallest s reaching the target; `per_verifier` gives the smallest s >= 1 that `verifiers` independent samples need to reach it together, and their union probability; `pooled` gives, for a pooled task of `slot_rounds` runs of n segments audited apart, m = ceil(fraction * n * slot_rounds), the smallest s >= 1 per verifier and run with 1 - ((n - s)/n)^(verifiers * m) >= target, and that bound.", detection()),
     ];
     for (name, description, vectors) in files {
         let doc = json!({ "description": description, "vectors": vectors });
@@ -350,6 +351,27 @@ fn detection() -> Value {
             "n": n, "faked_fraction": fraction, "target": target, "verifiers": verifiers,
             "m": m, "samples": s,
             "probability": s.map(|s| union_detection_probability(n, m, s, verifiers)),
+        }));
+    }
+    // Pooled: `slot_rounds` runs of `n` segments each, audited apart, sized together.
+    for (n, slot_rounds, fraction, target, verifiers) in [
+        (50u64, 80u64, "0.1", "0.99", 2u64),
+        (10, 80, "0.1", "0.99", 2),
+        (4, 9, "0.1", "0.99", 2),
+        (4, 9, "0.02", "0.99", 2),
+        (2, 4, "0.1", "0.99", 2),
+        (20, 12, "0.05", "0.999", 1),
+        (7, 3, "1", "1", 3),
+    ] {
+        let f: Decimal = fraction.parse().unwrap_or_else(|_| unreachable!());
+        let t: Decimal = target.parse().unwrap_or_else(|_| unreachable!());
+        let m = faked_segments(n * slot_rounds, &f);
+        let s = pooled_samples_per_verifier(n, m, t.to_f64(), verifiers);
+        v.push(json!({
+            "kind": "pooled", "name": format!("pooled-{n}x{slot_rounds}-{fraction}-{target}-{verifiers}"),
+            "n": n, "slot_rounds": slot_rounds, "faked_fraction": fraction, "target": target,
+            "verifiers": verifiers, "m": m, "samples": s,
+            "probability": s.map(|s| pooled_detection_probability(n, m, s, verifiers)),
         }));
     }
     Value::Array(v)

@@ -119,9 +119,147 @@ pub fn plan_samples(
     Some((m, s))
 }
 
+/// `q^k` for `q = (n - s) / n`, by repeated multiplication from 1.0, stopping early once the
+/// product is 0 or `1 - product >= stop_at` (multiplying further by `q <= 1` never raises it,
+/// so a comparison against `stop_at` is the same as after all `k` steps).
+fn pooled_miss(n: u64, s: u64, k: u64, stop_at: f64) -> f64 {
+    let q = n.saturating_sub(s) as f64 / n.max(1) as f64;
+    let mut miss = 1.0f64;
+    for _ in 0..k {
+        if miss == 0.0 || 1.0 - miss >= stop_at {
+            break;
+        }
+        miss *= q;
+    }
+    miss
+}
+
+/// A bound on the probability that the audits of a pooled task catch a cheater who faked `m`
+/// segments anywhere among its `u` slot-rounds of `n` segments each, when each slot-round is
+/// audited by `verifiers` verifiers sampling `s` segments each: at least
+/// `1 - ((n - s) / n)^(verifiers · m)`, however the `m` are spread. (A slot-round with `m_i`
+/// faked is missed by one verifier with probability `prod_{j < m_i} (n - s - j) / (n - j)`,
+/// each factor at most `(n - s) / n`; the verifiers and the slot-rounds draw independently.)
+pub fn pooled_detection_probability(n: u64, m: u64, s: u64, verifiers: u64) -> f64 {
+    if m == 0 || verifiers == 0 || s == 0 {
+        return 0.0;
+    }
+    1.0 - pooled_miss(n, s.min(n), verifiers.saturating_mul(m), 2.0)
+}
+
+/// The smallest sample `s >= 1` each of `verifiers` verifiers draws from each slot-round of `n`
+/// segments so that [`pooled_detection_probability`] reaches `target` for `m` faked segments
+/// over the whole pool. `None` when `m` or `verifiers` is 0.
+pub fn pooled_samples_per_verifier(n: u64, m: u64, target: f64, verifiers: u64) -> Option<u64> {
+    if m == 0 || verifiers == 0 || n == 0 {
+        return None;
+    }
+    let k = verifiers.saturating_mul(m);
+    for s in 1..n {
+        if 1.0 - pooled_miss(n, s, k, target) >= target {
+            return Some(s);
+        }
+    }
+    Some(n)
+}
+
+/// What a task's audit policy asks of each of `verifiers` verifiers on each of its runs of
+/// `segments` segments: the faked segments it assumes, the sample each verifier draws and the
+/// detection that gives. A pooled task (`slot_rounds` > 1 runs of `segments` each, audited
+/// apart) assumes the fraction faked over all its slot-rounds and is sized with the pooled
+/// bound, so its audit costs about as much as one task of the same total length would; any
+/// other task is [`plan_samples`] with [`union_detection_probability`]. `None` when the policy
+/// assumes nothing faked or there is no verifier.
+pub fn plan_for_runs(
+    policy: &crate::AuditPolicy,
+    segments: u64,
+    slot_rounds: u64,
+    verifiers: u64,
+) -> Option<(u64, u64, f64)> {
+    if slot_rounds <= 1 {
+        let (m, s) = plan_samples(policy, segments, verifiers)?;
+        let s = s.min(segments);
+        return Some((m, s, union_detection_probability(segments, m, s, verifiers)));
+    }
+    let total = segments.saturating_mul(slot_rounds);
+    let m = faked_segments(total, &policy.assumed_faked_fraction);
+    let s = pooled_samples_per_verifier(segments, m, policy.detection_target.to_f64(), verifiers)?;
+    Some((
+        m,
+        s,
+        pooled_detection_probability(segments, m, s, verifiers),
+    ))
+}
+
+/// How many separately audited runs a task is made of: `workers × rounds` slot-rounds for a
+/// pooled training task, 1 for any other.
+pub fn audited_runs(task: &crate::TaskSpec) -> u64 {
+    match &task.workload {
+        crate::Workload::Training(crate::TrainingSpec {
+            pool: Some(pool), ..
+        }) => u64::from(pool.workers) * u64::from(pool.rounds),
+        _ => 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pooled bound holds for every way a cheater can spread its faked segments over the
+    /// slot-rounds: the exact miss probability of each split is at most the bound's.
+    #[test]
+    fn the_pooled_bound_holds_for_every_split_of_the_faked_segments() {
+        fn splits(m: u64, u: u64, n: u64) -> Vec<Vec<u64>> {
+            if u == 0 {
+                return if m == 0 { vec![Vec::new()] } else { Vec::new() };
+            }
+            let mut out = Vec::new();
+            for first in 0..=m.min(n) {
+                for mut rest in splits(m - first, u - 1, n) {
+                    rest.insert(0, first);
+                    out.push(rest);
+                }
+            }
+            out
+        }
+        for (n, u, m, v) in [(4, 3, 2, 1), (5, 4, 3, 2), (6, 3, 4, 2), (3, 5, 4, 3)] {
+            for s in 1..=n {
+                let bound = 1.0 - pooled_detection_probability(n, m, s, v);
+                for split in splits(m, u, n) {
+                    let exact: f64 = split
+                        .iter()
+                        .map(|&mi| miss_probability(n, mi, s).powi(v as i32))
+                        .product();
+                    assert!(
+                        exact <= bound + 1e-12,
+                        "n {n} s {s} v {v} split {split:?}: {exact} > {bound}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pooled_plan_is_the_smallest_sample_that_reaches_the_target() {
+        // Issue 14's pool: 4 slots × 20 rounds of 50 one-step segments, 2 verifiers, 99%
+        // against a tenth faked: each verifier re-executes 1 segment of 50 (4% of the pool
+        // with both), where one task of 50 segments would need 20 each.
+        let policy =
+            crate::fixtures::training_task(&crate::Identity::from_test_label("b"), 1).audit;
+        let (m, s, p) = plan_for_runs(&policy, 50, 80, 2).unwrap();
+        assert_eq!((m, s), (400, 1));
+        assert!(p >= 0.99, "{p}");
+        let (_, single, _) = plan_for_runs(&policy, 50, 1, 2).unwrap();
+        assert!(single > 10, "{single}");
+        for (n, m, v) in [(10u64, 3u64, 2u64), (50, 5, 1), (7, 1, 3)] {
+            let s = pooled_samples_per_verifier(n, m, 0.99, v).unwrap();
+            assert!(s == n || pooled_detection_probability(n, m, s, v) >= 0.99);
+            if s > 1 {
+                assert!(pooled_detection_probability(n, m, s - 1, v) < 0.99);
+            }
+        }
+    }
 
     #[test]
     fn known_values() {

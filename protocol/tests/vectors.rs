@@ -266,6 +266,30 @@ fn detection() {
                     (a, b) => assert_eq!(a, b, "{name}"),
                 }
             }
+            "pooled" => {
+                let fraction: Decimal = s(&v, "faked_fraction").parse().unwrap();
+                let target: Decimal = s(&v, "target").parse().unwrap();
+                let verifiers = v["verifiers"].as_u64().unwrap();
+                let runs = v["slot_rounds"].as_u64().unwrap();
+                let m = faked_segments(n * runs, &fraction);
+                assert_eq!(m, v["m"].as_u64().unwrap(), "{name}");
+                let samples = market_protocol::detection::pooled_samples_per_verifier(
+                    n,
+                    m,
+                    target.to_f64(),
+                    verifiers,
+                );
+                assert_eq!(samples, v["samples"].as_u64(), "{name}");
+                let p = samples.map(|s| {
+                    market_protocol::detection::pooled_detection_probability(n, m, s, verifiers)
+                });
+                // serde_json reads a float to within an ulp (the Python reference compares
+                // the bits exactly).
+                match (p, v["probability"].as_f64()) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() < 1e-15, "{name}: {a} {b}"),
+                    (a, b) => assert_eq!(a, b, "{name}"),
+                }
+            }
             other => panic!("unknown kind {other}"),
         }
     }

@@ -476,6 +476,28 @@ def samples_per_verifier(n: int, m: int, target: float, verifiers: int):
     return n
 
 
+def pooled_miss(n: int, s: int, k: int, stop_at: float) -> float:
+    """ENCODING.md section 9: ((n - s) / n)^k by repeated multiplication in binary64, stopping
+    once the product is 0 or 1 - product >= stop_at."""
+    q = float(n - s) / float(n)
+    miss = 1.0
+    for _ in range(k):
+        if miss == 0.0 or 1.0 - miss >= stop_at:
+            break
+        miss *= q
+    return miss
+
+
+def pooled_samples_per_verifier(n: int, m: int, target: float, verifiers: int):
+    """ENCODING.md section 9: the smallest s >= 1 with 1 - ((n - s)/n)^(verifiers * m) >= target."""
+    if m == 0 or verifiers == 0 or n == 0:
+        return None
+    for s in range(1, n):
+        if 1.0 - pooled_miss(n, s, verifiers * m, target) >= target:
+            return s
+    return n
+
+
 def message_id(domain: str, body) -> bytes:
     return blake3.blake3(domain.encode() + b"\x00" + jcs(body)).digest()
 
@@ -507,7 +529,7 @@ def check_export():
     entries = [parse(line.decode()) for line in lines[:-1]]
     ledger = bytes.fromhex(entries[0]["body"]["kind"]["genesis"]["ledger"])
     prev = bytes(32)
-    tasks, commitments, verdicts = {}, {}, []
+    tasks, commitments, verdicts, released, rounds = {}, {}, [], set(), []
     for raw, e in zip(lines, entries):
         assert jcs(e) == raw, "not canonical"
         body = e["body"]
@@ -526,12 +548,25 @@ def check_export():
             commitments[cid] = (c["body"], beacon)
         elif kind in ("reward", "slash") and k.get("verdict"):
             verdicts.append((kind, k["verdict"]["body"]))
+        if kind == "release" and k.get("commitment"):
+            released.add(message_id("market/v1/Commitment", k["commitment"]["body"]))
+        elif kind == "pool_round":
+            rounds.append(k)
     checked = 0
     for cid, (c, beacon) in commitments.items():
         task = tasks[c["task_id"]]
         policy, n = task["audit"], c["segments"]
-        m = ceil_fraction(policy["assumed_faked_fraction"], n)
+        pool = task["workload"].get("pool")
+        runs = pool["workers"] * pool["rounds"] if pool else 1
+        m = ceil_fraction(policy["assumed_faked_fraction"], n * runs)
         target = float(Fraction(policy["detection_target"]))
+
+        def plan(V):
+            # A pooled task's slot-rounds are sized together (ENCODING.md section 9).
+            if pool:
+                return min(pooled_samples_per_verifier(n, m, target, V), n)
+            return min(samples_per_verifier(n, m, target, V), n)
+
         mine = [(kind, v) for kind, v in verdicts if bytes.fromhex(v["commitment_id"]) == cid]
         paid = [v for kind, v in mine if kind == "reward"]
         for kind, v in mine:
@@ -539,7 +574,7 @@ def check_export():
             sizes = [len(paid)] if kind == "reward" else range(1, 9)
             found = None
             for V in sizes:
-                s = min(samples_per_verifier(n, m, target, V), n)
+                s = plan(V)
                 if challenge_id(verifier, cid, beacon, n, s).hex() == v["challenge_id"]:
                     found = s
                     break
@@ -552,12 +587,33 @@ def check_export():
                 seg = v["outcome"]["segment"]
                 assert seg in sampled or (seg == 0 and not got), "a failure outside its sample"
             checked += 1
-        if paid:
-            s = min(samples_per_verifier(n, m, target, len(paid)), n)
+        if paid and pool:
+            s = plan(len(paid))
+            bound = 1.0 - pooled_miss(n, s, len(paid) * m, 2.0)
+            assert bound >= target, "below the buyer's target"
+        elif paid:
+            s = plan(len(paid))
             union = 1 - (1 - detection(n, m, s)) ** len(paid)
             assert union >= Fraction(policy["detection_target"]), "below the buyer's target"
+    # Pooled tasks (COMPUTE.md section 10, ledger/README.md `pool_round`): each task's rounds in
+    # order from 0, each naming, in slot order, one recorded and paid commitment per slot to
+    # that slot-round of that task.
+    next_round = {}
+    for k in rounds:
+        task = tasks[k["task_id"]]
+        pool = task["workload"]["pool"]
+        assert k["round"] == next_round.get(k["task_id"], 0), "a pool round out of order"
+        next_round[k["task_id"]] = k["round"] + 1
+        assert len(k["slots"]) == pool["workers"], "a pool round without every slot"
+        for slot, cid_hex in enumerate(k["slots"]):
+            cid = bytes.fromhex(cid_hex)
+            c, _ = commitments[cid]
+            sr = c["slot_round"]
+            assert c["task_id"] == k["task_id"] and (sr["slot"], sr["round"]) == (slot, k["round"])
+            assert c["steps"] == pool["inner_steps"], "a slot-round of another length"
+            assert cid in released, "a merged slot-round that was not accepted and paid"
     assert commitments and checked
-    return len(commitments) + checked
+    return len(commitments) + checked + len(rounds)
 
 
 def check_detection():
@@ -566,6 +622,22 @@ def check_detection():
         n = v["n"]
         if v["kind"] == "probability":
             assert abs(float(detection(n, v["m"], v["s"])) - v["probability"]) < 1e-12, v["name"]
+        elif v["kind"] == "pooled":
+            runs = v["slot_rounds"]
+            m = ceil_fraction(v["faked_fraction"], n * runs)
+            assert m == v["m"], v["name"]
+            target = float(Fraction(v["target"]))
+            s = pooled_samples_per_verifier(n, m, target, v["verifiers"])
+            assert s == v["samples"], (v["name"], s, v["samples"])
+            p = 1.0 - pooled_miss(n, s, v["verifiers"] * m, 2.0)
+            assert p == v["probability"], (v["name"], p, v["probability"])
+            # The bound is below the exact detection of the cheater's best split (one faked
+            # segment per run while there are runs), so the target holds for every split.
+            per_run = [m // runs + (1 if i < m % runs else 0) for i in range(runs)]
+            exact_miss = 1
+            for mi in per_run:
+                exact_miss *= (1 - detection(n, mi, s)) ** v["verifiers"]
+            assert 1 - exact_miss >= Fraction(v["target"]), v["name"]
         elif v["kind"] == "per_verifier":
             m = ceil_fraction(v["faked_fraction"], n)
             assert m == v["m"], v["name"]

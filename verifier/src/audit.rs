@@ -7,8 +7,7 @@ use market_compute::state::MAX_STATE_BYTES;
 use market_compute::tolerance::{states_match, worst_relative_l2};
 use market_compute::{BlobSource, InferenceJob, TrainState, TrainingJob};
 use market_protocol::detection::{
-    detection_probability, faked_segments, plan_samples, samples_for_target,
-    union_detection_probability,
+    audited_runs, detection_probability, faked_segments, plan_for_runs, samples_for_target,
 };
 use market_protocol::{
     message_id, AccountId, Beacon, Challenge, ChallengeId, Commitment, CommitmentId, Decimal,
@@ -232,17 +231,15 @@ pub fn sample_count(
         }
         SamplePolicy::Plan { verifiers } => {
             let v = u64::from(*verifiers);
-            let (m, s) = plan_samples(&task.audit, u64::from(n), v).ok_or_else(|| {
+            // A pooled task's slot-rounds are sized together (`plan_for_runs`).
+            let runs = audited_runs(task);
+            let (_, s, p) = plan_for_runs(&task.audit, u64::from(n), runs, v).ok_or_else(|| {
                 AuditError::Policy(
                     "the task's assumed faked fraction must be positive and at least one verifier audit it"
                         .into(),
                 )
             })?;
-            let s = s.min(u64::from(n));
-            (
-                s as u32,
-                Some(union_detection_probability(u64::from(n), m, s, v)),
-            )
+            (s.min(u64::from(n)) as u32, Some(p))
         }
     })
 }

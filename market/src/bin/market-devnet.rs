@@ -35,6 +35,9 @@ struct Args {
     /// Keep the market running after the summary and print the API address.
     #[arg(long)]
     keep: bool,
+    /// Also write the ledger's export (JSON lines) to this file.
+    #[arg(long)]
+    export: Option<std::path::PathBuf>,
     #[command(subcommand)]
     role: Option<ChildRole>,
 }
@@ -296,6 +299,9 @@ async fn devnet(args: Args) -> Result<()> {
         t.checkpoint_interval = 5;
         t.pool = Some(fixtures::pool(3, 3, 20));
     }
+    // A strict buyer: it assumes a cheater fakes as little as 2% of the pool (one segment),
+    // so every segment of every slot-round is sampled and any cheat is caught.
+    pooled.audit.assumed_faked_fraction = "0.02".parse()?;
     let mut posted = Vec::new();
     // The pooled task first: the cheater, first in join order, is offered its first slot.
     for (name, spec) in [
@@ -378,6 +384,10 @@ async fn devnet(args: Args) -> Result<()> {
         });
     }
     let export = client.ledger_export().await?;
+    if let Some(path) = &args.export {
+        std::fs::write(path, &export)
+            .with_context(|| format!("writing the export to {}", path.display()))?;
+    }
     let verified = market_ledger::verify_export(
         std::io::Cursor::new(export),
         std::path::Path::new("ledger export"),
