@@ -1074,3 +1074,112 @@ fn a_task_too_big_for_every_worker_waits_and_says_so_then_goes_to_one_that_holds
         }
     });
 }
+
+/// Issue 14, faults: a worker killed in the middle of its slot-round loses the slot to another
+/// worker (not to its round mate), the round completes, the merged states are the all-honest
+/// run's, each slot-round is paid once, and no credit is lost or invented.
+#[test]
+fn a_worker_killed_mid_round_loses_its_slot_and_the_pool_ends_as_an_honest_one() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            run_grace: Duration::from_secs(2),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        verifier(&m, "pool verifier").await;
+        let killed = Identity::from_test_label("pool killed worker");
+        m.node
+            .fund("test", &killed.account(), 1_000, 0)
+            .await
+            .unwrap();
+        let mut child = worker_process(&m, &killed, "killed");
+        wait_joined(&m, 1, 1).await;
+        worker(&m, "pool worker b").await;
+        wait_joined(&m, 2, 1).await;
+        let mut spec = training_task(&m.buyer, 40);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.steps = 2 * 300;
+            t.checkpoint_interval = 50;
+            t.pool = Some(market_protocol::fixtures::pool(2, 2, 300));
+        }
+        let posted = m
+            .node
+            .post_task(Signed::sign(spec.clone(), &m.buyer).unwrap())
+            .await
+            .unwrap();
+        // The killed worker (first to join) gets a slot of round 0; kill it mid-run.
+        let mut victim = None;
+        for _ in 0..2400 {
+            let t = m.node.store.task(&posted.id).unwrap().unwrap();
+            for sid in &t.rounds().unwrap().slot_tasks {
+                let s = m.node.store.task(sid).unwrap().unwrap();
+                if matches!(s.state, TaskState::Running { worker, done, .. } if worker == killed.account() && done >= 20)
+                {
+                    victim = Some(s.id);
+                }
+            }
+            if victim.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let victim = victim.expect("the first worker never ran a slot");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A third worker joins; the slot cannot go back to its round mate.
+        worker(&m, "pool worker c").await;
+        let t = m
+            .node
+            .wait_final(&posted.id, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+        let slot = m.node.store.task(&victim).unwrap().unwrap();
+        assert_eq!(slot.attempts.len(), 2, "{slot:?}");
+        assert_eq!(slot.attempts[0].worker, killed.account());
+        assert_eq!(
+            slot.attempts[1].worker,
+            Identity::from_test_label("pool worker c").account()
+        );
+        let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
+        let expected: Vec<_> = market_compute::pool::run_locally(&job, |_| {})
+            .unwrap()
+            .globals
+            .iter()
+            .map(|g| market_compute::pool::global_hash(g, &job.layout).unwrap())
+            .collect();
+        let prog = t.rounds().unwrap();
+        assert_eq!(
+            prog.history.iter().map(|h| h.global).collect::<Vec<_>>(),
+            expected
+        );
+        // One release per slot-round, none to the killed worker.
+        let head = m.node.ledger.head().seq;
+        let releases: Vec<AccountId> = (0..=head)
+            .filter_map(
+                |s| match m.node.ledger.entry(s).unwrap().unwrap().body.kind {
+                    market_ledger::EntryKind::Release {
+                        task_id, worker, ..
+                    } if task_id == posted.id => Some(worker),
+                    _ => None,
+                },
+            )
+            .collect();
+        assert_eq!(releases.len(), 4, "{releases:?}");
+        assert!(!releases.contains(&killed.account()));
+        let everyone = [
+            m.buyer.account(),
+            killed.account(),
+            Identity::from_test_label("pool worker b").account(),
+            Identity::from_test_label("pool worker c").account(),
+            Identity::from_test_label("pool verifier").account(),
+            m.node.operator.account(),
+        ];
+        assert_conserved(&m, &everyone, 10_000 + 4 * 1_000);
+        assert_eq!(m.node.ledger.escrow_of(&posted.id).unwrap().remaining.0, 0);
+    });
+}
