@@ -299,6 +299,26 @@ pub struct TaskView {
     /// A pooled task's rounds, or a slot-round's place in its pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolPart>,
+    /// A pooled task's current round, slot by slot (empty for any other task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<SlotStatus>,
+}
+
+/// Where one slot of a pooled task's current round is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SlotStatus {
+    /// The slot.
+    pub slot: u32,
+    /// Its slot-round task (`GET /v1/tasks/{id}` shows its attempts and verdicts).
+    #[schema(value_type = String)]
+    pub task: TaskId,
+    /// Its state.
+    pub state: TaskState,
+    /// The worker of its latest run, if it has had one.
+    #[schema(value_type = Option<String>)]
+    pub worker: Option<AccountId>,
+    /// Its runs whose result failed an audit.
+    pub failed_runs: u32,
 }
 
 /// [`market_protocol::Resources`] in the OpenAPI document.
@@ -357,6 +377,7 @@ impl TaskRecord {
             needs: self.needs,
             waiting_for: None,
             pool: self.pool.clone(),
+            slots: Vec::new(),
         }
     }
 }

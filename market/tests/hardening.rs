@@ -562,6 +562,10 @@ async fn a_pooled_task_is_priced_per_slot_round_and_posted_as_its_rounds() {
     assert_eq!(v["pool"]["budget"], 100, "{v}");
     let slots = v["pool"]["slot_tasks"].as_array().unwrap();
     assert_eq!(slots.len(), 2, "{v}");
+    // The current round, slot by slot.
+    assert_eq!(v["slots"][1]["slot"], 1, "{v}");
+    assert_eq!(v["slots"][1]["task"], slots[1], "{v}");
+    assert_eq!(v["slots"][1]["state"]["state"], "queued", "{v}");
     let (s, slot) = call(
         &n.app,
         get(&format!("/v1/tasks/{}", slots[0].as_str().unwrap())),

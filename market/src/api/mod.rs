@@ -61,6 +61,7 @@ use crate::error::ApiError;
         crate::model::RoundSummary,
         crate::model::SlotSummary,
         crate::model::SlotRef,
+        crate::model::SlotStatus,
         crate::audit_plan::AuditPlan,
         crate::model::ParticipantStats,
         crate::error::ErrorBody,

@@ -614,6 +614,22 @@ impl Node {
     /// sits in the queue learns why (no worker or verifier for its profile, or none free).
     pub fn view(&self, t: &TaskRecord) -> crate::model::TaskView {
         let mut view = t.view();
+        if let Some(prog) = t.rounds().filter(|_| !t.state.is_final()) {
+            view.slots = prog
+                .slot_tasks
+                .iter()
+                .filter_map(|sid| self.store.task(sid).ok().flatten())
+                .filter_map(|s| {
+                    Some(crate::model::SlotStatus {
+                        slot: s.slot()?.slot,
+                        task: s.id,
+                        worker: s.attempts.last().map(|a| a.worker),
+                        failed_runs: s.attempts.iter().filter(|a| a.result_failed).count() as u32,
+                        state: s.state,
+                    })
+                })
+                .collect();
+        }
         if t.state == TaskState::Queued {
             let profile = t.spec.body.profile.name();
             let eligible = self.eligible_workers(t);
