@@ -1,0 +1,240 @@
+//! Pooled training over libp2p on loopback (`cargo bench -p market-node --bench pool`): a node,
+//! `K` worker daemons and two verifier daemons (one process, each with its own swarm) run a
+//! pooled task to settlement. Reported from the real run:
+//!
+//! - **communication**: bytes moved per round (each slot's start state the worker fetches, and
+//!   the bundle the node fetches from it), against what per-step synchronous data parallel
+//!   training would move over the same steps (each of the `K` workers sends its gradient and
+//!   receives the averaged one every step: `2 · 4 · params` bytes per worker and step);
+//! - **audit cost**: segments the verifiers re-executed against segments the slots trained
+//!   (every segment is the same number of steps), for the pooled audit plan at 99% against a
+//!   tenth faked, and the time the audits took against the time the runs took.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // A benchmark binary reports on stdout.
+
+use std::time::{Duration, Instant};
+
+use market_node::config::NodeConfig;
+use market_node::model::{PoolPart, TaskState};
+use market_node::p2p::{open_networked, P2pOptions};
+use market_protocol::fixtures::training_task;
+use market_protocol::{BlobId, Identity, ModelSpec, Signed, TaskSpec, Workload};
+use market_worker::Behavior;
+
+/// One configuration: `slots` × `rounds` of `inner` steps with a checkpoint every `interval`.
+struct Case {
+    name: &'static str,
+    model: ModelSpec,
+    slots: u32,
+    rounds: u32,
+    inner: u32,
+    interval: u32,
+}
+
+fn spec(buyer: &Identity, case: &Case, nonce: u64) -> TaskSpec {
+    let mut spec = training_task(buyer, nonce);
+    if let Workload::Training(t) = &mut spec.workload {
+        t.model = case.model.clone();
+        t.steps = case.rounds * case.inner;
+        t.checkpoint_interval = case.interval;
+        t.pool = Some(market_protocol::fixtures::pool(
+            case.slots,
+            case.rounds,
+            case.inner,
+        ));
+    }
+    spec.price = market_protocol::Credits(100 * u64::from(case.slots * case.rounds));
+    spec
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let wide = ModelSpec::Gpt {
+        layers: 4,
+        heads: 4,
+        width: 128,
+        vocab: 16,
+        context: 16,
+    };
+    let small = match training_task(&Identity::from_test_label("x"), 0).workload {
+        Workload::Training(t) => t.model,
+        Workload::Inference(_) => unreachable!(),
+    };
+    let cases = [
+        Case {
+            name: "communication: gpt 4x128, K=4, H=50, R=2, checkpoint every 10",
+            model: wide,
+            slots: 4,
+            rounds: 2,
+            inner: 50,
+            interval: 10,
+        },
+        Case {
+            name: "audit cost: the example gpt, K=4, H=50, R=20, checkpoint every step",
+            model: small,
+            slots: 4,
+            rounds: 20,
+            inner: 50,
+            interval: 1,
+        },
+    ];
+    for (n, case) in cases.iter().enumerate() {
+        run(case, n as u64).await;
+    }
+}
+
+async fn run(case: &Case, nonce: u64) {
+    println!("\n{}", case.name);
+    let dir = tempfile::tempdir().unwrap();
+    let buyer = Identity::from_test_label("pool bench buyer");
+    let (node, dispatch, addrs) = open_networked(
+        &dir.path().join("node"),
+        NodeConfig::default(),
+        Identity::from_test_label("pool bench operator"),
+        market_net::NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..Default::default()
+        },
+        P2pOptions::default(),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(node.clone().run_engine());
+    node.fund("b", &buyer.account(), 1_000_000, 0)
+        .await
+        .unwrap();
+    for i in 0..case.slots {
+        let w = Identity::from_test_label(&format!("pool bench worker {i}"));
+        node.fund("b", &w.account(), 1_000, 0).await.unwrap();
+        spawn_worker(&w, &addrs[0], &dir.path().join(format!("w{i}")));
+    }
+    for i in 0..2 {
+        let v = Identity::from_test_label(&format!("pool bench verifier {i}"));
+        node.fund("b", &v.account(), 1_000, 0).await.unwrap();
+        spawn_verifier(&v, &addrs[0], &dir.path().join(format!("v{i}")));
+    }
+    for _ in 0..1200 {
+        if dispatch
+            .participants()
+            .values()
+            .filter(|p| p.connected)
+            .count()
+            >= case.slots as usize + 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spec = spec(&buyer, case, nonce);
+    let started = Instant::now();
+    let posted = node
+        .post_task(Signed::sign(spec.clone(), &buyer).unwrap())
+        .await
+        .unwrap();
+    let plan = posted.plan.clone();
+    let t = node
+        .wait_final(&posted.id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let wall = started.elapsed();
+    assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+    let Some(PoolPart::Task(prog)) = &t.pool else {
+        unreachable!()
+    };
+    let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
+    let params = job.layout.total() as u64;
+    let timings = dispatch.timings();
+    let (mut fetched, mut execution, mut transfer, mut audits) =
+        (0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for timing in timings.iter().filter(|x| x.task_id == Some(t.id)) {
+        fetched += timing.bytes;
+        execution += timing.execution;
+        transfer += timing.transfer;
+        audits += timing.audits.iter().sum::<Duration>();
+    }
+    // Each accepted slot-round's start state went to its worker once (a re-run fetches it
+    // again; none here).
+    let mut starts = 0u64;
+    let mut checked = 0u64;
+    let mut runs = 0u64;
+    for h in &prog.history {
+        for s in &h.slots {
+            let slot = node.store.task(&s.task).unwrap().unwrap();
+            let start = slot.slot().unwrap().start;
+            starts += std::fs::metadata(node.blobs.path(&BlobId(start.0)))
+                .unwrap()
+                .len();
+            runs += slot.attempts.len() as u64;
+            checked += slot
+                .attempts
+                .iter()
+                .flat_map(|a| &a.verdicts)
+                .map(|v| v.checked as u64)
+                .sum::<u64>();
+        }
+    }
+    let rounds = u64::from(case.rounds);
+    let per_round = (fetched + starts) / rounds;
+    let data_parallel = 2 * 4 * params * u64::from(case.slots) * u64::from(case.inner);
+    let trained = u64::from(case.slots * case.rounds) * plan.segments;
+    println!(
+        "  parameters {params}; {} rounds merged, {runs} runs for {} slot-rounds; wall {:.1} s",
+        prog.history.len(),
+        case.slots * case.rounds,
+        wall.as_secs_f64()
+    );
+    println!(
+        "  per round: {} bytes of start states to the workers + {} bytes of bundles to the node = {per_round}",
+        starts / rounds,
+        fetched / rounds
+    );
+    println!(
+        "  per-step data parallel over the same {} steps: {data_parallel} bytes; ratio {:.1}",
+        case.inner,
+        data_parallel as f64 / per_round as f64
+    );
+    println!(
+        "  audit plan per slot-round: {} of {} segments per verifier, {} verifiers, detection >= {:.6} against {} faked over the pool",
+        plan.samples, plan.segments, plan.verifiers, plan.detection_probability, plan.assumed_faked
+    );
+    println!(
+        "  audit cost: {checked} segments re-executed for {trained} trained = {:.2}%; audit time {:.1} s against run time {:.1} s (transfers {:.1} s)",
+        100.0 * checked as f64 / trained as f64,
+        audits.as_secs_f64(),
+        execution.as_secs_f64(),
+        transfer.as_secs_f64()
+    );
+}
+
+/// An honest worker daemon in this process, with its own swarm, joining the node at `market`.
+fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
+    tokio::spawn(market_worker::daemon::run(
+        who.clone(),
+        market_worker::daemon::WorkerOptions {
+            market: market.clone(),
+            data_dir: data.to_owned(),
+            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+            behavior: Behavior::Honest,
+            stake: 500,
+            device: "cpu".into(),
+            listen: Vec::new(),
+            status_line: false,
+            relay: false,
+        },
+    ));
+}
+
+/// A verifier daemon in this process, with its own swarm, joining the node at `market`.
+fn spawn_verifier(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
+    tokio::spawn(market_verifier::daemon::run(
+        who.clone(),
+        market_verifier::daemon::VerifierOptions {
+            market: market.clone(),
+            data_dir: data.to_owned(),
+            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+            stake: 500,
+            listen: Vec::new(),
+            device: "cpu".into(),
+        },
+    ));
+}
