@@ -23,6 +23,10 @@ use crate::state::TrainState;
 /// Most slots in a pool.
 pub const MAX_SLOTS: u32 = 64;
 
+/// Most slot-rounds (`slots × rounds`) in a pool: each is a committed, audited run with a
+/// record of its own, and the pooled task keeps a summary of every round.
+pub const MAX_SLOT_ROUNDS: u64 = 4096;
+
 /// A validated pool.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pool {
@@ -62,6 +66,15 @@ impl Pool {
             return field(
                 "pool.rounds",
                 "rounds and inner_steps must both be at least 1".into(),
+            );
+        }
+        if u64::from(spec.workers) * u64::from(spec.rounds) > MAX_SLOT_ROUNDS {
+            return field(
+                "pool.rounds",
+                format!(
+                    "{} slots × {} rounds is over the limit of {MAX_SLOT_ROUNDS} slot-rounds",
+                    spec.workers, spec.rounds
+                ),
             );
         }
         if u64::from(spec.rounds) * u64::from(spec.inner_steps) != u64::from(steps) {

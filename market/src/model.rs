@@ -200,6 +200,11 @@ pub struct PoolProgress {
     /// The buyer cancelled: no round starts after the current one.
     #[serde(default)]
     pub stopping: bool,
+    /// Workers whose result for one of its slot-rounds failed its audit: none of them is
+    /// given another slot of this pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<String>)]
+    pub excluded: Vec<AccountId>,
 }
 
 /// One merged round.

@@ -126,6 +126,14 @@ async fn a_cheating_slot_is_caught_before_the_merge_and_the_pool_ends_where_an_h
         node.ledger.stake(&cheat).0,
         300 - NodeConfig::default().worker_slash
     );
+    // Caught once, it is given no other slot of this pool.
+    assert_eq!(prog.excluded, vec![cheat]);
+    for h in &prog.history[1..] {
+        for s in &h.slots {
+            let tried = record(&node, &s.task).attempts;
+            assert!(tried.iter().all(|a| a.worker != cheat), "{tried:?}");
+        }
+    }
     for h in &prog.history {
         let workers: BTreeSet<AccountId> = h.slots.iter().map(|s| s.worker).collect();
         assert_eq!(workers.len(), 2, "a round's slots go to distinct workers");
@@ -464,4 +472,122 @@ async fn a_slot_round_run_from_another_start_than_assigned_is_refused_before_it_
         "a refused start was recorded"
     );
     assert!(node.ledger.stake(&stale.account()).0 < 300);
+}
+
+/// Red team: a buyer posted tasks that diverge (an inner learning rate of 10; a pooled task
+/// whose outer learning rate of 10 breaks the model in its first merge), and every honest
+/// worker that ran them was slashed, the slashes paid to the buyer. Now the node confirms a
+/// reported divergence with its own run and rejects the task: nobody is slashed, the buyer is
+/// refunded what no merged round used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_diverges_is_rejected_and_nobody_is_slashed() {
+    let workers = [
+        ("diverge worker a", Behavior::Honest),
+        ("diverge worker b", Behavior::Honest),
+    ];
+    let net = common::open(
+        tempfile::tempdir().unwrap(),
+        NodeConfig::default(),
+        &workers,
+        &[("diverge verifier", VerifierMode::Honest)],
+    )
+    .await;
+    let node = net.node.clone();
+    let engine = tokio::spawn(node.clone().run_engine());
+    let before = node.ledger.balance(&net.buyer.account()).0;
+
+    let mut single = training_task(&net.buyer, 10);
+    if let Workload::Training(t) = &mut single.workload {
+        t.steps = 60;
+        if let market_protocol::OptimizerSpec::Adamw { lr, .. } = &mut t.optimizer {
+            *lr = "10".parse().unwrap();
+        }
+    }
+    // A slot-round that diverges: the node's check runs the slot-round from its start blob.
+    let mut pooled_spec = pooled(&net.buyer, 11, 3);
+    if let Workload::Training(t) = &mut pooled_spec.workload {
+        if let market_protocol::OptimizerSpec::Adamw { lr, .. } = &mut t.optimizer {
+            *lr = "10".parse().unwrap();
+        }
+    }
+    let mut spent = 0;
+    for spec in [single, pooled_spec] {
+        let posted = post(&node, &net.buyer, spec.clone()).await;
+        let t = node
+            .wait_final(&posted.id, Duration::from_secs(300))
+            .await
+            .unwrap();
+        let TaskState::Rejected { reason } = &t.state else {
+            panic!("{:?}", t.state)
+        };
+        assert!(reason.contains("diverges"), "{reason}");
+        spent += spec.price.0 - refunded(&node, &t);
+    }
+    engine.abort();
+    for (label, _) in workers {
+        let w = Identity::from_test_label(label).account();
+        assert_eq!(node.ledger.stake(&w).0, 300, "{label} was slashed");
+        assert!(node.ledger.reputation(&w) >= 0, "{label}");
+    }
+    // The buyer paid only for the pooled task's merged round(s), and received no slash.
+    assert_eq!(node.ledger.balance(&net.buyer.account()).0, before - spent);
+    let slashes_to_buyer = entries(&node)
+        .iter()
+        .filter(
+            |e| matches!(&e.body.kind, EntryKind::Slash { to, .. } if *to == net.buyer.account()),
+        )
+        .count();
+    assert_eq!(slashes_to_buyer, 0);
+}
+
+/// Red team: a pool of more slots than there are workers waited for ever, and a cancel never
+/// finished it (the round could neither start untouched nor merge). Now it says what it waits
+/// for, and a cancel ends it: the slot that never started is cancelled, the others' paid work
+/// stays paid, the rest is refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_with_more_slots_than_workers_waits_and_a_cancel_ends_it() {
+    let net = common::open(
+        tempfile::tempdir().unwrap(),
+        NodeConfig::default(),
+        &[("lonely worker", Behavior::Honest)],
+        &[("lonely verifier", VerifierMode::Honest)],
+    )
+    .await;
+    let node = net.node.clone();
+    let engine = tokio::spawn(node.clone().run_engine());
+    let spec = pooled(&net.buyer, 12, 2);
+    let posted = post(&node, &net.buyer, spec.clone()).await;
+    // One slot settles; the other has nobody to go to.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let view = loop {
+        let t = record(&node, &posted.id);
+        let view = node.view(&t);
+        if view.slots.iter().any(|s| s.state == TaskState::Settled) {
+            break view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{view:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let waiting = view.waiting_for.unwrap_or_default();
+    assert!(waiting.starts_with("slot 1 of round 0"), "{waiting}");
+    node.cancel(&posted.id, &net.buyer.account()).await.unwrap();
+    let t = node
+        .wait_final(&posted.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    engine.abort();
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert!(t.outputs.is_empty(), "no round was merged");
+    assert_eq!(node.ledger.escrow_of(&t.id).unwrap().remaining.0, 0);
+    let budget = spec.price.0 / 4;
+    assert_eq!(
+        spec.price.0 - refunded(&node, &t),
+        budget - NodeConfig::default().verifier_fee
+    );
+    let (_, account) = common::call(
+        &net.app,
+        common::get(&format!("/v1/accounts/{}", net.buyer.account())),
+    )
+    .await;
+    assert_eq!(account["escrowed"], 0, "{account}");
 }

@@ -529,7 +529,7 @@ def check_export():
     entries = [parse(line.decode()) for line in lines[:-1]]
     ledger = bytes.fromhex(entries[0]["body"]["kind"]["genesis"]["ledger"])
     prev = bytes(32)
-    tasks, commitments, verdicts, released, rounds = {}, {}, [], set(), []
+    tasks, commitments, verdicts, released, rewarded, rounds = {}, {}, [], {}, {}, []
     for raw, e in zip(lines, entries):
         assert jcs(e) == raw, "not canonical"
         body = e["body"]
@@ -549,7 +549,12 @@ def check_export():
         elif kind in ("reward", "slash") and k.get("verdict"):
             verdicts.append((kind, k["verdict"]["body"]))
         if kind == "release" and k.get("commitment"):
-            released.add(message_id("market/v1/Commitment", k["commitment"]["body"]))
+            cid = message_id("market/v1/Commitment", k["commitment"]["body"])
+            assert cid not in released, "a commitment released twice"
+            released[cid] = (k["task_id"], k["amount"])
+        elif kind == "reward" and k.get("verdict"):
+            cid = bytes.fromhex(k["verdict"]["body"]["commitment_id"])
+            rewarded[cid] = rewarded.get(cid, 0) + k["amount"]
         elif kind == "pool_round":
             rounds.append(k)
     checked = 0
@@ -598,13 +603,28 @@ def check_export():
     # Pooled tasks (COMPUTE.md section 10, ledger/README.md `pool_round`): each task's rounds in
     # order from 0, each naming, in slot order, one recorded and paid commitment per slot to
     # that slot-round of that task.
+    # Payments (PROTOCOL.md section 8): a task releases once, a pooled task once per
+    # slot-round, each slot-round within its budget floor(price / (workers * rounds)).
+    per_task = {}
+    for cid, (task_id, amount) in released.items():
+        per_task[task_id] = per_task.get(task_id, 0) + 1
+        pool = tasks[task_id]["workload"].get("pool")
+        if pool:
+            budget = tasks[task_id]["price"] // (pool["workers"] * pool["rounds"])
+            assert amount + rewarded.get(cid, 0) <= budget, "a slot-round paid over its budget"
+    for task_id, n in per_task.items():
+        pool = tasks[task_id]["workload"].get("pool")
+        assert n <= (pool["workers"] * pool["rounds"] if pool else 1), "too many releases"
     next_round = {}
     for k in rounds:
         task = tasks[k["task_id"]]
         pool = task["workload"]["pool"]
         assert k["round"] == next_round.get(k["task_id"], 0), "a pool round out of order"
+        assert k["round"] < pool["rounds"], "a pool round past the last"
         next_round[k["task_id"]] = k["round"] + 1
         assert len(k["slots"]) == pool["workers"], "a pool round without every slot"
+        workers = {commitments[bytes.fromhex(c)][0]["worker"] for c in k["slots"]}
+        assert len(workers) == len(k["slots"]), "a round's slots not on distinct workers"
         for slot, cid_hex in enumerate(k["slots"]):
             cid = bytes.fromhex(cid_hex)
             c, _ = commitments[cid]

@@ -28,7 +28,7 @@ fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
     // Only unfinished tasks hold escrow: their ids come from the store's index (no record is
     // loaded), so the cost is a lookup per open task of this buyer, not one per escrow ever.
     let mut escrowed = 0u64;
-    for state in ["queued", "running", "auditing"] {
+    for state in ["queued", "running", "auditing", "pooling"] {
         for id in node
             .store
             .task_ids_where(Some(account), Some(state), None, usize::MAX)

@@ -537,6 +537,7 @@ impl Node {
         t.attempts[n].result_failed = true;
         t.state = TaskState::Queued;
         self.save(&t)?;
+        self.exclude_from_pool(&t, &worker).await?;
         self.wake();
         Ok(())
     }

@@ -629,6 +629,16 @@ impl Node {
                     })
                 })
                 .collect();
+            // What a slot that cannot start waits for holds up the whole round.
+            view.waiting_for = view
+                .slots
+                .iter()
+                .filter(|s| s.state == TaskState::Queued)
+                .find_map(|s| {
+                    let slot = self.store.task(&s.task).ok().flatten()?;
+                    let why = self.view(&slot).waiting_for?;
+                    Some(format!("slot {} of round {}: {why}", s.slot, prog.round))
+                });
         }
         if t.state == TaskState::Queued {
             let profile = t.spec.body.profile.name();

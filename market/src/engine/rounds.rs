@@ -40,9 +40,10 @@ enum RoundStatus {
     Missing,
     /// Every slot passed: merge.
     Passed(Vec<TaskRecord>),
-    /// A slot could not be run (no worker produced a result that passed): the pool stops once
-    /// nothing of the round is running any more (`quiet`).
-    Failed { reason: String, quiet: bool },
+    /// The round cannot be merged: a slot could not be run (`failed`: no worker produced a
+    /// result that passed), or a stop cancelled a slot that had not started. The pool ends
+    /// once nothing of the round is running any more (`quiet`).
+    Halted { failed: Option<String>, quiet: bool },
     /// Work is going on.
     Running,
 }
@@ -64,6 +65,7 @@ impl Node {
             slot_tasks: Vec::new(),
             history: Vec::new(),
             stopping: false,
+            excluded: Vec::new(),
         })
     }
 
@@ -99,22 +101,31 @@ impl Node {
                     return Ok(());
                 }
                 RoundStatus::Running => {
-                    if prog.stopping && self.cancel_untouched_round(&prog)? {
+                    if !prog.stopping {
+                        return Ok(());
+                    }
+                    if self.cancel_untouched_round(&prog)? {
                         return self.finish_pool(p, TaskState::Cancelled, None).await;
                     }
-                    return Ok(());
+                    // Stopping: what has not started never will; what runs ends first (and
+                    // is paid if it passes). Look again if that cancelled anything.
+                    if self.cancel_queued(&prog)? == 0 {
+                        return Ok(());
+                    }
                 }
-                RoundStatus::Failed { reason, quiet } => {
-                    // Nothing more of this round will run; what is running ends first (and is
-                    // paid if it passes).
+                RoundStatus::Halted { failed, quiet } => {
+                    // Nothing more of this round will run; what is running ends first.
                     self.cancel_queued(&prog)?;
                     if !quiet {
                         return Ok(());
                     }
-                    let reason = format!("round {}: {reason}", prog.round);
-                    return self
-                        .finish_pool(p, TaskState::Rejected { reason }, None)
-                        .await;
+                    let state = match failed {
+                        Some(reason) => TaskState::Rejected {
+                            reason: format!("round {}: {reason}", prog.round),
+                        },
+                        None => TaskState::Cancelled,
+                    };
+                    return self.finish_pool(p, state, None).await;
                 }
                 RoundStatus::Passed(slots) => {
                     self.merge_round(&mut p, prog, slots).await?;
@@ -146,9 +157,10 @@ impl Node {
             !t.state.is_final()
                 && (t.state != TaskState::Queued || lock(&self.claimed).contains(&t.id))
         };
-        if let Some(reason) = failed {
+        let stopped = slots.iter().any(|t| t.state == TaskState::Cancelled);
+        if failed.is_some() || stopped {
             let quiet = !slots.iter().any(busy);
-            return Ok(RoundStatus::Failed { reason, quiet });
+            return Ok(RoundStatus::Halted { failed, quiet });
         }
         if slots.iter().all(|t| t.state == TaskState::Settled) {
             return Ok(RoundStatus::Passed(slots));
@@ -157,8 +169,10 @@ impl Node {
     }
 
     /// Cancels the round's slot-round tasks that are queued and not claimed (no money moves:
-    /// a slot-round has no escrow of its own); the others run to their end.
-    fn cancel_queued(&self, prog: &PoolProgress) -> anyhow::Result<()> {
+    /// a slot-round has no escrow of its own); the others run to their end. Returns how many
+    /// it cancelled.
+    fn cancel_queued(&self, prog: &PoolProgress) -> anyhow::Result<usize> {
+        let mut cancelled = 0;
         for sid in &prog.slot_tasks {
             let Some(mut t) = self.store.task(sid)? else {
                 continue;
@@ -170,8 +184,9 @@ impl Node {
             let saved = self.save(&t);
             lock(&self.claimed).remove(&t.id);
             saved?;
+            cancelled += 1;
         }
-        Ok(())
+        Ok(cancelled)
     }
 
     /// Cancels the whole round if none of its slot-rounds has started (each queued, never
@@ -467,8 +482,32 @@ impl Node {
         }
     }
 
-    /// The workers holding another slot of `t`'s round (running it, being audited on it or
-    /// accepted for it): a round's slots go to distinct workers.
+    /// A worker's result for slot-round `t` failed its audit: it gets no other slot of the
+    /// pool (a cheater caught once is not handed the model again).
+    pub(super) async fn exclude_from_pool(
+        &self,
+        t: &TaskRecord,
+        worker: &market_protocol::AccountId,
+    ) -> anyhow::Result<()> {
+        let Some(me) = t.slot() else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.pooling.lock().await;
+        let Some(mut p) = self.store.task(&me.parent)? else {
+            return Ok(());
+        };
+        if let Some(PoolPart::Task(prog)) = &mut p.pool {
+            if !prog.excluded.contains(worker) {
+                prog.excluded.push(*worker);
+                self.save(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The workers `t` may not go to because of its pool: those holding another slot of its
+    /// round (running it, being audited on it or accepted for it: a round's slots go to
+    /// distinct workers), and those caught cheating on any slot-round of the pool.
     pub(super) fn round_mates(&self, t: &TaskRecord) -> Vec<market_protocol::AccountId> {
         let Some(me) = t.slot() else {
             return Vec::new();
@@ -487,6 +526,7 @@ impl Node {
                 let last = s.attempts.last()?;
                 (!last.result_failed && s.state != TaskState::Queued).then_some(last.worker)
             })
+            .chain(prog.excluded.iter().copied())
             .collect()
     }
 }

@@ -64,6 +64,7 @@ impl Node {
                 t.attempts[n].result_failed = true;
                 t.state = TaskState::Queued;
                 self.save(&t)?;
+                self.exclude_from_pool(&t, &worker).await?;
                 self.wake();
                 return Ok(());
             }
@@ -282,19 +283,36 @@ impl Node {
         worker: AccountId,
         why: &str,
     ) -> anyhow::Result<()> {
+        if why.contains("diverged") {
+            if let Some(divergence) = self.task_diverges(&t).await? {
+                // The task's own fault, confirmed by the node's run: nobody is slashed.
+                tracing::warn!(task = %t.id, %divergence, "the task diverges; rejected");
+                return self
+                    .reject(t, format!("the task diverges: {divergence}"))
+                    .await;
+            }
+        }
         tracing::warn!(task = %t.id, %worker, error = %why, "worker produced no usable result");
         let evidence = Hash::of(format!("abandoned:{}:{n}:{worker}", t.id).as_bytes());
-        self.slash(
+        // Paid to the operator, not the buyer: a buyer must never profit from workers failing
+        // its task.
+        let reason = "accepted a task and produced no usable result";
+        let operator = self.operator.account();
+        self.slash_tagged(
             &t,
             n,
             &worker,
             self.config.abandon_slash,
             evidence,
             None,
-            "accepted a task and produced no usable result",
+            reason,
             &[],
+            &operator,
+            reason,
         )
         .await?;
+        self.reputation(&format!("{}:{n}:slash:{reason}", t.id), &worker, -5)
+            .await?;
         self.store
             .update_participant(&format!("{}:{n}:abandoned", t.id), &worker, |p| {
                 p.tasks_failed += 1
@@ -303,6 +321,45 @@ impl Node {
         self.save(&t)?;
         self.wake();
         Ok(())
+    }
+
+    /// Whether the task's own run diverges (a worker said so): the node runs it itself, the
+    /// whole run or the slot-round, from its start, and returns the failure if a value goes
+    /// non-finite. A deterministic divergence is the buyer's spec at fault, never the worker
+    /// (otherwise a buyer could post a diverging task and collect the slashes). A worker that
+    /// claims it falsely is slashed as before; the node's run costs it at most the task's work.
+    async fn task_diverges(&self, t: &TaskRecord) -> anyhow::Result<Option<String>> {
+        if !matches!(t.spec.body.workload, Workload::Training(_)) {
+            return Ok(None);
+        }
+        let (spec, blobs, slot) = (t.spec.body.clone(), self.blobs.clone(), t.slot().copied());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+            let job = market_compute::TrainingJob::from_spec(&spec, &blobs)?;
+            let (run, mut state) = match slot {
+                None => {
+                    let start = job.initial_state();
+                    (job, start)
+                }
+                Some(s) => {
+                    let bytes = blobs
+                        .read(&BlobId(s.start.0))
+                        .ok_or_else(|| anyhow::anyhow!("the slot-round's start is not stored"))?;
+                    let start = market_compute::TrainState::from_bytes(&bytes, &job.layout)?;
+                    (job.slot_round(s.slot, s.round)?, start)
+                }
+            };
+            for segment in 0..run.segments() {
+                match run.run_segment(segment, &state, |_, _| {}) {
+                    Ok((next, _)) => state = next,
+                    Err(e @ market_compute::ComputeError::NonFinite { .. }) => {
+                        return Ok(Some(e.to_string()))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(None)
+        })
+        .await?
     }
 
     /// Slashes `amount` (at most the stake) of `account`: a fee to each of `to` and the rest to
