@@ -12,6 +12,10 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // A benchmark binary reports on stdout.
 
+mod common;
+
+use common::{spawn_verifier, spawn_worker};
+
 use std::time::{Duration, Instant};
 
 use market_node::config::NodeConfig;
@@ -19,7 +23,6 @@ use market_node::model::{PoolPart, TaskState};
 use market_node::p2p::{open_networked, P2pOptions};
 use market_protocol::fixtures::training_task;
 use market_protocol::{BlobId, Identity, ModelSpec, Signed, TaskSpec, Workload};
-use market_worker::Behavior;
 
 /// One configuration: `slots` × `rounds` of `inner` steps with a checkpoint every `interval`.
 struct Case {
@@ -204,37 +207,4 @@ async fn run(case: &Case, nonce: u64) {
         execution.as_secs_f64(),
         transfer.as_secs_f64()
     );
-}
-
-/// An honest worker daemon in this process, with its own swarm, joining the node at `market`.
-fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
-    tokio::spawn(market_worker::daemon::run(
-        who.clone(),
-        market_worker::daemon::WorkerOptions {
-            market: market.clone(),
-            data_dir: data.to_owned(),
-            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-            behavior: Behavior::Honest,
-            stake: 500,
-            device: "cpu".into(),
-            listen: Vec::new(),
-            status_line: false,
-            relay: false,
-        },
-    ));
-}
-
-/// A verifier daemon in this process, with its own swarm, joining the node at `market`.
-fn spawn_verifier(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
-    tokio::spawn(market_verifier::daemon::run(
-        who.clone(),
-        market_verifier::daemon::VerifierOptions {
-            market: market.clone(),
-            data_dir: data.to_owned(),
-            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-            stake: 500,
-            listen: Vec::new(),
-            device: "cpu".into(),
-        },
-    ));
 }

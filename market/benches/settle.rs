@@ -5,6 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // A benchmark binary reports on stdout.
 
+mod common;
+
+use common::{spawn_verifier, spawn_worker};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -221,39 +225,6 @@ async fn parallel_round(cap: usize, round: u64) -> Duration {
         assert_eq!(t.state, TaskState::Settled);
     }
     start.elapsed()
-}
-
-/// An honest worker daemon in this process, with its own swarm, joining the node at `market`.
-fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
-    tokio::spawn(market_worker::daemon::run(
-        who.clone(),
-        market_worker::daemon::WorkerOptions {
-            market: market.clone(),
-            data_dir: data.to_owned(),
-            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-            behavior: Behavior::Honest,
-            stake: 500,
-            device: "cpu".into(),
-            listen: Vec::new(),
-            status_line: false,
-            relay: false,
-        },
-    ));
-}
-
-/// A verifier daemon in this process, with its own swarm, joining the node at `market`.
-fn spawn_verifier(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
-    tokio::spawn(market_verifier::daemon::run(
-        who.clone(),
-        market_verifier::daemon::VerifierOptions {
-            market: market.clone(),
-            data_dir: data.to_owned(),
-            cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-            stake: 500,
-            listen: Vec::new(),
-            device: "cpu".into(),
-        },
-    ));
 }
 
 /// Waits until `n` participants are connected.

@@ -532,30 +532,18 @@ async fn a_pooled_task_is_priced_per_slot_round_and_posted_as_its_rounds() {
         task.price = market_protocol::Credits(price);
         task
     };
+    let post = |task| {
+        call(
+            &n.app,
+            signed(&n.buyer, "POST", "/v1/tasks", post_body(&n.buyer, task)),
+        )
+    };
     // 6 slot-rounds at 20 credits each: no more than two verifiers' fees of 10.
-    let (s, v) = call(
-        &n.app,
-        signed(
-            &n.buyer,
-            "POST",
-            "/v1/tasks",
-            post_body(&n.buyer, pooled(950, 120)),
-        ),
-    )
-    .await;
+    let (s, v) = post(pooled(950, 120)).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["error"]["code"], "price_too_low", "{v}");
     assert_eq!(n.node.ledger.balance(&n.buyer.account()).0, before);
-    let (s, v) = call(
-        &n.app,
-        signed(
-            &n.buyer,
-            "POST",
-            "/v1/tasks",
-            post_body(&n.buyer, pooled(951, 600)),
-        ),
-    )
-    .await;
+    let (s, v) = post(pooled(951, 600)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["state"]["state"], "pooling", "{v}");
     assert_eq!(v["pool"]["part"], "task", "{v}");
