@@ -56,6 +56,11 @@ pub struct NodeConfig {
     /// Stake taken from a worker that accepted a task and produced no usable result (no
     /// commitment, or one that does not match the task).
     pub abandon_slash: u64,
+    /// The most steps the node runs itself to confirm a worker's report that the task
+    /// diverged (a confirmed divergence rejects the task and slashes nobody). A report of a
+    /// later divergence is not checked: its worker is not slashed, and the task goes to
+    /// another worker. Bounds what a false report can make the node compute.
+    pub max_divergence_check_steps: u32,
     /// Keep result bundles (every checkpoint of every attempt) after a task is settled or
     /// rejected. Off by default: the ledger holds the commitments and verdicts, the buyer's
     /// outputs are in the blob store, and bundles of large models would fill the disk.
@@ -122,6 +127,7 @@ impl Default for NodeConfig {
             min_detection_target: "0.5".parse().expect("a canonical decimal"),
             silence_slash: 10,
             abandon_slash: 50,
+            max_divergence_check_steps: 10_000,
             keep_bundles: false,
             network: NetworkConfig::default(),
         }

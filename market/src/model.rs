@@ -117,6 +117,10 @@ pub struct Attempt {
     /// these, not runs that produced nothing, count toward `max_attempts`.
     #[serde(default)]
     pub result_failed: bool,
+    /// The step at which its worker reported the run diverged, recorded before the node
+    /// checks it (kept across a restart, so the reporter is not handed the task again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub divergence_claim: Option<u32>,
 }
 
 /// An accepted attempt being paid: written before the first payment, so a node restarted

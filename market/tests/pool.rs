@@ -570,6 +570,10 @@ async fn a_pool_with_more_slots_than_workers_waits_and_a_cancel_ends_it() {
     };
     let waiting = view.waiting_for.unwrap_or_default();
     assert!(waiting.starts_with("slot 1 of round 0"), "{waiting}");
+    assert!(
+        waiting.contains("holds no other slot of this round"),
+        "{waiting}"
+    );
     node.cancel(&posted.id, &net.buyer.account()).await.unwrap();
     let t = node
         .wait_final(&posted.id, Duration::from_secs(60))
@@ -590,4 +594,60 @@ async fn a_pool_with_more_slots_than_workers_waits_and_a_cancel_ends_it() {
     )
     .await;
     assert_eq!(account["escrowed"], 0, "{account}");
+}
+
+/// Red team: a false report of divergence made the node re-run a whole 3,000-step task for
+/// nothing, and a node short of memory crashed on it at every restart. The node now checks at
+/// most `max_divergence_check_steps` steps; a report beyond that is not checked, costs its
+/// worker nothing, and the task goes to another worker (never back to the reporter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_divergence_reported_too_far_in_is_not_checked_and_slashes_nobody() {
+    let workers = [
+        ("far worker a", Behavior::Honest),
+        ("far worker b", Behavior::Honest),
+    ];
+    let config = NodeConfig {
+        max_divergence_check_steps: 1,
+        ..NodeConfig::default()
+    };
+    let net = common::open(
+        tempfile::tempdir().unwrap(),
+        config,
+        &workers,
+        &[("far verifier", VerifierMode::Honest)],
+    )
+    .await;
+    let node = net.node.clone();
+    let engine = tokio::spawn(node.clone().run_engine());
+    let before = node.ledger.balance(&net.buyer.account()).0;
+    let mut spec = training_task(&net.buyer, 20);
+    if let Workload::Training(t) = &mut spec.workload {
+        t.steps = 60;
+        if let market_protocol::OptimizerSpec::Adamw { lr, .. } = &mut t.optimizer {
+            *lr = "10".parse().unwrap();
+        }
+    }
+    let posted = post(&node, &net.buyer, spec).await;
+    let t = node
+        .wait_final(&posted.id, Duration::from_secs(300))
+        .await
+        .unwrap();
+    engine.abort();
+    assert!(
+        matches!(t.state, TaskState::Rejected { .. }),
+        "{:?}",
+        t.state
+    );
+    assert_eq!(
+        t.attempts.len(),
+        2,
+        "each worker tried once: {:?}",
+        t.attempts
+    );
+    assert!(t.attempts.iter().all(|a| a.divergence_claim.is_some()));
+    for (label, _) in workers {
+        let w = Identity::from_test_label(label).account();
+        assert_eq!(node.ledger.stake(&w).0, 300, "{label} was slashed");
+    }
+    assert_eq!(node.ledger.balance(&net.buyer.account()).0, before);
 }

@@ -530,6 +530,7 @@ def check_export():
     ledger = bytes.fromhex(entries[0]["body"]["kind"]["genesis"]["ledger"])
     prev = bytes(32)
     tasks, commitments, verdicts, released, rewarded, rounds = {}, {}, [], {}, {}, []
+    spent = {}
     for raw, e in zip(lines, entries):
         assert jcs(e) == raw, "not canonical"
         body = e["body"]
@@ -548,6 +549,12 @@ def check_export():
             commitments[cid] = (c["body"], beacon)
         elif kind in ("reward", "slash") and k.get("verdict"):
             verdicts.append((kind, k["verdict"]["body"]))
+        if kind in ("release", "reward", "refund"):
+            # Replay every escrow: nothing leaves it that was not put in.
+            spent[k["task_id"]] = spent.get(k["task_id"], 0) + k["amount"]
+            assert spent[k["task_id"]] <= tasks[k["task_id"]]["price"], "an escrow overdrawn"
+        if kind == "release" and tasks[k["task_id"]]["workload"].get("pool"):
+            assert k.get("commitment"), "a pooled task's release without its commitment"
         if kind == "release" and k.get("commitment"):
             cid = message_id("market/v1/Commitment", k["commitment"]["body"])
             assert cid not in released, "a commitment released twice"

@@ -632,6 +632,7 @@ mod tests {
                 plan: Some(plan.clone()),
                 run_millis: Some(20_000),
                 result_failed: false,
+                divergence_claim: None,
             }],
             outputs: Vec::new(),
             ledger_seqs: Vec::new(),

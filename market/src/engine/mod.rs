@@ -210,7 +210,12 @@ impl Node {
             // The interrupted run is not the worker's failure: forget it, so the same worker
             // may run it again. A deterministic re-run records the same commitment under the
             // same key, and the same beacon.
-            if t.attempts.last().is_some_and(|a| !a.accepted) {
+            // A run whose worker reported a divergence the node was checking stays: its worker
+            // is not handed the task again (a false report must not loop the node).
+            if t.attempts
+                .last()
+                .is_some_and(|a| !a.accepted && a.divergence_claim.is_none())
+            {
                 t.attempts.pop();
             }
             t.state = TaskState::Queued;
@@ -648,7 +653,10 @@ impl Node {
                 HumanBytes(t.needs.disk_bytes),
             );
             let anyone = Resources::default();
-            view.waiting_for = if eligible.is_empty() {
+            let pool_bound = !self.round_mates(t).is_empty();
+            view.waiting_for = if eligible.is_empty() && pool_bound {
+                Some(format!("a staked worker that runs the {profile} profile and holds no other slot of this round (a round's slots go to distinct workers, and none goes to a worker caught cheating on the pool)"))
+            } else if eligible.is_empty() {
                 if self.workers_for(t, &anyone).is_empty() {
                     Some(format!("a staked worker that runs the {profile} profile"))
                 } else {
@@ -798,6 +806,7 @@ impl Node {
             plan: None,
             run_millis: None,
             result_failed: false,
+            divergence_claim: None,
         });
         t.state = TaskState::Running {
             worker,

@@ -283,13 +283,29 @@ impl Node {
         worker: AccountId,
         why: &str,
     ) -> anyhow::Result<()> {
-        if why.contains("diverged") {
-            if let Some(divergence) = self.task_diverges(&t).await? {
-                // The task's own fault, confirmed by the node's run: nobody is slashed.
-                tracing::warn!(task = %t.id, %divergence, "the task diverges; rejected");
-                return self
-                    .reject(t, format!("the task diverges: {divergence}"))
-                    .await;
+        if let Some(step) = divergence_claim(why) {
+            // Recorded first: whatever happens during the check, the reporter is not handed
+            // this task again.
+            t.attempts[n].divergence_claim = Some(step);
+            self.save(&t)?;
+            match self.task_diverges(&t, step).await? {
+                Divergence::Confirmed(divergence) => {
+                    // The task's own fault, confirmed by the node's run: nobody is slashed.
+                    tracing::warn!(task = %t.id, %divergence, "the task diverges; rejected");
+                    return self
+                        .reject(t, format!("the task diverges: {divergence}"))
+                        .await;
+                }
+                Divergence::Unchecked(steps) => {
+                    // Too far in for the node to check: not held against the worker, which
+                    // does not get the task again.
+                    tracing::warn!(task = %t.id, %worker, steps, "a reported divergence too far in to check; the task goes to another worker");
+                    t.state = TaskState::Queued;
+                    self.save(&t)?;
+                    self.wake();
+                    return Ok(());
+                }
+                Divergence::Refuted => {}
             }
         }
         tracing::warn!(task = %t.id, %worker, error = %why, "worker produced no usable result");
@@ -315,7 +331,8 @@ impl Node {
             .await?;
         self.store
             .update_participant(&format!("{}:{n}:abandoned", t.id), &worker, |p| {
-                p.tasks_failed += 1
+                p.tasks_failed += 1;
+                p.slashed += 1;
             })?;
         t.state = TaskState::Queued;
         self.save(&t)?;
@@ -323,17 +340,31 @@ impl Node {
         Ok(())
     }
 
-    /// Whether the task's own run diverges (a worker said so): the node runs it itself, the
-    /// whole run or the slot-round, from its start, and returns the failure if a value goes
-    /// non-finite. A deterministic divergence is the buyer's spec at fault, never the worker
-    /// (otherwise a buyer could post a diverging task and collect the slashes). A worker that
-    /// claims it falsely is slashed as before; the node's run costs it at most the task's work.
-    async fn task_diverges(&self, t: &TaskRecord) -> anyhow::Result<Option<String>> {
+    /// Whether the task's own run diverges by `step` (a worker said so): the node runs it
+    /// itself, the whole run or the slot-round, from its start up to that step, at most
+    /// `max_divergence_check_steps` steps and as many at once as it validates posts. A
+    /// deterministic divergence is the buyer's spec at fault, never the worker (otherwise a
+    /// buyer could post a diverging task and collect the slashes); a worker that reports one
+    /// falsely is slashed as for any run that produced nothing.
+    async fn task_diverges(&self, t: &TaskRecord, step: u32) -> anyhow::Result<Divergence> {
         if !matches!(t.spec.body.workload, Workload::Training(_)) {
-            return Ok(None);
+            return Ok(Divergence::Refuted);
         }
+        let first = t.slot().map_or(0, |s| {
+            s.round.saturating_mul(match &t.spec.body.workload {
+                Workload::Training(tr) => tr.pool.as_ref().map_or(0, |p| p.inner_steps),
+                Workload::Inference(_) => 0,
+            })
+        });
+        let steps = step.saturating_sub(first);
+        if steps > self.config.max_divergence_check_steps {
+            return Ok(Divergence::Unchecked(steps));
+        }
+        let _permit = std::sync::Arc::clone(&self.validations)
+            .acquire_owned()
+            .await?;
         let (spec, blobs, slot) = (t.spec.body.clone(), self.blobs.clone(), t.slot().copied());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Divergence> {
             let job = market_compute::TrainingJob::from_spec(&spec, &blobs)?;
             let (run, mut state) = match slot {
                 None => {
@@ -349,15 +380,18 @@ impl Node {
                 }
             };
             for segment in 0..run.segments() {
+                if state.step >= step {
+                    break;
+                }
                 match run.run_segment(segment, &state, |_, _| {}) {
                     Ok((next, _)) => state = next,
                     Err(e @ market_compute::ComputeError::NonFinite { .. }) => {
-                        return Ok(Some(e.to_string()))
+                        return Ok(Divergence::Confirmed(e.to_string()))
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
-            Ok(None)
+            Ok(Divergence::Refuted)
         })
         .await?
     }
@@ -500,5 +534,55 @@ impl Node {
 fn push_seq(t: &mut TaskRecord, seq: u64) {
     if !t.ledger_seqs.contains(&seq) {
         t.ledger_seqs.push(seq);
+    }
+}
+
+/// What the node's own run says of a worker's report that the task diverged.
+enum Divergence {
+    /// It diverges: this failure.
+    Confirmed(String),
+    /// It does not, up to the step reported.
+    Refuted,
+    /// Not checked: this many steps in, more than the node runs for a report.
+    Unchecked(u32),
+}
+
+/// The step of a worker's report that its run diverged: the failure of `compute`'s
+/// `NonFinite` error, "non-finite value in `TENSOR` after step N: the run diverged", at the
+/// end of the reason. Any other failure is none.
+fn divergence_claim(why: &str) -> Option<u32> {
+    let rest = why.strip_suffix(": the run diverged")?;
+    let at = rest.rfind(" after step ")?;
+    let number = &rest[at + " after step ".len()..];
+    if !rest[..at].contains("non-finite value in `") {
+        return None;
+    }
+    number.parse().ok()
+}
+
+#[cfg(test)]
+mod divergence_tests {
+    use super::divergence_claim;
+
+    #[test]
+    fn only_a_divergence_report_names_a_step() {
+        let e = market_compute::ComputeError::NonFinite {
+            tensor: "loss".into(),
+            step: 21,
+        };
+        assert_eq!(divergence_claim(&e.to_string()), Some(21));
+        assert_eq!(
+            divergence_claim(&format!("exec failed: {e}")),
+            Some(21),
+            "wrapped in context"
+        );
+        for other in [
+            "could not write /data/diverged/jobs/1: permission denied",
+            "the run diverged",
+            "non-finite value in `loss` after step x: the run diverged",
+            "non-finite value in `loss` after step 3: the run diverged; retry",
+        ] {
+            assert_eq!(divergence_claim(other), None, "{other}");
+        }
     }
 }
