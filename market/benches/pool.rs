@@ -141,7 +141,8 @@ async fn run(case: &Case, nonce: u64) {
         .unwrap();
     let wall = started.elapsed();
     assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
-    let Some(PoolPart::Task(prog)) = &t.pool else {
+    let view = node.view(&t);
+    let Some(PoolPart::Task(prog)) = &view.pool else {
         unreachable!()
     };
     let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();

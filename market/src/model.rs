@@ -199,7 +199,9 @@ pub struct PoolProgress {
     /// The slot-round tasks of the current round, in slot order.
     #[schema(value_type = Vec<String>)]
     pub slot_tasks: Vec<TaskId>,
-    /// Every merged round, in order.
+    /// Every merged round, in order: in the task's view (kept apart from its record, in the
+    /// store's own tree, so a long pool's record stays small).
+    #[serde(default)]
     pub history: Vec<RoundSummary>,
     /// The buyer cancelled: no round starts after the current one.
     #[serde(default)]

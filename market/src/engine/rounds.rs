@@ -224,8 +224,8 @@ impl Node {
     async fn start_round(&self, p: &mut TaskRecord, mut prog: PoolProgress) -> anyhow::Result<()> {
         let previous: Vec<Option<BlobId>> = match prog.round.checked_sub(1) {
             None => vec![None; prog.slots as usize],
-            Some(_) => {
-                let last = prog.history.last().ok_or_else(|| {
+            Some(before) => {
+                let last = self.store.pool_round(&p.id, before)?.ok_or_else(|| {
                     anyhow::anyhow!("round {} has no merged round before it", prog.round)
                 })?;
                 let mut finals = Vec::new();
@@ -383,13 +383,17 @@ impl Node {
             p.ledger_seqs.push(entry.seq());
         }
         tracing::info!(task = %p.id, round = prog.round, %global, ?eval_loss, "pooled round merged");
-        prog.history.push(RoundSummary {
-            round: prog.round,
-            global,
-            slots: summaries,
-            eval_loss,
-            ledger_seq: entry.seq(),
-        });
+        // Before the record moves on: a restart between the two merges again, the same bytes.
+        self.store.save_pool_round(
+            &p.id,
+            &RoundSummary {
+                round: prog.round,
+                global,
+                slots: summaries,
+                eval_loss,
+                ledger_seq: entry.seq(),
+            },
+        )?;
         prog.round += 1;
         prog.global = global;
         prog.slot_tasks.clear();
@@ -411,14 +415,15 @@ impl Node {
     }
 
     /// Ends a pooled task in `state`: the buyer gets the weights of the last merged state
-    /// (`global`, or the latest in its history), and the rest of the escrow is refunded.
+    /// (`global`, or the latest merged one), and the rest of the escrow is refunded.
     async fn finish_pool(
         &self,
         mut p: TaskRecord,
         state: TaskState,
         global: Option<StateHash>,
     ) -> anyhow::Result<()> {
-        let global = global.or_else(|| p.rounds().and_then(|r| r.history.last()).map(|h| h.global));
+        // After a merge, the pooled task's `global` is the last merged state.
+        let global = global.or_else(|| p.rounds().filter(|r| r.round > 0).map(|r| r.global));
         if let Some(global) = global {
             let (spec, blobs) = (p.spec.body.clone(), self.blobs.clone());
             let weights = tokio::task::spawn_blocking(move || -> anyhow::Result<BlobId> {
@@ -462,6 +467,11 @@ impl Node {
         self.store
             .task(id)?
             .ok_or_else(|| anyhow::anyhow!("no task {id}"))
+    }
+
+    /// Every merged round of pooled task `id`, in order (none for another task).
+    pub fn pool_history(&self, id: &TaskId) -> anyhow::Result<Vec<RoundSummary>> {
+        Ok(self.store.pool_rounds(id)?)
     }
 
     /// Advances every pooled task whose advance failed or that a restart interrupted.

@@ -12,6 +12,9 @@ impl Node {
     /// sits in the queue learns why (no worker or verifier for its profile, or none free).
     pub fn view(&self, t: &TaskRecord) -> crate::model::TaskView {
         let mut view = t.view();
+        if let Some(crate::model::PoolPart::Task(prog)) = &mut view.pool {
+            prog.history = self.store.pool_rounds(&t.id).unwrap_or_default();
+        }
         if let Some(prog) = t.rounds().filter(|_| !t.state.is_final()) {
             view.slots = prog
                 .slot_tasks

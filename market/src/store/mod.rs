@@ -15,6 +15,7 @@ use crate::model::ParticipantStats;
 
 mod blobs;
 mod nonces;
+mod pool_rounds;
 mod tasks;
 
 pub use blobs::{BlobAccess, UploadCharge};
@@ -67,6 +68,10 @@ pub struct Store {
     /// Bytes each account holds in blobs (its quota use).
     blob_usage: sled::Tree,
     participants: sled::Tree,
+    /// Merged rounds of pooled tasks: key = task id || round (big-endian u32), value = the
+    /// round's summary (JSON). Kept apart from the task record, which would otherwise grow
+    /// with every round and be rewritten whole at every save.
+    pool_rounds: sled::Tree,
     /// Events already counted in participant records: key = event || 0x00 || account.
     counted: sled::Tree,
     /// The next arrival number: one past the last in `order` at open, then taken atomically.
@@ -126,6 +131,7 @@ impl Store {
             blob_uploads: db.open_tree("blob_uploads")?,
             blob_usage: db.open_tree("blob_usage")?,
             participants: db.open_tree("participants")?,
+            pool_rounds: db.open_tree("pool_rounds")?,
             counted: db.open_tree("counted")?,
             next_order: Default::default(),
             blob_lock: Default::default(),
