@@ -14,13 +14,13 @@
 
 mod common;
 
-use common::{spawn_verifier, spawn_worker};
+use common::{networked_node, spawn_verifier, spawn_worker};
 
 use std::time::{Duration, Instant};
 
 use market_node::config::NodeConfig;
 use market_node::model::{PoolPart, TaskState};
-use market_node::p2p::{open_networked, P2pOptions};
+use market_node::p2p::P2pOptions;
 use market_protocol::fixtures::training_task;
 use market_protocol::{BlobId, Identity, ModelSpec, Signed, TaskSpec, Workload};
 
@@ -90,19 +90,13 @@ async fn run(case: &Case, nonce: u64) {
     println!("\n{}", case.name);
     let dir = tempfile::tempdir().unwrap();
     let buyer = Identity::from_test_label("pool bench buyer");
-    let (node, dispatch, addrs) = open_networked(
+    let (node, dispatch, addrs) = networked_node(
         &dir.path().join("node"),
         NodeConfig::default(),
-        Identity::from_test_label("pool bench operator"),
-        market_net::NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..Default::default()
-        },
+        "pool bench operator",
         P2pOptions::default(),
     )
-    .await
-    .unwrap();
-    tokio::spawn(node.clone().run_engine());
+    .await;
     node.fund("b", &buyer.account(), 1_000_000, 0)
         .await
         .unwrap();

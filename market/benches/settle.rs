@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{spawn_verifier, spawn_worker};
+use common::{networked_node, spawn_verifier, spawn_worker};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,19 +88,13 @@ async fn main() {
 
     // Over libp2p.
     let dir = tempfile::tempdir().unwrap();
-    let (node, dispatch, addrs) = open_networked(
+    let (node, dispatch, addrs) = networked_node(
         &dir.path().join("node"),
         config(),
-        Identity::from_test_label("settle bench operator"),
-        market_net::NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..Default::default()
-        },
+        "settle bench operator",
         P2pOptions::default(),
     )
-    .await
-    .unwrap();
-    tokio::spawn(node.clone().run_engine());
+    .await;
     node.fund("b", &buyer.account(), 100_000, 0).await.unwrap();
     node.fund("b", &worker.account(), 1_000, 0).await.unwrap();
     node.fund("b", &verifier.account(), 1_000, 0).await.unwrap();

@@ -1,7 +1,36 @@
 //! What the networked benchmarks share: worker and verifier daemons in the bench's process.
 
+use std::sync::Arc;
+
+use market_node::config::NodeConfig;
+use market_node::engine::Node;
+use market_node::p2p::{open_networked, P2pDispatch, P2pOptions};
 use market_protocol::Identity;
 use market_worker::Behavior;
+
+/// A node on loopback over libp2p in `dir`, signed by the test identity `operator`, with its
+/// engine running: the node, its dispatch and the addresses participants dial.
+pub async fn networked_node(
+    dir: &std::path::Path,
+    config: NodeConfig,
+    operator: &str,
+    options: P2pOptions,
+) -> (Arc<Node>, Arc<P2pDispatch>, Vec<market_net::Multiaddr>) {
+    let (node, dispatch, addrs) = open_networked(
+        dir,
+        config,
+        Identity::from_test_label(operator),
+        market_net::NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..Default::default()
+        },
+        options,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(node.clone().run_engine());
+    (node, dispatch, addrs)
+}
 
 /// An honest worker daemon in this process, with its own swarm, joining the node at `market`.
 pub fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::path::Path) {
