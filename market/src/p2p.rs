@@ -546,6 +546,11 @@ impl P2pDispatch {
             return;
         };
         let balance = node.ledger.balance(&worker).0;
+        // The id the worker knows the work by: a slot-round's is its pooled task's. Its
+        // finished jobs of that task are then removed; another of its slot-rounds of the pool
+        // cannot be waiting for an audit, as a round's slots go to distinct workers and the
+        // next round starts only once this one is merged.
+        let task_id = t.task_id();
         let net = self.net.clone();
         tokio::spawn(async move {
             let _ = net

@@ -1181,5 +1181,17 @@ fn a_worker_killed_mid_round_loses_its_slot_and_the_pool_ends_as_an_honest_one()
         ];
         assert_conserved(&m, &everyone, 10_000 + 4 * 1_000);
         assert_eq!(m.node.ledger.escrow_of(&posted.id).unwrap().remaining.0, 0);
+        // Each settled slot-round frees its worker's disk (the `settled` names the pool).
+        for label in ["pool worker b", "pool worker c"] {
+            let mut left = job_dirs_of(&m, label, &posted.id);
+            for _ in 0..200 {
+                if left.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                left = job_dirs_of(&m, label, &posted.id);
+            }
+            assert!(left.is_empty(), "{label} keeps {left:?}");
+        }
     });
 }
