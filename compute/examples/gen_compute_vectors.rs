@@ -30,6 +30,7 @@ fn mlp_task() -> TaskSpec {
         checkpoint_interval: 10,
         initial_weights: None,
         pool: None,
+        eval_dataset: None,
     });
     task
 }

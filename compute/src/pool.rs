@@ -247,20 +247,71 @@ pub fn outer_step(pool: &Pool, global: &TrainState, finals: &[TrainState]) -> Re
     Ok(next)
 }
 
-/// Held-out examples a pooled task's merged states are evaluated on: the first 256 held-out
-/// sums of its `arithmetic` language (pairs no training set contains); none for a `gpt` on
-/// another dataset or for another model.
-pub fn held_out_examples(spec: &market_protocol::TaskSpec) -> Vec<crate::data::Example> {
+/// The largest evaluation blob a task may name (only its first [`EVAL_EXAMPLES`] windows are
+/// read).
+pub const MAX_EVAL_BYTES: usize = 16 << 20;
+
+/// Examples a pooled task's merged states are evaluated on, at most.
+pub const EVAL_EXAMPLES: usize = 256;
+
+/// Examples a pooled task's merged states are evaluated on (`COMPUTE.md` section 10), for a
+/// `gpt`: from its `eval_dataset` token blob, the first [`EVAL_EXAMPLES`] non-overlapping
+/// windows of `context + 1` tokens, every position scored; otherwise, on the `arithmetic`
+/// language, its first [`EVAL_EXAMPLES`] held-out sums (pairs no training set contains).
+/// None for other models and datasets. An evaluation blob that is missing, too large or not
+/// a token blob of the model's vocabulary is an error.
+pub fn eval_examples(
+    spec: &market_protocol::TaskSpec,
+    blobs: &dyn crate::BlobSource,
+) -> Result<Vec<crate::data::Example>> {
     let market_protocol::Workload::Training(t) = &spec.workload else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    match (&t.dataset, &t.model) {
-        (
-            market_protocol::DatasetSource::Arithmetic { max_operand, .. },
-            market_protocol::ModelSpec::Gpt { .. },
-        ) => crate::data::arithmetic::held_out(*max_operand, 256),
-        _ => Vec::new(),
+    let market_protocol::ModelSpec::Gpt { vocab, context, .. } = &t.model else {
+        if t.eval_dataset.is_some() {
+            return Err(ComputeError::config(
+                "eval_dataset",
+                "an evaluation blob is for a `gpt` only",
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    if let Some(id) = &t.eval_dataset {
+        let bytes = blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))?;
+        if bytes.len() > MAX_EVAL_BYTES {
+            return Err(ComputeError::config(
+                "eval_dataset",
+                format!("{} bytes, over the limit of {MAX_EVAL_BYTES}", bytes.len()),
+            ));
+        }
+        let crate::data::Dataset::Tokens(tokens) =
+            crate::data::parse_token_blob(&bytes, *vocab as usize)?
+        else {
+            return Err(ComputeError::config("eval_dataset", "not a token blob"));
+        };
+        let window = *context as usize + 1;
+        let examples: Vec<_> = tokens
+            .chunks_exact(window)
+            .take(EVAL_EXAMPLES)
+            .map(|w| crate::data::Example {
+                tokens: w.to_vec(),
+                answer_start: 0,
+            })
+            .collect();
+        if examples.is_empty() {
+            return Err(ComputeError::config(
+                "eval_dataset",
+                format!("fewer than {window} tokens: not one window of the model's context"),
+            ));
+        }
+        return Ok(examples);
     }
+    Ok(match &t.dataset {
+        market_protocol::DatasetSource::Arithmetic { max_operand, .. } => {
+            crate::data::arithmetic::held_out(*max_operand, EVAL_EXAMPLES)
+        }
+        _ => Vec::new(),
+    })
 }
 
 /// What a pooled run produced, run in one process.

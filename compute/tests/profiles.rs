@@ -69,6 +69,7 @@ fn mlp_repro_and_native_agree_within_tolerance() {
         checkpoint_interval: 10,
         initial_weights: None,
         pool: None,
+        eval_dataset: None,
     });
     compare(&task, 4);
 }

@@ -654,3 +654,80 @@ async fn a_divergence_reported_too_far_in_is_not_checked_and_slashes_nobody() {
     }
     assert_eq!(node.ledger.balance(&net.buyer.account()).0, before);
 }
+
+/// Issue 14, item 3: a `gpt` task may name an evaluation blob; each merged round's held-out
+/// loss is then the merged parameters' loss on its windows (here recomputed apart), and a blob
+/// that is not a token blob of the model's vocabulary is refused at post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_task_is_evaluated_on_the_buyers_evaluation_blob() {
+    let net = common::open(
+        tempfile::tempdir().unwrap(),
+        NodeConfig::default(),
+        &[
+            ("eval worker a", Behavior::Honest),
+            ("eval worker b", Behavior::Honest),
+        ],
+        &[("eval verifier", VerifierMode::Honest)],
+    )
+    .await;
+    let node = net.node.clone();
+    let token_blob = |tokens: Vec<u32>| {
+        let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::U32,
+            vec![tokens.len()],
+            &bytes,
+        )
+        .unwrap();
+        safetensors::serialize([("tokens", view)], None).unwrap()
+    };
+    let put = |bytes: &[u8]| {
+        let id = node.blobs.put(bytes).unwrap();
+        node.store.hold_result(&id, &net.buyer.account()).unwrap();
+        id
+    };
+    // 100 windows of 17 tokens (context 16), vocabulary 16.
+    let good = put(&token_blob(
+        (0..1700u32).map(|i| (i * 7 + 3) % 16).collect(),
+    ));
+    let bad = put(&token_blob(vec![16; 40]));
+    let with_eval = |nonce, id| {
+        let mut spec = pooled(&net.buyer, nonce, 2);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.eval_dataset = Some(id);
+        }
+        spec
+    };
+    let e = node
+        .post_task(Signed::sign(with_eval(30, bad), &net.buyer).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_task", "{}", e.message);
+    assert!(e.message.contains("vocabulary"), "{}", e.message);
+
+    let engine = tokio::spawn(node.clone().run_engine());
+    let spec = with_eval(31, good);
+    let posted = post(&node, &net.buyer, spec.clone()).await;
+    let t = node
+        .wait_final(&posted.id, Duration::from_secs(300))
+        .await
+        .unwrap();
+    engine.abort();
+    assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+    let job = TrainingJob::from_spec(&spec, &NoBlobs).unwrap();
+    let examples = market_compute::pool::eval_examples(&spec, &node.blobs).unwrap();
+    assert_eq!(examples.len(), 100);
+    let honest = run_locally(&job, |_| {}).unwrap();
+    let history = node.pool_history(&t.id).unwrap();
+    for (h, global) in history.iter().zip(&honest.globals) {
+        let expected = job.loss_on(&global.params, &examples).unwrap();
+        assert_eq!(
+            h.eval_loss.map(f32::to_bits),
+            Some(expected.to_bits()),
+            "{h:?}"
+        );
+    }
+    // It is the buyer's and the node's: workers are not sent it.
+    assert!(!spec.blobs().contains(&good));
+    assert!(spec.named_blobs().contains(&good));
+}

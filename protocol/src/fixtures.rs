@@ -48,6 +48,7 @@ pub fn training_task(buyer: &Identity, nonce: u64) -> TaskSpec {
             checkpoint_interval: 10,
             initial_weights: None,
             pool: None,
+            eval_dataset: None,
         }),
         seed: 42,
         profile: ExecutionProfile::Repro,

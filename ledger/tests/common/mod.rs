@@ -82,6 +82,7 @@ pub fn task(buyer: &Identity, price: u64, nonce: u64) -> Signed<TaskSpec> {
             checkpoint_interval: 2,
             initial_weights: None,
             pool: None,
+            eval_dataset: None,
         }),
         seed: 7,
         profile: ExecutionProfile::Repro,

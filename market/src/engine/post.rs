@@ -132,7 +132,7 @@ impl Node {
         let record = self.store.insert_task(record).map_err(ApiError::internal)?;
         // Kept for as long as the task is: whoever runs or audits it reads these. (Kept alive
         // until here by the rights check, which counts as a use.)
-        for blob in spec.blobs() {
+        for blob in spec.named_blobs() {
             self.store.pin_blob(&blob).map_err(ApiError::internal)?;
         }
         self.emit(&record);
@@ -153,7 +153,7 @@ impl Node {
     /// (results are in the ledger), the blobs are not.
     fn check_blob_rights(&self, spec: &TaskSpec) -> Result<(), ApiError> {
         let now = crate::auth::unix_now();
-        for blob in spec.blobs() {
+        for blob in spec.named_blobs() {
             // A use keeps the blob from expiring while the post is validated and escrowed.
             self.store
                 .touch_blob(&blob, now)
@@ -223,6 +223,8 @@ impl Node {
             }
             .map_err(invalid)?;
             let plan = audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)?;
+            // An evaluation blob is read by the node alone, at every merge: checked now.
+            market_compute::pool::eval_examples(&spec, &blobs).map_err(invalid)?;
             Ok((plan, needs))
         })
         .await

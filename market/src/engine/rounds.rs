@@ -347,7 +347,7 @@ impl Node {
                 Err(e) => return Ok(Err(e.to_string())),
             };
             let id = blobs.put(&next.to_bytes_as(&job.layout, GLOBAL_FORMAT)?)?;
-            let held_out = pool::held_out_examples(&spec);
+            let held_out = pool::eval_examples(&spec, &blobs).unwrap_or_default();
             let eval_loss = (!held_out.is_empty())
                 .then(|| job.loss_on(&next.params, &held_out).ok())
                 .flatten();

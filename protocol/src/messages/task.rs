@@ -71,6 +71,11 @@ pub struct TrainingSpec {
     /// specs, and ids, of such tasks are what they were before pooling existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<PoolSpec>,
+    /// For a `gpt`: a token blob (the dataset blob format) the node evaluates the merged
+    /// states of a pooled task on, as its held-out loss per round. Absent (not `null`) when
+    /// there is none. Nobody trains or audits on it, so it is not among [`TaskSpec::blobs`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_dataset: Option<BlobId>,
 }
 
 /// How a pooled training task is split: `workers` slots each train `inner_steps` steps from
@@ -282,6 +287,22 @@ pub struct AuditPolicy {
 }
 
 impl TaskSpec {
+    /// Every blob the buyer names: [`TaskSpec::blobs`] and the evaluation blob, if any (the
+    /// buyer must hold them all, and the node keeps them for as long as the task).
+    pub fn named_blobs(&self) -> Vec<BlobId> {
+        let mut out = self.blobs();
+        if let Workload::Training(TrainingSpec {
+            eval_dataset: Some(id),
+            ..
+        }) = &self.workload
+        {
+            if !out.contains(id) {
+                out.push(*id);
+            }
+        }
+        out
+    }
+
     /// Every blob the task reads (weights, datasets, inference rows), without repeats, in
     /// the order they appear. Whoever runs or audits the task may read these and only these.
     pub fn blobs(&self) -> Vec<BlobId> {
