@@ -1171,6 +1171,21 @@ fn a_worker_killed_mid_round_loses_its_slot_and_the_pool_ends_as_an_honest_one()
             .collect();
         assert_eq!(releases.len(), 4, "{releases:?}");
         assert!(!releases.contains(&killed.account()));
+        // The worker that produced nothing is slashed to the operator, never to the buyer (who
+        // must not profit from workers failing its task).
+        let abandon_payees: Vec<AccountId> = (0..=head)
+            .filter_map(
+                |s| match m.node.ledger.entry(s).unwrap().unwrap().body.kind {
+                    market_ledger::EntryKind::Slash { account, to, .. }
+                        if account == killed.account() =>
+                    {
+                        Some(to)
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        assert_eq!(abandon_payees, [m.node.operator.account()]);
         let everyone = [
             m.buyer.account(),
             killed.account(),

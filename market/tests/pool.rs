@@ -34,6 +34,18 @@ fn pooled(buyer: &Identity, nonce: u64, rounds: u32) -> TaskSpec {
     task
 }
 
+/// A node with honest in-process workers and one honest verifier (`common::open`).
+async fn honest(config: NodeConfig, workers: &[&str], verifier: &str) -> common::Net {
+    let workers: Vec<(&str, Behavior)> = workers.iter().map(|w| (*w, Behavior::Honest)).collect();
+    common::open(
+        tempfile::tempdir().unwrap(),
+        config,
+        &workers,
+        &[(verifier, VerifierMode::Honest)],
+    )
+    .await
+}
+
 fn entries(node: &Node) -> Vec<Entry> {
     (0..=node.ledger.head().seq)
         .map(|s| node.ledger.entry(s).unwrap().unwrap())
@@ -211,13 +223,7 @@ async fn a_cheating_slot_is_caught_before_the_merge_and_the_pool_ends_where_an_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_task_cancelled_before_any_slot_ran_is_refunded_in_full() {
-    let net = common::open(
-        tempfile::tempdir().unwrap(),
-        NodeConfig::default(),
-        &[("cancel worker", Behavior::Honest)],
-        &[("cancel verifier", VerifierMode::Honest)],
-    )
-    .await;
+    let net = honest(NodeConfig::default(), &["cancel worker"], "cancel verifier").await;
     let node = net.node.clone();
     // No engine: nothing is run.
     let before = node.ledger.balance(&net.buyer.account()).0;
@@ -246,14 +252,10 @@ async fn a_pooled_task_cancelled_before_any_slot_ran_is_refunded_in_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_task_cancelled_mid_way_keeps_its_merged_rounds_and_refunds_the_rest() {
-    let net = common::open(
-        tempfile::tempdir().unwrap(),
+    let net = honest(
         NodeConfig::default(),
-        &[
-            ("stop worker a", Behavior::Honest),
-            ("stop worker b", Behavior::Honest),
-        ],
-        &[("stop verifier", VerifierMode::Honest)],
+        &["stop worker a", "stop worker b"],
+        "stop verifier",
     )
     .await;
     let node = net.node.clone();
@@ -484,17 +486,8 @@ async fn a_slot_round_run_from_another_start_than_assigned_is_refused_before_it_
 /// refunded what no merged round used.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_diverges_is_rejected_and_nobody_is_slashed() {
-    let workers = [
-        ("diverge worker a", Behavior::Honest),
-        ("diverge worker b", Behavior::Honest),
-    ];
-    let net = common::open(
-        tempfile::tempdir().unwrap(),
-        NodeConfig::default(),
-        &workers,
-        &[("diverge verifier", VerifierMode::Honest)],
-    )
-    .await;
+    let workers = ["diverge worker a", "diverge worker b"];
+    let net = honest(NodeConfig::default(), &workers, "diverge verifier").await;
     let node = net.node.clone();
     let engine = tokio::spawn(node.clone().run_engine());
     let before = node.ledger.balance(&net.buyer.account()).0;
@@ -527,7 +520,7 @@ async fn a_task_that_diverges_is_rejected_and_nobody_is_slashed() {
         spent += spec.price.0 - refunded(&node, &t);
     }
     engine.abort();
-    for (label, _) in workers {
+    for label in workers {
         let w = Identity::from_test_label(label).account();
         assert_eq!(node.ledger.stake(&w).0, 300, "{label} was slashed");
         assert!(node.ledger.reputation(&w) >= 0, "{label}");
@@ -549,13 +542,7 @@ async fn a_task_that_diverges_is_rejected_and_nobody_is_slashed() {
 /// stays paid, the rest is refunded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_with_more_slots_than_workers_waits_and_a_cancel_ends_it() {
-    let net = common::open(
-        tempfile::tempdir().unwrap(),
-        NodeConfig::default(),
-        &[("lonely worker", Behavior::Honest)],
-        &[("lonely verifier", VerifierMode::Honest)],
-    )
-    .await;
+    let net = honest(NodeConfig::default(), &["lonely worker"], "lonely verifier").await;
     let node = net.node.clone();
     let engine = tokio::spawn(node.clone().run_engine());
     let spec = pooled(&net.buyer, 12, 2);
@@ -605,21 +592,12 @@ async fn a_pool_with_more_slots_than_workers_waits_and_a_cancel_ends_it() {
 /// worker nothing, and the task goes to another worker (never back to the reporter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_divergence_reported_too_far_in_is_not_checked_and_slashes_nobody() {
-    let workers = [
-        ("far worker a", Behavior::Honest),
-        ("far worker b", Behavior::Honest),
-    ];
+    let workers = ["far worker a", "far worker b"];
     let config = NodeConfig {
         max_divergence_check_steps: 1,
         ..NodeConfig::default()
     };
-    let net = common::open(
-        tempfile::tempdir().unwrap(),
-        config,
-        &workers,
-        &[("far verifier", VerifierMode::Honest)],
-    )
-    .await;
+    let net = honest(config, &workers, "far verifier").await;
     let node = net.node.clone();
     let engine = tokio::spawn(node.clone().run_engine());
     let before = node.ledger.balance(&net.buyer.account()).0;
@@ -648,7 +626,7 @@ async fn a_divergence_reported_too_far_in_is_not_checked_and_slashes_nobody() {
         t.attempts
     );
     assert!(t.attempts.iter().all(|a| a.divergence_claim.is_some()));
-    for (label, _) in workers {
+    for label in workers {
         let w = Identity::from_test_label(label).account();
         assert_eq!(node.ledger.stake(&w).0, 300, "{label} was slashed");
     }
@@ -660,14 +638,10 @@ async fn a_divergence_reported_too_far_in_is_not_checked_and_slashes_nobody() {
 /// that is not a token blob of the model's vocabulary is refused at post.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_task_is_evaluated_on_the_buyers_evaluation_blob() {
-    let net = common::open(
-        tempfile::tempdir().unwrap(),
+    let net = honest(
         NodeConfig::default(),
-        &[
-            ("eval worker a", Behavior::Honest),
-            ("eval worker b", Behavior::Honest),
-        ],
-        &[("eval verifier", VerifierMode::Honest)],
+        &["eval worker a", "eval worker b"],
+        "eval verifier",
     )
     .await;
     let node = net.node.clone();

@@ -131,7 +131,7 @@ impl Node {
             .attempts
             .iter()
             .map(|a| a.worker)
-            .chain(self.round_mates(t))
+            .chain(self.barred_by_pool(t))
             .collect();
         let profile = t.spec.body.profile;
         self.dispatch

@@ -29,8 +29,6 @@ use crate::error::ApiError;
 use crate::model::{Attempt, TaskRecord, TaskState};
 use crate::store::Store;
 
-pub use rounds::{slot_round_budget, slot_task_id};
-
 /// The node: its state, its ledger and its workers' dispatcher.
 pub struct Node {
     /// Settings.

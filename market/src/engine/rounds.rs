@@ -20,7 +20,7 @@ use crate::model::{
 };
 
 /// The id of slot `slot`'s task in round `round` of pooled task `parent`.
-pub fn slot_task_id(parent: &TaskId, round: u32, slot: u32) -> TaskId {
+fn slot_task_id(parent: &TaskId, round: u32, slot: u32) -> TaskId {
     let mut h = blake3::Hasher::new_derive_key("market v1 pool slot-round task");
     h.update(parent.0.as_bytes());
     h.update(&round.to_le_bytes());
@@ -30,7 +30,7 @@ pub fn slot_task_id(parent: &TaskId, round: u32, slot: u32) -> TaskId {
 
 /// What each slot-round of a pooled task is paid from its escrow of `price`: an equal share
 /// for each of its `rounds × slots` slot-rounds (the remainder is refunded at the end).
-pub fn slot_round_budget(price: u64, rounds: u32, slots: u32) -> u64 {
+fn slot_round_budget(price: u64, rounds: u32, slots: u32) -> u64 {
     price / (u64::from(rounds) * u64::from(slots)).max(1)
 }
 
@@ -518,7 +518,7 @@ impl Node {
     /// The workers `t` may not go to because of its pool: those holding another slot of its
     /// round (running it, being audited on it or accepted for it: a round's slots go to
     /// distinct workers), and those caught cheating on any slot-round of the pool.
-    pub(super) fn round_mates(&self, t: &TaskRecord) -> Vec<market_protocol::AccountId> {
+    pub(super) fn barred_by_pool(&self, t: &TaskRecord) -> Vec<market_protocol::AccountId> {
         let Some(me) = t.slot() else {
             return Vec::new();
         };
@@ -541,8 +541,8 @@ impl Node {
     }
 }
 
-/// A slot's state stored as blob `id`, read with `job`'s layout.
-fn read_state(
+/// A slot's state stored as blob `id`, read with `job`'s layout (its hash checked).
+pub(super) fn read_state(
     blobs: &crate::blobs::BlobStore,
     id: &BlobId,
     job: &TrainingJob,

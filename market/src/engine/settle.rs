@@ -312,23 +312,18 @@ impl Node {
         let evidence = Hash::of(format!("abandoned:{}:{n}:{worker}", t.id).as_bytes());
         // Paid to the operator, not the buyer: a buyer must never profit from workers failing
         // its task.
-        let reason = "accepted a task and produced no usable result";
-        let operator = self.operator.account();
-        self.slash_tagged(
+        self.slash_to(
             &t,
             n,
             &worker,
             self.config.abandon_slash,
             evidence,
             None,
-            reason,
+            "accepted a task and produced no usable result",
             &[],
-            &operator,
-            reason,
+            &self.operator.account(),
         )
         .await?;
-        self.reputation(&format!("{}:{n}:slash:{reason}", t.id), &worker, -5)
-            .await?;
         self.store
             .update_participant(&format!("{}:{n}:abandoned", t.id), &worker, |p| {
                 p.tasks_failed += 1;
@@ -347,15 +342,12 @@ impl Node {
     /// buyer could post a diverging task and collect the slashes); a worker that reports one
     /// falsely is slashed as for any run that produced nothing.
     async fn task_diverges(&self, t: &TaskRecord, step: u32) -> anyhow::Result<Divergence> {
-        if !matches!(t.spec.body.workload, Workload::Training(_)) {
-            return Ok(Divergence::Refuted);
-        }
-        let first = t.slot().map_or(0, |s| {
-            s.round.saturating_mul(match &t.spec.body.workload {
-                Workload::Training(tr) => tr.pool.as_ref().map_or(0, |p| p.inner_steps),
-                Workload::Inference(_) => 0,
-            })
-        });
+        let inner_steps = match &t.spec.body.workload {
+            Workload::Training(tr) => tr.pool.as_ref().map_or(0, |p| p.inner_steps),
+            Workload::Inference(_) => return Ok(Divergence::Refuted),
+        };
+        // Reported steps are global: a slot-round starts at `round × inner_steps`.
+        let first = t.slot().map_or(0, |s| s.round.saturating_mul(inner_steps));
         let steps = step.saturating_sub(first);
         if steps > self.config.max_divergence_check_steps {
             return Ok(Divergence::Unchecked(steps));
@@ -372,10 +364,7 @@ impl Node {
                     (job, start)
                 }
                 Some(s) => {
-                    let bytes = blobs
-                        .read(&BlobId(s.start.0))
-                        .ok_or_else(|| anyhow::anyhow!("the slot-round's start is not stored"))?;
-                    let start = market_compute::TrainState::from_bytes(&bytes, &job.layout)?;
+                    let start = super::rounds::read_state(&blobs, &BlobId(s.start.0), &job)?;
                     (job.slot_round(s.slot, s.round)?, start)
                 }
             };
@@ -412,8 +401,26 @@ impl Node {
         to: &[AccountId],
     ) -> anyhow::Result<()> {
         let buyer = t.spec.body.buyer;
+        self.slash_to(t, n, account, amount, evidence, verdict, reason, to, &buyer)
+            .await
+    }
+
+    /// [`Node::slash`] with the rest paid to `rest_to` instead of the buyer.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn slash_to(
+        &self,
+        t: &TaskRecord,
+        n: usize,
+        account: &AccountId,
+        amount: u64,
+        evidence: Hash,
+        verdict: Option<&Signed<Verdict>>,
+        reason: &str,
+        to: &[AccountId],
+        rest_to: &AccountId,
+    ) -> anyhow::Result<()> {
         self.slash_tagged(
-            t, n, account, amount, evidence, verdict, reason, to, &buyer, reason,
+            t, n, account, amount, evidence, verdict, reason, to, rest_to, reason,
         )
         .await?;
         // Its own key per reason: a verifier slashed twice in one attempt loses reputation

@@ -49,7 +49,7 @@ impl Node {
                 HumanBytes(t.needs.disk_bytes),
             );
             let anyone = Resources::default();
-            let pool_bound = !self.round_mates(t).is_empty();
+            let pool_bound = !self.barred_by_pool(t).is_empty();
             view.waiting_for = if eligible.is_empty() && pool_bound {
                 Some(format!("a staked worker that runs the {profile} profile and holds no other slot of this round (a round's slots go to distinct workers, and none goes to a worker caught cheating on the pool)"))
             } else if eligible.is_empty() {
