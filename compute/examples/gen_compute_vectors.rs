@@ -1,12 +1,63 @@
 //! Writes the golden vectors `spec/vectors/compute-*.json`: the state hash after a number of
-//! `repro` steps for small `mlp` and `gpt` tasks, and every state of 2-slot, 2-round pooled runs
-//! (`compute-pool.json`). Run only for a deliberate protocol change:
+//! `repro` steps for small `mlp` and `gpt` tasks, every checkpoint of the cases the example
+//! tasks do not reach (`compute-cases.json`: an inexact attention scale, an odd number of
+//! layers, `relu`, a short final segment, blob datasets, SGD on a `gpt`), inference outputs
+//! (`compute-inference.json`: greedy and sampled decoding, `mlp` rows), and every state of
+//! 2-slot, 2-round pooled runs (`compute-pool.json`). Run only for a deliberate protocol change:
 //! `cargo run --release -p market-compute --example gen_compute_vectors -- spec/vectors`.
 
-use market_compute::{NoBlobs, TrainingJob};
+use std::collections::{BTreeMap, HashMap};
+
+use market_compute::{InferenceJob, NoBlobs, TrainingJob};
 use market_protocol::fixtures::training_task;
 use market_protocol::*;
-use serde_json::json;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::{json, Value};
+
+type Blobs = BTreeMap<BlobId, Vec<u8>>;
+type Error = Box<dyn std::error::Error>;
+
+fn dec(s: &str) -> Decimal {
+    s.parse()
+        .unwrap_or_else(|_| unreachable!("a literal decimal"))
+}
+
+/// A safetensors blob of the named tensors (with no metadata), added to `blobs`.
+fn add_blob(blobs: &mut Blobs, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> BlobId {
+    let views = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let view = TensorView::new(*dtype, shape.clone(), bytes)
+                .unwrap_or_else(|e| unreachable!("a well-formed tensor: {e}"));
+            (name.to_string(), view)
+        })
+        .collect::<Vec<_>>();
+    let bytes = safetensors::serialize(views, None::<HashMap<String, String>>)
+        .unwrap_or_else(|e| unreachable!("serialising: {e}"));
+    let id = BlobId(Hash::of(&bytes));
+    blobs.insert(id, bytes);
+    id
+}
+
+fn f32_bytes(values: impl Iterator<Item = f32>) -> Vec<u8> {
+    values.flat_map(f32::to_le_bytes).collect()
+}
+
+/// A small grid of exactly representable values in [-0.75, 0.75].
+fn grid(i: usize, j: usize, a: usize, b: usize) -> f32 {
+    ((i * a + j * b) % 13) as f32 / 8.0 - 0.75
+}
+
+fn hex_blobs(blobs: &Blobs, task: &TaskSpec) -> Value {
+    let named = task.blobs();
+    let map: serde_json::Map<String, Value> = blobs
+        .iter()
+        .filter(|(id, _)| named.contains(id))
+        .map(|(id, bytes)| (id.to_string(), Value::String(hex::encode(bytes))))
+        .collect();
+    Value::Object(map)
+}
 
 fn mlp_task() -> TaskSpec {
     let mut task = training_task(&Identity::from_test_label("buyer"), 7);
@@ -33,6 +84,222 @@ fn mlp_task() -> TaskSpec {
         eval_dataset: None,
     });
     task
+}
+
+fn training(task: &mut TaskSpec) -> &mut TrainingSpec {
+    match &mut task.workload {
+        Workload::Training(t) => t,
+        Workload::Inference(_) => unreachable!("a training fixture"),
+    }
+}
+
+fn sgd(lr: &str, momentum: &str, weight_decay: &str) -> OptimizerSpec {
+    OptimizerSpec::Sgd {
+        lr: dec(lr),
+        momentum: dec(momentum),
+        weight_decay: dec(weight_decay),
+    }
+}
+
+fn adamw(lr: &str) -> OptimizerSpec {
+    OptimizerSpec::Adamw {
+        lr: dec(lr),
+        beta1: dec("0.9"),
+        beta2: dec("0.999"),
+        eps: dec("0.00000001"),
+        weight_decay: dec("0.01"),
+    }
+}
+
+/// The training cases the example tasks do not reach, with the blobs they read.
+fn training_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
+    let buyer = Identity::from_test_label("buyer");
+    // Three blocks (odd), head size 12 (1/sqrt(12) is inexact in binary32), 25 steps in
+    // segments of 10, 10 and 5.
+    let mut odd_gpt = training_task(&buyer, 11);
+    let t = training(&mut odd_gpt);
+    t.model = ModelSpec::Gpt {
+        layers: 3,
+        heads: 2,
+        width: 24,
+        vocab: 16,
+        context: 16,
+    };
+    t.dataset = DatasetSource::Arithmetic {
+        max_operand: 49,
+        examples: 512,
+    };
+    t.batch_size = 8;
+    t.steps = 25;
+    // A token blob: 300 tokens of a vocabulary of 20, trained with SGD.
+    let tokens = add_blob(
+        blobs,
+        &[(
+            "tokens",
+            Dtype::U32,
+            vec![300],
+            (0..300u32)
+                .flat_map(|i| ((i * 7 + i / 13) % 20).to_le_bytes())
+                .collect(),
+        )],
+    );
+    let mut token_gpt = training_task(&buyer, 12);
+    let t = training(&mut token_gpt);
+    t.model = ModelSpec::Gpt {
+        layers: 1,
+        heads: 4,
+        width: 16,
+        vocab: 20,
+        context: 8,
+    };
+    t.dataset = DatasetSource::Blob { id: tokens };
+    t.optimizer = sgd("0.1", "0.9", "0");
+    t.batch_size = 4;
+    t.steps = 12;
+    t.checkpoint_interval = 5;
+    // relu on the teacher, SGD, a short final segment.
+    let mut relu = mlp_task();
+    let t = training(&mut relu);
+    t.model = ModelSpec::Mlp {
+        widths: vec![6, 24, 24, 3],
+        activation: Activation::Relu,
+    };
+    t.steps = 25;
+    // An x/y blob: 64 rows of 4 features and 2 outputs, tanh, AdamW.
+    let rows = 64;
+    let xy = add_blob(
+        blobs,
+        &[
+            (
+                "x",
+                Dtype::F32,
+                vec![rows, 4],
+                f32_bytes((0..rows * 4).map(|k| grid(k / 4, k % 4, 5, 3))),
+            ),
+            (
+                "y",
+                Dtype::F32,
+                vec![rows, 2],
+                f32_bytes((0..rows * 2).map(|k| grid(k / 2, k % 2, 3, 7))),
+            ),
+        ],
+    );
+    let mut xy_mlp = mlp_task();
+    let t = training(&mut xy_mlp);
+    t.model = ModelSpec::Mlp {
+        widths: vec![4, 16, 2],
+        activation: Activation::Tanh,
+    };
+    t.dataset = DatasetSource::Blob { id: xy };
+    t.optimizer = adamw("0.01");
+    t.batch_size = 16;
+    t.steps = 20;
+    t.checkpoint_interval = 5;
+    vec![
+        ("gpt-3-blocks-head-12-adamw-short-final", odd_gpt),
+        ("gpt-token-blob-sgd-short-final", token_gpt),
+        ("mlp-relu-sgd-short-final", relu),
+        ("mlp-tanh-adamw-xy-blob", xy_mlp),
+    ]
+}
+
+/// Every checkpoint of `task`, with each segment's mean loss (its `loss_trace` entry).
+fn every_checkpoint(task: &TaskSpec, blobs: &Blobs) -> Result<Value, Error> {
+    let job = TrainingJob::from_spec(task, blobs)?;
+    let mut state = job.initial_state();
+    let mut checkpoints = vec![json!({"step": 0, "state_hash": state.hash(&job.layout)?})];
+    for seg in 0..job.segments() {
+        let (next, loss) = job.run_segment(seg, &state, |_, _| {})?;
+        state = next;
+        checkpoints.push(json!({
+            "step": state.step,
+            "state_hash": state.hash(&job.layout)?,
+            "segment_loss_bits": format!("{:08x}", loss.to_bits()),
+        }));
+    }
+    Ok(json!(checkpoints))
+}
+
+/// Inference cases: a `gpt` decoding greedily, sampling among the top 5 and sampling among
+/// all tokens, and an `mlp` on rows from a blob; seeded weights.
+fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
+    let buyer = Identity::from_test_label("buyer");
+    let gpt = |nonce, decoding| {
+        let mut task = market_protocol::fixtures::inference_task(&buyer, nonce);
+        task.profile = ExecutionProfile::Repro;
+        if let Workload::Inference(i) = &mut task.workload {
+            i.weights = None;
+            i.inputs = InferenceInputs::Prompts {
+                prompts: vec!["17+25=".into(), "3+4=".into(), "9+".into()],
+                max_new_tokens: 5,
+            };
+            i.decoding = decoding;
+        }
+        task
+    };
+    let rows = add_blob(
+        blobs,
+        &[(
+            "x",
+            Dtype::F32,
+            vec![5, 4],
+            f32_bytes((0..20).map(|k| grid(k / 4, k % 4, 7, 2))),
+        )],
+    );
+    let mut mlp = gpt(24, Decoding::Greedy);
+    mlp.workload = Workload::Inference(InferenceSpec {
+        model: ModelSpec::Mlp {
+            widths: vec![4, 16, 2],
+            activation: Activation::Gelu,
+        },
+        weights: None,
+        inputs: InferenceInputs::Rows { id: rows },
+        decoding: Decoding::Greedy,
+    });
+    vec![
+        ("gpt-greedy", gpt(21, Decoding::Greedy)),
+        (
+            "gpt-sample-top-5",
+            gpt(
+                22,
+                Decoding::Sample {
+                    temperature: dec("0.8"),
+                    top_k: 5,
+                },
+            ),
+        ),
+        (
+            "gpt-sample-all",
+            gpt(
+                23,
+                Decoding::Sample {
+                    temperature: dec("1.5"),
+                    top_k: 0,
+                },
+            ),
+        ),
+        ("mlp-rows-gelu", mlp),
+    ]
+}
+
+fn inference_vector(task: &TaskSpec, blobs: &Blobs) -> Result<Value, Error> {
+    let out = InferenceJob::from_spec(task, blobs)?.run_all(|_| {})?;
+    let items: Vec<Value> = out
+        .items
+        .iter()
+        .map(|i| json!({"bytes_hex": hex::encode(&i.bytes), "leaf": i.hash.to_string()}))
+        .collect();
+    Ok(json!({"items": items, "root": out.root.to_string()}))
+}
+
+fn write_doc(dir: &str, file: &str, description: &str, vectors: Vec<Value>) -> Result<(), Error> {
+    let doc = json!({"description": description, "vectors": vectors});
+    std::fs::write(
+        format!("{dir}/{file}"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+    println!("wrote {dir}/{file}");
+    Ok(())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -135,5 +402,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::to_string_pretty(&doc)? + "\n",
     )?;
     println!("wrote {dir}/compute-pool.json");
+    let mut blobs = Blobs::new();
+    let mut vectors = Vec::new();
+    for (name, task) in training_cases(&mut blobs) {
+        let checkpoints = every_checkpoint(&task, &blobs)?;
+        vectors.push(json!({
+            "name": name,
+            "task": task,
+            "blobs": hex_blobs(&blobs, &task),
+            "checkpoints": checkpoints,
+        }));
+    }
+    write_doc(
+        &dir,
+        "compute-cases.json",
+        "Golden states of the repro profile for what the example tasks do not reach: every checkpoint's state hash (blake3 of the canonical state, spec/COMPUTE.md) and each segment's mean loss as binary32 bits (its loss_trace entry). `blobs` maps each blob id the task names to the blob's bytes in hex.",
+        vectors,
+    )?;
+    let mut vectors = Vec::new();
+    for (name, task) in inference_cases(&mut blobs) {
+        let out = inference_vector(&task, &blobs)?;
+        vectors.push(json!({
+            "name": name,
+            "task": task,
+            "blobs": hex_blobs(&blobs, &task),
+            "items": out["items"],
+            "root": out["root"],
+        }));
+    }
+    write_doc(
+        &dir,
+        "compute-inference.json",
+        "Inference in the repro profile (spec/COMPUTE.md section 8): per item its output bytes in hex (generated text in UTF-8, or an mlp output row as binary32 little-endian) and its leaf (blake3 of the bytes), and the Merkle root over the leaves (the commitment's `outputs`). Weights are the seeded initialisation; `blobs` maps each blob id the task names to its bytes in hex.",
+        vectors,
+    )?;
     Ok(())
 }

@@ -43,6 +43,13 @@ impl BlobSource for NoBlobs {
     }
 }
 
+/// Blobs held in memory, by id: what golden vectors and tests that carry their own blobs use.
+impl BlobSource for std::collections::BTreeMap<BlobId, Vec<u8>> {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        self.get(id).cloned()
+    }
+}
+
 /// A validated training task, ready to run.
 #[derive(Debug, Clone)]
 pub struct TrainingJob {

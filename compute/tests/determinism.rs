@@ -7,9 +7,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use market_compute::{NoBlobs, TrainState, TrainingJob};
+use std::collections::BTreeMap;
+
+use market_compute::{InferenceJob, NoBlobs, TrainState, TrainingJob};
 use market_protocol::fixtures::training_task;
-use market_protocol::{Identity, TaskSpec};
+use market_protocol::{BlobId, Hash, Identity, TaskSpec};
 use serde_json::Value;
 
 fn golden(file: &str) -> Vec<Value> {
@@ -51,6 +53,87 @@ fn golden_mlp_hashes() {
 #[test]
 fn golden_gpt_hashes() {
     check_golden("compute-gpt.json");
+}
+
+/// The blobs a vector carries (id to hex bytes), each checked against its id.
+fn vector_blobs(v: &Value) -> BTreeMap<BlobId, Vec<u8>> {
+    v["blobs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, hex)| {
+            let bytes = hex::decode(hex.as_str().unwrap()).unwrap();
+            let id: BlobId = id.parse().unwrap();
+            assert_eq!(
+                id,
+                BlobId(Hash::of(&bytes)),
+                "a vector blob's id is its hash"
+            );
+            (id, bytes)
+        })
+        .collect()
+}
+
+/// Every checkpoint and every segment's mean loss of the cases the example tasks do not reach.
+#[test]
+fn golden_case_hashes() {
+    let vectors = golden("compute-cases.json");
+    assert_eq!(vectors.len(), 4);
+    for v in vectors {
+        let name = v["name"].as_str().unwrap();
+        let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();
+        let blobs = vector_blobs(&v);
+        let job = TrainingJob::from_spec(&task, &blobs).unwrap();
+        let checkpoints = v["checkpoints"].as_array().unwrap();
+        assert_eq!(checkpoints.len() as u32, job.segments() + 1, "{name}");
+        let mut state = job.initial_state();
+        assert_eq!(
+            state.hash(&job.layout).unwrap().to_string(),
+            checkpoints[0]["state_hash"].as_str().unwrap(),
+            "{name} initial state"
+        );
+        for (seg, expected) in checkpoints[1..].iter().enumerate() {
+            let (next, loss) = job.run_segment(seg as u32, &state, |_, _| {}).unwrap();
+            state = next;
+            assert_eq!(u64::from(state.step), expected["step"].as_u64().unwrap());
+            assert_eq!(
+                state.hash(&job.layout).unwrap().to_string(),
+                expected["state_hash"].as_str().unwrap(),
+                "{name} after segment {seg}"
+            );
+            assert_eq!(
+                format!("{:08x}", loss.to_bits()),
+                expected["segment_loss_bits"].as_str().unwrap(),
+                "{name} mean loss of segment {seg}"
+            );
+        }
+    }
+}
+
+/// Inference outputs, leaves and roots: greedy, top-k and full sampling, and `mlp` rows.
+#[test]
+fn golden_inference_outputs() {
+    let vectors = golden("compute-inference.json");
+    assert_eq!(vectors.len(), 4);
+    for v in vectors {
+        let name = v["name"].as_str().unwrap();
+        let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();
+        let out = InferenceJob::from_spec(&task, &vector_blobs(&v))
+            .unwrap()
+            .run_all(|_| {})
+            .unwrap();
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(out.items.len(), items.len(), "{name}");
+        for (got, expected) in out.items.iter().zip(items) {
+            assert_eq!(
+                hex::encode(&got.bytes),
+                expected["bytes_hex"].as_str().unwrap(),
+                "{name}"
+            );
+            assert_eq!(got.hash.to_string(), expected["leaf"].as_str().unwrap());
+        }
+        assert_eq!(out.root.to_string(), v["root"].as_str().unwrap(), "{name}");
+    }
 }
 
 #[test]
