@@ -358,3 +358,34 @@ fn cheating_on_inference_items_is_caught() {
     .unwrap_err();
     assert!(err.to_string().contains("does not apply"), "{err}");
 }
+
+/// `market-verifier audit` prints the signed verdict as its canonical encoding on one line
+/// (what a receiver hashes and verifies), and the signature verifies over it.
+#[test]
+fn cli_prints_the_canonical_signed_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    exec_in_child("mlp-train.json", &bundle);
+    let out = Command::new(env!("CARGO_BIN_EXE_market-verifier"))
+        .args(["audit", "--samples", "1", "--beacon"])
+        .arg(beacon(1).to_string())
+        .arg("--bundle")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.strip_suffix('\n').unwrap();
+    assert!(!line.contains('\n'), "one line: {stdout}");
+    let verdict: Signed<Verdict> = from_json_limited(line.as_bytes(), MAX_MESSAGE_BYTES).unwrap();
+    assert_eq!(
+        market_protocol::canonical::to_canonical_bytes(&verdict).unwrap(),
+        line.as_bytes(),
+        "printed in canonical form"
+    );
+    assert_eq!(verdict.verify().unwrap().outcome, VerdictOutcome::Pass);
+}

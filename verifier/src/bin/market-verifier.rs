@@ -23,7 +23,8 @@ struct Cli {
 enum Command {
     /// Join a market node over libp2p and audit what it hands out.
     Run(market_verifier::daemon::RunArgs),
-    /// Audit a result bundle against a beacon; prints the signed verdict.
+    /// Audit a result bundle against a beacon; prints the signed verdict in its canonical
+    /// encoding (one line).
     Audit {
         /// The bundle directory.
         #[arg(long)]
@@ -95,8 +96,15 @@ fn main() -> ExitCode {
     };
     match audit(&Bundle::at(&bundle), beacon, &policy, &identity, &NoBlobs) {
         Ok(report) => {
-            match serde_json::to_string_pretty(&report.verdict) {
-                Ok(json) => println!("{json}"),
+            // The canonical encoding, on one line: the bytes a receiver hashes and verifies.
+            match market_protocol::canonical::to_canonical_bytes(&report.verdict)
+                .map(String::from_utf8)
+            {
+                Ok(Ok(json)) => println!("{json}"),
+                Ok(Err(e)) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
