@@ -432,7 +432,8 @@ pub fn lazy_verifier(
     rate_ppm: u32,
     dir: &Path,
 ) -> anyhow::Result<Experiment> {
-    use crate::engine::ringers::{make_ringer, ringer_draws, ringer_key};
+    use crate::engine::ringers::{make_ringer, ringer_key};
+    use market_protocol::sampling::ringer_draws;
     use market_protocol::{CommitmentId, TaskId};
     let worker = Identity::from_test_label("adversary worker");
     let lazy = Identity::from_test_label("adversary lazy verifier");

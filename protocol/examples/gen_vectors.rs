@@ -19,7 +19,9 @@ use market_protocol::detection::{
 use market_protocol::fixtures::{
     beacon, checkpoint_hashes, commitment, inference_task, training_task,
 };
-use market_protocol::sampling::{challenge_seed, sample_indices, seed_stream};
+use market_protocol::sampling::{
+    challenge_seed, draw_verifiers, ringer_draws, sample_indices, seed_stream, verifier_weight,
+};
 use market_protocol::*;
 use rand_core::RngCore;
 use serde_json::{json, Value};
@@ -35,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("canonical.json", "Canonical bytes (RFC 8785 JCS restricted to safe integers). `input` is JSON text; either `canonical` is its canonical form, or strict decoding of `input` fails with `error`.", canonical()?),
         ("signatures.json", "Signed messages: signing bytes = domain || 0x00 || JCS(body); ed25519 signature by the test identity; id = blake3(signing bytes).", signatures()?),
         ("merkle.json", "Merkle trees (RFC 6962 shape, blake3, leaf prefix 0x00, node prefix 0x01): leaves (hex bytes), root, and the inclusion proof of every leaf.", merkle()),
-        ("challenge.json", "Challenge sampling: `stream` vectors give the first little-endian u64s of the ChaCha20 stream of a seed (hex strings); `sample` vectors derive the seed from a commitment id, beacon and verifier and draw indices in draw order; `beacon` vectors give the operator's ECVRF proof over a commitment id and the beacon it yields.", challenge()?),
+        ("challenge.json", "Challenge sampling: `stream` vectors give the first little-endian u64s of the ChaCha20 stream of a seed (hex strings); `sample` vectors derive the seed from a commitment id, beacon and verifier and draw indices in draw order; `beacon` vectors give the operator's ECVRF proof over a commitment id and the beacon it yields; `verifier_draw` vectors give a pool (account, stake, reputation and the weight they make) and the order the node draws it in from the stream keyed by blake3(\"verifiers\" || beacon [|| round as u32 LE when round > 0]); `ringer_draw` vectors give, per verifier in draw order, whether a ringer is planted at `rate_ppm` from the stream keyed by blake3(\"ringers\" || beacon).", challenge()?),
         ("detection.json", "Detection maths: `probability` = 1 - C(n-m, s)/C(n, s); `sizing` gives m = ceil(fraction * n) and the smallest s reaching the target; `per_verifier` gives the smallest s >= 1 that `verifiers` independent samples need to reach it together, and their union probability; `pooled` gives, for a pooled task of `slot_rounds` runs of n segments audited apart, m = ceil(fraction * n * slot_rounds), the smallest s >= 1 per verifier and run with 1 - ((n - s)/n)^(verifiers * m) >= target, and that bound.", detection()),
     ];
     for (name, description, vectors) in files {
@@ -296,6 +298,55 @@ fn challenge() -> Result<Value, Box<dyn std::error::Error>> {
             "kind": "beacon", "name": format!("beacon-{i}"),
             "operator": operator.account(), "commitment_id": cid,
             "beacon_proof": proof, "beacon": b,
+        }));
+    }
+    // The node's verifier draw: weights from stake and reputation, the order drawn without
+    // replacement (round 0 and a later round), and ringer draws at a rate.
+    for (i, (round, members)) in [
+        (0u32, vec![(100u64, 0i64), (100, 0), (100, 0)]),
+        (0, vec![(50, 3), (400, -2), (1000, 0), (75, 250), (60, -40)]),
+        (2, vec![(50, 3), (400, -2), (1000, 0), (75, 250), (60, -40)]),
+        (1, vec![(1, 0)]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let b = beacon(&format!("draw {i}"));
+        let pool: Vec<Value> = members
+            .iter()
+            .enumerate()
+            .map(|(j, (stake, rep))| {
+                let account = Identity::from_test_label(&format!("draw verifier {j}")).account();
+                json!({"account": account, "stake": stake, "reputation": rep,
+                    "weight": verifier_weight(*stake, *rep)})
+            })
+            .collect();
+        let weighted = pool
+            .iter()
+            .map(
+                |p| -> Result<(AccountId, u64), Box<dyn std::error::Error>> {
+                    Ok((
+                        p["account"].as_str().unwrap_or_default().parse()?,
+                        p["weight"].as_u64().unwrap_or_default(),
+                    ))
+                },
+            )
+            .collect::<Result<Vec<_>, _>>()?;
+        v.push(json!({
+            "kind": "verifier_draw", "name": format!("verifier-draw-{i}"),
+            "beacon": b, "round": round, "pool": pool,
+            "order": draw_verifiers(&b, round, weighted),
+        }));
+    }
+    for (i, (rate_ppm, count)) in [(0u32, 4usize), (250_000, 12), (1_000_000, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let b = beacon(&format!("ringers {i}"));
+        v.push(json!({
+            "kind": "ringer_draw", "name": format!("ringer-draw-{i}"),
+            "beacon": b, "rate_ppm": rate_ppm,
+            "planted": ringer_draws(&b, rate_ppm, count),
         }));
     }
     Ok(Value::Array(v))

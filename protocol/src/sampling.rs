@@ -86,6 +86,75 @@ pub fn sample_indices(
     Ok(out)
 }
 
+/// The stream of one of the node's own draws: `seed_stream` keyed by `blake3(tag || beacon ||
+/// extra)` (plain blake3, not a derived key).
+fn node_stream(tag: &[u8], beacon: &Beacon, extra: &[u8]) -> ChaCha20Rng {
+    seed_stream(&ChallengeSeed(Hash::of(
+        &[tag, beacon.as_bytes(), extra].concat(),
+    )))
+}
+
+/// A verifier's weight in the draw: `stake * (10 + min(rep, 100)) / 10` for reputation
+/// `rep >= 0` (slow to earn: +10% a point), `stake >> min(-rep, 32)` below 0 (quick to lose:
+/// halved per point lost), and at least 1. Integer arithmetic; the product cannot overflow for
+/// any stake below 2^57.
+pub fn verifier_weight(stake: u64, reputation: i64) -> u64 {
+    let w = if reputation >= 0 {
+        stake.saturating_mul(10 + reputation.min(100) as u64) / 10
+    } else {
+        stake >> (-reputation).min(32)
+    };
+    w.max(1)
+}
+
+/// Orders `pool` (each verifier with its [`verifier_weight`]) by weighted draws without
+/// replacement from the stream keyed by `blake3("verifiers" || beacon)`, with `round` as 4
+/// little-endian bytes appended when it is above 0. The pool is first sorted by account; each
+/// draw takes `x = uniform_below(total weight of those left)` and picks the first verifier whose
+/// running weight sum exceeds `x`. The beacon did not exist when the worker committed, so it
+/// could not know who audits it; given the pool, anyone recomputes the order.
+pub fn draw_verifiers(
+    beacon: &Beacon,
+    round: u32,
+    mut pool: Vec<(AccountId, u64)>,
+) -> Vec<AccountId> {
+    pool.sort();
+    let extra = if round > 0 {
+        round.to_le_bytes().to_vec()
+    } else {
+        Vec::new()
+    };
+    let mut rng = node_stream(b"verifiers", beacon, &extra);
+    let mut chosen = Vec::with_capacity(pool.len());
+    while !pool.is_empty() {
+        let total: u64 = pool.iter().map(|(_, w)| *w).sum();
+        let mut x = uniform_below(&mut rng, total.max(1));
+        let i = pool
+            .iter()
+            .position(|(_, w)| {
+                if x < *w {
+                    true
+                } else {
+                    x -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        chosen.push(pool.remove(i).0);
+    }
+    chosen
+}
+
+/// Whether each of `count` verifiers (in the attempt's draw order) is handed a ringer: one
+/// `uniform_below(1_000_000) < rate_ppm` per verifier from the stream keyed by
+/// `blake3("ringers" || beacon)`, so no verifier can know it in advance.
+pub fn ringer_draws(beacon: &Beacon, rate_ppm: u32, count: usize) -> Vec<bool> {
+    let mut rng = node_stream(b"ringers", beacon, &[]);
+    (0..count)
+        .map(|_| uniform_below(&mut rng, 1_000_000) < u64::from(rate_ppm))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,6 +222,39 @@ fn challenge() {
                 let beacon = market_protocol::beacon::verify_beacon(&operator, &cid, &proof);
                 assert_eq!(beacon.unwrap().to_string(), s(&v, "beacon"), "{name}");
             }
+            "verifier_draw" => {
+                let beacon: Beacon = s(&v, "beacon").parse().unwrap();
+                let pool: Vec<(AccountId, u64)> = v["pool"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        let weight = market_protocol::sampling::verifier_weight(
+                            p["stake"].as_u64().unwrap(),
+                            p["reputation"].as_i64().unwrap(),
+                        );
+                        assert_eq!(weight, p["weight"].as_u64().unwrap(), "{name}");
+                        (s(p, "account").parse().unwrap(), weight)
+                    })
+                    .collect();
+                let round = v["round"].as_u64().unwrap() as u32;
+                let order: Vec<AccountId> = parse(&v["order"]);
+                assert_eq!(
+                    market_protocol::sampling::draw_verifiers(&beacon, round, pool),
+                    order,
+                    "{name}"
+                );
+            }
+            "ringer_draw" => {
+                let beacon: Beacon = s(&v, "beacon").parse().unwrap();
+                let planted: Vec<bool> = parse(&v["planted"]);
+                let rate = v["rate_ppm"].as_u64().unwrap() as u32;
+                assert_eq!(
+                    market_protocol::sampling::ringer_draws(&beacon, rate, planted.len()),
+                    planted,
+                    "{name}"
+                );
+            }
             other => panic!("unknown kind {other}"),
         }
     }

@@ -447,6 +447,30 @@ def check_challenge():
             assert got is not None and got.hex() == v["beacon"], v["name"]
             # Another commitment id, or a proof by another key, gives no beacon.
             assert beacon_of(op, bytes(32), proof) is None, v["name"]
+        elif v["kind"] == "verifier_draw":
+            pool = []
+            for p in v["pool"]:
+                stake, rep = p["stake"], p["reputation"]
+                w = stake * (10 + min(rep, 100)) // 10 if rep >= 0 else stake >> min(-rep, 32)
+                assert max(w, 1) == p["weight"], v["name"]
+                pool.append((bytes.fromhex(p["account"]), max(w, 1)))
+            pool.sort()
+            key = b"verifiers" + bytes.fromhex(v["beacon"])
+            if v["round"] > 0:
+                key += struct.pack("<I", v["round"])
+            rng, order = Stream(blake3.blake3(key).digest()), []
+            while pool:
+                x = uniform_below(rng, sum(w for _, w in pool))
+                for i, (_, w) in enumerate(pool):
+                    if x < w:
+                        break
+                    x -= w
+                order.append(pool.pop(i)[0].hex())
+            assert order == v["order"], v["name"]
+        elif v["kind"] == "ringer_draw":
+            rng = Stream(blake3.blake3(b"ringers" + bytes.fromhex(v["beacon"])).digest())
+            got = [uniform_below(rng, 1_000_000) < v["rate_ppm"] for _ in v["planted"]]
+            assert got == v["planted"], v["name"]
         else:
             seed = challenge_seed(
                 bytes.fromhex(v["commitment_id"]),

@@ -4,9 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use market_protocol::{
-    AccountId, Beacon, ChallengeSeed, ExecutionProfile, Hash, Resources, TaskId,
-};
+use market_protocol::{AccountId, Beacon, ExecutionProfile, Resources, TaskId};
 
 use super::{lock, Node, Step};
 use crate::model::{TaskRecord, TaskState};
@@ -175,44 +173,18 @@ impl Node {
         profile: ExecutionProfile,
         needs: &Resources,
     ) -> Vec<AccountId> {
-        let mut pool: Vec<(AccountId, u64)> = self
+        let pool: Vec<(AccountId, u64)> = self
             .eligible_verifiers(profile, needs)
             .into_iter()
             .filter(|v| !exclude.contains(v))
             .map(|v| {
-                let rep = self.ledger.reputation(&v);
-                // Reputation scales the weight: slow to earn (+10% a point), quick to lose (halved per point lost).
-                let w = if rep >= 0 {
-                    self.stake(&v) * (10 + rep.min(100) as u64) / 10
-                } else {
-                    self.stake(&v) >> (-rep).min(32)
-                };
-                (v, w.max(1))
+                let weight = market_protocol::sampling::verifier_weight(
+                    self.stake(&v),
+                    self.ledger.reputation(&v),
+                );
+                (v, weight)
             })
             .collect();
-        pool.sort();
-        let mut key = [b"verifiers".as_slice(), beacon.as_bytes()].concat();
-        if round > 0 {
-            key.extend_from_slice(&round.to_le_bytes());
-        }
-        let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(&key)));
-        let mut chosen = Vec::new();
-        while !pool.is_empty() {
-            let total: u64 = pool.iter().map(|(_, w)| w).sum();
-            let mut x = market_protocol::sampling::uniform_below(&mut rng, total);
-            let i = pool
-                .iter()
-                .position(|(_, w)| {
-                    if x < *w {
-                        true
-                    } else {
-                        x -= w;
-                        false
-                    }
-                })
-                .unwrap_or(0);
-            chosen.push(pool.remove(i).0);
-        }
-        chosen
+        market_protocol::sampling::draw_verifiers(beacon, round, pool)
     }
 }

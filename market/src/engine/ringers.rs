@@ -12,8 +12,8 @@
 use std::path::Path;
 
 use market_protocol::{
-    AccountId, Beacon, ChallengeSeed, CommitmentId, Hash, Identity, Signed, TaskId, TaskSpec,
-    VerdictOutcome, Workload,
+    AccountId, Beacon, CommitmentId, Hash, Identity, Signed, TaskId, TaskSpec, VerdictOutcome,
+    Workload,
 };
 
 use super::Node;
@@ -49,7 +49,11 @@ impl Node {
         } else {
             pool
         };
-        let draws = ringer_draws(beacon, self.config.ringer_rate_ppm, targets.len());
+        let draws = market_protocol::sampling::ringer_draws(
+            beacon,
+            self.config.ringer_rate_ppm,
+            targets.len(),
+        );
         for (&v, _) in targets.iter().zip(draws).filter(|(_, planted)| *planted) {
             let ringer_dir = dir.with_extension(format!("ringer-{v}"));
             let ringer_key = ringer_key(&self.operator, &t.id, n, &v);
@@ -128,21 +132,6 @@ pub fn ringer_key(operator: &Identity, task: &TaskId, n: usize, v: &AccountId) -
     h.update(&(n as u64).to_le_bytes());
     h.update(v.as_bytes());
     Identity::from_secret_bytes(*h.finalize().as_bytes())
-}
-
-/// Whether each of `count` verifiers (in the order of the attempt's first draw) is handed a
-/// ringer: one draw per verifier at `rate_ppm` parts per million from the stream of
-/// `ENCODING.md` section 8 keyed by `blake3("ringers" || beacon)`, so no verifier can know it
-/// in advance.
-pub fn ringer_draws(beacon: &Beacon, rate_ppm: u32, count: usize) -> Vec<bool> {
-    let mut rng = market_protocol::sampling::seed_stream(&ChallengeSeed(Hash::of(
-        &[b"ringers".as_slice(), beacon.as_bytes()].concat(),
-    )));
-    (0..count)
-        .map(|_| {
-            market_protocol::sampling::uniform_below(&mut rng, 1_000_000) < u64::from(rate_ppm)
-        })
-        .collect()
 }
 
 /// Makes a ringer from a real training bundle and returns its commitment id: every checkpoint
