@@ -453,7 +453,9 @@ async fn a_post_killed_between_its_escrow_and_its_record_is_finished_or_refunded
         n.node
             .ledger
             .append(
-                market_node::engine::operation_key(&format!("escrow:{}", TaskId(id))).unwrap(),
+                market_node::engine::Operation::Escrow { task: TaskId(id) }
+                    .key()
+                    .unwrap(),
                 market_ledger::EntryKind::escrow_of(spec.clone()).unwrap(),
             )
             .unwrap();

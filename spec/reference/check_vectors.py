@@ -541,6 +541,42 @@ def challenge_id(verifier: bytes, cid: bytes, beacon: bytes, segments: int, samp
     return message_id("market/v1/Challenge", body)
 
 
+def operation_key(text: str) -> str:
+    """The ledger key of a node operation's text: its kind, ':', then 48 hex digits of blake3."""
+    return text.split(":")[0] + ":" + blake3.blake3(text.encode()).hexdigest()[:48]
+
+
+OPERATION_TEXTS = {
+    "escrow": lambda o: f"escrow:{o['task']}",
+    "commit": lambda o: f"commit:{o['task']}:{o['attempt']}:{o['worker']}",
+    "reward": lambda o: f"reward:{o['task']}:{o['attempt']}:{o['verifier']}",
+    "release": lambda o: f"release:{o['task']}:{o['attempt']}",
+    "slash": lambda o: f"slash:{o['task']}:{o['attempt']}:{o['account']}:{o['payee']}:{o['tag']}",
+    "refund": lambda o: f"refund:{o['task']}",
+    "pool_round": lambda o: f"pool_round:{o['task']}:{o['round']}",
+    "mint": lambda o: f"mint:{o['label']}:{o['account']}",
+    "stake": lambda o: f"stake:{o['label']}:{o['account']}",
+    "stake_hello": lambda o: f"stake:hello:{o['account']}:{o['current']}:{o['target']}",
+    "reputation": lambda o: f"rep:{o['event']}:{o['account']}",
+}
+
+
+def check_operation_keys():
+    vectors = load("operation-keys.json")
+    for v in vectors:
+        if v["kind"] == "operation":
+            o = v["operation"]
+            text = OPERATION_TEXTS[o["kind"]](o)
+            assert text == o["text"], o["kind"]
+            assert operation_key(text) == o["key"], o["kind"]
+        else:
+            assert v["kind"] == "slot_round_task_id"
+            data = bytes.fromhex(v["parent"]) + struct.pack("<II", v["round"], v["slot"])
+            got = blake3.blake3(data, derive_key_context="market v1 pool slot-round task")
+            assert got.hexdigest() == v["id"], v
+    return len(vectors)
+
+
 def check_export():
     """Re-derives, from a ledger export alone (a devnet run's, spec/vectors/export.jsonl), every
     beacon and the challenge of every verdict the ledger embeds: a rewarded verdict must answer
@@ -563,6 +599,12 @@ def check_export():
         Ed25519PublicKey.from_public_bytes(ledger).verify(bytes.fromhex(e["signature"]), signing)
         prev = blake3.blake3(signing).digest()
         (kind, k), = body["kind"].items()
+        # Keys whose whole text the entry holds are recomputed (spec/PROTOCOL.md).
+        if kind in ("escrow", "refund"):
+            assert body["key"] == operation_key(f"{kind}:{k['task_id']}"), body["key"]
+        elif kind == "pool_round":
+            text = f"pool_round:{k['task_id']}:{k['round']}"
+            assert body["key"] == operation_key(text), body["key"]
         if kind == "escrow":
             tasks[k["task_id"]] = k["spec"]["body"]
         elif kind == "commit":
@@ -742,7 +784,7 @@ def check_vrf():
 
 def main():
     total = 0
-    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf, check_export]:
+    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf, check_operation_keys, check_export]:
         count = check()
         print(f"{check.__name__[6:]:<10} {count} vectors ok")
         total += count

@@ -70,7 +70,14 @@ impl Node {
         };
         let beacon_proof = *beacon_proof;
         let record = self
-            .append(format!("commit:{id}:{n}:{worker}"), kind)
+            .append(
+                super::Operation::Commit {
+                    task: id,
+                    attempt: n,
+                    worker,
+                },
+                kind,
+            )
             .await?;
         t.attempts[n].commitment_id = Some(CommitmentId(commitment.id()?));
         t.attempts[n].commit_seq = Some(record.seq());

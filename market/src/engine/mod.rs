@@ -6,10 +6,11 @@
 mod assign;
 mod audit;
 pub mod housekeeping;
+pub mod operations;
 mod post;
 mod recover;
 pub mod ringers;
-mod rounds;
+pub mod rounds;
 mod settle;
 pub mod verdicts;
 mod view;
@@ -18,8 +19,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use market_ledger::{EntryKind, IdempotencyKey, Ledger};
-use market_protocol::{AccountId, Credits, Hash, Identity, Signed, TaskId};
+use market_ledger::{EntryKind, Ledger};
+use market_protocol::{AccountId, Credits, Identity, Signed, TaskId};
 use tokio::sync::{broadcast, Notify};
 
 use crate::blobs::BlobStore;
@@ -111,15 +112,7 @@ enum Step {
     Resume,
 }
 
-/// The ledger's idempotency key of the node's operation `op` (`kind:task:...`): `kind:` and 48
-/// hex digits of its blake3, which fits the ledger's key limit and stays unique.
-pub fn operation_key(op: &str) -> Result<IdempotencyKey, market_ledger::KeyError> {
-    let prefix = op.split(':').next().unwrap_or("op");
-    IdempotencyKey::new(format!(
-        "{prefix}:{}",
-        &Hash::of(op.as_bytes()).to_hex()[..48]
-    ))
-}
+pub use operations::Operation;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -246,12 +239,15 @@ impl Node {
         Ok(())
     }
 
-    /// Appends on a blocking thread (an append waits for its flush). `k` names the operation
-    /// (`kind:task:...`); it is shortened to `kind:` + 48 hex digits of its blake3 to fit the
-    /// ledger's key limit while staying unique.
-    async fn append(&self, k: String, kind: EntryKind) -> anyhow::Result<market_ledger::Appended> {
+    /// Appends on a blocking thread (an append waits for its flush), idempotent under the
+    /// operation's key.
+    async fn append(
+        &self,
+        op: Operation<'_>,
+        kind: EntryKind,
+    ) -> anyhow::Result<market_ledger::Appended> {
         let ledger = self.ledger.clone();
-        let k = operation_key(&k)?;
+        let k = op.key()?;
         Ok(tokio::task::spawn_blocking(move || ledger.append(k, kind)).await??)
     }
 
@@ -266,7 +262,10 @@ impl Node {
     ) -> anyhow::Result<()> {
         if mint > 0 {
             self.append(
-                format!("mint:{label}:{account}"),
+                Operation::Mint {
+                    label,
+                    account: *account,
+                },
                 EntryKind::Mint {
                     amount: Credits(mint),
                     to: *account,
@@ -276,7 +275,10 @@ impl Node {
         }
         if stake > 0 {
             self.append(
-                format!("stake:{label}:{account}"),
+                Operation::Stake {
+                    label,
+                    account: *account,
+                },
                 EntryKind::Stake {
                     account: *account,
                     amount: Credits(stake),
@@ -293,7 +295,11 @@ impl Node {
         let current = self.stake(account);
         if target > current {
             self.append(
-                format!("stake:hello:{account}:{current}:{target}"),
+                Operation::StakeHello {
+                    account: *account,
+                    current,
+                    target,
+                },
                 EntryKind::Stake {
                     account: *account,
                     amount: Credits(target - current),

@@ -90,7 +90,10 @@ impl Node {
             spec: Some(signed.clone()),
             task_id: id,
         };
-        let appended = match self.append(format!("escrow:{id}"), kind).await {
+        let appended = match self
+            .append(super::Operation::Escrow { task: id }, kind)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 return Err(match e.downcast_ref::<LedgerError>() {

@@ -32,7 +32,7 @@ impl Node {
         let orphans = std::mem::take(&mut *lock(&self.orphans));
         let (mut finished, mut refunded) = (0, 0);
         for id in orphans {
-            let key = super::operation_key(&format!("escrow:{id}"))?;
+            let key = super::Operation::Escrow { task: id }.key()?;
             let Some(entry) = self.ledger.entry_with_key(&key)? else {
                 tracing::error!(task = %id, "an open escrow without its entry");
                 continue;
@@ -59,7 +59,7 @@ impl Node {
                         continue;
                     };
                     self.append(
-                        format!("refund:{id}"),
+                        super::Operation::Refund { task: id },
                         EntryKind::Refund {
                             amount: escrow.remaining,
                             buyer,

@@ -19,8 +19,9 @@ use crate::model::{
     PoolPart, PoolProgress, RoundSummary, SlotRef, SlotSummary, TaskRecord, TaskState,
 };
 
-/// The id of slot `slot`'s task in round `round` of pooled task `parent`.
-fn slot_task_id(parent: &TaskId, round: u32, slot: u32) -> TaskId {
+/// The id of slot `slot`'s task record in round `round` of pooled task `parent`:
+/// `blake3::derive_key("market v1 pool slot-round task", parent || round_le32 || slot_le32)`.
+pub fn slot_task_id(parent: &TaskId, round: u32, slot: u32) -> TaskId {
     let mut h = blake3::Hasher::new_derive_key("market v1 pool slot-round task");
     h.update(parent.0.as_bytes());
     h.update(&round.to_le_bytes());
@@ -367,7 +368,10 @@ impl Node {
             .hold_result(&BlobId(global.0), &p.spec.body.buyer)?;
         let entry = self
             .append(
-                format!("pool_round:{}:{}", p.id, prog.round),
+                super::Operation::PoolRound {
+                    task: p.id,
+                    round: prog.round,
+                },
                 EntryKind::PoolRound {
                     global,
                     round: prog.round,

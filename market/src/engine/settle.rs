@@ -96,7 +96,11 @@ impl Node {
         for v in &s.verdicts {
             let a = self
                 .settlement_append(
-                    format!("reward:{id}:{n}:{}", v.body.verifier),
+                    super::Operation::Reward {
+                        task: id,
+                        attempt: n,
+                        verifier: v.body.verifier,
+                    },
                     EntryKind::Reward {
                         amount: fee,
                         task_id: escrow_task,
@@ -119,7 +123,10 @@ impl Node {
         let reserved = t.verifier_fee * (t.plan.verifiers as usize).max(s.verdicts.len()) as u64;
         let a = self
             .settlement_append(
-                format!("release:{id}:{n}"),
+                super::Operation::Release {
+                    task: id,
+                    attempt: n,
+                },
                 EntryKind::Release {
                     amount: Credits(escrowed.saturating_sub(reserved)),
                     commitment: Some(s.commitment.clone()),
@@ -162,11 +169,11 @@ impl Node {
     /// An append of the settlement, after which a test may have the node "crash".
     async fn settlement_append(
         &self,
-        key: String,
+        op: super::Operation<'_>,
         kind: EntryKind,
     ) -> anyhow::Result<market_ledger::Appended> {
         self.crash_point()?;
-        let a = self.append(key, kind).await?;
+        let a = self.append(op, kind).await?;
         self.crash_point()?;
         Ok(a)
     }
@@ -460,7 +467,13 @@ impl Node {
             }
             left -= x;
             let appended = self.append(
-                format!("slash:{}:{n}:{account}:{payee}:{tag}", t.id),
+                super::Operation::Slash {
+                    task: t.id,
+                    attempt: n,
+                    account: *account,
+                    payee,
+                    tag,
+                },
                 EntryKind::Slash {
                     account: *account,
                     amount: Credits(x),
@@ -495,7 +508,10 @@ impl Node {
         delta: i64,
     ) -> anyhow::Result<()> {
         self.append(
-            format!("rep:{k}:{account}"),
+            super::Operation::Reputation {
+                event: k,
+                account: *account,
+            },
             EntryKind::Reputation {
                 account: *account,
                 delta,
@@ -526,7 +542,7 @@ impl Node {
         }
         let a = self
             .append(
-                format!("refund:{}", t.id),
+                super::Operation::Refund { task: t.id },
                 EntryKind::Refund {
                     amount: escrow.remaining,
                     buyer: t.spec.body.buyer,

@@ -1,0 +1,108 @@
+//! The name of every ledger operation the node writes, in one place. The ledger makes an
+//! operation idempotent by its key; the node derives the key from a text naming the operation
+//! (`kind:` then the inputs that make it unique, joined by `:`), so a retry after a crash finds
+//! the entry it already wrote instead of paying twice. `spec/PROTOCOL.md` ("Idempotency keys")
+//! writes the texts down and `spec/vectors/operation-keys.json` pins them.
+
+use market_ledger::IdempotencyKey;
+use market_protocol::{AccountId, Hash, TaskId};
+
+/// One ledger operation of the node. `attempt` is the attempt's 0-based index in its task
+/// record; `task` is the record's id (a pooled task's slot-round has its own, derived id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation<'a> {
+    /// A posted task's escrow.
+    Escrow { task: TaskId },
+    /// A worker's commitment for an attempt.
+    Commit {
+        task: TaskId,
+        attempt: usize,
+        worker: AccountId,
+    },
+    /// A verifier's fee for an accepted attempt.
+    Reward {
+        task: TaskId,
+        attempt: usize,
+        verifier: AccountId,
+    },
+    /// The worker's pay for an accepted attempt.
+    Release { task: TaskId, attempt: usize },
+    /// One payee's share of a slash; `tag` tells apart slashes of one attempt (the reason
+    /// text, or the evidence for a lying verdict).
+    Slash {
+        task: TaskId,
+        attempt: usize,
+        account: AccountId,
+        payee: AccountId,
+        tag: &'a str,
+    },
+    /// What is left of a task's escrow, back to its buyer.
+    Refund { task: TaskId },
+    /// A pooled task's merged round.
+    PoolRound { task: TaskId, round: u32 },
+    /// Operator funding: credits minted to `account` under the operator's `label`.
+    Mint { label: &'a str, account: AccountId },
+    /// Operator funding: credits of `account` staked under the operator's `label`.
+    Stake { label: &'a str, account: AccountId },
+    /// A participant's signed hello raising its stake from `current` to `target`.
+    StakeHello {
+        account: AccountId,
+        current: u64,
+        target: u64,
+    },
+    /// A reputation change of `account` for `event` (which names the task, attempt and cause).
+    Reputation { event: &'a str, account: AccountId },
+}
+
+impl Operation<'_> {
+    /// The text naming the operation, e.g. `release:<task>:0` (ids in lowercase hex).
+    pub fn text(&self) -> String {
+        match self {
+            Self::Escrow { task } => format!("escrow:{task}"),
+            Self::Commit {
+                task,
+                attempt,
+                worker,
+            } => format!("commit:{task}:{attempt}:{worker}"),
+            Self::Reward {
+                task,
+                attempt,
+                verifier,
+            } => format!("reward:{task}:{attempt}:{verifier}"),
+            Self::Release { task, attempt } => format!("release:{task}:{attempt}"),
+            Self::Slash {
+                task,
+                attempt,
+                account,
+                payee,
+                tag,
+            } => format!("slash:{task}:{attempt}:{account}:{payee}:{tag}"),
+            Self::Refund { task } => format!("refund:{task}"),
+            Self::PoolRound { task, round } => format!("pool_round:{task}:{round}"),
+            Self::Mint { label, account } => format!("mint:{label}:{account}"),
+            Self::Stake { label, account } => format!("stake:{label}:{account}"),
+            Self::StakeHello {
+                account,
+                current,
+                target,
+            } => format!("stake:hello:{account}:{current}:{target}"),
+            Self::Reputation { event, account } => format!("rep:{event}:{account}"),
+        }
+    }
+
+    /// The ledger key: the text's kind (up to its first `:`), a `:`, and the first 48 hex
+    /// digits of the blake3 of the whole text, which fits the ledger's limit of 128 bytes
+    /// whatever the text's length and stays unique.
+    pub fn key(&self) -> Result<IdempotencyKey, market_ledger::KeyError> {
+        key_of_text(&self.text())
+    }
+}
+
+/// [`Operation::key`] of an operation's text.
+pub fn key_of_text(text: &str) -> Result<IdempotencyKey, market_ledger::KeyError> {
+    let kind = text.split(':').next().unwrap_or("op");
+    IdempotencyKey::new(format!(
+        "{kind}:{}",
+        &Hash::of(text.as_bytes()).to_hex()[..48]
+    ))
+}
