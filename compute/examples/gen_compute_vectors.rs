@@ -1,9 +1,10 @@
 //! Writes the golden vectors `spec/vectors/compute-*.json`: the state hash after a number of
-//! `repro` steps for small `mlp` and `gpt` tasks, every checkpoint of the cases the example
+//! `repro` steps for small `mlp` and `gpt` tasks; every checkpoint of the cases the example
 //! tasks do not reach (`compute-cases.json`: an inexact attention scale, an odd number of
-//! layers, `relu`, a short final segment, blob datasets, SGD on a `gpt`), inference outputs
-//! (`compute-inference.json`: greedy and sampled decoding, `mlp` rows), and every state of
-//! 2-slot, 2-round pooled runs (`compute-pool.json`). Run only for a deliberate protocol change:
+//! layers, 17 layers, a double-rounding decimal, `relu`, a short final segment, blob datasets,
+//! SGD on a `gpt`); inference outputs (`compute-inference.json`: greedy and sampled decoding,
+//! `mlp` rows with gelu and tanh); and every state of 2-slot, 2-round pooled runs
+//! (`compute-pool.json`). Run only for a deliberate protocol change:
 //! `cargo run --release -p market-compute --example gen_compute_vectors -- spec/vectors`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -195,8 +196,29 @@ fn training_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
     t.batch_size = 16;
     t.steps = 20;
     t.checkpoint_interval = 5;
+    // Seventeen blocks (the smallest count whose residual-projection bound differs between
+    // multiplying by the rounded 1/sqrt(2L) and dividing by sqrt(2L)), and a learning rate
+    // whose binary32 differs when parsed through binary64 first (a double rounding).
+    let mut deep = training_task(&buyer, 13);
+    let t = training(&mut deep);
+    t.model = ModelSpec::Gpt {
+        layers: 17,
+        heads: 2,
+        width: 8,
+        vocab: 16,
+        context: 16,
+    };
+    t.dataset = DatasetSource::Arithmetic {
+        max_operand: 49,
+        examples: 256,
+    };
+    t.optimizer = adamw("0.001500540936831385");
+    t.batch_size = 4;
+    t.steps = 6;
+    t.checkpoint_interval = 3;
     vec![
         ("gpt-3-blocks-head-12-adamw-short-final", odd_gpt),
+        ("gpt-17-blocks-double-rounding-lr", deep),
         ("gpt-token-blob-sgd-short-final", token_gpt),
         ("mlp-relu-sgd-short-final", relu),
         ("mlp-tanh-adamw-xy-blob", xy_mlp),
@@ -217,7 +239,9 @@ fn every_checkpoint(task: &TaskSpec, blobs: &Blobs) -> Result<Value, Error> {
             "segment_loss_bits": format!("{:08x}", loss.to_bits()),
         }));
     }
-    Ok(json!(checkpoints))
+    // The commitment's `outputs`: the weights file of the final parameters.
+    let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)?;
+    Ok(json!({"checkpoints": checkpoints, "outputs": [BlobId(Hash::of(&weights))]}))
 }
 
 /// Inference cases: a `gpt` decoding greedily, sampling among the top 5 and sampling among
@@ -256,6 +280,27 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
         inputs: InferenceInputs::Rows { id: rows },
         decoding: Decoding::Greedy,
     });
+    // tanh on inputs up to ±3, where a tanhf off by an ulp shows in the output bits.
+    let wide_rows = add_blob(
+        blobs,
+        &[(
+            "x",
+            Dtype::F32,
+            vec![6, 4],
+            f32_bytes((0..24).map(|k| 4.0 * grid(k / 4, k % 4, 5, 3))),
+        )],
+    );
+    let mut tanh_mlp = mlp.clone();
+    tanh_mlp.nonce = 25;
+    tanh_mlp.workload = Workload::Inference(InferenceSpec {
+        model: ModelSpec::Mlp {
+            widths: vec![4, 32, 32, 3],
+            activation: Activation::Tanh,
+        },
+        weights: None,
+        inputs: InferenceInputs::Rows { id: wide_rows },
+        decoding: Decoding::Greedy,
+    });
     vec![
         ("gpt-greedy", gpt(21, Decoding::Greedy)),
         (
@@ -279,6 +324,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
             ),
         ),
         ("mlp-rows-gelu", mlp),
+        ("mlp-rows-tanh-wide-inputs", tanh_mlp),
     ]
 }
 
@@ -289,7 +335,12 @@ fn inference_vector(task: &TaskSpec, blobs: &Blobs) -> Result<Value, Error> {
         .iter()
         .map(|i| json!({"bytes_hex": hex::encode(&i.bytes), "leaf": i.hash.to_string()}))
         .collect();
-    Ok(json!({"items": items, "root": out.root.to_string()}))
+    let concat: Vec<u8> = out.items.iter().flat_map(|i| *i.hash.as_bytes()).collect();
+    Ok(json!({
+        "items": items,
+        "root": out.root.to_string(),
+        "final_state_hash": Hash::of(&concat),
+    }))
 }
 
 fn write_doc(dir: &str, file: &str, description: &str, vectors: Vec<Value>) -> Result<(), Error> {
@@ -405,18 +456,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut blobs = Blobs::new();
     let mut vectors = Vec::new();
     for (name, task) in training_cases(&mut blobs) {
-        let checkpoints = every_checkpoint(&task, &blobs)?;
+        let run = every_checkpoint(&task, &blobs)?;
         vectors.push(json!({
             "name": name,
             "task": task,
             "blobs": hex_blobs(&blobs, &task),
-            "checkpoints": checkpoints,
+            "checkpoints": run["checkpoints"],
+            "outputs": run["outputs"],
         }));
     }
     write_doc(
         &dir,
         "compute-cases.json",
-        "Golden states of the repro profile for what the example tasks do not reach: every checkpoint's state hash (blake3 of the canonical state, spec/COMPUTE.md) and each segment's mean loss as binary32 bits (its loss_trace entry). `blobs` maps each blob id the task names to the blob's bytes in hex.",
+        "Golden states of the repro profile for what the example tasks do not reach: every checkpoint's state hash (blake3 of the canonical state, spec/COMPUTE.md) and each segment's mean loss as binary32 bits (its loss_trace entry); `outputs` is the commitment's: the blob id (blake3) of the weights file of the final parameters (spec/ENCODING.md section 13). `blobs` maps each blob id the task names to the blob's bytes in hex.",
         vectors,
     )?;
     let mut vectors = Vec::new();
@@ -428,12 +480,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "blobs": hex_blobs(&blobs, &task),
             "items": out["items"],
             "root": out["root"],
+            "final_state_hash": out["final_state_hash"],
         }));
     }
     write_doc(
         &dir,
         "compute-inference.json",
-        "Inference in the repro profile (spec/COMPUTE.md section 8): per item its output bytes in hex (generated text in UTF-8, or an mlp output row as binary32 little-endian) and its leaf (blake3 of the bytes), and the Merkle root over the leaves (the commitment's `outputs`). Weights are the seeded initialisation; `blobs` maps each blob id the task names to its bytes in hex.",
+        "Inference in the repro profile (spec/COMPUTE.md section 8): per item its output bytes in hex (generated text in UTF-8, or an mlp output row as binary32 little-endian) and its leaf (blake3 of the bytes), the Merkle root over the leaves (the commitment's `root`; its `outputs` are the leaves), and the commitment's `final_state_hash`, blake3 of the leaves concatenated in order. Weights are the seeded initialisation; `blobs` maps each blob id the task names to its bytes in hex.",
         vectors,
     )?;
     Ok(())

@@ -21,6 +21,9 @@ use crate::zoo::{ModelConfig, ParamLayout};
 pub mod limits {
     /// Most optimizer steps in a task.
     pub const MAX_STEPS: u32 = 10_000_000;
+    /// Most segments in a run: its `segments + 1` leaves must fit the 4 MiB that the readers
+    /// of `leaves.json` take (`spec/ENCODING.md` section 12), with room to spare.
+    pub const MAX_SEGMENTS: u32 = 50_000;
     /// Largest batch.
     pub const MAX_BATCH: u32 = 4096;
     /// Most activation values one step may hold (about 4 bytes each).
@@ -110,6 +113,19 @@ impl TrainingJob {
                 format!(
                     "is {}, must be between 1 and steps ({})",
                     t.checkpoint_interval, t.steps
+                ),
+            ));
+        }
+        let segments = t.steps.div_ceil(t.checkpoint_interval);
+        if segments > limits::MAX_SEGMENTS {
+            return Err(ComputeError::config(
+                "checkpoint_interval",
+                format!(
+                    "makes {segments} segments of {} steps, at most {} are allowed (a run's \
+                     leaves must fit what its auditors read): use an interval of at least {}",
+                    t.checkpoint_interval,
+                    limits::MAX_SEGMENTS,
+                    t.steps.div_ceil(limits::MAX_SEGMENTS)
                 ),
             ));
         }

@@ -112,7 +112,48 @@ impl TrainingJob {
     }
 }
 
+/// The shape of a result bundle, at its largest: what its worker's manifest and commitment
+/// list (a node checks at post that reporting it fits the network's limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleShape {
+    /// The size of every file, at its largest.
+    pub files: Vec<u64>,
+    /// Entries of the commitment's `outputs`.
+    pub outputs: u64,
+    /// Entries of the commitment's `loss_trace`.
+    pub losses: u64,
+}
+
+impl TrainingJob {
+    /// Every checkpoint (segments + 1), the weights, the leaves and the losses.
+    pub fn bundle_shape(&self) -> BundleShape {
+        let segments = u64::from(self.segments());
+        let state = state_bytes(&self.layout, self.optimizer.has_second_moment());
+        let mut files = vec![state; segments as usize + 1];
+        files.push(4 * self.layout.total() as u64 + (1 << 16));
+        files.push((segments + 1) * LEAF_BYTES);
+        files.push(segments * LOSS_BYTES);
+        BundleShape {
+            files,
+            outputs: 1,
+            losses: segments,
+        }
+    }
+}
+
 impl InferenceJob {
+    /// Every item at its largest and the leaves.
+    pub fn bundle_shape(&self) -> BundleShape {
+        let items = self.len() as u64;
+        let mut files = vec![self.max_output_bytes(); items as usize];
+        files.push(items * LEAF_BYTES);
+        BundleShape {
+            files,
+            outputs: items,
+            losses: 0,
+        }
+    }
+
     /// What running this job takes, with `input_bytes` as for [`TrainingJob::needs`].
     ///
     /// Memory: the base, the inputs, the parameters twice (the job's copy and the model's

@@ -78,7 +78,7 @@ fn vector_blobs(v: &Value) -> BTreeMap<BlobId, Vec<u8>> {
 #[test]
 fn golden_case_hashes() {
     let vectors = golden("compute-cases.json");
-    assert_eq!(vectors.len(), 4);
+    assert_eq!(vectors.len(), 5);
     for v in vectors {
         let name = v["name"].as_str().unwrap();
         let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();
@@ -107,6 +107,12 @@ fn golden_case_hashes() {
                 "{name} mean loss of segment {seg}"
             );
         }
+        let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params).unwrap();
+        assert_eq!(
+            v["outputs"][0].as_str().unwrap(),
+            BlobId(Hash::of(&weights)).to_string(),
+            "{name} outputs"
+        );
     }
 }
 
@@ -114,7 +120,7 @@ fn golden_case_hashes() {
 #[test]
 fn golden_inference_outputs() {
     let vectors = golden("compute-inference.json");
-    assert_eq!(vectors.len(), 4);
+    assert_eq!(vectors.len(), 5);
     for v in vectors {
         let name = v["name"].as_str().unwrap();
         let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();
@@ -133,6 +139,12 @@ fn golden_inference_outputs() {
             assert_eq!(got.hash.to_string(), expected["leaf"].as_str().unwrap());
         }
         assert_eq!(out.root.to_string(), v["root"].as_str().unwrap(), "{name}");
+        let concat: Vec<u8> = out.items.iter().flat_map(|i| *i.hash.as_bytes()).collect();
+        assert_eq!(
+            Hash::of(&concat).to_string(),
+            v["final_state_hash"].as_str().unwrap(),
+            "{name} final_state_hash"
+        );
     }
 }
 

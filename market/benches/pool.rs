@@ -2,8 +2,10 @@
 //! `K` worker daemons and two verifier daemons (one process, each with its own swarm) run a
 //! pooled task to settlement. Reported from the real run:
 //!
-//! - **communication**: bytes moved per round (each slot's start state the worker fetches, and
-//!   the bundle the node fetches from it), against what per-step synchronous data parallel
+//! - **communication**: bytes moved per round over the workers' links (each slot's start state
+//!   the worker fetches, the final state the node fetches when the slot-round commits, and the
+//!   checkpoints the audits' challenges open, fetched when each audit is handed out), against
+//!   what per-step synchronous data parallel
 //!   training would move over the same steps (each of the `K` workers sends its gradient and
 //!   receives the averaged one every step: `2 · 4 · params` bytes per worker and step);
 //! - **audit cost**: segments the verifiers re-executed against segments the slots trained
@@ -142,10 +144,11 @@ async fn run(case: &Case, nonce: u64) {
     let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
     let params = job.layout.total() as u64;
     let timings = dispatch.timings();
-    let (mut fetched, mut execution, mut transfer, mut audits) =
-        (0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut fetched, mut opened, mut execution, mut transfer, mut audits) =
+        (0u64, 0u64, Duration::ZERO, Duration::ZERO, Duration::ZERO);
     for timing in timings.iter().filter(|x| x.task_id == Some(t.id)) {
         fetched += timing.bytes;
+        opened += timing.opened;
         execution += timing.execution;
         transfer += timing.transfer;
         audits += timing.audits.iter().sum::<Duration>();
@@ -172,7 +175,7 @@ async fn run(case: &Case, nonce: u64) {
         }
     }
     let rounds = u64::from(case.rounds);
-    let per_round = (fetched + starts) / rounds;
+    let per_round = (fetched + opened + starts) / rounds;
     let data_parallel = 2 * 4 * params * u64::from(case.slots) * u64::from(case.inner);
     let trained = u64::from(case.slots * case.rounds) * plan.segments;
     println!(
@@ -182,9 +185,10 @@ async fn run(case: &Case, nonce: u64) {
         wall.as_secs_f64()
     );
     println!(
-        "  per round: {} bytes of start states to the workers + {} bytes of bundles to the node = {per_round}",
+        "  per round: {} bytes of start states to the workers + {} bytes of final states and {} bytes of openings to the node = {per_round}",
         starts / rounds,
-        fetched / rounds
+        fetched / rounds,
+        opened / rounds
     );
     println!(
         "  per-step data parallel over the same {} steps: {data_parallel} bytes; ratio {:.1}",

@@ -65,10 +65,7 @@ fn sigmas(hits: usize, trials: usize, p: f64) -> f64 {
 
 /// Strategies caught by whole-commitment checks whatever is sampled.
 fn always_caught(b: Behavior) -> bool {
-    matches!(
-        b,
-        Behavior::Replay | Behavior::ForgeRoot | Behavior::Withhold
-    )
+    matches!(b, Behavior::Replay | Behavior::ForgeRoot)
 }
 
 /// Runs `behavior` on `task` once, then audits the bundle with `beacons` beacons of `samples`

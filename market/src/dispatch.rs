@@ -89,6 +89,16 @@ pub trait Dispatch: Send + Sync {
         blobs: &dyn BlobSource,
     ) -> anyhow::Result<Signed<Verdict>>;
 
+    /// Makes sure the files `paths` of the result bundle in `dir` are there (every file of it
+    /// when `None`), fetching what is missing from the worker that committed it: the node holds
+    /// only what it reads (the final state, and the openings of the challenges it hands out).
+    /// Returns the bytes fetched. A worker that cannot produce a file its commitment covers
+    /// within the grace gets a [`Withheld`] error: its result cannot be audited.
+    fn fetch_files(&self, _dir: &Path, _paths: Option<&[String]>) -> anyhow::Result<u64> {
+        // Library code writes every file of the bundle into `dir` itself.
+        Ok(0)
+    }
+
     /// Has `worker` open the per-step state hashes of `segment` of the bundle in `dir` (asked
     /// when a verifier found the segment wrong, so its verdict can name the first bad step).
     fn open_steps(
@@ -98,6 +108,16 @@ pub trait Dispatch: Send + Sync {
         segment: u32,
         blobs: &dyn BlobSource,
     ) -> anyhow::Result<()>;
+}
+
+/// A file of a committed result that its worker did not produce when the node asked for it.
+#[derive(Debug, thiserror::Error)]
+#[error("the worker withheld {path} of its committed result: {why}")]
+pub struct Withheld {
+    /// The bundle path.
+    pub path: String,
+    /// What went wrong.
+    pub why: String,
 }
 
 /// Workers and verifiers as library code in this process.

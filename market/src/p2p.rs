@@ -121,18 +121,61 @@ struct State {
     joins: u64,
     runs: HashMap<u64, RunSlot>,
     audits: HashMap<u64, AuditSlot>,
-    /// Bundle directory -> (worker, task, job) of the run that produced it, for open-steps
-    /// during its audits; only the most recent [`REMEMBERED_RUNS`] are kept.
-    finished: HashMap<PathBuf, (AccountId, TaskId, u64)>,
-    /// The keys of `finished` in the order the runs finished (the oldest is forgotten first;
-    /// runs in parallel finish out of job order).
-    finished_order: std::collections::VecDeque<PathBuf>,
     /// Runs the node gave up on, by job, with their worker, task and why: the worker is sent
     /// `cancel` at once if connected, again when it says hello, and again in answer to any
     /// report for the job, so a worker that was away when the node gave up stops too. Only
     /// the most recent [`REMEMBERED_RUNS`] are kept (job numbers grow, so the smallest is the
     /// oldest).
     abandoned: BTreeMap<u64, (AccountId, TaskId, String)>,
+}
+
+/// Where the files of a result bundle come from: the worker's job and the manifest it sent
+/// with its commitment. Kept in the node's bundle directory as [`SOURCE_FILE`] (a name no
+/// bundle path takes, so it is never served), so that the openings an audit needs are fetched
+/// when it needs them, after a restart too.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct RunSource {
+    worker: AccountId,
+    task_id: TaskId,
+    job: u64,
+    manifest: Manifest,
+}
+
+/// The file in a bundle directory that names its [`RunSource`].
+const SOURCE_FILE: &str = "source.json";
+
+impl RunSource {
+    fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!("{SOURCE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(&tmp, dir.join(SOURCE_FILE))?;
+        Ok(())
+    }
+
+    /// The source of the bundle in `dir`, or `None` for a bundle that is whole already.
+    fn load(dir: &Path) -> anyhow::Result<Option<Self>> {
+        match std::fs::read(dir.join(SOURCE_FILE)) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The files of a result the node fetches as soon as it is committed: what settling it reads.
+/// A training run's final checkpoint and leaves (the weights are derived from the final state,
+/// every other checkpoint is fetched only if a challenge opens it), or every output item of an
+/// inference run (the buyer's outputs). The node writes the task and commitment itself.
+fn fetched_at_commit(task: &TaskSpec, commitment: &Commitment, path: &str) -> bool {
+    match &task.workload {
+        market_protocol::Workload::Training(_) => {
+            path == "leaves.json"
+                || path == "loss.json"
+                || path == format!("checkpoints/{:06}.st", commitment.segments)
+        }
+        market_protocol::Workload::Inference(_) => !matches!(path, "task.json" | "commitment.json"),
+    }
 }
 
 /// Disconnected participants remembered (for the operator's view and the order of first joins).
@@ -180,8 +223,12 @@ pub struct RunTiming {
     pub execution: Duration,
     /// Fetching the bundle from the worker.
     pub transfer: Duration,
-    /// Bytes fetched.
+    /// Bytes fetched when the result was committed.
     pub bytes: u64,
+    /// Bytes fetched later, for the openings of the audits' challenges.
+    pub opened: u64,
+    /// The bundle directory.
+    pub dir: PathBuf,
     /// Audits (each verifier, fetch and re-execution together).
     pub audits: Vec<Duration>,
 }
@@ -706,8 +753,9 @@ impl P2pDispatch {
         }
     }
 
-    /// Fetches the bundle of `job` from `worker` into `dir`, except the task and commitment,
-    /// which the node writes itself from what it assigned and what it verified.
+    /// Fetches the files of the bundle of `job` that `wanted` names from `worker` into `dir`
+    /// (never the task and commitment, which the node writes itself from what it assigned and
+    /// what it verified), resuming an interrupted transfer a few times.
     async fn fetch_result(
         &self,
         worker: &AccountId,
@@ -715,6 +763,7 @@ impl P2pDispatch {
         job: u64,
         manifest: &Manifest,
         dir: &Path,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
     ) -> anyhow::Result<FetchStats> {
         let mut last = None;
         for _ in 0..5 {
@@ -726,7 +775,7 @@ impl P2pDispatch {
                     continue;
                 }
             };
-            let theirs = |p: &str| !matches!(p, "task.json" | "commitment.json");
+            let theirs = |p: &str| !matches!(p, "task.json" | "commitment.json") && wanted(p);
             match fetch_bundle(&self.net, peer, task_id, job, manifest, dir, theirs).await {
                 Ok(stats) => return Ok(stats),
                 Err(e @ (TransferError::Net(_) | TransferError::Corrupt { .. })) => {
@@ -795,13 +844,20 @@ impl P2pDispatch {
         };
         let execution = started.elapsed();
         let t = Instant::now();
-        std::fs::create_dir_all(dir)?;
+        // Where the rest of the bundle is, for the audits' openings (also after a restart).
+        RunSource {
+            worker: *worker,
+            task_id,
+            job,
+            manifest: manifest.clone(),
+        }
+        .save(dir)?;
+        let wanted = |p: &str| fetched_at_commit(task, &commitment.body, p);
         // However the worker paces its chunks, the transfer ends.
-        let limit =
-            Duration::from_secs(60 + manifest.bytes() / self.options.min_transfer_rate.max(1));
+        let limit = self.transfer_limit(&manifest, &wanted);
         let stats = tokio::time::timeout(
             limit,
-            self.fetch_result(worker, task_id, job, &manifest, dir),
+            self.fetch_result(worker, task_id, job, &manifest, dir, &wanted),
         )
         .await
         .map_err(|_| anyhow::anyhow!("the bundle transfer took longer than {limit:?}"))??;
@@ -819,23 +875,87 @@ impl P2pDispatch {
                 execution,
                 transfer: t.elapsed(),
                 bytes: stats.received,
+                opened: 0,
+                dir: dir.to_owned(),
                 audits: Vec::new(),
             });
         }
-        let mut st = self.state();
-        while st.finished_order.len() >= REMEMBERED_RUNS {
-            if let Some(oldest) = st.finished_order.pop_front() {
-                st.finished.remove(&oldest);
-            }
-        }
-        if st
-            .finished
-            .insert(dir.to_owned(), (*worker, task_id, job))
-            .is_none()
-        {
-            st.finished_order.push_back(dir.to_owned());
-        }
         Ok(commitment)
+    }
+
+    /// How long fetching the files `wanted` names may take: a minute, plus their size at the
+    /// slowest rate accepted.
+    fn transfer_limit(&self, manifest: &Manifest, wanted: &dyn Fn(&str) -> bool) -> Duration {
+        let bytes = manifest
+            .files
+            .iter()
+            .filter(|f| wanted(&f.path))
+            .fold(0u64, |total, f| total.saturating_add(f.size));
+        Duration::from_secs(60 + bytes / self.options.min_transfer_rate.max(1))
+    }
+
+    /// [`Dispatch::fetch_files`]: fetches what is missing of `paths` (all files when `None`)
+    /// from the worker of the bundle in `dir`, trying again while the worker is away, refuses
+    /// or the transfer breaks, for up to the run grace (each try bounded by the transfer
+    /// limit); past that, the file is [`crate::dispatch::Withheld`]. A file already whole on
+    /// disk needs no worker at all.
+    async fn fetch_files_async(&self, dir: &Path, paths: Option<&[String]>) -> anyhow::Result<u64> {
+        let Some(source) = RunSource::load(dir)? else {
+            return Ok(0);
+        };
+        let wanted = |p: &str| {
+            !matches!(p, "task.json" | "commitment.json")
+                && paths.is_none_or(|ps| ps.iter().any(|x| x == p))
+        };
+        let missing: Vec<&FileEntry> = source
+            .manifest
+            .files
+            .iter()
+            .filter(|f| wanted(&f.path))
+            .filter(|f| std::fs::metadata(dir.join(&f.path)).map_or(true, |m| m.len() != f.size))
+            .collect();
+        let Some(first) = missing.first() else {
+            return Ok(0);
+        };
+        let first = first.path.clone();
+        let missing: Vec<String> = missing.iter().map(|f| f.path.clone()).collect();
+        let only_missing = |p: &str| missing.iter().any(|m| m == p);
+        let limit = self.transfer_limit(&source.manifest, &only_missing);
+        let started = Instant::now();
+        loop {
+            let attempt = async {
+                let peer = self.peer_of(&source.worker)?;
+                let stats = fetch_bundle(
+                    &self.net,
+                    peer,
+                    source.task_id,
+                    source.job,
+                    &source.manifest,
+                    dir,
+                    only_missing,
+                )
+                .await?;
+                anyhow::Ok(stats.received)
+            };
+            let why = match tokio::time::timeout(limit, attempt).await {
+                Ok(Ok(bytes)) => {
+                    if let Ok(mut timings) = self.timings.lock() {
+                        if let Some(t) = timings.iter_mut().rev().find(|t| t.dir == dir) {
+                            t.opened += bytes;
+                        }
+                    }
+                    return Ok(bytes);
+                }
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => "the transfer did not finish in time".to_owned(),
+            };
+            if started.elapsed() + Duration::from_secs(1) >= self.options.run_grace {
+                tracing::warn!(worker = %source.worker, path = %first, %why, "an opening was withheld");
+                return Err(crate::dispatch::Withheld { path: first, why }.into());
+            }
+            tracing::info!(worker = %source.worker, %why, "fetching openings again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     async fn audit_async(
@@ -942,11 +1062,13 @@ impl P2pDispatch {
         };
         let max =
             market_compute::bundle::Bundle::max_step_hashes_bytes(training.checkpoint_interval);
-        let (w, task_id, job) = *self
-            .state()
-            .finished
-            .get(dir)
-            .ok_or_else(|| anyhow::anyhow!("no run produced {}", dir.display()))?;
+        let RunSource {
+            worker: w,
+            task_id,
+            job,
+            ..
+        } = RunSource::load(dir)?
+            .ok_or_else(|| anyhow::anyhow!("no run of this node produced {}", dir.display()))?;
         anyhow::ensure!(w == *worker, "that bundle is another worker's");
         let peer = self.peer_of(worker)?;
         let reply = self
@@ -1062,6 +1184,10 @@ impl Dispatch for P2pDispatch {
         _blobs: &dyn BlobSource,
     ) -> anyhow::Result<Signed<Verdict>> {
         self.rt.block_on(self.audit_async(verifier, dir, request))
+    }
+
+    fn fetch_files(&self, dir: &Path, paths: Option<&[String]>) -> anyhow::Result<u64> {
+        self.rt.block_on(self.fetch_files_async(dir, paths))
     }
 
     fn open_steps(

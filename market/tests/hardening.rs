@@ -628,3 +628,58 @@ async fn exports_that_stop_reading_hold_their_slots_and_the_next_is_refused() {
     }
     panic!("the slot never came back");
 }
+
+/// Found writing the spec (issue 13): the node accepted tasks whose result no one could ever
+/// report or read. A training run's leaves (one per checkpoint) must fit the 4 MiB its
+/// auditors read, and a worker's `done` report (the commitment and the manifest of every file)
+/// the 4 MiB of a request header; a task past either was posted, escrowed and run, and its
+/// honest worker then failed as if it had withheld or abandoned the result. Both are now
+/// refused at post, with nothing escrowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_result_cannot_be_reported_or_audited_is_refused_at_post() {
+    let n = market(NodeConfig::default()).await;
+    let before = n.node.ledger.balance(&n.buyer.account()).0;
+    let post = |task| {
+        call(
+            &n.app,
+            signed(&n.buyer, "POST", "/v1/tasks", post_body(&n.buyer, task)),
+        )
+    };
+    let every_step = |nonce: u64, steps: u32| {
+        let mut task = training_task(&n.buyer, nonce);
+        if let Workload::Training(t) = &mut task.workload {
+            t.steps = steps;
+            t.checkpoint_interval = 1;
+        }
+        task
+    };
+    // 60,000 leaves do not fit what a verifier reads.
+    let (s, v) = post(every_step(960, 60_000)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_task", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("segments"),
+        "{v}"
+    );
+    // 40,000 checkpoints do, but their manifest does not fit the worker's report.
+    let (s, v) = post(every_step(961, 40_000)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["code"], "result_too_big_to_report", "{v}");
+    // Nor do 30,000 inference items.
+    let mut many = market_protocol::fixtures::inference_task(&n.buyer, 962);
+    many.profile = market_protocol::ExecutionProfile::Repro;
+    if let Workload::Inference(i) = &mut many.workload {
+        i.weights = None;
+        i.inputs = market_protocol::InferenceInputs::Prompts {
+            prompts: vec!["1+2=".into(); 30_000],
+            max_new_tokens: 1,
+        };
+    }
+    let (s, v) = post(many).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["error"]["code"], "result_too_big_to_report", "{v}");
+    assert_eq!(n.node.ledger.balance(&n.buyer.account()).0, before);
+    // A run of 2,000 checkpoints is reported and audited as ever.
+    let (s, v) = post(every_step(963, 2_000)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}

@@ -101,6 +101,25 @@ async fn worker(m: &Market, label: &str) -> Identity {
     id
 }
 
+/// An in-process worker daemon with a cheating `behavior`.
+async fn worker_with(m: &Market, label: &str, behavior: Behavior) -> Identity {
+    let id = Identity::from_test_label(label);
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_worker::daemon::WorkerOptions {
+        market: m.addr.clone(),
+        data_dir: m.dir.path().join(label),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+        behavior,
+        stake: 200,
+        device: "cpu".into(),
+        listen: Vec::new(),
+        status_line: false,
+        relay: false,
+    };
+    tokio::spawn(market_worker::daemon::run(id.clone(), options));
+    id
+}
+
 /// An in-process verifier daemon.
 async fn verifier(m: &Market, label: &str) -> Identity {
     let id = Identity::from_test_label(label);
@@ -799,8 +818,8 @@ fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
         let w = worker(&m, label).await;
         verifier(&m, "verifier c").await;
         wait_joined(&m, 1, 1).await;
-        // Hours of steps on this machine: only a cancel stops it.
-        let long = post(&m, 50, 1_000_000).await;
+        // A quarter of an hour of steps on this machine: only a cancel stops it in time.
+        let long = post(&m, 50, 200_000).await;
         assert_eq!(wait_running(&m, &long, 5).await, w.account());
         assert_eq!(
             job_dirs_of(&m, label, &long).len(),
@@ -1208,5 +1227,157 @@ fn a_worker_killed_mid_round_loses_its_slot_and_the_pool_ends_as_an_honest_one()
             }
             assert!(left.is_empty(), "{label} keeps {left:?}");
         }
+    });
+}
+
+/// A task of 100 steps in 10 segments whose audit samples 3 of them (0.9 against half faked).
+async fn post_sampled(m: &Market, nonce: u64) -> TaskId {
+    let mut spec = training_task(&m.buyer, nonce);
+    if let Workload::Training(t) = &mut spec.workload {
+        t.steps = 100;
+    }
+    spec.audit = AuditPolicy {
+        detection_target: "0.9".parse().unwrap(),
+        assumed_faked_fraction: "0.5".parse().unwrap(),
+    };
+    let signed = Signed::sign(spec, &m.buyer).unwrap();
+    m.node.post_task(signed).await.unwrap().id
+}
+
+/// The checkpoints in the node's copy of attempt `n`'s bundle.
+fn node_checkpoints(m: &Market, task: &TaskId, n: usize) -> std::collections::BTreeSet<u32> {
+    let dir = m
+        .dir
+        .path()
+        .join("node/bundles")
+        .join(format!("{task}-{n}"))
+        .join("checkpoints");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.trim_end_matches(".st").parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_node_fetches_only_the_final_state_and_what_the_challenge_opens() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            keep_bundles: true,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        worker(&m, "worker f").await;
+        verifier(&m, "verifier f").await;
+        wait_joined(&m, 1, 1).await;
+        let task = post_sampled(&m, 21).await;
+        let t = settled(&m, &task).await;
+        // The verdict the verifier was paid for, from the ledger.
+        let verdict = (0..=m.node.ledger.head().seq)
+            .find_map(
+                |s| match m.node.ledger.entry(s).unwrap().unwrap().body.kind {
+                    market_ledger::EntryKind::Reward {
+                        task_id,
+                        verdict: Some(v),
+                        ..
+                    } if task_id == task => Some(v.body),
+                    _ => None,
+                },
+            )
+            .unwrap();
+        let sampled: std::collections::BTreeSet<u32> =
+            verdict.checked.iter().map(|c| c.segment).collect();
+        assert_eq!(sampled.len(), 3, "{verdict:?}");
+        // The final state (checkpoint 10, which settlement reads), the initial state (which the
+        // node computes itself) and the start of each sampled segment (repro compares a
+        // segment's end with its leaf): nothing else is there.
+        let mut wanted = sampled.clone();
+        wanted.extend([0, 10]);
+        assert_eq!(node_checkpoints(&m, &task, 0), wanted);
+        let timing = m
+            .dispatch
+            .timings()
+            .into_iter()
+            .find(|x| x.task_id == Some(task))
+            .unwrap();
+        let checkpoint = std::fs::metadata(
+            m.dir
+                .path()
+                .join(format!("node/bundles/{task}-0/checkpoints/000010.st")),
+        )
+        .unwrap()
+        .len();
+        // At commit: the final state and the small files; later: the sampled starts but the
+        // initial state, which the node never fetches.
+        assert!(timing.bytes < 2 * checkpoint, "{timing:?}");
+        let opened = sampled.iter().filter(|s| **s != 0).count() as u64;
+        assert!(timing.opened >= opened * checkpoint, "{timing:?}");
+        assert!(timing.opened < (opened + 1) * checkpoint, "{timing:?}");
+        // The buyer's weights are the final state's parameters, derived by the node.
+        assert_eq!(t.outputs.len(), 1);
+        assert!(m.node.blobs.contains(&t.outputs[0]));
+    });
+}
+
+#[test]
+fn a_worker_that_withholds_what_a_challenge_opens_is_slashed_and_the_task_runs_again() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            run_grace: Duration::from_secs(2),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        let cheat = worker_with(&m, "worker w", Behavior::WithholdLate).await;
+        let v = verifier(&m, "verifier w").await;
+        wait_joined(&m, 1, 1).await;
+        let task = post_sampled(&m, 22).await;
+        // The withholding worker has the task (and will commit, then delete what the
+        // challenge opens); an honest one joins to take it over.
+        assert_eq!(wait_running(&m, &task, 0).await, cheat.account());
+        let honest = worker(&m, "worker h").await;
+        wait_joined(&m, 2, 1).await;
+        let t = settled(&m, &task).await;
+        assert!(t.attempts[0].result_failed, "{t:?}");
+        assert_eq!(t.attempts[0].worker, cheat.account());
+        let accepted = t.attempts.iter().find(|a| a.accepted).unwrap();
+        assert_eq!(accepted.worker, honest.account());
+        // Slashed as for a failed audit, with its commitment as evidence: withholding is no
+        // cheaper a way to be caught.
+        let head = m.node.ledger.head().seq;
+        let reasons: Vec<String> = (0..=head)
+            .filter_map(
+                |s| match m.node.ledger.entry(s).unwrap().unwrap().body.kind {
+                    market_ledger::EntryKind::Slash {
+                        account, reason, ..
+                    } if account == cheat.account() => Some(reason),
+                    _ => None,
+                },
+            )
+            .collect();
+        assert_eq!(reasons, ["withheld a file of its committed result"]);
+        assert!(m.node.ledger.stake(&cheat.account()).0 < 200);
+        assert_eq!(
+            m.node.ledger.stake(&v.account()).0,
+            100,
+            "the verifier is not blamed"
+        );
+        assert_conserved(
+            &m,
+            &[
+                m.buyer.account(),
+                cheat.account(),
+                honest.account(),
+                v.account(),
+                m.node.operator.account(),
+            ],
+            10_000 + 3 * 1_000,
+        );
     });
 }

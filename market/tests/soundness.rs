@@ -80,12 +80,25 @@ impl Dispatch for Rigged {
         *self.running.lock().unwrap().entry(*worker).or_default() -= 1;
         let c = c?;
         if self.swaps_outputs.contains(worker) {
-            // Foreign weights, after the commitment is signed.
+            // Foreign weights, committed as the outputs (re-signed by the worker) over honest
+            // checkpoints that pass every audit.
             let bundle = market_compute::bundle::Bundle::at(dir);
             let mut w = std::fs::read(bundle.weights_path())?;
             let last = w.len() - 1;
             w[last] ^= 0x40;
-            std::fs::write(bundle.weights_path(), w)?;
+            std::fs::write(bundle.weights_path(), &w)?;
+            let identity = &self
+                .inner
+                .workers
+                .iter()
+                .find(|(i, _)| i.account() == *worker)
+                .unwrap()
+                .0;
+            let mut body = c.body.clone();
+            body.outputs = vec![BlobId::of(&w)];
+            let c = Signed::sign(body, identity)?;
+            bundle.write_commitment(&c)?;
+            return Ok(c);
         }
         Ok(c)
     }
@@ -325,9 +338,11 @@ async fn attack_3_a_lying_verifier_cannot_get_an_honest_worker_slashed() {
 }
 
 /// Attack 4 (results not bound to the commitment; payment first): swapping the weights after
-/// the audit delivered foreign weights to the buyer and still paid. Outputs are now checked
-/// against the committed final state before anything is paid: the swapping worker is slashed
-/// and unpaid, and the next worker's verified weights reach the buyer.
+/// the audit delivered foreign weights to the buyer and still paid. The node now derives the
+/// weights from the committed final state (it never reads the worker's weights file) and checks
+/// that the commitment's `outputs` name exactly them before anything is paid: a worker that
+/// commits foreign weights over honest checkpoints is slashed and unpaid, and the next
+/// worker's verified weights reach the buyer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_4_swapped_outputs_are_never_paid_or_delivered() {
     let dir = tempfile::tempdir().unwrap();

@@ -139,6 +139,27 @@ pub fn check_bundle_path(path: &str) -> Result<(), TransferError> {
     }
 }
 
+/// An upper bound of the bytes of the `done` request that reports a bundle of `shape`: its
+/// manifest (per file, a path, a size and one quoted hex hash per chunk) and its commitment
+/// (one quoted hex hash per output, one number per loss, and the rest). A node refuses at post a
+/// task whose report cannot fit [`crate::wire::MAX_HEADER_BYTES`]: its worker could never
+/// deliver it.
+pub fn done_header_bound(shape: &market_compute::resources::BundleShape) -> u64 {
+    const PER_FILE: u64 = 96;
+    const PER_HASH: u64 = 67;
+    const PER_LOSS: u64 = 12;
+    const FIXED: u64 = 4096;
+    let chunks: u64 = shape
+        .files
+        .iter()
+        .map(|size| chunk_count(*size).max(1))
+        .sum();
+    FIXED
+        + PER_FILE * shape.files.len() as u64
+        + PER_HASH * (chunks + shape.outputs)
+        + PER_LOSS * shape.losses
+}
+
 /// Checks a manifest received from a peer against the limits and the bundle layout.
 pub fn check_manifest(m: &Manifest) -> Result<(), TransferError> {
     if m.files.len() > MAX_MANIFEST_FILES {

@@ -477,16 +477,22 @@ fn check_training(
             Ok(b) => b,
             Err(f) => return Ok(Some(f)),
         };
-        let end_bytes = match open_leaf(
-            bundle,
-            &bundle.checkpoint_path(seg + 1),
-            &leaves,
-            &c.root,
-            seg + 1,
-            seg,
-        ) {
-            Ok(b) => b,
-            Err(f) => return Ok(Some(f)),
+        // In `repro` the re-executed end is compared with the committed leaf, so the end
+        // checkpoint itself is never read (nor fetched); a tolerance profile compares states.
+        let end_bytes = if exact {
+            Vec::new()
+        } else {
+            match open_leaf(
+                bundle,
+                &bundle.checkpoint_path(seg + 1),
+                &leaves,
+                &c.root,
+                seg + 1,
+                seg,
+            ) {
+                Ok(b) => b,
+                Err(f) => return Ok(Some(f)),
+            }
         };
         let Ok(start_state) = TrainState::from_bytes(&start, &job.layout) else {
             return Ok(Some(fail(
@@ -725,7 +731,9 @@ pub fn recheck_segments(
 }
 
 /// The bundle files an audit of `sampled` segments reads, as bundle paths: what a networked
-/// verifier fetches (the rest of the bundle it never needs).
+/// verifier fetches and what the node fetches from the worker for it (the rest of the bundle
+/// nobody needs). A training segment opens its start checkpoint and its per-step hashes; its
+/// end checkpoint only in a tolerance profile (`repro` compares the end with the leaf).
 pub fn openings(task: &TaskSpec, sampled: &[u32]) -> Vec<String> {
     let mut paths = vec![
         "task.json".to_owned(),
@@ -736,7 +744,9 @@ pub fn openings(task: &TaskSpec, sampled: &[u32]) -> Vec<String> {
         match &task.workload {
             Workload::Training(_) => {
                 paths.push(format!("checkpoints/{s:06}.st"));
-                paths.push(format!("checkpoints/{:06}.st", s + 1));
+                if task.profile != ExecutionProfile::Repro {
+                    paths.push(format!("checkpoints/{:06}.st", s + 1));
+                }
                 paths.push(format!("steps/{s:06}.json"));
             }
             Workload::Inference(_) => paths.push(format!("items/{s:06}.bin")),

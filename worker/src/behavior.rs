@@ -29,13 +29,17 @@ pub enum Behavior {
     ForgeRoot,
     /// Refuses to open checkpoints (deletes all but the first and last).
     Withhold,
+    /// Runs honestly and lists every file, then, once the node has taken its result, deletes
+    /// all checkpoints but the first and last: a worker that would refuse whatever the
+    /// challenges open (only the worker daemon acts on it; offline it runs honestly).
+    WithholdLate,
 }
 
 /// Why a strategy name is not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "unknown strategy {0:?}: use honest, skip:F, noise:F, truncate:F (0 < F <= 1), wrong-data, \
-     low-precision, replay, forge-root or withhold"
+     low-precision, replay, forge-root, withhold or withhold-late"
 )]
 pub struct BehaviorError(pub String);
 
@@ -63,6 +67,7 @@ impl FromStr for Behavior {
                 "replay" => Self::Replay,
                 "forge-root" => Self::ForgeRoot,
                 "withhold" => Self::Withhold,
+                "withhold-late" => Self::WithholdLate,
                 _ => return Err(bad()),
             },
         })
@@ -81,6 +86,7 @@ impl fmt::Display for Behavior {
             Self::Replay => write!(f, "replay"),
             Self::ForgeRoot => write!(f, "forge-root"),
             Self::Withhold => write!(f, "withhold"),
+            Self::WithholdLate => write!(f, "withhold-late"),
         }
     }
 }
@@ -102,7 +108,7 @@ impl Behavior {
             }
             Self::Truncate(f) => (n - count(f)..n).collect(),
             Self::WrongData | Self::LowPrecision | Self::Replay => (0..n).collect(),
-            Self::Honest | Self::ForgeRoot | Self::Withhold => BTreeSet::new(),
+            Self::Honest | Self::ForgeRoot | Self::Withhold | Self::WithholdLate => BTreeSet::new(),
         }
     }
 }
@@ -123,6 +129,7 @@ mod tests {
             "replay",
             "forge-root",
             "withhold",
+            "withhold-late",
         ] {
             let b: Behavior = s.parse().unwrap();
             assert_eq!(b.to_string().parse::<Behavior>().unwrap(), b);

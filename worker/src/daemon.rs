@@ -332,9 +332,11 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
     }
 }
 
-/// Finished jobs whose bundles are kept on disk (the node fetches a bundle and asks for
-/// openings right after the run; older ones only fill the disk).
-const KEPT_JOBS: usize = 8;
+/// Finished jobs whose bundles are kept on disk until the node says they settled: the node
+/// fetches the final state at once but each audit's openings only when it hands the audit
+/// out, and a file asked for and not served fails the result as withheld. A job is forgotten
+/// earlier only beyond this many (a node that never settles must not fill the disk).
+const KEPT_JOBS: usize = 64;
 
 /// Forgets finished jobs beyond the [`KEPT_JOBS`] most recent, with their directories.
 fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)>) {
@@ -598,6 +600,19 @@ async fn run_job(
     if finished {
         if let Ok(mut d) = worker.done.lock() {
             *d += 1;
+        }
+        if worker.options.behavior == Behavior::WithholdLate {
+            // The testing aid: the node has the commitment; now nothing the audits open is
+            // there to fetch.
+            let d = dir.clone();
+            let withheld = tokio::task::spawn_blocking(move || {
+                let bundle = Bundle::at(&d);
+                let leaves = bundle.read_leaves()?.len() as u32;
+                crate::exec::withhold(&bundle, &bundle.read_task()?.workload, leaves)
+                    .map_err(anyhow::Error::from)
+            })
+            .await;
+            tracing::warn!(task = %task_id, ?withheld, "withholding the committed result's files");
         }
     }
     // Its memory is free again and its bundle is on disk: the node sees both.

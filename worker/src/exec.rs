@@ -227,7 +227,7 @@ fn exec_run(
     bundle.write_task(task)?;
     let task_id = TaskId(message_id(task).map_err(market_protocol::SignatureError::from)?);
     let mut resumed_from = 0;
-    let (mut commitment, leaves, faked) = match &task.workload {
+    let (mut commitment, leaves, mut faked) = match &task.workload {
         Workload::Training(_) => exec_training(
             task,
             task_id,
@@ -262,6 +262,7 @@ fn exec_run(
     bundle.write_leaves(&leaves)?;
     if behavior == Behavior::Withhold {
         withhold(bundle, &task.workload, leaves.len() as u32)?;
+        faked = unopenable(task, commitment.segments);
     }
     let signed = Signed::sign(commitment, identity)?;
     bundle.write_commitment(&signed)?;
@@ -274,7 +275,22 @@ fn exec_run(
     })
 }
 
-fn withhold(bundle: &Bundle, workload: &Workload, leaves: u32) -> Result<(), ExecError> {
+/// The segments whose audit opens a file [`withhold`] deleted: a training segment's start
+/// checkpoint (`1..n`), and in a tolerance profile its end too (every segment when `n >= 2`);
+/// an inference item `1..n-1`.
+fn unopenable(task: &TaskSpec, n: u32) -> BTreeSet<u32> {
+    match &task.workload {
+        Workload::Training(_) if task.profile == market_protocol::ExecutionProfile::Repro => {
+            (1..n).collect()
+        }
+        Workload::Training(_) if n >= 2 => (0..n).collect(),
+        Workload::Training(_) => BTreeSet::new(),
+        Workload::Inference(_) => (1..n.saturating_sub(1)).collect(),
+    }
+}
+
+/// Deletes every checkpoint (or item) but the first and the last.
+pub fn withhold(bundle: &Bundle, workload: &Workload, leaves: u32) -> Result<(), ExecError> {
     for i in 1..leaves.saturating_sub(1) {
         let path = match workload {
             Workload::Training(_) => bundle.checkpoint_path(i),

@@ -29,11 +29,17 @@ const MAX_REDRAW_WAIT: Duration = Duration::from_secs(30);
 const REPLAN_AFTER: u32 = 3;
 
 /// How the verdicts on an attempt came out.
+/// The slash reason of a worker that withheld a file of its committed result: as costly as a
+/// failed audit, or withholding would be the cheaper way to be caught.
+pub(super) const WITHHELD: &str = "withheld a file of its committed result";
+
 enum Collected {
     /// Enough verifiers passed it, under this plan (re-planned if verifiers went away).
     Accepted(Vec<Signed<Verdict>>, audit_plan::AuditPlan),
     /// The node's re-execution confirmed a failure: the kept verdicts and the ruling.
     Failed(Vec<Signed<Verdict>>, Ruling),
+    /// The worker did not produce a file a challenge opens: the result cannot be audited.
+    Withheld(crate::dispatch::Withheld),
 }
 
 /// What the node's own re-execution found about the failing verdicts of an attempt.
@@ -132,6 +138,9 @@ impl Node {
         beacon: Beacon,
         beacon_proof: VrfProof,
     ) -> anyhow::Result<()> {
+        if let Err(e) = self.place_start(&t, &dir).await {
+            tracing::warn!(task = %t.id, error = %e, "checkpoint 0 will come from the worker");
+        }
         let profile = t.spec.body.profile;
         let only_worker = BTreeSet::from([worker]);
         let mut wait = Duration::from_secs(1);
@@ -185,6 +194,12 @@ impl Node {
             Collected::Failed(kept, ruling) => {
                 self.result_failed(t, n, worker, &kept, ruling).await
             }
+            Collected::Withheld(withheld) => {
+                tracing::warn!(task = %t.id, %worker, %withheld, "an opening was withheld");
+                let evidence = CommitmentId(commitment.id()?).0;
+                self.unusable_result(t, n, worker, evidence, WITHHELD, "withheld")
+                    .await
+            }
         }
     }
 
@@ -235,6 +250,15 @@ impl Node {
                 }
                 let challenge =
                     market_verifier::audit::challenge_for(v, commitment, beacon, samples)?;
+                // The node holds only what is read: this challenge's openings come from the
+                // worker now. One it cannot produce leaves its result unauditable.
+                let openings = market_verifier::audit::openings(&t.spec.body, &challenge.sampled);
+                if let Err(e) = self.fetch_files(dir, Some(openings)).await {
+                    match e.downcast::<crate::dispatch::Withheld>() {
+                        Ok(withheld) => return Ok(Collected::Withheld(withheld)),
+                        Err(e) => return Err(e),
+                    }
+                }
                 match self
                     .verdict_of(t, worker, &v, dir, &request, &challenge)
                     .await
@@ -382,6 +406,58 @@ impl Node {
         }
     }
 
+    /// Writes checkpoint 0 of a training result into `dir` from what the node holds, so no
+    /// audit fetches it from the worker: a slot-round's start state (a blob the node made), or
+    /// a run's initial state (which the node computes from the task). Only bytes that hash to
+    /// the committed leaf 0 are placed, so they are exactly what the worker would serve.
+    async fn place_start(&self, t: &TaskRecord, dir: &Path) -> anyhow::Result<()> {
+        if !matches!(t.spec.body.workload, Workload::Training(_)) {
+            return Ok(());
+        }
+        let bundle = market_compute::bundle::Bundle::at(dir);
+        let path = bundle.checkpoint_path(0);
+        if path.exists() {
+            return Ok(());
+        }
+        let leaf0 = *bundle
+            .read_leaves()?
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no committed leaves"))?;
+        let (spec, blobs, start) = (
+            t.spec.body.clone(),
+            self.blobs.clone(),
+            t.slot().map(|s| s.start),
+        );
+        tokio::task::spawn_blocking(move || {
+            let bytes = match start {
+                Some(start) => blobs
+                    .read(&market_protocol::BlobId(start.0))
+                    .ok_or_else(|| anyhow::anyhow!("the start state {start} is not held"))?,
+                None => {
+                    let job = market_compute::TrainingJob::from_spec(&spec, &blobs)?;
+                    job.initial_state().to_bytes(&job.layout)?
+                }
+            };
+            anyhow::ensure!(
+                market_protocol::StateHash(Hash::of(&bytes)) == leaf0,
+                "leaf 0 is not the start the node holds"
+            );
+            bundle.write(&path, &bytes)?;
+            Ok(())
+        })
+        .await?
+    }
+
+    /// [`crate::dispatch::Dispatch::fetch_files`] on a blocking thread.
+    pub(super) async fn fetch_files(
+        &self,
+        dir: &Path,
+        paths: Option<Vec<String>>,
+    ) -> anyhow::Result<u64> {
+        let (dispatch, d) = (self.dispatch.clone(), dir.to_owned());
+        tokio::task::spawn_blocking(move || dispatch.fetch_files(&d, paths.as_deref())).await?
+    }
+
     /// Asks verifier `v` to audit the bundle in `dir`, on a blocking thread.
     pub(super) async fn request_audit(
         &self,
@@ -463,6 +539,20 @@ impl Node {
                 )
             })
         };
+        // The openings of every claimed segment (normally here since its verifier's audit).
+        let claimed: Vec<u32> = kept
+            .iter()
+            .filter_map(|v| match v.body.outcome {
+                VerdictOutcome::Fail { segment, .. } => Some(segment),
+                VerdictOutcome::Pass => None,
+            })
+            .collect();
+        if let Ok(task) = market_compute::bundle::Bundle::at(dir).read_task() {
+            let openings = market_verifier::audit::openings(&task, &claimed);
+            if let Err(e) = self.fetch_files(dir, Some(openings)).await {
+                tracing::warn!(error = %e, "the referee could not fetch every opening");
+            }
+        }
         let mut ruling = Ruling {
             catchers: Vec::new(),
             liars: Vec::new(),

@@ -218,13 +218,28 @@ impl Node {
                 .filter_map(|id| std::fs::metadata(blobs.path(id)).ok())
                 .map(|m| m.len())
                 .sum();
-            let needs = match &spec.workload {
+            let (needs, shape) = match &spec.workload {
                 Workload::Training(_) => market_compute::TrainingJob::from_spec(&spec, &blobs)
-                    .map(|job| job.needs(input_bytes)),
+                    .map(|job| (job.needs(input_bytes), job.bundle_shape())),
                 Workload::Inference(_) => market_compute::InferenceJob::from_spec(&spec, &blobs)
-                    .map(|job| job.needs(input_bytes)),
+                    .map(|job| (job.needs(input_bytes), job.bundle_shape())),
             }
             .map_err(invalid)?;
+            // A result its worker could not report is never posted.
+            let report = market_net::transfer::done_header_bound(&shape);
+            let limit = market_net::wire::MAX_HEADER_BYTES as u64;
+            if report > limit {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "result_too_big_to_report",
+                    format!(
+                        "the worker's report of this task's result (its commitment and the \
+                         manifest of {} files) would take up to {report} bytes, over the \
+                         network's limit of {limit}: use fewer checkpoints or items",
+                        shape.files.len()
+                    ),
+                ));
+            }
             let plan = audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)?;
             // An evaluation blob is read by the node alone, at every merge: checked now.
             market_compute::pool::eval_examples(&spec, &blobs).map_err(invalid)?;

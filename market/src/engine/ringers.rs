@@ -54,6 +54,16 @@ impl Node {
             self.config.ringer_rate_ppm,
             targets.len(),
         );
+        if !draws.contains(&true) {
+            return Ok(());
+        }
+        // A ringer is made from every checkpoint of the real result: the node, which holds
+        // only what audits read, fetches the rest first. Only the worker's audits can fail it
+        // for a missing file; a ringer that cannot be made is skipped.
+        if let Err(e) = self.fetch_files(dir, None).await {
+            tracing::warn!(task = %t.id, error = %e, "no ringer: the whole result could not be fetched");
+            return Ok(());
+        }
         for (&v, _) in targets.iter().zip(draws).filter(|(_, planted)| *planted) {
             let ringer_dir = dir.with_extension(format!("ringer-{v}"));
             let ringer_key = ringer_key(&self.operator, &t.id, n, &v);

@@ -45,28 +45,16 @@ impl Node {
             Err(OutputError::Mismatch(why)) => {
                 tracing::warn!(task = %t.id, %worker, %why, "outputs do not match the commitment");
                 let evidence = CommitmentId(commitment.id()?).0;
-                self.slash(
-                    &t,
-                    n,
-                    &worker,
-                    self.config.worker_slash,
-                    evidence,
-                    None,
-                    "outputs do not match the committed result",
-                    &[],
-                )
-                .await?;
-                self.store
-                    .update_participant(&format!("{}:{n}:outputs", t.id), &worker, |p| {
-                        p.tasks_failed += 1;
-                        p.slashed += 1;
-                    })?;
-                t.attempts[n].result_failed = true;
-                t.state = TaskState::Queued;
-                self.save(&t)?;
-                self.exclude_from_pool(&t, &worker).await?;
-                self.wake();
-                return Ok(());
+                return self
+                    .unusable_result(
+                        t,
+                        n,
+                        worker,
+                        evidence,
+                        "outputs do not match the committed result",
+                        "outputs",
+                    )
+                    .await;
             }
             Err(OutputError::Io(e)) => return Err(e),
         }
@@ -199,6 +187,42 @@ impl Node {
     /// checking them against the commitment: training weights must be the parameters of the
     /// committed final checkpoint, inference items the committed leaves. Nothing the worker
     /// changed after committing can reach the buyer.
+    /// A committed result no one can use (its outputs do not follow from its commitment, or
+    /// its worker withheld a file of it): the worker is slashed as for a failed audit, with the
+    /// commitment as evidence, excluded from the pool, and the task goes back to the queue.
+    pub(super) async fn unusable_result(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        evidence: Hash,
+        reason: &str,
+        event: &str,
+    ) -> anyhow::Result<()> {
+        self.slash(
+            &t,
+            n,
+            &worker,
+            self.config.worker_slash,
+            evidence,
+            None,
+            reason,
+            &[],
+        )
+        .await?;
+        self.store
+            .update_participant(&format!("{}:{n}:{event}", t.id), &worker, |p| {
+                p.tasks_failed += 1;
+                p.slashed += 1;
+            })?;
+        t.attempts[n].result_failed = true;
+        t.state = TaskState::Queued;
+        self.save(&t)?;
+        self.exclude_from_pool(&t, &worker).await?;
+        self.wake();
+        Ok(())
+    }
+
     fn collect_outputs(
         &self,
         t: &TaskRecord,
@@ -236,8 +260,9 @@ impl Node {
                     .map_err(|e| mismatch(format!("the final checkpoint is not a state: {e}")))?;
                 let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)
                     .map_err(|e| io(&e))?;
-                let delivered = std::fs::read(bundle.weights_path()).unwrap_or_default();
-                if delivered != weights || c.outputs != vec![BlobId::of(&weights)] {
+                // The weights follow from the final state: the node derives them rather than
+                // fetching the worker's copy; the commitment must name exactly them.
+                if c.outputs != vec![BlobId::of(&weights)] {
                     return Err(mismatch(
                         "the weights are not the parameters of the committed final state".into(),
                     ));

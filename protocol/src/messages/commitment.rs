@@ -33,7 +33,8 @@ pub struct Commitment {
     pub final_state_hash: StateHash,
     /// Result blobs: final weights, per-item outputs.
     pub outputs: Vec<BlobId>,
-    /// The training loss after each segment, as exact binary32 bits.
+    /// Per segment, the mean training loss of its steps (their ascending binary32 sum divided
+    /// by the step count), as exact binary32 bits.
     pub loss_trace: Vec<F32Bits>,
     /// For a slot-round of a pooled task: which slot and round, and the state it started from
     /// (its checkpoint 0). Absent (not `null`) for any other run, whose commitments, and ids,

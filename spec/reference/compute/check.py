@@ -1,0 +1,59 @@
+"""Checks the compute vectors with this independent port of the `repro` profile, written from
+spec/COMPUTE.md and spec/ENCODING.md alone (no Rust read): every checkpoint hash, segment loss
+and output of compute-cases.json and compute-mlp.json, and every inference item, leaf, root and
+final_state_hash of compute-inference.json. Builds libm.c (Appendix C of COMPUTE.md) first.
+Exits 1 on the first file with a mismatch. Usage: python3 spec/reference/compute/check.py"""
+import contextlib, io, json, os, subprocess, sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VECTORS = os.path.join(HERE, "..", "..", "vectors")
+
+
+def build_libm():
+    out = os.path.join(HERE, "libm_repro.so")
+    subprocess.run(
+        ["cc", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-o", out, os.path.join(HERE, "libm.c")],
+        check=True,
+    )
+
+
+def main():
+    build_libm()
+    sys.path.insert(0, HERE)
+    import run  # noqa: E402  (needs the library built above)
+    import infer_lib  # noqa: E402
+
+    failures, checked = 0, 0
+    for name in ["compute-cases.json", "compute-mlp.json"]:
+        for v in json.load(open(os.path.join(VECTORS, name)))["vectors"]:
+            blobs = {k: bytes.fromhex(b) for k, b in v.get("blobs", {}).items()}
+            with contextlib.redirect_stdout(io.StringIO()):
+                got, outputs = run.train(v["task"], blobs)
+            want = v["checkpoints"]
+            ok = len(got) >= len(want) and all(
+                all(a.get(k) == e.get(k) for k in e) for a, e in zip(got, want)
+            )
+            if "outputs" in v:
+                ok = ok and outputs == v["outputs"]
+            checked += 1
+            failures += not ok
+            print(f"{name:<24} {v['name']:<42} {'ok' if ok else 'MISMATCH'}")
+    path = os.path.join(VECTORS, "compute-inference.json")
+    for v in json.load(open(path))["vectors"]:
+        blobs = {k: bytes.fromhex(b) for k, b in v.get("blobs", {}).items()}
+        items, leaves, root, final = infer_lib.infer(v["task"], blobs)
+        ok = (
+            [i.hex() for i in items] == [e["bytes_hex"] for e in v["items"]]
+            and [l.hex() for l in leaves] == [e["leaf"] for e in v["items"]]
+            and root == v["root"]
+            and final == v["final_state_hash"]
+        )
+        checked += 1
+        failures += not ok
+        print(f"{'compute-inference.json':<24} {v['name']:<42} {'ok' if ok else 'MISMATCH'}")
+    print(f"{checked - failures} of {checked} compute vectors reproduced bit for bit")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
