@@ -80,6 +80,11 @@ pub struct NetworkConfig {
     pub audit_timeout_secs: u64,
     /// Longest a worker may take from assignment to its commitment, seconds.
     pub max_run_secs: u64,
+    /// How long the node keeps trying to fetch an audit's openings from a worker that is
+    /// unreachable (or whose transfers time out) before the files count as withheld, seconds.
+    /// A worker that is connected and refuses, or sends bytes that fail their hashes, has
+    /// `run_grace_secs`.
+    pub opening_wait_secs: u64,
     /// Slowest bundle transfer accepted, bytes per second (every transfer also gets a minute).
     pub min_transfer_bytes_per_sec: u64,
     /// Largest result bundle the node fetches from a worker, bytes.
@@ -96,6 +101,7 @@ impl Default for NetworkConfig {
             run_grace_secs: 30,
             audit_timeout_secs: 120,
             max_run_secs: 6 * 3600,
+            opening_wait_secs: 3600,
             min_transfer_bytes_per_sec: 1 << 20,
             max_bundle_bytes: 16 << 30,
             max_parallel_tasks: 256,

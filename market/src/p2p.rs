@@ -42,6 +42,9 @@ pub struct P2pOptions {
     pub max_bundle_bytes: u64,
     /// Longest a worker may take from assignment to its commitment.
     pub max_run: Duration,
+    /// How long an unreachable worker has to serve an audit's openings before they count as
+    /// withheld (a connected worker that refuses has `run_grace`).
+    pub opening_wait: Duration,
     /// Slowest bundle transfer accepted (bytes per second; the transfer also gets a minute).
     pub min_transfer_rate: u64,
     /// Most tasks running at once; 0 for one per worker with no other limit.
@@ -61,6 +64,7 @@ impl From<&crate::config::NetworkConfig> for P2pOptions {
             audit_timeout: Duration::from_secs(c.audit_timeout_secs),
             max_bundle_bytes: c.max_bundle_bytes,
             max_run: Duration::from_secs(c.max_run_secs),
+            opening_wait: Duration::from_secs(c.opening_wait_secs),
             min_transfer_rate: c.min_transfer_bytes_per_sec,
             max_parallel_tasks: c.max_parallel_tasks,
         }
@@ -139,6 +143,18 @@ struct RunSource {
     task_id: TaskId,
     job: u64,
     manifest: Manifest,
+}
+
+/// How one try at fetching openings from a worker went.
+enum OpeningTry {
+    /// Done: the bytes that moved.
+    Fetched(u64),
+    /// The worker, connected, refused or sent bytes that failed their hashes.
+    Refused(String),
+    /// The worker could not be reached, or the transfer broke or timed out.
+    Away(String),
+    /// The node's own files failed it.
+    Local(anyhow::Error),
 }
 
 /// The file in a bundle directory that names its [`RunSource`].
@@ -895,10 +911,12 @@ impl P2pDispatch {
     }
 
     /// [`Dispatch::fetch_files`]: fetches what is missing of `paths` (all files when `None`)
-    /// from the worker of the bundle in `dir`, trying again while the worker is away, refuses
-    /// or the transfer breaks, for up to the run grace (each try bounded by the transfer
-    /// limit); past that, the file is [`crate::dispatch::Withheld`]. A file already whole on
-    /// disk needs no worker at all.
+    /// from the worker of the bundle in `dir`, trying again 1 s apart (each try bounded by the
+    /// transfer limit, keeping the chunks already fetched). The files count as
+    /// [`crate::dispatch::Withheld`] when the worker, connected, keeps refusing them or
+    /// sending bytes that fail their hashes for `run_grace`, or stays unreachable (or its
+    /// transfers keep timing out) for `opening_wait`. A local error of the node's own is an
+    /// error, never the worker's fault. A file already whole on disk needs no worker at all.
     async fn fetch_files_async(&self, dir: &Path, paths: Option<&[String]>) -> anyhow::Result<u64> {
         let Some(source) = RunSource::load(dir)? else {
             return Ok(0);
@@ -922,10 +940,13 @@ impl P2pDispatch {
         let only_missing = |p: &str| missing.iter().any(|m| m == p);
         let limit = self.transfer_limit(&source.manifest, &only_missing);
         let started = Instant::now();
+        let mut refusing_since: Option<Instant> = None;
         loop {
             let attempt = async {
-                let peer = self.peer_of(&source.worker)?;
-                let stats = fetch_bundle(
+                let Ok(peer) = self.peer_of(&source.worker) else {
+                    return OpeningTry::Away("the worker is not connected".to_owned());
+                };
+                match fetch_bundle(
                     &self.net,
                     peer,
                     source.task_id,
@@ -934,11 +955,23 @@ impl P2pDispatch {
                     dir,
                     only_missing,
                 )
-                .await?;
-                anyhow::Ok(stats.received)
+                .await
+                {
+                    Ok(stats) => OpeningTry::Fetched(stats.received),
+                    Err(e @ (TransferError::Refused(_) | TransferError::Corrupt { .. })) => {
+                        OpeningTry::Refused(e.to_string())
+                    }
+                    Err(e @ TransferError::Net(_)) => OpeningTry::Away(e.to_string()),
+                    Err(e @ (TransferError::Io { .. } | TransferError::BadManifest(_))) => {
+                        OpeningTry::Local(e.into())
+                    }
+                }
             };
-            let why = match tokio::time::timeout(limit, attempt).await {
-                Ok(Ok(bytes)) => {
+            let outcome = tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| OpeningTry::Away("the transfer did not finish in time".into()));
+            let (why, withheld) = match outcome {
+                OpeningTry::Fetched(bytes) => {
                     if let Ok(mut timings) = self.timings.lock() {
                         if let Some(t) = timings.iter_mut().rev().find(|t| t.dir == dir) {
                             t.opened += bytes;
@@ -946,10 +979,18 @@ impl P2pDispatch {
                     }
                     return Ok(bytes);
                 }
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(_) => "the transfer did not finish in time".to_owned(),
+                OpeningTry::Local(e) => return Err(e),
+                OpeningTry::Refused(why) => {
+                    let since = *refusing_since.get_or_insert_with(Instant::now);
+                    let out = since.elapsed() + Duration::from_secs(1) >= self.options.run_grace;
+                    (why, out)
+                }
+                OpeningTry::Away(why) => {
+                    refusing_since = None;
+                    (why, started.elapsed() >= self.options.opening_wait)
+                }
             };
-            if started.elapsed() + Duration::from_secs(1) >= self.options.run_grace {
+            if withheld {
                 tracing::warn!(worker = %source.worker, path = %first, %why, "an opening was withheld");
                 return Err(crate::dispatch::Withheld { path: first, why }.into());
             }

@@ -1381,3 +1381,69 @@ fn a_worker_that_withholds_what_a_challenge_opens_is_slashed_and_the_task_runs_a
         );
     });
 }
+
+/// Found by the red team: a worker away after its commitment (a dropped link, a sleeping
+/// laptop) for longer than the run grace, when the node fetched the openings of a verifier
+/// standing in for a silent one, was slashed as if it had withheld them. Unreachable is not
+/// refusing: the node keeps trying for `opening_wait`, and the worker that comes back is
+/// audited and paid.
+#[test]
+fn a_worker_away_when_a_stand_in_needs_its_openings_is_audited_when_it_returns() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            run_grace: Duration::from_secs(2),
+            audit_timeout: Duration::from_secs(2),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        // A verifier that refuses every audit: the one drawn first is silent.
+        let mut mute = raw_participant(
+            &m,
+            "mute verifier",
+            Role::Verifier,
+            &measure_capabilities("cpu", std::path::Path::new(".")),
+        )
+        .await;
+        tokio::spawn(async move {
+            while let Some(ev) = mute.recv().await {
+                if let Event::Request { responder, .. } = ev {
+                    responder.send(Reply::refused("not auditing"));
+                }
+            }
+        });
+        let w = Identity::from_test_label("worker away");
+        m.node.fund("test", &w.account(), 1_000, 0).await.unwrap();
+        let mut child = worker_process(&m, &w, "away");
+        wait_joined(&m, 1, 1).await;
+        let task = post_sampled(&m, 23).await;
+        // Committed: the mute verifier's openings are fetched and it is asked, in vain.
+        for _ in 0..2400 {
+            let t = m.node.store.task(&task).unwrap().unwrap();
+            if matches!(t.state, TaskState::Auditing { .. }) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let state = m.node.store.task(&task).unwrap().unwrap().state;
+        assert!(matches!(state, TaskState::Auditing { .. }), "{state:?}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        wait_connected(&m, &w.account(), false).await;
+        // A real verifier stands in; its openings must come from the absent worker, for well
+        // past the run grace.
+        let v = verifier(&m, "verifier away").await;
+        wait_joined(&m, 0, 2).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let back = worker_process(&m, &w, "away");
+        let t = settled(&m, &task).await;
+        drop(stderr_of(back));
+        assert_eq!(t.attempts.len(), 1, "{t:?}");
+        assert!(t.attempts[0].accepted);
+        assert_eq!(t.attempts[0].verdicts[0].verifier, v.account());
+        assert_eq!(m.node.ledger.stake(&w.account()).0, 200, "not slashed");
+    });
+}

@@ -238,7 +238,7 @@ pub fn chunk_reply(path: &Path, chunk: u32) -> Reply {
             response: Response::Chunk,
             payload,
         },
-        Err(e) => Reply::refused(e.to_string()),
+        Err(e) => Reply::refused(public_reason(&e)),
     }
 }
 
@@ -246,7 +246,16 @@ pub fn chunk_reply(path: &Path, chunk: u32) -> Reply {
 pub fn describe_reply(path: &Path, name: &str) -> Reply {
     match describe_file(path, name) {
         Ok(entry) => Reply::of(Response::File { entry }),
-        Err(e) => Reply::refused(e.to_string()),
+        Err(e) => Reply::refused(public_reason(&e)),
+    }
+}
+
+/// Why a file cannot be served, as told to the peer: the kind of failure, never the local
+/// path it happened at (a peer has no business knowing the server's directory layout).
+fn public_reason(e: &TransferError) -> String {
+    match e {
+        TransferError::Io { source, .. } => format!("cannot read the file: {}", source.kind()),
+        other => other.to_string(),
     }
 }
 

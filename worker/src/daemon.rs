@@ -333,10 +333,25 @@ fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: 
 }
 
 /// Finished jobs whose bundles are kept on disk until the node says they settled: the node
-/// fetches the final state at once but each audit's openings only when it hands the audit
-/// out, and a file asked for and not served fails the result as withheld. A job is forgotten
-/// earlier only beyond this many (a node that never settles must not fill the disk).
+/// fetches the final state at once but an audit's openings when it hands the audit out, and
+/// a file asked for and not served fails the result as withheld. Beyond this many, a finished
+/// job is forgotten once it is older than [`UNSETTLED_KEEP`] (a node that never says so must
+/// not fill the disk); never by count alone, which a burst of small tasks would reach while an
+/// earlier result still waits for a stand-in verifier.
 const KEPT_JOBS: usize = 64;
+
+/// How long a finished job beyond [`KEPT_JOBS`] is kept, unsettled, before it is forgotten.
+const UNSETTLED_KEEP: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether `dir` was last written longer than [`UNSETTLED_KEEP`] ago (a directory that is
+/// gone, or whose time cannot be read, counts as old).
+fn stale(dir: &std::path::Path) -> bool {
+    std::fs::metadata(dir)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age > UNSETTLED_KEEP)
+}
 
 /// Forgets finished jobs beyond the [`KEPT_JOBS`] most recent, with their directories.
 fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)>) {
@@ -349,8 +364,13 @@ fn forget_old_jobs(worker: &Worker, jobs: &mut BTreeMap<u64, (TaskId, JobStatus)
         .iter()
         .take(finished.len().saturating_sub(KEPT_JOBS))
     {
-        if let Some((task_id, _)) = jobs.remove(job) {
-            let _ = std::fs::remove_dir_all(worker.job_dir(&task_id, *job));
+        let Some((task_id, _)) = jobs.get(job).cloned() else {
+            continue;
+        };
+        let dir = worker.job_dir(&task_id, *job);
+        if stale(&dir) {
+            jobs.remove(job);
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -409,15 +429,16 @@ fn job_dirs(jobs_dir: &std::path::Path) -> std::io::Result<Vec<(std::time::Syste
     Ok(dirs)
 }
 
-/// Removes all but the `keep` most recently written job directories, at startup. Jobs of an
-/// earlier process are not in its memory, so [`forget_old_jobs`] never sees them; the recent
-/// ones stay (the node re-assigns an interrupted job, which then resumes from its checkpoints,
-/// or fetches a just-finished bundle), older ones were finished or handed to another worker
+/// Removes, at startup, the job directories beyond the `keep` most recently written that are
+/// older than [`UNSETTLED_KEEP`]. Jobs of an earlier process are not in its memory, so
+/// [`forget_old_jobs`] never sees them; the recent ones stay (the node re-assigns an
+/// interrupted job, which then resumes from its checkpoints, or fetches the openings of a
+/// finished result still under audit), older ones were settled or handed to another worker
 /// long ago.
 fn sweep_job_dirs(jobs_dir: &std::path::Path, keep: usize) -> anyhow::Result<()> {
     let dirs = job_dirs(jobs_dir)?;
-    let stale = dirs.len().saturating_sub(keep);
-    for (_, dir) in dirs.into_iter().take(stale) {
+    let beyond = dirs.len().saturating_sub(keep);
+    for (_, dir) in dirs.into_iter().take(beyond).filter(|(_, d)| stale(d)) {
         tracing::info!(dir = %dir.display(), "removing a job directory from an earlier run");
         std::fs::remove_dir_all(&dir)?;
     }
@@ -706,6 +727,37 @@ mod tests {
         left.sort();
         // Ages 0..=3 minutes are jobs 1, 3, 6 and 0.
         assert_eq!(left, ["job-0", "job-1", "job-3", "job-6", "stray-file"]);
+    }
+
+    /// A burst of small jobs must not push out a result still under audit: a directory beyond
+    /// the cap stays while it is younger than a day.
+    #[test]
+    fn recent_job_directories_beyond_the_cap_survive_a_restart() {
+        let jobs = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        for (i, age) in [
+            (0, 60u64),
+            (1, 3600),
+            (2, 10),
+            (3, 7200),
+            (4, 30),
+            (5, 2 * 86_400),
+        ] {
+            let dir = jobs.path().join(format!("job-{i}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::File::open(&dir)
+                .unwrap()
+                .set_modified(now - Duration::from_secs(age))
+                .unwrap();
+        }
+        sweep_job_dirs(jobs.path(), 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(jobs.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // Only the two-day-old one goes.
+        assert_eq!(left, ["job-0", "job-1", "job-2", "job-3", "job-4"]);
     }
 
     #[test]

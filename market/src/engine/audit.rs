@@ -168,6 +168,31 @@ impl Node {
             self.save(&t)?;
             break (p, pool);
         };
+        // The drawn verifiers' openings, fetched now, while the worker that has just committed
+        // is surely there: later fetches are only for verifiers standing in for silent ones.
+        let policy = market_verifier::SamplePolicy::Plan {
+            verifiers: plan.verifiers as u32,
+        };
+        let (samples, _) =
+            market_verifier::audit::sample_count(&t.spec.body, commitment.body.segments, &policy)?;
+        let mut openings: Vec<String> = Vec::new();
+        for v in pool.iter().take(plan.verifiers as usize) {
+            let challenge =
+                market_verifier::audit::challenge_for(*v, &commitment, beacon, samples)?;
+            for o in market_verifier::audit::openings(&t.spec.body, &challenge.sampled) {
+                if !openings.contains(&o) {
+                    openings.push(o);
+                }
+            }
+        }
+        if let Err(e) = self.fetch_files(&dir, Some(openings)).await {
+            let withheld = e.downcast::<crate::dispatch::Withheld>()?;
+            tracing::warn!(task = %t.id, %worker, %withheld, "an opening was withheld");
+            let evidence = CommitmentId(commitment.id()?).0;
+            return self
+                .unusable_result(t, n, worker, evidence, WITHHELD, "withheld")
+                .await;
+        }
         // Ringers go out with the real audits, not after them, so their timing tells nothing.
         let (planted, collected) = tokio::join!(
             self.plant_ringers(&t, n, &dir, &beacon, &plan, &pool),
