@@ -658,3 +658,94 @@ async fn a_blob_upload_with_an_expected_id_is_authenticated_before_it_is_read() 
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(!n.node.blobs.contains(&BlobId::of(b"other content")));
 }
+
+/// Issue 19: what the OpenAPI document promises about parameters, the code keeps. An id is
+/// refused with 400 only for its syntax (64 lowercase hex digits, the documented pattern); a
+/// well-formed id that is no ed25519 key is an account that does not exist. Bounds on numbers
+/// are refused, not silently clamped. The list of tasks is the documented page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_refused_exactly_as_the_document_says() {
+    let n = one_of_each().await;
+    let not_a_key = "0".repeat(64);
+    assert!(
+        not_a_key.parse::<AccountId>().is_err(),
+        "the zero string is no key"
+    );
+    for (uri, status) in [
+        ("/v1/accounts/0".to_string(), StatusCode::BAD_REQUEST),
+        (
+            format!("/v1/accounts/{}", "A".repeat(64)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (format!("/v1/accounts/{not_a_key}"), StatusCode::NOT_FOUND),
+        (format!("/v1/tasks?buyer={not_a_key}"), StatusCode::OK),
+        ("/v1/tasks?buyer=".to_string(), StatusCode::BAD_REQUEST),
+        ("/v1/tasks?limit=0".to_string(), StatusCode::BAD_REQUEST),
+        ("/v1/tasks?limit=101".to_string(), StatusCode::BAD_REQUEST),
+        ("/v1/tasks?limit=100".to_string(), StatusCode::OK),
+        (
+            "/v1/tasks?after=9007199254740992".to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/v1/tasks?state=lost".to_string(), StatusCode::BAD_REQUEST),
+        (
+            "/v1/ledger/entries?limit=501".to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/v1/ledger/entries?limit=500".to_string(), StatusCode::OK),
+        (
+            "/v1/ledger/entries?from=9007199254740992".to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v1/ledger/export?from=9223372036854775808".to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, v) = call(&n.app, get(&uri)).await;
+        assert_eq!(s, status, "{uri}: {v}");
+        if s != StatusCode::OK {
+            assert!(v["error"]["code"].is_string(), "{uri}: {v}");
+        }
+    }
+    let (_, page) = call(&n.app, get(&format!("/v1/tasks?buyer={not_a_key}"))).await;
+    assert_eq!(page, serde_json::json!({"tasks": [], "next_after": null}));
+    // The document says so.
+    let (_, doc) = call(&n.app, get("/v1/openapi.json")).await;
+    let list = &doc["paths"]["/v1/tasks"]["get"];
+    assert_eq!(
+        list["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TaskPage"
+    );
+    let limit = list["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(
+        (&limit["schema"]["minimum"], &limit["schema"]["maximum"]),
+        (&serde_json::json!(1), &serde_json::json!(100))
+    );
+    let account = &doc["paths"]["/v1/accounts/{id}"]["get"]["parameters"][0]["schema"];
+    assert_eq!(account["pattern"], "^[0-9a-f]{64}$");
+    // Every signed route requires the four signature headers.
+    for (path, method) in [
+        ("/v1/accounts", "post"),
+        ("/v1/blobs", "post"),
+        ("/v1/blobs/{id}", "get"),
+        ("/v1/blobs/{id}/grants", "post"),
+        ("/v1/blobs/{id}/grants/{account}", "delete"),
+        ("/v1/tasks", "post"),
+        ("/v1/tasks/{id}/result", "get"),
+        ("/v1/tasks/{id}/cancel", "post"),
+    ] {
+        let op = &doc["paths"][path][method];
+        assert_eq!(
+            op["security"][0].as_object().map(|o| o.len()),
+            Some(4),
+            "{method} {path}"
+        );
+        assert!(op["responses"]["401"].is_object(), "{method} {path}");
+    }
+}

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use market_protocol::{AccountId, Hash};
 use serde::Serialize;
 
-use super::{authenticate, body_or_error, parse_id};
+use super::{authenticate, body_or_error};
 use crate::engine::Node;
 use crate::error::ApiError;
 
@@ -52,7 +52,7 @@ fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
 
 /// Registers the signing account (the signature proves the key is held). Only an account
 /// that holds credits (balance or stake) may register: 402 otherwise.
-#[utoipa::path(post, path = "/v1/accounts", responses((status = 201, body = AccountView), (status = 401, body = crate::error::ErrorBody), (status = 402, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/accounts", security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 201, body = AccountView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 402, description = "the account holds no credits", body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub(crate) async fn register(
     State(node): State<Arc<Node>>,
     method: Method,
@@ -78,11 +78,12 @@ pub(crate) async fn register(
 }
 
 /// An account's balance, escrow, stake and reputation (public).
-#[utoipa::path(get, path = "/v1/accounts/{id}", params(("id" = String, Path, description = "account (hex public key)")), responses((status = 200, body = AccountView), (status = 400, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/accounts/{id}", params(("id" = String, Path, description = "account: an ed25519 public key, 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")), responses((status = 200, body = AccountView), (status = 400, body = crate::error::ErrorBody), (status = 404, description = "hex that is no public key: no account can have it", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_account(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let account: AccountId = parse_id(&id, "account id")?;
+    let account: AccountId =
+        super::parse_account(&id)?.ok_or_else(|| ApiError::not_found("account"))?;
     Ok(Json(view(&node, &account)?))
 }

@@ -41,7 +41,7 @@ pub(crate) struct UploadQuery {
 /// balance and stake (402 with none, 413 past it); a blob no task reads expires
 /// `blob_ttl_secs` after its last upload. Uploading bytes someone else uploaded first makes
 /// the uploader a holder of the blob, as its owner is.
-#[utoipa::path(post, path = "/v1/blobs", params(("expected" = String, Query, description = "the blob id (blake3 of the body), required")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 201, body = BlobCreated), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 402, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/blobs", params(("expected" = String, Query, description = "the blob id (blake3 of the body), required", pattern = "^[0-9a-f]{64}$")), request_body(content = BlobBytes, content_type = "application/octet-stream"), security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 201, body = BlobCreated), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 402, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub(crate) async fn upload(
     State(node): State<Arc<Node>>,
     method: Method,
@@ -174,16 +174,23 @@ fn too_large(limit: u64) -> ApiError {
 #[derive(Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BlobGrant {
-    /// The account that may read the blob and name it in its tasks (hex).
+    /// The account that may read the blob and name it in its tasks: 64 lowercase hex digits.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     account: String,
 }
+
+/// A blob's bytes, as the body of an upload or a download.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // Only the schema reads it.
+pub(crate) struct BlobBytes(Vec<u8>);
 
 /// Grants another account the use of a blob: to read it and to name it in its own tasks
 /// (`initial_weights`, a dataset, inference weights or rows). Only a holder of the blob (its
 /// uploader, anyone who uploaded the same bytes, the buyer of the task it is a result of) may
 /// grant, with a request signed by its key whose body is `{"account": HEX}`. Tasks name only
 /// blobs their buyer holds or was granted.
-#[utoipa::path(post, path = "/v1/blobs/{id}/grants", params(("id" = String, Path, description = "blob id")), request_body = BlobGrant, responses((status = 201, body = BlobGrant), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/blobs/{id}/grants", params(("id" = String, Path, description = "blob id: 64 lowercase hex digits (the blake3 of its bytes)", pattern = "^[0-9a-f]{64}$")), request_body = BlobGrant, security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 201, body = BlobGrant), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a holder of the blob", body = crate::error::ErrorBody), (status = 404, description = "no such blob, or no such account", body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub(crate) async fn grant(
     State(node): State<Arc<Node>>,
     method: Method,
@@ -196,7 +203,8 @@ pub(crate) async fn grant(
     let requester = authenticate(&node, &method, &uri, &headers, &Hash::of(&body))?;
     let id: BlobId = parse_id(&id, "blob id")?;
     let grant: BlobGrant = parse_json(&body)?;
-    let grantee: AccountId = parse_id(&grant.account, "account id")?;
+    let grantee: AccountId =
+        super::parse_account(&grant.account)?.ok_or_else(|| ApiError::not_found("account"))?;
     must_hold(&node, &id, &requester)?;
     node.store
         .grant_blob(&id, &grantee)
@@ -206,23 +214,24 @@ pub(crate) async fn grant(
 
 /// Withdraws a grant (a holder's own rights cannot be withdrawn). Tasks posted with the blob
 /// before keep it. Signed by a holder of the blob.
-#[utoipa::path(delete, path = "/v1/blobs/{id}/grants/{account}", params(("id" = String, Path, description = "blob id"), ("account" = String, Path, description = "the grantee")), responses((status = 200, body = Object), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/blobs/{id}/grants/{account}", params(("id" = String, Path, description = "blob id: 64 lowercase hex digits (the blake3 of its bytes)", pattern = "^[0-9a-f]{64}$"), ("account" = String, Path, description = "the grantee: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")), security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 200, body = super::openapi::Revoked), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not a holder of the blob", body = crate::error::ErrorBody), (status = 404, description = "no such blob, or no such account", body = crate::error::ErrorBody)))]
 pub(crate) async fn revoke(
     State(node): State<Arc<Node>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     Path((id, account)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<super::openapi::Revoked>, ApiError> {
     let requester = authenticate(&node, &method, &uri, &headers, &Hash::of(b""))?;
     let id: BlobId = parse_id(&id, "blob id")?;
-    let grantee: AccountId = parse_id(&account, "account id")?;
+    let grantee: AccountId =
+        super::parse_account(&account)?.ok_or_else(|| ApiError::not_found("account"))?;
     must_hold(&node, &id, &requester)?;
     let revoked = node
         .store
         .revoke_blob_grant(&id, &grantee)
         .map_err(ApiError::internal)?;
-    Ok(Json(serde_json::json!({"revoked": revoked})))
+    Ok(Json(super::openapi::Revoked { revoked }))
 }
 
 fn must_hold(node: &Node, id: &BlobId, account: &AccountId) -> Result<(), ApiError> {
@@ -241,7 +250,7 @@ fn must_hold(node: &Node, id: &BlobId, account: &AccountId) -> Result<(), ApiErr
 
 /// Downloads a blob; only its holders (its uploaders, the buyer of a task whose result it is)
 /// and the accounts they granted it may (signed GET).
-#[utoipa::path(get, path = "/v1/blobs/{id}", params(("id" = String, Path, description = "blob id")), responses((status = 200, content_type = "application/octet-stream"), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/blobs/{id}", params(("id" = String, Path, description = "blob id: 64 lowercase hex digits (the blake3 of its bytes)", pattern = "^[0-9a-f]{64}$")), security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 200, body = BlobBytes, content_type = "application/octet-stream"), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn download(
     State(node): State<Arc<Node>>,
     method: Method,

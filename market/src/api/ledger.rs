@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::engine::Node;
 use crate::error::ApiError;
 
+/// Largest safe integer (2^53 - 1): what a number in a query may be.
+const MAX_SAFE: u64 = (1 << 53) - 1;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EntriesQuery {
@@ -18,14 +21,26 @@ pub(crate) struct EntriesQuery {
 }
 
 /// Ledger entries from a sequence number (at most 500 per page).
-#[utoipa::path(get, path = "/v1/ledger/entries", params(("from" = Option<u64>, Query), ("limit" = Option<u64>, Query)), responses((status = 200, body = Object)))]
+#[utoipa::path(get, path = "/v1/ledger/entries", params(("from" = Option<u64>, Query, description = "first sequence number (default 0)", minimum = 0, maximum = 9007199254740991.0), ("limit" = Option<u64>, Query, description = "page size (default 100)", minimum = 1, maximum = 500)), responses((status = 200, body = super::openapi::EntriesPage), (status = 400, description = "an unknown parameter, or one out of its bounds", body = crate::error::ErrorBody)))]
 pub(crate) async fn entries(
     State(node): State<Arc<Node>>,
     query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<super::openapi::EntriesPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let from = q.from.unwrap_or(0);
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    if from > MAX_SAFE {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`from` is at most {MAX_SAFE}"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` is between 1 and 500",
+        ));
+    }
     let mut out = Vec::new();
     for seq in from..from.saturating_add(limit) {
         match node.ledger.entry(seq).map_err(ApiError::internal)? {
@@ -33,7 +48,7 @@ pub(crate) async fn entries(
             None => break,
         }
     }
-    Ok(Json(serde_json::json!({"entries": out})))
+    Ok(Json(super::openapi::EntriesPage { entries: out }))
 }
 
 /// The ledger's head (sequence and hash), signed by the operator.
@@ -59,12 +74,18 @@ pub(crate) struct ExportQuery {
 /// The ledger as JSON lines, from genesis (verifiable with `market-ledger verify --export`) or
 /// from `?from=SEQ` (to follow it). Streamed as it is read: the node holds a few chunks of it
 /// at a time, however long the ledger, and stops reading when the client goes away.
-#[utoipa::path(get, path = "/v1/ledger/export", params(("from" = Option<u64>, Query, description = "first sequence number (default 0)")), responses((status = 200, content_type = "application/x-ndjson")))]
+#[utoipa::path(get, path = "/v1/ledger/export", params(("from" = Option<u64>, Query, description = "first sequence number (default 0)", minimum = 0, maximum = 9007199254740991.0)), responses((status = 200, content_type = "application/x-ndjson"), (status = 400, description = "an unknown parameter, or one out of its bounds", body = crate::error::ErrorBody), (status = 429, description = "as many exports run as the node streams at once", body = crate::error::ErrorBody)))]
 pub(crate) async fn export(
     State(node): State<Arc<Node>>,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    if q.from.is_some_and(|f| f > MAX_SAFE) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`from` is at most {MAX_SAFE}"),
+        ));
+    }
     // Each export holds a blocking thread while it streams: a few at a time, and a client that
     // stops reading is dropped after EXPORT_STALL, so slow readers cannot take the pool.
     let permit = node.exports.clone().try_acquire_owned().map_err(|_| {

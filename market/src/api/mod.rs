@@ -5,6 +5,7 @@
 mod accounts;
 mod blobs;
 mod ledger;
+pub mod openapi;
 mod ops;
 mod tasks;
 
@@ -19,6 +20,8 @@ use market_protocol::{AccountId, Hash};
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
+use openapi::SignatureSchemes;
+
 use crate::auth::{unix_now, SignedRequest};
 use crate::engine::Node;
 use crate::error::ApiError;
@@ -28,8 +31,9 @@ use crate::error::ApiError;
 #[openapi(
     info(
         title = "market node API",
-        description = "Post verifiable training and inference tasks, follow them, fetch results, audit the ledger."
+        description = "Post verifiable training and inference tasks, follow them, fetch results, audit the ledger. Requests that change state, or read a buyer's results, carry the four x-market-* signature headers (security schemes marketAccount, marketTimestamp, marketNonce and marketSignature, all required together)."
     ),
+    modifiers(&SignatureSchemes),
     paths(
         accounts::register,
         accounts::get_account,
@@ -69,7 +73,12 @@ use crate::error::ApiError;
         accounts::AccountView,
         blobs::BlobCreated,
         blobs::BlobGrant,
+        blobs::BlobBytes,
         tasks::TaskResult,
+        tasks::TaskPage,
+        openapi::SignedTaskSpec,
+        openapi::EntriesPage,
+        openapi::Revoked,
         ops::Participant
     ))
 )]
@@ -104,7 +113,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/events", get(ops::events))
         .route(
             "/v1/openapi.json",
-            get(|| async { axum::Json(ApiDoc::openapi()) }),
+            get(|| async { axum::Json(openapi::document()) }),
         )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
@@ -173,6 +182,19 @@ pub(crate) fn authenticate(
         ));
     }
     Ok(req.account)
+}
+
+/// Parses an account id from a path segment or query: 400 unless it is 64 lowercase hex
+/// digits; `None` for hex that is no ed25519 public key, so no account (the caller answers as
+/// for an account that does not exist: a schema can say "64 hex digits", not "a curve point").
+pub(crate) fn parse_account(raw: &str) -> Result<Option<AccountId>, ApiError> {
+    if raw.len() != 64 || !raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ApiError::bad_request(
+            "invalid_id",
+            format!("{raw:?} is not a valid account id (64 lowercase hex digits)"),
+        ));
+    }
+    Ok(raw.parse().ok())
 }
 
 /// Parses a hex id from a path segment.

@@ -17,7 +17,7 @@ use crate::model::TaskView;
 /// Posts a buyer's signed task. The request must be signed by the task's buyer. Returns the task
 /// with the audit the node will run: samples and the detection probability for the buyer's
 /// assumed cheating fraction, and the verifier fee.
-#[utoipa::path(post, path = "/v1/tasks", request_body(content = Object, description = "Signed<TaskSpec>: {body, signer, signature}"), responses((status = 201, body = TaskView), (status = 402, body = crate::error::ErrorBody), (status = 422, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/tasks", request_body = super::openapi::SignedTaskSpec, security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 201, body = TaskView), (status = 400, description = "malformed or not canonical", body = crate::error::ErrorBody), (status = 401, description = "missing or bad request signature", body = crate::error::ErrorBody), (status = 402, description = "the buyer's balance does not cover the price", body = crate::error::ErrorBody), (status = 403, description = "the signer is not the task's buyer", body = crate::error::ErrorBody), (status = 409, description = "a task whose escrow was refunded", body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody), (status = 422, description = "an invalid task, a price too low, or a result too big to report", body = crate::error::ErrorBody), (status = 429, description = "the node is validating as many posts as it takes", body = crate::error::ErrorBody)))]
 pub(crate) async fn post_task(
     State(node): State<Arc<Node>>,
     method: Method,
@@ -46,18 +46,49 @@ pub(crate) struct ListQuery {
     limit: Option<usize>,
 }
 
+/// A page of tasks.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TaskPage {
+    /// The tasks, in arrival order.
+    tasks: Vec<TaskView>,
+    /// The arrival number to pass as `after` for the next page; `null` on the last page.
+    next_after: Option<u64>,
+}
+
+/// Largest safe integer (2^53 - 1): what a number in a query may be (the protocol's integers
+/// are safe integers, `spec/ENCODING.md`).
+const MAX_SAFE: u64 = (1 << 53) - 1;
+
 /// A page of tasks in arrival order, optionally filtered by state and buyer.
-#[utoipa::path(get, path = "/v1/tasks", params(("state" = Option<String>, Query), ("buyer" = Option<String>, Query), ("after" = Option<u64>, Query, description = "arrival number to continue after"), ("limit" = Option<usize>, Query, description = "at most 100")), responses((status = 200, body = Vec<TaskView>)))]
+#[utoipa::path(get, path = "/v1/tasks", params(("state" = Option<String>, Query, description = "only tasks in this state", pattern = "^(queued|running|auditing|settled|rejected|cancelled|pooling)$"), ("buyer" = Option<String>, Query, description = "only this buyer's tasks (an id that is no key has none)", pattern = "^[0-9a-f]{64}$"), ("after" = Option<u64>, Query, description = "arrival number to continue after (`next_after` of the previous page)", minimum = 0, maximum = 9007199254740991.0), ("limit" = Option<u64>, Query, description = "page size (default 50)", minimum = 1, maximum = 100)), responses((status = 200, body = TaskPage), (status = 400, description = "an unknown parameter, or one out of its bounds", body = crate::error::ErrorBody)))]
 pub(crate) async fn list_tasks(
     State(node): State<Arc<Node>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let buyer: Option<market_protocol::AccountId> = q
-        .buyer
-        .as_deref()
-        .map(|b| parse_id(b, "account id"))
-        .transpose()?;
+    let buyer = match q.buyer.as_deref().map(super::parse_account).transpose()? {
+        Some(None) => {
+            // No key, so no account, so no tasks.
+            return Ok(Json(TaskPage {
+                tasks: Vec::new(),
+                next_after: None,
+            }));
+        }
+        Some(Some(b)) => Some(b),
+        None => None,
+    };
+    if q.after.is_some_and(|a| a > MAX_SAFE) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`after` is at most {MAX_SAFE}"),
+        ));
+    }
+    if q.limit.is_some_and(|l| !(1..=100).contains(&l)) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` is between 1 and 100",
+        ));
+    }
     if let Some(state) = q.state.as_deref() {
         if !crate::store::Store::is_state_name(state) {
             return Err(ApiError::bad_request(
@@ -66,7 +97,7 @@ pub(crate) async fn list_tasks(
             ));
         }
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    let limit = q.limit.unwrap_or(50);
     // Read from the index that matches the filter: the cost is that of the page.
     let mut page = node
         .store
@@ -74,8 +105,11 @@ pub(crate) async fn list_tasks(
         .map_err(ApiError::internal)?;
     let next = (page.len() > limit).then(|| page[limit - 1].order);
     page.truncate(limit);
-    let out: Vec<TaskView> = page.iter().map(|t| node.view(t)).collect();
-    Ok(Json(serde_json::json!({"tasks": out, "next_after": next})))
+    let tasks: Vec<TaskView> = page.iter().map(|t| node.view(t)).collect();
+    Ok(Json(TaskPage {
+        tasks,
+        next_after: next,
+    }))
 }
 
 fn task(node: &Node, raw: &str) -> Result<crate::model::TaskRecord, ApiError> {
@@ -87,7 +121,7 @@ fn task(node: &Node, raw: &str) -> Result<crate::model::TaskRecord, ApiError> {
 }
 
 /// A task's state, audit plan, attempts and verdicts (public).
-#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path)), responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/tasks/{id}", params(("id" = String, Path, description = "task id: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")), responses((status = 200, body = TaskView), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn get_task(
     State(node): State<Arc<Node>>,
     Path(id): Path<String>,
@@ -106,7 +140,7 @@ pub(crate) struct TaskResult {
 }
 
 /// The results of a settled task: only for its buyer (signed GET).
-#[utoipa::path(get, path = "/v1/tasks/{id}/result", params(("id" = String, Path)), responses((status = 200, body = TaskResult), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/tasks/{id}/result", params(("id" = String, Path, description = "task id: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")), security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 200, body = TaskResult), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not the task's buyer", body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "not settled", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_result(
     State(node): State<Arc<Node>>,
     method: Method,
@@ -150,7 +184,7 @@ pub(crate) async fn get_result(
 }
 
 /// Cancels a queued task and refunds its escrow (its buyer only).
-#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", params(("id" = String, Path)), responses((status = 200, body = TaskView), (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", params(("id" = String, Path, description = "task id: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")), security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 200, body = TaskView), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "not the task's buyer", body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "past cancelling", body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
 pub(crate) async fn cancel(
     State(node): State<Arc<Node>>,
     method: Method,
