@@ -83,25 +83,10 @@ fn key_file(m: &Market, who: &Identity, label: &str) -> std::path::PathBuf {
 
 /// An in-process worker daemon.
 async fn worker(m: &Market, label: &str) -> Identity {
-    let id = Identity::from_test_label(label);
-    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
-    let options = market_worker::daemon::WorkerOptions {
-        market: m.addr.clone(),
-        data_dir: m.dir.path().join(label),
-        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-        behavior: Behavior::Honest,
-        stake: 200,
-        device: "cpu".into(),
-        listen: Vec::new(),
-        status_line: false,
-        // Exercise the relay reservation on the way (the node relays).
-        relay: true,
-    };
-    tokio::spawn(market_worker::daemon::run(id.clone(), options));
-    id
+    worker_with(m, label, Behavior::Honest).await
 }
 
-/// An in-process worker daemon with a cheating `behavior`.
+/// An in-process worker daemon with a (possibly cheating) `behavior`.
 async fn worker_with(m: &Market, label: &str, behavior: Behavior) -> Identity {
     let id = Identity::from_test_label(label);
     m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
@@ -114,7 +99,8 @@ async fn worker_with(m: &Market, label: &str, behavior: Behavior) -> Identity {
         device: "cpu".into(),
         listen: Vec::new(),
         status_line: false,
-        relay: false,
+        // Exercise the relay reservation on the way (the node relays).
+        relay: true,
     };
     tokio::spawn(market_worker::daemon::run(id.clone(), options));
     id

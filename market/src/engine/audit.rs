@@ -656,12 +656,7 @@ impl Node {
             })?;
         }
         record_verdicts(&mut t, n, kept)?;
-        t.attempts[n].result_failed = true;
-        t.state = TaskState::Queued;
-        self.save(&t)?;
-        self.exclude_from_pool(&t, &worker).await?;
-        self.wake();
-        Ok(())
+        self.requeue_failed(t, n, &worker).await
     }
 
     async fn slash_verifier(

@@ -192,7 +192,7 @@ impl Node {
     /// commitment as evidence, excluded from the pool, and the task goes back to the queue.
     pub(super) async fn unusable_result(
         &self,
-        mut t: TaskRecord,
+        t: TaskRecord,
         n: usize,
         worker: AccountId,
         evidence: Hash,
@@ -215,10 +215,21 @@ impl Node {
                 p.tasks_failed += 1;
                 p.slashed += 1;
             })?;
+        self.requeue_failed(t, n, &worker).await
+    }
+
+    /// Marks attempt `n`'s result failed and puts the task back in the queue for another worker
+    /// (a pooled task's slot-round also bars that worker from the rest of its pool).
+    pub(super) async fn requeue_failed(
+        &self,
+        mut t: TaskRecord,
+        n: usize,
+        worker: &AccountId,
+    ) -> anyhow::Result<()> {
         t.attempts[n].result_failed = true;
         t.state = TaskState::Queued;
         self.save(&t)?;
-        self.exclude_from_pool(&t, &worker).await?;
+        self.exclude_from_pool(&t, worker).await?;
         self.wake();
         Ok(())
     }
