@@ -749,3 +749,35 @@ async fn parameters_are_refused_exactly_as_the_document_says() {
         assert!(op["responses"]["401"].is_object(), "{method} {path}");
     }
 }
+
+/// `max_blob_bytes`: a blob one byte over the limit is refused with 413 `blob_too_large` (the
+/// buyer's quota being far larger), one at the limit is stored; the refused one left nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_over_max_blob_bytes_is_refused_and_one_at_the_limit_stored() {
+    let config = NodeConfig {
+        max_blob_bytes: 4096,
+        ..NodeConfig::default()
+    };
+    let n = net_with(
+        config,
+        vec![("w1", Behavior::Honest)],
+        vec![("v1", VerifierMode::Honest)],
+    )
+    .await;
+    let upload = |data: Vec<u8>| {
+        let id = BlobId::of(&data);
+        call(
+            &n.app,
+            signed(&n.buyer, "POST", &format!("/v1/blobs?expected={id}"), data),
+        )
+    };
+    let over = vec![7u8; 4097];
+    let (s, v) = upload(over.clone()).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["error"]["code"], "blob_too_large", "{v}");
+    assert!(!n.node.blobs.contains(&BlobId::of(&over)));
+    let at = vec![7u8; 4096];
+    let (s, v) = upload(at.clone()).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(n.node.blobs.contains(&BlobId::of(&at)));
+}

@@ -534,7 +534,15 @@ fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one()
                 .collect::<std::collections::BTreeSet<_>>(),
             &assigned.iter().copied().collect()
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Watched for 3 s, so an assignment sent late is caught, not missed by a look at one
+        // instant: no busy worker is handed the fourth task.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            for (_, events) in &mut workers {
+                assert_not_sent(events, "assign", "a busy worker was handed a second task");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         let fourth = m.node.store.task(&tasks[3]).unwrap().unwrap();
         assert_eq!(fourth.state, TaskState::Queued);
         assert!(fourth.attempts.is_empty());
@@ -542,9 +550,6 @@ fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one()
             m.node.view(&fourth).waiting_for.as_deref(),
             Some("a worker to finish its current task")
         );
-        for (_, events) in &mut workers {
-            assert_not_sent(events, "assign", "a busy worker was handed a second task");
-        }
     });
 }
 
@@ -570,6 +575,7 @@ fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
         let tasks = [post(&m, 50, 20).await, post(&m, 51, 20).await];
         let mut audits = Vec::new();
         // Both tasks finish running (in parallel) and wait for their audit.
+        let mut overlapped = false;
         for _ in 0..2400 {
             while let Ok(ev) = verifier.try_recv() {
                 if let Event::Request {
@@ -592,21 +598,34 @@ fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
                 })
                 .count();
             if auditing == 2 && !audits.is_empty() {
+                overlapped = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        // While the first audit is outstanding, the second is not sent.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        while let Ok(ev) = verifier.try_recv() {
-            if let Event::Request {
-                request: Request::Audit { job },
-                ..
-            } = ev
-            {
-                audits.push(job.task_id);
+        assert!(
+            overlapped,
+            "within 60 s both tasks never waited for their audit at once: {audits:?}"
+        );
+        // While the first audit is outstanding, the second is not sent: watched for 5 s, so a
+        // second audit sent late is caught, not missed by a look at one instant.
+        let second = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(ev) = verifier.recv().await {
+                if let Event::Request {
+                    request: Request::Audit { job },
+                    ..
+                } = ev
+                {
+                    return Some(job.task_id);
+                }
             }
-        }
+            None
+        })
+        .await;
+        assert!(
+            !matches!(second, Ok(Some(_))),
+            "a second audit went to the busy verifier: {second:?}"
+        );
         assert_eq!(audits.len(), 1, "{audits:?}");
         assert!(tasks.contains(&audits[0]));
     });

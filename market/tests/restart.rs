@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use market_node::client::Client;
 use market_node::model::TaskState;
@@ -27,15 +27,20 @@ impl Drop for NodeProcess {
     }
 }
 
-fn start(data: &std::path::Path, port: u16, buyer: &Identity) -> NodeProcess {
-    NodeProcess(
+/// Starts a node on `data` on a port of its own choosing (no port freed here for it to take,
+/// which another process could take first) and returns it with its API address, from the
+/// `endpoints.json` it writes once it listens.
+async fn start(data: &std::path::Path, buyer: &Identity) -> (NodeProcess, String) {
+    let endpoints = data.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    let node = NodeProcess(
         Command::new(env!("CARGO_BIN_EXE_market-node"))
             .args([
                 "serve",
                 "--data",
                 data.to_str().unwrap(),
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
                 "--local-workers",
                 "1",
                 "--local-verifiers",
@@ -47,29 +52,39 @@ fn start(data: &std::path::Path, port: u16, buyer: &Identity) -> NodeProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    )
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&endpoints) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                return (node, v["api"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node wrote no endpoints.json within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn until_up(client: &Client, buyer: &Identity) {
-    for _ in 0..200 {
-        if client.account(&buyer.account()).await.is_ok() {
-            return;
-        }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.account(&buyer.account()).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the node listens but did not answer within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("node did not start");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_task_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let buyer = Identity::from_test_label("restart buyer");
-    let client = Client::new(format!("http://127.0.0.1:{port}"), Some(buyer.clone()));
-    let mut node = start(dir.path(), port, &buyer);
+    let (mut node, api) = start(dir.path(), &buyer).await;
+    let client = Client::new(api, Some(buyer.clone()));
     until_up(&client, &buyer).await;
     let mut task = training_task(&buyer, 1);
     if let Workload::Training(t) = &mut task.workload {
@@ -78,6 +93,7 @@ async fn sigkill_mid_task_loses_and_doubles_nothing() {
     let price = task.price.0;
     let view = client.submit(task).await.unwrap();
     // Kill it while the task runs.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let t = client.task(&view.id).await.unwrap();
         if matches!(t.state, TaskState::Running { done, .. } if done >= 50) {
@@ -87,11 +103,17 @@ async fn sigkill_mid_task_loses_and_doubles_nothing() {
             !t.state.is_final(),
             "finished before it could be interrupted"
         );
+        assert!(
+            Instant::now() < deadline,
+            "the task was not 50 steps in within 120 s: {:?}",
+            t.state
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     node.kill();
 
-    let _node = start(dir.path(), port, &buyer);
+    let (_node, api) = start(dir.path(), &buyer).await;
+    let client = Client::new(api.clone(), Some(buyer.clone()));
     until_up(&client, &buyer).await;
     let t = client
         .wait(&view.id, Duration::from_secs(300), |_| {})
@@ -106,19 +128,18 @@ async fn sigkill_mid_task_loses_and_doubles_nothing() {
         "minted once, escrowed once"
     );
     assert_eq!(buyer_view["escrowed"].as_u64().unwrap(), 0);
-    let workers: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/v1/workers"))
+    let workers: serde_json::Value = reqwest::get(format!("{api}/v1/workers"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let verifiers: serde_json::Value =
-        reqwest::get(format!("http://127.0.0.1:{port}/v1/verifiers"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let verifiers: serde_json::Value = reqwest::get(format!("{api}/v1/verifiers"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paid: u64 = workers
         .as_array()
         .unwrap()

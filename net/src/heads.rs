@@ -123,7 +123,7 @@ mod tests {
             hash: Hash::of(hash),
         };
         serde_json::to_vec(&Signed::sign(body, op).unwrap_or_else(|e| panic!("{e}")))
-            .unwrap_or_default()
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]
@@ -151,11 +151,14 @@ mod tests {
             HeadCheck::Invalid(_)
         ));
         // A head signed by someone else for the operator's ledger.
+        // (Setup that fails panics: a forged head that silently became `null` would be
+        // refused for the wrong reason.)
         let mut forged: serde_json::Value =
             serde_json::from_slice(&head(&Identity::from_test_label("forger"), 8, b"d"))
-                .unwrap_or_default();
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(forged["body"].is_object(), "{forged}");
         forged["body"]["ledger"] = serde_json::json!(op.account());
-        let bytes = serde_json::to_vec(&forged).unwrap_or_default();
+        let bytes = serde_json::to_vec(&forged).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(w.observe(&bytes, peer), HeadCheck::Invalid(_)));
         assert!(matches!(w.observe(b"garbage", peer), HeadCheck::Invalid(_)));
         // Publishers with fresh keys: state for at most MAX_LEDGERS ledgers.

@@ -101,12 +101,12 @@ async fn a_corrupted_chunk_is_detected_and_fetched_again_and_transfers_resume() 
     assert_eq!(stats.received, bytes.len() as u64 - u64::from(CHUNK_BYTES));
     assert_eq!(std::fs::read(&dest).unwrap(), bytes);
 
-    // A chunk that is corrupted every time fails after the retries, naming it.
-    let always = Arc::new(AtomicBool::new(true));
+    // A chunk that is corrupted every time fails after exactly CHUNK_RETRIES fetches, naming it.
+    let chunk0_fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let (bad, bad_events) = Net::start(&Identity::from_test_label("bad"), loopback()).unwrap();
     let bad_src = dir.path().join("bad.bin");
     std::fs::write(&bad_src, &bytes).unwrap();
-    let flag = always.clone();
+    let counter = chunk0_fetches.clone();
     let mut bad_events = bad_events;
     tokio::spawn(async move {
         while let Some(ev) = bad_events.recv().await {
@@ -116,7 +116,9 @@ async fn a_corrupted_chunk_is_detected_and_fetched_again_and_transfers_resume() 
                 ..
             } = ev
             {
-                flag.store(true, Ordering::SeqCst);
+                if chunk == 0 {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
                 let mut r = chunk_reply(&bad_src, chunk);
                 r.payload[0] ^= 1;
                 responder.send(r);
@@ -131,6 +133,16 @@ async fn a_corrupted_chunk_is_detected_and_fetched_again_and_transfers_resume() 
         .await
         .unwrap_err();
     assert!(err.to_string().contains("chunk 0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{} times", market_net::transfer::CHUNK_RETRIES)),
+        "{err}"
+    );
+    assert_eq!(
+        chunk0_fetches.load(Ordering::SeqCst),
+        market_net::transfer::CHUNK_RETRIES,
+        "fetched again exactly as many times as the retry limit says"
+    );
 }
 
 /// A codec that writes whatever bytes it is given, to speak the market protocol badly.
