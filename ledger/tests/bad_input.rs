@@ -21,16 +21,22 @@ fn open_any(path: &Path) -> Vec<Result<Ledger, LedgerError>> {
 
 /// Runs `open` again while sled's file lock is still held by the previous open's background
 /// thread (it is released shortly after the handle drops), so the test sees the real outcome.
+/// A poll, because sled signals nothing when it lets the lock go; bounded, and a lock still
+/// held after 5 s fails the test saying so rather than passing the lock error on as the outcome.
 fn unlocked(open: impl Fn() -> Result<Ledger, LedgerError>) -> Result<Ledger, LedgerError> {
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
         match open() {
             Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sled still held the ledger's lock 5 s after the handle was dropped"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             other => return other,
         }
     }
-    open()
 }
 
 fn a_ledger(dir: &Path, entries: u64) -> std::path::PathBuf {

@@ -50,11 +50,18 @@ fn forward_lines(child: &mut Child) -> mpsc::Receiver<String> {
 #[test]
 fn acknowledged_appends_survive_repeated_sigkill() {
     let started = Instant::now();
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7);
-    println!("crash test seed {seed}");
+    // A fresh seed each run explores more kill moments; a failure prints its seed, and
+    // MARKET_CRASH_SEED=<seed> replays it.
+    let seed = std::env::var("MARKET_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        });
+    println!("crash test seed {seed} (replay with MARKET_CRASH_SEED={seed})");
     let mut rng = common::SplitMix(seed);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = common::ledger_path(dir.path());
