@@ -683,3 +683,67 @@ async fn a_task_whose_result_cannot_be_reported_or_audited_is_refused_at_post() 
     let (s, v) = post(every_step(963, 2_000)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 }
+
+/// Issue 18: a slash larger than the stake left takes the stake and no more (nothing goes
+/// negative, nothing is taken from the balance), and every credit is still accounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slash_past_the_stake_left_takes_the_stake_and_no_more() {
+    let config = NodeConfig {
+        worker_slash: 1_000,
+        ..NodeConfig::default()
+    };
+    let n = open(
+        tempfile::tempdir().unwrap(),
+        config,
+        &[
+            ("cap cheat", Behavior::Skip(1.0)),
+            ("cap honest", Behavior::Honest),
+        ],
+        &[("cap v", VerifierMode::Honest)],
+    )
+    .await;
+    tokio::spawn(n.node.clone().run_engine());
+    let cheat = Identity::from_test_label("cap cheat").account();
+    let (stake, balance) = (
+        n.node.ledger.stake(&cheat).0,
+        n.node.ledger.balance(&cheat).0,
+    );
+    assert_eq!(stake, 300);
+    let id = n
+        .node
+        .post_task(
+            market_protocol::Signed::sign(short(training_task(&n.buyer, 990)), &n.buyer).unwrap(),
+        )
+        .await
+        .unwrap()
+        .id;
+    let t = n
+        .node
+        .wait_final(&id, Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    assert_eq!(t.attempts[0].worker, cheat);
+    assert!(t.attempts[0].result_failed);
+    assert_eq!(n.node.ledger.stake(&cheat).0, 0, "the whole stake, capped");
+    assert_eq!(
+        n.node.ledger.balance(&cheat).0,
+        balance,
+        "not a credit of its balance"
+    );
+    let slashed: u64 = (0..=n.node.ledger.head().seq)
+        .filter_map(
+            |s| match n.node.ledger.entry(s).unwrap().unwrap().body.kind {
+                market_ledger::EntryKind::Slash {
+                    account, amount, ..
+                } if account == cheat => Some(amount.0),
+                _ => None,
+            },
+        )
+        .sum();
+    assert_eq!(
+        slashed, stake,
+        "slash entries add up to the stake that was there"
+    );
+    n.node.ledger.verify().unwrap();
+}

@@ -1452,3 +1452,74 @@ fn a_worker_away_when_a_stand_in_needs_its_openings_is_audited_when_it_returns()
         assert_eq!(m.node.ledger.stake(&w.account()).0, 200, "not slashed");
     });
 }
+
+/// Issue 18: the node serves a blob only to a peer running or auditing a task that reads it,
+/// and a bundle file only to the verifier of the audit that opens it. A joined stranger asking
+/// for a settled task's result blob or bundle files, by describe or by fetch, is refused.
+#[test]
+fn a_peer_is_refused_blobs_and_bundle_files_it_has_no_right_to() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            keep_bundles: true,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        worker(&m, "worker p").await;
+        verifier(&m, "verifier p").await;
+        wait_joined(&m, 1, 1).await;
+        let task = post(&m, 24, 20).await;
+        let t = settled(&m, &task).await;
+        let output = t.outputs[0];
+        assert!(m.node.blobs.contains(&output));
+        // A stranger joins as a verifier, with stake, and asks.
+        let stranger = Identity::from_test_label("stranger p");
+        m.node
+            .fund("test", &stranger.account(), 1_000, 0)
+            .await
+            .unwrap();
+        let (net, _events) = Net::start(&stranger, NetConfig::default()).unwrap();
+        let dialed = tokio::sync::watch::channel(None).0;
+        join(
+            &net,
+            &m.addr,
+            &dialed,
+            &stranger,
+            Role::Verifier,
+            &measure_capabilities("cpu", std::path::Path::new(".")),
+            200,
+            1,
+        )
+        .await
+        .unwrap();
+        let node_peer = m.node.operator.account().to_peer_id();
+        let bundle = |path: &str| market_net::wire::Source::Bundle {
+            task_id: task,
+            job: 0,
+            path: path.into(),
+        };
+        for source in [
+            market_net::wire::Source::Blob { id: output },
+            bundle("leaves.json"),
+            bundle("checkpoints/000002.st"),
+        ] {
+            for request in [
+                Request::Describe {
+                    source: source.clone(),
+                },
+                Request::Fetch {
+                    source: source.clone(),
+                    chunk: 0,
+                },
+            ] {
+                let reply = net.request(node_peer, request.clone()).await.unwrap();
+                assert!(
+                    matches!(reply.response, Response::Refused { .. }),
+                    "{request:?} was answered {:?}",
+                    reply.response
+                );
+                assert!(reply.payload.is_empty(), "no bytes with a refusal");
+            }
+        }
+    });
+}
