@@ -747,3 +747,59 @@ async fn a_slash_past_the_stake_left_takes_the_stake_and_no_more() {
     );
     n.node.ledger.verify().unwrap();
 }
+
+/// Issue 18: a task whose every attempt fails its audit is rejected once `max_attempts`
+/// results have failed, even with workers left, and its buyer gets the whole escrow back (and
+/// the cheaters' slashes): no worker, no verifier fee beyond those earned by catching them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_rejected_after_max_attempts_failed_results_with_workers_to_spare() {
+    let config = NodeConfig {
+        max_attempts: 2,
+        ..NodeConfig::default()
+    };
+    let n = open(
+        tempfile::tempdir().unwrap(),
+        config.clone(),
+        &[
+            ("max cheat 1", Behavior::Skip(1.0)),
+            ("max cheat 2", Behavior::Skip(1.0)),
+            ("max cheat 3", Behavior::Skip(1.0)),
+        ],
+        &[("max v", VerifierMode::Honest)],
+    )
+    .await;
+    tokio::spawn(n.node.clone().run_engine());
+    let before = n.node.ledger.balance(&n.buyer.account()).0;
+    let task = short(training_task(&n.buyer, 991));
+    let id = n
+        .node
+        .post_task(market_protocol::Signed::sign(task, &n.buyer).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let t = n
+        .node
+        .wait_final(&id, Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.state,
+        TaskState::Rejected {
+            reason: "no worker produced a result that passed its audits".into()
+        },
+        "{t:?}"
+    );
+    assert_eq!(t.attempts.len(), 2, "the third cheater is never asked");
+    assert!(t.attempts.iter().all(|a| a.result_failed && !a.accepted));
+    assert!(n
+        .node
+        .ledger
+        .escrow_of(&id)
+        .is_none_or(|e| e.remaining.0 == 0));
+    // Back: the whole price, plus the slashes beyond the catching verifier's fee.
+    let slashed_to_buyer = 2 * (config.worker_slash - config.verifier_fee);
+    assert_eq!(
+        n.node.ledger.balance(&n.buyer.account()).0,
+        before + slashed_to_buyer
+    );
+}
