@@ -10,7 +10,7 @@
 #    tasks, reads them, cancels them and fetches their results);
 # 2. a client generated from the document by openapi-python-client posts a task, follows it to
 #    settlement and fetches its result (scripts/api/client_flow.py).
-# Needs: pip install schemathesis openapi-python-client blake3 cryptography httpx (CI installs
+# Needs: pip install schemathesis==4.32.5 openapi-python-client==0.29.1 blake3 cryptography httpx (CI installs
 # them). Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
