@@ -1523,3 +1523,185 @@ fn a_peer_is_refused_blobs_and_bundle_files_it_has_no_right_to() {
         }
     });
 }
+
+/// A stranger joined to the node with its own key, and what it hears.
+async fn stranger(
+    m: &Market,
+    label: &str,
+    role: Role,
+) -> (Net, tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    let who = Identity::from_test_label(label);
+    m.node.fund("test", &who.account(), 1_000, 0).await.unwrap();
+    let (net, events) = Net::start(&who, NetConfig::default()).unwrap();
+    let dialed = tokio::sync::watch::channel(None).0;
+    join(
+        &net,
+        &m.addr,
+        &dialed,
+        &who,
+        role,
+        &measure_capabilities("cpu", std::path::Path::new(".")),
+        200,
+        1,
+    )
+    .await
+    .unwrap();
+    (net, events)
+}
+
+/// Issue 18: the node's checks on what workers report. Progress and failure are taken only
+/// from the worker of the job (a stranger gets "not your job", an unknown job "no such job"),
+/// and progress past its end is refused.
+#[test]
+fn reports_are_taken_only_from_the_worker_of_the_job() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        let node_peer = m.node.operator.account().to_peer_id();
+        let refusal = |reply: Reply| match reply.response {
+            Response::Refused { reason } => reason,
+            other => panic!("answered {other:?}"),
+        };
+        // A raw worker takes an assignment and sits on it.
+        let (worker_net, mut worker_events) = stranger(&m, "reports worker", Role::Worker).await;
+        let (intruder, _intruder_events) = stranger(&m, "reports intruder", Role::Verifier).await;
+        wait_joined(&m, 1, 1).await;
+        let task = post(&m, 25, 20).await;
+        let (task_id, job) = loop {
+            match worker_events.recv().await.unwrap() {
+                Event::Request {
+                    request: Request::Assign { task_id, job, .. },
+                    responder,
+                    ..
+                } => {
+                    responder.send(Reply::of(Response::Ok));
+                    break (task_id, job);
+                }
+                _ => continue,
+            }
+        };
+        assert_eq!(task_id, task);
+        let progress = |job, done| Request::Progress {
+            task_id,
+            job,
+            done,
+            total: 20,
+            loss: F32Bits::from_f32(1.0),
+        };
+        let r = intruder.request(node_peer, progress(job, 1)).await.unwrap();
+        assert_eq!(refusal(r), "not your job");
+        let r = intruder
+            .request(
+                node_peer,
+                Request::Failed {
+                    task_id,
+                    job,
+                    reason: "sabotage".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(refusal(r), "not your job");
+        let r = worker_net
+            .request(node_peer, progress(job + 12_345, 1))
+            .await
+            .unwrap();
+        assert_eq!(refusal(r), "no such job");
+        let r = worker_net
+            .request(node_peer, progress(job, 21))
+            .await
+            .unwrap();
+        assert_eq!(refusal(r), "progress past the end");
+        let r = worker_net
+            .request(node_peer, progress(job, 5))
+            .await
+            .unwrap();
+        assert_eq!(r.response, Response::Ok, "its own worker is heard");
+        // The task is still that worker's: nothing the intruder sent moved it.
+        let t = m.node.store.task(&task).unwrap().unwrap();
+        assert!(
+            matches!(t.state, TaskState::Running { done: 5, .. }),
+            "{:?}",
+            t.state
+        );
+    });
+}
+
+/// Issue 18: a verdict is taken only from the verifier handed that audit ("not your audit"
+/// for anyone else, even with a verdict signed by its own key), and only once.
+#[test]
+fn a_verdict_is_taken_only_from_its_verifier_and_once() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        let node_peer = m.node.operator.account().to_peer_id();
+        worker(&m, "verdicts worker").await;
+        let (verifier_net, mut verifier_events) =
+            stranger(&m, "verdicts verifier", Role::Verifier).await;
+        let (intruder, _intruder_events) = stranger(&m, "verdicts intruder", Role::Worker).await;
+        wait_joined(&m, 2, 1).await;
+        let task = post(&m, 26, 20).await;
+        let job = loop {
+            match verifier_events.recv().await.unwrap() {
+                Event::Request {
+                    request: Request::Audit { job },
+                    responder,
+                    ..
+                } => {
+                    responder.send(Reply::of(Response::Ok));
+                    break job;
+                }
+                _ => continue,
+            }
+        };
+        assert_eq!(job.task_id, task);
+        let verdict_of = |who: &Identity| {
+            let body = Verdict {
+                version: Version::CURRENT,
+                verifier: who.account(),
+                commitment_id: CommitmentId(Hash::of(b"whatever")),
+                challenge_id: ChallengeId(Hash::of(b"whatever")),
+                checked: Vec::new(),
+                outcome: VerdictOutcome::Pass,
+                compute_share_ppm: 0,
+            };
+            Request::Verdict {
+                task_id: task,
+                job: job.job,
+                verdict: Signed::sign(body, who).unwrap(),
+            }
+        };
+        let reason = |reply: Reply| match reply.response {
+            Response::Refused { reason } => reason,
+            other => panic!("answered {other:?}"),
+        };
+        let intruder_id = Identity::from_test_label("verdicts intruder");
+        let r = intruder
+            .request(node_peer, verdict_of(&intruder_id))
+            .await
+            .unwrap();
+        assert_eq!(reason(r), "not your audit");
+        let me = Identity::from_test_label("verdicts verifier");
+        let first = verifier_net
+            .request(node_peer, verdict_of(&me))
+            .await
+            .unwrap();
+        assert_eq!(first.response, Response::Ok);
+        let again = reason(
+            verifier_net
+                .request(node_peer, verdict_of(&me))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            again == "verdict already received" || again == "no such audit",
+            "{again}"
+        );
+    });
+}
