@@ -414,6 +414,22 @@ async fn next_assignment(
         .flatten()
 }
 
+/// Asserts that no `kind` request arrives in `events` for `window`: watched throughout, so a
+/// request sent late is caught, not missed by one look after a fixed sleep.
+async fn assert_not_sent_within(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    kind: &str,
+    why: &str,
+    window: Duration,
+) {
+    let deadline = std::time::Instant::now() + window;
+    while std::time::Instant::now() < deadline {
+        assert_not_sent(events, kind, why);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_not_sent(events, kind, why);
+}
+
 /// Asserts that no `kind` request (by [`Request::name`]) is waiting in `events`.
 fn assert_not_sent(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
@@ -482,11 +498,13 @@ fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue(
             t.attempts[0].worker,
             Identity::from_test_label("native worker").account()
         );
-        assert_not_sent(
+        assert_not_sent_within(
             &mut w1,
             "assign",
             "the repro-only worker was handed the native task",
-        );
+            Duration::from_secs(2),
+        )
+        .await;
     });
 }
 
@@ -966,12 +984,13 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
         join(&net, &m.addr, &dialed, &me, Role::Worker, &caps, 200, 3)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_not_sent(
+        assert_not_sent_within(
             &mut events,
             "cancel",
             "a cancel the worker took was sent again",
-        );
+            Duration::from_secs(2),
+        )
+        .await;
         // Another worker's report for the job is not a reason to cancel anything.
         let stranger = Identity::from_test_label("stranger worker");
         m.node
@@ -1007,8 +1026,13 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
             matches!(&reply.response, Response::Refused { reason } if reason == "no such job"),
             "{reply:?}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_not_sent(&mut sevents, "cancel", "a stranger was sent a cancel");
+        assert_not_sent_within(
+            &mut sevents,
+            "cancel",
+            "a stranger was sent a cancel",
+            Duration::from_secs(2),
+        )
+        .await;
     });
 }
 
@@ -1090,11 +1114,13 @@ fn a_task_too_big_for_every_worker_waits_and_says_so_then_goes_to_one_that_holds
         let _v2 = raw_participant(&m, "big verifier", Role::Verifier, &caps).await;
         assert_eq!(next_assignment(&mut w3).await, Some(task));
         for events in [&mut w1, &mut w2] {
-            assert_not_sent(
+            assert_not_sent_within(
                 events,
                 "assign",
                 "a worker that cannot hold the task was handed it",
-            );
+                Duration::from_secs(1),
+            )
+            .await;
         }
     });
 }
