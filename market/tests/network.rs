@@ -1499,25 +1499,7 @@ fn a_peer_is_refused_blobs_and_bundle_files_it_has_no_right_to() {
         let output = t.outputs[0];
         assert!(m.node.blobs.contains(&output));
         // A stranger joins as a verifier, with stake, and asks.
-        let stranger = Identity::from_test_label("stranger p");
-        m.node
-            .fund("test", &stranger.account(), 1_000, 0)
-            .await
-            .unwrap();
-        let (net, _events) = Net::start(&stranger, NetConfig::default()).unwrap();
-        let dialed = tokio::sync::watch::channel(None).0;
-        join(
-            &net,
-            &m.addr,
-            &dialed,
-            &stranger,
-            Role::Verifier,
-            &measure_capabilities("cpu", std::path::Path::new(".")),
-            200,
-            1,
-        )
-        .await
-        .unwrap();
+        let (net, _events) = stranger(&m, "stranger p", Role::Verifier).await;
         let node_peer = m.node.operator.account().to_peer_id();
         let bundle = |path: &str| market_net::wire::Source::Bundle {
             task_id: task,
@@ -1646,13 +1628,21 @@ fn reports_are_taken_only_from_the_worker_of_the_job() {
             .await
             .unwrap();
         assert_eq!(r.response, Response::Ok, "its own worker is heard");
-        // The task is still that worker's: nothing the intruder sent moved it.
-        let t = m.node.store.task(&task).unwrap().unwrap();
-        assert!(
-            matches!(t.state, TaskState::Running { done: 5, .. }),
-            "{:?}",
-            t.state
-        );
+        // The task is still that worker's, at the progress it reported (recorded a moment after
+        // the reply): nothing the intruder sent moved it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = m.node.store.task(&task).unwrap().unwrap().state;
+            if matches!(state, TaskState::Running { done: 5, .. }) {
+                break;
+            }
+            assert!(
+                matches!(state, TaskState::Running { done: 0, .. })
+                    && std::time::Instant::now() < deadline,
+                "{state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     });
 }
 
