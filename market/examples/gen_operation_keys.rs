@@ -109,6 +109,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         inputs["key"] = json!(op.key()?.as_str());
         vectors.push(json!({"kind": "operation", "operation": inputs}));
     }
+    for attempt in [0usize, 2] {
+        vectors.push(json!({
+            "kind": "abandon_evidence", "task": task, "attempt": attempt, "worker": worker,
+            "evidence": market_node::engine::operations::abandon_evidence(&task, attempt, &worker),
+        }));
+    }
     for (round, slot) in [(0u32, 0u32), (0, 1), (1, 0), (19, 3)] {
         vectors.push(json!({
             "kind": "slot_round_task_id", "parent": task, "round": round, "slot": slot,
@@ -116,7 +122,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     let doc = json!({
-        "description": "The node's ledger operations (spec/PROTOCOL.md, 'Idempotency keys'): for each kind, its inputs, the text naming it and the ledger key (the text's kind, ':', then the first 48 hex digits of blake3(text)); and the ids of a pooled task's slot-round task records, blake3 derive_key(\"market v1 pool slot-round task\", parent || round as u32 LE || slot as u32 LE).",
+        "description": "The node's ledger operations (spec/PROTOCOL.md, 'Idempotency keys'): for each kind, its inputs, the text naming it and the ledger key (the text's kind, ':', then the first 48 hex digits of blake3(text)); the evidence of an abandoned run's slash, blake3(\"abandoned:\" task \":\" attempt \":\" worker) with ids in lowercase hex and the attempt in decimal; and the ids of a pooled task's slot-round task records, blake3 derive_key(\"market v1 pool slot-round task\", parent || round as u32 LE || slot as u32 LE).",
         "vectors": vectors,
     });
     let path = format!("{dir}/operation-keys.json");

@@ -28,6 +28,7 @@ where
 fn operation_texts_and_keys_match_the_spec_vectors() {
     let mut kinds = std::collections::BTreeSet::new();
     let mut ids = 0;
+    let mut evidences = 0;
     for v in vectors() {
         match v["kind"].as_str().unwrap() {
             "operation" => {
@@ -96,6 +97,15 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
                 );
                 kinds.insert(kind.to_owned());
             }
+            "abandon_evidence" => {
+                let evidence = market_node::engine::operations::abandon_evidence(
+                    &field(&v, "task"),
+                    v["attempt"].as_u64().unwrap() as usize,
+                    &field(&v, "worker"),
+                );
+                assert_eq!(evidence.to_string(), v["evidence"].as_str().unwrap());
+                evidences += 1;
+            }
             "slot_round_task_id" => {
                 let round = v["round"].as_u64().unwrap() as u32;
                 let slot = v["slot"].as_u64().unwrap() as u32;
@@ -111,4 +121,5 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
     // Every kind of operation the node writes has a vector.
     assert_eq!(kinds.len(), 11, "{kinds:?}");
     assert!(ids >= 4);
+    assert!(evidences >= 2);
 }

@@ -569,6 +569,9 @@ def check_operation_keys():
             text = OPERATION_TEXTS[o["kind"]](o)
             assert text == o["text"], o["kind"]
             assert operation_key(text) == o["key"], o["kind"]
+        elif v["kind"] == "abandon_evidence":
+            text = f"abandoned:{v['task']}:{v['attempt']}:{v['worker']}"
+            assert blake3.blake3(text.encode()).hexdigest() == v["evidence"], v
         else:
             assert v["kind"] == "slot_round_task_id"
             data = bytes.fromhex(v["parent"]) + struct.pack("<II", v["round"], v["slot"])

@@ -98,6 +98,13 @@ impl Operation<'_> {
     }
 }
 
+/// The evidence of an abandoned run's slash (no verdict exists for a run that produced
+/// nothing): `blake3("abandoned:" TASK ":" ATTEMPT ":" WORKER)`, ids in lowercase hex and the
+/// attempt in decimal, so anyone reading the export can tie the slash to its attempt.
+pub fn abandon_evidence(task: &TaskId, attempt: usize, worker: &AccountId) -> Hash {
+    Hash::of(format!("abandoned:{task}:{attempt}:{worker}").as_bytes())
+}
+
 /// [`Operation::key`] of an operation's text.
 pub fn key_of_text(text: &str) -> Result<IdempotencyKey, market_ledger::KeyError> {
     let kind = text.split(':').next().unwrap_or("op");

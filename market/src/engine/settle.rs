@@ -352,7 +352,7 @@ impl Node {
             }
         }
         tracing::warn!(task = %t.id, %worker, error = %why, "worker produced no usable result");
-        let evidence = Hash::of(format!("abandoned:{}:{n}:{worker}", t.id).as_bytes());
+        let evidence = super::operations::abandon_evidence(&t.id, n, &worker);
         // Paid to the operator, not the buyer: a buyer must never profit from workers failing
         // its task.
         self.slash_to(
