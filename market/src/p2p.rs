@@ -157,6 +157,12 @@ enum OpeningTry {
     Local(anyhow::Error),
 }
 
+/// Whether `path` is a bundle file the node writes itself (the task it assigned and the
+/// commitment it verified): never fetched from the worker, whose versions are never read.
+fn written_by_node(path: &str) -> bool {
+    matches!(path, "task.json" | "commitment.json")
+}
+
 /// The file in a bundle directory that names its [`RunSource`].
 const SOURCE_FILE: &str = "source.json";
 
@@ -190,7 +196,7 @@ fn fetched_at_commit(task: &TaskSpec, commitment: &Commitment, path: &str) -> bo
                 || path == "loss.json"
                 || path == format!("checkpoints/{:06}.st", commitment.segments)
         }
-        market_protocol::Workload::Inference(_) => !matches!(path, "task.json" | "commitment.json"),
+        market_protocol::Workload::Inference(_) => !written_by_node(path),
     }
 }
 
@@ -791,7 +797,7 @@ impl P2pDispatch {
                     continue;
                 }
             };
-            let theirs = |p: &str| !matches!(p, "task.json" | "commitment.json") && wanted(p);
+            let theirs = |p: &str| !written_by_node(p) && wanted(p);
             match fetch_bundle(&self.net, peer, task_id, job, manifest, dir, theirs).await {
                 Ok(stats) => return Ok(stats),
                 Err(e @ (TransferError::Net(_) | TransferError::Corrupt { .. })) => {
@@ -921,10 +927,8 @@ impl P2pDispatch {
         let Some(source) = RunSource::load(dir)? else {
             return Ok(0);
         };
-        let wanted = |p: &str| {
-            !matches!(p, "task.json" | "commitment.json")
-                && paths.is_none_or(|ps| ps.iter().any(|x| x == p))
-        };
+        let wanted =
+            |p: &str| !written_by_node(p) && paths.is_none_or(|ps| ps.iter().any(|x| x == p));
         let missing: Vec<&FileEntry> = source
             .manifest
             .files

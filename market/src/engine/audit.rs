@@ -28,11 +28,11 @@ const MAX_REDRAW_WAIT: Duration = Duration::from_secs(30);
 /// (silent or liars) is re-planned for the ones that are left.
 const REPLAN_AFTER: u32 = 3;
 
-/// How the verdicts on an attempt came out.
 /// The slash reason of a worker that withheld a file of its committed result: as costly as a
 /// failed audit, or withholding would be the cheaper way to be caught.
 pub(super) const WITHHELD: &str = "withheld a file of its committed result";
 
+/// How the verdicts on an attempt came out.
 enum Collected {
     /// Enough verifiers passed it, under this plan (re-planned if verifiers went away).
     Accepted(Vec<Signed<Verdict>>, audit_plan::AuditPlan),
@@ -187,11 +187,7 @@ impl Node {
         }
         if let Err(e) = self.fetch_files(&dir, Some(openings)).await {
             let withheld = e.downcast::<crate::dispatch::Withheld>()?;
-            tracing::warn!(task = %t.id, %worker, %withheld, "an opening was withheld");
-            let evidence = CommitmentId(commitment.id()?).0;
-            return self
-                .unusable_result(t, n, worker, evidence, WITHHELD, "withheld")
-                .await;
+            return self.withheld(t, n, worker, &commitment, &withheld).await;
         }
         // Ringers go out with the real audits, not after them, so their timing tells nothing.
         let (planted, collected) = tokio::join!(
@@ -220,12 +216,25 @@ impl Node {
                 self.result_failed(t, n, worker, &kept, ruling).await
             }
             Collected::Withheld(withheld) => {
-                tracing::warn!(task = %t.id, %worker, %withheld, "an opening was withheld");
-                let evidence = CommitmentId(commitment.id()?).0;
-                self.unusable_result(t, n, worker, evidence, WITHHELD, "withheld")
-                    .await
+                self.withheld(t, n, worker, &commitment, &withheld).await
             }
         }
+    }
+
+    /// The worker did not serve a file of its committed result: slashed as for a failed audit,
+    /// with the commitment as evidence, and the task goes back to the queue.
+    async fn withheld(
+        &self,
+        t: TaskRecord,
+        n: usize,
+        worker: AccountId,
+        commitment: &Signed<Commitment>,
+        withheld: &crate::dispatch::Withheld,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(task = %t.id, %worker, %withheld, "an opening was withheld");
+        let evidence = CommitmentId(commitment.id()?).0;
+        self.unusable_result(t, n, worker, evidence, WITHHELD, "withheld")
+            .await
     }
 
     /// Draws verifiers and collects verdicts until `plan.verifiers` of them pass, or the
