@@ -270,43 +270,47 @@ impl InferenceJob {
         })
     }
 
-    /// Greedy: the first index of the largest logit. Sampling: softmax at the temperature over
-    /// the `top_k` largest (ties by index), then a uniform draw from stream (Sample, item, n)
-    /// walked through the cumulative sum in that order.
     fn choose(&self, logits: Vec<f32>, item: u64, n: u64) -> u32 {
-        match &self.decoding {
-            Decoding::Greedy => {
-                let mut best = 0;
-                for (i, v) in logits.iter().enumerate() {
-                    if *v > logits[best] {
-                        best = i;
-                    }
+        choose(&self.decoding, self.seed, logits, item, n)
+    }
+}
+
+/// Greedy: the first index of the largest logit. Sampling: softmax at the temperature over
+/// the `top_k` largest (ties by index), then a uniform draw from stream (Sample, item, n)
+/// walked through the cumulative sum in that order.
+pub fn choose(decoding: &Decoding, seed: u64, logits: Vec<f32>, item: u64, n: u64) -> u32 {
+    match decoding {
+        Decoding::Greedy => {
+            let mut best = 0;
+            for (i, v) in logits.iter().enumerate() {
+                if *v > logits[best] {
+                    best = i;
                 }
-                best as u32
             }
-            Decoding::Sample { temperature, top_k } => {
-                let t = temperature.to_f32();
-                let mut order: Vec<usize> = (0..logits.len()).collect();
-                order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-                let k = if *top_k == 0 {
-                    order.len()
-                } else {
-                    (*top_k as usize).min(order.len())
-                };
-                order.truncate(k);
-                let mut scaled: Vec<f32> = order.iter().map(|&i| logits[i] / t).collect();
-                softmax_row(&mut scaled);
-                let mut r = rng::stream2(self.seed, Purpose::Sample, item, n);
-                let u = rng::unit_f32(&mut r);
-                let mut acc = 0.0f32;
-                for (j, p) in scaled.iter().enumerate() {
-                    acc += *p;
-                    if u < acc {
-                        return order[j] as u32;
-                    }
+            best as u32
+        }
+        Decoding::Sample { temperature, top_k } => {
+            let t = temperature.to_f32();
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let k = if *top_k == 0 {
+                order.len()
+            } else {
+                (*top_k as usize).min(order.len())
+            };
+            order.truncate(k);
+            let mut scaled: Vec<f32> = order.iter().map(|&i| logits[i] / t).collect();
+            softmax_row(&mut scaled);
+            let mut r = rng::stream2(seed, Purpose::Sample, item, n);
+            let u = rng::unit_f32(&mut r);
+            let mut acc = 0.0f32;
+            for (j, p) in scaled.iter().enumerate() {
+                acc += *p;
+                if u < acc {
+                    return order[j] as u32;
                 }
-                order[k - 1] as u32
             }
+            order[k - 1] as u32
         }
     }
 }

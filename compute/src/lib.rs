@@ -18,6 +18,7 @@ pub mod error;
 pub mod inference;
 pub mod init;
 pub mod job;
+pub mod llama;
 pub mod native;
 pub mod optim;
 pub mod pool;

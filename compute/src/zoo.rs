@@ -63,7 +63,7 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    fn new(mut named: Vec<(String, Vec<usize>)>) -> Self {
+    pub(crate) fn new(mut named: Vec<(String, Vec<usize>)>) -> Self {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let mut offset = 0;
         let slots = named

@@ -36,6 +36,11 @@ pub fn matmul(
     if n == 0 {
         return;
     }
+    if m == 1 {
+        // One row (decoding a token): split the columns instead, so every thread has work. Each
+        // output still adds its `k` products alone, in ascending order: the same bits.
+        return row_times_matrix(out, a, b, k, n, accumulate);
+    }
     out.par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(task, out_rows)| {
@@ -43,6 +48,43 @@ pub fn matmul(
             let rows = out_rows.len() / n;
             let a_rows = &a[row0 * k..(row0 + rows) * k];
             matmul_rows(out_rows, a_rows, b, rows, k, n, accumulate);
+        });
+}
+
+/// Columns handed to one rayon task when there is a single row.
+const COLS_PER_TASK: usize = 256;
+
+/// `out[n] (+)= sum_{k ascending} a[k] * b[k, n]`, split across threads by columns.
+fn row_times_matrix(out: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize, accumulate: bool) {
+    out.par_chunks_mut(COLS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let c0 = task * COLS_PER_TASK;
+            let mut c = 0;
+            while c + TILE_COLS <= o.len() {
+                let mut acc = [0.0f32; TILE_COLS];
+                for (kk, &x) in a.iter().enumerate() {
+                    let brow = &b[kk * n + c0 + c..kk * n + c0 + c + TILE_COLS];
+                    for j in 0..TILE_COLS {
+                        acc[j] += x * brow[j];
+                    }
+                }
+                for j in 0..TILE_COLS {
+                    o[c + j] = if accumulate {
+                        o[c + j] + acc[j]
+                    } else {
+                        acc[j]
+                    };
+                }
+                c += TILE_COLS;
+            }
+            for (j, slot) in o.iter_mut().enumerate().skip(c) {
+                let mut acc = 0.0f32;
+                for (kk, &x) in a.iter().enumerate().take(k) {
+                    acc += x * b[kk * n + c0 + j];
+                }
+                *slot = if accumulate { *slot + acc } else { acc };
+            }
         });
 }
 

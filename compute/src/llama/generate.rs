@@ -1,0 +1,318 @@
+//! Generation with a KV cache, and its verification by one forward pass.
+//!
+//! A worker decodes token by token. A verifier does not: it runs the prompt and the committed
+//! tokens through the model once (teacher forcing) and checks that each committed token is the
+//! one the decoding rule picks from the logits before it. In `repro` the logits of that one
+//! pass are bit for bit those the worker saw (each output's sums run in the same order whatever
+//! the number of rows), so the check is exact.
+
+use market_protocol::Decoding;
+
+use super::native::{NativeCache, NativeLlama};
+use super::repro::{KvCache, ReproLlama};
+use super::text::TextCodec;
+use crate::error::{ComputeError, Result};
+use crate::inference::choose;
+
+/// A forward pass with a cache: either profile.
+pub trait Forward {
+    /// The cache type.
+    type Cache;
+    /// An empty cache.
+    fn new_cache(&self) -> Self::Cache;
+    /// Logits of the last token of `tokens` (or of every token), after those in `cache`.
+    fn forward(&self, tokens: &[u32], cache: &mut Self::Cache, every: bool) -> Result<Vec<f32>>;
+    /// Vocabulary size.
+    fn vocab(&self) -> usize;
+}
+
+impl Forward for ReproLlama {
+    type Cache = KvCache;
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config())
+    }
+    fn forward(&self, tokens: &[u32], cache: &mut KvCache, every: bool) -> Result<Vec<f32>> {
+        ReproLlama::forward(self, tokens, cache, every)
+    }
+    fn vocab(&self) -> usize {
+        self.config().vocab_size
+    }
+}
+
+impl Forward for NativeLlama {
+    type Cache = NativeCache;
+    fn new_cache(&self) -> NativeCache {
+        NativeCache::new(self.config())
+    }
+    fn forward(&self, tokens: &[u32], cache: &mut NativeCache, every: bool) -> Result<Vec<f32>> {
+        NativeLlama::forward(self, tokens, cache, every)
+    }
+    fn vocab(&self) -> usize {
+        self.config().vocab_size
+    }
+}
+
+/// How and how long to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    /// Greedy or seeded sampling.
+    pub decoding: Decoding,
+    /// The task seed (sampling draws from stream (seed, Sample, item, n)).
+    pub seed: u64,
+    /// The item's index.
+    pub item: u64,
+    /// Most tokens generated.
+    pub max_new_tokens: u32,
+    /// Texts that end the answer when generated (the answer is cut before them).
+    pub stop: Vec<String>,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced its end token (the last committed token).
+    End,
+    /// A stop text appeared.
+    Stop,
+    /// `max_new_tokens` were generated.
+    Length,
+}
+
+/// A generated answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Every token chosen, the end token included: what a verifier checks.
+    pub tokens: Vec<u32>,
+    /// The raw logit of each chosen token. Committed with the tokens, so an answer computed
+    /// with other weights or lower precision is caught even where it picked the same tokens.
+    pub logits: Vec<f32>,
+    /// The answer's text (end token left out, cut before a stop text).
+    pub text: String,
+    /// Why it ended.
+    pub finish: Finish,
+}
+
+/// `text` cut before the first stop text, if any appears.
+fn cut_at_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// The answer to `prompt` (token ids), decoded token by token with a KV cache.
+pub fn generate<M: Forward>(
+    model: &M,
+    codec: &TextCodec,
+    prompt: &[u32],
+    params: &GenerateParams,
+) -> Result<Generation> {
+    let mut cache = model.new_cache();
+    let mut logits = model.forward(prompt, &mut cache, false)?;
+    let mut tokens = Vec::new();
+    let mut chosen = Vec::new();
+    for n in 0..params.max_new_tokens {
+        let row = std::mem::take(&mut logits);
+        let next = choose(
+            &params.decoding,
+            params.seed,
+            row.clone(),
+            params.item,
+            u64::from(n),
+        );
+        chosen.push(row[next as usize]);
+        tokens.push(next);
+        if codec.is_end(next) {
+            let text = codec.decode(&tokens[..tokens.len() - 1])?;
+            return Ok(Generation {
+                tokens,
+                logits: chosen,
+                text,
+                finish: Finish::End,
+            });
+        }
+        if !params.stop.is_empty() {
+            let text = codec.decode(&tokens)?;
+            if let Some(at) = cut_at_stop(&text, &params.stop) {
+                return Ok(Generation {
+                    tokens,
+                    logits: chosen,
+                    text: text[..at].to_string(),
+                    finish: Finish::Stop,
+                });
+            }
+        }
+        if n + 1 < params.max_new_tokens {
+            logits = model.forward(&[next], &mut cache, false)?;
+        }
+    }
+    Ok(Generation {
+        text: codec.decode(&tokens)?,
+        tokens,
+        logits: chosen,
+        finish: Finish::Length,
+    })
+}
+
+/// A committed answer that is not what the model gives.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AnswerMismatch {
+    /// Token `index` is not the one the decoding rule picks.
+    #[error("generated token {index} is {committed}, the model picks {expected}")]
+    Token {
+        /// Position in the answer.
+        index: usize,
+        /// What was committed.
+        committed: u32,
+        /// What the model picks.
+        expected: u32,
+    },
+    /// Token `index`'s committed logit is not the model's.
+    #[error("generated token {index}'s logit is {committed}, the model gives {expected}")]
+    Logit {
+        /// Position in the answer.
+        index: usize,
+        /// What was committed.
+        committed: f32,
+        /// What the model gives.
+        expected: f32,
+    },
+    /// The answer stops where the rules do not stop it (or runs past where they do).
+    #[error("the answer ends wrongly: {0}")]
+    Ending(String),
+    /// The committed text is not the committed tokens' text.
+    #[error("the text is not the tokens' text")]
+    Text,
+}
+
+/// How closely a re-computed logit must match: bit for bit (`repro`), or within a relative
+/// tolerance (`native`, `cuda`: other kernels round differently).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Match {
+    /// The same bits.
+    Exact,
+    /// `|committed − recomputed| ≤ tol · (1 + |recomputed|)`; a committed token whose logit
+    /// is that close to the rule's pick is accepted too (a near tie may fall either way).
+    Within(f32),
+}
+
+impl Match {
+    fn same(self, committed: f32, expected: f32) -> bool {
+        match self {
+            Self::Exact => committed.to_bits() == expected.to_bits(),
+            Self::Within(tol) => (committed - expected).abs() <= tol * (1.0 + expected.abs()),
+        }
+    }
+}
+
+/// Checks a committed answer in one forward pass over `prompt ++ tokens[..len-1]`: every token
+/// must be the decoding rule's pick with the committed logit, the answer must end exactly where
+/// the rules end it, and `text` must be the tokens' text. `Ok(Err(..))` is a wrong answer;
+/// `Err(..)` a failure to check (bad input).
+pub fn check_answer<M: Forward>(
+    model: &M,
+    codec: &TextCodec,
+    prompt: &[u32],
+    params: &GenerateParams,
+    answer: &Generation,
+    how: Match,
+) -> Result<std::result::Result<(), AnswerMismatch>> {
+    if prompt.is_empty() {
+        return Err(ComputeError::config("inputs", "an empty prompt"));
+    }
+    let n = answer.tokens.len();
+    if answer.logits.len() != n {
+        return Ok(Err(AnswerMismatch::Ending(format!(
+            "{n} tokens with {} logits",
+            answer.logits.len()
+        ))));
+    }
+    if n == 0 || n > params.max_new_tokens as usize {
+        return Ok(Err(AnswerMismatch::Ending(format!(
+            "{n} tokens for at most {}",
+            params.max_new_tokens
+        ))));
+    }
+    let mut input = prompt.to_vec();
+    input.extend_from_slice(&answer.tokens[..n - 1]);
+    let mut cache = model.new_cache();
+    let logits = model.forward(&input, &mut cache, true)?;
+    let v = model.vocab();
+    if logits.len() != input.len() * v {
+        return Err(ComputeError::StateMismatch(
+            "logits of the wrong size".into(),
+        ));
+    }
+    for (i, &committed) in answer.tokens.iter().enumerate() {
+        let row = (prompt.len() - 1 + i) * v;
+        let row = &logits[row..row + v];
+        if committed as usize >= v {
+            return Ok(Err(AnswerMismatch::Ending(format!(
+                "token {committed} is outside the vocabulary"
+            ))));
+        }
+        let expected = choose(
+            &params.decoding,
+            params.seed,
+            row.to_vec(),
+            params.item,
+            i as u64,
+        );
+        let near_tie = matches!(how, Match::Within(_))
+            && how.same(row[committed as usize], row[expected as usize]);
+        if expected != committed && !near_tie {
+            return Ok(Err(AnswerMismatch::Token {
+                index: i,
+                committed,
+                expected,
+            }));
+        }
+        if !how.same(answer.logits[i], row[committed as usize]) {
+            return Ok(Err(AnswerMismatch::Logit {
+                index: i,
+                committed: answer.logits[i],
+                expected: row[committed as usize],
+            }));
+        }
+        // No token before the last may end the answer.
+        if i + 1 < n && codec.is_end(committed) {
+            return Ok(Err(AnswerMismatch::Ending(format!(
+                "the end token at {i} is followed by more"
+            ))));
+        }
+    }
+    // Replay how the answer ends, from the (now known correct) tokens.
+    let last = answer.tokens[n - 1];
+    let (text, finish) = if codec.is_end(last) {
+        (codec.decode(&answer.tokens[..n - 1])?, Finish::End)
+    } else {
+        let full = codec.decode(&answer.tokens)?;
+        match cut_at_stop(&full, &params.stop) {
+            Some(at) => (full[..at].to_string(), Finish::Stop),
+            None => (full, Finish::Length),
+        }
+    };
+    if finish == Finish::Length && n != params.max_new_tokens as usize {
+        return Ok(Err(AnswerMismatch::Ending(format!(
+            "stops after {n} tokens with no end token or stop text"
+        ))));
+    }
+    if !params.stop.is_empty() && n > 1 {
+        let before = codec.decode(&answer.tokens[..n - 1])?;
+        if cut_at_stop(&before, &params.stop).is_some() {
+            return Ok(Err(AnswerMismatch::Ending(
+                "a stop text appeared before the last token".into(),
+            )));
+        }
+    }
+    if finish != answer.finish {
+        return Ok(Err(AnswerMismatch::Ending(format!(
+            "finish {:?}, the tokens give {finish:?}",
+            answer.finish
+        ))));
+    }
+    if text != answer.text {
+        return Ok(Err(AnswerMismatch::Text));
+    }
+    Ok(Ok(()))
+}

@@ -1,0 +1,328 @@
+//! Pretrained `llama` weights and tokenizer from a GGUF file (llama.cpp's format), read with
+//! candle's GGUF reader.
+//!
+//! Tensors are dequantized to binary32 exactly as the format defines each block
+//! (`spec/COMPUTE.md` section 11.3): F32 as is, F16 widened, `Q8_0` as `q·d`, `Q4_0` as
+//! `(q − 8)·d`, `Q4_1` as `q·d + m` (two roundings, never fused), with `d` and `m` the block's
+//! f16 scale and minimum. Other types are refused rather than guessed. llama.cpp stores the
+//! query and key rows of each head interleaved for its rotary layout; they are put back in
+//! Hugging Face's order here, so the weights (and anything trained from them) carry HF names
+//! and layout.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::Device;
+
+use super::{LlamaConfig, LlamaWeights};
+use crate::error::{ComputeError, Result};
+
+/// The tokenizer a GGUF file carries in its metadata (`tokenizer.ggml.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model` (only `gpt2`, byte-level BPE, is supported).
+    pub model: String,
+    /// `tokenizer.ggml.pre`: which pre-tokenizer the model was trained with.
+    pub pre: String,
+    /// Token strings by id.
+    pub tokens: Vec<String>,
+    /// Token types by id (3 = control, 4 = user-defined: both matched whole in text).
+    pub token_types: Vec<i32>,
+    /// Merges, `"left right"`, by priority.
+    pub merges: Vec<String>,
+    /// Beginning-of-sequence id.
+    pub bos: Option<u32>,
+    /// End-of-sequence id.
+    pub eos: Option<u32>,
+    /// Whether a BOS token starts every sequence.
+    pub add_bos: bool,
+    /// The Jinja chat template.
+    pub chat_template: Option<String>,
+}
+
+/// A GGUF file's model: config, weights (HF names, f32) and tokenizer.
+#[derive(Debug, Clone)]
+pub struct GgufModel {
+    /// The weights.
+    pub weights: LlamaWeights,
+    /// The tokenizer.
+    pub vocab: GgufVocab,
+}
+
+fn bad(reason: impl Into<String>) -> ComputeError {
+    ComputeError::InvalidBlob {
+        what: "GGUF model",
+        reason: reason.into(),
+    }
+}
+
+struct Meta<'a>(&'a std::collections::HashMap<String, Value>);
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key)
+    }
+    fn u32(&self, key: &str) -> Result<Option<u32>> {
+        self.get(key)
+            .map(|v| {
+                v.to_u32()
+                    .or_else(|_| v.to_u64().map(|x| x as u32))
+                    .or_else(|_| v.to_i32().map(|x| x as u32))
+                    .map_err(|e| bad(format!("`{key}`: {e}")))
+            })
+            .transpose()
+    }
+    fn need_u32(&self, key: &str) -> Result<u32> {
+        self.u32(key)?
+            .ok_or_else(|| bad(format!("metadata `{key}` is missing")))
+    }
+    fn f32(&self, key: &str) -> Result<Option<f32>> {
+        self.get(key)
+            .map(|v| v.to_f32().map_err(|e| bad(format!("`{key}`: {e}"))))
+            .transpose()
+    }
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        self.get(key)
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|e| bad(format!("`{key}`: {e}")))
+            })
+            .transpose()
+    }
+    fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let Some(v) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        v.to_vec()
+            .map_err(|e| bad(format!("`{key}`: {e}")))?
+            .iter()
+            .map(|s| {
+                s.to_string()
+                    .cloned()
+                    .map_err(|e| bad(format!("`{key}`: {e}")))
+            })
+            .collect()
+    }
+    fn ints(&self, key: &str) -> Result<Vec<i32>> {
+        let Some(v) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        v.to_vec()
+            .map_err(|e| bad(format!("`{key}`: {e}")))?
+            .iter()
+            .map(|s| s.to_i32().map_err(|e| bad(format!("`{key}`: {e}"))))
+            .collect()
+    }
+}
+
+/// The dtypes whose dequantization the spec defines.
+fn supported(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0
+    )
+}
+
+/// The HF name of a GGUF tensor, or `None` for one the model does not use.
+fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match name {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's rotary permutation of a `[heads × d, in]` query or key matrix: GGUF row
+/// `head·d + 2i + half` is HF row `head·d + half·(d/2) + i`.
+fn unpermute(rows: &[f32], heads: usize, d: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows.len()];
+    for head in 0..heads {
+        for i in 0..d / 2 {
+            for half in 0..2 {
+                let src = (head * d + 2 * i + half) * cols;
+                let dst = (head * d + half * (d / 2) + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&rows[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Reads a GGUF file's config, weights and tokenizer. The config is checked against the zoo's
+/// limits, and every tensor's shape against the config, before any tensor is dequantized.
+pub fn read(bytes: &[u8]) -> Result<GgufModel> {
+    let mut cursor = Cursor::new(bytes);
+    let content = Content::read(&mut cursor).map_err(|e| bad(e.to_string()))?;
+    let meta = Meta(&content.metadata);
+    let arch = meta.string("general.architecture")?.unwrap_or_default();
+    if arch != "llama" {
+        return Err(bad(format!(
+            "architecture {arch:?}; the zoo's `llama` reads architecture \"llama\""
+        )));
+    }
+    if meta.get("llama.rope.scaling.type").is_some() {
+        return Err(bad("rope scaling is not supported"));
+    }
+    let heads = meta.need_u32("llama.attention.head_count")? as usize;
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let config = LlamaConfig {
+        hidden_size: meta.need_u32("llama.embedding_length")? as usize,
+        intermediate_size: meta.need_u32("llama.feed_forward_length")? as usize,
+        num_hidden_layers: meta.need_u32("llama.block_count")? as usize,
+        num_attention_heads: heads,
+        num_key_value_heads: meta
+            .u32("llama.attention.head_count_kv")?
+            .map_or(heads, |v| v as usize),
+        vocab_size: match meta.u32("llama.vocab_size")? {
+            Some(v) => v as usize,
+            None => tokens.len(),
+        },
+        max_position_embeddings: meta.need_u32("llama.context_length")? as usize,
+        rms_norm_eps: meta
+            .f32("llama.attention.layer_norm_rms_epsilon")?
+            .ok_or_else(|| bad("metadata `llama.attention.layer_norm_rms_epsilon` is missing"))?,
+        rope_theta: meta.f32("llama.rope.freq_base")?.unwrap_or(10_000.0),
+        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+    }
+    .validate()?;
+    if let Some(dims) = meta.u32("llama.rope.dimension_count")? {
+        if dims as usize != config.head_dim() {
+            return Err(bad(format!(
+                "rotary dimension {dims} is not the head size {} (partial rotary is not supported)",
+                config.head_dim()
+            )));
+        }
+    }
+    let layout = config.layout();
+    // Every tensor the layout needs, present with its shape and a supported type.
+    let mut sources = BTreeMap::new();
+    for (name, info) in &content.tensor_infos {
+        let Some(hf) = hf_name(name) else {
+            continue;
+        };
+        let Some(slot) = layout
+            .slots()
+            .binary_search_by(|s| s.name.as_str().cmp(&hf))
+            .ok()
+            .map(|i| &layout.slots()[i])
+        else {
+            return Err(bad(format!("tensor {name} does not fit the config")));
+        };
+        if info.shape.dims() != slot.shape.as_slice() {
+            return Err(bad(format!(
+                "tensor {name} is {:?}, the config needs {:?}",
+                info.shape.dims(),
+                slot.shape
+            )));
+        }
+        if !supported(info.ggml_dtype) {
+            return Err(bad(format!(
+                "tensor {name} is {:?}; supported: F32, F16, Q4_0, Q4_1, Q8_0",
+                info.ggml_dtype
+            )));
+        }
+        sources.insert(hf, name.clone());
+    }
+    if let Some(missing) = layout
+        .slots()
+        .iter()
+        .find(|s| !sources.contains_key(&s.name))
+    {
+        return Err(bad(format!("no tensor for {}", missing.name)));
+    }
+    let mut params = vec![0.0f32; layout.total()];
+    let d = config.head_dim();
+    for slot in layout.slots() {
+        let name = &sources[&slot.name];
+        let q = content
+            .tensor(&mut cursor, name, &Device::Cpu)
+            .map_err(|e| bad(format!("{name}: {e}")))?;
+        let data = q
+            .dequantize(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let cols = *slot.shape.last().unwrap_or(&1);
+        let data = if slot.name.ends_with("q_proj.weight") {
+            unpermute(&data, config.num_attention_heads, d, cols)
+        } else if slot.name.ends_with("k_proj.weight") {
+            unpermute(&data, config.num_key_value_heads, d, cols)
+        } else {
+            data
+        };
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("{name} holds a non-finite value at {i}")));
+        }
+        params[slot.range()].copy_from_slice(&data);
+    }
+    let vocab = GgufVocab {
+        model: meta.string("tokenizer.ggml.model")?.unwrap_or_default(),
+        pre: meta
+            .string("tokenizer.ggml.pre")?
+            .unwrap_or_else(|| "default".into()),
+        token_types: meta.ints("tokenizer.ggml.token_type")?,
+        merges: meta.strings("tokenizer.ggml.merges")?,
+        bos: meta.u32("tokenizer.ggml.bos_token_id")?,
+        eos: meta.u32("tokenizer.ggml.eos_token_id")?,
+        add_bos: meta
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false),
+        chat_template: meta.string("tokenizer.chat_template")?,
+        tokens,
+    };
+    Ok(GgufModel {
+        weights: LlamaWeights {
+            config,
+            layout,
+            params,
+        },
+        vocab,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_puts_pairs_back_in_halves() {
+        // One head of size 4, one column: GGUF order is (i0 h0, i0 h1, i1 h0, i1 h1).
+        let gguf = [0.0, 2.0, 1.0, 3.0];
+        assert_eq!(unpermute(&gguf, 1, 4, 1), vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn names_map_to_hugging_face() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").as_deref(),
+            Some("model.layers.12.self_attn.q_proj.weight")
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        let e = read(b"not a gguf file at all").unwrap_err();
+        assert!(e.to_string().contains("GGUF"), "{e}");
+    }
+}

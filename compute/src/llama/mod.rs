@@ -1,0 +1,244 @@
+//! The `llama` family (Llama, SmolLM, Qwen-style decoders): RMSNorm, rotary position
+//! embeddings, a SwiGLU MLP and grouped-query attention, with tied or untied embeddings.
+//!
+//! Parameters are named as in Hugging Face checkpoints (`model.layers.0.self_attn.q_proj.weight`,
+//! matrices `[out, in]`), so weights move between this market and the Python ecosystem without a
+//! conversion table. Pretrained weights come from a GGUF file ([`gguf`]) or HF safetensors; text
+//! goes through the model's own byte-level BPE tokenizer and chat template ([`text`]).
+//!
+//! Two executions of the same maths: [`repro`] (fixed-order kernels, bit-exact on every CPU and
+//! thread count; `spec/COMPUTE.md` section 11) and [`native`] (candle ops, audited with a
+//! tolerance). Both keep a KV cache, so decoding a token costs one row of work per layer.
+
+pub mod generate;
+pub mod gguf;
+pub mod native;
+pub mod repro;
+pub mod rope;
+pub mod text;
+
+use crate::error::{ComputeError, Result};
+use crate::zoo::ParamLayout;
+
+/// Limits on `llama` configs, checked before anything is allocated.
+pub mod limits {
+    /// Most decoder layers.
+    pub const MAX_LAYERS: usize = 128;
+    /// Widest hidden state.
+    pub const MAX_HIDDEN: usize = 8192;
+    /// Widest MLP.
+    pub const MAX_INTERMEDIATE: usize = 32_768;
+    /// Most attention heads.
+    pub const MAX_HEADS: usize = 128;
+    /// Largest vocabulary.
+    pub const MAX_VOCAB: usize = 262_144;
+    /// Longest context a task may use (prompt plus generated tokens).
+    pub const MAX_CONTEXT: usize = 32_768;
+    /// Most parameters of a `llama` model: a 135M-parameter SmolLM2 fits with room; the
+    /// worker's announced memory is checked per task on top of this.
+    pub const MAX_PARAMETERS: u64 = 400_000_000;
+}
+
+/// A validated `llama` config. Field names follow Hugging Face's `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LlamaConfig {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key and value heads (grouped-query attention); divides `num_attention_heads`.
+    pub num_key_value_heads: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Longest sequence (prompt plus generated tokens).
+    pub max_position_embeddings: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// Rotary base frequency.
+    pub rope_theta: f32,
+    /// Whether the output head is the embedding matrix.
+    pub tie_word_embeddings: bool,
+}
+
+fn check(field: &'static str, value: usize, max: usize) -> Result<usize> {
+    if value == 0 || value > max {
+        return Err(ComputeError::config(
+            field,
+            format!("is {value}, must be between 1 and {max}"),
+        ));
+    }
+    Ok(value)
+}
+
+impl LlamaConfig {
+    /// Checks every dimension against [`limits`] and the shapes against each other.
+    pub fn validate(self) -> Result<Self> {
+        check("model.hidden_size", self.hidden_size, limits::MAX_HIDDEN)?;
+        check(
+            "model.intermediate_size",
+            self.intermediate_size,
+            limits::MAX_INTERMEDIATE,
+        )?;
+        check(
+            "model.num_hidden_layers",
+            self.num_hidden_layers,
+            limits::MAX_LAYERS,
+        )?;
+        check(
+            "model.num_attention_heads",
+            self.num_attention_heads,
+            limits::MAX_HEADS,
+        )?;
+        check(
+            "model.num_key_value_heads",
+            self.num_key_value_heads,
+            self.num_attention_heads,
+        )?;
+        check("model.vocab_size", self.vocab_size, limits::MAX_VOCAB)?;
+        check(
+            "model.max_position_embeddings",
+            self.max_position_embeddings,
+            limits::MAX_CONTEXT,
+        )?;
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(ComputeError::config(
+                "model.num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(ComputeError::config(
+                "model.num_attention_heads",
+                format!(
+                    "gives an odd head size {}; rotary needs pairs",
+                    self.head_dim()
+                ),
+            ));
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(ComputeError::config(
+                "model.num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("model.rms_norm_eps", self.rms_norm_eps),
+            ("model.rope_theta", self.rope_theta),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(ComputeError::config(
+                    field,
+                    format!("is {v}, must be positive"),
+                ));
+            }
+        }
+        let params = self.parameter_count();
+        if params > limits::MAX_PARAMETERS {
+            return Err(ComputeError::config(
+                "model",
+                format!(
+                    "has {params} parameters, more than the limit of {}",
+                    limits::MAX_PARAMETERS
+                ),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Size of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Width of the keys (and values) of one position: `num_key_value_heads × head_dim`.
+    pub fn kv_width(&self) -> usize {
+        self.num_key_value_heads * self.head_dim()
+    }
+
+    /// The parameter tensors with their Hugging Face names and `[out, in]` shapes.
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, kv) = (self.hidden_size, self.intermediate_size, self.kv_width());
+        let mut v = vec![
+            (
+                "model.embed_tokens.weight".to_string(),
+                vec![self.vocab_size, h],
+            ),
+            ("model.norm.weight".to_string(), vec![h]),
+        ];
+        if !self.tie_word_embeddings {
+            v.push(("lm_head.weight".into(), vec![self.vocab_size, h]));
+        }
+        for l in 0..self.num_hidden_layers {
+            let p = |n: &str| format!("model.layers.{l}.{n}");
+            v.push((p("input_layernorm.weight"), vec![h]));
+            v.push((p("self_attn.q_proj.weight"), vec![h, h]));
+            v.push((p("self_attn.k_proj.weight"), vec![kv, h]));
+            v.push((p("self_attn.v_proj.weight"), vec![kv, h]));
+            v.push((p("self_attn.o_proj.weight"), vec![h, h]));
+            v.push((p("post_attention_layernorm.weight"), vec![h]));
+            v.push((p("mlp.gate_proj.weight"), vec![i, h]));
+            v.push((p("mlp.up_proj.weight"), vec![i, h]));
+            v.push((p("mlp.down_proj.weight"), vec![h, i]));
+        }
+        v
+    }
+
+    /// The number of parameters, in u64 without allocating.
+    pub fn parameter_count(&self) -> u64 {
+        self.shapes()
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
+
+    /// The packed layout (slots sorted by name).
+    pub fn layout(&self) -> ParamLayout {
+        ParamLayout::new(self.shapes())
+    }
+
+    /// The bytes a forward pass over `positions` positions holds beyond the weights: the KV
+    /// cache and one position's activations (the logits dominate for short sequences).
+    pub fn working_bytes(&self, positions: usize) -> u64 {
+        let cache = 2 * self.num_hidden_layers as u64 * positions as u64 * self.kv_width() as u64;
+        let logits = positions as u64 * self.vocab_size as u64;
+        let acts = positions as u64 * (4 * self.hidden_size + 3 * self.intermediate_size) as u64;
+        4 * (cache + logits + acts)
+    }
+}
+
+/// A `llama` model's weights, packed in layout order.
+#[derive(Debug, Clone)]
+pub struct LlamaWeights {
+    /// The config.
+    pub config: LlamaConfig,
+    /// The layout of `params`.
+    pub layout: ParamLayout,
+    /// Every parameter, packed in layout order.
+    pub params: Vec<f32>,
+}
+
+impl LlamaWeights {
+    /// The tensor named `name` (a Hugging Face name).
+    pub fn tensor(&self, name: &str) -> &[f32] {
+        &self.params[self.layout.slot(name).range()]
+    }
+
+    /// The output head: `lm_head.weight`, or the embeddings when they are tied.
+    pub fn head(&self) -> &[f32] {
+        if self.config.tie_word_embeddings {
+            self.tensor("model.embed_tokens.weight")
+        } else {
+            self.tensor("lm_head.weight")
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Text in and out of a `llama` model: the model's own byte-level BPE tokenizer (the
+//! `tokenizers` crate, pinned, since worker and verifier must split text identically) and its
+//! own Jinja chat template (`minijinja`, sandboxed and bounded by fuel: the template comes from
+//! a buyer's blob).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tokenizers::Tokenizer;
+
+use super::gguf::GgufVocab;
+use crate::error::{ComputeError, Result};
+
+/// Most template instructions a chat template may execute for one rendering.
+const TEMPLATE_FUEL: u64 = 1_000_000;
+/// The longest rendered chat prompt, in bytes.
+pub const MAX_PROMPT_BYTES: usize = 1 << 20;
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// A model's tokenizer and chat template.
+#[derive(Clone)]
+pub struct TextCodec {
+    tokenizer: Tokenizer,
+    chat_template: Option<String>,
+    bos: Option<(u32, String)>,
+    eos: Option<(u32, String)>,
+    add_bos: bool,
+}
+
+impl std::fmt::Debug for TextCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextCodec")
+            .field("vocab", &self.tokenizer.get_vocab_size(true))
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad(reason: impl Into<String>) -> ComputeError {
+    ComputeError::InvalidBlob {
+        what: "tokenizer",
+        reason: reason.into(),
+    }
+}
+
+/// The pre-tokenizer a GGUF `tokenizer.ggml.pre` name stands for (llama.cpp's table), as
+/// `tokenizer.json` would write it.
+fn pre_tokenizer(pre: &str) -> Result<Value> {
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    Ok(match pre {
+        // GPT-2's split, digits first taken one by one.
+        "smollm" | "starcoder" | "refact" | "codeshell" => json!({
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level],
+        }),
+        "gpt-2" | "gpt2" | "default" => byte_level,
+        other => {
+            return Err(bad(format!(
+                "pre-tokenizer {other:?} is not known; supported: smollm, starcoder, refact, codeshell, gpt-2"
+            )))
+        }
+    })
+}
+
+impl TextCodec {
+    /// The tokenizer a GGUF file describes (byte-level BPE).
+    pub fn from_gguf(v: &GgufVocab) -> Result<Self> {
+        if v.model != "gpt2" {
+            return Err(bad(format!(
+                "tokenizer model {:?}; supported: gpt2 (byte-level BPE)",
+                v.model
+            )));
+        }
+        let mut vocab = Map::new();
+        for (id, token) in v.tokens.iter().enumerate() {
+            if vocab.insert(token.clone(), json!(id)).is_some() {
+                return Err(bad(format!("token {token:?} appears twice")));
+            }
+        }
+        let added: Vec<Value> = v
+            .token_types
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t == 3 || t == 4)
+            .map(|(id, &t)| {
+                json!({"id": id, "content": v.tokens[id], "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": t == 3})
+            })
+            .collect();
+        let spec = json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer(&v.pre)?,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                      "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                      "vocab": vocab, "merges": v.merges},
+        });
+        let tokenizer: Tokenizer = spec.to_string().parse().map_err(|e| bad(format!("{e}")))?;
+        let named = |id: Option<u32>| -> Result<Option<(u32, String)>> {
+            id.map(|id| {
+                v.tokens
+                    .get(id as usize)
+                    .map(|t| (id, t.clone()))
+                    .ok_or_else(|| bad(format!("special token id {id} is outside the vocabulary")))
+            })
+            .transpose()
+        };
+        Ok(Self {
+            tokenizer,
+            chat_template: v.chat_template.clone(),
+            bos: named(v.bos)?,
+            eos: named(v.eos)?,
+            add_bos: v.add_bos,
+        })
+    }
+
+    /// Token ids of `text`. Control tokens written in the text (`<|im_start|>`) are matched
+    /// whole; a BOS token is put first when the model asks for one.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| bad(format!("encoding: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if let (true, Some((bos, _))) = (self.add_bos, &self.bos) {
+            ids.push(*bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of `ids`, control tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| bad(format!("decoding: {e}")))
+    }
+
+    /// Whether `id` ends a generation (the model's EOS token).
+    pub fn is_end(&self, id: u32) -> bool {
+        self.eos.as_ref().is_some_and(|(e, _)| *e == id)
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// `messages` rendered with the model's chat template, ready for the assistant's answer.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let template = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| bad("the model has no chat template; send plain text prompts"))?;
+        let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", template)
+            .map_err(|e| bad(format!("chat template: {e}")))?;
+        let tmpl = env
+            .get_template("chat")
+            .map_err(|e| bad(format!("chat template: {e}")))?;
+        let text = tmpl
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => true,
+                bos_token => self.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+                eos_token => self.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+            })
+            .map_err(|e| bad(format!("chat template: {e}")))?;
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(ComputeError::config(
+                "inputs",
+                format!(
+                    "a chat renders to {} bytes, more than {MAX_PROMPT_BYTES}",
+                    text.len()
+                ),
+            ));
+        }
+        Ok(text)
+    }
+}

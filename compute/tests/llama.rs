@@ -1,0 +1,493 @@
+//! The `llama` model on a tiny config: GGUF reading (names, llama.cpp's rotary permutation,
+//! Q4_1 blocks), the `repro` forward pass (KV cache against one pass, thread counts), `native`
+//! against `repro`, and generation checked by one forward pass against forged answers.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::io::Cursor;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use market_compute::llama::generate::{
+    check_answer, generate, AnswerMismatch, Finish, Forward, GenerateParams, Generation, Match,
+};
+use market_compute::llama::native::NativeLlama;
+use market_compute::llama::repro::ReproLlama;
+use market_compute::llama::text::TextCodec;
+use market_compute::llama::{gguf, LlamaConfig, LlamaWeights};
+use market_protocol::{Decimal, Decoding};
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        vocab_size: 96,
+        max_position_embeddings: 128,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_word_embeddings: true,
+    }
+    .validate()
+    .unwrap()
+}
+
+/// Weights from a fixed xorshift stream (a test fixture, not a protocol draw), scaled so the
+/// logits are spread enough for greedy choices to be stable.
+fn weights(seed: u64) -> LlamaWeights {
+    let config = config();
+    let layout = config.layout();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut params = vec![0.0f32; layout.total()];
+    for slot in layout.slots() {
+        let norm = slot.shape.len() == 1;
+        for p in &mut params[slot.range()] {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            *p = if norm { 1.0 + 0.2 * u } else { 0.5 * u };
+        }
+    }
+    // The end token (95) rarely wins, so answers run to their length unless a test says so.
+    let embed = layout.slot("model.embed_tokens.weight");
+    let h = config.hidden_size;
+    for p in &mut params[embed.offset + 95 * h..embed.offset + 96 * h] {
+        *p *= 0.01;
+    }
+    LlamaWeights {
+        config,
+        layout,
+        params,
+    }
+}
+
+/// The byte-level tokens of printable ASCII, `Ġ` (space), and an end token.
+fn vocab() -> gguf::GgufVocab {
+    let mut tokens: Vec<String> = (33u8..=126).map(|b| (b as char).to_string()).collect();
+    tokens.push("Ġ".into());
+    tokens.push("<|end|>".into());
+    let mut token_types = vec![1; tokens.len()];
+    token_types[tokens.len() - 1] = 3;
+    gguf::GgufVocab {
+        model: "gpt2".into(),
+        pre: "gpt-2".into(),
+        token_types,
+        merges: Vec::new(),
+        bos: None,
+        eos: Some(95),
+        add_bos: false,
+        chat_template: Some(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}".into(),
+        ),
+        tokens,
+    }
+}
+
+fn greedy(max: u32) -> GenerateParams {
+    GenerateParams {
+        decoding: Decoding::Greedy,
+        seed: 7,
+        item: 0,
+        max_new_tokens: max,
+        stop: Vec::new(),
+    }
+}
+
+#[test]
+fn one_pass_gives_the_cached_decodes_logits_bit_for_bit_at_any_thread_count() {
+    let model = ReproLlama::new(&weights(1));
+    let tokens: Vec<u32> = (0..20).map(|i| (i * 7 + 3) % 96).collect();
+    let mut cache = model.new_cache();
+    let all = model.forward(&tokens, &mut cache, true).unwrap();
+    // Token by token with the cache: each step's logits are the one-pass row.
+    let mut cache = model.new_cache();
+    for (p, &t) in tokens.iter().enumerate() {
+        let row = model.forward(&[t], &mut cache, false).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&row), bits(&all[p * 96..(p + 1) * 96]), "position {p}");
+    }
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| {
+            let mut c = model.new_cache();
+            model.forward(&tokens, &mut c, true).unwrap()
+        });
+    assert!(all
+        .iter()
+        .zip(&single)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn native_agrees_with_repro_within_rounding() {
+    let w = weights(2);
+    let repro = ReproLlama::new(&w);
+    let native = NativeLlama::new(&w, &Device::Cpu).unwrap();
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 11 + 5) % 96).collect();
+    let a = repro
+        .forward(&tokens, &mut repro.new_cache(), true)
+        .unwrap();
+    let b = native
+        .forward(&tokens, &mut native.new_cache(), true)
+        .unwrap();
+    assert_eq!(a.len(), b.len());
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / (1.0 + x.abs()))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "worst relative difference {worst}");
+    // And they are not the same numbers by accident of a shared code path.
+    assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|v| v.abs() > 0.1));
+}
+
+#[test]
+fn honest_answers_pass_and_every_forgery_is_named() {
+    let w = weights(3);
+    let model = ReproLlama::new(&w);
+    let codec = TextCodec::from_gguf(&vocab()).unwrap();
+    let prompt = codec.encode("hello world").unwrap();
+    assert_eq!(prompt.len(), 11, "one token per character: {prompt:?}");
+    for params in [
+        greedy(16),
+        GenerateParams {
+            decoding: Decoding::Sample {
+                temperature: "0.8".parse::<Decimal>().unwrap(),
+                top_k: 20,
+            },
+            ..greedy(16)
+        },
+    ] {
+        let honest = generate(&model, &codec, &prompt, &params).unwrap();
+        assert_eq!(honest.tokens.len(), 16, "{honest:?}");
+        assert_eq!(honest.finish, Finish::Length);
+        assert_eq!(
+            check_answer(&model, &codec, &prompt, &params, &honest, Match::Exact).unwrap(),
+            Ok(())
+        );
+        // One token changed.
+        let mut forged = honest.clone();
+        forged.tokens[5] = (forged.tokens[5] + 1) % 95;
+        forged.text = codec.decode(&forged.tokens).unwrap();
+        assert!(matches!(
+            check_answer(&model, &codec, &prompt, &params, &forged, Match::Exact).unwrap(),
+            Err(AnswerMismatch::Token { index: 5, .. })
+        ));
+        // Truncated: fewer tokens than asked, with no end token.
+        let mut cut = honest.clone();
+        cut.tokens.truncate(10);
+        cut.logits.truncate(10);
+        cut.text = codec.decode(&cut.tokens).unwrap();
+        assert!(matches!(
+            check_answer(&model, &codec, &prompt, &params, &cut, Match::Exact).unwrap(),
+            Err(AnswerMismatch::Ending(_))
+        ));
+        // Truncated with a forged end token.
+        let mut ended = cut.clone();
+        ended.tokens.push(95);
+        ended.logits.push(0.0);
+        ended.finish = Finish::End;
+        assert!(matches!(
+            check_answer(&model, &codec, &prompt, &params, &ended, Match::Exact).unwrap(),
+            Err(AnswerMismatch::Token { index: 10, .. })
+        ));
+        // The right tokens with a logit that is not the model's (another model's or a lower
+        // precision's numbers, where the pick happened to agree).
+        let mut logit = honest.clone();
+        logit.logits[7] = f32::from_bits(logit.logits[7].to_bits() ^ 1);
+        assert!(matches!(
+            check_answer(&model, &codec, &prompt, &params, &logit, Match::Exact).unwrap(),
+            Err(AnswerMismatch::Logit { index: 7, .. })
+        ));
+        // The native profile's own check accepts a native answer within its tolerance.
+        let native = NativeLlama::new(&w, &Device::Cpu).unwrap();
+        let mine = generate(&native, &codec, &prompt, &params).unwrap();
+        assert_eq!(
+            check_answer(
+                &native,
+                &codec,
+                &prompt,
+                &params,
+                &mine,
+                Match::Within(1e-4)
+            )
+            .unwrap(),
+            Ok(())
+        );
+        // The right tokens with another text.
+        let mut text = honest.clone();
+        text.text.push('!');
+        assert_eq!(
+            check_answer(&model, &codec, &prompt, &params, &text, Match::Exact).unwrap(),
+            Err(AnswerMismatch::Text)
+        );
+        // Generated by other weights.
+        let other = ReproLlama::new(&weights(4));
+        let theirs: Generation = generate(&other, &codec, &prompt, &params).unwrap();
+        assert_ne!(theirs.tokens, honest.tokens);
+        assert!(
+            check_answer(&model, &codec, &prompt, &params, &theirs, Match::Exact)
+                .unwrap()
+                .is_err()
+        );
+    }
+}
+
+#[test]
+fn an_end_token_ends_the_answer_and_cannot_be_dropped_or_moved() {
+    let model = ReproLlama::new(&weights(3));
+    let free_codec = TextCodec::from_gguf(&vocab()).unwrap();
+    let prompt = free_codec.encode("hello world").unwrap();
+    let free = generate(&model, &free_codec, &prompt, &greedy(16)).unwrap();
+    // Call the free answer's sixth token the end token: the answer now ends there.
+    let end = free.tokens[5];
+    let first = free.tokens.iter().position(|&t| t == end).unwrap();
+    let codec = TextCodec::from_gguf(&gguf::GgufVocab {
+        eos: Some(end),
+        ..vocab()
+    })
+    .unwrap();
+    let g = generate(&model, &codec, &prompt, &greedy(16)).unwrap();
+    assert_eq!(g.finish, Finish::End);
+    assert_eq!(g.tokens, free.tokens[..=first].to_vec());
+    assert_eq!(
+        check_answer(&model, &codec, &prompt, &greedy(16), &g, Match::Exact).unwrap(),
+        Ok(())
+    );
+    // The end token dropped: the answer claims to stop early for no reason.
+    let mut dropped = g.clone();
+    dropped.tokens.pop();
+    dropped.logits.pop();
+    dropped.finish = Finish::Length;
+    assert!(matches!(
+        check_answer(&model, &codec, &prompt, &greedy(16), &dropped, Match::Exact).unwrap(),
+        Err(AnswerMismatch::Ending(_))
+    ));
+    // Running on past the end token.
+    let mut past = free.clone();
+    past.tokens.truncate(first + 3);
+    past.logits.truncate(first + 3);
+    assert!(
+        check_answer(&model, &codec, &prompt, &greedy(16), &past, Match::Exact)
+            .unwrap()
+            .is_err()
+    );
+}
+
+#[test]
+fn a_stop_text_ends_the_answer_and_is_checked() {
+    let model = ReproLlama::new(&weights(3));
+    let codec = TextCodec::from_gguf(&vocab()).unwrap();
+    let prompt = codec.encode("hello world").unwrap();
+    let free = generate(&model, &codec, &prompt, &greedy(16)).unwrap();
+    // Stop at the text of tokens 3..5 of the free answer.
+    let stop = codec.decode(&free.tokens[3..5]).unwrap();
+    assert_eq!(free.tokens.len(), 16);
+    let params = GenerateParams {
+        stop: vec![stop.clone()],
+        ..greedy(16)
+    };
+    let g = generate(&model, &codec, &prompt, &params).unwrap();
+    assert_eq!(g.finish, Finish::Stop);
+    assert!(g.tokens.len() <= 5, "{g:?}");
+    assert!(!g.text.contains(&stop));
+    assert_eq!(
+        check_answer(&model, &codec, &prompt, &params, &g, Match::Exact).unwrap(),
+        Ok(())
+    );
+    // Running past the stop text is refused.
+    let mut longer = g.clone();
+    longer.tokens = free.tokens[..g.tokens.len() + 2].to_vec();
+    longer.logits = free.logits[..g.tokens.len() + 2].to_vec();
+    assert!(
+        check_answer(&model, &codec, &prompt, &params, &longer, Match::Exact)
+            .unwrap()
+            .is_err()
+    );
+}
+
+/// llama.cpp's permutation of query and key rows (convert_hf_to_gguf.py's `permute`).
+fn permute(rows: &[f32], heads: usize, d: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows.len()];
+    for h in 0..heads {
+        for half in 0..2 {
+            for i in 0..d / 2 {
+                let src = (h * d + half * (d / 2) + i) * cols;
+                let dst = (h * d + 2 * i + half) * cols;
+                out[dst..dst + cols].copy_from_slice(&rows[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+fn gguf_name(hf: &str) -> String {
+    if hf == "model.embed_tokens.weight" {
+        return "token_embd.weight".into();
+    }
+    if hf == "model.norm.weight" {
+        return "output_norm.weight".into();
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (l, n) = rest.split_once('.').unwrap();
+    let g = match n {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        other => panic!("{other}"),
+    };
+    format!("blk.{l}.{g}.weight")
+}
+
+/// `w` written as llama.cpp would: GGUF names, permuted queries and keys, F32 tensors except
+/// the up projections (Q4_1) and the embeddings (Q8_0).
+fn to_gguf(w: &LlamaWeights) -> (Vec<u8>, Vec<(String, QTensor)>) {
+    let c = w.config;
+    let d = c.head_dim();
+    let mut tensors = Vec::new();
+    for slot in w.layout.slots() {
+        let mut data = w.params[slot.range()].to_vec();
+        let cols = *slot.shape.last().unwrap();
+        if slot.name.ends_with("q_proj.weight") {
+            data = permute(&data, c.num_attention_heads, d, cols);
+        } else if slot.name.ends_with("k_proj.weight") {
+            data = permute(&data, c.num_key_value_heads, d, cols);
+        }
+        let t = Tensor::from_vec(data, slot.shape.as_slice(), &Device::Cpu).unwrap();
+        let dtype = if slot.name.contains("up_proj") {
+            GgmlDType::Q4_1
+        } else if slot.name.contains("embed") {
+            GgmlDType::Q8_0
+        } else {
+            GgmlDType::F32
+        };
+        tensors.push((gguf_name(&slot.name), QTensor::quantize(&t, dtype).unwrap()));
+    }
+    let v = vocab();
+    let meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.embedding_length", Value::U32(c.hidden_size as u32)),
+        (
+            "llama.feed_forward_length",
+            Value::U32(c.intermediate_size as u32),
+        ),
+        ("llama.block_count", Value::U32(c.num_hidden_layers as u32)),
+        (
+            "llama.attention.head_count",
+            Value::U32(c.num_attention_heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(c.num_key_value_heads as u32),
+        ),
+        (
+            "llama.context_length",
+            Value::U32(c.max_position_embeddings as u32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_norm_eps),
+        ),
+        ("llama.rope.freq_base", Value::F32(c.rope_theta)),
+        ("tokenizer.ggml.model", Value::String(v.model.clone())),
+        ("tokenizer.ggml.pre", Value::String(v.pre.clone())),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(v.tokens.iter().map(|t| Value::String(t.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(v.token_types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        ("tokenizer.ggml.merges", Value::Array(Vec::new())),
+        ("tokenizer.ggml.eos_token_id", Value::U32(95)),
+    ];
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = Cursor::new(Vec::new());
+    gguf_file::write(&mut out, &meta_refs, &tensor_refs).unwrap();
+    (out.into_inner(), tensors)
+}
+
+fn f16(bits: &[u8]) -> f32 {
+    half_to_f32(u16::from_le_bytes([bits[0], bits[1]]))
+}
+
+/// IEEE binary16 to binary32, written out (so the test does not share the reader's code).
+fn half_to_f32(h: u16) -> f32 {
+    let sign = if h >> 15 == 1 { -1.0f32 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f32;
+    match exp {
+        0 => sign * frac * 2f32.powi(-24),
+        31 => panic!("no infinities in these scales"),
+        e => sign * (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+#[test]
+fn a_gguf_file_reads_back_to_hugging_face_weights() {
+    let w = weights(5);
+    let (bytes, tensors) = to_gguf(&w);
+    let read = gguf::read(&bytes).unwrap();
+    assert_eq!(read.weights.config, w.config);
+    for slot in w.layout.slots() {
+        let got = read.weights.tensor(&slot.name);
+        let want = w.tensor(&slot.name);
+        if slot.name.contains("up_proj") {
+            // Q4_1 as the format defines it: blocks of 32, f16 d and m, then 16 bytes of
+            // nibbles (low nibbles are elements 0..16, high ones 16..32); x = q·d + m.
+            let q = &tensors
+                .iter()
+                .find(|(n, _)| *n == gguf_name(&slot.name))
+                .unwrap()
+                .1;
+            let raw = q.data().unwrap();
+            let mut decoded = Vec::new();
+            for block in raw.chunks(20) {
+                let (d, m) = (f16(&block[0..2]), f16(&block[2..4]));
+                let mut vals = [0.0f32; 32];
+                for (j, b) in block[4..20].iter().enumerate() {
+                    vals[j] = (b & 0xf) as f32 * d + m;
+                    vals[j + 16] = (b >> 4) as f32 * d + m;
+                }
+                decoded.extend_from_slice(&vals);
+            }
+            assert_eq!(got, decoded.as_slice(), "{}", slot.name);
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 0.05, "Q4_1 error {worst}");
+        } else if slot.name.contains("embed") {
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 0.01, "Q8_0 error {worst}");
+        } else {
+            // F32, queries and keys un-permuted back to HF order.
+            assert_eq!(got, want, "{}", slot.name);
+        }
+    }
+    let codec = TextCodec::from_gguf(&read.vocab).unwrap();
+    assert_eq!(codec.encode("a b").unwrap(), vec![64, 94, 65]);
+    assert!(codec.is_end(95));
+    // A truncated file is refused with a reason, not a panic.
+    let e = gguf::read(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(e.to_string().contains("GGUF"), "{e}");
+}
