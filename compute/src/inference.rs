@@ -12,6 +12,11 @@ use crate::data::arithmetic;
 use crate::error::{ComputeError, Result};
 use crate::init::{init_params, weights_from_bytes};
 use crate::job::BlobSource;
+use crate::llama::generate::{check_answer, generate, Finish, GenerateParams, Generation, Match};
+use crate::llama::native::NativeLlama;
+use crate::llama::repro::ReproLlama;
+use crate::llama::text::TextCodec;
+use crate::llama::{gguf, LlamaConfig};
 use crate::repro::kernels::softmax_row;
 use crate::rng::{self, Purpose};
 use crate::zoo::{ModelConfig, ParamLayout};
@@ -32,6 +37,103 @@ enum Items {
         x: Vec<f32>,
         features: usize,
     },
+    /// Prompts of a `llama`, as token ids of the rendered chat (or plain text).
+    Answers {
+        prompts: Vec<Vec<u32>>,
+        max_new_tokens: u32,
+        stop: Vec<String>,
+    },
+}
+
+/// Most stop texts per task, and their longest length in bytes.
+pub const MAX_STOP_TEXTS: usize = 8;
+/// The longest stop text, in bytes.
+pub const MAX_STOP_BYTES: usize = 128;
+
+/// A loaded `llama` with its tokenizer: shared by the job's clones (it is the size of the
+/// model).
+struct LlamaRun {
+    codec: TextCodec,
+    model: LlamaModel,
+    /// The longest token's text, in bytes (bounds an answer's size).
+    longest_token: usize,
+}
+
+enum LlamaModel {
+    Repro(ReproLlama),
+    Native(NativeLlama),
+}
+
+impl std::fmt::Debug for LlamaRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let profile = match self.model {
+            LlamaModel::Repro(_) => "repro",
+            LlamaModel::Native(_) => "native",
+        };
+        f.debug_struct("LlamaRun")
+            .field("codec", &self.codec)
+            .field("profile", &profile)
+            .finish()
+    }
+}
+
+/// A `llama` item's committed output: the answer, and what a verifier checks it with. Its
+/// bytes are this JSON with the fields in this (alphabetical) order and no spaces.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRecord {
+    /// `end`, `stop` or `length`.
+    pub finish: String,
+    /// The binary32 bits of each chosen token's logit.
+    pub logits: Vec<u32>,
+    /// The answer's text.
+    pub text: String,
+    /// Every generated token, the end token included.
+    pub tokens: Vec<u32>,
+}
+
+impl AnswerRecord {
+    fn from_generation(g: &Generation) -> Self {
+        Self {
+            finish: match g.finish {
+                Finish::End => "end",
+                Finish::Stop => "stop",
+                Finish::Length => "length",
+            }
+            .into(),
+            logits: g.logits.iter().map(|l| l.to_bits()).collect(),
+            text: g.text.clone(),
+            tokens: g.tokens.clone(),
+        }
+    }
+
+    /// The record's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses committed bytes; only the canonical spelling is accepted.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let r: Self = serde_json::from_slice(bytes).map_err(|e| format!("not an answer: {e}"))?;
+        if r.to_bytes() != bytes {
+            return Err("an answer not in canonical form".into());
+        }
+        Ok(r)
+    }
+
+    fn to_generation(&self) -> std::result::Result<Generation, String> {
+        Ok(Generation {
+            tokens: self.tokens.clone(),
+            logits: self.logits.iter().map(|b| f32::from_bits(*b)).collect(),
+            text: self.text.clone(),
+            finish: match self.finish.as_str() {
+                "end" => Finish::End,
+                "stop" => Finish::Stop,
+                "length" => Finish::Length,
+                other => return Err(format!("finish {other:?}")),
+            },
+        })
+    }
 }
 
 /// A validated inference task with its weights loaded.
@@ -49,6 +151,7 @@ pub struct InferenceJob {
     items: Items,
     decoding: Decoding,
     backend: Backend,
+    llama: Option<std::sync::Arc<LlamaRun>>,
 }
 
 /// One item's output.
@@ -76,6 +179,10 @@ impl InferenceJob {
             return Err(ComputeError::config("workload", "is not an inference task"));
         };
         let model = ModelConfig::from_spec(&inf.model)?;
+        check_decoding(&inf.decoding)?;
+        if let ModelConfig::Llama(config) = &model {
+            return Self::llama_from_spec(spec, config, blobs);
+        }
         let layout = model.layout();
         let fetch = |id: &BlobId| blobs.blob(id).ok_or(ComputeError::MissingBlob(*id));
         let params = match &inf.weights {
@@ -140,20 +247,12 @@ impl InferenceJob {
             _ => {
                 return Err(ComputeError::config(
                     "inputs.source",
-                    "gpt takes `prompts`, mlp takes `rows`",
+                    "gpt takes `prompts`, mlp takes `rows`, llama takes `chat` or `prompts`",
                 ))
             }
         };
-        if let Decoding::Sample { temperature, .. } = &inf.decoding {
-            let t = temperature.to_f32();
-            if !(t > 0.0 && t <= 100.0) {
-                return Err(ComputeError::config(
-                    "decoding.temperature",
-                    format!("is {t}, must be in (0, 100]"),
-                ));
-            }
-        }
         Ok(Self {
+            llama: None,
             backend: Backend::for_profile(spec.profile)?,
             model,
             layout,
@@ -163,6 +262,197 @@ impl InferenceJob {
             items,
             decoding: inf.decoding.clone(),
         })
+    }
+
+    /// A `llama` inference task: GGUF weights (with the tokenizer and chat template they
+    /// carry) whose config must be the task's, and prompts that fit the model's positions.
+    fn llama_from_spec(
+        spec: &TaskSpec,
+        config: &LlamaConfig,
+        blobs: &dyn BlobSource,
+    ) -> Result<Self> {
+        let Workload::Inference(inf) = &spec.workload else {
+            return Err(ComputeError::config("workload", "is not an inference task"));
+        };
+        let Some(id) = &inf.weights else {
+            return Err(ComputeError::config(
+                "weights",
+                "a llama task names its weights: a GGUF blob (the tokenizer comes with it)",
+            ));
+        };
+        let bytes = blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))?;
+        let file = gguf::read(&bytes)?;
+        if file.weights.config != *config {
+            return Err(ComputeError::config(
+                "model",
+                format!(
+                    "does not match the weights' config {:?}",
+                    file.weights.config
+                ),
+            ));
+        }
+        let codec = TextCodec::from_gguf(&file.vocab)?;
+        let longest_token = file.vocab.tokens.iter().map(|t| t.len()).max().unwrap_or(1);
+        let (texts, max_new_tokens, stop) = match &inf.inputs {
+            InferenceInputs::Chat {
+                chats,
+                max_new_tokens,
+                stop,
+            } => {
+                check_count("inputs.chats", chats.len())?;
+                let texts = chats
+                    .iter()
+                    .map(|c| codec.render_chat(c))
+                    .collect::<Result<Vec<_>>>()?;
+                (texts, *max_new_tokens, stop.clone())
+            }
+            InferenceInputs::Prompts {
+                prompts,
+                max_new_tokens,
+            } => {
+                check_count("inputs.prompts", prompts.len())?;
+                (prompts.clone(), *max_new_tokens, Vec::new())
+            }
+            InferenceInputs::Rows { .. } => {
+                return Err(ComputeError::config(
+                    "inputs.source",
+                    "llama takes `chat` or `prompts`",
+                ))
+            }
+        };
+        check_max_new_tokens(max_new_tokens)?;
+        if stop.len() > MAX_STOP_TEXTS
+            || stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES || s.contains('\u{FFFD}'))
+        {
+            return Err(ComputeError::config(
+                "inputs.stop",
+                format!(
+                    "at most {MAX_STOP_TEXTS} texts of 1 to {MAX_STOP_BYTES} bytes, without U+FFFD"
+                ),
+            ));
+        }
+        let prompts = texts
+            .iter()
+            .map(|t| {
+                let ids = codec.encode(t)?;
+                if ids.is_empty() || ids.len() + max_new_tokens as usize > config.max_position_embeddings {
+                    return Err(ComputeError::config(
+                        "inputs",
+                        format!(
+                            "a prompt of {} tokens plus {max_new_tokens} new ones does not fit the model's {} positions",
+                            ids.len(),
+                            config.max_position_embeddings
+                        ),
+                    ));
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let backend = Backend::for_profile(spec.profile)?;
+        let model = match &backend {
+            Backend::Repro => LlamaModel::Repro(ReproLlama::new(&file.weights)),
+            Backend::Candle(device) => LlamaModel::Native(NativeLlama::new(&file.weights, device)?),
+        };
+        Ok(Self {
+            model: ModelConfig::Llama(*config),
+            layout: file.weights.layout.clone(),
+            seed: spec.seed,
+            profile: spec.profile,
+            // The model holds the weights (transposed for repro); no second copy.
+            params: Vec::new(),
+            items: Items::Answers {
+                prompts,
+                max_new_tokens,
+                stop,
+            },
+            decoding: inf.decoding.clone(),
+            backend,
+            llama: Some(std::sync::Arc::new(LlamaRun {
+                codec,
+                model,
+                longest_token,
+            })),
+        })
+    }
+
+    fn generate_params(&self, index: usize) -> Option<(&LlamaRun, &[u32], GenerateParams)> {
+        let (
+            Some(run),
+            Items::Answers {
+                prompts,
+                max_new_tokens,
+                stop,
+            },
+        ) = (&self.llama, &self.items)
+        else {
+            return None;
+        };
+        Some((
+            run,
+            &prompts[index],
+            GenerateParams {
+                decoding: self.decoding.clone(),
+                seed: self.seed,
+                item: index as u64,
+                max_new_tokens: *max_new_tokens,
+                stop: stop.clone(),
+            },
+        ))
+    }
+
+    /// For a `llama` item, checks the committed output in one forward pass (bit for bit in
+    /// `repro`, within [`crate::tolerance::LOGIT_TOLERANCE`] otherwise): `Some(Ok(()))` if it is
+    /// the model's answer, `Some(Err(why))` if not. `None` for other models, whose items are
+    /// re-run and compared.
+    pub fn check_item(
+        &self,
+        index: usize,
+        committed: &[u8],
+    ) -> Result<Option<std::result::Result<(), String>>> {
+        if index >= self.len() {
+            return Err(ComputeError::StateMismatch(format!(
+                "item {index} of {}",
+                self.len()
+            )));
+        }
+        let Some((run, prompt, params)) = self.generate_params(index) else {
+            return Ok(None);
+        };
+        let answer = match AnswerRecord::from_bytes(committed).and_then(|r| r.to_generation()) {
+            Ok(a) => a,
+            Err(why) => return Ok(Some(Err(why))),
+        };
+        let how = if self.profile == ExecutionProfile::Repro {
+            Match::Exact
+        } else {
+            Match::Within(crate::tolerance::LOGIT_TOLERANCE)
+        };
+        let verdict = match &run.model {
+            LlamaModel::Repro(m) => check_answer(m, &run.codec, prompt, &params, &answer, how)?,
+            LlamaModel::Native(m) => check_answer(m, &run.codec, prompt, &params, &answer, how)?,
+        };
+        Ok(Some(verdict.map_err(|e| e.to_string())))
+    }
+
+    /// Memory for one sequence's KV cache and its logits at every position (the one-pass check
+    /// holds them all), for a `llama`; 0 otherwise.
+    pub(crate) fn sequence_bytes(&self) -> u64 {
+        match (&self.model, &self.items) {
+            (
+                ModelConfig::Llama(c),
+                Items::Answers {
+                    prompts,
+                    max_new_tokens,
+                    ..
+                },
+            ) => {
+                let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+                c.working_bytes(longest + *max_new_tokens as usize)
+            }
+            _ => 0,
+        }
     }
 
     /// Uses another backend than the profile's.
@@ -176,13 +466,16 @@ impl InferenceJob {
         match &self.items {
             Items::Prompts { prompts, .. } => prompts.len(),
             Items::Rows { x, features } => x.len() / features,
+            Items::Answers { prompts, .. } => prompts.len(),
         }
     }
 
     /// Bytes the decoded items hold in memory.
     pub(crate) fn items_bytes(&self) -> u64 {
         match &self.items {
-            Items::Prompts { prompts, .. } => prompts.iter().map(|p| 4 * p.len() as u64 + 24).sum(),
+            Items::Prompts { prompts, .. } | Items::Answers { prompts, .. } => {
+                prompts.iter().map(|p| 4 * p.len() as u64 + 24).sum()
+            }
             Items::Rows { x, .. } => 4 * x.len() as u64,
         }
     }
@@ -192,8 +485,15 @@ impl InferenceJob {
     pub(crate) fn max_output_bytes(&self) -> u64 {
         match (&self.model, &self.items) {
             (_, Items::Prompts { max_new_tokens, .. }) => u64::from(*max_new_tokens),
+            // The record: per token its id, its logit's bits and its text (JSON-escaped, at
+            // most 6 bytes a byte), and a fixed frame.
+            (_, Items::Answers { max_new_tokens, .. }) => {
+                let longest = self.llama.as_ref().map_or(1, |r| r.longest_token) as u64;
+                u64::from(*max_new_tokens) * (6 * longest + 24) + 256
+            }
             (ModelConfig::Mlp(m), Items::Rows { .. }) => 4 * m.widths[m.widths.len() - 1] as u64,
             (ModelConfig::Gpt(g), Items::Rows { .. }) => 4 * g.vocab as u64,
+            (ModelConfig::Llama(_), Items::Rows { .. }) => unreachable!("refused in from_spec"),
         }
     }
 
@@ -247,6 +547,16 @@ impl InferenceJob {
                     .mlp_predict(m, &self.layout, &self.params, row, 1)?;
                 debug_assert_eq!(out.len(), m.widths[m.widths.len() - 1]);
                 out.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+            (ModelConfig::Llama(_), Items::Answers { .. }) => {
+                let Some((run, prompt, params)) = self.generate_params(index) else {
+                    unreachable!("a llama job holds its model");
+                };
+                let g = match &run.model {
+                    LlamaModel::Repro(m) => generate(m, &run.codec, prompt, &params)?,
+                    LlamaModel::Native(m) => generate(m, &run.codec, prompt, &params)?,
+                };
+                AnswerRecord::from_generation(&g).to_bytes()
             }
             _ => unreachable!("checked in from_spec"),
         };
@@ -324,4 +634,37 @@ fn parse_rows(bytes: &[u8], features: usize) -> Result<Vec<f32>> {
         ));
     }
     Ok(data)
+}
+
+fn check_count(field: &'static str, n: usize) -> Result<()> {
+    if n == 0 || n > MAX_ITEMS {
+        return Err(ComputeError::config(
+            field,
+            format!("has {n} items, must have between 1 and {MAX_ITEMS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_max_new_tokens(n: u32) -> Result<()> {
+    if n == 0 || n > MAX_NEW_TOKENS {
+        return Err(ComputeError::config(
+            "inputs.max_new_tokens",
+            format!("is {n}, must be between 1 and {MAX_NEW_TOKENS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_decoding(decoding: &Decoding) -> Result<()> {
+    if let Decoding::Sample { temperature, .. } = decoding {
+        let t = temperature.to_f32();
+        if !(t > 0.0 && t <= 100.0) {
+            return Err(ComputeError::config(
+                "decoding.temperature",
+                format!("is {t}, must be in (0, 100]"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -39,6 +39,13 @@ pub fn init_params(model: &ModelConfig, layout: &ParamLayout, seed: u64) -> Vec<
                 };
                 STD * SQRT3 * scale
             }
+            ModelConfig::Llama(_) => {
+                if name.ends_with("norm.weight") {
+                    out.iter_mut().for_each(|v| *v = 1.0);
+                    continue;
+                }
+                STD * SQRT3
+            }
             ModelConfig::Mlp(_) => {
                 if name.ends_with(".b") {
                     continue;

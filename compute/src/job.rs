@@ -96,6 +96,12 @@ impl TrainingJob {
             return Err(ComputeError::config("workload", "is not a training task"));
         };
         let model = ModelConfig::from_spec(&t.model)?;
+        if let ModelConfig::Llama(_) = model {
+            return Err(ComputeError::config(
+                "model",
+                "llama trains once its repro backward pass exists; it runs inference today",
+            ));
+        }
         let optimizer = Optimizer::from_spec(&t.optimizer)?;
         if t.steps == 0 || t.steps > limits::MAX_STEPS {
             return Err(ComputeError::config(
@@ -232,8 +238,10 @@ impl TrainingJob {
                     "an mlp model trains on `teacher_mlp` or a regression blob",
                 ))
             }
+            (ModelConfig::Llama(_), _) => unreachable!("refused above"),
         };
         match &model {
+            ModelConfig::Llama(_) => unreachable!("refused above"),
             ModelConfig::Gpt(g) => check_token_data(&data, batch_size, g.context)?,
             ModelConfig::Mlp(_) => {
                 if data.len() < batch_size {
@@ -409,6 +417,7 @@ impl TrainingJob {
         }
         let mut grads = vec![0.0f32; self.layout.total()];
         let loss = match &self.model {
+            ModelConfig::Llama(_) => unreachable!("refused in from_spec"),
             ModelConfig::Gpt(g) => {
                 let b = batch::token_batch(
                     &self.data,

@@ -58,6 +58,8 @@ pub fn activation_values(model: &ModelConfig, batch: u64) -> u64 {
             l * (batch * t * c * 20 + batch * h * t * t) + batch * t * g.vocab as u64 * 2
         }
         ModelConfig::Mlp(m) => m.widths.iter().map(|w| *w as u64 * batch * 3).sum(),
+        // One position; an inference job adds its cache and logits ([`InferenceJob::needs`]).
+        ModelConfig::Llama(l) => batch * l.working_bytes(1) / 4,
     }
 }
 
@@ -166,7 +168,8 @@ impl InferenceJob {
             + input_bytes
             + 8 * params
             + self.items_bytes()
-            + 8 * activation_values(&self.model, 1);
+            + 8 * activation_values(&self.model, 1)
+            + self.sequence_bytes();
         let disk = input_bytes + items * (self.max_output_bytes() + LEAF_BYTES) + SMALL_FILES_BYTES;
         Resources {
             memory_bytes: memory,

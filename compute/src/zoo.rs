@@ -6,6 +6,7 @@
 use market_protocol::{Activation, ModelSpec};
 
 use crate::error::{ComputeError, Result};
+use crate::llama::LlamaConfig;
 
 /// Limits on model configs (and so on the memory a task can make a worker allocate).
 pub mod limits {
@@ -129,12 +130,14 @@ pub struct GptConfig {
 }
 
 /// A validated model from the zoo.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     /// Multi-layer perceptron.
     Mlp(MlpConfig),
     /// Decoder-only transformer.
     Gpt(GptConfig),
+    /// A llama-family decoder (inference today; its limits are its own, [`crate::llama::limits`]).
+    Llama(LlamaConfig),
 }
 
 fn in_range(field: &'static str, value: u32, min: u32, max: u32) -> Result<usize> {
@@ -193,6 +196,36 @@ impl ModelConfig {
                 }
                 Self::Gpt(c)
             }
+            ModelSpec::Llama {
+                hidden_size,
+                intermediate_size,
+                num_hidden_layers,
+                num_attention_heads,
+                num_key_value_heads,
+                vocab_size,
+                max_position_embeddings,
+                rms_norm_eps,
+                rope_theta,
+                tie_word_embeddings,
+            } => {
+                // Its own limits (a 135M model is far over the small models' budget) and
+                // shape checks, all before any allocation.
+                return Ok(Self::Llama(
+                    LlamaConfig {
+                        hidden_size: *hidden_size as usize,
+                        intermediate_size: *intermediate_size as usize,
+                        num_hidden_layers: *num_hidden_layers as usize,
+                        num_attention_heads: *num_attention_heads as usize,
+                        num_key_value_heads: *num_key_value_heads as usize,
+                        vocab_size: *vocab_size as usize,
+                        max_position_embeddings: *max_position_embeddings as usize,
+                        rms_norm_eps: rms_norm_eps.to_f32(),
+                        rope_theta: rope_theta.to_f32(),
+                        tie_word_embeddings: *tie_word_embeddings,
+                    }
+                    .validate()?,
+                ));
+            }
         };
         let params = config.parameter_count();
         if params > limits::MAX_PARAMETERS {
@@ -223,6 +256,7 @@ impl ModelConfig {
     fn shapes(&self) -> Vec<(String, Vec<usize>)> {
         let mut v = Vec::new();
         match self {
+            Self::Llama(l) => v = l.shapes(),
             Self::Mlp(m) => {
                 for (i, pair) in m.widths.windows(2).enumerate() {
                     v.push((format!("l{i:02}.w"), vec![pair[0], pair[1]]));

@@ -389,3 +389,92 @@ fn cli_prints_the_canonical_signed_verdict() {
     );
     assert_eq!(verdict.verify().unwrap().outcome, VerdictOutcome::Pass);
 }
+
+/// The tiny llama's GGUF as the one blob a task names.
+struct Gguf(BlobId, Vec<u8>);
+
+impl market_compute::BlobSource for Gguf {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        (id == &self.0).then(|| self.1.clone())
+    }
+}
+
+fn llama_chat_task(gguf: &Gguf, profile: ExecutionProfile) -> TaskSpec {
+    let mut task = fixtures::inference_task(&Identity::from_test_label("buyer"), 3);
+    task.profile = profile;
+    let ask = |q: &str| {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: q.into(),
+        }]
+    };
+    task.workload = Workload::Inference(InferenceSpec {
+        model: market_compute::llama::fixtures::tiny_spec(),
+        weights: Some(gguf.0),
+        inputs: InferenceInputs::Chat {
+            chats: vec![ask("What is 2+2?"), ask("Name a colour."), ask("Hello!")],
+            max_new_tokens: 12,
+            stop: Vec::new(),
+        },
+        decoding: Decoding::Sample {
+            temperature: "0.7".parse().unwrap(),
+            top_k: 10,
+        },
+    });
+    task
+}
+
+#[test]
+fn llama_answers_are_checked_in_one_pass_and_cheats_fail() {
+    let bytes = market_compute::llama::fixtures::tiny_gguf(11).unwrap();
+    let gguf = Gguf(BlobId(Hash::of(&bytes)), bytes);
+    for profile in [ExecutionProfile::Repro, ExecutionProfile::Native] {
+        let task = llama_chat_task(&gguf, profile);
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::at(dir.path());
+        exec(&task, &worker(), Behavior::Honest, &bundle, &gguf, |_| {}).unwrap();
+        let report = audit(&bundle, beacon(1), &SamplePolicy::All, &verifier(), &gguf).unwrap();
+        assert_eq!(
+            report.verdict.body.outcome,
+            VerdictOutcome::Pass,
+            "{profile:?}"
+        );
+        // The committed item is the answer record, tokens and logits included.
+        let item = std::fs::read(bundle.item_path(0)).unwrap();
+        let record = market_compute::inference::AnswerRecord::from_bytes(&item).unwrap();
+        assert_eq!(record.tokens.len(), record.logits.len());
+        for behavior in [Behavior::Skip(0.5), Behavior::Noise(0.5), Behavior::Replay] {
+            let dir = tempfile::tempdir().unwrap();
+            let bundle = Bundle::at(dir.path());
+            exec(&task, &worker(), behavior, &bundle, &gguf, |_| {}).unwrap();
+            let report = audit(&bundle, beacon(1), &SamplePolicy::All, &verifier(), &gguf).unwrap();
+            assert!(
+                matches!(report.verdict.body.outcome, VerdictOutcome::Fail { .. }),
+                "{behavior} on {profile:?} went unnoticed"
+            );
+        }
+    }
+    // An answer made with other weights: the worker's bundle for a model seeded otherwise,
+    // audited against the task's model.
+    let other = market_compute::llama::fixtures::tiny_gguf(12).unwrap();
+    let task = llama_chat_task(&gguf, ExecutionProfile::Repro);
+    let swapped = Gguf(gguf.0, other);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = Bundle::at(dir.path());
+    exec(
+        &task,
+        &worker(),
+        Behavior::Honest,
+        &bundle,
+        &swapped,
+        |_| {},
+    )
+    .unwrap();
+    let report = audit(&bundle, beacon(1), &SamplePolicy::All, &verifier(), &gguf).unwrap();
+    match report.verdict.body.outcome {
+        VerdictOutcome::Fail { detail, .. } => {
+            assert!(detail.contains("not the model's answer"), "{detail}")
+        }
+        other => panic!("other weights passed: {other:?}"),
+    }
+}

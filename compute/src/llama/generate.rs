@@ -24,6 +24,8 @@ pub trait Forward {
     fn forward(&self, tokens: &[u32], cache: &mut Self::Cache, every: bool) -> Result<Vec<f32>>;
     /// Vocabulary size.
     fn vocab(&self) -> usize;
+    /// Most positions (prompt and answer).
+    fn max_positions(&self) -> usize;
 }
 
 impl Forward for ReproLlama {
@@ -37,6 +39,9 @@ impl Forward for ReproLlama {
     fn vocab(&self) -> usize {
         self.config().vocab_size
     }
+    fn max_positions(&self) -> usize {
+        self.config().max_position_embeddings
+    }
 }
 
 impl Forward for NativeLlama {
@@ -49,6 +54,9 @@ impl Forward for NativeLlama {
     }
     fn vocab(&self) -> usize {
         self.config().vocab_size
+    }
+    fn max_positions(&self) -> usize {
+        self.config().max_position_embeddings
     }
 }
 
@@ -233,11 +241,25 @@ pub fn check_answer<M: Forward>(
             params.max_new_tokens
         ))));
     }
+    // What the worker controls is checked before the pass, so a bad answer is a wrong
+    // answer, not a failure to check.
+    let v = model.vocab();
+    if let Some(&t) = answer.tokens.iter().find(|&&t| t as usize >= v) {
+        return Ok(Err(AnswerMismatch::Ending(format!(
+            "token {t} is outside the vocabulary"
+        ))));
+    }
+    if prompt.len() + n - 1 > model.max_positions() {
+        return Ok(Err(AnswerMismatch::Ending(format!(
+            "{n} tokens after a prompt of {} do not fit the model's {} positions",
+            prompt.len(),
+            model.max_positions()
+        ))));
+    }
     let mut input = prompt.to_vec();
     input.extend_from_slice(&answer.tokens[..n - 1]);
     let mut cache = model.new_cache();
     let logits = model.forward(&input, &mut cache, true)?;
-    let v = model.vocab();
     if logits.len() != input.len() * v {
         return Err(ComputeError::StateMismatch(
             "logits of the wrong size".into(),

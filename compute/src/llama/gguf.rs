@@ -66,11 +66,11 @@ impl Meta<'_> {
     }
     fn u32(&self, key: &str) -> Result<Option<u32>> {
         self.get(key)
-            .map(|v| {
-                v.to_u32()
-                    .or_else(|_| v.to_u64().map(|x| x as u32))
-                    .or_else(|_| v.to_i32().map(|x| x as u32))
-                    .map_err(|e| bad(format!("`{key}`: {e}")))
+            .map(|v| match v {
+                Value::U32(x) => Ok(*x),
+                Value::U64(x) => u32::try_from(*x).map_err(|_| bad(format!("`{key}` is {x}"))),
+                Value::I32(x) => u32::try_from(*x).map_err(|_| bad(format!("`{key}` is {x}"))),
+                other => Err(bad(format!("`{key}` is {other:?}, not an integer"))),
             })
             .transpose()
     }
@@ -137,6 +137,10 @@ fn hf_name(gguf: &str) -> Option<String> {
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, name) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
+    // One spelling per layer (`blk.01` or `blk.+1` would name a slot twice).
+    if layer.to_string() != rest.split_once('.')?.0 {
+        return None;
+    }
     let hf = match name {
         "attn_norm.weight" => "input_layernorm.weight",
         "attn_q.weight" => "self_attn.q_proj.weight",
@@ -171,8 +175,13 @@ fn unpermute(rows: &[f32], heads: usize, d: usize, cols: usize) -> Vec<f32> {
 /// Reads a GGUF file's config, weights and tokenizer. The config is checked against the zoo's
 /// limits, and every tensor's shape against the config, before any tensor is dequantized.
 pub fn read(bytes: &[u8]) -> Result<GgufModel> {
-    let mut cursor = Cursor::new(bytes);
-    let content = Content::read(&mut cursor).map_err(|e| bad(e.to_string()))?;
+    // candle's reader panics on some malformed headers (an alignment of 0); a buyer's file
+    // must give an error, never take the worker down.
+    let content = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Content::read(&mut Cursor::new(bytes))
+    }))
+    .map_err(|_| bad("malformed header"))?
+    .map_err(|e| bad(e.to_string()))?;
     let meta = Meta(&content.metadata);
     let arch = meta.string("general.architecture")?.unwrap_or_default();
     if arch != "llama" {
@@ -217,8 +226,10 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
     // Every tensor the layout needs, present with its shape and a supported type.
     let mut sources = BTreeMap::new();
     for (name, info) in &content.tensor_infos {
+        // An unknown tensor may change the maths (`rope_freqs.weight` rescales the rotary
+        // frequencies): refused, never ignored.
         let Some(hf) = hf_name(name) else {
-            continue;
+            return Err(bad(format!("tensor {name} is not part of the zoo's llama")));
         };
         let Some(slot) = layout
             .slots()
@@ -241,7 +252,9 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
                 info.ggml_dtype
             )));
         }
-        sources.insert(hf, name.clone());
+        if sources.insert(hf, name.clone()).is_some() {
+            return Err(bad(format!("two tensors for the slot of {name}")));
+        }
     }
     if let Some(missing) = layout
         .slots()
@@ -252,6 +265,7 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
     }
     let mut params = vec![0.0f32; layout.total()];
     let d = config.head_dim();
+    let mut cursor = Cursor::new(bytes);
     for slot in layout.slots() {
         let name = &sources[&slot.name];
         let q = content
@@ -283,10 +297,15 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
         merges: meta.strings("tokenizer.ggml.merges")?,
         bos: meta.u32("tokenizer.ggml.bos_token_id")?,
         eos: meta.u32("tokenizer.ggml.eos_token_id")?,
-        add_bos: meta
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false),
+        add_bos: match meta.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`tokenizer.ggml.add_bos_token` is {other:?}, not a bool"
+                )))
+            }
+        },
         chat_template: meta.string("tokenizer.chat_template")?,
         tokens,
     };
@@ -298,6 +317,111 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
         },
         vocab,
     })
+}
+
+/// llama.cpp's permutation of a `[heads × d, in]` query or key matrix (the inverse of
+/// [`unpermute`]): HF row `head·d + half·(d/2) + i` goes to GGUF row `head·d + 2i + half`.
+fn permute(rows: &[f32], heads: usize, d: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; rows.len()];
+    for head in 0..heads {
+        for i in 0..d / 2 {
+            for half in 0..2 {
+                let dst = (head * d + 2 * i + half) * cols;
+                let src = (head * d + half * (d / 2) + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&rows[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The GGUF name of a HF tensor name ([`hf_name`]'s inverse).
+fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let g = match name {
+        "input_layernorm.weight" => "attn_norm",
+        "self_attn.q_proj.weight" => "attn_q",
+        "self_attn.k_proj.weight" => "attn_k",
+        "self_attn.v_proj.weight" => "attn_v",
+        "self_attn.o_proj.weight" => "attn_output",
+        "post_attention_layernorm.weight" => "ffn_norm",
+        "mlp.gate_proj.weight" => "ffn_gate",
+        "mlp.up_proj.weight" => "ffn_up",
+        "mlp.down_proj.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.weight"))
+}
+
+/// `weights` and `vocab` as a GGUF file with F32 tensors, written as llama.cpp writes a model
+/// (its names, its query and key row order), so [`read`] gives back exactly `weights`. Used to
+/// ship a market-made model to llama.cpp-based tools, and by tests for small models.
+pub fn write_f32(weights: &LlamaWeights, vocab: &GgufVocab) -> Result<Vec<u8>> {
+    use candle_core::quantized::QTensor;
+    use candle_core::Tensor;
+    let c = weights.config;
+    let d = c.head_dim();
+    let mut tensors = Vec::new();
+    for slot in weights.layout.slots() {
+        let name =
+            gguf_name(&slot.name).ok_or_else(|| bad(format!("no GGUF name for {}", slot.name)))?;
+        let mut data = weights.params[slot.range()].to_vec();
+        let cols = *slot.shape.last().unwrap_or(&1);
+        if slot.name.ends_with("q_proj.weight") {
+            data = permute(&data, c.num_attention_heads, d, cols);
+        } else if slot.name.ends_with("k_proj.weight") {
+            data = permute(&data, c.num_key_value_heads, d, cols);
+        }
+        let t = Tensor::from_vec(data, slot.shape.as_slice(), &Device::Cpu)?;
+        tensors.push((name, QTensor::quantize(&t, GgmlDType::F32)?));
+    }
+    let u = |v: usize| Value::U32(v as u32);
+    let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
+    let mut meta: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("llama.embedding_length", u(c.hidden_size)),
+        ("llama.feed_forward_length", u(c.intermediate_size)),
+        ("llama.block_count", u(c.num_hidden_layers)),
+        ("llama.attention.head_count", u(c.num_attention_heads)),
+        ("llama.attention.head_count_kv", u(c.num_key_value_heads)),
+        ("llama.context_length", u(c.max_position_embeddings)),
+        ("llama.vocab_size", u(c.vocab_size)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_norm_eps),
+        ),
+        ("llama.rope.freq_base", Value::F32(c.rope_theta)),
+        ("tokenizer.ggml.model", Value::String(vocab.model.clone())),
+        ("tokenizer.ggml.pre", Value::String(vocab.pre.clone())),
+        ("tokenizer.ggml.tokens", strings(&vocab.tokens)),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(vocab.token_types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        ("tokenizer.ggml.merges", strings(&vocab.merges)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(vocab.add_bos)),
+    ];
+    if let Some(b) = vocab.bos {
+        meta.push(("tokenizer.ggml.bos_token_id", Value::U32(b)));
+    }
+    if let Some(e) = vocab.eos {
+        meta.push(("tokenizer.ggml.eos_token_id", Value::U32(e)));
+    }
+    if let Some(t) = &vocab.chat_template {
+        meta.push(("tokenizer.chat_template", Value::String(t.clone())));
+    }
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut out, &meta_refs, &tensor_refs)?;
+    Ok(out.into_inner())
 }
 
 #[cfg(test)]
@@ -318,6 +442,13 @@ mod tests {
             Some("model.layers.12.self_attn.q_proj.weight")
         );
         assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn permute_and_unpermute_are_inverse() {
+        let rows: Vec<f32> = (0..24).map(|x| x as f32).collect();
+        assert_eq!(unpermute(&permute(&rows, 2, 4, 3), 2, 4, 3), rows);
+        assert_ne!(permute(&rows, 2, 4, 3), rows);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! thread count; `spec/COMPUTE.md` section 11) and [`native`] (candle ops, audited with a
 //! tolerance). Both keep a KV cache, so decoding a token costs one row of work per layer.
 
+pub mod fixtures;
 pub mod generate;
 pub mod gguf;
 pub mod native;

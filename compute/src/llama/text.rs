@@ -3,7 +3,6 @@
 //! own Jinja chat template (`minijinja`, sandboxed and bounded by fuel: the template comes from
 //! a buyer's blob).
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokenizers::Tokenizer;
 
@@ -15,14 +14,7 @@ const TEMPLATE_FUEL: u64 = 1_000_000;
 /// The longest rendered chat prompt, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
+pub use market_protocol::ChatMessage;
 
 /// A model's tokenizer and chat template.
 #[derive(Clone)]
@@ -77,6 +69,13 @@ impl TextCodec {
             return Err(bad(format!(
                 "tokenizer model {:?}; supported: gpt2 (byte-level BPE)",
                 v.model
+            )));
+        }
+        if v.token_types.len() > v.tokens.len() {
+            return Err(bad(format!(
+                "{} token types for {} tokens",
+                v.token_types.len(),
+                v.tokens.len()
             )));
         }
         let mut vocab = Map::new();
@@ -168,6 +167,11 @@ impl TextCodec {
             .ok_or_else(|| bad("the model has no chat template; send plain text prompts"))?;
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
+        // As Hugging Face renders chat templates (so the prompt is the one the model's
+        // authors meant), with Python's string methods (`.strip()`, `.startswith()`...).
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
             |msg: String| -> std::result::Result<String, minijinja::Error> {

@@ -15,9 +15,9 @@ pub use commitment::{Commitment, SlotRound};
 pub use hello::{Capabilities, Hello, Resources, Role};
 pub use receipt::{Payment, PaymentKind, Receipt};
 pub use task::{
-    Activation, AuditPolicy, DatasetSource, Decoding, ExecutionProfile, InferenceInputs,
-    InferenceSpec, ModelSpec, OptimizerSpec, OuterOptimizerSpec, PoolSpec, TaskSpec, TrainingSpec,
-    Workload,
+    Activation, AuditPolicy, ChatMessage, DatasetSource, Decoding, ExecutionProfile,
+    InferenceInputs, InferenceSpec, ModelSpec, OptimizerSpec, OuterOptimizerSpec, PoolSpec,
+    TaskSpec, TrainingSpec, Workload,
 };
 pub use verdict::{FailureReason, SegmentCheck, Verdict, VerdictOutcome};
 

@@ -132,6 +132,31 @@ pub enum ModelSpec {
         /// Activation between layers.
         activation: Activation,
     },
+    /// A llama-family decoder (Llama, SmolLM, Qwen-style without biases): RMSNorm, rotary
+    /// embeddings, SwiGLU, grouped-query attention. Fields as in Hugging Face's `config.json`;
+    /// pretrained weights (a GGUF blob) must have exactly this config.
+    Llama {
+        /// Width of the residual stream.
+        hidden_size: u32,
+        /// Width of the MLP.
+        intermediate_size: u32,
+        /// Decoder layers.
+        num_hidden_layers: u32,
+        /// Query heads.
+        num_attention_heads: u32,
+        /// Key and value heads; divides `num_attention_heads`.
+        num_key_value_heads: u32,
+        /// Vocabulary size.
+        vocab_size: u32,
+        /// Longest sequence, prompt and answer together.
+        max_position_embeddings: u32,
+        /// RMSNorm epsilon.
+        rms_norm_eps: Decimal,
+        /// Rotary base.
+        rope_theta: Decimal,
+        /// Whether the output head is the embedding matrix.
+        tie_word_embeddings: bool,
+    },
     /// A decoder-only transformer.
     Gpt {
         /// Transformer blocks.
@@ -225,11 +250,31 @@ pub enum InferenceInputs {
         /// Tokens to generate per prompt.
         max_new_tokens: u32,
     },
+    /// Conversations for a `llama` model, each rendered with the model's own chat template
+    /// and answered as the assistant.
+    Chat {
+        /// One item per conversation.
+        chats: Vec<Vec<ChatMessage>>,
+        /// Most tokens generated per answer.
+        max_new_tokens: u32,
+        /// Texts that end an answer (cut before them); may be empty.
+        stop: Vec<String>,
+    },
     /// Feature rows for an `mlp` model, as a safetensors blob with a 2-D `x`.
     Rows {
         /// Its content id.
         id: BlobId,
     },
+}
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
 }
 
 /// How a generating model picks tokens.

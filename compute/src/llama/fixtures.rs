@@ -1,0 +1,84 @@
+//! A tiny `llama` with a byte-level vocabulary and a ChatML template, as a GGUF file: what
+//! tests, examples and the devnet use when they need a llama task without a real model.
+
+use market_protocol::{Decimal, ModelSpec};
+
+use super::gguf::{self, GgufVocab};
+use super::{LlamaConfig, LlamaWeights};
+use crate::error::Result;
+use crate::init::init_params;
+use crate::zoo::ModelConfig;
+
+/// The ChatML template SmolLM2 and Qwen use, without a default system turn.
+pub const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Printable ASCII (one byte-level token each), `Ġ` (a space), `Ċ` (a newline), and the
+/// control tokens `<|im_start|>` and `<|im_end|>` (the end token), with no merges.
+pub fn byte_vocab() -> GgufVocab {
+    let mut tokens: Vec<String> = (33u8..=126).map(|b| (b as char).to_string()).collect();
+    tokens.extend(["Ġ", "Ċ", "<|im_start|>", "<|im_end|>"].map(String::from));
+    let n = tokens.len();
+    let mut token_types = vec![1; n];
+    token_types[n - 2] = 3;
+    token_types[n - 1] = 3;
+    GgufVocab {
+        model: "gpt2".into(),
+        pre: "gpt-2".into(),
+        token_types,
+        merges: Vec::new(),
+        bos: Some((n - 2) as u32),
+        eos: Some((n - 1) as u32),
+        add_bos: false,
+        chat_template: Some(CHATML.into()),
+        tokens,
+    }
+}
+
+/// The tiny config: 2 layers of width 64, 4 query and 2 key-value heads, the byte vocabulary.
+pub fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        vocab_size: byte_vocab().tokens.len(),
+        max_position_embeddings: 256,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        tie_word_embeddings: true,
+    }
+}
+
+/// The tiny config as a task's model spec.
+pub fn tiny_spec() -> ModelSpec {
+    let c = tiny_config();
+    let dec = |s: &str| s.parse::<Decimal>().unwrap_or_else(|_| unreachable!());
+    ModelSpec::Llama {
+        hidden_size: c.hidden_size as u32,
+        intermediate_size: c.intermediate_size as u32,
+        num_hidden_layers: c.num_hidden_layers as u32,
+        num_attention_heads: c.num_attention_heads as u32,
+        num_key_value_heads: c.num_key_value_heads as u32,
+        vocab_size: c.vocab_size as u32,
+        max_position_embeddings: c.max_position_embeddings as u32,
+        rms_norm_eps: dec("0.00001"),
+        rope_theta: dec("10000"),
+        tie_word_embeddings: true,
+    }
+}
+
+/// The tiny model with seeded weights, as a GGUF file.
+pub fn tiny_gguf(seed: u64) -> Result<Vec<u8>> {
+    let config = tiny_config().validate()?;
+    let layout = config.layout();
+    let params = init_params(&ModelConfig::Llama(config), &layout, seed);
+    gguf::write_f32(
+        &LlamaWeights {
+            config,
+            layout,
+            params,
+        },
+        &byte_vocab(),
+    )
+}
