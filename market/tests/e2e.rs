@@ -226,3 +226,126 @@ async fn a_verifier_that_passes_a_ringer_is_slashed_over_http() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The pinned SmolLM2 GGUF (`scripts/fetch-models.sh`), or `None` (skipping) when it is not
+/// installed and `MARKET_REQUIRE_MODELS` is not set.
+fn smollm2() -> Option<Vec<u8>> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var_os("MARKET_REQUIRE_MODELS").is_some() => {
+            panic!("{} is missing: run scripts/fetch-models.sh", path.display())
+        }
+        Err(_) => {
+            eprintln!(
+                "skipped: {} is missing: run scripts/fetch-models.sh",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// Issue 15's end to end: a buyer uploads SmolLM2 as a GGUF blob, asks it questions in chat
+/// form through the API, and reads verified answers; every answer was checked by the
+/// verifiers in one forward pass before the worker was paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_asks_smollm2_and_gets_verified_answers_over_http() {
+    let Some(gguf) = smollm2() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Identity::from_test_label("llm worker");
+    let verifiers = [
+        Identity::from_test_label("llm v1"),
+        Identity::from_test_label("llm v2"),
+    ];
+    let dispatch = InProcess {
+        workers: vec![(worker.clone(), Behavior::Honest)],
+        verifiers: verifiers
+            .iter()
+            .map(|v| (v.clone(), VerifierMode::Honest))
+            .collect(),
+    };
+    let node = Node::open(
+        dir.path(),
+        NodeConfig::default(),
+        Identity::from_test_label("llm operator"),
+        Arc::new(dispatch),
+    )
+    .unwrap();
+    let buyer = Identity::from_test_label("llm buyer");
+    node.fund("e2e", &buyer.account(), 10_000, 0).await.unwrap();
+    node.fund("e2e", &worker.account(), 300, 300).await.unwrap();
+    for v in &verifiers {
+        node.fund("e2e", &v.account(), 100, 100).await.unwrap();
+    }
+    let (url, stop, server) = serve(node.clone()).await;
+    let client = Client::new(&url, Some(buyer.clone()));
+    client.register().await.unwrap();
+    let weights = client.upload(gguf).await.unwrap();
+    let mut task = inference_task(&buyer, 1);
+    task.profile = ExecutionProfile::Repro;
+    let ask = |q: &str| {
+        vec![ChatMessage {
+            role: "user".into(),
+            content: q.into(),
+        }]
+    };
+    let dec = |s: &str| s.parse::<Decimal>().unwrap();
+    task.workload = Workload::Inference(InferenceSpec {
+        model: ModelSpec::Llama {
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            vocab_size: 49152,
+            max_position_embeddings: 8192,
+            rms_norm_eps: dec("0.00001"),
+            rope_theta: dec("100000"),
+            tie_word_embeddings: true,
+        },
+        weights: Some(weights),
+        inputs: InferenceInputs::Chat {
+            chats: vec![
+                ask("What is the capital of France?"),
+                ask("What is the capital of Germany?"),
+            ],
+            max_new_tokens: 24,
+            stop: Vec::new(),
+        },
+        decoding: Decoding::Greedy,
+    });
+    task.audit = AuditPolicy {
+        detection_target: dec("0.99"),
+        assumed_faked_fraction: dec("0.5"),
+    };
+    let posted = client.submit(task).await.unwrap();
+    let t = client
+        .wait(&posted.id, Duration::from_secs(300), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    let view = client.task(&posted.id).await.unwrap();
+    assert_eq!(view.attempts.len(), 1);
+    assert!(view.attempts[0].accepted);
+    assert!(
+        !view.attempts[0].verdicts.is_empty() && view.attempts[0].verdicts.iter().all(|v| v.passed),
+        "{:?}",
+        view.attempts[0].verdicts
+    );
+    let result = client.result(&posted.id).await.unwrap();
+    let items: Vec<String> = result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(items.len(), 2);
+    assert!(items[0].contains("Paris"), "{items:?}");
+    assert!(items[1].contains("Berlin"), "{items:?}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

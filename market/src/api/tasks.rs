@@ -135,7 +135,7 @@ pub(crate) struct TaskResult {
     task_id: String,
     /// Result blobs (final weights, or one per inference item), readable by the buyer.
     outputs: Vec<String>,
-    /// Inference items as text, when they are text.
+    /// Inference items as text, when they are text (a llama item: its answer's text).
     items: Vec<String>,
 }
 
@@ -167,7 +167,22 @@ pub(crate) async fn get_result(
             ),
         ));
     }
-    let items = match t.spec.body.workload {
+    let items = match &t.spec.body.workload {
+        // A llama item's output is its answer record; the buyer reads the answer's text here
+        // (the record, tokens and logits included, stays in the output blob).
+        market_protocol::Workload::Inference(i)
+            if matches!(i.model, market_protocol::ModelSpec::Llama { .. }) =>
+        {
+            t.outputs
+                .iter()
+                .filter_map(|b| node.blobs.read(b))
+                .map(|b| {
+                    market_compute::inference::AnswerRecord::from_bytes(&b)
+                        .map(|r| r.text)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&b).into_owned())
+                })
+                .collect()
+        }
         market_protocol::Workload::Inference(_) => t
             .outputs
             .iter()
