@@ -45,6 +45,15 @@ enum Items {
     },
 }
 
+/// Most bytes all of a task's prompts may render to.
+pub const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+/// A `llama` item's prompt before rendering.
+enum Prompt<'a> {
+    Chat(&'a Vec<market_protocol::ChatMessage>),
+    Text(&'a str),
+}
+
 /// Most stop texts per task, and their longest length in bytes.
 pub const MAX_STOP_TEXTS: usize = 8;
 /// The longest stop text, in bytes.
@@ -57,6 +66,9 @@ struct LlamaRun {
     model: LlamaModel,
     /// The longest token's text, in bytes (bounds an answer's size).
     longest_token: usize,
+    /// A bound on the tokenizer's memory: its tokens and merges, several times over (the
+    /// tokenizer's maps and the JSON it is built from).
+    codec_bytes: u64,
 }
 
 enum LlamaModel {
@@ -293,6 +305,13 @@ impl InferenceJob {
         }
         let codec = TextCodec::from_gguf(&file.vocab)?;
         let longest_token = file.vocab.tokens.iter().map(|t| t.len()).max().unwrap_or(1);
+        let codec_bytes = 8 * file
+            .vocab
+            .tokens
+            .iter()
+            .chain(&file.vocab.merges)
+            .map(|t| t.len() as u64 + 32)
+            .sum::<u64>();
         let (texts, max_new_tokens, stop) = match &inf.inputs {
             InferenceInputs::Chat {
                 chats,
@@ -300,18 +319,24 @@ impl InferenceJob {
                 stop,
             } => {
                 check_count("inputs.chats", chats.len())?;
-                let texts = chats
-                    .iter()
-                    .map(|c| codec.render_chat(c))
-                    .collect::<Result<Vec<_>>>()?;
-                (texts, *max_new_tokens, stop.clone())
+                // Rendered and encoded one at a time (below): a template that prints much
+                // must fail on the first chat, not after holding every chat's text.
+                (
+                    chats.iter().map(Prompt::Chat).collect::<Vec<_>>(),
+                    *max_new_tokens,
+                    stop.clone(),
+                )
             }
             InferenceInputs::Prompts {
                 prompts,
                 max_new_tokens,
             } => {
                 check_count("inputs.prompts", prompts.len())?;
-                (prompts.clone(), *max_new_tokens, Vec::new())
+                (
+                    prompts.iter().map(|p| Prompt::Text(p)).collect(),
+                    *max_new_tokens,
+                    Vec::new(),
+                )
             }
             InferenceInputs::Rows { .. } => {
                 return Err(ComputeError::config(
@@ -333,10 +358,22 @@ impl InferenceJob {
                 ),
             ));
         }
+        let mut rendered_bytes = 0usize;
         let prompts = texts
             .iter()
-            .map(|t| {
-                let ids = codec.encode(t)?;
+            .map(|p| {
+                let text = match p {
+                    Prompt::Chat(c) => codec.render_chat(c)?,
+                    Prompt::Text(t) => t.to_string(),
+                };
+                rendered_bytes += text.len();
+                if rendered_bytes > MAX_RENDERED_BYTES {
+                    return Err(ComputeError::config(
+                        "inputs",
+                        format!("the prompts render to more than {MAX_RENDERED_BYTES} bytes"),
+                    ));
+                }
+                let ids = codec.encode(&text)?;
                 if ids.is_empty() || ids.len() + max_new_tokens as usize > config.max_position_embeddings {
                     return Err(ComputeError::config(
                         "inputs",
@@ -373,6 +410,7 @@ impl InferenceJob {
                 codec,
                 model,
                 longest_token,
+                codec_bytes,
             })),
         })
     }
@@ -449,7 +487,10 @@ impl InferenceJob {
                 },
             ) => {
                 let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-                c.working_bytes(longest + *max_new_tokens as usize)
+                let native = self.profile != ExecutionProfile::Repro;
+                c.working_bytes(longest + *max_new_tokens as usize, native)
+                    + c.extra_weight_bytes()
+                    + self.llama.as_ref().map_or(0, |r| r.codec_bytes)
             }
             _ => 0,
         }
@@ -599,29 +640,83 @@ pub fn choose(decoding: &Decoding, seed: u64, logits: Vec<f32>, item: u64, n: u6
             }
             best as u32
         }
-        Decoding::Sample { temperature, top_k } => {
-            let t = temperature.to_f32();
-            let mut order: Vec<usize> = (0..logits.len()).collect();
-            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-            let k = if *top_k == 0 {
-                order.len()
-            } else {
-                (*top_k as usize).min(order.len())
-            };
-            order.truncate(k);
-            let mut scaled: Vec<f32> = order.iter().map(|&i| logits[i] / t).collect();
-            softmax_row(&mut scaled);
-            let mut r = rng::stream2(seed, Purpose::Sample, item, n);
-            let u = rng::unit_f32(&mut r);
-            let mut acc = 0.0f32;
-            for (j, p) in scaled.iter().enumerate() {
-                acc += *p;
-                if u < acc {
-                    return order[j] as u32;
+        Decoding::Sample { .. } => {
+            let s = Sampling::new(decoding, seed, &logits, item, n);
+            for (j, hi) in s.cumulative.iter().enumerate() {
+                if s.u < *hi {
+                    return s.order[j] as u32;
                 }
             }
-            order[k - 1] as u32
+            s.order[s.order.len() - 1] as u32
         }
+    }
+}
+
+/// One sampling step laid out: the `top_k` candidates in order (largest logit first, ties by
+/// index), the running sum of their probabilities, and the uniform draw `u` that picks the
+/// first candidate whose running sum exceeds it.
+#[derive(Debug, Clone)]
+pub struct Sampling {
+    /// Candidate token ids, in order.
+    pub order: Vec<usize>,
+    /// `cumulative[j]`: the probabilities of candidates `0..=j`, summed in order.
+    pub cumulative: Vec<f32>,
+    /// The draw from stream (Sample, item, n).
+    pub u: f32,
+}
+
+impl Sampling {
+    /// The step for `decoding` (a `Sample`; greedy gives one candidate, the best).
+    pub fn new(decoding: &Decoding, seed: u64, logits: &[f32], item: u64, n: u64) -> Self {
+        let Decoding::Sample { temperature, top_k } = decoding else {
+            let best = choose(decoding, seed, logits.to_vec(), item, n) as usize;
+            return Self {
+                order: vec![best],
+                cumulative: vec![1.0],
+                u: 0.0,
+            };
+        };
+        let t = temperature.to_f32();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let k = if *top_k == 0 {
+            order.len()
+        } else {
+            (*top_k as usize).min(order.len())
+        };
+        order.truncate(k);
+        let mut scaled: Vec<f32> = order.iter().map(|&i| logits[i] / t).collect();
+        softmax_row(&mut scaled);
+        let mut r = rng::stream2(seed, Purpose::Sample, item, n);
+        let u = rng::unit_f32(&mut r);
+        let mut acc = 0.0f32;
+        let cumulative = scaled
+            .iter()
+            .map(|p| {
+                acc += *p;
+                acc
+            })
+            .collect();
+        Self {
+            order,
+            cumulative,
+            u,
+        }
+    }
+
+    /// Whether `token` is a candidate whose interval of the running sum lies within `eps` of
+    /// the draw (a pick that rounding in another profile could have made).
+    pub fn could_pick(&self, token: usize, eps: f32) -> bool {
+        let Some(j) = self.order.iter().position(|&t| t == token) else {
+            return false;
+        };
+        let lo = if j == 0 { 0.0 } else { self.cumulative[j - 1] };
+        let hi = if j + 1 == self.order.len() {
+            f32::INFINITY
+        } else {
+            self.cumulative[j]
+        };
+        self.u >= lo - eps && self.u < hi + eps
     }
 }
 

@@ -59,7 +59,7 @@ pub fn activation_values(model: &ModelConfig, batch: u64) -> u64 {
         }
         ModelConfig::Mlp(m) => m.widths.iter().map(|w| *w as u64 * batch * 3).sum(),
         // One position; an inference job adds its cache and logits ([`InferenceJob::needs`]).
-        ModelConfig::Llama(l) => batch * l.working_bytes(1) / 4,
+        ModelConfig::Llama(l) => batch * l.working_bytes(1, false) / 4,
     }
 }
 

@@ -491,3 +491,160 @@ fn a_gguf_file_reads_back_to_hugging_face_weights() {
     let e = gguf::read(&bytes[..bytes.len() / 2]).unwrap_err();
     assert!(e.to_string().contains("GGUF"), "{e}");
 }
+
+/// The metadata and tensor-info part of a GGUF file, walked to find where each tensor's
+/// offset is written (so a test can forge one).
+fn tensor_offset_positions(bytes: &[u8]) -> Vec<usize> {
+    let mut at = 4 + 4;
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let tensors = u64_at(at);
+    let keys = u64_at(at + 8);
+    at += 16;
+    let skip = |t: u32, at: &mut usize| match t {
+        0 | 1 | 7 => *at += 1,
+        2 | 3 => *at += 2,
+        4..=6 => *at += 4,
+        10..=12 => *at += 8,
+        8 => *at += 8 + u64_at(*at),
+        other => panic!("type {other}"),
+    };
+    for _ in 0..keys {
+        at += 8 + u64_at(at);
+        let t = u32_at(at);
+        at += 4;
+        if t == 9 {
+            let elem = u32_at(at);
+            let n = u64_at(at + 4);
+            at += 12;
+            for _ in 0..n {
+                skip(elem, &mut at);
+            }
+        } else {
+            skip(t, &mut at);
+        }
+    }
+    let mut offsets = Vec::new();
+    for _ in 0..tensors {
+        at += 8 + u64_at(at);
+        let dims = u32_at(at) as usize;
+        at += 4 + 8 * dims + 4;
+        offsets.push(at);
+        at += 8;
+    }
+    offsets
+}
+
+#[test]
+fn hostile_gguf_files_are_refused_before_they_cost_memory() {
+    let config = market_compute::llama::fixtures::tiny_config();
+    let layout = config.layout();
+    let weights = LlamaWeights {
+        config,
+        layout: layout.clone(),
+        params: market_compute::init::init_params(
+            &market_compute::zoo::ModelConfig::Llama(config),
+            &layout,
+            1,
+        ),
+    };
+    let vocab = market_compute::llama::fixtures::byte_vocab();
+    let honest = gguf::write_f32(&weights, &vocab).unwrap();
+    assert!(gguf::read(&honest).is_ok());
+
+    // Every tensor pointing at the first one's bytes: a small file standing for a big model.
+    let mut shared = honest.clone();
+    let positions = tensor_offset_positions(&shared);
+    assert_eq!(positions.len(), layout.slots().len());
+    for p in &positions {
+        shared[*p..*p + 8].copy_from_slice(&0u64.to_le_bytes());
+    }
+    let e = gguf::read(&shared).unwrap_err();
+    assert!(e.to_string().contains("share bytes"), "{e}");
+
+    // A metadata array past the limit (each element a 32-byte value in candle's reader).
+    let mut huge = vocab.clone();
+    huge.merges = vec![String::new(); gguf::MAX_METADATA_ARRAY as usize + 1];
+    let e = gguf::read(&gguf::write_f32(&weights, &huge).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("metadata array"), "{e}");
+
+    // A key written twice: candle would keep the last; the file is refused.
+    let arch = Value::String("llama".into());
+    let mut twice = Cursor::new(Vec::new());
+    gguf_file::write(
+        &mut twice,
+        &[
+            ("general.architecture", &arch),
+            ("general.architecture", &arch),
+        ],
+        &[],
+    )
+    .unwrap();
+    let e = gguf::read(&twice.into_inner()).unwrap_err();
+    assert!(e.to_string().contains("appears twice"), "{e}");
+
+    // More tokens than the model's vocabulary: prompt ids past the embeddings.
+    let mut more = vocab.clone();
+    more.tokens.push("extra".into());
+    more.token_types.push(1);
+    let e = gguf::read(&gguf::write_f32(&weights, &more).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("tokens for a vocabulary"), "{e}");
+}
+
+#[test]
+fn a_template_that_prints_without_end_stops_at_the_prompt_limit() {
+    let vocab = gguf::GgufVocab {
+        chat_template: Some("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}".into()),
+        ..market_compute::llama::fixtures::byte_vocab()
+    };
+    let codec = TextCodec::from_gguf(&vocab).unwrap();
+    let e = codec
+        .render_chat(&[market_compute::llama::text::ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }])
+        .unwrap_err();
+    assert!(e.to_string().contains("renders to more than"), "{e}");
+}
+
+#[test]
+fn a_model_that_overflows_has_no_answer_and_blames_nobody() {
+    let mut w = weights(6);
+    // Finite weights whose activations overflow: the residual stream reaches infinity and
+    // the next RMSNorm makes NaN of it (∞ · 0).
+    let slot = w.layout.slot("model.layers.0.mlp.down_proj.weight").clone();
+    for p in &mut w.params[slot.range()] {
+        *p = if *p >= 0.0 { 3e38 } else { -3e38 };
+    }
+    let model = ReproLlama::new(&w);
+    let codec = TextCodec::from_gguf(&vocab()).unwrap();
+    let prompt = codec.encode("hello").unwrap();
+    let e = generate(&model, &codec, &prompt, &greedy(4)).unwrap_err();
+    assert!(e.to_string().contains("non-finite"), "{e}");
+    let forged = Generation {
+        tokens: vec![1, 2, 3, 4],
+        logits: vec![0.0; 4],
+        text: String::new(),
+        finish: Finish::Length,
+    };
+    assert!(check_answer(&model, &codec, &prompt, &greedy(4), &forged, Match::Exact).is_err());
+}
+
+#[test]
+fn the_native_near_tie_rule_admits_only_picks_rounding_could_make() {
+    let logits = vec![2.0f32, 1.0, 0.5, -1.0];
+    let decoding = Decoding::Sample {
+        temperature: "1".parse::<Decimal>().unwrap(),
+        top_k: 3,
+    };
+    let s = market_compute::inference::Sampling::new(&decoding, 9, &logits, 0, 0);
+    let picked = market_compute::inference::choose(&decoding, 9, logits.clone(), 0, 0) as usize;
+    assert!(s.could_pick(picked, 0.0));
+    // Outside top_k: never.
+    assert!(!s.could_pick(3, 1.0));
+    // Any other candidate only when the draw lies within eps of its slice.
+    for t in [0usize, 1, 2].into_iter().filter(|&t| t != picked) {
+        assert!(!s.could_pick(t, 1e-4), "{t} for u = {}", s.u);
+        assert!(s.could_pick(t, 1.0));
+    }
+}

@@ -172,9 +172,123 @@ fn unpermute(rows: &[f32], heads: usize, d: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// Most elements of one metadata array (merges of the largest vocabulary allowed, with room).
+pub const MAX_METADATA_ARRAY: u64 = 4 * super::limits::MAX_VOCAB as u64;
+/// Most metadata values in all (candle holds each as a 32-byte value, whatever its size on
+/// disk, so a file of byte arrays would otherwise grow 32-fold in memory before any check).
+pub const MAX_METADATA_VALUES: u64 = 4_000_000;
+/// Most metadata entries.
+const MAX_METADATA_KEYS: u64 = 4096;
+
+/// A cursor over the header's bytes.
+struct At<'a>(&'a [u8], usize);
+
+impl At<'_> {
+    fn take(&mut self, n: u64) -> Result<&[u8]> {
+        let n = usize::try_from(n).map_err(|_| bad("truncated header"))?;
+        let end = self.1.checked_add(n).filter(|&e| e <= self.0.len());
+        let end = end.ok_or_else(|| bad("truncated header"))?;
+        let out = &self.0[self.1..end];
+        self.1 = end;
+        Ok(out)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// Skips one value of metadata type `t` (8: string; arrays are walked by the caller).
+    fn skip(&mut self, t: u32) -> Result<()> {
+        let size = match t {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 => self.u64()?,
+            other => return Err(bad(format!("metadata type {other}"))),
+        };
+        self.take(size)?;
+        Ok(())
+    }
+}
+
+/// Walks the GGUF header's metadata and refuses a file whose metadata would hold more values
+/// than [`MAX_METADATA_VALUES`] (or an array longer than [`MAX_METADATA_ARRAY`]), before
+/// candle reads it into memory.
+fn scan_metadata(bytes: &[u8]) -> Result<()> {
+    let mut at = At(bytes, 0);
+    if at.take(4)? != b"GGUF" {
+        return Err(bad("not a GGUF file (magic)"));
+    }
+    let version = at.u32()?;
+    if version != 2 && version != 3 {
+        return Err(bad(format!(
+            "GGUF version {version}; versions 2 and 3 are read"
+        )));
+    }
+    let tensors = at.u64()?;
+    let keys = at.u64()?;
+    if keys > MAX_METADATA_KEYS {
+        return Err(bad(format!("{keys} metadata entries")));
+    }
+    let mut values = 0u64;
+    // candle keeps the last of two entries with one name: a file is refused instead, so what
+    // it means does not depend on a reader's choice.
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..keys {
+        let len = at.u64()?;
+        if !names.insert(at.take(len)?.to_vec()) {
+            return Err(bad("a metadata key appears twice"));
+        }
+        let t = at.u32()?;
+        values += 1;
+        if t != 9 {
+            at.skip(t)?;
+            continue;
+        }
+        let elem = at.u32()?;
+        let count = at.u64()?;
+        if count > MAX_METADATA_ARRAY {
+            return Err(bad(format!("a metadata array of {count} elements")));
+        }
+        values += count;
+        if values > MAX_METADATA_VALUES {
+            return Err(bad("too many metadata values"));
+        }
+        if elem == 9 {
+            return Err(bad("nested metadata arrays"));
+        }
+        for _ in 0..count {
+            at.skip(elem)?;
+        }
+    }
+    if tensors > 65_536 {
+        return Err(bad(format!("{tensors} tensors")));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..tensors {
+        let len = at.u64()?;
+        if !names.insert(at.take(len)?.to_vec()) {
+            return Err(bad("a tensor name appears twice"));
+        }
+        let dims = at.u32()?;
+        if dims > 4 {
+            return Err(bad(format!("a tensor of {dims} dimensions")));
+        }
+        at.take(8 * u64::from(dims) + 4 + 8)?;
+    }
+    Ok(())
+}
+
 /// Reads a GGUF file's config, weights and tokenizer. The config is checked against the zoo's
 /// limits, and every tensor's shape against the config, before any tensor is dequantized.
 pub fn read(bytes: &[u8]) -> Result<GgufModel> {
+    scan_metadata(bytes)?;
     // candle's reader panics on some malformed headers (an alignment of 0); a buyer's file
     // must give an error, never take the worker down.
     let content = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -262,6 +376,28 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
         .find(|s| !sources.contains_key(&s.name))
     {
         return Err(bad(format!("no tensor for {}", missing.name)));
+    }
+    // Each tensor's bytes are its own: ranges that overlap would let a small file stand for a
+    // large model (every tensor reading the same bytes).
+    let mut ranges: Vec<(u64, u64)> = content
+        .tensor_infos
+        .values()
+        .map(|i| {
+            let size = (i.shape.elem_count() / i.ggml_dtype.block_size()) as u64
+                * i.ggml_dtype.type_size() as u64;
+            (i.offset, i.offset.saturating_add(size))
+        })
+        .collect();
+    ranges.sort_unstable();
+    if ranges.windows(2).any(|w| w[1].0 < w[0].1) {
+        return Err(bad("tensors share bytes"));
+    }
+    if tokens.len() != config.vocab_size {
+        return Err(bad(format!(
+            "{} tokens for a vocabulary of {}",
+            tokens.len(),
+            config.vocab_size
+        )));
     }
     let mut params = vec![0.0f32; layout.total()];
     let d = config.head_dim();

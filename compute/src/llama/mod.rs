@@ -208,12 +208,37 @@ impl LlamaConfig {
     }
 
     /// The bytes a forward pass over `positions` positions holds beyond the weights: the KV
-    /// cache and one position's activations (the logits dominate for short sequences).
-    pub fn working_bytes(&self, positions: usize) -> u64 {
-        let cache = 2 * self.num_hidden_layers as u64 * positions as u64 * self.kv_width() as u64;
-        let logits = positions as u64 * self.vocab_size as u64;
-        let acts = positions as u64 * (4 * self.hidden_size + 3 * self.intermediate_size) as u64;
-        4 * (cache + logits + acts)
+    /// cache (at most twice its size while it grows), every position's activations (the
+    /// one-pass check holds them all) and logits, and, in `native`, the attention scores and
+    /// mask, which grow with the square of the positions (candle keeps about four copies).
+    pub fn working_bytes(&self, positions: usize, native: bool) -> u64 {
+        let p = positions as u64;
+        let (h, i, kv) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.kv_width() as u64,
+        );
+        let cache = 2 * 2 * self.num_hidden_layers as u64 * p * kv;
+        let acts = p * (9 * h + 2 * kv + 3 * i);
+        let logits = p * self.vocab_size as u64;
+        let heads = self.num_attention_heads as u64;
+        let group = heads / self.num_key_value_heads as u64;
+        let scores = if native {
+            4 * heads * p * p + group * p * p
+        } else {
+            p
+        };
+        4 * (cache + acts + logits + scores)
+    }
+
+    /// Bytes of a loaded model beyond its parameters: `repro` keeps a transposed copy of a tied
+    /// output head.
+    pub fn extra_weight_bytes(&self) -> u64 {
+        if self.tie_word_embeddings {
+            4 * self.vocab_size as u64 * self.hidden_size as u64
+        } else {
+            0
+        }
     }
 }
 

@@ -36,6 +36,23 @@ impl std::fmt::Debug for TextCodec {
     }
 }
 
+/// A writer that refuses to hold more than [`MAX_PROMPT_BYTES`], and remembers that it did.
+struct Bounded(Vec<u8>, bool);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_PROMPT_BYTES {
+            self.1 = true;
+            return Err(std::io::Error::other("prompt too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn bad(reason: impl Into<String>) -> ComputeError {
     ComputeError::InvalidBlob {
         what: "tokenizer",
@@ -186,23 +203,28 @@ impl TextCodec {
         let tmpl = env
             .get_template("chat")
             .map_err(|e| bad(format!("chat template: {e}")))?;
-        let text = tmpl
-            .render(minijinja::context! {
+        // The output is written into a buffer that refuses to grow past the limit, so a
+        // template that prints without end stops there.
+        let mut out = Bounded(Vec::new(), false);
+        tmpl.render_captured_to(
+            minijinja::context! {
                 messages => messages,
                 add_generation_prompt => true,
                 bos_token => self.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
                 eos_token => self.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
-            })
-            .map_err(|e| bad(format!("chat template: {e}")))?;
-        if text.len() > MAX_PROMPT_BYTES {
-            return Err(ComputeError::config(
-                "inputs",
-                format!(
-                    "a chat renders to {} bytes, more than {MAX_PROMPT_BYTES}",
-                    text.len()
-                ),
-            ));
-        }
-        Ok(text)
+            },
+            &mut out,
+        )
+        .map_err(|e| {
+            if out.1 {
+                ComputeError::config(
+                    "inputs",
+                    format!("a chat renders to more than {MAX_PROMPT_BYTES} bytes"),
+                )
+            } else {
+                bad(format!("chat template: {e}"))
+            }
+        })?;
+        String::from_utf8(out.0).map_err(|_| bad("chat template: output is not UTF-8"))
     }
 }

@@ -173,10 +173,12 @@ pub(crate) async fn get_result(
         market_protocol::Workload::Inference(i)
             if matches!(i.model, market_protocol::ModelSpec::Llama { .. }) =>
         {
+            // One entry per output, in order (an unreadable blob gives an empty text, so
+            // `items[i]` stays the answer of `outputs[i]`).
             t.outputs
                 .iter()
-                .filter_map(|b| node.blobs.read(b))
-                .map(|b| {
+                .map(|id| {
+                    let b = node.blobs.read(id).unwrap_or_default();
                     market_compute::inference::AnswerRecord::from_bytes(&b)
                         .map(|r| r.text)
                         .unwrap_or_else(|_| String::from_utf8_lossy(&b).into_owned())
@@ -186,8 +188,9 @@ pub(crate) async fn get_result(
         market_protocol::Workload::Inference(_) => t
             .outputs
             .iter()
-            .filter_map(|b| node.blobs.read(b))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map(|id| {
+                String::from_utf8_lossy(&node.blobs.read(id).unwrap_or_default()).into_owned()
+            })
             .collect(),
         market_protocol::Workload::Training(_) => Vec::new(),
     };
