@@ -136,3 +136,35 @@ fn smollm2_answers_from_other_weights_are_caught() {
         "{cheap:?}"
     );
 }
+
+/// The README's example task names this very file and validates against it.
+#[test]
+fn the_example_chat_task_names_smollm2_and_validates() {
+    let Some((_, _)) = load() else {
+        return;
+    };
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/smollm2-chat.json");
+    let task: market_protocol::TaskSpec = market_protocol::canonical::from_json_limited(
+        &std::fs::read(path).unwrap(),
+        market_protocol::canonical::MAX_MESSAGE_BYTES,
+    )
+    .unwrap();
+    let market_protocol::Workload::Inference(inf) = &task.workload else {
+        panic!("not inference");
+    };
+    let id = inf.weights.unwrap();
+    assert_eq!(id.to_string(), SMOLLM2_BLAKE3);
+    struct One(market_protocol::BlobId, Vec<u8>);
+    impl market_compute::BlobSource for One {
+        fn blob(&self, id: &market_protocol::BlobId) -> Option<Vec<u8>> {
+            (id == &self.0).then(|| self.1.clone())
+        }
+    }
+    let dir = std::env::var_os("MARKET_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let bytes = std::fs::read(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
+    let job = market_compute::InferenceJob::from_spec(&task, &One(id, bytes)).unwrap();
+    assert_eq!(job.len(), 2);
+}

@@ -31,10 +31,31 @@ enum Command {
         #[command(subcommand)]
         command: TaskCommand,
     },
+    /// Blob commands.
+    Blob {
+        #[command(subcommand)]
+        command: BlobCommand,
+    },
     /// Create a key file (mode 0600) and print its account id.
     Key {
         /// Where to write it (refuses to overwrite).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BlobCommand {
+    /// Upload a file (a dataset, or weights such as a GGUF model) and print its blob id,
+    /// which tasks name.
+    Upload {
+        /// The file.
+        file: PathBuf,
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Your key file (the blob is stored against your account's quota).
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -94,6 +115,14 @@ async fn main() -> Result<()> {
             let identity = Identity::generate()?;
             market_protocol::keyfile::save_identity(&identity, &file)?;
             println!("{}", identity.account());
+        }
+        Command::Blob {
+            command: BlobCommand::Upload { file, node, key },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let client = Client::new(node, Some(load_identity(&key)?));
+            println!("{}", client.upload(bytes).await?);
         }
         Command::Task { command } => match command {
             TaskCommand::Submit {
