@@ -105,7 +105,8 @@ pub struct AnswerRecord {
 }
 
 impl AnswerRecord {
-    fn from_generation(g: &Generation) -> Self {
+    /// The record of a generated answer.
+    pub fn from_generation(g: &Generation) -> Self {
         Self {
             finish: match g.finish {
                 Finish::End => "end",

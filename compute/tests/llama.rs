@@ -648,3 +648,63 @@ fn the_native_near_tie_rule_admits_only_picks_rounding_could_make() {
         assert!(s.could_pick(t, 1.0));
     }
 }
+
+/// `spec/vectors/compute-llama.json` (written by `gen_llama_vectors`) reproduces: the seeded
+/// weights, the prompt's ids, the logits after it and every answer, bit for bit.
+#[test]
+fn golden_llama_vectors_reproduce() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../spec/vectors/compute-llama.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let config = market_compute::llama::fixtures::tiny_config();
+    assert_eq!(v["config"]["hidden_size"], config.hidden_size);
+    assert_eq!(v["config"]["vocab_size"], config.vocab_size);
+    let layout = config.layout();
+    let params = market_compute::init::init_params(
+        &market_compute::zoo::ModelConfig::Llama(config),
+        &layout,
+        v["init_seed"].as_u64().unwrap(),
+    );
+    let le = |x: &[f32]| x.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let hex = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+    assert_eq!(hex(&le(&params)), v["params_blake3"]);
+    let w = LlamaWeights {
+        config,
+        layout,
+        params,
+    };
+    let model = ReproLlama::new(&w);
+    let codec = TextCodec::from_gguf(&market_compute::llama::fixtures::byte_vocab()).unwrap();
+    let text = codec
+        .render_chat(&[market_compute::llama::text::ChatMessage {
+            role: "user".into(),
+            content: "Say hello.".into(),
+        }])
+        .unwrap();
+    assert_eq!(text, v["prompt_text"]);
+    let prompt = codec.encode(&text).unwrap();
+    let want: Vec<u32> = serde_json::from_value(v["prompt"].clone()).unwrap();
+    assert_eq!(prompt, want);
+    let last = model
+        .forward(&prompt, &mut model.new_cache(), false)
+        .unwrap();
+    assert_eq!(hex(&le(&last)), v["prefill_logits_blake3"]);
+    for case in v["cases"].as_array().unwrap() {
+        let params = GenerateParams {
+            decoding: serde_json::from_value(case["decoding"].clone()).unwrap(),
+            seed: case["seed"].as_u64().unwrap(),
+            item: case["item"].as_u64().unwrap(),
+            max_new_tokens: case["max_new_tokens"].as_u64().unwrap() as u32,
+            stop: Vec::new(),
+        };
+        let g = generate(&model, &codec, &prompt, &params).unwrap();
+        let record = market_compute::inference::AnswerRecord::from_generation(&g);
+        assert_eq!(
+            serde_json::to_value(&record).unwrap(),
+            case["answer"],
+            "{}",
+            case["name"]
+        );
+        assert_eq!(hex(&record.to_bytes()), case["record_blake3"]);
+    }
+}

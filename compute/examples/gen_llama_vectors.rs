@@ -1,0 +1,108 @@
+//! Writes `spec/vectors/compute-llama.json`: the tiny `llama` (`llama::fixtures`) with seeded
+//! weights, run in `repro`: the hash of its parameters, the logits after a chat prompt, and
+//! greedy and sampled answers with every chosen token's logit bits and the item's record hash.
+//! Run only for a deliberate protocol change:
+//! `cargo run --release -p market-compute --example gen_llama_vectors -- spec/vectors`.
+
+use market_compute::inference::AnswerRecord;
+use market_compute::init::init_params;
+use market_compute::llama::fixtures::{byte_vocab, tiny_config, CHATML};
+use market_compute::llama::generate::{generate, Forward, GenerateParams};
+use market_compute::llama::repro::ReproLlama;
+use market_compute::llama::text::{ChatMessage, TextCodec};
+use market_compute::llama::LlamaWeights;
+use market_compute::zoo::ModelConfig;
+use market_protocol::{Decimal, Decoding, Hash};
+use serde_json::{json, Value};
+
+fn le(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: gen_llama_vectors DIR")?;
+    let config = tiny_config().validate()?;
+    let layout = config.layout();
+    let init_seed = 5u64;
+    let params = init_params(&ModelConfig::Llama(config), &layout, init_seed);
+    let weights = LlamaWeights {
+        config,
+        layout,
+        params,
+    };
+    let model = ReproLlama::new(&weights);
+    let codec = TextCodec::from_gguf(&byte_vocab())?;
+    let prompt_text = codec.render_chat(&[ChatMessage {
+        role: "user".into(),
+        content: "Say hello.".into(),
+    }])?;
+    let prompt = codec.encode(&prompt_text)?;
+    let last = model.forward(&prompt, &mut model.new_cache(), false)?;
+    let dec = |s: &str| s.parse::<Decimal>();
+    let cases: Vec<(&str, Decoding)> = vec![
+        ("greedy", Decoding::Greedy),
+        (
+            "sample-t0.8-top10",
+            Decoding::Sample {
+                temperature: dec("0.8")?,
+                top_k: 10,
+            },
+        ),
+        (
+            "sample-t1.5-all",
+            Decoding::Sample {
+                temperature: dec("1.5")?,
+                top_k: 0,
+            },
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, decoding) in cases {
+        let params = GenerateParams {
+            decoding: decoding.clone(),
+            seed: 21,
+            item: 3,
+            max_new_tokens: 12,
+            stop: Vec::new(),
+        };
+        let g = generate(&model, &codec, &prompt, &params)?;
+        let record = AnswerRecord::from_generation(&g);
+        out.push(json!({
+            "name": name,
+            "decoding": serde_json::to_value(&decoding)?,
+            "seed": 21,
+            "item": 3,
+            "max_new_tokens": 12,
+            "answer": serde_json::to_value(&record)?,
+            "record_blake3": Hash::of(&record.to_bytes()).to_string(),
+        }));
+    }
+    let doc: Value = json!({
+        "description": "The tiny llama of compute::llama::fixtures (byte vocabulary, ChatML template) with weights from init_params(seed), run in repro (spec/COMPUTE.md section 11): the blake3 of its parameters (binary32 little-endian, layout order), the chat prompt's token ids, the blake3 of the logits after it (last position), and answers with each chosen token's logit bits; record_blake3 is the item leaf (the answer record's bytes).",
+        "config": {
+            "hidden_size": config.hidden_size,
+            "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers,
+            "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads,
+            "vocab_size": config.vocab_size,
+            "max_position_embeddings": config.max_position_embeddings,
+            "rms_norm_eps": "0.00001",
+            "rope_theta": "10000",
+            "tie_word_embeddings": config.tie_word_embeddings,
+        },
+        "chat_template": CHATML,
+        "init_seed": init_seed,
+        "params_blake3": Hash::of(&le(&weights.params)).to_string(),
+        "prompt_text": prompt_text,
+        "prompt": prompt,
+        "prefill_logits_blake3": Hash::of(&le(&last)).to_string(),
+        "cases": out,
+    });
+    let path = std::path::Path::new(&dir).join("compute-llama.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
