@@ -205,7 +205,15 @@ pub fn task_segments(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<u64, Aud
             u64::from(t.pool.as_ref().map_or(t.steps, |p| p.inner_steps))
                 .div_ceil(u64::from(t.checkpoint_interval)),
         ),
-        Workload::Inference(_) => Ok(InferenceJob::from_spec(task, blobs)?.len() as u64),
+        // Prompts and chats are counted from the task itself: building the job would load a
+        // whole model (a llama's weights) only to count its items. Rows live in their blob.
+        Workload::Inference(i) => match &i.inputs {
+            market_protocol::InferenceInputs::Prompts { prompts, .. } => Ok(prompts.len() as u64),
+            market_protocol::InferenceInputs::Chat { chats, .. } => Ok(chats.len() as u64),
+            market_protocol::InferenceInputs::Rows { .. } => {
+                Ok(InferenceJob::from_spec(task, blobs)?.len() as u64)
+            }
+        },
     }
 }
 
