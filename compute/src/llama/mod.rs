@@ -231,6 +231,31 @@ impl LlamaConfig {
         4 * (cache + acts + logits + scores)
     }
 
+    /// Checks that `tokens` (not empty, each in the vocabulary) fit after `start` positions:
+    /// what both profiles' forward passes refuse before any work.
+    pub fn check_tokens(&self, start: usize, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(ComputeError::StateMismatch("no tokens to run".into()));
+        }
+        if start + tokens.len() > self.max_position_embeddings {
+            return Err(ComputeError::config(
+                "inputs",
+                format!(
+                    "need {} positions, more than the model's {}",
+                    start + tokens.len(),
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(ComputeError::StateMismatch(format!(
+                "token {bad} is outside the vocabulary of {}",
+                self.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Bytes of a loaded model beyond its parameters: `repro` keeps a transposed copy of a tied
     /// output head.
     pub fn extra_weight_bytes(&self) -> u64 {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::rope::RopeTable;
 use super::{LlamaConfig, LlamaWeights};
-use crate::error::{ComputeError, Result};
+use crate::error::Result;
 
 #[derive(Debug)]
 struct Layer {
@@ -116,25 +116,7 @@ impl NativeLlama {
         let group = heads / kv_heads;
         let t = tokens.len();
         let start = cache.len;
-        if t == 0 {
-            return Err(ComputeError::StateMismatch("no tokens to run".into()));
-        }
-        if start + t > c.max_position_embeddings {
-            return Err(ComputeError::config(
-                "inputs",
-                format!(
-                    "need {} positions, more than the model's {}",
-                    start + t,
-                    c.max_position_embeddings
-                ),
-            ));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= c.vocab_size) {
-            return Err(ComputeError::StateMismatch(format!(
-                "token {bad} is outside the vocabulary of {}",
-                c.vocab_size
-            )));
-        }
+        c.check_tokens(start, tokens)?;
         cache.rope.ensure(start + t);
         let half = d / 2;
         let cos = Tensor::from_slice(

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::rope::RopeTable;
 use super::{LlamaConfig, LlamaWeights};
-use crate::error::{ComputeError, Result};
+use crate::error::Result;
 use crate::repro::kernels::{matmul, softmax_row, transpose};
 
 /// One decoder layer, matrices transposed to `[in, out]`.
@@ -157,29 +157,11 @@ impl ReproLlama {
             c.head_dim(),
         );
         let t = tokens.len();
-        if t == 0 {
-            return Err(ComputeError::StateMismatch("no tokens to run".into()));
-        }
         let start = cache.len;
-        if start + t > c.max_position_embeddings {
-            return Err(ComputeError::config(
-                "inputs",
-                format!(
-                    "need {} positions, more than the model's {}",
-                    start + t,
-                    c.max_position_embeddings
-                ),
-            ));
-        }
+        c.check_tokens(start, tokens)?;
         let mut x = Vec::with_capacity(t * h);
         for &tok in tokens {
             let tok = tok as usize;
-            if tok >= c.vocab_size {
-                return Err(ComputeError::StateMismatch(format!(
-                    "token {tok} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
-            }
             x.extend_from_slice(&self.embed[tok * h..(tok + 1) * h]);
         }
         cache.rope.ensure(start + t);
