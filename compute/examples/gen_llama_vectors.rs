@@ -19,6 +19,20 @@ fn le(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// After initialisation, element `i` of every `*norm.weight` becomes `1 + (i mod 8)/32`
+/// (exact in binary32): gains of 1 would leave where RMSNorm applies its weight unchecked.
+fn set_gains(layout: &market_compute::zoo::ParamLayout, params: &mut [f32]) {
+    for slot in layout
+        .slots()
+        .iter()
+        .filter(|s| s.name.ends_with("norm.weight"))
+    {
+        for (i, p) in params[slot.range()].iter_mut().enumerate() {
+            *p = 1.0 + (i % 8) as f32 / 32.0;
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
@@ -26,7 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = tiny_config().validate()?;
     let layout = config.layout();
     let init_seed = 5u64;
-    let params = init_params(&ModelConfig::Llama(config), &layout, init_seed);
+    let mut params = init_params(&ModelConfig::Llama(config), &layout, init_seed);
+    set_gains(&layout, &mut params);
     let weights = LlamaWeights {
         config,
         layout,
@@ -34,10 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let model = ReproLlama::new(&weights);
     let codec = TextCodec::from_gguf(&byte_vocab())?;
-    let prompt_text = codec.render_chat(&[ChatMessage {
+    let chat = [ChatMessage {
         role: "user".into(),
         content: "Say hello.".into(),
-    }])?;
+    }];
+    let prompt_text = codec.render_chat(&chat)?;
     let prompt = codec.encode(&prompt_text)?;
     let last = model.forward(&prompt, &mut model.new_cache(), false)?;
     let dec = |s: &str| s.parse::<Decimal>();
@@ -80,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     let doc: Value = json!({
-        "description": "The tiny llama of compute::llama::fixtures (byte vocabulary, ChatML template) with weights from init_params(seed), run in repro (spec/COMPUTE.md section 11): the blake3 of its parameters (binary32 little-endian, layout order), the chat prompt's token ids, the blake3 of the logits after it (last position), and answers with each chosen token's logit bits; record_blake3 is the item leaf (the answer record's bytes).",
+        "description": "The tiny llama of compute::llama::fixtures (byte vocabulary, ChatML template) with weights from section 2's initialisation at init_seed and then the norm_gains rule, run in repro (spec/COMPUTE.md section 11): the blake3 of its parameters (binary32 little-endian, layout order), the chat prompt's token ids, the blake3 of the logits after it (last position), and answers with each chosen token's logit bits; record_blake3 is the item leaf (the answer record's bytes).",
         "config": {
             "hidden_size": config.hidden_size,
             "intermediate_size": config.intermediate_size,
@@ -95,7 +111,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         "chat_template": CHATML,
         "init_seed": init_seed,
+        "norm_gains": "after initialisation, element i of every slot whose name ends in norm.weight is 1 + (i mod 8) / 32",
         "params_blake3": Hash::of(&le(&weights.params)).to_string(),
+        "chat": serde_json::to_value(chat)?,
         "prompt_text": prompt_text,
         "prompt": prompt,
         "prefill_logits_blake3": Hash::of(&le(&last)).to_string(),

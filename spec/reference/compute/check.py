@@ -1,7 +1,8 @@
 """Checks the compute vectors with this independent port of the `repro` profile, written from
 spec/COMPUTE.md and spec/ENCODING.md alone (no Rust read): every checkpoint hash, segment loss
 and output of compute-cases.json and compute-mlp.json, and every inference item, leaf, root and
-final_state_hash of compute-inference.json. Builds libm.c (Appendix C of COMPUTE.md) first.
+final_state_hash of compute-inference.json, and every field of compute-llama.json (parameters,
+prompt, prefill logits, each answer and its record hash; llama.py). Builds libm.c (Appendix C of COMPUTE.md) first.
 Exits 1 on the first file with a mismatch. Usage: python3 spec/reference/compute/check.py"""
 import contextlib, io, json, os, subprocess, sys
 
@@ -12,7 +13,7 @@ VECTORS = os.path.join(HERE, "..", "..", "vectors")
 def build_libm():
     out = os.path.join(HERE, "libm_repro.so")
     subprocess.run(
-        ["cc", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-o", out, os.path.join(HERE, "libm.c")],
+        ["cc", "-O2", "-ffp-contract=off", "-shared", "-fPIC", "-o", out, os.path.join(HERE, "libm.c"), "-lm"],
         check=True,
     )
 
@@ -22,6 +23,7 @@ def main():
     sys.path.insert(0, HERE)
     import run  # noqa: E402  (needs the library built above)
     import infer_lib  # noqa: E402
+    import llama  # noqa: E402
 
     failures, checked = 0, 0
     for name in ["compute-cases.json", "compute-mlp.json"]:
@@ -51,6 +53,10 @@ def main():
         checked += 1
         failures += not ok
         print(f"{'compute-inference.json':<24} {v['name']:<42} {'ok' if ok else 'MISMATCH'}")
+    for field, ok in llama.check(verbose=False):
+        checked += 1
+        failures += not ok
+        print(f"{'compute-llama.json':<24} {field:<42} {'ok' if ok else 'MISMATCH'}")
     print(f"{checked - failures} of {checked} compute vectors reproduced bit for bit")
     return 1 if failures else 0
 
