@@ -63,7 +63,8 @@ pub const MAX_STOP_BYTES: usize = 128;
 /// model).
 struct LlamaRun {
     codec: TextCodec,
-    model: LlamaModel,
+    /// `None` in a job built only to validate and size a task ([`InferenceJob::plan`]).
+    model: Option<LlamaModel>,
     /// The longest token's text, in bytes (bounds an answer's size).
     longest_token: usize,
     /// A bound on the tokenizer's memory: its tokens and merges, several times over (the
@@ -76,11 +77,21 @@ enum LlamaModel {
     Native(NativeLlama),
 }
 
+impl LlamaRun {
+    /// The model, or an error for a job built by [`InferenceJob::plan`].
+    fn loaded(&self) -> Result<&LlamaModel> {
+        self.model.as_ref().ok_or_else(|| {
+            ComputeError::StateMismatch("this job was built to plan, without its model".into())
+        })
+    }
+}
+
 impl std::fmt::Debug for LlamaRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let profile = match self.model {
-            LlamaModel::Repro(_) => "repro",
-            LlamaModel::Native(_) => "native",
+            Some(LlamaModel::Repro(_)) => "repro",
+            Some(LlamaModel::Native(_)) => "native",
+            None => "not loaded",
         };
         f.debug_struct("LlamaRun")
             .field("codec", &self.codec)
@@ -188,13 +199,25 @@ pub struct InferenceOutput {
 impl InferenceJob {
     /// Validates an inference task and loads its weights and inputs.
     pub fn from_spec(spec: &TaskSpec, blobs: &dyn BlobSource) -> Result<Self> {
+        Self::build(spec, blobs, true)
+    }
+
+    /// Validates an inference task as [`InferenceJob::from_spec`] does, for its estimates and
+    /// bundle shape, without loading a `llama`'s weights (the node validates every posted task:
+    /// reading a model's header costs milliseconds, loading it seconds and gigabytes). Its
+    /// items cannot be run.
+    pub fn plan(spec: &TaskSpec, blobs: &dyn BlobSource) -> Result<Self> {
+        Self::build(spec, blobs, false)
+    }
+
+    fn build(spec: &TaskSpec, blobs: &dyn BlobSource, load: bool) -> Result<Self> {
         let Workload::Inference(inf) = &spec.workload else {
             return Err(ComputeError::config("workload", "is not an inference task"));
         };
         let model = ModelConfig::from_spec(&inf.model)?;
         check_decoding(&inf.decoding)?;
         if let ModelConfig::Llama(config) = &model {
-            return Self::llama_from_spec(spec, config, blobs);
+            return Self::llama_from_spec(spec, config, blobs, load);
         }
         let layout = model.layout();
         let fetch = |id: &BlobId| blobs.blob(id).ok_or(ComputeError::MissingBlob(*id));
@@ -283,6 +306,7 @@ impl InferenceJob {
         spec: &TaskSpec,
         config: &LlamaConfig,
         blobs: &dyn BlobSource,
+        load: bool,
     ) -> Result<Self> {
         let Workload::Inference(inf) = &spec.workload else {
             return Err(ComputeError::config("workload", "is not an inference task"));
@@ -294,7 +318,11 @@ impl InferenceJob {
             ));
         };
         let bytes = blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))?;
-        let file = gguf::read(&bytes)?;
+        let file = if load {
+            gguf::read(&bytes)?
+        } else {
+            gguf::read_header(&bytes)?
+        };
         if file.weights.config != *config {
             return Err(ComputeError::config(
                 "model",
@@ -389,9 +417,12 @@ impl InferenceJob {
             })
             .collect::<Result<Vec<_>>>()?;
         let backend = Backend::for_profile(spec.profile)?;
-        let model = match &backend {
-            Backend::Repro => LlamaModel::Repro(ReproLlama::new(&file.weights)),
-            Backend::Candle(device) => LlamaModel::Native(NativeLlama::new(&file.weights, device)?),
+        let model = match (&backend, load) {
+            (_, false) => None,
+            (Backend::Repro, true) => Some(LlamaModel::Repro(ReproLlama::new(&file.weights))),
+            (Backend::Candle(device), true) => {
+                Some(LlamaModel::Native(NativeLlama::new(&file.weights, device)?))
+            }
         };
         Ok(Self {
             model: ModelConfig::Llama(*config),
@@ -468,7 +499,7 @@ impl InferenceJob {
         } else {
             Match::Within(crate::tolerance::LOGIT_TOLERANCE)
         };
-        let verdict = match &run.model {
+        let verdict = match run.loaded()? {
             LlamaModel::Repro(m) => check_answer(m, &run.codec, prompt, &params, &answer, how)?,
             LlamaModel::Native(m) => check_answer(m, &run.codec, prompt, &params, &answer, how)?,
         };
@@ -594,7 +625,7 @@ impl InferenceJob {
                 let Some((run, prompt, params)) = self.generate_params(index) else {
                     unreachable!("a llama job holds its model");
                 };
-                let g = match &run.model {
+                let g = match run.loaded()? {
                     LlamaModel::Repro(m) => generate(m, &run.codec, prompt, &params)?,
                     LlamaModel::Native(m) => generate(m, &run.codec, prompt, &params)?,
                 };

@@ -40,7 +40,7 @@ pub fn estimate(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<Resources> {
         .sum();
     Ok(match &task.workload {
         Workload::Training(_) => TrainingJob::from_spec(task, blobs)?.needs(input_bytes),
-        Workload::Inference(_) => InferenceJob::from_spec(task, blobs)?.needs(input_bytes),
+        Workload::Inference(_) => InferenceJob::plan(task, blobs)?.needs(input_bytes),
     })
 }
 

@@ -165,6 +165,19 @@ fn the_example_chat_task_names_smollm2_and_validates() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
     let bytes = std::fs::read(dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap();
-    let job = market_compute::InferenceJob::from_spec(&task, &One(id, bytes)).unwrap();
+    let blobs = One(id, bytes);
+    let t = std::time::Instant::now();
+    let planned = market_compute::InferenceJob::plan(&task, &blobs).unwrap();
+    let planning = t.elapsed();
+    let t = std::time::Instant::now();
+    let job = market_compute::InferenceJob::from_spec(&task, &blobs).unwrap();
+    let loading = t.elapsed();
     assert_eq!(job.len(), 2);
+    // The node validates with the plan: the same estimates and bundle shape, without the
+    // model (its items cannot be run).
+    assert_eq!(planned.len(), 2);
+    assert_eq!(planned.needs(98_362_432), job.needs(98_362_432));
+    assert_eq!(planned.bundle_shape(), job.bundle_shape());
+    assert!(planned.run_item(0).is_err());
+    eprintln!("planning {planning:?}, loading {loading:?}");
 }

@@ -288,6 +288,16 @@ fn scan_metadata(bytes: &[u8]) -> Result<()> {
 /// Reads a GGUF file's config, weights and tokenizer. The config is checked against the zoo's
 /// limits, and every tensor's shape against the config, before any tensor is dequantized.
 pub fn read(bytes: &[u8]) -> Result<GgufModel> {
+    parse(bytes, true)
+}
+
+/// Everything [`read`] checks and returns except the weights themselves (`params` is empty):
+/// enough to validate a task and size it, at the cost of the header, not of the model.
+pub fn read_header(bytes: &[u8]) -> Result<GgufModel> {
+    parse(bytes, false)
+}
+
+fn parse(bytes: &[u8], load: bool) -> Result<GgufModel> {
     scan_metadata(bytes)?;
     // candle's reader panics on some malformed headers (an alignment of 0); a buyer's file
     // must give an error, never take the worker down.
@@ -399,10 +409,14 @@ pub fn read(bytes: &[u8]) -> Result<GgufModel> {
             config.vocab_size
         )));
     }
-    let mut params = vec![0.0f32; layout.total()];
+    let mut params = if load {
+        vec![0.0f32; layout.total()]
+    } else {
+        Vec::new()
+    };
     let d = config.head_dim();
     let mut cursor = Cursor::new(bytes);
-    for slot in layout.slots() {
+    for slot in layout.slots().iter().filter(|_| load) {
         let name = &sources[&slot.name];
         let q = content
             .tensor(&mut cursor, name, &Device::Cpu)

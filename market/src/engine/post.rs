@@ -221,7 +221,8 @@ impl Node {
             let (needs, shape) = match &spec.workload {
                 Workload::Training(_) => market_compute::TrainingJob::from_spec(&spec, &blobs)
                     .map(|job| (job.needs(input_bytes), job.bundle_shape())),
-                Workload::Inference(_) => market_compute::InferenceJob::from_spec(&spec, &blobs)
+                // Validated and sized without loading a model's weights.
+                Workload::Inference(_) => market_compute::InferenceJob::plan(&spec, &blobs)
                     .map(|job| (job.needs(input_bytes), job.bundle_shape())),
             }
             .map_err(invalid)?;
