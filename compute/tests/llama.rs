@@ -568,6 +568,13 @@ fn hostile_gguf_files_are_refused_before_they_cost_memory() {
     let e = gguf::read(&gguf::write_f32(&weights, &huge).unwrap()).unwrap_err();
     assert!(e.to_string().contains("metadata array"), "{e}");
 
+    // A non-finite weight is refused by the header read the node validates with, not only
+    // when the weights are loaded.
+    let mut nan = weights.clone();
+    nan.params[7] = f32::NAN;
+    let e = gguf::read_header(&gguf::write_f32(&nan, &vocab).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("non-finite"), "{e}");
+
     // A key written twice: candle would keep the last; the file is refused.
     let arch = Value::String("llama".into());
     let mut twice = Cursor::new(Vec::new());

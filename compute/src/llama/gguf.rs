@@ -409,6 +409,34 @@ fn parse(bytes: &[u8], load: bool) -> Result<GgufModel> {
             config.vocab_size
         )));
     }
+    // Every value finite, read off the raw blocks (cheap, no dequantization): F32 and F16
+    // values themselves, and the f16 scale (and minimum) of each quantized block, since
+    // `q·d + m` with |q| ≤ 127 and finite f16 `d`, `m` is always finite in binary32.
+    for (name, info) in &content.tensor_infos {
+        let start = content.tensor_data_offset.saturating_add(info.offset) as usize;
+        let size =
+            info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let raw = bytes
+            .get(start..start.saturating_add(size))
+            .ok_or_else(|| bad(format!("{name} runs past the end of the file")))?;
+        let f16_ok = |b: &[u8]| (u16::from_le_bytes([b[0], b[1]]) >> 10) & 0x1f != 0x1f;
+        let finite = match info.ggml_dtype {
+            GgmlDType::F32 => raw
+                .chunks_exact(4)
+                .all(|b| (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 23) & 0xff != 0xff),
+            GgmlDType::F16 => raw.chunks_exact(2).all(f16_ok),
+            GgmlDType::Q8_0 | GgmlDType::Q4_0 => raw
+                .chunks_exact(info.ggml_dtype.type_size())
+                .all(|b| f16_ok(&b[0..2])),
+            GgmlDType::Q4_1 => raw
+                .chunks_exact(info.ggml_dtype.type_size())
+                .all(|b| f16_ok(&b[0..2]) && f16_ok(&b[2..4])),
+            _ => false,
+        };
+        if !finite {
+            return Err(bad(format!("{name} holds a non-finite value")));
+        }
+    }
     let mut params = if load {
         vec![0.0f32; layout.total()]
     } else {
