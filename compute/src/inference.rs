@@ -12,7 +12,10 @@ use crate::data::arithmetic;
 use crate::error::{ComputeError, Result};
 use crate::init::{init_params, weights_from_bytes};
 use crate::job::BlobSource;
-use crate::llama::generate::{check_answer, generate, Finish, GenerateParams, Generation, Match};
+use crate::llama::generate::{
+    check_answer, generate, generate_streaming, Finish, GenerateParams, Generation, Match,
+    TextStream,
+};
 use crate::llama::native::NativeLlama;
 use crate::llama::repro::ReproLlama;
 use crate::llama::text::TextCodec;
@@ -62,6 +65,10 @@ pub const MAX_STOP_BYTES: usize = 128;
 /// A loaded `llama` with its tokenizer: shared by the job's clones (it is the size of the
 /// model).
 struct LlamaRun {
+    /// The GGUF blob it was read from.
+    weights: BlobId,
+    /// Its parameter layout.
+    layout: ParamLayout,
     codec: TextCodec,
     /// `None` in a job built only to validate and size a task ([`InferenceJob::plan`]).
     model: Option<LlamaModel>,
@@ -341,6 +348,61 @@ impl InferenceJob {
             .chain(&file.vocab.merges)
             .map(|t| t.len() as u64 + 32)
             .sum::<u64>();
+        let backend = Backend::for_profile(spec.profile)?;
+        let model = match (&backend, load) {
+            (_, false) => None,
+            (Backend::Repro, true) => Some(LlamaModel::Repro(ReproLlama::new(&file.weights))),
+            (Backend::Candle(device), true) => {
+                Some(LlamaModel::Native(NativeLlama::new(&file.weights, device)?))
+            }
+        };
+        let run = std::sync::Arc::new(LlamaRun {
+            weights: *id,
+            layout: file.weights.layout.clone(),
+            codec,
+            model,
+            longest_token,
+            codec_bytes,
+        });
+        Self::llama_with_run(spec, config, run, backend)
+    }
+
+    /// The job of another `llama` task on the model this job holds, loaded once: how a serving
+    /// worker answers request after request. The task must name the same weights and profile.
+    pub fn for_request(&self, spec: &TaskSpec) -> Result<Self> {
+        let (Some(run), ModelConfig::Llama(config)) = (&self.llama, &self.model) else {
+            return Err(ComputeError::config(
+                "model",
+                "only a llama job serves requests",
+            ));
+        };
+        let Workload::Inference(inf) = &spec.workload else {
+            return Err(ComputeError::config("workload", "is not an inference task"));
+        };
+        if inf.weights != Some(run.weights)
+            || ModelConfig::from_spec(&inf.model)? != self.model
+            || spec.profile != self.profile
+        {
+            return Err(ComputeError::config(
+                "model",
+                "names other weights, another config or another profile than the model served",
+            ));
+        }
+        check_decoding(&inf.decoding)?;
+        Self::llama_with_run(spec, config, run.clone(), self.backend.clone())
+    }
+
+    /// A `llama` job's items, tokenized with `run`'s codec.
+    fn llama_with_run(
+        spec: &TaskSpec,
+        config: &LlamaConfig,
+        run: std::sync::Arc<LlamaRun>,
+        backend: Backend,
+    ) -> Result<Self> {
+        let Workload::Inference(inf) = &spec.workload else {
+            return Err(ComputeError::config("workload", "is not an inference task"));
+        };
+        let codec = &run.codec;
         let (texts, max_new_tokens, stop) = match &inf.inputs {
             InferenceInputs::Chat {
                 chats,
@@ -416,17 +478,9 @@ impl InferenceJob {
                 Ok(ids)
             })
             .collect::<Result<Vec<_>>>()?;
-        let backend = Backend::for_profile(spec.profile)?;
-        let model = match (&backend, load) {
-            (_, false) => None,
-            (Backend::Repro, true) => Some(LlamaModel::Repro(ReproLlama::new(&file.weights))),
-            (Backend::Candle(device), true) => {
-                Some(LlamaModel::Native(NativeLlama::new(&file.weights, device)?))
-            }
-        };
         Ok(Self {
             model: ModelConfig::Llama(*config),
-            layout: file.weights.layout.clone(),
+            layout: run.layout.clone(),
             seed: spec.seed,
             profile: spec.profile,
             // The model holds the weights (transposed for repro); no second copy.
@@ -438,12 +492,7 @@ impl InferenceJob {
             },
             decoding: inf.decoding.clone(),
             backend,
-            llama: Some(std::sync::Arc::new(LlamaRun {
-                codec,
-                model,
-                longest_token,
-                codec_bytes,
-            })),
+            llama: Some(run),
         })
     }
 
@@ -635,6 +684,49 @@ impl InferenceJob {
         };
         let hash = StateHash(Hash::of(&bytes));
         Ok(ItemOutput { bytes, hash })
+    }
+
+    /// Runs `llama` item `index` as [`InferenceJob::run_item`] does, handing its text to
+    /// `on_text` piece by piece while it is generated (what a serving worker streams).
+    pub fn run_item_streaming(
+        &self,
+        index: usize,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ItemOutput> {
+        if index >= self.len() {
+            return Err(ComputeError::StateMismatch(format!(
+                "item {index} of {}",
+                self.len()
+            )));
+        }
+        let Some((run, prompt, params)) = self.generate_params(index) else {
+            return Err(ComputeError::config(
+                "model",
+                "only a llama streams its answers",
+            ));
+        };
+        let mut stream = TextStream::new(on_text);
+        let g = match run.loaded()? {
+            LlamaModel::Repro(m) => {
+                generate_streaming(m, &run.codec, prompt, &params, Some(&mut stream))?
+            }
+            LlamaModel::Native(m) => {
+                generate_streaming(m, &run.codec, prompt, &params, Some(&mut stream))?
+            }
+        };
+        let bytes = AnswerRecord::from_generation(&g).to_bytes();
+        let hash = StateHash(Hash::of(&bytes));
+        Ok(ItemOutput { bytes, hash })
+    }
+
+    /// The number of tokens of item `index`'s prompt (a `llama`'s rendered chat), if it has one.
+    pub fn prompt_tokens(&self, index: usize) -> Option<usize> {
+        match &self.items {
+            Items::Prompts { prompts, .. } | Items::Answers { prompts, .. } => {
+                prompts.get(index).map(Vec::len)
+            }
+            Items::Rows { .. } => None,
+        }
     }
 
     /// Runs every item and commits to them.

@@ -25,6 +25,7 @@ pub mod pool;
 pub mod repro;
 pub mod resources;
 pub mod rng;
+pub mod serving;
 pub mod state;
 pub mod tolerance;
 pub mod zoo;

@@ -187,6 +187,39 @@ impl Client {
             .ok_or_else(|| ClientError::Body("no blob id".into()))
     }
 
+    /// Creates an API key for OpenAI-compatible clients; the answer holds its secret (`key`),
+    /// shown only this once.
+    pub async fn create_key(
+        &self,
+        name: &str,
+        spending_limit: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "name": name,
+            "spending_limit": spending_limit,
+        }))
+        .map_err(|e| ClientError::Body(e.to_string()))?;
+        self.send(reqwest::Method::POST, "/v1/keys", body, true)
+            .await
+    }
+
+    /// The account's API keys (without secrets).
+    pub async fn keys(&self) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/keys", Vec::new(), true)
+            .await
+    }
+
+    /// Revokes one of the account's API keys.
+    pub async fn revoke_key(&self, id: &str) -> Result<Value, ClientError> {
+        self.send(
+            reqwest::Method::DELETE,
+            &format!("/v1/keys/{id}"),
+            Vec::new(),
+            true,
+        )
+        .await
+    }
+
     /// The signed ledger head.
     pub async fn ledger_head(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/ledger/head", Vec::new(), false)

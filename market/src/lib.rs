@@ -16,4 +16,5 @@ pub mod error;
 pub mod model;
 pub mod p2p;
 pub mod server;
+pub mod serving;
 pub mod store;

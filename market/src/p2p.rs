@@ -255,6 +255,35 @@ pub struct RunTiming {
     pub audits: Vec<Duration>,
 }
 
+fn serving_reply(r: Result<(), String>) -> Reply {
+    match r {
+        Ok(()) => Reply::of(Response::Ok),
+        Err(e) => Reply::refused(e),
+    }
+}
+
+impl crate::serving::ServeLink for P2pDispatch {
+    fn generate(
+        &self,
+        worker: AccountId,
+        request: u64,
+        task: TaskSpec,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>> {
+        let net = self.net.clone();
+        let peer = self.peer_of(&worker);
+        Box::pin(async move {
+            let reply = net
+                .request(peer?, Request::Generate { request, task })
+                .await?;
+            match reply.response {
+                Response::Ok => Ok(()),
+                Response::Refused { reason } => anyhow::bail!("refused: {reason}"),
+                other => anyhow::bail!("unexpected answer {other:?}"),
+            }
+        })
+    }
+}
+
 /// The libp2p dispatch.
 pub struct P2pDispatch {
     net: Net,
@@ -326,6 +355,13 @@ impl P2pDispatch {
         found.into_iter().map(|(_, a)| a).collect()
     }
 
+    fn is_worker(&self, account: &AccountId) -> bool {
+        self.state()
+            .participants
+            .get(account)
+            .is_some_and(|p| p.connected && p.role == Role::Worker)
+    }
+
     fn peer_of(&self, account: &AccountId) -> anyhow::Result<PeerId> {
         match self.state().participants.get(account) {
             Some(p) if p.connected => Ok(p.peer),
@@ -392,6 +428,7 @@ impl P2pDispatch {
     /// Answers the network: hellos, progress, results, verdicts and fetches. Runs until the
     /// network stops. Also publishes task events and signed ledger heads on gossip.
     pub fn serve(self: &Arc<Self>, node: Arc<Node>, mut events: mpsc::UnboundedReceiver<Event>) {
+        node.serving.set_link(self.clone());
         let me = self.clone();
         let n = node.clone();
         tokio::spawn(async move {
@@ -467,6 +504,8 @@ impl P2pDispatch {
                     let _ = run.events.send(RunEvent::Disconnected);
                 }
                 st.forget_departed();
+                drop(st);
+                node.serving.worker_gone(&account);
             }
             Event::Misbehaved { peer, reason } => {
                 tracing::warn!(%peer, %reason, "peer banned for a malformed message");
@@ -574,6 +613,33 @@ impl P2pDispatch {
                     }
                     None => Reply::refused("verdict already received"),
                 }
+            }
+            Request::Serving { offers } => {
+                if !self.is_worker(&account) {
+                    return Reply::refused("only a joined worker serves models");
+                }
+                let node = node.clone();
+                let offered = tokio::task::spawn_blocking(move || {
+                    node.serving
+                        .offer(account, offers, |id| node.blobs.read(id))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match offered {
+                    Ok(()) => Reply::of(Response::Ok),
+                    Err(e) => Reply::refused(e),
+                }
+            }
+            Request::Text { request, seq, text } => {
+                serving_reply(node.serving.on_text(&account, request, seq, text))
+            }
+            Request::Answered {
+                request,
+                answer,
+                record,
+            } => serving_reply(node.serving.on_answered(&account, request, answer, record)),
+            Request::Unanswered { request, reason } => {
+                serving_reply(node.serving.on_unanswered(&account, request, reason))
             }
             // File work runs on the blocking pool, never on the task answering the network.
             Request::Describe { source } => match self.readable(&account, &source, node) {

@@ -101,6 +101,7 @@ async fn worker_with(m: &Market, label: &str, behavior: Behavior) -> Identity {
         status_line: false,
         // Exercise the relay reservation on the way (the node relays).
         relay: true,
+        serve: None,
     };
     tokio::spawn(market_worker::daemon::run(id.clone(), options));
     id

@@ -231,6 +231,27 @@ enum ExternalRequest {
         task_id: TaskId,
         balance: u64,
     },
+    Serving {
+        offers: Vec<crate::wire::ServeOffer>,
+    },
+    Generate {
+        request: u64,
+        task: TaskSpec,
+    },
+    Text {
+        request: u64,
+        seq: u32,
+        text: String,
+    },
+    Answered {
+        request: u64,
+        answer: Signed<market_protocol::Answer>,
+        record: String,
+    },
+    Unanswered {
+        request: u64,
+        reason: String,
+    },
     Describe {
         source: Source,
     },

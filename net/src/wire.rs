@@ -7,7 +7,8 @@
 //! See `spec/NETWORK.md`.
 
 use market_protocol::{
-    Beacon, BlobId, Commitment, F32Bits, Hash, Hello, Signed, TaskId, TaskSpec, Verdict,
+    Answer, Beacon, BlobId, Commitment, ExecutionProfile, F32Bits, Hash, Hello, Signed, TaskId,
+    TaskSpec, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +98,40 @@ pub struct AuditJob {
     pub verifiers: u32,
     /// The bundle's files, fetchable from the node.
     pub manifest: Manifest,
+}
+
+/// Most models one worker serves.
+pub const MAX_SERVE_OFFERS: usize = 16;
+/// Longest served model name, in bytes.
+pub const MAX_MODEL_NAME_BYTES: usize = 64;
+/// Longest piece of streamed text in one [`Request::Text`], in bytes.
+pub const MAX_TEXT_PIECE_BYTES: usize = 64 << 10;
+
+/// A model a worker keeps loaded and answers requests for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOffer {
+    /// The GGUF weights (the node must hold the same blob, so answers can be audited).
+    pub model: BlobId,
+    /// The name clients ask for (`[A-Za-z0-9._:/-]`, 1 to [`MAX_MODEL_NAME_BYTES`] bytes).
+    pub name: String,
+    /// The profile it runs.
+    pub profile: ExecutionProfile,
+    /// Credits per token (prompt and generated tokens alike).
+    pub price_per_token: u64,
+    /// Requests it answers at once.
+    pub concurrency: u32,
+}
+
+impl ServeOffer {
+    /// Whether `name` is a valid model name.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_MODEL_NAME_BYTES
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+    }
 }
 
 /// A request, in either direction.
@@ -195,6 +230,46 @@ pub enum Request {
         /// The worker's balance now.
         balance: u64,
     },
+    /// Worker to node: the models it serves now (replaces its earlier list; an empty list
+    /// stops serving).
+    Serving {
+        /// At most [`MAX_SERVE_OFFERS`].
+        offers: Vec<ServeOffer>,
+    },
+    /// Node to worker: answer this request now, streaming its text back with
+    /// [`Request::Text`] and ending with [`Request::Answered`] or [`Request::Unanswered`].
+    Generate {
+        /// The node's number for the request.
+        request: u64,
+        /// The request as a one-item inference task for a model the worker serves.
+        task: TaskSpec,
+    },
+    /// Worker to node: the next piece of an answer's text (pieces are numbered from 0 and
+    /// concatenate to the answer's text).
+    Text {
+        /// The request.
+        request: u64,
+        /// The piece's number.
+        seq: u32,
+        /// At most [`MAX_TEXT_PIECE_BYTES`].
+        text: String,
+    },
+    /// Worker to node: the answer, signed.
+    Answered {
+        /// The request.
+        request: u64,
+        /// The signed answer (its `output` is the blake3 of `record`).
+        answer: Signed<Answer>,
+        /// The answer record (JSON, `spec/COMPUTE.md` section 11).
+        record: String,
+    },
+    /// Worker to node: the request cannot be answered here.
+    Unanswered {
+        /// The request.
+        request: u64,
+        /// Why.
+        reason: String,
+    },
     /// Size and chunk hashes of a source (answered with [`Response::File`]).
     Describe {
         /// What.
@@ -223,6 +298,11 @@ impl Request {
             Self::OpenSteps { .. } => "open_steps",
             Self::Cancel { .. } => "cancel",
             Self::Settled { .. } => "settled",
+            Self::Serving { .. } => "serving",
+            Self::Generate { .. } => "generate",
+            Self::Text { .. } => "text",
+            Self::Answered { .. } => "answered",
+            Self::Unanswered { .. } => "unanswered",
             Self::Describe { .. } => "describe",
             Self::Fetch { .. } => "fetch",
         }

@@ -15,7 +15,9 @@ use market_net::participant::{DirBlobs, Membership};
 use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, describe_reply};
 use market_net::wire::{Reply, Request, Response, Source};
 use market_net::{Multiaddr, Net, PeerId, Responder};
-use market_protocol::{message_id, BlobId, F32Bits, Identity, Role, TaskId, TaskSpec};
+use market_protocol::{
+    message_id, BlobId, ExecutionProfile, F32Bits, Identity, Role, TaskId, TaskSpec,
+};
 
 use crate::{exec_slot_round_from, exec_until, open_steps, Behavior, CancelToken};
 
@@ -41,6 +43,8 @@ pub struct WorkerOptions {
     /// Take a reservation on the node's relay at once (behind NAT; otherwise done when
     /// AutoNAT finds this machine private).
     pub relay: bool,
+    /// Models to keep loaded and answer requests for, if any.
+    pub serve: Option<crate::serve::ServeOptions>,
 }
 
 struct Worker {
@@ -58,6 +62,8 @@ struct Worker {
     /// when nobody holds or waits for them.
     task_turns: Mutex<BTreeMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
     status: ProgressBar,
+    /// The models served, loaded at start.
+    served: Option<Arc<crate::serve::Served>>,
     done: Mutex<u64>,
     /// Balance when joined, and now (the node reports it after each settlement).
     balance: Mutex<(u64, u64)>,
@@ -131,6 +137,16 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
     std::fs::create_dir_all(options.data_dir.join("jobs"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
     sweep_job_dirs(&options.data_dir.join("jobs"), KEPT_JOBS)?;
+    let served = match options.serve.clone() {
+        Some(serve) if !serve.models.is_empty() => {
+            let id = identity.clone();
+            Some(Arc::new(
+                tokio::task::spawn_blocking(move || crate::serve::Served::load(&serve, &id))
+                    .await??,
+            ))
+        }
+        _ => None,
+    };
     let (member, events) = Membership::start(
         &identity,
         &options.market,
@@ -161,6 +177,7 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
         cancelled: Mutex::new(std::collections::BTreeSet::new()),
         task_turns: Mutex::new(BTreeMap::new()),
         status,
+        served,
         done: Mutex::new(0),
         balance: Mutex::new((0, 0)),
     });
@@ -175,6 +192,18 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
                     "connected; stake {} balance {}",
                     welcome.stake, welcome.balance
                 ));
+                // Every (re)connection announces the models served: the node forgets a
+                // worker's offers when it disconnects.
+                if let Some(served) = worker.served.clone() {
+                    let w = worker.clone();
+                    tokio::spawn(async move {
+                        let offers = served.offers();
+                        match w.deliver(Request::Serving { offers }).await {
+                            Some(Response::Ok) => tracing::info!("serving announced"),
+                            other => tracing::error!(?other, "the node refused the models served"),
+                        }
+                    });
+                }
             },
             |peer, request, responder| on_request(&worker, peer, request, responder),
         )
@@ -182,8 +211,20 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
 }
 
 /// A request from the node (the membership refused everyone else's).
-fn on_request(worker: &Arc<Worker>, _node: PeerId, request: Request, responder: Responder) {
+fn on_request(worker: &Arc<Worker>, node: PeerId, request: Request, responder: Responder) {
     match request {
+        Request::Generate { request, task } => match &worker.served {
+            Some(served) => crate::serve::on_generate(
+                served,
+                &worker.net,
+                node,
+                &worker.identity,
+                request,
+                task,
+                responder,
+            ),
+            None => responder.send(Reply::refused("this worker serves no model")),
+        },
         Request::Assign {
             task_id,
             job,
@@ -679,6 +720,24 @@ pub struct RunArgs {
     /// Testing aid: cheat with this strategy (see `exec --fault`) so audits can be tested.
     #[arg(long, default_value = "honest")]
     pub fault: Behavior,
+    /// Keep a model loaded and answer API requests for it: `NAME=PATH` to a GGUF file the
+    /// node also holds (upload it first, so answers can be audited). Repeatable.
+    #[arg(long, value_parser = crate::serve::parse_serve_arg)]
+    pub serve: Vec<(String, PathBuf)>,
+    /// Credits per token (prompt and generated) asked for served answers.
+    #[arg(long, default_value_t = 1)]
+    pub price_per_token: u64,
+    /// Requests answered at once, per served model.
+    #[arg(long, default_value_t = 1)]
+    pub serve_concurrency: u32,
+    /// The profile served models run in (`repro`: bit-exact, audited exactly).
+    #[arg(long, default_value = "repro", value_parser = parse_profile)]
+    pub serve_profile: ExecutionProfile,
+}
+
+fn parse_profile(s: &str) -> Result<ExecutionProfile, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("{s:?} is not a profile (repro or native)"))
 }
 
 /// Runs the worker daemon from command-line arguments, on a new tokio runtime.
@@ -695,6 +754,12 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
         listen: args.listen,
         status_line: !args.quiet,
         relay: args.relay,
+        serve: (!args.serve.is_empty()).then_some(crate::serve::ServeOptions {
+            models: args.serve,
+            price_per_token: args.price_per_token,
+            concurrency: args.serve_concurrency,
+            profile: args.serve_profile,
+        }),
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))
 }

@@ -115,6 +115,83 @@ pub fn generate<M: Forward>(
     prompt: &[u32],
     params: &GenerateParams,
 ) -> Result<Generation> {
+    generate_streaming(model, codec, prompt, params, None)
+}
+
+/// Hands out an answer's text while it is generated, only what can no longer change: text that
+/// may still turn out to be the start of a stop text, or the first bytes of a character
+/// another token completes, is held back. The pieces concatenate to the final answer's text.
+pub struct TextStream<'a> {
+    on_text: &'a mut dyn FnMut(&str),
+    sent: usize,
+}
+
+impl std::fmt::Debug for TextStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextStream")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> TextStream<'a> {
+    /// A stream that calls `on_text` with each new piece.
+    pub fn new(on_text: &'a mut dyn FnMut(&str)) -> Self {
+        Self { on_text, sent: 0 }
+    }
+
+    /// The answer's text so far (not yet cut at a stop text): sends what is settled.
+    fn progress(&mut self, text: &str, stop: &[String]) {
+        let mut settled = text.trim_end_matches('\u{FFFD}');
+        // The longest end of the text that begins a stop text may still become one.
+        let held = stop
+            .iter()
+            .flat_map(|s| (1..=s.len().min(settled.len())).map(move |n| (s, n)))
+            .filter(|(s, n)| s.is_char_boundary(*n) && settled.ends_with(&s[..*n]))
+            .map(|(_, n)| n)
+            .max()
+            .unwrap_or(0);
+        settled = &settled[..settled.len() - held];
+        self.send_up_to(settled);
+    }
+
+    /// Sends the rest of the final text.
+    fn finish(&mut self, text: &str) {
+        self.send_up_to(text);
+    }
+
+    fn send_up_to(&mut self, text: &str) {
+        // Byte-level text only grows at its end, so what was sent is a prefix of `text`;
+        // if a tokenizer ever broke that, nothing more is sent rather than a wrong piece.
+        if text.len() > self.sent && text.is_char_boundary(self.sent) {
+            (self.on_text)(&text[self.sent..]);
+            self.sent = text.len();
+        }
+    }
+}
+
+/// [`generate`], handing the text out as it is generated (when `stream` is given).
+pub fn generate_streaming<M: Forward>(
+    model: &M,
+    codec: &TextCodec,
+    prompt: &[u32],
+    params: &GenerateParams,
+    mut stream: Option<&mut TextStream<'_>>,
+) -> Result<Generation> {
+    let g = generate_inner(model, codec, prompt, params, &mut stream)?;
+    if let Some(stream) = stream {
+        stream.finish(&g.text);
+    }
+    Ok(g)
+}
+
+fn generate_inner<M: Forward>(
+    model: &M,
+    codec: &TextCodec,
+    prompt: &[u32],
+    params: &GenerateParams,
+    stream: &mut Option<&mut TextStream<'_>>,
+) -> Result<Generation> {
     let mut cache = model.new_cache();
     let mut logits = model.forward(prompt, &mut cache, false)?;
     let mut tokens = Vec::new();
@@ -147,7 +224,7 @@ pub fn generate<M: Forward>(
                 finish: Finish::End,
             });
         }
-        if !params.stop.is_empty() {
+        if !params.stop.is_empty() || stream.is_some() {
             let text = codec.decode(&tokens)?;
             if let Some(at) = cut_at_stop(&text, &params.stop) {
                 return Ok(Generation {
@@ -156,6 +233,9 @@ pub fn generate<M: Forward>(
                     text: text[..at].to_string(),
                     finish: Finish::Stop,
                 });
+            }
+            if let Some(stream) = stream.as_mut() {
+                stream.progress(&text, &params.stop);
             }
         }
         if n + 1 < params.max_new_tokens {

@@ -76,6 +76,30 @@ fn check(field: &'static str, value: usize, max: usize) -> Result<usize> {
 }
 
 impl LlamaConfig {
+    /// The task's model section that names this config (what a node writes into the task of
+    /// a request to a model it only knows from its GGUF header). Each float is written in its
+    /// shortest decimal spelling, which reads back to the same binary32 (an error for a value
+    /// no task could spell: more than 18 decimal places).
+    pub fn to_spec(&self) -> Result<market_protocol::ModelSpec> {
+        let dec = |field: &'static str, v: f32| {
+            format!("{v}")
+                .parse::<market_protocol::Decimal>()
+                .map_err(|_| ComputeError::config(field, format!("{v} has no task spelling")))
+        };
+        Ok(market_protocol::ModelSpec::Llama {
+            hidden_size: self.hidden_size as u32,
+            intermediate_size: self.intermediate_size as u32,
+            num_hidden_layers: self.num_hidden_layers as u32,
+            num_attention_heads: self.num_attention_heads as u32,
+            num_key_value_heads: self.num_key_value_heads as u32,
+            vocab_size: self.vocab_size as u32,
+            max_position_embeddings: self.max_position_embeddings as u32,
+            rms_norm_eps: dec("rms_norm_eps", self.rms_norm_eps)?,
+            rope_theta: dec("rope_theta", self.rope_theta)?,
+            tie_word_embeddings: self.tie_word_embeddings,
+        })
+    }
+
     /// Checks every dimension against [`limits`] and the shapes against each other.
     pub fn validate(self) -> Result<Self> {
         check("model.hidden_size", self.hidden_size, limits::MAX_HIDDEN)?;

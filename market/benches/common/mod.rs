@@ -46,6 +46,7 @@ pub fn spawn_worker(who: &Identity, market: &market_net::Multiaddr, data: &std::
             listen: Vec::new(),
             status_line: false,
             relay: false,
+            serve: None,
         },
     ));
 }

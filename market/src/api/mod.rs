@@ -4,7 +4,9 @@
 
 mod accounts;
 mod blobs;
+mod keys;
 mod ledger;
+pub mod openai;
 pub mod openapi;
 mod ops;
 mod tasks;
@@ -53,7 +55,14 @@ use crate::error::ApiError;
         ledger::export,
         ops::healthz,
         ops::metrics,
-        ops::events
+        ops::events,
+        keys::create,
+        keys::list,
+        keys::revoke,
+        openai::models,
+        openai::chat_completions,
+        openai::completions,
+        openai::receipt
     ),
     components(schemas(
         crate::model::TaskView,
@@ -79,7 +88,17 @@ use crate::error::ApiError;
         openapi::SignedTaskSpec,
         openapi::EntriesPage,
         openapi::Revoked,
-        ops::Participant
+        ops::Participant,
+        keys::NewKey,
+        keys::KeyView,
+        keys::KeyList,
+        openai::OaiErrorBody,
+        openai::OaiErrorDetail,
+        openai::ChatCompletionRequest,
+        openai::CompletionRequest,
+        openai::ModelList,
+        openai::ModelView,
+        openai::ReceiptView
     ))
 )]
 #[derive(Debug)]
@@ -111,6 +130,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/ledger/head", get(ledger::head))
         .route("/v1/ledger/export", get(ledger::export))
         .route("/v1/events", get(ops::events))
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/receipts/{id}", get(openai::receipt))
         .route(
             "/v1/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),

@@ -34,6 +34,12 @@ impl Modify for SignatureSchemes {
             );
             components.add_security_scheme(name, SecurityScheme::ApiKey(ApiKey::Header(key)));
         }
+        let mut bearer =
+            utoipa::openapi::security::Http::new(utoipa::openapi::security::HttpAuthScheme::Bearer);
+        bearer.description = Some(
+            "an API key (`mk-` and 64 hex digits), created with a signed POST /v1/keys".into(),
+        );
+        components.add_security_scheme("apiKey", SecurityScheme::Http(bearer));
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Node {
     pub dispatch: Arc<dyn Dispatch>,
     /// Task events for `/v1/events` (JSON lines).
     pub events: broadcast::Sender<String>,
+    /// Served models and requests in flight.
+    pub serving: Arc<crate::serving::Serving>,
     bundles: PathBuf,
     wake: Notify,
     /// Tasks claimed by the engine (being assigned, run, audited, settled or rejected) or by a
@@ -161,6 +163,7 @@ impl Node {
             operator,
             dispatch,
             events,
+            serving: Default::default(),
             bundles,
             wake: Notify::new(),
             claimed: Mutex::new(BTreeSet::new()),

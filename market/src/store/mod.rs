@@ -16,9 +16,11 @@ use crate::model::ParticipantStats;
 mod blobs;
 mod nonces;
 mod pool_rounds;
+mod serving;
 mod tasks;
 
 pub use blobs::{BlobAccess, UploadCharge};
+pub use serving::{ApiKey, ServedReceipt};
 
 /// Why the node's store failed (always the node's own fault).
 #[derive(Debug, thiserror::Error)]

@@ -170,7 +170,21 @@ fn exercise_request(req: &Request) {
                 let _ = check_bundle_path(path);
             }
         }
+        Request::Serving { offers } => {
+            for offer in offers {
+                let _ = market_net::wire::ServeOffer::valid_name(&offer.name);
+            }
+        }
+        Request::Generate { task, .. } => {
+            let _ = message_id(task);
+        }
+        Request::Answered { answer, record, .. } => {
+            let _ = answer.verify();
+            let _ = Hash::of(record.as_bytes());
+        }
         Request::Progress { .. }
+        | Request::Text { .. }
+        | Request::Unanswered { .. }
         | Request::Failed { .. }
         | Request::OpenSteps { .. }
         | Request::Cancel { .. }
@@ -331,6 +345,24 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
         Request::Settled {
             task_id,
             balance: 7,
+        },
+        Request::Serving {
+            offers: vec![market_net::wire::ServeOffer {
+                model: BlobId(Hash::of(b"model")),
+                name: "tiny-llama".into(),
+                profile: market_protocol::ExecutionProfile::Repro,
+                price_per_token: 2,
+                concurrency: 1,
+            }],
+        },
+        Request::Text {
+            request: 4,
+            seq: 0,
+            text: "Par".into(),
+        },
+        Request::Unanswered {
+            request: 4,
+            reason: "the worker is shutting down".into(),
         },
         Request::Describe {
             source: Source::Blob {

@@ -3,6 +3,7 @@
 //! Each is plain data with a [`crate::Message`] domain tag; who signs which is written in
 //! `spec/PROTOCOL.md`. Every message starts with a [`Version`] so fields can grow later.
 
+mod answer;
 mod challenge;
 mod commitment;
 mod hello;
@@ -10,6 +11,7 @@ mod receipt;
 mod task;
 mod verdict;
 
+pub use answer::Answer;
 pub use challenge::{Challenge, ChallengeError, Opening};
 pub use commitment::{Commitment, SlotRound};
 pub use hello::{Capabilities, Hello, Resources, Role};

@@ -1,0 +1,181 @@
+//! Serving: a `llama` loaded once and kept, answering request after request.
+//!
+//! A served request is an ordinary inference task with one chat (the node writes it from the
+//! API request), so a served answer is exactly an item of a posted task: the same bytes, the
+//! same leaf, checked by a verifier with [`InferenceJob::check_item`]. Only the model's loading
+//! is shared between requests.
+
+use market_protocol::{
+    AccountId, AuditPolicy, BlobId, ChatMessage, Credits, Decimal, Decoding, ExecutionProfile,
+    InferenceInputs, InferenceSpec, ModelSpec, TaskSpec, Version, Workload,
+};
+
+use crate::error::{ComputeError, Result};
+use crate::inference::{InferenceJob, ItemOutput};
+use crate::job::BlobSource;
+use crate::llama::gguf;
+
+/// The model section of a task that runs the GGUF file `bytes`, read from its header only.
+pub fn model_spec_of(bytes: &[u8]) -> Result<ModelSpec> {
+    gguf::read_header(bytes)?.weights.config.to_spec()
+}
+
+/// What a served request asks, before the node turns it into a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeRequest {
+    /// Who pays.
+    pub buyer: AccountId,
+    /// The node's number for the request (distinguishes otherwise equal requests).
+    pub nonce: u64,
+    /// The GGUF weights served.
+    pub weights: BlobId,
+    /// Their config.
+    pub model: ModelSpec,
+    /// The profile the serving worker runs.
+    pub profile: ExecutionProfile,
+    /// A chat, or a plain prompt.
+    pub prompt: ServePrompt,
+    /// Most tokens generated.
+    pub max_new_tokens: u32,
+    /// Stop texts (a chat's only: a plain prompt's task has none, so they are ignored there;
+    /// the API refuses them for completions).
+    pub stop: Vec<String>,
+    /// Greedy or seeded sampling.
+    pub decoding: Decoding,
+    /// The sampling seed.
+    pub seed: u64,
+    /// The most the answer may cost.
+    pub price: Credits,
+    /// How hard served answers are audited.
+    pub audit: AuditPolicy,
+}
+
+/// A chat (rendered with the model's template) or a raw prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServePrompt {
+    /// `/v1/chat/completions`.
+    Chat(Vec<ChatMessage>),
+    /// `/v1/completions`.
+    Text(String),
+}
+
+impl ServeRequest {
+    /// The one-item inference task this request is.
+    pub fn to_task(&self) -> TaskSpec {
+        let inputs = match &self.prompt {
+            ServePrompt::Chat(messages) => InferenceInputs::Chat {
+                chats: vec![messages.clone()],
+                max_new_tokens: self.max_new_tokens,
+                stop: self.stop.clone(),
+            },
+            ServePrompt::Text(text) => InferenceInputs::Prompts {
+                prompts: vec![text.clone()],
+                max_new_tokens: self.max_new_tokens,
+            },
+        };
+        TaskSpec {
+            version: Version::CURRENT,
+            buyer: self.buyer,
+            nonce: self.nonce,
+            workload: Workload::Inference(InferenceSpec {
+                model: self.model.clone(),
+                weights: Some(self.weights),
+                inputs,
+                decoding: self.decoding.clone(),
+            }),
+            seed: self.seed,
+            profile: self.profile,
+            price: self.price,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// One blob, by its id.
+struct OneBlob<'a> {
+    id: BlobId,
+    bytes: &'a [u8],
+}
+
+impl BlobSource for OneBlob<'_> {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        (*id == self.id).then(|| self.bytes.to_vec())
+    }
+}
+
+/// A served answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    /// The item's output: the answer record and its leaf hash.
+    pub output: ItemOutput,
+    /// Tokens of the rendered prompt.
+    pub prompt_tokens: u32,
+}
+
+/// A `llama` loaded for serving.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// The GGUF blob.
+    pub weights: BlobId,
+    /// Its config, as a task names it.
+    pub model: ModelSpec,
+    /// The profile it runs.
+    pub profile: ExecutionProfile,
+    job: InferenceJob,
+}
+
+impl ServedModel {
+    /// Loads the GGUF file `bytes` to serve in `profile`, for the worker `worker` (the
+    /// loading checks a one-token request in its name, so a file that cannot answer is refused
+    /// at start).
+    pub fn load(bytes: &[u8], profile: ExecutionProfile, worker: AccountId) -> Result<Self> {
+        let weights = BlobId::of(bytes);
+        let model = model_spec_of(bytes)?;
+        let probe = ServeRequest {
+            buyer: worker,
+            nonce: 0,
+            weights,
+            model: model.clone(),
+            profile,
+            prompt: ServePrompt::Text("a".into()),
+            max_new_tokens: 1,
+            stop: Vec::new(),
+            decoding: Decoding::Greedy,
+            seed: 0,
+            price: Credits(0),
+            audit: AuditPolicy {
+                detection_target: dec("0.99"),
+                assumed_faked_fraction: dec("0.1"),
+            },
+        };
+        let job = InferenceJob::from_spec(&probe.to_task(), &OneBlob { id: weights, bytes })?;
+        Ok(Self {
+            weights,
+            model,
+            profile,
+            job,
+        })
+    }
+
+    /// Answers `task` (a one-item request for this model), handing the text to `on_text` as
+    /// it is generated.
+    pub fn answer(&self, task: &TaskSpec, on_text: &mut dyn FnMut(&str)) -> Result<Served> {
+        let job = self.job.for_request(task)?;
+        if job.len() != 1 {
+            return Err(ComputeError::config(
+                "inputs",
+                format!("a served request has one item, not {}", job.len()),
+            ));
+        }
+        let prompt_tokens = job.prompt_tokens(0).unwrap_or(0) as u32;
+        Ok(Served {
+            output: job.run_item_streaming(0, on_text)?,
+            prompt_tokens,
+        })
+    }
+}
+
+fn dec(s: &str) -> Decimal {
+    s.parse()
+        .unwrap_or_else(|_| unreachable!("a literal decimal"))
+}

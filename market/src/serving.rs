@@ -1,0 +1,575 @@
+//! Serving: workers keep models loaded, the node routes each API request to one of them and
+//! streams its answer back.
+//!
+//! A request becomes a one-item inference task ([`ServeRequest::to_task`]); its message id is
+//! the answer's receipt id. The worker streams the text, then signs an [`Answer`] binding the
+//! request to the answer record's hash; the node checks that the record is what was streamed
+//! and what the answer signs before the buyer sees the end of it. A worker that drops before
+//! its answer is signed loses the request to another worker serving the same weights in the
+//! same profile: decoding is deterministic (greedy, or sampling from the request's seed), so
+//! the new worker's text starts with what the client already has, and only the rest is sent.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use market_compute::inference::AnswerRecord;
+use market_compute::serving::{model_spec_of, ServeRequest};
+use market_net::wire::{ServeOffer, MAX_SERVE_OFFERS, MAX_TEXT_PIECE_BYTES};
+use market_protocol::{
+    message_id, AccountId, Answer, BlobId, ExecutionProfile, Hash, ModelSpec, Signed, StateHash,
+    TaskId, TaskSpec,
+};
+use tokio::sync::mpsc;
+
+/// Most requests one worker may take at once.
+pub const MAX_CONCURRENCY: u32 = 64;
+/// How long a worker may stay silent in the middle of an answer before the request moves on.
+pub const PIECE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most workers one request is tried on.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// Sends a request to a serving worker (the network implements it).
+pub trait ServeLink: Send + Sync {
+    /// Asks `worker` to answer `task` under the node's number `request`; resolves once the
+    /// worker accepted it (the answer arrives through [`Serving::on_text`] and friends).
+    fn generate(
+        &self,
+        worker: AccountId,
+        request: u64,
+        task: TaskSpec,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+}
+
+/// What a worker sent about a request.
+#[derive(Debug)]
+enum WorkerEvent {
+    Text(String),
+    Answered(Box<Signed<Answer>>, String),
+    Failed(String),
+    Lost(String),
+}
+
+struct Pending {
+    worker: AccountId,
+    task_id: TaskId,
+    model: BlobId,
+    next_seq: u32,
+    tx: mpsc::UnboundedSender<WorkerEvent>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Offers by worker (each list replaced whole by the worker's latest).
+    offers: BTreeMap<AccountId, Vec<ServeOffer>>,
+    /// Requests each worker is answering now.
+    load: BTreeMap<AccountId, u32>,
+    /// Model sections, read from the node's copy of each served blob.
+    specs: BTreeMap<BlobId, ModelSpec>,
+    /// Requests in flight, by the node's number.
+    pending: BTreeMap<u64, Pending>,
+}
+
+/// A model clients can ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedModel {
+    /// What clients name it: the workers' name, unless two blobs claim it (then the blob id).
+    pub id: String,
+    /// The GGUF blob.
+    pub blob: BlobId,
+    /// Workers serving it now.
+    pub workers: usize,
+    /// The lowest price per token among them.
+    pub price_per_token: u64,
+    /// The profiles it is served in.
+    pub profiles: Vec<ExecutionProfile>,
+}
+
+/// The worker chosen for a request.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The worker.
+    pub worker: AccountId,
+    /// Its offer.
+    pub offer: ServeOffer,
+    /// The model section of the blob.
+    pub spec: ModelSpec,
+}
+
+/// How a request went, as the API streams it.
+#[derive(Debug)]
+pub enum Progress {
+    /// The next piece of the answer's text.
+    Text(String),
+    /// The answer, checked.
+    Done(Box<Finished>),
+    /// No answer.
+    Failed(String),
+}
+
+/// A checked answer.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The request as a task (its message id is the receipt's id).
+    pub task: TaskSpec,
+    /// The receipt's id.
+    pub receipt: TaskId,
+    /// The worker's signed answer.
+    pub answer: Signed<Answer>,
+    /// The record it signs.
+    pub record: AnswerRecord,
+    /// The record's bytes.
+    pub record_json: String,
+    /// The price per token of the worker that answered.
+    pub price_per_token: u64,
+}
+
+/// The serving side of a node.
+#[derive(Default)]
+pub struct Serving {
+    state: Mutex<State>,
+    next_request: AtomicU64,
+    link: OnceLock<Arc<dyn ServeLink>>,
+    holds: Mutex<Holds>,
+}
+
+/// Credits held for requests in flight, by account and by API key.
+#[derive(Default)]
+struct Holds {
+    accounts: BTreeMap<AccountId, u64>,
+    keys: BTreeMap<String, u64>,
+}
+
+/// Credits held for one request while it runs; released when dropped.
+#[derive(Debug)]
+pub struct HoldGuard {
+    serving: Arc<Serving>,
+    account: AccountId,
+    key: String,
+    amount: u64,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let mut h = self.serving.holds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = h.accounts.get_mut(&self.account) {
+            *held = held.saturating_sub(self.amount);
+        }
+        if let Some(held) = h.keys.get_mut(&self.key) {
+            *held = held.saturating_sub(self.amount);
+        }
+        h.accounts.retain(|_, v| *v > 0);
+        h.keys.retain(|_, v| *v > 0);
+    }
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connects the network (once).
+    pub fn set_link(&self, link: Arc<dyn ServeLink>) {
+        let _ = self.link.set(link);
+    }
+
+    /// Holds `amount` for a request of `account` through `key`, if `check` accepts it given
+    /// what the account and the key already hold for requests in flight (checked and taken
+    /// under one lock, so concurrent requests cannot together overspend).
+    pub fn hold<E>(
+        self: &Arc<Self>,
+        account: AccountId,
+        key: &str,
+        amount: u64,
+        check: impl FnOnce(u64, u64) -> Result<(), E>,
+    ) -> Result<HoldGuard, E> {
+        let mut h = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        let on_account = h.accounts.get(&account).copied().unwrap_or(0);
+        let on_key = h.keys.get(key).copied().unwrap_or(0);
+        check(on_account, on_key)?;
+        *h.accounts.entry(account).or_default() += amount;
+        *h.keys.entry(key.to_string()).or_default() += amount;
+        Ok(HoldGuard {
+            serving: self.clone(),
+            account,
+            key: key.to_string(),
+            amount,
+        })
+    }
+
+    /// A fresh request number.
+    pub fn next_request(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes `worker`'s list of offers. Each model must be a blob the node holds (`read`
+    /// gives its bytes), so its answers can be audited; its model section is read from the
+    /// node's copy, not taken from the worker. Call off the async threads (it reads files).
+    pub fn offer(
+        &self,
+        worker: AccountId,
+        offers: Vec<ServeOffer>,
+        read: impl Fn(&BlobId) -> Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        if offers.len() > MAX_SERVE_OFFERS {
+            return Err(format!("at most {MAX_SERVE_OFFERS} models per worker"));
+        }
+        let mut specs = Vec::new();
+        for offer in &offers {
+            if !ServeOffer::valid_name(&offer.name) {
+                return Err(format!("{:?} is not a valid model name", offer.name));
+            }
+            if offer.concurrency == 0 || offer.concurrency > MAX_CONCURRENCY {
+                return Err(format!("concurrency must be 1 to {MAX_CONCURRENCY}"));
+            }
+            if self.state().specs.contains_key(&offer.model) {
+                continue;
+            }
+            let bytes = read(&offer.model).ok_or_else(|| {
+                format!(
+                    "the node does not hold model {}: upload it first, so its answers can be audited",
+                    offer.model
+                )
+            })?;
+            let spec = model_spec_of(&bytes)
+                .map_err(|e| format!("model {} is not a servable llama: {e}", offer.model))?;
+            specs.push((offer.model, spec));
+        }
+        let mut st = self.state();
+        st.specs.extend(specs);
+        if offers.is_empty() {
+            st.offers.remove(&worker);
+        } else {
+            st.offers.insert(worker, offers);
+        }
+        Ok(())
+    }
+
+    /// `worker` left: its offers go, and its requests in flight move to other workers.
+    pub fn worker_gone(&self, worker: &AccountId) {
+        let mut st = self.state();
+        st.offers.remove(worker);
+        for p in st.pending.values().filter(|p| p.worker == *worker) {
+            let _ =
+                p.tx.send(WorkerEvent::Lost("the worker disconnected".into()));
+        }
+    }
+
+    /// The models served now, by name.
+    pub fn models(&self) -> Vec<ServedModel> {
+        let st = self.state();
+        let mut by_blob: BTreeMap<BlobId, ServedModel> = BTreeMap::new();
+        let mut names: BTreeMap<&str, Vec<BlobId>> = BTreeMap::new();
+        for offer in st.offers.values().flatten() {
+            let m = by_blob.entry(offer.model).or_insert_with(|| ServedModel {
+                id: offer.name.clone(),
+                blob: offer.model,
+                workers: 0,
+                price_per_token: u64::MAX,
+                profiles: Vec::new(),
+            });
+            m.workers += 1;
+            m.price_per_token = m.price_per_token.min(offer.price_per_token);
+            if !m.profiles.contains(&offer.profile) {
+                m.profiles.push(offer.profile);
+            }
+            let blobs = names.entry(offer.name.as_str()).or_default();
+            if !blobs.contains(&offer.model) {
+                blobs.push(offer.model);
+            }
+        }
+        by_blob
+            .into_values()
+            .map(|mut m| {
+                // A name two blobs claim names neither: clients use the blob id.
+                if names.get(m.id.as_str()).is_some_and(|b| b.len() > 1) {
+                    m.id = m.blob.to_string();
+                }
+                m
+            })
+            .collect()
+    }
+
+    /// The blob a client's model name means: a served model's name or its blob id.
+    pub fn resolve(&self, name: &str) -> Option<BlobId> {
+        self.models()
+            .into_iter()
+            .find(|m| m.id == name || m.blob.to_string() == name)
+            .map(|m| m.blob)
+    }
+
+    /// The worker to ask: among those serving `blob` (in `profile`, if given, and at most
+    /// `max_price` per token) with a free request slot, not in `tried`, the least loaded,
+    /// then the cheapest, then the lowest account.
+    pub fn route(
+        &self,
+        blob: &BlobId,
+        profile: Option<ExecutionProfile>,
+        max_price: u64,
+        tried: &[AccountId],
+    ) -> Option<Route> {
+        let st = self.state();
+        let spec = st.specs.get(blob)?.clone();
+        st.offers
+            .iter()
+            .filter(|(w, _)| !tried.contains(w))
+            .filter_map(|(w, offers)| {
+                let offer = offers.iter().find(|o| {
+                    o.model == *blob
+                        && profile.is_none_or(|p| p == o.profile)
+                        && o.price_per_token <= max_price
+                })?;
+                let load = st.load.get(w).copied().unwrap_or(0);
+                (load < offer.concurrency).then_some((load, offer.price_per_token, *w, offer))
+            })
+            .min_by(|a, b| {
+                // Least loaded as a share of what each takes at once, compared exactly.
+                let (la, lb) = (
+                    u64::from(a.0) * u64::from(b.3.concurrency),
+                    u64::from(b.0) * u64::from(a.3.concurrency),
+                );
+                la.cmp(&lb).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+            })
+            .map(|(_, _, worker, offer)| Route {
+                worker,
+                offer: offer.clone(),
+                spec: spec.clone(),
+            })
+    }
+
+    fn event(&self, worker: &AccountId, request: u64, event: WorkerEvent) -> Result<(), String> {
+        let st = self.state();
+        let p = st.pending.get(&request).ok_or("no such request")?;
+        if p.worker != *worker {
+            return Err("not your request".into());
+        }
+        p.tx.send(event)
+            .map_err(|_| "the request is over".to_string())
+    }
+
+    /// The next piece of `request`'s text from `worker`.
+    pub fn on_text(
+        &self,
+        worker: &AccountId,
+        request: u64,
+        seq: u32,
+        text: String,
+    ) -> Result<(), String> {
+        if text.len() > MAX_TEXT_PIECE_BYTES {
+            return Err(format!(
+                "a text piece is at most {MAX_TEXT_PIECE_BYTES} bytes"
+            ));
+        }
+        {
+            let mut st = self.state();
+            let p = st.pending.get_mut(&request).ok_or("no such request")?;
+            if p.worker != *worker {
+                return Err("not your request".into());
+            }
+            if seq != p.next_seq {
+                return Err(format!("piece {seq} where {} was due", p.next_seq));
+            }
+            p.next_seq += 1;
+        }
+        self.event(worker, request, WorkerEvent::Text(text))
+    }
+
+    /// `worker`'s signed answer to `request`: checked against the request before it is taken.
+    pub fn on_answered(
+        &self,
+        worker: &AccountId,
+        request: u64,
+        answer: Signed<Answer>,
+        record: String,
+    ) -> Result<(), String> {
+        let body = answer
+            .verify()
+            .map_err(|e| format!("the answer's signature: {e}"))?;
+        {
+            let st = self.state();
+            let p = st.pending.get(&request).ok_or("no such request")?;
+            if body.worker != *worker || p.worker != *worker {
+                return Err("the answer names another worker".into());
+            }
+            if body.request != p.task_id || body.model != p.model {
+                return Err("the answer is for another request or model".into());
+            }
+        }
+        if body.output != StateHash(Hash::of(record.as_bytes())) {
+            return Err("the answer signs another record".into());
+        }
+        self.event(
+            worker,
+            request,
+            WorkerEvent::Answered(Box::new(answer), record),
+        )
+    }
+
+    /// `worker` cannot answer `request`.
+    pub fn on_unanswered(
+        &self,
+        worker: &AccountId,
+        request: u64,
+        reason: String,
+    ) -> Result<(), String> {
+        self.event(worker, request, WorkerEvent::Failed(reason))
+    }
+
+    /// Runs `request` to its answer, trying up to [`MAX_ATTEMPTS`] workers, sending the text
+    /// and then the checked answer (or the failure) to `out`. The client's text is never taken
+    /// back: after a failover only what goes beyond it is sent.
+    pub async fn run(
+        self: Arc<Self>,
+        request: ServeRequest,
+        max_price: u64,
+        out: mpsc::UnboundedSender<Progress>,
+    ) {
+        let failure = match self.attempts(request, max_price, &out).await {
+            Ok(done) => {
+                let _ = out.send(Progress::Done(Box::new(done)));
+                return;
+            }
+            Err(why) => why,
+        };
+        let _ = out.send(Progress::Failed(failure));
+    }
+
+    /// Every attempt answers the same task (the request's profile and model section are
+    /// fixed before the first), so the receipt's id is known before the answer.
+    async fn attempts(
+        &self,
+        request: ServeRequest,
+        max_price: u64,
+        out: &mpsc::UnboundedSender<Progress>,
+    ) -> Result<Finished, String> {
+        let link = self.link.get().ok_or("this node has no network")?.clone();
+        let task = request.to_task();
+        let mut tried = Vec::new();
+        let mut sent = String::new();
+        let mut last_error = "no worker serves this model now".to_string();
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(route) =
+                self.route(&request.weights, Some(request.profile), max_price, &tried)
+            else {
+                break;
+            };
+            tried.push(route.worker);
+            let task = task.clone();
+            match self.attempt(&*link, &route, task, &mut sent, out).await {
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    tracing::warn!(worker = %route.worker, error = %e, "a served request moves on");
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn attempt(
+        &self,
+        link: &dyn ServeLink,
+        route: &Route,
+        task: TaskSpec,
+        sent: &mut String,
+        out: &mpsc::UnboundedSender<Progress>,
+    ) -> Result<Finished, String> {
+        let task_id = TaskId(message_id(&task).map_err(|e| e.to_string())?);
+        let number = self.next_request();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        {
+            let mut st = self.state();
+            st.pending.insert(
+                number,
+                Pending {
+                    worker: route.worker,
+                    task_id,
+                    model: route.offer.model,
+                    next_seq: 0,
+                    tx,
+                },
+            );
+            *st.load.entry(route.worker).or_default() += 1;
+        }
+        let _guard = PendingGuard {
+            serving: self,
+            number,
+            worker: route.worker,
+        };
+        link.generate(route.worker, number, task.clone())
+            .await
+            .map_err(|e| format!("the worker did not take the request: {e}"))?;
+        let mut text = String::new();
+        loop {
+            let event = tokio::time::timeout(PIECE_TIMEOUT, rx.recv())
+                .await
+                .map_err(|_| "the worker went silent".to_string())?
+                .ok_or("the request was dropped")?;
+            match event {
+                WorkerEvent::Text(piece) => {
+                    text.push_str(&piece);
+                    forward_beyond(&text, sent, out);
+                }
+                WorkerEvent::Answered(answer, record_json) => {
+                    let record = AnswerRecord::from_bytes(record_json.as_bytes())
+                        .map_err(|e| format!("the answer record: {e}"))?;
+                    let body = answer.verify().map_err(|e| e.to_string())?;
+                    if record.text != text {
+                        return Err("the signed answer is not the streamed text".into());
+                    }
+                    if body.completion_tokens as usize != record.tokens.len() {
+                        return Err("the answer miscounts its tokens".into());
+                    }
+                    return Ok(Finished {
+                        receipt: task_id,
+                        task,
+                        answer: *answer,
+                        record,
+                        record_json,
+                        price_per_token: route.offer.price_per_token,
+                    });
+                }
+                WorkerEvent::Failed(why) => return Err(format!("the worker failed: {why}")),
+                WorkerEvent::Lost(why) => return Err(why),
+            }
+        }
+    }
+}
+
+/// Sends the part of `text` beyond what the client has (`sent`), when `text` extends it.
+fn forward_beyond(text: &str, sent: &mut String, out: &mpsc::UnboundedSender<Progress>) {
+    if text.len() > sent.len() && text.starts_with(sent.as_str()) {
+        let _ = out.send(Progress::Text(text[sent.len()..].to_string()));
+        sent.clear();
+        sent.push_str(text);
+    }
+}
+
+/// Forgets a request attempt however it ends.
+struct PendingGuard<'a> {
+    serving: &'a Serving,
+    number: u64,
+    worker: AccountId,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.serving.state();
+        st.pending.remove(&self.number);
+        if let Some(load) = st.load.get_mut(&self.worker) {
+            *load = load.saturating_sub(1);
+            if *load == 0 {
+                st.load.remove(&self.worker);
+            }
+        }
+    }
+}

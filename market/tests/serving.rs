@@ -1,0 +1,462 @@
+//! Serving over the network: workers keep a model loaded, the node routes OpenAI-compatible
+//! requests to them over libp2p and streams the answers back, each with a receipt a buyer can
+//! check on its own (the worker's signature, the record's hash, one forward pass).
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use common::{call, signed, upload};
+use market_compute::llama::fixtures::tiny_gguf;
+use market_compute::{BlobSource, InferenceJob};
+use market_net::{Multiaddr, NetConfig};
+use market_node::config::NodeConfig;
+use market_node::engine::Node;
+use market_node::p2p::{open_networked, P2pOptions};
+use market_protocol::*;
+use market_worker::serve::ServeOptions;
+use market_worker::Behavior;
+use serde_json::{json, Value};
+
+struct Market {
+    node: Arc<Node>,
+    dispatch: Arc<market_node::p2p::P2pDispatch>,
+    app: Router,
+    addr: Multiaddr,
+    dir: tempfile::TempDir,
+    buyer: Identity,
+    model: PathBuf,
+    model_bytes: Vec<u8>,
+}
+
+async fn market() -> Market {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let (node, dispatch, addrs) = open_networked(
+        &dir.path().join("node"),
+        NodeConfig::default(),
+        Identity::from_test_label("serving operator"),
+        NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..NetConfig::default()
+        },
+        P2pOptions::default(),
+    )
+    .await
+    .unwrap();
+    let buyer = Identity::from_test_label("serving buyer");
+    node.fund("test", &buyer.account(), 10_000, 0)
+        .await
+        .unwrap();
+    let app = market_node::api::router(node.clone());
+    let model_bytes = tiny_gguf(11).unwrap();
+    let model = dir.path().join("tiny.gguf");
+    std::fs::write(&model, &model_bytes).unwrap();
+    Market {
+        node,
+        dispatch,
+        app,
+        addr: addrs[0].clone(),
+        dir,
+        buyer,
+        model,
+        model_bytes,
+    }
+}
+
+/// A worker serving the tiny model under the name `tiny` at `price` per token.
+async fn serving_worker(m: &Market, label: &str, price: u64) -> Identity {
+    let id = Identity::from_test_label(label);
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_worker::daemon::WorkerOptions {
+        market: m.addr.clone(),
+        data_dir: m.dir.path().join(label),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+        behavior: Behavior::Honest,
+        stake: 200,
+        device: "cpu".into(),
+        listen: Vec::new(),
+        status_line: false,
+        relay: false,
+        serve: Some(ServeOptions {
+            models: vec![("tiny".into(), m.model.clone())],
+            price_per_token: price,
+            concurrency: 2,
+            profile: ExecutionProfile::Repro,
+        }),
+    };
+    tokio::spawn(market_worker::daemon::run(id.clone(), options));
+    id
+}
+
+async fn wait_models(m: &Market, workers: u64) -> Value {
+    for _ in 0..600 {
+        let (status, v) = call(&m.app, common::get("/v1/models")).await;
+        assert_eq!(status, StatusCode::OK);
+        if v["data"][0]["workers"].as_u64() == Some(workers) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the model was never served by {workers} workers");
+}
+
+async fn new_key(m: &Market, who: &Identity, limit: Option<u64>) -> (String, String) {
+    let body = serde_json::to_vec(&json!({"name": "test", "spending_limit": limit})).unwrap();
+    let (status, v) = call(&m.app, signed(who, "POST", "/v1/keys", body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    (
+        v["key"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+fn bearer(method: &str, uri: &str, key: &str, body: Value) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        })
+        .unwrap()
+}
+
+/// Sends a request and returns status, receipt header and body.
+async fn send(m: &Market, req: Request<Body>) -> (StatusCode, Option<String>, String) {
+    use tower::ServiceExt;
+    let resp = m.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let receipt = resp
+        .headers()
+        .get("x-market-receipt")
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, receipt, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+struct Blob(Vec<u8>);
+
+impl BlobSource for Blob {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        (BlobId::of(&self.0) == *id).then(|| self.0.clone())
+    }
+}
+
+/// What a buyer checks of a receipt on its own: the worker's signature over the request's id
+/// and the record's hash, and the record against the model in one forward pass.
+fn check_receipt(m: &Market, receipt: &Value, id: &str) -> String {
+    let answer: Signed<Answer> = serde_json::from_value(receipt["answer"].clone()).unwrap();
+    let body = answer.verify().unwrap().clone();
+    let request: TaskSpec = serde_json::from_value(receipt["request"].clone()).unwrap();
+    assert_eq!(TaskId(message_id(&request).unwrap()).to_string(), id);
+    assert_eq!(body.request.to_string(), id);
+    let record = receipt["record"].as_str().unwrap();
+    assert_eq!(body.output, StateHash(Hash::of(record.as_bytes())));
+    let job = InferenceJob::from_spec(&request, &Blob(m.model_bytes.clone())).unwrap();
+    assert_eq!(job.check_item(0, record.as_bytes()).unwrap(), Some(Ok(())));
+    body.worker.to_hex()
+}
+
+fn sse_contents(body: &str) -> (String, Vec<Value>, bool) {
+    let mut text = String::new();
+    let mut chunks = Vec::new();
+    let mut done = false;
+    for line in body.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        chunks.push(v);
+    }
+    (text, chunks, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn served_answers_stream_over_the_network_with_receipts_a_buyer_can_check() {
+    let m = market().await;
+    // The node must hold the weights before it takes them as an offer.
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let worker = serving_worker(&m, "serving worker a", 2).await;
+    let models = wait_models(&m, 1).await;
+    assert_eq!(models["data"][0]["id"], "tiny");
+    assert_eq!(models["data"][0]["price_per_token"], 2);
+    let (key, key_id) = new_key(&m, &m.buyer, None).await;
+
+    // A whole answer, greedy.
+    let ask = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                     "max_tokens": 16, "temperature": 0});
+    let (status, receipt, body) = send(
+        &m,
+        bearer("POST", "/v1/chat/completions", &key, ask.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let whole: Value = serde_json::from_str(&body).unwrap();
+    let receipt = receipt.unwrap();
+    assert_eq!(whole["id"], format!("chatcmpl-{receipt}"));
+    assert_eq!(whole["object"], "chat.completion");
+    let content = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let usage = &whole["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(whole["receipt"]["status"], "pending");
+
+    // Its receipt: checkable without trusting the node or the worker.
+    let (status, _, body) = send(
+        &m,
+        bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(check_receipt(&m, &r, &receipt), worker.account().to_hex());
+    let record: Value = serde_json::from_str(r["record"].as_str().unwrap()).unwrap();
+    assert_eq!(record["text"], content.as_str());
+    let cost = r["cost"].as_u64().unwrap();
+    assert_eq!(cost, 2 * usage["total_tokens"].as_u64().unwrap());
+    assert_eq!(m.node.store.served_owed(&m.buyer.account()).unwrap(), cost);
+
+    // The same request streamed: chunks that add up to the same answer, then [DONE].
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (status, stream_receipt, body) =
+        send(&m, bearer("POST", "/v1/chat/completions", &key, streamed)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (text, chunks, done) = sse_contents(&body);
+    assert!(done, "{body}");
+    assert_eq!(text, content);
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let last = chunks
+        .iter()
+        .rev()
+        .find(|c| c["choices"][0]["finish_reason"].is_string());
+    assert!(last.is_some(), "a chunk names the finish reason");
+    assert_eq!(chunks.last().unwrap()["usage"], *usage);
+    assert_ne!(
+        stream_receipt.unwrap(),
+        receipt,
+        "each request has its own receipt"
+    );
+
+    // Sampling, seeded: its receipt checks too.
+    let sampled = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                         "max_tokens": 12, "temperature": 0.7, "seed": 5});
+    let (status, receipt, _) =
+        send(&m, bearer("POST", "/v1/chat/completions", &key, sampled)).await;
+    assert_eq!(status, StatusCode::OK);
+    let receipt = receipt.unwrap();
+    let (_, _, body) = send(
+        &m,
+        bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
+    )
+    .await;
+    check_receipt(&m, &serde_json::from_str(&body).unwrap(), &receipt);
+
+    // Completions.
+    let (status, _, body) = send(
+        &m,
+        bearer(
+            "POST",
+            "/v1/completions",
+            &key,
+            json!({"model": "tiny", "prompt": "abc", "max_tokens": 5, "temperature": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["choices"][0]["text"].is_string());
+
+    // The key's spending is what its receipts cost.
+    let (_, keys) = call(&m.app, signed(&m.buyer, "GET", "/v1/keys", Vec::new())).await;
+    let spent = keys["data"][0]["spent"].as_u64().unwrap();
+    assert_eq!(keys["data"][0]["id"], key_id.as_str());
+    assert_eq!(spent, m.node.store.served_owed(&m.buyer.account()).unwrap());
+    assert!(
+        keys["data"][0].get("key").is_none(),
+        "a secret is shown once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_openai_errors_and_cost_nothing() {
+    let m = market().await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    serving_worker(&m, "serving worker b", 3).await;
+    wait_models(&m, 1).await;
+    let (key, key_id) = new_key(&m, &m.buyer, None).await;
+    let ok = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+                    "max_tokens": 8, "temperature": 0});
+    let expect = |status: StatusCode, kind: &str, code: &str| {
+        let (kind, code) = (kind.to_string(), code.to_string());
+        move |(s, _, body): (StatusCode, Option<String>, String)| {
+            assert_eq!(s, status, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["type"], kind.as_str(), "{body}");
+            assert_eq!(v["error"]["code"], code.as_str(), "{body}");
+            assert!(v["error"]["message"].is_string());
+        }
+    };
+    let chat = "/v1/chat/completions";
+    let no_key = Request::builder()
+        .method("POST")
+        .uri(chat)
+        .body(Body::from(ok.to_string()))
+        .unwrap();
+    expect(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "missing_api_key",
+    )(send(&m, no_key).await);
+    let forged = format!("mk-{}", "0".repeat(64));
+    expect(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+    )(send(&m, bearer("POST", chat, &forged, ok.clone())).await);
+    let mut unknown = ok.clone();
+    unknown["model"] = json!("gpt-4o");
+    expect(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+    )(send(&m, bearer("POST", chat, &key, unknown)).await);
+    let mut long = ok.clone();
+    long["max_tokens"] = json!(100_000);
+    expect(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "invalid_value",
+    )(send(&m, bearer("POST", chat, &key, long)).await);
+    for bad in [
+        json!({"model": "tiny", "messages": []}),
+        json!({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}),
+        json!({"model": "tiny", "messages": "hello"}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+        json!({"messages": [{"role": "user", "content": "x"}]}),
+    ] {
+        expect(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_value",
+        )(send(&m, bearer("POST", chat, &key, bad)).await);
+    }
+    // Over budget: a key whose limit is below what the request may cost; an account without
+    // credits. Neither is charged anything.
+    let (small, small_id) = new_key(&m, &m.buyer, Some(10)).await;
+    expect(
+        StatusCode::TOO_MANY_REQUESTS,
+        "insufficient_quota",
+        "insufficient_quota",
+    )(send(&m, bearer("POST", chat, &small, ok.clone())).await);
+    let poor = Identity::from_test_label("poor buyer");
+    let (poor_key, _) = new_key(&m, &poor, None).await;
+    expect(
+        StatusCode::TOO_MANY_REQUESTS,
+        "insufficient_quota",
+        "insufficient_quota",
+    )(send(&m, bearer("POST", chat, &poor_key, ok.clone())).await);
+    assert_eq!(m.node.store.served_owed(&m.buyer.account()).unwrap(), 0);
+    assert_eq!(m.node.store.served_owed(&poor.account()).unwrap(), 0);
+    let (_, keys) = call(&m.app, signed(&m.buyer, "GET", "/v1/keys", Vec::new())).await;
+    assert!(keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["spent"] == 0));
+
+    // One answer; then another account's key cannot read its receipt.
+    let (status, receipt, _) = send(&m, bearer("POST", chat, &key, ok.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/v1/receipts/{}", receipt.unwrap());
+    expect(StatusCode::NOT_FOUND, "invalid_request_error", "not_found")(
+        send(&m, bearer("GET", &path, &poor_key, Value::Null)).await,
+    );
+    // A revoked key authenticates nothing; revoking is the account's own business.
+    let (status, _) = call(
+        &m.app,
+        signed(&poor, "DELETE", &format!("/v1/keys/{key_id}"), Vec::new()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another account's key");
+    let (status, v) = call(
+        &m.app,
+        signed(
+            &m.buyer,
+            "DELETE",
+            &format!("/v1/keys/{key_id}"),
+            Vec::new(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["revoked"], true);
+    expect(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+    )(send(&m, bearer("POST", chat, &key, ok.clone())).await);
+    expect(
+        StatusCode::UNAUTHORIZED,
+        "authentication_error",
+        "invalid_api_key",
+    )(send(&m, bearer("GET", &path, &key, Value::Null)).await);
+    let _ = small_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_the_node_does_not_hold_is_not_served() {
+    let m = market().await;
+    // No upload: the node could not audit answers, so it refuses the offer.
+    let worker = serving_worker(&m, "serving worker c", 1).await;
+    for _ in 0..600 {
+        if m.dispatch
+            .participants()
+            .get(&worker.account())
+            .is_some_and(|p| p.connected)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its offer follows its welcome.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, v) = call(&m.app, common::get("/v1/models")).await;
+    assert_eq!(v["data"], json!([]));
+}
