@@ -460,3 +460,88 @@ async fn a_model_the_node_does_not_hold_is_not_served() {
     let (_, v) = call(&m.app, common::get("/v1/models")).await;
     assert_eq!(v["data"], json!([]));
 }
+
+/// The pinned SmolLM2 GGUF and a `python3` with the `openai` package, or `None` (skipping)
+/// when either is missing and `MARKET_REQUIRE_MODELS` is not set (CI sets it, and installs
+/// both).
+fn smollm2_and_openai() -> Option<PathBuf> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let has_openai = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let missing = match (path.exists(), has_openai) {
+        (true, true) => return Some(path),
+        (false, _) => format!("{} (run scripts/fetch-models.sh)", path.display()),
+        (true, false) => "python3 -m pip install openai==3.60.0".into(),
+    };
+    assert!(
+        std::env::var_os("MARKET_REQUIRE_MODELS").is_none(),
+        "missing: {missing}"
+    );
+    eprintln!("skipped: missing {missing}");
+    None
+}
+
+/// Issue 16's acceptance: the official `openai` Python client lists the models, asks
+/// SmolLM2-135M-Instruct a question whole and streamed (same answer, "Paris"), completes a
+/// prompt, gets OpenAI's errors for an unknown model and a bad key, and reads the receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
+    let Some(path) = smollm2_and_openai() else {
+        return;
+    };
+    let mut m = market().await;
+    m.model_bytes = std::fs::read(&path).unwrap();
+    m.model = path;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = m.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let id = Identity::from_test_label("smollm2 server");
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_worker::daemon::WorkerOptions {
+        market: m.addr.clone(),
+        data_dir: m.dir.path().join("smollm2 server"),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+        behavior: Behavior::Honest,
+        stake: 200,
+        device: "cpu".into(),
+        listen: Vec::new(),
+        status_line: false,
+        relay: false,
+        serve: Some(ServeOptions {
+            models: vec![("smollm2-135m-instruct".into(), m.model.clone())],
+            price_per_token: 1,
+            concurrency: 1,
+            profile: ExecutionProfile::Repro,
+        }),
+    };
+    tokio::spawn(market_worker::daemon::run(id, options));
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/openai_check.py"
+            ))
+            .args([&base, &key, "smollm2-135m-instruct"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("openai client saw: {seen}");
+    assert!(seen["answer"].as_str().unwrap().contains("Paris"));
+}

@@ -23,8 +23,8 @@ use crate::store::ApiKey;
 
 /// Most keys one account holds (revoked ones included).
 pub const MAX_KEYS_PER_ACCOUNT: usize = 100;
-/// Longest key name, in bytes.
-pub const MAX_KEY_NAME_BYTES: usize = 64;
+/// Longest key name, in characters.
+pub const MAX_KEY_NAME_CHARS: usize = 64;
 /// What every secret starts with.
 pub const SECRET_PREFIX: &str = "mk-";
 
@@ -32,13 +32,35 @@ pub const SECRET_PREFIX: &str = "mk-";
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewKey {
-    /// A label for people (at most 64 bytes).
+    /// A label for people (at most 64 characters, none of them control characters).
     #[serde(default)]
+    #[schema(max_length = 64, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     name: String,
-    /// Most credits the key's requests may cost in all; absent for no limit beyond the
-    /// account's balance.
-    #[serde(default)]
+    /// Most credits the key's requests may cost in all (below 2^53); absent for no limit
+    /// beyond the account's balance.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 9007199254740991_u64)]
     spending_limit: Option<u64>,
+}
+
+/// A whole number, also when written `12.0` (JSON Schema's `integer` admits that spelling,
+/// and so clients generated from the document may send it).
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n: Option<serde_json::Number> = Option::deserialize(d)?;
+    let Some(n) = n else {
+        return Ok(None);
+    };
+    if let Some(v) = n.as_u64() {
+        return Ok(Some(v));
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 9_007_199_254_740_992.0 => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number of credits"
+        ))),
+    }
 }
 
 /// A key as its account sees it (the secret only once, at creation).
@@ -87,10 +109,18 @@ pub(crate) async fn create(
     let body = body_or_error(body)?;
     let account = authenticate(&node, &method, &uri, &headers, &Hash::of(&body))?;
     let new: NewKey = parse_json(&body)?;
-    if new.name.len() > MAX_KEY_NAME_BYTES || new.name.chars().any(char::is_control) {
+    if new.name.chars().count() > MAX_KEY_NAME_CHARS || new.name.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
             "invalid_name",
-            format!("a key name is at most {MAX_KEY_NAME_BYTES} bytes, without control characters"),
+            format!(
+                "a key name is at most {MAX_KEY_NAME_CHARS} characters, without control characters"
+            ),
+        ));
+    }
+    if new.spending_limit.is_some_and(|l| l >= 1 << 53) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            "a spending limit is below 2^53",
         ));
     }
     let held = node
