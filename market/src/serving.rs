@@ -573,3 +573,223 @@ impl Drop for PendingGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use market_compute::llama::fixtures::tiny_gguf;
+    use market_compute::serving::ServePrompt;
+    use market_protocol::{AuditPolicy, Credits, Decoding, Identity, Version};
+
+    /// Workers that follow a script: `a` streams part of the answer and drops; `b` streams
+    /// it whole and signs it, with `b_text` as the record's text.
+    struct Scripted {
+        serving: Arc<Serving>,
+        a: Identity,
+        b: Identity,
+        b_text: String,
+    }
+
+    impl ServeLink for Scripted {
+        fn generate(
+            &self,
+            worker: AccountId,
+            request: u64,
+            task: TaskSpec,
+        ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+            let (serving, a, b) = (self.serving.clone(), self.a.clone(), self.b.clone());
+            let b_text = self.b_text.clone();
+            tokio::spawn(async move {
+                if worker == a.account() {
+                    serving.on_text(&worker, request, 0, "Hel".into()).unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    serving.worker_gone(&worker);
+                    return;
+                }
+                serving.on_text(&worker, request, 0, "Hel".into()).unwrap();
+                // Out of order: refused, and changes nothing.
+                assert!(serving.on_text(&worker, request, 5, "x".into()).is_err());
+                serving.on_text(&worker, request, 1, "lo".into()).unwrap();
+                let record = AnswerRecord {
+                    finish: "end".into(),
+                    logits: vec![0, 0, 0],
+                    text: b_text,
+                    tokens: vec![1, 2, 3],
+                };
+                let record = String::from_utf8(record.to_bytes()).unwrap();
+                let Workload::Inference(inf) = &task.workload else {
+                    unreachable!()
+                };
+                let answer = |worker: &Identity| Answer {
+                    version: Version::CURRENT,
+                    worker: worker.account(),
+                    request: TaskId(message_id(&task).unwrap()),
+                    model: inf.weights.unwrap(),
+                    output: StateHash(Hash::of(record.as_bytes())),
+                    prompt_tokens: 4,
+                    completion_tokens: 3,
+                };
+                // Another worker's answer, sent by b, is refused.
+                let forged = Signed::sign(answer(&a), &a).unwrap();
+                assert!(serving
+                    .on_answered(&worker, request, forged, record.clone())
+                    .is_err());
+                let signed = Signed::sign(answer(&b), &b).unwrap();
+                serving
+                    .on_answered(&worker, request, signed, record)
+                    .unwrap();
+            });
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    use market_protocol::Workload;
+
+    async fn run(b_text: &str) -> (String, Option<Finished>, Option<String>, Arc<Serving>) {
+        let serving = Arc::new(Serving::default());
+        let bytes = tiny_gguf(3).unwrap();
+        let blob = BlobId::of(&bytes);
+        let (a, b) = (
+            Identity::from_test_label("serving a"),
+            Identity::from_test_label("serving b"),
+        );
+        for (who, price) in [(&a, 1), (&b, 2)] {
+            let offer = ServeOffer {
+                model: blob,
+                name: "tiny".into(),
+                profile: ExecutionProfile::Repro,
+                price_per_token: price,
+                concurrency: 1,
+            };
+            serving
+                .offer(who.account(), vec![offer], |_| Some(bytes.clone()))
+                .unwrap();
+        }
+        serving.set_link(Arc::new(Scripted {
+            serving: serving.clone(),
+            a,
+            b,
+            b_text: b_text.into(),
+        }));
+        let request = ServeRequest {
+            buyer: Identity::from_test_label("serving buyer").account(),
+            nonce: 1,
+            weights: blob,
+            model: model_spec_of(&bytes).unwrap(),
+            profile: ExecutionProfile::Repro,
+            prompt: ServePrompt::Text("hi".into()),
+            max_new_tokens: 8,
+            stop: Vec::new(),
+            decoding: Decoding::Greedy,
+            seed: 0,
+            price: Credits(100),
+            audit: AuditPolicy {
+                detection_target: "0.99".parse().unwrap(),
+                assumed_faked_fraction: "0.1".parse().unwrap(),
+            },
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(serving.clone().run(request, u64::MAX, tx));
+        let (mut text, mut done, mut failed) = (String::new(), None, None);
+        while let Some(p) = rx.recv().await {
+            match p {
+                Progress::Text(t) => text.push_str(&t),
+                Progress::Done(d) => done = Some(*d),
+                Progress::Failed(why) => failed = Some(why),
+            }
+        }
+        (text, done, failed, serving)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_worker_loses_the_request_and_the_client_sees_one_answer() {
+        let (text, done, failed, serving) = run("Hello").await;
+        assert_eq!(failed, None);
+        assert_eq!(
+            text, "Hello",
+            "the cheaper worker's part, then only the rest"
+        );
+        let done = done.unwrap();
+        assert_eq!(
+            done.answer.verify().unwrap().worker,
+            Identity::from_test_label("serving b").account()
+        );
+        assert_eq!(done.price_per_token, 2);
+        let st = serving.state();
+        assert!(st.pending.is_empty() && st.load.is_empty());
+        assert_eq!(st.offers.len(), 1, "the dropped worker's offer is gone");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_is_not_the_streamed_text_is_not_taken() {
+        let (_, done, failed, _) = run("Help!").await;
+        assert!(done.is_none());
+        assert!(failed.unwrap().contains("not the streamed text"));
+    }
+
+    #[test]
+    fn the_least_loaded_then_cheapest_worker_is_chosen() {
+        let serving = Serving::default();
+        let bytes = tiny_gguf(3).unwrap();
+        let blob = BlobId::of(&bytes);
+        let ids: Vec<AccountId> = (0..3)
+            .map(|i| Identity::from_test_label(&format!("router {i}")).account())
+            .collect();
+        for (who, (price, concurrency)) in ids.iter().zip([(5, 4), (3, 1), (9, 2)]) {
+            let offer = ServeOffer {
+                model: blob,
+                name: "tiny".into(),
+                profile: ExecutionProfile::Repro,
+                price_per_token: price,
+                concurrency,
+            };
+            serving
+                .offer(*who, vec![offer], |_| Some(bytes.clone()))
+                .unwrap();
+        }
+        let pick = |max: u64, tried: &[AccountId]| {
+            serving.route(&blob, None, max, tried).map(|r| r.worker)
+        };
+        assert_eq!(pick(u64::MAX, &[]), Some(ids[1]), "all idle: the cheapest");
+        serving.state().load.insert(ids[1], 1);
+        // ids[1] is full; ids[0] at 0/4 beats ids[2] at 0/2 on price.
+        assert_eq!(pick(u64::MAX, &[]), Some(ids[0]));
+        serving.state().load.insert(ids[0], 2);
+        // ids[0] at 2/4 is as loaded as ids[2] would be at 1/2, but ids[2] is at 0/2.
+        assert_eq!(pick(u64::MAX, &[]), Some(ids[2]));
+        assert_eq!(pick(8, &[]), Some(ids[0]), "a price cap");
+        assert_eq!(pick(u64::MAX, &[ids[0], ids[2]]), None, "tried or full");
+        assert_eq!(serving.resolve("tiny"), Some(blob));
+        assert_eq!(serving.resolve(&blob.to_string()), Some(blob));
+        assert_eq!(serving.resolve("other"), None);
+        // A name two blobs claim names neither.
+        let other = tiny_gguf(4).unwrap();
+        let offer = ServeOffer {
+            model: BlobId::of(&other),
+            name: "tiny".into(),
+            profile: ExecutionProfile::Repro,
+            price_per_token: 1,
+            concurrency: 1,
+        };
+        serving
+            .offer(ids[2], vec![offer], |_| Some(other.clone()))
+            .unwrap();
+        assert_eq!(serving.resolve("tiny"), None);
+        // Offers of weights the node does not hold, or that are no llama, are refused.
+        let missing = ServeOffer {
+            model: BlobId::of(b"nothing"),
+            name: "x".into(),
+            profile: ExecutionProfile::Repro,
+            price_per_token: 1,
+            concurrency: 1,
+        };
+        assert!(serving
+            .offer(ids[0], vec![missing.clone()], |_| None)
+            .is_err());
+        assert!(serving
+            .offer(ids[0], vec![missing], |_| Some(b"nothing".to_vec()))
+            .is_err());
+    }
+}
