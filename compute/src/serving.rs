@@ -175,6 +175,24 @@ impl ServedModel {
     }
 }
 
+impl ServedModel {
+    /// Checks a served answer to `task` (a one-item request for this model) in one forward
+    /// pass, as a verifier checks an item of a posted task: `Ok(Ok(()))` if `record` is the
+    /// model's answer, `Ok(Err(why))` if not, `Err` if the request itself cannot be run.
+    pub fn check(&self, task: &TaskSpec, record: &[u8]) -> Result<std::result::Result<(), String>> {
+        let job = self.job.for_request(task)?;
+        if job.len() != 1 {
+            return Err(ComputeError::config(
+                "inputs",
+                "a served request has one item",
+            ));
+        }
+        Ok(job
+            .check_item(0, record)?
+            .unwrap_or_else(|| Err("not a llama answer".into())))
+    }
+}
+
 fn dec(s: &str) -> Decimal {
     s.parse()
         .unwrap_or_else(|_| unreachable!("a literal decimal"))

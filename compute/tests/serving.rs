@@ -121,7 +121,9 @@ fn a_served_answer_is_the_posted_items_answer_and_streams_to_its_text() {
             posted.check_item(0, &served.output.bytes).unwrap(),
             Some(Ok(()))
         );
+        stopped += 1;
     }
+    assert!(stopped > 0, "a stop text was tried");
     assert!(streamed_something, "answers stream in more than one piece");
 }
 

@@ -36,6 +36,13 @@ pub struct NodeConfig {
     pub min_verifier_stake: u64,
     /// Stake taken from a worker whose result fails an audit (at most its stake).
     pub worker_slash: u64,
+    /// Served answers per audited batch: a worker's batch closes at this many answers.
+    pub serve_batch_answers: usize,
+    /// A worker's batch of served answers also closes this long after its first answer,
+    /// seconds, so a quiet worker's answers are audited (and it is paid) all the same.
+    pub serve_batch_secs: u64,
+    /// Share of each batch's answers checked, in parts per million (at least one answer).
+    pub serve_audit_ppm: u32,
     /// Stake taken from a verifier that passes a planted faulty bundle.
     pub verifier_slash: u64,
     /// Share of audits that are ringers (planted faulty bundles), in parts per million.
@@ -125,6 +132,9 @@ impl Default for NodeConfig {
             min_worker_stake: 100,
             min_verifier_stake: 50,
             worker_slash: 100,
+            serve_batch_answers: 32,
+            serve_batch_secs: 10,
+            serve_audit_ppm: 250_000,
             verifier_slash: 50,
             ringer_rate_ppm: 0,
             max_attempts: 3,

@@ -429,6 +429,7 @@ impl P2pDispatch {
     /// network stops. Also publishes task events and signed ledger heads on gossip.
     pub fn serve(self: &Arc<Self>, node: Arc<Node>, mut events: mpsc::UnboundedReceiver<Event>) {
         node.serving.set_link(self.clone());
+        tokio::spawn(crate::serving::audit::run(node.clone()));
         let me = self.clone();
         let n = node.clone();
         tokio::spawn(async move {

@@ -21,6 +21,7 @@ use market_node::config::NodeConfig;
 use market_node::engine::Node;
 use market_node::p2p::{open_networked, P2pOptions};
 use market_protocol::*;
+use market_protocol::{beacon, vrf};
 use market_worker::serve::ServeOptions;
 use market_worker::Behavior;
 use serde_json::{json, Value};
@@ -36,6 +37,15 @@ struct Market {
     model_bytes: Vec<u8>,
 }
 
+/// Batches close a second after their first answer and are checked whole.
+fn config() -> NodeConfig {
+    NodeConfig {
+        serve_batch_secs: 1,
+        serve_audit_ppm: 1_000_000,
+        ..NodeConfig::default()
+    }
+}
+
 async fn market() -> Market {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -44,7 +54,7 @@ async fn market() -> Market {
     let dir = tempfile::tempdir().unwrap();
     let (node, dispatch, addrs) = open_networked(
         &dir.path().join("node"),
-        NodeConfig::default(),
+        config(),
         Identity::from_test_label("serving operator"),
         NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -76,6 +86,16 @@ async fn market() -> Market {
 
 /// A worker serving the tiny model under the name `tiny` at `price` per token.
 async fn serving_worker(m: &Market, label: &str, price: u64) -> Identity {
+    cheating_worker(m, label, price, None).await
+}
+
+/// A serving worker that fakes its answers with `fault`.
+async fn cheating_worker(
+    m: &Market,
+    label: &str,
+    price: u64,
+    fault: Option<market_worker::serve::ServeFault>,
+) -> Identity {
     let id = Identity::from_test_label(label);
     m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
     let options = market_worker::daemon::WorkerOptions {
@@ -93,6 +113,7 @@ async fn serving_worker(m: &Market, label: &str, price: u64) -> Identity {
             price_per_token: price,
             concurrency: 2,
             profile: ExecutionProfile::Repro,
+            fault,
         }),
     };
     tokio::spawn(market_worker::daemon::run(id.clone(), options));
@@ -243,7 +264,10 @@ async fn served_answers_stream_over_the_network_with_receipts_a_buyer_can_check(
     assert_eq!(record["text"], content.as_str());
     let cost = r["cost"].as_u64().unwrap();
     assert_eq!(cost, 2 * usage["total_tokens"].as_u64().unwrap());
-    assert_eq!(m.node.store.served_owed(&m.buyer.account()).unwrap(), cost);
+    // Its cost is escrowed from the buyer at once; the escrow is the receipt's first entry.
+    let id: TaskId = receipt.parse().unwrap();
+    assert_eq!(m.node.ledger.escrow_of(&id).unwrap().amount.0, cost);
+    assert!(r["ledger_entries"][0].is_u64());
 
     // The same request streamed: chunks that add up to the same answer, then [DONE].
     let mut streamed = ask.clone();
@@ -305,7 +329,7 @@ async fn served_answers_stream_over_the_network_with_receipts_a_buyer_can_check(
     let (_, keys) = call(&m.app, signed(&m.buyer, "GET", "/v1/keys", Vec::new())).await;
     let spent = keys["data"][0]["spent"].as_u64().unwrap();
     assert_eq!(keys["data"][0]["id"], key_id.as_str());
-    assert_eq!(spent, m.node.store.served_owed(&m.buyer.account()).unwrap());
+    assert!(spent > cost, "every answer so far is on the key");
     assert!(
         keys["data"][0].get("key").is_none(),
         "a secret is shown once"
@@ -320,6 +344,7 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
     serving_worker(&m, "serving worker b", 3).await;
     wait_models(&m, 1).await;
     let (key, key_id) = new_key(&m, &m.buyer, None).await;
+    let balance_before = m.node.ledger.balance(&m.buyer.account()).0;
     let ok = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
                     "max_tokens": 8, "temperature": 0});
     let expect = |status: StatusCode, kind: &str, code: &str| {
@@ -392,8 +417,8 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
         "insufficient_quota",
         "insufficient_quota",
     )(send(&m, bearer("POST", chat, &poor_key, ok.clone())).await);
-    assert_eq!(m.node.store.served_owed(&m.buyer.account()).unwrap(), 0);
-    assert_eq!(m.node.store.served_owed(&poor.account()).unwrap(), 0);
+    assert_eq!(m.node.ledger.balance(&m.buyer.account()).0, balance_before);
+    assert_eq!(m.node.ledger.balance(&poor.account()).0, 0);
     let (_, keys) = call(&m.app, signed(&m.buyer, "GET", "/v1/keys", Vec::new())).await;
     assert!(keys["data"]
         .as_array()
@@ -518,6 +543,7 @@ async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
             price_per_token: 1,
             concurrency: 1,
             profile: ExecutionProfile::Repro,
+            fault: None,
         }),
     };
     tokio::spawn(market_worker::daemon::run(id, options));
@@ -544,4 +570,125 @@ async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
     let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
     eprintln!("openai client saw: {seen}");
     assert!(seen["answer"].as_str().unwrap().contains("Paris"));
+}
+
+/// Polls a receipt until its batch's audit settled it.
+async fn settled_receipt(m: &Market, key: &str, id: &str) -> Value {
+    for _ in 0..600 {
+        let (status, _, body) = send(
+            m,
+            bearer("GET", &format!("/v1/receipts/{id}"), key, Value::Null),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let r: Value = serde_json::from_str(&body).unwrap();
+        if r["status"] != "pending" {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("receipt {id} was never settled");
+}
+
+/// What a buyer checks of a settled receipt on its own: the answer's leaf is in the batch
+/// whose root the operator's beacon was drawn on.
+fn check_batch(m: &Market, r: &Value) {
+    let b = &r["batch"];
+    let hex = |v: &Value| -> Hash { v.as_str().unwrap().parse().unwrap() };
+    let root = hex(&b["root"]);
+    let answer: Signed<Answer> = serde_json::from_value(r["answer"].clone()).unwrap();
+    let leaf = message_id(answer.verify().unwrap()).unwrap();
+    assert_eq!(hex(&b["leaf"]), leaf);
+    let proof = MerkleProof {
+        leaf_index: b["index"].as_u64().unwrap(),
+        tree_size: b["size"].as_u64().unwrap(),
+        path: b["proof"].as_array().unwrap().iter().map(hex).collect(),
+    };
+    proof.verify(leaf.as_bytes(), &root).unwrap();
+    let vrf_proof: vrf::VrfProof = serde_json::from_value(b["beacon_proof"].clone()).unwrap();
+    let beacon =
+        beacon::verify_batch_beacon(&m.node.operator.account(), &root, &vrf_proof).unwrap();
+    assert_eq!(beacon.0, hex(&b["beacon"]));
+}
+
+async fn ask(m: &Market, key: &str, content: &str) -> (String, u64) {
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": content}],
+                      "max_tokens": 16, "temperature": 0});
+    let (status, receipt, text) = send(m, bearer("POST", "/v1/chat/completions", key, body)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let receipt = receipt.unwrap();
+    let cost = m
+        .node
+        .ledger
+        .escrow_of(&receipt.parse().unwrap())
+        .unwrap()
+        .amount
+        .0;
+    (receipt, cost)
+}
+
+/// The audit of served answers, for real: an honest worker's answers are verified in their
+/// batch and it is paid what they cost; a worker that fakes its answers (truncated, or
+/// answering another question) has its batch failed, every buyer in it refunded and its
+/// stake slashed to the buyer of the answer caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashed() {
+    use market_worker::serve::ServeFault;
+    let m = market().await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let honest = serving_worker(&m, "honest server", 2).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let paid_before = m.node.ledger.balance(&honest.account()).0;
+    let mut costs = 0;
+    let mut receipts = Vec::new();
+    for q in ["first question", "second question", "third"] {
+        let (receipt, cost) = ask(&m, &key, q).await;
+        costs += cost;
+        receipts.push(receipt);
+    }
+    for id in &receipts {
+        let r = settled_receipt(&m, &key, id).await;
+        assert_eq!(r["status"], "verified", "{r}");
+        assert_eq!(r["batch"]["audited"], true);
+        check_batch(&m, &r);
+    }
+    assert_eq!(
+        m.node.ledger.balance(&honest.account()).0,
+        paid_before + costs
+    );
+
+    for (label, fault) in [
+        ("truncating server", ServeFault::Truncate),
+        ("inventing server", ServeFault::OtherPrompt),
+    ] {
+        // Cheaper, so the cheater is routed first.
+        let cheat = cheating_worker(&m, label, 1, Some(fault)).await;
+        wait_models(&m, 2).await;
+        let stake_before = m.node.ledger.stake(&cheat.account()).0;
+        let buyer_before = m.node.ledger.balance(&m.buyer.account()).0;
+        let (receipt, cost) = ask(&m, &key, "a question for a cheat").await;
+        assert_eq!(
+            m.node.ledger.balance(&m.buyer.account()).0,
+            buyer_before - cost
+        );
+        let r = settled_receipt(&m, &key, &receipt).await;
+        assert_eq!(r["status"], "failed", "{fault:?}: {r}");
+        assert_eq!(r["worker"], cheat.account().to_hex());
+        check_batch(&m, &r);
+        let slash = 100.min(stake_before);
+        assert_eq!(
+            m.node.ledger.stake(&cheat.account()).0,
+            stake_before - slash
+        );
+        assert_eq!(
+            m.node.ledger.balance(&m.buyer.account()).0,
+            buyer_before + slash,
+            "refunded, and paid the slash"
+        );
+        // The cheat leaves (its stake is gone); the honest worker serves on.
+        m.node.serving.worker_gone(&cheat.account());
+        wait_models(&m, 1).await;
+    }
 }

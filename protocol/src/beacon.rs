@@ -19,13 +19,46 @@ use crate::vrf::{self, VrfError, VrfProof};
 /// The domain of a beacon's VRF input.
 pub const BEACON_DOMAIN: &str = "market/v1/Beacon";
 
+/// The domain of a served-answer batch's VRF input.
+pub const BATCH_BEACON_DOMAIN: &str = "market/v1/ServeBatch";
+
 /// The VRF input of the beacon of `commitment`.
 pub fn beacon_alpha(commitment: &CommitmentId) -> Vec<u8> {
-    let mut alpha = Vec::with_capacity(BEACON_DOMAIN.len() + 1 + 32);
-    alpha.extend_from_slice(BEACON_DOMAIN.as_bytes());
+    alpha_of(BEACON_DOMAIN, commitment.as_bytes())
+}
+
+fn alpha_of(domain: &str, input: &[u8; 32]) -> Vec<u8> {
+    let mut alpha = Vec::with_capacity(domain.len() + 1 + 32);
+    alpha.extend_from_slice(domain.as_bytes());
     alpha.push(0);
-    alpha.extend_from_slice(commitment.as_bytes());
+    alpha.extend_from_slice(input);
     alpha
+}
+
+/// The operator's beacon for a batch of served answers (named by its Merkle root), with its
+/// proof: which answers are audited, drawn after the batch is fixed. Its own domain keeps it
+/// apart from every commitment's beacon.
+pub fn prove_batch_beacon(operator: &Identity, root: &Hash) -> (Beacon, VrfProof) {
+    let proof = vrf::prove(
+        &operator.secret_bytes(),
+        &alpha_of(BATCH_BEACON_DOMAIN, root.as_bytes()),
+    );
+    let beta = vrf::proof_to_hash(&proof).unwrap_or([0; 64]);
+    (from_beta(&beta), proof)
+}
+
+/// Checks `proof` as `operator`'s beacon proof for the batch with Merkle root `root`.
+pub fn verify_batch_beacon(
+    operator: &AccountId,
+    root: &Hash,
+    proof: &VrfProof,
+) -> Result<Beacon, VrfError> {
+    vrf::verify(
+        operator,
+        &alpha_of(BATCH_BEACON_DOMAIN, root.as_bytes()),
+        proof,
+    )
+    .map(|beta| from_beta(&beta))
 }
 
 fn from_beta(beta: &[u8; 64]) -> Beacon {

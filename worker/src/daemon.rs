@@ -733,6 +733,9 @@ pub struct RunArgs {
     /// The profile served models run in (`repro`: bit-exact, audited exactly).
     #[arg(long, default_value = "repro", value_parser = parse_profile)]
     pub serve_profile: ExecutionProfile,
+    /// Testing aid: fake served answers this way, so their audits can be tested.
+    #[arg(long, value_enum)]
+    pub serve_fault: Option<crate::serve::ServeFault>,
 }
 
 fn parse_profile(s: &str) -> Result<ExecutionProfile, String> {
@@ -759,6 +762,7 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
             price_per_token: args.price_per_token,
             concurrency: args.serve_concurrency,
             profile: args.serve_profile,
+            fault: args.serve_fault,
         }),
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))

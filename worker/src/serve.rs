@@ -13,8 +13,8 @@ use market_compute::serving::{Served as ServedAnswer, ServedModel};
 use market_net::wire::{Reply, Request, Response, ServeOffer, MAX_TEXT_PIECE_BYTES};
 use market_net::{Net, PeerId, Responder};
 use market_protocol::{
-    message_id, Answer, BlobId, ExecutionProfile, Identity, Signed, TaskId, TaskSpec, Version,
-    Workload,
+    message_id, Answer, BlobId, ExecutionProfile, Identity, InferenceInputs, Signed, TaskId,
+    TaskSpec, Version, Workload,
 };
 use tokio::sync::{mpsc, Semaphore};
 
@@ -29,6 +29,50 @@ pub struct ServeOptions {
     pub concurrency: u32,
     /// The profile the models run in.
     pub profile: ExecutionProfile,
+    /// Testing aid: cheat this way on every answer, so audits of served answers can be
+    /// measured.
+    pub fault: Option<ServeFault>,
+}
+
+/// How a cheating serving worker fakes its answers (a testing aid, like [`crate::Behavior`]).
+/// Each signs the request it was sent, so only an audit can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeFault {
+    /// Stops after half the tokens the request allows (a truncated answer, cheaper to make).
+    Truncate,
+    /// Answers another question (made-up text that reads well).
+    OtherPrompt,
+}
+
+impl ServeFault {
+    /// The request the cheat actually runs instead of `task`.
+    fn apply(self, task: &TaskSpec) -> TaskSpec {
+        let mut run = task.clone();
+        let Workload::Inference(inf) = &mut run.workload else {
+            return run;
+        };
+        match (&mut inf.inputs, self) {
+            (
+                InferenceInputs::Chat { max_new_tokens, .. }
+                | InferenceInputs::Prompts { max_new_tokens, .. },
+                Self::Truncate,
+            ) => *max_new_tokens = (*max_new_tokens / 2).max(1),
+            (InferenceInputs::Chat { chats, .. }, Self::OtherPrompt) => {
+                for chat in chats {
+                    if let Some(last) = chat.last_mut() {
+                        last.content = "Tell me about something else.".into();
+                    }
+                }
+            }
+            (InferenceInputs::Prompts { prompts, .. }, Self::OtherPrompt) => {
+                for p in prompts {
+                    *p = "Once upon a time".into();
+                }
+            }
+            _ => {}
+        }
+        run
+    }
 }
 
 /// Parses `NAME=PATH` (a `--serve` argument).
@@ -45,6 +89,7 @@ pub fn parse_serve_arg(arg: &str) -> Result<(String, PathBuf), String> {
 }
 
 struct Model {
+    fault: Option<ServeFault>,
     offer: ServeOffer,
     model: Arc<ServedModel>,
     slots: Arc<Semaphore>,
@@ -83,6 +128,7 @@ impl Served {
             models.insert(
                 model.weights,
                 Model {
+                    fault: options.fault,
                     offer,
                     model: Arc::new(model),
                     slots: Arc::new(Semaphore::new(options.concurrency.max(1) as usize)),
@@ -122,10 +168,11 @@ pub fn on_generate(
         return responder.send(Reply::refused("the task does not encode"));
     };
     responder.send(Reply::of(Response::Ok));
+    let run = model.fault.map_or_else(|| task.clone(), |f| f.apply(&task));
     let (model, net, identity) = (model.model.clone(), net.clone(), identity.clone());
     tokio::spawn(async move {
         let _permit = permit;
-        let outcome = answer(&model, &net, node, request, task).await;
+        let outcome = answer(&model, &net, node, request, run).await;
         let report = match outcome {
             Ok(served) => answered(&identity, &model, TaskId(id), request, served),
             Err(reason) => Request::Unanswered { request, reason },

@@ -98,7 +98,8 @@ use crate::error::ApiError;
         openai::CompletionRequest,
         openai::ModelList,
         openai::ModelView,
-        openai::ReceiptView
+        openai::ReceiptView,
+        openai::BatchView
     ))
 )]
 #[derive(Debug)]

@@ -26,7 +26,7 @@ use super::keys::bearer;
 use crate::auth::unix_now;
 use crate::engine::Node;
 use crate::serving::{Finished, HoldGuard, Progress};
-use crate::store::{ApiKey, ServedReceipt};
+use crate::store::{ApiKey, BatchStatus, ServedReceipt};
 
 /// The response header that carries an answer's receipt id.
 pub const RECEIPT_HEADER: &str = "x-market-receipt";
@@ -489,13 +489,10 @@ fn prepare(
         .checked_mul(prompt_bytes as u64 + u64::from(max_new_tokens))
         .ok_or_else(|| OaiError::invalid("max_tokens", "the request's cost overflows"))?;
     let account = key.account;
+    // Answers already taken are escrowed: the balance is what is left to spend.
     let balance = node.ledger.balance(&account).0;
-    let owed = node
-        .store
-        .served_owed(&account)
-        .map_err(OaiError::internal)?;
     let guard = serving.hold(account, &key.id, hold, |on_account, on_key| {
-        let free = balance.saturating_sub(owed).saturating_sub(on_account);
+        let free = balance.saturating_sub(on_account);
         if free < hold {
             return Err(OaiError::quota(format!(
                 "this request may cost {hold} credits; the account has {free} free"
@@ -586,7 +583,7 @@ fn start(node: &Arc<Node>, p: Prepared) -> (mpsc::UnboundedReceiver<Progress>, M
         while let Some(progress) = inner_rx.recv().await {
             let progress = match progress {
                 Progress::Done(done) => {
-                    match record(&node, &done, &p.key, &p.key_hash, &p.model_name) {
+                    match record(&node, &done, &p.key, &p.key_hash, &p.model_name).await {
                         Ok(()) => Progress::Done(done),
                         Err(e) => Progress::Failed(e),
                     }
@@ -611,28 +608,65 @@ fn cost(done: &Finished) -> u64 {
         .min(done.task.price.0)
 }
 
-fn record(
+/// Takes a checked answer: its receipt and its place in its worker's batch, then its cost
+/// escrowed from the buyer (both idempotent), before the client sees its end.
+async fn record(
     node: &Node,
     done: &Finished,
     key: &ApiKey,
     key_hash: &Hash,
     model_name: &str,
 ) -> Result<(), String> {
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "recording a served answer");
+        "the answer could not be recorded".to_string()
+    };
+    let body = done.answer.verify().map_err(|e| internal(&e))?;
+    let leaf = message_id(body).map_err(|e| internal(&e))?;
+    let cost = cost(done);
     let receipt = ServedReceipt {
         request: done.task.clone(),
         answer: done.answer.clone(),
         record: done.record_json.clone(),
         key: key.id.clone(),
         model_name: model_name.into(),
-        cost: cost(done),
+        cost,
         created: unix_now(),
+        escrow_seq: None,
     };
     node.store
-        .record_served(&done.receipt, &receipt, key_hash)
+        .record_served(
+            &done.receipt,
+            &receipt,
+            key_hash,
+            &body.worker,
+            &leaf,
+            unix_now(),
+        )
+        .map_err(|e| internal(&e))?;
+    if cost == 0 {
+        return Ok(());
+    }
+    let escrowed = node
+        .append(
+            crate::engine::Operation::ServeEscrow {
+                answer: done.receipt,
+            },
+            market_ledger::EntryKind::Escrow {
+                amount: Credits(cost),
+                buyer: done.task.buyer,
+                spec: None,
+                task_id: done.receipt,
+            },
+        )
+        .await
         .map_err(|e| {
-            tracing::error!(error = %e, "recording a served answer");
-            "the answer could not be recorded".to_string()
-        })
+            tracing::warn!(error = %e, "escrowing a served answer");
+            "the account could not pay for the answer".to_string()
+        })?;
+    node.store
+        .set_receipt_escrow(&done.receipt, escrowed.seq())
+        .map_err(|e| internal(&e))
 }
 
 struct Meta {
@@ -926,7 +960,7 @@ pub(crate) async fn models(State(node): State<Arc<Node>>) -> Json<ModelList> {
 pub(crate) struct ReceiptView {
     id: String,
     object: &'static str,
-    /// `pending` until the answer's batch is audited (`verified` or `failed`).
+    /// `pending` until the answer's batch is audited, then `verified` or `failed`.
     status: &'static str,
     model: String,
     /// The GGUF blob that answered.
@@ -945,11 +979,37 @@ pub(crate) struct ReceiptView {
     /// Credits the answer costs.
     cost: u64,
     created: u64,
-    /// Verifiers' verdicts on the answer (none before its audit).
-    #[schema(value_type = Vec<Object>)]
-    verdicts: Vec<serde_json::Value>,
-    /// Ledger entries that settled it (none before its audit).
+    /// The batch the answer was audited in, once its worker's batch closed.
+    batch: Option<BatchView>,
+    /// Ledger entries: the escrow of its cost, then its batch's settlement (its worker paid,
+    /// or its buyers refunded and its worker slashed).
     ledger_entries: Vec<u64>,
+}
+
+/// A closed batch of one worker's served answers, as a receipt shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchView {
+    /// The Merkle root over the batch's leaves (each the message id of a signed answer).
+    root: String,
+    /// This answer's leaf: the message id of its signed answer.
+    leaf: String,
+    /// Its place in the batch, from 0.
+    index: u64,
+    /// Answers in the batch.
+    size: u64,
+    /// Sibling hashes from the leaf up (RFC 6962 shape over blake3): the answer is in the
+    /// batch whose root was drawn on.
+    proof: Vec<String>,
+    /// The operator's VRF beacon over the root (hex) and its proof (hex), once drawn: the
+    /// audited answers are sampled from it.
+    beacon: Option<String>,
+    beacon_proof: Option<String>,
+    /// Whether this very answer was among those checked.
+    audited: bool,
+    /// `auditing`, `verified` or `failed`.
+    status: String,
+    /// Why the batch failed.
+    failure: Option<String>,
 }
 
 /// A served answer's receipt, for the account that asked (any of its keys).
@@ -981,10 +1041,44 @@ pub(crate) async fn receipt(
         return Err(not_found());
     }
     let body = r.answer.verify().map_err(OaiError::internal)?;
+    let in_batch = node.store.batch_of(&id).map_err(OaiError::internal)?;
+    let mut ledger_entries: Vec<u64> = r.escrow_seq.into_iter().collect();
+    let (status, batch) = match in_batch {
+        None => ("pending", None),
+        Some((b, index)) => {
+            let leaves: Vec<[u8; 32]> = b.answers.iter().map(|(_, l)| l.0).collect();
+            let proof = market_protocol::MerkleTree::new(&leaves)
+                .proof(index)
+                .map(|p| p.path.iter().map(|h| h.to_hex()).collect())
+                .unwrap_or_default();
+            ledger_entries.extend(&b.ledger);
+            let status = match b.status {
+                BatchStatus::Auditing => "pending",
+                BatchStatus::Verified => "verified",
+                BatchStatus::Failed => "failed",
+            };
+            let view = BatchView {
+                root: b.root.to_hex(),
+                leaf: b.answers[index as usize].1.to_hex(),
+                index,
+                size: b.answers.len() as u64,
+                proof,
+                beacon: b.beacon.map(|(beacon, _)| beacon.0.to_hex()),
+                beacon_proof: b.beacon.map(|(_, p)| p.to_hex()),
+                audited: b.sampled.contains(&(index as u32)),
+                status: serde_json::to_value(b.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                failure: b.failure.clone(),
+            };
+            (status, Some(view))
+        }
+    };
     Ok(Json(ReceiptView {
         id: id.to_string(),
         object: "receipt",
-        status: "pending",
+        status,
         model: r.model_name.clone(),
         blob: body.model.to_string(),
         worker: body.worker.to_hex(),
@@ -995,7 +1089,7 @@ pub(crate) async fn receipt(
         record: r.record,
         cost: r.cost,
         created: r.created,
-        verdicts: Vec::new(),
-        ledger_entries: Vec::new(),
+        batch,
+        ledger_entries,
     }))
 }

@@ -244,7 +244,7 @@ impl Node {
 
     /// Appends on a blocking thread (an append waits for its flush), idempotent under the
     /// operation's key.
-    async fn append(
+    pub(crate) async fn append(
         &self,
         op: Operation<'_>,
         kind: EntryKind,

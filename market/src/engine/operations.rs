@@ -52,6 +52,15 @@ pub enum Operation<'a> {
     },
     /// A reputation change of `account` for `event` (which names the task, attempt and cause).
     Reputation { event: &'a str, account: AccountId },
+    /// A served answer's cost, locked once the answer is taken (`answer` is its receipt id).
+    ServeEscrow { answer: TaskId },
+    /// A served answer's cost, paid to its worker once the answer's batch passed its audit.
+    ServeRelease { answer: TaskId },
+    /// A served answer's cost, back to its buyer: its batch failed its audit.
+    ServeRefund { answer: TaskId },
+    /// A serving worker's stake taken for the batch `batch` (its Merkle root) that failed its
+    /// audit, paid to `payee`.
+    ServeSlash { batch: Hash, payee: AccountId },
 }
 
 impl Operation<'_> {
@@ -87,6 +96,10 @@ impl Operation<'_> {
                 target,
             } => format!("stake:hello:{account}:{current}:{target}"),
             Self::Reputation { event, account } => format!("rep:{event}:{account}"),
+            Self::ServeEscrow { answer } => format!("serve_escrow:{answer}"),
+            Self::ServeRelease { answer } => format!("serve_release:{answer}"),
+            Self::ServeRefund { answer } => format!("serve_refund:{answer}"),
+            Self::ServeSlash { batch, payee } => format!("serve_slash:{batch}:{payee}"),
         }
     }
 

@@ -20,7 +20,7 @@ mod serving;
 mod tasks;
 
 pub use blobs::{BlobAccess, UploadCharge};
-pub use serving::{ApiKey, ServedReceipt};
+pub use serving::{ApiKey, BatchStatus, OpenBatch, ServeBatch, ServedReceipt};
 
 /// Why the node's store failed (always the node's own fault).
 #[derive(Debug, thiserror::Error)]

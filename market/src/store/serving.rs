@@ -1,7 +1,8 @@
 //! What serving keeps: API keys (by the blake3 of the secret, never the secret), the receipt
 //! of every served answer, and what each account owes for answers not yet settled.
 
-use market_protocol::{AccountId, Answer, Hash, Signed, TaskId, TaskSpec};
+use market_protocol::vrf::VrfProof;
+use market_protocol::{AccountId, Answer, Beacon, Hash, Signed, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 use super::{get, Store, StoreError};
@@ -42,6 +43,55 @@ pub struct ServedReceipt {
     pub cost: u64,
     /// Unix seconds.
     pub created: u64,
+    /// The ledger entry that escrowed its cost (none for a free answer).
+    #[serde(default)]
+    pub escrow_seq: Option<u64>,
+}
+
+/// A worker's answers not yet in a closed batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenBatch {
+    /// Each answer's receipt id and leaf (the message id of its signed answer), in order.
+    pub answers: Vec<(TaskId, Hash)>,
+    /// Unix seconds of its first answer.
+    pub opened: u64,
+}
+
+/// Where a batch's audit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// Closed; its sampled answers are being checked or its settlement written.
+    Auditing,
+    /// Every sampled answer checked; the worker was paid.
+    Verified,
+    /// A sampled answer failed its check: the buyers were refunded and the worker slashed.
+    Failed,
+}
+
+/// A closed batch of one worker's served answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServeBatch {
+    /// The Merkle root over its leaves (RFC 6962 shape over blake3): its name.
+    pub root: Hash,
+    /// The worker.
+    pub worker: AccountId,
+    /// Each answer's receipt id and leaf, in order.
+    pub answers: Vec<(TaskId, Hash)>,
+    /// Unix seconds of its first answer.
+    pub opened: u64,
+    /// Unix seconds of its closing.
+    pub closed: u64,
+    /// The operator's VRF beacon over the root, with its proof, once drawn.
+    pub beacon: Option<(Beacon, VrfProof)>,
+    /// The answers audited (indices into `answers`).
+    pub sampled: Vec<u32>,
+    /// Where its audit stands.
+    pub status: BatchStatus,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// Ledger entries of its settlement.
+    pub ledger: Vec<u64>,
 }
 
 impl Store {
@@ -123,54 +173,175 @@ impl Store {
         Ok(self.db.open_tree("served_receipts")?)
     }
 
-    fn owed_tree(&self) -> Result<sled::Tree, StoreError> {
-        Ok(self.db.open_tree("served_owed")?)
+    fn open_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("serve_open_batches")?)
     }
 
-    /// Records a served answer: its receipt, its cost on its key and on what its buyer owes,
-    /// in one transaction (a crash records all of it or none).
+    fn batch_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("serve_batches")?)
+    }
+
+    fn answer_batch_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("serve_answer_batch")?)
+    }
+
+    /// Records a served answer: its receipt, its cost on its key, and its place in its
+    /// worker's open batch (`leaf`: the message id of its signed answer), in one transaction
+    /// (a crash records all of it or none; recording it again changes nothing).
     pub fn record_served(
         &self,
         id: &TaskId,
         receipt: &ServedReceipt,
         key_hash: &Hash,
+        worker: &AccountId,
+        leaf: &Hash,
+        now: u64,
     ) -> Result<(), StoreError> {
         use sled::transaction::{ConflictableTransactionError, Transactional};
-        let (receipts, keys, owed) = (self.receipt_tree()?, self.key_tree()?, self.owed_tree()?);
+        let (receipts, keys, open) = (self.receipt_tree()?, self.key_tree()?, self.open_tree()?);
         let body = serde_json::to_vec(receipt)?;
-        let buyer = receipt.request.buyer;
-        let r = (&receipts, &keys, &owed).transaction(|(receipts, keys, owed)| {
+        let abort = ConflictableTransactionError::Abort;
+        let r = (&receipts, &keys, &open).transaction(|(receipts, keys, open)| {
             if receipts.get(id.as_bytes())?.is_some() {
                 return Ok(());
             }
             receipts.insert(id.as_bytes().as_slice(), body.as_slice())?;
             if let Some(old) = keys.get(key_hash.as_bytes())? {
-                let mut key: ApiKey =
-                    serde_json::from_slice(&old).map_err(ConflictableTransactionError::Abort)?;
+                let mut key: ApiKey = serde_json::from_slice(&old).map_err(abort)?;
                 key.spent = key.spent.saturating_add(receipt.cost);
-                let new = serde_json::to_vec(&key).map_err(ConflictableTransactionError::Abort)?;
+                let new = serde_json::to_vec(&key).map_err(abort)?;
                 keys.insert(key_hash.as_bytes().as_slice(), new)?;
             }
-            let before = owed.get(buyer.as_bytes())?.map_or(0, |v| super::be_u64(&v));
-            owed.insert(
-                buyer.as_bytes().as_slice(),
-                &before.saturating_add(receipt.cost).to_be_bytes()[..],
-            )?;
+            let mut batch: OpenBatch = match open.get(worker.as_bytes())? {
+                Some(v) => serde_json::from_slice(&v).map_err(abort)?,
+                None => OpenBatch {
+                    answers: Vec::new(),
+                    opened: now,
+                },
+            };
+            batch.answers.push((*id, *leaf));
+            let v = serde_json::to_vec(&batch).map_err(abort)?;
+            open.insert(worker.as_bytes().as_slice(), v)?;
             Ok(())
         });
         super::transaction_result(r)
     }
 
+    /// Every worker's open batch.
+    pub fn open_batches(&self) -> Result<Vec<(AccountId, OpenBatch)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.open_tree()?.iter() {
+            let (k, v) = item?;
+            let Ok(bytes) = <[u8; 32]>::try_from(k.as_ref()) else {
+                continue;
+            };
+            let Ok(worker) = AccountId::from_bytes(bytes) else {
+                continue;
+            };
+            out.push((worker, serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Closes `worker`'s open batch (whatever it holds by now): it becomes a batch named by
+    /// the Merkle root of its leaves, in the `auditing` state, in one transaction. `None` if
+    /// the worker has no open batch.
+    pub fn close_batch(
+        &self,
+        worker: &AccountId,
+        now: u64,
+    ) -> Result<Option<ServeBatch>, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, Transactional};
+        let (open, batches, index) = (
+            self.open_tree()?,
+            self.batch_tree()?,
+            self.answer_batch_tree()?,
+        );
+        let abort = ConflictableTransactionError::Abort;
+        let r = (&open, &batches, &index).transaction(|(open, batches, index)| {
+            let Some(v) = open.remove(worker.as_bytes().as_slice())? else {
+                return Ok(None);
+            };
+            let o: OpenBatch = serde_json::from_slice(&v).map_err(abort)?;
+            let leaves: Vec<[u8; 32]> = o.answers.iter().map(|(_, l)| l.0).collect();
+            let root = market_protocol::MerkleTree::new(&leaves).root();
+            let batch = ServeBatch {
+                root,
+                worker: *worker,
+                answers: o.answers.clone(),
+                opened: o.opened,
+                closed: now,
+                beacon: None,
+                sampled: Vec::new(),
+                status: BatchStatus::Auditing,
+                failure: None,
+                ledger: Vec::new(),
+            };
+            batches.insert(
+                root.as_bytes().as_slice(),
+                serde_json::to_vec(&batch).map_err(abort)?,
+            )?;
+            for (i, (answer, _)) in o.answers.iter().enumerate() {
+                let mut at = root.as_bytes().to_vec();
+                at.extend_from_slice(&(i as u64).to_be_bytes());
+                index.insert(answer.as_bytes().as_slice(), at)?;
+            }
+            Ok(Some(batch))
+        });
+        super::transaction_result(r)
+    }
+
+    /// Saves a batch's progress.
+    pub fn save_batch(&self, batch: &ServeBatch) -> Result<(), StoreError> {
+        self.batch_tree()?
+            .insert(batch.root.as_bytes(), serde_json::to_vec(batch)?)?;
+        Ok(())
+    }
+
+    /// A closed batch.
+    pub fn batch(&self, root: &Hash) -> Result<Option<ServeBatch>, StoreError> {
+        get(&self.batch_tree()?, root.as_bytes())
+    }
+
+    /// Batches whose audit has not finished (resumed after a restart).
+    pub fn batches_auditing(&self) -> Result<Vec<ServeBatch>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.batch_tree()?.iter() {
+            let (_, v) = item?;
+            let b: ServeBatch = serde_json::from_slice(&v)?;
+            if b.status == BatchStatus::Auditing {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The closed batch a served answer is in, and its place there.
+    pub fn batch_of(&self, answer: &TaskId) -> Result<Option<(ServeBatch, u64)>, StoreError> {
+        let Some(v) = self.answer_batch_tree()?.get(answer.as_bytes())? else {
+            return Ok(None);
+        };
+        if v.len() != 40 {
+            return Ok(None);
+        }
+        let mut root = [0u8; 32];
+        root.copy_from_slice(&v[..32]);
+        let index = super::be_u64(&v[32..]);
+        Ok(self.batch(&Hash(root))?.map(|b| (b, index)))
+    }
+
+    /// Notes the ledger entry that escrowed a served answer's cost.
+    pub fn set_receipt_escrow(&self, id: &TaskId, seq: u64) -> Result<(), StoreError> {
+        let tree = self.receipt_tree()?;
+        if let Some(mut r) = get::<ServedReceipt>(&tree, id.as_bytes())? {
+            r.escrow_seq = Some(seq);
+            tree.insert(id.as_bytes(), serde_json::to_vec(&r)?)?;
+        }
+        Ok(())
+    }
+
     /// A served answer's receipt.
     pub fn served_receipt(&self, id: &TaskId) -> Result<Option<ServedReceipt>, StoreError> {
         get(&self.receipt_tree()?, id.as_bytes())
-    }
-
-    /// What `account` owes for served answers not yet settled.
-    pub fn served_owed(&self, account: &AccountId) -> Result<u64, StoreError> {
-        Ok(self
-            .owed_tree()?
-            .get(account.as_bytes())?
-            .map_or(0, |v| super::be_u64(&v)))
     }
 }

@@ -25,6 +25,8 @@ use market_protocol::{
 };
 use tokio::sync::mpsc;
 
+pub mod audit;
+
 /// Most requests one worker may take at once.
 pub const MAX_CONCURRENCY: u32 = 64;
 /// How long a worker may stay silent in the middle of an answer before the request moves on.
@@ -134,6 +136,8 @@ pub struct Serving {
     next_request: AtomicU64,
     link: OnceLock<Arc<dyn ServeLink>>,
     holds: Mutex<Holds>,
+    /// Models loaded to check sampled answers.
+    pub(crate) checkers: audit::Checkers,
 }
 
 /// Credits held for requests in flight, by account and by API key.
