@@ -102,6 +102,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 account: worker,
             },
         ),
+        (
+            json!({"kind": "serve_escrow", "answer": task}),
+            Operation::ServeEscrow { answer: task },
+        ),
+        (
+            json!({"kind": "serve_release", "answer": task}),
+            Operation::ServeRelease { answer: task },
+        ),
+        (
+            json!({"kind": "serve_refund", "answer": task}),
+            Operation::ServeRefund { answer: task },
+        ),
+        (
+            json!({"kind": "serve_slash", "batch": evidence, "payee": buyer}),
+            Operation::ServeSlash {
+                batch: evidence,
+                payee: buyer,
+            },
+        ),
     ];
     let mut vectors = Vec::new();
     for (mut inputs, op) in operations {
@@ -115,6 +134,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "evidence": market_node::engine::operations::abandon_evidence(&task, attempt, &worker),
         }));
     }
+    vectors.push(json!({
+        "kind": "serve_failure_evidence", "batch": evidence, "answer": task,
+        "evidence": market_node::serving::audit::failure_evidence(&evidence, &task),
+    }));
     for (round, slot) in [(0u32, 0u32), (0, 1), (1, 0), (19, 3)] {
         vectors.push(json!({
             "kind": "slot_round_task_id", "parent": task, "round": round, "slot": slot,
@@ -122,7 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     }
     let doc = json!({
-        "description": "The node's ledger operations (spec/PROTOCOL.md, 'Idempotency keys'): for each kind, its inputs, the text naming it and the ledger key (the text's kind, ':', then the first 48 hex digits of blake3(text)); the evidence of an abandoned run's slash, blake3(\"abandoned:\" task \":\" attempt \":\" worker) with ids in lowercase hex and the attempt in decimal; and the ids of a pooled task's slot-round task records, blake3 derive_key(\"market v1 pool slot-round task\", parent || round as u32 LE || slot as u32 LE).",
+        "description": "The node's ledger operations (spec/PROTOCOL.md, 'Idempotency keys'): for each kind, its inputs, the text naming it and the ledger key (the text's kind, ':', then the first 48 hex digits of blake3(text)); the evidence of an abandoned run's slash, blake3(\"abandoned:\" task \":\" attempt \":\" worker) with ids in lowercase hex and the attempt in decimal; the evidence of a failed batch of served answers' slash, blake3(\"serve_failed:\" batch root \":\" answer receipt id); and the ids of a pooled task's slot-round task records, blake3 derive_key(\"market v1 pool slot-round task\", parent || round as u32 LE || slot as u32 LE).",
         "vectors": vectors,
     });
     let path = format!("{dir}/operation-keys.json");

@@ -87,6 +87,19 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
                         event,
                         account: account("account"),
                     },
+                    "serve_escrow" => Operation::ServeEscrow {
+                        answer: field(o, "answer"),
+                    },
+                    "serve_release" => Operation::ServeRelease {
+                        answer: field(o, "answer"),
+                    },
+                    "serve_refund" => Operation::ServeRefund {
+                        answer: field(o, "answer"),
+                    },
+                    "serve_slash" => Operation::ServeSlash {
+                        batch: field(o, "batch"),
+                        payee: account("payee"),
+                    },
                     other => panic!("unknown operation kind {other}"),
                 };
                 assert_eq!(op.text(), o["text"].as_str().unwrap(), "{kind}");
@@ -115,11 +128,19 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
                 );
                 ids += 1;
             }
+            "serve_failure_evidence" => {
+                let evidence = market_node::serving::audit::failure_evidence(
+                    &field(&v, "batch"),
+                    &field(&v, "answer"),
+                );
+                assert_eq!(evidence.to_string(), v["evidence"].as_str().unwrap());
+                evidences += 1;
+            }
             other => panic!("unknown vector kind {other}"),
         }
     }
     // Every kind of operation the node writes has a vector.
-    assert_eq!(kinds.len(), 11, "{kinds:?}");
+    assert_eq!(kinds.len(), 15, "{kinds:?}");
     assert!(ids >= 4);
-    assert!(evidences >= 2);
+    assert!(evidences >= 3);
 }

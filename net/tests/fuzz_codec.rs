@@ -137,7 +137,7 @@ fn seeds_decode() {
         requests += usize::from(matches!(read, Ok(Inbound::Request(_))));
         check_frames(frame, 7);
     }
-    assert_eq!(requests, 13, "every request seed reads back");
+    assert_eq!(requests, 16, "every request seed reads back");
     let m: Manifest = serde_json::from_slice(&JSON[0]).unwrap();
     market_net::transfer::check_manifest(&m).unwrap();
 }

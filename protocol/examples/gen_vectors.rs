@@ -222,6 +222,15 @@ fn signatures() -> Result<Value, Box<dyn std::error::Error>> {
         ],
         ledger_seq: 17,
     };
+    let answer = Answer {
+        version: Version::CURRENT,
+        worker: worker.account(),
+        request: TaskId(message_id(&inference_task(&buyer, 2))?),
+        model: BlobId(Hash::of(b"model")),
+        output: StateHash(Hash::of(b"answer record")),
+        prompt_tokens: 42,
+        completion_tokens: 8,
+    };
     Ok(Value::Array(vec![
         vector("training-task", "buyer", task)?,
         vector("inference-task", "buyer", inference_task(&buyer, 2))?,
@@ -230,6 +239,7 @@ fn signatures() -> Result<Value, Box<dyn std::error::Error>> {
         vector("opening", "worker", opening)?,
         vector("verdict-fail", "verifier", verdict)?,
         vector("receipt", "node", receipt)?,
+        vector("answer", "worker", answer)?,
     ]))
 }
 
@@ -298,6 +308,20 @@ fn challenge() -> Result<Value, Box<dyn std::error::Error>> {
             "kind": "beacon", "name": format!("beacon-{i}"),
             "operator": operator.account(), "commitment_id": cid,
             "beacon_proof": proof, "beacon": b,
+        }));
+    }
+    // Batch beacons of served answers: the operator's ECVRF proof over "market/v1/ServeBatch"
+    // 0x00 root, the beacon, and the answers it samples (sample_indices with the beacon as the
+    // seed: k of n).
+    for (i, (n, k)) in [(32u32, 8u32), (5, 2), (1, 1)].into_iter().enumerate() {
+        let operator = Identity::from_test_label(&format!("operator {i}"));
+        let root = Hash::of(format!("batch {i}").as_bytes());
+        let (b, proof) = market_protocol::beacon::prove_batch_beacon(&operator, &root);
+        v.push(json!({
+            "kind": "batch_beacon", "name": format!("batch-beacon-{i}"),
+            "operator": operator.account(), "root": root,
+            "beacon_proof": proof, "beacon": b, "answers": n, "audited": k,
+            "indices": sample_indices(&ChallengeSeed(b.0), n, k)?,
         }));
     }
     // The node's verifier draw: weights from stake and reputation, the order drawn without

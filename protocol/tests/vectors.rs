@@ -142,6 +142,7 @@ fn check_by_type(v: &Value) {
         "Opening" => check_signed::<Opening>(v),
         "Verdict" => check_signed::<Verdict>(v),
         "Receipt" => check_signed::<Receipt>(v),
+        "Answer" => check_signed::<Answer>(v),
         other => panic!("unknown message type {other}"),
     }
 }
@@ -221,6 +222,28 @@ fn challenge() {
                 let proof: market_protocol::VrfProof = s(&v, "beacon_proof").parse().unwrap();
                 let beacon = market_protocol::beacon::verify_beacon(&operator, &cid, &proof);
                 assert_eq!(beacon.unwrap().to_string(), s(&v, "beacon"), "{name}");
+            }
+            "batch_beacon" => {
+                let operator: AccountId = s(&v, "operator").parse().unwrap();
+                let root: Hash = s(&v, "root").parse().unwrap();
+                let proof: market_protocol::VrfProof = s(&v, "beacon_proof").parse().unwrap();
+                let beacon =
+                    market_protocol::beacon::verify_batch_beacon(&operator, &root, &proof).unwrap();
+                assert_eq!(beacon.to_string(), s(&v, "beacon"), "{name}");
+                // A commitment's beacon proof over the same 32 bytes is another input.
+                assert!(market_protocol::beacon::verify_beacon(
+                    &operator,
+                    &CommitmentId(root),
+                    &proof
+                )
+                .is_err());
+                let n = v["answers"].as_u64().unwrap() as u32;
+                let k = v["audited"].as_u64().unwrap() as u32;
+                let indices =
+                    market_protocol::sampling::sample_indices(&ChallengeSeed(beacon.0), n, k)
+                        .unwrap();
+                let expected: Vec<u32> = serde_json::from_value(v["indices"].clone()).unwrap();
+                assert_eq!(indices, expected, "{name}");
             }
             "verifier_draw" => {
                 let beacon: Beacon = s(&v, "beacon").parse().unwrap();

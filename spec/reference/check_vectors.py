@@ -410,7 +410,7 @@ def check_signatures():
         assert signing.hex() == v["signing_bytes"], v["name"]
         assert blake3.blake3(signing).hexdigest() == v["id"], v["name"]
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(env["signer"])).verify(bytes.fromhex(env["signature"]), signing)
-        for other in ["market/v1/TaskSpec", "market/v1/Commitment", "market/v1/Challenge", "market/v1/Opening", "market/v1/Verdict", "market/v1/Receipt"]:
+        for other in ["market/v1/TaskSpec", "market/v1/Commitment", "market/v1/Challenge", "market/v1/Opening", "market/v1/Verdict", "market/v1/Receipt", "market/v1/Answer"]:
             if other == v["domain"]:
                 continue
             try:
@@ -447,6 +447,14 @@ def check_challenge():
             assert got is not None and got.hex() == v["beacon"], v["name"]
             # Another commitment id, or a proof by another key, gives no beacon.
             assert beacon_of(op, bytes(32), proof) is None, v["name"]
+        elif v["kind"] == "batch_beacon":
+            root, op = bytes.fromhex(v["root"]), bytes.fromhex(v["operator"])
+            proof = bytes.fromhex(v["beacon_proof"])
+            beta = vrf_verify(op, b"market/v1/ServeBatch\x00" + root, proof)
+            assert beta is not None and beta[:32].hex() == v["beacon"], v["name"]
+            # The same 32 bytes as a commitment id give no beacon: the domains differ.
+            assert beacon_of(op, root, proof) is None, v["name"]
+            assert sample(beta[:32], v["answers"], v["audited"]) == v["indices"], v["name"]
         elif v["kind"] == "verifier_draw":
             pool = []
             for p in v["pool"]:
@@ -558,6 +566,10 @@ OPERATION_TEXTS = {
     "stake": lambda o: f"stake:{o['label']}:{o['account']}",
     "stake_hello": lambda o: f"stake:hello:{o['account']}:{o['current']}:{o['target']}",
     "reputation": lambda o: f"rep:{o['event']}:{o['account']}",
+    "serve_escrow": lambda o: f"serve_escrow:{o['answer']}",
+    "serve_release": lambda o: f"serve_release:{o['answer']}",
+    "serve_refund": lambda o: f"serve_refund:{o['answer']}",
+    "serve_slash": lambda o: f"serve_slash:{o['batch']}:{o['payee']}",
 }
 
 
@@ -569,6 +581,9 @@ def check_operation_keys():
             text = OPERATION_TEXTS[o["kind"]](o)
             assert text == o["text"], o["kind"]
             assert operation_key(text) == o["key"], o["kind"]
+        elif v["kind"] == "serve_failure_evidence":
+            text = f"serve_failed:{v['batch']}:{v['answer']}"
+            assert blake3.blake3(text.encode()).hexdigest() == v["evidence"], v
         elif v["kind"] == "abandon_evidence":
             text = f"abandoned:{v['task']}:{v['attempt']}:{v['worker']}"
             assert blake3.blake3(text.encode()).hexdigest() == v["evidence"], v

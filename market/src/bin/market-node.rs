@@ -36,10 +36,54 @@ enum Command {
         #[command(subcommand)]
         command: BlobCommand,
     },
+    /// API keys for OpenAI-compatible clients (`Authorization: Bearer mk-...`).
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// Create a key file (mode 0600) and print its account id.
     Key {
         /// Where to write it (refuses to overwrite).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeyCommand {
+    /// Create an API key for your account and print it (its secret is shown only now).
+    Create {
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Your key file (the account the API key spends for).
+        #[arg(long)]
+        key: PathBuf,
+        /// A label for people.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Most credits the API key may spend in all.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// List your account's API keys (without secrets).
+    List {
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Your key file.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Revoke one of your account's API keys.
+    Revoke {
+        /// The API key's id (`key_...`).
+        id: String,
+        /// The node's URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        node: String,
+        /// Your key file.
+        #[arg(long)]
+        key: PathBuf,
     },
 }
 
@@ -110,6 +154,25 @@ async fn main() -> Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?
+        }
+        Command::ApiKey { command } => {
+            let client = |node: &str, key: &PathBuf| -> Result<market_node::client::Client> {
+                let identity = market_protocol::keyfile::load_identity(key)?;
+                Ok(market_node::client::Client::new(node, Some(identity)))
+            };
+            let shown = match command {
+                ApiKeyCommand::Create {
+                    node,
+                    key,
+                    name,
+                    limit,
+                } => client(&node, &key)?.create_key(&name, limit).await?,
+                ApiKeyCommand::List { node, key } => client(&node, &key)?.keys().await?,
+                ApiKeyCommand::Revoke { id, node, key } => {
+                    client(&node, &key)?.revoke_key(&id).await?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         Command::Key { file } => {
             let identity = Identity::generate()?;
