@@ -617,13 +617,19 @@ def check_export():
         Ed25519PublicKey.from_public_bytes(ledger).verify(bytes.fromhex(e["signature"]), signing)
         prev = blake3.blake3(signing).digest()
         (kind, k), = body["kind"].items()
-        # Keys whose whole text the entry holds are recomputed (spec/PROTOCOL.md).
-        if kind in ("escrow", "refund"):
-            assert body["key"] == operation_key(f"{kind}:{k['task_id']}"), body["key"]
+        # Keys whose whole text the entry holds are recomputed (spec/PROTOCOL.md). A served
+        # answer's escrow embeds no spec; its escrow, release and refund are serve_* operations
+        # (PROTOCOL.md section 3, "Served inference").
+        served = kind == "escrow" and k.get("spec") is None or tasks.get(k.get("task_id"), {}).get("served")
+        if kind in ("escrow", "refund") or (kind == "release" and served):
+            prefix = f"serve_{kind}" if served else kind
+            assert body["key"] == operation_key(f"{prefix}:{k['task_id']}"), body["key"]
         elif kind == "pool_round":
             text = f"pool_round:{k['task_id']}:{k['round']}"
             assert body["key"] == operation_key(text), body["key"]
-        if kind == "escrow":
+        if kind == "escrow" and served:
+            tasks[k["task_id"]] = {"price": k["amount"], "served": True, "workload": {}}
+        elif kind == "escrow":
             tasks[k["task_id"]] = k["spec"]["body"]
         elif kind == "commit":
             c = k["commitment"]

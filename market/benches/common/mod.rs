@@ -1,5 +1,7 @@
 //! What the networked benchmarks share: worker and verifier daemons in the bench's process.
 
+#![allow(dead_code)] // Each bench uses its own part.
+
 use std::sync::Arc;
 
 use market_node::config::NodeConfig;

@@ -7,8 +7,12 @@
 //! temporary data directories. This process is the launcher and the buyer: the buyer is funded
 //! (the node mints at start), posts a training task (`gpt` on the arithmetic language), an
 //! inference task and a pooled training task (3 slots, 3 rounds: DiLoCo across the workers)
-//! through the API, and follows them; the summary shows what settled, the pooled task's rounds,
-//! who was slashed, every balance, and whether the exported ledger verifies.
+//! through the API, and follows them. A fifth worker serves a small `llama` (seeded weights
+//! written as GGUF and uploaded by the buyer) and the buyer asks it chat questions through the
+//! OpenAI-compatible API with an API key, one of them streamed; its answers are audited in
+//! batches and paid. The summary shows what settled, the pooled task's rounds, the served
+//! answers and their receipts, who was slashed, every balance, and whether the exported ledger
+//! verifies.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -66,6 +70,20 @@ struct Summary {
     balances: Vec<Balance>,
     ledger_verified: bool,
     ledger_entries: u64,
+    served: Vec<ServedLine>,
+}
+
+/// One answer served through the OpenAI-compatible API.
+#[derive(Serialize)]
+struct ServedLine {
+    /// The receipt id.
+    receipt: String,
+    /// `verified` once its batch passed its audit.
+    status: String,
+    /// Whether it came as server-sent events.
+    streamed: bool,
+    /// Tokens (prompt and answer).
+    tokens: u64,
 }
 
 /// One merged round of the pooled task.
@@ -185,6 +203,7 @@ async fn devnet(args: Args) -> Result<()> {
         "worker-1",
         "worker-2",
         "worker-3",
+        "server",
         "verifier-1",
         "verifier-2",
         "buyer",
@@ -199,7 +218,14 @@ async fn devnet(args: Args) -> Result<()> {
             .map(|(_, i)| i.clone())
             .context("role")
     };
-    let config = NodeConfig::default();
+    // Served answers are audited in batches that close 2 s after their first answer (the
+    // default is 10 s), so the devnet sees them verified.
+    let config = NodeConfig {
+        serve_batch_secs: 2,
+        ..NodeConfig::default()
+    };
+    let config_path = dir.path().join("node.toml");
+    std::fs::write(&config_path, toml::to_string(&config)?)?;
     let exe = std::env::current_exe()?;
     let mut children = Children(Vec::new());
     // The node mints every participant's and the buyer's credits at start; participants stake
@@ -211,6 +237,8 @@ async fn devnet(args: Args) -> Result<()> {
         .arg(dir.path().join("node"))
         .arg("--key")
         .arg(dir.path().join("operator.key"))
+        .arg("--config")
+        .arg(&config_path)
         .args(["--listen", "127.0.0.1:0", "--p2p", "/ip4/127.0.0.1/tcp/0"])
         .stdin(Stdio::null());
     for (role, i) in &ids {
@@ -232,6 +260,9 @@ async fn devnet(args: Args) -> Result<()> {
     eprintln!("market-devnet: node API at {api}, libp2p at {market}");
     let watcher = Client::new(&api, None);
 
+    // The model the server serves: a small llama with seeded weights, as a GGUF file.
+    let model_path = dir.path().join("tiny-llama.gguf");
+    std::fs::write(&model_path, market_compute::llama::fixtures::tiny_gguf(7)?)?;
     let spawn = |role: &str, fault: Option<Behavior>| -> Result<Child> {
         let mut cmd = Command::new(&exe);
         let kind = if role.starts_with("verifier") {
@@ -255,6 +286,11 @@ async fn devnet(args: Args) -> Result<()> {
             cmd.arg("--quiet")
                 .arg("--fault")
                 .arg(fault.unwrap_or(Behavior::Honest).to_string());
+        }
+        if role == "server" {
+            cmd.arg("--serve")
+                .arg(format!("tiny-llama={}", model_path.display()))
+                .args(["--price-per-token", "1", "--serve-concurrency", "2"]);
         }
         cmd.spawn()
             .with_context(|| format!("starting the {role} process"))
@@ -282,6 +318,12 @@ async fn devnet(args: Args) -> Result<()> {
     let buyer = id("buyer")?;
     let client = Client::new(&api, Some(buyer.clone()));
     client.register().await?;
+    // The node serves only weights it holds (so it can audit the answers): the buyer uploads
+    // the model, then the serving worker joins and announces it.
+    client.upload(std::fs::read(&model_path)?).await?;
+    children.0.push(("server".into(), spawn("server", None)?));
+    wait_for_joins(&watcher, &mut children, 5, 2).await?;
+    let served = serve_chats(&api, &client, &mut children).await?;
     let mut training = fixtures::training_task(&buyer, 1);
     if let Workload::Training(t) = &mut training.workload {
         t.steps = 300;
@@ -367,6 +409,7 @@ async fn devnet(args: Args) -> Result<()> {
             }
         }
     }
+    let served = settle_served(&api, served).await?;
     let mut balances = Vec::new();
     let mut slashed = Vec::new();
     for (role, i) in &ids {
@@ -402,6 +445,7 @@ async fn devnet(args: Args) -> Result<()> {
         balances,
         ledger_verified: verified.is_ok(),
         ledger_entries: verified.as_ref().map_or(0, |r| r.lines),
+        served,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -437,6 +481,19 @@ async fn devnet(args: Args) -> Result<()> {
             }
         }
         println!(
+            "served through the OpenAI-compatible API: {} answers",
+            summary.served.len()
+        );
+        for a in &summary.served {
+            println!(
+                "  receipt {}  {:<8} {:>4} tokens{}",
+                &a.receipt[..16],
+                a.status,
+                a.tokens,
+                if a.streamed { "  (streamed)" } else { "" }
+            );
+        }
+        println!(
             "{:<11} {:>8} {:>7} {:>5}  account",
             "role", "balance", "staked", "rep"
         );
@@ -465,8 +522,114 @@ async fn devnet(args: Args) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(children);
-    if !summary.ledger_verified || settled != posted.len() {
+    let unverified = summary.served.iter().any(|a| a.status != "verified");
+    if !summary.ledger_verified || settled != posted.len() || unverified {
         anyhow::bail!("the devnet did not end as expected");
     }
     Ok(())
+}
+
+/// Waits until the node lists the served model, then asks it three chat questions through the
+/// OpenAI-compatible API with a new API key (the last streamed). Returns the key and, per
+/// answer, its receipt id, whether it was streamed and its tokens.
+async fn serve_chats(
+    api: &str,
+    client: &Client,
+    children: &mut Children,
+) -> Result<(String, Vec<(String, bool, u64)>)> {
+    let http = reqwest::Client::new();
+    for _ in 0..600 {
+        check_children(children)?;
+        let models: serde_json::Value = http
+            .get(format!("{api}/v1/models"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if models["data"][0]["id"] == "tiny-llama" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = client.create_key("devnet", Some(10_000)).await?;
+    let key = key["key"].as_str().context("no API key")?.to_string();
+    let mut answers = Vec::new();
+    for (question, stream) in [
+        ("What is two plus two?", false),
+        ("Name a colour.", false),
+        ("Say hello.", true),
+    ] {
+        let body = serde_json::json!({
+            "model": "tiny-llama", "max_tokens": 24, "temperature": 0, "stream": stream,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": question}],
+        });
+        let response = http
+            .post(format!("{api}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "chat completion: {}",
+            response.text().await?
+        );
+        let receipt = response
+            .headers()
+            .get("x-market-receipt")
+            .and_then(|v| v.to_str().ok())
+            .context("no receipt header")?
+            .to_string();
+        let text = response.text().await?;
+        let usage = if stream {
+            // The usage chunk comes just before `[DONE]`.
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .find_map(|c| c["usage"]["total_tokens"].as_u64())
+        } else {
+            serde_json::from_str::<serde_json::Value>(&text)?["usage"]["total_tokens"].as_u64()
+        };
+        eprintln!(
+            "served: {question:?} -> receipt {}{}",
+            &receipt[..12],
+            if stream { " (streamed)" } else { "" }
+        );
+        answers.push((receipt, stream, usage.unwrap_or(0)));
+    }
+    Ok((key, answers))
+}
+
+/// Waits for every served answer's batch to be audited; returns their lines.
+async fn settle_served(
+    api: &str,
+    (key, answers): (String, Vec<(String, bool, u64)>),
+) -> Result<Vec<ServedLine>> {
+    let http = reqwest::Client::new();
+    let mut lines = Vec::new();
+    for (receipt, streamed, tokens) in answers {
+        let mut status = String::from("pending");
+        for _ in 0..300 {
+            let r: serde_json::Value = http
+                .get(format!("{api}/v1/receipts/{receipt}"))
+                .bearer_auth(&key)
+                .send()
+                .await?
+                .json()
+                .await?;
+            status = r["status"].as_str().unwrap_or("pending").to_string();
+            if status != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        lines.push(ServedLine {
+            receipt,
+            status,
+            streamed,
+            tokens,
+        });
+    }
+    Ok(lines)
 }
