@@ -129,6 +129,7 @@ async fn main() {
                 concurrency: 2,
                 profile: ExecutionProfile::Repro,
                 fault: None,
+                fault_every: 1,
             }),
         },
     ));

@@ -47,6 +47,10 @@ fn config() -> NodeConfig {
 }
 
 async fn market() -> Market {
+    market_with(config()).await
+}
+
+async fn market_with(config: NodeConfig) -> Market {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("warn")
@@ -54,7 +58,7 @@ async fn market() -> Market {
     let dir = tempfile::tempdir().unwrap();
     let (node, dispatch, addrs) = open_networked(
         &dir.path().join("node"),
-        config(),
+        config,
         Identity::from_test_label("serving operator"),
         NetConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -96,14 +100,29 @@ async fn cheating_worker(
     price: u64,
     fault: Option<market_worker::serve::ServeFault>,
 ) -> Identity {
+    cheater_with(m, label, price, fault, 1, 200).await
+}
+
+/// A serving worker faking one answer in `every` with `fault`, holding `stake`.
+async fn cheater_with(
+    m: &Market,
+    label: &str,
+    price: u64,
+    fault: Option<market_worker::serve::ServeFault>,
+    every: u32,
+    stake: u64,
+) -> Identity {
     let id = Identity::from_test_label(label);
-    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    m.node
+        .fund("test", &id.account(), stake + 1_000, 0)
+        .await
+        .unwrap();
     let options = market_worker::daemon::WorkerOptions {
         market: m.addr.clone(),
         data_dir: m.dir.path().join(label),
         cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
         behavior: Behavior::Honest,
-        stake: 200,
+        stake,
         device: "cpu".into(),
         listen: Vec::new(),
         status_line: false,
@@ -114,6 +133,7 @@ async fn cheating_worker(
             concurrency: 2,
             profile: ExecutionProfile::Repro,
             fault,
+            fault_every: every,
         }),
     };
     tokio::spawn(market_worker::daemon::run(id.clone(), options));
@@ -544,18 +564,20 @@ async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
             concurrency: 1,
             profile: ExecutionProfile::Repro,
             fault: None,
+            fault_every: 1,
         }),
     };
     tokio::spawn(market_worker::daemon::run(id, options));
     wait_models(&m, 1).await;
     let (key, _) = new_key(&m, &m.buyer, None).await;
+    let script_key = key.clone();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("python3")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/../scripts/openai_check.py"
             ))
-            .args([&base, &key, "smollm2-135m-instruct"])
+            .args([&base, &script_key, "smollm2-135m-instruct"])
             .output()
             .unwrap()
     })
@@ -570,6 +592,11 @@ async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
     let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
     eprintln!("openai client saw: {seen}");
     assert!(seen["answer"].as_str().unwrap().contains("Paris"));
+    // The answer the client got is audited with its batch: its receipt reaches `verified`.
+    let receipt = seen["receipt"]["id"].as_str().unwrap();
+    let r = settled_receipt(&m, &key, receipt).await;
+    assert_eq!(r["status"], "verified", "{r}");
+    check_batch(&m, &r);
 }
 
 /// Polls a receipt until its batch's audit settled it.
@@ -690,5 +717,87 @@ async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashe
         // The cheat leaves (its stake is gone); the honest worker serves on.
         m.node.serving.worker_gone(&cheat.account());
         wait_models(&m, 1).await;
+    }
+}
+
+/// Issue 16's measurement: cheating serving workers are caught at the rate the plan shows.
+/// Batches of 10 answers, 2 checked; each cheat fakes one answer in 5, over 200 requests per
+/// strategy. Per batch the prediction is the hypergeometric chance for the answers it really
+/// faked (each answer checked here on its own: a truncated answer that had ended anyway is no
+/// fake), and the observed catches must match the predictions' sum within four standard
+/// deviations. `cargo test -p market-node --test serving -- --ignored --nocapture`; figures in
+/// BENCHMARKS.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a measurement (about a minute): run with --ignored"]
+async fn served_cheats_are_caught_at_the_rate_the_plan_shows() {
+    use market_node::serving::audit::catch_chance;
+    use market_worker::serve::ServeFault;
+    let m = market_with(NodeConfig {
+        serve_batch_answers: 10,
+        serve_batch_secs: 3600,
+        serve_audit_ppm: 200_000,
+        ..NodeConfig::default()
+    })
+    .await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    m.node
+        .fund("measure", &m.buyer.account(), 1_000_000, 0)
+        .await
+        .unwrap();
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let local = market_compute::serving::ServedModel::load(
+        &m.model_bytes,
+        ExecutionProfile::Repro,
+        m.buyer.account(),
+    )
+    .unwrap();
+    for (label, fault) in [
+        ("measured truncating server", ServeFault::Truncate),
+        ("measured inventing server", ServeFault::OtherPrompt),
+    ] {
+        let cheat = cheater_with(&m, label, 1, Some(fault), 5, 100_000).await;
+        wait_models(&m, 1).await;
+        let mut receipts = Vec::new();
+        for i in 0..200 {
+            receipts.push(ask(&m, &key, &format!("question number {i}")).await.0);
+        }
+        let mut batches: std::collections::BTreeMap<String, (usize, usize, usize, bool)> =
+            Default::default();
+        for id in &receipts {
+            let r = settled_receipt(&m, &key, id).await;
+            let request: TaskSpec = serde_json::from_value(r["request"].clone()).unwrap();
+            let honest = local
+                .check(&request, r["record"].as_str().unwrap().as_bytes())
+                .unwrap()
+                .is_ok();
+            let b = batches
+                .entry(r["batch"]["root"].as_str().unwrap().to_string())
+                .or_default();
+            b.0 += 1;
+            b.1 += usize::from(!honest);
+            b.2 += usize::from(r["batch"]["audited"] == true);
+            b.3 = r["status"] == "failed";
+        }
+        let (mut predicted, mut variance, mut caught, mut faked) = (0.0, 0.0, 0, 0);
+        for (n, f, k, failed) in batches.values() {
+            let p = catch_chance(*n, *f, *k);
+            predicted += p;
+            variance += p * (1.0 - p);
+            caught += usize::from(*failed);
+            faked += f;
+            assert!(*f > 0 || !failed, "a batch without a fake failed");
+            assert!(*n <= 10, "a batch of {n}");
+        }
+        println!(
+            "{fault:?}: {} batches of 10, 2 checked; {faked} answers of 200 faked; caught {caught}, predicted {predicted:.1} (sd {:.1})",
+            batches.len(),
+            variance.sqrt()
+        );
+        assert!(
+            (caught as f64 - predicted).abs() <= 4.0 * variance.sqrt() + 1.0,
+            "{fault:?}: caught {caught}, predicted {predicted:.1}"
+        );
+        m.node.serving.worker_gone(&cheat.account());
     }
 }

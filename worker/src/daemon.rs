@@ -763,6 +763,7 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
             concurrency: args.serve_concurrency,
             profile: args.serve_profile,
             fault: args.serve_fault,
+            fault_every: 1,
         }),
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))

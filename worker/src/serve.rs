@@ -29,9 +29,11 @@ pub struct ServeOptions {
     pub concurrency: u32,
     /// The profile the models run in.
     pub profile: ExecutionProfile,
-    /// Testing aid: cheat this way on every answer, so audits of served answers can be
-    /// measured.
+    /// Testing aid: cheat this way, so audits of served answers can be measured.
     pub fault: Option<ServeFault>,
+    /// With `fault`: fake one answer in this many (the first, then every this-many-th), or
+    /// every answer for 0 or 1.
+    pub fault_every: u32,
 }
 
 /// How a cheating serving worker fakes its answers (a testing aid, like [`crate::Behavior`]).
@@ -90,6 +92,8 @@ pub fn parse_serve_arg(arg: &str) -> Result<(String, PathBuf), String> {
 
 struct Model {
     fault: Option<ServeFault>,
+    fault_every: u32,
+    answered: std::sync::atomic::AtomicU64,
     offer: ServeOffer,
     model: Arc<ServedModel>,
     slots: Arc<Semaphore>,
@@ -129,6 +133,8 @@ impl Served {
                 model.weights,
                 Model {
                     fault: options.fault,
+                    fault_every: options.fault_every,
+                    answered: Default::default(),
                     offer,
                     model: Arc::new(model),
                     slots: Arc::new(Semaphore::new(options.concurrency.max(1) as usize)),
@@ -168,7 +174,13 @@ pub fn on_generate(
         return responder.send(Reply::refused("the task does not encode"));
     };
     responder.send(Reply::of(Response::Ok));
-    let run = model.fault.map_or_else(|| task.clone(), |f| f.apply(&task));
+    let n = model
+        .answered
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let fake = model
+        .fault
+        .filter(|_| model.fault_every <= 1 || n % u64::from(model.fault_every) == 0);
+    let run = fake.map_or_else(|| task.clone(), |f| f.apply(&task));
     let (model, net, identity) = (model.model.clone(), net.clone(), identity.clone());
     tokio::spawn(async move {
         let _permit = permit;

@@ -99,7 +99,9 @@ use crate::error::ApiError;
         openai::ModelList,
         openai::ModelView,
         openai::ReceiptView,
-        openai::BatchView
+        openai::BatchView,
+        openai::ServeAuditPlan,
+        openai::CatchChance
     ))
 )]
 #[derive(Debug)]

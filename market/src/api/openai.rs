@@ -913,6 +913,53 @@ pub(crate) struct ModelView {
     price_per_token: u64,
     /// The profiles it is served in.
     profiles: Vec<String>,
+    /// How its answers are audited.
+    audit: ServeAuditPlan,
+}
+
+/// How served answers are audited: per worker batch, a share checked, and the chance a batch
+/// in which a worker faked a given share of the answers is caught.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ServeAuditPlan {
+    /// Answers per batch (a batch also closes `batch_secs` after its first answer).
+    batch_answers: usize,
+    /// Seconds.
+    batch_secs: u64,
+    /// Answers of a full batch that are checked.
+    audited: usize,
+    /// For a worker faking 1%, 10% and 50% of a full batch's answers (at least one): the
+    /// chance that batch is caught (the worker slashed, every buyer in it refunded).
+    catch_chance: Vec<CatchChance>,
+}
+
+/// One line of a plan.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CatchChance {
+    /// Share of the batch's answers faked.
+    faked_share: f64,
+    /// Chance the batch is caught.
+    chance: f64,
+}
+
+fn serve_audit_plan(config: &crate::config::NodeConfig) -> ServeAuditPlan {
+    use crate::serving::audit::{audited, catch_chance};
+    let n = config.serve_batch_answers.max(1);
+    let k = audited(n, config.serve_audit_ppm);
+    ServeAuditPlan {
+        batch_answers: n,
+        batch_secs: config.serve_batch_secs,
+        audited: k,
+        catch_chance: [0.01, 0.1, 0.5]
+            .into_iter()
+            .map(|share| {
+                let faked = ((n as f64 * share).ceil() as usize).clamp(1, n);
+                CatchChance {
+                    faked_share: share,
+                    chance: catch_chance(n, faked, k),
+                }
+            })
+            .collect(),
+    }
 }
 
 /// The served models.
@@ -947,6 +994,7 @@ pub(crate) async fn models(State(node): State<Arc<Node>>) -> Json<ModelList> {
                         .unwrap_or_default()
                 })
                 .collect(),
+            audit: serve_audit_plan(&node.config),
         })
         .collect();
     Json(ModelList {

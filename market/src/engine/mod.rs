@@ -155,6 +155,9 @@ impl Node {
         let validations = Arc::new(tokio::sync::Semaphore::new(
             config.max_concurrent_validations.max(1),
         ));
+        let serving: Arc<crate::serving::Serving> = Default::default();
+        let (stakes, min_stake) = (ledger.clone(), config.min_worker_stake);
+        serving.set_eligibility(move |worker| stakes.stake(worker).0 >= min_stake);
         let node = Arc::new(Self {
             config,
             ledger,
@@ -163,7 +166,7 @@ impl Node {
             operator,
             dispatch,
             events,
-            serving: Default::default(),
+            serving,
             bundles,
             wake: Notify::new(),
             claimed: Mutex::new(BTreeSet::new()),

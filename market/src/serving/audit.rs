@@ -107,11 +107,17 @@ pub async fn run(node: Arc<Node>) {
 pub async fn once(node: &Arc<Node>) -> anyhow::Result<()> {
     let now = unix_now();
     let cfg = &node.config;
+    let max = cfg.serve_batch_answers.max(1);
     for (worker, open) in node.store.open_batches()? {
-        if open.answers.len() >= cfg.serve_batch_answers.max(1)
-            || now >= open.opened + cfg.serve_batch_secs
-        {
-            node.store.close_batch(&worker, now)?;
+        // Full batches of `max` (answers that came faster than the tick make several), then
+        // what is left once it is old enough.
+        let due = now >= open.opened + cfg.serve_batch_secs;
+        let mut left = open.answers.len();
+        while left >= max || (due && left > 0) {
+            if node.store.close_batch(&worker, now, max)?.is_none() {
+                break;
+            }
+            left -= left.min(max);
         }
     }
     for batch in node.store.batches_auditing()? {

@@ -138,7 +138,12 @@ pub struct Serving {
     holds: Mutex<Holds>,
     /// Models loaded to check sampled answers.
     pub(crate) checkers: audit::Checkers,
+    /// Whether a worker may be sent requests (the node's rule: it holds the minimum stake,
+    /// so a worker slashed out of it stops serving).
+    eligible: OnceLock<Eligibility>,
 }
+
+type Eligibility = Box<dyn Fn(&AccountId) -> bool + Send + Sync>;
 
 /// Credits held for requests in flight, by account and by API key.
 #[derive(Default)]
@@ -179,6 +184,11 @@ impl std::fmt::Debug for Serving {
 impl Serving {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets which workers may be sent requests (once).
+    pub fn set_eligibility(&self, eligible: impl Fn(&AccountId) -> bool + Send + Sync + 'static) {
+        let _ = self.eligible.set(Box::new(eligible));
     }
 
     /// Connects the network (once).
@@ -268,12 +278,18 @@ impl Serving {
         }
     }
 
-    /// The models served now, by name.
+    /// The models served now, by name (by eligible workers).
     pub fn models(&self) -> Vec<ServedModel> {
         let st = self.state();
+        let eligible = |w: &AccountId| self.eligible.get().is_none_or(|ok| ok(w));
         let mut by_blob: BTreeMap<BlobId, ServedModel> = BTreeMap::new();
         let mut names: BTreeMap<&str, Vec<BlobId>> = BTreeMap::new();
-        for offer in st.offers.values().flatten() {
+        for offer in st
+            .offers
+            .iter()
+            .filter(|(w, _)| eligible(w))
+            .flat_map(|(_, o)| o)
+        {
             let m = by_blob.entry(offer.model).or_insert_with(|| ServedModel {
                 id: offer.name.clone(),
                 blob: offer.model,
@@ -326,6 +342,7 @@ impl Serving {
         st.offers
             .iter()
             .filter(|(w, _)| !tried.contains(w))
+            .filter(|(w, _)| self.eligible.get().is_none_or(|ok| ok(w)))
             .filter_map(|(w, offers)| {
                 let offer = offers.iter().find(|o| {
                     o.model == *blob

@@ -243,13 +243,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Closes `worker`'s open batch (whatever it holds by now): it becomes a batch named by
-    /// the Merkle root of its leaves, in the `auditing` state, in one transaction. `None` if
-    /// the worker has no open batch.
+    /// Closes `worker`'s open batch: its first `max` answers become a batch named by the
+    /// Merkle root of their leaves, in the `auditing` state, and any later ones stay open (as
+    /// a batch opened `now`), in one transaction. `None` if the worker has no open batch.
     pub fn close_batch(
         &self,
         worker: &AccountId,
         now: u64,
+        max: usize,
     ) -> Result<Option<ServeBatch>, StoreError> {
         use sled::transaction::{ConflictableTransactionError, Transactional};
         let (open, batches, index) = (
@@ -262,7 +263,18 @@ impl Store {
             let Some(v) = open.remove(worker.as_bytes().as_slice())? else {
                 return Ok(None);
             };
-            let o: OpenBatch = serde_json::from_slice(&v).map_err(abort)?;
+            let mut o: OpenBatch = serde_json::from_slice(&v).map_err(abort)?;
+            let rest = o.answers.split_off(o.answers.len().min(max.max(1)));
+            if !rest.is_empty() {
+                let left = OpenBatch {
+                    answers: rest,
+                    opened: now,
+                };
+                open.insert(
+                    worker.as_bytes().as_slice(),
+                    serde_json::to_vec(&left).map_err(abort)?,
+                )?;
+            }
             let leaves: Vec<[u8; 32]> = o.answers.iter().map(|(_, l)| l.0).collect();
             let root = market_protocol::MerkleTree::new(&leaves).root();
             let batch = ServeBatch {
