@@ -87,7 +87,7 @@ async fn main() {
     std::fs::write(&path, &bytes).unwrap();
     let config = NodeConfig {
         serve_batch_secs: 3600,
-        serve_batch_answers: usize::MAX,
+        serve_batch_answers: 1_000_000,
         ..NodeConfig::default()
     };
     let (node, _dispatch, addrs) = networked_node(

@@ -36,7 +36,8 @@ pub struct NodeConfig {
     pub min_verifier_stake: u64,
     /// Stake taken from a worker whose result fails an audit (at most its stake).
     pub worker_slash: u64,
-    /// Served answers per audited batch: a worker's batch closes at this many answers.
+    /// Served answers per audited batch: a worker's batch closes at this many answers (at most
+    /// 65,536).
     pub serve_batch_answers: usize,
     /// A worker's batch of served answers also closes this long after its first answer,
     /// seconds, so a quiet worker's answers are audited (and it is paid) all the same.
@@ -150,7 +151,17 @@ impl Default for NodeConfig {
     }
 }
 
+/// The longest batch of served answers, whatever the configuration says: a batch's Merkle
+/// tree, its sample and its audit plan are sized by it.
+pub const MAX_SERVE_BATCH_ANSWERS: usize = 65_536;
+
 impl NodeConfig {
+    /// Served answers per batch: `serve_batch_answers` within 1 and
+    /// [`MAX_SERVE_BATCH_ANSWERS`].
+    pub fn serve_batch_len(&self) -> usize {
+        self.serve_batch_answers.clamp(1, MAX_SERVE_BATCH_ANSWERS)
+    }
+
     /// Reads a TOML configuration.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)

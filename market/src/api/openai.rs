@@ -943,7 +943,7 @@ pub(crate) struct CatchChance {
 
 fn serve_audit_plan(config: &crate::config::NodeConfig) -> ServeAuditPlan {
     use crate::serving::audit::{audited, catch_chance};
-    let n = config.serve_batch_answers.max(1);
+    let n = config.serve_batch_len();
     let k = audited(n, config.serve_audit_ppm);
     ServeAuditPlan {
         batch_answers: n,

@@ -44,11 +44,11 @@ pub fn catch_chance(n: usize, faked: usize, k: usize) -> f64 {
         return 0.0;
     }
     let mut miss = 1.0;
-    for i in 0..k {
-        if n - i == 0 {
+    for i in 0..k.min(n) {
+        miss *= (n - faked.min(n)).saturating_sub(i) as f64 / (n - i) as f64;
+        if miss == 0.0 {
             break;
         }
-        miss *= (n - faked).saturating_sub(i) as f64 / (n - i) as f64;
     }
     1.0 - miss
 }
@@ -107,7 +107,7 @@ pub async fn run(node: Arc<Node>) {
 pub async fn once(node: &Arc<Node>) -> anyhow::Result<()> {
     let now = unix_now();
     let cfg = &node.config;
-    let max = cfg.serve_batch_answers.max(1);
+    let max = cfg.serve_batch_len();
     for (worker, open) in node.store.open_batches()? {
         // Full batches of `max` (answers that came faster than the tick make several), then
         // what is left once it is old enough.
@@ -306,5 +306,15 @@ mod tests {
         // One faked answer in 4, 2 checked: 1 - (3/4)(2/3) = 1/2.
         assert!((catch_chance(4, 1, 2) - 0.5).abs() < 1e-12);
         assert!(catch_chance(32, 8, 8) > 0.9);
+        // The largest batch a node runs: one faked answer in it, a quarter checked.
+        let n = crate::config::MAX_SERVE_BATCH_ANSWERS;
+        assert!((catch_chance(n, 1, audited(n, 250_000)) - 0.25).abs() < 1e-9);
+        // A configured batch length beyond the cap is the cap (a plan of usize::MAX answers
+        // took the API thread for minutes before).
+        let config = crate::config::NodeConfig {
+            serve_batch_answers: usize::MAX,
+            ..Default::default()
+        };
+        assert_eq!(config.serve_batch_len(), n);
     }
 }
