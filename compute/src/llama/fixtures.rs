@@ -1,7 +1,7 @@
 //! A tiny `llama` with a byte-level vocabulary and a ChatML template, as a GGUF file: what
 //! tests, examples and the devnet use when they need a llama task without a real model.
 
-use market_protocol::{Decimal, ModelSpec};
+use market_protocol::ModelSpec;
 
 use super::gguf::{self, GgufVocab};
 use super::{LlamaConfig, LlamaWeights};
@@ -53,20 +53,9 @@ pub fn tiny_config() -> LlamaConfig {
 
 /// The tiny config as a task's model spec.
 pub fn tiny_spec() -> ModelSpec {
-    let c = tiny_config();
-    let dec = |s: &str| s.parse::<Decimal>().unwrap_or_else(|_| unreachable!());
-    ModelSpec::Llama {
-        hidden_size: c.hidden_size as u32,
-        intermediate_size: c.intermediate_size as u32,
-        num_hidden_layers: c.num_hidden_layers as u32,
-        num_attention_heads: c.num_attention_heads as u32,
-        num_key_value_heads: c.num_key_value_heads as u32,
-        vocab_size: c.vocab_size as u32,
-        max_position_embeddings: c.max_position_embeddings as u32,
-        rms_norm_eps: dec("0.00001"),
-        rope_theta: dec("10000"),
-        tie_word_embeddings: true,
-    }
+    tiny_config()
+        .to_spec()
+        .unwrap_or_else(|_| unreachable!("the tiny config's floats have task spellings"))
 }
 
 /// The tiny model with seeded weights, as a GGUF file.

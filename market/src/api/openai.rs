@@ -829,6 +829,14 @@ fn data(v: &serde_json::Value) -> Event {
     Event::default().data(v.to_string())
 }
 
+/// Runs a checked request, or answers why it was refused.
+async fn respond(node: Arc<Node>, prepared: Result<Prepared, OaiError>) -> Response {
+    match prepared {
+        Ok(p) => answer(node, p).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Answers a chat. Streamed (`"stream": true`) as OpenAI's chunks ending with `[DONE]`.
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest, security(("apiKey" = [])), responses(
     (status = 200, description = "the answer (JSON), or its chunks (server-sent events) when streamed; the `x-market-receipt` header names its receipt"),
@@ -851,10 +859,7 @@ pub(crate) async fn chat_completions(
             DEFAULT_CHAT_TOKENS,
         )
     };
-    match run() {
-        Ok(p) => answer(node, p).await,
-        Err(e) => e.into_response(),
-    }
+    respond(node, run()).await
 }
 
 /// Completes a prompt (one prompt per request).
@@ -892,10 +897,7 @@ pub(crate) async fn completions(
             DEFAULT_COMPLETION_TOKENS,
         )
     };
-    match run() {
-        Ok(p) => answer(node, p).await,
-        Err(e) => e.into_response(),
-    }
+    respond(node, run()).await
 }
 
 /// A served model.
