@@ -859,7 +859,8 @@ pub(crate) async fn chat_completions(
             DEFAULT_CHAT_TOKENS,
         )
     };
-    respond(node, run()).await
+    let prepared = run();
+    respond(node, prepared).await
 }
 
 /// Completes a prompt (one prompt per request).
@@ -897,7 +898,8 @@ pub(crate) async fn completions(
             DEFAULT_COMPLETION_TOKENS,
         )
     };
-    respond(node, run()).await
+    let prepared = run();
+    respond(node, prepared).await
 }
 
 /// A served model.
