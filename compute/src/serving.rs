@@ -176,6 +176,13 @@ impl ServedModel {
 }
 
 impl ServedModel {
+    /// The number of tokens of `task`'s rendered prompt (what an honest answer signs as
+    /// `prompt_tokens`): cheap, no forward pass.
+    pub fn prompt_tokens(&self, task: &TaskSpec) -> Result<u32> {
+        let job = self.job.for_request(task)?;
+        Ok(job.prompt_tokens(0).unwrap_or(0) as u32)
+    }
+
     /// Checks a served answer to `task` (a one-item request for this model) in one forward
     /// pass, as a verifier checks an item of a posted task: `Ok(Ok(()))` if `record` is the
     /// model's answer, `Ok(Err(why))` if not, `Err` if the request itself cannot be run.

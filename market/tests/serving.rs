@@ -657,7 +657,8 @@ async fn ask(m: &Market, key: &str, content: &str) -> (String, u64) {
 /// The audit of served answers, for real: an honest worker's answers are verified in their
 /// batch and it is paid what they cost; a worker that fakes its answers (truncated, or
 /// answering another question) has its batch failed, every buyer in it refunded and its
-/// stake slashed to the buyer of the answer caught.
+/// stake slashed to the buyer of the answer caught; one that bills more prompt tokens than the
+/// prompt has is caught on every answer, audited or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashed() {
     use market_worker::serve::ServeFault;
@@ -689,6 +690,7 @@ async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashe
     for (label, fault) in [
         ("truncating server", ServeFault::Truncate),
         ("inventing server", ServeFault::OtherPrompt),
+        ("overcharging server", ServeFault::Overcharge),
     ] {
         // Cheaper, so the cheater is routed first.
         let cheat = cheating_worker(&m, label, 1, Some(fault)).await;

@@ -44,6 +44,8 @@ pub enum ServeFault {
     Truncate,
     /// Answers another question (made-up text that reads well).
     OtherPrompt,
+    /// Answers honestly but signs ten times the prompt's tokens (an inflated bill).
+    Overcharge,
 }
 
 impl ServeFault {
@@ -186,7 +188,12 @@ pub fn on_generate(
         let _permit = permit;
         let outcome = answer(&model, &net, node, request, run).await;
         let report = match outcome {
-            Ok(served) => answered(&identity, &model, TaskId(id), request, served),
+            Ok(mut served) => {
+                if fake == Some(ServeFault::Overcharge) {
+                    served.prompt_tokens = served.prompt_tokens.saturating_mul(10);
+                }
+                answered(&identity, &model, TaskId(id), request, served)
+            }
             Err(reason) => Request::Unanswered { request, reason },
         };
         if let Err(e) = net.request(node, report).await {

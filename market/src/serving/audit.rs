@@ -145,18 +145,41 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
     };
     let _ = (beacon, proof);
     let mut failure = None;
+    // Every answer's bill is checked, not only the sampled ones: counting a prompt's tokens
+    // costs no forward pass, and a worker that signs more than it used would overcharge.
+    for &(answer, _) in &batch.answers {
+        let receipt = node
+            .store
+            .served_receipt(&answer)?
+            .ok_or_else(|| anyhow::anyhow!("receipt {answer} is missing"))?;
+        let signed = receipt.answer.verify()?.prompt_tokens;
+        let blob = weights_of(&receipt.request)?;
+        let (n, task) = (node.clone(), receipt.request.clone());
+        let counted = tokio::task::spawn_blocking(move || {
+            let model = n.serving.checkers.get(&n, blob, task.profile)?;
+            model.prompt_tokens(&task).map_err(|e| e.to_string())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("counting answer {answer}'s prompt: {e}"))?;
+        if signed != counted {
+            failure = Some((
+                answer,
+                receipt.request.buyer,
+                format!("it bills {signed} prompt tokens, the prompt has {counted}"),
+            ));
+            break;
+        }
+    }
     for &i in &batch.sampled {
+        if failure.is_some() {
+            break;
+        }
         let (answer, _) = batch.answers[i as usize];
         let receipt = node
             .store
             .served_receipt(&answer)?
             .ok_or_else(|| anyhow::anyhow!("receipt {answer} is missing"))?;
-        let Workload::Inference(inf) = &receipt.request.workload else {
-            anyhow::bail!("receipt {answer} is no inference request");
-        };
-        let blob = inf
-            .weights
-            .ok_or_else(|| anyhow::anyhow!("receipt {answer} names no weights"))?;
+        let blob = weights_of(&receipt.request)?;
         let (n, task, record) = (
             node.clone(),
             receipt.request.clone(),
@@ -188,6 +211,16 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
     }
     node.store.save_batch(&batch)?;
     Ok(())
+}
+
+/// The weights a served request names.
+fn weights_of(task: &market_protocol::TaskSpec) -> anyhow::Result<BlobId> {
+    match &task.workload {
+        Workload::Inference(inf) => inf
+            .weights
+            .ok_or_else(|| anyhow::anyhow!("a served request names no weights")),
+        Workload::Training(_) => anyhow::bail!("a served request is no inference"),
+    }
 }
 
 async fn settle_passed(node: &Arc<Node>, batch: &mut ServeBatch) -> anyhow::Result<()> {
