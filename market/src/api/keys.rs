@@ -204,9 +204,11 @@ pub(crate) fn bearer(node: &Node, headers: &HeaderMap) -> Result<(ApiKey, Hash),
         .ok_or_else(missing)?
         .to_str()
         .map_err(|_| missing())?;
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
     let secret = value
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, secret)| secret.trim())
         .ok_or_else(missing)?;
     let invalid = || OaiError::unauthorized("invalid_api_key", "this API key is not valid");
     // Checked before any lookup: a secret of another shape is no key.

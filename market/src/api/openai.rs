@@ -238,6 +238,10 @@ struct Common {
     logprobs: Option<serde_json::Value>,
     #[serde(default)]
     tools: Option<Vec<serde_json::Value>>,
+    /// A market extension: the most the request may pay per token. Without it, the lowest
+    /// price `GET /v1/models` shows for the model is the most it pays.
+    #[serde(default)]
+    max_price_per_token: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -276,6 +280,9 @@ pub(crate) struct ChatCompletionRequest {
     stop: Option<serde_json::Value>,
     /// The sampling seed (drawn by the node when absent).
     seed: Option<i64>,
+    /// A market extension: the most the request pays per token (default: the lowest price
+    /// `GET /v1/models` shows).
+    max_price_per_token: Option<u64>,
 }
 
 /// A completion request (the fields this market reads).
@@ -296,6 +303,8 @@ pub(crate) struct CompletionRequest {
     stop: Option<serde_json::Value>,
     /// The sampling seed.
     seed: Option<i64>,
+    /// A market extension: the most the request pays per token.
+    max_price_per_token: Option<u64>,
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -479,9 +488,20 @@ fn prepare(
     let blob = serving
         .resolve(&common.model)
         .ok_or_else(|| OaiError::no_model(&common.model))?;
-    let route = serving
-        .route(&blob, None, u64::MAX, &[])
-        .ok_or_else(|| OaiError::unavailable("every worker serving this model is busy; retry"))?;
+    // What the buyer agreed to: the advertised (lowest) price, unless it names its own cap.
+    let cap = match common.max_price_per_token {
+        Some(cap) => cap,
+        None => serving
+            .models()
+            .into_iter()
+            .find(|m| m.blob == blob)
+            .map_or(0, |m| m.price_per_token),
+    };
+    let route = serving.route(&blob, None, cap, &[]).ok_or_else(|| {
+        OaiError::unavailable(format!(
+            "every worker serving this model at {cap} credits per token or less is busy; retry, or allow a higher price with max_price_per_token"
+        ))
+    })?;
     // Every token costs the same; a byte-level tokenizer makes at most one prompt token per
     // byte, so this bounds the answer's cost.
     let price = route.offer.price_per_token;

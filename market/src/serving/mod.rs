@@ -487,6 +487,7 @@ impl Serving {
             let task = task.clone();
             match self.attempt(&*link, &route, task, &mut sent, out).await {
                 Ok(done) => return Ok(done),
+                Err(e) if e == DIVERGED => return Err(e),
                 Err(e) => {
                     tracing::warn!(worker = %route.worker, error = %e, "a served request moves on");
                     last_error = e;
@@ -538,7 +539,7 @@ impl Serving {
             match event {
                 WorkerEvent::Text(piece) => {
                     text.push_str(&piece);
-                    forward_beyond(&text, sent, out);
+                    forward_beyond(&text, sent, out)?;
                 }
                 WorkerEvent::Answered(answer, record_json) => {
                     let record = AnswerRecord::from_bytes(record_json.as_bytes())
@@ -546,6 +547,10 @@ impl Serving {
                     let body = answer.verify().map_err(|e| e.to_string())?;
                     if record.text != text {
                         return Err("the signed answer is not the streamed text".into());
+                    }
+                    // The client must end up with exactly the answer its receipt names.
+                    if text != *sent {
+                        return Err(DIVERGED.into());
                     }
                     if body.completion_tokens as usize != record.tokens.len() {
                         return Err("the answer miscounts its tokens".into());
@@ -566,13 +571,31 @@ impl Serving {
     }
 }
 
-/// Sends the part of `text` beyond what the client has (`sent`), when `text` extends it.
-fn forward_beyond(text: &str, sent: &mut String, out: &mpsc::UnboundedSender<Progress>) {
-    if text.len() > sent.len() && text.starts_with(sent.as_str()) {
+/// Why a request ends when a worker's text parts from what an earlier worker streamed.
+const DIVERGED: &str =
+    "the answer changed after a failover: the text already sent is not this worker's answer";
+
+/// Sends the part of `text` beyond what the client has (`sent`), when `text` extends it. A
+/// worker taking over after a failover first repeats what the client has; a `text` that
+/// parts from it (the earlier worker streamed something else, honest or not) can never become
+/// the answer the client was sent, so the request ends with an error rather than with a
+/// receipt for text the client never saw.
+fn forward_beyond(
+    text: &str,
+    sent: &mut String,
+    out: &mpsc::UnboundedSender<Progress>,
+) -> Result<(), String> {
+    if text.len() > sent.len() {
+        if !text.starts_with(sent.as_str()) {
+            return Err(DIVERGED.into());
+        }
         let _ = out.send(Progress::Text(text[sent.len()..].to_string()));
         sent.clear();
         sent.push_str(text);
+    } else if !sent.starts_with(text) {
+        return Err(DIVERGED.into());
     }
+    Ok(())
 }
 
 /// Forgets a request attempt however it ends.
@@ -610,6 +633,7 @@ mod tests {
         serving: Arc<Serving>,
         a: Identity,
         b: Identity,
+        a_text: String,
         b_text: String,
     }
 
@@ -621,10 +645,10 @@ mod tests {
             task: TaskSpec,
         ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
             let (serving, a, b) = (self.serving.clone(), self.a.clone(), self.b.clone());
-            let b_text = self.b_text.clone();
+            let (a_text, b_text) = (self.a_text.clone(), self.b_text.clone());
             tokio::spawn(async move {
                 if worker == a.account() {
-                    serving.on_text(&worker, request, 0, "Hel".into()).unwrap();
+                    serving.on_text(&worker, request, 0, a_text).unwrap();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     serving.worker_gone(&worker);
                     return;
@@ -669,6 +693,13 @@ mod tests {
     use market_protocol::Workload;
 
     async fn run(b_text: &str) -> (String, Option<Finished>, Option<String>, Arc<Serving>) {
+        run_with("Hel", b_text).await
+    }
+
+    async fn run_with(
+        a_text: &str,
+        b_text: &str,
+    ) -> (String, Option<Finished>, Option<String>, Arc<Serving>) {
         let serving = Arc::new(Serving::default());
         let bytes = tiny_gguf(3).unwrap();
         let blob = BlobId::of(&bytes);
@@ -692,6 +723,7 @@ mod tests {
             serving: serving.clone(),
             a,
             b,
+            a_text: a_text.into(),
             b_text: b_text.into(),
         }));
         let request = ServeRequest {
@@ -741,6 +773,17 @@ mod tests {
         let st = serving.state();
         assert!(st.pending.is_empty() && st.load.is_empty());
         assert_eq!(st.offers.len(), 1, "the dropped worker's offer is gone");
+    }
+
+    /// A worker that streams made-up text and drops cannot get another worker's answer
+    /// receipted under text the client never saw: the request ends with an error.
+    #[tokio::test]
+    async fn text_that_parts_from_what_the_client_has_ends_the_request() {
+        let (text, done, failed, serving) = run_with("Hxl", "Hello").await;
+        assert_eq!(text, "Hxl");
+        assert!(done.is_none());
+        assert!(failed.unwrap().contains("changed after a failover"));
+        assert!(serving.state().pending.is_empty());
     }
 
     #[tokio::test]
