@@ -107,6 +107,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Operation::ServeEscrow { answer: task },
         ),
         (
+            json!({"kind": "serve_unused", "answer": task}),
+            Operation::ServeUnused { answer: task },
+        ),
+        (
             json!({"kind": "serve_release", "answer": task}),
             Operation::ServeRelease { answer: task },
         ),

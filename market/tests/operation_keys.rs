@@ -90,6 +90,9 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
                     "serve_escrow" => Operation::ServeEscrow {
                         answer: field(o, "answer"),
                     },
+                    "serve_unused" => Operation::ServeUnused {
+                        answer: field(o, "answer"),
+                    },
                     "serve_release" => Operation::ServeRelease {
                         answer: field(o, "answer"),
                     },
@@ -140,7 +143,7 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
         }
     }
     // Every kind of operation the node writes has a vector.
-    assert_eq!(kinds.len(), 15, "{kinds:?}");
+    assert_eq!(kinds.len(), 16, "{kinds:?}");
     assert!(ids >= 4);
     assert!(evidences >= 3);
 }

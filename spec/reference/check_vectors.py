@@ -567,6 +567,7 @@ OPERATION_TEXTS = {
     "stake_hello": lambda o: f"stake:hello:{o['account']}:{o['current']}:{o['target']}",
     "reputation": lambda o: f"rep:{o['event']}:{o['account']}",
     "serve_escrow": lambda o: f"serve_escrow:{o['answer']}",
+    "serve_unused": lambda o: f"serve_unused:{o['answer']}",
     "serve_release": lambda o: f"serve_release:{o['answer']}",
     "serve_refund": lambda o: f"serve_refund:{o['answer']}",
     "serve_slash": lambda o: f"serve_slash:{o['batch']}:{o['payee']}",
@@ -622,8 +623,9 @@ def check_export():
         # (PROTOCOL.md section 3, "Served inference").
         served = kind == "escrow" and k.get("spec") is None or tasks.get(k.get("task_id"), {}).get("served")
         if kind in ("escrow", "refund") or (kind == "release" and served):
-            prefix = f"serve_{kind}" if served else kind
-            assert body["key"] == operation_key(f"{prefix}:{k['task_id']}"), body["key"]
+            # A served request's refund is its unused hold, or its batch's failure.
+            prefixes = {"refund": ["serve_unused", "serve_refund"]}.get(kind, [f"serve_{kind}"]) if served else [kind]
+            assert body["key"] in [operation_key(f"{p}:{k['task_id']}") for p in prefixes], body["key"]
         elif kind == "pool_round":
             text = f"pool_round:{k['task_id']}:{k['round']}"
             assert body["key"] == operation_key(text), body["key"]

@@ -459,6 +459,8 @@ struct Prepared {
     stream: bool,
     include_usage: bool,
     receipt: TaskId,
+    /// The ledger entry that escrowed the hold, once escrowed.
+    escrow_seq: Option<u64>,
 }
 
 /// Everything checked before anything runs: the key, the request, the model, a worker, and
@@ -567,6 +569,7 @@ fn prepare(
             .as_ref()
             .is_some_and(|o| o.include_usage),
         receipt,
+        escrow_seq: None,
     })
 }
 
@@ -603,10 +606,26 @@ fn start(node: &Arc<Node>, p: Prepared) -> (mpsc::UnboundedReceiver<Progress>, M
         while let Some(progress) = inner_rx.recv().await {
             let progress = match progress {
                 Progress::Done(done) => {
-                    match record(&node, &done, &p.key, &p.key_hash, &p.model_name).await {
+                    match record(
+                        &node,
+                        &done,
+                        &p.key,
+                        &p.key_hash,
+                        &p.model_name,
+                        p.escrow_seq,
+                    )
+                    .await
+                    {
                         Ok(()) => Progress::Done(done),
                         Err(e) => Progress::Failed(e),
                     }
+                }
+                Progress::Failed(why) => {
+                    // No answer: the whole hold goes back.
+                    if let Err(e) = release_unused(&node, &p.receipt, 0).await {
+                        tracing::error!(error = %e, "returning a failed request's hold");
+                    }
+                    Progress::Failed(why)
                 }
                 other => other,
             };
@@ -628,14 +647,72 @@ fn cost(done: &Finished) -> u64 {
         .min(done.task.price.0)
 }
 
-/// Takes a checked answer: its receipt and its place in its worker's batch, then its cost
-/// escrowed from the buyer (both idempotent), before the client sees its end.
+/// Escrows a request's hold from its buyer (`serve_escrow`), noting it first so a crash
+/// cannot strand it.
+async fn escrow_hold(node: &Node, p: &mut Prepared) -> Result<(), OaiError> {
+    let hold = p.request.price.0;
+    if hold == 0 {
+        return Ok(());
+    }
+    node.store
+        .add_hold(&p.receipt, unix_now())
+        .map_err(OaiError::internal)?;
+    let escrowed = node
+        .append(
+            crate::engine::Operation::ServeEscrow { answer: p.receipt },
+            market_ledger::EntryKind::Escrow {
+                amount: Credits(hold),
+                buyer: p.request.buyer,
+                spec: None,
+                task_id: p.receipt,
+            },
+        )
+        .await;
+    match escrowed {
+        Ok(a) => {
+            p.escrow_seq = Some(a.seq());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = node.store.remove_hold(&p.receipt);
+            Err(OaiError::quota(format!(
+                "this request may cost {hold} credits, more than the account holds: {e}"
+            )))
+        }
+    }
+}
+
+/// Returns what a request's escrow holds beyond `keep` to its buyer (`serve_unused`) and
+/// forgets the hold. Idempotent.
+pub(crate) async fn release_unused(node: &Node, receipt: &TaskId, keep: u64) -> anyhow::Result<()> {
+    if let Some(escrow) = node.ledger.escrow_of(receipt) {
+        let unused = escrow.remaining.0.saturating_sub(keep);
+        if unused > 0 && escrow.remaining.0 == escrow.amount.0 {
+            node.append(
+                crate::engine::Operation::ServeUnused { answer: *receipt },
+                market_ledger::EntryKind::Refund {
+                    amount: Credits(unused),
+                    buyer: escrow.buyer,
+                    task_id: *receipt,
+                },
+            )
+            .await?;
+        }
+    }
+    node.store.remove_hold(receipt)?;
+    Ok(())
+}
+
+/// Takes a checked answer: its receipt and its place in its worker's batch, then the part of
+/// its hold beyond its cost back to the buyer (each step idempotent), before the client sees
+/// its end.
 async fn record(
     node: &Node,
     done: &Finished,
     key: &ApiKey,
     key_hash: &Hash,
     model_name: &str,
+    escrow_seq: Option<u64>,
 ) -> Result<(), String> {
     let internal = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "recording a served answer");
@@ -652,7 +729,7 @@ async fn record(
         model_name: model_name.into(),
         cost,
         created: unix_now(),
-        escrow_seq: None,
+        escrow_seq,
     };
     node.store
         .record_served(
@@ -664,28 +741,8 @@ async fn record(
             unix_now(),
         )
         .map_err(|e| internal(&e))?;
-    if cost == 0 {
-        return Ok(());
-    }
-    let escrowed = node
-        .append(
-            crate::engine::Operation::ServeEscrow {
-                answer: done.receipt,
-            },
-            market_ledger::EntryKind::Escrow {
-                amount: Credits(cost),
-                buyer: done.task.buyer,
-                spec: None,
-                task_id: done.receipt,
-            },
-        )
+    release_unused(node, &done.receipt, cost)
         .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "escrowing a served answer");
-            "the account could not pay for the answer".to_string()
-        })?;
-    node.store
-        .set_receipt_escrow(&done.receipt, escrowed.seq())
         .map_err(|e| internal(&e))
 }
 
@@ -780,8 +837,13 @@ fn with_receipt(mut response: Response, receipt: &TaskId) -> Response {
 }
 
 /// Answers a prepared request, whole or streamed.
-async fn answer(node: Arc<Node>, p: Prepared) -> Response {
+async fn answer(node: Arc<Node>, mut p: Prepared) -> Response {
     let stream = p.stream;
+    // The hold is escrowed before anything runs: credits that leave the account meanwhile
+    // (a task posted, another request) cannot void the answer's payment.
+    if let Err(e) = escrow_hold(&node, &mut p).await {
+        return e.into_response();
+    }
     let (mut rx, meta) = start(&node, p);
     let receipt = meta.receipt;
     if !stream {

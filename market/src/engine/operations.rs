@@ -52,8 +52,11 @@ pub enum Operation<'a> {
     },
     /// A reputation change of `account` for `event` (which names the task, attempt and cause).
     Reputation { event: &'a str, account: AccountId },
-    /// A served answer's cost, locked once the answer is taken (`answer` is its receipt id).
+    /// What a served request may cost, locked before it runs (`answer` is its receipt id).
     ServeEscrow { answer: TaskId },
+    /// What a served request held beyond its answer's cost (all of it, without an answer),
+    /// back to its buyer.
+    ServeUnused { answer: TaskId },
     /// A served answer's cost, paid to its worker once the answer's batch passed its audit.
     ServeRelease { answer: TaskId },
     /// A served answer's cost, back to its buyer: its batch failed its audit.
@@ -97,6 +100,7 @@ impl Operation<'_> {
             } => format!("stake:hello:{account}:{current}:{target}"),
             Self::Reputation { event, account } => format!("rep:{event}:{account}"),
             Self::ServeEscrow { answer } => format!("serve_escrow:{answer}"),
+            Self::ServeUnused { answer } => format!("serve_unused:{answer}"),
             Self::ServeRelease { answer } => format!("serve_release:{answer}"),
             Self::ServeRefund { answer } => format!("serve_refund:{answer}"),
             Self::ServeSlash { batch, payee } => format!("serve_slash:{batch}:{payee}"),

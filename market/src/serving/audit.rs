@@ -94,17 +94,24 @@ impl Checkers {
 /// Closes the batches that are due and audits every closed batch not yet settled; runs until
 /// the node stops.
 pub async fn run(node: Arc<Node>) {
+    let started = unix_now();
     let mut tick = tokio::time::interval(TICK);
     loop {
         tick.tick().await;
-        if let Err(e) = once(&node).await {
+        if let Err(e) = once(&node, started).await {
             tracing::error!(error = %e, "auditing served answers");
         }
     }
 }
 
-/// One pass: closes due batches, then audits and settles every batch still auditing.
-pub async fn once(node: &Arc<Node>) -> anyhow::Result<()> {
+/// One pass: settles the holds of requests an earlier run of the node left in flight (the
+/// answer's cost stays escrowed if it was recorded, the rest goes back), closes due batches,
+/// then audits and settles every batch still auditing.
+pub async fn once(node: &Arc<Node>, started: u64) -> anyhow::Result<()> {
+    for receipt in node.store.holds_before(started)? {
+        let keep = node.store.served_receipt(&receipt)?.map_or(0, |r| r.cost);
+        crate::api::openai::release_unused(node, &receipt, keep).await?;
+    }
     let now = unix_now();
     let cfg = &node.config;
     let max = cfg.serve_batch_len();
@@ -131,6 +138,13 @@ pub async fn once(node: &Arc<Node>) -> anyhow::Result<()> {
 
 /// Audits one closed batch and settles it.
 async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
+    // An answer's escrow holds exactly its cost once the rest of its hold went back; a batch
+    // waits until every answer's has (a tick or two), so it pays or refunds only the cost.
+    for (answer, _) in &batch.answers {
+        if node.store.has_hold(answer)? {
+            return Ok(());
+        }
+    }
     let (beacon, proof) = match batch.beacon {
         Some(b) => b,
         None => {

@@ -43,7 +43,7 @@ pub struct ServedReceipt {
     pub cost: u64,
     /// Unix seconds.
     pub created: u64,
-    /// The ledger entry that escrowed its cost (none for a free answer).
+    /// The ledger entry that escrowed its request's hold (none for a free answer).
     #[serde(default)]
     pub escrow_seq: Option<u64>,
 }
@@ -342,14 +342,41 @@ impl Store {
         Ok(self.batch(&Hash(root))?.map(|b| (b, index)))
     }
 
-    /// Notes the ledger entry that escrowed a served answer's cost.
-    pub fn set_receipt_escrow(&self, id: &TaskId, seq: u64) -> Result<(), StoreError> {
-        let tree = self.receipt_tree()?;
-        if let Some(mut r) = get::<ServedReceipt>(&tree, id.as_bytes())? {
-            r.escrow_seq = Some(seq);
-            tree.insert(id.as_bytes(), serde_json::to_vec(&r)?)?;
-        }
+    fn hold_tree(&self) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree("serve_holds")?)
+    }
+
+    /// Notes a served request's escrowed hold before it is escrowed (key: its receipt id;
+    /// value: unix seconds), so one a crash interrupts is settled when the node comes back.
+    pub fn add_hold(&self, id: &TaskId, now: u64) -> Result<(), StoreError> {
+        self.hold_tree()?
+            .insert(id.as_bytes(), &now.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Whether a request's hold is not settled yet (its unused part not back).
+    pub fn has_hold(&self, id: &TaskId) -> Result<bool, StoreError> {
+        Ok(self.hold_tree()?.contains_key(id.as_bytes())?)
+    }
+
+    /// Forgets a hold whose unused part went back to its buyer.
+    pub fn remove_hold(&self, id: &TaskId) -> Result<(), StoreError> {
+        self.hold_tree()?.remove(id.as_bytes())?;
+        Ok(())
+    }
+
+    /// Holds noted before `before` (unix seconds) and not yet settled.
+    pub fn holds_before(&self, before: u64) -> Result<Vec<TaskId>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.hold_tree()?.iter() {
+            let (k, v) = item?;
+            if super::be_u64(&v) < before {
+                if let Ok(bytes) = <[u8; 32]>::try_from(k.as_ref()) {
+                    out.push(TaskId(Hash(bytes)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A served answer's receipt.
