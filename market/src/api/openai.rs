@@ -840,11 +840,19 @@ fn with_receipt(mut response: Response, receipt: &TaskId) -> Response {
 async fn answer(node: Arc<Node>, mut p: Prepared) -> Response {
     let stream = p.stream;
     // The hold is escrowed before anything runs: credits that leave the account meanwhile
-    // (a task posted, another request) cannot void the answer's payment.
-    if let Err(e) = escrow_hold(&node, &mut p).await {
-        return e.into_response();
-    }
-    let (mut rx, meta) = start(&node, p);
+    // (a task posted, another request) cannot void the answer's payment. Escrow and start run
+    // in a task of their own, so a client that leaves meanwhile cannot strand the escrow.
+    let n = node.clone();
+    let started = tokio::spawn(async move {
+        escrow_hold(&n, &mut p).await?;
+        Ok::<_, OaiError>(start(&n, p))
+    })
+    .await;
+    let (mut rx, meta) = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => return OaiError::internal(e).into_response(),
+    };
     let receipt = meta.receipt;
     if !stream {
         while let Some(progress) = rx.recv().await {
