@@ -234,8 +234,8 @@ async fn main() {
                     "model": "bench", "max_tokens": 4, "temperature": 0,
                     "messages": [{"role": "user", "content": format!("client {c} question {i}")}],
                 });
-                // Every worker slot busy answers 503; the client retries, as OpenAI's
-                // clients do, so each request counts once, when it is answered.
+                // A request waits for a free slot at the node (up to 30 s); a 503 past that
+                // is retried, as OpenAI's clients do, so each request counts once.
                 loop {
                     let r = http
                         .post(format!("{api}/v1/chat/completions"))

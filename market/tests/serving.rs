@@ -809,3 +809,31 @@ async fn served_cheats_are_caught_at_the_rate_the_plan_shows() {
         m.node.serving.worker_gone(&cheat.account());
     }
 }
+
+/// More requests than the workers' slots wait for a slot instead of failing: eight at once
+/// on one worker that answers two at a time all get their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_beyond_the_free_slots_wait_for_one() {
+    let m = market().await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    serving_worker(&m, "busy server", 1).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let m = Arc::new(m);
+    let asks: Vec<_> = (0..8)
+        .map(|i| {
+            let (m, key) = (m.clone(), key.clone());
+            tokio::spawn(async move {
+                let body = json!({"model": "tiny", "max_tokens": 24, "temperature": 0,
+                                  "messages": [{"role": "user", "content": format!("ask {i}")}]});
+                send(&m, bearer("POST", "/v1/chat/completions", &key, body)).await
+            })
+        })
+        .collect();
+    for a in asks {
+        let (status, receipt, body) = a.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(receipt.is_some());
+    }
+}

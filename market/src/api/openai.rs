@@ -499,14 +499,14 @@ fn prepare(
             .find(|m| m.blob == blob)
             .map_or(0, |m| m.price_per_token),
     };
-    let route = serving.route(&blob, None, cap, &[]).ok_or_else(|| {
+    // Busy or not: a request waits for a slot (serving::QUEUE_WAIT) when all are taken.
+    let (route, price) = serving.offered(&blob, None, cap, &[]).ok_or_else(|| {
         OaiError::unavailable(format!(
-            "every worker serving this model at {cap} credits per token or less is busy; retry, or allow a higher price with max_price_per_token"
+            "no worker serves this model at {cap} credits per token or less; allow a higher price with max_price_per_token"
         ))
     })?;
     // Every token costs the same; a byte-level tokenizer makes at most one prompt token per
-    // byte, so this bounds the answer's cost.
-    let price = route.offer.price_per_token;
+    // byte, so this bounds the answer's cost at the highest price a worker it may go to asks.
     let hold = price
         .checked_mul(prompt_bytes as u64 + u64::from(max_new_tokens))
         .ok_or_else(|| OaiError::invalid("max_tokens", "the request's cost overflows"))?;

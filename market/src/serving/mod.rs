@@ -33,6 +33,12 @@ pub const MAX_CONCURRENCY: u32 = 64;
 pub const PIECE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most workers one request is tried on.
 pub const MAX_ATTEMPTS: usize = 3;
+/// How long a request waits for a free slot when every worker that serves its model is busy
+/// (or refuses it for now) before it fails with 503.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(30);
+/// What an attempt's error starts with when the worker did not take the request (busy or
+/// refusing): the request waits and asks again rather than moving on.
+const NOT_TAKEN: &str = "the worker did not take the request";
 
 /// Sends a request to a serving worker (the network implements it).
 pub trait ServeLink: Send + Sync {
@@ -367,6 +373,60 @@ impl Serving {
             })
     }
 
+    /// Whether an eligible worker not in `tried` offers `blob` (in `profile`, at most
+    /// `max_price` per token), busy or not.
+    pub fn any_offer(
+        &self,
+        blob: &BlobId,
+        profile: Option<ExecutionProfile>,
+        max_price: u64,
+        tried: &[AccountId],
+    ) -> bool {
+        self.offered(blob, profile, max_price, tried).is_some()
+    }
+
+    /// Among eligible workers not in `tried` offering `blob` (in `profile`, at most
+    /// `max_price` per token), busy or not: the cheapest one's route, and the highest price
+    /// any of them asks.
+    pub fn offered(
+        &self,
+        blob: &BlobId,
+        profile: Option<ExecutionProfile>,
+        max_price: u64,
+        tried: &[AccountId],
+    ) -> Option<(Route, u64)> {
+        let st = self.state();
+        let spec = st.specs.get(blob)?.clone();
+        let offers: Vec<(AccountId, &ServeOffer)> = st
+            .offers
+            .iter()
+            .filter(|(w, _)| !tried.contains(w))
+            .filter(|(w, _)| self.eligible.get().is_none_or(|ok| ok(w)))
+            .filter_map(|(w, offers)| {
+                offers
+                    .iter()
+                    .find(|o| {
+                        o.model == *blob
+                            && profile.is_none_or(|p| p == o.profile)
+                            && o.price_per_token <= max_price
+                    })
+                    .map(|o| (*w, o))
+            })
+            .collect();
+        let highest = offers.iter().map(|(_, o)| o.price_per_token).max()?;
+        let (worker, offer) = offers
+            .into_iter()
+            .min_by_key(|(w, o)| (o.price_per_token, *w))?;
+        Some((
+            Route {
+                worker,
+                offer: offer.clone(),
+                spec,
+            },
+            highest,
+        ))
+    }
+
     fn event(&self, worker: &AccountId, request: u64, event: WorkerEvent) -> Result<(), String> {
         let st = self.state();
         let p = st.pending.get(&request).ok_or("no such request")?;
@@ -477,19 +537,31 @@ impl Serving {
         let mut tried = Vec::new();
         let mut sent = String::new();
         let mut last_error = "no worker serves this model now".to_string();
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(route) =
-                self.route(&request.weights, Some(request.profile), max_price, &tried)
-            else {
-                break;
+        let deadline = tokio::time::Instant::now() + QUEUE_WAIT;
+        let profile = Some(request.profile);
+        while tried.len() < MAX_ATTEMPTS {
+            let Some(route) = self.route(&request.weights, profile, max_price, &tried) else {
+                // Every worker left for it is busy: wait for a slot, up to QUEUE_WAIT.
+                let waiting = self.any_offer(&request.weights, profile, max_price, &tried);
+                if !waiting || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             };
-            tried.push(route.worker);
             let task = task.clone();
             match self.attempt(&*link, &route, task, &mut sent, out).await {
                 Ok(done) => return Ok(done),
                 Err(e) if e == DIVERGED => return Err(e),
+                // Not taken (a slot the node thought free was not yet, or a refusal): nothing
+                // ran, so the same worker may be asked again once the wait allows.
+                Err(e) if e.starts_with(NOT_TAKEN) && tokio::time::Instant::now() < deadline => {
+                    last_error = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 Err(e) => {
                     tracing::warn!(worker = %route.worker, error = %e, "a served request moves on");
+                    tried.push(route.worker);
                     last_error = e;
                 }
             }
@@ -529,7 +601,7 @@ impl Serving {
         };
         link.generate(route.worker, number, task.clone())
             .await
-            .map_err(|e| format!("the worker did not take the request: {e}"))?;
+            .map_err(|e| format!("{NOT_TAKEN}: {e}"))?;
         let mut text = String::new();
         loop {
             let event = tokio::time::timeout(PIECE_TIMEOUT, rx.recv())
