@@ -34,6 +34,8 @@ struct Market {
     dir: tempfile::TempDir,
     buyer: Identity,
     model: PathBuf,
+    /// The name workers serve it under.
+    model_name: &'static str,
     model_bytes: Vec<u8>,
 }
 
@@ -84,11 +86,13 @@ async fn market_with(config: NodeConfig) -> Market {
         dir,
         buyer,
         model,
+        model_name: "tiny",
         model_bytes,
     }
 }
 
-/// A worker serving the tiny model under the name `tiny` at `price` per token.
+/// A worker serving the market's model (`m.model`, under `m.model_name`) at `price` per
+/// token.
 async fn serving_worker(m: &Market, label: &str, price: u64) -> Identity {
     cheating_worker(m, label, price, None).await
 }
@@ -128,7 +132,7 @@ async fn cheater_with(
         status_line: false,
         relay: false,
         serve: Some(ServeOptions {
-            models: vec![("tiny".into(), m.model.clone())],
+            models: vec![(m.model_name.into(), m.model.clone())],
             price_per_token: price,
             concurrency: 2,
             profile: ExecutionProfile::Repro,
@@ -545,34 +549,14 @@ async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
     let mut m = market().await;
     m.model_bytes = std::fs::read(&path).unwrap();
     m.model = path;
+    m.model_name = "smollm2-135m-instruct";
     let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
     assert_eq!(status, StatusCode::CREATED);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = m.app.clone();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let id = Identity::from_test_label("smollm2 server");
-    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
-    let options = market_worker::daemon::WorkerOptions {
-        market: m.addr.clone(),
-        data_dir: m.dir.path().join("smollm2 server"),
-        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-        behavior: Behavior::Honest,
-        stake: 200,
-        device: "cpu".into(),
-        listen: Vec::new(),
-        status_line: false,
-        relay: false,
-        serve: Some(ServeOptions {
-            models: vec![("smollm2-135m-instruct".into(), m.model.clone())],
-            price_per_token: 1,
-            concurrency: 1,
-            profile: ExecutionProfile::Repro,
-            fault: None,
-            fault_every: 1,
-        }),
-    };
-    tokio::spawn(market_worker::daemon::run(id, options));
+    serving_worker(&m, "smollm2 server", 1).await;
     wait_models(&m, 1).await;
     let (key, _) = new_key(&m, &m.buyer, None).await;
     let script_key = key.clone();
@@ -836,4 +820,49 @@ async fn requests_beyond_the_free_slots_wait_for_one() {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(receipt.is_some());
     }
+}
+
+/// A greedy worker cannot profit from a busy cheap one: a request pays at most the price
+/// `/v1/models` shows (the lowest), so while the cheap worker is busy the requests wait for it
+/// instead of going to a worker asking a thousand times more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_cheap_worker_does_not_send_buyers_to_a_dear_one() {
+    let m = market().await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let cheap = serving_worker(&m, "cheap server", 1).await;
+    let dear = serving_worker(&m, "dear server", 1_000).await;
+    let models = wait_models(&m, 2).await;
+    assert_eq!(models["data"][0]["price_per_token"], 1);
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let m = Arc::new(m);
+    let asks: Vec<_> = (0..6)
+        .map(|i| {
+            let (m, key) = (m.clone(), key.clone());
+            tokio::spawn(async move { ask(&m, &key, &format!("cheap please {i}")).await })
+        })
+        .collect();
+    for a in asks {
+        let (receipt, cost) = a.await.unwrap();
+        let (_, _, body) = send(
+            &m,
+            bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
+        )
+        .await;
+        let r: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(r["worker"], cheap.account().to_hex());
+        let tokens =
+            r["prompt_tokens"].as_u64().unwrap() + r["completion_tokens"].as_u64().unwrap();
+        assert_eq!(cost, tokens, "one credit a token");
+    }
+    // Asking for the dear worker is the buyer's choice to make (and costs accordingly).
+    m.node
+        .fund("dear", &m.buyer.account(), 200_000, 0)
+        .await
+        .unwrap();
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "any"}],
+                      "max_tokens": 4, "temperature": 0, "max_price_per_token": 1_000});
+    let (status, _, body) = send(&m, bearer("POST", "/v1/chat/completions", &key, body)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let _ = dear;
 }

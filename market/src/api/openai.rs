@@ -467,12 +467,11 @@ struct Prepared {
 /// what it may cost (held while it runs). Nothing is charged for a refused request.
 fn prepare(
     node: &Arc<Node>,
-    headers: &HeaderMap,
+    (key, key_hash): (ApiKey, Hash),
     common: &Common,
     prompt: ServePrompt,
     default_tokens: u32,
 ) -> Result<Prepared, OaiError> {
-    let (key, key_hash) = bearer(node, headers)?;
     let decoding = decoding(common)?;
     let max_new_tokens = max_tokens(common, default_tokens)?;
     let stop = stops(common)?;
@@ -938,12 +937,13 @@ pub(crate) async fn chat_completions(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let run = || -> Result<Prepared, OaiError> {
-        bearer(&node, &headers)?;
+        // The key first: an unauthenticated request learns nothing about its body.
+        let key = bearer(&node, &headers)?;
         let chat: ChatIn = parse(body)?;
         let messages = messages(chat.messages)?;
         prepare(
             &node,
-            &headers,
+            key,
             &chat.common,
             ServePrompt::Chat(messages),
             DEFAULT_CHAT_TOKENS,
@@ -964,7 +964,7 @@ pub(crate) async fn completions(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let run = || -> Result<Prepared, OaiError> {
-        bearer(&node, &headers)?;
+        let key = bearer(&node, &headers)?;
         let req: CompletionIn = parse(body)?;
         let prompt = match req.prompt {
             PromptIn::One(p) => p,
@@ -982,7 +982,7 @@ pub(crate) async fn completions(
         }
         prepare(
             &node,
-            &headers,
+            key,
             &req.common,
             ServePrompt::Text(prompt),
             DEFAULT_COMPLETION_TOKENS,

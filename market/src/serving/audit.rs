@@ -158,14 +158,19 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
         }
     };
     let _ = (beacon, proof);
-    let mut failure = None;
-    // Every answer's bill is checked, not only the sampled ones: counting a prompt's tokens
-    // costs no forward pass, and a worker that signs more than it used would overcharge.
+    let mut receipts = Vec::with_capacity(batch.answers.len());
     for &(answer, _) in &batch.answers {
         let receipt = node
             .store
             .served_receipt(&answer)?
             .ok_or_else(|| anyhow::anyhow!("receipt {answer} is missing"))?;
+        receipts.push((answer, receipt));
+    }
+    let mut failure = None;
+    // Every answer's bill is checked, not only the sampled ones: counting a prompt's tokens
+    // costs no forward pass, and a worker that signs more than it used would overcharge.
+    for (answer, receipt) in &receipts {
+        let answer = *answer;
         let signed = receipt.answer.verify()?.prompt_tokens;
         let blob = weights_of(&receipt.request)?;
         let (n, task) = (node.clone(), receipt.request.clone());
@@ -188,11 +193,8 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
         if failure.is_some() {
             break;
         }
-        let (answer, _) = batch.answers[i as usize];
-        let receipt = node
-            .store
-            .served_receipt(&answer)?
-            .ok_or_else(|| anyhow::anyhow!("receipt {answer} is missing"))?;
+        let (answer, receipt) = &receipts[i as usize];
+        let answer = *answer;
         let blob = weights_of(&receipt.request)?;
         let (n, task, record) = (
             node.clone(),

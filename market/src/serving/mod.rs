@@ -287,13 +287,12 @@ impl Serving {
     /// The models served now, by name (by eligible workers).
     pub fn models(&self) -> Vec<ServedModel> {
         let st = self.state();
-        let eligible = |w: &AccountId| self.eligible.get().is_none_or(|ok| ok(w));
         let mut by_blob: BTreeMap<BlobId, ServedModel> = BTreeMap::new();
         let mut names: BTreeMap<&str, Vec<BlobId>> = BTreeMap::new();
         for offer in st
             .offers
             .iter()
-            .filter(|(w, _)| eligible(w))
+            .filter(|(w, _)| self.is_eligible(w))
             .flat_map(|(_, o)| o)
         {
             let m = by_blob.entry(offer.model).or_insert_with(|| ServedModel {
@@ -345,18 +344,11 @@ impl Serving {
     ) -> Option<Route> {
         let st = self.state();
         let spec = st.specs.get(blob)?.clone();
-        st.offers
-            .iter()
-            .filter(|(w, _)| !tried.contains(w))
-            .filter(|(w, _)| self.eligible.get().is_none_or(|ok| ok(w)))
-            .filter_map(|(w, offers)| {
-                let offer = offers.iter().find(|o| {
-                    o.model == *blob
-                        && profile.is_none_or(|p| p == o.profile)
-                        && o.price_per_token <= max_price
-                })?;
-                let load = st.load.get(w).copied().unwrap_or(0);
-                (load < offer.concurrency).then_some((load, offer.price_per_token, *w, offer))
+        self.candidates(&st, blob, profile, max_price, tried)
+            .into_iter()
+            .filter_map(|(w, offer)| {
+                let load = st.load.get(&w).copied().unwrap_or(0);
+                (load < offer.concurrency).then_some((load, offer.price_per_token, w, offer))
             })
             .min_by(|a, b| {
                 // Least loaded as a share of what each takes at once, compared exactly.
@@ -371,6 +363,37 @@ impl Serving {
                 offer: offer.clone(),
                 spec: spec.clone(),
             })
+    }
+
+    /// `eligible` as the node set it (everyone before it is set).
+    fn is_eligible(&self, worker: &AccountId) -> bool {
+        self.eligible.get().is_none_or(|ok| ok(worker))
+    }
+
+    /// Every eligible worker not in `tried` with its offer of `blob` (in `profile`, at most
+    /// `max_price` per token), busy or not: what `route` and `offered` choose among.
+    fn candidates<'a>(
+        &self,
+        st: &'a State,
+        blob: &BlobId,
+        profile: Option<ExecutionProfile>,
+        max_price: u64,
+        tried: &[AccountId],
+    ) -> Vec<(AccountId, &'a ServeOffer)> {
+        st.offers
+            .iter()
+            .filter(|(w, _)| !tried.contains(w) && self.is_eligible(w))
+            .filter_map(|(w, offers)| {
+                offers
+                    .iter()
+                    .find(|o| {
+                        o.model == *blob
+                            && profile.is_none_or(|p| p == o.profile)
+                            && o.price_per_token <= max_price
+                    })
+                    .map(|o| (*w, o))
+            })
+            .collect()
     }
 
     /// Whether an eligible worker not in `tried` offers `blob` (in `profile`, at most
@@ -397,22 +420,7 @@ impl Serving {
     ) -> Option<(Route, u64)> {
         let st = self.state();
         let spec = st.specs.get(blob)?.clone();
-        let offers: Vec<(AccountId, &ServeOffer)> = st
-            .offers
-            .iter()
-            .filter(|(w, _)| !tried.contains(w))
-            .filter(|(w, _)| self.eligible.get().is_none_or(|ok| ok(w)))
-            .filter_map(|(w, offers)| {
-                offers
-                    .iter()
-                    .find(|o| {
-                        o.model == *blob
-                            && profile.is_none_or(|p| p == o.profile)
-                            && o.price_per_token <= max_price
-                    })
-                    .map(|o| (*w, o))
-            })
-            .collect();
+        let offers = self.candidates(&st, blob, profile, max_price, tried);
         let highest = offers.iter().map(|(_, o)| o.price_per_token).max()?;
         let (worker, offer) = offers
             .into_iter()
@@ -913,6 +921,20 @@ mod tests {
             .offer(ids[2], vec![offer], |_| Some(other.clone()))
             .unwrap();
         assert_eq!(serving.resolve("tiny"), None);
+        // A worker the node's rule makes ineligible (below the minimum stake) is neither
+        // routed to nor counted.
+        let barred = ids[0];
+        serving.set_eligibility(move |w| *w != barred);
+        assert_eq!(
+            pick(u64::MAX, &[ids[2]]),
+            None,
+            "ids[1] full, ids[0] barred"
+        );
+        assert!(
+            serving.models().iter().all(|m| m.workers == 1),
+            "{:?}",
+            serving.models()
+        );
         // Offers of weights the node does not hold, or that are no llama, are refused.
         let missing = ServeOffer {
             model: BlobId::of(b"nothing"),
