@@ -712,7 +712,9 @@ async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashe
     }
 }
 
-/// Issue 16's measurement: cheating serving workers are caught at the rate the plan shows.
+/// Issue 16's measurement: cheating serving workers are caught at the rate the plan shows (a
+/// fake that also bills another prompt's tokens, as an answer to another question does, is
+/// caught by the bill check on every answer: its batch is predicted caught for sure).
 /// Batches of 10 answers, 2 checked; each cheat fakes one answer in 5, over 200 requests per
 /// strategy. Per batch the prediction is the hypergeometric chance for the answers it really
 /// faked (each answer checked here on its own: a truncated answer that had ended anyway is no
@@ -754,7 +756,9 @@ async fn served_cheats_are_caught_at_the_rate_the_plan_shows() {
         for i in 0..200 {
             receipts.push(ask(&m, &key, &format!("question number {i}")).await.0);
         }
-        let mut batches: std::collections::BTreeMap<String, (usize, usize, usize, bool)> =
+        // Per batch: answers, faked, audited, failed, and whether a fake also billed a wrong
+        // prompt (every answer's bill is checked: such a batch is caught for sure).
+        let mut batches: std::collections::BTreeMap<String, (usize, usize, usize, bool, bool)> =
             Default::default();
         for id in &receipts {
             let r = settled_receipt(&m, &key, id).await;
@@ -770,10 +774,16 @@ async fn served_cheats_are_caught_at_the_rate_the_plan_shows() {
             b.1 += usize::from(!honest);
             b.2 += usize::from(r["batch"]["audited"] == true);
             b.3 = r["status"] == "failed";
+            let billed = r["prompt_tokens"].as_u64().unwrap();
+            b.4 |= billed != u64::from(local.prompt_tokens(&request).unwrap());
         }
         let (mut predicted, mut variance, mut caught, mut faked) = (0.0, 0.0, 0, 0);
-        for (n, f, k, failed) in batches.values() {
-            let p = catch_chance(*n, *f, *k);
+        for (n, f, k, failed, misbilled) in batches.values() {
+            let p = if *misbilled {
+                1.0
+            } else {
+                catch_chance(*n, *f, *k)
+            };
             predicted += p;
             variance += p * (1.0 - p);
             caught += usize::from(*failed);
