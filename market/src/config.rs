@@ -44,6 +44,12 @@ pub struct NodeConfig {
     pub serve_batch_secs: u64,
     /// Share of each batch's answers checked, in parts per million (at least one answer).
     pub serve_audit_ppm: u32,
+    /// Credits a verifier earns per served answer it checks, paid from that answer's escrow
+    /// (out of the worker's pay; never more than the answer cost).
+    pub serve_check_fee: u64,
+    /// Share of served answers whose verifier is also sent a planted fake answer (a ringer),
+    /// in parts per million: a verifier that passes one is slashed `verifier_slash`.
+    pub serve_ringer_ppm: u32,
     /// Stake taken from a verifier that passes a planted faulty bundle.
     pub verifier_slash: u64,
     /// Share of audits that are ringers (planted faulty bundles), in parts per million.
@@ -136,6 +142,8 @@ impl Default for NodeConfig {
             serve_batch_answers: 32,
             serve_batch_secs: 10,
             serve_audit_ppm: 250_000,
+            serve_check_fee: 1,
+            serve_ringer_ppm: 50_000,
             verifier_slash: 50,
             ringer_rate_ppm: 0,
             max_attempts: 3,
@@ -153,7 +161,7 @@ impl Default for NodeConfig {
 
 /// The longest batch of served answers, whatever the configuration says: a batch's Merkle
 /// tree, its sample and its audit plan are sized by it.
-pub const MAX_SERVE_BATCH_ANSWERS: usize = 65_536;
+pub const MAX_SERVE_BATCH_ANSWERS: usize = market_net::wire::MAX_BATCH_ANSWERS as usize;
 
 impl NodeConfig {
     /// Served answers per batch: `serve_batch_answers` within 1 and

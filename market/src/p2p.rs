@@ -118,6 +118,14 @@ struct AuditSlot {
     verdict: Option<oneshot::Sender<Signed<Verdict>>>,
 }
 
+/// A served answer a verifier was asked to check.
+struct CheckSlot {
+    verifier: AccountId,
+    /// The weights it may read while checking.
+    weights: BlobId,
+    check: Option<oneshot::Sender<Signed<market_protocol::AnswerCheck>>>,
+}
+
 #[derive(Default)]
 struct State {
     participants: BTreeMap<AccountId, Participant>,
@@ -125,6 +133,7 @@ struct State {
     joins: u64,
     runs: HashMap<u64, RunSlot>,
     audits: HashMap<u64, AuditSlot>,
+    checks: HashMap<u64, CheckSlot>,
     /// Runs the node gave up on, by job, with their worker, task and why: the worker is sent
     /// `cancel` at once if connected, again when it says hello, and again in answer to any
     /// report for the job, so a worker that was away when the node gave up stops too. Only
@@ -282,6 +291,63 @@ impl crate::serving::ServeLink for P2pDispatch {
             }
         })
     }
+
+    fn check_answer(
+        &self,
+        verifier: AccountId,
+        mut job: market_net::wire::AnswerCheckJob,
+        timeout: Duration,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = anyhow::Result<Signed<market_protocol::AnswerCheck>>>
+                + Send,
+        >,
+    > {
+        let net = self.net.clone();
+        let peer = self.peer_of(&verifier);
+        let state = self.state.clone();
+        job.job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        Box::pin(async move {
+            let peer = peer?;
+            let number = job.job;
+            let weights = match &job.request.workload {
+                market_protocol::Workload::Inference(inf) => inf.weights,
+                _ => None,
+            }
+            .ok_or_else(|| anyhow::anyhow!("a served request names no weights"))?;
+            let (tx, rx) = oneshot::channel();
+            lock(&state).checks.insert(
+                number,
+                CheckSlot {
+                    verifier,
+                    weights,
+                    check: Some(tx),
+                },
+            );
+            let result = async {
+                let reply = net
+                    .request(peer, Request::CheckAnswer { job: Box::new(job) })
+                    .await?;
+                match reply.response {
+                    Response::Ok => {}
+                    Response::Refused { reason } => anyhow::bail!("refused: {reason}"),
+                    other => anyhow::bail!("unexpected answer {other:?}"),
+                }
+                match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(_)) => anyhow::bail!("the check was dropped"),
+                    Err(_) => anyhow::bail!("verifier {verifier} sent no check within {timeout:?}"),
+                }
+            }
+            .await;
+            lock(&state).checks.remove(&number);
+            result
+        })
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The libp2p dispatch.
@@ -642,6 +708,27 @@ impl P2pDispatch {
             Request::Unanswered { request, reason } => {
                 serving_reply(node.serving.on_unanswered(&account, request, reason))
             }
+            Request::AnswerChecked { job, check } => {
+                let mut st = self.state();
+                let Some(slot) = st.checks.get_mut(&job) else {
+                    return Reply::refused("no such check");
+                };
+                if slot.verifier != account {
+                    return Reply::refused("not your check");
+                }
+                match check.verify() {
+                    Ok(c) if c.verifier == account => {}
+                    Ok(_) => return Reply::refused("the check is signed for another verifier"),
+                    Err(e) => return Reply::refused(format!("the check's signature: {e}")),
+                }
+                match slot.check.take() {
+                    Some(tx) => {
+                        let _ = tx.send(check);
+                        Reply::of(Response::Ok)
+                    }
+                    None => Reply::refused("check already received"),
+                }
+            }
             // File work runs on the blocking pool, never on the task answering the network.
             Request::Describe { source } => match self.readable(&account, &source, node) {
                 Ok((path, name)) => {
@@ -819,7 +906,11 @@ impl P2pDispatch {
                     || st
                         .audits
                         .values()
-                        .any(|a| a.verifier == *account && a.blobs.contains(id));
+                        .any(|a| a.verifier == *account && a.blobs.contains(id))
+                    || st
+                        .checks
+                        .values()
+                        .any(|c| c.verifier == *account && c.weights == *id);
                 if working && node.blobs.contains(id) {
                     Ok((node.blobs.path(id), id.to_string()))
                 } else {

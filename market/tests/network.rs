@@ -118,6 +118,7 @@ async fn verifier(m: &Market, label: &str) -> Identity {
         stake: 100,
         listen: Vec::new(),
         device: "cpu".into(),
+        check_fault: None,
     };
     tokio::spawn(market_verifier::daemon::run(id.clone(), options));
     id

@@ -52,7 +52,50 @@ async fn market() -> Market {
     market_with(config()).await
 }
 
+/// A market with one honest verifier, who checks the sampled answers.
 async fn market_with(config: NodeConfig) -> Market {
+    let m = market_without_verifiers(config).await;
+    verifier(&m, "serving verifier", None).await;
+    m
+}
+
+/// A verifier daemon checking served answers (dishonestly with `fault`), staking 200; returns
+/// once the node has it.
+async fn verifier(
+    m: &Market,
+    label: &str,
+    fault: Option<market_verifier::answers::CheckFault>,
+) -> Identity {
+    let id = Identity::from_test_label(label);
+    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_verifier::daemon::VerifierOptions {
+        market: m.addr.clone(),
+        data_dir: m.dir.path().join(label),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+        stake: 200,
+        listen: Vec::new(),
+        device: "cpu".into(),
+        check_fault: fault,
+    };
+    tokio::spawn(market_verifier::daemon::run(id.clone(), options));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(m
+        .dispatch
+        .participants()
+        .get(&id.account())
+        .is_some_and(|p| p.connected)
+        && m.node.ledger.stake(&id.account()).0 >= 200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verifier {label} never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    id
+}
+
+async fn market_without_verifiers(config: NodeConfig) -> Market {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("warn")
@@ -625,6 +668,15 @@ fn check_batch(m: &Market, r: &Value) {
     let beacon =
         beacon::verify_batch_beacon(&m.node.operator.account(), &root, &vrf_proof).unwrap();
     assert_eq!(beacon.0, hex(&b["beacon"]));
+    // An audited answer the node's own bill check did not fail shows its verifier's signed
+    // check of this very answer.
+    if b["audited"] == true && !b["failure"].as_str().unwrap_or("").contains("bills") {
+        let check: Signed<AnswerCheck> = serde_json::from_value(b["check"].clone()).unwrap();
+        let body = check.verify().unwrap();
+        assert_eq!((body.batch, body.answer), (root, leaf));
+        let pass = body.outcome == AnswerCheckOutcome::Pass;
+        assert!(pass || r["status"] == "failed", "{r}");
+    }
 }
 
 async fn ask(m: &Market, key: &str, content: &str) -> (String, u64) {
@@ -672,15 +724,21 @@ async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashe
         assert_eq!(r["batch"]["audited"], true);
         check_batch(&m, &r);
     }
+    // Every answer was checked by the verifier, whose fee comes out of the worker's pay.
+    let fees = 3 * m.node.config.serve_check_fee;
     assert_eq!(
         m.node.ledger.balance(&honest.account()).0,
-        paid_before + costs
+        paid_before + costs - fees
     );
+    let checker = Identity::from_test_label("serving verifier").account();
+    assert_eq!(m.node.ledger.balance(&checker).0, 1_000 - 200 + fees);
 
     for (label, fault) in [
         ("truncating server", ServeFault::Truncate),
         ("inventing server", ServeFault::OtherPrompt),
         ("overcharging server", ServeFault::Overcharge),
+        ("other weights server", ServeFault::OtherWeights),
+        ("low precision server", ServeFault::LowerPrecision),
     ] {
         // Cheaper, so the cheater is routed first.
         let cheat = cheating_worker(&m, label, 1, Some(fault)).await;
@@ -701,9 +759,17 @@ async fn honest_batches_are_verified_and_paid_and_faked_ones_refunded_and_slashe
             m.node.ledger.stake(&cheat.account()).0,
             stake_before - slash
         );
+        // The verifier that caught it is paid its fee from the slash; the node's own bill
+        // check (every answer's) catches an overcharge, and an answer to another prompt
+        // (which bills that prompt's tokens), before any verifier is asked.
+        let fee = if matches!(fault, ServeFault::Overcharge | ServeFault::OtherPrompt) {
+            0
+        } else {
+            m.node.config.serve_check_fee
+        };
         assert_eq!(
             m.node.ledger.balance(&m.buyer.account()).0,
-            buyer_before + slash,
+            buyer_before + slash - fee,
             "refunded, and paid the slash"
         );
         // The cheat leaves (its stake is gone); the honest worker serves on.
@@ -749,6 +815,8 @@ async fn served_cheats_are_caught_at_the_rate_the_plan_shows() {
     for (label, fault) in [
         ("measured truncating server", ServeFault::Truncate),
         ("measured inventing server", ServeFault::OtherPrompt),
+        ("measured other weights server", ServeFault::OtherWeights),
+        ("measured low precision server", ServeFault::LowerPrecision),
     ] {
         let cheat = cheater_with(&m, label, 1, Some(fault), 5, 100_000).await;
         wait_models(&m, 1).await;
@@ -875,4 +943,207 @@ async fn a_busy_cheap_worker_does_not_send_buyers_to_a_dear_one() {
     let (status, _, body) = send(&m, bearer("POST", "/v1/chat/completions", &key, body)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let _ = dear;
+}
+
+/// A lying verifier cannot get an honest serving worker slashed: its failure of an honest
+/// answer is re-checked by the node, which slashes the verifier instead and asks another; the
+/// batch is then verified and the worker paid. (Without the referee the worker would be
+/// slashed on the liar's word.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lying_verifier_is_slashed_and_the_honest_worker_paid() {
+    use market_verifier::answers::CheckFault;
+    let m = market_without_verifiers(config()).await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // The liar is the only verifier when the batch is checked.
+    let liar = verifier(&m, "lying verifier", Some(CheckFault::Liar)).await;
+    let worker = serving_worker(&m, "honest server", 2).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let worker_stake = m.node.ledger.stake(&worker.account()).0;
+    let paid_before = m.node.ledger.balance(&worker.account()).0;
+    let (receipt, cost) = ask(&m, &key, "is this honest?").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while m.node.ledger.stake(&liar.account()).0 == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the liar was never slashed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        m.node.ledger.stake(&liar.account()).0,
+        200 - m.node.config.verifier_slash
+    );
+    assert!(m.node.ledger.reputation(&liar.account()) < 0);
+    // With no honest verifier yet, the batch waits rather than fail anyone.
+    let (_, _, body) = send(
+        &m,
+        bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "pending"
+    );
+    let honest = verifier(&m, "honest verifier", None).await;
+    let r = settled_receipt(&m, &key, &receipt).await;
+    assert_eq!(r["status"], "verified", "{r}");
+    assert_eq!(m.node.ledger.stake(&worker.account()).0, worker_stake);
+    let fee = m.node.config.serve_check_fee;
+    // Paid for the answer (less the honest verifier's fee) and the liar's slash.
+    assert_eq!(
+        m.node.ledger.balance(&worker.account()).0,
+        paid_before + cost - fee + m.node.config.verifier_slash
+    );
+    assert_eq!(m.node.ledger.balance(&honest.account()).0, 800 + fee);
+    // The liar's slash went to the worker it lied about.
+    let head = m.node.ledger.head().seq;
+    let slash = (0..=head)
+        .filter_map(|seq| m.node.ledger.entry(seq).unwrap())
+        .find_map(|e| match e.body.kind {
+            market_ledger::EntryKind::Slash { account, to, .. } if account == liar.account() => {
+                Some(to)
+            }
+            _ => None,
+        });
+    assert_eq!(slash, Some(worker.account()));
+}
+
+/// A lazy verifier (it passes whatever it is sent) is caught by ringers: fake answers planted
+/// on it, which it passes without the forward pass that shows them wrong, and is slashed for.
+/// (Without ringers nothing would ever cost it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_verifier_passes_a_ringer_and_is_slashed() {
+    use market_verifier::answers::CheckFault;
+    let m = market_without_verifiers(NodeConfig {
+        serve_ringer_ppm: 1_000_000,
+        ..config()
+    })
+    .await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let lazy = verifier(&m, "lazy verifier", Some(CheckFault::Lazy)).await;
+    serving_worker(&m, "honest server", 2).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let (receipt, _) = ask(&m, &key, "will you check this?").await;
+    let r = settled_receipt(&m, &key, &receipt).await;
+    assert_eq!(r["status"], "verified", "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while m.node.ledger.stake(&lazy.account()).0 == 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lazy verifier was never slashed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        m.node.ledger.stake(&lazy.account()).0,
+        200 - m.node.config.verifier_slash
+    );
+}
+
+/// A verifier checks a sampled answer only when the node's job proves it was drawn: a job for
+/// an answer the beacon did not sample, or with a changed record, is refused (nothing signed).
+#[test]
+fn a_verifier_refuses_an_answer_the_beacon_did_not_draw() {
+    let operator = Identity::from_test_label("serving operator");
+    let worker = Identity::from_test_label("a worker");
+    let bytes = tiny_gguf(11).unwrap();
+    let model = market_compute::serving::ServedModel::load(
+        &bytes,
+        ExecutionProfile::Repro,
+        worker.account(),
+    )
+    .unwrap();
+    let mut answers = Vec::new();
+    let mut leaves = Vec::new();
+    for i in 0..8u64 {
+        let request = market_compute::serving::ServeRequest {
+            buyer: worker.account(),
+            nonce: i,
+            weights: model.weights,
+            model: model.model.clone(),
+            profile: ExecutionProfile::Repro,
+            prompt: market_compute::serving::ServePrompt::Text(format!("q{i}")),
+            max_new_tokens: 4,
+            stop: Vec::new(),
+            decoding: Decoding::Greedy,
+            seed: 0,
+            price: Credits(1),
+            audit: AuditPolicy {
+                detection_target: "0.99".parse().unwrap(),
+                assumed_faked_fraction: "0.1".parse().unwrap(),
+            },
+        }
+        .to_task();
+        let served = model.answer(&request, &mut |_| {}).unwrap();
+        let record = String::from_utf8(served.output.bytes.clone()).unwrap();
+        let answer = Signed::sign(
+            Answer {
+                version: Version::CURRENT,
+                worker: worker.account(),
+                request: TaskId(message_id(&request).unwrap()),
+                model: model.weights,
+                output: served.output.hash,
+                prompt_tokens: served.prompt_tokens,
+                completion_tokens: 1,
+            },
+            &worker,
+        )
+        .unwrap();
+        leaves.push(answer.id().unwrap().0);
+        answers.push((request, answer, record));
+    }
+    let tree = MerkleTree::new(&leaves);
+    let root = tree.root();
+    let (beacon, beacon_proof) = beacon::prove_batch_beacon(&operator, &root);
+    let sampled =
+        market_protocol::sampling::sample_indices(&ChallengeSeed(beacon.0), 8, 2).unwrap();
+    let job = |index: u32| {
+        let (request, answer, record) = answers[index as usize].clone();
+        market_net::wire::AnswerCheckJob {
+            job: 1,
+            batch: root,
+            worker: worker.account(),
+            answers: 8,
+            sampled: 2,
+            beacon,
+            beacon_proof,
+            index,
+            proof: tree.proof(u64::from(index)).unwrap().path,
+            request,
+            answer,
+            record,
+        }
+    };
+    let check = market_verifier::answers::check_job;
+    let drawn = sampled[0];
+    assert_eq!(
+        check(&operator.account(), &job(drawn)).unwrap(),
+        Hash(leaves[drawn as usize])
+    );
+    let not_drawn = (0..8).find(|i| !sampled.contains(i)).unwrap();
+    assert!(check(&operator.account(), &job(not_drawn)).is_err());
+    let mut changed = job(drawn);
+    changed.record = market_node::serving::audit::ringer_record(&changed.record).unwrap();
+    assert!(check(&operator.account(), &changed).is_err());
+    let mut moved = job(drawn);
+    moved.index = not_drawn;
+    assert!(check(&operator.account(), &moved).is_err());
+    let other_operator = Identity::from_test_label("another operator").account();
+    assert!(check(&other_operator, &job(drawn)).is_err());
+    // The drawn answer is honest: the verifier passes it, and fails its ringer.
+    let j = job(drawn);
+    assert_eq!(
+        market_verifier::answers::outcome(&model, &j).unwrap(),
+        AnswerCheckOutcome::Pass
+    );
+    let mut fake = j.clone();
+    fake.record = changed.record;
+    assert!(matches!(
+        market_verifier::answers::outcome(&model, &fake).unwrap(),
+        AnswerCheckOutcome::Fail { .. }
+    ));
 }

@@ -252,6 +252,13 @@ enum ExternalRequest {
         request: u64,
         reason: String,
     },
+    CheckAnswer {
+        job: Box<crate::wire::AnswerCheckJob>,
+    },
+    AnswerChecked {
+        job: u64,
+        check: Signed<market_protocol::AnswerCheck>,
+    },
     Describe {
         source: Source,
     },

@@ -7,8 +7,8 @@
 //! See `spec/NETWORK.md`.
 
 use market_protocol::{
-    Answer, Beacon, BlobId, Commitment, ExecutionProfile, F32Bits, Hash, Hello, Signed, TaskId,
-    TaskSpec, Verdict,
+    Answer, AnswerCheck, Beacon, BlobId, Commitment, ExecutionProfile, F32Bits, Hash, Hello,
+    Signed, TaskId, TaskSpec, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,44 @@ pub struct AuditJob {
     pub verifiers: u32,
     /// The bundle's files, fetchable from the node.
     pub manifest: Manifest,
+}
+
+/// Most answers in one batch of served answers (so a check's sample is bounded before it is
+/// drawn).
+pub const MAX_BATCH_ANSWERS: u32 = 65_536;
+
+/// A served answer the node asks a verifier to check: drawn for audit from its worker's closed
+/// batch by the batch beacon, with everything the verifier needs to see that the node neither
+/// chose it nor changed it (the beacon's proof, the answer's Merkle path to the batch root, the
+/// worker's signature), and the request and record to check in one forward pass. The weights
+/// the request names are fetched from the node as a blob (readable while the check is open).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerCheckJob {
+    /// The node's job number.
+    pub job: u64,
+    /// The batch: the Merkle root over its leaves (each the message id of a signed answer).
+    pub batch: Hash,
+    /// The batch's worker.
+    pub worker: market_protocol::AccountId,
+    /// How many answers the batch holds.
+    pub answers: u32,
+    /// How many of them are audited: `sample_indices(beacon, answers, sampled)` names them.
+    pub sampled: u32,
+    /// The operator's VRF output over the batch root (`market/v1/ServeBatch`).
+    pub beacon: Beacon,
+    /// Its ECVRF proof.
+    pub beacon_proof: market_protocol::vrf::VrfProof,
+    /// This answer's index in the batch (one of the sampled ones).
+    pub index: u32,
+    /// Its Merkle audit path to the batch root.
+    pub proof: Vec<Hash>,
+    /// The request: a one-item inference task (its message id is the answer's `request`).
+    pub request: TaskSpec,
+    /// The worker's signed answer.
+    pub answer: Signed<Answer>,
+    /// The answer record (JSON) whose blake3 the answer signs.
+    pub record: String,
 }
 
 /// Most models one worker serves.
@@ -270,6 +308,19 @@ pub enum Request {
         /// Why.
         reason: String,
     },
+    /// Node to verifier: check this served answer (answered with [`Response::Ok`] at once;
+    /// the finding comes back in [`Request::AnswerChecked`]).
+    CheckAnswer {
+        /// The job.
+        job: Box<AnswerCheckJob>,
+    },
+    /// Verifier to node: its signed finding on a [`Request::CheckAnswer`].
+    AnswerChecked {
+        /// The node's job number.
+        job: u64,
+        /// The signed check.
+        check: Signed<AnswerCheck>,
+    },
     /// Size and chunk hashes of a source (answered with [`Response::File`]).
     Describe {
         /// What.
@@ -303,6 +354,8 @@ impl Request {
             Self::Text { .. } => "text",
             Self::Answered { .. } => "answered",
             Self::Unanswered { .. } => "unanswered",
+            Self::CheckAnswer { .. } => "check_answer",
+            Self::AnswerChecked { .. } => "answer_checked",
             Self::Describe { .. } => "describe",
             Self::Fetch { .. } => "fetch",
         }

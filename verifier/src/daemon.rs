@@ -10,9 +10,11 @@ use std::time::Duration;
 use market_compute::bundle::Bundle;
 use market_net::participant::{DirBlobs, Membership};
 use market_net::transfer::fetch_bundle;
-use market_net::wire::{AuditJob, Reply, Request, Response};
+use market_net::wire::{AnswerCheckJob, AuditJob, Reply, Request, Response};
 use market_net::{Multiaddr, Net, PeerId};
-use market_protocol::{Identity, Role, Signed, Verdict};
+use market_protocol::{AnswerCheck, AnswerCheckOutcome, Identity, Role, Signed, Verdict};
+
+use crate::answers::{self, CheckFault, Checkers};
 
 use crate::audit::{challenge_for, openings};
 use crate::{audit, SamplePolicy};
@@ -33,6 +35,8 @@ pub struct VerifierOptions {
     /// Compute device for re-execution: `cpu`, or `cuda` (which also lets it audit `cuda`
     /// tasks) in a build with the `cuda` feature.
     pub device: String,
+    /// A dishonest way of checking served answers (a testing aid), or `None`.
+    pub check_fault: Option<CheckFault>,
 }
 
 struct Verifier {
@@ -40,6 +44,7 @@ struct Verifier {
     identity: Identity,
     options: VerifierOptions,
     member: Arc<Membership>,
+    checkers: Arc<Checkers>,
 }
 
 /// Runs the verifier daemon until the process is stopped (or the node refuses it).
@@ -67,6 +72,7 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
         identity,
         options,
         member: member.clone(),
+        checkers: Arc::default(),
     });
     member
         .run(
@@ -76,6 +82,10 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
                 Request::Audit { job } => {
                     responder.send(Reply::of(Response::Ok));
                     tokio::spawn(run_audit(verifier.clone(), node, job));
+                }
+                Request::CheckAnswer { job } => {
+                    responder.send(Reply::of(Response::Ok));
+                    tokio::spawn(run_check(verifier.clone(), node, *job));
                 }
                 other => responder.send(Reply::refused(format!(
                     "a verifier does not answer {}",
@@ -124,6 +134,68 @@ async fn run_audit(verifier: Arc<Verifier>, node: PeerId, job: AuditJob) {
             .join("audits")
             .join(format!("{task_id}-{}", job.job)),
     );
+}
+
+/// Checks a served answer and sends the signed check back (a few tries while the node is
+/// away); a job that is not what the node may ask is refused by silence, and logged.
+async fn run_check(verifier: Arc<Verifier>, node: PeerId, job: AnswerCheckJob) {
+    let number = job.job;
+    let checked = check_answer(&verifier, node, &job).await;
+    let check = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(job = number, error = %e, "answer check could not run");
+            return;
+        }
+    };
+    let request = Request::AnswerChecked { job: number, check };
+    for _ in 0..30 {
+        let Some(node) = verifier.member.node() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        match verifier.net.request(node, request.clone()).await {
+            Ok(r) if r.response == Response::Ok => break,
+            Ok(r) => {
+                tracing::warn!(job = number, answer = ?r.response, "check not taken");
+                break;
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "sending the check again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn check_answer(
+    verifier: &Verifier,
+    node: PeerId,
+    job: &AnswerCheckJob,
+) -> anyhow::Result<Signed<AnswerCheck>> {
+    let operator = market_protocol::AccountId::from_peer_id(&node)?;
+    let leaf = answers::check_job(&operator, job)?;
+    let outcome = match verifier.options.check_fault {
+        Some(CheckFault::Lazy) => AnswerCheckOutcome::Pass,
+        Some(CheckFault::Liar) => AnswerCheckOutcome::Fail {
+            detail: "made up".into(),
+        },
+        None => {
+            let blobs = DirBlobs::new(verifier.options.data_dir.join("blobs"))
+                .with_limit(verifier.options.cache_bytes);
+            blobs.fetch_for(&verifier.net, node, &job.request).await?;
+            let weights = answers::weights_of(job)?;
+            let me = verifier.identity.account();
+            let (checkers, job) = (verifier.checkers.clone(), job.clone());
+            tokio::task::spawn_blocking(move || {
+                let model = checkers.get(&blobs, weights, job.request.profile, me)?;
+                answers::outcome(&model, &job)
+            })
+            .await??
+        }
+    };
+    tracing::info!(job = job.job, batch = %job.batch, index = job.index, ?outcome, "answer checked");
+    answers::sign(&verifier.identity, job, leaf, outcome)
 }
 
 async fn audit_job(
@@ -204,6 +276,9 @@ pub struct RunArgs {
     /// Compute device: `cpu`, or `cuda` in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Testing aid: check served answers dishonestly (`lazy` passes all, `liar` fails all).
+    #[arg(long, hide = true)]
+    pub check_fault: Option<CheckFault>,
 }
 
 /// Runs the verifier daemon from command-line arguments, on a new tokio runtime.
@@ -217,6 +292,7 @@ pub fn run_cli(args: RunArgs) -> anyhow::Result<()> {
         stake: args.stake,
         listen: args.listen,
         device: args.device,
+        check_fault: args.check_fault,
     };
     tokio::runtime::Runtime::new()?.block_on(run(identity, options))
 }

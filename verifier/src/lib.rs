@@ -3,6 +3,7 @@
 //! `market-compute` (the very code the worker ran), narrows a failure to its first bad step,
 //! and signs a verdict.
 
+pub mod answers;
 pub mod audit;
 pub mod daemon;
 

@@ -46,9 +46,33 @@ pub enum ServeFault {
     OtherPrompt,
     /// Answers honestly but signs ten times the prompt's tokens (an inflated bill).
     Overcharge,
+    /// Answers with other weights than the model it offers (here the offered model's, each
+    /// scaled by 0.98: a stand-in for a cheaper or different fine-tune).
+    OtherWeights,
+    /// Answers with the offered model's weights rounded to bfloat16 (8 bits of mantissa), as
+    /// a worker saving memory or time on lower precision would.
+    LowerPrecision,
 }
 
 impl ServeFault {
+    /// The weights a cheat of this kind answers with instead of the GGUF file `bytes`, written
+    /// as another GGUF file; `None` for cheats that keep the weights.
+    pub fn altered_weights(self, bytes: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        let alter: fn(f32) -> f32 = match self {
+            Self::OtherWeights => |w| w * 0.98,
+            Self::LowerPrecision => to_bf16,
+            _ => return Ok(None),
+        };
+        let mut file = market_compute::llama::gguf::read(bytes)?;
+        for w in &mut file.weights.params {
+            *w = alter(*w);
+        }
+        Ok(Some(market_compute::llama::gguf::write_f32(
+            &file.weights,
+            &file.vocab,
+        )?))
+    }
+
     /// The request the cheat actually runs instead of `task`.
     fn apply(self, task: &TaskSpec) -> TaskSpec {
         let mut run = task.clone();
@@ -79,6 +103,16 @@ impl ServeFault {
     }
 }
 
+/// `w` rounded to the nearest bfloat16 (ties to even), back as an f32.
+fn to_bf16(w: f32) -> f32 {
+    if !w.is_finite() {
+        return w;
+    }
+    let bits = w.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) & 0xffff_0000;
+    f32::from_bits(rounded)
+}
+
 /// Parses `NAME=PATH` (a `--serve` argument).
 pub fn parse_serve_arg(arg: &str) -> Result<(String, PathBuf), String> {
     let (name, path) = arg.split_once('=').ok_or_else(|| {
@@ -94,6 +128,8 @@ pub fn parse_serve_arg(arg: &str) -> Result<(String, PathBuf), String> {
 
 struct Model {
     fault: Option<ServeFault>,
+    /// What a weights cheat answers with.
+    altered: Option<Arc<ServedModel>>,
     fault_every: u32,
     answered: std::sync::atomic::AtomicU64,
     offer: ServeOffer,
@@ -124,6 +160,15 @@ impl Served {
             let model = ServedModel::load(&bytes, options.profile, identity.account())
                 .map_err(|e| anyhow::anyhow!("{} cannot be served: {e}", path.display()))?;
             tracing::info!(%name, blob = %model.weights, "serving");
+            let altered = match options.fault.map(|f| f.altered_weights(&bytes)) {
+                Some(Ok(Some(other))) => Some(Arc::new(ServedModel::load(
+                    &other,
+                    options.profile,
+                    identity.account(),
+                )?)),
+                Some(Err(e)) => return Err(e),
+                _ => None,
+            };
             let offer = ServeOffer {
                 model: model.weights,
                 name: name.clone(),
@@ -135,6 +180,7 @@ impl Served {
                 model.weights,
                 Model {
                     fault: options.fault,
+                    altered,
                     fault_every: options.fault_every,
                     answered: Default::default(),
                     offer,
@@ -182,11 +228,21 @@ pub fn on_generate(
     let fake = model
         .fault
         .filter(|_| model.fault_every <= 1 || n % u64::from(model.fault_every) == 0);
-    let run = fake.map_or_else(|| task.clone(), |f| f.apply(&task));
+    let mut run = fake.map_or_else(|| task.clone(), |f| f.apply(&task));
+    // A weights cheat runs the request on its altered model (named by its own blob id).
+    let computes = match (&model.altered, fake) {
+        (Some(altered), Some(_)) => {
+            if let Workload::Inference(inf) = &mut run.workload {
+                inf.weights = Some(altered.weights);
+            }
+            altered.clone()
+        }
+        _ => model.model.clone(),
+    };
     let (model, net, identity) = (model.model.clone(), net.clone(), identity.clone());
     tokio::spawn(async move {
         let _permit = permit;
-        let outcome = answer(&model, &net, node, request, run).await;
+        let outcome = answer(&computes, &net, node, request, run).await;
         let report = match outcome {
             Ok(mut served) => {
                 if fake == Some(ServeFault::Overcharge) {

@@ -64,6 +64,7 @@ pub fn spawn_verifier(who: &Identity, market: &market_net::Multiaddr, data: &std
             stake: 500,
             listen: Vec::new(),
             device: "cpu".into(),
+            check_fault: None,
         },
     ));
 }

@@ -1152,6 +1152,10 @@ pub(crate) struct BatchView {
     status: String,
     /// Why the batch failed.
     failure: Option<String>,
+    /// The verifier's signed check of this answer (`market/v1/AnswerCheck`), when a verifier
+    /// checked it and the node accepted the check: a pass, or the failure the node confirmed.
+    #[schema(value_type = Option<Object>)]
+    check: Option<serde_json::Value>,
 }
 
 /// A served answer's receipt, for the account that asked (any of its keys).
@@ -1213,6 +1217,11 @@ pub(crate) async fn receipt(
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
                 failure: b.failure.clone(),
+                check: b
+                    .checks
+                    .iter()
+                    .find(|c| c.body.answer == b.answers[index as usize].1)
+                    .and_then(|c| serde_json::to_value(c).ok()),
             };
             (status, Some(view))
         }

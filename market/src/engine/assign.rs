@@ -165,7 +165,7 @@ impl Node {
     /// round, so the worker could not know them when it committed. The first audit; the rest
     /// stand in, in order, for any that fails to answer; a later round draws again (verifiers
     /// that joined since, or were silent before).
-    pub(super) fn draw_verifiers(
+    pub(crate) fn draw_verifiers(
         &self,
         beacon: &Beacon,
         round: u32,

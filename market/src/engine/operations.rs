@@ -64,6 +64,12 @@ pub enum Operation<'a> {
     /// A serving worker's stake taken for the batch `batch` (its Merkle root) that failed its
     /// audit, paid to `payee`.
     ServeSlash { batch: Hash, payee: AccountId },
+    /// The fee of the verifier whose check of a served answer the node accepted, from that
+    /// answer's escrow.
+    ServeCheckFee { answer: TaskId },
+    /// A verifier's stake taken for its signed check `check` (its message id) of a served
+    /// answer: a failure the node's own check contradicted, or a pass of a planted fake.
+    ServeVerifierSlash { check: Hash },
 }
 
 impl Operation<'_> {
@@ -104,6 +110,8 @@ impl Operation<'_> {
             Self::ServeRelease { answer } => format!("serve_release:{answer}"),
             Self::ServeRefund { answer } => format!("serve_refund:{answer}"),
             Self::ServeSlash { batch, payee } => format!("serve_slash:{batch}:{payee}"),
+            Self::ServeCheckFee { answer } => format!("serve_check_fee:{answer}"),
+            Self::ServeVerifierSlash { check } => format!("serve_verifier_slash:{check}"),
         }
     }
 

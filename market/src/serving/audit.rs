@@ -5,23 +5,33 @@
 //! first; it is then named by the Merkle root of its leaves (each the message id of a signed
 //! [`market_protocol::Answer`]), and only then does the operator draw its beacon (ECVRF over
 //! the root, `market_protocol::beacon::prove_batch_beacon`), from which the audited answers are
-//! sampled: the worker signed every answer before the draw could be known. Each sampled answer
-//! is checked by one forward pass against its request (the check a verifier makes of a posted
-//! task's item, bit for bit in `repro`). A batch whose sampled answers all pass pays its worker
+//! sampled: the worker signed every answer before the draw could be known. Every answer's bill
+//! (its prompt tokens) is counted by the node; each sampled answer is checked by a staked
+//! verifier drawn from the beacon, by one forward pass against its request (the check a
+//! verifier makes of a posted task's item, bit for bit in `repro`), and returned as a signed
+//! [`AnswerCheck`]. The node is the referee: it re-checks every failure before the worker is
+//! blamed (a contradicted failure slashes the verifier instead), and plants fake answers
+//! (ringers) on verifiers so that passing without checking costs them too. A batch whose
+//! sampled answers all pass pays each checking verifier its fee and its worker the rest of
 //! each answer's cost; a batch with one failure refunds every answer in it to its buyer and
 //! slashes the worker (to the buyer of the failing answer). Every step is an idempotent ledger
 //! operation, so a batch interrupted by a restart is audited and settled once when the node
 //! comes back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use market_compute::inference::AnswerRecord;
 use market_compute::serving::ServedModel;
 use market_ledger::EntryKind;
+use market_net::wire::AnswerCheckJob;
 use market_protocol::beacon::prove_batch_beacon;
 use market_protocol::sampling::sample_indices;
-use market_protocol::{BlobId, ChallengeSeed, Credits, ExecutionProfile, Hash, TaskId, Workload};
+use market_protocol::{
+    AccountId, AnswerCheck, AnswerCheckOutcome, Beacon, BlobId, ChallengeSeed, Credits,
+    ExecutionProfile, Hash, Identity, Signed, TaskId, Workload,
+};
 
 use crate::auth::unix_now;
 use crate::engine::{Node, Operation};
@@ -127,11 +137,19 @@ pub async fn once(node: &Arc<Node>, started: u64) -> anyhow::Result<()> {
             left -= left.min(max);
         }
     }
+    // Each batch in a task of its own: a batch waiting on a verifier holds up no other.
     for batch in node.store.batches_auditing()? {
         let root = batch.root;
-        if let Err(e) = audit(node, batch).await {
-            tracing::error!(batch = %root, error = %e, "a served batch's audit");
+        if !lock(&node.serving.auditing).insert(root) {
+            continue;
         }
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = audit(&node, batch).await {
+                tracing::error!(batch = %root, error = %e, "a served batch's audit");
+            }
+            lock(&node.serving.auditing).remove(&root);
+        });
     }
     Ok(())
 }
@@ -157,7 +175,6 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
             drawn
         }
     };
-    let _ = (beacon, proof);
     let mut receipts = Vec::with_capacity(batch.answers.len());
     for &(answer, _) in &batch.answers {
         let receipt = node
@@ -189,34 +206,29 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
             break;
         }
     }
-    for &i in &batch.sampled {
-        if failure.is_some() {
-            break;
-        }
-        let (answer, receipt) = &receipts[i as usize];
-        let answer = *answer;
-        let blob = weights_of(&receipt.request)?;
-        let (n, task, record) = (
-            node.clone(),
-            receipt.request.clone(),
-            receipt.record.clone(),
-        );
-        let checked = tokio::task::spawn_blocking(move || {
-            let model = n.serving.checkers.get(&n, blob, task.profile)?;
-            model
-                .check(&task, record.as_bytes())
-                .map_err(|e| format!("the request cannot be run: {e}"))
-        })
-        .await?;
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => {
-                failure = Some((answer, receipt.request.buyer, why));
-                break;
+    if failure.is_none() {
+        for &i in &batch.sampled.clone() {
+            let (answer, receipt) = &receipts[i as usize];
+            let leaf = batch.answers[i as usize].1;
+            if batch
+                .checks
+                .iter()
+                .any(|c| c.body.answer == leaf && c.body.outcome == AnswerCheckOutcome::Pass)
+            {
+                continue;
             }
-            // A request the node's own code cannot run is nobody's fault that can be shown:
-            // the batch waits (and the error is logged) rather than blame the worker.
-            Err(e) => anyhow::bail!("checking answer {answer}: {e}"),
+            match check_by_verifiers(node, &mut batch, i, receipt, beacon, proof).await? {
+                Checked::Passed => {}
+                Checked::Failed(why) => {
+                    failure = Some((*answer, receipt.request.buyer, why));
+                    break;
+                }
+                // Asked again on a later tick, when a verifier is there.
+                Checked::Waiting => {
+                    node.store.save_batch(&batch)?;
+                    return Ok(());
+                }
+            }
         }
     }
     match failure {
@@ -229,6 +241,309 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the check of one sampled answer came out.
+enum Checked {
+    /// A verifier passed it (its check is in the batch).
+    Passed,
+    /// A verifier failed it and the node's own check agreed (the check is in the batch).
+    Failed(String),
+    /// No verifier can take it now.
+    Waiting,
+}
+
+/// Most verifiers asked about one answer in one pass before the batch waits for a later tick.
+const MAX_DRAWS_PER_ANSWER: u32 = 8;
+
+/// Has a drawn verifier check answer `index` of `batch`: draws from the batch beacon (staked,
+/// reputable verifiers weigh more; the worker and anyone excluded never), asks, and takes its
+/// signed check. A silent verifier, or one whose check is not of this answer, is excluded and
+/// another drawn. A failure is re-checked by the node (the referee) before anyone is blamed:
+/// confirmed, it fails the batch; contradicted, the verifier lied and is slashed, and another
+/// is drawn. A pass is taken as is; ringers ([`plant_ringer`]) keep passes honest.
+async fn check_by_verifiers(
+    node: &Arc<Node>,
+    batch: &mut ServeBatch,
+    index: u32,
+    receipt: &crate::store::ServedReceipt,
+    beacon: Beacon,
+    beacon_proof: market_protocol::vrf::VrfProof,
+) -> anyhow::Result<Checked> {
+    let Some(link) = node.serving.link() else {
+        return Ok(Checked::Waiting);
+    };
+    let leaf = batch.answers[index as usize].1;
+    let leaves: Vec<[u8; 32]> = batch.answers.iter().map(|(_, l)| l.0).collect();
+    let path = market_protocol::MerkleTree::new(&leaves)
+        .proof(u64::from(index))
+        .ok_or_else(|| anyhow::anyhow!("answer {index} is not in its batch"))?
+        .path;
+    let job = AnswerCheckJob {
+        job: 0,
+        batch: batch.root,
+        worker: batch.worker,
+        answers: batch.answers.len() as u32,
+        sampled: batch.sampled.len() as u32,
+        beacon,
+        beacon_proof,
+        index,
+        proof: path,
+        request: receipt.request.clone(),
+        answer: receipt.answer.clone(),
+        record: receipt.record.clone(),
+    };
+    let timeout = Duration::from_secs(node.config.network.audit_timeout_secs);
+    for _ in 0..MAX_DRAWS_PER_ANSWER {
+        let mut exclude: BTreeSet<AccountId> = batch.excluded.iter().copied().collect();
+        exclude.insert(batch.worker);
+        let pool = node.draw_verifiers(
+            &beacon,
+            batch.draws,
+            &exclude,
+            receipt.request.profile,
+            &Default::default(),
+        );
+        let Some(&verifier) = pool.first() else {
+            return Ok(Checked::Waiting);
+        };
+        batch.draws += 1;
+        let asked = link.check_answer(verifier, job.clone(), timeout).await;
+        let check = match asked {
+            Ok(c)
+                if c.body.verifier == verifier
+                    && c.body.batch == batch.root
+                    && c.body.index == index
+                    && c.body.answer == leaf =>
+            {
+                c
+            }
+            Ok(_) => {
+                tracing::warn!(%verifier, batch = %batch.root, "a check of another answer");
+                batch.excluded.push(verifier);
+                continue;
+            }
+            Err(e) => {
+                tracing::info!(%verifier, batch = %batch.root, error = %e, "no check; drawing another verifier");
+                batch.excluded.push(verifier);
+                continue;
+            }
+        };
+        if let Some(other) = pool.get(1).copied() {
+            plant_ringer(node, &link, batch.root, receipt, verifier, other, timeout);
+        } else {
+            plant_ringer(
+                node, &link, batch.root, receipt, verifier, verifier, timeout,
+            );
+        }
+        match &check.body.outcome {
+            AnswerCheckOutcome::Pass => {
+                batch.checks.push(check);
+                node.store.save_batch(batch)?;
+                return Ok(Checked::Passed);
+            }
+            AnswerCheckOutcome::Fail { detail } => match node_check(node, receipt).await? {
+                Err(why) => {
+                    tracing::info!(%verifier, batch = %batch.root, %detail, "the referee confirms a failed answer");
+                    batch.checks.push(check);
+                    node.store.save_batch(batch)?;
+                    return Ok(Checked::Failed(why));
+                }
+                Ok(()) => {
+                    tracing::warn!(%verifier, batch = %batch.root, %detail, "a verifier failed an answer the referee passes: slashed");
+                    slash_verifier(
+                        node,
+                        &check,
+                        batch.worker,
+                        "failed a served answer that the node's check passes",
+                    )
+                    .await?;
+                    batch.excluded.push(verifier);
+                    node.store.save_batch(batch)?;
+                }
+            },
+        }
+    }
+    Ok(Checked::Waiting)
+}
+
+/// The node's own check of a served answer (the referee's): `Ok(Err(why))` if it is wrong.
+/// A request the node's code cannot run is an error, never the worker's fault.
+async fn node_check(
+    node: &Arc<Node>,
+    receipt: &crate::store::ServedReceipt,
+) -> anyhow::Result<Result<(), String>> {
+    let blob = weights_of(&receipt.request)?;
+    let (n, task, record) = (
+        node.clone(),
+        receipt.request.clone(),
+        receipt.record.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let model = n.serving.checkers.get(&n, blob, task.profile)?;
+        model
+            .check(&task, record.as_bytes())
+            .map_err(|e| format!("the request cannot be run: {e}"))
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("checking a served answer: {e}"))
+}
+
+/// Takes `verifier_slash` (at most the stake) from the verifier of `check`, paid to `to`, with
+/// the check's message id as evidence, and lowers its reputation.
+async fn slash_verifier(
+    node: &Arc<Node>,
+    check: &Signed<AnswerCheck>,
+    to: AccountId,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let verifier = check.body.verifier;
+    let id = check.id()?;
+    let amount = node
+        .config
+        .verifier_slash
+        .min(node.ledger.stake(&verifier).0);
+    if amount > 0 {
+        let appended = node
+            .append(
+                Operation::ServeVerifierSlash { check: id },
+                EntryKind::Slash {
+                    account: verifier,
+                    amount: Credits(amount),
+                    evidence: id,
+                    reason: format!("{reason} (check {id})"),
+                    to,
+                    verdict: None,
+                },
+            )
+            .await;
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, "a verifier's slash");
+        }
+    }
+    let event = format!("serve_check:{id}");
+    node.append(
+        Operation::Reputation {
+            event: &event,
+            account: verifier,
+        },
+        EntryKind::Reputation {
+            account: verifier,
+            delta: -5,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The key that signs a served ringer: derived from the operator's secret, the batch and the
+/// verifier, so every ringer has a signer of its own that no one else can derive.
+fn serve_ringer_key(operator: &Identity, batch: &Hash, verifier: &AccountId) -> Identity {
+    let mut h = blake3::Hasher::new_derive_key("market v1 served ringer key");
+    h.update(&operator.secret_bytes());
+    h.update(batch.as_bytes());
+    h.update(verifier.as_bytes());
+    Identity::from_secret_bytes(*h.finalize().as_bytes())
+}
+
+/// Whether a ringer goes to the verifier of answer `answer` of `batch`: a draw of
+/// `serve_ringer_ppm` from a stream keyed by the operator's secret (no verifier can tell from
+/// anything it is sent whether a ringer follows).
+fn ringer_due(node: &Node, batch: &Hash, answer: &TaskId) -> bool {
+    let rate = node.config.serve_ringer_ppm;
+    if rate == 0 {
+        return false;
+    }
+    let mut h = blake3::Hasher::new_derive_key("market v1 served ringer draw");
+    h.update(&node.operator.secret_bytes());
+    h.update(batch.as_bytes());
+    h.update(answer.0.as_bytes());
+    let draw = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    draw % 1_000_000 < u64::from(rate)
+}
+
+/// The fake of a ringer: the real record with its first logit moved by one unit in the last
+/// place. Every field reads as an answer should, the signature and proofs check out, and only
+/// a forward pass shows that the model does not give that logit.
+pub fn ringer_record(record: &str) -> Option<String> {
+    let mut r = AnswerRecord::from_bytes(record.as_bytes()).ok()?;
+    let first = r.logits.first_mut()?;
+    *first ^= 1;
+    String::from_utf8(r.to_bytes()).ok()
+}
+
+/// Plants a ringer, at `serve_ringer_ppm`, on `target` (another verifier drawn for the answer
+/// when there is one): a one-answer batch with the fake of `receipt`'s answer, signed by a
+/// ringer key, with the operator's beacon over its root. A verifier that passes it is slashed
+/// (to `drawn`'s benefit nobody's: to the operator, who pays for ringers). Runs on its own
+/// task; never holds up the batch.
+fn plant_ringer(
+    node: &Arc<Node>,
+    link: &Arc<dyn crate::serving::ServeLink>,
+    batch: Hash,
+    receipt: &crate::store::ServedReceipt,
+    drawn: AccountId,
+    target: AccountId,
+    timeout: Duration,
+) {
+    let answer_id = match receipt.answer.verify() {
+        Ok(a) => a.request,
+        Err(_) => return,
+    };
+    if !ringer_due(node, &batch, &answer_id) {
+        return;
+    }
+    let Some(record) = ringer_record(&receipt.record) else {
+        return;
+    };
+    let key = serve_ringer_key(&node.operator, &batch, &target);
+    let mut fake = receipt.answer.body.clone();
+    fake.worker = key.account();
+    fake.output = market_protocol::StateHash(Hash::of(record.as_bytes()));
+    let Ok(signed) = Signed::sign(fake, &key) else {
+        return;
+    };
+    let Ok(leaf) = signed.id() else {
+        return;
+    };
+    let root = market_protocol::MerkleTree::new(&[leaf.0]).root();
+    let (beacon, beacon_proof) = prove_batch_beacon(&node.operator, &root);
+    let job = AnswerCheckJob {
+        job: 0,
+        batch: root,
+        worker: key.account(),
+        answers: 1,
+        sampled: 1,
+        beacon,
+        beacon_proof,
+        index: 0,
+        proof: Vec::new(),
+        request: receipt.request.clone(),
+        answer: signed,
+        record,
+    };
+    let (node, link) = (node.clone(), link.clone());
+    tokio::spawn(async move {
+        match link.check_answer(target, job, timeout).await {
+            Ok(check)
+                if check.verify().is_ok()
+                    && check.body.verifier == target
+                    && check.body.batch == root
+                    && check.body.answer == leaf
+                    && check.body.outcome == AnswerCheckOutcome::Pass =>
+            {
+                tracing::warn!(verifier = %target, "a verifier passed a served ringer: slashed");
+                let to = node.operator.account();
+                if let Err(e) =
+                    slash_verifier(&node, &check, to, "passed a planted fake answer (ringer)").await
+                {
+                    tracing::error!(error = %e, "slashing a lazy verifier");
+                }
+            }
+            Ok(_) => tracing::debug!(verifier = %target, %drawn, "a served ringer was caught"),
+            Err(e) => tracing::debug!(verifier = %target, error = %e, "no check of a ringer"),
+        }
+    });
+}
+
 /// The weights a served request names.
 fn weights_of(task: &market_protocol::TaskSpec) -> anyhow::Result<BlobId> {
     match &task.workload {
@@ -239,7 +554,39 @@ fn weights_of(task: &market_protocol::TaskSpec) -> anyhow::Result<BlobId> {
     }
 }
 
+/// Pays each verifier whose check passed its fee, from the checked answer's escrow (at most the
+/// answer's cost): out of the worker's pay. (A verifier that catches a fake is paid from the
+/// worker's slash instead, so the buyers get all they paid back.)
+async fn pay_check_fees(node: &Arc<Node>, batch: &mut ServeBatch) -> anyhow::Result<()> {
+    for check in batch.checks.clone() {
+        let Some(&(answer, _)) = batch.answers.iter().find(|(_, l)| *l == check.body.answer) else {
+            continue;
+        };
+        let Some(receipt) = node.store.served_receipt(&answer)? else {
+            continue;
+        };
+        let fee = node.config.serve_check_fee.min(receipt.cost);
+        if fee == 0 || node.ledger.escrow_of(&answer).is_none() {
+            continue;
+        }
+        let a = node
+            .append(
+                Operation::ServeCheckFee { answer },
+                EntryKind::Reward {
+                    amount: Credits(fee),
+                    task_id: answer,
+                    verdict: None,
+                    verifier: check.body.verifier,
+                },
+            )
+            .await?;
+        push(&mut batch.ledger, a.seq());
+    }
+    Ok(())
+}
+
 async fn settle_passed(node: &Arc<Node>, batch: &mut ServeBatch) -> anyhow::Result<()> {
+    pay_check_fees(node, batch).await?;
     for (answer, _) in batch.answers.clone() {
         let Some(escrow) = node.ledger.escrow_of(&answer) else {
             continue;
@@ -291,22 +638,41 @@ async fn settle_failed(
             .await?;
         push(&mut batch.ledger, e.seq());
     }
+    // The worker's slash pays the fee of the verifier that caught it first (when a verifier
+    // did, rather than the node's own bill check), the rest to the buyer of the caught answer.
     let stake = node.ledger.stake(&batch.worker).0;
-    let amount = node.config.worker_slash.min(stake);
-    if amount > 0 {
-        let evidence = failure_evidence(&batch.root, &answer);
+    let total = node.config.worker_slash.min(stake);
+    let catcher = batch
+        .checks
+        .iter()
+        .find(|c| c.body.outcome != AnswerCheckOutcome::Pass)
+        .map(|c| c.body.verifier);
+    let fee = catcher.map_or(0, |_| node.config.serve_check_fee.min(total));
+    let mut payees: Vec<(AccountId, u64)> = vec![(victim, total - fee)];
+    if let Some(c) = catcher {
+        if c == victim {
+            payees[0].1 = total;
+        } else {
+            payees.push((c, fee));
+        }
+    }
+    let evidence = failure_evidence(&batch.root, &answer);
+    for (payee, amount) in payees {
+        if amount == 0 {
+            continue;
+        }
         let appended = node
             .append(
                 Operation::ServeSlash {
                     batch: batch.root,
-                    payee: victim,
+                    payee,
                 },
                 EntryKind::Slash {
                     account: batch.worker,
                     amount: Credits(amount),
                     evidence,
                     reason: format!("served answer {answer} failed its check: {why}"),
-                    to: victim,
+                    to: payee,
                     verdict: None,
                 },
             )
@@ -327,6 +693,10 @@ async fn settle_failed(
 /// lowercase hex, so anyone reading the export can tie the slash to the batch and the answer.
 pub fn failure_evidence(root: &Hash, answer: &TaskId) -> Hash {
     Hash::of(format!("serve_failed:{root}:{answer}").as_bytes())
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn push(seqs: &mut Vec<u64>, seq: u64) {

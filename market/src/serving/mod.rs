@@ -50,6 +50,15 @@ pub trait ServeLink: Send + Sync {
         request: u64,
         task: TaskSpec,
     ) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+    /// Asks `verifier` to check a sampled answer (`job.job` is set by the link); resolves with
+    /// its signed check, or an error if it refused or sent none within `timeout`.
+    fn check_answer(
+        &self,
+        verifier: AccountId,
+        job: market_net::wire::AnswerCheckJob,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = anyhow::Result<Signed<market_protocol::AnswerCheck>>> + Send>>;
 }
 
 /// What a worker sent about a request.
@@ -144,6 +153,8 @@ pub struct Serving {
     holds: Mutex<Holds>,
     /// Models loaded to check sampled answers.
     pub(crate) checkers: audit::Checkers,
+    /// Batches whose audit runs now (each in a task of its own).
+    pub(crate) auditing: Mutex<std::collections::BTreeSet<Hash>>,
     /// Whether a worker may be sent requests (the node's rule: it holds the minimum stake,
     /// so a worker slashed out of it stops serving).
     eligible: OnceLock<Eligibility>,
@@ -200,6 +211,11 @@ impl Serving {
     /// Connects the network (once).
     pub fn set_link(&self, link: Arc<dyn ServeLink>) {
         let _ = self.link.set(link);
+    }
+
+    /// The network, once connected.
+    pub(crate) fn link(&self) -> Option<Arc<dyn ServeLink>> {
+        self.link.get().cloned()
     }
 
     /// Holds `amount` for a request of `account` through `key`, if `check` accepts it given
@@ -718,6 +734,17 @@ mod tests {
     }
 
     impl ServeLink for Scripted {
+        fn check_answer(
+            &self,
+            _verifier: AccountId,
+            _job: market_net::wire::AnswerCheckJob,
+            _timeout: Duration,
+        ) -> Pin<
+            Box<dyn Future<Output = anyhow::Result<Signed<market_protocol::AnswerCheck>>> + Send>,
+        > {
+            Box::pin(async { anyhow::bail!("no verifiers in this test") })
+        }
+
         fn generate(
             &self,
             worker: AccountId,

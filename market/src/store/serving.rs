@@ -2,7 +2,7 @@
 //! of every served answer, and what each account owes for answers not yet settled.
 
 use market_protocol::vrf::VrfProof;
-use market_protocol::{AccountId, Answer, Beacon, Hash, Signed, TaskId, TaskSpec};
+use market_protocol::{AccountId, Answer, AnswerCheck, Beacon, Hash, Signed, TaskId, TaskSpec};
 use serde::{Deserialize, Serialize};
 
 use super::{get, Store, StoreError};
@@ -92,6 +92,16 @@ pub struct ServeBatch {
     pub failure: Option<String>,
     /// Ledger entries of its settlement.
     pub ledger: Vec<u64>,
+    /// The verifiers' accepted checks of its sampled answers (passes, and the failure the
+    /// node confirmed), in the order they came.
+    #[serde(default)]
+    pub checks: Vec<Signed<AnswerCheck>>,
+    /// Verifiers no longer asked about it: silent ones, and liars.
+    #[serde(default)]
+    pub excluded: Vec<AccountId>,
+    /// Verifier draws made for it so far (each draw's round number).
+    #[serde(default)]
+    pub draws: u32,
 }
 
 impl Store {
@@ -288,6 +298,9 @@ impl Store {
                 status: BatchStatus::Auditing,
                 failure: None,
                 ledger: Vec::new(),
+                checks: Vec::new(),
+                excluded: Vec::new(),
+                draws: 0,
             };
             batches.insert(
                 root.as_bytes().as_slice(),

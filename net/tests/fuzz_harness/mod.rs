@@ -182,6 +182,24 @@ fn exercise_request(req: &Request) {
             let _ = answer.verify();
             let _ = Hash::of(record.as_bytes());
         }
+        Request::CheckAnswer { job } => {
+            let _ = job.answer.verify();
+            let _ = message_id(&job.request);
+            let node = Identity::from_test_label("node").account();
+            let _ =
+                market_protocol::beacon::verify_batch_beacon(&node, &job.batch, &job.beacon_proof);
+            // The verifier bounds the sample before drawing it.
+            if job.answers <= market_net::wire::MAX_BATCH_ANSWERS {
+                let _ = market_protocol::sampling::sample_indices(
+                    &market_protocol::ChallengeSeed(job.beacon.0),
+                    job.answers,
+                    job.sampled,
+                );
+            }
+        }
+        Request::AnswerChecked { check, .. } => {
+            let _ = check.verify();
+        }
         Request::Progress { .. }
         | Request::Text { .. }
         | Request::Unanswered { .. }

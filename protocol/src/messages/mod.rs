@@ -4,6 +4,7 @@
 //! `spec/PROTOCOL.md`. Every message starts with a [`Version`] so fields can grow later.
 
 mod answer;
+mod answer_check;
 mod challenge;
 mod commitment;
 mod hello;
@@ -12,6 +13,7 @@ mod task;
 mod verdict;
 
 pub use answer::Answer;
+pub use answer_check::{AnswerCheck, AnswerCheckOutcome};
 pub use challenge::{Challenge, ChallengeError, Opening};
 pub use commitment::{Commitment, SlotRound};
 pub use hello::{Capabilities, Hello, Resources, Role};
