@@ -125,6 +125,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 payee: buyer,
             },
         ),
+        (
+            json!({"kind": "serve_check_fee", "answer": task}),
+            Operation::ServeCheckFee { answer: task },
+        ),
+        (
+            json!({"kind": "serve_verifier_slash", "check": evidence}),
+            Operation::ServeVerifierSlash { check: evidence },
+        ),
     ];
     let mut vectors = Vec::new();
     for (mut inputs, op) in operations {

@@ -103,6 +103,12 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
                         batch: field(o, "batch"),
                         payee: account("payee"),
                     },
+                    "serve_check_fee" => Operation::ServeCheckFee {
+                        answer: field(o, "answer"),
+                    },
+                    "serve_verifier_slash" => Operation::ServeVerifierSlash {
+                        check: field(o, "check"),
+                    },
                     other => panic!("unknown operation kind {other}"),
                 };
                 assert_eq!(op.text(), o["text"].as_str().unwrap(), "{kind}");
@@ -143,7 +149,7 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
         }
     }
     // Every kind of operation the node writes has a vector.
-    assert_eq!(kinds.len(), 16, "{kinds:?}");
+    assert_eq!(kinds.len(), 18, "{kinds:?}");
     assert!(ids >= 4);
     assert!(evidences >= 3);
 }

@@ -239,7 +239,33 @@ fn signatures() -> Result<Value, Box<dyn std::error::Error>> {
         vector("opening", "worker", opening)?,
         vector("verdict-fail", "verifier", verdict)?,
         vector("receipt", "node", receipt)?,
-        vector("answer", "worker", answer)?,
+        vector("answer", "worker", answer.clone())?,
+        vector(
+            "answer-check-pass",
+            "verifier",
+            AnswerCheck {
+                version: Version::CURRENT,
+                verifier: verifier.account(),
+                batch: Hash::of(b"batch root"),
+                index: 3,
+                answer: message_id(&answer)?,
+                outcome: AnswerCheckOutcome::Pass,
+            },
+        )?,
+        vector(
+            "answer-check-fail",
+            "verifier",
+            AnswerCheck {
+                version: Version::CURRENT,
+                verifier: verifier.account(),
+                batch: Hash::of(b"batch root"),
+                index: 3,
+                answer: message_id(&answer)?,
+                outcome: AnswerCheckOutcome::Fail {
+                    detail: "token 2 is 17, the model gives 4".into(),
+                },
+            },
+        )?,
     ]))
 }
 

@@ -143,6 +143,7 @@ fn check_by_type(v: &Value) {
         "Verdict" => check_signed::<Verdict>(v),
         "Receipt" => check_signed::<Receipt>(v),
         "Answer" => check_signed::<Answer>(v),
+        "AnswerCheck" => check_signed::<AnswerCheck>(v),
         other => panic!("unknown message type {other}"),
     }
 }

@@ -410,7 +410,7 @@ def check_signatures():
         assert signing.hex() == v["signing_bytes"], v["name"]
         assert blake3.blake3(signing).hexdigest() == v["id"], v["name"]
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(env["signer"])).verify(bytes.fromhex(env["signature"]), signing)
-        for other in ["market/v1/TaskSpec", "market/v1/Commitment", "market/v1/Challenge", "market/v1/Opening", "market/v1/Verdict", "market/v1/Receipt", "market/v1/Answer"]:
+        for other in ["market/v1/TaskSpec", "market/v1/Commitment", "market/v1/Challenge", "market/v1/Opening", "market/v1/Verdict", "market/v1/Receipt", "market/v1/Answer", "market/v1/AnswerCheck"]:
             if other == v["domain"]:
                 continue
             try:
@@ -571,6 +571,8 @@ OPERATION_TEXTS = {
     "serve_release": lambda o: f"serve_release:{o['answer']}",
     "serve_refund": lambda o: f"serve_refund:{o['answer']}",
     "serve_slash": lambda o: f"serve_slash:{o['batch']}:{o['payee']}",
+    "serve_check_fee": lambda o: f"serve_check_fee:{o['answer']}",
+    "serve_verifier_slash": lambda o: f"serve_verifier_slash:{o['check']}",
 }
 
 
@@ -622,9 +624,10 @@ def check_export():
         # answer's escrow embeds no spec; its escrow, release and refund are serve_* operations
         # (PROTOCOL.md section 3, "Served inference").
         served = kind == "escrow" and k.get("spec") is None or tasks.get(k.get("task_id"), {}).get("served")
-        if kind in ("escrow", "refund") or (kind == "release" and served):
-            # A served request's refund is its unused hold, or its batch's failure.
-            prefixes = {"refund": ["serve_unused", "serve_refund"]}.get(kind, [f"serve_{kind}"]) if served else [kind]
+        if kind in ("escrow", "refund") or (kind in ("release", "reward") and served):
+            # A served request's refund is its unused hold, or its batch's failure; a reward
+            # from it is the fee of the verifier that checked the answer.
+            prefixes = {"refund": ["serve_unused", "serve_refund"], "reward": ["serve_check_fee"]}.get(kind, [f"serve_{kind}"]) if served else [kind]
             assert body["key"] in [operation_key(f"{p}:{k['task_id']}") for p in prefixes], body["key"]
         elif kind == "pool_round":
             text = f"pool_round:{k['task_id']}:{k['round']}"
