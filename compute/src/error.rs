@@ -31,6 +31,17 @@ pub enum ComputeError {
     /// A candle kernel failed (native and cuda profiles).
     #[error("candle: {0}")]
     Candle(String),
+    /// A prompt and the tokens asked for do not fit the model's positions (a client's mistake
+    /// a server answers as one: OpenAI's `context_length_exceeded`).
+    #[error("invalid task: `inputs` a prompt of {prompt} tokens plus {new} new ones does not fit the model's {positions} positions")]
+    ContextLength {
+        /// Tokens of the rendered prompt.
+        prompt: usize,
+        /// Tokens asked for.
+        new: u32,
+        /// The model's positions.
+        positions: usize,
+    },
 }
 
 impl ComputeError {

@@ -465,15 +465,14 @@ impl InferenceJob {
                     ));
                 }
                 let ids = codec.encode(&text)?;
-                if ids.is_empty() || ids.len() + max_new_tokens as usize > config.max_position_embeddings {
-                    return Err(ComputeError::config(
-                        "inputs",
-                        format!(
-                            "a prompt of {} tokens plus {max_new_tokens} new ones does not fit the model's {} positions",
-                            ids.len(),
-                            config.max_position_embeddings
-                        ),
-                    ));
+                if ids.is_empty()
+                    || ids.len() + max_new_tokens as usize > config.max_position_embeddings
+                {
+                    return Err(ComputeError::ContextLength {
+                        prompt: ids.len(),
+                        new: max_new_tokens,
+                        positions: config.max_position_embeddings,
+                    });
                 }
                 Ok(ids)
             })

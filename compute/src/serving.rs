@@ -129,6 +129,15 @@ impl ServedModel {
     /// loading checks a one-token request in its name, so a file that cannot answer is refused
     /// at start).
     pub fn load(bytes: &[u8], profile: ExecutionProfile, worker: AccountId) -> Result<Self> {
+        Self::build(bytes, profile, worker, true)
+    }
+
+    fn build(
+        bytes: &[u8],
+        profile: ExecutionProfile,
+        worker: AccountId,
+        load: bool,
+    ) -> Result<Self> {
         let weights = BlobId::of(bytes);
         let model = model_spec_of(bytes)?;
         let probe = ServeRequest {
@@ -148,13 +157,26 @@ impl ServedModel {
                 assumed_faked_fraction: dec("0.1"),
             },
         };
-        let job = InferenceJob::from_spec(&probe.to_task(), &OneBlob { id: weights, bytes })?;
+        let blobs = OneBlob { id: weights, bytes };
+        let job = if load {
+            InferenceJob::from_spec(&probe.to_task(), &blobs)?
+        } else {
+            InferenceJob::plan(&probe.to_task(), &blobs)?
+        };
         Ok(Self {
             weights,
             model,
             profile,
             job,
         })
+    }
+
+    /// The model's header and tokenizer, without its weights (milliseconds, not seconds and
+    /// gigabytes): enough to validate requests and count their prompts' tokens
+    /// ([`ServedModel::prompt_tokens`]); [`ServedModel::answer`] and [`ServedModel::check`]
+    /// need [`ServedModel::load`].
+    pub fn plan(bytes: &[u8], profile: ExecutionProfile, worker: AccountId) -> Result<Self> {
+        Self::build(bytes, profile, worker, false)
     }
 
     /// Answers `task` (a one-item request for this model), handing the text to `on_text` as

@@ -416,6 +416,14 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
     serving_worker(&m, "serving worker b", 3).await;
     wait_models(&m, 1).await;
     let (key, key_id) = new_key(&m, &m.buyer, None).await;
+    // A key's fields as an array (a form serde would read) is not a key request.
+    let (status, v) = call(
+        &m.app,
+        signed(&m.buyer, "POST", "/v1/keys", br#"["test", 5]"#.to_vec()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_json");
     let balance_before = m.node.ledger.balance(&m.buyer.account()).0;
     let ok = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
                     "max_tokens": 8, "temperature": 0});
@@ -460,6 +468,27 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
         "invalid_request_error",
         "invalid_value",
     )(send(&m, bearer("POST", chat, &key, long)).await);
+    // The tiny model has 256 positions: the prompt plus 256 new tokens does not fit. Refused
+    // as OpenAI refuses it, before anything is held or sent to a worker.
+    let mut too_long = ok.clone();
+    too_long["max_tokens"] = json!(256);
+    expect(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "context_length_exceeded",
+    )(send(&m, bearer("POST", chat, &key, too_long)).await);
+    let mut long_prompt = json!({"model": "tiny", "max_tokens": 8, "prompt": "word ".repeat(400)});
+    expect(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "context_length_exceeded",
+    )(
+        send(
+            &m,
+            bearer("POST", "/v1/completions", &key, long_prompt.take()),
+        )
+        .await,
+    );
     for bad in [
         json!({"model": "tiny", "messages": []}),
         json!({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}),
@@ -986,6 +1015,14 @@ async fn a_lying_verifier_is_slashed_and_the_honest_worker_paid() {
         serde_json::from_str::<Value>(&body).unwrap()["status"],
         "pending"
     );
+    // Meanwhile the buyer's account shows the answer's cost escrowed.
+    let (status, account) = call(
+        &m.app,
+        common::get(&format!("/v1/accounts/{}", m.buyer.account().to_hex())),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(account["escrowed"], cost, "{account}");
     let honest = verifier(&m, "honest verifier", None).await;
     let r = settled_receipt(&m, &key, &receipt).await;
     assert_eq!(r["status"], "verified", "{r}");

@@ -37,6 +37,25 @@ fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
             escrowed += node.ledger.escrow_of(&id).map_or(0, |e| e.remaining.0);
         }
     }
+    // Served answers not yet settled: requests in flight, answers in open batches and in
+    // batches being audited (each escrowed on its own, under its receipt id).
+    let store = &node.store;
+    let mut served: std::collections::BTreeSet<market_protocol::TaskId> = store
+        .holds_before(u64::MAX)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .collect();
+    for (_, open) in store.open_batches().map_err(ApiError::internal)? {
+        served.extend(open.answers.iter().map(|(a, _)| *a));
+    }
+    for batch in store.batches_auditing().map_err(ApiError::internal)? {
+        served.extend(batch.answers.iter().map(|(a, _)| *a));
+    }
+    for id in served {
+        if let Some(e) = node.ledger.escrow_of(&id).filter(|e| e.buyer == *account) {
+            escrowed += e.remaining.0;
+        }
+    }
     Ok(AccountView {
         account: account.to_hex(),
         registered: node

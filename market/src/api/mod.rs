@@ -176,6 +176,14 @@ pub(crate) fn body_or_error(
 
 /// Parses a JSON body strictly (unknown fields and wrong types are errors).
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object: serde would also read a struct from an array of its fields in
+    // order, a form no client is told of.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
             "malformed_json"

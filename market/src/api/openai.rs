@@ -479,9 +479,13 @@ fn prepare(
         ServePrompt::Chat(m) => m.iter().map(|m| m.content.len() + 32).sum::<usize>() + 64,
         ServePrompt::Text(t) => t.len(),
     };
+    let prompt_param = match &prompt {
+        ServePrompt::Chat(_) => "messages",
+        ServePrompt::Text(_) => "prompt",
+    };
     if prompt_bytes > MAX_PROMPT_BYTES {
         return Err(OaiError::invalid(
-            "messages",
+            prompt_param,
             format!("a request's text is at most {MAX_PROMPT_BYTES} bytes"),
         ));
     }
@@ -554,7 +558,21 @@ fn prepare(
         price: Credits(hold),
         audit: served_audit_policy(),
     };
-    let receipt = TaskId(message_id(&request.to_task()).map_err(OaiError::internal)?);
+    let task = request.to_task();
+    // A prompt the model cannot take is the client's mistake: 400, nothing held or sent.
+    serving.validate(&task).map_err(|e| match e {
+        market_compute::ComputeError::ContextLength { .. } => OaiError {
+            param: Some(prompt_param),
+            ..OaiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                e.to_string(),
+            )
+        },
+        other => OaiError::invalid(prompt_param, other.to_string()),
+    })?;
+    let receipt = TaskId(message_id(&task).map_err(OaiError::internal)?);
     Ok(Prepared {
         request,
         max_price: price,

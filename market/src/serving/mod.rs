@@ -21,7 +21,7 @@ use market_compute::serving::{model_spec_of, ServeRequest};
 use market_net::wire::{ServeOffer, MAX_SERVE_OFFERS, MAX_TEXT_PIECE_BYTES};
 use market_protocol::{
     message_id, AccountId, Answer, BlobId, ExecutionProfile, Hash, ModelSpec, Signed, StateHash,
-    TaskId, TaskSpec,
+    TaskId, TaskSpec, Workload,
 };
 use tokio::sync::mpsc;
 
@@ -86,6 +86,9 @@ struct State {
     load: BTreeMap<AccountId, u32>,
     /// Model sections, read from the node's copy of each served blob.
     specs: BTreeMap<BlobId, ModelSpec>,
+    /// Each served blob's header and tokenizer, by profile (no weights): requests are
+    /// validated against them before anything is held or sent.
+    planners: BTreeMap<(BlobId, String), Arc<market_compute::serving::ServedModel>>,
     /// Requests in flight, by the node's number.
     pending: BTreeMap<u64, Pending>,
 }
@@ -267,7 +270,8 @@ impl Serving {
             if offer.concurrency == 0 || offer.concurrency > MAX_CONCURRENCY {
                 return Err(format!("concurrency must be 1 to {MAX_CONCURRENCY}"));
             }
-            if self.state().specs.contains_key(&offer.model) {
+            let key = (offer.model, format!("{:?}", offer.profile));
+            if self.state().planners.contains_key(&key) {
                 continue;
             }
             let bytes = read(&offer.model).ok_or_else(|| {
@@ -278,16 +282,45 @@ impl Serving {
             })?;
             let spec = model_spec_of(&bytes)
                 .map_err(|e| format!("model {} is not a servable llama: {e}", offer.model))?;
-            specs.push((offer.model, spec));
+            let planner = market_compute::serving::ServedModel::plan(&bytes, offer.profile, worker)
+                .map_err(|e| format!("model {} cannot be served: {e}", offer.model))?;
+            specs.push((offer.model, spec, key, Arc::new(planner)));
         }
         let mut st = self.state();
-        st.specs.extend(specs);
+        for (blob, spec, key, planner) in specs {
+            st.specs.insert(blob, spec);
+            st.planners.insert(key, planner);
+        }
         if offers.is_empty() {
             st.offers.remove(&worker);
         } else {
             st.offers.insert(worker, offers);
         }
         Ok(())
+    }
+
+    /// Checks that `task` (a request written for a served blob) can be answered by the model:
+    /// its prompt renders and encodes, and fits the model's positions with the tokens it asks
+    /// for. Returns the prompt's tokens. A client's mistake found here costs nothing.
+    pub fn validate(&self, task: &TaskSpec) -> market_compute::Result<u32> {
+        let Workload::Inference(inf) = &task.workload else {
+            return Err(market_compute::ComputeError::config(
+                "workload",
+                "a served request is an inference",
+            ));
+        };
+        let key = (
+            inf.weights.unwrap_or_default(),
+            format!("{:?}", task.profile),
+        );
+        let planner = self.state().planners.get(&key).cloned();
+        match planner {
+            Some(p) => p.prompt_tokens(task),
+            None => Err(market_compute::ComputeError::config(
+                "model",
+                "is not served in this profile",
+            )),
+        }
     }
 
     /// `worker` left: its offers go, and its requests in flight move to other workers.
