@@ -336,7 +336,7 @@ impl crate::serving::ServeLink for P2pDispatch {
                 match tokio::time::timeout(timeout, rx).await {
                     Ok(Ok(c)) => Ok(c),
                     Ok(Err(_)) => anyhow::bail!("the check was dropped"),
-                    Err(_) => anyhow::bail!("verifier {verifier} sent no check within {timeout:?}"),
+                    Err(_) => Err(crate::serving::SilentVerifier { verifier, timeout }.into()),
                 }
             }
             .await;

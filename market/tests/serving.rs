@@ -1047,12 +1047,15 @@ async fn a_lying_verifier_is_slashed_and_the_honest_worker_paid() {
     assert_eq!(slash, Some(worker.account()));
 }
 
-/// A lazy verifier (it passes whatever it is sent) is caught by ringers: fake answers planted
-/// on it, which it passes without the forward pass that shows them wrong, and is slashed for.
-/// (Without ringers nothing would ever cost it.)
+/// A lazy verifier (it passes whatever it is sent) is caught by ringers: fake answers sent
+/// with the real check, which it passes without the forward pass that shows them wrong. It is
+/// slashed, and its pass of the real answer is void: a cheating worker it waved through is not
+/// paid, and once an honest verifier is there the cheat's batch fails and its buyer is
+/// refunded. (Without ringers the lazy pass would settle the batch and pay the cheat.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lazy_verifier_passes_a_ringer_and_is_slashed() {
+async fn a_lazy_verifier_passes_a_ringer_and_is_slashed_and_its_pass_is_void() {
     use market_verifier::answers::CheckFault;
+    use market_worker::serve::ServeFault;
     let m = market_without_verifiers(NodeConfig {
         serve_ringer_ppm: 1_000_000,
         ..config()
@@ -1061,12 +1064,18 @@ async fn a_lazy_verifier_passes_a_ringer_and_is_slashed() {
     let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
     assert_eq!(status, StatusCode::CREATED);
     let lazy = verifier(&m, "lazy verifier", Some(CheckFault::Lazy)).await;
-    serving_worker(&m, "honest server", 2).await;
+    let cheat = cheating_worker(
+        &m,
+        "cheat with other weights",
+        2,
+        Some(ServeFault::OtherWeights),
+    )
+    .await;
     wait_models(&m, 1).await;
     let (key, _) = new_key(&m, &m.buyer, None).await;
-    let (receipt, _) = ask(&m, &key, "will you check this?").await;
-    let r = settled_receipt(&m, &key, &receipt).await;
-    assert_eq!(r["status"], "verified", "{r}");
+    let cheat_before = m.node.ledger.balance(&cheat.account()).0;
+    let buyer_before = m.node.ledger.balance(&m.buyer.account()).0;
+    let (receipt, cost) = ask(&m, &key, "will you check this?").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while m.node.ledger.stake(&lazy.account()).0 == 200 {
         assert!(
@@ -1079,6 +1088,54 @@ async fn a_lazy_verifier_passes_a_ringer_and_is_slashed() {
         m.node.ledger.stake(&lazy.account()).0,
         200 - m.node.config.verifier_slash
     );
+    assert!(m.node.ledger.reputation(&lazy.account()) < 0);
+    // Its pass was void: the batch waits for another verifier; the cheat is not paid.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, _, body) = send(
+        &m,
+        bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "pending"
+    );
+    assert_eq!(m.node.ledger.balance(&cheat.account()).0, cheat_before);
+    verifier(&m, "honest verifier", None).await;
+    let r = settled_receipt(&m, &key, &receipt).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let fee = m.node.config.serve_check_fee;
+    assert_eq!(
+        m.node.ledger.balance(&m.buyer.account()).0,
+        buyer_before - cost + cost + 100 - fee,
+        "refunded, and paid the cheat's slash less the catching verifier's fee"
+    );
+}
+
+/// A verifier away in the middle of a check (it took the job and never answered) loses a point
+/// of reputation, but is asked again on a later pass: a batch whose only verifier was briefly
+/// away is not stuck for ever. (Excluding it from the batch for good left such a batch
+/// pending until a new verifier joined.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verifier_silent_once_is_asked_again_and_the_batch_settles() {
+    use market_verifier::answers::CheckFault;
+    let mut config = config();
+    config.network.audit_timeout_secs = 2;
+    config.serve_ringer_ppm = 0;
+    let m = market_without_verifiers(config).await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let away = verifier(&m, "verifier away once", Some(CheckFault::SilentOnce)).await;
+    serving_worker(&m, "honest server", 2).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let (receipt, _) = ask(&m, &key, "are you there?").await;
+    let r = settled_receipt(&m, &key, &receipt).await;
+    assert_eq!(r["status"], "verified", "{r}");
+    let check: Signed<AnswerCheck> = serde_json::from_value(r["batch"]["check"].clone()).unwrap();
+    assert_eq!(check.body.verifier, away.account());
+    assert_eq!(m.node.ledger.reputation(&away.account()), -1);
+    assert_eq!(m.node.ledger.stake(&away.account()).0, 200);
 }
 
 /// A verifier checks a sampled answer only when the node's job proves it was drawn: a job for
@@ -1183,4 +1240,20 @@ fn a_verifier_refuses_an_answer_the_beacon_did_not_draw() {
         market_verifier::answers::outcome(&model, &fake).unwrap(),
         AnswerCheckOutcome::Fail { .. }
     ));
+    // In `native`, where logits are compared within a tolerance, a ringer is still beyond it:
+    // an honest native check passes the real answer and fails its ringer (a fake one bit off
+    // passed, and got honest verifiers slashed).
+    let native = market_compute::serving::ServedModel::load(
+        &bytes,
+        ExecutionProfile::Native,
+        worker.account(),
+    )
+    .unwrap();
+    let mut request = answers[0].0.clone();
+    request.profile = ExecutionProfile::Native;
+    let served = native.answer(&request, &mut |_| {}).unwrap();
+    let record = String::from_utf8(served.output.bytes).unwrap();
+    assert_eq!(native.check(&request, record.as_bytes()).unwrap(), Ok(()));
+    let ringer = market_node::serving::audit::ringer_record(&record).unwrap();
+    assert!(native.check(&request, ringer.as_bytes()).unwrap().is_err());
 }

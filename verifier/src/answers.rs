@@ -25,6 +25,9 @@ pub enum CheckFault {
     Lazy,
     /// Signs a failure of every answer without running anything.
     Liar,
+    /// Takes its first check and never answers it (as a verifier that went away mid-check),
+    /// then checks honestly.
+    SilentOnce,
 }
 
 /// Models loaded for checking, by weights and profile (loading one costs seconds).

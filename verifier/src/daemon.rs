@@ -45,6 +45,8 @@ struct Verifier {
     options: VerifierOptions,
     member: Arc<Membership>,
     checkers: Arc<Checkers>,
+    /// Checks taken so far (for [`CheckFault::SilentOnce`]).
+    checks_taken: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the verifier daemon until the process is stopped (or the node refuses it).
@@ -73,6 +75,7 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
         options,
         member: member.clone(),
         checkers: Arc::default(),
+        checks_taken: Default::default(),
     });
     member
         .run(
@@ -140,6 +143,13 @@ async fn run_audit(verifier: Arc<Verifier>, node: PeerId, job: AuditJob) {
 /// away); a job that is not what the node may ask is refused by silence, and logged.
 async fn run_check(verifier: Arc<Verifier>, node: PeerId, job: AnswerCheckJob) {
     let number = job.job;
+    let taken = verifier
+        .checks_taken
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if taken == 0 && verifier.options.check_fault == Some(CheckFault::SilentOnce) {
+        tracing::warn!(job = number, "staying silent on this check (testing aid)");
+        return;
+    }
     let checked = check_answer(&verifier, node, &job).await;
     let check = match checked {
         Ok(c) => c,
@@ -180,7 +190,7 @@ async fn check_answer(
         Some(CheckFault::Liar) => AnswerCheckOutcome::Fail {
             detail: "made up".into(),
         },
-        None => {
+        None | Some(CheckFault::SilentOnce) => {
             let blobs = DirBlobs::new(verifier.options.data_dir.join("blobs"))
                 .with_limit(verifier.options.cache_bytes);
             blobs.fetch_for(&verifier.net, node, &job.request).await?;
@@ -276,7 +286,8 @@ pub struct RunArgs {
     /// Compute device: `cpu`, or `cuda` in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Testing aid: check served answers dishonestly (`lazy` passes all, `liar` fails all).
+    /// Testing aid: check served answers dishonestly (`lazy` passes all, `liar` fails all,
+    /// `silent-once` never answers its first check).
     #[arg(long, hide = true)]
     pub check_fault: Option<CheckFault>,
 }

@@ -19,7 +19,13 @@ impl Node {
     pub(super) fn find_orphan_escrows(&self) -> anyhow::Result<Vec<TaskId>> {
         let mut orphans = Vec::new();
         for (id, _) in self.ledger.open_escrows() {
-            if self.store.task(&id)?.is_none() {
+            if self.store.task(&id)?.is_some() {
+                continue;
+            }
+            // A served answer's escrow has no task: its hold (recorded before the escrow) or
+            // its batch settles it (`serving::audit`).
+            let served = super::Operation::ServeEscrow { answer: id }.key()?;
+            if self.ledger.entry_with_key(&served)?.is_none() {
                 orphans.push(id);
             }
         }

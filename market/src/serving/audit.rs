@@ -63,20 +63,43 @@ pub fn catch_chance(n: usize, faked: usize, k: usize) -> f64 {
     1.0 - miss
 }
 
-/// Models loaded for checking, by weights and profile (loading one costs seconds).
+/// Models loaded for checking, by weights, profile and whether with their weights (loading
+/// one with its weights costs seconds and its size in memory).
 #[derive(Default)]
 pub(crate) struct Checkers {
-    loaded: std::sync::Mutex<BTreeMap<(BlobId, String), Arc<ServedModel>>>,
+    loaded: std::sync::Mutex<BTreeMap<(BlobId, String, bool), Arc<ServedModel>>>,
 }
 
 impl Checkers {
+    /// The model `blob` in `profile`, with its weights (for the referee's forward pass).
     fn get(
         &self,
         node: &Node,
         blob: BlobId,
         profile: ExecutionProfile,
     ) -> Result<Arc<ServedModel>, String> {
-        let key = (blob, format!("{profile:?}"));
+        self.cached(node, blob, profile, true)
+    }
+
+    /// The model's header and tokenizer only (for counting prompts' tokens): milliseconds and
+    /// no weights in memory, so a node that only counts bills never loads a model.
+    fn planned(
+        &self,
+        node: &Node,
+        blob: BlobId,
+        profile: ExecutionProfile,
+    ) -> Result<Arc<ServedModel>, String> {
+        self.cached(node, blob, profile, false)
+    }
+
+    fn cached(
+        &self,
+        node: &Node,
+        blob: BlobId,
+        profile: ExecutionProfile,
+        weights: bool,
+    ) -> Result<Arc<ServedModel>, String> {
+        let key = (blob, format!("{profile:?}"), weights);
         if let Some(m) = self
             .loaded
             .lock()
@@ -89,10 +112,13 @@ impl Checkers {
             .blobs
             .read(&blob)
             .ok_or_else(|| format!("the node no longer holds model {blob}"))?;
-        let model = Arc::new(
-            ServedModel::load(&bytes, profile, node.operator.account())
-                .map_err(|e| e.to_string())?,
-        );
+        let me = node.operator.account();
+        let model = if weights {
+            ServedModel::load(&bytes, profile, me)
+        } else {
+            ServedModel::plan(&bytes, profile, me)
+        };
+        let model = Arc::new(model.map_err(|e| e.to_string())?);
         self.loaded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -192,7 +218,7 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
         let blob = weights_of(&receipt.request)?;
         let (n, task) = (node.clone(), receipt.request.clone());
         let counted = tokio::task::spawn_blocking(move || {
-            let model = n.serving.checkers.get(&n, blob, task.profile)?;
+            let model = n.serving.checkers.planned(&n, blob, task.profile)?;
             model.prompt_tokens(&task).map_err(|e| e.to_string())
         })
         .await?
@@ -217,7 +243,7 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
             {
                 continue;
             }
-            match check_by_verifiers(node, &mut batch, i, receipt, beacon, proof).await? {
+            match check_by_verifiers(node, &mut batch, i, &receipts, beacon, proof).await? {
                 Checked::Passed => {}
                 Checked::Failed(why) => {
                     failure = Some((*answer, receipt.request.buyer, why));
@@ -256,21 +282,26 @@ const MAX_DRAWS_PER_ANSWER: u32 = 8;
 
 /// Has a drawn verifier check answer `index` of `batch`: draws from the batch beacon (staked,
 /// reputable verifiers weigh more; the worker and anyone excluded never), asks, and takes its
-/// signed check. A silent verifier, or one whose check is not of this answer, is excluded and
-/// another drawn. A failure is re-checked by the node (the referee) before anyone is blamed:
-/// confirmed, it fails the batch; contradicted, the verifier lied and is slashed, and another
-/// is drawn. A pass is taken as is; ringers ([`plant_ringer`]) keep passes honest.
+/// signed check. A verifier that took the job and stayed silent loses a point of reputation
+/// (halving its weight in later draws) and, like one that refused or is away, is passed over
+/// for the rest of this pass only: it is drawn again on a later tick, so a verifier that was
+/// briefly away cannot leave a batch without anyone to check it. A failure is re-checked by
+/// the node (the referee) before anyone is blamed: confirmed, it fails the batch;
+/// contradicted, the verifier lied: it is slashed and excluded from the batch, and another is
+/// drawn. A pass counts unless a ringer sent with it ([`ringer_job`]) shows the verifier passes
+/// fakes: then it is slashed and excluded, and its pass is void.
 async fn check_by_verifiers(
     node: &Arc<Node>,
     batch: &mut ServeBatch,
     index: u32,
-    receipt: &crate::store::ServedReceipt,
+    receipts: &[(TaskId, crate::store::ServedReceipt)],
     beacon: Beacon,
     beacon_proof: market_protocol::vrf::VrfProof,
 ) -> anyhow::Result<Checked> {
     let Some(link) = node.serving.link() else {
         return Ok(Checked::Waiting);
     };
+    let receipt = &receipts[index as usize].1;
     let leaf = batch.answers[index as usize].1;
     let leaves: Vec<[u8; 32]> = batch.answers.iter().map(|(_, l)| l.0).collect();
     let path = market_protocol::MerkleTree::new(&leaves)
@@ -292,8 +323,11 @@ async fn check_by_verifiers(
         record: receipt.record.clone(),
     };
     let timeout = Duration::from_secs(node.config.network.audit_timeout_secs);
+    // Passed over for this pass only: silent, refusing or away.
+    let mut skipped: BTreeSet<AccountId> = BTreeSet::new();
     for _ in 0..MAX_DRAWS_PER_ANSWER {
         let mut exclude: BTreeSet<AccountId> = batch.excluded.iter().copied().collect();
+        exclude.extend(skipped.iter().copied());
         exclude.insert(batch.worker);
         let pool = node.draw_verifiers(
             &beacon,
@@ -305,8 +339,29 @@ async fn check_by_verifiers(
         let Some(&verifier) = pool.first() else {
             return Ok(Checked::Waiting);
         };
+        let draw = batch.draws;
         batch.draws += 1;
-        let asked = link.check_answer(verifier, job.clone(), timeout).await;
+        node.store.save_batch(batch)?;
+        let ringer = ringer_job(node, batch, index, receipts, verifier);
+        let real = link.check_answer(verifier, job.clone(), timeout);
+        let (asked, rung) = match &ringer {
+            Some(r) => {
+                let fake = link.check_answer(verifier, r.job.clone(), timeout);
+                let (a, f) = tokio::join!(real, fake);
+                (a, Some(f))
+            }
+            None => (real.await, None),
+        };
+        if let (Some(r), Some(Ok(check))) = (&ringer, &rung) {
+            if r.passed_by(check, verifier) {
+                tracing::warn!(%verifier, batch = %batch.root, "a verifier passed a served ringer: slashed, its pass void");
+                let to = node.operator.account();
+                slash_verifier(node, check, to, "passed a planted fake answer (ringer)").await?;
+                batch.excluded.push(verifier);
+                node.store.save_batch(batch)?;
+                continue;
+            }
+        }
         let check = match asked {
             Ok(c)
                 if c.body.verifier == verifier
@@ -317,23 +372,31 @@ async fn check_by_verifiers(
                 c
             }
             Ok(_) => {
-                tracing::warn!(%verifier, batch = %batch.root, "a check of another answer");
+                tracing::warn!(%verifier, batch = %batch.root, "a check of another answer: excluded");
                 batch.excluded.push(verifier);
+                node.store.save_batch(batch)?;
                 continue;
             }
             Err(e) => {
+                if e.is::<crate::serving::SilentVerifier>() {
+                    let event = format!("serve_silent:{}:{draw}", batch.root);
+                    node.append(
+                        Operation::Reputation {
+                            event: &event,
+                            account: verifier,
+                        },
+                        EntryKind::Reputation {
+                            account: verifier,
+                            delta: -1,
+                        },
+                    )
+                    .await?;
+                }
                 tracing::info!(%verifier, batch = %batch.root, error = %e, "no check; drawing another verifier");
-                batch.excluded.push(verifier);
+                skipped.insert(verifier);
                 continue;
             }
         };
-        if let Some(other) = pool.get(1).copied() {
-            plant_ringer(node, &link, batch.root, receipt, verifier, other, timeout);
-        } else {
-            plant_ringer(
-                node, &link, batch.root, receipt, verifier, verifier, timeout,
-            );
-        }
         match &check.body.outcome {
             AnswerCheckOutcome::Pass => {
                 batch.checks.push(check);
@@ -434,114 +497,122 @@ async fn slash_verifier(
     Ok(())
 }
 
-/// The key that signs a served ringer: derived from the operator's secret, the batch and the
-/// verifier, so every ringer has a signer of its own that no one else can derive.
-fn serve_ringer_key(operator: &Identity, batch: &Hash, verifier: &AccountId) -> Identity {
+/// The key that signs a served ringer: derived from the operator's secret, the batch, the
+/// answer and the verifier, so every ringer has a signer of its own that no one else can
+/// derive.
+fn serve_ringer_key(
+    operator: &Identity,
+    batch: &Hash,
+    index: u32,
+    verifier: &AccountId,
+) -> Identity {
     let mut h = blake3::Hasher::new_derive_key("market v1 served ringer key");
     h.update(&operator.secret_bytes());
     h.update(batch.as_bytes());
+    h.update(&index.to_le_bytes());
     h.update(verifier.as_bytes());
     Identity::from_secret_bytes(*h.finalize().as_bytes())
 }
 
-/// Whether a ringer goes to the verifier of answer `answer` of `batch`: a draw of
-/// `serve_ringer_ppm` from a stream keyed by the operator's secret (no verifier can tell from
-/// anything it is sent whether a ringer follows).
-fn ringer_due(node: &Node, batch: &Hash, answer: &TaskId) -> bool {
+/// The draw deciding whether a ringer goes with the check of answer `index` of `batch`, and
+/// which answer it is made from: a stream keyed by the operator's secret, so nothing a
+/// verifier is sent predicts it. `None` when no ringer goes.
+fn ringer_draw(node: &Node, batch: &Hash, index: u32) -> Option<u64> {
     let rate = node.config.serve_ringer_ppm;
     if rate == 0 {
-        return false;
+        return None;
     }
     let mut h = blake3::Hasher::new_derive_key("market v1 served ringer draw");
     h.update(&node.operator.secret_bytes());
     h.update(batch.as_bytes());
-    h.update(answer.0.as_bytes());
-    let draw = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
-    draw % 1_000_000 < u64::from(rate)
+    h.update(&index.to_le_bytes());
+    let out = h.finalize();
+    let word = |i: usize| u64::from_le_bytes(out.as_bytes()[i..i + 8].try_into().unwrap_or([0; 8]));
+    (word(0) % 1_000_000 < u64::from(rate)).then(|| word(8))
 }
 
-/// The fake of a ringer: the real record with its first logit moved by one unit in the last
-/// place. Every field reads as an answer should, the signature and proofs check out, and only
-/// a forward pass shows that the model does not give that logit.
+/// The fake of a ringer: a real record with its first logit moved by `1 + |logit| / 8`, far
+/// beyond any profile's tolerance (`native` accepts `1e-4 × (1 + |logit|)`). Every field reads
+/// as an answer should (the tokens and text are the real ones), the signature and proofs check
+/// out, and only a forward pass shows that the model does not give that logit.
 pub fn ringer_record(record: &str) -> Option<String> {
     let mut r = AnswerRecord::from_bytes(record.as_bytes()).ok()?;
     let first = r.logits.first_mut()?;
-    *first ^= 1;
+    let logit = f32::from_bits(*first);
+    let moved = logit + 1.0 + logit.abs() / 8.0;
+    if !logit.is_finite() || !moved.is_finite() {
+        return None;
+    }
+    *first = moved.to_bits();
     String::from_utf8(r.to_bytes()).ok()
 }
 
-/// Plants a ringer, at `serve_ringer_ppm`, on `target` (another verifier drawn for the answer
-/// when there is one): a one-answer batch with the fake of `receipt`'s answer, signed by a
-/// ringer key, with the operator's beacon over its root. A verifier that passes it is slashed
-/// (to `drawn`'s benefit nobody's: to the operator, who pays for ringers). Runs on its own
-/// task; never holds up the batch.
-fn plant_ringer(
-    node: &Arc<Node>,
-    link: &Arc<dyn crate::serving::ServeLink>,
-    batch: Hash,
-    receipt: &crate::store::ServedReceipt,
-    drawn: AccountId,
-    target: AccountId,
-    timeout: Duration,
-) {
-    let answer_id = match receipt.answer.verify() {
-        Ok(a) => a.request,
-        Err(_) => return,
-    };
-    if !ringer_due(node, &batch, &answer_id) {
-        return;
+/// A ringer on its way: the job, and what a pass of it names.
+struct Ringer {
+    job: AnswerCheckJob,
+    root: Hash,
+    leaf: Hash,
+}
+
+impl Ringer {
+    /// Whether `check` is `verifier`'s pass of this fake.
+    fn passed_by(&self, check: &Signed<AnswerCheck>, verifier: AccountId) -> bool {
+        check.verify().is_ok()
+            && check.body.verifier == verifier
+            && check.body.batch == self.root
+            && check.body.answer == self.leaf
+            && check.body.outcome == AnswerCheckOutcome::Pass
     }
-    let Some(record) = ringer_record(&receipt.record) else {
-        return;
+}
+
+/// A ringer to send with the check of answer `index` of `batch` to `verifier`, at
+/// `serve_ringer_ppm`: the fake ([`ringer_record`]) of an answer of the batch that was not
+/// sampled when there is one (so the verifier never sees the fake's request in real work),
+/// signed by a ringer key as the only answer of a batch of its own, with the operator's beacon
+/// over that batch's root.
+fn ringer_job(
+    node: &Node,
+    batch: &ServeBatch,
+    index: u32,
+    receipts: &[(TaskId, crate::store::ServedReceipt)],
+    verifier: AccountId,
+) -> Option<Ringer> {
+    let pick = ringer_draw(node, &batch.root, index)?;
+    let unsampled: Vec<usize> = (0..receipts.len())
+        .filter(|i| !batch.sampled.contains(&(*i as u32)))
+        .collect();
+    let source = if unsampled.is_empty() {
+        &receipts[index as usize].1
+    } else {
+        &receipts[unsampled[(pick % unsampled.len() as u64) as usize]].1
     };
-    let key = serve_ringer_key(&node.operator, &batch, &target);
-    let mut fake = receipt.answer.body.clone();
+    let record = ringer_record(&source.record)?;
+    let key = serve_ringer_key(&node.operator, &batch.root, index, &verifier);
+    let mut fake = source.answer.body.clone();
     fake.worker = key.account();
     fake.output = market_protocol::StateHash(Hash::of(record.as_bytes()));
-    let Ok(signed) = Signed::sign(fake, &key) else {
-        return;
-    };
-    let Ok(leaf) = signed.id() else {
-        return;
-    };
+    let signed = Signed::sign(fake, &key).ok()?;
+    let leaf = signed.id().ok()?;
     let root = market_protocol::MerkleTree::new(&[leaf.0]).root();
     let (beacon, beacon_proof) = prove_batch_beacon(&node.operator, &root);
-    let job = AnswerCheckJob {
-        job: 0,
-        batch: root,
-        worker: key.account(),
-        answers: 1,
-        sampled: 1,
-        beacon,
-        beacon_proof,
-        index: 0,
-        proof: Vec::new(),
-        request: receipt.request.clone(),
-        answer: signed,
-        record,
-    };
-    let (node, link) = (node.clone(), link.clone());
-    tokio::spawn(async move {
-        match link.check_answer(target, job, timeout).await {
-            Ok(check)
-                if check.verify().is_ok()
-                    && check.body.verifier == target
-                    && check.body.batch == root
-                    && check.body.answer == leaf
-                    && check.body.outcome == AnswerCheckOutcome::Pass =>
-            {
-                tracing::warn!(verifier = %target, "a verifier passed a served ringer: slashed");
-                let to = node.operator.account();
-                if let Err(e) =
-                    slash_verifier(&node, &check, to, "passed a planted fake answer (ringer)").await
-                {
-                    tracing::error!(error = %e, "slashing a lazy verifier");
-                }
-            }
-            Ok(_) => tracing::debug!(verifier = %target, %drawn, "a served ringer was caught"),
-            Err(e) => tracing::debug!(verifier = %target, error = %e, "no check of a ringer"),
-        }
-    });
+    Some(Ringer {
+        job: AnswerCheckJob {
+            job: 0,
+            batch: root,
+            worker: key.account(),
+            answers: 1,
+            sampled: 1,
+            beacon,
+            beacon_proof,
+            index: 0,
+            proof: Vec::new(),
+            request: source.request.clone(),
+            answer: signed,
+            record,
+        },
+        root,
+        leaf,
+    })
 }
 
 /// The weights a served request names.

@@ -40,6 +40,17 @@ pub const QUEUE_WAIT: Duration = Duration::from_secs(30);
 /// refusing): the request waits and asks again rather than moving on.
 const NOT_TAKEN: &str = "the worker did not take the request";
 
+/// A verifier took a check and sent nothing back in time (as opposed to refusing it or being
+/// away): it costs the verifier a point of reputation.
+#[derive(Debug, thiserror::Error)]
+#[error("verifier {verifier} took the check and sent nothing within {timeout:?}")]
+pub struct SilentVerifier {
+    /// The verifier.
+    pub verifier: AccountId,
+    /// How long it had.
+    pub timeout: Duration,
+}
+
 /// Sends a request to a serving worker (the network implements it).
 pub trait ServeLink: Send + Sync {
     /// Asks `worker` to answer `task` under the node's number `request`; resolves once the
