@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -109,19 +111,7 @@ async fn worker_with(m: &Market, label: &str, behavior: Behavior) -> Identity {
 
 /// An in-process verifier daemon.
 async fn verifier(m: &Market, label: &str) -> Identity {
-    let id = Identity::from_test_label(label);
-    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
-    let options = market_verifier::daemon::VerifierOptions {
-        market: m.addr.clone(),
-        data_dir: m.dir.path().join(label),
-        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-        stake: 100,
-        listen: Vec::new(),
-        device: "cpu".into(),
-        check_fault: None,
-    };
-    tokio::spawn(market_verifier::daemon::run(id.clone(), options));
-    id
+    common::verifier_daemon(&m.node, &m.addr, m.dir.path(), label, 100, None).await
 }
 
 /// A worker as its own process, killable.

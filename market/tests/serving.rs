@@ -66,18 +66,7 @@ async fn verifier(
     label: &str,
     fault: Option<market_verifier::answers::CheckFault>,
 ) -> Identity {
-    let id = Identity::from_test_label(label);
-    m.node.fund("test", &id.account(), 1_000, 0).await.unwrap();
-    let options = market_verifier::daemon::VerifierOptions {
-        market: m.addr.clone(),
-        data_dir: m.dir.path().join(label),
-        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
-        stake: 200,
-        listen: Vec::new(),
-        device: "cpu".into(),
-        check_fault: fault,
-    };
-    tokio::spawn(market_verifier::daemon::run(id.clone(), options));
+    let id = common::verifier_daemon(&m.node, &m.addr, m.dir.path(), label, 200, fault).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !(m
         .dispatch
@@ -660,6 +649,30 @@ async fn the_official_openai_client_talks_to_smollm2_through_the_node() {
     check_batch(&m, &r);
 }
 
+/// Waits (up to two minutes) until `who`'s stake is down to `stake`.
+async fn wait_slashed(m: &Market, who: &Identity, stake: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while m.node.ledger.stake(&who.account()).0 > stake {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never slashed to {stake}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(m.node.ledger.stake(&who.account()).0, stake);
+}
+
+/// A receipt's status now.
+async fn receipt_status(m: &Market, key: &str, id: &str) -> Value {
+    let (status, _, body) = send(
+        m,
+        bearer("GET", &format!("/v1/receipts/{id}"), key, Value::Null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_str::<Value>(&body).unwrap()["status"].clone()
+}
+
 /// Polls a receipt until its batch's audit settled it.
 async fn settled_receipt(m: &Market, key: &str, id: &str) -> Value {
     for _ in 0..600 {
@@ -992,29 +1005,10 @@ async fn a_lying_verifier_is_slashed_and_the_honest_worker_paid() {
     let worker_stake = m.node.ledger.stake(&worker.account()).0;
     let paid_before = m.node.ledger.balance(&worker.account()).0;
     let (receipt, cost) = ask(&m, &key, "is this honest?").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while m.node.ledger.stake(&liar.account()).0 == 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the liar was never slashed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        m.node.ledger.stake(&liar.account()).0,
-        200 - m.node.config.verifier_slash
-    );
+    wait_slashed(&m, &liar, 200 - m.node.config.verifier_slash).await;
     assert!(m.node.ledger.reputation(&liar.account()) < 0);
     // With no honest verifier yet, the batch waits rather than fail anyone.
-    let (_, _, body) = send(
-        &m,
-        bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
-    )
-    .await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["status"],
-        "pending"
-    );
+    assert_eq!(receipt_status(&m, &key, &receipt).await, "pending");
     // Meanwhile the buyer's account shows the answer's cost escrowed.
     let (status, account) = call(
         &m.app,
@@ -1076,30 +1070,11 @@ async fn a_lazy_verifier_passes_a_ringer_and_is_slashed_and_its_pass_is_void() {
     let cheat_before = m.node.ledger.balance(&cheat.account()).0;
     let buyer_before = m.node.ledger.balance(&m.buyer.account()).0;
     let (receipt, cost) = ask(&m, &key, "will you check this?").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while m.node.ledger.stake(&lazy.account()).0 == 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lazy verifier was never slashed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        m.node.ledger.stake(&lazy.account()).0,
-        200 - m.node.config.verifier_slash
-    );
+    wait_slashed(&m, &lazy, 200 - m.node.config.verifier_slash).await;
     assert!(m.node.ledger.reputation(&lazy.account()) < 0);
     // Its pass was void: the batch waits for another verifier; the cheat is not paid.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, _, body) = send(
-        &m,
-        bearer("GET", &format!("/v1/receipts/{receipt}"), &key, Value::Null),
-    )
-    .await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["status"],
-        "pending"
-    );
+    assert_eq!(receipt_status(&m, &key, &receipt).await, "pending");
     assert_eq!(m.node.ledger.balance(&cheat.account()).0, cheat_before);
     verifier(&m, "honest verifier", None).await;
     let r = settled_receipt(&m, &key, &receipt).await;

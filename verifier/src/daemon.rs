@@ -108,23 +108,7 @@ async fn run_audit(verifier: Arc<Verifier>, node: PeerId, job: AuditJob) {
                 job: job.job,
                 verdict,
             };
-            for _ in 0..30 {
-                let Some(node) = verifier.member.node() else {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                };
-                match verifier.net.request(node, request.clone()).await {
-                    Ok(r) if r.response == Response::Ok => break,
-                    Ok(r) => {
-                        tracing::warn!(task = %task_id, answer = ?r.response, "verdict not taken");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::info!(error = %e, "sending the verdict again");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
+            send_to_node(&verifier, request, "verdict").await;
         }
         // Nothing is concluded about the worker from an audit that could not run; the node
         // draws another verifier after its timeout.
@@ -158,20 +142,30 @@ async fn run_check(verifier: Arc<Verifier>, node: PeerId, job: AnswerCheckJob) {
             return;
         }
     };
-    let request = Request::AnswerChecked { job: number, check };
+    send_to_node(
+        &verifier,
+        Request::AnswerChecked { job: number, check },
+        "check",
+    )
+    .await;
+}
+
+/// Sends a finding (`what`: a verdict or a check) to the node, again while it is away or the
+/// request fails (up to 30 tries a second apart); a refusal is final.
+async fn send_to_node(verifier: &Verifier, request: Request, what: &str) {
     for _ in 0..30 {
         let Some(node) = verifier.member.node() else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
         match verifier.net.request(node, request.clone()).await {
-            Ok(r) if r.response == Response::Ok => break,
+            Ok(r) if r.response == Response::Ok => return,
             Ok(r) => {
-                tracing::warn!(job = number, answer = ?r.response, "check not taken");
-                break;
+                tracing::warn!(answer = ?r.response, "{what} not taken");
+                return;
             }
             Err(e) => {
-                tracing::info!(error = %e, "sending the check again");
+                tracing::info!(error = %e, "sending the {what} again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

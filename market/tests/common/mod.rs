@@ -137,3 +137,29 @@ pub async fn upload(app: &Router, who: &Identity, bytes: &[u8]) -> (StatusCode, 
     )
     .await
 }
+
+/// Starts a verifier daemon for `node` (reached at `addr`), funded with 1,000 credits and
+/// staking `stake`, its data under `dir/label`, checking served answers dishonestly with
+/// `fault`.
+pub async fn verifier_daemon(
+    node: &Node,
+    addr: &market_net::Multiaddr,
+    dir: &std::path::Path,
+    label: &str,
+    stake: u64,
+    fault: Option<market_verifier::answers::CheckFault>,
+) -> Identity {
+    let id = Identity::from_test_label(label);
+    node.fund("test", &id.account(), 1_000, 0).await.unwrap();
+    let options = market_verifier::daemon::VerifierOptions {
+        market: addr.clone(),
+        data_dir: dir.join(label),
+        cache_bytes: market_net::participant::DEFAULT_CACHE_BYTES,
+        stake,
+        listen: Vec::new(),
+        device: "cpu".into(),
+        check_fault: fault,
+    };
+    tokio::spawn(market_verifier::daemon::run(id.clone(), options));
+    id
+}
