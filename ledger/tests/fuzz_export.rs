@@ -53,7 +53,7 @@ proptest! {
 fn the_vector_export_verifies() {
     let _serial = serial();
     let report = verify_export(EXPORT, Path::new("<vector>"), None).unwrap();
-    assert_eq!(report.lines, 81);
+    assert_eq!(report.lines, 93);
     check_export(EXPORT);
 }
 
