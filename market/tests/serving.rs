@@ -1232,3 +1232,94 @@ fn a_verifier_refuses_an_answer_the_beacon_did_not_draw() {
     let ringer = market_node::serving::audit::ringer_record(&record).unwrap();
     assert!(native.check(&request, ringer.as_bytes()).unwrap().is_err());
 }
+
+/// A buyer that spends its whole balance while its answer streams does not get the answer
+/// free: the request's hold was escrowed before it ran, so the worker is paid from it once the
+/// batch is verified. (When the cost was escrowed only at the end, the drained balance could
+/// not cover it and the worker went unpaid.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_draining_its_balance_mid_stream_still_pays_for_the_answer() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let m = market().await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let worker = serving_worker(&m, "paid server", 1).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let paid_before = m.node.ledger.balance(&worker.account()).0;
+    // The drain must land while the answer is generated; on the rare run where the answer
+    // ended first (a slow test thread), the buyer is funded again and it is tried anew.
+    let mut receipt = None;
+    for attempt in 0..5 {
+        let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "tell me a long story"}],
+                          "max_tokens": 200, "temperature": 0, "stream": true});
+        let resp = m
+            .app
+            .clone()
+            .oneshot(bearer("POST", "/v1/chat/completions", &key, body))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let id = resp.headers()["x-market-receipt"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let mut stream = resp.into_body();
+        // The first piece is here: the answer is being generated. Spend everything left.
+        let first = stream.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        let left = m.node.ledger.balance(&m.buyer.account());
+        let sink = Identity::from_test_label("somewhere else").account();
+        let drained = m
+            .node
+            .ledger
+            .transfer(
+                market_ledger::IdempotencyKey::new(format!("drain:{attempt}")).unwrap(),
+                m.buyer.account(),
+                sink,
+                left,
+            )
+            .unwrap();
+        assert_eq!(m.node.ledger.balance(&m.buyer.account()).0, 0);
+        let rest = stream.collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
+        // Did the drain come before the answer was recorded (which returns the unused hold)?
+        let unused = market_node::engine::Operation::ServeUnused {
+            answer: id.parse().unwrap(),
+        }
+        .key()
+        .unwrap();
+        let recorded = m.node.ledger.entry_with_key(&unused).unwrap().unwrap();
+        if drained.seq() < recorded.body.seq {
+            receipt = Some(id);
+            break;
+        }
+        m.node
+            .fund(&format!("again {attempt}"), &m.buyer.account(), 10_000, 0)
+            .await
+            .unwrap();
+    }
+    let receipt = receipt.expect("every answer ended before the drain");
+    let r = settled_receipt(&m, &key, &receipt).await;
+    assert_eq!(r["status"], "verified", "{r}");
+    let cost = r["cost"].as_u64().unwrap();
+    assert!(cost > 0);
+    // The worker was paid this answer's cost (less the checking verifier's fee, if its
+    // answer was the one sampled) from the escrowed hold.
+    let release = market_node::engine::Operation::ServeRelease {
+        answer: receipt.parse().unwrap(),
+    }
+    .key()
+    .unwrap();
+    let paid = m.node.ledger.entry_with_key(&release).unwrap().unwrap();
+    let market_ledger::EntryKind::Release {
+        amount, worker: to, ..
+    } = paid.body.kind
+    else {
+        panic!("not a release");
+    };
+    assert_eq!(to, worker.account());
+    assert_eq!(amount.0, cost - m.node.config.serve_check_fee);
+    assert!(m.node.ledger.balance(&worker.account()).0 >= paid_before + amount.0);
+}

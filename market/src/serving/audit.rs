@@ -778,7 +778,119 @@ fn push(seqs: &mut Vec<u64>, seq: u64) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    /// A node that crashed with requests in flight settles their holds when it comes back:
+    /// a request that had no answer gets its whole hold back; one whose answer was recorded
+    /// keeps just its cost escrowed (for its batch's audit) and gets the rest back. Without
+    /// the recovery both holds would stay escrowed for ever. Run twice, it changes nothing
+    /// more (each refund is one ledger operation).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn holds_a_crash_left_in_flight_go_back_when_the_node_returns() {
+        use market_compute::serving::{model_spec_of, ServePrompt, ServeRequest};
+        use market_protocol::{AuditPolicy, Decoding, Version};
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(
+            dir.path(),
+            crate::config::NodeConfig::default(),
+            Identity::from_test_label("crash operator"),
+            Arc::new(crate::dispatch::InProcess::default()),
+        )
+        .unwrap();
+        let buyer = Identity::from_test_label("crash buyer");
+        let worker = Identity::from_test_label("crash worker");
+        node.fund("test", &buyer.account(), 1_000, 0).await.unwrap();
+        let model = market_compute::llama::fixtures::tiny_gguf(11).unwrap();
+        let request = |nonce: u64| {
+            ServeRequest {
+                buyer: buyer.account(),
+                nonce,
+                weights: BlobId::of(&model),
+                model: model_spec_of(&model).unwrap(),
+                profile: ExecutionProfile::Repro,
+                prompt: ServePrompt::Text("hi".into()),
+                max_new_tokens: 8,
+                stop: Vec::new(),
+                decoding: Decoding::Greedy,
+                seed: 0,
+                price: Credits(300),
+                audit: AuditPolicy {
+                    detection_target: "0.99".parse().unwrap(),
+                    assumed_faked_fraction: "0.1".parse().unwrap(),
+                },
+            }
+            .to_task()
+        };
+        // Two requests held 300 each at unix second 100 and escrowed; the second's answer,
+        // costing 40, was recorded before the crash.
+        let mut receipts = Vec::new();
+        for nonce in [1, 2] {
+            let task = request(nonce);
+            let id = TaskId(market_protocol::message_id(&task).unwrap());
+            node.store.add_hold(&id, 100).unwrap();
+            node.append(
+                Operation::ServeEscrow { answer: id },
+                EntryKind::Escrow {
+                    amount: Credits(300),
+                    buyer: buyer.account(),
+                    spec: None,
+                    task_id: id,
+                },
+            )
+            .await
+            .unwrap();
+            receipts.push((id, task));
+        }
+        let (answered, task) = receipts[1].clone();
+        let answer = Signed::sign(
+            market_protocol::Answer {
+                version: Version::CURRENT,
+                worker: worker.account(),
+                request: answered,
+                model: BlobId::of(&model),
+                output: market_protocol::StateHash(Hash::of(b"record")),
+                prompt_tokens: 2,
+                completion_tokens: 2,
+            },
+            &worker,
+        )
+        .unwrap();
+        let receipt = crate::store::ServedReceipt {
+            request: task,
+            answer: answer.clone(),
+            record: "record".into(),
+            key: "key_test".into(),
+            model_name: "tiny".into(),
+            cost: 40,
+            created: 100,
+            escrow_seq: None,
+        };
+        let leaf = answer.id().unwrap();
+        node.store
+            .record_served(
+                &answered,
+                &receipt,
+                &Hash::default(),
+                &worker.account(),
+                &leaf,
+                100,
+            )
+            .unwrap();
+        assert_eq!(node.ledger.balance(&buyer.account()).0, 400);
+        // The node comes back at second 200.
+        once(&node, 200).await.unwrap();
+        once(&node, 200).await.unwrap();
+        assert_eq!(node.ledger.balance(&buyer.account()).0, 1_000 - 40);
+        assert_eq!(
+            node.ledger.escrow_of(&receipts[0].0).unwrap().remaining.0,
+            0
+        );
+        assert_eq!(node.ledger.escrow_of(&answered).unwrap().remaining.0, 40);
+        assert!(!node.store.has_hold(&receipts[0].0).unwrap());
+        assert!(!node.store.has_hold(&answered).unwrap());
+    }
 
     #[test]
     fn the_sample_is_a_share_rounded_up_and_never_empty() {
