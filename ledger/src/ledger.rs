@@ -701,6 +701,38 @@ mod tests {
         )
     }
 
+    /// A write that fails (a full disk) fails its append, and every later one, even once the
+    /// disk is back: the in-memory state may no longer match what is stored, so nothing more
+    /// is appended until the ledger is reopened (and verified). Nothing moved meanwhile.
+    #[test]
+    fn after_a_failed_write_later_appends_are_refused_until_reopened() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (dir, ledger, a) = setup();
+        let key = |k: &str| IdempotencyKey::new(k).expect("key");
+        ledger.shared.store.fail_writes.store(true, SeqCst);
+        let err = ledger
+            .mint(key("m-full"), a, Credits(7))
+            .expect_err("the write fails");
+        assert!(matches!(err, LedgerError::Failed(_)), "{err}");
+        ledger.shared.store.fail_writes.store(false, SeqCst);
+        let err = ledger
+            .mint(key("m-later"), a, Credits(7))
+            .expect_err("refused after a failure");
+        assert!(matches!(err, LedgerError::Failed(_)), "{err}");
+        assert!(ledger.shared.failure().is_some());
+        assert_eq!(ledger.balance(&a), Credits(50));
+        assert_eq!(ledger.head().seq, 5);
+        drop(ledger);
+        let ledger = reopen(&dir).expect("reopens");
+        assert_eq!(ledger.balance(&a), Credits(50));
+        assert_eq!(ledger.head().seq, 5);
+        ledger
+            .mint(key("m-full"), a, Credits(7))
+            .expect("a reopened ledger appends");
+        assert_eq!(ledger.balance(&a), Credits(57));
+        ledger.verify().expect("verifies");
+    }
+
     #[test]
     fn stored_state_that_is_not_the_replay_is_reported_and_refused() {
         let (dir, ledger, a) = setup();

@@ -88,6 +88,9 @@ pub(crate) struct Store {
     tree: sled::Tree,
     mark: HeadMark,
     path: PathBuf,
+    /// Tests make writes fail with this (a full or broken disk).
+    #[cfg(test)]
+    pub(crate) fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -120,6 +123,8 @@ impl Store {
             tree,
             mark,
             path: path.to_owned(),
+            #[cfg(test)]
+            fail_writes: Default::default(),
         };
         match store.get(&[K_FORMAT])? {
             Some(format) if format == FORMAT => Ok((store, false)),
@@ -149,6 +154,13 @@ impl Store {
 
     /// Applies `set` as one atomic sled batch (not yet durable: see [`Store::flush`]).
     pub fn write(&self, set: &WriteSet<'_>) -> Result<(), StorageError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(db_error(
+                &self.path,
+                sled::Error::Io(std::io::Error::other("no space left on device (test)")),
+            ));
+        }
         let mut batch = sled::Batch::default();
         if set.init {
             batch.insert(&[K_FORMAT], FORMAT);
