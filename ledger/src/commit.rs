@@ -90,6 +90,41 @@ impl Writer {
     }
 }
 
+/// Runs a committer over `requests` queued all at once (as a burst of callers would leave
+/// them while a flush runs), in batches of at most `max_batch`, and returns each answer in
+/// order: group commit without depending on how threads are scheduled.
+#[cfg(test)]
+pub(crate) fn commit_queued(
+    shared: Arc<Shared>,
+    operator: Identity,
+    max_batch: usize,
+    requests: Vec<(IdempotencyKey, EntryKind)>,
+) -> Vec<Result<Appended, LedgerError>> {
+    let (queue, rx) = mpsc::channel();
+    let mut answers = Vec::new();
+    for (key, kind) in requests {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let _ = queue.send(Request { key, kind, reply });
+        answers.push(answer);
+    }
+    drop(queue);
+    let signers = SignerPool::start(&operator, 2).expect("signing threads");
+    Committer {
+        shared,
+        operator,
+        signers,
+        max_batch,
+    }
+    .run(rx);
+    answers
+        .into_iter()
+        .map(|a| {
+            a.recv()
+                .unwrap_or_else(|_| Err(LedgerError::Failed("no answer".into())))
+        })
+        .collect()
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         drop(self.queue.take());

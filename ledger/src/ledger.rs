@@ -701,6 +701,44 @@ mod tests {
         )
     }
 
+    /// Group commit: appends queued while the committer is busy go out in batches of at most
+    /// `max_batch`, each written and flushed once, every caller answered with its own entry,
+    /// in queue order; a repeated key inside one batch gets the entry already planned.
+    #[test]
+    fn queued_appends_share_one_flush_per_batch() {
+        let (_dir, ledger, _) = setup();
+        let flushes = ledger.flushes();
+        let b = Identity::from_test_label("b").account();
+        let mut requests: Vec<(IdempotencyKey, EntryKind)> = (0..10)
+            .map(|i| {
+                (
+                    IdempotencyKey::new(format!("q{i}")).expect("key"),
+                    EntryKind::Mint {
+                        to: b,
+                        amount: Credits(1),
+                    },
+                )
+            })
+            .collect();
+        // The same operation again, inside the same batch: one entry.
+        requests.insert(3, requests[2].clone());
+        let answers = crate::commit::commit_queued(
+            ledger.shared.clone(),
+            Identity::from_test_label("op"),
+            4,
+            requests,
+        );
+        let seqs: Vec<u64> = answers
+            .iter()
+            .map(|a| a.as_ref().expect("appended").seq())
+            .collect();
+        assert_eq!(seqs, vec![6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15]);
+        // 11 requests in batches of 4: three flushes.
+        assert_eq!(ledger.flushes() - flushes, 3);
+        assert_eq!(ledger.balance(&b), Credits(10));
+        ledger.verify().expect("verifies");
+    }
+
     /// A write that fails (a full disk) fails its append, and every later one, even once the
     /// disk is back: the in-memory state may no longer match what is stored, so nothing more
     /// is appended until the ledger is reopened (and verified). Nothing moved meanwhile.

