@@ -720,20 +720,36 @@ mod tests {
                 )
             })
             .collect();
-        // The same operation again, inside the same batch: one entry.
+        // The same operation again, inside the same batch: one entry. Another operation under
+        // a key already planned in the batch: refused, and nothing else changes.
         requests.insert(3, requests[2].clone());
+        let conflicting = (
+            IdempotencyKey::new("q3").expect("key"),
+            EntryKind::Mint {
+                to: b,
+                amount: Credits(2),
+            },
+        );
+        requests.insert(5, conflicting);
         let answers = crate::commit::commit_queued(
             ledger.shared.clone(),
             Identity::from_test_label("op"),
             4,
             requests,
         );
+        assert!(
+            matches!(&answers[5], Err(LedgerError::KeyConflict { seq: 9, .. })),
+            "{:?}",
+            answers[5]
+        );
         let seqs: Vec<u64> = answers
             .iter()
-            .map(|a| a.as_ref().expect("appended").seq())
+            .enumerate()
+            .filter(|(i, _)| *i != 5)
+            .map(|(_, a)| a.as_ref().expect("appended").seq())
             .collect();
         assert_eq!(seqs, vec![6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15]);
-        // 11 requests in batches of 4: three flushes.
+        // 12 requests in batches of 4: three flushes.
         assert_eq!(ledger.flushes() - flushes, 3);
         assert_eq!(ledger.balance(&b), Credits(10));
         ledger.verify().expect("verifies");
