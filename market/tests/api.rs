@@ -75,8 +75,13 @@ async fn net_with(
 
 /// Runs the engine, posts a short training task through the API and waits until it settles.
 async fn post_and_settle(n: &Net, nonce: u64) -> market_node::model::TaskRecord {
+    settle_spec(n, short(training_task(&n.buyer, nonce))).await
+}
+
+/// Posts `spec` as the buyer and waits until it is settled.
+async fn settle_spec(n: &Net, spec: TaskSpec) -> market_node::model::TaskRecord {
     tokio::spawn(n.node.clone().run_engine());
-    let body = post_body(&n.buyer, short(training_task(&n.buyer, nonce)));
+    let body = post_body(&n.buyer, spec);
     let (s, v) = call(&n.app, signed(&n.buyer, "POST", "/v1/tasks", body)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let id = v["id"].as_str().unwrap().parse().unwrap();
@@ -291,6 +296,61 @@ async fn a_verifier_that_vouches_for_a_cheat_is_slashed_by_the_referee() {
     );
     assert_eq!(n.node.ledger.stake(&n.verifiers[1].account()).0, 100);
     n.node.ledger.verify().unwrap();
+}
+
+/// Audits in the `native` profile, where re-execution is compared within a tolerance rather
+/// than bit for bit: an honest native run passes its audit, a cheat's native run fails it, and
+/// when a lazy verifier vouches for the cheat the node's referee (re-executing natively) sides
+/// with the careful one and slashes the lazy one. For training (states compared by relative
+/// distance) and for inference (items compared output by output): the referee's inference
+/// branch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_audits_pass_honest_runs_and_referee_cheats_in_training_and_inference() {
+    for (nonce, inference) in [(31, false), (32, true)] {
+        let n = net(
+            vec![
+                ("cheater", Behavior::Noise(0.5)),
+                ("honest", Behavior::Honest),
+            ],
+            vec![
+                ("lazy", VerifierMode::Lazy),
+                ("careful", VerifierMode::Honest),
+            ],
+        )
+        .await;
+        let mut spec = if inference {
+            // Seeded weights (no blob to upload).
+            let mut spec = inference_task(&n.buyer, nonce);
+            if let Workload::Inference(i) = &mut spec.workload {
+                i.weights = None;
+            }
+            spec
+        } else {
+            short(training_task(&n.buyer, nonce))
+        };
+        spec.profile = ExecutionProfile::Native;
+        let t = settle_spec(&n, spec).await;
+        assert_eq!(
+            t.attempts.len(),
+            2,
+            "inference {inference}: {:?}",
+            t.attempts
+        );
+        assert!(!t.attempts[0].accepted && t.attempts[0].worker == n.workers[0].account());
+        assert!(t.attempts[1].accepted && t.attempts[1].worker == n.workers[1].account());
+        assert_eq!(
+            n.node.ledger.stake(&n.workers[0].account()).0,
+            300 - NodeConfig::default().worker_slash,
+            "inference {inference}"
+        );
+        assert_eq!(
+            n.node.ledger.stake(&n.verifiers[0].account()).0,
+            100 - NodeConfig::default().verifier_slash,
+            "inference {inference}: the lazy verifier"
+        );
+        assert_eq!(n.node.ledger.stake(&n.verifiers[1].account()).0, 100);
+        n.node.ledger.verify().unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
