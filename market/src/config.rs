@@ -50,6 +50,13 @@ pub struct NodeConfig {
     /// Share of served answers whose verifier is also sent a planted fake answer (a ringer),
     /// in parts per million: a verifier that passes one is slashed `verifier_slash`.
     pub serve_ringer_ppm: u32,
+    /// Share of verifiers' passes of served answers the node checks again itself, in parts per
+    /// million: a pass of an answer the node finds wrong slashes the verifier as a liar and
+    /// fails the batch. Unlike a ringer, nothing tells a verifier which passes are re-checked.
+    pub serve_recheck_ppm: u32,
+    /// How long a verifier may take per token of a served answer (prompt and completion), in
+    /// milliseconds, on top of the network's audit timeout, before its silence counts.
+    pub serve_check_ms_per_token: u64,
     /// Stake taken from a verifier that passes a planted faulty bundle.
     pub verifier_slash: u64,
     /// Share of audits that are ringers (planted faulty bundles), in parts per million.
@@ -144,6 +151,8 @@ impl Default for NodeConfig {
             serve_audit_ppm: 250_000,
             serve_check_fee: 1,
             serve_ringer_ppm: 50_000,
+            serve_recheck_ppm: 100_000,
+            serve_check_ms_per_token: 100,
             verifier_slash: 50,
             ringer_rate_ppm: 0,
             max_attempts: 3,

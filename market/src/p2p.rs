@@ -306,10 +306,16 @@ impl crate::serving::ServeLink for P2pDispatch {
         let net = self.net.clone();
         let peer = self.peer_of(&verifier);
         let state = self.state.clone();
-        job.job = self.next_job.fetch_add(1, Ordering::Relaxed);
+        // Random, not from the counter: consecutive numbers would tell a verifier which two
+        // checks were sent together (a real one and its ringer).
+        let number = job_seed();
         Box::pin(async move {
             let peer = peer?;
+            job.job = number?;
             let number = job.job;
+            if lock(&state).checks.contains_key(&number) {
+                anyhow::bail!("a check number drawn twice");
+            }
             let weights = match &job.request.workload {
                 market_protocol::Workload::Inference(inf) => inf.weights,
                 _ => None,

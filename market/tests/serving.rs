@@ -507,6 +507,14 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
         "insufficient_quota",
         "insufficient_quota",
     )(send(&m, bearer("POST", chat, &poor_key, ok.clone())).await);
+    // A prompt the model cannot take is refused as such, before its hold is weighed.
+    let mut too_long_for_anyone = ok.clone();
+    too_long_for_anyone["max_tokens"] = json!(256);
+    expect(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        "context_length_exceeded",
+    )(send(&m, bearer("POST", chat, &poor_key, too_long_for_anyone)).await);
     assert_eq!(m.node.ledger.balance(&m.buyer.account()).0, balance_before);
     assert_eq!(m.node.ledger.balance(&poor.account()).0, 0);
     let (_, keys) = call(&m.app, signed(&m.buyer, "GET", "/v1/keys", Vec::new())).await;
@@ -1322,4 +1330,41 @@ async fn a_buyer_draining_its_balance_mid_stream_still_pays_for_the_answer() {
     assert_eq!(to, worker.account());
     assert_eq!(amount.0, cost - m.node.config.serve_check_fee);
     assert!(m.node.ledger.balance(&worker.account()).0 >= paid_before + amount.0);
+}
+
+/// A lazy verifier that could tell ringers from real work (and so is never caught by one) is
+/// still caught when it waves a wrong answer through: the node re-checks passes itself at
+/// `serve_recheck_ppm`, slashes a verifier whose pass it finds wrong, voids its passes, and the
+/// cheat's batch fails once an honest verifier checks it. (Without the re-check, with no
+/// ringers, the lazy pass would settle the batch and pay the cheat.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_pass_of_a_wrong_answer_is_caught_by_the_nodes_recheck() {
+    use market_verifier::answers::CheckFault;
+    use market_worker::serve::ServeFault;
+    let m = market_without_verifiers(NodeConfig {
+        serve_ringer_ppm: 0,
+        serve_recheck_ppm: 1_000_000,
+        ..config()
+    })
+    .await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let lazy = verifier(&m, "lazy verifier", Some(CheckFault::Lazy)).await;
+    let cheat = cheating_worker(&m, "cheat", 2, Some(ServeFault::Truncate)).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let cheat_before = m.node.ledger.balance(&cheat.account()).0;
+    let buyer_before = m.node.ledger.balance(&m.buyer.account()).0;
+    let (receipt, cost) = ask(&m, &key, "check me properly").await;
+    wait_slashed(&m, &lazy, 200 - m.node.config.verifier_slash).await;
+    assert_eq!(receipt_status(&m, &key, &receipt).await, "pending");
+    // Nothing to the cheat; the lazy verifier's slash to the buyer it would have cheated.
+    assert_eq!(m.node.ledger.balance(&cheat.account()).0, cheat_before);
+    assert_eq!(
+        m.node.ledger.balance(&m.buyer.account()).0,
+        buyer_before - cost + m.node.config.verifier_slash
+    );
+    verifier(&m, "honest verifier", None).await;
+    let r = settled_receipt(&m, &key, &receipt).await;
+    assert_eq!(r["status"], "failed", "{r}");
 }

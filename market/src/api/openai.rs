@@ -508,6 +508,34 @@ fn prepare(
             "no worker serves this model at {cap} credits per token or less; allow a higher price with max_price_per_token"
         ))
     })?;
+    // A prompt the model cannot take is the client's mistake: 400 before anything is held
+    // (the nonce, seed and price do not change what the prompt is).
+    let probe = ServeRequest {
+        buyer: key.account,
+        nonce: 0,
+        weights: blob,
+        model: route.spec.clone(),
+        profile: route.offer.profile,
+        prompt: prompt.clone(),
+        max_new_tokens,
+        stop: stop.clone(),
+        decoding: decoding.clone(),
+        seed: 0,
+        price: Credits(0),
+        audit: served_audit_policy(),
+    };
+    serving.validate(&probe.to_task()).map_err(|e| match e {
+        market_compute::ComputeError::ContextLength { .. } => OaiError {
+            param: Some(prompt_param),
+            ..OaiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                e.to_string(),
+            )
+        },
+        other => OaiError::invalid(prompt_param, other.to_string()),
+    })?;
     // Every token costs the same; a byte-level tokenizer makes at most one prompt token per
     // byte, so this bounds the answer's cost at the highest price a worker it may go to asks.
     let hold = price
@@ -559,19 +587,6 @@ fn prepare(
         audit: served_audit_policy(),
     };
     let task = request.to_task();
-    // A prompt the model cannot take is the client's mistake: 400, nothing held or sent.
-    serving.validate(&task).map_err(|e| match e {
-        market_compute::ComputeError::ContextLength { .. } => OaiError {
-            param: Some(prompt_param),
-            ..OaiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "context_length_exceeded",
-                e.to_string(),
-            )
-        },
-        other => OaiError::invalid(prompt_param, other.to_string()),
-    })?;
     let receipt = TaskId(message_id(&task).map_err(OaiError::internal)?);
     Ok(Prepared {
         request,

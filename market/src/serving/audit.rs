@@ -283,13 +283,14 @@ const MAX_DRAWS_PER_ANSWER: u32 = 8;
 /// Has a drawn verifier check answer `index` of `batch`: draws from the batch beacon (staked,
 /// reputable verifiers weigh more; the worker and anyone excluded never), asks, and takes its
 /// signed check. A verifier that took the job and stayed silent loses a point of reputation
-/// (halving its weight in later draws) and, like one that refused or is away, is passed over
-/// for the rest of this pass only: it is drawn again on a later tick, so a verifier that was
-/// briefly away cannot leave a batch without anyone to check it. A failure is re-checked by
-/// the node (the referee) before anyone is blamed: confirmed, it fails the batch;
-/// contradicted, the verifier lied: it is slashed and excluded from the batch, and another is
-/// drawn. A pass counts unless a ringer sent with it ([`ringer_job`]) shows the verifier passes
-/// fakes: then it is slashed and excluded, and its pass is void.
+/// (once per batch) and, like one that refused or is away, is passed over for the rest of this
+/// pass only: it is drawn again on a later tick, so a verifier that was briefly away cannot
+/// leave a batch without anyone to check it. A failure is re-checked by the node (the referee)
+/// before anyone is blamed: confirmed, it fails the batch; contradicted, the verifier lied: it
+/// is slashed and excluded from the batch, and another is drawn. A pass counts unless the
+/// ringer sent with it ([`ringer_job`]) shows the verifier passes fakes or ignores them, or the
+/// node's own re-check of it (at `serve_recheck_ppm`) finds the answer wrong: a verifier caught
+/// either way is slashed and excluded, and every pass it gave in the batch is void.
 async fn check_by_verifiers(
     node: &Arc<Node>,
     batch: &mut ServeBatch,
@@ -322,7 +323,6 @@ async fn check_by_verifiers(
         answer: receipt.answer.clone(),
         record: receipt.record.clone(),
     };
-    let timeout = Duration::from_secs(node.config.network.audit_timeout_secs);
     // Passed over for this pass only: silent, refusing or away.
     let mut skipped: BTreeSet<AccountId> = BTreeSet::new();
     for _ in 0..MAX_DRAWS_PER_ANSWER {
@@ -342,24 +342,43 @@ async fn check_by_verifiers(
         let draw = batch.draws;
         batch.draws += 1;
         node.store.save_batch(batch)?;
-        let ringer = ringer_job(node, batch, index, receipts, verifier);
+        let ringer = ringer_job(node, batch, index, draw, receipts, verifier);
+        // A verifier running a ringer beside the real check gets the time of both.
+        let tokens = check_tokens(receipt) + ringer.as_ref().map_or(0, |r| r.tokens);
+        let timeout = check_timeout(node, tokens);
         let real = link.check_answer(verifier, job.clone(), timeout);
         let (asked, rung) = match &ringer {
             Some(r) => {
                 let fake = link.check_answer(verifier, r.job.clone(), timeout);
-                let (a, f) = tokio::join!(real, fake);
+                // Either may be sent first.
+                let (a, f) = if rand_bit() {
+                    tokio::join!(real, fake)
+                } else {
+                    let (f, a) = tokio::join!(fake, real);
+                    (a, f)
+                };
                 (a, Some(f))
             }
             None => (real.await, None),
         };
-        if let (Some(r), Some(Ok(check))) = (&ringer, &rung) {
-            if r.passed_by(check, verifier) {
-                tracing::warn!(%verifier, batch = %batch.root, "a verifier passed a served ringer: slashed, its pass void");
-                let to = node.operator.account();
-                slash_verifier(node, check, to, "passed a planted fake answer (ringer)").await?;
-                batch.excluded.push(verifier);
-                node.store.save_batch(batch)?;
-                continue;
+        if let (Some(r), Some(rung)) = (&ringer, &rung) {
+            match rung {
+                Ok(check) if r.passed_by(check, verifier) => {
+                    tracing::warn!(%verifier, batch = %batch.root, "a verifier passed a served ringer: slashed, its passes void");
+                    let to = node.operator.account();
+                    slash_verifier(node, check, to, "passed a planted fake answer (ringer)")
+                        .await?;
+                    return void_passes(node, batch, verifier).await;
+                }
+                Ok(_) => {}
+                // Ignoring the ringer must cost as much as ignoring real work, or a verifier
+                // that can tell them apart would check neither.
+                Err(e) => {
+                    tracing::info!(%verifier, batch = %batch.root, error = %e, "no check of a ringer: its pass is not taken");
+                    silent(node, batch, verifier, e).await?;
+                    skipped.insert(verifier);
+                    continue;
+                }
             }
         }
         let check = match asked {
@@ -378,27 +397,28 @@ async fn check_by_verifiers(
                 continue;
             }
             Err(e) => {
-                if e.is::<crate::serving::SilentVerifier>() {
-                    let event = format!("serve_silent:{}:{draw}", batch.root);
-                    node.append(
-                        Operation::Reputation {
-                            event: &event,
-                            account: verifier,
-                        },
-                        EntryKind::Reputation {
-                            account: verifier,
-                            delta: -1,
-                        },
-                    )
-                    .await?;
-                }
                 tracing::info!(%verifier, batch = %batch.root, error = %e, "no check; drawing another verifier");
+                silent(node, batch, verifier, &e).await?;
                 skipped.insert(verifier);
                 continue;
             }
         };
         match &check.body.outcome {
             AnswerCheckOutcome::Pass => {
+                if recheck_due(node, &batch.root, index, draw) {
+                    if let Err(why) = node_check(node, receipt).await? {
+                        tracing::warn!(%verifier, batch = %batch.root, %why, "a verifier passed a wrong answer: slashed, its passes void");
+                        // To the buyer it would have cheated, never to the cheating worker.
+                        slash_verifier(
+                            node,
+                            &check,
+                            receipt.request.buyer,
+                            "passed a served answer that the node's check fails",
+                        )
+                        .await?;
+                        return void_passes(node, batch, verifier).await;
+                    }
+                }
                 batch.checks.push(check);
                 node.store.save_batch(batch)?;
                 return Ok(Checked::Passed);
@@ -426,6 +446,76 @@ async fn check_by_verifiers(
         }
     }
     Ok(Checked::Waiting)
+}
+
+/// A fair coin from the operating system.
+fn rand_bit() -> bool {
+    let mut b = [0u8; 1];
+    getrandom::fill(&mut b).is_ok() && b[0] & 1 == 1
+}
+
+/// A verifier caught passing what it should not: excluded from the batch, and every pass it
+/// gave there void (those answers are checked again by others on the next pass).
+async fn void_passes(
+    node: &Arc<Node>,
+    batch: &mut ServeBatch,
+    verifier: AccountId,
+) -> anyhow::Result<Checked> {
+    batch.excluded.push(verifier);
+    batch.checks.retain(|c| c.body.verifier != verifier);
+    node.store.save_batch(batch)?;
+    Ok(Checked::Waiting)
+}
+
+/// A verifier that took a check (or its ringer) and sent nothing in time loses a point of
+/// reputation, once per batch; one that refused or is away, nothing.
+async fn silent(
+    node: &Arc<Node>,
+    batch: &ServeBatch,
+    verifier: AccountId,
+    e: &anyhow::Error,
+) -> anyhow::Result<()> {
+    if !e.is::<crate::serving::SilentVerifier>() {
+        return Ok(());
+    }
+    let event = format!("serve_silent:{}", batch.root);
+    node.append(
+        Operation::Reputation {
+            event: &event,
+            account: verifier,
+        },
+        EntryKind::Reputation {
+            account: verifier,
+            delta: -1,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The tokens a check of `receipt`'s answer runs the model over.
+fn check_tokens(receipt: &crate::store::ServedReceipt) -> u64 {
+    let a = &receipt.answer.body;
+    u64::from(a.prompt_tokens) + u64::from(a.completion_tokens)
+}
+
+/// How long a verifier has for checks over `tokens` tokens: the network's audit timeout plus
+/// `serve_check_ms_per_token` for each.
+fn check_timeout(node: &Node, tokens: u64) -> Duration {
+    Duration::from_secs(node.config.network.audit_timeout_secs)
+        + Duration::from_millis(tokens.saturating_mul(node.config.serve_check_ms_per_token))
+}
+
+/// Whether the node re-checks a verifier's pass of answer `index` of `batch` at draw `draw`
+/// itself: a draw of `serve_recheck_ppm` keyed by the operator's secret.
+fn recheck_due(node: &Node, batch: &Hash, index: u32, draw: u32) -> bool {
+    let mut h = blake3::Hasher::new_derive_key("market v1 served recheck draw");
+    h.update(&node.operator.secret_bytes());
+    h.update(batch.as_bytes());
+    h.update(&index.to_le_bytes());
+    h.update(&draw.to_le_bytes());
+    let word = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    word % 1_000_000 < u64::from(node.config.serve_recheck_ppm)
 }
 
 /// The node's own check of a served answer (the referee's): `Ok(Err(why))` if it is wrong.
@@ -498,18 +588,20 @@ async fn slash_verifier(
 }
 
 /// The key that signs a served ringer: derived from the operator's secret, the batch, the
-/// answer and the verifier, so every ringer has a signer of its own that no one else can
-/// derive.
+/// answer, the draw and the verifier, so every ringer (a retry's too) has a signer of its own
+/// that no one else can derive.
 fn serve_ringer_key(
     operator: &Identity,
     batch: &Hash,
     index: u32,
+    draw: u32,
     verifier: &AccountId,
 ) -> Identity {
     let mut h = blake3::Hasher::new_derive_key("market v1 served ringer key");
     h.update(&operator.secret_bytes());
     h.update(batch.as_bytes());
     h.update(&index.to_le_bytes());
+    h.update(&draw.to_le_bytes());
     h.update(verifier.as_bytes());
     Identity::from_secret_bytes(*h.finalize().as_bytes())
 }
@@ -552,6 +644,8 @@ struct Ringer {
     job: AnswerCheckJob,
     root: Hash,
     leaf: Hash,
+    /// The tokens its check runs over.
+    tokens: u64,
 }
 
 impl Ringer {
@@ -574,6 +668,7 @@ fn ringer_job(
     node: &Node,
     batch: &ServeBatch,
     index: u32,
+    draw: u32,
     receipts: &[(TaskId, crate::store::ServedReceipt)],
     verifier: AccountId,
 ) -> Option<Ringer> {
@@ -587,7 +682,7 @@ fn ringer_job(
         &receipts[unsampled[(pick % unsampled.len() as u64) as usize]].1
     };
     let record = ringer_record(&source.record)?;
-    let key = serve_ringer_key(&node.operator, &batch.root, index, &verifier);
+    let key = serve_ringer_key(&node.operator, &batch.root, index, draw, &verifier);
     let mut fake = source.answer.body.clone();
     fake.worker = key.account();
     fake.output = market_protocol::StateHash(Hash::of(record.as_bytes()));
@@ -612,6 +707,7 @@ fn ringer_job(
         },
         root,
         leaf,
+        tokens: check_tokens(source),
     })
 }
 
