@@ -236,12 +236,15 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
         for &i in &batch.sampled.clone() {
             let (answer, receipt) = &receipts[i as usize];
             let leaf = batch.answers[i as usize].1;
-            if batch
-                .checks
-                .iter()
-                .any(|c| c.body.answer == leaf && c.body.outcome == AnswerCheckOutcome::Pass)
-            {
-                continue;
+            let checked = batch.checks.iter().find(|c| c.body.answer == leaf);
+            match checked.map(|c| &c.body.outcome) {
+                Some(AnswerCheckOutcome::Pass) => continue,
+                // A failure the node confirmed before a restart: settled as it was found.
+                Some(AnswerCheckOutcome::Fail { detail }) => {
+                    failure = Some((*answer, receipt.request.buyer, detail.clone()));
+                    break;
+                }
+                None => {}
             }
             match check_by_verifiers(node, &mut batch, i, &receipts, beacon, proof).await? {
                 Checked::Passed => {}
