@@ -81,6 +81,25 @@ async fn until_up(client: &Client, buyer: &Identity) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_task_loses_and_doubles_nothing() {
+    sigkill_when(
+        "50 steps in",
+        |s| matches!(s, TaskState::Running { done, .. } if *done >= 50),
+    )
+    .await;
+}
+
+/// Killed while its result is audited (the commitment and its beacon are in the ledger, the
+/// verifiers are re-executing), the node resumes the audit from the ledger's `commit` entry
+/// and the bundle's source on disk, and settles it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_audit_loses_and_doubles_nothing() {
+    sigkill_when("auditing", |s| matches!(s, TaskState::Auditing { .. })).await;
+}
+
+/// Posts a 300-step task to a node process, kills the node with SIGKILL as soon as the task's
+/// state satisfies `at`, restarts it on the same data and checks the task settles with every
+/// credit moved exactly once.
+async fn sigkill_when(what: &str, at: fn(&TaskState) -> bool) {
     let dir = tempfile::tempdir().unwrap();
     let buyer = Identity::from_test_label("restart buyer");
     let (mut node, api) = start(dir.path(), &buyer).await;
@@ -92,23 +111,22 @@ async fn sigkill_mid_task_loses_and_doubles_nothing() {
     }
     let price = task.price.0;
     let view = client.submit(task).await.unwrap();
-    // Kill it while the task runs.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let t = client.task(&view.id).await.unwrap();
-        if matches!(t.state, TaskState::Running { done, .. } if done >= 50) {
+        if at(&t.state) {
             break;
         }
         assert!(
             !t.state.is_final(),
-            "finished before it could be interrupted"
+            "finished before it could be interrupted ({what})"
         );
         assert!(
             Instant::now() < deadline,
-            "the task was not 50 steps in within 120 s: {:?}",
+            "the task was not {what} within 120 s: {:?}",
             t.state
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     node.kill();
 
