@@ -42,6 +42,10 @@ struct Args {
     /// Also write the ledger's export (JSON lines) to this file.
     #[arg(long)]
     export: Option<std::path::PathBuf>,
+    /// Derive every key (operator, workers, verifiers, buyer) from this seed, to replay a run
+    /// (also read from `MARKET_DEVNET_SEED`); a fresh one, printed at start, when absent.
+    #[arg(long)]
+    seed: Option<u64>,
     #[command(subcommand)]
     role: Option<ChildRole>,
 }
@@ -109,9 +113,17 @@ struct Balance {
     reputation: i64,
 }
 
-fn identity(dir: &std::path::Path, role: &str) -> Result<Identity> {
+/// The key of `role` in the devnet of `seed`: `blake3 derive_key("market v1 devnet identity",
+/// seed as u64 LE || role)`, saved under `dir`.
+fn identity(dir: &std::path::Path, seed: u64, role: &str) -> Result<Identity> {
     let path = dir.join(format!("{role}.key"));
-    save_identity(&Identity::generate()?, &path)?;
+    let mut h = blake3::Hasher::new_derive_key("market v1 devnet identity");
+    h.update(&seed.to_le_bytes());
+    h.update(role.as_bytes());
+    save_identity(
+        &Identity::from_secret_bytes(*h.finalize().as_bytes()),
+        &path,
+    )?;
     // Read back the way every daemon will: through the 0600 check.
     load_identity(&path).with_context(|| format!("loading the {role} key"))
 }
@@ -208,9 +220,23 @@ async fn devnet(args: Args) -> Result<()> {
         "verifier-2",
         "buyer",
     ];
+    let from_env = std::env::var("MARKET_DEVNET_SEED")
+        .ok()
+        .map(|s| s.parse::<u64>())
+        .transpose()
+        .context("MARKET_DEVNET_SEED is not a number")?;
+    let seed = match args.seed.or(from_env) {
+        Some(seed) => seed,
+        None => {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            u64::from_le_bytes(b) >> 11
+        }
+    };
+    eprintln!("market-devnet: seed {seed} (replay this market's keys with --seed {seed})");
     let mut ids = Vec::new();
     for role in roles {
-        ids.push((role.to_string(), identity(dir.path(), role)?));
+        ids.push((role.to_string(), identity(dir.path(), seed, role)?));
     }
     let id = |role: &str| {
         ids.iter()
@@ -251,7 +277,7 @@ async fn devnet(args: Args) -> Result<()> {
             .arg("--mint")
             .arg(format!("{}:{mint}", i.account()));
     }
-    identity(dir.path(), "operator")?;
+    identity(dir.path(), seed, "operator")?;
     children.0.push((
         "node".into(),
         node_cmd.spawn().context("starting the node process")?,
