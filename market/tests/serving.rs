@@ -1368,3 +1368,53 @@ async fn a_lazy_pass_of_a_wrong_answer_is_caught_by_the_nodes_recheck() {
     let r = settled_receipt(&m, &key, &receipt).await;
     assert_eq!(r["status"], "failed", "{r}");
 }
+
+/// A request's hold, once escrowed, is counted against the account once: an account with
+/// credits for two requests can have both in flight. (Counting the escrowed hold again as
+/// "held" refused the second with 429 while the first ran.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_escrowed_hold_is_not_counted_twice_against_the_balance() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let m = market().await;
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    serving_worker(&m, "server", 1).await;
+    wait_models(&m, 1).await;
+    // Holds of 1 credit per token for "hi": (2 + 32 + 64) prompt bytes + 16 new tokens = 114.
+    let two = Identity::from_test_label("buyer of two");
+    m.node
+        .fund("test", &two.account(), 2 * 114 + 10, 0)
+        .await
+        .unwrap();
+    let (key, _) = new_key(&m, &two, None).await;
+    let body = |stream: bool| {
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+               "max_tokens": 16, "temperature": 0, "stream": stream})
+    };
+    let first = m
+        .app
+        .clone()
+        .oneshot(bearer("POST", "/v1/chat/completions", &key, body(true)))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let first_receipt: TaskId = first.headers()["x-market-receipt"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut stream = first.into_body();
+    stream.frame().await.unwrap().unwrap();
+    assert_eq!(
+        m.node.ledger.escrow_of(&first_receipt).unwrap().amount.0,
+        114
+    );
+    let (status, _, text) = send(
+        &m,
+        bearer("POST", "/v1/chat/completions", &key, body(false)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    stream.collect().await.unwrap();
+}

@@ -703,6 +703,7 @@ async fn escrow_hold(node: &Node, p: &mut Prepared) -> Result<(), OaiError> {
     match escrowed {
         Ok(a) => {
             p.escrow_seq = Some(a.seq());
+            p.hold.escrowed();
             Ok(())
         }
         Err(e) => {

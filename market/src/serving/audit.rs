@@ -233,6 +233,9 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
         }
     }
     if failure.is_none() {
+        // Passed over for the rest of this pass over the batch (every answer of it): silent,
+        // refusing or away.
+        let mut skipped: BTreeSet<AccountId> = BTreeSet::new();
         for &i in &batch.sampled.clone() {
             let (answer, receipt) = &receipts[i as usize];
             let leaf = batch.answers[i as usize].1;
@@ -246,7 +249,9 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
                 }
                 None => {}
             }
-            match check_by_verifiers(node, &mut batch, i, &receipts, beacon, proof).await? {
+            let checked =
+                check_by_verifiers(node, &mut batch, i, &receipts, beacon, proof, &mut skipped);
+            match checked.await? {
                 Checked::Passed => {}
                 Checked::Failed(why) => {
                     failure = Some((*answer, receipt.request.buyer, why));
@@ -286,8 +291,8 @@ const MAX_DRAWS_PER_ANSWER: u32 = 8;
 /// Has a drawn verifier check answer `index` of `batch`: draws from the batch beacon (staked,
 /// reputable verifiers weigh more; the worker and anyone excluded never), asks, and takes its
 /// signed check. A verifier that took the job and stayed silent loses a point of reputation
-/// (once per batch) and, like one that refused or is away, is passed over for the rest of this
-/// pass only: it is drawn again on a later tick, so a verifier that was briefly away cannot
+/// (once per batch) and, like one that refused or is away, is passed over (`skipped`) for the
+/// rest of this pass over the batch only: it is drawn again on a later tick, so a verifier that was briefly away cannot
 /// leave a batch without anyone to check it. A failure is re-checked by the node (the referee)
 /// before anyone is blamed: confirmed, it fails the batch; contradicted, the verifier lied: it
 /// is slashed and excluded from the batch, and another is drawn. A pass counts unless the
@@ -301,6 +306,7 @@ async fn check_by_verifiers(
     receipts: &[(TaskId, crate::store::ServedReceipt)],
     beacon: Beacon,
     beacon_proof: market_protocol::vrf::VrfProof,
+    skipped: &mut BTreeSet<AccountId>,
 ) -> anyhow::Result<Checked> {
     let Some(link) = node.serving.link() else {
         return Ok(Checked::Waiting);
@@ -326,8 +332,6 @@ async fn check_by_verifiers(
         answer: receipt.answer.clone(),
         record: receipt.record.clone(),
     };
-    // Passed over for this pass only: silent, refusing or away.
-    let mut skipped: BTreeSet<AccountId> = BTreeSet::new();
     for _ in 0..MAX_DRAWS_PER_ANSWER {
         let mut exclude: BTreeSet<AccountId> = batch.excluded.iter().copied().collect();
         exclude.extend(skipped.iter().copied());

@@ -190,12 +190,33 @@ pub struct HoldGuard {
     account: AccountId,
     key: String,
     amount: u64,
+    /// Escrowed in the ledger: the account's balance no longer holds it, so it is no longer
+    /// counted against the account here (it still is against the key, until the answer's
+    /// cost is spent on it).
+    escrowed: bool,
+}
+
+impl HoldGuard {
+    /// The hold is now escrowed in the ledger (taken from the account's balance): counting it
+    /// against the balance as well would refuse the account's next request for credits it
+    /// still has.
+    pub fn escrowed(&mut self) {
+        if self.escrowed {
+            return;
+        }
+        self.escrowed = true;
+        let mut h = self.serving.holds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = h.accounts.get_mut(&self.account) {
+            *held = held.saturating_sub(self.amount);
+        }
+        h.accounts.retain(|_, v| *v > 0);
+    }
 }
 
 impl Drop for HoldGuard {
     fn drop(&mut self) {
         let mut h = self.serving.holds.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = h.accounts.get_mut(&self.account) {
+        if let Some(held) = h.accounts.get_mut(&self.account).filter(|_| !self.escrowed) {
             *held = held.saturating_sub(self.amount);
         }
         if let Some(held) = h.keys.get_mut(&self.key) {
@@ -253,6 +274,7 @@ impl Serving {
             account,
             key: key.to_string(),
             amount,
+            escrowed: false,
         })
     }
 
