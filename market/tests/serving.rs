@@ -327,7 +327,29 @@ async fn served_answers_stream_over_the_network_with_receipts_a_buyer_can_check(
     let escrow = m.node.ledger.escrow_of(&id).unwrap();
     assert!(escrow.amount.0 > cost, "the hold covers max_tokens");
     assert!(escrow.remaining.0 == cost || escrow.remaining.0 == 0);
-    assert!(r["ledger_entries"][0].is_u64());
+    // The receipt lists the escrow, then the hold's unused part going back to the buyer.
+    let entries: Vec<u64> = r["ledger_entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_u64().unwrap())
+        .collect();
+    let kinds: Vec<String> = entries
+        .iter()
+        .map(|&seq| {
+            m.node
+                .ledger
+                .entry(seq)
+                .unwrap()
+                .unwrap()
+                .body
+                .key
+                .as_str()
+                .to_string()
+        })
+        .collect();
+    assert!(kinds[0].starts_with("serve_escrow:"), "{kinds:?}");
+    assert!(kinds[1].starts_with("serve_unused:"), "{kinds:?}");
     assert!(!m.node.store.has_hold(&id).unwrap());
 
     // The same request streamed: chunks that add up to the same answer, then [DONE].

@@ -1157,8 +1157,8 @@ pub(crate) struct ReceiptView {
     created: u64,
     /// The batch the answer was audited in, once its worker's batch closed.
     batch: Option<BatchView>,
-    /// Ledger entries: the escrow of its cost, then its batch's settlement (its worker paid,
-    /// or its buyers refunded and its worker slashed).
+    /// Ledger entries: the escrow of its hold, the return of the hold beyond its cost, then its
+    /// batch's settlement (its worker paid, or its buyers refunded and its worker slashed).
     ledger_entries: Vec<u64>,
 }
 
@@ -1223,6 +1223,17 @@ pub(crate) async fn receipt(
     let body = r.answer.verify().map_err(OaiError::internal)?;
     let in_batch = node.store.batch_of(&id).map_err(OaiError::internal)?;
     let mut ledger_entries: Vec<u64> = r.escrow_seq.into_iter().collect();
+    // The hold beyond the cost, back to the buyer once the answer was recorded.
+    let unused = crate::engine::Operation::ServeUnused { answer: id }
+        .key()
+        .map_err(OaiError::internal)?;
+    if let Some(e) = node
+        .ledger
+        .entry_with_key(&unused)
+        .map_err(OaiError::internal)?
+    {
+        ledger_entries.push(e.body.seq);
+    }
     let (status, batch) = match in_batch {
         None => ("pending", None),
         Some((b, index)) => {
