@@ -516,16 +516,31 @@ fn check_timeout(node: &Node, tokens: u64) -> Duration {
         + Duration::from_millis(tokens.saturating_mul(node.config.serve_check_ms_per_token))
 }
 
+/// `blake3 derive_key(purpose, operator secret || parts...)`: the node's private draws and keys,
+/// which no one without the operator's key can predict.
+fn secret_hash(operator: &Identity, purpose: &str, parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(purpose);
+    h.update(&operator.secret_bytes());
+    for part in parts {
+        h.update(part);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The little-endian u64 at byte `at` of `bytes`.
+fn word(bytes: &[u8; 32], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]))
+}
+
 /// Whether the node re-checks a verifier's pass of answer `index` of `batch` at draw `draw`
 /// itself: a draw of `serve_recheck_ppm` keyed by the operator's secret.
 fn recheck_due(node: &Node, batch: &Hash, index: u32, draw: u32) -> bool {
-    let mut h = blake3::Hasher::new_derive_key("market v1 served recheck draw");
-    h.update(&node.operator.secret_bytes());
-    h.update(batch.as_bytes());
-    h.update(&index.to_le_bytes());
-    h.update(&draw.to_le_bytes());
-    let word = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
-    word % 1_000_000 < u64::from(node.config.serve_recheck_ppm)
+    let h = secret_hash(
+        &node.operator,
+        "market v1 served recheck draw",
+        &[batch.as_bytes(), &index.to_le_bytes(), &draw.to_le_bytes()],
+    );
+    word(&h, 0) % 1_000_000 < u64::from(node.config.serve_recheck_ppm)
 }
 
 /// The node's own check of a served answer (the referee's): `Ok(Err(why))` if it is wrong.
@@ -607,13 +622,16 @@ fn serve_ringer_key(
     draw: u32,
     verifier: &AccountId,
 ) -> Identity {
-    let mut h = blake3::Hasher::new_derive_key("market v1 served ringer key");
-    h.update(&operator.secret_bytes());
-    h.update(batch.as_bytes());
-    h.update(&index.to_le_bytes());
-    h.update(&draw.to_le_bytes());
-    h.update(verifier.as_bytes());
-    Identity::from_secret_bytes(*h.finalize().as_bytes())
+    Identity::from_secret_bytes(secret_hash(
+        operator,
+        "market v1 served ringer key",
+        &[
+            batch.as_bytes(),
+            &index.to_le_bytes(),
+            &draw.to_le_bytes(),
+            verifier.as_bytes(),
+        ],
+    ))
 }
 
 /// The draw deciding whether a ringer goes with the check of answer `index` of `batch`, and
@@ -624,13 +642,12 @@ fn ringer_draw(node: &Node, batch: &Hash, index: u32) -> Option<u64> {
     if rate == 0 {
         return None;
     }
-    let mut h = blake3::Hasher::new_derive_key("market v1 served ringer draw");
-    h.update(&node.operator.secret_bytes());
-    h.update(batch.as_bytes());
-    h.update(&index.to_le_bytes());
-    let out = h.finalize();
-    let word = |i: usize| u64::from_le_bytes(out.as_bytes()[i..i + 8].try_into().unwrap_or([0; 8]));
-    (word(0) % 1_000_000 < u64::from(rate)).then(|| word(8))
+    let h = secret_hash(
+        &node.operator,
+        "market v1 served ringer draw",
+        &[batch.as_bytes(), &index.to_le_bytes()],
+    );
+    (word(&h, 0) % 1_000_000 < u64::from(rate)).then(|| word(&h, 8))
 }
 
 /// The fake of a ringer: a real record with its first logit moved by `1 + |logit| / 8`, far
