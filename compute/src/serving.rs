@@ -222,6 +222,96 @@ impl ServedModel {
     }
 }
 
+/// Served models kept loaded for checking answers, by weights, profile and whether with their
+/// weights (loading one with them costs seconds and its size in memory; without, milliseconds:
+/// enough to count prompts' tokens). Shared by the node (bills, validation, referee) and the
+/// verifier (checks). At most [`ModelCache::MAX_LOADED`] are kept with their weights (the
+/// least recently loaded go first); header-only ones, small, are all kept.
+#[derive(Default)]
+pub struct ModelCache {
+    loaded: std::sync::Mutex<Vec<(CacheKey, std::sync::Arc<ServedModel>)>>,
+}
+
+type CacheKey = (BlobId, ExecutionProfile, bool);
+
+impl std::fmt::Debug for ModelCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelCache").finish_non_exhaustive()
+    }
+}
+
+impl ModelCache {
+    /// Most models kept with their weights.
+    pub const MAX_LOADED: usize = 8;
+
+    /// The model `weights` in `profile` (with its weights when `with_weights`, else its header
+    /// and tokenizer only), read from `blobs` and loaded in `me`'s name the first time.
+    pub fn get(
+        &self,
+        blobs: &dyn BlobSource,
+        weights: BlobId,
+        profile: ExecutionProfile,
+        with_weights: bool,
+        me: AccountId,
+    ) -> Result<std::sync::Arc<ServedModel>> {
+        let key = (weights, profile, with_weights);
+        if let Some(m) = self.cached(&key) {
+            return Ok(m);
+        }
+        let bytes = blobs
+            .blob(&weights)
+            .ok_or(ComputeError::MissingBlob(weights))?;
+        let model = if with_weights {
+            ServedModel::load(&bytes, profile, me)?
+        } else {
+            ServedModel::plan(&bytes, profile, me)?
+        };
+        Ok(self.insert(key, model))
+    }
+
+    /// Keeps `model` (already read from its blob) for `profile`, if no such model is kept yet.
+    pub fn keep(&self, model: ServedModel, with_weights: bool) -> std::sync::Arc<ServedModel> {
+        let key = (model.weights, model.profile, with_weights);
+        match self.cached(&key) {
+            Some(m) => m,
+            None => self.insert(key, model),
+        }
+    }
+
+    /// The model kept for `weights` in `profile`, if any.
+    pub fn find(
+        &self,
+        weights: BlobId,
+        profile: ExecutionProfile,
+        with_weights: bool,
+    ) -> Option<std::sync::Arc<ServedModel>> {
+        self.cached(&(weights, profile, with_weights))
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<std::sync::Arc<ServedModel>> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, m)| m.clone())
+    }
+
+    fn insert(&self, key: CacheKey, model: ServedModel) -> std::sync::Arc<ServedModel> {
+        let model = std::sync::Arc::new(model);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = loaded.iter().find(|(k, _)| *k == key) {
+            return m.clone();
+        }
+        if key.2 && loaded.iter().filter(|(k, _)| k.2).count() >= Self::MAX_LOADED {
+            if let Some(oldest) = loaded.iter().position(|(k, _)| k.2) {
+                loaded.remove(oldest);
+            }
+        }
+        loaded.push((key, model.clone()));
+        model
+    }
+}
+
 fn dec(s: &str) -> Decimal {
     s.parse()
         .unwrap_or_else(|_| unreachable!("a literal decimal"))

@@ -139,3 +139,39 @@ fn a_served_model_answers_only_requests_for_itself() {
     task.profile = ExecutionProfile::Native;
     assert!(model.answer(&task, &mut |_| {}).is_err(), "another profile");
 }
+
+/// The model cache the node and the verifier share: one load per (weights, profile, with or
+/// without weights), the header-only kind never evicted, at most `MAX_LOADED` with weights,
+/// and a blob that is not there an error rather than a model.
+#[test]
+fn the_model_cache_loads_once_and_bounds_what_it_keeps() {
+    use market_compute::serving::ModelCache;
+    use std::collections::BTreeMap;
+    let me = market_protocol::Identity::from_test_label("cache").account();
+    let mut blobs: BTreeMap<market_protocol::BlobId, Vec<u8>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    for seed in 0..(ModelCache::MAX_LOADED as u64 + 1) {
+        let bytes = market_compute::llama::fixtures::tiny_gguf(seed).unwrap();
+        let id = market_protocol::BlobId::of(&bytes);
+        blobs.insert(id, bytes);
+        ids.push(id);
+    }
+    let repro = market_protocol::ExecutionProfile::Repro;
+    let cache = ModelCache::default();
+    let header = cache.get(&blobs, ids[0], repro, false, me).unwrap();
+    let full = cache.get(&blobs, ids[0], repro, true, me).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&header, &full));
+    assert!(std::sync::Arc::ptr_eq(
+        &full,
+        &cache.get(&blobs, ids[0], repro, true, me).unwrap()
+    ));
+    for id in &ids[1..] {
+        cache.get(&blobs, *id, repro, true, me).unwrap();
+    }
+    // The first model with its weights went; its header-only kind stayed.
+    assert!(cache.find(ids[0], repro, true).is_none());
+    assert!(cache.find(ids[0], repro, false).is_some());
+    assert!(cache.find(ids[1], repro, true).is_some());
+    let missing = market_protocol::BlobId(market_protocol::Hash::of(b"nothing"));
+    assert!(cache.get(&blobs, missing, repro, false, me).is_err());
+}

@@ -4,17 +4,13 @@
 //! Merkle path to the batch root, the worker's signature over the record's hash), then runs the
 //! model once over the prompt and the answer, and signs what it found.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
 use market_compute::serving::ServedModel;
-use market_compute::BlobSource;
 use market_net::wire::AnswerCheckJob;
 use market_protocol::beacon::verify_batch_beacon;
 use market_protocol::sampling::sample_indices;
 use market_protocol::{
-    message_id, AccountId, AnswerCheck, AnswerCheckOutcome, BlobId, ChallengeSeed,
-    ExecutionProfile, Hash, Identity, MerkleProof, Signed, StateHash, Version, Workload,
+    message_id, AccountId, AnswerCheck, AnswerCheckOutcome, BlobId, ChallengeSeed, Hash, Identity,
+    MerkleProof, Signed, StateHash, Version, Workload,
 };
 
 /// How a verifier treats the answers it is asked to check (dishonest ones exist to test the
@@ -28,42 +24,6 @@ pub enum CheckFault {
     /// Takes its first check and never answers it (as a verifier that went away mid-check),
     /// then checks honestly.
     SilentOnce,
-}
-
-/// Models loaded for checking, by weights and profile (loading one costs seconds).
-#[derive(Default)]
-#[allow(missing_debug_implementations)] // Holds loaded models.
-pub struct Checkers {
-    loaded: Mutex<BTreeMap<(BlobId, String), Arc<ServedModel>>>,
-}
-
-impl Checkers {
-    /// The model `weights` in `profile`, loaded from `blobs` the first time.
-    pub fn get(
-        &self,
-        blobs: &dyn BlobSource,
-        weights: BlobId,
-        profile: ExecutionProfile,
-        me: AccountId,
-    ) -> anyhow::Result<Arc<ServedModel>> {
-        let key = (weights, format!("{profile:?}"));
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = loaded.get(&key) {
-            return Ok(m.clone());
-        }
-        let bytes = blobs
-            .blob(&weights)
-            .ok_or_else(|| anyhow::anyhow!("the weights {weights} are not here"))?;
-        let model = Arc::new(ServedModel::load(&bytes, profile, me)?);
-        // A verifier keeps a few models; beyond that the oldest loaded goes.
-        if loaded.len() >= 4 {
-            if let Some(k) = loaded.keys().next().cloned() {
-                loaded.remove(&k);
-            }
-        }
-        loaded.insert(key, model.clone());
-        Ok(model)
-    }
 }
 
 /// The weights a served request names.

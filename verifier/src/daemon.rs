@@ -14,7 +14,8 @@ use market_net::wire::{AnswerCheckJob, AuditJob, Reply, Request, Response};
 use market_net::{Multiaddr, Net, PeerId};
 use market_protocol::{AnswerCheck, AnswerCheckOutcome, Identity, Role, Signed, Verdict};
 
-use crate::answers::{self, CheckFault, Checkers};
+use crate::answers::{self, CheckFault};
+use market_compute::serving::ModelCache;
 
 use crate::audit::{challenge_for, openings};
 use crate::{audit, SamplePolicy};
@@ -44,7 +45,7 @@ struct Verifier {
     identity: Identity,
     options: VerifierOptions,
     member: Arc<Membership>,
-    checkers: Arc<Checkers>,
+    checkers: Arc<ModelCache>,
     /// Checks taken so far (for [`CheckFault::SilentOnce`]).
     checks_taken: std::sync::atomic::AtomicU64,
 }
@@ -192,7 +193,7 @@ async fn check_answer(
             let me = verifier.identity.account();
             let (checkers, job) = (verifier.checkers.clone(), job.clone());
             tokio::task::spawn_blocking(move || {
-                let model = checkers.get(&blobs, weights, job.request.profile, me)?;
+                let model = checkers.get(&blobs, weights, job.request.profile, true, me)?;
                 answers::outcome(&model, &job)
             })
             .await??

@@ -18,7 +18,7 @@
 //! operation, so a batch interrupted by a restart is audited and settled once when the node
 //! comes back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,68 +63,25 @@ pub fn catch_chance(n: usize, faked: usize, k: usize) -> f64 {
     1.0 - miss
 }
 
-/// Models loaded for checking, by weights, profile and whether with their weights (loading
-/// one with its weights costs seconds and its size in memory).
-#[derive(Default)]
-pub(crate) struct Checkers {
-    loaded: std::sync::Mutex<BTreeMap<(BlobId, String, bool), Arc<ServedModel>>>,
-}
-
-impl Checkers {
-    /// The model `blob` in `profile`, with its weights (for the referee's forward pass).
-    fn get(
-        &self,
-        node: &Node,
-        blob: BlobId,
-        profile: ExecutionProfile,
-    ) -> Result<Arc<ServedModel>, String> {
-        self.cached(node, blob, profile, true)
-    }
-
-    /// The model's header and tokenizer only (for counting prompts' tokens): milliseconds and
-    /// no weights in memory, so a node that only counts bills never loads a model.
-    fn planned(
-        &self,
-        node: &Node,
-        blob: BlobId,
-        profile: ExecutionProfile,
-    ) -> Result<Arc<ServedModel>, String> {
-        self.cached(node, blob, profile, false)
-    }
-
-    fn cached(
-        &self,
-        node: &Node,
-        blob: BlobId,
-        profile: ExecutionProfile,
-        weights: bool,
-    ) -> Result<Arc<ServedModel>, String> {
-        let key = (blob, format!("{profile:?}"), weights);
-        if let Some(m) = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(m.clone());
-        }
-        let bytes = node
-            .blobs
-            .read(&blob)
-            .ok_or_else(|| format!("the node no longer holds model {blob}"))?;
-        let me = node.operator.account();
-        let model = if weights {
-            ServedModel::load(&bytes, profile, me)
-        } else {
-            ServedModel::plan(&bytes, profile, me)
-        };
-        let model = Arc::new(model.map_err(|e| e.to_string())?);
-        self.loaded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, model.clone());
-        Ok(model)
-    }
+/// The node's copy of the model `blob` in `profile` for checking: with its weights for the
+/// referee's forward pass, or only its header and tokenizer for counting bills (so a node that
+/// only counts bills never loads a model).
+fn checker(
+    node: &Node,
+    blob: BlobId,
+    profile: ExecutionProfile,
+    with_weights: bool,
+) -> Result<Arc<ServedModel>, String> {
+    node.serving
+        .loaded
+        .get(
+            &node.blobs,
+            blob,
+            profile,
+            with_weights,
+            node.operator.account(),
+        )
+        .map_err(|e| e.to_string())
 }
 
 /// Closes the batches that are due and audits every closed batch not yet settled; runs until
@@ -218,7 +175,7 @@ async fn audit(node: &Arc<Node>, mut batch: ServeBatch) -> anyhow::Result<()> {
         let blob = weights_of(&receipt.request)?;
         let (n, task) = (node.clone(), receipt.request.clone());
         let counted = tokio::task::spawn_blocking(move || {
-            let model = n.serving.checkers.planned(&n, blob, task.profile)?;
+            let model = checker(&n, blob, task.profile, false)?;
             model.prompt_tokens(&task).map_err(|e| e.to_string())
         })
         .await?
@@ -556,7 +513,7 @@ async fn node_check(
         receipt.record.clone(),
     );
     tokio::task::spawn_blocking(move || {
-        let model = n.serving.checkers.get(&n, blob, task.profile)?;
+        let model = checker(&n, blob, task.profile, true)?;
         model
             .check(&task, record.as_bytes())
             .map_err(|e| format!("the request cannot be run: {e}"))

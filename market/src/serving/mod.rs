@@ -98,8 +98,6 @@ struct State {
     /// Model sections, read from the node's copy of each served blob.
     specs: BTreeMap<BlobId, ModelSpec>,
     /// Each served blob's header and tokenizer, by profile (no weights): requests are
-    /// validated against them before anything is held or sent.
-    planners: BTreeMap<(BlobId, String), Arc<market_compute::serving::ServedModel>>,
     /// Requests in flight, by the node's number.
     pending: BTreeMap<u64, Pending>,
 }
@@ -165,8 +163,9 @@ pub struct Serving {
     next_request: AtomicU64,
     link: OnceLock<Arc<dyn ServeLink>>,
     holds: Mutex<Holds>,
-    /// Models loaded to check sampled answers.
-    pub(crate) checkers: audit::Checkers,
+    /// Served models the node keeps: header and tokenizer (to validate requests and count
+    /// bills) and, for the referee, with their weights.
+    pub(crate) loaded: market_compute::serving::ModelCache,
     /// Batches whose audit runs now (each in a task of its own).
     pub(crate) auditing: Mutex<std::collections::BTreeSet<Hash>>,
     /// Whether a worker may be sent requests (the node's rule: it holds the minimum stake,
@@ -303,8 +302,11 @@ impl Serving {
             if offer.concurrency == 0 || offer.concurrency > MAX_CONCURRENCY {
                 return Err(format!("concurrency must be 1 to {MAX_CONCURRENCY}"));
             }
-            let key = (offer.model, format!("{:?}", offer.profile));
-            if self.state().planners.contains_key(&key) {
+            if self
+                .loaded
+                .find(offer.model, offer.profile, false)
+                .is_some()
+            {
                 continue;
             }
             let bytes = read(&offer.model).ok_or_else(|| {
@@ -315,14 +317,16 @@ impl Serving {
             })?;
             let spec = model_spec_of(&bytes)
                 .map_err(|e| format!("model {} is not a servable llama: {e}", offer.model))?;
+            // Its header and tokenizer: requests are validated against them before anything
+            // is held or sent.
             let planner = market_compute::serving::ServedModel::plan(&bytes, offer.profile, worker)
                 .map_err(|e| format!("model {} cannot be served: {e}", offer.model))?;
-            specs.push((offer.model, spec, key, Arc::new(planner)));
+            specs.push((offer.model, spec, planner));
         }
         let mut st = self.state();
-        for (blob, spec, key, planner) in specs {
+        for (blob, spec, planner) in specs {
             st.specs.insert(blob, spec);
-            st.planners.insert(key, planner);
+            self.loaded.keep(planner, false);
         }
         if offers.is_empty() {
             st.offers.remove(&worker);
@@ -342,11 +346,9 @@ impl Serving {
                 "a served request is an inference",
             ));
         };
-        let key = (
-            inf.weights.unwrap_or_default(),
-            format!("{:?}", task.profile),
-        );
-        let planner = self.state().planners.get(&key).cloned();
+        let planner = inf
+            .weights
+            .and_then(|w| self.loaded.find(w, task.profile, false));
         match planner {
             Some(p) => p.prompt_tokens(task),
             None => Err(market_compute::ComputeError::config(
