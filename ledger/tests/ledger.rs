@@ -542,9 +542,8 @@ fn concurrent_appends_all_land_once_in_order() {
     });
     all.sort_unstable();
     assert_eq!(all, (1..=threads * per).collect::<Vec<_>>());
-    // How many flushes they shared depends on scheduling; batching itself is pinned by the
-    // unit test `queued_appends_share_one_flush_per_batch`.
-    assert!(ledger.flushes() <= threads * per);
+    // How many flushes they shared depends on scheduling, so it is not asserted here; batching
+    // itself is pinned by the unit test `queued_appends_share_one_flush_per_batch`.
     assert_eq!(ledger.state().supply(), Credits(threads * per));
     ledger.verify().expect("verifies");
 }
