@@ -45,6 +45,17 @@ pub fn verify_export(
     label: &Path,
     signed_head: Option<&SignedHead>,
 ) -> Result<ExportReport, LedgerError> {
+    verify_export_with(input, label, signed_head, |_| Ok(()))
+}
+
+/// [`verify_export`], calling `in_order` on each entry in chain order once its signature, link
+/// and key are checked and before it is replayed (a fault it returns fails the export there).
+pub(crate) fn verify_export_with(
+    input: impl BufRead,
+    label: &Path,
+    signed_head: Option<&SignedHead>,
+    mut in_order: impl FnMut(&crate::entry::Decoded) -> Result<(), Fault>,
+) -> Result<ExportReport, LedgerError> {
     let watch = signed_head.map(|h| h.body.seq);
     let mut watched: Option<Hash> = None;
     let mut lines = Lines {
@@ -56,7 +67,7 @@ pub fn verify_export(
         if Some(d.entry.body.seq) == watch {
             watched = Some(d.hash);
         }
-        Ok(())
+        in_order(d)
     })?;
     if let Some(signed) = signed_head {
         check_prefix(signed, summary.ledger, summary.head, |_| watched)?;

@@ -27,8 +27,11 @@ mod error;
 pub mod export;
 pub mod head;
 mod ledger;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod signer;
 pub mod state;
+pub mod statement;
 mod storage;
 pub mod verify;
 
@@ -41,5 +44,6 @@ pub use head::{check_prefix, Head, HeadError, LedgerHead, SignedHead, HEAD_DOMAI
 pub use ledger::{Appended, Ledger, OpenCheck, OpenOptions, VerifyReport};
 pub use market_protocol as protocol;
 pub use state::{Escrow, OpError, State};
+pub use statement::{statement, Statement, StatementLine, Totals};
 pub use storage::StorageError;
 pub use verify::{Broken, Fault, Summary};

@@ -51,10 +51,30 @@ pub fn sign_headers(
     timestamp: u64,
     nonce: &str,
 ) -> Vec<(&'static str, String)> {
-    let sig = identity.sign_raw(&signing_bytes(
+    sign_headers_for_digest(
+        identity,
         method,
         path_and_query,
         &Hash::of(body),
+        timestamp,
+        nonce,
+    )
+}
+
+/// [`sign_headers`] for a body known by its blake3 digest only (a blob streamed from disk,
+/// whose digest is its id).
+pub fn sign_headers_for_digest(
+    identity: &Identity,
+    method: &str,
+    path_and_query: &str,
+    body_digest: &Hash,
+    timestamp: u64,
+    nonce: &str,
+) -> Vec<(&'static str, String)> {
+    let sig = identity.sign_raw(&signing_bytes(
+        method,
+        path_and_query,
+        body_digest,
         timestamp,
         nonce,
     ));

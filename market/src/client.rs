@@ -7,7 +7,7 @@ use market_protocol::{AccountId, BlobId, Identity, Signed, TaskId, TaskSpec};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::auth::{sign_headers, unix_now};
+use crate::auth::{sign_headers, sign_headers_for_digest, unix_now};
 use crate::model::TaskView;
 
 /// Why a call failed.
@@ -79,6 +79,11 @@ impl Client {
             .body(body)
             .send()
             .await?;
+        Self::answer(resp).await
+    }
+
+    /// The body of a successful answer, or the node's error.
+    async fn answer<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
@@ -185,6 +190,142 @@ impl Client {
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| ClientError::Body("no blob id".into()))
+    }
+
+    /// Uploads the file at `path` without holding it in memory: it is hashed once (the id the
+    /// signature covers), then streamed. `on_progress` is told the bytes sent so far.
+    pub async fn upload_file(
+        &self,
+        path: &std::path::Path,
+        on_progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<BlobId, ClientError> {
+        let io = |e: std::io::Error| ClientError::Body(format!("{}: {e}", path.display()));
+        let (id, size) = {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || -> std::io::Result<(BlobId, u64)> {
+                let mut hasher = blake3::Hasher::new();
+                let size = std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+                Ok((
+                    BlobId(market_protocol::Hash(*hasher.finalize().as_bytes())),
+                    size,
+                ))
+            })
+            .await
+            .map_err(|e| ClientError::Body(e.to_string()))?
+            .map_err(io)?
+        };
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut sent = 0u64;
+        let stream =
+            futures_util::StreamExt::map(tokio_util::io::ReaderStream::new(file), move |chunk| {
+                if let Ok(c) = &chunk {
+                    sent += c.len() as u64;
+                    on_progress(sent);
+                }
+                chunk
+            });
+        let path_and_query = format!("/v1/blobs?expected={id}");
+        let signer = self.identity.as_ref().ok_or(ClientError::NoKey)?;
+        let mut req = self
+            .http
+            .post(format!("{}{path_and_query}", self.base))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", size);
+        for (k, v) in sign_headers_for_digest(
+            signer,
+            "POST",
+            &path_and_query,
+            &id.0,
+            unix_now(),
+            &nonce()?,
+        ) {
+            req = req.header(k, v);
+        }
+        let resp = req.body(reqwest::Body::wrap_stream(stream)).send().await?;
+        let v: Value = Self::answer(resp).await?;
+        match v["id"].as_str().and_then(|s| s.parse::<BlobId>().ok()) {
+            Some(got) if got == id => Ok(id),
+            _ => Err(ClientError::Body(format!(
+                "the node stored another blob than {id}: {v}"
+            ))),
+        }
+    }
+
+    /// Downloads blob `id` into `out` (streamed; written to `out` with `.part` appended, then
+    /// renamed once its bytes hash to `id`, so a wrong or cut download never looks finished).
+    /// `on_progress` is told the bytes received and the total when the node sent it.
+    pub async fn download_blob(
+        &self,
+        id: &BlobId,
+        out: &std::path::Path,
+        on_progress: impl Fn(u64, Option<u64>),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let path = format!("/v1/blobs/{id}");
+        let signer = self.identity.as_ref().ok_or(ClientError::NoKey)?;
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in sign_headers(signer, "GET", &path, b"", unix_now(), &nonce()?) {
+            req = req.header(k, v);
+        }
+        let mut resp = req.send().await?;
+        if !resp.status().is_success() {
+            return Err(Self::answer::<Value>(resp)
+                .await
+                .err()
+                .unwrap_or_else(|| ClientError::Body("the node refused the download".into())));
+        }
+        let total = resp.content_length();
+        let mut part = out.as_os_str().to_owned();
+        part.push(".part");
+        let part = std::path::PathBuf::from(part);
+        let io = |e: std::io::Error| ClientError::Body(format!("{}: {e}", part.display()));
+        let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut got = 0u64;
+        while let Some(chunk) = resp.chunk().await? {
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+            got += chunk.len() as u64;
+            on_progress(got, total);
+        }
+        file.flush().await.map_err(io)?;
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let hash = market_protocol::Hash(*hasher.finalize().as_bytes());
+        if hash != id.0 {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(ClientError::Body(format!(
+                "the node sent {got} bytes that hash to {hash}, not blob {id}: discarded"
+            )));
+        }
+        tokio::fs::rename(&part, out).await.map_err(io)?;
+        Ok(got)
+    }
+
+    /// A page of tasks in arrival order (`buyer`, `state` filter; `after` continues a page).
+    pub async fn tasks(
+        &self,
+        buyer: Option<&AccountId>,
+        state: Option<&str>,
+        after: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut query = vec!["limit=100".to_owned()];
+        if let Some(b) = buyer {
+            query.push(format!("buyer={b}"));
+        }
+        if let Some(s) = state {
+            query.push(format!("state={s}"));
+        }
+        if let Some(a) = after {
+            query.push(format!("after={a}"));
+        }
+        self.send(
+            reqwest::Method::GET,
+            &format!("/v1/tasks?{}", query.join("&")),
+            Vec::new(),
+            false,
+        )
+        .await
     }
 
     /// Creates an API key for OpenAI-compatible clients; the answer holds its secret (`key`),

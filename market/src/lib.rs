@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit_plan;
 pub mod auth;
 pub mod blobs;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dispatch;

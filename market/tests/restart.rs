@@ -3,70 +3,15 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::start;
 use market_node::client::Client;
 use market_node::model::TaskState;
 use market_protocol::fixtures::training_task;
 use market_protocol::{Identity, Workload};
-
-/// A node process, killed when dropped (also when a failed assertion unwinds the test).
-struct NodeProcess(Child);
-
-impl NodeProcess {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Starts a node on `data` on a port of its own choosing (no port freed here for it to take,
-/// which another process could take first) and returns it with its API address, from the
-/// `endpoints.json` it writes once it listens.
-async fn start(data: &std::path::Path, buyer: &Identity) -> (NodeProcess, String) {
-    let endpoints = data.join("endpoints.json");
-    let _ = std::fs::remove_file(&endpoints);
-    let node = NodeProcess(
-        Command::new(env!("CARGO_BIN_EXE_market-node"))
-            .args([
-                "serve",
-                "--data",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--local-workers",
-                "1",
-                "--local-verifiers",
-                "2",
-            ])
-            .args(["--mint", &format!("{}:5000", buyer.account())])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&endpoints) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                return (node, v["api"].as_str().unwrap().to_owned());
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node wrote no endpoints.json within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn until_up(client: &Client, buyer: &Identity) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -273,9 +273,19 @@ pub(crate) async fn download(
     let file = tokio::fs::File::open(node.blobs.path(&id))
         .await
         .map_err(|_| ApiError::not_found("blob"))?;
+    // Blobs are immutable (content-addressed), so the length read now is the length sent: a
+    // client can show progress and tell a cut download from a whole one.
+    let len = file
+        .metadata()
+        .await
+        .map_err(|_| ApiError::not_found("blob"))?
+        .len();
     let stream = tokio_util::io::ReaderStream::new(file);
     Ok((
-        [("content-type", "application/octet-stream")],
+        [
+            ("content-type", "application/octet-stream".to_owned()),
+            ("content-length", len.to_string()),
+        ],
         Body::from_stream(stream),
     )
         .into_response())

@@ -3,17 +3,13 @@
 //! `serve` runs the REST API, the engine and the ledger; workers and verifiers join over libp2p
 //! (`--p2p` addresses; `market-worker run`, `market-verifier run`). For a quick single-process
 //! node, `--local-workers` and `--local-verifiers` run them in-process instead, funded and
-//! staked by the operator. `task submit|status|result` talk to a node as a buyer.
+//! staked by the operator. `task`, `blob` and `account` talk to a node as a buyer.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use market_node::client::Client;
-use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
-use market_protocol::keyfile::load_identity;
-use market_protocol::{Identity, TaskId, TaskSpec};
+use market_protocol::Identity;
 
 #[derive(Parser, Debug)]
 #[command(about = "The market node, and buyer commands")]
@@ -26,15 +22,20 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve(market_node::server::ServeArgs),
-    /// Buyer commands.
+    /// Tasks: submit, watch, list, cancel, fetch results.
     Task {
         #[command(subcommand)]
-        command: TaskCommand,
+        command: market_node::cli::task::TaskCommand,
     },
-    /// Blob commands.
+    /// Blobs: upload datasets and weights, download results.
     Blob {
         #[command(subcommand)]
-        command: BlobCommand,
+        command: market_node::cli::blob::BlobCommand,
+    },
+    /// Your account: balance, and its history verified against the signed ledger.
+    Account {
+        #[command(subcommand)]
+        command: market_node::cli::account::AccountCommand,
     },
     /// API keys for OpenAI-compatible clients (`Authorization: Bearer mk-...`).
     ApiKey {
@@ -87,59 +88,6 @@ enum ApiKeyCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
-enum BlobCommand {
-    /// Upload a file (a dataset, or weights such as a GGUF model) and print its blob id,
-    /// which tasks name.
-    Upload {
-        /// The file.
-        file: PathBuf,
-        /// The node's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        node: String,
-        /// Your key file (the blob is stored against your account's quota).
-        #[arg(long)]
-        key: PathBuf,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum TaskCommand {
-    /// Sign a task file with your key (as its buyer) and post it.
-    Submit {
-        /// The task spec (JSON); its `buyer` is set to your key's account.
-        file: PathBuf,
-        /// The node's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        node: String,
-        /// Your key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Wait until the task is settled or rejected.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Show a task's state.
-    Status {
-        /// The task id.
-        id: TaskId,
-        /// The node's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        node: String,
-    },
-    /// Fetch a settled task's results (buyer only).
-    Result {
-        /// The task id.
-        id: TaskId,
-        /// The node's URL.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        node: String,
-        /// Your key file.
-        #[arg(long)]
-        key: PathBuf,
-    },
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -179,57 +127,9 @@ async fn main() -> Result<()> {
             market_protocol::keyfile::save_identity(&identity, &file)?;
             println!("{}", identity.account());
         }
-        Command::Blob {
-            command: BlobCommand::Upload { file, node, key },
-        } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let client = Client::new(node, Some(load_identity(&key)?));
-            println!("{}", client.upload(bytes).await?);
-        }
-        Command::Task { command } => match command {
-            TaskCommand::Submit {
-                file,
-                node,
-                key,
-                wait,
-            } => {
-                let identity = load_identity(&key)?;
-                let mut spec: TaskSpec = from_json_limited(
-                    &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
-                    MAX_MESSAGE_BYTES,
-                )
-                .with_context(|| format!("{} is not a valid task spec", file.display()))?;
-                spec.buyer = identity.account();
-                let client = Client::new(node, Some(identity));
-                let view = client.submit(spec).await?;
-                println!("{}", serde_json::to_string_pretty(&view)?);
-                if wait {
-                    let done = client
-                        .wait(&view.id, Duration::from_secs(3600), |t| {
-                            eprintln!("{}", t.state.name())
-                        })
-                        .await?;
-                    println!("{}", serde_json::to_string_pretty(&done)?);
-                }
-            }
-            TaskCommand::Status { id, node } => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Client::new(node, None).task(&id).await?)?
-                );
-            }
-            TaskCommand::Result { id, node, key } => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &Client::new(node, Some(load_identity(&key)?))
-                            .result(&id)
-                            .await?
-                    )?
-                );
-            }
-        },
+        Command::Blob { command } => market_node::cli::blob::run(command).await?,
+        Command::Task { command } => market_node::cli::task::run(command).await?,
+        Command::Account { command } => market_node::cli::account::run(command).await?,
     }
     Ok(())
 }

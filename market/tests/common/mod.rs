@@ -3,7 +3,9 @@
 
 #![allow(dead_code)] // Each test file uses its own part.
 
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -162,4 +164,62 @@ pub async fn verifier_daemon(
     };
     tokio::spawn(market_verifier::daemon::run(id.clone(), options));
     id
+}
+
+/// A node process, killed when dropped (also when a failed assertion unwinds the test).
+pub struct NodeProcess(pub Child);
+
+impl NodeProcess {
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a node on `data` on a port of its own choosing (no port freed here for it to take,
+/// which another process could take first) and returns it with its API address, from the
+/// `endpoints.json` it writes once it listens.
+pub async fn start(data: &std::path::Path, buyer: &Identity) -> (NodeProcess, String) {
+    let endpoints = data.join("endpoints.json");
+    let _ = std::fs::remove_file(&endpoints);
+    let node = NodeProcess(
+        Command::new(env!("CARGO_BIN_EXE_market-node"))
+            .args([
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--local-workers",
+                "1",
+                "--local-verifiers",
+                "2",
+            ])
+            .args(["--mint", &format!("{}:5000", buyer.account())])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&endpoints) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                return (node, v["api"].as_str().unwrap().to_owned());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node wrote no endpoints.json within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -23,6 +23,10 @@ struct Cli {
 enum Command {
     /// Join a market node over libp2p and audit what it hands out.
     Run(market_verifier::daemon::RunArgs),
+    /// What the ledger records for your account, entry by entry (fees for verdicts and checks, staked, slashed, reputation),
+    /// each with the task, audit or ringer behind it: read from the node's export and verified
+    /// here against its signed head (`--node` is the node's HTTP URL).
+    Statement(market_ledger::remote::StatementArgs),
     /// Audit a result bundle against a beacon; prints the signed verdict in its canonical
     /// encoding (one line).
     Audit {
@@ -64,6 +68,20 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Statement(args) = command {
+        let printed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(args.print()));
+        return match printed {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let Command::Audit {
         bundle,
         beacon,
@@ -73,7 +91,7 @@ fn main() -> ExitCode {
         key,
     } = command
     else {
-        unreachable!("run returned above")
+        unreachable!("run and statement returned above")
     };
     let identity: anyhow::Result<Identity> = match key {
         Some(k) => load_identity(&k).map_err(Into::into),

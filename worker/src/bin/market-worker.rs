@@ -27,6 +27,10 @@ struct Cli {
 enum Command {
     /// Join a market node over libp2p and run the tasks it assigns.
     Run(market_worker::daemon::RunArgs),
+    /// What the ledger records for your account, entry by entry (paid for results, staked, slashed, reputation),
+    /// each with the task, audit or ringer behind it: read from the node's export and verified
+    /// here against its signed head (`--node` is the node's HTTP URL).
+    Statement(market_ledger::remote::StatementArgs),
     /// Run a task locally and write its result bundle; prints the commitment id.
     Exec {
         /// The task spec (JSON).
@@ -72,6 +76,12 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => market_worker::daemon::run_cli(args)?,
+        Command::Statement(args) => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(args.print())?;
+        }
         Command::Exec {
             task,
             out,

@@ -66,6 +66,21 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// Verify an export and print what it did to one account, entry by entry (balance,
+    /// stake, escrow and reputation changes, with the cause and evidence of each).
+    Statement {
+        /// The export file (JSON lines, from genesis).
+        #[arg(long)]
+        export: PathBuf,
+        /// A signed head (JSON) that must be a prefix of the export.
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The account (64 hex digits).
+        account: AccountId,
+    },
     /// Append real signed entries from concurrent threads, then verify the chain.
     Bench(bench::BenchArgs),
     /// Test support: append in a loop, printing each durable seq (used by the crash test).
@@ -147,21 +162,36 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Statement {
+            export,
+            head,
+            json,
+            account,
+        } => {
+            let head = head.as_deref().map(read_signed_head).transpose()?;
+            let file = std::fs::File::open(&export)
+                .with_context(|| format!("reading {}", export.display()))?;
+            let statement = market_ledger::statement(
+                std::io::BufReader::new(file),
+                &export,
+                account,
+                head.as_ref(),
+            )?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&statement)?)?;
+            } else {
+                writeln!(out, "{statement}")?;
+            }
+            Ok(())
+        }
         Command::Bench(args) => bench::run(args),
         Command::CrashChild(args) => child::run(args),
     }
 }
 
 fn verify(args: VerifyArgs) -> Result<()> {
-    let head: Option<SignedHead> = args
-        .head
-        .as_deref()
-        .map(|p| -> Result<SignedHead> {
-            let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_slice(&text)
-                .with_context(|| format!("{} is not a signed head", p.display()))
-        })
-        .transpose()?;
+    let head = args.head.as_deref().map(read_signed_head).transpose()?;
     match (args.source.path, args.source.export) {
         (Some(path), _) => {
             let ledger = Ledger::inspect(&path)?;
@@ -194,6 +224,12 @@ fn verify(args: VerifyArgs) -> Result<()> {
         (None, None) => anyhow::bail!("give --path or --export"),
     }
     Ok(())
+}
+
+/// Reads a signed head (JSON) from a file.
+fn read_signed_head(p: &Path) -> Result<SignedHead> {
+    let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("{} is not a signed head", p.display()))
 }
 
 /// Loads (or creates) an operator key file.

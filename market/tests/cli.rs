@@ -1,0 +1,327 @@
+//! The buyer's command line, end to end against a real node process: upload a dataset made by
+//! Python, submit a task on it and watch it settle, download the trained weights and read them
+//! with the Python `safetensors` package; the buyer's history and the worker's and verifiers'
+//! statements are checked against the node's ledger, entry by entry.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use market_ledger::remote::StatementArgs;
+use market_node::client::Client;
+use market_protocol::{AccountId, Identity};
+use serde_json::Value;
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_market-node"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "market-node {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs Python; the packages it needs are installed by `.ci/run`.
+fn python(script: &str, dir: &Path) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("python3 runs (the CLI test reads weights with the Python safetensors package)");
+    assert!(
+        out.status.success(),
+        "python failed (needs `pip install safetensors numpy`, as .ci/run does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Whether a ledger entry (its `kind` object) names `account` in its own fields.
+fn names(kind: &Value, account: &str) -> bool {
+    let body = kind.as_object().unwrap().values().next().unwrap();
+    [
+        "to", "from", "buyer", "worker", "verifier", "account", "ledger",
+    ]
+    .iter()
+    .any(|f| body[f].as_str() == Some(account))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buyer_uploads_trains_downloads_and_every_account_reconciles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("buyer.key");
+    let buyer: AccountId = ok(&["key", key.to_str().unwrap()]).trim().parse().unwrap();
+    let buyer_id = market_protocol::keyfile::load_identity(&key).unwrap();
+    assert_eq!(buyer_id.account(), buyer);
+    let (_node, api) = common::start(&d.join("node"), &buyer_id).await;
+    let conn = ["--node", api.as_str(), "--key", key.to_str().unwrap()];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(conn.iter())
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let run = |args: &[&str]| ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
+
+    // A dataset made by the buyer's own tools.
+    python(
+        "import numpy as np\n\
+         from safetensors.numpy import save_file\n\
+         rng = np.random.default_rng(1)\n\
+         x = rng.standard_normal((256, 8)).astype(np.float32)\n\
+         y = np.stack([x[:, 0] * 0.5 - x[:, 1], np.tanh(x[:, 2])], 1).astype(np.float32)\n\
+         save_file({'x': x, 'y': y}, 'data.safetensors')\n",
+        d,
+    );
+    let data = d.join("data.safetensors");
+    let blob = run(&["blob", "upload", data.to_str().unwrap()]);
+    let blob = blob.trim();
+    assert_eq!(
+        blob,
+        market_protocol::BlobId::of(&std::fs::read(&data).unwrap()).to_string()
+    );
+    // Downloaded back byte for byte; a second download refuses to overwrite it.
+    let back = d.join("back.safetensors");
+    run(&["blob", "download", blob, "--out", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&data).unwrap());
+    let again = cli(
+        &with(&["blob", "download", blob, "--out", back.to_str().unwrap()])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!again.status.success());
+    // Someone else's key cannot read it, and nothing is written.
+    let other = d.join("other.key");
+    ok(&["key", other.to_str().unwrap()]);
+    let stolen = d.join("stolen");
+    let refused = cli(&[
+        "blob",
+        "download",
+        blob,
+        "--out",
+        stolen.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"));
+    assert!(!stolen.exists() && !d.join("stolen.part").exists());
+
+    // A task on it, watched to the end.
+    let mut task: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/tasks/mlp-train.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    task["workload"]["dataset"] = serde_json::json!({"source": "blob", "id": blob});
+    task["workload"]["steps"] = 60.into();
+    task["price"] = 300.into();
+    let task_file = d.join("task.json");
+    std::fs::write(&task_file, task.to_string()).unwrap();
+    let watched = cli(
+        &with(&["task", "submit", task_file.to_str().unwrap(), "--watch"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let log = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{log}");
+    let view: Value = serde_json::from_slice(&watched.stdout).unwrap();
+    assert_eq!(view["state"]["state"], "settled", "{log}");
+    let task_id = view["id"].as_str().unwrap().to_owned();
+    // The watch told the story: posted, each verdict, the end.
+    assert!(log.contains("posted: 300 credits in escrow"), "{log}");
+    assert!(log.contains(&format!("{task_id}: settled")), "{log}");
+    let verdicts = view["attempts"][0]["verdicts"].as_array().unwrap();
+    assert!(!verdicts.is_empty());
+    for v in verdicts {
+        let verifier = &v["verifier"].as_str().unwrap()[..12];
+        assert!(
+            log.contains(&format!("verifier {verifier} passed")),
+            "{log}"
+        );
+    }
+
+    // Listed as the buyer's; a settled task cannot be cancelled.
+    let listed = run(&["task", "list", "--json"]);
+    let listed: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], task_id.as_str());
+    let cancel = cli(&with(&["task", "cancel", &task_id])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!cancel.status.success());
+    assert!(String::from_utf8_lossy(&cancel.stderr).contains("409"));
+
+    // The weights, downloaded and read by Python.
+    let out = d.join("result");
+    run(&["task", "result", &task_id, "--out", out.to_str().unwrap()]);
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let weights = std::fs::read(out.join("weights.safetensors")).unwrap();
+    assert_eq!(
+        result["outputs"][0],
+        market_protocol::BlobId::of(&weights).to_string()
+    );
+    let shapes = python(
+        "from safetensors.numpy import load_file\n\
+         import numpy as np\n\
+         w = load_file('result/weights.safetensors')\n\
+         assert all(np.isfinite(v).all() for v in w.values())\n\
+         print(sorted((k, list(v.shape)) for k, v in w.items()))\n",
+        d,
+    );
+    assert_eq!(
+        shapes.trim(),
+        "[('l00.b', [32]), ('l00.w', [8, 32]), ('l01.b', [32]), ('l01.w', [32, 32]), ('l02.b', [2]), ('l02.w', [32, 2])]"
+    );
+
+    // The buyer's history: exactly the entries that name it or move its escrow, read
+    // independently from the node's entries page; its sums are its balance.
+    let history: Value = serde_json::from_str(&run(&["account", "history", "--json"])).unwrap();
+    let client = Client::new(&api, None);
+    let mut entries = Vec::new();
+    let http = reqwest::Client::new();
+    loop {
+        let page: Value = http
+            .get(format!(
+                "{api}/v1/ledger/entries?from={}&limit=500",
+                entries.len()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let got = page["entries"].as_array().unwrap().clone();
+        if got.is_empty() {
+            break;
+        }
+        entries.extend(got);
+    }
+    let buyer_hex = buyer.to_string();
+    let own_tasks: BTreeSet<&str> = entries
+        .iter()
+        .filter_map(|e| {
+            let esc = &e["body"]["kind"]["escrow"];
+            (esc["buyer"].as_str() == Some(&buyer_hex)).then(|| esc["task_id"].as_str().unwrap())
+        })
+        .collect();
+    let expected: Vec<u64> = entries
+        .iter()
+        .filter(|e| {
+            let kind = &e["body"]["kind"];
+            let task = kind
+                .as_object()
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .get("task_id")
+                .and_then(Value::as_str);
+            names(kind, &buyer_hex) || task.is_some_and(|t| own_tasks.contains(t))
+        })
+        .map(|e| e["body"]["seq"].as_u64().unwrap())
+        .collect();
+    let seqs: Vec<u64> = history["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, expected);
+    let account = client.account(&buyer).await.unwrap();
+    let sum = |s: &Value, field: &str| -> i64 {
+        s["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l[field].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum(&history, "balance"),
+        account["balance"].as_i64().unwrap()
+    );
+    assert_eq!(history["balance"], account["balance"]);
+    assert_eq!(history["escrow"], 0);
+
+    // The worker's and the verifiers' statements add up to what the node says they hold, and
+    // name this task's payments.
+    let worker: AccountId = view["attempts"][0]["worker"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut participants = vec![worker];
+    participants.extend(verdicts.iter().map(|v| {
+        v["verifier"]
+            .as_str()
+            .unwrap()
+            .parse::<AccountId>()
+            .unwrap()
+    }));
+    for (n, who) in participants.into_iter().enumerate() {
+        let statement = StatementArgs {
+            node: api.clone(),
+            key: None,
+            account: Some(who),
+            ledger: None,
+            save_export: None,
+            json: true,
+        }
+        .print()
+        .await
+        .unwrap();
+        let node_says = client.account(&who).await.unwrap();
+        assert_eq!(
+            statement.balance_change(),
+            node_says["balance"].as_i64().unwrap()
+        );
+        assert_eq!(
+            statement.lines.iter().map(|l| l.stake).sum::<i64>(),
+            node_says["staked"].as_i64().unwrap()
+        );
+        let paid = statement
+            .lines
+            .iter()
+            .find(|l| l.task.map(|t| t.to_string()) == Some(task_id.clone()) && l.balance > 0)
+            .expect("the task's payment is on the statement");
+        assert_eq!(paid.kind, if n == 0 { "release" } else { "reward" });
+    }
+    // Pinning another operator key refuses the ledger.
+    let wrong = Identity::from_test_label("not the operator").account();
+    let pinned = cli(
+        &with(&["account", "history", "--ledger", &wrong.to_string()])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!pinned.status.success());
+    assert!(String::from_utf8_lossy(&pinned.stderr).contains("expected"));
+}
