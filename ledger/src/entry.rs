@@ -254,6 +254,22 @@ pub enum EntryKind {
         /// Added to the score; never zero.
         delta: i64,
     },
+    /// An account moved to a new key: `from`'s balance, stake and reputation become `to`'s,
+    /// and `from` can never act again. Both keys signed (the old one the request, the new one
+    /// its acceptance), so only the holder gives an account away and only to a key someone
+    /// holds.
+    Rotate {
+        /// The new key's signed acceptance of `rotation`.
+        acceptance: Signed<market_protocol::RotationAcceptance>,
+        /// The old key.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        from: AccountId,
+        /// The old key's signed request.
+        rotation: Signed<market_protocol::KeyRotation>,
+        /// The new key.
+        #[serde(deserialize_with = "crate::accounts::deserialize")]
+        to: AccountId,
+    },
 }
 
 /// Why the evidence embedded in an entry does not support it.
@@ -324,6 +340,7 @@ impl EntryKind {
             Self::Slash { .. } => "slash",
             Self::PoolRound { .. } => "pool_round",
             Self::Reputation { .. } => "reputation",
+            Self::Rotate { .. } => "rotate",
         }
     }
 
@@ -345,13 +362,14 @@ impl EntryKind {
                     verdict: Some(_),
                     ..
                 }
+                | Self::Rotate { .. }
         )
     }
 
     /// The largest integer magnitude among the kind's own fields.
     fn largest_integer(&self) -> u64 {
         match self {
-            Self::Genesis { .. } | Self::Commit { .. } => 0,
+            Self::Genesis { .. } | Self::Commit { .. } | Self::Rotate { .. } => 0,
             Self::PoolRound { round, .. } => u64::from(*round),
             Self::Mint { amount, .. }
             | Self::Transfer { amount, .. }
@@ -423,6 +441,27 @@ impl EntryKind {
                 ..
             } if message_id(verdict.verify()?)? != *evidence => {
                 return Err(mismatch("verdict", "evidence"));
+            }
+            Self::Rotate {
+                acceptance,
+                from,
+                rotation,
+                to,
+            } => {
+                let request = rotation.verify()?;
+                if request.from != *from {
+                    return Err(mismatch("key rotation", "from"));
+                }
+                if request.to != *to {
+                    return Err(mismatch("key rotation", "to"));
+                }
+                let accepted = acceptance.verify()?;
+                if accepted.to != *to {
+                    return Err(mismatch("rotation acceptance", "to"));
+                }
+                if accepted.rotation != message_id(request)? {
+                    return Err(mismatch("rotation acceptance", "rotation"));
+                }
             }
             _ => {}
         }

@@ -279,6 +279,32 @@ impl Ledger {
         self.append(key, EntryKind::escrow_of(spec)?)
     }
 
+    /// Moves an account to a new key: both keys' signed messages (`rotation` by the old key,
+    /// `acceptance` of it by the new one). Refused when the new key already holds anything or
+    /// the old one still has credits in escrow; afterwards the old key can no longer act.
+    pub fn rotate(
+        &self,
+        key: IdempotencyKey,
+        rotation: Signed<market_protocol::KeyRotation>,
+        acceptance: Signed<market_protocol::RotationAcceptance>,
+    ) -> Result<Appended, LedgerError> {
+        let (from, to) = (rotation.body.from, rotation.body.to);
+        self.append(
+            key,
+            EntryKind::Rotate {
+                acceptance,
+                from,
+                rotation,
+                to,
+            },
+        )
+    }
+
+    /// The key `account` was rotated to, if it was: it can then no longer act.
+    pub fn rotated_to(&self, account: &AccountId) -> Option<AccountId> {
+        self.read(|v| v.state.rotated_to(account))
+    }
+
     /// An account's spendable credits.
     pub fn balance(&self, account: &AccountId) -> Credits {
         self.read(|v| v.state.balance(account))

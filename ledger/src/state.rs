@@ -107,6 +107,26 @@ pub enum OpError {
     /// Genesis is written once, by the ledger itself, at sequence 0.
     #[error("a genesis entry is only valid at sequence 0")]
     MisplacedGenesis,
+    /// The account moved to a new key (`rotate`) and can no longer act.
+    #[error("account {account} was rotated to {to} and can no longer act")]
+    Rotated {
+        /// The old key.
+        account: AccountId,
+        /// The key it moved to.
+        to: AccountId,
+    },
+    /// A rotation to a key that already holds credits, stake, reputation or an open escrow.
+    #[error("account {0} already holds credits, stake, reputation or an open escrow: a key can only be rotated to an empty account")]
+    RotationTarget(AccountId),
+    /// A rotation of an account that still has an open escrow as a buyer (its refunds would
+    /// go to a key that can no longer act).
+    #[error("account {account} still has credits in escrow for task {task_id}: wait for it to settle, or cancel it, before rotating")]
+    OpenEscrow {
+        /// The account.
+        account: AccountId,
+        /// One of its open escrows.
+        task_id: TaskId,
+    },
     /// A pool round names no slot, or more than a pool has.
     #[error("a pool round names {0} slots; it must name 1 to {MAX_POOL_SLOTS}")]
     PoolSlots(usize),
@@ -122,6 +142,10 @@ pub(crate) trait StateRead {
     fn reputation(&self, account: &AccountId) -> i64;
     fn escrow(&self, task_id: &TaskId) -> Option<Escrow>;
     fn supply(&self) -> Credits;
+    /// The key `account` was rotated to, if it was.
+    fn rotated_to(&self, account: &AccountId) -> Option<AccountId>;
+    /// An escrow with credits left whose buyer is `account` (rotations are rare: a scan).
+    fn open_escrow_of(&self, account: &AccountId) -> Option<TaskId>;
 }
 
 /// The derived state of a ledger.
@@ -132,9 +156,21 @@ pub struct State {
     pub(crate) reputation: BTreeMap<AccountId, i64>,
     pub(crate) escrows: BTreeMap<TaskId, Escrow>,
     pub(crate) supply: Credits,
+    /// Old keys and the keys they were rotated to.
+    pub(crate) rotated: BTreeMap<AccountId, AccountId>,
 }
 
 impl State {
+    /// The key `account` was rotated to, if it was (it can then no longer act).
+    pub fn rotated_to(&self, account: &AccountId) -> Option<AccountId> {
+        self.rotated.get(account).copied()
+    }
+
+    /// Every rotation so far, old key to new key.
+    pub fn rotations(&self) -> &BTreeMap<AccountId, AccountId> {
+        &self.rotated
+    }
+
     /// An account's spendable credits.
     pub fn balance(&self, account: &AccountId) -> Credits {
         self.balances.get(account).copied().unwrap_or_default()
@@ -222,6 +258,7 @@ impl State {
         merge(&mut self.stakes, delta.stakes);
         merge(&mut self.reputation, delta.reputation);
         self.escrows.extend(delta.escrows);
+        self.rotated.extend(delta.rotated);
         if let Some(supply) = delta.supply {
             self.supply = supply;
         }
@@ -247,6 +284,7 @@ impl State {
             .or_else(|| diff("stake", &self.stakes, &other.stakes))
             .or_else(|| diff("reputation", &self.reputation, &other.reputation))
             .or_else(|| diff("escrow", &self.escrows, &other.escrows))
+            .or_else(|| diff("rotation", &self.rotated, &other.rotated))
             .or_else(|| {
                 (self.supply != other.supply)
                     .then(|| format!("supply: {} vs {}", self.supply, other.supply))
@@ -270,6 +308,15 @@ impl StateRead for State {
     fn supply(&self) -> Credits {
         self.supply
     }
+    fn rotated_to(&self, account: &AccountId) -> Option<AccountId> {
+        State::rotated_to(self, account)
+    }
+    fn open_escrow_of(&self, account: &AccountId) -> Option<TaskId> {
+        self.escrows
+            .iter()
+            .find(|(_, e)| e.buyer == *account && e.remaining > Credits::ZERO)
+            .map(|(t, _)| *t)
+    }
 }
 
 /// New values for the keys an operation (or a batch of them) touches. A zero balance, stake or
@@ -281,6 +328,7 @@ pub(crate) struct Delta {
     pub reputation: BTreeMap<AccountId, i64>,
     pub escrows: BTreeMap<TaskId, Escrow>,
     pub supply: Option<Credits>,
+    pub rotated: BTreeMap<AccountId, AccountId>,
 }
 
 impl Delta {
@@ -290,6 +338,7 @@ impl Delta {
         self.stakes.extend(later.stakes);
         self.reputation.extend(later.reputation);
         self.escrows.extend(later.escrows);
+        self.rotated.extend(later.rotated);
         if later.supply.is_some() {
             self.supply = later.supply;
         }
@@ -330,6 +379,24 @@ impl<R: StateRead + ?Sized> StateRead for Layered<'_, R> {
     fn supply(&self) -> Credits {
         self.delta.supply.unwrap_or_else(|| self.base.supply())
     }
+    fn rotated_to(&self, account: &AccountId) -> Option<AccountId> {
+        self.delta
+            .rotated
+            .get(account)
+            .copied()
+            .or_else(|| self.base.rotated_to(account))
+    }
+    fn open_escrow_of(&self, account: &AccountId) -> Option<TaskId> {
+        let open = |e: &Escrow| e.buyer == *account && e.remaining > Credits::ZERO;
+        if let Some((t, _)) = self.delta.escrows.iter().find(|(_, e)| open(e)) {
+            return Some(*t);
+        }
+        // The base's open escrow counts unless the pending changes closed it; a base escrow
+        // the delta leaves open was found above.
+        self.base
+            .open_escrow_of(account)
+            .filter(|t| self.delta.escrows.get(t).is_none_or(open))
+    }
 }
 
 /// Decides an operation against `state`: the changes it makes, or why it is refused. The
@@ -339,8 +406,45 @@ pub(crate) fn plan<R: StateRead + ?Sized>(kind: &EntryKind, state: &R) -> Result
         base: state,
         delta: Delta::default(),
     };
+    // A rotated key can no longer act, in any role.
+    for account in acting(kind) {
+        if let Some(to) = state.rotated_to(account) {
+            return Err(OpError::Rotated {
+                account: *account,
+                to,
+            });
+        }
+    }
     match kind {
         EntryKind::Genesis { .. } => return Err(OpError::MisplacedGenesis),
+        EntryKind::Rotate { from, to, .. } => {
+            if from == to {
+                return Err(OpError::SameAccount(*from));
+            }
+            let view = tx.view();
+            if view.balance(to) != Credits::ZERO
+                || view.stake(to) != Credits::ZERO
+                || view.reputation(to) != 0
+                || view.open_escrow_of(to).is_some()
+            {
+                return Err(OpError::RotationTarget(*to));
+            }
+            if let Some(task_id) = view.open_escrow_of(from) {
+                return Err(OpError::OpenEscrow {
+                    account: *from,
+                    task_id,
+                });
+            }
+            let (balance, stake, reputation) =
+                (view.balance(from), view.stake(from), view.reputation(from));
+            tx.delta.balances.insert(*from, Credits::ZERO);
+            tx.delta.balances.insert(*to, balance);
+            tx.delta.stakes.insert(*from, Credits::ZERO);
+            tx.delta.stakes.insert(*to, stake);
+            tx.delta.reputation.insert(*from, 0);
+            tx.delta.reputation.insert(*to, reputation);
+            tx.delta.rotated.insert(*from, *to);
+        }
         EntryKind::Mint { to, amount } => {
             let amount = positive(*amount)?;
             let supply = tx.view().supply();
@@ -486,6 +590,26 @@ fn add(a: Credits, b: Credits) -> Credits {
 }
 
 /// One operation's reads and writes: reads see the operation's own earlier writes.
+/// The accounts an entry has act or be paid (every account field of its own; embedded
+/// messages name the same accounts, as the evidence checks require).
+fn acting(kind: &EntryKind) -> Vec<&AccountId> {
+    match kind {
+        EntryKind::Genesis { .. } | EntryKind::PoolRound { .. } => Vec::new(),
+        EntryKind::Mint { to, .. } => vec![to],
+        EntryKind::Transfer { from, to, .. }
+        | EntryKind::Slash {
+            account: from, to, ..
+        }
+        | EntryKind::Rotate { from, to, .. } => vec![from, to],
+        EntryKind::Escrow { buyer, .. } | EntryKind::Refund { buyer, .. } => vec![buyer],
+        EntryKind::Commit { worker, .. } | EntryKind::Release { worker, .. } => vec![worker],
+        EntryKind::Reward { verifier, .. } => vec![verifier],
+        EntryKind::Stake { account, .. }
+        | EntryKind::Unstake { account, .. }
+        | EntryKind::Reputation { account, .. } => vec![account],
+    }
+}
+
 struct Tx<'a, R: StateRead + ?Sized> {
     base: &'a R,
     delta: Delta,

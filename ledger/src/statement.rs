@@ -283,7 +283,9 @@ fn names(kind: &EntryKind, account: &AccountId) -> bool {
         EntryKind::Stake { account: a, .. }
         | EntryKind::Unstake { account: a, .. }
         | EntryKind::Reputation { account: a, .. } => a == account,
-        EntryKind::Slash { account: a, to, .. } => a == account || to == account,
+        EntryKind::Slash { account: a, to, .. } | EntryKind::Rotate { from: a, to, .. } => {
+            a == account || to == account
+        }
         EntryKind::PoolRound { .. } => false,
     }
 }
@@ -415,6 +417,16 @@ fn cause(kind: &EntryKind, account: &AccountId) -> (String, Option<Hash>) {
             None,
         ),
         EntryKind::Reputation { delta, .. } => (format!("reputation {delta:+}"), None),
+        EntryKind::Rotate {
+            from, to, rotation, ..
+        } if from == account => (
+            format!("this key was rotated to {to}: balance, stake and reputation moved there"),
+            rotation.id().ok(),
+        ),
+        EntryKind::Rotate { from, rotation, .. } => (
+            format!("took over the balance, stake and reputation of key {from}"),
+            rotation.id().ok(),
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `R` + account               | reputation, i64 big endian, absent when zero      |
 //! | `X` + task id (32 bytes)    | escrow: buyer (32) amount (u64 BE) remaining (u64)|
 //! | `M`                         | supply, u64 big endian                            |
+//! | `T` + account               | the key the account was rotated to (32 bytes)     |
 //!
 //! One tree means one atomic sled batch per group commit: sled recovers a batch entirely or
 //! not at all, so an entry and the state it implies are never found apart. Big-endian sequence
@@ -38,6 +39,7 @@ const K_STAKE: u8 = b'S';
 const K_REPUTATION: u8 = b'R';
 const K_ESCROW: u8 = b'X';
 const K_SUPPLY: u8 = b'M';
+const K_ROTATED: u8 = b'T';
 
 /// Why the database cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +194,9 @@ impl Store {
             value.extend_from_slice(&e.remaining.0.to_be_bytes());
             batch.insert(&key(K_ESCROW, task.as_bytes())[..], value);
         }
+        for (from, to) in &d.rotated {
+            batch.insert(&key(K_ROTATED, from.as_bytes())[..], &to.as_bytes()[..]);
+        }
         if let Some(supply) = d.supply {
             batch.insert(&[K_SUPPLY], &supply.0.to_be_bytes()[..]);
         }
@@ -300,6 +305,11 @@ impl Store {
                 remaining: Credits(self.u64_of(&k, remaining)?),
             };
             state.escrows.insert(task, escrow);
+        }
+        for r in self.tree.scan_prefix([K_ROTATED]) {
+            let (k, v) = r.map_err(|e| db_error(&self.path, e))?;
+            let to = self.account_of_bytes(&k, &v)?;
+            state.rotated.insert(self.account_of(&k)?, to);
         }
         if let Some(v) = self.get(&[K_SUPPLY])? {
             state.supply = Credits(self.u64_of(&[K_SUPPLY], &v)?);

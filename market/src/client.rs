@@ -116,6 +116,43 @@ impl Client {
         .await
     }
 
+    /// Moves the client's account to `new_key`: the client's key signs the rotation, the new
+    /// key its acceptance. Afterwards this client's key can no longer act.
+    pub async fn rotate(&self, new_key: &Identity) -> Result<Value, ClientError> {
+        let old = self.identity.as_ref().ok_or(ClientError::NoKey)?;
+        let body_error = |e: &dyn std::fmt::Display| ClientError::Body(e.to_string());
+        let rotation = Signed::sign(
+            market_protocol::KeyRotation {
+                version: market_protocol::Version::CURRENT,
+                from: old.account(),
+                to: new_key.account(),
+            },
+            old,
+        )
+        .map_err(|e| body_error(&e))?;
+        let acceptance = Signed::sign(
+            market_protocol::RotationAcceptance {
+                version: market_protocol::Version::CURRENT,
+                rotation: rotation.id().map_err(|e| body_error(&e))?,
+                to: new_key.account(),
+            },
+            new_key,
+        )
+        .map_err(|e| body_error(&e))?;
+        let body = serde_json::to_vec(&serde_json::json!({
+            "rotation": rotation,
+            "acceptance": acceptance,
+        }))
+        .map_err(|e| body_error(&e))?;
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/accounts/{}/rotation", old.account()),
+            body,
+            true,
+        )
+        .await
+    }
+
     /// The workers the node can assign to now, with stake, reputation and record.
     pub async fn workers(&self) -> Result<Vec<Value>, ClientError> {
         self.send(reqwest::Method::GET, "/v1/workers", Vec::new(), false)

@@ -809,6 +809,11 @@ impl P2pDispatch {
         if body.node != node.operator.account() {
             return Reply::refused("the hello is addressed to another node");
         }
+        if let Some(to) = node.ledger.rotated_to(&account) {
+            return Reply::refused(format!(
+                "account {account} was rotated to key {to}: run with the new key"
+            ));
+        }
         let (stake, balance) = match node.hold_stake(&account, body.stake.0).await {
             Ok(sb) => sb,
             Err(e) => return Reply::refused(format!("cannot stake {}: {e}", body.stake.0)),

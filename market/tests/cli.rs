@@ -324,4 +324,48 @@ async fn a_buyer_uploads_trains_downloads_and_every_account_reconciles() {
     );
     assert!(!pinned.status.success());
     assert!(String::from_utf8_lossy(&pinned.stderr).contains("expected"));
+
+    // The buyer moves to a new key: the balance follows, the old key can no longer download,
+    // the new one can; the old key's history ends with the rotation.
+    let new_key = d.join("new.key");
+    run(&["account", "rotate", "--new-key", new_key.to_str().unwrap()]);
+    let with_new = ["--node", api.as_str(), "--key", new_key.to_str().unwrap()];
+    let moved: Value = serde_json::from_str(&ok(&[
+        "account",
+        "balance",
+        with_new[0],
+        with_new[1],
+        with_new[2],
+        with_new[3],
+    ]))
+    .unwrap();
+    assert_eq!(moved["balance"], account["balance"]);
+    let dead = cli(&with(&[
+        "blob",
+        "download",
+        blob,
+        "--out",
+        d.join("x").to_str().unwrap(),
+    ])
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    assert!(!dead.status.success());
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("key_rotated"));
+    let again = d.join("again.safetensors");
+    ok(&[
+        "blob",
+        "download",
+        blob,
+        "--out",
+        again.to_str().unwrap(),
+        with_new[0],
+        with_new[1],
+        with_new[2],
+        with_new[3],
+    ]);
+    let history: Value = serde_json::from_str(&run(&["account", "history", "--json"])).unwrap();
+    let last = history["lines"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "rotate");
+    assert_eq!(history["balance"], 0);
 }

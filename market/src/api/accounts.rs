@@ -6,10 +6,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use bytes::Bytes;
-use market_protocol::{AccountId, Hash};
-use serde::Serialize;
+use market_protocol::{AccountId, Hash, KeyRotation, RotationAcceptance, Signed};
+use serde::{Deserialize, Serialize};
 
-use super::{authenticate, body_or_error};
+use super::{authenticate, body_or_error, parse_json};
 use crate::engine::Node;
 use crate::error::ApiError;
 
@@ -22,6 +22,9 @@ pub(crate) struct AccountView {
     escrowed: u64,
     staked: u64,
     reputation: i64,
+    /// The key this account was rotated to (it can no longer act), if it was.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    rotated_to: Option<String>,
 }
 
 fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
@@ -66,6 +69,7 @@ fn view(node: &Node, account: &AccountId) -> Result<AccountView, ApiError> {
         escrowed,
         staked: node.ledger.stake(account).0,
         reputation: node.ledger.reputation(account),
+        rotated_to: node.ledger.rotated_to(account).map(|a| a.to_hex()),
     })
 }
 
@@ -105,4 +109,63 @@ pub(crate) async fn get_account(
     let account: AccountId =
         super::parse_account(&id)?.ok_or_else(|| ApiError::not_found("account"))?;
     Ok(Json(view(&node, &account)?))
+}
+
+/// A key rotation: the old key's signed request and the new key's signed acceptance of it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotationRequest {
+    /// `Signed<KeyRotation>` (`spec/ENCODING.md`), signed by the old key.
+    #[schema(value_type = Object)]
+    rotation: Signed<KeyRotation>,
+    /// `Signed<RotationAcceptance>` naming the rotation's message id, signed by the new key.
+    #[schema(value_type = Object)]
+    acceptance: Signed<RotationAcceptance>,
+}
+
+/// A rotation recorded.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Rotated {
+    /// The ledger entry that records it.
+    seq: u64,
+    /// The new key's account, which now holds the balance, stake and reputation.
+    account: AccountView,
+}
+
+/// Moves the signing account (the old key, `{id}`) to a new key: its balance, stake,
+/// reputation and blobs. Both keys sign (the request signature and `rotation` by the old key,
+/// `acceptance` by the new one). Refused while the account is connected as a worker or
+/// verifier, has work in flight or under audit, or credits in escrow (409), or when the new key
+/// already holds anything (409). Afterwards every request signed by the old key is refused
+/// (401 `key_rotated`), and its API keys stop working.
+#[utoipa::path(post, path = "/v1/accounts/{id}/rotation", params(("id" = String, Path, description = "the old key's account: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")), request_body = RotationRequest, security(("marketAccount" = [], "marketTimestamp" = [], "marketNonce" = [], "marketSignature" = [])), responses((status = 200, body = Rotated), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody), (status = 403, description = "the request is not signed by the old key, or the rotation is not for this account", body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody), (status = 409, description = "the account is busy, has credits in escrow, or the new key holds something", body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody), (status = 422, description = "the signed messages do not verify or do not match", body = crate::error::ErrorBody)))]
+pub(crate) async fn rotate(
+    State(node): State<Arc<Node>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<Rotated>, ApiError> {
+    let body = body_or_error(body)?;
+    let account: AccountId =
+        super::parse_account(&id)?.ok_or_else(|| ApiError::not_found("account"))?;
+    let signer = authenticate(&node, &method, &uri, &headers, &Hash::of(&body))?;
+    if signer != account {
+        return Err(ApiError::forbidden(
+            "only the account's own (old) key may rotate it",
+        ));
+    }
+    let request: RotationRequest = parse_json(&body)?;
+    if request.rotation.body.from != account {
+        return Err(ApiError::forbidden(
+            "the signed rotation is for another account than the path names",
+        ));
+    }
+    let to = request.rotation.body.to;
+    let seq = node.rotate(request.rotation, request.acceptance).await?;
+    Ok(Json(Rotated {
+        seq,
+        account: view(&node, &to)?,
+    }))
 }

@@ -217,7 +217,17 @@ pub(crate) fn bearer(node: &Node, headers: &HeaderMap) -> Result<(ApiKey, Hash),
     }
     let hash = Hash::of(secret.as_bytes());
     match node.store.api_key(&hash).map_err(OaiError::internal)? {
-        Some(k) if !k.revoked => Ok((k, hash)),
+        // A rotated account's API keys die with its old key: a rotation is often because a
+        // key leaked, and the new key makes new API keys.
+        Some(k) if !k.revoked => match node.ledger.rotated_to(&k.account) {
+            Some(to) => Err(OaiError::unauthorized(
+                "key_rotated",
+                format!(
+                    "this API key's account was rotated to key {to}: create a new API key with it"
+                ),
+            )),
+            None => Ok((k, hash)),
+        },
         _ => Err(invalid()),
     }
 }

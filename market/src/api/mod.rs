@@ -39,6 +39,7 @@ use crate::error::ApiError;
     paths(
         accounts::register,
         accounts::get_account,
+        accounts::rotate,
         blobs::upload,
         blobs::download,
         blobs::grant,
@@ -80,6 +81,8 @@ use crate::error::ApiError;
         crate::error::ErrorBody,
         crate::error::ErrorDetail,
         accounts::AccountView,
+        accounts::RotationRequest,
+        accounts::Rotated,
         blobs::BlobCreated,
         blobs::BlobGrant,
         blobs::BlobBytes,
@@ -113,6 +116,7 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/v1/accounts", post(accounts::register))
         .route("/v1/accounts/{id}", get(accounts::get_account))
+        .route("/v1/accounts/{id}/rotation", post(accounts::rotate))
         .route(
             "/v1/blobs",
             post(blobs::upload).layer(DefaultBodyLimit::disable()),
@@ -207,6 +211,15 @@ pub(crate) fn authenticate(
     let skew = node.config.max_clock_skew_secs;
     let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     req.verify(method.as_str(), pq, body_digest, now, skew)?;
+    if let Some(to) = node.ledger.rotated_to(&req.account) {
+        return Err(ApiError::unauthorized(
+            "key_rotated",
+            format!(
+                "account {} was rotated to key {to}: sign with the new key",
+                req.account
+            ),
+        ));
+    }
     if !node
         .store
         .use_nonce(&req.account, &req.nonce, req.timestamp)

@@ -150,7 +150,8 @@ pub(crate) async fn get_result(
 ) -> Result<Json<TaskResult>, ApiError> {
     let requester = authenticate(&node, &method, &uri, &headers, &Hash::of(b""))?;
     let t = task(&node, &id)?;
-    if t.spec.body.buyer != requester {
+    // The buyer, or the key the buyer's account was rotated to.
+    if node.current_key(&t.spec.body.buyer) != requester {
         return Err(ApiError::forbidden(
             "only the task's buyer may read its results",
         ));

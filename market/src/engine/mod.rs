@@ -10,6 +10,7 @@ pub mod operations;
 mod post;
 mod recover;
 pub mod ringers;
+mod rotation;
 pub mod rounds;
 mod settle;
 pub mod verdicts;
@@ -426,6 +427,9 @@ impl Node {
                 tracing::warn!(finished, refunded, "posts interrupted by a crash")
             }
             Err(e) => tracing::error!(error = %e, "recovering interrupted posts failed"),
+        }
+        if let Err(e) = self.finish_rotations() {
+            tracing::error!(error = %e, "finishing key rotations failed");
         }
         self.advance_pending_pools().await;
         loop {

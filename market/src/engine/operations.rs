@@ -70,6 +70,8 @@ pub enum Operation<'a> {
     /// A verifier's stake taken for its signed check `check` (its message id) of a served
     /// answer: a failure the node's own check contradicted, or a pass of a planted fake.
     ServeVerifierSlash { check: Hash },
+    /// An account moved to a new key (named by the old key: an account rotates once).
+    Rotate { from: AccountId },
 }
 
 impl Operation<'_> {
@@ -112,6 +114,7 @@ impl Operation<'_> {
             Self::ServeSlash { batch, payee } => format!("serve_slash:{batch}:{payee}"),
             Self::ServeCheckFee { answer } => format!("serve_check_fee:{answer}"),
             Self::ServeVerifierSlash { check } => format!("serve_verifier_slash:{check}"),
+            Self::Rotate { from } => format!("rotate:{from}"),
         }
     }
 

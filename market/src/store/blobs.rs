@@ -160,6 +160,61 @@ impl Store {
         Ok(charge)
     }
 
+    /// Gives key `to` every blob right account `from` has (after `from` was rotated to `to`):
+    /// it holds what `from` owned or held, is granted what `from` was granted, and takes
+    /// over its quota use. Once per rotation (a marker in the same transaction as the quota
+    /// move), so it runs again safely after a crash, at start-up.
+    pub fn move_blobs(&self, from: &AccountId, to: &AccountId) -> Result<(), StoreError> {
+        let _life = self.blob_life();
+        let marker = [b"rotated_blobs\0".as_slice(), from.as_bytes()].concat();
+        if self.counted.contains_key(&marker)? {
+            return Ok(());
+        }
+        // Rotations are rare: a scan of who holds what.
+        let mut rights: Vec<(BlobId, &'static [u8])> = Vec::new();
+        for item in self.blob_owners.iter() {
+            let (k, v) = item?;
+            if v.as_ref() == from.as_bytes().as_slice() {
+                if let Ok(b) = <[u8; 32]>::try_from(k.as_ref()) {
+                    rights.push((BlobId(market_protocol::Hash(b)), HOLDER));
+                }
+            }
+        }
+        for item in self.blob_readers.iter() {
+            let (k, v) = item?;
+            if k.get(32..64) == Some(from.as_bytes().as_slice()) {
+                if let Ok(b) = <[u8; 32]>::try_from(&k[..32]) {
+                    let right = if v.as_ref() == HOLDER {
+                        HOLDER
+                    } else {
+                        GRANTED
+                    };
+                    rights.push((BlobId(market_protocol::Hash(b)), right));
+                }
+            }
+        }
+        let trees = (&self.blob_readers, &self.blob_usage, &self.counted);
+        transaction_result(trees.transaction(|(readers, usage, counted)| {
+            if counted.get(&marker)?.is_some() {
+                return Ok(());
+            }
+            for (id, right) in &rights {
+                let k = reader_key(id, to);
+                // Holding outranks a grant.
+                if readers.get(&k)?.as_deref() != Some(HOLDER) {
+                    readers.insert(k, *right)?;
+                }
+            }
+            let moved = usage.get(from.as_bytes())?.map_or(0, |v| be_u64(&v));
+            let had = usage.get(to.as_bytes())?.map_or(0, |v| be_u64(&v));
+            usage.insert(to.as_bytes(), &had.saturating_add(moved).to_be_bytes()[..])?;
+            usage.remove(from.as_bytes())?;
+            counted.insert(marker.as_slice(), &[])?;
+            Ok(())
+        }))?;
+        self.flush()
+    }
+
     /// Makes `holder` hold blob `id` as an owner does, without charging it (the buyer of the
     /// task whose result it is); the first to hold it owns it.
     pub fn hold_result(&self, id: &BlobId, holder: &AccountId) -> Result<(), StoreError> {

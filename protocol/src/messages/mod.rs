@@ -9,6 +9,7 @@ mod challenge;
 mod commitment;
 mod hello;
 mod receipt;
+mod rotation;
 mod task;
 mod verdict;
 
@@ -18,6 +19,7 @@ pub use challenge::{Challenge, ChallengeError, Opening};
 pub use commitment::{Commitment, SlotRound};
 pub use hello::{Capabilities, Hello, Resources, Role};
 pub use receipt::{Payment, PaymentKind, Receipt};
+pub use rotation::{KeyRotation, RotationAcceptance};
 pub use task::{
     Activation, AuditPolicy, ChatMessage, DatasetSource, Decoding, ExecutionProfile,
     InferenceInputs, InferenceSpec, ModelSpec, OptimizerSpec, OuterOptimizerSpec, PoolSpec,
