@@ -133,6 +133,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             json!({"kind": "serve_verifier_slash", "check": evidence}),
             Operation::ServeVerifierSlash { check: evidence },
         ),
+        (
+            json!({"kind": "rotate", "from": buyer}),
+            Operation::Rotate { from: buyer },
+        ),
     ];
     let mut vectors = Vec::new();
     for (mut inputs, op) in operations {

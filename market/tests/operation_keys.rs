@@ -109,6 +109,9 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
                     "serve_verifier_slash" => Operation::ServeVerifierSlash {
                         check: field(o, "check"),
                     },
+                    "rotate" => Operation::Rotate {
+                        from: account("from"),
+                    },
                     other => panic!("unknown operation kind {other}"),
                 };
                 assert_eq!(op.text(), o["text"].as_str().unwrap(), "{kind}");

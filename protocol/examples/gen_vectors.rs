@@ -231,7 +231,23 @@ fn signatures() -> Result<Value, Box<dyn std::error::Error>> {
         prompt_tokens: 42,
         completion_tokens: 8,
     };
+    let (old_key, new_key) = (
+        Identity::from_test_label("old key"),
+        Identity::from_test_label("new key"),
+    );
+    let rotation = KeyRotation {
+        version: Version::CURRENT,
+        from: old_key.account(),
+        to: new_key.account(),
+    };
+    let acceptance = RotationAcceptance {
+        version: Version::CURRENT,
+        rotation: message_id(&rotation)?,
+        to: new_key.account(),
+    };
     Ok(Value::Array(vec![
+        vector("key-rotation", "old key", rotation)?,
+        vector("rotation-acceptance", "new key", acceptance)?,
         vector("training-task", "buyer", task)?,
         vector("inference-task", "buyer", inference_task(&buyer, 2))?,
         vector("commitment", "worker", c)?,

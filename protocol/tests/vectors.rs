@@ -144,6 +144,8 @@ fn check_by_type(v: &Value) {
         "Receipt" => check_signed::<Receipt>(v),
         "Answer" => check_signed::<Answer>(v),
         "AnswerCheck" => check_signed::<AnswerCheck>(v),
+        "KeyRotation" => check_signed::<KeyRotation>(v),
+        "RotationAcceptance" => check_signed::<RotationAcceptance>(v),
         other => panic!("unknown message type {other}"),
     }
 }

@@ -410,7 +410,7 @@ def check_signatures():
         assert signing.hex() == v["signing_bytes"], v["name"]
         assert blake3.blake3(signing).hexdigest() == v["id"], v["name"]
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(env["signer"])).verify(bytes.fromhex(env["signature"]), signing)
-        for other in ["market/v1/TaskSpec", "market/v1/Commitment", "market/v1/Challenge", "market/v1/Opening", "market/v1/Verdict", "market/v1/Receipt", "market/v1/Answer", "market/v1/AnswerCheck"]:
+        for other in ["market/v1/TaskSpec", "market/v1/Commitment", "market/v1/Challenge", "market/v1/Opening", "market/v1/Verdict", "market/v1/Receipt", "market/v1/Answer", "market/v1/AnswerCheck", "market/v1/KeyRotation", "market/v1/RotationAcceptance"]:
             if other == v["domain"]:
                 continue
             try:
@@ -418,6 +418,13 @@ def check_signatures():
                 raise AssertionError(f"{v['name']}: signature verified under {other}")
             except InvalidSignature:
                 pass
+    # A rotation's acceptance names the rotation by its message id and is signed by its new
+    # key (ledger/README.md, `rotate`).
+    by_name = {v["name"]: v for v in vectors}
+    rotation, acceptance = by_name["key-rotation"], by_name["rotation-acceptance"]
+    assert acceptance["envelope"]["body"]["rotation"] == rotation["id"]
+    assert acceptance["envelope"]["signer"] == rotation["envelope"]["body"]["to"]
+    assert rotation["envelope"]["signer"] == rotation["envelope"]["body"]["from"]
     return len(vectors)
 
 
@@ -573,6 +580,7 @@ OPERATION_TEXTS = {
     "serve_slash": lambda o: f"serve_slash:{o['batch']}:{o['payee']}",
     "serve_check_fee": lambda o: f"serve_check_fee:{o['answer']}",
     "serve_verifier_slash": lambda o: f"serve_verifier_slash:{o['check']}",
+    "rotate": lambda o: f"rotate:{o['from']}",
 }
 
 
