@@ -152,7 +152,7 @@ fn operation_texts_and_keys_match_the_spec_vectors() {
         }
     }
     // Every kind of operation the node writes has a vector.
-    assert_eq!(kinds.len(), 18, "{kinds:?}");
+    assert_eq!(kinds.len(), 19, "{kinds:?}");
     assert!(ids >= 4);
     assert!(evidences >= 3);
 }
