@@ -87,7 +87,7 @@ impl Statement {
             match l.kind {
                 "release" | "reward" => t.earned += l.balance,
                 "slash" if l.stake < 0 => t.slashed -= l.stake,
-                "slash" => t.earned += l.balance,
+                "slash" => t.compensated += l.balance,
                 "mint" | "transfer" => t.received += l.balance,
                 "escrow" => t.escrowed -= l.balance,
                 "refund" => t.refunded += l.balance,
@@ -137,8 +137,8 @@ impl std::fmt::Display for Statement {
         let t = self.totals();
         writeln!(
             f,
-            "earned {}, slashed {}, received {}, escrowed {}, refunded {}",
-            t.earned, t.slashed, t.received, t.escrowed, t.refunded
+            "earned {}, from slashes {}, slashed {}, received {}, escrowed {}, refunded {}",
+            t.earned, t.compensated, t.slashed, t.received, t.escrowed, t.refunded
         )?;
         writeln!(
             f,
@@ -163,8 +163,10 @@ impl std::fmt::Display for Statement {
 /// A statement's sums by sort of entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
-    /// Paid for work: releases, verifier fees, and slashes paid to the account.
+    /// Paid for work: releases and verifier fees.
     pub earned: i64,
+    /// Paid from others' slashes: a buyer's compensation, a catching verifier's share.
+    pub compensated: i64,
     /// Taken from the account's stake.
     pub slashed: i64,
     /// Minted or transferred to the account (less what it transferred away).
@@ -548,7 +550,8 @@ mod tests {
 
         let v = s(verifier);
         assert_eq!(v.balance_change(), 27);
-        assert_eq!(v.totals().earned, 20);
+        assert_eq!(v.totals().earned, 5);
+        assert_eq!(v.totals().compensated, 15);
         assert!(v.lines[1].cause.contains("received 15 credits slashed"));
 
         // The operator is named by genesis only; an unknown account has no lines.

@@ -13,9 +13,12 @@ use crate::model::TaskView;
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The node could not be reached.
-    #[error("cannot reach the node: {0}")]
-    Http(#[from] reqwest::Error),
+    /// The node could not be reached, or the connection broke.
+    #[error("talking to the node: {0}")]
+    Http(String),
+    /// Something on this machine failed (a file to read or write).
+    #[error("{0}")]
+    Local(String),
     /// The node answered with an error.
     #[error("the node answered {status}: {code}: {message}")]
     Api {
@@ -32,6 +35,21 @@ pub enum ClientError {
     /// A body could not be encoded or decoded.
     #[error("bad body: {0}")]
     Body(String),
+}
+
+impl From<reqwest::Error> for ClientError {
+    /// The whole chain in one message ("error sending request" alone hides "connection
+    /// refused"), and no source, so it is not printed twice.
+    fn from(e: reqwest::Error) -> Self {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self::Http(text)
+    }
 }
 
 /// The client.
@@ -236,7 +254,14 @@ impl Client {
         path: &std::path::Path,
         on_progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<BlobId, ClientError> {
-        let io = |e: std::io::Error| ClientError::Body(format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| ClientError::Local(format!("{}: {e}", path.display()));
+        // Only a regular file: a device or a pipe would be read forever.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(ClientError::Local(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         let (id, size) = {
             let path = path.to_owned();
             tokio::task::spawn_blocking(move || -> std::io::Result<(BlobId, u64)> {
@@ -288,16 +313,25 @@ impl Client {
         }
     }
 
-    /// Downloads blob `id` into `out` (streamed; written to `out` with `.part` appended, then
-    /// renamed once its bytes hash to `id`, so a wrong or cut download never looks finished).
-    /// `on_progress` is told the bytes received and the total when the node sent it.
+    /// Downloads blob `id` into the new file `out`: streamed into a temporary file created
+    /// beside it (exclusively, so a planted file or link is never followed), at most the
+    /// length the node announced, and published at `out` only once its bytes hash to `id`,
+    /// never over anything already there. `on_progress` is told the bytes received and the
+    /// total.
     pub async fn download_blob(
         &self,
         id: &BlobId,
         out: &std::path::Path,
         on_progress: impl Fn(u64, Option<u64>),
     ) -> Result<u64, ClientError> {
-        use tokio::io::AsyncWriteExt;
+        use std::io::Write;
+        let local = |e: std::io::Error| ClientError::Local(format!("{}: {e}", out.display()));
+        if out.symlink_metadata().is_ok() {
+            return Err(ClientError::Local(format!(
+                "{} exists: choose a new file",
+                out.display()
+            )));
+        }
         let path = format!("/v1/blobs/{id}");
         let signer = self.identity.as_ref().ok_or(ClientError::NoKey)?;
         let mut req = self.http.get(format!("{}{path}", self.base));
@@ -311,31 +345,38 @@ impl Client {
                 .err()
                 .unwrap_or_else(|| ClientError::Body("the node refused the download".into())));
         }
-        let total = resp.content_length();
-        let mut part = out.as_os_str().to_owned();
-        part.push(".part");
-        let part = std::path::PathBuf::from(part);
-        let io = |e: std::io::Error| ClientError::Body(format!("{}: {e}", part.display()));
-        let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+        let total = resp
+            .content_length()
+            .ok_or_else(|| ClientError::Body("the node did not say how long the blob is".into()))?;
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let mut file = tempfile::Builder::new()
+            .prefix(".market-download-")
+            .tempfile_in(dir)
+            .map_err(local)?;
         let mut hasher = blake3::Hasher::new();
         let mut got = 0u64;
         while let Some(chunk) = resp.chunk().await? {
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io)?;
             got += chunk.len() as u64;
-            on_progress(got, total);
+            if got > total {
+                return Err(ClientError::Body(format!(
+                    "the node sent more than the {total} bytes it announced for blob {id}: discarded"
+                )));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(local)?;
+            on_progress(got, Some(total));
         }
-        file.flush().await.map_err(io)?;
-        file.sync_all().await.map_err(io)?;
-        drop(file);
+        file.as_file().sync_all().map_err(local)?;
         let hash = market_protocol::Hash(*hasher.finalize().as_bytes());
-        if hash != id.0 {
-            let _ = tokio::fs::remove_file(&part).await;
+        if got != total || hash != id.0 {
             return Err(ClientError::Body(format!(
-                "the node sent {got} bytes that hash to {hash}, not blob {id}: discarded"
+                "the node sent {got} bytes (of {total} announced) that hash to {hash}, not blob {id}: discarded"
             )));
         }
-        tokio::fs::rename(&part, out).await.map_err(io)?;
+        file.persist_noclobber(out).map_err(|e| local(e.error))?;
         Ok(got)
     }
 

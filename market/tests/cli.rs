@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use market_ledger::remote::StatementArgs;
 use market_node::client::Client;
 use market_protocol::{AccountId, Identity};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_market-node"))
@@ -292,6 +292,8 @@ async fn a_buyer_uploads_trains_downloads_and_every_account_reconciles() {
             key: None,
             account: Some(who),
             ledger: None,
+            head: None,
+            save_head: None,
             save_export: None,
             json: true,
         }
@@ -368,4 +370,323 @@ async fn a_buyer_uploads_trains_downloads_and_every_account_reconciles() {
     let last = history["lines"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["kind"], "rotate");
     assert_eq!(history["balance"], 0);
+}
+
+/// What a hostile proxy in front of a real node serves instead of the truth.
+#[derive(Clone, Default)]
+struct Lies {
+    /// The export, when replaced.
+    export: Option<Vec<u8>>,
+    /// The signed head, when replaced.
+    head: Option<Vec<u8>>,
+    /// A task result's `outputs`, when replaced.
+    outputs: Option<Value>,
+    /// Exports asked for.
+    exports_asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A proxy that forwards everything to `upstream` except what `lies` replaces.
+async fn hostile(upstream: String, lies: Lies) -> String {
+    use axum::extract::{Request, State};
+    use axum::response::IntoResponse;
+    async fn forward(
+        State((up, lies)): State<(String, Lies)>,
+        req: Request,
+    ) -> axum::response::Response {
+        let path = req.uri().path_and_query().unwrap().as_str().to_owned();
+        if path.starts_with("/v1/ledger/export") {
+            lies.exports_asked
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(e) = lies.export.clone() {
+                return e.into_response();
+            }
+        }
+        if path == "/v1/ledger/head" {
+            if let Some(h) = lies.head.clone() {
+                return h.into_response();
+            }
+        }
+        let mut out = reqwest::Client::new().request(req.method().clone(), format!("{up}{path}"));
+        for (k, v) in req.headers() {
+            if k != "host" {
+                out = out.header(k, v);
+            }
+        }
+        let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let resp = out.body(body).send().await.unwrap();
+        let status = resp.status();
+        let mut bytes = resp.bytes().await.unwrap().to_vec();
+        if path.ends_with("/result") {
+            if let Some(o) = lies.outputs.clone() {
+                let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+                v["outputs"] = o;
+                bytes = serde_json::to_vec(&v).unwrap();
+            }
+        }
+        (
+            axum::http::StatusCode::from_u16(status.as_u16()).unwrap(),
+            bytes,
+        )
+            .into_response()
+    }
+    let app = axum::Router::new()
+        .fallback(forward)
+        .with_state((upstream, lies));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_node_cannot_pass_off_another_ledger_a_forged_one_or_other_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("buyer.key");
+    ok(&["key", key.to_str().unwrap()]);
+    let buyer = market_protocol::keyfile::load_identity(&key).unwrap();
+    let (_node, api) = common::start(&d.join("node"), &buyer).await;
+    let mut task: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/tasks/mlp-train.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    task["workload"]["steps"] = 40.into();
+    let task_file = d.join("task.json");
+    std::fs::write(&task_file, task.to_string()).unwrap();
+    let k = key.to_str().unwrap();
+    let view: Value = serde_json::from_str(&ok(&[
+        "task",
+        "submit",
+        task_file.to_str().unwrap(),
+        "--watch",
+        "--node",
+        &api,
+        "--key",
+        k,
+    ]))
+    .unwrap();
+    let task_id = view["id"].as_str().unwrap().to_owned();
+    let real_export = reqwest::get(format!("{api}/v1/ledger/export"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let buyer_hex = buyer.account().to_string();
+
+    // A forged amount: refused, and the export it was asked to keep is not written.
+    let text = String::from_utf8(real_export.clone()).unwrap();
+    let forged = text.replacen("\"amount\":5000", "\"amount\":50000", 1);
+    assert_ne!(forged, text);
+    let proxy = hostile(
+        api.clone(),
+        Lies {
+            export: Some(forged.into_bytes()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let kept = d.join("kept.jsonl");
+    let out = cli(&[
+        "account",
+        "history",
+        "--node",
+        &proxy,
+        "--account",
+        &buyer_hex,
+        "--save-export",
+        kept.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!kept.exists());
+
+    // Another operator's whole, self-consistent ledger: only pinning tells it apart, and a
+    // pinned client refuses it before asking for the export.
+    let other_op = Identity::from_test_label("another operator");
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = market_ledger::Ledger::open(
+        &other_dir.path().join("l"),
+        other_op.clone(),
+        market_ledger::OpenOptions::default(),
+    )
+    .unwrap();
+    other
+        .mint(
+            market_ledger::IdempotencyKey::new("m").unwrap(),
+            buyer.account(),
+            market_protocol::Credits(999_999),
+        )
+        .unwrap();
+    let mut other_export = Vec::new();
+    other.export(&mut other_export, 0).unwrap();
+    let other_head = serde_json::to_vec(&other.sign_head(&other_op).unwrap()).unwrap();
+    let lies = Lies {
+        export: Some(other_export),
+        head: Some(other_head),
+        ..Default::default()
+    };
+    let proxy = hostile(api.clone(), lies.clone()).await;
+    let unpinned = cli(&[
+        "account",
+        "history",
+        "--node",
+        &proxy,
+        "--account",
+        &buyer_hex,
+    ]);
+    assert!(unpinned.status.success());
+    assert!(String::from_utf8_lossy(&unpinned.stderr).contains("not pinned"));
+    let asked = lies.exports_asked.load(std::sync::atomic::Ordering::SeqCst);
+    let real_op = text
+        .lines()
+        .next()
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap()["body"]["signer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pinned = cli(&[
+        "account",
+        "history",
+        "--node",
+        &proxy,
+        "--account",
+        &buyer_hex,
+        "--ledger",
+        &real_op,
+    ]);
+    assert!(!pinned.status.success());
+    assert!(String::from_utf8_lossy(&pinned.stderr).contains("expected"));
+    assert_eq!(
+        lies.exports_asked.load(std::sync::atomic::Ordering::SeqCst),
+        asked
+    );
+
+    // An older history than a head kept before: refused.
+    let head_file = d.join("head.json");
+    ok(&[
+        "account",
+        "history",
+        "--node",
+        &api,
+        "--account",
+        &buyer_hex,
+        "--save-head",
+        head_file.to_str().unwrap(),
+    ]);
+    let older: Vec<&str> = text.lines().take(3).collect();
+    let proxy = hostile(
+        api.clone(),
+        Lies {
+            export: Some(format!("{}\n", older.join("\n")).into_bytes()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let rolled_back = cli(&[
+        "account",
+        "history",
+        "--node",
+        &proxy,
+        "--account",
+        &buyer_hex,
+        "--head",
+        head_file.to_str().unwrap(),
+    ]);
+    assert!(!rolled_back.status.success());
+
+    // Results: the node names another blob (the buyer's own dataset-free upload) than the
+    // accepted commitment bound: nothing is downloaded.
+    let decoy = d.join("decoy.bin");
+    std::fs::write(&decoy, b"#!/bin/sh\necho pwned\n").unwrap();
+    let decoy_id = ok(&[
+        "blob",
+        "upload",
+        decoy.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        k,
+    ]);
+    let proxy = hostile(
+        api.clone(),
+        Lies {
+            outputs: Some(json!([decoy_id.trim()])),
+            ..Default::default()
+        },
+    )
+    .await;
+    let res = d.join("res");
+    let out = cli(&[
+        "task",
+        "result",
+        &task_id,
+        "--out",
+        res.to_str().unwrap(),
+        "--node",
+        &proxy,
+        "--key",
+        k,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("binds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!res.join("weights.safetensors").exists());
+
+    // Files: a link planted where a download would go, or a file already there, is never
+    // written through or over.
+    let victim = d.join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let res2 = d.join("res2");
+    std::fs::create_dir(&res2).unwrap();
+    std::os::unix::fs::symlink(&victim, res2.join("weights.safetensors")).unwrap();
+    std::os::unix::fs::symlink(&victim, res2.join("weights.safetensors.part")).unwrap();
+    let out = cli(&[
+        "task",
+        "result",
+        &task_id,
+        "--out",
+        res2.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        k,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let res3 = d.join("res3");
+    std::fs::create_dir(&res3).unwrap();
+    std::os::unix::fs::symlink(&victim, res3.join("weights.safetensors.part")).unwrap();
+    ok(&[
+        "task",
+        "result",
+        &task_id,
+        "--out",
+        res3.to_str().unwrap(),
+        "--node",
+        &api,
+        "--key",
+        k,
+    ]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(res3
+        .join("weights.safetensors")
+        .symlink_metadata()
+        .unwrap()
+        .is_file());
 }

@@ -20,7 +20,8 @@ pub enum BlobCommand {
         conn: Connection,
     },
     /// Download a blob you hold (one you uploaded, a result of your task, or one granted to
-    /// you). Streamed, and kept only if its bytes hash to the id.
+    /// you). Streamed, and kept only if its bytes hash to the id; never written over an
+    /// existing file.
     Download {
         /// The blob id.
         id: BlobId,
@@ -65,11 +66,6 @@ pub async fn download(
     id: &BlobId,
     out: &std::path::Path,
 ) -> Result<u64> {
-    anyhow::ensure!(
-        !out.exists(),
-        "{} exists: choose another --out",
-        out.display()
-    );
     let bar = bytes_bar(None, "downloading");
     let shown = bar.clone();
     let n = client

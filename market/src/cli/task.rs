@@ -73,10 +73,14 @@ pub enum TaskCommand {
         id: TaskId,
         #[command(flatten)]
         conn: Connection,
-        /// A directory to download the outputs into (created; files in it are not
-        /// overwritten).
+        /// A directory to download the outputs into (created if missing; nothing in it is
+        /// overwritten). The outputs are checked against the node's verified ledger: the
+        /// commitment its accepted result was paid for names them.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The operator key the ledger must be signed by, when you know it.
+        #[arg(long)]
+        ledger: Option<market_protocol::AccountId>,
     },
 }
 
@@ -90,11 +94,8 @@ pub async fn run(command: TaskCommand) -> Result<()> {
             watch,
         } => {
             let client = conn.signing_client()?;
-            let mut spec: TaskSpec = from_json_limited(
-                &std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
-                MAX_MESSAGE_BYTES,
-            )
-            .with_context(|| format!("{} is not a valid task spec", file.display()))?;
+            let mut spec: TaskSpec = from_json_limited(&read_small(&file)?, MAX_MESSAGE_BYTES)
+                .with_context(|| format!("{} is not a valid task spec", file.display()))?;
             spec.buyer = conn.account(None)?;
             let view = client.submit(spec).await?;
             if watch {
@@ -106,7 +107,9 @@ pub async fn run(command: TaskCommand) -> Result<()> {
                     view.audit.verifiers,
                     view.audit.detection_probability
                 );
-                print_json(&follow(&client, &view.id).await?)?;
+                let done = follow(&client, &view.id).await?;
+                print_json(&done)?;
+                ended_well(&done)?;
             } else {
                 print_json(&view)?;
                 if wait {
@@ -116,13 +119,16 @@ pub async fn run(command: TaskCommand) -> Result<()> {
                         })
                         .await?;
                     print_json(&done)?;
+                    ended_well(&done)?;
                 }
             }
         }
         TaskCommand::Status { id, conn, watch } => {
             let client = conn.client()?;
             if watch {
-                print_json(&follow(&client, &id).await?)?;
+                let done = follow(&client, &id).await?;
+                print_json(&done)?;
+                ended_well(&done)?;
             } else {
                 print_json(&client.task(&id).await?)?;
             }
@@ -147,15 +153,79 @@ pub async fn run(command: TaskCommand) -> Result<()> {
         TaskCommand::Cancel { id, conn } => {
             print_json(&conn.signing_client()?.cancel(&id).await?)?;
         }
-        TaskCommand::Result { id, conn, out } => {
+        TaskCommand::Result {
+            id,
+            conn,
+            out,
+            ledger,
+        } => {
             let client = conn.signing_client()?;
             let result = client.result(&id).await?;
             match out {
-                Some(dir) => save_result(&client, &id, &result, &dir).await?,
+                Some(dir) => {
+                    let fetch = market_ledger::remote::Fetch {
+                        node: conn.node.clone(),
+                        expected_ledger: ledger,
+                        ..Default::default()
+                    };
+                    save_result(&client, &fetch, &id, &result, &dir).await?
+                }
                 None => print_json(&result)?,
             }
         }
     }
+    Ok(())
+}
+
+/// Fails (a non-zero exit) unless the task settled: a script waiting on a task learns how it
+/// ended from the exit status.
+fn ended_well(t: &TaskView) -> Result<()> {
+    anyhow::ensure!(
+        t.state == TaskState::Settled,
+        "task {} ended {}",
+        t.id,
+        describe_end(&t.state)
+    );
+    Ok(())
+}
+
+/// Reads a task file: a regular file of at most the largest message (a device or a pipe would
+/// be read without end).
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "{} is not a regular file", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_MESSAGE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    anyhow::ensure!(
+        bytes.len() <= MAX_MESSAGE_BYTES,
+        "{} is longer than a task may be ({MAX_MESSAGE_BYTES} bytes)",
+        path.display()
+    );
+    Ok(bytes)
+}
+
+/// Writes `bytes` to the new file `path`: through a temporary file beside it, never over
+/// anything there (a planted link included).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    anyhow::ensure!(
+        path.symlink_metadata().is_err(),
+        "{} exists: nothing is overwritten",
+        path.display()
+    );
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .prefix(".market-")
+        .tempfile_in(dir)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist_noclobber(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -244,7 +314,9 @@ async fn follow(client: &Client, id: &TaskId) -> Result<TaskView> {
         "task {id} is still {} after a day",
         done.state.name()
     );
-    eprintln!("{}: {}", done.id, describe_end(&done.state));
+    if let TaskState::Rejected { reason } = &done.state {
+        eprintln!("  why: {reason}");
+    }
     Ok(done)
 }
 
@@ -272,8 +344,9 @@ async fn list(
         let page = client.tasks(buyer.as_ref(), state, after).await?;
         all.extend(page["tasks"].as_array().cloned().unwrap_or_default());
         match page["next_after"].as_u64() {
-            Some(next) => after = Some(next),
-            None => break,
+            // Pages move forward; a node that says otherwise is not followed round in circles.
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            _ => break,
         }
     }
     if json {
@@ -296,9 +369,14 @@ async fn list(
     Ok(())
 }
 
-/// Downloads a result's outputs into `dir`.
-async fn save_result(client: &Client, id: &TaskId, result: &Value, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Downloads a result's outputs into `dir`, checked against the verified ledger.
+async fn save_result(
+    client: &Client,
+    fetch: &market_ledger::remote::Fetch,
+    id: &TaskId,
+    result: &Value,
+    dir: &Path,
+) -> Result<()> {
     let task = client.task(id).await?;
     let outputs: Vec<BlobId> = result["outputs"]
         .as_array()
@@ -308,8 +386,32 @@ async fn save_result(client: &Client, id: &TaskId, result: &Value, dir: &Path) -
                 .collect()
         })
         .unwrap_or_default();
-    let json_path = dir.join("result.json");
-    anyhow::ensure!(!json_path.exists(), "{} exists", json_path.display());
+    // The node names the result's blobs; the ledger, verified here, says which outputs the
+    // accepted commitment bound. A pooled task's weights come from merges instead, which the
+    // ledger records round by round (`pool_round`).
+    match fetch.released_outputs(*id).await? {
+        Some(released) => anyhow::ensure!(
+            released == outputs,
+            "the node names outputs {outputs:?} for task {id}, but the ledger's accepted commitment binds {released:?}: not downloaded"
+        ),
+        None if task.pool.is_some() => eprintln!(
+            "note: a pooled task's weights are its last merge; check them against the ledger's pool_round entries"
+        ),
+        None => anyhow::bail!("the ledger records no accepted result for task {id}"),
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ours = [
+        "result.json",
+        "weights.safetensors",
+        "answers.jsonl",
+        "outputs",
+    ];
+    if let Some(taken) = ours.iter().find(|f| dir.join(f).symlink_metadata().is_ok()) {
+        anyhow::bail!(
+            "{} exists: choose a new --out directory (nothing is overwritten)",
+            dir.join(taken).display()
+        );
+    }
     if task.kind == "training" {
         let [weights] = outputs.as_slice() else {
             anyhow::bail!(
@@ -322,7 +424,9 @@ async fn save_result(client: &Client, id: &TaskId, result: &Value, dir: &Path) -
         eprintln!("weights: {} (blob {weights})", path.display());
     } else {
         let out_dir = dir.join("outputs");
-        std::fs::create_dir_all(&out_dir)?;
+        // A new directory: an existing one (or a link to one elsewhere) is refused.
+        std::fs::create_dir(&out_dir)
+            .with_context(|| format!("creating {}: it must not exist", out_dir.display()))?;
         let items = result["items"].as_array().cloned().unwrap_or_default();
         let mut answers = String::new();
         for (i, blob) in outputs.iter().enumerate() {
@@ -334,9 +438,12 @@ async fn save_result(client: &Client, id: &TaskId, result: &Value, dir: &Path) -
             }))?);
             answers.push('\n');
         }
-        std::fs::write(dir.join("answers.jsonl"), answers)?;
+        write_new(&dir.join("answers.jsonl"), answers.as_bytes())?;
         eprintln!("{} outputs in {}", outputs.len(), out_dir.display());
     }
-    std::fs::write(&json_path, serde_json::to_string_pretty(result)?)?;
+    write_new(
+        &dir.join("result.json"),
+        serde_json::to_string_pretty(result)?.as_bytes(),
+    )?;
     Ok(())
 }

@@ -78,7 +78,8 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
-                ExitCode::from(2)
+                // As market-worker and market-node report a failed statement.
+                ExitCode::FAILURE
             }
         };
     }
