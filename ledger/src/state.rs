@@ -146,7 +146,24 @@ pub(crate) trait StateRead {
     fn rotated_to(&self, account: &AccountId) -> Option<AccountId>;
     /// An escrow with credits left whose buyer is `account` (rotations are rare: a scan).
     fn open_escrow_of(&self, account: &AccountId) -> Option<TaskId>;
+    /// The key `account`'s credits, stake and reputation live under now: itself, or the key
+    /// it was rotated to, following rotations in order. A rotation's target never acted
+    /// before (it holds nothing and is not rotated), so chains cannot loop; the bound only
+    /// guards against a bug.
+    fn current(&self, account: &AccountId) -> AccountId {
+        let mut key = *account;
+        for _ in 0..MAX_ROTATION_CHAIN {
+            match self.rotated_to(&key) {
+                Some(next) => key = next,
+                None => break,
+            }
+        }
+        key
+    }
 }
+
+/// The longest chain of rotations followed.
+const MAX_ROTATION_CHAIN: usize = 1 << 16;
 
 /// The derived state of a ledger.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -406,8 +423,10 @@ pub(crate) fn plan<R: StateRead + ?Sized>(kind: &EntryKind, state: &R) -> Result
         base: state,
         delta: Delta::default(),
     };
-    // A rotated key can no longer act, in any role.
-    for account in acting(kind) {
+    // A rotated key can no longer act. What others do to it (pay it, slash it, change its
+    // reputation) follows the account to its current key, below, so no obligation is dodged
+    // by rotating and no payment is stuck.
+    for account in voluntary(kind) {
         if let Some(to) = state.rotated_to(account) {
             return Err(OpError::Rotated {
                 account: *account,
@@ -558,6 +577,7 @@ pub(crate) fn plan<R: StateRead + ?Sized>(kind: &EntryKind, state: &R) -> Result
             }
         }
         EntryKind::Reputation { account, delta } => {
+            let account = &tx.view().current(account);
             let score = tx.view().reputation(account);
             let limit = MAX_SAFE_INTEGER as i64;
             let new = score
@@ -590,23 +610,16 @@ fn add(a: Credits, b: Credits) -> Credits {
 }
 
 /// One operation's reads and writes: reads see the operation's own earlier writes.
-/// The accounts an entry has act or be paid (every account field of its own; embedded
-/// messages name the same accounts, as the evidence checks require).
-fn acting(kind: &EntryKind) -> Vec<&AccountId> {
+/// The accounts that act of their own accord in an entry: a rotated key may not. (Entries
+/// that pay, slash or score an account are the operator's doing and follow rotations.)
+fn voluntary(kind: &EntryKind) -> Vec<&AccountId> {
     match kind {
-        EntryKind::Genesis { .. } | EntryKind::PoolRound { .. } => Vec::new(),
-        EntryKind::Mint { to, .. } => vec![to],
-        EntryKind::Transfer { from, to, .. }
-        | EntryKind::Slash {
-            account: from, to, ..
-        }
-        | EntryKind::Rotate { from, to, .. } => vec![from, to],
-        EntryKind::Escrow { buyer, .. } | EntryKind::Refund { buyer, .. } => vec![buyer],
-        EntryKind::Commit { worker, .. } | EntryKind::Release { worker, .. } => vec![worker],
-        EntryKind::Reward { verifier, .. } => vec![verifier],
-        EntryKind::Stake { account, .. }
-        | EntryKind::Unstake { account, .. }
-        | EntryKind::Reputation { account, .. } => vec![account],
+        EntryKind::Transfer { from, .. } => vec![from],
+        EntryKind::Escrow { buyer, .. } => vec![buyer],
+        EntryKind::Commit { worker, .. } => vec![worker],
+        EntryKind::Stake { account, .. } | EntryKind::Unstake { account, .. } => vec![account],
+        EntryKind::Rotate { from, to, .. } => vec![from, to],
+        _ => Vec::new(),
     }
 }
 
@@ -624,8 +637,9 @@ impl<R: StateRead + ?Sized> Tx<'_, R> {
     }
 
     fn credit(&mut self, account: &AccountId, amount: Credits) {
-        let balance = self.view().balance(account);
-        self.delta.balances.insert(*account, add(balance, amount));
+        let account = self.view().current(account);
+        let balance = self.view().balance(&account);
+        self.delta.balances.insert(account, add(balance, amount));
     }
 
     fn debit(&mut self, account: &AccountId, amount: Credits) -> Result<(), OpError> {
@@ -640,13 +654,14 @@ impl<R: StateRead + ?Sized> Tx<'_, R> {
     }
 
     fn unstake(&mut self, account: &AccountId, amount: Credits) -> Result<(), OpError> {
-        let staked = self.view().stake(account);
+        let account = self.view().current(account);
+        let staked = self.view().stake(&account);
         let left = staked.checked_sub(amount).ok_or(OpError::StakeShort {
-            account: *account,
+            account,
             staked,
             needed: amount,
         })?;
-        self.delta.stakes.insert(*account, left);
+        self.delta.stakes.insert(account, left);
         Ok(())
     }
 

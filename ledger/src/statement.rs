@@ -211,6 +211,9 @@ pub fn statement(
             task.map_or(0, |t| escrow_of(&replay, &t)),
         ];
         let rep_before = replay.reputation(&account);
+        // Whether this account's key was rotated before the entry (what the entry does to it
+        // then lands on its current key).
+        let gone_to = replay.rotated_to(&account);
         replay.apply(delta);
         let after = [
             replay.balance(&account).0,
@@ -224,8 +227,18 @@ pub fn statement(
             diff(2),
             replay.reputation(&account) - rep_before,
         ];
-        if change != [0; 4] || names(kind, &account) || escrow_owner(&replay, task, &account) {
-            lines.push(line(d, &account, change, task));
+        let named = names(kind, &account);
+        if change != [0; 4] || named || escrow_owner(&replay, task, &account) {
+            let mut l = line(d, &account, change, task);
+            if let (true, Some(to)) = (named, gone_to) {
+                l.cause.push_str(&format!(
+                    " (this key was rotated: the effect went to its current key, from {to})"
+                ));
+            } else if change != [0; 4] && !named && !escrow_owner(&replay, task, &account) {
+                l.cause
+                    .push_str(" (named for this account's earlier key, which was rotated to it)");
+            }
+            lines.push(l);
         }
         Ok(())
     })?;

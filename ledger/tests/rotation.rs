@@ -135,31 +135,17 @@ fn an_account_moves_to_a_new_key_and_the_old_key_can_no_longer_act() {
     assert_eq!(ledger.reputation(&old.account()), 0);
     assert_eq!(ledger.rotated_to(&old.account()), Some(new.account()));
 
-    // The old key can do nothing, in any role; the new one can.
+    // The old key can no longer act (escrow, transfer, stake, rotate again) ...
     let dead = OpError::Rotated {
         account: old.account(),
         to: new.account(),
     };
     assert_eq!(
-        refused(ledger.mint(key("mint-dead"), old.account(), Credits(5))),
-        dead
-    );
-    assert_eq!(
         refused(ledger.transfer(
-            key("xfer-to-dead"),
-            new.account(),
+            key("xfer-from-dead"),
             old.account(),
-            Credits(5)
-        )),
-        dead
-    );
-    assert_eq!(
-        refused(ledger.append(
-            key("rep-dead"),
-            EntryKind::Reputation {
-                account: old.account(),
-                delta: 1
-            }
+            other.account(),
+            Credits(1)
         )),
         dead
     );
@@ -167,11 +153,53 @@ fn an_account_moves_to_a_new_key_and_the_old_key_can_no_longer_act() {
         refused(ledger.escrow(key("escrow-dead"), task(&old, 10, 2))),
         dead
     );
+    assert_eq!(
+        refused(ledger.append(
+            key("stake-dead"),
+            EntryKind::Stake {
+                account: old.account(),
+                amount: Credits(1)
+            }
+        )),
+        dead
+    );
     let back = rotation(&new, &old);
     assert_eq!(
         refused(ledger.rotate(key("rotate-back"), back.clone(), accept(&back, &old))),
         dead
     );
+    // ... but what is owed to it or by it follows the account to its new key: a payment, a
+    // slash for something done under the old key, a change of reputation.
+    ledger
+        .mint(key("mint-to-old"), old.account(), Credits(5))
+        .expect("a payment to the old key");
+    ledger
+        .append(
+            key("slash-old"),
+            EntryKind::Slash {
+                account: old.account(),
+                amount: Credits(20),
+                evidence: market_ledger::protocol::Hash::of(b"a verdict given under the old key"),
+                reason: "result failed its audit".into(),
+                to: other.account(),
+                verdict: None,
+            },
+        )
+        .expect("a slash of the old key");
+    ledger
+        .append(
+            key("rep-old-after"),
+            EntryKind::Reputation {
+                account: old.account(),
+                delta: -5,
+            },
+        )
+        .expect("reputation of the old key");
+    assert_eq!(ledger.balance(&new.account()), Credits(305));
+    assert_eq!(ledger.stake(&new.account()), Credits(180));
+    assert_eq!(ledger.reputation(&new.account()), 2);
+    assert_eq!(ledger.balance(&old.account()), Credits(0));
+    assert_eq!(ledger.stake(&old.account()), Credits(0));
     ledger
         .append(
             key("unstake-new"),
@@ -181,7 +209,7 @@ fn an_account_moves_to_a_new_key_and_the_old_key_can_no_longer_act() {
             },
         )
         .expect("the new key acts");
-    assert_eq!(ledger.balance(&new.account()), Credits(350));
+    assert_eq!(ledger.balance(&new.account()), Credits(355));
 
     // The chain verifies; its export replays to the same state; a reopened ledger (state
     // read back from storage, checked against the replay) still knows the old key is dead.
@@ -197,23 +225,43 @@ fn an_account_moves_to_a_new_key_and_the_old_key_can_no_longer_act() {
     let old_statement =
         market_ledger::statement(&bytes[..], std::path::Path::new("x"), old.account(), None)
             .expect("statement");
-    let last = old_statement.lines.last().expect("lines");
-    assert_eq!(last.kind, "rotate");
+    let last = old_statement
+        .lines
+        .iter()
+        .find(|l| l.kind == "rotate")
+        .expect("the rotation");
     assert_eq!(
         (last.balance, last.stake, last.reputation),
         (-300, -200, -7)
     );
     assert_eq!(old_statement.balance_change(), 0);
+    // Entries naming the old key after its rotation say where their effect went.
+    let after = old_statement.lines.last().expect("lines");
+    assert_eq!(after.kind, "reputation");
+    assert_eq!(after.reputation, 0);
+    assert!(after.cause.contains("rotated"), "{}", after.cause);
     let new_statement =
         market_ledger::statement(&bytes[..], std::path::Path::new("x"), new.account(), None)
             .expect("statement");
-    assert_eq!(new_statement.balance_change(), 350);
+    assert_eq!(new_statement.balance_change(), 355);
+    assert_eq!(
+        new_statement.lines.iter().map(|l| l.stake).sum::<i64>(),
+        130
+    );
     assert_eq!(new_statement.lines[0].kind, "rotate");
+    // The slash of the old key is on the new key's statement, said to be its earlier key's.
+    let slash = new_statement
+        .lines
+        .iter()
+        .find(|l| l.kind == "slash")
+        .expect("slash");
+    assert_eq!(slash.stake, -20);
+    assert!(slash.cause.contains("earlier key"), "{}", slash.cause);
     drop(ledger);
     let reopened: Ledger = open(dir.path());
     assert_eq!(reopened.rotated_to(&old.account()), Some(new.account()));
     assert_eq!(
-        refused(reopened.mint(key("mint-dead-2"), old.account(), Credits(5))),
+        refused(reopened.escrow(key("escrow-dead-2"), task(&old, 10, 3))),
         dead
     );
 }

@@ -690,3 +690,91 @@ async fn a_hostile_node_cannot_pass_off_another_ledger_a_forged_one_or_other_out
         .unwrap()
         .is_file());
 }
+
+#[test]
+fn a_key_backed_up_under_a_passphrase_restores_to_the_same_account_and_only_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("k.key");
+    let account = ok(&["key", key.to_str().unwrap()]);
+    let with_passphrase = |args: &[&str], passphrase: &str| {
+        Command::new(env!("CARGO_BIN_EXE_market-node"))
+            .args(args)
+            .env("MARKET_KEY_PASSPHRASE", passphrase)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let backup = d.join("k.backup");
+    let out = with_passphrase(
+        &[
+            "key",
+            "backup",
+            "--key",
+            key.to_str().unwrap(),
+            "--out",
+            backup.to_str().unwrap(),
+        ],
+        "a long passphrase",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The secret is not in the backup in the clear.
+    let secret: Value = serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&backup).unwrap();
+    for v in secret.as_object().unwrap().values() {
+        if let Some(s) = v.as_str().filter(|s| s.len() == 64 && *s != account.trim()) {
+            assert!(!text.contains(s));
+        }
+    }
+    let restored = d.join("restored.key");
+    let wrong = with_passphrase(
+        &[
+            "key",
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--out",
+            restored.to_str().unwrap(),
+        ],
+        "another passphrase",
+    );
+    assert!(!wrong.status.success());
+    assert!(!restored.exists());
+    let right = with_passphrase(
+        &[
+            "key",
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--out",
+            restored.to_str().unwrap(),
+        ],
+        "a long passphrase",
+    );
+    assert!(
+        right.status.success(),
+        "{}",
+        String::from_utf8_lossy(&right.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&right.stdout).trim(),
+        account.trim()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        market_protocol::keyfile::load_identity(&restored)
+            .unwrap()
+            .account(),
+        market_protocol::keyfile::load_identity(&key)
+            .unwrap()
+            .account()
+    );
+}

@@ -281,3 +281,161 @@ async fn a_rotated_account_keeps_everything_under_its_new_key_and_the_old_key_is
         now["staked"]
     );
 }
+
+/// In-process participants whose verifiers rotate their keys on the ledger right after
+/// signing a verdict: the red team's verifier that rotated between its verdict and the
+/// settlement, which the node's busy checks did not see.
+#[derive(Debug)]
+struct RotateAfterVerdict {
+    inner: market_node::dispatch::InProcess,
+    ledger: std::sync::OnceLock<std::sync::Arc<market_ledger::Ledger>>,
+    rotated: std::sync::Mutex<Vec<AccountId>>,
+}
+
+impl market_node::dispatch::Dispatch for RotateAfterVerdict {
+    fn workers(&self) -> Vec<AccountId> {
+        self.inner.workers()
+    }
+    fn verifiers(&self) -> Vec<AccountId> {
+        self.inner.verifiers()
+    }
+    fn runs(&self, p: &AccountId, profile: ExecutionProfile) -> bool {
+        self.inner.runs(p, profile)
+    }
+    fn offers(&self, p: &AccountId) -> Option<Resources> {
+        self.inner.offers(p)
+    }
+    fn concurrent_tasks(&self) -> usize {
+        self.inner.concurrent_tasks()
+    }
+    fn run(
+        &self,
+        worker: &AccountId,
+        task: &TaskSpec,
+        slot_round: Option<SlotRound>,
+        dir: &std::path::Path,
+        blobs: &dyn market_compute::BlobSource,
+        progress: &mut dyn FnMut(market_worker::Progress),
+    ) -> anyhow::Result<Signed<Commitment>> {
+        self.inner
+            .run(worker, task, slot_round, dir, blobs, progress)
+    }
+    fn audit(
+        &self,
+        verifier: &AccountId,
+        dir: &std::path::Path,
+        request: &market_node::dispatch::AuditRequest,
+        blobs: &dyn market_compute::BlobSource,
+    ) -> anyhow::Result<Signed<Verdict>> {
+        let verdict = self.inner.audit(verifier, dir, request, blobs)?;
+        let (old, _) = self
+            .inner
+            .verifiers
+            .iter()
+            .find(|(i, _)| i.account() == *verifier)
+            .unwrap();
+        let new = Identity::from_test_label(&format!("{verifier} new key"));
+        let rotation = Signed::sign(
+            KeyRotation {
+                version: Version::CURRENT,
+                from: old.account(),
+                to: new.account(),
+            },
+            old,
+        )?;
+        let acceptance = Signed::sign(
+            RotationAcceptance {
+                version: Version::CURRENT,
+                rotation: rotation.id()?,
+                to: new.account(),
+            },
+            &new,
+        )?;
+        self.ledger.get().unwrap().rotate(
+            market_ledger::IdempotencyKey::new(format!("test:rotate:{verifier}"))?,
+            rotation,
+            acceptance,
+        )?;
+        self.rotated.lock().unwrap().push(new.account());
+        Ok(verdict)
+    }
+    fn open_steps(
+        &self,
+        worker: &AccountId,
+        dir: &std::path::Path,
+        segment: u32,
+        blobs: &dyn market_compute::BlobSource,
+    ) -> anyhow::Result<()> {
+        self.inner.open_steps(worker, dir, segment, blobs)
+    }
+}
+
+/// A rotation can still land while work done under the old key is unpaid (the node refuses a
+/// busy participant, but a verifier is idle between its verdict and the settlement). The task
+/// must settle all the same, the fees reaching the verifiers' new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fees_for_work_done_under_a_rotated_key_reach_the_new_key_and_the_task_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let dispatch = std::sync::Arc::new(RotateAfterVerdict {
+        inner: market_node::dispatch::InProcess {
+            workers: vec![(Identity::from_test_label("w1"), Behavior::Honest)],
+            verifiers: ["v1", "v2"]
+                .iter()
+                .map(|l| (Identity::from_test_label(l), VerifierMode::Honest))
+                .collect(),
+        },
+        ledger: Default::default(),
+        rotated: Default::default(),
+    });
+    let node = market_node::engine::Node::open(
+        dir.path(),
+        NodeConfig::default(),
+        Identity::from_test_label("operator"),
+        dispatch.clone(),
+    )
+    .unwrap();
+    dispatch.ledger.set(node.ledger.clone()).unwrap();
+    let buyer = Identity::from_test_label("buyer");
+    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
+    node.fund("test", &Identity::from_test_label("w1").account(), 500, 300)
+        .await
+        .unwrap();
+    for l in ["v1", "v2"] {
+        node.fund("test", &Identity::from_test_label(l).account(), 200, 100)
+            .await
+            .unwrap();
+    }
+    let app = market_node::api::router(node.clone());
+    tokio::spawn(node.clone().run_engine());
+    let (s, posted) = call(
+        &app,
+        signed(
+            &buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&buyer, short(training_task(&buyer, 1))),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{posted}");
+    let task: TaskId = posted["id"].as_str().unwrap().parse().unwrap();
+    let t = node
+        .wait_final(&task, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.state,
+        market_node::model::TaskState::Settled,
+        "{:?}",
+        t.attempts
+    );
+    let fee = posted["verifier_fee"].as_u64().unwrap();
+    let rotated = dispatch.rotated.lock().unwrap().clone();
+    assert_eq!(rotated.len(), 2);
+    for new in rotated {
+        // Each new key: the old key's balance (200 minted - 100 staked) plus the fee.
+        assert_eq!(node.ledger.balance(&new).0, 100 + fee);
+        assert_eq!(node.ledger.stake(&new).0, 100);
+    }
+    node.ledger.verify().unwrap();
+}

@@ -42,10 +42,14 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
-    /// Create a key file (mode 0600) and print its account id.
+    /// Create a key file (mode 0600) and print its account id: `key FILE`. Or back a key up,
+    /// encrypted under a passphrase (`key backup`), and restore it (`key restore`).
+    #[command(args_conflicts_with_subcommands = true)]
     Key {
-        /// Where to write it (refuses to overwrite).
-        file: PathBuf,
+        /// Where to write a new key (refuses to overwrite).
+        file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<market_node::cli::key::KeyCommand>,
     },
 }
 
@@ -122,10 +126,20 @@ async fn main() -> Result<()> {
             };
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
-        Command::Key { file } => {
+        Command::Key {
+            file: Some(file),
+            command: None,
+        } => {
             let identity = Identity::generate()?;
             market_protocol::keyfile::save_identity(&identity, &file)?;
             println!("{}", identity.account());
+        }
+        Command::Key {
+            command: Some(command),
+            ..
+        } => market_node::cli::key::run(command)?,
+        Command::Key { .. } => {
+            anyhow::bail!("give a file for a new key, or `key backup` / `key restore`")
         }
         Command::Blob { command } => market_node::cli::blob::run(command).await?,
         Command::Task { command } => market_node::cli::task::run(command).await?,

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod blob;
+pub mod key;
 pub mod task;
 
 use std::path::PathBuf;

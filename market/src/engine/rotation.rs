@@ -1,7 +1,9 @@
 //! Key rotation: an account moves its balance, stake and reputation to a new key (both keys
-//! sign; `ledger/README.md`, `rotate`), keeping the blobs it holds. Only an idle account may
-//! rotate: one whose key is in the middle of a run, an audit or a served batch would leave
-//! payments and slashes the ledger can no longer make, so the node refuses until it is done.
+//! sign; `ledger/README.md`, `rotate`), keeping the blobs it holds. What is later paid to, or
+//! slashed from, the old key lands on the new one (the ledger follows rotations), so rotating
+//! dodges nothing; still, the node asks an account to finish its work first (a connected
+//! participant, a run, an audit or a served batch in progress), so that it restarts cleanly
+//! under the new key.
 
 use market_protocol::{AccountId, KeyRotation, RotationAcceptance, Signed};
 
@@ -24,6 +26,10 @@ impl Node {
                 format!("account {from} {what}: rotate its key once it is idle"),
             )
         };
+        if from == self.operator.account() {
+            // The operator's key signs the ledger and receives what slashes owe it.
+            return Err(ApiError::forbidden("the operator's key cannot be rotated"));
+        }
         if self.dispatch.workers().contains(&from) || self.dispatch.verifiers().contains(&from) {
             return Err(busy(
                 "is connected as a worker or verifier (stop it first)".into(),
@@ -113,6 +119,11 @@ fn refusal(e: market_ledger::LedgerError) -> ApiError {
     use market_ledger::LedgerError;
     match e {
         LedgerError::Refused(op) => ApiError::conflict("rotation_refused", op.to_string()),
+        // Another rotation of the same account won the race.
+        LedgerError::KeyConflict { .. } => ApiError::conflict(
+            "rotation_refused",
+            "this account was rotated already, to another key",
+        ),
         LedgerError::Evidence(ev) => ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_rotation",
