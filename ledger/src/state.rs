@@ -80,8 +80,8 @@ pub enum OpError {
         /// Who the refund named.
         claimed: AccountId,
     },
-    /// A transfer to the paying account.
-    #[error("transfer from {0} to itself")]
+    /// A transfer to the paying account, or a rotation to the same key.
+    #[error("{0} is on both sides: a transfer or rotation needs two accounts")]
     SameAccount(AccountId),
     /// The total supply would exceed 2^53 - 1.
     #[error("minting {amount} would take the supply of {supply} past 2^53 - 1")]

@@ -91,6 +91,7 @@ impl Statement {
                 "mint" | "transfer" => t.received += l.balance,
                 "escrow" => t.escrowed -= l.balance,
                 "refund" => t.refunded += l.balance,
+                "rotate" => t.rotated += l.balance,
                 _ => {}
             }
         }
@@ -137,8 +138,8 @@ impl std::fmt::Display for Statement {
         let t = self.totals();
         writeln!(
             f,
-            "earned {}, from slashes {}, slashed {}, received {}, escrowed {}, refunded {}",
-            t.earned, t.compensated, t.slashed, t.received, t.escrowed, t.refunded
+            "earned {}, from slashes {}, slashed {}, received {}, escrowed {}, refunded {}, moved by key rotation {}",
+            t.earned, t.compensated, t.slashed, t.received, t.escrowed, t.refunded, t.rotated
         )?;
         writeln!(
             f,
@@ -175,6 +176,8 @@ pub struct Totals {
     pub escrowed: i64,
     /// Returned from escrow.
     pub refunded: i64,
+    /// Moved by a key rotation: in to the new key, out of the old one.
+    pub rotated: i64,
 }
 
 /// Verifies the export read from `input` as [`crate::verify_export`] does (`signed_head`, when

@@ -262,6 +262,29 @@ async fn a_rotated_account_keeps_everything_under_its_new_key_and_the_old_key_is
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
+    // A grant made to the old key reaches the account's new key.
+    let (s, theirs) = upload(&n.app, &mallory, b"mallory's data, shared with the buyer").await;
+    assert_eq!(s, StatusCode::CREATED, "{theirs}");
+    let theirs = theirs["id"].as_str().unwrap().to_owned();
+    let grant = serde_json::to_vec(&json!({"account": old.account().to_hex()})).unwrap();
+    let (s, v) = call(
+        &n.app,
+        signed(
+            &mallory,
+            "POST",
+            &format!("/v1/blobs/{theirs}/grants"),
+            grant,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = call(
+        &n.app,
+        signed(&new, "GET", &format!("/v1/blobs/{theirs}"), Vec::new()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
     // The export, with the rotation in it, verifies; it replays to what the node shows.
     let mut export = Vec::new();
     n.node.ledger.export(&mut export, 0).unwrap();

@@ -148,6 +148,14 @@ pub(crate) async fn upload(
         node.blobs.discard(staged).await;
         return Err(over_quota(used));
     }
+    // The uploader's key was rotated while its upload streamed (it was checked before the
+    // first byte): the account's current key holds the blob.
+    let current = node.current_key(&owner);
+    if current != owner {
+        node.store
+            .hold_blob(&staged.id, &current)
+            .map_err(ApiError::internal)?;
+    }
     let id = node
         .blobs
         .publish(staged)
@@ -206,8 +214,9 @@ pub(crate) async fn grant(
     let grantee: AccountId =
         super::parse_account(&grant.account)?.ok_or_else(|| ApiError::not_found("account"))?;
     must_hold(&node, &id, &requester)?;
+    // A grant to a key that was rotated goes to the account's current key.
     node.store
-        .grant_blob(&id, &grantee)
+        .grant_blob(&id, &node.current_key(&grantee))
         .map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(grant)))
 }

@@ -1217,7 +1217,8 @@ pub(crate) async fn receipt(
         .map_err(OaiError::internal)?
         .ok_or_else(not_found)?;
     // Another account's receipt is answered as one that does not exist.
-    if r.request.buyer != key.account {
+    // (The buyer's own account, also after it moved to a new key.)
+    if node.current_key(&r.request.buyer) != key.account {
         return Err(not_found());
     }
     let body = r.answer.verify().map_err(OaiError::internal)?;

@@ -234,6 +234,14 @@ impl Store {
         Ok(())
     }
 
+    /// Makes `account` a holder of blob `id` (an upload finished after its uploader's key was
+    /// rotated to `account`).
+    pub fn hold_blob(&self, id: &BlobId, account: &AccountId) -> Result<(), StoreError> {
+        let _life = self.blob_life();
+        self.blob_readers.insert(reader_key(id, account), HOLDER)?;
+        self.flush()
+    }
+
     /// Lets `grantee` read blob `id` and use it in its tasks (an owner's grant). A holder
     /// stays a holder.
     pub fn grant_blob(&self, id: &BlobId, grantee: &AccountId) -> Result<(), StoreError> {
