@@ -92,6 +92,29 @@ fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, 
 }
 
 /// A transaction's outcome as a store error.
+/// How long [`open_db`] waits for sled's lock of a database just closed.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens the sled database in `dir`. sled releases its file lock from a background thread
+/// after the last handle is dropped, so a store re-opened at once (a restart in-process, a
+/// test) can find the lock still held for a moment: retried for up to [`LOCK_WAIT`]. A lock
+/// still held after that (another node on the same directory) is the error it always was.
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                // No event says when another thread lets go of a file lock: poll.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn transaction_result<T>(
     r: Result<T, sled::transaction::TransactionError<serde_json::Error>>,
 ) -> Result<T, StoreError> {
@@ -113,7 +136,7 @@ fn be_u64(b: &[u8]) -> u64 {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(dir)?;
+        let db = open_db(dir)?;
         // Written by versions before the state indexes; superseded by `by_state`.
         db.drop_tree("queued")?;
         let store = Self {
