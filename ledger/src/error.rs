@@ -9,6 +9,7 @@ use market_protocol::{AccountId, SignatureError};
 use crate::entry::{EvidenceError, IdempotencyKey};
 use crate::head::HeadError;
 use crate::state::OpError;
+#[cfg(feature = "store")]
 use crate::storage::StorageError;
 use crate::verify::Broken;
 
@@ -48,6 +49,7 @@ pub enum LedgerError {
         detail: String,
     },
     /// The database failed or is not a ledger.
+    #[cfg(feature = "store")]
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The operator key does not sign this ledger.

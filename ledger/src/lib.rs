@@ -18,20 +18,26 @@
 //! - signed heads let a peer check that the ledger only grew ([`head`]).
 //!
 //! `README.md` in this crate describes the export format for independent verifiers. All sled
-//! code is in the private `storage` module.
+//! code is in the private `storage` module, behind the default `store` feature: without it
+//! (`default-features = false`) the crate is the verifier alone (entries, replay, exports,
+//! heads, statements), which builds for `wasm32-unknown-unknown` (`ledger/wasm`).
 
 mod accounts;
+#[cfg(feature = "store")]
 mod commit;
 pub mod entry;
 mod error;
 pub mod export;
 pub mod head;
+#[cfg(feature = "store")]
 mod ledger;
 #[cfg(feature = "remote")]
 pub mod remote;
+#[cfg(feature = "store")]
 mod signer;
 pub mod state;
 pub mod statement;
+#[cfg(feature = "store")]
 mod storage;
 pub mod verify;
 
@@ -41,9 +47,11 @@ pub use entry::{
 pub use error::LedgerError;
 pub use export::{verify_export, verify_export_file, ExportReport};
 pub use head::{check_prefix, Head, HeadError, LedgerHead, SignedHead, HEAD_DOMAIN};
+#[cfg(feature = "store")]
 pub use ledger::{Appended, Ledger, OpenCheck, OpenOptions, VerifyReport};
 pub use market_protocol as protocol;
 pub use state::{Escrow, OpError, State};
 pub use statement::{statement, Statement, StatementLine, Totals};
+#[cfg(feature = "store")]
 pub use storage::StorageError;
 pub use verify::{Broken, Fault, Summary};

@@ -349,7 +349,8 @@ pub(crate) struct Delta {
 }
 
 impl Delta {
-    /// Adds later changes on top of these.
+    /// Adds later changes on top of these (group commit).
+    #[cfg(feature = "store")]
     pub fn merge(&mut self, later: Delta) {
         self.balances.extend(later.balances);
         self.stakes.extend(later.stakes);
