@@ -305,6 +305,11 @@ impl Ledger {
         self.read(|v| v.state.rotated_to(account))
     }
 
+    /// The key `account` acts under now ([`State::current_key`]).
+    pub fn current_key(&self, account: &AccountId) -> AccountId {
+        self.read(|v| v.state.current_key(account))
+    }
+
     /// An account's spendable credits.
     pub fn balance(&self, account: &AccountId) -> Credits {
         self.read(|v| v.state.balance(account))

@@ -183,6 +183,12 @@ impl State {
         self.rotated.get(account).copied()
     }
 
+    /// The key `account` acts under now: itself, or the key it was rotated to (following
+    /// rotations in order): where payments to it and slashes of it land.
+    pub fn current_key(&self, account: &AccountId) -> AccountId {
+        StateRead::current(self, account)
+    }
+
     /// Every rotation so far, old key to new key.
     pub fn rotations(&self) -> &BTreeMap<AccountId, AccountId> {
         &self.rotated

@@ -98,18 +98,9 @@ impl Node {
         Ok(false)
     }
 
-    /// The key `account` acts under now: itself, or the key it was rotated to (and so on).
+    /// The key `account` acts under now: the ledger's rule, which payments and slashes follow.
     pub fn current_key(&self, account: &AccountId) -> AccountId {
-        let mut key = *account;
-        // A rotation's target is always a key that never acted, so chains do not loop; the
-        // bound only guards against a bug.
-        for _ in 0..64 {
-            match self.ledger.rotated_to(&key) {
-                Some(next) => key = next,
-                None => break,
-            }
-        }
-        key
+        self.ledger.current_key(account)
     }
 }
 
