@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod dispatch;
 pub mod engine;
 pub mod error;

@@ -88,6 +88,20 @@ pub struct VerdictSummary {
     pub checked: usize,
     /// The failure, for people.
     pub detail: Option<String>,
+    /// The segments it re-executed, in the challenge's order (the evidence a buyer can check
+    /// against the commitment's checkpoints).
+    #[serde(default)]
+    pub segments: Vec<u32>,
+    /// For a failure: the first segment that did not reproduce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_segment: Option<u32>,
+    /// For a failure narrowed to a step: the first step inside that segment whose state
+    /// differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<u32>,
+    /// For a failure: why (`state_mismatch`, `bad_proof`, `withheld`, `invalid_commitment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One worker's attempt at a task.
@@ -101,6 +115,14 @@ pub struct Attempt {
     pub commitment_id: Option<CommitmentId>,
     /// The ledger sequence number of the commitment record (its hash is the beacon).
     pub commit_seq: Option<u64>,
+    /// Optimizer steps its commitment says it ran (0 for inference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    /// Per segment, the mean training loss the commitment records (its `loss_trace`, read
+    /// from binary32 bits): the run's loss curve, bound to the audited checkpoints. `null`
+    /// for a value that is not a finite number (JSON has none; a cheat may commit one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_trace: Vec<Option<f32>>,
     /// The verdicts.
     pub verdicts: Vec<VerdictSummary>,
     /// Whether the attempt was accepted.

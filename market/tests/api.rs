@@ -267,6 +267,38 @@ async fn a_cheating_worker_is_slashed_and_another_worker_completes_the_task() {
         .filter_map(|v| v.detail.as_deref())
         .any(|d| d.contains("first differing step"));
     assert!(narrowed, "{:?}", t.attempts[0].verdicts);
+    // The view shows each failing verdict's evidence as fields (what the dashboard draws):
+    // the segment and step its signed outcome names, among the segments it re-executed.
+    for v in t.attempts[0].verdicts.iter().filter(|v| !v.passed) {
+        let (segment, step) = (v.failed_segment.unwrap(), v.failed_step.unwrap());
+        assert!(v.segments.contains(&segment), "{v:?}");
+        assert_eq!(v.reason.as_deref(), Some("state_mismatch"));
+        let detail = v.detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with(&format!("segment {segment} ")),
+            "{detail}"
+        );
+        assert!(
+            detail.contains(&format!("first differing step is {step} ")),
+            "{detail}"
+        );
+    }
+    // Each run's loss curve is its signed commitment's loss_trace, as recorded in the ledger.
+    for a in &t.attempts {
+        let entry = n.node.ledger.entry(a.commit_seq.unwrap()).unwrap().unwrap();
+        let market_ledger::EntryKind::Commit { commitment, .. } = entry.body.kind else {
+            panic!("entry {:?} is no commit", a.commit_seq);
+        };
+        let committed: Vec<Option<f32>> = commitment
+            .body
+            .loss_trace
+            .iter()
+            .map(|b| Some(f32::from_bits(b.0)))
+            .collect();
+        assert_eq!(a.loss_trace, committed);
+        assert_eq!(a.steps, Some(commitment.body.steps));
+        assert!(!a.loss_trace.is_empty());
+    }
     n.node.ledger.verify().unwrap();
 }
 

@@ -13,6 +13,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
+use market_ledger::protocol::AccountId;
 use market_ledger::{verify_export, LedgerError, SignedHead};
 use serde_json::{json, Value};
 
@@ -21,23 +22,46 @@ thread_local! {
     static ANSWER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Splits off the first line of `input`: (that line, the rest).
+fn first_line(input: &[u8]) -> (&[u8], &[u8]) {
+    match input.iter().position(|b| *b == b'\n') {
+        Some(i) => (&input[..i], &input[i + 1..]),
+        None => (input, &[][..]),
+    }
+}
+
+/// Reads the signed head from its line: `None` for a blank line.
+fn head_of(line: &[u8]) -> Result<Option<SignedHead>, Value> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(line).map(Some).map_err(
+        |e| json!({"verified": false, "error": format!("the signed head is not valid: {e}")}),
+    )
+}
+
+/// What the page shows of a failed check: the first bad entry (its sequence number and line)
+/// when the chain is broken.
+fn failure(e: LedgerError) -> Value {
+    match e {
+        LedgerError::Broken(b) => json!({
+            "verified": false,
+            "error": b.to_string(),
+            "seq": b.seq,
+            "line": b.line,
+        }),
+        e => json!({"verified": false, "error": e.to_string()}),
+    }
+}
+
 /// Verifies `input` (a head line, then the export) and says what it found, as JSON:
 /// `{"verified": true, "entries", "ledger", "head": {"seq", "hash"}, "supply", "signed_head_seq"}`
 /// or `{"verified": false, "error", "seq", "line"}` naming the first bad entry.
 pub fn verify_input(input: &[u8]) -> Value {
-    let (head_line, export) = match input.iter().position(|b| *b == b'\n') {
-        Some(i) => (&input[..i], &input[i + 1..]),
-        None => (input, &[][..]),
-    };
-    let head: Option<SignedHead> = if head_line.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        match serde_json::from_slice(head_line) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                return json!({"verified": false, "error": format!("the signed head is not valid: {e}")})
-            }
-        }
+    let (head_line, export) = first_line(input);
+    let head = match head_of(head_line) {
+        Ok(h) => h,
+        Err(answer) => return answer,
     };
     match verify_export(export, Path::new("export"), head.as_ref()) {
         Ok(report) => json!({
@@ -48,14 +72,37 @@ pub fn verify_input(input: &[u8]) -> Value {
             "supply": report.summary.state.supply().0,
             "signed_head_seq": head.map(|h| h.body.seq),
         }),
-        Err(LedgerError::Broken(b)) => json!({
-            "verified": false,
-            "error": b.to_string(),
-            "seq": b.seq,
-            "line": b.line,
-        }),
-        Err(e) => json!({"verified": false, "error": e.to_string()}),
+        Err(e) => failure(e),
     }
+}
+
+/// One account's statement from `input` (a head line, the account's id on the second line,
+/// then the export), after the same checks as [`verify_input`]: `{"verified": true,
+/// "statement": {...}, "totals": {...}}` (the shapes of [`market_ledger::Statement`] and
+/// [`market_ledger::Totals`], as `market-worker statement --json` prints them), or the failure.
+pub fn statement_input(input: &[u8]) -> Value {
+    let (head_line, rest) = first_line(input);
+    let (account_line, export) = first_line(rest);
+    let head = match head_of(head_line) {
+        Ok(h) => h,
+        Err(answer) => return answer,
+    };
+    let account: AccountId = match std::str::from_utf8(account_line)
+        .ok()
+        .and_then(|a| a.trim().parse().ok())
+    {
+        Some(a) => a,
+        None => return json!({"verified": false, "error": "the second line is not an account id"}),
+    };
+    match market_ledger::statement(export, Path::new("export"), account, head.as_ref()) {
+        Ok(s) => json!({"verified": true, "totals": s.totals(), "statement": s}),
+        Err(e) => failure(e),
+    }
+}
+/// The blake3 hash of `input` (a blob's id): `{"blake3": "<64 hex digits>"}`. The page checks
+/// a downloaded result against the id the node and the ledger name before it offers it.
+pub fn hash_input(input: &[u8]) -> Value {
+    json!({"blake3": market_ledger::protocol::Hash::of(input).to_string()})
 }
 
 /// Reserves `len` bytes in the module's memory for the page to copy its input into.
@@ -67,6 +114,22 @@ pub extern "C" fn alloc(len: usize) -> *mut u8 {
     ptr
 }
 
+/// Runs `answer` on the `len` bytes at `ptr` and keeps its JSON for the page to read.
+///
+/// # Safety
+/// As [`verify`].
+unsafe fn answer_with(ptr: *mut u8, len: usize, answer: fn(&[u8]) -> Value) -> u64 {
+    // SAFETY: `alloc(len)` made this allocation with capacity `len`, the caller wrote every
+    // byte of it and hands it over; rebuilding the Vec frees it when done.
+    let input = unsafe { Vec::from_raw_parts(ptr, len, len) };
+    let bytes = serde_json::to_vec(&answer(&input)).unwrap_or_default();
+    ANSWER.with(|a| {
+        *a.borrow_mut() = bytes;
+        let a = a.borrow();
+        ((a.as_ptr() as u64) << 32) | a.len() as u64
+    })
+}
+
 /// Verifies the `len` bytes at `ptr` (from [`alloc`], filled by the page, and freed here) and
 /// returns the answer's offset and length as `offset << 32 | length`.
 ///
@@ -75,15 +138,28 @@ pub extern "C" fn alloc(len: usize) -> *mut u8 {
 /// bytes; it must not be used again.
 #[no_mangle]
 pub unsafe extern "C" fn verify(ptr: *mut u8, len: usize) -> u64 {
-    // SAFETY: `alloc(len)` made this allocation with capacity `len`, the caller wrote every
-    // byte of it and hands it over; rebuilding the Vec frees it when done.
-    let input = unsafe { Vec::from_raw_parts(ptr, len, len) };
-    let answer = serde_json::to_vec(&verify_input(&input)).unwrap_or_default();
-    ANSWER.with(|a| {
-        *a.borrow_mut() = answer;
-        let a = a.borrow();
-        ((a.as_ptr() as u64) << 32) | a.len() as u64
-    })
+    // SAFETY: the caller keeps `verify`'s contract, which is `answer_with`'s.
+    unsafe { answer_with(ptr, len, verify_input) }
+}
+
+/// [`statement_input`] over the `len` bytes at `ptr`, handed over as to [`verify`].
+///
+/// # Safety
+/// As [`verify`].
+#[no_mangle]
+pub unsafe extern "C" fn statement(ptr: *mut u8, len: usize) -> u64 {
+    // SAFETY: the caller keeps `verify`'s contract, which is `answer_with`'s.
+    unsafe { answer_with(ptr, len, statement_input) }
+}
+
+/// [`hash_input`] over the `len` bytes at `ptr`, handed over as to [`verify`].
+///
+/// # Safety
+/// As [`verify`].
+#[no_mangle]
+pub unsafe extern "C" fn hash(ptr: *mut u8, len: usize) -> u64 {
+    // SAFETY: the caller keeps `verify`'s contract, which is `answer_with`'s.
+    unsafe { answer_with(ptr, len, hash_input) }
 }
 
 #[cfg(test)]
@@ -116,6 +192,42 @@ mod tests {
         assert_eq!(bad["verified"], false, "{bad}");
         assert_eq!(bad["seq"], 5, "{bad}");
         assert_eq!(bad["line"], 6, "{bad}");
+    }
+
+    #[test]
+    fn a_statement_is_checked_and_sums_to_the_balance() {
+        let export = String::from_utf8(vector_export()).expect("utf-8");
+        // The first mint's recipient (line 2 of the spec's export).
+        let account = "c9ac04296b6035cfa5c0acbe33253bfbb5375c462730752aec21507fbef210fc";
+        let answer = statement_input(format!("\n{account}\n{export}").as_bytes());
+        assert_eq!(answer["verified"], true, "{answer}");
+        let lines = answer["statement"]["lines"].as_array().expect("lines");
+        assert!(!lines.is_empty());
+        let sum: i64 = lines
+            .iter()
+            .map(|l| l["balance"].as_i64().expect("delta"))
+            .sum();
+        assert_eq!(
+            Some(sum),
+            answer["statement"]["balance"].as_i64(),
+            "{answer}"
+        );
+
+        let forged = export.replacen("\"amount\":500", "\"amount\":5000", 1);
+        let bad = statement_input(format!("\n{account}\n{forged}").as_bytes());
+        assert_eq!(bad["verified"], false, "{bad}");
+        assert_eq!(bad["seq"], 1, "{bad}");
+        let no_account = statement_input(format!("\nnot-an-account\n{export}").as_bytes());
+        assert_eq!(no_account["verified"], false, "{no_account}");
+    }
+
+    #[test]
+    fn a_blob_hashes_to_its_id() {
+        // blake3 of nothing, as in the blake3 test vectors.
+        assert_eq!(
+            hash_input(b"")["blake3"],
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
     }
 
     #[test]

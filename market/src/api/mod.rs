@@ -147,6 +147,10 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/openapi.json",
             get(|| async { axum::Json(openapi::document()) }),
         )
+        .route("/", get(crate::dashboard::home))
+        .route("/dashboard", get(crate::dashboard::home))
+        .route("/dashboard/", get(crate::dashboard::index))
+        .route("/dashboard/{file}", get(crate::dashboard::asset))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found("route") })

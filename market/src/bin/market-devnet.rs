@@ -36,7 +36,8 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
-    /// Keep the market running after the summary and print the API address.
+    /// Keep the market running after the summary and print the dashboard's and the API's
+    /// addresses.
     #[arg(long)]
     keep: bool,
     /// Also write the ledger's export (JSON lines) to this file.
@@ -67,6 +68,8 @@ enum ChildRole {
 #[derive(Serialize)]
 struct Summary {
     api: String,
+    /// The node's web dashboard (tasks, participants, the ledger verified in the browser).
+    dashboard: String,
     tasks: usize,
     settled: usize,
     slashed: Vec<String>,
@@ -463,6 +466,7 @@ async fn devnet(args: Args) -> Result<()> {
         None,
     );
     let summary = Summary {
+        dashboard: format!("{api}/dashboard/"),
         api: api.clone(),
         tasks: posted.len(),
         settled,
@@ -542,9 +546,13 @@ async fn devnet(args: Args) -> Result<()> {
                 "VERIFICATION FAILED"
             }
         );
+        println!("dashboard: {}", summary.dashboard);
     }
     if args.keep {
-        eprintln!("market-devnet keeps running; API at {api}; Ctrl-C to stop");
+        eprintln!(
+            "market-devnet keeps running; dashboard at {}, API at {api}; Ctrl-C to stop",
+            summary.dashboard
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(children);

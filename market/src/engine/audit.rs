@@ -87,6 +87,13 @@ impl Node {
             .await?;
         t.attempts[n].commitment_id = Some(CommitmentId(commitment.id()?));
         t.attempts[n].commit_seq = Some(record.seq());
+        t.attempts[n].steps = Some(commitment.body.steps);
+        t.attempts[n].loss_trace = commitment
+            .body
+            .loss_trace
+            .iter()
+            .map(|b| Some(f32::from_bits(b.0)).filter(|l| l.is_finite()))
+            .collect();
         if !t.ledger_seqs.contains(&record.seq()) {
             t.ledger_seqs.push(record.seq());
         }
@@ -723,6 +730,21 @@ pub(super) fn record_verdicts(
                     VerdictOutcome::Pass => None,
                     VerdictOutcome::Fail { detail, .. } => Some(detail.clone()),
                 },
+                segments: body.checked.iter().map(|c| c.segment).collect(),
+                failed_segment: match &body.outcome {
+                    VerdictOutcome::Pass => None,
+                    VerdictOutcome::Fail { segment, .. } => Some(*segment),
+                },
+                failed_step: match &body.outcome {
+                    VerdictOutcome::Pass => None,
+                    VerdictOutcome::Fail { step, .. } => *step,
+                },
+                reason: match &body.outcome {
+                    VerdictOutcome::Pass => None,
+                    VerdictOutcome::Fail { reason, .. } => serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned)),
+                },
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -753,6 +775,8 @@ mod tests {
                 worker: buyer.account(),
                 commitment_id: None,
                 commit_seq: None,
+                steps: None,
+                loss_trace: Vec::new(),
                 verdicts: Vec::new(),
                 accepted: false,
                 plan: Some(plan.clone()),

@@ -546,6 +546,8 @@ impl Node {
             worker,
             commitment_id: None,
             commit_seq: None,
+            steps: None,
+            loss_trace: Vec::new(),
             verdicts: Vec::new(),
             accepted: false,
             plan: None,
