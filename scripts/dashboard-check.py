@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("api")
     ap.add_argument("out")
     ap.add_argument("--buyer-key")
+    ap.add_argument("--submit", nargs=2, metavar=("MARKET_NODE", "TASK_FILE"), help="post this task with the buyer's key while the tasks page is open: it must appear and move without a reload (live updates)")
     args = ap.parse_args()
     api = args.api.rstrip("/")
     out = Path(args.out)
@@ -223,6 +225,22 @@ def main():
                 check(False, "an unsigned request read the results")
             except urllib.error.HTTPError as e:
                 check(e.code == 401, f"unsigned results request: {e.code}")
+
+        # Live updates: a task posted while the tasks page is open appears and moves on it
+        # without a reload (the page follows /v1/events).
+        if args.submit and args.buyer_key:
+            visit("tasks", "tasks")
+            page.evaluate("window.__sameDocument = true")
+            cli, task_file = args.submit
+            posted = subprocess.run([cli, "task", "submit", task_file, "--key", args.buyer_key, "--node", api], capture_output=True, text=True, timeout=120, env={**os.environ, "RUST_BACKTRACE": "0"})
+            check(posted.returncode == 0, f"posting a task: {posted.stderr}")
+            page.wait_for_function(f"() => document.querySelectorAll('[data-testid=tasks] tbody tr').length == {len(tasks) + 1}", timeout=60000)
+            known = json.dumps([t["id"] for t in tasks])
+            new_row = f"[...document.querySelectorAll('[data-testid=tasks] tbody tr')].find(r => !{known}.includes(r.dataset.task))"
+            first = page.evaluate(f"() => {new_row}.querySelector('[data-state]').dataset.state")
+            page.wait_for_function(f"() => {new_row}.querySelector('[data-state]').dataset.state != {json.dumps(first)}", timeout=120000)
+            check(page.evaluate("window.__sameDocument") is True, "the page was not reloaded")
+            shoot("tasks-live")
 
         browser.close()
 

@@ -140,6 +140,9 @@ fn devnet_catches_the_cheater_and_passes_honest_work() {
         .arg(&shots)
         .arg("--buyer-key")
         .arg(&key)
+        .arg("--submit")
+        .arg(env!("CARGO_BIN_EXE_market-node"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/mlp-train.json"))
         .output()
         .unwrap();
     assert!(
@@ -158,6 +161,7 @@ fn devnet_catches_the_cheater_and_passes_honest_work() {
         "statement",
         "ledger",
         "results",
+        "tasks-live",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),
