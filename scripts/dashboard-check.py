@@ -97,6 +97,10 @@ def main():
             return shot
 
         def shoot(name):
+            # No value rendered as a JavaScript accident.
+            stray = page.evaluate("""() => [...document.querySelectorAll('main, main *')].flatMap(e => [...e.childNodes])
+                .filter(n => n.nodeType === 3 && /^(null|undefined|NaN|\\[object Object\\])$/.test(n.textContent.trim())).length""")
+            check(stray == 0, f"{name}: {stray} text node(s) saying null/undefined/NaN")
             page.screenshot(path=str(out / f"{name}.png"), full_page=True)
 
         # Tasks: one row per task the API lists.
@@ -176,6 +180,8 @@ def main():
         page.click("[data-testid=verify-node]")
         res = page.wait_for_selector("[data-testid=verify-result]", timeout=60000)
         check(res.get_attribute("data-verified") == "true", f"the node's export verifies: {res.inner_text()}")
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=entries] [data-check]').length == document.querySelectorAll('[data-testid=entries] tbody tr').length", timeout=60000)
+        check(page.locator("[data-testid=entries] [data-check=differs]").count() == 0, "every entry shown is the verified one")
         entries = int(res.get_attribute("data-entries"))
         check(entries >= head["body"]["seq"] + 1, f"{entries} entries verified")
         lines = export.split("\n")
@@ -188,6 +194,18 @@ def main():
         bad = page.locator("[data-testid=verify-result]").nth(1)
         check(bad.get_attribute("data-verified") == "false" and bad.get_attribute("data-seq") == "5", f"tampered export: {bad.inner_text()}")
         shoot("ledger")
+        # A node whose entries page says other than its export: the row is flagged.
+        def forged_entries(route):
+            body = json.loads(route.fetch().body())
+            body["entries"][-1]["body"]["key"] += "-forged"
+            route.fulfill(status=200, body=json.dumps(body), headers={"content-type": "application/json"})
+        page.route("**/v1/ledger/entries*", forged_entries)
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]", timeout=30000)
+        page.click("[data-testid=verify-node]")
+        page.wait_for_selector("[data-testid=entries] [data-check]", timeout=60000)
+        check(page.locator("[data-testid=entries] [data-check=differs]").count() == 1, "the forged entry is flagged")
+        page.unroute("**/v1/ledger/entries*")
 
         # A buyer's results, signed in the browser with its key file.
         if args.buyer_key:
@@ -220,6 +238,20 @@ def main():
             page.wait_for_selector("[data-check]", timeout=60000)
             check(page.locator("[data-check]").get_attribute("data-check") == "mismatch", "altered bytes are refused")
             page.unroute(f"**/v1/blobs/{outputs[0]}")
+            # A node that lists a result the ledger's accepted commitment does not name: the
+            # page does not offer it.
+            stranger = "ab" * 32
+            def extra_output(route):
+                body = json.loads(route.fetch().body())
+                body["outputs"].append(stranger)
+                body["items"].append("")
+                route.fulfill(status=200, body=json.dumps(body), headers={"content-type": "application/json"})
+            page.route(f"**/v1/tasks/{t['id']}/result", extra_output)
+            page.click("[data-testid=show-results]")
+            page.wait_for_selector(f"tr[data-output='{stranger}'] [data-check]", timeout=30000)
+            check(page.locator(f"tr[data-output='{stranger}'] [data-check]").get_attribute("data-check") == "unreleased", "an output the ledger does not name is not offered")
+            check(page.locator(f"button[data-blob='{stranger}']").count() == 0, "no download button for it")
+            page.unroute(f"**/v1/tasks/{t['id']}/result")
             try:
                 urllib.request.urlopen(f"{api}/v1/tasks/{t['id']}/result", timeout=30)
                 check(False, "an unsigned request read the results")
@@ -237,8 +269,8 @@ def main():
             page.wait_for_function(f"() => document.querySelectorAll('[data-testid=tasks] tbody tr').length == {len(tasks) + 1}", timeout=60000)
             known = json.dumps([t["id"] for t in tasks])
             new_row = f"[...document.querySelectorAll('[data-testid=tasks] tbody tr')].find(r => !{known}.includes(r.dataset.task))"
-            first = page.evaluate(f"() => {new_row}.querySelector('[data-state]').dataset.state")
-            page.wait_for_function(f"() => {new_row}.querySelector('[data-state]').dataset.state != {json.dumps(first)}", timeout=120000)
+            # It runs to the end on its own; the page follows it there.
+            page.wait_for_function(f"() => {new_row}.querySelector('[data-state]').dataset.state == 'settled'", timeout=120000)
             check(page.evaluate("window.__sameDocument") is True, "the page was not reloaded")
             shoot("tasks-live")
 

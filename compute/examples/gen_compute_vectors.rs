@@ -310,6 +310,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
                 Decoding::Sample {
                     temperature: dec("0.8"),
                     top_k: 5,
+                    top_p: None,
                 },
             ),
         ),
@@ -320,6 +321,18 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
                 Decoding::Sample {
                     temperature: dec("1.5"),
                     top_k: 0,
+                    top_p: None,
+                },
+            ),
+        ),
+        (
+            "gpt-sample-top-p",
+            gpt(
+                24,
+                Decoding::Sample {
+                    temperature: dec("1.5"),
+                    top_k: 0,
+                    top_p: Some(dec("0.9")),
                 },
             ),
         ),

@@ -64,6 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Decoding::Sample {
                 temperature: dec("0.8")?,
                 top_k: 10,
+                top_p: None,
             },
         ),
         (
@@ -71,6 +72,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Decoding::Sample {
                 temperature: dec("1.5")?,
                 top_k: 0,
+                top_p: None,
+            },
+        ),
+        (
+            "sample-t1.2-p0.8",
+            Decoding::Sample {
+                temperature: dec("1.2")?,
+                top_k: 0,
+                top_p: Some(dec("0.8")?),
             },
         ),
     ];

@@ -791,7 +791,12 @@ pub struct Sampling {
 impl Sampling {
     /// The step for `decoding` (a `Sample`; greedy gives one candidate, the best).
     pub fn new(decoding: &Decoding, seed: u64, logits: &[f32], item: u64, n: u64) -> Self {
-        let Decoding::Sample { temperature, top_k } = decoding else {
+        let Decoding::Sample {
+            temperature,
+            top_k,
+            top_p,
+        } = decoding
+        else {
             let best = choose(decoding, seed, logits.to_vec(), item, n) as usize;
             return Self {
                 order: vec![best],
@@ -810,6 +815,22 @@ impl Sampling {
         order.truncate(k);
         let mut scaled: Vec<f32> = order.iter().map(|&i| logits[i] / t).collect();
         softmax_row(&mut scaled);
+        if let Some(top_p) = top_p {
+            // The nucleus: the first candidates whose probabilities, summed in order, reach
+            // `top_p`; the draw is then among them alone, their softmax taken afresh.
+            let tp = top_p.to_f32();
+            let mut acc = 0.0f32;
+            let keep = scaled
+                .iter()
+                .position(|p| {
+                    acc += *p;
+                    acc >= tp
+                })
+                .map_or(order.len(), |j| j + 1);
+            order.truncate(keep);
+            scaled = order.iter().map(|&i| logits[i] / t).collect();
+            softmax_row(&mut scaled);
+        }
         let mut r = rng::stream2(seed, Purpose::Sample, item, n);
         let u = rng::unit_f32(&mut r);
         let mut acc = 0.0f32;
@@ -875,13 +896,27 @@ fn check_max_new_tokens(n: u32) -> Result<()> {
 }
 
 fn check_decoding(decoding: &Decoding) -> Result<()> {
-    if let Decoding::Sample { temperature, .. } = decoding {
+    if let Decoding::Sample {
+        temperature, top_p, ..
+    } = decoding
+    {
         let t = temperature.to_f32();
         if !(t > 0.0 && t <= 100.0) {
             return Err(ComputeError::config(
                 "decoding.temperature",
                 format!("is {t}, must be in (0, 100]"),
             ));
+        }
+        // Judged on the decimal itself: a value just below 1 may round to 1 in binary32,
+        // which then keeps every candidate (a sum in binary32 may never reach 1).
+        if let Some(p) = top_p {
+            let v = p.to_f64();
+            if !(v > 0.0 && v < 1.0) {
+                return Err(ComputeError::config(
+                    "decoding.top_p",
+                    format!("is {p}, must be in (0, 1) (omit it to keep every candidate)"),
+                ));
+            }
         }
     }
     Ok(())

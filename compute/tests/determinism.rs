@@ -116,11 +116,12 @@ fn golden_case_hashes() {
     }
 }
 
-/// Inference outputs, leaves and roots: greedy, top-k and full sampling, and `mlp` rows.
+/// Inference outputs, leaves and roots: greedy, top-k, full and nucleus (top-p) sampling, and
+/// `mlp` rows.
 #[test]
 fn golden_inference_outputs() {
     let vectors = golden("compute-inference.json");
-    assert_eq!(vectors.len(), 5);
+    assert_eq!(vectors.len(), 6);
     for v in vectors {
         let name = v["name"].as_str().unwrap();
         let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();

@@ -160,6 +160,7 @@ fn honest_answers_pass_and_every_forgery_is_named() {
             decoding: Decoding::Sample {
                 temperature: "0.8".parse::<Decimal>().unwrap(),
                 top_k: 20,
+                top_p: None,
             },
             ..greedy(16)
         },
@@ -643,6 +644,7 @@ fn the_native_near_tie_rule_admits_only_picks_rounding_could_make() {
     let decoding = Decoding::Sample {
         temperature: "1".parse::<Decimal>().unwrap(),
         top_k: 3,
+        top_p: None,
     };
     let s = market_compute::inference::Sampling::new(&decoding, 9, &logits, 0, 0);
     let picked = market_compute::inference::choose(&decoding, 9, logits.clone(), 0, 0) as usize;
@@ -654,6 +656,64 @@ fn the_native_near_tie_rule_admits_only_picks_rounding_could_make() {
         assert!(!s.could_pick(t, 1e-4), "{t} for u = {}", s.u);
         assert!(s.could_pick(t, 1.0));
     }
+}
+
+/// Nucleus sampling (`top_p`): the draw is only among the most likely tokens whose
+/// probabilities first reach `top_p`, renormalized; a token outside the nucleus is never picked
+/// and never accepted as a near tie; an absent `top_p` leaves a task's encoding (and id) as it
+/// was; 0, 1 and beyond are refused.
+#[test]
+fn top_p_samples_only_from_the_nucleus() {
+    // Probabilities at temperature 1: about 0.636, 0.234, 0.086, 0.032, 0.012.
+    let logits = vec![3.0f32, 2.0, 1.0, 0.0, -1.0];
+    let nucleus = Decoding::Sample {
+        temperature: "1".parse::<Decimal>().unwrap(),
+        top_k: 0,
+        top_p: Some("0.8".parse::<Decimal>().unwrap()),
+    };
+    let s = market_compute::inference::Sampling::new(&nucleus, 5, &logits, 0, 0);
+    assert_eq!(s.order, vec![0, 1]);
+    // Renormalized over the two: e / (e + 1) and then the whole.
+    let first = 1.0 / (1.0 + (-1.0f32).exp());
+    assert!((s.cumulative[0] - first).abs() < 1e-6, "{:?}", s.cumulative);
+    assert!((s.cumulative[1] - 1.0).abs() < 1e-6, "{:?}", s.cumulative);
+    assert!(
+        !s.could_pick(2, 1.0),
+        "outside the nucleus is never a near tie"
+    );
+    let mut picks = [0usize; 5];
+    let mut wide = [0usize; 5];
+    let all = Decoding::Sample {
+        temperature: "1".parse::<Decimal>().unwrap(),
+        top_k: 0,
+        top_p: None,
+    };
+    for n in 0..2000 {
+        picks[market_compute::inference::choose(&nucleus, 5, logits.clone(), 0, n) as usize] += 1;
+        wide[market_compute::inference::choose(&all, 5, logits.clone(), 0, n) as usize] += 1;
+    }
+    assert_eq!(picks[2..], [0, 0, 0], "{picks:?}");
+    assert!(picks[1] > 400 && picks[0] > 1200, "{picks:?}");
+    assert!(
+        wide[2..].iter().sum::<usize>() > 150,
+        "without top_p the tail is drawn: {wide:?}"
+    );
+    // The cut is by running sum: a top_p the first token reaches alone keeps it alone.
+    let one = Decoding::Sample {
+        temperature: "1".parse::<Decimal>().unwrap(),
+        top_k: 0,
+        top_p: Some("0.5".parse::<Decimal>().unwrap()),
+    };
+    assert_eq!(
+        market_compute::inference::Sampling::new(&one, 5, &logits, 0, 0).order,
+        vec![0]
+    );
+
+    // Absent, the field is not written: tasks from before it keep their ids.
+    let text = serde_json::to_string(&all).unwrap();
+    assert!(!text.contains("top_p"), "{text}");
+    let back: Decoding = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, all);
 }
 
 /// `spec/vectors/compute-llama.json` (written by `gen_llama_vectors`) reproduces: the seeded

@@ -59,6 +59,7 @@ fn a_served_answer_is_the_posted_items_answer_and_streams_to_its_text() {
     let sampled = Decoding::Sample {
         temperature: "0.8".parse().unwrap(),
         top_k: 0,
+        top_p: None,
     };
     let mut streamed_something = false;
     let mut stopped = 0;

@@ -1,7 +1,9 @@
 // The market dashboard: tasks, participants and the ledger, read from this node's public API.
 // Everything is built with DOM calls (no HTML from data), nothing is fetched from another
-// origin, and the ledger is checked in the browser by the node's own verifier compiled to
-// WebAssembly (ledger.wasm), so the page does not ask anyone to trust the node serving it.
+// origin, and the ledger is checked in the browser by the ledger's own verifier compiled to
+// WebAssembly (ledger.wasm); the ledger entries shown and a buyer's results are checked
+// against that verified export, so a node's wrong answers are caught here. (The page comes
+// from the node too: against a node that may serve another page, `market-ledger verify`.)
 "use strict";
 
 // ---------- small helpers ----------
@@ -55,6 +57,11 @@ function table(headers, rows, attrs) {
 function num(v) { return h("td", { class: "num" }, v === null || v === undefined ? "–" : String(v)); }
 
 function fmtLoss(v) { return v === null || v === undefined ? "–" : Number(v).toPrecision(6); }
+
+/** Replaces an element's children, skipping the absent ones (null, undefined, false). */
+function put(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
 
 function setMain(...children) {
   const main = document.getElementById("main");
@@ -168,6 +175,36 @@ async function nodeExport() {
   return exportCache;
 }
 
+/**
+ * The node's export, verified here against its signed head, and its entries parsed (by
+ * sequence number): what the page checks the node's other answers against. Throws if the
+ * export does not verify.
+ */
+async function verifiedLedger() {
+  const cached = await nodeExport();
+  if (!cached.verified) {
+    const answer = await verifyExport(cached.bytes, cached.head);
+    if (!answer.verified) throw new Error(`this node's ledger export does not verify: ${answer.error}`);
+    cached.verified = answer;
+    cached.entries = new TextDecoder().decode(cached.bytes).split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
+  }
+  return cached;
+}
+
+/** The outputs the ledger's verified `release` of a task names (its accepted commitment's). */
+async function releasedOutputs(taskId) {
+  const { entries } = await verifiedLedger();
+  const release = entries.find((e) => e.body.kind.release && e.body.kind.release.task_id === taskId && e.body.kind.release.commitment);
+  return release ? release.body.kind.release.commitment.body.outputs : null;
+}
+
+/** JSON with keys sorted at every level: two parses of the same entry compare equal. */
+function canonical(v) {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (v && typeof v === "object") return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(",")}}`;
+  return JSON.stringify(v);
+}
+
 /** Verifies an export (with the node's signed head, when given) in the browser. */
 async function verifyExport(bytes, head) {
   const headLine = enc.encode((head ? JSON.stringify(head) : "") + "\n");
@@ -236,6 +273,9 @@ async function loadKeyFile(file) {
 /** A GET signed as `market-node` signs it (spec: the x-market-* request signature). */
 async function signedGet(path) {
   if (!buyerKey) throw new Error("load your key file first");
+  // Only the two reads this page makes, for ids of the right form: the page never signs a
+  // path a node's answer could bend.
+  if (!/^\/v1\/(tasks\/[0-9a-f]{64}\/result|blobs\/[0-9a-f]{64})$/.test(path)) throw new Error(`refusing to sign ${path}`);
   const ts = Math.floor(Date.now() / 1000);
   const nonce = bytesToHex(crypto.getRandomValues(new Uint8Array(16)));
   const message = joinBytes(enc.encode("market/v1/HttpRequest"), new Uint8Array([0]),
@@ -353,7 +393,7 @@ function resultsSection(t) {
   const out = h("div", { "data-testid": "results" });
   const keyInput = h("input", { type: "file", accept: ".json,.key,application/json", "aria-label": "key file", "data-testid": "key-file" });
   const show = async () => {
-    out.replaceChildren(h("p", {}, "signing the request in this browser…"));
+    put(out, h("p", {}, "signing the request in this browser…"));
     try {
       if (!window.isSecureContext || !crypto.subtle) throw new Error("signing needs a secure page (https, or this node on localhost)");
       if (!keyInput.files.length) throw new Error("choose your key file first");
@@ -361,40 +401,52 @@ function resultsSection(t) {
       const r = await signedGet(`/v1/tasks/${t.id}/result`);
       const body = await r.json();
       if (!r.ok) throw new Error(`${r.status} ${body.error ? body.error.code + ": " + body.error.message : ""}`);
-      out.replaceChildren(h("p", {}, `signed as ${short(buyerKey.account)}; ${body.outputs.length} output(s):`),
+      // The outputs the verified ledger's release of this task names: anything else the node
+      // lists is not offered. (A pooled task's merged weights have no such release yet.)
+      const pooled = t.pool && t.pool.part === "task";
+      const released = pooled ? null : await releasedOutputs(t.id);
+      if (!pooled && !released) throw new Error("the verified ledger has no release of this task: nothing to check its results against");
+      put(out, h("p", {}, `signed as ${short(buyerKey.account)}; ${body.outputs.length} output(s)`,
+        pooled ? h("span", { class: "warn" }, " (a pooled task's merged weights are not named by a ledger release: checked against their id only)")
+          : h("span", { class: "ok" }, " checked against the accepted commitment in the verified ledger")),
         table(["blob", "text", ""], body.outputs.map((id, i) => {
           const cell = h("td", {});
-          const get = h("button", { class: "secondary", "data-blob": id, onclick: () => download(id, cell) }, "download and check");
-          cell.append(get);
+          if (pooled || released.includes(id)) {
+            cell.append(h("button", { class: "secondary", "data-blob": id, onclick: () => download(id, cell) }, "download and check"));
+          } else {
+            cell.append(h("span", { class: "bad", "data-check": "unreleased" }, "not in the ledger's accepted commitment: not offered"));
+          }
           return h("tr", { "data-output": id }, h("td", { class: "mono" }, id), h("td", {}, body.items[i] || ""), cell);
-        }), { "data-testid": "outputs" }));
+        }), { "data-testid": "outputs" }),
+        !pooled && released.length !== body.outputs.length ? h("p", { class: "bad" }, `the ledger's accepted commitment names ${released.length} output(s); the node lists ${body.outputs.length}`) : null);
     } catch (e) {
-      out.replaceChildren(failBox(e));
+      put(out, failBox(e));
     }
   };
   return h("section", { class: "card" },
-    h("h3", {}, "Your results (the buyer's key signs the request here; it never leaves this page)"),
+    h("h3", {}, "Your results"),
+    h("p", { class: "muted" }, "Choose your key file: this page signs the request itself and sends only the signature. The page is served by this node, so load your key only into a node you trust; otherwise use ", h("code", {}, "market-node task result"), "."),
     h("div", { class: "row" }, keyInput, h("button", { onclick: show, "data-testid": "show-results" }, "show my results")),
     out);
 }
 
 /** Downloads a result blob with a signed request, checks its blake3 against its id, offers it. */
 async function download(id, cell) {
-  cell.replaceChildren("downloading…");
+  put(cell, "downloading…");
   try {
     const r = await signedGet(`/v1/blobs/${id}`);
     if (!r.ok) throw new Error(`${r.status}`);
     const bytes = new Uint8Array(await r.arrayBuffer());
     const { blake3 } = await callVerifier("hash", bytes);
     if (blake3 !== id) {
-      cell.replaceChildren(h("span", { class: "bad", "data-check": "mismatch" }, `the bytes hash to ${short(blake3)}, not to this id: not offered`));
+      put(cell, h("span", { class: "bad", "data-check": "mismatch" }, `the bytes hash to ${short(blake3)}, not to this id: not offered`));
       return;
     }
     const url = URL.createObjectURL(new Blob([bytes]));
-    cell.replaceChildren(h("span", { class: "ok", "data-check": "match" }, `${bytes.length} bytes, blake3 matches `),
+    put(cell, h("span", { class: "ok", "data-check": "match" }, `${bytes.length} bytes, blake3 matches `),
       h("a", { href: url, download: `${id}.bin` }, "save"));
   } catch (e) {
-    cell.replaceChildren(failBox(e));
+    put(cell, failBox(e));
   }
 }
 
@@ -452,6 +504,16 @@ async function participantsPage() {
     h("p", { class: "muted" }, "Earnings are each participant's statement, computed in this browser from the verified ledger export (open one for every entry)."),
     table(["account", "role", "profiles", "now", { label: "stake", class: "num" }, { label: "reputation", class: "num" }, { label: "tasks done / failed, or audits", class: "num" }, { label: "slashed", class: "num" }, { label: "earned (verified)", class: "num" }],
       [...workers.map((p) => row(p, "worker")), ...verifiers.map((p) => row(p, "verifier"))], { "data-testid": "participants" }));
+  if (earned.size > 20) {
+    // Each statement replays the whole export: on request only, for a large market.
+    const go = h("button", { class: "secondary", onclick: () => { go.remove(); fillEarnings(earned); } }, `compute ${earned.size} statements here`);
+    document.getElementById("main").append(go);
+    return;
+  }
+  await fillEarnings(earned);
+}
+
+async function fillEarnings(earned) {
   for (const [account, cell] of earned) {
     try {
       const s = await verifiedStatement(account);
@@ -476,12 +538,17 @@ async function accountPage(account) {
     statement = verifyResult(s, "this node's export");
   } else {
     const st = s.statement;
+    // The node's view is only comparable at the statement's height: if the ledger moved on
+    // while the page loaded, say so rather than warn.
+    const now = await api("/v1/ledger/head");
+    const stable = now.body.seq === st.head.seq;
     const agree = !view.error && st.balance === view.balance;
     statement = h("div", {},
       h("p", {}, h("span", { class: "ok" }, "verified in this browser"), ` against the node's signed head (entry ${st.signed_head_seq}); ledger operator `, h("span", { class: "mono" }, short(st.ledger)), " ", operatorNote(st.ledger)),
       h("p", { "data-testid": "agreement", "data-agree": String(agree) }, agree
         ? h("span", { class: "ok" }, `the statement's balance (${st.balance}) is the node's`)
-        : h("span", { class: "bad" }, `the statement's balance (${st.balance}) differs from the node's (${view.balance})`)),
+        : stable ? h("span", { class: "bad" }, `the statement's balance (${st.balance}) differs from the node's (${view.balance}) at the same ledger entry ${st.head.seq}`)
+          : h("span", { class: "warn" }, `the ledger moved on while this page loaded (entry ${st.head.seq} → ${now.body.seq}): reload to compare the balances`)),
       h("dl", { class: "facts", "data-testid": "totals" },
         Object.entries(s.totals).flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-total": k }, String(v))])),
       table([{ label: "entry", class: "num" }, "kind", { label: "balance", class: "num" }, { label: "stake", class: "num" }, { label: "escrow", class: "num" }, { label: "rep", class: "num" }, "task", "cause", "evidence"],
@@ -505,14 +572,25 @@ async function ledgerPage(params) {
   const result = h("div", {});
   const fileResult = h("div", {});
   const pin = h("input", { type: "text", value: pinnedOperator(), placeholder: "operator key (64 hex digits)", "aria-label": "pinned operator key", "data-testid": "pin-input" });
+  const checks = new Map();
   const verifyNode = async (button) => {
     button.disabled = true;
-    result.replaceChildren(h("p", {}, "fetching the export and verifying it here…"));
+    put(result, h("p", {}, "fetching the export and verifying it here…"));
     try {
       const { head: signed, bytes } = await nodeExport();
-      result.replaceChildren(verifyResult(await verifyExport(bytes, signed), `this node's export, against its signed head ${signed.body.seq}`));
+      const answer = await verifyExport(bytes, signed);
+      put(result, verifyResult(answer, `this node's export, against its signed head ${signed.body.seq}`));
+      if (answer.verified) {
+        // The table below came from /v1/ledger/entries: each row against the verified export.
+        const { entries } = await verifiedLedger();
+        for (const [seq, { entry, cell }] of checks) {
+          const same = entries[seq] && canonical(entries[seq]) === canonical(entry);
+          put(cell, same ? h("span", { class: "ok", "data-check": "same" }, "✓ as verified")
+            : h("span", { class: "bad", "data-check": "differs" }, "✗ not the verified entry"));
+        }
+      }
     } catch (e) {
-      result.replaceChildren(failBox(e));
+      put(result, failBox(e));
     }
     button.disabled = false;
   };
@@ -521,19 +599,27 @@ async function ledgerPage(params) {
     onchange: async (e) => {
       const f = e.target.files[0];
       if (!f) return;
-      fileResult.replaceChildren(h("p", {}, `verifying ${f.name} here…`));
+      put(fileResult, h("p", {}, `verifying ${f.name} here…`));
       try {
         const bytes = new Uint8Array(await f.arrayBuffer());
-        fileResult.replaceChildren(verifyResult(await verifyExport(bytes, null), `the file ${f.name}`));
+        const answer = await verifyExport(bytes, null);
+        // A file comes with no signed head, so a shortened copy verifies too: say where it
+        // ends against this node's signed head.
+        const ends = answer.verified ? (answer.head.seq === head.body.seq && answer.head.hash === head.body.hash
+          ? h("p", { class: "ok" }, `it ends at this node's signed head (entry ${head.body.seq}): the node's whole ledger`)
+          : h("p", { class: "warn" }, `it ends at entry ${answer.head.seq}; this node's signed head is entry ${head.body.seq} (${short(head.body.hash)}): a file has no signed head, and a shortened copy verifies too`)) : null;
+        put(fileResult, verifyResult(answer, `the file ${f.name}`), ends);
       } catch (err) {
-        fileResult.replaceChildren(failBox(err));
+        put(fileResult, failBox(err));
       }
     },
   });
   const rows = page.entries.map((e) => {
     const kind = Object.keys(e.body.kind)[0];
+    const cell = h("td", { class: "muted" }, "verify above to check");
+    checks.set(e.body.seq, { entry: e, cell });
     return h("tr", { "data-seq": e.body.seq },
-      num(e.body.seq), h("td", {}, kind), h("td", { class: "mono" }, e.body.key),
+      num(e.body.seq), h("td", {}, kind), h("td", { class: "mono" }, e.body.key), cell,
       h("td", {}, h("details", {}, h("summary", {}, "entry"), h("pre", { class: "json" }, JSON.stringify(e, null, 2)))));
   });
   const prev = from > 0 ? h("a", { href: `#/ledger?from=${Math.max(0, from - 50)}` }, "← earlier") : null;
@@ -548,7 +634,7 @@ async function ledgerPage(params) {
         h("dt", {}, "signature"), h("dd", { class: "mono" }, short(head.signature)))),
     h("section", { class: "card" },
       h("h3", {}, "Verify it yourself, in this browser"),
-      h("p", { class: "muted" }, "Checks every entry's signature, its link to the one before, and replays every credit movement, with the ledger's own verifier compiled to WebAssembly; then checks that the node's signed head is in the chain."),
+      h("p", { class: "muted" }, "Checks every entry's signature, its link to the one before, and replays every credit movement, with the ledger's own verifier compiled to WebAssembly; then checks that the node's signed head is in the chain, and the entries below against it. The verifier is rebuilt byte for byte from source by anyone (scripts/build-dashboard-wasm.sh); against a node you do not trust, run market-ledger verify on its export, since this page comes from the node too."),
       h("div", { class: "row" }, h("button", { "data-testid": "verify-node", onclick: (e) => verifyNode(e.target) }, "verify this node's export")),
       result,
       h("div", { class: "row" }, h("label", {}, "or verify an export file: ", fileInput)),
@@ -557,7 +643,7 @@ async function ledgerPage(params) {
         h("button", { class: "secondary", onclick: () => { localStorage.setItem("market.operator", pin.value.trim()); route(); } }, "pin"))),
     h("h2", {}, `Entries ${from} to ${from + page.entries.length - 1}`),
     h("div", { class: "row" }, prev, next),
-    table([{ label: "seq", class: "num" }, "kind", "operation key", ""], rows, { "data-testid": "entries" }));
+    table([{ label: "seq", class: "num" }, "kind", "operation key", "against the verified export", ""], rows, { "data-testid": "entries" }));
 }
 
 // ---------- routing and live updates ----------

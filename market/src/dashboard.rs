@@ -2,10 +2,14 @@
 //! (no separate server, nothing fetched from elsewhere at run time). The pages read the public
 //! API like any client; the ledger page checks the node's export with the ledger verifier
 //! compiled to WebAssembly (`ledger/wasm`, committed as `market/dashboard/ledger.wasm` and
-//! rebuilt byte for byte by `scripts/build-dashboard-wasm.sh --check` in CI), so a visitor does
-//! not have to trust the node that serves the page. A buyer's results are read with a request
-//! the page signs in the browser with the buyer's key file (WebCrypto Ed25519); the key never
-//! leaves the page.
+//! rebuilt byte for byte by `scripts/build-dashboard-wasm.sh --check` in CI), and checks what
+//! the API shows (entries, results) against the verified export. The page itself comes from the
+//! node: it protects a visitor from a node's wrong answers, not from a node that serves another
+//! page (against such a node, `market-ledger verify` on one's own machine). A buyer's results
+//! are read with a request the page signs in the browser with the buyer's key file (WebCrypto
+//! Ed25519, a non-extractable key); only the signature is sent, and only for the two reads the
+//! page makes, and a result is offered only if the verified ledger's release names it and its
+//! bytes hash to it.
 
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -51,9 +55,15 @@ pub(crate) async fn index() -> Response {
     serve("index.html")
 }
 
-/// `/dashboard/{file}`: one of the page's files.
-pub(crate) async fn asset(Path(file): Path<String>) -> Response {
-    serve(&file)
+/// `/dashboard/{file}`: one of the page's files (a name that is not even UTF-8 is none of
+/// them: the same JSON 404).
+pub(crate) async fn asset(
+    file: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match file {
+        Ok(Path(file)) => serve(&file),
+        Err(_) => ApiError::not_found("dashboard file").into_response(),
+    }
 }
 
 fn serve(name: &str) -> Response {

@@ -506,6 +506,9 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
         json!({"model": "tiny", "messages": "hello"}),
         json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}),
         json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 3}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 0}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 1.5}),
+        json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 0.0000001}),
         json!({"messages": [{"role": "user", "content": "x"}]}),
     ] {
         expect(
@@ -545,6 +548,26 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
         .unwrap()
         .iter()
         .all(|k| k["spent"] == 0));
+
+    // Nucleus sampling is served: the request's top_p is the task's.
+    let mut nucleus = ok.clone();
+    nucleus["temperature"] = json!(0.8);
+    nucleus["top_p"] = json!(0.9);
+    let (status, nucleus_receipt, _) = send(&m, bearer("POST", chat, &key, nucleus)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = call(
+        &m.app,
+        bearer(
+            "GET",
+            &format!("/v1/receipts/{}", nucleus_receipt.unwrap()),
+            &key,
+            Value::Null,
+        ),
+    )
+    .await;
+    let decoding = &shown["request"]["workload"]["decoding"];
+    assert_eq!(decoding["top_p"], "0.9", "{shown}");
+    assert_eq!(decoding["temperature"], "0.8", "{shown}");
 
     // One answer; then another account's key cannot read its receipt.
     let (status, receipt, _) = send(&m, bearer("POST", chat, &key, ok.clone())).await;

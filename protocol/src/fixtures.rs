@@ -82,6 +82,7 @@ pub fn inference_task(buyer: &Identity, nonce: u64) -> TaskSpec {
             decoding: Decoding::Sample {
                 temperature: dec("0.8"),
                 top_k: 5,
+                top_p: None,
             },
         }),
         seed: 7,

@@ -419,6 +419,7 @@ fn llama_chat_task(gguf: &Gguf, profile: ExecutionProfile) -> TaskSpec {
         decoding: Decoding::Sample {
             temperature: "0.7".parse().unwrap(),
             top_k: 10,
+            top_p: None,
         },
     });
     task

@@ -270,7 +270,8 @@ pub(crate) struct ChatCompletionRequest {
     max_tokens: Option<u32>,
     /// 0 for greedy decoding, up to 2 (default 1).
     temperature: Option<f64>,
-    /// Only 1.
+    /// Nucleus sampling: above 0, at most 1 (default 1: every token); at most six decimals
+    /// are kept.
     top_p: Option<f64>,
     /// Only 1.
     n: Option<u32>,
@@ -323,9 +324,24 @@ fn decoding(c: &Common) -> Result<Decoding, OaiError> {
     if c.n.is_some_and(|n| n != 1) {
         return Err(OaiError::invalid("n", "only n = 1 is served"));
     }
-    if c.top_p.is_some_and(|p| p != 1.0) {
-        return Err(OaiError::invalid("top_p", "only top_p = 1 is served"));
-    }
+    let top_p = match c.top_p {
+        // 1 (the default) keeps every token: no nucleus cut, as if absent.
+        None => None,
+        Some(1.0) => None,
+        Some(p) if p > 0.0 && p < 1.0 => {
+            let text = six_decimals(p);
+            match text.parse::<Decimal>() {
+                Ok(d) if d.to_f64() > 0.0 => Some(d),
+                _ => {
+                    return Err(OaiError::invalid(
+                        "top_p",
+                        "top_p is above 0 and at most 1 (with six decimals at most)",
+                    ))
+                }
+            }
+        }
+        Some(_) => return Err(OaiError::invalid("top_p", "top_p is above 0 and at most 1")),
+    };
     for (name, v) in [
         ("presence_penalty", c.presence_penalty),
         ("frequency_penalty", c.frequency_penalty),
@@ -356,10 +372,7 @@ fn decoding(c: &Common) -> Result<Decoding, OaiError> {
     if t == 0.0 {
         return Ok(Decoding::Greedy);
     }
-    // Six decimals, trailing zeros dropped: the task's canonical spelling.
-    let text = format!("{t:.6}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    let temperature: Decimal = text
+    let temperature: Decimal = six_decimals(t)
         .parse()
         .map_err(|_| OaiError::invalid("temperature", "temperature is 0 to 2"))?;
     if temperature.to_string() == "0" {
@@ -368,7 +381,14 @@ fn decoding(c: &Common) -> Result<Decoding, OaiError> {
     Ok(Decoding::Sample {
         temperature,
         top_k: 0,
+        top_p,
     })
+}
+
+/// Six decimals, trailing zeros dropped: a task's canonical spelling of a request's number.
+fn six_decimals(v: f64) -> String {
+    let text = format!("{v:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 fn max_tokens(c: &Common, default: u32) -> Result<u32, OaiError> {

@@ -289,6 +289,11 @@ pub enum Decoding {
         temperature: Decimal,
         /// Sample among the `top_k` most likely tokens (0 for all).
         top_k: u32,
+        /// Nucleus sampling: of those, keep the most likely whose probabilities first sum to
+        /// at least `top_p` (between 0 and 1, both excluded), and sample among them. Absent
+        /// (never `null`) keeps all `top_k`, so tasks from before it keep their ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        top_p: Option<Decimal>,
     },
 }
 

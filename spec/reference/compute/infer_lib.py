@@ -53,6 +53,15 @@ def infer(task, blobs):
                     order = order[:kk]
                     s = np.array([lg[o] for o in order], F) / temp
                     p = model.softmax_rows(s[None, :])[0]
+                    if dec.get('top_p') is not None:
+                        # The nucleus: candidates up to the first running sum >= top_p.
+                        tp = dec_to_f32(dec['top_p']); acc = F(0)
+                        for j in range(kk):
+                            acc = F(acc + p[j])
+                            if acc >= tp: kk = j + 1; break
+                        order = order[:kk]
+                        s = np.array([lg[o] for o in order], F) / temp
+                        p = model.softmax_rows(s[None, :])[0]
                     u = compute_stream(seed, it, n, 'sample').unit_f32()
                     acc = F(0); ch = order[kk - 1]
                     for j in range(kk):

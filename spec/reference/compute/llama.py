@@ -283,6 +283,18 @@ def choose(lg, dec, seed, item, n):
     order = order[:kk]
     s = np.array([lg[o] for o in order], F) / temp
     p = softmax(s)
+    if dec.get("top_p") is not None:
+        # The nucleus: candidates up to the first running sum >= top_p, their softmax afresh.
+        tp = dec_to_f32(dec["top_p"])
+        acc = F(0)
+        for j in range(kk):
+            acc = F(acc + p[j])
+            if acc >= tp:
+                kk = j + 1
+                break
+        order = order[:kk]
+        s = np.array([lg[o] for o in order], F) / temp
+        p = softmax(s)
     u = compute_stream(seed, item, n, "sample").unit_f32()
     acc = F(0)
     for j in range(kk):
