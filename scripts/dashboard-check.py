@@ -206,6 +206,18 @@ def main():
         page.wait_for_selector("[data-testid=entries] [data-check]", timeout=60000)
         check(page.locator("[data-testid=entries] [data-check=differs]").count() == 1, "the forged entry is flagged")
         page.unroute("**/v1/ledger/entries*")
+        # A node repeating a row: flagged too (each row must be its own entry, in order).
+        def repeated_entries(route):
+            body = json.loads(route.fetch().body())
+            body["entries"].insert(len(body["entries"]) - 1, body["entries"][-1])
+            route.fulfill(status=200, body=json.dumps(body), headers={"content-type": "application/json"})
+        page.route("**/v1/ledger/entries*", repeated_entries)
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]", timeout=30000)
+        page.click("[data-testid=verify-node]")
+        page.wait_for_selector("[data-testid=entries] [data-check]", timeout=60000)
+        check(page.locator("[data-testid=entries] [data-check=differs]").count() >= 1, "a repeated entry is flagged")
+        page.unroute("**/v1/ledger/entries*")
 
         # A buyer's results, signed in the browser with its key file.
         if args.buyer_key:
@@ -252,6 +264,37 @@ def main():
             check(page.locator(f"tr[data-output='{stranger}'] [data-check]").get_attribute("data-check") == "unreleased", "an output the ledger does not name is not offered")
             check(page.locator(f"button[data-blob='{stranger}']").count() == 0, "no download button for it")
             page.unroute(f"**/v1/tasks/{t['id']}/result")
+            check(page.locator("[data-testid=results-basis]").get_attribute("data-basis") == "release", "a plain task's results rest on its release")
+            # A node calling this plain task pooled (to skip the release check): the page
+            # reads what the task is from the verified ledger, not from the node.
+            def claims_pooled(route):
+                body = json.loads(route.fetch().body())
+                body["pool"] = {"part": "task", "slots": 3, "rounds": 1, "round": 1, "global": "00" * 32, "budget": 1, "slot_tasks": [], "history": []}
+                route.fulfill(status=200, body=json.dumps(body), headers={"content-type": "application/json"})
+            page.route(f"**/v1/tasks/{t['id']}", claims_pooled)
+            page.route(f"**/v1/tasks/{t['id']}/result", extra_output)
+            page.reload()
+            page.wait_for_selector("body[data-ready=true]", timeout=30000)
+            page.set_input_files("[data-testid=key-file]", args.buyer_key)
+            page.click("[data-testid=show-results]")
+            page.wait_for_selector(f"tr[data-output='{stranger}'] [data-check]", timeout=30000)
+            check(page.locator("[data-testid=results-basis]").get_attribute("data-basis") == "release", "the ledger, not the node, says the task is not pooled")
+            check(page.locator(f"tr[data-output='{stranger}'] [data-check]").get_attribute("data-check") == "unreleased", "still not offered")
+            page.unroute(f"**/v1/tasks/{t['id']}")
+            page.unroute(f"**/v1/tasks/{t['id']}/result")
+            # And the pooled task, whatever the node says of it, is pooled in the ledger.
+            p = pooled[0]
+            def claims_plain(route):
+                body = json.loads(route.fetch().body())
+                body.pop("pool", None)
+                route.fulfill(status=200, body=json.dumps(body), headers={"content-type": "application/json"})
+            page.route(f"**/v1/tasks/{p['id']}", claims_plain)
+            visit(f"task/{p['id']}", "task")
+            page.set_input_files("[data-testid=key-file]", args.buyer_key)
+            page.click("[data-testid=show-results]")
+            page.wait_for_selector("[data-testid=results-basis]", timeout=30000)
+            check(page.locator("[data-testid=results-basis]").get_attribute("data-basis") == "pooled", "a pooled task is never shown as checked against a release")
+            page.unroute(f"**/v1/tasks/{p['id']}")
             try:
                 urllib.request.urlopen(f"{api}/v1/tasks/{t['id']}/result", timeout=30)
                 check(False, "an unsigned request read the results")

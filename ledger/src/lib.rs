@@ -51,7 +51,7 @@ pub use head::{check_prefix, Head, HeadError, LedgerHead, SignedHead, HEAD_DOMAI
 pub use ledger::{Appended, Ledger, OpenCheck, OpenOptions, VerifyReport};
 pub use market_protocol as protocol;
 pub use state::{Escrow, OpError, State};
-pub use statement::{statement, Statement, StatementLine, Totals};
+pub use statement::{statement, statements, Statement, StatementLine, Totals};
 #[cfg(feature = "store")]
 pub use storage::StorageError;
 pub use verify::{Broken, Fault, Summary};

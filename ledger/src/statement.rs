@@ -188,13 +188,28 @@ pub fn statement(
     account: AccountId,
     signed_head: Option<&SignedHead>,
 ) -> Result<Statement, LedgerError> {
+    let mut all = statements(input, label, &[account], signed_head)?;
+    Ok(all.remove(0))
+}
+
+/// [`statement`] for several accounts in one pass over the export (one verification, one
+/// replay): what a page listing every participant's earnings needs. The statements come in the
+/// order of `accounts`.
+pub fn statements(
+    input: impl BufRead,
+    label: &Path,
+    accounts: &[AccountId],
+    signed_head: Option<&SignedHead>,
+) -> Result<Vec<Statement>, LedgerError> {
     let mut replay = State::default();
-    let mut lines = Vec::new();
+    let mut lines: Vec<Vec<StatementLine>> = vec![Vec::new(); accounts.len()];
     let report = crate::export::verify_export_with(input, label, signed_head, |d| {
         if d.entry.body.seq == 0 {
             if let EntryKind::Genesis { ledger } = &d.entry.body.kind {
-                if *ledger == account {
-                    lines.push(line(d, &account, [0; 4], None));
+                for (account, out) in accounts.iter().zip(&mut lines) {
+                    if ledger == account {
+                        out.push(line(d, account, [0; 4], None));
+                    }
                 }
             }
             return Ok(());
@@ -202,66 +217,71 @@ pub fn statement(
         let kind = &d.entry.body.kind;
         // The checker replays this entry right after; an entry it refuses fails the export.
         let delta = plan(kind, &replay).map_err(Fault::from)?;
-        let escrow_of = |s: &State, task: &TaskId| {
-            s.escrow(task)
-                .filter(|e| e.buyer == account)
+        let task = task_of(kind);
+        let escrow_of = |s: &State, account: &AccountId| {
+            task.and_then(|t| s.escrow(&t))
+                .filter(|e| e.buyer == *account)
                 .map_or(0, |e| e.remaining.0)
         };
-        let task = task_of(kind);
-        let before = [
-            replay.balance(&account).0,
-            replay.stake(&account).0,
-            task.map_or(0, |t| escrow_of(&replay, &t)),
-        ];
-        let rep_before = replay.reputation(&account);
-        // Whether this account's key was rotated before the entry (what the entry does to it
+        let position = |s: &State, account: &AccountId| {
+            (
+                [
+                    s.balance(account).0,
+                    s.stake(account).0,
+                    escrow_of(s, account),
+                ],
+                s.reputation(account),
+            )
+        };
+        let before: Vec<_> = accounts.iter().map(|a| position(&replay, a)).collect();
+        // Whether each account's key was rotated before the entry (what the entry does to it
         // then lands on its current key).
-        let gone_to = replay.rotated_to(&account);
+        let gone_to: Vec<_> = accounts.iter().map(|a| replay.rotated_to(a)).collect();
         replay.apply(delta);
-        let after = [
-            replay.balance(&account).0,
-            replay.stake(&account).0,
-            task.map_or(0, |t| escrow_of(&replay, &t)),
-        ];
-        let diff = |i: usize| signed_diff(after[i], before[i]);
-        let change = [
-            diff(0),
-            diff(1),
-            diff(2),
-            replay.reputation(&account) - rep_before,
-        ];
-        let named = names(kind, &account);
-        if change != [0; 4] || named || escrow_owner(&replay, task, &account) {
-            let mut l = line(d, &account, change, task);
-            if let (true, Some(to)) = (named, gone_to) {
-                l.cause.push_str(&format!(
-                    " (this key was rotated: the effect went to its current key, from {to})"
-                ));
-            } else if change != [0; 4] && !named && !escrow_owner(&replay, task, &account) {
-                l.cause
-                    .push_str(" (named for this account's earlier key, which was rotated to it)");
+        for (i, account) in accounts.iter().enumerate() {
+            let (after, rep_after) = position(&replay, account);
+            let (was, rep_was) = before[i];
+            let diff = |k: usize| signed_diff(after[k], was[k]);
+            let change = [diff(0), diff(1), diff(2), rep_after - rep_was];
+            let named = names(kind, account);
+            let owner = escrow_owner(&replay, task, account);
+            if change != [0; 4] || named || owner {
+                let mut l = line(d, account, change, task);
+                if let (true, Some(to)) = (named, gone_to[i]) {
+                    l.cause.push_str(&format!(
+                        " (this key was rotated: the effect went to its current key, from {to})"
+                    ));
+                } else if change != [0; 4] && !named && !owner {
+                    l.cause.push_str(
+                        " (named for this account's earlier key, which was rotated to it)",
+                    );
+                }
+                lines[i].push(l);
             }
-            lines.push(l);
         }
         Ok(())
     })?;
     let state = &report.summary.state;
-    Ok(Statement {
-        account,
-        ledger: report.summary.ledger,
-        head: report.summary.head,
-        signed_head_seq: signed_head.map(|h| h.body.seq),
-        lines,
-        balance: state.balance(&account).0,
-        stake: state.stake(&account).0,
-        escrow: state
-            .escrows()
-            .values()
-            .filter(|e| e.buyer == account)
-            .map(|e| e.remaining.0)
-            .sum(),
-        reputation: state.reputation(&account),
-    })
+    Ok(accounts
+        .iter()
+        .zip(lines)
+        .map(|(account, lines)| Statement {
+            account: *account,
+            ledger: report.summary.ledger,
+            head: report.summary.head,
+            signed_head_seq: signed_head.map(|h| h.body.seq),
+            lines,
+            balance: state.balance(account).0,
+            stake: state.stake(account).0,
+            escrow: state
+                .escrows()
+                .values()
+                .filter(|e| e.buyer == *account)
+                .map(|e| e.remaining.0)
+                .sum(),
+            reputation: state.reputation(account),
+        })
+        .collect())
 }
 
 /// `after - before` for credit amounts, which are at most 2^53 - 1 (so the difference fits).

@@ -191,11 +191,20 @@ async function verifiedLedger() {
   return cached;
 }
 
-/** The outputs the ledger's verified `release` of a task names (its accepted commitment's). */
-async function releasedOutputs(taskId) {
+/**
+ * What the verified ledger says a task's results are, read from the ledger alone (never from
+ * the node's task view): `{pooled: true}` for a pooled task (its rounds' entries name it; its
+ * merged weights are named by no release), or `{outputs}` from the single `release` of a plain
+ * task (the accepted commitment it embeds); an error if there is none, or more than one.
+ */
+async function ledgerResult(taskId) {
   const { entries } = await verifiedLedger();
-  const release = entries.find((e) => e.body.kind.release && e.body.kind.release.task_id === taskId && e.body.kind.release.commitment);
-  return release ? release.body.kind.release.commitment.body.outputs : null;
+  const releases = entries.filter((e) => e.body.kind.release && e.body.kind.release.task_id === taskId && e.body.kind.release.commitment);
+  const pooled = entries.some((e) => e.body.kind.pool_round && e.body.kind.pool_round.task_id === taskId)
+    || releases.some((e) => e.body.kind.release.commitment.body.slot_round);
+  if (pooled) return { pooled: true };
+  if (releases.length !== 1) throw new Error(`the verified ledger has ${releases.length} releases of this task: nothing single to check its results against`);
+  return { pooled: false, outputs: releases[0].body.kind.release.commitment.body.outputs };
 }
 
 /** JSON with keys sorted at every level: two parses of the same entry compare equal. */
@@ -211,9 +220,10 @@ async function verifyExport(bytes, head) {
   return callVerifier("verify", joinBytes(headLine, bytes));
 }
 
-async function verifiedStatement(account) {
+/** The accounts' statements, from one verification and replay of the node's export. */
+async function verifiedStatements(accounts) {
   const { head, bytes } = await nodeExport();
-  const prefix = enc.encode(JSON.stringify(head) + "\n" + account + "\n");
+  const prefix = enc.encode(JSON.stringify(head) + "\n" + accounts.join(" ") + "\n");
   return callVerifier("statement", joinBytes(prefix, bytes));
 }
 
@@ -403,20 +413,21 @@ function resultsSection(t) {
       if (!r.ok) throw new Error(`${r.status} ${body.error ? body.error.code + ": " + body.error.message : ""}`);
       // The outputs the verified ledger's release of this task names: anything else the node
       // lists is not offered. (A pooled task's merged weights have no such release yet.)
-      const pooled = t.pool && t.pool.part === "task";
-      const released = pooled ? null : await releasedOutputs(t.id);
-      if (!pooled && !released) throw new Error("the verified ledger has no release of this task: nothing to check its results against");
+      const ledger = await ledgerResult(t.id);
+      const pooled = ledger.pooled;
+      const released = ledger.outputs;
       put(out, h("p", {}, `signed as ${short(buyerKey.account)}; ${body.outputs.length} output(s)`,
-        pooled ? h("span", { class: "warn" }, " (a pooled task's merged weights are not named by a ledger release: checked against their id only)")
-          : h("span", { class: "ok" }, " checked against the accepted commitment in the verified ledger")),
-        table(["blob", "text", ""], body.outputs.map((id, i) => {
+        pooled ? h("span", { class: "warn", "data-testid": "results-basis", "data-basis": "pooled" }, " (the verified ledger shows a pooled task: its merged weights are named by no release, so they are checked against their id only)")
+          : h("span", { class: "ok", "data-testid": "results-basis", "data-basis": "release" }, " checked against the accepted commitment in the verified ledger")),
+        table(["blob", "", "its text (from the checked bytes)"], body.outputs.map((id) => {
           const cell = h("td", {});
+          const text = h("td", { class: "answer" });
           if (pooled || released.includes(id)) {
-            cell.append(h("button", { class: "secondary", "data-blob": id, onclick: () => download(id, cell) }, "download and check"));
+            cell.append(h("button", { class: "secondary", "data-blob": id, onclick: () => download(id, cell, text) }, "download and check"));
           } else {
             cell.append(h("span", { class: "bad", "data-check": "unreleased" }, "not in the ledger's accepted commitment: not offered"));
           }
-          return h("tr", { "data-output": id }, h("td", { class: "mono" }, id), h("td", {}, body.items[i] || ""), cell);
+          return h("tr", { "data-output": id }, h("td", { class: "mono" }, id), cell, text);
         }), { "data-testid": "outputs" }),
         !pooled && released.length !== body.outputs.length ? h("p", { class: "bad" }, `the ledger's accepted commitment names ${released.length} output(s); the node lists ${body.outputs.length}`) : null);
     } catch (e) {
@@ -431,7 +442,7 @@ function resultsSection(t) {
 }
 
 /** Downloads a result blob with a signed request, checks its blake3 against its id, offers it. */
-async function download(id, cell) {
+async function download(id, cell, textCell) {
   put(cell, "downloading…");
   try {
     const r = await signedGet(`/v1/blobs/${id}`);
@@ -445,9 +456,25 @@ async function download(id, cell) {
     const url = URL.createObjectURL(new Blob([bytes]));
     put(cell, h("span", { class: "ok", "data-check": "match" }, `${bytes.length} bytes, blake3 matches `),
       h("a", { href: url, download: `${id}.bin` }, "save"));
+    put(textCell, answerText(bytes));
   } catch (e) {
     put(cell, failBox(e));
   }
+}
+
+/**
+ * What a checked output says, for people: an answer record's `text` (a llama item), or the
+ * bytes as text (a gpt item); nothing for weights or other binary data.
+ */
+function answerText(bytes) {
+  if (bytes.length > 1 << 20) return "";
+  let text;
+  try { text = new TextDecoder("utf-8", { fatal: true }).decode(bytes); } catch { return ""; }
+  try {
+    const record = JSON.parse(text);
+    if (record && typeof record.text === "string") return record.text;
+  } catch { /* not a record: the text itself */ }
+  return /[\u0000-\u0008\u000e-\u001f]/.test(text) ? "" : text;
 }
 
 async function taskPage(id) {
@@ -504,22 +531,17 @@ async function participantsPage() {
     h("p", { class: "muted" }, "Earnings are each participant's statement, computed in this browser from the verified ledger export (open one for every entry)."),
     table(["account", "role", "profiles", "now", { label: "stake", class: "num" }, { label: "reputation", class: "num" }, { label: "tasks done / failed, or audits", class: "num" }, { label: "slashed", class: "num" }, { label: "earned (verified)", class: "num" }],
       [...workers.map((p) => row(p, "worker")), ...verifiers.map((p) => row(p, "verifier"))], { "data-testid": "participants" }));
-  if (earned.size > 20) {
-    // Each statement replays the whole export: on request only, for a large market.
-    const go = h("button", { class: "secondary", onclick: () => { go.remove(); fillEarnings(earned); } }, `compute ${earned.size} statements here`);
-    document.getElementById("main").append(go);
-    return;
-  }
-  await fillEarnings(earned);
-}
-
-async function fillEarnings(earned) {
-  for (const [account, cell] of earned) {
-    try {
-      const s = await verifiedStatement(account);
-      cell.textContent = s.verified ? String(s.totals.earned) : "not verified";
+  if (!earned.size) return;
+  // Every participant's statement from one pass over the verified export.
+  const cells = [...earned.values()];
+  try {
+    const s = await verifiedStatements([...earned.keys()]);
+    cells.forEach((cell, i) => {
+      cell.textContent = s.verified ? String(s.statements[i].totals.earned) : "not verified";
       if (!s.verified) cell.className = "num bad";
-    } catch (e) {
+    });
+  } catch (e) {
+    for (const cell of cells) {
       cell.textContent = "error";
       cell.title = String(e.message);
     }
@@ -527,7 +549,17 @@ async function fillEarnings(earned) {
 }
 
 async function accountPage(account) {
-  const [view, s] = await Promise.all([api(`/v1/accounts/${account}`).catch((e) => ({ error: e })), verifiedStatement(account)]);
+  // The node's view is comparable with the statement only at the statement's ledger height:
+  // read both until the head stays put across a read (three tries; a node whose head moves
+  // every time is told apart from one whose ledger moved once).
+  let view, all, now, stable = false;
+  for (let tries = 0; tries < 3 && !stable; tries++) {
+    [view, all] = await Promise.all([api(`/v1/accounts/${account}`).catch((e) => ({ error: e })), verifiedStatements([account])]);
+    if (!all.verified) break;
+    now = await api("/v1/ledger/head");
+    stable = now.body.seq === all.statements[0].statement.head.seq;
+  }
+  const s = all.verified ? { verified: true, ...all.statements[0] } : all;
   const facts = view.error ? failBox(view.error) : h("dl", { class: "facts" },
     h("dt", {}, "balance"), h("dd", { "data-testid": "api-balance" }, String(view.balance)),
     h("dt", {}, "staked"), h("dd", {}, String(view.staked)),
@@ -538,17 +570,13 @@ async function accountPage(account) {
     statement = verifyResult(s, "this node's export");
   } else {
     const st = s.statement;
-    // The node's view is only comparable at the statement's height: if the ledger moved on
-    // while the page loaded, say so rather than warn.
-    const now = await api("/v1/ledger/head");
-    const stable = now.body.seq === st.head.seq;
     const agree = !view.error && st.balance === view.balance;
     statement = h("div", {},
       h("p", {}, h("span", { class: "ok" }, "verified in this browser"), ` against the node's signed head (entry ${st.signed_head_seq}); ledger operator `, h("span", { class: "mono" }, short(st.ledger)), " ", operatorNote(st.ledger)),
       h("p", { "data-testid": "agreement", "data-agree": String(agree) }, agree
         ? h("span", { class: "ok" }, `the statement's balance (${st.balance}) is the node's`)
         : stable ? h("span", { class: "bad" }, `the statement's balance (${st.balance}) differs from the node's (${view.balance}) at the same ledger entry ${st.head.seq}`)
-          : h("span", { class: "warn" }, `the ledger moved on while this page loaded (entry ${st.head.seq} → ${now.body.seq}): reload to compare the balances`)),
+          : h("span", { class: "bad" }, `could not compare the balances: the node's head moved on at each of three reads (last: entry ${st.head.seq} → ${now.body.seq})`)),
       h("dl", { class: "facts", "data-testid": "totals" },
         Object.entries(s.totals).flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-total": k }, String(v))])),
       table([{ label: "entry", class: "num" }, "kind", { label: "balance", class: "num" }, { label: "stake", class: "num" }, { label: "escrow", class: "num" }, { label: "rep", class: "num" }, "task", "cause", "evidence"],
@@ -567,12 +595,14 @@ async function accountPage(account) {
 
 async function ledgerPage(params) {
   const head = await api("/v1/ledger/head");
-  const from = Math.max(0, Number(params.get("from") || Math.max(0, head.body.seq - 49)));
+  // A page of 50 ending at the head unless `from` (a whole number, at most the head) says where.
+  const asked = params.get("from");
+  const from = asked !== null && /^[0-9]{1,15}$/.test(asked) ? Math.min(Number(asked), head.body.seq) : Math.max(0, head.body.seq - 49);
   const page = await api(`/v1/ledger/entries?from=${from}&limit=50`);
   const result = h("div", {});
   const fileResult = h("div", {});
   const pin = h("input", { type: "text", value: pinnedOperator(), placeholder: "operator key (64 hex digits)", "aria-label": "pinned operator key", "data-testid": "pin-input" });
-  const checks = new Map();
+  const checks = [];
   const verifyNode = async (button) => {
     button.disabled = true;
     put(result, h("p", {}, "fetching the export and verifying it here…"));
@@ -583,11 +613,14 @@ async function ledgerPage(params) {
       if (answer.verified) {
         // The table below came from /v1/ledger/entries: each row against the verified export.
         const { entries } = await verifiedLedger();
-        for (const [seq, { entry, cell }] of checks) {
-          const same = entries[seq] && canonical(entries[seq]) === canonical(entry);
+        // Row i must be entry from + i of the verified export, exactly: a forged, repeated or
+        // misplaced row is flagged.
+        checks.forEach(({ entry, cell }, i) => {
+          const seq = from + i;
+          const same = entry.body.seq === seq && entries[seq] !== undefined && canonical(entries[seq]) === canonical(entry);
           put(cell, same ? h("span", { class: "ok", "data-check": "same" }, "✓ as verified")
             : h("span", { class: "bad", "data-check": "differs" }, "✗ not the verified entry"));
-        }
+        });
       }
     } catch (e) {
       put(result, failBox(e));
@@ -617,7 +650,7 @@ async function ledgerPage(params) {
   const rows = page.entries.map((e) => {
     const kind = Object.keys(e.body.kind)[0];
     const cell = h("td", { class: "muted" }, "verify above to check");
-    checks.set(e.body.seq, { entry: e, cell });
+    checks.push({ entry: e, cell });
     return h("tr", { "data-seq": e.body.seq },
       num(e.body.seq), h("td", {}, kind), h("td", { class: "mono" }, e.body.key), cell,
       h("td", {}, h("details", {}, h("summary", {}, "entry"), h("pre", { class: "json" }, JSON.stringify(e, null, 2)))));

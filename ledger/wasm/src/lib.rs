@@ -76,10 +76,11 @@ pub fn verify_input(input: &[u8]) -> Value {
     }
 }
 
-/// One account's statement from `input` (a head line, the account's id on the second line,
-/// then the export), after the same checks as [`verify_input`]: `{"verified": true,
-/// "statement": {...}, "totals": {...}}` (the shapes of [`market_ledger::Statement`] and
-/// [`market_ledger::Totals`], as `market-worker statement --json` prints them), or the failure.
+/// Statements from `input` (a head line, then account ids separated by spaces on the second
+/// line, then the export), in one pass after the same checks as [`verify_input`]:
+/// `{"verified": true, "statements": [{"statement": {...}, "totals": {...}}, ...]}` in the
+/// order of the ids (the shapes of [`market_ledger::Statement`] and [`market_ledger::Totals`],
+/// as `market-worker statement --json` prints them), or the failure.
 pub fn statement_input(input: &[u8]) -> Value {
     let (head_line, rest) = first_line(input);
     let (account_line, export) = first_line(rest);
@@ -87,15 +88,20 @@ pub fn statement_input(input: &[u8]) -> Value {
         Ok(h) => h,
         Err(answer) => return answer,
     };
-    let account: AccountId = match std::str::from_utf8(account_line)
+    let accounts: Option<Vec<AccountId>> = std::str::from_utf8(account_line)
         .ok()
-        .and_then(|a| a.trim().parse().ok())
-    {
-        Some(a) => a,
-        None => return json!({"verified": false, "error": "the second line is not an account id"}),
+        .and_then(|l| l.split_ascii_whitespace().map(|a| a.parse().ok()).collect());
+    let Some(accounts) = accounts.filter(|a| !a.is_empty()) else {
+        return json!({"verified": false, "error": "the second line is not a list of account ids"});
     };
-    match market_ledger::statement(export, Path::new("export"), account, head.as_ref()) {
-        Ok(s) => json!({"verified": true, "totals": s.totals(), "statement": s}),
+    match market_ledger::statements(export, Path::new("export"), &accounts, head.as_ref()) {
+        Ok(all) => json!({
+            "verified": true,
+            "statements": all
+                .iter()
+                .map(|s| json!({"totals": s.totals(), "statement": s}))
+                .collect::<Vec<_>>(),
+        }),
         Err(e) => failure(e),
     }
 }
@@ -201,17 +207,20 @@ mod tests {
         let account = "c9ac04296b6035cfa5c0acbe33253bfbb5375c462730752aec21507fbef210fc";
         let answer = statement_input(format!("\n{account}\n{export}").as_bytes());
         assert_eq!(answer["verified"], true, "{answer}");
-        let lines = answer["statement"]["lines"].as_array().expect("lines");
+        let one = &answer["statements"][0];
+        let lines = one["statement"]["lines"].as_array().expect("lines");
         assert!(!lines.is_empty());
         let sum: i64 = lines
             .iter()
             .map(|l| l["balance"].as_i64().expect("delta"))
             .sum();
-        assert_eq!(
-            Some(sum),
-            answer["statement"]["balance"].as_i64(),
-            "{answer}"
-        );
+        assert_eq!(Some(sum), one["statement"]["balance"].as_i64(), "{answer}");
+        // Several accounts in one pass: each the same as alone.
+        let operator = "89fd376f66b694c01e55dc604811668f8fc475f86186940cb92ac39f113149bc";
+        let both = statement_input(format!("\n{operator} {account}\n{export}").as_bytes());
+        assert_eq!(both["statements"][1], answer["statements"][0]);
+        let alone = statement_input(format!("\n{operator}\n{export}").as_bytes());
+        assert_eq!(both["statements"][0], alone["statements"][0]);
 
         let forged = export.replacen("\"amount\":500", "\"amount\":5000", 1);
         let bad = statement_input(format!("\n{account}\n{forged}").as_bytes());
