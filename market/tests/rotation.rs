@@ -305,13 +305,47 @@ async fn a_rotated_account_keeps_everything_under_its_new_key_and_the_old_key_is
     );
 }
 
-/// In-process participants whose verifiers rotate their keys on the ledger right after
-/// signing a verdict: the red team's verifier that rotated between its verdict and the
-/// settlement, which the node's busy checks did not see.
+/// Rotates `old` to `new` on the ledger, as the two keys would through the API (which the
+/// node's busy checks guard; the ledger's own rules are what these tests are about).
+fn rotate_on_ledger(
+    ledger: &market_ledger::Ledger,
+    old: &Identity,
+    new: &Identity,
+) -> anyhow::Result<()> {
+    let rotation = Signed::sign(
+        KeyRotation {
+            version: Version::CURRENT,
+            from: old.account(),
+            to: new.account(),
+        },
+        old,
+    )?;
+    let acceptance = Signed::sign(
+        RotationAcceptance {
+            version: Version::CURRENT,
+            rotation: rotation.id()?,
+            to: new.account(),
+        },
+        new,
+    )?;
+    ledger.rotate(
+        market_ledger::IdempotencyKey::new(format!("test:rotate:{}", old.account()))?,
+        rotation,
+        acceptance,
+    )?;
+    Ok(())
+}
+
+/// In-process participants who rotate their keys on the ledger while the node is busy with
+/// their work, which the node's own busy checks do not see: by default each verifier right
+/// after signing a verdict (the red team's verifier that rotated between its verdict and the
+/// settlement); with `worker`, that worker once, right after the first verdict on its run.
 #[derive(Debug)]
 struct RotateAfterVerdict {
     inner: market_node::dispatch::InProcess,
     ledger: std::sync::OnceLock<std::sync::Arc<market_ledger::Ledger>>,
+    /// A worker to rotate (old key, new key) instead of the verifiers.
+    worker: Option<(Identity, Identity)>,
     rotated: std::sync::Mutex<Vec<AccountId>>,
 }
 
@@ -351,35 +385,27 @@ impl market_node::dispatch::Dispatch for RotateAfterVerdict {
         blobs: &dyn market_compute::BlobSource,
     ) -> anyhow::Result<Signed<Verdict>> {
         let verdict = self.inner.audit(verifier, dir, request, blobs)?;
-        let (old, _) = self
-            .inner
-            .verifiers
-            .iter()
-            .find(|(i, _)| i.account() == *verifier)
-            .unwrap();
-        let new = Identity::from_test_label(&format!("{verifier} new key"));
-        let rotation = Signed::sign(
-            KeyRotation {
-                version: Version::CURRENT,
-                from: old.account(),
-                to: new.account(),
-            },
-            old,
-        )?;
-        let acceptance = Signed::sign(
-            RotationAcceptance {
-                version: Version::CURRENT,
-                rotation: rotation.id()?,
-                to: new.account(),
-            },
-            &new,
-        )?;
-        self.ledger.get().unwrap().rotate(
-            market_ledger::IdempotencyKey::new(format!("test:rotate:{verifier}"))?,
-            rotation,
-            acceptance,
-        )?;
-        self.rotated.lock().unwrap().push(new.account());
+        let ledger = self.ledger.get().unwrap();
+        let mut rotated = self.rotated.lock().unwrap();
+        match &self.worker {
+            Some((old, new)) => {
+                if rotated.is_empty() {
+                    rotate_on_ledger(ledger, old, new)?;
+                    rotated.push(new.account());
+                }
+            }
+            None => {
+                let (old, _) = self
+                    .inner
+                    .verifiers
+                    .iter()
+                    .find(|(i, _)| i.account() == *verifier)
+                    .unwrap();
+                let new = Identity::from_test_label(&format!("{verifier} new key"));
+                rotate_on_ledger(ledger, old, &new)?;
+                rotated.push(new.account());
+            }
+        }
         Ok(verdict)
     }
     fn open_steps(
@@ -408,6 +434,7 @@ async fn fees_for_work_done_under_a_rotated_key_reach_the_new_key_and_the_task_s
                 .collect(),
         },
         ledger: Default::default(),
+        worker: None,
         rotated: Default::default(),
     });
     let node = market_node::engine::Node::open(
@@ -461,4 +488,85 @@ async fn fees_for_work_done_under_a_rotated_key_reach_the_new_key_and_the_task_s
         assert_eq!(node.ledger.stake(&new).0, 100);
     }
     node.ledger.verify().unwrap();
+}
+
+/// Found reviewing rotation: a worker caught cheating on a task is never handed that task
+/// again, but that bar named its key. Rotating to a fresh key (stake and reputation follow)
+/// must not make it a stranger to the task it cheated on. The cheater rotates while its
+/// run is under audit, so the rotation has landed when the node next looks for a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_worker_that_rotates_its_key_is_not_handed_the_task_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = Identity::from_test_label("rotating cheater");
+    let new = Identity::from_test_label("rotating cheater new key");
+    let dispatch = std::sync::Arc::new(RotateAfterVerdict {
+        inner: market_node::dispatch::InProcess {
+            // Both keys are the same participant's machine, which cheats under either; the
+            // new key holds nothing (so no stake, so no task) until the rotation.
+            workers: vec![
+                (old.clone(), Behavior::Skip(0.5)),
+                (new.clone(), Behavior::Skip(0.5)),
+            ],
+            verifiers: ["v1", "v2"]
+                .iter()
+                .map(|l| (Identity::from_test_label(l), VerifierMode::Honest))
+                .collect(),
+        },
+        ledger: Default::default(),
+        worker: Some((old.clone(), new.clone())),
+        rotated: Default::default(),
+    });
+    let node = market_node::engine::Node::open(
+        dir.path(),
+        NodeConfig::default(),
+        Identity::from_test_label("operator"),
+        dispatch.clone(),
+    )
+    .unwrap();
+    dispatch.ledger.set(node.ledger.clone()).unwrap();
+    let buyer = Identity::from_test_label("buyer");
+    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
+    // Stake enough that a slash leaves it eligible: only the bar keeps it off the task.
+    node.fund("test", &old.account(), 3_000, 2_000)
+        .await
+        .unwrap();
+    for l in ["v1", "v2"] {
+        node.fund("test", &Identity::from_test_label(l).account(), 200, 100)
+            .await
+            .unwrap();
+    }
+    let app = market_node::api::router(node.clone());
+    tokio::spawn(node.clone().run_engine());
+    let (s, posted) = call(
+        &app,
+        signed(
+            &buyer,
+            "POST",
+            "/v1/tasks",
+            post_body(&buyer, short(training_task(&buyer, 1))),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{posted}");
+    let task: TaskId = posted["id"].as_str().unwrap().parse().unwrap();
+    let t = node
+        .wait_final(&task, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(*dispatch.rotated.lock().unwrap(), vec![new.account()]);
+    // The slash followed the rotation and left the new key staked: eligible by stake alone.
+    assert!(node.ledger.stake(&new.account()).0 >= NodeConfig::default().min_worker_stake);
+    // Caught once, then no other worker: rejected, never handed to the new key (without the
+    // bar following the rotation, the new key runs it, cheats again and is caught again).
+    assert_eq!(
+        t.attempts.iter().map(|a| a.worker).collect::<Vec<_>>(),
+        vec![old.account()],
+        "the rotated cheater was handed the task again"
+    );
+    assert!(
+        matches!(&t.state, market_node::model::TaskState::Rejected { reason }
+            if reason.contains("no other staked worker")),
+        "{:?}",
+        t.state
+    );
 }

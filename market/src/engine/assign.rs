@@ -124,12 +124,15 @@ impl Node {
 
     /// [`Node::eligible_workers`], with `needs` instead of the task's own.
     pub(super) fn workers_for(&self, t: &TaskRecord, needs: &Resources) -> Vec<AccountId> {
-        // A round's slots go to distinct workers.
+        // A round's slots go to distinct workers. Each bar names the participant's current
+        // key: rotating to a new key does not make a worker a stranger to a task it tried (or
+        // cheated on), nor to a pool it holds a slot of or was excluded from.
         let tried: Vec<AccountId> = t
             .attempts
             .iter()
             .map(|a| a.worker)
             .chain(self.barred_by_pool(t))
+            .map(|a| self.current_key(&a))
             .collect();
         let profile = t.spec.body.profile;
         self.dispatch
