@@ -92,6 +92,7 @@ fn acknowledged_appends_survive_repeated_sigkill() {
                 round_acks.extend(parse_ack(&line));
             }
         }
+        // Not synchronisation: a seeded random moment to kill the writer at, mid-append.
         std::thread::sleep(Duration::from_millis(rng.next() % 40));
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("wait");

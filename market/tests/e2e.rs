@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,21 +56,14 @@ async fn buyer_worker_verifiers_and_a_cheater_over_http() {
             .collect(),
     };
     let config = NodeConfig::default();
-    let node = Node::open(
+    let (node, buyer) = common::open_with(
         dir.path(),
         config.clone(),
-        Identity::from_test_label("e2e operator"),
+        "e2e",
         Arc::new(dispatch),
+        common::Funding::LEAN,
     )
-    .unwrap();
-    let buyer = Identity::from_test_label("e2e buyer");
-    node.fund("e2e", &buyer.account(), 10_000, 0).await.unwrap();
-    for w in [&cheater, &honest] {
-        node.fund("e2e", &w.account(), 300, 300).await.unwrap();
-    }
-    for v in &verifiers {
-        node.fund("e2e", &v.account(), 100, 100).await.unwrap();
-    }
+    .await;
     let (url, stop, server) = serve(node.clone()).await;
 
     let client = Client::new(&url, Some(buyer.clone()));
@@ -183,19 +178,17 @@ async fn a_verifier_that_passes_a_ringer_is_slashed_over_http() {
         ringer_rate_ppm: 1_000_000,
         ..NodeConfig::default()
     };
-    let node = Node::open(
+    let (node, buyer) = common::open_with(
         dir.path(),
         config.clone(),
-        Identity::from_test_label("e2e ringer operator"),
+        "e2e ringer",
         Arc::new(dispatch),
+        common::Funding {
+            buyer: 5_000,
+            ..common::Funding::LEAN
+        },
     )
-    .unwrap();
-    let buyer = Identity::from_test_label("e2e ringer buyer");
-    node.fund("e2e", &buyer.account(), 5_000, 0).await.unwrap();
-    node.fund("e2e", &worker.account(), 300, 300).await.unwrap();
-    for v in [&lazy, &careful] {
-        node.fund("e2e", &v.account(), 100, 100).await.unwrap();
-    }
+    .await;
     let (url, stop, server) = serve(node.clone()).await;
     let client = Client::new(&url, Some(buyer.clone()));
     let mut task = training_task(&buyer, 7);
@@ -268,19 +261,14 @@ async fn a_buyer_asks_smollm2_and_gets_verified_answers_over_http() {
             .map(|v| (v.clone(), VerifierMode::Honest))
             .collect(),
     };
-    let node = Node::open(
+    let (node, buyer) = common::open_with(
         dir.path(),
         NodeConfig::default(),
-        Identity::from_test_label("llm operator"),
+        "llm",
         Arc::new(dispatch),
+        common::Funding::LEAN,
     )
-    .unwrap();
-    let buyer = Identity::from_test_label("llm buyer");
-    node.fund("e2e", &buyer.account(), 10_000, 0).await.unwrap();
-    node.fund("e2e", &worker.account(), 300, 300).await.unwrap();
-    for v in &verifiers {
-        node.fund("e2e", &v.account(), 100, 100).await.unwrap();
-    }
+    .await;
     let (url, stop, server) = serve(node.clone()).await;
     let client = Client::new(&url, Some(buyer.clone()));
     client.register().await.unwrap();

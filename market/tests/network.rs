@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use market_net::participant::{join, measure_capabilities};
 use market_net::wire::{Reply, Request, Response};
-use market_net::{Event, Multiaddr, Net, NetConfig};
+use market_net::{Event, Net, NetConfig};
 use market_node::config::NodeConfig;
-use market_node::engine::Node;
+
 use market_node::model::{TaskRecord, TaskState};
-use market_node::p2p::{open_networked, P2pDispatch, P2pOptions};
+use market_node::p2p::P2pOptions;
 use market_protocol::fixtures::training_task;
 use market_protocol::*;
 use market_worker::Behavior;
@@ -39,40 +39,13 @@ fn in_runtime(test: impl std::future::Future<Output = ()>) {
     }
 }
 
-struct Market {
-    node: Arc<Node>,
-    dispatch: Arc<P2pDispatch>,
-    addr: Multiaddr,
-    dir: tempfile::TempDir,
-    buyer: Identity,
-}
+type Market = common::Networked;
 
+/// A networked node with its engine running.
 async fn market(config: NodeConfig, options: P2pOptions) -> Market {
-    let dir = tempfile::tempdir().unwrap();
-    let (node, dispatch, addrs) = open_networked(
-        &dir.path().join("node"),
-        config,
-        Identity::from_test_label("network operator"),
-        NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..NetConfig::default()
-        },
-        options,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(node.clone().run_engine());
-    let buyer = Identity::from_test_label("network buyer");
-    node.fund("test", &buyer.account(), 10_000, 0)
-        .await
-        .unwrap();
-    Market {
-        node,
-        dispatch,
-        addr: addrs[0].clone(),
-        dir,
-        buyer,
-    }
+    let m = common::networked("network", config, options).await;
+    tokio::spawn(m.node.clone().run_engine());
+    m
 }
 
 fn key_file(m: &Market, who: &Identity, label: &str) -> std::path::PathBuf {
@@ -868,6 +841,7 @@ fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         assert!(m.dispatch.participants()[&w.account()].hellos > hellos);
+        // A window for a late write to show: what did not happen has no event to wait for.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(
             job_dirs_of(&m, label, &long).is_empty(),
@@ -965,7 +939,8 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
             .await
             .unwrap();
         assert_eq!(next_cancel(&mut events, true).await, (task, job));
-        // Taken, it is not sent again: not on the next hello, nor for a report.
+        // Taken, it is not sent again: not on the next hello, nor for a report. (A window
+        // for a late resend to arrive: a message not sent has no event to wait for.)
         tokio::time::sleep(Duration::from_millis(500)).await;
         let node = dialed.borrow().unwrap();
         let reply = net.request(node, progress(4)).await.unwrap();
@@ -1093,6 +1068,7 @@ fn a_task_too_big_for_every_worker_waits_and_says_so_then_goes_to_one_that_holds
                 && says.contains("no verifier here offers that much"),
             "{says}"
         );
+        // A window for a wrong assignment to happen: one that does not has no event.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(m
             .node
@@ -1457,7 +1433,7 @@ fn a_worker_away_when_a_stand_in_needs_its_openings_is_audited_when_it_returns()
         child.wait().unwrap();
         wait_connected(&m, &w.account(), false).await;
         // A real verifier stands in; its openings must come from the absent worker, for well
-        // past the run grace.
+        // past the run grace (a timer: only time passing can exceed it).
         let v = verifier(&m, "verifier away").await;
         wait_joined(&m, 0, 2).await;
         tokio::time::sleep(Duration::from_secs(8)).await;

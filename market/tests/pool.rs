@@ -416,19 +416,14 @@ async fn a_slot_round_run_from_another_start_than_assigned_is_refused_before_it_
         stale: stale.clone(),
     };
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::open(
+    let (node, buyer) = common::open_with(
         dir.path(),
         NodeConfig::default(),
-        Identity::from_test_label("stale operator"),
+        "stale",
         std::sync::Arc::new(dispatch),
+        common::Funding::API,
     )
-    .unwrap();
-    let buyer = Identity::from_test_label("stale buyer");
-    node.fund("t", &buyer.account(), 5_000, 0).await.unwrap();
-    for w in std::iter::once(&stale).chain(&honest) {
-        node.fund("t", &w.account(), 500, 300).await.unwrap();
-    }
-    node.fund("t", &verifier.account(), 200, 100).await.unwrap();
+    .await;
     let engine = tokio::spawn(node.clone().run_engine());
     let spec = pooled(&buyer, 4, 2);
     let posted = post(&node, &buyer, spec.clone()).await;

@@ -419,41 +419,30 @@ impl market_node::dispatch::Dispatch for RotateAfterVerdict {
     }
 }
 
-/// A rotation can still land while work done under the old key is unpaid (the node refuses a
-/// busy participant, but a verifier is idle between its verdict and the settlement). The task
-/// must settle all the same, the fees reaching the verifiers' new keys.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fees_for_work_done_under_a_rotated_key_reach_the_new_key_and_the_task_settles() {
-    let dir = tempfile::tempdir().unwrap();
-    let dispatch = std::sync::Arc::new(RotateAfterVerdict {
-        inner: market_node::dispatch::InProcess {
-            workers: vec![(Identity::from_test_label("w1"), Behavior::Honest)],
-            verifiers: ["v1", "v2"]
-                .iter()
-                .map(|l| (Identity::from_test_label(l), VerifierMode::Honest))
-                .collect(),
-        },
-        ledger: Default::default(),
-        worker: None,
-        rotated: Default::default(),
-    });
-    let node = market_node::engine::Node::open(
+/// Opens a node in `dir` with `dispatch` (funded as `funding`, then each of `extra` with its
+/// balance and stake), posts one short training task through the API and waits for it to
+/// end: the node, the post's answer and the final record.
+async fn one_task(
+    dir: &tempfile::TempDir,
+    dispatch: std::sync::Arc<RotateAfterVerdict>,
+    funding: common::Funding,
+    extra: &[(AccountId, u64, u64)],
+) -> (
+    std::sync::Arc<market_node::engine::Node>,
+    Value,
+    market_node::model::TaskRecord,
+) {
+    let (node, buyer) = common::open_with(
         dir.path(),
         NodeConfig::default(),
-        Identity::from_test_label("operator"),
+        "",
         dispatch.clone(),
+        funding,
     )
-    .unwrap();
+    .await;
     dispatch.ledger.set(node.ledger.clone()).unwrap();
-    let buyer = Identity::from_test_label("buyer");
-    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
-    node.fund("test", &Identity::from_test_label("w1").account(), 500, 300)
-        .await
-        .unwrap();
-    for l in ["v1", "v2"] {
-        node.fund("test", &Identity::from_test_label(l).account(), 200, 100)
-            .await
-            .unwrap();
+    for (who, balance, stake) in extra {
+        node.fund("test", who, *balance, *stake).await.unwrap();
     }
     let app = market_node::api::router(node.clone());
     tokio::spawn(node.clone().run_engine());
@@ -473,6 +462,28 @@ async fn fees_for_work_done_under_a_rotated_key_reach_the_new_key_and_the_task_s
         .wait_final(&task, Duration::from_secs(120))
         .await
         .unwrap();
+    (node, posted, t)
+}
+
+/// A rotation can still land while work done under the old key is unpaid (the node refuses a
+/// busy participant, but a verifier is idle between its verdict and the settlement). The task
+/// must settle all the same, the fees reaching the verifiers' new keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fees_for_work_done_under_a_rotated_key_reach_the_new_key_and_the_task_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    let dispatch = std::sync::Arc::new(RotateAfterVerdict {
+        inner: market_node::dispatch::InProcess {
+            workers: vec![(Identity::from_test_label("w1"), Behavior::Honest)],
+            verifiers: ["v1", "v2"]
+                .iter()
+                .map(|l| (Identity::from_test_label(l), VerifierMode::Honest))
+                .collect(),
+        },
+        ledger: Default::default(),
+        worker: None,
+        rotated: Default::default(),
+    });
+    let (node, posted, t) = one_task(&dir, dispatch.clone(), common::Funding::API, &[]).await;
     assert_eq!(
         t.state,
         market_node::model::TaskState::Settled,
@@ -516,43 +527,19 @@ async fn a_caught_worker_that_rotates_its_key_is_not_handed_the_task_again() {
         worker: Some((old.clone(), new.clone())),
         rotated: Default::default(),
     });
-    let node = market_node::engine::Node::open(
-        dir.path(),
-        NodeConfig::default(),
-        Identity::from_test_label("operator"),
+    // The new key holds nothing; the old one enough stake that a slash leaves it eligible:
+    // only the bar keeps it off the task.
+    let no_worker = common::Funding {
+        worker: (0, 0),
+        ..common::Funding::API
+    };
+    let (node, _, t) = one_task(
+        &dir,
         dispatch.clone(),
-    )
-    .unwrap();
-    dispatch.ledger.set(node.ledger.clone()).unwrap();
-    let buyer = Identity::from_test_label("buyer");
-    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
-    // Stake enough that a slash leaves it eligible: only the bar keeps it off the task.
-    node.fund("test", &old.account(), 3_000, 2_000)
-        .await
-        .unwrap();
-    for l in ["v1", "v2"] {
-        node.fund("test", &Identity::from_test_label(l).account(), 200, 100)
-            .await
-            .unwrap();
-    }
-    let app = market_node::api::router(node.clone());
-    tokio::spawn(node.clone().run_engine());
-    let (s, posted) = call(
-        &app,
-        signed(
-            &buyer,
-            "POST",
-            "/v1/tasks",
-            post_body(&buyer, short(training_task(&buyer, 1))),
-        ),
+        no_worker,
+        &[(old.account(), 3_000, 2_000)],
     )
     .await;
-    assert_eq!(s, StatusCode::CREATED, "{posted}");
-    let task: TaskId = posted["id"].as_str().unwrap().parse().unwrap();
-    let t = node
-        .wait_final(&task, Duration::from_secs(120))
-        .await
-        .unwrap();
     assert_eq!(*dispatch.rotated.lock().unwrap(), vec![new.account()]);
     // The slash followed the rotation and left the new key staked: eligible by stake alone.
     assert!(node.ledger.stake(&new.account()).0 >= NodeConfig::default().min_worker_stake);

@@ -16,10 +16,11 @@ use axum::Router;
 use common::{call, signed, upload};
 use market_compute::llama::fixtures::tiny_gguf;
 use market_compute::{BlobSource, InferenceJob};
-use market_net::{Multiaddr, NetConfig};
+
+use market_net::Multiaddr;
 use market_node::config::NodeConfig;
 use market_node::engine::Node;
-use market_node::p2p::{open_networked, P2pOptions};
+use market_node::p2p::P2pOptions;
 use market_protocol::*;
 use market_protocol::{beacon, vrf};
 use market_worker::serve::ServeOptions;
@@ -85,27 +86,13 @@ async fn verifier(
 }
 
 async fn market_without_verifiers(config: NodeConfig) -> Market {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("warn")
-        .try_init();
-    let dir = tempfile::tempdir().unwrap();
-    let (node, dispatch, addrs) = open_networked(
-        &dir.path().join("node"),
-        config,
-        Identity::from_test_label("serving operator"),
-        NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            ..NetConfig::default()
-        },
-        P2pOptions::default(),
-    )
-    .await
-    .unwrap();
-    let buyer = Identity::from_test_label("serving buyer");
-    node.fund("test", &buyer.account(), 10_000, 0)
-        .await
-        .unwrap();
+    let common::Networked {
+        node,
+        dispatch,
+        addr,
+        dir,
+        buyer,
+    } = common::networked("serving", config, P2pOptions::default()).await;
     let app = market_node::api::router(node.clone());
     let model_bytes = tiny_gguf(11).unwrap();
     let model = dir.path().join("tiny.gguf");
@@ -114,7 +101,7 @@ async fn market_without_verifiers(config: NodeConfig) -> Market {
         node,
         dispatch,
         app,
-        addr: addrs[0].clone(),
+        addr,
         dir,
         buyer,
         model,
@@ -623,7 +610,8 @@ async fn a_model_the_node_does_not_hold_is_not_served() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Its offer follows its welcome.
+    // Its offer follows its welcome; a refused offer leaves no trace to wait for, so a
+    // window long enough for it to have been taken.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (_, v) = call(&m.app, common::get("/v1/models")).await;
     assert_eq!(v["data"], json!([]));
@@ -1125,7 +1113,8 @@ async fn a_lazy_verifier_passes_a_ringer_and_is_slashed_and_its_pass_is_void() {
     let (receipt, cost) = ask(&m, &key, "will you check this?").await;
     wait_slashed(&m, &lazy, 200 - m.node.config.verifier_slash).await;
     assert!(m.node.ledger.reputation(&lazy.account()) < 0);
-    // Its pass was void: the batch waits for another verifier; the cheat is not paid.
+    // Its pass was void: the batch waits for another verifier; the cheat is not paid. (A
+    // window for a wrong settlement to happen: one that does not has no event.)
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receipt_status(&m, &key, &receipt).await, "pending");
     assert_eq!(m.node.ledger.balance(&cheat.account()).0, cheat_before);

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,23 +160,8 @@ async fn market(
     config: NodeConfig,
 ) -> Market {
     let dispatch: Arc<Rigged> = dispatch.into();
-    let workers = dispatch.workers();
-    let verifiers = dispatch.verifiers();
-    let node = Node::open(
-        dir,
-        config.clone(),
-        Identity::from_test_label(&format!("{label} operator")),
-        dispatch,
-    )
-    .unwrap();
-    let buyer = Identity::from_test_label(&format!("{label} buyer"));
-    node.fund(label, &buyer.account(), 10_000, 0).await.unwrap();
-    for w in &workers {
-        node.fund(label, w, 300, 300).await.unwrap();
-    }
-    for v in &verifiers {
-        node.fund(label, v, 100, 100).await.unwrap();
-    }
+    let (node, buyer) =
+        common::open_with(dir, config.clone(), label, dispatch, common::Funding::LEAN).await;
     tokio::spawn(node.clone().run_engine());
     Market {
         node,

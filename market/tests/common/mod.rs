@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use market_net::{Multiaddr, NetConfig};
 use market_node::auth::{sign_headers, unix_now};
 use market_node::config::NodeConfig;
-use market_node::dispatch::{InProcess, VerifierMode};
+use market_node::dispatch::{Dispatch, InProcess, VerifierMode};
 use market_node::engine::Node;
+use market_node::p2p::{open_networked, P2pDispatch, P2pOptions};
 use market_protocol::{Identity, Signed, TaskSpec, Workload};
 use market_worker::Behavior;
 use serde_json::Value;
@@ -27,19 +29,70 @@ pub struct Net {
     pub dir: tempfile::TempDir,
 }
 
-/// Opens a node in `dir` with `config` and the given in-process participants (funded and
-/// staked) and a buyer with 5,000 credits.
-pub async fn open(
-    dir: tempfile::TempDir,
+/// What a node's participants hold when a test opens it: the buyer's credits, and each
+/// worker's and verifier's (balance, stake). Zeros fund nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Funding {
+    pub buyer: u64,
+    pub worker: (u64, u64),
+    pub verifier: (u64, u64),
+}
+
+impl Funding {
+    /// The API tests' market: room for a slash and a second task.
+    pub const API: Funding = Funding {
+        buyer: 5_000,
+        worker: (500, 300),
+        verifier: (200, 100),
+    };
+    /// Everything staked (a slash leaves a worker short of stake).
+    pub const LEAN: Funding = Funding {
+        buyer: 10_000,
+        worker: (300, 300),
+        verifier: (100, 100),
+    };
+}
+
+/// The operator's and the buyer's test identities for a test named `label` ("" for the plain
+/// "operator" and "buyer").
+pub fn roles(label: &str) -> (Identity, Identity) {
+    let named = |role: &str| Identity::from_test_label(format!("{label} {role}").trim_start());
+    (named("operator"), named("buyer"))
+}
+
+/// Opens a node in `dir` with `dispatch` (any in-process or rigged one) and funds its buyer and
+/// every worker and verifier the dispatch names, as `funding` says. The engine is not started.
+pub async fn open_with(
+    dir: &std::path::Path,
     config: NodeConfig,
-    workers: &[(&str, Behavior)],
-    verifiers: &[(&str, VerifierMode)],
-) -> Net {
+    label: &str,
+    dispatch: Arc<dyn Dispatch>,
+    funding: Funding,
+) -> (Arc<Node>, Identity) {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter("warn")
         .try_init();
-    let dispatch = InProcess {
+    let (operator, buyer) = roles(label);
+    let node = Node::open(dir, config, operator, dispatch.clone()).unwrap();
+    let fund = if label.is_empty() { "test" } else { label };
+    node.fund(fund, &buyer.account(), funding.buyer, 0)
+        .await
+        .unwrap();
+    for w in dispatch.workers() {
+        let (balance, stake) = funding.worker;
+        node.fund(fund, &w, balance, stake).await.unwrap();
+    }
+    for v in dispatch.verifiers() {
+        let (balance, stake) = funding.verifier;
+        node.fund(fund, &v, balance, stake).await.unwrap();
+    }
+    (node, buyer)
+}
+
+/// In-process participants named by test labels.
+pub fn in_process(workers: &[(&str, Behavior)], verifiers: &[(&str, VerifierMode)]) -> InProcess {
+    InProcess {
         workers: workers
             .iter()
             .map(|(l, b)| (Identity::from_test_label(l), *b))
@@ -48,32 +101,67 @@ pub async fn open(
             .iter()
             .map(|(l, m)| (Identity::from_test_label(l), *m))
             .collect(),
-    };
-    let node = Node::open(
-        dir.path(),
-        config,
-        Identity::from_test_label("operator"),
-        Arc::new(dispatch),
-    )
-    .unwrap();
-    let buyer = Identity::from_test_label("buyer");
-    node.fund("test", &buyer.account(), 5_000, 0).await.unwrap();
-    for (l, _) in workers {
-        node.fund("test", &Identity::from_test_label(l).account(), 500, 300)
-            .await
-            .unwrap();
     }
-    for (l, _) in verifiers {
-        node.fund("test", &Identity::from_test_label(l).account(), 200, 100)
-            .await
-            .unwrap();
-    }
+}
+
+/// Opens a node in `dir` with `config` and the given in-process participants (funded and
+/// staked, [`Funding::API`]) and a buyer with 5,000 credits.
+pub async fn open(
+    dir: tempfile::TempDir,
+    config: NodeConfig,
+    workers: &[(&str, Behavior)],
+    verifiers: &[(&str, VerifierMode)],
+) -> Net {
+    let dispatch = Arc::new(in_process(workers, verifiers));
+    let (node, buyer) = open_with(dir.path(), config, "", dispatch, Funding::API).await;
     let app = market_node::api::router(node.clone());
     Net {
         node,
         app,
         buyer,
         dir,
+    }
+}
+
+/// A node on the network (loopback, a port of its choosing) for a test named `label`, its
+/// buyer holding 10,000 credits; the engine is not started.
+pub struct Networked {
+    pub node: Arc<Node>,
+    pub dispatch: Arc<P2pDispatch>,
+    pub addr: Multiaddr,
+    pub dir: tempfile::TempDir,
+    pub buyer: Identity,
+}
+
+/// Opens a [`Networked`] node.
+pub async fn networked(label: &str, config: NodeConfig, options: P2pOptions) -> Networked {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, buyer) = roles(label);
+    let (node, dispatch, addrs) = open_networked(
+        &dir.path().join("node"),
+        config,
+        operator,
+        NetConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            ..NetConfig::default()
+        },
+        options,
+    )
+    .await
+    .unwrap();
+    node.fund("test", &buyer.account(), 10_000, 0)
+        .await
+        .unwrap();
+    Networked {
+        node,
+        dispatch,
+        addr: addrs[0].clone(),
+        dir,
+        buyer,
     }
 }
 
