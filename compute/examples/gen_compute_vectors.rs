@@ -4,7 +4,8 @@
 //! layers, 17 layers, a double-rounding decimal, `relu`, a short final segment, blob datasets,
 //! SGD on a `gpt`); inference outputs (`compute-inference.json`: greedy and sampled decoding,
 //! `mlp` rows with gelu and tanh); and every state of 2-slot, 2-round pooled runs
-//! (`compute-pool.json`). Run only for a deliberate protocol change:
+//! (`compute-pool.json`); and `llama` training (`compute-llama-train.json`). Run only for a
+//! deliberate protocol change:
 //! `cargo run --release -p market-compute --example gen_compute_vectors -- spec/vectors`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -242,6 +243,64 @@ fn every_checkpoint(task: &TaskSpec, blobs: &Blobs) -> Result<Value, Error> {
     // The commitment's `outputs`: the weights file of the final parameters.
     let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)?;
     Ok(json!({"checkpoints": checkpoints, "outputs": [BlobId(Hash::of(&weights))]}))
+}
+
+/// `llama` training cases (spec/COMPUTE.md section 11.12): the tiny config (tied, four query
+/// heads on two kv heads) fine-tuned from a weights file with AdamW, and an untied config
+/// trained from its initialisation with SGD and momentum; windows of 16 tokens from a blob.
+fn llama_training_cases(blobs: &mut Blobs) -> Result<Vec<(&'static str, TaskSpec)>, Error> {
+    use market_compute::llama::fixtures::tiny_config;
+    use market_compute::zoo::ModelConfig;
+    let tokens: Vec<u32> = (0..600u32).map(|i| (i * 7 + i / 5) % 90).collect();
+    let dataset = add_blob(
+        blobs,
+        &[(
+            "tokens",
+            Dtype::U32,
+            vec![tokens.len()],
+            tokens.iter().flat_map(|t| t.to_le_bytes()).collect(),
+        )],
+    );
+    let mut tied = tiny_config();
+    tied.max_position_embeddings = 16;
+    let layout = tied.layout();
+    let pretrained = market_compute::init::init_params(&ModelConfig::Llama(tied), &layout, 5);
+    let weights = market_compute::init::weights_to_bytes(&layout, &pretrained)?;
+    let weights_id = BlobId(Hash::of(&weights));
+    blobs.insert(weights_id, weights);
+    let mut untied = tied;
+    untied.hidden_size = 16;
+    untied.intermediate_size = 24;
+    untied.tie_word_embeddings = false;
+    untied.rope_theta = 500.0;
+    let buyer = Identity::from_test_label("buyer");
+    let mut cases = Vec::new();
+    for (name, config, initial, optimizer) in [
+        (
+            "llama-tied-finetune-adamw",
+            tied,
+            Some(weights_id),
+            adamw("0.01"),
+        ),
+        (
+            "llama-untied-sgd-momentum",
+            untied,
+            None,
+            sgd("0.1", "0.9", "0"),
+        ),
+    ] {
+        let mut task = training_task(&buyer, 1);
+        let t = training(&mut task);
+        t.model = config.to_spec()?;
+        t.dataset = DatasetSource::Blob { id: dataset };
+        t.initial_weights = initial;
+        t.optimizer = optimizer;
+        t.batch_size = 2;
+        t.steps = 6;
+        t.checkpoint_interval = 2;
+        cases.push((name, task));
+    }
+    Ok(cases)
 }
 
 /// Inference cases: a `gpt` decoding greedily, sampling among the top 5 and sampling among
@@ -482,6 +541,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &dir,
         "compute-cases.json",
         "Golden states of the repro profile for what the example tasks do not reach: every checkpoint's state hash (blake3 of the canonical state, spec/COMPUTE.md) and each segment's mean loss as binary32 bits (its loss_trace entry); `outputs` is the commitment's: the blob id (blake3) of the weights file of the final parameters (spec/ENCODING.md section 13). `blobs` maps each blob id the task names to the blob's bytes in hex.",
+        vectors,
+    )?;
+    let mut vectors = Vec::new();
+    for (name, task) in llama_training_cases(&mut blobs)? {
+        let run = every_checkpoint(&task, &blobs)?;
+        vectors.push(json!({
+            "name": name,
+            "task": task,
+            "blobs": hex_blobs(&blobs, &task),
+            "checkpoints": run["checkpoints"],
+            "outputs": run["outputs"],
+        }));
+    }
+    write_doc(
+        &dir,
+        "compute-llama-train.json",
+        "Training a llama in the repro profile (spec/COMPUTE.md section 11.12, appendix A.9a), as compute-cases.json: every checkpoint's state hash, each segment's mean loss as binary32 bits, and the blob id of the final weights file. `blobs` maps each blob id the task names (the token dataset, the pretrained weights) to its bytes in hex.",
         vectors,
     )?;
     let mut vectors = Vec::new();

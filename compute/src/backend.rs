@@ -80,6 +80,25 @@ impl Backend {
         }
     }
 
+    /// `llama` loss over the batch's scored positions, and its gradients (overwriting
+    /// `grads`): `repro` only (a task in another profile is refused when its job is built).
+    pub fn llama_loss_and_grads(
+        &self,
+        cfg: &crate::llama::LlamaConfig,
+        layout: &ParamLayout,
+        params: &[f32],
+        batch: &TokenBatch,
+        grads: &mut [f32],
+    ) -> Result<f32> {
+        match self {
+            Self::Repro => crate::llama::train::loss_and_grads(cfg, layout, params, batch, grads),
+            Self::Candle(_) => Err(crate::error::ComputeError::config(
+                "profile",
+                "a llama model trains in the repro profile only",
+            )),
+        }
+    }
+
     /// GPT logits `[rows * len, vocab]`.
     pub fn gpt_logits(
         &self,

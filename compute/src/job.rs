@@ -97,10 +97,14 @@ impl TrainingJob {
         };
         let model = ModelConfig::from_spec(&t.model)?;
         if let ModelConfig::Llama(_) = model {
-            return Err(ComputeError::config(
-                "model",
-                "llama trains once its repro backward pass exists; it runs inference today",
-            ));
+            // The backward pass is written for `repro` only (`llama::train`); candle's would
+            // need a tolerance calibrated for training first.
+            if spec.profile != ExecutionProfile::Repro {
+                return Err(ComputeError::config(
+                    "profile",
+                    "a llama model trains in the repro profile only",
+                ));
+            }
         }
         let optimizer = Optimizer::from_spec(&t.optimizer)?;
         if t.steps == 0 || t.steps > limits::MAX_STEPS {
@@ -146,7 +150,7 @@ impl TrainingJob {
             ));
         }
         let batch_size = t.batch_size as usize;
-        let activations = crate::resources::activation_values(&model, batch_size as u64);
+        let activations = crate::resources::training_values(&model, batch_size as u64);
         if activations > limits::MAX_ACTIVATIONS {
             return Err(ComputeError::config(
                 "batch_size",
@@ -226,6 +230,9 @@ impl TrainingJob {
                 m.widths[0],
                 m.widths[m.widths.len() - 1],
             )?,
+            (ModelConfig::Llama(l), DatasetSource::Blob { id }) => {
+                data::parse_token_blob(&fetch(blobs, id)?, l.vocab_size)?
+            }
             (ModelConfig::Gpt(_), _) => {
                 return Err(ComputeError::config(
                     "dataset.source",
@@ -238,10 +245,17 @@ impl TrainingJob {
                     "an mlp model trains on `teacher_mlp` or a regression blob",
                 ))
             }
-            (ModelConfig::Llama(_), _) => unreachable!("refused above"),
+            (ModelConfig::Llama(_), _) => {
+                return Err(ComputeError::config(
+                    "dataset.source",
+                    "a llama model trains on a token blob",
+                ))
+            }
         };
         match &model {
-            ModelConfig::Llama(_) => unreachable!("refused above"),
+            ModelConfig::Llama(l) => {
+                check_token_data(&data, batch_size, l.max_position_embeddings)?
+            }
             ModelConfig::Gpt(g) => check_token_data(&data, batch_size, g.context)?,
             ModelConfig::Mlp(_) => {
                 if data.len() < batch_size {
@@ -417,7 +431,19 @@ impl TrainingJob {
         }
         let mut grads = vec![0.0f32; self.layout.total()];
         let loss = match &self.model {
-            ModelConfig::Llama(_) => unreachable!("refused in from_spec"),
+            ModelConfig::Llama(l) => {
+                // Windows of the model's whole context, drawn as gpt's are.
+                let b = batch::token_batch(
+                    &self.data,
+                    self.seed,
+                    state.step,
+                    self.lane,
+                    self.batch_size,
+                    l.max_position_embeddings,
+                );
+                self.backend
+                    .llama_loss_and_grads(l, &self.layout, &state.params, &b, &mut grads)?
+            }
             ModelConfig::Gpt(g) => {
                 let b = batch::token_batch(
                     &self.data,

@@ -63,6 +63,30 @@ pub fn activation_values(model: &ModelConfig, batch: u64) -> u64 {
     }
 }
 
+/// Values one training step of `model` holds with `batch` sequences: [`activation_values`],
+/// except for a `llama`, whose step (`llama::train`) keeps per layer and position its input,
+/// the two normed rows, `q`, `k`, `v`, the attention output, the mid-layer row, `gate`, `up`
+/// and their product, and each head's attention weights (`heads × t` per position); then the
+/// logits and their gradient; and the transposed copy of every matrix the forward pass makes.
+pub fn training_values(model: &ModelConfig, batch: u64) -> u64 {
+    match model {
+        ModelConfig::Llama(l) => {
+            let (t, h, i, kv, heads, layers, v) = (
+                l.max_position_embeddings as u64,
+                l.hidden_size as u64,
+                l.intermediate_size as u64,
+                l.kv_width() as u64,
+                l.num_attention_heads as u64,
+                l.num_hidden_layers as u64,
+                l.vocab_size as u64,
+            );
+            let per_layer = batch * t * (6 * h + 2 * kv + 4 * i + 3 + heads * t);
+            layers * per_layer + batch * t * (2 * v + 3 * h) + l.parameter_count()
+        }
+        _ => activation_values(model, batch),
+    }
+}
+
 /// An upper bound on the bytes of a checkpoint of `layout` (parameters, first moment and, with
 /// `second_moment`, the second, as f32 in a safetensors file): the data, and at most 256
 /// bytes of header per tensor.
@@ -94,7 +118,7 @@ impl TrainingJob {
         let params = self.layout.total() as u64;
         let state = state_bytes(&self.layout, self.optimizer.has_second_moment());
         let segments = u64::from(self.segments());
-        let activations = activation_values(&self.model, self.batch_size as u64);
+        let activations = training_values(&self.model, self.batch_size as u64);
         let memory = BASE_MEMORY_BYTES
             + input_bytes
             + dataset_bytes(&self.data)

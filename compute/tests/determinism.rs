@@ -77,8 +77,20 @@ fn vector_blobs(v: &Value) -> BTreeMap<BlobId, Vec<u8>> {
 /// Every checkpoint and every segment's mean loss of the cases the example tasks do not reach.
 #[test]
 fn golden_case_hashes() {
-    let vectors = golden("compute-cases.json");
-    assert_eq!(vectors.len(), 5);
+    check_cases("compute-cases.json", 5);
+}
+
+/// The same for `llama` training: a fine-tune from a weights file, and an untied model.
+#[test]
+fn golden_llama_training_hashes() {
+    check_cases("compute-llama-train.json", 2);
+}
+
+/// Runs each of the `count` vectors of `file` from its task and blobs, checking every
+/// checkpoint, every segment's mean loss and the final weights' id.
+fn check_cases(file: &str, count: usize) {
+    let vectors = golden(file);
+    assert_eq!(vectors.len(), count);
     for v in vectors {
         let name = v["name"].as_str().unwrap();
         let task: TaskSpec = serde_json::from_value(v["task"].clone()).unwrap();

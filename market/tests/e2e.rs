@@ -337,3 +337,116 @@ async fn a_buyer_asks_smollm2_and_gets_verified_answers_over_http() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Issue 15, fine-tuning: a buyer uploads a token blob and pretrained `llama` weights (a
+/// weights file with Hugging Face names), posts a `repro` training task from them, and gets
+/// trained weights back. The first worker cheats on it and is caught by the audit as on a
+/// `gpt`; the honest worker's run settles; the weights it returns are the task's re-executed
+/// run's, bit for bit, and still carry the Hugging Face names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
+    use market_compute::init::{init_params, weights_from_bytes, weights_to_bytes};
+    use market_compute::llama::fixtures::tiny_config;
+    let dir = tempfile::tempdir().unwrap();
+    let cheater = Identity::from_test_label("tune cheater");
+    let honest = Identity::from_test_label("tune honest");
+    let dispatch = InProcess {
+        workers: vec![
+            (cheater.clone(), Behavior::Skip(0.5)),
+            (honest.clone(), Behavior::Honest),
+        ],
+        verifiers: ["tune v1", "tune v2"]
+            .iter()
+            .map(|l| (Identity::from_test_label(l), VerifierMode::Honest))
+            .collect(),
+    };
+    let (node, buyer) = common::open_with(
+        dir.path(),
+        NodeConfig::default(),
+        "tune",
+        Arc::new(dispatch),
+        common::Funding::LEAN,
+    )
+    .await;
+    let (url, stop, server) = serve(node.clone()).await;
+    let client = Client::new(&url, Some(buyer.clone()));
+    client.register().await.unwrap();
+
+    let mut config = tiny_config();
+    config.max_position_embeddings = 16;
+    let layout = config.layout();
+    let pretrained = init_params(
+        &market_compute::zoo::ModelConfig::Llama(config),
+        &layout,
+        77,
+    );
+    let weights = client
+        .upload(weights_to_bytes(&layout, &pretrained).unwrap())
+        .await
+        .unwrap();
+    let text: Vec<u32> = b"the quick brown fox jumps over the lazy dog; "
+        .iter()
+        .cycle()
+        .take(2_000)
+        .map(|b| u32::from(b.saturating_sub(33).min(93)))
+        .collect();
+    let bytes: Vec<u8> = text.iter().flat_map(|t| t.to_le_bytes()).collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::U32, vec![text.len()], &bytes)
+            .unwrap();
+    let dataset = client
+        .upload(safetensors::serialize([("tokens", view)], None).unwrap())
+        .await
+        .unwrap();
+    let mut task = training_task(&buyer, 1);
+    if let Workload::Training(t) = &mut task.workload {
+        t.model = config.to_spec().unwrap();
+        t.dataset = DatasetSource::Blob { id: dataset };
+        t.initial_weights = Some(weights);
+        t.batch_size = 2;
+        t.steps = 20;
+        t.checkpoint_interval = 5;
+    }
+    let posted = client.submit(task.clone()).await.unwrap();
+    let t = client
+        .wait(&posted.id, Duration::from_secs(300), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    assert_eq!(t.attempts.len(), 2, "{t:?}");
+    assert_eq!(t.attempts[0].worker, cheater.account());
+    assert!(!t.attempts[0].accepted && t.attempts[0].verdicts.iter().any(|v| !v.passed));
+    assert!(t.attempts[1].accepted && t.attempts[1].verdicts.iter().all(|v| v.passed));
+
+    // The weights returned: the run re-executed here, bit for bit, under Hugging Face names.
+    let result = client.result(&posted.id).await.unwrap();
+    let out: BlobId = result["outputs"][0].as_str().unwrap().parse().unwrap();
+    let file = dir.path().join("tuned.safetensors");
+    client.download_blob(&out, &file, |_, _| {}).await.unwrap();
+    let tuned = std::fs::read(&file).unwrap();
+    let names = safetensors::SafeTensors::deserialize(&tuned)
+        .unwrap()
+        .names()
+        .len();
+    assert_eq!(names, layout.slots().len());
+    let got = weights_from_bytes(&layout, &tuned).unwrap();
+    let mut blobs = std::collections::BTreeMap::new();
+    blobs.insert(dataset, bytes_of(&client, &dataset, dir.path()).await);
+    blobs.insert(weights, weights_to_bytes(&layout, &pretrained).unwrap());
+    let job = market_compute::TrainingJob::from_spec(&task, &blobs).unwrap();
+    let mut state = job.initial_state();
+    for segment in 0..job.segments() {
+        state = job.run_segment(segment, &state, |_, _| {}).unwrap().0;
+    }
+    assert_eq!(got, state.params);
+    assert_ne!(got, pretrained);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// The bytes of blob `id`, downloaded through the client into `dir`.
+async fn bytes_of(client: &Client, id: &BlobId, dir: &std::path::Path) -> Vec<u8> {
+    let file = dir.join(format!("{id}.blob"));
+    client.download_blob(id, &file, |_, _| {}).await.unwrap();
+    std::fs::read(file).unwrap()
+}

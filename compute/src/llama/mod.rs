@@ -17,6 +17,7 @@ pub mod native;
 pub mod repro;
 pub mod rope;
 pub mod text;
+pub mod train;
 
 use crate::error::{ComputeError, Result};
 use crate::zoo::ParamLayout;

@@ -77,11 +77,18 @@ impl KvCache {
 
 /// RMSNorm of each row of `x` (`rows × n`) with weight `w`, into a new buffer.
 pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    rmsnorm_rows(x, w, eps).0
+}
+
+/// [`rmsnorm`], also returning each row's scale `r` (what the backward pass needs).
+pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let n = w.len();
     let mut out = vec![0.0f32; x.len()];
+    let mut scales = vec![0.0f32; x.len() / n];
     out.par_chunks_mut(n)
         .zip(x.par_chunks(n))
-        .for_each(|(o, row)| {
+        .zip(scales.par_iter_mut())
+        .for_each(|((o, row), scale)| {
             let mut s = 0.0f32;
             for v in row {
                 s += v * v;
@@ -90,8 +97,9 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
             for i in 0..n {
                 o[i] = w[i] * (row[i] * r);
             }
+            *scale = r;
         });
-    out
+    (out, scales)
 }
 
 /// `x / (1 + expf(−x))`.
@@ -99,7 +107,8 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + libm::expf(-x))
 }
 
-fn linear(x: &[f32], w_t: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f32> {
+/// `x w_t` for `rows` rows, `w_t` transposed to `[inp, out]`.
+pub(crate) fn linear(x: &[f32], w_t: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; rows * out];
     matmul(&mut y, x, w_t, rows, inp, out, false);
     y

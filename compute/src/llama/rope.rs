@@ -69,4 +69,17 @@ impl RopeTable {
             x[i + h] = b * c[i] + a * s[i];
         }
     }
+
+    /// The backward pass of [`RopeTable::apply`] (its transpose: a rotation back), on one
+    /// head's gradient `g` at position `p`:
+    /// `g[i], g[i+h] ← g[i]·cos + g[i+h]·sin, g[i+h]·cos − g[i]·sin`.
+    pub fn apply_transpose(&self, g: &mut [f32], p: usize) {
+        let h = self.half;
+        let (c, s) = (&self.cos[p * h..(p + 1) * h], &self.sin[p * h..(p + 1) * h]);
+        for i in 0..h {
+            let (a, b) = (g[i], g[i + h]);
+            g[i] = a * c[i] + b * s[i];
+            g[i + h] = b * c[i] - a * s[i];
+        }
+    }
 }
