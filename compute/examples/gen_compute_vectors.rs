@@ -246,8 +246,9 @@ fn every_checkpoint(task: &TaskSpec, blobs: &Blobs) -> Result<Value, Error> {
 }
 
 /// `llama` training cases (spec/COMPUTE.md section 11.12): the tiny config (tied, four query
-/// heads on two kv heads) fine-tuned from a weights file with AdamW, and an untied config
-/// trained from its initialisation with SGD and momentum; windows of 16 tokens from a blob.
+/// heads on two kv heads) fine-tuned from a weights file with AdamW, an untied config trained
+/// from its initialisation with SGD and momentum (windows of 16 tokens from a blob), and a
+/// config whose orders and divisions the first two cannot tell apart.
 fn llama_training_cases(blobs: &mut Blobs) -> Result<Vec<(&'static str, TaskSpec)>, Error> {
     use market_compute::llama::fixtures::tiny_config;
     use market_compute::zoo::ModelConfig;
@@ -273,6 +274,15 @@ fn llama_training_cases(blobs: &mut Blobs) -> Result<Vec<(&'static str, TaskSpec
     untied.intermediate_size = 24;
     untied.tie_word_embeddings = false;
     untied.rope_theta = 500.0;
+    // Three query heads per kv head (so a kv head's gradient adds three terms, in an order a
+    // vector can see), heads of 6 (an inexact attention scale), width 18 (an inexact `/ n`),
+    // and 3 rows of 12 positions (36 scored: a division `/ n` unlike a multiply by 1/n).
+    let mut grouped = tied;
+    grouped.hidden_size = 18;
+    grouped.intermediate_size = 20;
+    grouped.num_attention_heads = 3;
+    grouped.num_key_value_heads = 1;
+    grouped.max_position_embeddings = 12;
     let buyer = Identity::from_test_label("buyer");
     let mut cases = Vec::new();
     for (name, config, initial, optimizer) in [
@@ -288,6 +298,12 @@ fn llama_training_cases(blobs: &mut Blobs) -> Result<Vec<(&'static str, TaskSpec
             None,
             sgd("0.1", "0.9", "0"),
         ),
+        (
+            "llama-three-heads-per-kv-adamw",
+            grouped,
+            None,
+            adamw("0.02"),
+        ),
     ] {
         let mut task = training_task(&buyer, 1);
         let t = training(&mut task);
@@ -295,7 +311,11 @@ fn llama_training_cases(blobs: &mut Blobs) -> Result<Vec<(&'static str, TaskSpec
         t.dataset = DatasetSource::Blob { id: dataset };
         t.initial_weights = initial;
         t.optimizer = optimizer;
-        t.batch_size = 2;
+        t.batch_size = if config.num_attention_heads == 3 {
+            3
+        } else {
+            2
+        };
         t.steps = 6;
         t.checkpoint_interval = 2;
         cases.push((name, task));

@@ -89,6 +89,27 @@ fn fetch(blobs: &dyn BlobSource, id: &BlobId) -> Result<Vec<u8>> {
     blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))
 }
 
+/// The parameters of a GGUF file (`spec/COMPUTE.md` 11.3) to fine-tune `task`'s model from:
+/// the file's config must be the task's, except that the task's `max_position_embeddings`
+/// (its training window) may be shorter than the file's. Shapes do not depend on it, so the
+/// file's parameters are in the task's layout.
+fn llama_weights_from_gguf(task: &crate::llama::LlamaConfig, bytes: &[u8]) -> Result<Vec<f32>> {
+    let file = crate::llama::gguf::read(bytes)?;
+    let theirs = file.weights.config;
+    let mut same = theirs;
+    same.max_position_embeddings = task.max_position_embeddings;
+    if same != *task || task.max_position_embeddings > theirs.max_position_embeddings {
+        return Err(ComputeError::config(
+            "model",
+            format!(
+                "does not match the weights' config {theirs:?} (only max_position_embeddings, \
+                 the training window, may differ, and be at most the file's)"
+            ),
+        ));
+    }
+    Ok(file.weights.params)
+}
+
 impl TrainingJob {
     /// Validates a training task and loads its data. Every limit is checked before allocation.
     pub fn from_spec(spec: &TaskSpec, blobs: &dyn BlobSource) -> Result<Self> {
@@ -271,7 +292,15 @@ impl TrainingJob {
         }
         let layout = model.layout();
         let initial_params = match &t.initial_weights {
-            Some(id) => Some(weights_from_bytes(&layout, &fetch(blobs, id)?)?),
+            Some(id) => {
+                let bytes = fetch(blobs, id)?;
+                Some(match &model {
+                    ModelConfig::Llama(l) if bytes.starts_with(b"GGUF") => {
+                        llama_weights_from_gguf(l, &bytes)?
+                    }
+                    _ => weights_from_bytes(&layout, &bytes)?,
+                })
+            }
             None => None,
         };
         let pool = match &t.pool {

@@ -80,10 +80,11 @@ fn golden_case_hashes() {
     check_cases("compute-cases.json", 5);
 }
 
-/// The same for `llama` training: a fine-tune from a weights file, and an untied model.
+/// The same for `llama` training: a fine-tune from a weights file, an untied model, and three
+/// query heads per kv head.
 #[test]
 fn golden_llama_training_hashes() {
-    check_cases("compute-llama-train.json", 2);
+    check_cases("compute-llama-train.json", 3);
 }
 
 /// Runs each of the `count` vectors of `file` from its task and blobs, checking every

@@ -404,3 +404,50 @@ fn a_pooled_llama_merges_the_same_bits_on_any_thread_count() {
     assert_ne!(one[0], one[1]);
     assert_eq!(one, globals(3));
 }
+
+#[test]
+fn a_llama_is_fine_tuned_from_a_gguf_file_with_a_shorter_window() {
+    use market_compute::llama::fixtures::tiny_gguf;
+    let mut blobs = std::collections::BTreeMap::new();
+    let task = llama_task(24, &mut blobs);
+    let gguf = tiny_gguf(31).unwrap();
+    let pretrained = market_compute::llama::gguf::read(&gguf).unwrap().weights;
+    assert_eq!(pretrained.config.max_position_embeddings, 256);
+    let id = BlobId::of(&gguf);
+    blobs.insert(id, gguf);
+    let with = |f: &dyn Fn(&mut TrainingSpec)| {
+        let mut t = task.clone();
+        if let Workload::Training(s) = &mut t.workload {
+            s.initial_weights = Some(id);
+            f(s);
+        }
+        t
+    };
+    // A window of 24 from a file made for 256: the file's parameters, as they are.
+    let job = TrainingJob::from_spec(&with(&|_| {}), &blobs).unwrap();
+    assert_eq!(job.initial_state().params, pretrained.params);
+    let (_, loss) = job.run_segment(0, &job.initial_state(), |_, _| {}).unwrap();
+    assert!(loss.is_finite());
+    // Any other difference, or a window longer than the file's, is refused.
+    let field = |task: &TaskSpec| match TrainingJob::from_spec(task, &blobs) {
+        Err(ComputeError::InvalidConfig { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    for change in [
+        |c: &mut LlamaConfig| c.max_position_embeddings = 257,
+        |c: &mut LlamaConfig| c.rope_theta = 500.0,
+        |c: &mut LlamaConfig| c.tie_word_embeddings = false,
+    ] {
+        let mut config = tiny_config();
+        config.max_position_embeddings = 24;
+        change(&mut config);
+        let mut t = with(&|_| {});
+        if let Workload::Training(s) = &mut t.workload {
+            s.model = config.to_spec().unwrap();
+            if config.max_position_embeddings > 24 {
+                s.batch_size = 1;
+            }
+        }
+        assert_eq!(field(&t), "model");
+    }
+}

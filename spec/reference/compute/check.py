@@ -2,7 +2,9 @@
 spec/COMPUTE.md and spec/ENCODING.md alone (no Rust read): every checkpoint hash, segment loss
 and output of compute-cases.json and compute-mlp.json, and every inference item, leaf, root and
 final_state_hash of compute-inference.json, and every field of compute-llama.json (parameters,
-prompt, prefill logits, each answer and its record hash; llama.py). Builds libm.c (Appendix C of COMPUTE.md) first.
+prompt, prefill logits, each answer and its record hash; llama.py), and every checkpoint, segment
+loss and output of compute-llama-train.json (llama_train.py). Builds libm.c (Appendix C of
+COMPUTE.md) first.
 Exits 1 on the first file with a mismatch. Usage: python3 spec/reference/compute/check.py"""
 import contextlib, io, json, os, subprocess, sys
 
@@ -24,6 +26,7 @@ def main():
     import run  # noqa: E402  (needs the library built above)
     import infer_lib  # noqa: E402
     import llama  # noqa: E402
+    import llama_train  # noqa: E402
 
     failures, checked = 0, 0
     for name in ["compute-cases.json", "compute-mlp.json"]:
@@ -57,6 +60,10 @@ def main():
         checked += 1
         failures += not ok
         print(f"{'compute-llama.json':<24} {field:<42} {'ok' if ok else 'MISMATCH'}")
+    for field, ok in llama_train.check(verbose=False):
+        checked += 1
+        failures += not ok
+        print(f"{'compute-llama-train.json':<24} {field:<42} {'ok' if ok else 'MISMATCH'}")
     print(f"{checked - failures} of {checked} compute vectors reproduced bit for bit")
     return 1 if failures else 0
 
