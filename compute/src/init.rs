@@ -119,14 +119,15 @@ pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>
                 slot.shape
             )));
         }
+        let start = params.len();
         params.extend(
             t.data()
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         );
-    }
-    if params.iter().any(|v| !v.is_finite()) {
-        return Err(invalid("contains NaN or infinity".into()));
+        if params[start..].iter().any(|v| !v.is_finite()) {
+            return Err(invalid(format!("`{}` contains NaN or infinity", slot.name)));
+        }
     }
     Ok(params)
 }

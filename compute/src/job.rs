@@ -96,14 +96,71 @@ fn fetch(blobs: &dyn BlobSource, id: &BlobId) -> Result<Vec<u8>> {
 fn llama_weights_from_gguf(task: &crate::llama::LlamaConfig, bytes: &[u8]) -> Result<Vec<f32>> {
     let file = crate::llama::gguf::read(bytes)?;
     let theirs = file.weights.config;
-    let mut same = theirs;
-    same.max_position_embeddings = task.max_position_embeddings;
-    if same != *task || task.max_position_embeddings > theirs.max_position_embeddings {
+    // Each difference by its Hugging Face name, the task's value first.
+    let mut differences = Vec::new();
+    let mut differ = |name: &str, ours: String, file: String| {
+        if ours != file {
+            differences.push(format!("{name} is {ours}, the file's is {file}"));
+        }
+    };
+    differ(
+        "hidden_size",
+        task.hidden_size.to_string(),
+        theirs.hidden_size.to_string(),
+    );
+    differ(
+        "intermediate_size",
+        task.intermediate_size.to_string(),
+        theirs.intermediate_size.to_string(),
+    );
+    differ(
+        "num_hidden_layers",
+        task.num_hidden_layers.to_string(),
+        theirs.num_hidden_layers.to_string(),
+    );
+    differ(
+        "num_attention_heads",
+        task.num_attention_heads.to_string(),
+        theirs.num_attention_heads.to_string(),
+    );
+    differ(
+        "num_key_value_heads",
+        task.num_key_value_heads.to_string(),
+        theirs.num_key_value_heads.to_string(),
+    );
+    differ(
+        "vocab_size",
+        task.vocab_size.to_string(),
+        theirs.vocab_size.to_string(),
+    );
+    differ(
+        "rms_norm_eps",
+        task.rms_norm_eps.to_string(),
+        theirs.rms_norm_eps.to_string(),
+    );
+    differ(
+        "rope_theta",
+        task.rope_theta.to_string(),
+        theirs.rope_theta.to_string(),
+    );
+    differ(
+        "tie_word_embeddings",
+        task.tie_word_embeddings.to_string(),
+        theirs.tie_word_embeddings.to_string(),
+    );
+    if task.max_position_embeddings > theirs.max_position_embeddings {
+        differences.push(format!(
+            "max_position_embeddings (the training window) is {}, more than the file's {}",
+            task.max_position_embeddings, theirs.max_position_embeddings
+        ));
+    }
+    if !differences.is_empty() {
         return Err(ComputeError::config(
             "model",
             format!(
-                "does not match the weights' config {theirs:?} (only max_position_embeddings, \
-                 the training window, may differ, and be at most the file's)"
+                "does not match the GGUF weights: {} (only max_position_embeddings may \
+                 differ, and be at most the file's)",
+                differences.join("; ")
             ),
         ));
     }

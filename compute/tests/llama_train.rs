@@ -450,4 +450,17 @@ fn a_llama_is_fine_tuned_from_a_gguf_file_with_a_shorter_window() {
         }
         assert_eq!(field(&t), "model");
     }
+    // The refusal names what differs.
+    let mut config = tiny_config();
+    config.max_position_embeddings = 24;
+    config.rope_theta = 500.0;
+    let mut t = with(&|_| {});
+    if let Workload::Training(s) = &mut t.workload {
+        s.model = config.to_spec().unwrap();
+    }
+    let err = TrainingJob::from_spec(&t, &blobs).unwrap_err().to_string();
+    assert!(
+        err.contains("rope_theta is 500, the file's is 10000") && !err.contains("hidden_size"),
+        "{err}"
+    );
 }
