@@ -97,57 +97,23 @@ fn llama_weights_from_gguf(task: &crate::llama::LlamaConfig, bytes: &[u8]) -> Re
     let file = crate::llama::gguf::read(bytes)?;
     let theirs = file.weights.config;
     // Each difference by its Hugging Face name, the task's value first.
-    let mut differences = Vec::new();
-    let mut differ = |name: &str, ours: String, file: String| {
-        if ours != file {
-            differences.push(format!("{name} is {ours}, the file's is {file}"));
-        }
-    };
-    differ(
-        "hidden_size",
-        task.hidden_size.to_string(),
-        theirs.hidden_size.to_string(),
-    );
-    differ(
-        "intermediate_size",
-        task.intermediate_size.to_string(),
-        theirs.intermediate_size.to_string(),
-    );
-    differ(
-        "num_hidden_layers",
-        task.num_hidden_layers.to_string(),
-        theirs.num_hidden_layers.to_string(),
-    );
-    differ(
-        "num_attention_heads",
-        task.num_attention_heads.to_string(),
-        theirs.num_attention_heads.to_string(),
-    );
-    differ(
-        "num_key_value_heads",
-        task.num_key_value_heads.to_string(),
-        theirs.num_key_value_heads.to_string(),
-    );
-    differ(
-        "vocab_size",
-        task.vocab_size.to_string(),
-        theirs.vocab_size.to_string(),
-    );
-    differ(
-        "rms_norm_eps",
-        task.rms_norm_eps.to_string(),
-        theirs.rms_norm_eps.to_string(),
-    );
-    differ(
-        "rope_theta",
-        task.rope_theta.to_string(),
-        theirs.rope_theta.to_string(),
-    );
-    differ(
-        "tie_word_embeddings",
-        task.tie_word_embeddings.to_string(),
-        theirs.tie_word_embeddings.to_string(),
-    );
+    type Field = fn(&crate::llama::LlamaConfig) -> String;
+    let fields: [(&str, Field); 9] = [
+        ("hidden_size", |c| c.hidden_size.to_string()),
+        ("intermediate_size", |c| c.intermediate_size.to_string()),
+        ("num_hidden_layers", |c| c.num_hidden_layers.to_string()),
+        ("num_attention_heads", |c| c.num_attention_heads.to_string()),
+        ("num_key_value_heads", |c| c.num_key_value_heads.to_string()),
+        ("vocab_size", |c| c.vocab_size.to_string()),
+        ("rms_norm_eps", |c| c.rms_norm_eps.to_string()),
+        ("rope_theta", |c| c.rope_theta.to_string()),
+        ("tie_word_embeddings", |c| c.tie_word_embeddings.to_string()),
+    ];
+    let mut differences: Vec<String> = fields
+        .iter()
+        .filter(|(_, get)| get(task) != get(&theirs))
+        .map(|(name, get)| format!("{name} is {}, the file's is {}", get(task), get(&theirs)))
+        .collect();
     if task.max_position_embeddings > theirs.max_position_embeddings {
         differences.push(format!(
             "max_position_embeddings (the training window) is {}, more than the file's {}",

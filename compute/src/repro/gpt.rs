@@ -212,29 +212,8 @@ pub fn loss_and_grads(
     };
     let mut fw = forward(cfg, &p, &batch.inputs, b, t);
 
-    // Softmax cross-entropy; the loss sums scored rows in ascending order.
-    let scored = batch.scored.iter().filter(|s| **s).count().max(1) as f32;
-    let mut probs = std::mem::take(&mut fw.logits);
-    {
-        use rayon::prelude::*;
-        probs.par_chunks_mut(v).for_each(softmax_row);
-    }
-    let mut loss = 0.0f32;
-    let mut dlogits = vec![0.0f32; bt * v];
-    for i in 0..bt {
-        if !batch.scored[i] {
-            continue;
-        }
-        let target = batch.targets[i] as usize;
-        let row = &probs[i * v..(i + 1) * v];
-        loss += -libm::logf(row[target]);
-        let d = &mut dlogits[i * v..(i + 1) * v];
-        for j in 0..v {
-            let indicator = if j == target { 1.0 } else { 0.0 };
-            d[j] = (row[j] - indicator) / scored;
-        }
-    }
-    let loss = loss / scored;
+    let logits = std::mem::take(&mut fw.logits);
+    let (loss, dlogits) = cross_entropy(logits, v, &batch.targets, &batch.scored);
 
     grads.iter_mut().for_each(|g| *g = 0.0);
     let mut dlnf = vec![0.0f32; bt * c];

@@ -462,6 +462,37 @@ pub fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// Softmax cross-entropy over the scored rows of `logits` (`rows × v`), spec/COMPUTE.md A.7:
+/// the mean loss (scored rows added in ascending order, then one division by their count) and
+/// `dlogits`, `(p − indicator) / n` for scored rows and zero for the others. Shared by every
+/// token model so the loss is written once.
+pub fn cross_entropy(
+    mut logits: Vec<f32>,
+    v: usize,
+    targets: &[u32],
+    scored: &[bool],
+) -> (f32, Vec<f32>) {
+    let n = scored.iter().filter(|s| **s).count().max(1) as f32;
+    logits.par_chunks_mut(v).for_each(softmax_row);
+    let probs = logits;
+    let mut loss = 0.0f32;
+    let mut dlogits = vec![0.0f32; probs.len()];
+    for i in 0..scored.len() {
+        if !scored[i] {
+            continue;
+        }
+        let target = targets[i] as usize;
+        let row = &probs[i * v..(i + 1) * v];
+        loss += -libm::logf(row[target]);
+        let d = &mut dlogits[i * v..(i + 1) * v];
+        for j in 0..v {
+            let indicator = if j == target { 1.0 } else { 0.0 };
+            d[j] = (row[j] - indicator) / n;
+        }
+    }
+    (loss / n, dlogits)
+}
+
 /// Causal multi-head attention forward (as in llm.c). `qkv` is `[b, t, 3c]` (queries, keys,
 /// values); writes `out` `[b, t, c]` and the attention weights `att` `[b, h, t, t]`.
 pub fn attention_forward(
