@@ -5,6 +5,9 @@
 //! `repro` (the tolerance's calibration).
 //!
 //! `cargo run --release -p market-compute --example llama_bench -- models/SmolLM2-135M-Instruct.Q4_1.gguf`
+//!
+//! With `--device cuda` (a build with `--features cuda`, on a GPU; `scripts/gpu-check.sh`) the
+//! candle side runs on the GPU: the same table for the `cuda` profile.
 
 use std::time::Instant;
 
@@ -88,17 +91,26 @@ fn report<M: Forward>(
 }
 
 fn main() -> anyhow::Result<()> {
-    let Some(path) = std::env::args().nth(1) else {
-        bail!("usage: llama_bench MODEL.gguf");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (device, path) = match args.as_slice() {
+        [path] => (candle_core::Device::Cpu, path.clone()),
+        [flag, d, path] if flag == "--device" && d == "cpu" => {
+            (candle_core::Device::Cpu, path.clone())
+        }
+        [flag, d, path] if flag == "--device" && d == "cuda" => {
+            (candle_core::Device::new_cuda(0)?, path.clone())
+        }
+        _ => bail!("usage: llama_bench [--device cpu|cuda] MODEL.gguf"),
     };
+    let other = if device.is_cuda() { "cuda" } else { "native" };
     let bytes = std::fs::read(&path).with_context(|| format!("reading {path}"))?;
     let file = gguf::read(&bytes)?;
     let codec = TextCodec::from_gguf(&file.vocab)?;
     let repro = ReproLlama::new(&file.weights);
-    let native = NativeLlama::new(&file.weights, &candle_core::Device::Cpu)?;
+    let native = NativeLlama::new(&file.weights, &device)?;
     let threads = rayon::current_num_threads();
     println!(
-        "model {path}: {} parameters, {threads} threads",
+        "model {path}: {} parameters, {threads} threads; candle profile: {other}",
         file.weights.params.len()
     );
     let chat = |q: &str| -> anyhow::Result<Vec<u32>> {
@@ -107,7 +119,7 @@ fn main() -> anyhow::Result<()> {
             content: q.into(),
         }])?)?)
     };
-    println!("\n| prompt | repro | native |\n|---|---|---|");
+    println!("\n| prompt | repro | {other} |\n|---|---|---|");
     let (mut agree, mut total, mut worst) = (0usize, 0usize, 0.0f32);
     for q in PROMPTS {
         let prompt = chat(q)?;
@@ -129,10 +141,13 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!(
-        "\ntop-1 agreement of native with repro over the generated tokens: {agree}/{total} = {:.3}",
+        "\ntop-1 agreement of {other} with repro over the generated tokens: {agree}/{total} = {:.3}",
         agree as f64 / total as f64
     );
-    println!("largest |native − repro| / (1 + |repro|) of a chosen token's logit: {worst:.2e}");
+    println!(
+        "largest |{other} − repro| / (1 + |repro|) of a chosen token's logit: {worst:.2e} (LOGIT_TOLERANCE {:e})",
+        market_compute::tolerance::LOGIT_TOLERANCE
+    );
 
     let prompt = chat("Write a long story about a dragon who learns to read.")?;
     let (rp, rd) = throughput(&repro, &prompt, 64)?;
@@ -143,12 +158,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|");
     println!("| repro | {rp:.1} | {rd:.2} |");
-    println!("| native | {np:.1} | {nd:.2} |");
-    println!("| repro ÷ native | {:.2} | {:.2} |", rp / np, rd / nd);
+    println!("| {other} | {np:.1} | {nd:.2} |");
+    println!("| repro ÷ {other} | {:.2} | {:.2} |", rp / np, rd / nd);
 
     // Verification by one pass against generation, for a 128-token answer.
     let tol = market_compute::tolerance::LOGIT_TOLERANCE;
     report("repro", &repro, &codec, &prompt, Match::Exact)?;
-    report("native", &native, &codec, &prompt, Match::Within(tol))?;
+    report(other, &native, &codec, &prompt, Match::Within(tol))?;
     Ok(())
 }
