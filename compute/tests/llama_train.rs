@@ -464,3 +464,111 @@ fn a_llama_is_fine_tuned_from_a_gguf_file_with_a_shorter_window() {
         "{err}"
     );
 }
+
+/// The value of an IEEE 754 binary16 bit pattern, from its definition (normal and subnormal),
+/// in f64 and then binary32 (exact: every binary16 value is a binary32 value).
+fn binary16_value(bits: u16) -> f32 {
+    let sign = if bits >> 15 == 1 { -1.0 } else { 1.0 };
+    let exponent = i32::from((bits >> 10) & 0x1f);
+    let mantissa = f64::from(bits & 0x3ff);
+    let magnitude = if exponent == 0 {
+        mantissa * 2f64.powi(-24)
+    } else {
+        (1.0 + mantissa / 1024.0) * 2f64.powi(exponent - 15)
+    };
+    (sign * magnitude) as f32
+}
+
+/// A weights file whose tensors are all stored as `dtype`, each value given by `encode`.
+fn half_file(
+    layout: &ParamLayout,
+    params: &[f32],
+    dtype: safetensors::Dtype,
+    encode: fn(f32) -> u16,
+) -> Vec<u8> {
+    let data: Vec<(String, Vec<u8>, Vec<usize>)> = layout
+        .slots()
+        .iter()
+        .map(|slot| {
+            let bytes = params[slot.range()]
+                .iter()
+                .flat_map(|v| encode(*v).to_le_bytes())
+                .collect();
+            (slot.name.clone(), bytes, slot.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, bytes, shape)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// Hugging Face checkpoints come in BF16 or F16: a weights file in either reads as the exact
+/// binary32 values of its bits (F16 subnormals included), the same parameters as the F32 file
+/// of those values; a NaN in half precision, or another dtype, is refused by tensor name.
+#[test]
+fn half_precision_weights_files_widen_exactly() {
+    let config = tiny_config().validate().unwrap();
+    let layout = config.layout();
+    // Wide values (up to 0.6) and, in the first tensor, values small enough to be F16
+    // subnormals (below 2^-14).
+    let mut params = wide_params(&layout, 9);
+    for p in params.iter_mut().take(64) {
+        *p *= 1e-4;
+    }
+
+    let bf16 = |v: f32| half::bf16::from_f32(v).to_bits();
+    let as_bf16: Vec<f32> = params
+        .iter()
+        .map(|v| f32::from_bits(u32::from(bf16(*v)) << 16))
+        .collect();
+    let file = half_file(&layout, &params, safetensors::Dtype::BF16, bf16);
+    let read = market_compute::init::weights_from_bytes(&layout, &file).unwrap();
+    assert_eq!(
+        read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        as_bf16.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    let f32_file = weights_to_bytes(&layout, &as_bf16).unwrap();
+    assert_eq!(
+        market_compute::init::weights_from_bytes(&layout, &f32_file).unwrap(),
+        read
+    );
+
+    let f16 = |v: f32| half::f16::from_f32(v).to_bits();
+    let as_f16: Vec<f32> = params.iter().map(|v| binary16_value(f16(*v))).collect();
+    assert!(
+        as_f16[..64]
+            .iter()
+            .any(|v| *v != 0.0 && v.abs() < 2f32.powi(-14)),
+        "no subnormal"
+    );
+    let file = half_file(&layout, &params, safetensors::Dtype::F16, f16);
+    let read = market_compute::init::weights_from_bytes(&layout, &file).unwrap();
+    assert_eq!(
+        read.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        as_f16.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+
+    // A NaN in BF16 names its tensor; so does a tensor of another dtype.
+    let mut nan = params.clone();
+    let last = layout.slots().last().unwrap();
+    nan[last.range().start] = f32::NAN;
+    let file = half_file(&layout, &nan, safetensors::Dtype::BF16, bf16);
+    let e = market_compute::init::weights_from_bytes(&layout, &file).unwrap_err();
+    assert!(
+        e.to_string().contains(&last.name) && e.to_string().contains("NaN"),
+        "{e}"
+    );
+    let file = half_file(&layout, &params, safetensors::Dtype::I16, bf16);
+    let e = market_compute::init::weights_from_bytes(&layout, &file).unwrap_err();
+    assert!(
+        e.to_string().contains("I16") && e.to_string().contains("expected F32 (or F16, BF16)"),
+        "{e}"
+    );
+}

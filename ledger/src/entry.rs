@@ -143,8 +143,9 @@ pub enum EntryKind {
         /// Whose credits are locked.
         #[serde(deserialize_with = "crate::accounts::deserialize")]
         buyer: AccountId,
-        /// The buyer's signed task, so the ledger proves the buyer asked for it.
-        spec: Option<Signed<TaskSpec>>,
+        /// The buyer's signed task, so the ledger proves the buyer asked for it (boxed: it is
+        /// the largest thing an entry holds, and most entries hold none).
+        spec: Option<Box<Signed<TaskSpec>>>,
         /// The task.
         task_id: TaskId,
     },
@@ -320,7 +321,7 @@ impl EntryKind {
             task_id: TaskId(spec.id()?),
             buyer: spec.body.buyer,
             amount: spec.body.price,
-            spec: Some(spec),
+            spec: Some(Box::new(spec)),
         })
     }
 

@@ -285,7 +285,7 @@ fn evidence_that_does_not_match_is_refused() {
     let cheaper = EntryKind::Escrow {
         amount: Credits(40),
         buyer: buyer.account(),
-        spec: Some(spec.clone()),
+        spec: Some(Box::new(spec.clone())),
         task_id: t,
     };
     let err = ledger
@@ -307,7 +307,7 @@ fn evidence_that_does_not_match_is_refused() {
             EntryKind::Escrow {
                 amount: Credits(1),
                 buyer: buyer.account(),
-                spec: Some(forged),
+                spec: Some(Box::new(forged)),
                 task_id: t,
             },
         )

@@ -338,8 +338,9 @@ async fn a_buyer_asks_smollm2_and_gets_verified_answers_over_http() {
     server.await.unwrap().unwrap();
 }
 
-/// Issue 15, fine-tuning: a buyer uploads a token blob and pretrained `llama` weights (a
-/// weights file with Hugging Face names), posts a `repro` training task from them, and gets
+/// Issue 15, fine-tuning: a buyer uploads text, a GGUF file whose tokenizer splits it, and
+/// pretrained `llama` weights (a weights file with Hugging Face names), posts a `repro`
+/// training task from them, and gets
 /// trained weights back. The first worker cheats on it and is caught by the audit as on a
 /// `gpt`; the honest worker's run settles; the weights it returns are the task's re-executed
 /// run's, bit for bit, and still carry the Hugging Face names.
@@ -384,24 +385,23 @@ async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
         .upload(weights_to_bytes(&layout, &pretrained).unwrap())
         .await
         .unwrap();
-    let text: Vec<u32> = b"the quick brown fox jumps over the lazy dog; "
-        .iter()
-        .cycle()
-        .take(2_000)
-        .map(|b| u32::from(b.saturating_sub(33).min(93)))
-        .collect();
-    let bytes: Vec<u8> = text.iter().flat_map(|t| t.to_le_bytes()).collect();
-    let view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::U32, vec![text.len()], &bytes)
-            .unwrap();
+    // Text, tokenized by the worker and the verifiers with a GGUF file's tokenizer (the tiny
+    // model's byte vocabulary): the buyer uploads both and holds both.
     let dataset = client
-        .upload(safetensors::serialize([("tokens", view)], None).unwrap())
+        .upload(b"the quick brown fox jumps over the lazy dog;\n".repeat(45))
+        .await
+        .unwrap();
+    let tokenizer = client
+        .upload(market_compute::llama::fixtures::tiny_gguf(1).unwrap())
         .await
         .unwrap();
     let mut task = training_task(&buyer, 1);
     if let Workload::Training(t) = &mut task.workload {
         t.model = config.to_spec().unwrap();
-        t.dataset = DatasetSource::Blob { id: dataset };
+        t.dataset = DatasetSource::Text {
+            id: dataset,
+            tokenizer,
+        };
         t.initial_weights = Some(weights);
         t.batch_size = 2;
         t.steps = 20;
@@ -432,6 +432,7 @@ async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
     let got = weights_from_bytes(&layout, &tuned).unwrap();
     let mut blobs = std::collections::BTreeMap::new();
     blobs.insert(dataset, bytes_of(&client, &dataset, dir.path()).await);
+    blobs.insert(tokenizer, bytes_of(&client, &tokenizer, dir.path()).await);
     blobs.insert(weights, weights_to_bytes(&layout, &pretrained).unwrap());
     let job = market_compute::TrainingJob::from_spec(&task, &blobs).unwrap();
     let mut state = job.initial_state();

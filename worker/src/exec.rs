@@ -315,7 +315,7 @@ fn cheat_job(
                 | DatasetSource::TeacherMlp { examples, .. } => {
                     *examples = examples.saturating_mul(2).max(2)
                 }
-                DatasetSource::Blob { .. } => {
+                DatasetSource::Blob { .. } | DatasetSource::Text { .. } => {
                     return Err(ExecError::NotApplicable(
                         behavior,
                         "a task with an uploaded dataset",

@@ -1,4 +1,5 @@
-//! Training and inference data: uploaded safetensors blobs, or generators seeded from the task.
+//! Training and inference data: uploaded safetensors blobs, text tokenized by a model's own
+//! tokenizer, or generators seeded from the task.
 //!
 //! Generators let demos and tests run without any download: an arithmetic language for `gpt`
 //! and a teacher-MLP regression set for `mlp`.
@@ -6,6 +7,7 @@
 pub mod arithmetic;
 mod blob;
 pub mod teacher;
+pub mod text;
 
 pub use blob::{
     parse_regression_blob, parse_regression_blob_x, parse_token_blob, MAX_DATASET_BYTES,

@@ -72,3 +72,45 @@ pub fn tiny_gguf(seed: u64) -> Result<Vec<u8>> {
         &byte_vocab(),
     )
 }
+
+/// Merges over the byte vocabulary, in priority order: a few English pieces, so a text
+/// tokenizes into fewer tokens than it has characters, and a digit pair and a newline pair,
+/// which only join when the pre-tokenizer and the pieces let them.
+const BPE_MERGES: [&str; 12] = [
+    "t h", "Ġ th", "th e", "Ġth e", "e r", "Ġ a", "a n", "Ġa n", "Ġan d", "i n", "2 0", "Ċ Ċ",
+];
+
+/// [`byte_vocab`] with [`BPE_MERGES`]: the merged tokens follow the control tokens, so every
+/// id of the byte vocabulary keeps its meaning.
+pub fn bpe_vocab() -> GgufVocab {
+    let mut v = byte_vocab();
+    for merge in BPE_MERGES {
+        v.tokens.push(merge.replace(' ', ""));
+        v.token_types.push(1);
+        v.merges.push(merge.into());
+    }
+    v
+}
+
+/// The tiny config with [`bpe_vocab`]'s vocabulary.
+pub fn bpe_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: bpe_vocab().tokens.len(),
+        ..tiny_config()
+    }
+}
+
+/// The tiny model with [`bpe_vocab`] and seeded weights, as a GGUF file.
+pub fn bpe_gguf(seed: u64) -> Result<Vec<u8>> {
+    let config = bpe_config().validate()?;
+    let layout = config.layout();
+    let params = init_params(&ModelConfig::Llama(config), &layout, seed);
+    gguf::write_f32(
+        &LlamaWeights {
+            config,
+            layout,
+            params,
+        },
+        &bpe_vocab(),
+    )
+}

@@ -147,16 +147,26 @@ impl TextCodec {
     /// Token ids of `text`. Control tokens written in the text (`<|im_start|>`) are matched
     /// whole; a BOS token is put first when the model asks for one.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids: Vec<u32> = self.leading_bos().into_iter().collect();
+        ids.extend(self.encode_plain(text)?);
+        Ok(ids)
+    }
+
+    /// Token ids of `text` with no BOS token: a piece of a longer text (a text dataset).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .tokenizer
             .encode(text, false)
             .map_err(|e| bad(format!("encoding: {e}")))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
-        if let (true, Some((bos, _))) = (self.add_bos, &self.bos) {
-            ids.push(*bos);
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The BOS id that starts every encoded text, if the model asks for one and has one.
+    pub fn leading_bos(&self) -> Option<u32> {
+        match (self.add_bos, &self.bos) {
+            (true, Some((bos, _))) => Some(*bos),
+            _ => None,
         }
-        ids.extend_from_slice(enc.get_ids());
-        Ok(ids)
     }
 
     /// The text of `ids`, control tokens left out.

@@ -107,7 +107,7 @@ fn cheap(task: &TaskSpec) -> bool {
             let examples = match &t.dataset {
                 DatasetSource::Arithmetic { examples, .. } => *examples,
                 DatasetSource::TeacherMlp { examples, .. } => *examples,
-                DatasetSource::Blob { .. } => 0,
+                DatasetSource::Blob { .. } | DatasetSource::Text { .. } => 0,
             };
             (&t.model, examples)
         }

@@ -87,7 +87,7 @@ impl Node {
         let kind = EntryKind::Escrow {
             amount: spec.price,
             buyer: spec.buyer,
-            spec: Some(signed.clone()),
+            spec: Some(Box::new(signed.clone())),
             task_id: id,
         };
         let appended = match self

@@ -52,7 +52,7 @@ impl Node {
                 // Escrows without a spec are not made by posts; nothing to finish.
                 continue;
             };
-            match self.post_task(signed).await {
+            match self.post_task(*signed).await {
                 Ok(t) => {
                     tracing::warn!(task = %t.id, "finished a post interrupted by a crash");
                     finished += 1;

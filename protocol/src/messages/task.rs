@@ -200,6 +200,15 @@ pub enum DatasetSource {
         /// Number of examples.
         examples: u32,
     },
+    /// UTF-8 text, cut into pieces and tokenized by a model's own tokenizer, the same way by
+    /// every worker and verifier (`COMPUTE.md` section 3): a token model trains on the stream.
+    Text {
+        /// The text's content id.
+        id: BlobId,
+        /// A GGUF file whose tokenizer (its metadata) splits the text; its tensors are not
+        /// used. Often the `initial_weights` blob itself.
+        tokenizer: BlobId,
+    },
     /// Regression on the outputs of a random teacher MLP, generated from the task seed.
     TeacherMlp {
         /// Input features.
@@ -364,8 +373,13 @@ impl TaskSpec {
         };
         match &self.workload {
             Workload::Training(t) => {
-                if let DatasetSource::Blob { id, .. } = &t.dataset {
-                    add(id);
+                match &t.dataset {
+                    DatasetSource::Blob { id } => add(id),
+                    DatasetSource::Text { id, tokenizer } => {
+                        add(id);
+                        add(tokenizer);
+                    }
+                    DatasetSource::Arithmetic { .. } | DatasetSource::TeacherMlp { .. } => {}
                 }
                 if let Some(id) = &t.initial_weights {
                     add(id);

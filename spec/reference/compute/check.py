@@ -3,9 +3,13 @@ spec/COMPUTE.md and spec/ENCODING.md alone (no Rust read): every checkpoint hash
 and output of compute-cases.json and compute-mlp.json, and every inference item, leaf, root and
 final_state_hash of compute-inference.json, and every field of compute-llama.json (parameters,
 prompt, prefill logits, each answer and its record hash; llama.py), and every checkpoint, segment
-loss and output of compute-llama-train.json (llama_train.py). Builds libm.c (Appendix C of
-COMPUTE.md) first.
-Exits 1 on the first file with a mismatch. Usage: python3 spec/reference/compute/check.py"""
+loss and output of compute-llama-train.json (llama_train.py), and the piece ends and token stream
+of compute-text.json (a text dataset, section 3: pieces of at most 4096 bytes, a newline ending
+one only once it holds 1024, under 11.7's tokenizer; text.py, needs `pip install
+tokenizers==0.23.2`; 11.7's byte table, its `aéb` example and its merge-string rule are checked
+against the crate first, a failure there failing the text rows). Builds libm.c (Appendix C of
+COMPUTE.md) first. Checks every file, then exits 1 if anything mismatched.
+Usage: python3 spec/reference/compute/check.py"""
 import contextlib, io, json, os, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,6 +31,7 @@ def main():
     import infer_lib  # noqa: E402
     import llama  # noqa: E402
     import llama_train  # noqa: E402
+    import text  # noqa: E402
 
     failures, checked = 0, 0
     for name in ["compute-cases.json", "compute-mlp.json"]:
@@ -64,6 +69,14 @@ def main():
         checked += 1
         failures += not ok
         print(f"{'compute-llama-train.json':<24} {field:<42} {'ok' if ok else 'MISMATCH'}")
+    try:
+        results = text.fields()
+    except Exception as e:  # tokenizers missing or another version, or 11.7's statements failing: not a skip
+        results = [("tokenizer", False, f"{type(e).__name__}: {e}")]
+    for field, ok, msg in results:
+        checked += 1
+        failures += not ok
+        print(f"{'compute-text.json':<24} {field:<42} {'ok' if ok else 'MISMATCH ' + msg}")
     print(f"{checked - failures} of {checked} compute vectors reproduced bit for bit")
     return 1 if failures else 0
 

@@ -1,0 +1,45 @@
+//! Throughput of a text dataset's tokenization (`data::text::tokenize`, spec/COMPUTE.md
+//! section 3) with SmolLM2's tokenizer, against the same tokenizer run once over the whole text
+//! (the baseline: no pieces, one call), on real text and on texts shaped to make pieces costly.
+//! Run by the node when a task is posted and by every worker and verifier of it.
+//!
+//! `cargo run --release -p market-compute --example text_tokenize` (after
+//! `scripts/fetch-models.sh` and `scripts/fetch-corpus.sh`).
+
+use std::time::Instant;
+
+use market_compute::data::text::{tokenize, tokenizer_from_gguf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let gguf = std::fs::read("models/SmolLM2-135M-Instruct.Q4_1.gguf").map_err(|e| {
+        format!("models/SmolLM2-135M-Instruct.Q4_1.gguf ({e}): run scripts/fetch-models.sh")
+    })?;
+    let codec = tokenizer_from_gguf(&gguf)?;
+    let shakespeare = std::fs::read_to_string("models/shakespeare.txt")
+        .map_err(|e| format!("models/shakespeare.txt ({e}): run scripts/fetch-corpus.sh"))?;
+    let size = 8usize << 20;
+    println!("{} threads", rayon::current_num_threads());
+    println!("| text | MB | tokens | pieces, MB/s | whole text in one call, MB/s | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for (name, text) in [
+        ("Shakespeare", shakespeare.repeat(size / shakespeare.len())),
+        ("empty lines", "\n".repeat(size)),
+        ("one-letter lines", "a\n".repeat(size / 2)),
+        ("one line of words", "word ".repeat(size / 5)),
+    ] {
+        let clock = Instant::now();
+        let tokens = tokenize(text.as_bytes(), &codec, 49152)?.len();
+        let pieces = clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
+        let whole = codec.encode_plain(&text)?.len();
+        let baseline = clock.elapsed().as_secs_f64();
+        let mb = text.len() as f64 / 1e6;
+        println!(
+            "| {name} | {mb:.1} | {tokens} (whole: {whole}) | {:.1} | {:.1} | {:.2} |",
+            mb / pieces,
+            mb / baseline,
+            baseline / pieces
+        );
+    }
+    Ok(())
+}
