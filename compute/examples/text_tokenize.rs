@@ -26,6 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("empty lines", "\n".repeat(size)),
         ("one-letter lines", "a\n".repeat(size / 2)),
         ("one line of words", "word ".repeat(size / 5)),
+        // SmolLM2's pre-tokenizer isolates every digit: a token per byte or two.
+        ("digit lines", "1\n".repeat(size / 2)),
+        ("digits and spaces", "1 2 3 4 ".repeat(size / 8)),
     ] {
         let clock = Instant::now();
         let tokens = tokenize(text.as_bytes(), &codec, 49152)?.len();

@@ -215,6 +215,25 @@ impl TrainingJob {
                 ),
             ));
         }
+        // Cheap refusals before the data is read: a text dataset costs a tokenization.
+        let backend = Backend::for_profile(spec.profile)?;
+        let pool = match &t.pool {
+            // One round moves the parameters little against their size, so the `native`
+            // tolerance (relative to the state) could pass a slot that trained less: pooled
+            // tasks are exact until that is measured.
+            Some(_) if spec.profile != ExecutionProfile::Repro => {
+                return Err(ComputeError::config(
+                    "pool",
+                    "pooled tasks run in the repro profile only",
+                ))
+            }
+            Some(p) => Some(crate::pool::Pool::from_spec(
+                p,
+                t.steps,
+                t.checkpoint_interval,
+            )?),
+            None => None,
+        };
         let data = match (&model, &t.dataset) {
             (
                 ModelConfig::Gpt(g),
@@ -343,25 +362,8 @@ impl TrainingJob {
             }
             None => None,
         };
-        let pool = match &t.pool {
-            // One round moves the parameters little against their size, so the `native`
-            // tolerance (relative to the state) could pass a slot that trained less: pooled
-            // tasks are exact until that is measured.
-            Some(_) if spec.profile != ExecutionProfile::Repro => {
-                return Err(ComputeError::config(
-                    "pool",
-                    "pooled tasks run in the repro profile only",
-                ))
-            }
-            Some(p) => Some(crate::pool::Pool::from_spec(
-                p,
-                t.steps,
-                t.checkpoint_interval,
-            )?),
-            None => None,
-        };
         Ok(Self {
-            backend: Backend::for_profile(spec.profile)?,
+            backend,
             model,
             layout,
             data,

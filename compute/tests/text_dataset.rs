@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use market_compute::data::text::{pieces, MAX_PIECE_BYTES, MIN_PIECE_BYTES};
 use market_compute::llama::fixtures::{bpe_config, bpe_gguf, bpe_vocab};
-use market_compute::llama::text::TextCodec;
+use market_compute::llama::text::{TextCodec, MAX_TOKEN_BYTES};
 use market_compute::{ComputeError, TrainingJob};
 use market_protocol::fixtures::training_task;
 use market_protocol::{BlobId, DatasetSource, Identity, ModelSpec, TaskSpec, Workload};
@@ -178,6 +178,26 @@ fn bad_text_and_bad_tokenizers_are_refused_with_their_reason() {
             }
         ),
         "{e}"
+    );
+
+    // A tokenizer whose strings would make it huge is refused before it is built: one token
+    // over 1 KiB, or added tokens over 1 MiB together (each under 1 KiB).
+    let mut long = bpe_vocab();
+    long.tokens.push("x".repeat(MAX_TOKEN_BYTES + 1));
+    let e = TextCodec::from_gguf(&long).unwrap_err();
+    assert!(e.to_string().contains("over the limit of 1024"), "{e}");
+    let mut added = bpe_vocab();
+    for i in 0..1100 {
+        added.tokens.push(format!("<{i:04}{}>", "z".repeat(990)));
+        added.token_types.push(3);
+    }
+    let e = TextCodec::from_gguf(&added).unwrap_err();
+    assert!(e.to_string().contains("added tokens hold"), "{e}");
+    added.token_types.truncate(bpe_vocab().tokens.len() + 1000);
+    added.tokens.truncate(bpe_vocab().tokens.len() + 1000);
+    assert!(
+        TextCodec::from_gguf(&added).is_ok(),
+        "1000 added tokens of ~1 KB are accepted"
     );
 
     // A tokenizer with more tokens than the model has: the field and both sizes.

@@ -122,7 +122,9 @@ fn tokenize_in_batches(
         batches.push(&text[start..end]);
         start = end;
     }
-    let encoded: Vec<Vec<u32>> = batches
+    // Every batch's result kept in order, so the error reported is the first piece's that
+    // fails, whichever thread finds one first.
+    let encoded: Vec<Result<Vec<u32>>> = batches
         .par_iter()
         .map(|batch| {
             let mut ids = Vec::new();
@@ -131,7 +133,8 @@ fn tokenize_in_batches(
             }
             Ok(ids)
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let encoded = encoded.into_iter().collect::<Result<Vec<_>>>()?;
     let mut tokens: Vec<u32> = codec.leading_bos().into_iter().collect();
     tokens.reserve(encoded.iter().map(Vec::len).sum());
     for ids in encoded {

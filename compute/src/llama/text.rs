@@ -9,6 +9,15 @@ use tokenizers::Tokenizer;
 use super::gguf::GgufVocab;
 use crate::error::{ComputeError, Result};
 
+/// The longest token string a tokenizer may hold, in bytes (the longest of SmolLM2's 49,152 is
+/// 162): what the tokenizer builds grows with the text of its tokens, about 80 bytes of memory
+/// per byte of an added token, so a blob's tokens are bounded before anything is built.
+pub const MAX_TOKEN_BYTES: usize = 1024;
+/// The most bytes of all token strings and merges together.
+pub const MAX_VOCAB_TEXT_BYTES: usize = 32 << 20;
+/// The most bytes of the added tokens (types 3 and 4) together.
+pub const MAX_ADDED_TOKEN_BYTES: usize = 1 << 20;
+
 /// Most template instructions a chat template may execute for one rendering.
 const TEMPLATE_FUEL: u64 = 1_000_000;
 /// The longest rendered chat prompt, in bytes.
@@ -93,6 +102,35 @@ impl TextCodec {
                 "{} token types for {} tokens",
                 v.token_types.len(),
                 v.tokens.len()
+            )));
+        }
+        if let Some((id, t)) = v
+            .tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.len() > MAX_TOKEN_BYTES)
+        {
+            return Err(bad(format!(
+                "token {id} is {} bytes long, over the limit of {MAX_TOKEN_BYTES}",
+                t.len()
+            )));
+        }
+        let text: usize = v.tokens.iter().chain(&v.merges).map(String::len).sum();
+        if text > MAX_VOCAB_TEXT_BYTES {
+            return Err(bad(format!(
+                "its tokens and merges hold {text} bytes, over the limit of {MAX_VOCAB_TEXT_BYTES}"
+            )));
+        }
+        let added: usize = v
+            .token_types
+            .iter()
+            .zip(&v.tokens)
+            .filter(|(t, _)| **t == 3 || **t == 4)
+            .map(|(_, s)| s.len())
+            .sum();
+        if added > MAX_ADDED_TOKEN_BYTES {
+            return Err(bad(format!(
+                "its added tokens hold {added} bytes, over the limit of {MAX_ADDED_TOKEN_BYTES}"
             )));
         }
         let mut vocab = Map::new();

@@ -276,7 +276,8 @@ impl Node {
                 beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
-                rerun_estimate: rerun_estimate(t, n, &plan),
+                rerun_estimate: rerun_estimate(t, n, &plan)
+                    + setup_estimate(&t.spec.body, &self.blobs),
             };
             // Sized exactly as the verifier sizes it (`AuditRequest::policy`).
             let (samples, _) = market_verifier::audit::sample_count(
@@ -711,6 +712,28 @@ pub(super) fn rerun_estimate(t: &TaskRecord, n: usize, plan: &audit_plan::AuditP
     run.mul_f64(share)
 }
 
+/// The slowest a verifier is assumed to tokenize a text dataset, in bytes a second: the
+/// slowest text measured goes at about 1.8 MB/s on two cores (BENCHMARKS.md), and a verifier
+/// may have one.
+const TOKENIZE_BYTES_PER_SEC: u64 = 500_000;
+
+/// Time a verifier spends on a task's inputs before it re-executes anything, and which the
+/// sampled share of the worker's run time does not cover: tokenizing a text dataset, which it
+/// does whole however few segments it re-runs (zero for other datasets).
+pub(super) fn setup_estimate(
+    spec: &market_protocol::TaskSpec,
+    blobs: &crate::blobs::BlobStore,
+) -> Duration {
+    let Workload::Training(t) = &spec.workload else {
+        return Duration::ZERO;
+    };
+    let market_protocol::DatasetSource::Text { id, .. } = &t.dataset else {
+        return Duration::ZERO;
+    };
+    let bytes = std::fs::metadata(blobs.path(id)).map_or(0, |m| m.len());
+    Duration::from_millis(bytes.saturating_mul(1000) / TOKENIZE_BYTES_PER_SEC)
+}
+
 /// Shows the kept verdicts on the attempt.
 pub(super) fn record_verdicts(
     t: &mut TaskRecord,
@@ -799,5 +822,28 @@ mod tests {
         assert!(expected > Duration::ZERO);
         t.attempts[0].run_millis = None;
         assert_eq!(rerun_estimate(&t, 0, &plan), Duration::ZERO);
+    }
+
+    /// Found by the red team: a verifier tokenizes a whole text dataset however few segments it
+    /// re-runs, so a large text on a short run had honest verifiers slashed as silent. The text
+    /// adds its tokenizing time at the slowest assumed rate; other datasets add nothing.
+    #[test]
+    fn a_verifier_is_given_time_to_tokenize_a_text_dataset() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = crate::blobs::BlobStore::open(dir.path(), 1 << 30).unwrap();
+        let text = blobs.put(&vec![b'a'; 2_000_000]).unwrap();
+        let tokenizer = blobs.put(b"GGUF").unwrap();
+        let buyer = Identity::from_test_label("setup buyer");
+        let mut spec = training_task(&buyer, 1);
+        assert_eq!(setup_estimate(&spec, &blobs), Duration::ZERO);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.dataset = market_protocol::DatasetSource::Text {
+                id: text,
+                tokenizer,
+            };
+        }
+        let expected = Duration::from_secs(2_000_000 / TOKENIZE_BYTES_PER_SEC);
+        assert_eq!(setup_estimate(&spec, &blobs), expected);
+        assert_eq!(expected, Duration::from_secs(4));
     }
 }

@@ -92,7 +92,8 @@ impl Node {
                 beacon: ringer_beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
-                rerun_estimate: super::audit::rerun_estimate(t, n, plan),
+                rerun_estimate: super::audit::rerun_estimate(t, n, plan)
+                    + super::audit::setup_estimate(&t.spec.body, &self.blobs),
             };
             let verdict = self.request_audit(&v, &ringer_dir, &request).await;
             let _ = std::fs::remove_dir_all(&ringer_dir);

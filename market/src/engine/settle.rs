@@ -250,9 +250,12 @@ impl Node {
             ));
         }
         let outputs: Vec<Vec<u8>> = match &t.spec.body.workload {
-            Workload::Training(_) => {
-                let job = market_compute::TrainingJob::from_spec(&t.spec.body, &self.blobs)
-                    .map_err(|e| io(&e))?;
+            Workload::Training(training) => {
+                // Only the layout: building the whole job would read (and for a text dataset
+                // tokenize) the data, on the async runtime's thread.
+                let layout = market_compute::zoo::ModelConfig::from_spec(&training.model)
+                    .map_err(|e| io(&e))?
+                    .layout();
                 let last = leaves
                     .len()
                     .checked_sub(1)
@@ -267,9 +270,9 @@ impl Node {
                         "the final checkpoint is not the committed final state".into(),
                     ));
                 }
-                let state = market_compute::TrainState::from_bytes(&state_bytes, &job.layout)
+                let state = market_compute::TrainState::from_bytes(&state_bytes, &layout)
                     .map_err(|e| mismatch(format!("the final checkpoint is not a state: {e}")))?;
-                let weights = market_compute::init::weights_to_bytes(&job.layout, &state.params)
+                let weights = market_compute::init::weights_to_bytes(&layout, &state.params)
                     .map_err(|e| io(&e))?;
                 // The weights follow from the final state: the node derives them rather than
                 // fetching the worker's copy; the commitment must name exactly them.
