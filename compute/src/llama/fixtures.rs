@@ -60,7 +60,12 @@ pub fn tiny_spec() -> ModelSpec {
 
 /// The tiny model with seeded weights, as a GGUF file.
 pub fn tiny_gguf(seed: u64) -> Result<Vec<u8>> {
-    let config = tiny_config().validate()?;
+    seeded_gguf(tiny_config(), &byte_vocab(), seed)
+}
+
+/// A model of `config` with section 2's initialisation at `seed` and `vocab`, as a GGUF file.
+fn seeded_gguf(config: LlamaConfig, vocab: &GgufVocab, seed: u64) -> Result<Vec<u8>> {
+    let config = config.validate()?;
     let layout = config.layout();
     let params = init_params(&ModelConfig::Llama(config), &layout, seed);
     gguf::write_f32(
@@ -69,7 +74,7 @@ pub fn tiny_gguf(seed: u64) -> Result<Vec<u8>> {
             layout,
             params,
         },
-        &byte_vocab(),
+        vocab,
     )
 }
 
@@ -102,15 +107,5 @@ pub fn bpe_config() -> LlamaConfig {
 
 /// The tiny model with [`bpe_vocab`] and seeded weights, as a GGUF file.
 pub fn bpe_gguf(seed: u64) -> Result<Vec<u8>> {
-    let config = bpe_config().validate()?;
-    let layout = config.layout();
-    let params = init_params(&ModelConfig::Llama(config), &layout, seed);
-    gguf::write_f32(
-        &LlamaWeights {
-            config,
-            layout,
-            params,
-        },
-        &bpe_vocab(),
-    )
+    seeded_gguf(bpe_config(), &bpe_vocab(), seed)
 }
