@@ -276,8 +276,7 @@ impl Node {
                 beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
-                rerun_estimate: rerun_estimate(t, n, &plan)
-                    + setup_estimate(&t.spec.body, &self.blobs),
+                rerun_estimate: audit_work_estimate(t, n, &plan, &self.blobs),
             };
             // Sized exactly as the verifier sizes it (`AuditRequest::policy`).
             let (samples, _) = market_verifier::audit::sample_count(
@@ -712,8 +711,20 @@ pub(super) fn rerun_estimate(t: &TaskRecord, n: usize, plan: &audit_plan::AuditP
     run.mul_f64(share)
 }
 
+/// What one verifier's audit of attempt `n` is expected to cost beyond the fixed timeout: its
+/// share of the run plus its setup. Real audits and ringers both use it, so a ringer's
+/// deadline cannot tell it apart.
+pub(super) fn audit_work_estimate(
+    t: &TaskRecord,
+    n: usize,
+    plan: &audit_plan::AuditPlan,
+    blobs: &crate::blobs::BlobStore,
+) -> Duration {
+    rerun_estimate(t, n, plan) + setup_estimate(&t.spec.body, blobs)
+}
+
 /// The slowest a verifier is assumed to tokenize a text dataset, in bytes a second: the
-/// slowest text measured goes at about 1.8 MB/s on two cores (BENCHMARKS.md), and a verifier
+/// slowest text measured goes at about 1.9 MB/s on two cores (BENCHMARKS.md), and a verifier
 /// may have one.
 const TOKENIZE_BYTES_PER_SEC: u64 = 500_000;
 

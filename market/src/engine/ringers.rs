@@ -92,8 +92,7 @@ impl Node {
                 beacon: ringer_beacon,
                 beacon_proof,
                 verifiers: plan.verifiers as u32,
-                rerun_estimate: super::audit::rerun_estimate(t, n, plan)
-                    + super::audit::setup_estimate(&t.spec.body, &self.blobs),
+                rerun_estimate: super::audit::audit_work_estimate(t, n, plan, &self.blobs),
             };
             let verdict = self.request_audit(&v, &ringer_dir, &request).await;
             let _ = std::fs::remove_dir_all(&ringer_dir);
