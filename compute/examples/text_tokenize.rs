@@ -8,13 +8,13 @@
 
 use std::time::Instant;
 
-use market_compute::data::text::{tokenize, tokenizer_from_gguf};
+use market_compute::data::text::{tokenize, tokenizer_from_blob};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gguf = std::fs::read("models/SmolLM2-135M-Instruct.Q4_1.gguf").map_err(|e| {
         format!("models/SmolLM2-135M-Instruct.Q4_1.gguf ({e}): run scripts/fetch-models.sh")
     })?;
-    let codec = tokenizer_from_gguf(&gguf)?;
+    let codec = tokenizer_from_blob(&gguf)?;
     let shakespeare = std::fs::read_to_string("models/shakespeare.txt")
         .map_err(|e| format!("models/shakespeare.txt ({e}): run scripts/fetch-corpus.sh"))?;
     let size = 8usize << 20;

@@ -96,7 +96,7 @@ fn text_dataset(
     tokenizer: &BlobId,
     vocab: usize,
 ) -> Result<data::Dataset> {
-    let codec = data::text::tokenizer_from_gguf(&fetch(blobs, tokenizer)?)?;
+    let codec = data::text::tokenizer_from_blob(&fetch(blobs, tokenizer)?)?;
     data::text::tokenize(&fetch(blobs, text)?, &codec, vocab)
 }
 

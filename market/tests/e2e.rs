@@ -429,6 +429,38 @@ async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
         .names()
         .len();
     assert_eq!(names, layout.slots().len());
+    // Its Hugging Face config.json describes those tensors: every shape follows from it.
+    let hf = &result["hf_config"];
+    assert_eq!(hf["model_type"], "llama");
+    assert_eq!(hf["architectures"][0], "LlamaForCausalLM");
+    let dim = |k: &str| hf[k].as_u64().unwrap() as usize;
+    let st = safetensors::SafeTensors::deserialize(&tuned).unwrap();
+    let shape = |n: &str| st.tensor(n).unwrap().shape().to_vec();
+    let (h, kv) = (
+        dim("hidden_size"),
+        dim("num_key_value_heads") * dim("head_dim"),
+    );
+    assert_eq!(shape("model.embed_tokens.weight"), [dim("vocab_size"), h]);
+    let last = dim("num_hidden_layers") - 1;
+    let layer = |n: &str| shape(&format!("model.layers.{last}.{n}.weight"));
+    assert_eq!(
+        layer("self_attn.q_proj"),
+        [dim("num_attention_heads") * dim("head_dim"), h]
+    );
+    assert_eq!(layer("self_attn.k_proj"), [kv, h]);
+    assert_eq!(layer("mlp.gate_proj"), [dim("intermediate_size"), h]);
+    assert!(st
+        .tensor(&format!("model.layers.{}.mlp.up_proj.weight", last + 1))
+        .is_err());
+    assert_eq!(
+        st.tensor("lm_head.weight").is_err(),
+        hf["tie_word_embeddings"].as_bool().unwrap()
+    );
+    assert_eq!(
+        hf["rms_norm_eps"].as_f64().unwrap() as f32,
+        config.rms_norm_eps
+    );
+    assert_eq!(hf["rope_theta"].as_f64().unwrap() as f32, config.rope_theta);
     let got = weights_from_bytes(&layout, &tuned).unwrap();
     let mut blobs = std::collections::BTreeMap::new();
     blobs.insert(dataset, bytes_of(&client, &dataset, dir.path()).await);

@@ -12,8 +12,8 @@ use rayon::prelude::*;
 
 use super::{Dataset, MAX_DATASET_BYTES};
 use crate::error::{ComputeError, Result};
-use crate::llama::gguf;
 use crate::llama::text::TextCodec;
+use crate::llama::{gguf, hf_tokenizer};
 
 /// The longest piece of text tokenized at once, in bytes.
 pub const MAX_PIECE_BYTES: usize = 4096;
@@ -64,15 +64,13 @@ pub fn pieces(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The tokenizer of a GGUF file (its metadata; the tensors are not read).
-pub fn tokenizer_from_gguf(bytes: &[u8]) -> Result<TextCodec> {
-    if !bytes.starts_with(b"GGUF") {
-        return Err(invalid(
-            "tokenizer",
-            "not a GGUF file (the dataset's tokenizer is read from a GGUF file's metadata)",
-        ));
+/// The tokenizer of a tokenizer blob: a GGUF file's (its metadata; the tensors are not read)
+/// or a Hugging Face `tokenizer.json` (11.7a), told apart by GGUF's magic bytes.
+pub fn tokenizer_from_blob(bytes: &[u8]) -> Result<TextCodec> {
+    if bytes.starts_with(b"GGUF") {
+        return TextCodec::from_gguf(&gguf::read_header(bytes)?.vocab);
     }
-    TextCodec::from_gguf(&gguf::read_header(bytes)?.vocab)
+    TextCodec::from_gguf(&hf_tokenizer::vocab_from_tokenizer_json(bytes)?)
 }
 
 /// The token stream of a text blob: the BOS id first if the tokenizer asks for one, then each

@@ -13,6 +13,7 @@
 pub mod fixtures;
 pub mod generate;
 pub mod gguf;
+pub mod hf_tokenizer;
 pub mod native;
 pub mod repro;
 pub mod rope;
@@ -98,6 +99,34 @@ impl LlamaConfig {
             rms_norm_eps: dec("rms_norm_eps", self.rms_norm_eps)?,
             rope_theta: dec("rope_theta", self.rope_theta)?,
             tie_word_embeddings: self.tie_word_embeddings,
+        })
+    }
+
+    /// The Hugging Face `config.json` of weights with this config, so a trained model loads
+    /// in `transformers` (`LlamaForCausalLM`) next to its safetensors file. The weights file is
+    /// F32 and the model has no biases and no rope scaling; `max_position_embeddings` is the
+    /// task's (for a training task, the window it trained on: rotary angles depend only on the
+    /// position, so a user may raise it to the base model's).
+    pub fn hf_config_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.hidden_size / self.num_attention_heads,
+            "vocab_size": self.vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": null,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
         })
     }
 

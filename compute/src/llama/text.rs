@@ -69,15 +69,25 @@ fn bad(reason: impl Into<String>) -> ComputeError {
     }
 }
 
+/// Every numeric character (`\p{N}`) a pre-token of its own: `Digits` with
+/// `individual_digits`, pinned to Oniguruma's Unicode tables.
+fn digits_one_by_one() -> Value {
+    json!({"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": false})
+}
+
 /// The pre-tokenizer a GGUF `tokenizer.ggml.pre` name stands for (llama.cpp's table), as
 /// `tokenizer.json` would write it.
 fn pre_tokenizer(pre: &str) -> Result<Value> {
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
     Ok(match pre {
-        // GPT-2's split, digits first taken one by one.
+        // GPT-2's split, digits first taken one by one. `tokenizer.json` writes this step as
+        // `Digits`, which tests Rust's `char::is_numeric`, whose Unicode tables follow the
+        // compiler: a worker and a verifier built by different compilers could split a new
+        // digit differently. The same split by Oniguruma's `\p{N}` (the category set
+        // `is_numeric` tests: Nd, Nl, No) uses the pinned tables ByteLevel already uses.
         "smollm" | "starcoder" | "refact" | "codeshell" => json!({
             "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level],
+            "pretokenizers": [digits_one_by_one(), byte_level],
         }),
         "gpt-2" | "gpt2" | "default" => byte_level,
         other => {
@@ -274,5 +284,47 @@ impl TextCodec {
             }
         })?;
         String::from_utf8(out.0).map_err(|_| bad("chat template: output is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn splits(pre: &Value, text: &str) -> Vec<String> {
+        let pre: PreTokenizerWrapper = serde_json::from_value(pre.clone()).unwrap();
+        let mut s = PreTokenizedString::from(text);
+        pre.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_owned())
+            .collect()
+    }
+
+    /// The pinned `\p{N}` split is `Digits` with `individual_digits` on numeric characters
+    /// of every age (ASCII, Arabic-Indic, NKo, superscripts, fractions, Roman numerals,
+    /// fullwidth, mathematical, circled, Kaktovik), and unlike `Digits` it does not move with
+    /// the compiler: this compiler's Unicode 17 knows the Tolong Siki digits (U+11DE0..) as
+    /// numeric, Oniguruma's Unicode 16 tables do not, so `Digits` isolates them here and the
+    /// pinned split leaves them to ByteLevel, as it would under any compiler.
+    #[test]
+    fn the_numeric_split_is_digits_one_by_one_on_pinned_tables() {
+        let text = "a1b22 ½x Ⅻ٣߀ 3.14 ²³ ０９ 𝟎𝟗 ①⑳ 𝋀𝋓 end ⁴²";
+        let digits = json!({"type": "Digits", "individual_digits": true});
+        let ours = splits(&digits_one_by_one(), text);
+        assert_eq!(ours, splits(&digits, text));
+        assert!(ours.len() > 30, "{ours:?}");
+        let smollm = pre_tokenizer("smollm").unwrap();
+        let with_digits = json!({"type": "Sequence", "pretokenizers": [digits,
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]});
+        assert_eq!(splits(&smollm, text), splits(&with_digits, text));
+
+        let newer = "x\u{11DE0}\u{11DE1}y";
+        assert_eq!(splits(&digits_one_by_one(), newer), [newer]);
+        // What `Digits` does depends on the compiler (split on this one).
+        let compiler_knows = newer.chars().nth(1).is_some_and(char::is_numeric);
+        assert_eq!(splits(&digits, newer).len() == 4, compiler_knows);
     }
 }

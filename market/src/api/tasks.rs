@@ -137,6 +137,11 @@ pub(crate) struct TaskResult {
     outputs: Vec<String>,
     /// Inference items as text, when they are text (a llama item: its answer's text).
     items: Vec<String>,
+    /// A `llama` training task's Hugging Face `config.json` for its output weights (so the
+    /// safetensors file loads as `LlamaForCausalLM`); absent for any other task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    hf_config: Option<serde_json::Value>,
 }
 
 /// The results of a settled task: only for its buyer (signed GET).
@@ -195,10 +200,20 @@ pub(crate) async fn get_result(
             .collect(),
         market_protocol::Workload::Training(_) => Vec::new(),
     };
+    let hf_config = match &t.spec.body.workload {
+        market_protocol::Workload::Training(tr) => {
+            match market_compute::zoo::ModelConfig::from_spec(&tr.model) {
+                Ok(market_compute::zoo::ModelConfig::Llama(l)) => Some(l.hf_config_json()),
+                _ => None,
+            }
+        }
+        market_protocol::Workload::Inference(_) => None,
+    };
     Ok(Json(TaskResult {
         task_id: t.id.to_string(),
         outputs: t.outputs.iter().map(ToString::to_string).collect(),
         items,
+        hf_config,
     }))
 }
 

@@ -66,8 +66,8 @@ pub enum TaskCommand {
         conn: Connection,
     },
     /// Fetch a settled task's results (buyer only). With `--out DIR`, download its outputs
-    /// there: `weights.safetensors` for training, `outputs/N` and `answers.jsonl` for
-    /// inference, and `result.json`.
+    /// there: `weights.safetensors` for training (and a llama's Hugging Face `config.json`),
+    /// `outputs/N` and `answers.jsonl` for inference, and `result.json`.
     Result {
         /// The task id.
         id: TaskId,
@@ -403,6 +403,7 @@ async fn save_result(
     let ours = [
         "result.json",
         "weights.safetensors",
+        "config.json",
         "answers.jsonl",
         "outputs",
     ];
@@ -422,6 +423,12 @@ async fn save_result(
         let path = dir.join("weights.safetensors");
         super::blob::download(client, weights, &path).await?;
         eprintln!("weights: {} (blob {weights})", path.display());
+        // A llama's Hugging Face config, so the directory loads as a `transformers` model.
+        if let Some(config) = result.get("hf_config").filter(|c| c.is_object()) {
+            let path = dir.join("config.json");
+            write_new(&path, serde_json::to_string_pretty(config)?.as_bytes())?;
+            eprintln!("config: {}", path.display());
+        }
     } else {
         let out_dir = dir.join("outputs");
         // A new directory: an existing one (or a link to one elsewhere) is refused.

@@ -205,8 +205,9 @@ pub enum DatasetSource {
     Text {
         /// The text's content id.
         id: BlobId,
-        /// A GGUF file whose tokenizer (its metadata) splits the text; its tensors are not
-        /// used. Often the `initial_weights` blob itself.
+        /// The tokenizer that splits the text: a GGUF file (its metadata; its tensors are not
+        /// used, and it is often the `initial_weights` blob itself) or a Hugging Face
+        /// `tokenizer.json` (`COMPUTE.md` 11.7a).
         tokenizer: BlobId,
     },
     /// Regression on the outputs of a random teacher MLP, generated from the task seed.

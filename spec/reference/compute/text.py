@@ -135,7 +135,8 @@ class Tokenizer:
         byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
         if pre in ("smollm", "starcoder", "refact", "codeshell"):
             pretok = {"type": "Sequence", "pretokenizers": [
-                {"type": "Digits", "individual_digits": True}, byte_level]}
+                {"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": False},
+                byte_level]}
         elif pre in ("gpt-2", "gpt2", "default"):
             pretok = byte_level
         else:

@@ -79,7 +79,7 @@ def drop_after_merge(tok):
 
 
 def digits_grouped(doc):
-    doc["pre_tokenizer"]["pretokenizers"][0]["individual_digits"] = False
+    doc["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{N}+"
 
 
 def ignore_merges(doc):

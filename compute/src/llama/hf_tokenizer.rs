@@ -1,0 +1,369 @@
+//! A Hugging Face `tokenizer.json` read into the same vocabulary a GGUF file gives
+//! ([`GgufVocab`]), so both kinds of tokenizer blob build one tokenizer by one rule
+//! (`spec/COMPUTE.md` 11.7 and 11.7a). Only the byte-level BPE tokenizers 11.7 defines are
+//! accepted: the file's every field must say what that table says, or it is refused naming the
+//! field. Refusing the rest (normalizers, other pre-tokenizers, other models) is deliberate: a
+//! worker and a verifier must split text the same way, and what the spec does not define, an
+//! independent implementation could not reproduce.
+
+use std::collections::BTreeMap;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::gguf::GgufVocab;
+use crate::error::{ComputeError, Result};
+
+/// The largest `tokenizer.json` read, checked before parsing (SmolLM2's is 2.1 MB, Llama 3's
+/// 9 MB; the tokens and merges inside are bounded again by 11.7's limits).
+pub const MAX_TOKENIZER_JSON_BYTES: usize = 64 << 20;
+
+fn bad(reason: impl Into<String>) -> ComputeError {
+    ComputeError::InvalidBlob {
+        what: "tokenizer",
+        reason: reason.into(),
+    }
+}
+
+/// A JSON object's entries in file order, a repeated key kept (so it can be refused: JSON
+/// readers disagree on which copy wins).
+struct Entries(Vec<(String, u64)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of token strings to ids")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<String, u64>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Merge {
+    Text(String),
+    Pair([String; 2]),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Bpe {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    dropout: Option<f64>,
+    #[serde(default)]
+    unk_token: Option<String>,
+    #[serde(default)]
+    continuing_subword_prefix: Option<String>,
+    #[serde(default)]
+    end_of_word_suffix: Option<String>,
+    #[serde(default)]
+    fuse_unk: bool,
+    #[serde(default)]
+    byte_fallback: bool,
+    #[serde(default)]
+    ignore_merges: bool,
+    vocab: Entries,
+    #[serde(default)]
+    merges: Vec<Merge>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddedToken {
+    id: u64,
+    content: String,
+    #[serde(default)]
+    single_word: bool,
+    #[serde(default)]
+    lstrip: bool,
+    #[serde(default)]
+    rstrip: bool,
+    #[serde(default)]
+    normalized: bool,
+    #[serde(default)]
+    special: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenizerJson {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    truncation: Value,
+    #[serde(default)]
+    padding: Value,
+    #[serde(default)]
+    added_tokens: Vec<AddedToken>,
+    #[serde(default)]
+    normalizer: Value,
+    #[serde(default)]
+    pre_tokenizer: Value,
+    #[serde(default)]
+    post_processor: Value,
+    #[serde(default)]
+    decoder: Value,
+    model: Value,
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.get(key).filter(|x| !x.is_null())
+}
+
+fn kind(v: &Value) -> &str {
+    v.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+/// GPT-2's byte-level split as 11.7 uses it: `add_prefix_space` false, `use_regex` true
+/// (absent fields take the crate's defaults: true for both).
+fn is_byte_level_split(v: &Value) -> bool {
+    let flag = |k: &str| field(v, k).map_or(Some(true), Value::as_bool);
+    kind(v) == "ByteLevel"
+        && flag("add_prefix_space") == Some(false)
+        && flag("use_regex") == Some(true)
+}
+
+/// Every numeric character a pre-token of its own: `Digits` with `individual_digits`, or the
+/// `Split` on `\p{N}` that 11.7 defines it as.
+fn is_digit_split(v: &Value) -> bool {
+    match kind(v) {
+        "Digits" => field(v, "individual_digits").and_then(Value::as_bool) == Some(true),
+        "Split" => {
+            v.get("pattern") == Some(&serde_json::json!({"Regex": "\\p{N}"}))
+                && v.get("behavior").and_then(Value::as_str) == Some("Isolated")
+                && field(v, "invert").and_then(Value::as_bool) != Some(true)
+        }
+        _ => false,
+    }
+}
+
+/// The 11.7 pre-tokenizer name a `pre_tokenizer` stands for.
+fn pre_name(v: &Value) -> Result<&'static str> {
+    if is_byte_level_split(v) {
+        return Ok("gpt2");
+    }
+    if kind(v) == "Sequence" {
+        if let Some([digits, byte_level]) = v
+            .get("pretokenizers")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+        {
+            if is_digit_split(digits) && is_byte_level_split(byte_level) {
+                return Ok("smollm");
+            }
+        }
+    }
+    Err(bad(
+        "pre_tokenizer: only GPT-2's ByteLevel split (add_prefix_space false, use_regex true), \
+         alone or after Digits with individual_digits, is supported",
+    ))
+}
+
+/// Whether the post-processor puts a BOS first: `None` (nothing, or ByteLevel's offset
+/// trimming), or a TemplateProcessing whose `single` is the text alone or one special token
+/// then the text. Returns the BOS id it adds.
+fn post_bos(v: &Value) -> Result<Option<u64>> {
+    let refused = || {
+        bad(
+            "post_processor: only none, ByteLevel, or a TemplateProcessing whose `single` is \
+             `$A` alone or one special token of one id then `$A`, is supported",
+        )
+    };
+    match kind(v) {
+        "" if v.is_null() => Ok(None),
+        "ByteLevel" => Ok(None),
+        "Sequence" => {
+            let parts = v
+                .get("processors")
+                .and_then(Value::as_array)
+                .ok_or_else(refused)?;
+            let mut bos = None;
+            let mut templates = 0;
+            for p in parts {
+                if kind(p) == "TemplateProcessing" {
+                    templates += 1;
+                }
+                bos = bos.or(post_bos(p)?);
+            }
+            if templates > 1 {
+                return Err(refused());
+            }
+            Ok(bos)
+        }
+        "TemplateProcessing" => {
+            let single = v
+                .get("single")
+                .and_then(Value::as_array)
+                .ok_or_else(refused)?;
+            let is_text =
+                |p: &Value| p.pointer("/Sequence/id").and_then(Value::as_str) == Some("A");
+            match single.as_slice() {
+                [text] if is_text(text) => Ok(None),
+                [special, text] if is_text(text) => {
+                    let name = special
+                        .pointer("/SpecialToken/id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(refused)?;
+                    let ids = v
+                        .pointer(&format!(
+                            "/special_tokens/{}/ids",
+                            name.replace('~', "~0").replace('/', "~1")
+                        ))
+                        .and_then(Value::as_array)
+                        .ok_or_else(refused)?;
+                    match ids.as_slice() {
+                        [id] => id.as_u64().map(Some).ok_or_else(refused),
+                        _ => Err(refused()),
+                    }
+                }
+                _ => Err(refused()),
+            }
+        }
+        _ => Err(refused()),
+    }
+}
+
+/// The vocabulary a `tokenizer.json` describes, checked against 11.7a. Its tokens are the
+/// model's vocabulary and the added tokens, by id, with no id missing; the BOS id is the one
+/// its post-processor puts first (then `add_bos`); it names no EOS and no chat template.
+pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
+    if bytes.len() > MAX_TOKENIZER_JSON_BYTES {
+        return Err(bad(format!(
+            "a tokenizer.json of {} bytes, over the limit of {MAX_TOKENIZER_JSON_BYTES}",
+            bytes.len()
+        )));
+    }
+    let file: TokenizerJson =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
+    let _ = file.version;
+    for (name, v) in [
+        ("truncation", &file.truncation),
+        ("padding", &file.padding),
+        ("normalizer", &file.normalizer),
+    ] {
+        if !v.is_null() {
+            return Err(bad(format!("{name}: must be null")));
+        }
+    }
+    let pre = pre_name(&file.pre_tokenizer)?;
+    let bos = post_bos(&file.post_processor)?;
+    if !file.decoder.is_null() && kind(&file.decoder) != "ByteLevel" {
+        return Err(bad("decoder: must be ByteLevel or null"));
+    }
+    let model: Bpe = serde_json::from_value(file.model)
+        .map_err(|e| bad(format!("model: not a BPE model: {e}")))?;
+    if model.kind != "BPE" {
+        return Err(bad(format!(
+            "model.type: {:?}; only BPE is supported",
+            model.kind
+        )));
+    }
+    let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+    for (name, ok) in [
+        ("dropout", model.dropout.is_none()),
+        ("unk_token", model.unk_token.is_none()),
+        (
+            "continuing_subword_prefix",
+            empty(&model.continuing_subword_prefix),
+        ),
+        ("end_of_word_suffix", empty(&model.end_of_word_suffix)),
+        ("fuse_unk", !model.fuse_unk),
+        ("byte_fallback", !model.byte_fallback),
+        ("ignore_merges", !model.ignore_merges),
+    ] {
+        if !ok {
+            return Err(bad(format!("model.{name}: must be null, empty or false")));
+        }
+    }
+    // Every id named once, by the vocabulary or an added token: 0..n with no gap.
+    let mut by_id: BTreeMap<u64, String> = BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (token, id) in model.vocab.0 {
+        if !seen.insert(token.clone()) {
+            return Err(bad(format!("model.vocab: token {token:?} appears twice")));
+        }
+        if by_id.insert(id, token).is_some() {
+            return Err(bad(format!("model.vocab: id {id} appears twice")));
+        }
+    }
+    let mut types: BTreeMap<u64, i32> = BTreeMap::new();
+    for t in &file.added_tokens {
+        if t.single_word || t.lstrip || t.rstrip {
+            return Err(bad(format!(
+                "added_tokens: {:?} sets single_word, lstrip or rstrip; only plain matching is supported",
+                t.content
+            )));
+        }
+        let _ = t.normalized; // No normalizer: normalized and raw text are the same.
+        match by_id.get(&t.id) {
+            Some(known) if *known != t.content => {
+                return Err(bad(format!(
+                    "added_tokens: id {} is {:?} in the vocabulary and {:?} here",
+                    t.id, known, t.content
+                )))
+            }
+            Some(_) => {}
+            None => {
+                by_id.insert(t.id, t.content.clone());
+            }
+        }
+        if types.insert(t.id, if t.special { 3 } else { 4 }).is_some() {
+            return Err(bad(format!("added_tokens: id {} appears twice", t.id)));
+        }
+    }
+    let n = by_id.len() as u64;
+    if let Some((&last, _)) = by_id.last_key_value() {
+        if last + 1 != n {
+            let gap = (0..).find(|i| !by_id.contains_key(i)).unwrap_or(n);
+            return Err(bad(format!(
+                "token ids must run 0..{n} without a gap; id {gap} is missing"
+            )));
+        }
+    }
+    if let Some(id) = bos.filter(|&id| id >= n) {
+        return Err(bad(format!(
+            "post_processor: BOS id {id} is outside the vocabulary"
+        )));
+    }
+    let merges = model
+        .merges
+        .into_iter()
+        .map(|m| match m {
+            Merge::Text(s) => Ok(s),
+            Merge::Pair([a, b]) if !a.contains(' ') && !b.contains(' ') => Ok(format!("{a} {b}")),
+            Merge::Pair([a, b]) => Err(bad(format!(
+                "model.merges: [{a:?}, {b:?}] has a space inside a side"
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(GgufVocab {
+        model: "gpt2".into(),
+        pre: pre.into(),
+        token_types: (0..n)
+            .map(|id| types.get(&id).copied().unwrap_or(1))
+            .collect(),
+        tokens: by_id.into_values().collect(),
+        merges,
+        bos: bos.map(|id| id as u32),
+        eos: None,
+        add_bos: bos.is_some(),
+        chat_template: None,
+    })
+}
