@@ -356,6 +356,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
             activation: Activation::Gelu,
         },
         weights: None,
+        tokenizer: None,
         inputs: InferenceInputs::Rows { id: rows },
         decoding: Decoding::Greedy,
     });
@@ -377,6 +378,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
             activation: Activation::Tanh,
         },
         weights: None,
+        tokenizer: None,
         inputs: InferenceInputs::Rows { id: wide_rows },
         decoding: Decoding::Greedy,
     });

@@ -6,11 +6,15 @@
 //! Run only for a deliberate protocol change:
 //! `cargo run --release -p market-compute --example gen_llama_vectors -- spec/vectors`.
 
-use market_compute::data::text::{pieces, tokenize, MAX_PIECE_BYTES, MIN_PIECE_BYTES};
+use market_compute::data::text::{
+    pieces, tokenize, tokenizer_from_blob, MAX_PIECE_BYTES, MIN_PIECE_BYTES,
+};
 use market_compute::data::Dataset;
 use market_compute::inference::AnswerRecord;
 use market_compute::init::init_params;
-use market_compute::llama::fixtures::{bpe_vocab, byte_vocab, tiny_config, CHATML};
+use market_compute::llama::fixtures::{
+    bpe_vocab, byte_vocab, hf_tokenizer_json, tiny_config, CHATML,
+};
 use market_compute::llama::generate::{generate, Forward, GenerateParams};
 use market_compute::llama::repro::ReproLlama;
 use market_compute::llama::text::{ChatMessage, TextCodec};
@@ -182,8 +186,13 @@ fn text_vectors(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
         Dataset::Tokens(t) => t,
         _ => return Err("a text dataset is a token stream".into()),
     };
+    let from_json = tokenizer_from_blob(&serde_json::to_vec(&hf_tokenizer_json(&vocab))?)?;
+    if tokenize(text.as_bytes(), &from_json, vocab.tokens.len())? != Dataset::Tokens(tokens.clone())
+    {
+        return Err("the tokenizer.json form gives other tokens".into());
+    }
     let doc = json!({
-        "description": "A text dataset (spec/COMPUTE.md section 3) under the tokenizer that a GGUF file with these tokenizer keys gives (section 11.7): the text, where each piece ends (byte offsets), and the token stream (the BOS id first, as add_bos_token is true).",
+        "description": "A text dataset (spec/COMPUTE.md section 3) under the tokenizer that a GGUF file with these tokenizer keys gives (section 11.7): the text, where each piece ends (byte offsets), and the token stream (the BOS id first, as add_bos_token is true). `tokenizer_json` is the same tokenizer as a Hugging Face tokenizer.json (section 11.7a): read by 11.7a, it gives the same tokens.",
         "tokenizer": {
             "tokenizer.ggml.model": vocab.model,
             "tokenizer.ggml.pre": vocab.pre,
@@ -194,6 +203,7 @@ fn text_vectors(dir: &str) -> Result<(), Box<dyn std::error::Error>> {
             "tokenizer.ggml.eos_token_id": vocab.eos,
             "tokenizer.ggml.add_bos_token": vocab.add_bos,
         },
+        "tokenizer_json": hf_tokenizer_json(&vocab),
         "text": text,
         "piece_ends": pieces.iter().scan(0, |end, p| { *end += p.len(); Some(*end) }).collect::<Vec<usize>>(),
         "tokens": tokens,

@@ -9,8 +9,9 @@ use market_protocol::{
 
 use crate::backend::Backend;
 use crate::data::arithmetic;
+use crate::data::text::tokenizer_vocab;
 use crate::error::{ComputeError, Result};
-use crate::init::{init_params, weights_from_bytes};
+use crate::init::{check_weights, init_params, weights_from_bytes};
 use crate::job::BlobSource;
 use crate::llama::generate::{
     check_answer, generate, generate_streaming, Finish, GenerateParams, Generation, Match,
@@ -19,7 +20,7 @@ use crate::llama::generate::{
 use crate::llama::native::NativeLlama;
 use crate::llama::repro::ReproLlama;
 use crate::llama::text::TextCodec;
-use crate::llama::{gguf, LlamaConfig};
+use crate::llama::{gguf, LlamaConfig, LlamaWeights};
 use crate::repro::kernels::softmax_row;
 use crate::rng::{self, Purpose};
 use crate::zoo::{ModelConfig, ParamLayout};
@@ -65,8 +66,10 @@ pub const MAX_STOP_BYTES: usize = 128;
 /// A loaded `llama` with its tokenizer: shared by the job's clones (it is the size of the
 /// model).
 struct LlamaRun {
-    /// The GGUF blob it was read from.
+    /// The blob its weights were read from.
     weights: BlobId,
+    /// The blob its tokenizer was read from, when not the weights.
+    tokenizer: Option<BlobId>,
     /// Its parameter layout.
     layout: ParamLayout,
     codec: TextCodec,
@@ -308,7 +311,8 @@ impl InferenceJob {
     }
 
     /// A `llama` inference task: GGUF weights (with the tokenizer and chat template they
-    /// carry) whose config must be the task's, and prompts that fit the model's positions.
+    /// carry) whose config must be the task's, or safetensors weights (what a training task
+    /// returns) with a tokenizer blob; and prompts that fit the model's positions.
     fn llama_from_spec(
         spec: &TaskSpec,
         config: &LlamaConfig,
@@ -321,44 +325,86 @@ impl InferenceJob {
         let Some(id) = &inf.weights else {
             return Err(ComputeError::config(
                 "weights",
-                "a llama task names its weights: a GGUF blob (the tokenizer comes with it)",
+                "a llama task names its weights: a GGUF blob (the tokenizer comes with it), or safetensors weights with a `tokenizer`",
             ));
         };
         let bytes = blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))?;
-        let file = if load {
-            gguf::read(&bytes)?
+        let (weights, own_vocab) = if bytes.starts_with(b"GGUF") {
+            let file = if load {
+                gguf::read(&bytes)?
+            } else {
+                gguf::read_header(&bytes)?
+            };
+            if file.weights.config != *config {
+                return Err(ComputeError::config(
+                    "model",
+                    format!(
+                        "does not match the weights' config {:?}",
+                        file.weights.config
+                    ),
+                ));
+            }
+            (file.weights, Some(file.vocab))
         } else {
-            gguf::read_header(&bytes)?
+            // The task's config names the tensors; the file must hold each (section 5).
+            let layout = config.layout();
+            let params = if load {
+                weights_from_bytes(&layout, &bytes)?
+            } else {
+                check_weights(&layout, &bytes)?;
+                Vec::new()
+            };
+            let weights = LlamaWeights {
+                config: *config,
+                layout,
+                params,
+            };
+            (weights, None)
         };
-        if file.weights.config != *config {
-            return Err(ComputeError::config(
-                "model",
-                format!(
-                    "does not match the weights' config {:?}",
-                    file.weights.config
-                ),
-            ));
-        }
-        let codec = TextCodec::from_gguf(&file.vocab)?;
-        let longest_token = file.vocab.tokens.iter().map(|t| t.len()).max().unwrap_or(1);
-        let codec_bytes = 8 * file
-            .vocab
+        drop(bytes);
+        let vocab = match (&inf.tokenizer, own_vocab) {
+            (Some(t), _) => {
+                let v = tokenizer_vocab(&blobs.blob(t).ok_or(ComputeError::MissingBlob(*t))?)?;
+                if v.tokens.len() > config.vocab_size {
+                    return Err(ComputeError::config(
+                        "tokenizer",
+                        format!(
+                            "has {} tokens, more than the model's vocabulary of {}",
+                            v.tokens.len(),
+                            config.vocab_size
+                        ),
+                    ));
+                }
+                v
+            }
+            (None, Some(v)) => v,
+            (None, None) => {
+                return Err(ComputeError::config(
+                    "tokenizer",
+                    "safetensors weights carry no tokenizer: name one (a GGUF file or a Hugging Face tokenizer.json)",
+                ))
+            }
+        };
+        let codec = TextCodec::from_gguf(&vocab)?;
+        let longest_token = vocab.tokens.iter().map(|t| t.len()).max().unwrap_or(1);
+        let codec_bytes = 8 * vocab
             .tokens
             .iter()
-            .chain(&file.vocab.merges)
+            .chain(&vocab.merges)
             .map(|t| t.len() as u64 + 32)
             .sum::<u64>();
         let backend = Backend::for_profile(spec.profile)?;
         let model = match (&backend, load) {
             (_, false) => None,
-            (Backend::Repro, true) => Some(LlamaModel::Repro(ReproLlama::new(&file.weights))),
+            (Backend::Repro, true) => Some(LlamaModel::Repro(ReproLlama::new(&weights))),
             (Backend::Candle(device), true) => {
-                Some(LlamaModel::Native(NativeLlama::new(&file.weights, device)?))
+                Some(LlamaModel::Native(NativeLlama::new(&weights, device)?))
             }
         };
         let run = std::sync::Arc::new(LlamaRun {
             weights: *id,
-            layout: file.weights.layout.clone(),
+            tokenizer: inf.tokenizer,
+            layout: weights.layout.clone(),
             codec,
             model,
             longest_token,
@@ -380,12 +426,13 @@ impl InferenceJob {
             return Err(ComputeError::config("workload", "is not an inference task"));
         };
         if inf.weights != Some(run.weights)
+            || inf.tokenizer != run.tokenizer
             || ModelConfig::from_spec(&inf.model)? != self.model
             || spec.profile != self.profile
         {
             return Err(ComputeError::config(
                 "model",
-                "names other weights, another config or another profile than the model served",
+                "names other weights, another tokenizer, another config or another profile than the model served",
             ));
         }
         check_decoding(&inf.decoding)?;

@@ -95,6 +95,16 @@ pub fn weights_to_bytes(layout: &ParamLayout, params: &[f32]) -> Result<Vec<u8>>
 /// Reads weights for `layout`: every parameter present with the right shape, F32 (or F16 or
 /// BF16, widened exactly), all finite.
 pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>> {
+    read_weights(layout, bytes, true)
+}
+
+/// Checks weights for `layout` as [`weights_from_bytes`] reads them, holding one tensor at a
+/// time rather than the model (how a node validates a posted task it does not run).
+pub fn check_weights(layout: &ParamLayout, bytes: &[u8]) -> Result<()> {
+    read_weights(layout, bytes, false).map(drop)
+}
+
+fn read_weights(layout: &ParamLayout, bytes: &[u8], keep: bool) -> Result<Vec<f32>> {
     let invalid = |reason: String| ComputeError::InvalidBlob {
         what: "weights",
         reason,
@@ -106,7 +116,11 @@ pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>
         SafeTensors::deserialize(bytes).map_err(|e| invalid(format!("not safetensors: {e}")))?;
     // Sized by the bytes that arrived, not by the model the task claims: a 50M-parameter
     // layout must not reserve 200 MB for a blob of a few bytes that is about to be refused.
-    let mut params = Vec::with_capacity(layout.total().min(bytes.len() / 2));
+    let mut params = Vec::with_capacity(if keep {
+        layout.total().min(bytes.len() / 2)
+    } else {
+        0
+    });
     for slot in layout.slots() {
         let t = st
             .tensor(&slot.name)
@@ -144,6 +158,9 @@ pub fn weights_from_bytes(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>
         }
         if params[start..].iter().any(|v| !v.is_finite()) {
             return Err(invalid(format!("`{}` contains NaN or infinity", slot.name)));
+        }
+        if !keep {
+            params.clear();
         }
     }
     Ok(params)

@@ -80,6 +80,7 @@ impl ServeRequest {
             workload: Workload::Inference(InferenceSpec {
                 model: self.model.clone(),
                 weights: Some(self.weights),
+                tokenizer: None,
                 inputs,
                 decoding: self.decoding.clone(),
             }),

@@ -326,4 +326,12 @@ fn golden_text_dataset_tokens() {
     };
     let want: Vec<u32> = serde_json::from_value(doc["tokens"].clone()).unwrap();
     assert_eq!(tokens, want);
+    // The same tokenizer as a Hugging Face tokenizer.json (11.7a): the same tokens.
+    let json = serde_json::to_vec(&doc["tokenizer_json"]).unwrap();
+    let from_json = market_compute::data::text::tokenizer_from_blob(&json).unwrap();
+    let Dataset::Tokens(again) = tokenize(text.as_bytes(), &from_json, vocab.tokens.len()).unwrap()
+    else {
+        panic!("a text dataset is a token stream")
+    };
+    assert_eq!(again, want);
 }

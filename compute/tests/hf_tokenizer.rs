@@ -9,67 +9,13 @@ use std::collections::BTreeMap;
 
 use market_compute::data::text::{tokenize, tokenizer_from_blob};
 use market_compute::data::Dataset;
-use market_compute::llama::fixtures::{bpe_config, bpe_gguf, bpe_vocab};
-use market_compute::llama::gguf::GgufVocab;
+use market_compute::llama::fixtures::{bpe_config, bpe_gguf, bpe_vocab, hf_tokenizer_json};
 use market_compute::llama::hf_tokenizer::{vocab_from_tokenizer_json, MAX_TOKENIZER_JSON_BYTES};
 use market_compute::llama::text::TextCodec;
 use market_compute::{ComputeError, TrainingJob};
 use market_protocol::fixtures::training_task;
 use market_protocol::{BlobId, DatasetSource, Identity, Workload};
 use serde_json::{json, Value};
-
-/// `v` as Hugging Face's `tokenizers` saves it: the vocabulary as an object, the control
-/// tokens again among `added_tokens`, merges as pairs, `Digits` for the digit split, and a
-/// `TemplateProcessing` that puts the BOS first when `v` asks for one.
-fn hf_json(v: &GgufVocab) -> Value {
-    let vocab: serde_json::Map<String, Value> = v
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.clone(), json!(id)))
-        .collect();
-    let added: Vec<Value> = v
-        .token_types
-        .iter()
-        .enumerate()
-        .filter(|(_, &t)| t == 3 || t == 4)
-        .map(|(id, &t)| {
-            json!({"id": id, "content": v.tokens[id], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": t == 3})
-        })
-        .collect();
-    let merges: Vec<Value> = v
-        .merges
-        .iter()
-        .map(|m| {
-            let (a, b) = m.split_once(' ').unwrap();
-            json!([a, b])
-        })
-        .collect();
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre = match v.pre.as_str() {
-        "smollm" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true}, byte_level]}),
-        _ => byte_level.clone(),
-    };
-    let post = match (v.add_bos, v.bos) {
-        (true, Some(bos)) => {
-            let name = &v.tokens[bos as usize];
-            json!({"type": "TemplateProcessing",
-                   "single": [{"SpecialToken": {"id": name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                   "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                   "special_tokens": {name.clone(): {"id": name, "ids": [bos], "tokens": [name]}}})
-        }
-        _ => byte_level.clone(),
-    };
-    json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": pre, "post_processor": post, "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
-                  "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
-    })
-}
 
 fn bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec_pretty(v).unwrap()
@@ -96,7 +42,7 @@ fn a_tokenizer_json_gives_the_gguf_files_tokens() {
         v.pre = pre.into();
         v.add_bos = add_bos;
         let from_gguf = TextCodec::from_gguf(&v).unwrap();
-        let from_json = tokenizer_from_blob(&bytes(&hf_json(&v))).unwrap();
+        let from_json = tokenizer_from_blob(&bytes(&hf_tokenizer_json(&v))).unwrap();
         let (a, b) = (tokens(&text(), &from_gguf), tokens(&text(), &from_json));
         assert_eq!(a, b, "pre {pre}, bos {add_bos}");
         assert_eq!(a[0] == v.bos.unwrap(), add_bos);
@@ -115,7 +61,7 @@ fn a_text_task_trains_on_a_tokenizer_json_exactly_as_on_the_gguf() {
         id
     };
     let gguf = put(bpe_gguf(5).unwrap());
-    let json = put(bytes(&hf_json(&bpe_vocab())));
+    let json = put(bytes(&hf_tokenizer_json(&bpe_vocab())));
     let text = put(text().into_bytes());
     let task = |tokenizer| {
         let mut config = bpe_config();
@@ -165,7 +111,7 @@ fn what_the_spec_does_not_define_is_refused_by_name() {
     let mut smollm = bpe_vocab();
     smollm.pre = "smollm".into();
     smollm.add_bos = true;
-    let good = hf_json(&smollm);
+    let good = hf_tokenizer_json(&smollm);
     let edit = |f: &dyn Fn(&mut Value)| {
         let mut d = good.clone();
         f(&mut d);
@@ -220,6 +166,56 @@ fn what_the_spec_does_not_define_is_refused_by_name() {
     assert_ne!(twice, text);
     let e = vocab_from_tokenizer_json(twice.as_bytes()).unwrap_err();
     assert!(e.to_string().contains("appears twice"), "{e}");
+    // A key twice anywhere, not just in the vocabulary.
+    let nested = text.replacen(
+        "\"individual_digits\": true",
+        "\"individual_digits\": false, \"individual_digits\": true",
+        1,
+    );
+    assert_ne!(nested, text);
+    let e = vocab_from_tokenizer_json(nested.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("appears twice"), "{e}");
+    // Control tokens kept out of the vocabulary and added after it, as many files do: in
+    // ascending id order they get their ids (as the tokenizers library numbers them, in list
+    // order from the vocabulary's size); out of order, refused.
+    let mut outside = good.clone();
+    let vocab = outside["model"]["vocab"].as_object_mut().unwrap();
+    vocab.remove("<|im_start|>");
+    vocab.remove("<|im_end|>");
+    // Their ids (96, 97) must come after the vocabulary's: renumber the merged tokens down.
+    let merged: Vec<String> = smollm.tokens[98..].to_vec();
+    for (i, t) in merged.iter().enumerate() {
+        vocab.insert(t.clone(), json!(96 + i));
+    }
+    let n = smollm.tokens.len();
+    outside["added_tokens"][0]["id"] = json!(n - 2);
+    outside["added_tokens"][1]["id"] = json!(n - 1);
+    outside["post_processor"]["special_tokens"]["<|im_start|>"]["ids"] = json!([n - 2]);
+    let v = vocab_from_tokenizer_json(&bytes(&outside)).unwrap();
+    assert_eq!(v.tokens[n - 2], "<|im_start|>");
+    assert_eq!((v.token_types[n - 1], v.bos), (3, Some(n as u32 - 2)));
+    let mut swapped = outside.clone();
+    swapped["added_tokens"].as_array_mut().unwrap().swap(0, 1);
+    assert!(refused(&swapped).contains("ascending"));
+    // A gap in the vocabulary that an added token fills (the library would number it after
+    // the vocabulary instead): refused.
+    let mut filled = good.clone();
+    filled["model"]["vocab"]
+        .as_object_mut()
+        .unwrap()
+        .remove("<|im_start|>");
+    assert!(refused(&filled).contains("model.vocab"));
+    // A post-processor nested in a sequence, and a digit split with `invert` not false.
+    let mut nest = good.clone();
+    nest["post_processor"] = json!({"type": "Sequence", "processors": [
+        {"type": "Sequence", "processors": [good["post_processor"].clone()]}]});
+    assert!(refused(&nest).contains("post_processor"));
+    let mut split = good.clone();
+    split["pre_tokenizer"]["pretokenizers"][0] = json!({"type": "Split",
+        "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": "no"});
+    assert!(refused(&split).contains("pre_tokenizer"));
+    split["pre_tokenizer"]["pretokenizers"][0]["invert"] = json!(false);
+    assert!(vocab_from_tokenizer_json(&bytes(&split)).is_ok());
     // Too big to parse: refused on its length alone.
     let e = vocab_from_tokenizer_json(&vec![b' '; MAX_TOKENIZER_JSON_BYTES + 1]).unwrap_err();
     assert!(e.to_string().contains("over the limit"), "{e}");

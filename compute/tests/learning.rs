@@ -68,6 +68,7 @@ fn gpt_learns_arithmetic_and_solves_held_out_sums() {
             context: g.context as u32,
         },
         weights: Some(id),
+        tokenizer: None,
         inputs: InferenceInputs::Prompts {
             prompts: held_out.iter().map(|(a, b)| format!("{a}+{b}=")).collect(),
             max_new_tokens: 4,

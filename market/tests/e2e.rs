@@ -296,6 +296,7 @@ async fn a_buyer_asks_smollm2_and_gets_verified_answers_over_http() {
             tie_word_embeddings: true,
         },
         weights: Some(weights),
+        tokenizer: None,
         inputs: InferenceInputs::Chat {
             chats: vec![
                 ask("What is the capital of France?"),
@@ -473,6 +474,38 @@ async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
     }
     assert_eq!(got, state.params);
     assert_ne!(got, pretrained);
+
+    // The tuned weights serve as they came back: an inference task names the safetensors
+    // result and the tokenizer, and its verified answer is the one computed here.
+    let mut ask = inference_task(&buyer, 2);
+    ask.profile = ExecutionProfile::Repro;
+    if let Workload::Inference(i) = &mut ask.workload {
+        i.model = config.to_spec().unwrap();
+        i.weights = Some(out);
+        i.tokenizer = Some(tokenizer);
+        i.inputs = InferenceInputs::Prompts {
+            prompts: vec!["the q".into(), "over".into()],
+            max_new_tokens: 8,
+        };
+        i.decoding = Decoding::Greedy;
+    }
+    let posted = client.submit(ask.clone()).await.unwrap();
+    let t = client
+        .wait(&posted.id, Duration::from_secs(300), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    let served = client.result(&posted.id).await.unwrap();
+    let served_blobs =
+        std::collections::BTreeMap::from([(out, tuned), (tokenizer, blobs[&tokenizer].clone())]);
+    let here = market_compute::InferenceJob::from_spec(&ask, &served_blobs)
+        .unwrap()
+        .run_all(|_| {})
+        .unwrap();
+    for (i, item) in here.items.iter().enumerate() {
+        let id: BlobId = served["outputs"][i].as_str().unwrap().parse().unwrap();
+        assert_eq!(bytes_of(&client, &id, dir.path()).await, item.bytes);
+    }
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use super::{Dataset, MAX_DATASET_BYTES};
 use crate::error::{ComputeError, Result};
+use crate::llama::gguf::{self, GgufVocab};
+use crate::llama::hf_tokenizer;
 use crate::llama::text::TextCodec;
-use crate::llama::{gguf, hf_tokenizer};
 
 /// The longest piece of text tokenized at once, in bytes.
 pub const MAX_PIECE_BYTES: usize = 4096;
@@ -64,13 +65,18 @@ pub fn pieces(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The tokenizer of a tokenizer blob: a GGUF file's (its metadata; the tensors are not read)
-/// or a Hugging Face `tokenizer.json` (11.7a), told apart by GGUF's magic bytes.
-pub fn tokenizer_from_blob(bytes: &[u8]) -> Result<TextCodec> {
+/// The vocabulary of a tokenizer blob: a GGUF file's (its metadata; the tensors are not
+/// read) or a Hugging Face `tokenizer.json`'s (11.7a), told apart by GGUF's magic bytes.
+pub fn tokenizer_vocab(bytes: &[u8]) -> Result<GgufVocab> {
     if bytes.starts_with(b"GGUF") {
-        return TextCodec::from_gguf(&gguf::read_header(bytes)?.vocab);
+        return Ok(gguf::read_header(bytes)?.vocab);
     }
-    TextCodec::from_gguf(&hf_tokenizer::vocab_from_tokenizer_json(bytes)?)
+    hf_tokenizer::vocab_from_tokenizer_json(bytes)
+}
+
+/// The tokenizer of a tokenizer blob ([`tokenizer_vocab`]).
+pub fn tokenizer_from_blob(bytes: &[u8]) -> Result<TextCodec> {
+    TextCodec::from_gguf(&tokenizer_vocab(bytes)?)
 }
 
 /// The token stream of a text blob: the BOS id first if the tokenizer asks for one, then each

@@ -2,6 +2,7 @@
 //! tests, examples and the devnet use when they need a llama task without a real model.
 
 use market_protocol::ModelSpec;
+use serde_json::{json, Value};
 
 use super::gguf::{self, GgufVocab};
 use super::{LlamaConfig, LlamaWeights};
@@ -108,4 +109,57 @@ pub fn bpe_config() -> LlamaConfig {
 /// The tiny model with [`bpe_vocab`] and seeded weights, as a GGUF file.
 pub fn bpe_gguf(seed: u64) -> Result<Vec<u8>> {
     seeded_gguf(bpe_config(), &bpe_vocab(), seed)
+}
+
+/// `v` as a Hugging Face `tokenizer.json`, in the shape the `tokenizers` library saves one: the vocabulary as an object, the control
+/// tokens again among `added_tokens`, merges as pairs, `Digits` for the digit split, and a
+/// `TemplateProcessing` that puts the BOS first when `v` asks for one.
+pub fn hf_tokenizer_json(v: &GgufVocab) -> Value {
+    let vocab: serde_json::Map<String, Value> = v
+        .tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), json!(id)))
+        .collect();
+    let added: Vec<Value> = v
+        .token_types
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == 3 || t == 4)
+        .map(|(id, &t)| {
+            json!({"id": id, "content": v.tokens[id], "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": t == 3})
+        })
+        .collect();
+    let merges: Vec<Value> = v
+        .merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map_or_else(|| json!(m), |(a, b)| json!([a, b]))
+        })
+        .collect();
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let pre = match v.pre.as_str() {
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level]}),
+        _ => byte_level.clone(),
+    };
+    let post = match (v.add_bos, v.bos) {
+        (true, Some(bos)) => {
+            let name = &v.tokens[bos as usize];
+            json!({"type": "TemplateProcessing",
+                   "single": [{"SpecialToken": {"id": name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                   "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                   "special_tokens": {name.clone(): {"id": name, "ids": [bos], "tokens": [name]}}})
+        }
+        _ => byte_level.clone(),
+    };
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": pre, "post_processor": post, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": false,
+                  "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
+    })
 }

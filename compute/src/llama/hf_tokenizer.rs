@@ -53,6 +53,64 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
+/// Any JSON value whose objects never repeat a key: read once over the whole file first, so a
+/// repeated key is refused wherever it is (`serde_json` keeps the last copy into a map, other
+/// readers the first).
+struct NoRepeatedKeys;
+
+impl<'de> Deserialize<'de> for NoRepeatedKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NoRepeatedKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<NoRepeatedKeys, A::Error> {
+                let mut keys = std::collections::BTreeSet::new();
+                while let Some(key) = m.next_key::<String>()? {
+                    m.next_value::<NoRepeatedKeys>()?;
+                    if !keys.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "the key {key:?} appears twice in one object"
+                        )));
+                    }
+                }
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<NoRepeatedKeys, A::Error> {
+                while s.next_element::<NoRepeatedKeys>()?.is_some() {}
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> std::result::Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+            fn visit_unit<E>(self) -> std::result::Result<NoRepeatedKeys, E> {
+                Ok(NoRepeatedKeys)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Merge {
@@ -60,25 +118,30 @@ enum Merge {
     Pair([String; 2]),
 }
 
+/// Absent, a flag that must be false is false; present, it must be `false` itself.
+fn absent_false() -> Value {
+    Value::Bool(false)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Bpe {
-    #[serde(rename = "type")]
-    kind: String,
+    #[serde(rename = "type", default)]
+    kind: Value,
     #[serde(default)]
-    dropout: Option<f64>,
+    dropout: Value,
     #[serde(default)]
-    unk_token: Option<String>,
+    unk_token: Value,
     #[serde(default)]
-    continuing_subword_prefix: Option<String>,
+    continuing_subword_prefix: Value,
     #[serde(default)]
-    end_of_word_suffix: Option<String>,
-    #[serde(default)]
-    fuse_unk: bool,
-    #[serde(default)]
-    byte_fallback: bool,
-    #[serde(default)]
-    ignore_merges: bool,
+    end_of_word_suffix: Value,
+    #[serde(default = "absent_false")]
+    fuse_unk: Value,
+    #[serde(default = "absent_false")]
+    byte_fallback: Value,
+    #[serde(default = "absent_false")]
+    ignore_merges: Value,
     vocab: Entries,
     #[serde(default)]
     merges: Vec<Merge>,
@@ -105,7 +168,7 @@ struct AddedToken {
 #[serde(deny_unknown_fields)]
 struct TokenizerJson {
     #[serde(default)]
-    version: Option<String>,
+    version: Value,
     #[serde(default)]
     truncation: Value,
     #[serde(default)]
@@ -148,7 +211,7 @@ fn is_digit_split(v: &Value) -> bool {
         "Split" => {
             v.get("pattern") == Some(&serde_json::json!({"Regex": "\\p{N}"}))
                 && v.get("behavior").and_then(Value::as_str) == Some("Isolated")
-                && field(v, "invert").and_then(Value::as_bool) != Some(true)
+                && matches!(field(v, "invert"), None | Some(Value::Bool(false)))
         }
         _ => false,
     }
@@ -197,8 +260,10 @@ fn post_bos(v: &Value) -> Result<Option<u64>> {
             let mut bos = None;
             let mut templates = 0;
             for p in parts {
-                if kind(p) == "TemplateProcessing" {
-                    templates += 1;
+                match kind(p) {
+                    "TemplateProcessing" => templates += 1,
+                    "ByteLevel" => {}
+                    _ => return Err(refused()),
                 }
                 bos = bos.or(post_bos(p)?);
             }
@@ -240,6 +305,20 @@ fn post_bos(v: &Value) -> Result<Option<u64>> {
     }
 }
 
+/// Refuses ids that do not run `0..n` for `n` tokens, naming the first one missing.
+fn check_no_gap(by_id: &BTreeMap<u64, String>, field: &str) -> Result<()> {
+    let n = by_id.len() as u64;
+    match by_id.last_key_value() {
+        Some((&last, _)) if last + 1 != n => {
+            let gap = (0..).find(|i| !by_id.contains_key(i)).unwrap_or(n);
+            Err(bad(format!(
+                "{field}: token ids must run 0..{n} without a gap; id {gap} is missing"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The vocabulary a `tokenizer.json` describes, checked against 11.7a. Its tokens are the
 /// model's vocabulary and the added tokens, by id, with no id missing; the BOS id is the one
 /// its post-processor puts first (then `add_bos`); it names no EOS and no chat template.
@@ -250,6 +329,8 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
             bytes.len()
         )));
     }
+    serde_json::from_slice::<NoRepeatedKeys>(bytes)
+        .map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
     let file: TokenizerJson =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
     let _ = file.version;
@@ -271,22 +352,26 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
         .map_err(|e| bad(format!("model: not a BPE model: {e}")))?;
     if model.kind != "BPE" {
         return Err(bad(format!(
-            "model.type: {:?}; only BPE is supported",
+            "model.type: {}; only \"BPE\" is supported",
             model.kind
         )));
     }
-    let empty = |s: &Option<String>| s.as_deref().is_none_or(str::is_empty);
+    let null_or_empty = |v: &Value| v.is_null() || v.as_str() == Some("");
+    let is_false = |v: &Value| *v == Value::Bool(false);
     for (name, ok) in [
-        ("dropout", model.dropout.is_none()),
-        ("unk_token", model.unk_token.is_none()),
+        ("dropout", model.dropout.is_null()),
+        ("unk_token", model.unk_token.is_null()),
         (
             "continuing_subword_prefix",
-            empty(&model.continuing_subword_prefix),
+            null_or_empty(&model.continuing_subword_prefix),
         ),
-        ("end_of_word_suffix", empty(&model.end_of_word_suffix)),
-        ("fuse_unk", !model.fuse_unk),
-        ("byte_fallback", !model.byte_fallback),
-        ("ignore_merges", !model.ignore_merges),
+        (
+            "end_of_word_suffix",
+            null_or_empty(&model.end_of_word_suffix),
+        ),
+        ("fuse_unk", is_false(&model.fuse_unk)),
+        ("byte_fallback", is_false(&model.byte_fallback)),
+        ("ignore_merges", is_false(&model.ignore_merges)),
     ] {
         if !ok {
             return Err(bad(format!("model.{name}: must be null, empty or false")));
@@ -303,7 +388,11 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
             return Err(bad(format!("model.vocab: id {id} appears twice")));
         }
     }
+    // The vocabulary alone runs 0..len: added tokens outside it then take the ids after it,
+    // as the `tokenizers` library numbers them.
+    check_no_gap(&by_id, "model.vocab")?;
     let mut types: BTreeMap<u64, i32> = BTreeMap::new();
+    let mut last_added: Option<u64> = None;
     for t in &file.added_tokens {
         if t.single_word || t.lstrip || t.rstrip {
             return Err(bad(format!(
@@ -321,6 +410,16 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
             }
             Some(_) => {}
             None => {
+                // The `tokenizers` library numbers these in list order from the vocabulary's
+                // size, whatever their `id`: listed in ascending order (and, below, without a
+                // gap) they get the ids they name in both readings.
+                if let Some(prev) = last_added.filter(|&p| p > t.id) {
+                    return Err(bad(format!(
+                        "added_tokens: {:?} (id {}) comes after id {prev}; tokens not in the vocabulary must be listed in ascending id order",
+                        t.content, t.id
+                    )));
+                }
+                last_added = Some(t.id);
                 by_id.insert(t.id, t.content.clone());
             }
         }
@@ -328,15 +427,8 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
             return Err(bad(format!("added_tokens: id {} appears twice", t.id)));
         }
     }
+    check_no_gap(&by_id, "added_tokens")?;
     let n = by_id.len() as u64;
-    if let Some((&last, _)) = by_id.last_key_value() {
-        if last + 1 != n {
-            let gap = (0..).find(|i| !by_id.contains_key(i)).unwrap_or(n);
-            return Err(bad(format!(
-                "token ids must run 0..{n} without a gap; id {gap} is missing"
-            )));
-        }
-    }
     if let Some(id) = bos.filter(|&id| id >= n) {
         return Err(bad(format!(
             "post_processor: BOS id {id} is outside the vocabulary"

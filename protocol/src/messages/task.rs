@@ -113,8 +113,15 @@ pub enum OuterOptimizerSpec {
 pub struct InferenceSpec {
     /// The model and its config.
     pub model: ModelSpec,
-    /// The weights (safetensors blob), or `null` for a seeded initialisation.
+    /// The weights (safetensors blob), or `null` for a seeded initialisation. A `llama`'s
+    /// may also be a GGUF file, which carries its tokenizer and chat template.
     pub weights: Option<BlobId>,
+    /// A `llama`'s tokenizer, when not the GGUF weights' own: a GGUF file (its tokenizer and
+    /// chat template) or a Hugging Face `tokenizer.json` (`COMPUTE.md` 11.7a). Required with
+    /// safetensors weights (how a fine-tuned model comes back); absent from the encoding when
+    /// `null`, so tasks without it keep their bytes and ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<BlobId>,
     /// The items to run.
     pub inputs: InferenceInputs,
     /// How tokens are chosen (ignored by models that do not generate).
@@ -388,6 +395,9 @@ impl TaskSpec {
             }
             Workload::Inference(i) => {
                 if let Some(id) = &i.weights {
+                    add(id);
+                }
+                if let Some(id) = &i.tokenizer {
                     add(id);
                 }
                 if let InferenceInputs::Rows { id, .. } = &i.inputs {

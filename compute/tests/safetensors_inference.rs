@@ -1,0 +1,162 @@
+//! A `llama` served from safetensors weights (what a training task returns) with a separate
+//! tokenizer blob (issue 15): the answers are the GGUF file's, bit for bit, whether the
+//! tokenizer is the GGUF file or a Hugging Face `tokenizer.json`, and what cannot work is
+//! refused by field.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+use std::collections::BTreeMap;
+
+use market_compute::init::weights_to_bytes;
+use market_compute::llama::fixtures::{byte_vocab, hf_tokenizer_json, tiny_gguf, tiny_spec};
+use market_compute::llama::gguf;
+use market_compute::{ComputeError, InferenceJob};
+use market_protocol::fixtures::inference_task;
+use market_protocol::{
+    BlobId, ChatMessage, Decoding, Identity, InferenceInputs, TaskSpec, Workload,
+};
+
+fn put(blobs: &mut BTreeMap<BlobId, Vec<u8>>, bytes: Vec<u8>) -> BlobId {
+    let id = BlobId::of(&bytes);
+    blobs.insert(id, bytes);
+    id
+}
+
+fn task(weights: BlobId, tokenizer: Option<BlobId>, chat: bool) -> TaskSpec {
+    let mut task = inference_task(&Identity::from_test_label("st buyer"), 3);
+    if let Workload::Inference(inf) = &mut task.workload {
+        inf.model = tiny_spec();
+        inf.weights = Some(weights);
+        inf.tokenizer = tokenizer;
+        inf.decoding = Decoding::Sample {
+            temperature: "0.9".parse().unwrap(),
+            top_k: 20,
+            top_p: None,
+        };
+        inf.inputs = if chat {
+            InferenceInputs::Chat {
+                chats: vec![vec![ChatMessage {
+                    role: "user".into(),
+                    content: "Name a colour.".into(),
+                }]],
+                max_new_tokens: 12,
+                stop: Vec::new(),
+            }
+        } else {
+            InferenceInputs::Prompts {
+                prompts: vec!["Once upon a time".into(), "2 + 2 =".into()],
+                max_new_tokens: 12,
+            }
+        };
+    }
+    task
+}
+
+fn answers(task: &TaskSpec, blobs: &BTreeMap<BlobId, Vec<u8>>) -> Vec<Vec<u8>> {
+    let job = InferenceJob::from_spec(task, blobs).unwrap();
+    let planned = InferenceJob::plan(task, blobs).unwrap();
+    assert_eq!(planned.len(), job.len());
+    let out = job.run_all(|_| {}).unwrap();
+    out.items.into_iter().map(|i| i.bytes).collect()
+}
+
+fn refusal(task: &TaskSpec, blobs: &BTreeMap<BlobId, Vec<u8>>) -> ComputeError {
+    // The node's check (plan) and a worker's (from_spec) refuse alike.
+    let planned = InferenceJob::plan(task, blobs).unwrap_err();
+    let e = InferenceJob::from_spec(task, blobs).unwrap_err();
+    assert_eq!(planned.to_string(), e.to_string());
+    e
+}
+
+#[test]
+fn safetensors_weights_with_a_tokenizer_blob_answer_as_the_gguf_does() {
+    let mut blobs = BTreeMap::new();
+    let gguf_bytes = tiny_gguf(11).unwrap();
+    let file = gguf::read(&gguf_bytes).unwrap();
+    let gguf = put(&mut blobs, gguf_bytes);
+    let st = put(
+        &mut blobs,
+        weights_to_bytes(&file.weights.layout, &file.weights.params).unwrap(),
+    );
+    let json = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
+    );
+    // A chat needs the template: the GGUF file as the tokenizer blob gives it.
+    let reference = answers(&task(gguf, None, true), &blobs);
+    assert_eq!(answers(&task(st, Some(gguf), true), &blobs), reference);
+    // Plain prompts: a tokenizer.json gives the same tokens, so the same answers.
+    let reference = answers(&task(gguf, None, false), &blobs);
+    assert_eq!(answers(&task(st, Some(json), false), &blobs), reference);
+    assert_eq!(answers(&task(gguf, Some(json), false), &blobs), reference);
+    // Other weights answer otherwise (the comparison can fail).
+    let mut other = file.weights.params.clone();
+    other.iter_mut().for_each(|w| *w *= 0.5);
+    let other = put(
+        &mut blobs,
+        weights_to_bytes(&file.weights.layout, &other).unwrap(),
+    );
+    assert_ne!(answers(&task(other, Some(json), false), &blobs), reference);
+    // The task names the tokenizer among its blobs, for workers and verifiers to fetch.
+    assert!(task(st, Some(json), false).blobs().contains(&json));
+}
+
+#[test]
+fn what_cannot_run_is_refused_by_field() {
+    let mut blobs = BTreeMap::new();
+    let file = gguf::read(&tiny_gguf(11).unwrap()).unwrap();
+    let st = put(
+        &mut blobs,
+        weights_to_bytes(&file.weights.layout, &file.weights.params).unwrap(),
+    );
+    let json = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
+    );
+    let field = |e: ComputeError| match e {
+        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
+        other => format!("{other}"),
+    };
+    // Safetensors carry no tokenizer.
+    let e = field(refusal(&task(st, None, false), &blobs));
+    assert!(e.starts_with("tokenizer:"), "{e}");
+    // A tokenizer.json has no chat template.
+    let e = refusal(&task(st, Some(json), true), &blobs).to_string();
+    assert!(e.contains("template"), "{e}");
+    // A tokenizer with more tokens than the model's vocabulary.
+    let mut big = byte_vocab();
+    big.tokens.push("extra".into());
+    let big = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_json(&big)).unwrap(),
+    );
+    let e = field(refusal(&task(st, Some(big), false), &blobs));
+    assert!(
+        e.starts_with("tokenizer:") && e.contains("more than"),
+        "{e}"
+    );
+    // Weights that are not the task's model, or not finite, before anything runs.
+    let whole = weights_to_bytes(&file.weights.layout, &file.weights.params).unwrap();
+    let half = put(&mut blobs, whole[..whole.len() / 2].to_vec());
+    assert!(matches!(
+        refusal(&task(half, Some(json), false), &blobs),
+        ComputeError::InvalidBlob {
+            what: "weights",
+            ..
+        }
+    ));
+    let mut nan = file.weights.params.clone();
+    nan[7] = f32::NAN;
+    let nan = put(
+        &mut blobs,
+        weights_to_bytes(&file.weights.layout, &nan).unwrap(),
+    );
+    let e = refusal(&task(nan, Some(json), false), &blobs).to_string();
+    assert!(e.contains("NaN"), "{e}");
+    // A tokenizer blob nobody uploaded.
+    let missing = BlobId::of(b"no such tokenizer");
+    assert!(matches!(
+        refusal(&task(st, Some(missing), false), &blobs),
+        ComputeError::MissingBlob(id) if id == missing
+    ));
+}
