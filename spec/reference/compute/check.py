@@ -7,7 +7,8 @@ loss and output of compute-llama-train.json (llama_train.py), and the piece ends
 of compute-text.json (a text dataset, section 3: pieces of at most 4096 bytes, a newline ending
 one only once it holds 1024, under 11.7's tokenizer; text.py, needs `pip install
 tokenizers==0.23.2`; 11.7's byte table, its `aéb` example and its merge-string rule are checked
-against the crate first, a failure there failing the text rows). Builds libm.c (Appendix C of
+against the crate first, a failure there failing the text rows), and the same token stream from
+the vector's `tokenizer_json` read by 11.7a (hf_tokenizer.py). Builds libm.c (Appendix C of
 COMPUTE.md) first. Checks every file, then exits 1 if anything mismatched.
 Usage: python3 spec/reference/compute/check.py"""
 import contextlib, io, json, os, subprocess, sys
@@ -73,6 +74,11 @@ def main():
         results = text.fields()
     except Exception as e:  # tokenizers missing or another version, or 11.7's statements failing: not a skip
         results = [("tokenizer", False, f"{type(e).__name__}: {e}")]
+    try:  # the same tokenizer as a Hugging Face tokenizer.json, read by 11.7a (hf_tokenizer.py)
+        import hf_tokenizer  # noqa: E402
+        results += hf_tokenizer.fields()
+    except Exception as e:  # a refusal of the vector's file counts as a mismatch, not a skip
+        results.append(("tokenizer_json tokens", False, f"{type(e).__name__}: {e}"))
     for field, ok, msg in results:
         checked += 1
         failures += not ok
