@@ -12,6 +12,104 @@
 
 use rayon::prelude::*;
 
+/// Runs `op` with the widest vector instructions this CPU offers (AVX2 on an x86-64 that has
+/// it, the SSE2 baseline otherwise), chosen at run time by `pulp`. The matmul kernels are plain
+/// loops over independent outputs that the compiler vectorises for whatever instructions are
+/// enabled around them (everything under `op` is `#[inline(always)]`, so it is compiled inside
+/// `pulp`'s function with the instructions enabled), so this changes their speed, never their
+/// bits: each output still adds one product at a time in ascending order, every operation
+/// rounded (Rust never fuses a multiply and an add into an FMA, whichever instructions are
+/// enabled), and vector lanes only ever hold different outputs. `scripts/cross-cpu.sh` runs
+/// the golden vectors on CPUs without AVX2 (emulated: the baseline path) and natively.
+#[inline(always)]
+fn widest<Op: pulp::WithSimd>(op: Op) -> Op::Output {
+    pulp::Arch::new().dispatch(op)
+}
+
+/// A call of a kernel below, as `pulp` runs it: each variant's arguments, taken by the
+/// `#[inline(always)]` kernel inside the dispatched function.
+enum Kernel<'a> {
+    /// [`matmul_rows`].
+    Rows {
+        out: &'a mut [f32],
+        a: &'a [f32],
+        b: &'a [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    },
+    /// Every row of one column block of [`matmul_by_columns`].
+    Columns {
+        buf: &'a mut [f32],
+        a: &'a [f32],
+        b: &'a [f32],
+        m: usize,
+        c0: usize,
+        w: usize,
+        k: usize,
+        n: usize,
+    },
+    /// [`row_block`].
+    Row {
+        o: &'a mut [f32],
+        a: &'a [f32],
+        b: &'a [f32],
+        c0: usize,
+        k: usize,
+        n: usize,
+        accumulate: bool,
+    },
+}
+
+impl pulp::WithSimd for Kernel<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        match self {
+            Kernel::Rows {
+                out,
+                a,
+                b,
+                m,
+                k,
+                n,
+                accumulate,
+            } => matmul_rows(out, a, b, m, k, n, accumulate),
+            Kernel::Columns {
+                buf,
+                a,
+                b,
+                m,
+                c0,
+                w,
+                k,
+                n,
+            } => {
+                let mut r = 0;
+                while r + BLOCK_ROWS <= m {
+                    column_block::<BLOCK_ROWS, BLOCK_COLS>(buf, a, b, r, c0, w, k, n);
+                    r += BLOCK_ROWS;
+                }
+                while r < m {
+                    column_block::<1, BLOCK_COLS>(buf, a, b, r, c0, w, k, n);
+                    r += 1;
+                }
+            }
+            Kernel::Row {
+                o,
+                a,
+                b,
+                c0,
+                k,
+                n,
+                accumulate,
+            } => row_block(o, a, b, c0, k, n, accumulate),
+        }
+    }
+}
+
 /// Columns computed together by the matmul micro-kernel (independent outputs).
 const TILE_COLS: usize = 16;
 /// Rows computed together by the matmul micro-kernel.
@@ -41,9 +139,10 @@ pub fn matmul(
         // output still adds its `k` products alone, in ascending order: the same bits.
         return row_times_matrix(out, a, b, k, n, accumulate);
     }
-    if m <= COLUMN_SPLIT_MAX_ROWS && n >= 2 * COLS_PER_TASK {
-        // Few rows (a prompt, a one-pass check): split the columns too, so each thread keeps
-        // its block of `b` in cache across the row tiles. Same per-output order, same bits.
+    if m * n <= COLUMN_SPLIT_MAX_OUTPUTS && n >= 2 * COLS_PER_TASK {
+        // Split the columns, so each thread keeps its block of `b` in cache across the row
+        // tiles: measured faster at every row count (42 to 4096 rows, `matmul_tile`). Same
+        // per-output order, same bits.
         return matmul_by_columns(out, a, b, m, k, n, accumulate);
     }
     out.par_chunks_mut(ROWS_PER_TASK * n)
@@ -52,22 +151,33 @@ pub fn matmul(
             let row0 = task * ROWS_PER_TASK;
             let rows = out_rows.len() / n;
             let a_rows = &a[row0 * k..(row0 + rows) * k];
-            matmul_rows(out_rows, a_rows, b, rows, k, n, accumulate);
+            widest(Kernel::Rows {
+                out: out_rows,
+                a: a_rows,
+                b,
+                m: rows,
+                k,
+                n,
+                accumulate,
+            });
         });
 }
 
 /// Columns handed to one rayon task when there are few rows.
 const COLS_PER_TASK: usize = 256;
 
-/// The register tile of [`matmul_by_columns`]: rows × columns of accumulators. 4 × 16 measured
-/// fastest on the x86-64 baseline the build targets (4 × 8 and 8 × 16 were slower).
-const BLOCK_ROWS: usize = TILE_ROWS;
-const BLOCK_COLS: usize = TILE_COLS;
+/// The register tile of [`matmul_by_columns`]: rows × columns of accumulators. 3 × 32 (12
+/// AVX2 registers of accumulators) measured fastest where AVX2 is dispatched (`matmul_tile`:
+/// 4 × 16, 2 × 32, 4 × 32, 6 × 16, 8 × 8, 3 × 40 and 2 × 48 were slower).
+const BLOCK_ROWS: usize = 3;
+const BLOCK_COLS: usize = 32;
 
-/// Up to this many rows, [`matmul`] splits the work by columns.
-const COLUMN_SPLIT_MAX_ROWS: usize = 512;
+/// Up to this many outputs, [`matmul`] splits the work by columns, each block into a buffer of
+/// its own before it is copied out: the buffers double the output's memory, so a larger
+/// output (a long batch through a large vocabulary) is split by rows instead.
+const COLUMN_SPLIT_MAX_OUTPUTS: usize = 1 << 24;
 
-/// [`matmul`] for few rows: each task computes every row of one block of columns into a buffer
+/// [`matmul`] split by columns: each task computes every row of one block of columns into a buffer
 /// of its own (row tiles of `TILE_ROWS`, then single rows), and the blocks are copied out.
 fn matmul_by_columns(
     out: &mut [f32],
@@ -84,15 +194,16 @@ fn matmul_by_columns(
         .map(|c0| {
             let w = COLS_PER_TASK.min(n - c0);
             let mut buf = vec![0.0f32; m * w];
-            let mut r = 0;
-            while r + BLOCK_ROWS <= m {
-                column_block::<BLOCK_ROWS, BLOCK_COLS>(&mut buf, a, b, r, c0, w, k, n);
-                r += BLOCK_ROWS;
-            }
-            while r < m {
-                column_block::<1, BLOCK_COLS>(&mut buf, a, b, r, c0, w, k, n);
-                r += 1;
-            }
+            widest(Kernel::Columns {
+                buf: &mut buf,
+                a,
+                b,
+                m,
+                c0,
+                w,
+                k,
+                n,
+            });
             (c0, w, buf)
         })
         .collect();
@@ -156,35 +267,49 @@ fn row_times_matrix(out: &mut [f32], a: &[f32], b: &[f32], k: usize, n: usize, a
     out.par_chunks_mut(COLS_PER_TASK)
         .enumerate()
         .for_each(|(task, o)| {
-            let c0 = task * COLS_PER_TASK;
-            let mut c = 0;
-            while c + TILE_COLS <= o.len() {
-                let mut acc = [0.0f32; TILE_COLS];
-                for (kk, &x) in a.iter().enumerate() {
-                    let brow = &b[kk * n + c0 + c..kk * n + c0 + c + TILE_COLS];
-                    for j in 0..TILE_COLS {
-                        acc[j] += x * brow[j];
-                    }
-                }
-                for j in 0..TILE_COLS {
-                    o[c + j] = if accumulate {
-                        o[c + j] + acc[j]
-                    } else {
-                        acc[j]
-                    };
-                }
-                c += TILE_COLS;
-            }
-            for (j, slot) in o.iter_mut().enumerate().skip(c) {
-                let mut acc = 0.0f32;
-                for (kk, &x) in a.iter().enumerate().take(k) {
-                    acc += x * b[kk * n + c0 + j];
-                }
-                *slot = if accumulate { *slot + acc } else { acc };
-            }
+            widest(Kernel::Row {
+                o,
+                a,
+                b,
+                c0: task * COLS_PER_TASK,
+                k,
+                n,
+                accumulate,
+            })
         });
 }
 
+/// The columns `c0..c0 + o.len()` of [`row_times_matrix`].
+#[inline(always)]
+fn row_block(o: &mut [f32], a: &[f32], b: &[f32], c0: usize, k: usize, n: usize, accumulate: bool) {
+    let mut c = 0;
+    while c + TILE_COLS <= o.len() {
+        let mut acc = [0.0f32; TILE_COLS];
+        for (kk, &x) in a.iter().enumerate() {
+            let brow = &b[kk * n + c0 + c..kk * n + c0 + c + TILE_COLS];
+            for j in 0..TILE_COLS {
+                acc[j] += x * brow[j];
+            }
+        }
+        for j in 0..TILE_COLS {
+            o[c + j] = if accumulate {
+                o[c + j] + acc[j]
+            } else {
+                acc[j]
+            };
+        }
+        c += TILE_COLS;
+    }
+    for (j, slot) in o.iter_mut().enumerate().skip(c) {
+        let mut acc = 0.0f32;
+        for (kk, &x) in a.iter().enumerate().take(k) {
+            acc += x * b[kk * n + c0 + j];
+        }
+        *slot = if accumulate { *slot + acc } else { acc };
+    }
+}
+
+#[inline(always)]
 fn matmul_rows(
     out: &mut [f32],
     a: &[f32],
@@ -253,6 +378,7 @@ fn tile<const R: usize>(
 }
 
 /// The columns right of the last full tile, with the same per-output order.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn edge_cols(
     out: &mut [f32],
@@ -646,7 +772,19 @@ mod tests {
 
     #[test]
     fn tiled_matmul_is_bitwise_the_naive_order() {
-        for (m, k, n) in [(1, 1, 1), (5, 7, 3), (17, 33, 35), (64, 16, 48), (3, 0, 4)] {
+        // Every path at its edges: one row (by columns), the column split with rows and
+        // columns left over by the register tile, and a large output split by rows.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (5, 7, 3),
+            (17, 33, 35),
+            (64, 16, 48),
+            (3, 0, 4),
+            (1, 40, 600),
+            (7, 33, 530),
+            (300, 9, 1024),
+            (33_000, 2, 512),
+        ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
                 .collect();
@@ -661,6 +799,16 @@ mod tests {
                     .zip(&expected)
                     .all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{m}x{k}x{n}"
+            );
+            // Accumulating adds each finished sum to what was there, once.
+            let mut again = out.clone();
+            matmul(&mut again, &a, &b, m, k, n, true);
+            assert!(
+                again
+                    .iter()
+                    .zip(&expected)
+                    .all(|(x, y)| x.to_bits() == (y + y).to_bits()),
+                "{m}x{k}x{n} accumulate"
             );
         }
     }
