@@ -1,0 +1,291 @@
+"""Self-test of hf_tokenizer.py (spec/COMPUTE.md 11.7a): mutates the `tokenizer_json` of
+spec/vectors/compute-text.json in the ways 11.7a refuses and checks each is refused (the reason
+printed), each by the refusal 11.7a's numbered order reports first (cases with two failures check that
+order), then in ways 11.7a accepts and checks each gives the vector's `tokens` (without its
+first, the BOS, where the file gives none). For every case
+it also says what the `tokenizers` library (0.23.2) itself does with the same file
+(`Tokenizer.from_str`: loads or refuses; for a file it loads, its ids by section 3 with
+`add_special_tokens` false and 11.7a's BOS once). `python3 hf_tokenizer_exp.py`; exit 1 if a
+case does not go as 11.7a says."""
+import copy, json, os, sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import hf_tokenizer as hf  # noqa: E402
+import text  # noqa: E402
+
+V = json.load(open(text.VECTOR, encoding="utf-8"))
+TJ = V["tokenizer_json"]
+TEXT = V["text"].encode("utf-8")
+BL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+SPLIT = {"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": False}
+
+
+def edit(f):
+    """The file's bytes after f(doc) on a copy of the vector's object."""
+    d = copy.deepcopy(TJ)
+    f(d)
+    return json.dumps(d, ensure_ascii=False).encode("utf-8")
+
+
+def raw(f):
+    """The file's bytes after f(json text): for what a JSON object cannot hold (a key twice)."""
+    return f(json.dumps(TJ, ensure_ascii=False)).encode("utf-8")
+
+
+def setk(path, value):
+    def f(d):
+        *head, last = path
+        for k in head:
+            d = d[k]
+        d[last] = value
+    return f
+
+
+def delk(path):
+    def f(d):
+        *head, last = path
+        for k in head:
+            d = d[k]
+        del d[last]
+    return f
+
+
+def seq(*fs):
+    def f(d):
+        for g in fs:
+            g(d)
+    return f
+
+
+def tokens_of(tok):
+    return text.token_stream(TEXT, tok)[1]
+
+
+def crate(blob, bos):
+    """What the library does with the file: 'refuses (...)', or 'loads, same tokens' / 'loads,
+    tokens differ at i' (section 3's stream, add_special_tokens false, the BOS given once)."""
+    import tokenizers
+    try:
+        t = tokenizers.Tokenizer.from_str(blob.decode("utf-8"))
+    except BaseException as e:  # a panic in the binding is a BaseException
+        return "refuses (%s%s)" % ("panic: " if type(e).__name__ == "PanicException" else "",
+                                   str(e).split(" at line")[0][:70])
+    out, start = ([bos] if bos is not None else []), 0
+    try:
+        for end in text.pieces(TEXT):
+            out += t.encode(TEXT[start:end].decode("utf-8"), add_special_tokens=False).ids
+            start = end
+    except BaseException as e:  # a panic in the binding
+        return "loads, encode fails (%s)" % type(e).__name__
+    i = text.first_diff(out, V["tokens"])
+    return "loads, same tokens" if i is None else "loads, tokens differ at %d" % i
+
+
+def sub(old, new):
+    """A raw edit replacing the first `old` (which must be there) by `new`."""
+    def f(s):
+        assert old in s, old
+        return s.replace(old, new, 1)
+    return f
+
+
+def added_token(i, c):
+    """An added token (special false) in the shape the library saves it."""
+    return {"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": False}
+
+
+def added(*toks):
+    """Appends added tokens (id, content) whose contents are not in the text."""
+    return lambda d: d["added_tokens"].extend(added_token(i, c) for i, c in toks)
+
+
+def fill_gap(d):
+    """Removes `S` (id 50) from the vocabulary and adds it back as an added token."""
+    del d["model"]["vocab"]["S"]
+    d["added_tokens"].append(added_token(50, "S"))
+
+
+TP_BOS = ["post_processor", "special_tokens", "<|im_start|>", "ids"]
+
+# (case, file, the number of 11.7a's refusal that must be the first to fail)
+REFUSED = [
+    ("file over 64 MiB", raw(lambda s: s + " " * (hf.MAX_BYTES + 1 - len(s.encode("utf-8")))), 1),
+    ("key twice in vocab, same id (raw text)", raw(sub('"!": 0,', '"!": 0, "!": 0,')), 2),
+    ("key twice in vocab, new id (raw text)", raw(sub('"!": 0,', '"!": 0, "!": 110,')), 2),
+    ("key twice in the ByteLevel pre-tokenizer", raw(sub('"use_regex": true}]', '"use_regex": true, "use_regex": true}]')), 2),
+    ("key twice in post_processor.pair (not read)", raw(sub('"type_id": 1}', '"type_id": 1, "type_id": 1}')), 2),
+    ("unpaired surrogate escape in version (not read)", raw(sub('"1.0"', '"\\ud800"')), 2),
+    ("NaN in version (not read)", raw(sub('"1.0"', 'NaN')), 2),
+    ("not JSON (trailing comma)", raw(lambda s: s[:-1] + ",}"), 2),
+    ("unknown top-level key", edit(setk(["extra"], 1)), 3),
+    ("model absent", edit(delk(["model"])), 3),
+    ("added token special \"yes\"", edit(setk(["added_tokens", 0, "special"], "yes")), 3),
+    ("added token normalized null", edit(setk(["added_tokens", 0, "normalized"], None)), 3),
+    ("added token id 96.0", edit(setk(["added_tokens", 0, "id"], 96.0)), 3),
+    ("added token unknown key", edit(setk(["added_tokens", 0, "extra"], 1)), 3),
+    ("normalizer set", edit(setk(["normalizer"], {"type": "NFC"})), 4),
+    ("truncation set", edit(setk(["truncation"], {"max_length": 8})), 4),
+    ("ByteLevel add_prefix_space true", edit(setk(["pre_tokenizer", "pretokenizers", 1, "add_prefix_space"], True)), 5),
+    ("ByteLevel add_prefix_space absent", edit(delk(["pre_tokenizer", "pretokenizers", 1, "add_prefix_space"])), 5),
+    ("ByteLevel add_prefix_space null", edit(setk(["pre_tokenizer", "pretokenizers", 1, "add_prefix_space"], None)), 5),
+    ("ByteLevel alone, add_prefix_space absent", edit(setk(["pre_tokenizer"], {"type": "ByteLevel"})), 5),
+    ("Digits individual_digits false", edit(setk(["pre_tokenizer", "pretokenizers", 0, "individual_digits"], False)), 5),
+    ("Digits individual_digits absent", edit(delk(["pre_tokenizer", "pretokenizers", 0, "individual_digits"])), 5),
+    ("Split invert true", edit(setk(["pre_tokenizer", "pretokenizers", 0], dict(SPLIT, invert=True))), 5),
+    ("Split invert \"no\"", edit(setk(["pre_tokenizer", "pretokenizers", 0], dict(SPLIT, invert="no"))), 5),
+    ("Split pattern with another key", edit(setk(["pre_tokenizer", "pretokenizers", 0],
+                                                 dict(SPLIT, pattern={"Regex": "\\p{N}", "String": "x"}))), 5),
+    ("pre_tokenizer absent", edit(delk(["pre_tokenizer"])), 5),
+    ("pre_tokenizer Sequence [ByteLevel, Digits]",
+     edit(lambda d: d["pre_tokenizer"]["pretokenizers"].reverse()), 5),
+    ("TemplateProcessing single [$A, special]",
+     edit(lambda d: d["post_processor"].__setitem__("single", d["post_processor"]["single"][::-1])), 6),
+    ("TemplateProcessing special ids [96, 97]", edit(setk(TP_BOS, [96, 97])), 6),
+    ("TemplateProcessing BOS id -1 (ASSUMED: ids are >= 0)", edit(setk(TP_BOS, [-1])), 6),
+    ("post_processor Sequence of two TemplateProcessing",
+     edit(lambda d: d.__setitem__("post_processor", {"type": "Sequence", "processors": [d["post_processor"]] * 2})), 6),
+    ("post_processor Sequence nested in a Sequence",
+     edit(lambda d: d.__setitem__("post_processor", {"type": "Sequence", "processors": [
+         {"type": "Sequence", "processors": [d["post_processor"]]}]})), 6),
+    ("post_processor Sequence holding null",
+     edit(lambda d: d.__setitem__("post_processor", {"type": "Sequence", "processors": [None]})), 6),
+    ("decoder Metaspace", edit(setk(["decoder"], {"type": "Metaspace"})), 7),
+    ("merge of three strings", edit(lambda d: d["model"]["merges"].append(["a", "n", "d"])), 8),
+    ("model unknown key", edit(setk(["model", "extra"], 1)), 8),
+    ("vocab id 5.0", edit(setk(["model", "vocab", "&"], 5.0)), 8),
+    ("model.type absent", edit(delk(["model", "type"])), 9),
+    ("model.dropout 0.1", edit(setk(["model", "dropout"], 0.1)), 9),
+    ("model.unk_token set", edit(setk(["model", "unk_token"], "!")), 9),
+    ("model.continuing_subword_prefix ##", edit(setk(["model", "continuing_subword_prefix"], "##")), 9),
+    ("model.byte_fallback true", edit(setk(["model", "byte_fallback"], True)), 9),
+    ("model.ignore_merges true", edit(setk(["model", "ignore_merges"], True)), 9),
+    ("id twice in vocab", edit(setk(["model", "vocab", "!"], 1)), 10),
+    ("gap in vocab ids (id 50 removed)", edit(delk(["model", "vocab", "S"])), 10),
+    ("vocab gap (id 50) filled by an added token", edit(fill_gap), 10),
+    ("added token lstrip true", edit(setk(["added_tokens", 0, "lstrip"], True)), 11),
+    ("added token content differs from vocab", edit(setk(["added_tokens", 0, "content"], "<|bos|>")), 11),
+    ("added token id twice", edit(lambda d: d["added_tokens"].append(dict(d["added_tokens"][0]))), 11),
+    ("added tokens outside vocab, descending (111, 110)", edit(added((111, "<x1>"), (110, "<x0>"))), 11),
+    ("added tokens outside vocab, same id twice (110, 110)", edit(added((110, "<x0>"), (110, "<x1>"))), 11),
+    ("added token outside vocab with a gap (111)", edit(added((111, "<x1>"))), 12),
+    ("TemplateProcessing BOS id 110 (not below n)", edit(setk(TP_BOS, [110])), 13),
+    ("merge pair with a space in a side", edit(lambda d: d["model"]["merges"].append(["\u0120a n", "d"])), 14),
+    # two failures: the first in 11.7a's order is the one reported
+    ("order: key twice (2) and unknown top-level key (3)",
+     raw(lambda s: sub('"!": 0,', '"!": 0, "!": 0,')(s)[:-1] + ', "extra": 1}'), 2),
+    ("order: normalizer (4) and pre_tokenizer absent (5)",
+     edit(seq(setk(["normalizer"], {"type": "NFC"}), delk(["pre_tokenizer"]))), 4),
+    ("order: decoder Metaspace (7) and post_processor nested (6)",
+     edit(seq(setk(["decoder"], {"type": "Metaspace"}),
+              setk(["post_processor"], {"type": "Sequence", "processors": [{"type": "Sequence", "processors": []}]}))), 6),
+    ("order: model.unk_token (9) and decoder Metaspace (7)",
+     edit(seq(setk(["model", "unk_token"], "!"), setk(["decoder"], {"type": "Metaspace"}))), 7),
+    ("order: added token lstrip (11) and vocab gap (10)",
+     edit(seq(setk(["added_tokens", 0, "lstrip"], True), delk(["model", "vocab", "S"]))), 10),
+    ("order: merge with a space (14) and BOS 110 (13)",
+     edit(seq(lambda d: d["model"]["merges"].append(["\u0120a n", "d"]), setk(TP_BOS, [110]))), 13),
+    ("order: merge of three (8) and model.type absent (9)",
+     edit(seq(lambda d: d["model"]["merges"].append(["a", "n", "d"]), delk(["model", "type"]))), 8),
+]
+
+ALL_BL_EXTRA = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True, "trim_offsets": "x", "extra": [1]}
+TP_SINGLE_A = {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A", "type_id": 0}}]}
+
+# (case, file, expect): expect True, the vector's tokens; False, them without the first (no BOS);
+# a function, true of the keys 11.7a gives (for a file whose tokens differ from the vector's)
+ACCEPTED = [
+    ("the vector's file (Digits, pair merges, TemplateProcessing)", edit(lambda d: None), True),
+    ("Split on \\p{N} instead of Digits", edit(setk(["pre_tokenizer", "pretokenizers", 0], SPLIT)), True),
+    ("Split on \\p{N}, invert absent", edit(setk(["pre_tokenizer", "pretokenizers", 0],
+                                                 {k: v for k, v in SPLIT.items() if k != "invert"})), True),
+    ("Split on \\p{N}, invert null", edit(setk(["pre_tokenizer", "pretokenizers", 0], dict(SPLIT, invert=None))), True),
+    ("merges as strings", edit(lambda d: d["model"].__setitem__("merges", [" ".join(p) for p in d["model"]["merges"]])), True),
+    ("merges mixed strings and pairs", edit(setk(["model", "merges", 0], "t h")), True),
+    ("post_processor Sequence[ByteLevel, TemplateProcessing]",
+     edit(lambda d: d.__setitem__("post_processor", {"type": "Sequence", "processors": [BL, d["post_processor"]]})), True),
+    ("ByteLevel use_regex/trim_offsets absent", edit(seq(delk(["pre_tokenizer", "pretokenizers", 1, "use_regex"]),
+                                                       delk(["pre_tokenizer", "pretokenizers", 1, "trim_offsets"]))), True),
+    ("extra keys in ByteLevel (trim_offsets \"x\", extra)", edit(setk(["pre_tokenizer", "pretokenizers", 1], ALL_BL_EXTRA)), True),
+    ("extra keys in Digits, Sequence, decoder", edit(seq(setk(["pre_tokenizer", "pretokenizers", 0, "extra"], 1),
+                                                       setk(["pre_tokenizer", "extra"], 1),
+                                                       setk(["decoder"], ALL_BL_EXTRA))), True),
+    ("extra keys in TemplateProcessing, pair absent",
+     edit(seq(setk(["post_processor", "extra"], {"x": 1}), delk(["post_processor", "pair"]),
+              setk(["post_processor", "special_tokens", "<|im_start|>", "tokens"], 7),
+              setk(["post_processor", "special_tokens", "other"], "not read"))), True),
+    ("added tokens' flags absent", edit(lambda d: [[a.pop(k) for k in ("single_word", "lstrip", "rstrip", "normalized")]
+                                                   for a in d["added_tokens"]]), True),
+    ("added tokens outside vocab, ascending (110, 111)", edit(added((110, "<x0>"), (111, "<x1>"))), True),
+    ("added token in vocab (97) after one outside it (110)",
+     edit(lambda d: d["added_tokens"].insert(1, added_token(110, "<x0>"))), True),
+    ("decoder, version, truncation, padding, normalizer absent",
+     edit(seq(*[delk([k]) for k in ("decoder", "version", "truncation", "padding", "normalizer")])), True),
+    ("model optional keys absent", edit(seq(*[delk(["model", k]) for k in (
+        "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", "byte_fallback",
+        "ignore_merges")])), True),
+    ("pre_tokenizer ByteLevel alone (gpt2: digits not isolated)",
+     edit(setk(["pre_tokenizer"], {"type": "ByteLevel", "add_prefix_space": False})),
+     lambda keys: keys["tokenizer.ggml.pre"] == "gpt2" and keys["tokenizer.ggml.bos_token_id"] == 96),
+    ("post_processor null", edit(setk(["post_processor"], None)), False),
+    ("post_processor ByteLevel with other keys", edit(setk(["post_processor"], ALL_BL_EXTRA)), False),
+    ("post_processor Sequence empty", edit(setk(["post_processor"], {"type": "Sequence", "processors": []})), False),
+    ("post_processor TemplateProcessing [$A]", edit(setk(["post_processor"], TP_SINGLE_A)), False),
+]
+
+
+def main():
+    ok = True
+    print("refused by 11.7a (hf_tokenizer.py), [the refusal's number]  | the library's from_str")
+    for name, blob, step in REFUSED:
+        try:
+            hf.keys_from_tokenizer_json(blob)
+            res, good = "ACCEPTED (11.7a refuses it at %d)" % step, False
+        except hf.Refused as e:
+            res = "refused [%d]: %s" % (e.step, str(e)[len("invalid blob tokenizer: "):])
+            good = e.step == step
+            if not good:
+                res += "  (WANT refusal %d first)" % step
+        except ValueError as e:  # 11.7's refusals (text.Tokenizer) are not 11.7a's
+            res, good = "refused by 11.7, not 11.7a %d: %s" % (step, e), False
+        ok = ok and good
+        lib = crate(blob, 96) if len(blob) <= hf.MAX_BYTES else "(not tried)"
+        print("%-4s %-42s %s\n     %-42s library: %s" % ("ok" if good else "FAIL", name, res, "", lib))
+    print("\naccepted by 11.7a: the vector's tokens (with its BOS, or without it where 11.7a gives none)")
+    for name, blob, expect in ACCEPTED:
+        bos = 96
+        try:
+            keys = hf.keys_from_tokenizer_json(blob)
+            tok = text.Tokenizer(keys)
+            if callable(expect):
+                res, good = ("accepted, keys as expected", True) if expect(keys) else ("KEYS NOT AS EXPECTED", False)
+            else:
+                want = V["tokens"] if expect else V["tokens"][1:]
+                bos = 96 if expect else None
+                i = text.first_diff(tokens_of(tok), want)
+                res = "same tokens" + ("" if expect else " (no BOS)")
+                res, good = (res, True) if i is None else ("tokens differ at %d" % i, False)
+        except ValueError as e:
+            res, good = "REFUSED: " + str(e), False
+        ok = ok and good
+        print("%-4s %-42s %s\n     %-42s library: %s" % ("ok" if good else "FAIL", name, res, "", crate(blob, bos)))
+    # the library on the vector's own file, as the library would run it: per piece with
+    # add_special_tokens true (its TemplateProcessing then puts the BOS before every piece)
+    import tokenizers
+    t = tokenizers.Tokenizer.from_str(hf.vector_blob(V).decode("utf-8"))
+    out, start = [], 0
+    for end in text.pieces(TEXT):
+        out += t.encode(TEXT[start:end].decode("utf-8")).ids
+        start = end
+    i = text.first_diff(out, V["tokens"])
+    print("\nlibrary, the vector's file, add_special_tokens true per piece: %s"
+          % ("same tokens" if i is None else "differs at %d (%d tokens, vector %d: a BOS per piece)"
+             % (i, len(out), len(V["tokens"]))))
+    print("\n%d refused and %d accepted cases; %s" % (len(REFUSED), len(ACCEPTED),
+          "every case as 11.7a says" if ok else "SOME CASE NOT AS 11.7a SAYS"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
