@@ -10,14 +10,21 @@ use candle_core::{Device, Tensor};
 use market_compute::repro::kernels::matmul;
 
 fn main() -> anyhow::Result<()> {
-    let m: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(42);
+    let m: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(42);
     // SmolLM2-135M's linear layers (in, out): q, k/v, o, gate/up, down.
     let shapes = [(576, 576), (576, 192), (576, 1536), (1536, 576)];
     println!("| k × n | repro GFLOP/s | candle GFLOP/s | ratio |");
     println!("|---|---|---|---|");
     for (k, n) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 1000) as f32 * 1e-3)
+            .collect();
         let mut out = vec![0.0f32; m * n];
         let reps = 200;
         let t = Instant::now();

@@ -77,9 +77,6 @@ struct LlamaRun {
     model: Option<LlamaModel>,
     /// The longest token's text, in bytes (bounds an answer's size).
     longest_token: usize,
-    /// A bound on the tokenizer's memory: its tokens and merges, several times over (the
-    /// tokenizer's maps and the JSON it is built from).
-    codec_bytes: u64,
 }
 
 enum LlamaModel {
@@ -387,12 +384,6 @@ impl InferenceJob {
         };
         let codec = TextCodec::from_gguf(&vocab)?;
         let longest_token = vocab.tokens.iter().map(|t| t.len()).max().unwrap_or(1);
-        let codec_bytes = 8 * vocab
-            .tokens
-            .iter()
-            .chain(&vocab.merges)
-            .map(|t| t.len() as u64 + 32)
-            .sum::<u64>();
         let backend = Backend::for_profile(spec.profile)?;
         let model = match (&backend, load) {
             (_, false) => None,
@@ -408,7 +399,6 @@ impl InferenceJob {
             codec,
             model,
             longest_token,
-            codec_bytes,
         });
         Self::llama_with_run(spec, config, run, backend)
     }
@@ -617,7 +607,7 @@ impl InferenceJob {
                 let native = self.profile != ExecutionProfile::Repro;
                 c.working_bytes(longest + *max_new_tokens as usize, native)
                     + c.extra_weight_bytes()
-                    + self.llama.as_ref().map_or(0, |r| r.codec_bytes)
+                    + self.llama.as_ref().map_or(0, |r| r.codec.memory_bytes())
             }
             _ => 0,
         }

@@ -83,21 +83,28 @@ pub struct TrainingJob {
     pub pool: Option<crate::pool::Pool>,
     backend: Backend,
     initial_params: Option<Vec<f32>>,
+    /// Memory loading the dataset takes beyond the dataset itself (a text dataset's tokenizer
+    /// and its pieces' ids before they are joined; 0 otherwise): [`TrainingJob::needs`].
+    pub setup_bytes: u64,
 }
 
 fn fetch(blobs: &dyn BlobSource, id: &BlobId) -> Result<Vec<u8>> {
     blobs.blob(id).ok_or(ComputeError::MissingBlob(*id))
 }
 
-/// A text blob tokenized by the tokenizer of a GGUF blob, for a model of `vocab` tokens.
+/// A text blob tokenized by a tokenizer blob's tokenizer, for a model of `vocab` tokens, and
+/// the memory that takes beyond the text and the dataset: the tokenizer, and the pieces' ids
+/// (4 bytes a token), held until they are joined into the dataset.
 fn text_dataset(
     blobs: &dyn BlobSource,
     text: &BlobId,
     tokenizer: &BlobId,
     vocab: usize,
-) -> Result<data::Dataset> {
+) -> Result<(data::Dataset, u64)> {
     let codec = data::text::tokenizer_from_blob(&fetch(blobs, tokenizer)?)?;
-    data::text::tokenize(&fetch(blobs, text)?, &codec, vocab)
+    let data = data::text::tokenize(&fetch(blobs, text)?, &codec, vocab)?;
+    let setup = codec.memory_bytes() + 4 * data.len() as u64;
+    Ok((data, setup))
 }
 
 /// The parameters of a GGUF file (`spec/COMPUTE.md` 11.3) to fine-tune `task`'s model from:
@@ -234,6 +241,7 @@ impl TrainingJob {
             )?),
             None => None,
         };
+        let mut setup_bytes = 0;
         let data = match (&model, &t.dataset) {
             (
                 ModelConfig::Gpt(g),
@@ -308,10 +316,14 @@ impl TrainingJob {
                 data::parse_token_blob(&fetch(blobs, id)?, l.vocab_size)?
             }
             (ModelConfig::Gpt(g), DatasetSource::Text { id, tokenizer }) => {
-                text_dataset(blobs, id, tokenizer, g.vocab)?
+                let (data, setup) = text_dataset(blobs, id, tokenizer, g.vocab)?;
+                setup_bytes = setup;
+                data
             }
             (ModelConfig::Llama(l), DatasetSource::Text { id, tokenizer }) => {
-                text_dataset(blobs, id, tokenizer, l.vocab_size)?
+                let (data, setup) = text_dataset(blobs, id, tokenizer, l.vocab_size)?;
+                setup_bytes = setup;
+                data
             }
             (ModelConfig::Gpt(_), _) => {
                 return Err(ComputeError::config(
@@ -377,6 +389,7 @@ impl TrainingJob {
             lane: 0,
             pool,
             initial_params,
+            setup_bytes,
         })
     }
 

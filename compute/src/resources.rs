@@ -109,7 +109,8 @@ impl TrainingJob {
     /// What running this job takes, with `input_bytes` the total size of the blobs the task
     /// names (cached on the worker's disk and read into memory while loading).
     ///
-    /// Memory: the base, the inputs, the dataset, four states (the running one, a segment's
+    /// Memory: the base, the inputs, the dataset (and what loading it takes beyond it), four
+    /// states (the running one, a segment's
     /// start, the checkpoint being serialized and the one being hashed), gradients and a
     /// scratch copy of the parameters, and twice the step's activations (forward and
     /// backward). Disk: the inputs, every checkpoint, the final weights, leaves, losses, one
@@ -122,6 +123,7 @@ impl TrainingJob {
         let memory = BASE_MEMORY_BYTES
             + input_bytes
             + dataset_bytes(&self.data)
+            + self.setup_bytes
             + 4 * state
             + 8 * params
             + 8 * activations;

@@ -140,6 +140,17 @@ fn a_text_blob_trains_exactly_as_the_token_blob_of_its_pieces_tokens() {
     assert_ne!(a[0], a[3]);
     // A worker fetches the text and the tokenizer, once each though it is also the weights.
     assert_eq!(from_text.blobs(), vec![text_id, gguf]);
+
+    // Its memory estimate is the token blob's but for the inputs and what tokenizing holds
+    // (COMPUTE section 9's `setup`): the tokenizer and the pieces' ids before they are joined.
+    let needs = |t: &TaskSpec| market_compute::resources::estimate(t, &blobs).unwrap();
+    let inputs = |t: &TaskSpec| -> u64 { t.blobs().iter().map(|id| blobs[id].len() as u64).sum() };
+    let extra = needs(&from_text).memory_bytes - inputs(&from_text);
+    let plain = needs(&from_tokens).memory_bytes - inputs(&from_tokens);
+    assert_eq!(
+        extra - plain,
+        codec.memory_bytes() + 4 * expected.len() as u64
+    );
 }
 
 fn error(task: &TaskSpec, blobs: &BTreeMap<BlobId, Vec<u8>>) -> ComputeError {

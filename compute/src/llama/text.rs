@@ -33,6 +33,8 @@ pub struct TextCodec {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     add_bos: bool,
+    /// A bound on the tokenizer's memory (COMPUTE section 9's `tokenizer`).
+    memory_bytes: u64,
 }
 
 impl std::fmt::Debug for TextCodec {
@@ -73,6 +75,16 @@ fn bad(reason: impl Into<String>) -> ComputeError {
 /// `individual_digits`, pinned to Oniguruma's Unicode tables.
 fn digits_one_by_one() -> Value {
     json!({"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": false})
+}
+
+/// COMPUTE section 9's `tokenizer` term: `8·Σ(len + 32)` over every token and merge string.
+fn memory_bound(v: &GgufVocab) -> u64 {
+    8 * v
+        .tokens
+        .iter()
+        .chain(&v.merges)
+        .map(|t| t.len() as u64 + 32)
+        .sum::<u64>()
 }
 
 /// The pre-tokenizer a GGUF `tokenizer.ggml.pre` name stands for (llama.cpp's table), as
@@ -185,6 +197,7 @@ impl TextCodec {
         };
         Ok(Self {
             tokenizer,
+            memory_bytes: memory_bound(v),
             chat_template: v.chat_template.clone(),
             bos: named(v.bos)?,
             eos: named(v.eos)?,
@@ -227,6 +240,12 @@ impl TextCodec {
     /// Whether `id` ends a generation (the model's EOS token).
     pub fn is_end(&self, id: u32) -> bool {
         self.eos.as_ref().is_some_and(|(e, _)| *e == id)
+    }
+
+    /// A bound on the memory this tokenizer holds: its tokens and merges, several times over
+    /// (the tokenizer's maps and the JSON it is built from).
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
     }
 
     /// Vocabulary size, added tokens included.
