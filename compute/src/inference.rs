@@ -502,9 +502,14 @@ impl InferenceJob {
                     ));
                 }
                 let ids = codec.encode(&text)?;
-                if ids.is_empty()
-                    || ids.len() + max_new_tokens as usize > config.max_position_embeddings
-                {
+                if ids.is_empty() {
+                    // A text of bytes the vocabulary lacks encodes to nothing (11.7).
+                    return Err(ComputeError::config(
+                        "inputs",
+                        "a prompt encodes to no tokens: the tokenizer has none of its bytes",
+                    ));
+                }
+                if ids.len() + max_new_tokens as usize > config.max_position_embeddings {
                     return Err(ComputeError::ContextLength {
                         prompt: ids.len(),
                         new: max_new_tokens,
@@ -668,7 +673,22 @@ impl InferenceJob {
                 self.len()
             )));
         }
-        let bytes = match (&self.model, &self.items) {
+        let bytes = self.item_bytes(index).map_err(|e| match e {
+            // Which item overflowed, so a node can check the claim by re-running that item
+            // alone (`PROTOCOL.md`, divergence): a model that overflows is its buyer's fault.
+            ComputeError::NonFinite { tensor, step } => ComputeError::NonFinite {
+                tensor: format!("{tensor} of item {index}"),
+                step,
+            },
+            other => other,
+        })?;
+        let hash = StateHash(Hash::of(&bytes));
+        Ok(ItemOutput { bytes, hash })
+    }
+
+    /// The output bytes of item `index` (checked to exist).
+    fn item_bytes(&self, index: usize) -> Result<Vec<u8>> {
+        Ok(match (&self.model, &self.items) {
             (
                 ModelConfig::Gpt(g),
                 Items::Prompts {
@@ -717,9 +737,7 @@ impl InferenceJob {
                 AnswerRecord::from_generation(&g).to_bytes()
             }
             _ => unreachable!("checked in from_spec"),
-        };
-        let hash = StateHash(Hash::of(&bytes));
-        Ok(ItemOutput { bytes, hash })
+        })
     }
 
     /// Runs `llama` item `index` as [`InferenceJob::run_item`] does, handing its text to

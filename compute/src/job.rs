@@ -13,6 +13,7 @@ use crate::batch::{self, check_token_data};
 use crate::data::{self, arithmetic, teacher, Dataset};
 use crate::error::{ComputeError, Result};
 use crate::init::{init_params, weights_from_bytes};
+use crate::llama::text::TextCodec;
 use crate::optim::Optimizer;
 use crate::state::TrainState;
 use crate::zoo::{ModelConfig, ParamLayout};
@@ -101,7 +102,11 @@ fn text_dataset(
     tokenizer: &BlobId,
     vocab: usize,
 ) -> Result<(data::Dataset, u64)> {
-    let codec = data::text::tokenizer_from_blob(&fetch(blobs, tokenizer)?)?;
+    let tokens = data::text::tokenizer_vocab(&fetch(blobs, tokenizer)?)?;
+    // Counted before the tokenizer is built: a blob of millions of tokens costs seconds and
+    // gigabytes to build, for a refusal.
+    data::text::check_tokenizer_size(tokens.tokens.len(), vocab)?;
+    let codec = TextCodec::from_gguf(&tokens)?;
     let data = data::text::tokenize(&fetch(blobs, text)?, &codec, vocab)?;
     let setup = codec.memory_bytes() + 4 * data.len() as u64;
     Ok((data, setup))

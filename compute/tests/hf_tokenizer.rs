@@ -216,6 +216,28 @@ fn what_the_spec_does_not_define_is_refused_by_name() {
     assert!(refused(&split).contains("pre_tokenizer"));
     split["pre_tokenizer"]["pretokenizers"][0]["invert"] = json!(false);
     assert!(vocab_from_tokenizer_json(&bytes(&split)).is_ok());
+    // Millions of tiny tokens are refused while parsing, at the largest vocabulary's count:
+    // in the vocabulary, as added tokens, or as merges past a GGUF array's bound.
+    let many: serde_json::Map<String, Value> = (0..=market_compute::llama::limits::MAX_VOCAB)
+        .map(|i| (format!("t{i}"), json!(i)))
+        .collect();
+    let mut huge = good.clone();
+    huge["model"]["vocab"] = Value::Object(many);
+    assert!(refused(&huge).contains("more than 262144 keys"));
+    let mut added = good.clone();
+    added["added_tokens"] = json!(vec![
+        json!({"id": 0, "content": "!"});
+        market_compute::llama::limits::MAX_VOCAB + 1
+    ]);
+    assert!(refused(&added).contains("more than 262144 items"));
+    let mut merges = good.clone();
+    merges["model"]["merges"] = json!(vec![json!(["t", "h"]); (1 << 20) + 1]);
+    assert!(refused(&merges).contains("more than 1048576 items"));
+    // A huge list where a small object belongs (read as generic JSON): refused by the count
+    // of values in the first pass, not held.
+    let mut list = good.clone();
+    list["pre_tokenizer"]["pretokenizers"] = json!(vec![0; 1 << 22]);
+    assert!(refused(&list).contains("JSON values"));
     // Too big to parse: refused on its length alone.
     let e = vocab_from_tokenizer_json(&vec![b' '; MAX_TOKENIZER_JSON_BYTES + 1]).unwrap_err();
     assert!(e.to_string().contains("over the limit"), "{e}");

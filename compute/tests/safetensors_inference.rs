@@ -160,3 +160,37 @@ fn what_cannot_run_is_refused_by_field() {
         ComputeError::MissingBlob(id) if id == missing
     ));
 }
+
+/// A model whose activations overflow has no answer, and the error names the item, so a node
+/// can check a worker's report by running that item alone (PROTOCOL, divergence).
+#[test]
+fn an_item_that_overflows_is_named_in_the_error() {
+    let mut blobs = BTreeMap::new();
+    let file = gguf::read(&tiny_gguf(11).unwrap()).unwrap();
+    let mut params = file.weights.params.clone();
+    // Finite weights, activations that overflow: the MLP's matrices at ±3e38.
+    for m in ["gate_proj", "up_proj", "down_proj"] {
+        let slot = file
+            .weights
+            .layout
+            .slot(&format!("model.layers.0.mlp.{m}.weight"))
+            .range();
+        params[slot]
+            .iter_mut()
+            .for_each(|w| *w = if *w >= 0.0 { 3e38 } else { -3e38 });
+    }
+    let st = put(
+        &mut blobs,
+        weights_to_bytes(&file.weights.layout, &params).unwrap(),
+    );
+    let json = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
+    );
+    let job = InferenceJob::from_spec(&task(st, Some(json), false), &blobs).unwrap();
+    let e = job.run_item(1).unwrap_err().to_string();
+    assert!(
+        e.starts_with("non-finite value in `logits of item 1` after step 0"),
+        "{e}"
+    );
+}

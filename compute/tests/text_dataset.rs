@@ -229,6 +229,20 @@ fn bad_text_and_bad_tokenizers_are_refused_with_their_reason() {
         "{e}"
     );
 
+    // The size is checked before the tokenizer is built: a tokenizer 11.7 would refuse (a
+    // token over 1 KiB) but with more tokens than the model gets the size refusal.
+    let mut both = bpe_vocab();
+    both.tokens.push("x".repeat(MAX_TOKEN_BYTES + 1));
+    let json = put(
+        &mut blobs,
+        serde_json::to_vec(&market_compute::llama::fixtures::hf_tokenizer_json(&both)).unwrap(),
+    );
+    let e = error(&text_task(&mut blobs, text().into_bytes(), json), &blobs);
+    assert!(
+        matches!(&e, ComputeError::InvalidConfig { field, .. } if *field == "dataset.tokenizer"),
+        "{e}"
+    );
+
     // Too little text for one window.
     let t = text_task(&mut blobs, b"the end\n".to_vec(), gguf);
     assert!(matches!(

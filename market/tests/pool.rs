@@ -501,8 +501,50 @@ async fn a_task_that_diverges_is_rejected_and_nobody_is_slashed() {
             *lr = "10".parse().unwrap();
         }
     }
+    // Red team (issue 15): a `llama` inference task on finite weights whose activations
+    // overflow (an MLP of ±3e38: infinities of both signs meet and make NaN): each honest worker's run fails at the first token, and the node's check runs the
+    // named item alone.
+    let inference = {
+        use market_compute::init::weights_to_bytes;
+        use market_compute::llama::fixtures::{byte_vocab, hf_tokenizer_json, tiny_config};
+        let config = tiny_config();
+        let layout = config.layout();
+        let mut params = market_compute::init::init_params(
+            &market_compute::zoo::ModelConfig::Llama(config),
+            &layout,
+            5,
+        );
+        for m in ["gate_proj", "up_proj", "down_proj"] {
+            let slot = layout
+                .slot(&format!("model.layers.0.mlp.{m}.weight"))
+                .range();
+            params[slot]
+                .iter_mut()
+                .for_each(|w| *w = if *w >= 0.0 { 3e38 } else { -3e38 });
+        }
+        let put = |bytes: &[u8]| {
+            let id = node.blobs.put(bytes).unwrap();
+            node.store.hold_result(&id, &net.buyer.account()).unwrap();
+            id
+        };
+        let weights = put(&weights_to_bytes(&layout, &params).unwrap());
+        let tokenizer = put(&serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap());
+        let mut spec = market_protocol::fixtures::inference_task(&net.buyer, 12);
+        spec.profile = market_protocol::ExecutionProfile::Repro;
+        if let Workload::Inference(i) = &mut spec.workload {
+            i.model = config.to_spec().unwrap();
+            i.weights = Some(weights);
+            i.tokenizer = Some(tokenizer);
+            i.inputs = market_protocol::InferenceInputs::Prompts {
+                prompts: vec!["hello".into(), "again".into()],
+                max_new_tokens: 4,
+            };
+            i.decoding = market_protocol::Decoding::Greedy;
+        }
+        spec
+    };
     let mut spent = 0;
-    for spec in [single, pooled_spec] {
+    for spec in [single, pooled_spec, inference] {
         let posted = post(&node, &net.buyer, spec.clone()).await;
         let t = node
             .wait_final(&posted.id, Duration::from_secs(300))

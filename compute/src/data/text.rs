@@ -79,6 +79,17 @@ pub fn tokenizer_from_blob(bytes: &[u8]) -> Result<TextCodec> {
     TextCodec::from_gguf(&tokenizer_vocab(bytes)?)
 }
 
+/// Refuses a tokenizer of `tokens` tokens for a model of `vocab`: its ids must be below it.
+pub fn check_tokenizer_size(tokens: usize, vocab: usize) -> Result<()> {
+    if tokens > vocab {
+        return Err(ComputeError::config(
+            "dataset.tokenizer",
+            format!("has {tokens} tokens, more than the model's vocabulary of {vocab}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The token stream of a text blob: the BOS id first if the tokenizer asks for one, then each
 /// piece's tokens (no BOS) in order. Every id is below `vocab`, the model's vocabulary size.
 pub fn tokenize(text: &[u8], codec: &TextCodec, vocab: usize) -> Result<Dataset> {
@@ -91,15 +102,7 @@ fn tokenize_in_batches(
     vocab: usize,
     batch_bytes: usize,
 ) -> Result<Dataset> {
-    if codec.vocab_size() > vocab {
-        return Err(ComputeError::config(
-            "dataset.tokenizer",
-            format!(
-                "has {} tokens, more than the model's vocabulary of {vocab}",
-                codec.vocab_size()
-            ),
-        ));
-    }
+    check_tokenizer_size(codec.vocab_size(), vocab)?;
     if text.len() > MAX_DATASET_BYTES {
         return Err(invalid(
             "dataset",

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -18,6 +18,43 @@ use crate::error::{ComputeError, Result};
 /// The largest `tokenizer.json` read, checked before parsing (SmolLM2's is 2.1 MB, Llama 3's
 /// 9 MB; the tokens and merges inside are bounded again by 11.7's limits).
 pub const MAX_TOKENIZER_JSON_BYTES: usize = 64 << 20;
+
+/// The most keys of any object in the file, and so the most tokens in `vocab` and the most
+/// added tokens: the largest vocabulary a model may have (`llama::limits::MAX_VOCAB`). Counted
+/// while parsing, so a file of millions of tiny tokens is refused before it costs memory.
+pub const MAX_OBJECT_KEYS: usize = super::limits::MAX_VOCAB;
+
+/// The most merges: as many as a GGUF file's metadata array may hold (11.3).
+pub const MAX_MERGES: usize = super::gguf::MAX_METADATA_ARRAY as usize;
+
+/// A list of at most `N` items, refused while parsing past that.
+struct Bounded<T, const N: usize>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> Visitor<'de> for V<T, N> {
+            type Value = Bounded<T, N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a list of at most {N} items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> std::result::Result<Bounded<T, N>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = s.next_element()? {
+                    if out.len() == N {
+                        return Err(serde::de::Error::custom(format!("more than {N} items")));
+                    }
+                    out.push(item);
+                }
+                Ok(Bounded(out))
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
+    }
+}
 
 fn bad(reason: impl Into<String>) -> ComputeError {
     ComputeError::InvalidBlob {
@@ -53,61 +90,86 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
-/// Any JSON value whose objects never repeat a key: read once over the whole file first, so a
-/// repeated key is refused wherever it is (`serde_json` keeps the last copy into a map, other
-/// readers the first).
-struct NoRepeatedKeys;
+/// The most JSON values (objects, lists, keys, strings, numbers, booleans, nulls) a file may
+/// hold: SmolLM2's tokenizer has about 250,000, the largest vocabulary with the most merges
+/// (262,144 tokens, 1,048,576 merge pairs) about 3.7 million. Counted in the first pass, so
+/// the parts read as generic JSON (the pre-tokenizer, post-processor and decoder) cannot hold
+/// more than this many values in memory, however the file is shaped.
+pub const MAX_JSON_VALUES: usize = 1 << 22;
 
-impl<'de> Deserialize<'de> for NoRepeatedKeys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NoRepeatedKeys;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("JSON")
+/// The first pass over the whole file: valid JSON whose objects never repeat a key
+/// (`serde_json` keeps the last copy into a map, other readers the first), hold at most
+/// [`MAX_OBJECT_KEYS`] keys, and [`MAX_JSON_VALUES`] values in all. It holds nothing but the
+/// keys of the objects it is inside.
+#[derive(Clone, Copy)]
+struct Scan<'a>(&'a std::cell::Cell<usize>);
+
+impl Scan<'_> {
+    fn count<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        let n = self.0.get() + 1;
+        if n > MAX_JSON_VALUES {
+            return Err(E::custom(format!(
+                "more than {MAX_JSON_VALUES} JSON values"
+            )));
+        }
+        self.0.set(n);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Scan<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<(), A::Error> {
+        self.count()?;
+        let mut keys = std::collections::BTreeSet::new();
+        while let Some(key) = m.next_key::<String>()? {
+            self.count()?;
+            m.next_value_seed(self)?;
+            if keys.len() == MAX_OBJECT_KEYS {
+                return Err(serde::de::Error::custom(format!(
+                    "an object with more than {MAX_OBJECT_KEYS} keys"
+                )));
             }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> std::result::Result<NoRepeatedKeys, A::Error> {
-                let mut keys = std::collections::BTreeSet::new();
-                while let Some(key) = m.next_key::<String>()? {
-                    m.next_value::<NoRepeatedKeys>()?;
-                    if !keys.insert(key.clone()) {
-                        return Err(serde::de::Error::custom(format!(
-                            "the key {key:?} appears twice in one object"
-                        )));
-                    }
-                }
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut s: A,
-            ) -> std::result::Result<NoRepeatedKeys, A::Error> {
-                while s.next_element::<NoRepeatedKeys>()?.is_some() {}
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_bool<E>(self, _: bool) -> std::result::Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_i64<E>(self, _: i64) -> std::result::Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_u64<E>(self, _: u64) -> std::result::Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_f64<E>(self, _: f64) -> std::result::Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_str<E>(self, _: &str) -> std::result::Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
-            }
-            fn visit_unit<E>(self) -> std::result::Result<NoRepeatedKeys, E> {
-                Ok(NoRepeatedKeys)
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one object"
+                )));
             }
         }
-        d.deserialize_any(V)
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> std::result::Result<(), A::Error> {
+        self.count()?;
+        while s.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.count()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.count()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.count()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.count()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        self.count()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.count()
     }
 }
 
@@ -143,8 +205,16 @@ struct Bpe {
     #[serde(default = "absent_false")]
     ignore_merges: Value,
     vocab: Entries,
-    #[serde(default)]
-    merges: Vec<Merge>,
+    #[serde(default = "no_merges")]
+    merges: Bounded<Merge, MAX_MERGES>,
+}
+
+fn no_merges() -> Bounded<Merge, MAX_MERGES> {
+    Bounded(Vec::new())
+}
+
+fn no_added_tokens() -> Bounded<AddedToken, MAX_OBJECT_KEYS> {
+    Bounded(Vec::new())
 }
 
 #[derive(Deserialize)]
@@ -173,8 +243,8 @@ struct TokenizerJson {
     truncation: Value,
     #[serde(default)]
     padding: Value,
-    #[serde(default)]
-    added_tokens: Vec<AddedToken>,
+    #[serde(default = "no_added_tokens")]
+    added_tokens: Bounded<AddedToken, MAX_OBJECT_KEYS>,
     #[serde(default)]
     normalizer: Value,
     #[serde(default)]
@@ -183,7 +253,16 @@ struct TokenizerJson {
     post_processor: Value,
     #[serde(default)]
     decoder: Value,
-    model: Value,
+    /// Read in a second pass ([`ModelOnly`]), once the fields before it in 11.7a's order are
+    /// checked, straight into its typed, bounded form (never as generic JSON).
+    #[allow(dead_code)] // Only its presence is checked here.
+    model: IgnoredAny,
+}
+
+/// The file again, for its `model` alone.
+#[derive(Deserialize)]
+struct ModelOnly {
+    model: Bpe,
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
@@ -329,7 +408,11 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
             bytes.len()
         )));
     }
-    serde_json::from_slice::<NoRepeatedKeys>(bytes)
+    let values = std::cell::Cell::new(0);
+    let mut scan = serde_json::Deserializer::from_slice(bytes);
+    Scan(&values)
+        .deserialize(&mut scan)
+        .and_then(|()| scan.end())
         .map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
     let file: TokenizerJson =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
@@ -348,8 +431,8 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
     if !file.decoder.is_null() && kind(&file.decoder) != "ByteLevel" {
         return Err(bad("decoder: must be ByteLevel or null"));
     }
-    let model: Bpe = serde_json::from_value(file.model)
-        .map_err(|e| bad(format!("model: not a BPE model: {e}")))?;
+    let ModelOnly { model } =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("model: not a BPE model: {e}")))?;
     if model.kind != "BPE" {
         return Err(bad(format!(
             "model.type: {}; only \"BPE\" is supported",
@@ -393,7 +476,7 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
     check_no_gap(&by_id, "model.vocab")?;
     let mut types: BTreeMap<u64, i32> = BTreeMap::new();
     let mut last_added: Option<u64> = None;
-    for t in &file.added_tokens {
+    for t in &file.added_tokens.0 {
         if t.single_word || t.lstrip || t.rstrip {
             return Err(bad(format!(
                 "added_tokens: {:?} sets single_word, lstrip or rstrip; only plain matching is supported",
@@ -436,6 +519,7 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
     }
     let merges = model
         .merges
+        .0
         .into_iter()
         .map(|m| match m {
             Merge::Text(s) => Ok(s),

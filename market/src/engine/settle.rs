@@ -334,7 +334,7 @@ impl Node {
             // this task again.
             t.attempts[n].divergence_claim = Some(step);
             self.save(&t)?;
-            match self.task_diverges(&t, step).await? {
+            match self.task_diverges(&t, step, why).await? {
                 Divergence::Confirmed(divergence) => {
                     // The task's own fault, confirmed by the node's run: nobody is slashed.
                     tracing::warn!(task = %t.id, %divergence, "the task diverges; rejected");
@@ -387,10 +387,15 @@ impl Node {
     /// deterministic divergence is the buyer's spec at fault, never the worker (otherwise a
     /// buyer could post a diverging task and collect the slashes); a worker that reports one
     /// falsely is slashed as for any run that produced nothing.
-    async fn task_diverges(&self, t: &TaskRecord, step: u32) -> anyhow::Result<Divergence> {
+    async fn task_diverges(
+        &self,
+        t: &TaskRecord,
+        step: u32,
+        why: &str,
+    ) -> anyhow::Result<Divergence> {
         let inner_steps = match &t.spec.body.workload {
             Workload::Training(tr) => tr.pool.as_ref().map_or(0, |p| p.inner_steps),
-            Workload::Inference(_) => return Ok(Divergence::Refuted),
+            Workload::Inference(_) => return self.item_diverges(t, step, why).await,
         };
         // Reported steps are global: a slot-round starts at `round × inner_steps`.
         let first = t.slot().map_or(0, |s| s.round.saturating_mul(inner_steps));
@@ -427,6 +432,46 @@ impl Node {
                 }
             }
             Ok(Divergence::Refuted)
+        })
+        .await?
+    }
+
+    /// Whether the inference item a worker says overflowed (its error names the item and the
+    /// generated token, `non-finite value in `logits of item I` after step N`) does so: the
+    /// node runs that item alone, which stops where it overflows, so the check costs at most
+    /// one item. A buyer's weights that overflow must not earn it the workers' slashes.
+    async fn item_diverges(
+        &self,
+        t: &TaskRecord,
+        step: u32,
+        why: &str,
+    ) -> anyhow::Result<Divergence> {
+        let Some(item) = diverging_item(why) else {
+            return Ok(Divergence::Refuted);
+        };
+        if step > self.config.max_divergence_check_steps {
+            return Ok(Divergence::Unchecked(step));
+        }
+        let _permit = std::sync::Arc::clone(&self.validations)
+            .acquire_owned()
+            .await?;
+        let (spec, blobs) = (t.spec.body.clone(), self.blobs.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Divergence> {
+            // A job the node cannot build (a profile it cannot run) cannot be checked here:
+            // not held against the worker, as a report too far in.
+            let Ok(job) = market_compute::InferenceJob::from_spec(&spec, &blobs) else {
+                return Ok(Divergence::Unchecked(step));
+            };
+            if item >= job.len() {
+                return Ok(Divergence::Refuted);
+            }
+            Ok(match job.run_item(item) {
+                Err(e @ market_compute::ComputeError::NonFinite { .. }) => {
+                    Divergence::Confirmed(e.to_string())
+                }
+                Err(_) => Divergence::Unchecked(step),
+                Ok(_) => Divergence::Refuted,
+            })
         })
         .await?
     }
@@ -622,6 +667,14 @@ fn divergence_claim(why: &str) -> Option<u32> {
     number.parse().ok()
 }
 
+/// The inference item a divergence report names (`... of item I` closing the tensor's name).
+fn diverging_item(why: &str) -> Option<usize> {
+    let rest = why.strip_suffix(": the run diverged")?;
+    let tensor = &rest[..rest.rfind("` after step ")?];
+    let at = tensor.rfind(" of item ")?;
+    tensor[at + " of item ".len()..].parse().ok()
+}
+
 #[cfg(test)]
 mod divergence_tests {
     use super::divergence_claim;
@@ -633,6 +686,14 @@ mod divergence_tests {
             step: 21,
         };
         assert_eq!(divergence_claim(&e.to_string()), Some(21));
+        assert_eq!(super::diverging_item(&e.to_string()), None);
+        let item = market_compute::ComputeError::NonFinite {
+            tensor: "logits of item 12".into(),
+            step: 3,
+        };
+        let report = format!("running the task: {item}");
+        assert_eq!(divergence_claim(&report), Some(3));
+        assert_eq!(super::diverging_item(&report), Some(12));
         assert_eq!(
             divergence_claim(&format!("exec failed: {e}")),
             Some(21),
