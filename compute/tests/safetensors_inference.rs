@@ -52,6 +52,22 @@ fn task(weights: BlobId, tokenizer: Option<BlobId>, chat: bool) -> TaskSpec {
     task
 }
 
+/// The tiny model's weights as safetensors and its tokenizer as a tokenizer.json, in a blob
+/// store, with the model they came from.
+fn tiny_model() -> (BTreeMap<BlobId, Vec<u8>>, gguf::GgufModel, BlobId, BlobId) {
+    let mut blobs = BTreeMap::new();
+    let file = gguf::read(&tiny_gguf(11).unwrap()).unwrap();
+    let st = put(
+        &mut blobs,
+        weights_to_bytes(&file.weights.layout, &file.weights.params).unwrap(),
+    );
+    let json = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
+    );
+    (blobs, file, st, json)
+}
+
 fn answers(task: &TaskSpec, blobs: &BTreeMap<BlobId, Vec<u8>>) -> Vec<Vec<u8>> {
     let job = InferenceJob::from_spec(task, blobs).unwrap();
     let planned = InferenceJob::plan(task, blobs).unwrap();
@@ -70,18 +86,8 @@ fn refusal(task: &TaskSpec, blobs: &BTreeMap<BlobId, Vec<u8>>) -> ComputeError {
 
 #[test]
 fn safetensors_weights_with_a_tokenizer_blob_answer_as_the_gguf_does() {
-    let mut blobs = BTreeMap::new();
-    let gguf_bytes = tiny_gguf(11).unwrap();
-    let file = gguf::read(&gguf_bytes).unwrap();
-    let gguf = put(&mut blobs, gguf_bytes);
-    let st = put(
-        &mut blobs,
-        weights_to_bytes(&file.weights.layout, &file.weights.params).unwrap(),
-    );
-    let json = put(
-        &mut blobs,
-        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
-    );
+    let (mut blobs, file, st, json) = tiny_model();
+    let gguf = put(&mut blobs, tiny_gguf(11).unwrap());
     // A chat needs the template: the GGUF file as the tokenizer blob gives it.
     let reference = answers(&task(gguf, None, true), &blobs);
     assert_eq!(answers(&task(st, Some(gguf), true), &blobs), reference);
@@ -103,16 +109,7 @@ fn safetensors_weights_with_a_tokenizer_blob_answer_as_the_gguf_does() {
 
 #[test]
 fn what_cannot_run_is_refused_by_field() {
-    let mut blobs = BTreeMap::new();
-    let file = gguf::read(&tiny_gguf(11).unwrap()).unwrap();
-    let st = put(
-        &mut blobs,
-        weights_to_bytes(&file.weights.layout, &file.weights.params).unwrap(),
-    );
-    let json = put(
-        &mut blobs,
-        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
-    );
+    let (mut blobs, file, st, json) = tiny_model();
     let field = |e: ComputeError| match e {
         ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
         other => format!("{other}"),
@@ -165,8 +162,7 @@ fn what_cannot_run_is_refused_by_field() {
 /// can check a worker's report by running that item alone (PROTOCOL, divergence).
 #[test]
 fn an_item_that_overflows_is_named_in_the_error() {
-    let mut blobs = BTreeMap::new();
-    let file = gguf::read(&tiny_gguf(11).unwrap()).unwrap();
+    let (mut blobs, file, _, json) = tiny_model();
     let mut params = file.weights.params.clone();
     // Finite weights, activations that overflow: the MLP's matrices at ±3e38.
     for m in ["gate_proj", "up_proj", "down_proj"] {
@@ -182,10 +178,6 @@ fn an_item_that_overflows_is_named_in_the_error() {
     let st = put(
         &mut blobs,
         weights_to_bytes(&file.weights.layout, &params).unwrap(),
-    );
-    let json = put(
-        &mut blobs,
-        serde_json::to_vec(&hf_tokenizer_json(&byte_vocab())).unwrap(),
     );
     let job = InferenceJob::from_spec(&task(st, Some(json), false), &blobs).unwrap();
     let e = job.run_item(1).unwrap_err().to_string();

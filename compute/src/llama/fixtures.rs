@@ -121,16 +121,7 @@ pub fn hf_tokenizer_json(v: &GgufVocab) -> Value {
         .enumerate()
         .map(|(id, t)| (t.clone(), json!(id)))
         .collect();
-    let added: Vec<Value> = v
-        .token_types
-        .iter()
-        .enumerate()
-        .filter(|(_, &t)| t == 3 || t == 4)
-        .map(|(id, &t)| {
-            json!({"id": id, "content": v.tokens[id], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": t == 3})
-        })
-        .collect();
+    let added = super::text::added_tokens_json(v);
     let merges: Vec<Value> = v
         .merges
         .iter()

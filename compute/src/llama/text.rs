@@ -77,6 +77,19 @@ fn digits_one_by_one() -> Value {
     json!({"type": "Split", "pattern": {"Regex": "\\p{N}"}, "behavior": "Isolated", "invert": false})
 }
 
+/// The added tokens of `v` (types 3 and 4) as `tokenizer.json` lists them (11.7).
+pub(crate) fn added_tokens_json(v: &GgufVocab) -> Vec<Value> {
+    v.token_types
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t == 3 || t == 4)
+        .map(|(id, &t)| {
+            json!({"id": id, "content": v.tokens[id], "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": t == 3})
+        })
+        .collect()
+}
+
 /// COMPUTE section 9's `tokenizer` term: `8·Σ(len + 32)` over every token and merge string.
 fn memory_bound(v: &GgufVocab) -> u64 {
     8 * v
@@ -161,16 +174,7 @@ impl TextCodec {
                 return Err(bad(format!("token {token:?} appears twice")));
             }
         }
-        let added: Vec<Value> = v
-            .token_types
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t == 3 || t == 4)
-            .map(|(id, &t)| {
-                json!({"id": id, "content": v.tokens[id], "single_word": false, "lstrip": false,
-                       "rstrip": false, "normalized": false, "special": t == 3})
-            })
-            .collect();
+        let added = added_tokens_json(v);
         let spec = json!({
             "version": "1.0",
             "truncation": null,

@@ -9,17 +9,26 @@ strings, merge strings, the BOS id) are then text.Tokenizer's, on those keys.
     keys = hf_tokenizer.keys_from_tokenizer_json(blob)     # blob: the file's bytes
     tok = text.Tokenizer(keys)
 
-Where 11.7a is still silent this port chose (each choice marked `ASSUMED` below): a leading
-byte order mark is not JSON; a document nested deeper than Python's parser goes (about 1000
-levels) is not JSON; an "integer" is a JSON number written without fraction or exponent (`5.0`
-is not one); a BOS id (`special_tokens[NAME].ids[0]`) must be ≥ 0 like every other id, refused
-under 6; the post-processor `Sequence` object and the one-key piece objects of `single`
-(`{"Sequence": ...}`, `{"SpecialToken": ...}`) may hold other keys, not read, as 5 says for the
-pre-tokenizer's objects and 6 for ByteLevel and TemplateProcessing; 11's four checks run token
-by token ("in list order"), each token's in the order written."""
+The bounds of 2 (JSON, nesting, keys per object, values in all) are checked by scan() on the
+text, in document order, before json builds anything, so a file of millions of tiny values costs
+no more than its text; the bounds of 3 (`added_tokens`) and 8 (`model.merges`) are then read off
+the built lists, each at its own step (a file over both reports 3). Section 3 step 1's order for a
+text dataset (11.7a, then the tokenizer's size against the model's vocabulary, then 11.7's
+refusals) is dataset_tokenizer().
+
+Where 11.7a is still silent this port chose (each choice marked `ASSUMED` below): the document's
+own object counts as the first of the 127 levels (a list inside it is the second); the first
+failure of 2 in document order is the one reported (all are refusal 2 either way)."""
 import json
+import re
 
 MAX_BYTES = 67_108_864  # 11.7a 1: at most 67,108,864 bytes, refused on its length before parsing
+MAX_DEPTH = 127  # 11.7a 2: at most 127 levels of nested objects and lists
+MAX_KEYS = 262_144  # 11.7a 2: at most 262,144 keys in any object (the largest vocabulary, 11.1)
+MAX_VALUES = 4_194_304  # 11.7a 2: at most 4,194,304 JSON values in all
+MAX_INT = 2 ** 64 - 1  # 11.7a 2: an integer is from 0 to 2^64 - 1
+MAX_ADDED = 262_144  # 11.7a 3: `added_tokens` a list of at most 262,144 objects
+MAX_MERGES = 1_048_576  # 11.7a 8: `model.merges` a list of at most 1,048,576 items
 
 TOP_KEYS = ("version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
             "post_processor", "decoder", "model")
@@ -42,81 +51,157 @@ def refuse(step, reason):
     raise Refused(step, reason)
 
 
-class Obj(dict):
-    """A JSON object that remembers its first key written twice (json keeps the last copy)."""
-    dup = None
+class NotInt:
+    """A JSON number written without fraction or exponent but outside 0 .. 2^64 - 1 (a negative
+    one, or one too long for Python's int(), which stops at 4300 digits): a number, not an
+    integer (11.7a 2)."""
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
 
 
-def _pairs(pairs):
-    o, seen = Obj(), set()
-    for k, v in pairs:
-        if k in seen and o.dup is None:
-            o.dup = k
-        seen.add(k)
-        o[k] = v
-    return o
+def _parse_int(t):
+    if len(t) <= 20:
+        v = int(t)
+        if 0 <= v <= MAX_INT:
+            return v
+    return NotInt(t)
 
 
 def _no_constant(name):
     raise ValueError("%s is not JSON" % name)
 
 
-def _lone_surrogate(s):
-    """The index of a code point U+D800-U+DFFF in s (only an unpaired `\\uXXXX` escape gives one:
-    strict UTF-8 has none, and json joins an escaped pair into one character), or None."""
-    for j, c in enumerate(s):
-        if 0xD800 <= ord(c) <= 0xDFFF:
-            return j
-    return None
-
-
 def is_int(x):
-    # ASSUMED: a JSON number with a fraction or exponent (`5.0`, `5e0`) is not an integer
-    return isinstance(x, int) and not isinstance(x, bool)
+    """11.7a 2: an integer is a JSON number written without fraction or exponent (`5.0` is not
+    one), from 0 to 2^64 - 1 (`-1` and 2^64 are not)."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_INT
 
 
 def is_uint(x):
-    return is_int(x) and x >= 0
+    return is_int(x)
+
+
+# ---------- 2: the JSON text, checked and counted while it is read ----------
+_WS = re.compile(r"[ \t\n\r]*")
+_STRING = r'"([^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*)"'
+_KEY = re.compile(_STRING + r"[ \t\n\r]*:[ \t\n\r]*")
+_SCALAR = re.compile(r"(?:" + _STRING + r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+                     r"|true|false|null)[ \t\n\r]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _NotJson(Exception):
+    def __init__(self, pos, what):
+        Exception.__init__(self, what)
+        self.pos = pos
+
+
+def _unescape(raw, pos):
+    """A JSON string's text (between its quotes) decoded; an unpaired surrogate escape refused (a
+    pair decodes to one character, so any U+D800-U+DFFF left is unpaired)."""
+    if "\\" not in raw:
+        return raw
+    v = json.loads('"' + raw + '"')
+    if _SURROGATE.search(v):
+        raise _NotJson(pos, "an unpaired surrogate escape")
+    return v
+
+
+def scan(s):
+    """11.7a 2 on the decoded text, in document order, before anything is built: the grammar of
+    RFC 8259 (no byte-order mark, no NaN or Infinity), no unpaired surrogate escape, at most
+    MAX_DEPTH levels of objects and lists, no key twice in an object and at most MAX_KEYS keys,
+    at most MAX_VALUES values (each object, list, key, string, number, boolean and null one).
+    Returns the number of values, or Refused (2) at the first failure."""
+    n, ws = len(s), _WS.match
+    try:
+        if s.startswith("\ufeff"):
+            raise _NotJson(0, "a byte-order mark")
+        pos = ws(s, 0).end()
+        count, stack, want_key = 0, [], False  # stack: a set of keys per open object, None per list
+        while True:
+            if want_key:  # a key and its colon
+                keys = stack[-1]
+                m = _KEY.match(s, pos)
+                if m is None:
+                    raise _NotJson(pos, "a key and a colon expected")
+                if len(keys) == MAX_KEYS:
+                    refuse(2, "an object at byte %d has more than 262,144 keys" % _byte(s, pos))
+                count += 1
+                if count > MAX_VALUES:
+                    refuse(2, "tokenizer.json holds more than 4,194,304 JSON values (the next at byte %d)"
+                           % _byte(s, pos))
+                k = _unescape(m.group(1), pos)
+                if k in keys:
+                    refuse(2, "an object at byte %d has the key %s twice" % (_byte(s, pos), json.dumps(k)))
+                keys.add(k)
+                pos, want_key = m.end(), False
+            # a value at pos
+            count += 1
+            if count > MAX_VALUES:
+                refuse(2, "tokenizer.json holds more than 4,194,304 JSON values (the next at byte %d)"
+                       % _byte(s, pos))
+            c = s[pos:pos + 1]
+            if c == "{" or c == "[":
+                if len(stack) == MAX_DEPTH:  # ASSUMED: the document's own object is level 1
+                    refuse(2, "tokenizer.json nests more than 127 levels of objects and lists (byte %d)"
+                           % _byte(s, pos))
+                pos = ws(s, pos + 1).end()
+                if s.startswith("}" if c == "{" else "]", pos):  # empty
+                    pos = ws(s, pos + 1).end()
+                else:
+                    stack.append(set() if c == "{" else None)
+                    want_key = c == "{"
+                    continue
+            else:
+                m = _SCALAR.match(s, pos)
+                if m is None:
+                    raise _NotJson(pos, "a value expected")
+                if m.group(1) is not None:
+                    _unescape(m.group(1), pos)
+                pos = m.end()
+            # after a value: a comma, or the end of its container, or of the text
+            while True:
+                if not stack:
+                    if pos != n:
+                        raise _NotJson(pos, "text after the document")
+                    return count
+                c, top = s[pos:pos + 1], stack[-1]
+                if c == ",":
+                    pos = ws(s, pos + 1).end()
+                    want_key = top is not None
+                    break
+                if c != ("]" if top is None else "}"):
+                    raise _NotJson(pos, "a comma or %s expected" % ("]" if top is None else "}"))
+                stack.pop()
+                pos = ws(s, pos + 1).end()
+    except _NotJson as e:
+        refuse(2, "tokenizer.json is not JSON (%s at byte %d)" % (e, _byte(s, e.pos)))
+
+
+def _byte(s, pos):
+    return len(s[:pos].encode("utf-8", "surrogatepass"))
 
 
 def parse(blob):
-    """11.7a 1 and 2: the document, every object in it an Obj."""
+    """11.7a 1 and 2: the document (json's objects: 2 has refused any key twice)."""
     if len(blob) > MAX_BYTES:
         refuse(1, "tokenizer.json is %d bytes, over 67,108,864" % len(blob))
     try:
         s = blob.decode("utf-8")  # strict: no overlong form, no encoded surrogate
     except UnicodeDecodeError as e:
         refuse(2, "tokenizer.json is not UTF-8 from byte %d" % e.start)
+    scan(s)  # every failure of 2, before the document is built
     try:
-        # ASSUMED: a leading U+FEFF (byte order mark) is refused (json refuses it; RFC 8259 lets
-        # a reader either ignore it or refuse it)
-        doc = json.loads(s, object_pairs_hook=_pairs, parse_constant=_no_constant)
-    except ValueError as e:
-        refuse(2, "tokenizer.json is not JSON (%s)" % e)
-    except RecursionError:  # ASSUMED: nesting past the parser's depth is refused as not JSON
-        refuse(2, "tokenizer.json is not JSON (nested too deep)")
-    # every object at any depth and every string (keys included), in document order
-    stack = [(doc, "tokenizer.json")]
-    while stack:
-        x, path = stack.pop()
-        if isinstance(x, dict):
-            if x.dup is not None:
-                refuse(2, "%s has the key %s twice" % (path, json.dumps(x.dup)))
-            kids = []
-            for k, v in x.items():
-                if _lone_surrogate(k) is not None:
-                    refuse(2, "%s has a key with an unpaired surrogate escape" % path)
-                kids.append((v, "%s.%s" % (path, k) if path != "tokenizer.json" else k))
-            stack.extend(reversed(kids))
-        elif isinstance(x, list):
-            stack.extend(reversed([(v, "%s[%d]" % (path, j)) for j, v in enumerate(x)]))
-        elif isinstance(x, str) and _lone_surrogate(x) is not None:
-            refuse(2, "%s holds an unpaired surrogate escape" % path)
-    return doc
+        return json.loads(s, parse_int=_parse_int, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:  # scan accepted it: a gap in this port
+        raise RuntimeError("json refuses what scan accepted: %s" % e)
 
 
 def show(v):
-    return json.dumps(v, ensure_ascii=False)
+    return json.dumps(v, ensure_ascii=False, default=lambda o: o.text)
 
 
 def is_false(v):
@@ -147,6 +232,8 @@ def shape(doc):
     x = doc.get("added_tokens", [])
     if not isinstance(x, list):
         refuse(3, "added_tokens is not a list")
+    if len(x) > MAX_ADDED:
+        refuse(3, "added_tokens holds %d items, over 262,144" % len(x))
     out = []
     for j, a in enumerate(x):
         ap = "added_tokens[%d]" % j
@@ -214,7 +301,7 @@ def template_bos(x, path):
     def piece(p, kind, i):
         """The inner object's `id` of single[i], which must be {kind: {"id": ...}}."""
         pp = "%s[%d]" % (sp, i)
-        # ASSUMED: other keys of the piece object are not read
+        # other keys of the wrapper objects are not read (6)
         if not isinstance(p, dict) or not isinstance(p.get(kind), dict):
             refuse(6, "%s is %s, not a %s piece" % (pp, show(p)[:80], kind))
         inner = p[kind]
@@ -242,8 +329,6 @@ def template_bos(x, path):
     if not isinstance(ids, list) or len(ids) != 1 or not is_int(ids[0]):
         refuse(6, "%s.ids is %s, not a list of exactly one integer"
                % (ep, "absent" if ids is ABSENT else show(ids)[:80]))
-    if ids[0] < 0:  # ASSUMED: an id is >= 0 (11.7a says "one integer"; 13 bounds it above only)
-        refuse(6, "%s.ids[0] is %d, not an id >= 0" % (ep, ids[0]))
     return ids[0]
 
 
@@ -258,7 +343,7 @@ def post_processor(x, path="post_processor", nested=False):
     if nested or not is_type(x, "Sequence"):
         refuse(6, "%s is %s, not %s" % (path, show(x)[:80], "a ByteLevel or a TemplateProcessing (none nested)"
                                           if nested else "null, a ByteLevel, a TemplateProcessing or a Sequence"))
-    ps = x.get("processors", ABSENT)  # ASSUMED: the Sequence's other keys are not read
+    ps = x.get("processors", ABSENT)  # the Sequence's other keys are not read (6)
     if not isinstance(ps, list):
         refuse(6, "%s.processors is %s, not a list" % (path, "absent" if ps is ABSENT else show(ps)[:80]))
     bos, template = None, None
@@ -288,6 +373,8 @@ def model_shape(x, path="model"):
     merges = x.get("merges", [])
     if not isinstance(merges, list):
         refuse(8, "%s.merges is not a list" % path)
+    if len(merges) > MAX_MERGES:
+        refuse(8, "%s.merges holds %d items, over 1,048,576" % (path, len(merges)))
     for j, m in enumerate(merges):  # the two forms may mix
         if not (isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and all(isinstance(p, str) for p in m))):
             refuse(8, "%s.merges[%d] is %s, neither a string nor a list of two strings" % (path, j, show(m)[:80]))
@@ -327,7 +414,7 @@ def keys_from_tokenizer_json(blob):
         if i not in by_id:
             refuse(10, "model.vocab's ids are not 0 .. %d: %d is missing" % (len(vocab) - 1, i))
     types, seen, prev = {}, set(), None                                   # 11
-    for j, (i, c, flags) in enumerate(added):  # ASSUMED: token by token, each its four checks
+    for j, (i, c, flags) in enumerate(added):  # token by token, each token's checks in order
         ap = "added_tokens[%d]" % j
         for k in ("single_word", "lstrip", "rstrip"):
             if flags[k]:
@@ -371,6 +458,25 @@ def keys_from_tokenizer_json(blob):
     if bos is not None:
         keys["tokenizer.ggml.bos_token_id"] = bos
     return keys
+
+
+class TooManyTokens(ValueError):
+    """Section 3 step 1: a text dataset's tokenizer with more tokens than the model's vocabulary
+    (field `dataset.tokenizer`, both sizes named)."""
+
+
+def dataset_tokenizer(blob, vocab_size):
+    """Section 3 step 1 for a text dataset whose tokenizer blob is a tokenizer.json (a GGUF blob,
+    read by 11.3, is not this port's): refused in its order, 11.7a (Refused), then more tokens
+    than `vocab_size` (TooManyTokens, counted before the tokenizer is built), then 11.7's
+    refusals (text.Tokenizer's ValueError). Returns the built text.Tokenizer."""
+    import text
+    keys = keys_from_tokenizer_json(blob)
+    n = len(keys["tokenizer.ggml.tokens"])
+    if n > vocab_size:
+        raise TooManyTokens("field dataset.tokenizer: the tokenizer has %d tokens, the model's "
+                            "vocabulary %d" % (n, vocab_size))
+    return text.Tokenizer(keys)
 
 
 def vector_blob(v):

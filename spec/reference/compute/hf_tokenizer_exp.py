@@ -118,6 +118,7 @@ REFUSED = [
     ("key twice in post_processor.pair (not read)", raw(sub('"type_id": 1}', '"type_id": 1, "type_id": 1}')), 2),
     ("unpaired surrogate escape in version (not read)", raw(sub('"1.0"', '"\\ud800"')), 2),
     ("NaN in version (not read)", raw(sub('"1.0"', 'NaN')), 2),
+    ("byte-order mark", raw(lambda s: "\ufeff" + s), 2),
     ("not JSON (trailing comma)", raw(lambda s: s[:-1] + ",}"), 2),
     ("unknown top-level key", edit(setk(["extra"], 1)), 3),
     ("model absent", edit(delk(["model"])), 3),
@@ -125,6 +126,8 @@ REFUSED = [
     ("added token normalized null", edit(setk(["added_tokens", 0, "normalized"], None)), 3),
     ("added token id 96.0", edit(setk(["added_tokens", 0, "id"], 96.0)), 3),
     ("added token unknown key", edit(setk(["added_tokens", 0, "extra"], 1)), 3),
+    ("added token id -1 (not an integer)", edit(setk(["added_tokens", 0, "id"], -1)), 3),
+    ("added token id 2^64 (not an integer)", edit(setk(["added_tokens", 0, "id"], 2 ** 64)), 3),
     ("normalizer set", edit(setk(["normalizer"], {"type": "NFC"})), 4),
     ("truncation set", edit(setk(["truncation"], {"max_length": 8})), 4),
     ("ByteLevel add_prefix_space true", edit(setk(["pre_tokenizer", "pretokenizers", 1, "add_prefix_space"], True)), 5),
@@ -143,7 +146,8 @@ REFUSED = [
     ("TemplateProcessing single [$A, special]",
      edit(lambda d: d["post_processor"].__setitem__("single", d["post_processor"]["single"][::-1])), 6),
     ("TemplateProcessing special ids [96, 97]", edit(setk(TP_BOS, [96, 97])), 6),
-    ("TemplateProcessing BOS id -1 (ASSUMED: ids are >= 0)", edit(setk(TP_BOS, [-1])), 6),
+    ("TemplateProcessing BOS id -1 (not an integer: 0 .. 2^64-1)", edit(setk(TP_BOS, [-1])), 6),
+    ("TemplateProcessing BOS id 2^64", edit(setk(TP_BOS, [2 ** 64])), 6),
     ("post_processor Sequence of two TemplateProcessing",
      edit(lambda d: d.__setitem__("post_processor", {"type": "Sequence", "processors": [d["post_processor"]] * 2})), 6),
     ("post_processor Sequence nested in a Sequence",
@@ -155,6 +159,9 @@ REFUSED = [
     ("merge of three strings", edit(lambda d: d["model"]["merges"].append(["a", "n", "d"])), 8),
     ("model unknown key", edit(setk(["model", "extra"], 1)), 8),
     ("vocab id 5.0", edit(setk(["model", "vocab", "&"], 5.0)), 8),
+    ("vocab id 2^64 (not an integer)", edit(setk(["model", "vocab", "&"], 2 ** 64)), 8),
+    ("vocab id 10^5000 (not an integer)", raw(sub('"&": 5,', '"&": 1' + "0" * 5000 + ',')), 8),
+    ("vocab id 2^64-1 (an integer; ids then miss 5)", edit(setk(["model", "vocab", "&"], 2 ** 64 - 1)), 10),
     ("model.type absent", edit(delk(["model", "type"])), 9),
     ("model.dropout 0.1", edit(setk(["model", "dropout"], 0.1)), 9),
     ("model.unk_token set", edit(setk(["model", "unk_token"], "!")), 9),
@@ -220,6 +227,7 @@ ACCEPTED = [
     ("added tokens outside vocab, ascending (110, 111)", edit(added((110, "<x0>"), (111, "<x1>"))), True),
     ("added token in vocab (97) after one outside it (110)",
      edit(lambda d: d["added_tokens"].insert(1, added_token(110, "<x0>"))), True),
+    ("a 5000-digit number in version (not read)", raw(sub('"1.0"', "9" * 5000)), True),
     ("decoder, version, truncation, padding, normalizer absent",
      edit(seq(*[delk([k]) for k in ("decoder", "version", "truncation", "padding", "normalizer")])), True),
     ("model optional keys absent", edit(seq(*[delk(["model", k]) for k in (
@@ -233,6 +241,151 @@ ACCEPTED = [
     ("post_processor Sequence empty", edit(setk(["post_processor"], {"type": "Sequence", "processors": []})), False),
     ("post_processor TemplateProcessing [$A]", edit(setk(["post_processor"], TP_SINGLE_A)), False),
 ]
+
+
+# ---------- the bounds of 2, 3 and 8 (each just over: refused at its step; at it: not by it) ----------
+def count_values(x):
+    """11.7a 2's count, on a built document: each object, list, key, string, number, boolean and
+    null one."""
+    if isinstance(x, dict):
+        return 1 + sum(1 + count_values(v) for v in x.values())
+    if isinstance(x, list):
+        return 1 + sum(count_values(v) for v in x)
+    return 1
+
+
+BASE = count_values(TJ)
+
+
+def values_in_all(total):
+    """`version` (not read; the string "1.0", one value) becomes a list (one) of nulls: `total`
+    values in all."""
+    return setk(["version"], [None] * (total - BASE))
+
+
+def vocab_of(n):
+    """model.vocab extended to n keys, ids running 0 .. n-1."""
+    def f(d):
+        v = d["model"]["vocab"]
+        v.update(("<v%d>" % i, i) for i in range(len(v), n))
+    return f
+
+
+def added_of(n):
+    """added_tokens extended to n objects, the new ones `{"id", "content"}` outside the vocabulary
+    from the next id up (ascending, no gap)."""
+    def f(d):
+        a, first = d["added_tokens"], len(d["model"]["vocab"])
+        a.extend({"id": first + j, "content": "<a%d>" % j} for j in range(n - len(a)))
+    return f
+
+
+def merges_of(n, pairs=False):
+    """model.merges extended to n items, each `t h` (as a string, or as the pair [t, h])."""
+    def f(d):
+        m = d["model"]["merges"]
+        m.extend([["t", "h"] if pairs else "t h" for _ in range(n - len(m))])
+    return f
+
+
+def nested(levels):
+    """`version` a list nested so that the file holds `levels` levels of objects and lists (its own
+    object the first)."""
+    return raw(sub('"1.0"', "[" * (levels - 1) + "]" * (levels - 1)))
+
+
+def tail(blob, more):
+    """The file's bytes with `more` (text) written before its final `}`."""
+    assert blob.endswith(b"}")
+    return blob[:-1] + more.encode("utf-8") + b"}"
+
+
+MV, MK, MA, MM = hf.MAX_VALUES, hf.MAX_KEYS, hf.MAX_ADDED, hf.MAX_MERGES
+METASPACE = setk(["decoder"], {"type": "Metaspace"})
+
+# (case, a function giving the file, the refusal that must be first, or None: 11.7a accepts it)
+BOUNDS = [
+    ("2: model.vocab 262,144 keys", lambda: edit(vocab_of(MK)), None),
+    ("2: model.vocab 262,145 keys", lambda: edit(vocab_of(MK + 1)), 2),
+    ("2: version (not read) an object of 262,144 keys", lambda: edit(setk(["version"], dict.fromkeys(map(str, range(MK)), 0))), None),
+    ("2: version (not read) an object of 262,145 keys", lambda: edit(setk(["version"], dict.fromkeys(map(str, range(MK + 1)), 0))), 2),
+    ("2: 4,194,304 values in all (version nulls)", lambda: edit(values_in_all(MV)), None),
+    ("2: 4,194,305 values in all (version nulls)", lambda: edit(values_in_all(MV + 1)), 2),
+    ("2: over 4,194,304 values, 3's and 8's bounds at their limits",
+     lambda: edit(seq(vocab_of(MK), added_of(MA), merges_of(MM, pairs=True))), 2),
+    ("2: 127 levels of objects and lists", lambda: nested(127), None),
+    ("2: 128 levels of objects and lists", lambda: nested(128), 2),
+    ("3: added_tokens 262,144 objects", lambda: edit(added_of(MA)), None),
+    ("3: added_tokens 262,145 objects", lambda: edit(added_of(MA + 1)), 3),
+    ("order: added_tokens 262,145 (3), a key twice at the end (2)",
+     lambda: tail(edit(added_of(MA + 1)), ', "version": "1.0"'), 2),
+    ("order: added_tokens 262,145 (3), normalizer set (4)",
+     lambda: edit(seq(added_of(MA + 1), setk(["normalizer"], {"type": "NFC"}))), 3),
+    ("order: added_tokens 262,145 (3), merges 1,048,577 (8)",
+     lambda: edit(seq(added_of(MA + 1), merges_of(MM + 1))), 3),
+    ("8: model.merges 1,048,576 items", lambda: edit(merges_of(MM)), None),
+    ("8: model.merges 1,048,577 items", lambda: edit(merges_of(MM + 1)), 8),
+    ("8: model.merges 1,048,577 pairs", lambda: edit(merges_of(MM + 1, pairs=True)), 8),
+    ("order: merges 1,048,577 (8), unknown top-level key (3)",
+     lambda: edit(seq(merges_of(MM + 1), setk(["extra"], 1))), 3),
+    ("order: merges 1,048,577 (8), decoder Metaspace (7)",
+     lambda: edit(seq(merges_of(MM + 1), METASPACE)), 7),
+    ("order: merges 1,048,577 (8), model.type absent (9)",
+     lambda: edit(seq(merges_of(MM + 1), delk(["model", "type"]))), 8),
+    ("order: merges 1,048,577 (8), vocab gap (10)",
+     lambda: edit(seq(merges_of(MM + 1), delk(["model", "vocab", "S"]))), 8),
+]
+
+
+def bounds():
+    ok = True
+    print("\nbounds of 11.7a 2, 3, 8 (the vector's file holds %d values)   | the library's from_str" % BASE)
+    for name, make, step in BOUNDS:
+        blob = make()
+        try:
+            hf.keys_from_tokenizer_json(blob)
+            res, good = "accepted" if step is None else "ACCEPTED (11.7a refuses it at %d)" % step, step is None
+        except hf.Refused as e:
+            res = "refused [%d]: %s" % (e.step, str(e)[len("invalid blob tokenizer: "):])
+            good = e.step == step
+            if not good:
+                res += "  (WANT %s)" % ("accepted" if step is None else "refusal %d first" % step)
+        ok = ok and good
+        print("%-4s %-42s %s\n     %-42s %d bytes; library: %s" % ("ok" if good else "FAIL", name, res, "",
+                                                                   len(blob), crate(blob, 96)))
+        del blob
+    return ok
+
+
+# ---------- section 3 step 1: 11.7a, then the size against the model's vocabulary, then 11.7 ----------
+DUP_STRING = added((110, "!"))  # an added token outside the vocabulary whose string `!` is id 0's: 11.7 refuses
+DATASET = [  # (case, file, the model's vocab_size, what must happen)
+    ("110 tokens, vocabulary 110", edit(lambda d: None), 110, "built"),
+    ("110 tokens, vocabulary 109", edit(lambda d: None), 109, "dataset.tokenizer"),
+    ("111 tokens, one string twice (11.7), vocabulary 110", edit(DUP_STRING), 110, "dataset.tokenizer"),
+    ("111 tokens, one string twice (11.7), vocabulary 111", edit(DUP_STRING), 111, "11.7"),
+    ("110 tokens, normalizer set (11.7a 4), vocabulary 109", edit(setk(["normalizer"], {"type": "NFC"})), 109, "11.7a"),
+]
+
+
+def dataset():
+    ok = True
+    print("\nsection 3 step 1, a text dataset's tokenizer.json: 11.7a, then more tokens than the vocabulary, then 11.7")
+    for name, blob, v, want in DATASET:
+        try:
+            hf.dataset_tokenizer(blob, v)
+            got, msg = "built", ""
+        except hf.Refused as e:
+            got, msg = "11.7a", str(e)
+        except hf.TooManyTokens as e:
+            got, msg = "dataset.tokenizer", str(e)
+        except ValueError as e:
+            got, msg = "11.7", str(e)
+        good = got == want
+        ok = ok and good
+        print("%-4s %-52s %s%s%s" % ("ok" if good else "FAIL", name, got, ": " + msg if msg else "",
+                                     "" if good else "  (WANT %s)" % want))
+    return ok
 
 
 def main():
@@ -282,8 +435,11 @@ def main():
     print("\nlibrary, the vector's file, add_special_tokens true per piece: %s"
           % ("same tokens" if i is None else "differs at %d (%d tokens, vector %d: a BOS per piece)"
              % (i, len(out), len(V["tokens"]))))
-    print("\n%d refused and %d accepted cases; %s" % (len(REFUSED), len(ACCEPTED),
-          "every case as 11.7a says" if ok else "SOME CASE NOT AS 11.7a SAYS"))
+    ok = bounds() and ok
+    ok = dataset() and ok
+    print("\n%d refused, %d accepted, %d bound and %d dataset cases; %s"
+          % (len(REFUSED), len(ACCEPTED), len(BOUNDS), len(DATASET),
+             "every case as 11.7a says" if ok else "SOME CASE NOT AS 11.7a SAYS"))
     return 0 if ok else 1
 
 
