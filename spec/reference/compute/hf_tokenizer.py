@@ -201,7 +201,16 @@ def parse(blob):
 
 
 def show(v):
-    return json.dumps(v, ensure_ascii=False, default=lambda o: o.text)
+    """v as JSON, a NotInt as the number it was written as (shortened past 24 digits)."""
+    nums = []
+
+    def num(o):
+        nums.append(o.text if len(o.text) <= 24 else "%s...(%d digits)" % (o.text[:12], len(o.text.lstrip("-"))))
+        return "\0%d\0" % (len(nums) - 1)
+    out = json.dumps(v, ensure_ascii=False, default=num)
+    for j, t in enumerate(nums):
+        out = out.replace('"\\u0000%d\\u0000"' % j, t)
+    return out
 
 
 def is_false(v):

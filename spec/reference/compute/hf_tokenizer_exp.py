@@ -5,8 +5,12 @@ order), then in ways 11.7a accepts and checks each gives the vector's `tokens` (
 first, the BOS, where the file gives none). For every case
 it also says what the `tokenizers` library (0.23.2) itself does with the same file
 (`Tokenizer.from_str`: loads or refuses; for a file it loads, its ids by section 3 with
-`add_special_tokens` false and 11.7a's BOS once). `python3 hf_tokenizer_exp.py`; exit 1 if a
-case does not go as 11.7a says."""
+`add_special_tokens` false and 11.7a's BOS once). Then the bounds of 2 (keys in an object,
+values in all, levels of nesting), 3 (`added_tokens`) and 8 (`model.merges`): each just over,
+refused at its step, and at it, accepted (files of up to 4,194,305 values, so this part takes
+about a minute), with cases where a bound and another refusal meet; and section 3 step 1's
+order for a text dataset's tokenizer.json (11.7a, then more tokens than the model's vocabulary,
+then 11.7). `python3 hf_tokenizer_exp.py`; exit 1 if a case does not go as 11.7a says."""
 import copy, json, os, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -257,12 +261,6 @@ def count_values(x):
 BASE = count_values(TJ)
 
 
-def values_in_all(total):
-    """`version` (not read; the string "1.0", one value) becomes a list (one) of nulls: `total`
-    values in all."""
-    return setk(["version"], [None] * (total - BASE))
-
-
 def vocab_of(n):
     """model.vocab extended to n keys, ids running 0 .. n-1."""
     def f(d):
@@ -271,20 +269,42 @@ def vocab_of(n):
     return f
 
 
-def added_of(n):
-    """added_tokens extended to n objects, the new ones `{"id", "content"}` outside the vocabulary
-    from the next id up (ascending, no gap)."""
+def added_of(n, full=True):
+    """added_tokens extended to n objects outside the vocabulary, from the next id up (ascending, no
+    gap): in the shape the library saves (15 values each), or only `{"id", "content"}` (5)."""
     def f(d):
         a, first = d["added_tokens"], len(d["model"]["vocab"])
-        a.extend({"id": first + j, "content": "<a%d>" % j} for j in range(n - len(a)))
+        a.extend(added_token(first + j, "<a%d>" % j) if full else {"id": first + j, "content": "<a%d>" % j}
+                 for j in range(n - len(a)))
     return f
 
 
-def merges_of(n, pairs=False):
-    """model.merges extended to n items, each `t h` (as a string, or as the pair [t, h])."""
+def merges_of(n, pairs=True):
+    """model.merges extended to n items, each `t h` (as the pair [t, h], 3 values, or as a string,
+    1; the library takes one form or the other, not both)."""
     def f(d):
         m = d["model"]["merges"]
         m.extend([["t", "h"] if pairs else "t h" for _ in range(n - len(m))])
+    return f
+
+
+def values_in_all(total):
+    """The vector's file grown to `total` values in all, in shapes 11.7a and the library both
+    read: added tokens (15 values each), then vocabulary keys (2) and merge pairs (3) for the
+    rest."""
+    vocab, merges = len(TJ["model"]["vocab"]), len(TJ["model"]["merges"])
+    rest = total - BASE
+    more_added = min(MA - len(TJ["added_tokens"]), (rest - 10) // 15)
+    rest -= 15 * more_added
+    more_vocab = next(j for j in range(3) if (rest - 2 * j) % 3 == 0)
+    more_merges = (rest - 2 * more_vocab) // 3
+    assert more_vocab + vocab <= MK and merges + more_merges <= MM
+    grow = seq(vocab_of(vocab + more_vocab), added_of(len(TJ["added_tokens"]) + more_added),
+               merges_of(merges + more_merges))
+
+    def f(d):
+        grow(d)
+        assert count_values(d) == total
     return f
 
 
@@ -307,12 +327,14 @@ METASPACE = setk(["decoder"], {"type": "Metaspace"})
 BOUNDS = [
     ("2: model.vocab 262,144 keys", lambda: edit(vocab_of(MK)), None),
     ("2: model.vocab 262,145 keys", lambda: edit(vocab_of(MK + 1)), 2),
-    ("2: version (not read) an object of 262,144 keys", lambda: edit(setk(["version"], dict.fromkeys(map(str, range(MK)), 0))), None),
-    ("2: version (not read) an object of 262,145 keys", lambda: edit(setk(["version"], dict.fromkeys(map(str, range(MK + 1)), 0))), 2),
-    ("2: 4,194,304 values in all (version nulls)", lambda: edit(values_in_all(MV)), None),
-    ("2: 4,194,305 values in all (version nulls)", lambda: edit(values_in_all(MV + 1)), 2),
+    ("2: version (not read) an object of 262,144 keys",
+     lambda: edit(setk(["version"], dict.fromkeys(map(str, range(MK)), 0))), None),
+    ("2: version (not read) an object of 262,145 keys",
+     lambda: edit(setk(["version"], dict.fromkeys(map(str, range(MK + 1)), 0))), 2),
+    ("2: 4,194,304 values in all", lambda: edit(values_in_all(MV)), None),
+    ("2: 4,194,305 values in all", lambda: edit(values_in_all(MV + 1)), 2),
     ("2: over 4,194,304 values, 3's and 8's bounds at their limits",
-     lambda: edit(seq(vocab_of(MK), added_of(MA), merges_of(MM, pairs=True))), 2),
+     lambda: edit(seq(vocab_of(MK), added_of(MA, full=False), merges_of(MM))), 2),
     ("2: 127 levels of objects and lists", lambda: nested(127), None),
     ("2: 128 levels of objects and lists", lambda: nested(128), 2),
     ("3: added_tokens 262,144 objects", lambda: edit(added_of(MA)), None),
@@ -322,10 +344,11 @@ BOUNDS = [
     ("order: added_tokens 262,145 (3), normalizer set (4)",
      lambda: edit(seq(added_of(MA + 1), setk(["normalizer"], {"type": "NFC"}))), 3),
     ("order: added_tokens 262,145 (3), merges 1,048,577 (8)",
-     lambda: edit(seq(added_of(MA + 1), merges_of(MM + 1))), 3),
-    ("8: model.merges 1,048,576 items", lambda: edit(merges_of(MM)), None),
-    ("8: model.merges 1,048,577 items", lambda: edit(merges_of(MM + 1)), 8),
-    ("8: model.merges 1,048,577 pairs", lambda: edit(merges_of(MM + 1, pairs=True)), 8),
+     lambda: edit(seq(added_of(MA + 1, full=False), merges_of(MM + 1, pairs=False))), 3),
+    ("8: model.merges 1,048,576 pairs", lambda: edit(merges_of(MM)), None),
+    ("8: model.merges 1,048,576 strings", lambda: edit(merges_of(MM, pairs=False)), None),
+    ("8: model.merges 1,048,577 pairs", lambda: edit(merges_of(MM + 1)), 8),
+    ("8: model.merges 1,048,577 strings", lambda: edit(merges_of(MM + 1, pairs=False)), 8),
     ("order: merges 1,048,577 (8), unknown top-level key (3)",
      lambda: edit(seq(merges_of(MM + 1), setk(["extra"], 1))), 3),
     ("order: merges 1,048,577 (8), decoder Metaspace (7)",
