@@ -226,6 +226,13 @@ impl InferenceJob {
         if let ModelConfig::Llama(config) = &model {
             return Self::llama_from_spec(spec, config, blobs, load);
         }
+        if inf.tokenizer.is_some() {
+            // Workers and verifiers would fetch a blob nothing reads.
+            return Err(ComputeError::config(
+                "tokenizer",
+                "only a llama takes a tokenizer (the zoo's gpt has its own)",
+            ));
+        }
         let layout = model.layout();
         let fetch = |id: &BlobId| blobs.blob(id).ok_or(ComputeError::MissingBlob(*id));
         let params = match &inf.weights {

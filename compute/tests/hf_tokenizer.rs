@@ -117,7 +117,7 @@ fn what_the_spec_does_not_define_is_refused_by_name() {
         f(&mut d);
         refused(&d)
     };
-    let cases: [(&str, Edit); 14] = [
+    let cases: [(&str, Edit); 15] = [
         ("normalizer", &|d| d["normalizer"] = json!({"type": "NFC"})),
         ("truncation", &|d| {
             d["truncation"] = json!({"max_length": 8})
@@ -154,6 +154,9 @@ fn what_the_spec_does_not_define_is_refused_by_name() {
         }),
         ("without a gap", &|d| {
             d["model"]["vocab"]["t"] = json!(900);
+        }),
+        ("without a gap", &|d| {
+            d["model"]["vocab"]["t"] = json!(u64::MAX);
         }),
     ];
     for (name, f) in cases {

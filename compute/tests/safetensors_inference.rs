@@ -150,6 +150,14 @@ fn what_cannot_run_is_refused_by_field() {
     );
     let e = refusal(&task(nan, Some(json), false), &blobs).to_string();
     assert!(e.contains("NaN"), "{e}");
+    // A tokenizer on a model that takes none (workers would fetch it for nothing).
+    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
+    if let Workload::Inference(inf) = &mut gpt.workload {
+        inf.weights = None;
+        inf.tokenizer = Some(json);
+    }
+    let e = field(refusal(&gpt, &blobs));
+    assert!(e.starts_with("tokenizer:"), "{e}");
     // A tokenizer blob nobody uploaded.
     let missing = BlobId::of(b"no such tokenizer");
     assert!(matches!(

@@ -82,6 +82,11 @@ pub struct NodeConfig {
     /// later divergence is not checked: its worker is not slashed, and the task goes to
     /// another worker. Bounds what a false report can make the node compute.
     pub max_divergence_check_steps: u32,
+    /// The most memory (the task's own estimate, `spec/COMPUTE.md` section 9) the node spends
+    /// to confirm a worker's report that an inference item overflowed: checking it loads the
+    /// model. A larger task's report is not checked (its worker is not slashed, and the task
+    /// goes to another worker).
+    pub max_divergence_check_memory_bytes: u64,
     /// Keep result bundles (every checkpoint of every attempt) after a task is settled or
     /// rejected. Off by default: the ledger holds the commitments and verdicts, the buyer's
     /// outputs are in the blob store, and bundles of large models would fill the disk.
@@ -162,6 +167,7 @@ impl Default for NodeConfig {
             silence_slash: 10,
             abandon_slash: 50,
             max_divergence_check_steps: 10_000,
+            max_divergence_check_memory_bytes: 8 << 30,
             keep_bundles: false,
             network: NetworkConfig::default(),
         }

@@ -462,6 +462,18 @@ async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
         config.rms_norm_eps
     );
     assert_eq!(hf["rope_theta"].as_f64().unwrap() as f32, config.rope_theta);
+    // What the CLI checks before writing it: exactly a llama config, nothing added.
+    assert_eq!(
+        market_compute::llama::LlamaConfig::from_hf_config_json(hf).unwrap(),
+        config
+    );
+    let mut forged = hf.clone();
+    forged["auto_map"] = serde_json::json!({"AutoModelForCausalLM": "evil.Model"});
+    assert!(market_compute::llama::LlamaConfig::from_hf_config_json(&forged).is_err());
+    let mut wrong = hf.clone();
+    wrong["num_hidden_layers"] = serde_json::json!(7);
+    let seven = market_compute::llama::LlamaConfig::from_hf_config_json(&wrong).unwrap();
+    assert!(market_compute::init::check_weights(&seven.layout(), &tuned).is_err());
     let got = weights_from_bytes(&layout, &tuned).unwrap();
     let mut blobs = std::collections::BTreeMap::new();
     blobs.insert(dataset, bytes_of(&client, &dataset, dir.path()).await);

@@ -388,7 +388,7 @@ fn post_bos(v: &Value) -> Result<Option<u64>> {
 fn check_no_gap(by_id: &BTreeMap<u64, String>, field: &str) -> Result<()> {
     let n = by_id.len() as u64;
     match by_id.last_key_value() {
-        Some((&last, _)) if last + 1 != n => {
+        Some((&last, _)) if last.checked_add(1) != Some(n) => {
             let gap = (0..).find(|i| !by_id.contains_key(i)).unwrap_or(n);
             Err(bad(format!(
                 "{field}: token ids must run 0..{n} without a gap; id {gap} is missing"

@@ -130,6 +130,51 @@ impl LlamaConfig {
         })
     }
 
+    /// The config a Hugging Face `config.json` describes, if it is exactly what
+    /// [`LlamaConfig::hf_config_json`] writes for it (every key, no other): how a client
+    /// checks the `config.json` a node hands it before writing it next to the weights (a
+    /// node could otherwise slip in keys such as `auto_map`, code that `transformers` runs).
+    pub fn from_hf_config_json(json: &serde_json::Value) -> Result<Self> {
+        let bad = |reason: String| ComputeError::InvalidBlob {
+            what: "config.json",
+            reason,
+        };
+        let int = |k: &str| {
+            json.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|v| usize::try_from(v).ok())
+                .ok_or_else(|| bad(format!("`{k}` is not a count")))
+        };
+        let float = |k: &str| {
+            json.get(k)
+                .and_then(serde_json::Value::as_f64)
+                .map(|v| v as f32)
+                .ok_or_else(|| bad(format!("`{k}` is not a number")))
+        };
+        let config = Self {
+            hidden_size: int("hidden_size")?,
+            intermediate_size: int("intermediate_size")?,
+            num_hidden_layers: int("num_hidden_layers")?,
+            num_attention_heads: int("num_attention_heads")?,
+            num_key_value_heads: int("num_key_value_heads")?,
+            vocab_size: int("vocab_size")?,
+            max_position_embeddings: int("max_position_embeddings")?,
+            rms_norm_eps: float("rms_norm_eps")?,
+            rope_theta: float("rope_theta")?,
+            tie_word_embeddings: json
+                .get("tie_word_embeddings")
+                .and_then(serde_json::Value::as_bool)
+                .ok_or_else(|| bad("`tie_word_embeddings` is not a boolean".into()))?,
+        }
+        .validate()?;
+        if config.hf_config_json() != *json {
+            return Err(bad(
+                "it holds keys or values other than a llama config's (COMPUTE 11.12)".into(),
+            ));
+        }
+        Ok(config)
+    }
+
     /// Checks every dimension against [`limits`] and the shapes against each other.
     pub fn validate(self) -> Result<Self> {
         check("model.hidden_size", self.hidden_size, limits::MAX_HIDDEN)?;

@@ -423,8 +423,14 @@ async fn save_result(
         let path = dir.join("weights.safetensors");
         super::blob::download(client, weights, &path).await?;
         eprintln!("weights: {} (blob {weights})", path.display());
-        // A llama's Hugging Face config, so the directory loads as a `transformers` model.
-        if let Some(config) = result.get("hf_config").filter(|c| c.is_object()) {
+        // A llama's Hugging Face config, so the directory loads as a `transformers` model:
+        // written only if it is exactly a llama config and the weights have its shapes (the
+        // weights are the ledger's; the config is only the node's word).
+        if let Some(config) = result.get("hf_config").filter(|c| !c.is_null()) {
+            let llama = market_compute::llama::LlamaConfig::from_hf_config_json(config)
+                .context("the node's hf_config")?;
+            market_compute::init::check_weights(&llama.layout(), &std::fs::read(&path)?)
+                .context("the weights against the node's hf_config")?;
             let path = dir.join("config.json");
             write_new(&path, serde_json::to_string_pretty(config)?.as_bytes())?;
             eprintln!("config: {}", path.display());

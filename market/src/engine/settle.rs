@@ -399,6 +399,15 @@ impl Node {
         };
         // Reported steps are global: a slot-round starts at `round × inner_steps`.
         let first = t.slot().map_or(0, |s| s.round.saturating_mul(inner_steps));
+        let last = match (&t.spec.body.workload, t.slot()) {
+            (_, Some(_)) => first.saturating_add(inner_steps),
+            (Workload::Training(tr), None) => tr.steps,
+            (Workload::Inference(_), None) => 0,
+        };
+        if step > last {
+            // A step the run never reaches: false on its face.
+            return Ok(Divergence::Refuted);
+        }
         let steps = step.saturating_sub(first);
         if steps > self.config.max_divergence_check_steps {
             return Ok(Divergence::Unchecked(steps));
@@ -437,40 +446,52 @@ impl Node {
     }
 
     /// Whether the inference item a worker says overflowed (its error names the item and the
-    /// generated token, `non-finite value in `logits of item I` after step N`) does so: the
-    /// node runs that item alone, which stops where it overflows, so the check costs at most
-    /// one item. A buyer's weights that overflow must not earn it the workers' slashes.
+    /// generated token, `non-finite value in `logits of item I` after step N`) does so. Only a
+    /// `llama`'s generation can overflow so: a report of another model, of an item the task
+    /// does not have, or of a token past `max_new_tokens` is false on its face. Otherwise the
+    /// node runs that item alone (at most one item's generation, and no more memory than
+    /// `max_divergence_check_memory_bytes`; a `cuda` task on the node's CPU, in `native`). Only
+    /// in `repro` does a run that does not overflow refute the report: `native` and `cuda`
+    /// values differ between machines, so there it leaves the report unchecked rather than
+    /// slash a worker whose machine did overflow. A buyer's weights that overflow must not
+    /// earn it the workers' slashes.
     async fn item_diverges(
         &self,
         t: &TaskRecord,
         step: u32,
         why: &str,
     ) -> anyhow::Result<Divergence> {
-        let Some(item) = diverging_item(why) else {
+        use market_protocol::ExecutionProfile;
+        let Some((item, max_new_tokens)) = item_claim(&t.spec.body.workload, step, why) else {
             return Ok(Divergence::Refuted);
         };
-        if step > self.config.max_divergence_check_steps {
+        if max_new_tokens > self.config.max_divergence_check_steps {
             return Ok(Divergence::Unchecked(step));
         }
+        let reproducible = t.spec.body.profile == ExecutionProfile::Repro;
+        let max_memory = self.config.max_divergence_check_memory_bytes;
         let _permit = std::sync::Arc::clone(&self.validations)
             .acquire_owned()
             .await?;
-        let (spec, blobs) = (t.spec.body.clone(), self.blobs.clone());
+        let (mut spec, blobs) = (t.spec.body.clone(), self.blobs.clone());
+        if spec.profile == ExecutionProfile::Cuda {
+            spec.profile = ExecutionProfile::Native;
+        }
         tokio::task::spawn_blocking(move || -> anyhow::Result<Divergence> {
-            // A job the node cannot build (a profile it cannot run) cannot be checked here:
-            // not held against the worker, as a report too far in.
-            let Ok(job) = market_compute::InferenceJob::from_spec(&spec, &blobs) else {
-                return Ok(Divergence::Unchecked(step));
+            let fits = market_compute::resources::estimate(&spec, &blobs)
+                .is_ok_and(|needs| needs.memory_bytes <= max_memory);
+            // A job the node cannot hold or build cannot be checked here: not held against
+            // the worker, as a report too far in.
+            let job = match market_compute::InferenceJob::from_spec(&spec, &blobs) {
+                Ok(job) if fits => job,
+                _ => return Ok(Divergence::Unchecked(step)),
             };
-            if item >= job.len() {
-                return Ok(Divergence::Refuted);
-            }
             Ok(match job.run_item(item) {
                 Err(e @ market_compute::ComputeError::NonFinite { .. }) => {
                     Divergence::Confirmed(e.to_string())
                 }
-                Err(_) => Divergence::Unchecked(step),
-                Ok(_) => Divergence::Refuted,
+                Ok(_) if reproducible => Divergence::Refuted,
+                Ok(_) | Err(_) => Divergence::Unchecked(step),
             })
         })
         .await?
@@ -667,6 +688,36 @@ fn divergence_claim(why: &str) -> Option<u32> {
     number.parse().ok()
 }
 
+/// The item and the task's `max_new_tokens` of a report that an inference item overflowed at
+/// generated token `step`, if the report could be true on its face: a `llama` task (only its
+/// generation overflows so), an item it has, a token it generates. `None` for any other.
+fn item_claim(workload: &Workload, step: u32, why: &str) -> Option<(usize, u32)> {
+    use market_protocol::{InferenceInputs, ModelSpec};
+    let Workload::Inference(inf) = workload else {
+        return None;
+    };
+    let (items, max_new_tokens) = match (&inf.model, &inf.inputs) {
+        (
+            ModelSpec::Llama { .. },
+            InferenceInputs::Chat {
+                chats,
+                max_new_tokens,
+                ..
+            },
+        ) => (chats.len(), *max_new_tokens),
+        (
+            ModelSpec::Llama { .. },
+            InferenceInputs::Prompts {
+                prompts,
+                max_new_tokens,
+            },
+        ) => (prompts.len(), *max_new_tokens),
+        _ => return None,
+    };
+    let item = diverging_item(why).filter(|&i| i < items)?;
+    (step < max_new_tokens).then_some((item, max_new_tokens))
+}
+
 /// The inference item a divergence report names (`... of item I` closing the tensor's name).
 fn diverging_item(why: &str) -> Option<usize> {
     let rest = why.strip_suffix(": the run diverged")?;
@@ -707,5 +758,47 @@ mod divergence_tests {
         ] {
             assert_eq!(divergence_claim(other), None, "{other}");
         }
+    }
+
+    /// A report that cannot be true is refuted without running anything (a worker must not
+    /// dodge its slash by naming a token no generation reaches).
+    #[test]
+    fn an_item_report_must_be_possible_on_its_face() {
+        use market_protocol::{InferenceInputs, Workload};
+        let mut task = market_protocol::fixtures::inference_task(
+            &market_protocol::Identity::from_test_label("b"),
+            1,
+        );
+        let report = |item: usize, step: u32| {
+            market_compute::ComputeError::NonFinite {
+                tensor: format!("logits of item {item}"),
+                step,
+            }
+            .to_string()
+        };
+        // The fixture's gpt: its generation never reports so.
+        assert_eq!(super::item_claim(&task.workload, 0, &report(0, 0)), None);
+        if let Workload::Inference(i) = &mut task.workload {
+            i.model = market_compute::llama::fixtures::tiny_spec();
+            i.inputs = InferenceInputs::Prompts {
+                prompts: vec!["a".into(), "b".into()],
+                max_new_tokens: 8,
+            };
+        }
+        let claim = |item, step| super::item_claim(&task.workload, step, &report(item, step));
+        assert_eq!(claim(1, 7), Some((1, 8)));
+        assert_eq!(claim(0, 0), Some((0, 8)));
+        assert_eq!(claim(2, 0), None, "no item 2");
+        assert_eq!(claim(0, 8), None, "token 8 is never generated");
+        assert_eq!(claim(0, u32::MAX), None);
+        assert_eq!(
+            super::item_claim(
+                &task.workload,
+                0,
+                "non-finite value in `logits` after step 0: the run diverged"
+            ),
+            None,
+            "no item named"
+        );
     }
 }
