@@ -163,7 +163,7 @@ pub fn matmul(
         });
 }
 
-/// Columns handed to one rayon task when there are few rows.
+/// Columns handed to one rayon task when the work is split by columns.
 const COLS_PER_TASK: usize = 256;
 
 /// The register tile of [`matmul_by_columns`]: rows × columns of accumulators. 3 × 32 (12

@@ -393,16 +393,8 @@ impl Node {
         step: u32,
         why: &str,
     ) -> anyhow::Result<Divergence> {
-        let inner_steps = match &t.spec.body.workload {
-            Workload::Training(tr) => tr.pool.as_ref().map_or(0, |p| p.inner_steps),
-            Workload::Inference(_) => return self.item_diverges(t, step, why).await,
-        };
-        // Reported steps are global: a slot-round starts at `round × inner_steps`.
-        let first = t.slot().map_or(0, |s| s.round.saturating_mul(inner_steps));
-        let last = match (&t.spec.body.workload, t.slot()) {
-            (_, Some(_)) => first.saturating_add(inner_steps),
-            (Workload::Training(tr), None) => tr.steps,
-            (Workload::Inference(_), None) => 0,
+        let Some((first, last)) = run_steps(&t.spec.body.workload, t.slot()) else {
+            return self.item_diverges(t, step, why).await;
         };
         if step > last {
             // A step the run never reaches: false on its face.
@@ -679,13 +671,33 @@ enum Divergence {
 /// `NonFinite` error, "non-finite value in `TENSOR` after step N: the run diverged", at the
 /// end of the reason. Any other failure is none.
 fn divergence_claim(why: &str) -> Option<u32> {
+    divergence_report(why).map(|(_, step)| step)
+}
+
+/// The tensor and step of a divergence report: a failure ending with `compute`'s error
+/// "non-finite value in `TENSOR` after step N: the run diverged".
+fn divergence_report(why: &str) -> Option<(&str, u32)> {
     let rest = why.strip_suffix(": the run diverged")?;
     let at = rest.rfind(" after step ")?;
-    let number = &rest[at + " after step ".len()..];
-    if !rest[..at].contains("non-finite value in `") {
+    let step = rest[at + " after step ".len()..].parse().ok()?;
+    let head = rest[..at].strip_suffix('`')?;
+    let open = head.find("non-finite value in `")?;
+    Some((&head[open + "non-finite value in `".len()..], step))
+}
+
+/// The first and last step of a training run (global steps: a slot-round's start at
+/// `round × inner_steps`); `None` for an inference task.
+fn run_steps(workload: &Workload, slot: Option<&crate::model::SlotRef>) -> Option<(u32, u32)> {
+    let Workload::Training(tr) = workload else {
         return None;
-    }
-    number.parse().ok()
+    };
+    Some(match (slot, &tr.pool) {
+        (Some(s), Some(p)) => {
+            let first = s.round.saturating_mul(p.inner_steps);
+            (first, first.saturating_add(p.inner_steps))
+        }
+        _ => (0, tr.steps),
+    })
 }
 
 /// The item and the task's `max_new_tokens` of a report that an inference item overflowed at
@@ -720,8 +732,7 @@ fn item_claim(workload: &Workload, step: u32, why: &str) -> Option<(usize, u32)>
 
 /// The inference item a divergence report names (`... of item I` closing the tensor's name).
 fn diverging_item(why: &str) -> Option<usize> {
-    let rest = why.strip_suffix(": the run diverged")?;
-    let tensor = &rest[..rest.rfind("` after step ")?];
+    let (tensor, _) = divergence_report(why)?;
     let at = tensor.rfind(" of item ")?;
     tensor[at + " of item ".len()..].parse().ok()
 }
@@ -800,5 +811,42 @@ mod divergence_tests {
             None,
             "no item named"
         );
+    }
+
+    /// A training report of a step the run never reaches is refuted without running it (it
+    /// was left unchecked as "too far in", so a worker escaped its slash by naming one).
+    #[test]
+    fn a_training_run_spans_its_own_steps() {
+        use market_protocol::{StateHash, Workload};
+        let buyer = market_protocol::Identity::from_test_label("b");
+        let mut task = market_protocol::fixtures::training_task(&buyer, 1);
+        if let Workload::Training(t) = &mut task.workload {
+            t.steps = 60;
+        }
+        assert_eq!(super::run_steps(&task.workload, None), Some((0, 60)));
+        if let Workload::Training(t) = &mut task.workload {
+            t.pool = Some(market_protocol::PoolSpec {
+                workers: 2,
+                rounds: 3,
+                inner_steps: 20,
+                outer_optimizer: market_protocol::OuterOptimizerSpec::Nesterov {
+                    lr: "0.7".parse().unwrap(),
+                    momentum: "0.9".parse().unwrap(),
+                },
+            });
+        }
+        let slot = crate::model::SlotRef {
+            parent: market_protocol::TaskId(market_protocol::Hash::of(b"pooled")),
+            slot: 1,
+            round: 2,
+            start: StateHash(market_protocol::Hash::of(b"start")),
+            budget: 10,
+        };
+        assert_eq!(
+            super::run_steps(&task.workload, Some(&slot)),
+            Some((40, 60))
+        );
+        let inference = market_protocol::fixtures::inference_task(&buyer, 2);
+        assert_eq!(super::run_steps(&inference.workload, None), None);
     }
 }
