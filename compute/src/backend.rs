@@ -81,7 +81,7 @@ impl Backend {
     }
 
     /// `llama` loss over the batch's scored positions, and its gradients (overwriting
-    /// `grads`): `repro` only (a task in another profile is refused when its job is built).
+    /// `grads`).
     pub fn llama_loss_and_grads(
         &self,
         cfg: &crate::llama::LlamaConfig,
@@ -92,10 +92,9 @@ impl Backend {
     ) -> Result<f32> {
         match self {
             Self::Repro => crate::llama::train::loss_and_grads(cfg, layout, params, batch, grads),
-            Self::Candle(_) => Err(crate::error::ComputeError::config(
-                "profile",
-                "a llama model trains in the repro profile only",
-            )),
+            Self::Candle(device) => crate::llama::native_train::loss_and_grads(
+                device, cfg, layout, params, batch, grads,
+            ),
         }
     }
 

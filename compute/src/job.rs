@@ -163,16 +163,6 @@ impl TrainingJob {
             return Err(ComputeError::config("workload", "is not a training task"));
         };
         let model = ModelConfig::from_spec(&t.model)?;
-        if let ModelConfig::Llama(_) = model {
-            // The backward pass is written for `repro` only (`llama::train`); candle's would
-            // need a tolerance calibrated for training first.
-            if spec.profile != ExecutionProfile::Repro {
-                return Err(ComputeError::config(
-                    "profile",
-                    "a llama model trains in the repro profile only",
-                ));
-            }
-        }
         let optimizer = Optimizer::from_spec(&t.optimizer)?;
         if t.steps == 0 || t.steps > limits::MAX_STEPS {
             return Err(ComputeError::config(

@@ -12,12 +12,12 @@ use crate::error::Result;
 use crate::zoo::{GptConfig, MlpConfig, ParamLayout};
 
 /// Parameters as candle variables (so autograd tracks them) or plain tensors.
-struct Weights {
+pub(crate) struct Weights {
     vars: BTreeMap<String, Var>,
 }
 
 impl Weights {
-    fn new(device: &Device, layout: &ParamLayout, params: &[f32]) -> Result<Self> {
+    pub(crate) fn new(device: &Device, layout: &ParamLayout, params: &[f32]) -> Result<Self> {
         let mut vars = BTreeMap::new();
         for slot in layout.slots() {
             let t = Tensor::from_slice(&params[slot.range()], slot.shape.as_slice(), device)?;
@@ -26,7 +26,7 @@ impl Weights {
         Ok(Self { vars })
     }
 
-    fn get(&self, name: &str) -> &Tensor {
+    pub(crate) fn get(&self, name: &str) -> &Tensor {
         self.vars
             .get(name)
             .unwrap_or_else(|| panic!("model layout has no parameter {name}"))
@@ -34,7 +34,7 @@ impl Weights {
     }
 
     /// Gradients of `loss` packed in layout order (zero where a parameter got none).
-    fn grads(&self, loss: &Tensor, layout: &ParamLayout, out: &mut [f32]) -> Result<()> {
+    pub(crate) fn grads(&self, loss: &Tensor, layout: &ParamLayout, out: &mut [f32]) -> Result<()> {
         let store = loss.backward()?;
         for slot in layout.slots() {
             let dst = &mut out[slot.range()];
@@ -79,11 +79,7 @@ fn gpt_forward(
     let tok = w.get("wte").index_select(&ids, 0)?;
     let pos = w.get("wpe").narrow(0, 0, len)?.repeat((rows, 1))?;
     let mut x = (tok + pos)?; // [rows * len, c]
-    let mask: Vec<u8> = (0..len)
-        .flat_map(|i| (0..len).map(move |j| u8::from(j > i)))
-        .collect();
-    let mask = Tensor::from_slice(&mask, (len, len), device)?.broadcast_as((rows, h, len, len))?;
-    let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?.broadcast_as((rows, h, len, len))?;
+    let mask = causal_mask(rows, h, len, device)?;
     for l in 0..cfg.layers {
         let p = |n: &str| w.get(&format!("h{l:02}.{n}")).clone();
         let ln1 = layer_norm(&x, &p("ln1.w"), &p("ln1.b"))?;
@@ -97,7 +93,7 @@ fn gpt_forward(
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let att = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hs as f64).sqrt()))?;
-        let att = mask.where_cond(&neg_inf, &att)?;
+        let att = masked(&att, &mask)?;
         let att = candle_nn::ops::softmax(&att, D::Minus1)?;
         let y = att
             .matmul(&v)?
@@ -124,8 +120,20 @@ pub fn gpt_loss_and_grads(
 ) -> Result<f32> {
     let w = Weights::new(device, layout, params)?;
     let logits = gpt_forward(cfg, &w, &batch.inputs, batch.rows, batch.len, device)?;
+    let loss = scored_cross_entropy(&logits, batch, device)?;
+    w.grads(&loss, layout, grads)?;
+    Ok(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+}
+
+/// The mean cross-entropy of `logits` (`[rows × len, vocab]`) over the batch's scored
+/// positions, as a scalar tensor autograd can differentiate: the loss of every token model.
+pub(crate) fn scored_cross_entropy(
+    logits: &Tensor,
+    batch: &TokenBatch,
+    device: &Device,
+) -> Result<Tensor> {
     let n = batch.rows * batch.len;
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let targets = Tensor::from_slice(&batch.targets, (n, 1), device)?;
     let picked = logp.gather(&targets, 1)?;
     let scored: Vec<f32> = batch
@@ -135,9 +143,29 @@ pub fn gpt_loss_and_grads(
         .collect();
     let count = scored.iter().filter(|s| **s > 0.0).count().max(1) as f64;
     let mask = Tensor::from_slice(&scored, (n, 1), device)?;
-    let loss = ((picked * mask)?.sum_all()? * (-1.0 / count))?;
-    w.grads(&loss, layout, grads)?;
-    Ok(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?)
+    Ok(((picked * mask)?.sum_all()? * (-1.0 / count))?)
+}
+
+/// The causal mask of `len` positions for `rows` sequences of `heads` heads: true (1) where a
+/// query may not see a key. With [`masked`], the one mask of every attention trained here.
+pub(crate) fn causal_mask(
+    rows: usize,
+    heads: usize,
+    len: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let mask: Vec<u8> = (0..len)
+        .flat_map(|i| (0..len).map(move |j| u8::from(j > i)))
+        .collect();
+    let shape = (rows, heads, len, len);
+    let mask = Tensor::from_slice(&mask, (len, len), device)?.broadcast_as(shape)?;
+    let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?.broadcast_as(shape)?;
+    Ok((mask, neg_inf))
+}
+
+/// Attention scores with the masked ones set to −∞ (their gradient is zero).
+pub(crate) fn masked(att: &Tensor, mask: &(Tensor, Tensor)) -> Result<Tensor> {
+    Ok(mask.0.where_cond(&mask.1, att)?)
 }
 
 /// See [`crate::backend::Backend::gpt_logits`].

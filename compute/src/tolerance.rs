@@ -54,3 +54,131 @@ pub fn worst_relative_l2(layout: &ParamLayout, a: &TrainState, b: &TrainState) -
 pub fn states_match(layout: &ParamLayout, a: &TrainState, b: &TrainState) -> bool {
     a.step == b.step && worst_relative_l2(layout, a, b).0 <= MAX_RELATIVE_L2
 }
+
+/// The largest relative L2 distance between two runs' parameter *updates* over one segment
+/// ([`update_distance`]). The state check alone is blind where a segment moves the parameters
+/// little against their size (a small learning rate, plain SGD, fine-tuning a pretrained
+/// model): a worker that skipped every step would be within [`MAX_RELATIVE_L2`] of the honest
+/// end. Measured in `spec/COMPUTE.md` section 7.
+pub const MAX_UPDATE_RELATIVE_L2: f64 = 2e-2;
+
+/// An update smaller than this share of the parameters' norm is measured as if it were this
+/// large. Below it the binary32 rounding of the parameters themselves is no longer small
+/// against the update: two kernels whose gradients differ in the last bits can round a
+/// parameter's update to neighbouring values, at most 2⁻²³ of it per step, so over a segment of
+/// `n` steps such flips move the parameters by at most about `2⁻²³·√n` of their norm
+/// (`3.8e-3` of this floor for 10 steps, `5.3e-3` for 20): always well under
+/// [`MAX_UPDATE_RELATIVE_L2`], whatever the learning rate. The price: a segment that moves the
+/// parameters by less than about `MAX_UPDATE_RELATIVE_L2 · MIN_UPDATE_SHARE` (2e-6) of their norm
+/// cannot be told from no work in these profiles (`repro` has no such floor).
+pub const MIN_UPDATE_SHARE: f64 = 1e-4;
+
+/// How far `theirs`'s update of the parameters from `start` is from `ours`, relative to ours:
+/// `‖θ_theirs − θ_ours‖ / max(‖θ_ours − θ_start‖, MIN_UPDATE_SHARE · ‖θ_ours‖, 1e-30)` over
+/// all parameters together, in binary64 (∞ if the sizes differ, NaN if a value is NaN).
+/// Together, not per tensor: a tensor whose true gradient is zero (an attention key bias) moves
+/// by rounding noise alone, differently in each profile, while no cheaper computation moves
+/// only some tensors.
+pub fn update_distance(start: &TrainState, ours: &TrainState, theirs: &TrainState) -> f64 {
+    if start.params.len() != ours.params.len() || ours.params.len() != theirs.params.len() {
+        return f64::INFINITY;
+    }
+    let (mut diff, mut update, mut norm) = (0.0f64, 0.0f64, 0.0f64);
+    for ((s, a), b) in start.params.iter().zip(&ours.params).zip(&theirs.params) {
+        let (s, a, b) = (f64::from(*s), f64::from(*a), f64::from(*b));
+        diff += (b - a) * (b - a);
+        update += (a - s) * (a - s);
+        norm += a * a;
+    }
+    diff.sqrt() / update.sqrt().max(MIN_UPDATE_SHARE * norm.sqrt()).max(1e-30)
+}
+
+/// Whether `theirs` (a worker's end state of a segment that started at `start`) matches `ours`
+/// (its re-execution) in a `native` or `cuda` audit: the same step, every tensor within
+/// [`MAX_RELATIVE_L2`], and the parameters' update within [`MAX_UPDATE_RELATIVE_L2`]. `Err`
+/// says which check failed and by how much.
+pub fn segment_matches(
+    layout: &ParamLayout,
+    start: &TrainState,
+    ours: &TrainState,
+    theirs: &TrainState,
+) -> Result<(), String> {
+    if ours.step != theirs.step {
+        return Err(format!(
+            "the end state is at step {}, re-execution at {}",
+            theirs.step, ours.step
+        ));
+    }
+    let (worst, tensor) = worst_relative_l2(layout, theirs, ours);
+    if worst.is_nan() || worst > MAX_RELATIVE_L2 {
+        return Err(format!(
+            "{tensor} differs by relative L2 {worst:.3e} (at most {MAX_RELATIVE_L2:e})"
+        ));
+    }
+    let update = update_distance(start, ours, theirs);
+    if update.is_nan() || update > MAX_UPDATE_RELATIVE_L2 {
+        return Err(format!(
+            "the parameters' update over the segment differs by relative L2 {update:.3e} \
+             (at most {MAX_UPDATE_RELATIVE_L2:e})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(params: &[f32]) -> TrainState {
+        TrainState {
+            step: 1,
+            params: params.to_vec(),
+            m: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_update_distance_is_relative_to_our_update_above_its_floor() {
+        let start = state(&[1.0, 1.0]);
+        let ours = state(&[1.0 - 0.01, 1.0]);
+        // Half of our update: distance 0.5.
+        let half = state(&[1.0 - 0.005, 1.0]);
+        assert!((update_distance(&start, &ours, &half) - 0.5).abs() < 1e-4);
+        assert_eq!(update_distance(&start, &ours, &ours), 0.0);
+        // An update under the floor is measured against the floor: 1e-6 of the norm missed
+        // entirely is 1e-6 / 1e-4 = 1e-2 of it.
+        let tiny = state(&[1.0, 1.0 - 1.5e-6]);
+        let d = update_distance(&start, &tiny, &start);
+        let floor = MIN_UPDATE_SHARE * (1.0f64 + f64::from(1.0f32 - 1.5e-6).powi(2)).sqrt();
+        let expected = f64::from(1.0f32 - (1.0 - 1.5e-6)) / floor;
+        assert!((d - expected).abs() < 1e-9, "{d} vs {expected}");
+        // Sizes that differ, and NaN, never pass.
+        assert_eq!(
+            update_distance(&start, &ours, &state(&[1.0])),
+            f64::INFINITY
+        );
+        assert!(update_distance(&start, &ours, &state(&[f32::NAN, 1.0])).is_nan());
+    }
+
+    #[test]
+    fn a_segment_matches_only_at_the_same_step_within_both_checks() {
+        let layout = ParamLayout::new(vec![("w".to_owned(), vec![2])]);
+        let start = state(&[1.0, 1.0]);
+        let ours = state(&[0.9, 1.0]);
+        assert_eq!(segment_matches(&layout, &start, &ours, &ours), Ok(()));
+        let mut later = ours.clone();
+        later.step = 2;
+        assert!(segment_matches(&layout, &start, &ours, &later)
+            .unwrap_err()
+            .contains("step 2"));
+        // Within the state tolerance (0.03 of the tensor), not within the update's (0.3).
+        let lazy = state(&[0.93, 1.0]);
+        assert!(states_match(&layout, &ours, &lazy));
+        assert!(segment_matches(&layout, &start, &ours, &lazy)
+            .unwrap_err()
+            .contains("update"));
+        let nan = state(&[f32::NAN, 1.0]);
+        assert!(segment_matches(&layout, &start, &ours, &nan).is_err());
+    }
+}

@@ -1,6 +1,8 @@
 //! The `llama` backward pass in `repro` (issue 15, fine-tuning): its gradients are those of
 //! its loss (central differences), its forward pass is the served model's bit for bit, its
-//! bits do not depend on the thread count, and gradient steps lower the loss.
+//! bits do not depend on the thread count, and gradient steps lower the loss. In `native`
+//! (candle's autograd) the same task trains within the audit's tolerance of `repro`, and a
+//! worker that skips the work of a fine-tuning segment is caught by it.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -329,9 +331,6 @@ fn llama_training_tasks_that_cannot_run_are_refused_by_field() {
         Err(ComputeError::InvalidConfig { field, .. }) => field,
         other => panic!("{other:?}"),
     };
-    let mut native = task.clone();
-    native.profile = ExecutionProfile::Native;
-    assert_eq!(field(&native), "profile");
     let with = |f: &dyn Fn(&mut TrainingSpec)| {
         let mut t = task.clone();
         if let Workload::Training(s) = &mut t.workload {
@@ -571,4 +570,97 @@ fn half_precision_weights_files_widen_exactly() {
         e.to_string().contains("I16") && e.to_string().contains("expected F32 (or F16, BF16)"),
         "{e}"
     );
+}
+
+/// The task of [`llama_task`], fine-tuned from a pretrained file in `profile` with `optimizer`.
+fn fine_tune(
+    profile: ExecutionProfile,
+    optimizer: market_protocol::OptimizerSpec,
+    blobs: &mut std::collections::BTreeMap<BlobId, Vec<u8>>,
+) -> TaskSpec {
+    let mut task = llama_task(24, blobs);
+    let gguf = market_compute::llama::fixtures::tiny_gguf(31).unwrap();
+    let id = BlobId::of(&gguf);
+    blobs.insert(id, gguf);
+    task.profile = profile;
+    if let Workload::Training(t) = &mut task.workload {
+        t.initial_weights = Some(id);
+        t.optimizer = optimizer;
+    }
+    task
+}
+
+fn sgd(lr: &str) -> market_protocol::OptimizerSpec {
+    market_protocol::OptimizerSpec::Sgd {
+        lr: lr.parse().unwrap(),
+        momentum: "0".parse().unwrap(),
+        weight_decay: "0".parse().unwrap(),
+    }
+}
+
+#[test]
+fn a_llama_trains_in_native_within_the_tolerance_of_repro() {
+    use market_compute::tolerance::segment_matches;
+    use market_compute::Backend;
+    let mut blobs = std::collections::BTreeMap::new();
+    let task = llama_task(24, &mut blobs);
+    let adamw = match &task.workload {
+        Workload::Training(t) => t.optimizer.clone(),
+        _ => unreachable!(),
+    };
+    for optimizer in [adamw, sgd("0.05")] {
+        let task = fine_tune(ExecutionProfile::Native, optimizer.clone(), &mut blobs);
+        let native = TrainingJob::from_spec(&task, &blobs).unwrap();
+        let repro = native.clone().with_backend(Backend::Repro);
+        // The native gradients are repro's up to rounding.
+        let state = repro.initial_state();
+        let (mut a, mut b) = (state.clone(), state.clone());
+        let loss_a = repro.step(&mut a).unwrap();
+        let loss_b = native.step(&mut b).unwrap();
+        assert!(
+            (loss_a - loss_b).abs() <= 1e-5 * loss_a.abs(),
+            "{loss_a} vs {loss_b}"
+        );
+        // Every segment re-executed in native from repro's checkpoint matches it, as an
+        // audit of a native run compares.
+        let mut start = state;
+        let mut losses = Vec::new();
+        for seg in 0..repro.segments() {
+            let (theirs, loss) = repro.run_segment(seg, &start, |_, _| {}).unwrap();
+            let (ours, native_loss) = native.run_segment(seg, &start, |_, _| {}).unwrap();
+            assert_eq!(
+                segment_matches(&repro.layout, &start, &ours, &theirs),
+                Ok(()),
+                "{optimizer:?}, segment {seg}"
+            );
+            assert!((loss - native_loss).abs() <= 1e-3 * loss.abs());
+            losses.push(native_loss);
+            start = theirs;
+        }
+        assert!(losses[2] < losses[0], "{optimizer:?}: {losses:?}");
+    }
+}
+
+#[test]
+fn a_lazy_fine_tuning_segment_passes_the_state_check_alone_and_fails_the_update_check() {
+    use market_compute::tolerance::{segment_matches, states_match};
+    let mut blobs = std::collections::BTreeMap::new();
+    // Plain SGD with a small learning rate: a segment moves the pretrained parameters by a
+    // small share of their size.
+    let task = fine_tune(ExecutionProfile::Native, sgd("0.0001"), &mut blobs);
+    let job = TrainingJob::from_spec(&task, &blobs).unwrap();
+    let start = job.initial_state();
+    let (honest, _) = job.run_segment(0, &start, |_, _| {}).unwrap();
+    // The lazy worker: the parameters where they started, only the segment's last step taken
+    // from there (so with momentum 0 the optimizer state holds a last gradient, as honestly).
+    let mut lazy = start.clone();
+    lazy.step = honest.step - 1;
+    job.step(&mut lazy).unwrap();
+    assert_eq!(lazy.step, honest.step);
+    assert!(
+        states_match(&job.layout, &honest, &lazy),
+        "the per-tensor state check alone would have caught it: the attack needs a smaller step"
+    );
+    let err = segment_matches(&job.layout, &start, &honest, &lazy).unwrap_err();
+    assert!(err.contains("update"), "{err}");
 }

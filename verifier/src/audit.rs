@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use market_compute::bundle::{Bundle, BundleError};
 use market_compute::state::MAX_STATE_BYTES;
-use market_compute::tolerance::{states_match, worst_relative_l2};
+use market_compute::tolerance::segment_matches;
 use market_compute::{BlobSource, InferenceJob, TrainState, TrainingJob};
 use market_protocol::detection::{
     audited_runs, detection_probability, faked_segments, plan_for_runs, samples_for_target,
@@ -529,21 +529,22 @@ fn check_training(
             expected,
             actual: Some(actual),
         });
-        let matches = if exact {
-            actual == expected
+        // `repro`: the same bits; `native`/`cuda`: within the tolerance, which also compares
+        // the segment's update of the parameters (so it needs the start state).
+        let mismatch = if exact {
+            (actual != expected).then(String::new)
         } else {
-            TrainState::from_bytes(&end_bytes, &job.layout)
-                .is_ok_and(|theirs| states_match(&job.layout, &ours, &theirs))
+            match TrainState::from_bytes(&end_bytes, &job.layout) {
+                Ok(theirs) => segment_matches(&job.layout, &start_state, &ours, &theirs).err(),
+                Err(e) => Some(format!("the end state does not decode: {e}")),
+            }
         };
-        if !matches {
+        if let Some(why) = mismatch {
             let mut f = fail(seg, FailureReason::StateMismatch, format!("segment {seg} (steps {}..{end}) re-executes to {actual}, the worker committed {expected}", first + 1));
-            if !exact {
-                if let Ok(theirs) = TrainState::from_bytes(&end_bytes, &job.layout) {
-                    let (d, tensor) = worst_relative_l2(&job.layout, &ours, &theirs);
-                    f.detail = format!("{}; {tensor} differs by relative L2 {d:.3e}", f.detail);
-                }
-            } else {
+            if exact {
                 narrow(bundle, &job, seg, &start_state, expected, &mut f, rerun)?;
+            } else {
+                f.detail = format!("{}; {why}", f.detail);
             }
             return Ok(Some(f));
         }

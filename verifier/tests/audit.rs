@@ -480,3 +480,46 @@ fn llama_answers_are_checked_in_one_pass_and_cheats_fail() {
         other => panic!("other weights passed: {other:?}"),
     }
 }
+
+#[test]
+fn a_native_worker_that_skips_the_work_of_small_steps_is_caught_by_the_update_check() {
+    // Fine-tuning with plain SGD and a small learning rate: each segment moves the pretrained
+    // parameters by well under the per-tensor state tolerance, so a worker that leaves them
+    // where the segment started (taking only its last step, so the optimizer state looks
+    // right) is within it.
+    let pretraining = example("gpt-train.json");
+    let job = market_compute::TrainingJob::from_spec(&pretraining, &NoBlobs).unwrap();
+    let mut pretrained = job.initial_state();
+    for _ in 0..30 {
+        job.step(&mut pretrained).unwrap();
+    }
+    let weights = market_compute::init::weights_to_bytes(&job.layout, &pretrained.params).unwrap();
+    let id = BlobId::of(&weights);
+    let blobs = std::collections::BTreeMap::from([(id, weights)]);
+    let mut task = pretraining.clone();
+    task.profile = ExecutionProfile::Native;
+    if let Workload::Training(t) = &mut task.workload {
+        t.steps = 30;
+        t.initial_weights = Some(id);
+        t.optimizer = OptimizerSpec::Sgd {
+            lr: "0.00001".parse().unwrap(),
+            momentum: "0".parse().unwrap(),
+            weight_decay: "0".parse().unwrap(),
+        };
+    }
+    let run = |behavior: Behavior| {
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = Bundle::at(dir.path());
+        exec(&task, &worker(), behavior, &bundle, &blobs, |_| {}).unwrap();
+        let report = audit(&bundle, beacon(1), &SamplePolicy::All, &verifier(), &blobs);
+        report.unwrap().verdict.body.outcome
+    };
+    assert_eq!(run(Behavior::Honest), VerdictOutcome::Pass);
+    match run(Behavior::LastStep(1.0)) {
+        VerdictOutcome::Fail { reason, detail, .. } => {
+            assert_eq!(reason, FailureReason::StateMismatch);
+            assert!(detail.contains("update over the segment"), "{detail}");
+        }
+        other => panic!("a lazy native worker passed: {other:?}"),
+    }
+}

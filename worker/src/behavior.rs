@@ -17,6 +17,11 @@ pub enum Behavior {
     Skip(f64),
     /// A fraction of segments are trained, then their weights perturbed.
     Noise(f64),
+    /// A fraction of segments leave the parameters where the segment started and take only
+    /// its last step from there, committing each step's loss at the start parameters (a
+    /// forward pass each): the cheap cheat a `native` tolerance must still catch where a
+    /// segment moves the parameters little (plain SGD, a small learning rate).
+    LastStep(f64),
     /// Trains the first part of the run only and pads the rest (the last fraction) with copies.
     Truncate(f64),
     /// Trains every segment on other data.
@@ -38,7 +43,8 @@ pub enum Behavior {
 /// Why a strategy name is not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown strategy {0:?}: use honest, skip:F, noise:F, truncate:F (0 < F <= 1), wrong-data, \
+    "unknown strategy {0:?}: use honest, skip:F, noise:F, last-step:F, truncate:F (0 < F <= 1), \
+     wrong-data, \
      low-precision, replay, forge-root, withhold or withhold-late"
 )]
 pub struct BehaviorError(pub String);
@@ -58,6 +64,7 @@ impl FromStr for Behavior {
         Ok(match s.split_once(':') {
             Some(("skip", f)) => Self::Skip(fraction(f)?),
             Some(("noise", f)) => Self::Noise(fraction(f)?),
+            Some(("last-step", f)) => Self::LastStep(fraction(f)?),
             Some(("truncate", f)) => Self::Truncate(fraction(f)?),
             Some(_) => return Err(bad()),
             None => match s {
@@ -80,6 +87,7 @@ impl fmt::Display for Behavior {
             Self::Honest => write!(f, "honest"),
             Self::Skip(x) => write!(f, "skip:{x}"),
             Self::Noise(x) => write!(f, "noise:{x}"),
+            Self::LastStep(x) => write!(f, "last-step:{x}"),
             Self::Truncate(x) => write!(f, "truncate:{x}"),
             Self::WrongData => write!(f, "wrong-data"),
             Self::LowPrecision => write!(f, "low-precision"),
@@ -97,7 +105,7 @@ impl Behavior {
     pub fn faked_segments(&self, n: u32, salt: &Hash) -> BTreeSet<u32> {
         let count = |f: f64| ((f * f64::from(n)).ceil() as u32).clamp(1, n.max(1)).min(n);
         match *self {
-            Self::Skip(f) | Self::Noise(f) => {
+            Self::Skip(f) | Self::Noise(f) | Self::LastStep(f) => {
                 let seed = ChallengeSeed(Hash::of(
                     &[b"cheater's own choice".as_slice(), salt.as_bytes()].concat(),
                 ));
@@ -123,6 +131,7 @@ mod tests {
             "honest",
             "skip:0.2",
             "noise:0.5",
+            "last-step:0.25",
             "truncate:1",
             "wrong-data",
             "low-precision",

@@ -372,6 +372,19 @@ pub fn run_segment_as(
                 state.step += 1;
                 0.0
             }
+            (true, Behavior::LastStep(_)) => {
+                // This step's batch at the start parameters: its loss, and (for the last
+                // step only) the state it leads to.
+                let mut from_start = start.clone();
+                from_start.step = state.step;
+                let loss = job.step(&mut from_start)?;
+                if from_start.step == end {
+                    state = from_start;
+                } else {
+                    state.step += 1;
+                }
+                loss
+            }
             (true, Behavior::WrongData | Behavior::Replay) => {
                 cheat.unwrap_or(job).step(&mut state)?
             }
@@ -531,7 +544,10 @@ fn exec_inference(
     cancel: &CancelToken,
     on_progress: &mut dyn FnMut(Progress),
 ) -> Result<(Commitment, Vec<StateHash>, BTreeSet<u32>), ExecError> {
-    if matches!(behavior, Behavior::WrongData | Behavior::LowPrecision) {
+    if matches!(
+        behavior,
+        Behavior::WrongData | Behavior::LowPrecision | Behavior::LastStep(_)
+    ) {
         return Err(ExecError::NotApplicable(behavior, "inference"));
     }
     let job = InferenceJob::from_spec(task, blobs)?;

@@ -15,6 +15,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf_tokenizer;
 pub mod native;
+pub mod native_train;
 pub mod repro;
 pub mod rope;
 pub mod text;

@@ -429,7 +429,7 @@ fn attention_backward(
 
 /// Checks that `batch` fits the model: every sequence within its context, every token in its
 /// vocabulary.
-fn check(c: &LlamaConfig, batch: &TokenBatch) -> Result<()> {
+pub(crate) fn check(c: &LlamaConfig, batch: &TokenBatch) -> Result<()> {
     for row in batch.inputs.chunks(batch.len.max(1)) {
         c.check_tokens(0, row)?;
     }
