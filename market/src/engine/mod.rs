@@ -5,6 +5,7 @@
 
 mod assign;
 mod audit;
+mod divergence;
 pub mod housekeeping;
 pub mod operations;
 mod post;

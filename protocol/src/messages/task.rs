@@ -1,13 +1,40 @@
 //! [`TaskSpec`]: what a buyer asks for, declaratively. Workers never run buyer code: a task
 //! names a model from the zoo with its config, a dataset and the optimizer's settings.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::Version;
 use crate::hash::BlobId;
 use crate::keys::AccountId;
 use crate::numbers::{Credits, Decimal};
 use crate::signed::Message;
+
+/// Reads an optional member the canonical encoding leaves out when unset (ENCODING.md section
+/// 6): absent is `None` (through `#[serde(default)]`), a value is `Some`, and an explicit `null`
+/// is refused by name, not read as absent. A `null` is not canonical, so the bytes a client
+/// signed with it could never match the node's encoding: it would otherwise surface as a bad
+/// signature, which names nothing.
+macro_rules! absent_not_null {
+    ($fn:ident, $member:literal) => {
+        fn $fn<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+            d: D,
+        ) -> Result<Option<T>, D::Error> {
+            match Option::<T>::deserialize(d)? {
+                Some(v) => Ok(Some(v)),
+                None => Err(serde::de::Error::custom(concat!(
+                    "`",
+                    $member,
+                    "` is null: leave the member out when it has no value (absent, not null: \
+                     ENCODING.md section 6)"
+                ))),
+            }
+        }
+    };
+}
+absent_not_null!(pool_member, "pool");
+absent_not_null!(eval_dataset_member, "eval_dataset");
+absent_not_null!(tokenizer_member, "tokenizer");
+absent_not_null!(top_p_member, "top_p");
 
 /// A buyer's task. Signed by the buyer; its [`crate::TaskId`] is the message id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,12 +96,20 @@ pub struct TrainingSpec {
     /// Pooled training: the run split across several workers that train apart and merge in
     /// rounds (`COMPUTE.md` section 10). Absent (not `null`) for a run on one worker, so the
     /// specs, and ids, of such tasks are what they were before pooling existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "pool_member"
+    )]
     pub pool: Option<PoolSpec>,
     /// For a `gpt`: a token blob (the dataset blob format) the node evaluates the merged
     /// states of a pooled task on, as its held-out loss per round. Absent (not `null`) when
     /// there is none. Nobody trains or audits on it, so it is not among [`TaskSpec::blobs`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "eval_dataset_member"
+    )]
     pub eval_dataset: Option<BlobId>,
 }
 
@@ -120,7 +155,11 @@ pub struct InferenceSpec {
     /// chat template) or a Hugging Face `tokenizer.json` (`COMPUTE.md` 11.7a). Required with
     /// safetensors weights (how a fine-tuned model comes back); absent from the encoding when
     /// `null`, so tasks without it keep their bytes and ids.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tokenizer_member"
+    )]
     pub tokenizer: Option<BlobId>,
     /// The items to run.
     pub inputs: InferenceInputs,
@@ -309,7 +348,11 @@ pub enum Decoding {
         /// Nucleus sampling: of those, keep the most likely whose probabilities first sum to
         /// at least `top_p` (between 0 and 1, both excluded), and sample among them. Absent
         /// (never `null`) keeps all `top_k`, so tasks from before it keep their ids.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "top_p_member"
+        )]
         top_p: Option<Decimal>,
     },
 }
