@@ -210,6 +210,16 @@ fn main() -> Result<(), Error> {
         );
     }
     let per_step = clock.elapsed().as_secs_f64() / f64::from(steps);
+    // The peak so far (the training, plus this example's own copies: the GGUF file's weights,
+    // the held-out windows) against the node's estimate of the task's memory.
+    let peak_kib: Option<u64> =
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse().ok()
+            });
+    let estimate = market_compute::resources::estimate(&task, &blobs)?.memory_bytes;
     let tolerance = if profile == market_protocol::ExecutionProfile::Repro {
         serde_json::Value::Null
     } else {
@@ -238,6 +248,8 @@ fn main() -> Result<(), Error> {
             "held_out_loss_after": after,
             "profile": format!("{profile:?}"),
             "seconds_per_step": per_step,
+            "peak_rss_bytes_after_training": peak_kib.map(|k| k * 1024),
+            "estimated_memory_bytes": estimate,
             "tolerance_segment_0": tolerance,
             "prompt": prompt,
             "greedy_before": said_before,
