@@ -42,8 +42,8 @@ enum Command {
         /// The worker's key file (0600); a throw-away key is used if absent.
         #[arg(long)]
         key: Option<PathBuf>,
-        /// Testing aid: cheat with this strategy (skip:F, noise:F, truncate:F, wrong-data,
-        /// low-precision, replay, forge-root, withhold) so audits can be tested.
+        /// Testing aid: cheat with this strategy (skip:F, noise:F, last-step:F, truncate:F,
+        /// wrong-data, low-precision, replay, forge-root, withhold) so audits can be tested.
         #[arg(long, default_value = "honest")]
         fault: Behavior,
     },
