@@ -357,6 +357,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
         },
         weights: None,
         tokenizer: None,
+        tokenizer_config: None,
         inputs: InferenceInputs::Rows { id: rows },
         decoding: Decoding::Greedy,
     });
@@ -379,6 +380,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
         },
         weights: None,
         tokenizer: None,
+        tokenizer_config: None,
         inputs: InferenceInputs::Rows { id: wide_rows },
         decoding: Decoding::Greedy,
     });

@@ -17,6 +17,7 @@ use crate::llama::generate::{
     check_answer, generate, generate_streaming, Finish, GenerateParams, Generation, Match,
     TextStream,
 };
+use crate::llama::hf_tokenizer_config::apply_tokenizer_config;
 use crate::llama::native::NativeLlama;
 use crate::llama::repro::ReproLlama;
 use crate::llama::text::TextCodec;
@@ -70,6 +71,8 @@ struct LlamaRun {
     weights: BlobId,
     /// The blob its tokenizer was read from, when not the weights.
     tokenizer: Option<BlobId>,
+    /// The blob that completed a `tokenizer.json` (11.7b), if any.
+    tokenizer_config: Option<BlobId>,
     /// Its parameter layout.
     layout: ParamLayout,
     codec: TextCodec,
@@ -226,12 +229,17 @@ impl InferenceJob {
         if let ModelConfig::Llama(config) = &model {
             return Self::llama_from_spec(spec, config, blobs, load);
         }
-        if inf.tokenizer.is_some() {
-            // Workers and verifiers would fetch a blob nothing reads.
-            return Err(ComputeError::config(
-                "tokenizer",
-                "only a llama takes a tokenizer (the zoo's gpt has its own)",
-            ));
+        // Workers and verifiers would fetch a blob nothing reads.
+        for (field, named) in [
+            ("tokenizer", inf.tokenizer.is_some()),
+            ("tokenizer_config", inf.tokenizer_config.is_some()),
+        ] {
+            if named {
+                return Err(ComputeError::config(
+                    field,
+                    "only a llama takes one (the zoo's gpt has its own tokenizer)",
+                ));
+            }
         }
         let layout = model.layout();
         let fetch = |id: &BlobId| blobs.blob(id).ok_or(ComputeError::MissingBlob(*id));
@@ -368,7 +376,8 @@ impl InferenceJob {
         drop(bytes);
         let vocab = match (&inf.tokenizer, own_vocab) {
             (Some(t), _) => {
-                let v = tokenizer_vocab(&blobs.blob(t).ok_or(ComputeError::MissingBlob(*t))?)?;
+                let bytes = blobs.blob(t).ok_or(ComputeError::MissingBlob(*t))?;
+                let mut v = tokenizer_vocab(&bytes)?;
                 if v.tokens.len() > config.vocab_size {
                     return Err(ComputeError::config(
                         "tokenizer",
@@ -379,7 +388,23 @@ impl InferenceJob {
                         ),
                     ));
                 }
+                if let Some(c) = &inf.tokenizer_config {
+                    if bytes.starts_with(b"GGUF") {
+                        return Err(ComputeError::config(
+                            "tokenizer_config",
+                            "goes with a tokenizer.json only: a GGUF tokenizer carries its own chat template and EOS",
+                        ));
+                    }
+                    let config_bytes = blobs.blob(c).ok_or(ComputeError::MissingBlob(*c))?;
+                    apply_tokenizer_config(&mut v, &config_bytes)?;
+                }
                 v
+            }
+            (None, _) if inf.tokenizer_config.is_some() => {
+                return Err(ComputeError::config(
+                    "tokenizer_config",
+                    "goes with a `tokenizer` (a tokenizer.json) and names none here",
+                ))
             }
             (None, Some(v)) => v,
             (None, None) => {
@@ -402,6 +427,7 @@ impl InferenceJob {
         let run = std::sync::Arc::new(LlamaRun {
             weights: *id,
             tokenizer: inf.tokenizer,
+            tokenizer_config: inf.tokenizer_config,
             layout: weights.layout.clone(),
             codec,
             model,
@@ -424,6 +450,7 @@ impl InferenceJob {
         };
         if inf.weights != Some(run.weights)
             || inf.tokenizer != run.tokenizer
+            || inf.tokenizer_config != run.tokenizer_config
             || ModelConfig::from_spec(&inf.model)? != self.model
             || spec.profile != self.profile
         {

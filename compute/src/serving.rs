@@ -81,6 +81,7 @@ impl ServeRequest {
                 model: self.model.clone(),
                 weights: Some(self.weights),
                 tokenizer: None,
+                tokenizer_config: None,
                 inputs,
                 decoding: self.decoding.clone(),
             }),

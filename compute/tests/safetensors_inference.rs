@@ -1,14 +1,16 @@
 //! A `llama` served from safetensors weights (what a training task returns) with a separate
 //! tokenizer blob (issue 15): the answers are the GGUF file's, bit for bit, whether the
-//! tokenizer is the GGUF file or a Hugging Face `tokenizer.json`, and what cannot work is
-//! refused by field.
+//! tokenizer is the GGUF file or a Hugging Face `tokenizer.json` (with its
+//! `tokenizer_config.json`, chats too), and what cannot work is refused by field.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 use std::collections::BTreeMap;
 
 use market_compute::init::weights_to_bytes;
-use market_compute::llama::fixtures::{byte_vocab, hf_tokenizer_json, tiny_gguf, tiny_spec};
+use market_compute::llama::fixtures::{
+    byte_vocab, hf_tokenizer_config_json, hf_tokenizer_json, tiny_gguf, tiny_spec,
+};
 use market_compute::llama::gguf;
 use market_compute::{ComputeError, InferenceJob};
 use market_protocol::fixtures::inference_task;
@@ -193,4 +195,160 @@ fn an_item_that_overflows_is_named_in_the_error() {
         e.starts_with("non-finite value in `logits of item 1` after step 0"),
         "{e}"
     );
+}
+
+/// `task` with `config` as its `tokenizer_config`.
+fn with_config(mut task: TaskSpec, config: Option<BlobId>) -> TaskSpec {
+    if let Workload::Inference(inf) = &mut task.workload {
+        inf.tokenizer_config = config;
+    }
+    task
+}
+
+#[test]
+fn a_tokenizer_json_with_its_tokenizer_config_answers_chats_as_the_gguf_does() {
+    let (mut blobs, _, st, json) = tiny_model();
+    let gguf = put(&mut blobs, tiny_gguf(11).unwrap());
+    let config = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_config_json(&byte_vocab())).unwrap(),
+    );
+    // The chat template and the EOS (the end of an answer) come from the config: the same
+    // answers, bit for bit, as the GGUF file's own tokenizer gives.
+    let reference = answers(&task(gguf, None, true), &blobs);
+    let chat = with_config(task(st, Some(json), true), Some(config));
+    assert_eq!(answers(&chat, &blobs), reference);
+    assert!(chat.blobs().contains(&config));
+    // The EOS is read from the config: named as the answer's first token, the answer ends
+    // there (and the comparison can fail).
+    let record: serde_json::Value = serde_json::from_slice(&reference[0]).unwrap();
+    let first = record["tokens"][0].as_u64().unwrap() as usize;
+    assert!(record["tokens"].as_array().unwrap().len() > 1, "{record}");
+    let mut early = hf_tokenizer_config_json(&byte_vocab());
+    early["eos_token"] = byte_vocab().tokens[first].clone().into();
+    let early = put(&mut blobs, serde_json::to_vec(&early).unwrap());
+    let early = answers(
+        &with_config(task(st, Some(json), true), Some(early)),
+        &blobs,
+    );
+    let early: serde_json::Value = serde_json::from_slice(&early[0]).unwrap();
+    assert_eq!(early["tokens"], serde_json::json!([first]), "{early}");
+    // The list form of `chat_template`: the entry named "default".
+    let mut listed = hf_tokenizer_config_json(&byte_vocab());
+    listed["chat_template"] = serde_json::json!([
+        {"name": "tool_use", "template": "{{ raise_exception('not this one') }}"},
+        {"name": "default", "template": market_compute::llama::fixtures::CHATML},
+    ]);
+    let listed = put(&mut blobs, serde_json::to_vec(&listed).unwrap());
+    assert_eq!(
+        answers(
+            &with_config(task(st, Some(json), true), Some(listed)),
+            &blobs
+        ),
+        reference
+    );
+}
+
+#[test]
+fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
+    let (mut blobs, _, st, json) = tiny_model();
+    let gguf = put(&mut blobs, tiny_gguf(11).unwrap());
+    let good = hf_tokenizer_config_json(&byte_vocab());
+    let config = put(&mut blobs, serde_json::to_vec(&good).unwrap());
+    let field = |e: ComputeError| match e {
+        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
+        other => format!("{other}"),
+    };
+    // With no tokenizer, with a GGUF tokenizer, on a model that takes none.
+    for t in [
+        with_config(task(st, None, true), Some(config)),
+        with_config(task(st, Some(gguf), true), Some(config)),
+        with_config(task(gguf, None, true), Some(config)),
+    ] {
+        let e = field(refusal(&t, &blobs));
+        assert!(e.starts_with("tokenizer_config:"), "{e}");
+    }
+    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
+    if let Workload::Inference(inf) = &mut gpt.workload {
+        inf.weights = None;
+        inf.tokenizer_config = Some(config);
+    }
+    assert!(field(refusal(&gpt, &blobs)).starts_with("tokenizer_config:"));
+    // A config nobody uploaded.
+    let missing = BlobId::of(b"no such config");
+    assert!(matches!(
+        refusal(&with_config(task(st, Some(json), true), Some(missing)), &blobs),
+        ComputeError::MissingBlob(id) if id == missing
+    ));
+    // Files that cannot be used, each refused naming what is wrong.
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"[1, 2]".to_vec(), "not a JSON object"),
+        (
+            b"{\"eos_token\": \"a\", \"eos_token\": \"b\"}".to_vec(),
+            "appears twice",
+        ),
+        (vec![b' '; (4 << 20) + 1], "over the limit"),
+        (edit(&|v| v["add_eos_token"] = true.into()), "add_eos_token"),
+        (edit(&|v| v["add_bos_token"] = true.into()), "add_bos_token"),
+        (
+            edit(&|v| v["add_bos_token"] = "yes".into()),
+            "add_bos_token",
+        ),
+        (edit(&|v| v["chat_template"] = 7.into()), "chat_template"),
+        (
+            edit(&|v| v["chat_template"] = serde_json::json!([{"name": "x", "template": "y"}])),
+            "no template named",
+        ),
+        (
+            edit(&|v| {
+                v["chat_template"] = serde_json::json!([
+                    {"name": "default", "template": "a"}, {"name": "default", "template": "b"}])
+            }),
+            "named twice",
+        ),
+        (edit(&|v| v["eos_token"] = "<|nope|>".into()), "eos_token"),
+        (
+            edit(&|v| v["eos_token"] = serde_json::json!({"text": "x"})),
+            "eos_token",
+        ),
+        (edit(&|v| v["bos_token"] = 3.into()), "bos_token"),
+    ];
+    for (bytes, needle) in cases {
+        let id = put(&mut blobs, bytes);
+        match refusal(&with_config(task(st, Some(json), true), Some(id)), &blobs) {
+            ComputeError::InvalidBlob {
+                what: "tokenizer_config",
+                reason,
+            } => assert!(reason.contains(needle), "{needle}: {reason}"),
+            other => panic!("{needle}: {other}"),
+        }
+    }
+    // A BOS that is not the one the tokenizer.json's post-processor adds.
+    let mut bos_vocab = byte_vocab();
+    bos_vocab.add_bos = true;
+    let with_bos = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_json(&bos_vocab)).unwrap(),
+    );
+    let other_bos = put(
+        &mut blobs,
+        edit(&|v| {
+            v["bos_token"] = "<|im_end|>".into();
+            v["add_bos_token"] = true.into();
+        }),
+    );
+    match refusal(
+        &with_config(task(st, Some(with_bos), true), Some(other_bos)),
+        &blobs,
+    ) {
+        ComputeError::InvalidBlob { reason, .. } => {
+            assert!(reason.starts_with("bos_token:"), "{reason}")
+        }
+        other => panic!("{other}"),
+    }
 }

@@ -412,6 +412,7 @@ fn llama_chat_task(gguf: &Gguf, profile: ExecutionProfile) -> TaskSpec {
         model: market_compute::llama::fixtures::tiny_spec(),
         weights: Some(gguf.0),
         tokenizer: None,
+        tokenizer_config: None,
         inputs: InferenceInputs::Chat {
             chats: vec![ask("What is 2+2?"), ask("Name a colour."), ask("Hello!")],
             max_new_tokens: 12,

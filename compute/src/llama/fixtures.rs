@@ -154,3 +154,36 @@ pub fn hf_tokenizer_json(v: &GgufVocab) -> Value {
                   "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges},
     })
 }
+
+/// What `v` says beyond its `tokenizer.json` as a Hugging Face `tokenizer_config.json`, in the
+/// shape `transformers` saves one: the chat template, the BOS and EOS as `AddedToken` objects
+/// and plain strings respectively, and keys 11.7b ignores (`model_max_length`,
+/// `tokenizer_class`, `added_tokens_decoder`, ...).
+pub fn hf_tokenizer_config_json(v: &GgufVocab) -> Value {
+    let name = |id: Option<u32>| id.map(|id| v.tokens[id as usize].clone());
+    let decoder: serde_json::Map<String, Value> = v
+        .token_types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == 3)
+        .map(|(id, _)| {
+            (
+                id.to_string(),
+                json!({"content": v.tokens[id], "lstrip": false, "normalized": false,
+                       "rstrip": false, "single_word": false, "special": true}),
+            )
+        })
+        .collect();
+    json!({
+        "add_prefix_space": false,
+        "added_tokens_decoder": decoder,
+        "bos_token": name(v.bos).map(|b| json!({"__type": "AddedToken", "content": b,
+            "lstrip": false, "normalized": false, "rstrip": false, "single_word": false})),
+        "chat_template": v.chat_template,
+        "clean_up_tokenization_spaces": false,
+        "eos_token": name(v.eos),
+        "model_max_length": 8192,
+        "tokenizer_class": "GPT2Tokenizer",
+        "unk_token": null,
+    })
+}

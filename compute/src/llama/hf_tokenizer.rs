@@ -173,6 +173,16 @@ impl<'de> Visitor<'de> for Scan<'_> {
     }
 }
 
+/// The first pass ([`Scan`]) over a whole JSON file: its error, if any, as `serde_json` words
+/// it. Shared by every Hugging Face JSON file read (`tokenizer.json`, `tokenizer_config.json`).
+pub(crate) fn scan_json(bytes: &[u8]) -> std::result::Result<(), serde_json::Error> {
+    let values = std::cell::Cell::new(0);
+    let mut scan = serde_json::Deserializer::from_slice(bytes);
+    Scan(&values)
+        .deserialize(&mut scan)
+        .and_then(|()| scan.end())
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Merge {
@@ -408,12 +418,7 @@ pub fn vocab_from_tokenizer_json(bytes: &[u8]) -> Result<GgufVocab> {
             bytes.len()
         )));
     }
-    let values = std::cell::Cell::new(0);
-    let mut scan = serde_json::Deserializer::from_slice(bytes);
-    Scan(&values)
-        .deserialize(&mut scan)
-        .and_then(|()| scan.end())
-        .map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
+    scan_json(bytes).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
     let file: TokenizerJson =
         serde_json::from_slice(bytes).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
     let _ = file.version;

@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod generate;
 pub mod gguf;
 pub mod hf_tokenizer;
+pub mod hf_tokenizer_config;
 pub mod native;
 pub mod native_train;
 pub mod repro;

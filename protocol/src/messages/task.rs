@@ -34,6 +34,7 @@ macro_rules! absent_not_null {
 absent_not_null!(pool_member, "pool");
 absent_not_null!(eval_dataset_member, "eval_dataset");
 absent_not_null!(tokenizer_member, "tokenizer");
+absent_not_null!(tokenizer_config_member, "tokenizer_config");
 absent_not_null!(top_p_member, "top_p");
 
 /// A buyer's task. Signed by the buyer; its [`crate::TaskId`] is the message id.
@@ -161,6 +162,15 @@ pub struct InferenceSpec {
         deserialize_with = "tokenizer_member"
     )]
     pub tokenizer: Option<BlobId>,
+    /// With a `tokenizer.json` as the `tokenizer`: a Hugging Face `tokenizer_config.json`,
+    /// for the chat template and the EOS (and BOS) token a `tokenizer.json` does not carry
+    /// (`COMPUTE.md` 11.7b). Absent from the encoding when unset, like `tokenizer`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tokenizer_config_member"
+    )]
+    pub tokenizer_config: Option<BlobId>,
     /// The items to run.
     pub inputs: InferenceInputs,
     /// How tokens are chosen (ignored by models that do not generate).
@@ -441,6 +451,9 @@ impl TaskSpec {
                     add(id);
                 }
                 if let Some(id) = &i.tokenizer {
+                    add(id);
+                }
+                if let Some(id) = &i.tokenizer_config {
                     add(id);
                 }
                 if let InferenceInputs::Rows { id, .. } = &i.inputs {

@@ -1,0 +1,147 @@
+//! A Hugging Face `tokenizer_config.json` beside a `tokenizer.json`: what a `tokenizer.json`
+//! lacks for a chat, the chat template and the EOS (and BOS) token's text (`spec/COMPUTE.md`
+//! 11.7b). The encoding stays the `tokenizer.json`'s (11.7a): the few keys of the config that
+//! would change it (`add_bos_token`, `add_eos_token`) must agree with it, or the file is
+//! refused; every other key is ignored, as `transformers` ignores what a tokenizer class does
+//! not use.
+
+use serde_json::{Map, Value};
+
+use super::gguf::GgufVocab;
+use super::hf_tokenizer::scan_json;
+use crate::error::{ComputeError, Result};
+
+/// The largest `tokenizer_config.json` read, checked before parsing (SmolLM2's is 3.8 KB,
+/// Llama 3.1's 55 KB: a long template and the added tokens listed again).
+pub const MAX_TOKENIZER_CONFIG_BYTES: usize = 4 << 20;
+
+fn bad(reason: impl Into<String>) -> ComputeError {
+    ComputeError::InvalidBlob {
+        what: "tokenizer_config",
+        reason: reason.into(),
+    }
+}
+
+/// A special token's text: a string, or an `AddedToken` object's `content` (its other keys
+/// are the `tokenizer.json`'s business); `null` or absent is none.
+fn token_text(config: &Map<String, Value>, key: &str) -> Result<Option<String>> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            _ => Err(bad(format!("{key}: an object without a string `content`"))),
+        },
+        Some(_) => Err(bad(format!(
+            "{key}: must be a string, an object with `content`, or null"
+        ))),
+    }
+}
+
+/// The id of the one token whose text is `text`.
+fn token_id(vocab: &GgufVocab, key: &str, text: &str) -> Result<u32> {
+    let mut ids = vocab
+        .tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| *t == text)
+        .map(|(id, _)| id as u32);
+    match (ids.next(), ids.next()) {
+        (Some(id), None) => Ok(id),
+        (None, _) => Err(bad(format!(
+            "{key}: {text:?} is not a token of the tokenizer"
+        ))),
+        (Some(_), Some(_)) => Err(bad(format!(
+            "{key}: {text:?} is more than one token of the tokenizer"
+        ))),
+    }
+}
+
+/// The chat template: a string, or a list of `{name, template}` of which the one named
+/// `default` is used (as `transformers` does when no name is asked for); `null` or absent is
+/// none.
+fn chat_template(config: &Map<String, Value>) -> Result<Option<String>> {
+    match config.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(list)) => {
+            let mut default = None;
+            let mut names = std::collections::BTreeSet::new();
+            for entry in list {
+                let (Some(Value::String(name)), Some(Value::String(template))) =
+                    (entry.get("name"), entry.get("template"))
+                else {
+                    return Err(bad(
+                        "chat_template: every entry of the list is {\"name\": string, \"template\": string}",
+                    ));
+                };
+                if !names.insert(name.clone()) {
+                    return Err(bad(format!("chat_template: {name:?} is named twice")));
+                }
+                if name == "default" {
+                    default = Some(template.clone());
+                }
+            }
+            default
+                .map(Some)
+                .ok_or_else(|| bad("chat_template: the list has no template named \"default\""))
+        }
+        Some(_) => Err(bad("chat_template: must be a string, a list or null")),
+    }
+}
+
+/// Completes `vocab` (read from a `tokenizer.json`) with the `tokenizer_config.json` in
+/// `bytes`, in 11.7b's order: the size, the JSON (the same dialect and first pass as a
+/// `tokenizer.json`'s, 11.7a), an object at the top, `add_eos_token`, `add_bos_token`,
+/// `chat_template`, `bos_token`, `eos_token`.
+pub fn apply_tokenizer_config(vocab: &mut GgufVocab, bytes: &[u8]) -> Result<()> {
+    if bytes.len() > MAX_TOKENIZER_CONFIG_BYTES {
+        return Err(bad(format!(
+            "a tokenizer_config.json of {} bytes, over the limit of {MAX_TOKENIZER_CONFIG_BYTES}",
+            bytes.len()
+        )));
+    }
+    scan_json(bytes).map_err(|e| bad(format!("not a tokenizer_config.json: {e}")))?;
+    let Value::Object(config) = serde_json::from_slice::<Value>(bytes)
+        .map_err(|e| bad(format!("not a tokenizer_config.json: {e}")))?
+    else {
+        return Err(bad("not a tokenizer_config.json: not a JSON object"));
+    };
+    match config.get("add_eos_token") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            return Err(bad(
+                "add_eos_token: true; an EOS appended to every text is not supported",
+            ))
+        }
+        Some(_) => return Err(bad("add_eos_token: must be a boolean or null")),
+    }
+    match config.get("add_bos_token") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) if *b == vocab.add_bos => {}
+        Some(Value::Bool(b)) => {
+            return Err(bad(format!(
+                "add_bos_token: {b}, but the tokenizer.json's post-processor {} a BOS",
+                if vocab.add_bos { "adds" } else { "adds no" }
+            )))
+        }
+        Some(_) => return Err(bad("add_bos_token: must be a boolean or null")),
+    }
+    let template = chat_template(&config)?;
+    if let Some(text) = token_text(&config, "bos_token")? {
+        let id = token_id(vocab, "bos_token", &text)?;
+        match vocab.bos {
+            Some(own) if own != id => {
+                return Err(bad(format!(
+                    "bos_token: {text:?} (id {id}), but the tokenizer.json's post-processor adds id {own}"
+                )))
+            }
+            _ => vocab.bos = Some(id),
+        }
+    }
+    if let Some(text) = token_text(&config, "eos_token")? {
+        vocab.eos = Some(token_id(vocab, "eos_token", &text)?);
+    }
+    vocab.chat_template = template;
+    Ok(())
+}
