@@ -197,8 +197,8 @@ fn main() -> anyhow::Result<()> {
     ));
     let llama: Vec<Case> = vectors("compute-llama-train.json")?;
     if let Some((name, task, blobs, _)) = llama.into_iter().next() {
-        // 1e-7: the update is near the parameters' own rounding, under MIN_UPDATE_SHARE.
-        for lr in ["0.0001", "0.0000001"] {
+        // 1e-5: an update under MIN_UPDATE_SHARE; 1e-7: near the parameters' own rounding.
+        for lr in ["0.0001", "0.00001", "0.0000001"] {
             let mut task = task.clone();
             if let Workload::Training(t) = &mut task.workload {
                 t.optimizer = small(lr);

@@ -196,6 +196,18 @@ impl TrainingJob {
                 ),
             ));
         }
+        let tolerant = crate::tolerance::MAX_TOLERANT_INTERVAL;
+        if spec.profile != ExecutionProfile::Repro && t.checkpoint_interval > tolerant {
+            return Err(ComputeError::config(
+                "checkpoint_interval",
+                format!(
+                    "is {}; in the {:?} profile at most {tolerant} (an audit compares a segment \
+                     within a tolerance, and two machines' runs drift further apart with every \
+                     step), or choose the repro profile",
+                    t.checkpoint_interval, spec.profile
+                ),
+            ));
+        }
         if t.batch_size == 0 || t.batch_size > limits::MAX_BATCH {
             return Err(ComputeError::config(
                 "batch_size",

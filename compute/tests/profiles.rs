@@ -73,3 +73,28 @@ fn mlp_repro_and_native_agree_within_tolerance() {
     });
     compare(&task, 4);
 }
+
+#[test]
+fn native_and_cuda_segments_are_at_most_the_tolerant_interval() {
+    use market_compute::tolerance::MAX_TOLERANT_INTERVAL;
+    use market_compute::ComputeError;
+    let with = |profile: ExecutionProfile, interval: u32| {
+        let mut task = training_task(&Identity::from_test_label("buyer"), 1);
+        task.profile = profile;
+        if let Workload::Training(t) = &mut task.workload {
+            t.checkpoint_interval = interval;
+        }
+        TrainingJob::from_spec(&task, &NoBlobs)
+    };
+    assert!(with(ExecutionProfile::Native, MAX_TOLERANT_INTERVAL).is_ok());
+    assert!(with(ExecutionProfile::Repro, MAX_TOLERANT_INTERVAL + 1).is_ok());
+    for profile in [ExecutionProfile::Native, ExecutionProfile::Cuda] {
+        match with(profile, MAX_TOLERANT_INTERVAL + 1) {
+            Err(ComputeError::InvalidConfig { field, reason }) => {
+                assert_eq!(field, "checkpoint_interval");
+                assert!(reason.contains("repro"), "{reason}");
+            }
+            other => panic!("{profile:?}: {other:?}"),
+        }
+    }
+}

@@ -44,8 +44,7 @@ impl Node {
         let (blobs, slot) = (self.blobs.clone(), t.slot().copied());
         tokio::task::spawn_blocking(move || -> anyhow::Result<Divergence> {
             let unchecked = Ok(Divergence::Unchecked(steps));
-            let fits = market_compute::resources::estimate(&spec, &blobs)
-                .is_ok_and(|needs| needs.memory_bytes <= max_memory);
+            let fits = fits_in(&spec, &blobs, max_memory);
             let job = match market_compute::TrainingJob::from_spec(&spec, &blobs) {
                 Ok(job) if fits => job,
                 _ => return unchecked,
@@ -111,8 +110,7 @@ impl Node {
         let (spec, reproducible) = on_the_node(&t.spec.body);
         let blobs = self.blobs.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Divergence> {
-            let fits = market_compute::resources::estimate(&spec, &blobs)
-                .is_ok_and(|needs| needs.memory_bytes <= max_memory);
+            let fits = fits_in(&spec, &blobs, max_memory);
             // A job the node cannot hold or build cannot be checked here: not held against
             // the worker, as a report too far in.
             let job = match market_compute::InferenceJob::from_spec(&spec, &blobs) {
@@ -142,6 +140,12 @@ fn on_the_node(spec: &TaskSpec) -> (TaskSpec, bool) {
     }
     let reproducible = spec.profile == ExecutionProfile::Repro;
     (spec, reproducible)
+}
+
+/// Whether the node may hold `spec`'s job to check a report: its memory estimate is at most
+/// `max_memory` (`max_divergence_check_memory_bytes`).
+fn fits_in(spec: &TaskSpec, blobs: &dyn market_compute::BlobSource, max_memory: u64) -> bool {
+    market_compute::resources::estimate(spec, blobs).is_ok_and(|n| n.memory_bytes <= max_memory)
 }
 
 /// What the node's own run says of a worker's report that the task diverged.
