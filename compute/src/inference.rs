@@ -524,9 +524,9 @@ impl InferenceJob {
         let prompts = texts
             .iter()
             .map(|p| {
-                let text = match p {
-                    Prompt::Chat(c) => codec.render_chat(c)?,
-                    Prompt::Text(t) => t.to_string(),
+                let (text, chat) = match p {
+                    Prompt::Chat(c) => (codec.render_chat(c)?, true),
+                    Prompt::Text(t) => (t.to_string(), false),
                 };
                 rendered_bytes += text.len();
                 if rendered_bytes > MAX_RENDERED_BYTES {
@@ -535,7 +535,11 @@ impl InferenceJob {
                         format!("the prompts render to more than {MAX_RENDERED_BYTES} bytes"),
                     ));
                 }
-                let ids = codec.encode(&text)?;
+                let ids = if chat {
+                    codec.encode_chat(&text)?
+                } else {
+                    codec.encode(&text)?
+                };
                 if ids.is_empty() {
                     // A text of bytes the vocabulary lacks encodes to nothing (11.7).
                     return Err(ComputeError::config(

@@ -219,20 +219,26 @@ fn a_tokenizer_json_with_its_tokenizer_config_answers_chats_as_the_gguf_does() {
     let chat = with_config(task(st, Some(json), true), Some(config));
     assert_eq!(answers(&chat, &blobs), reference);
     assert!(chat.blobs().contains(&config));
-    // The EOS is read from the config: named as the answer's first token, the answer ends
-    // there (and the comparison can fail).
-    let record: serde_json::Value = serde_json::from_slice(&reference[0]).unwrap();
-    let first = record["tokens"][0].as_u64().unwrap() as usize;
-    assert!(record["tokens"].as_array().unwrap().len() > 1, "{record}");
-    let mut early = hf_tokenizer_config_json(&byte_vocab());
-    early["eos_token"] = byte_vocab().tokens[first].clone().into();
-    let early = put(&mut blobs, serde_json::to_vec(&early).unwrap());
-    let early = answers(
-        &with_config(task(st, Some(json), true), Some(early)),
-        &blobs,
-    );
-    let early: serde_json::Value = serde_json::from_slice(&early[0]).unwrap();
-    assert_eq!(early["tokens"], serde_json::json!([first]), "{early}");
+    // The EOS is read from the config: a long answer ends at the EOS with it, and runs on
+    // past that token without it (the comparison can fail).
+    let mut no_eos = hf_tokenizer_config_json(&byte_vocab());
+    no_eos["eos_token"] = serde_json::Value::Null;
+    let no_eos = put(&mut blobs, serde_json::to_vec(&no_eos).unwrap());
+    let long = |config: Option<BlobId>| {
+        let mut t = with_config(task(st, Some(json), true), config);
+        if let Workload::Inference(inf) = &mut t.workload {
+            if let InferenceInputs::Chat { max_new_tokens, .. } = &mut inf.inputs {
+                *max_new_tokens = 200;
+            }
+        }
+        let out = answers(&t, &blobs);
+        serde_json::from_slice::<serde_json::Value>(&out[0]).unwrap()
+    };
+    let ended = long(Some(config));
+    assert_eq!(ended["finish"], "end", "{ended}");
+    let ran_on = long(Some(no_eos));
+    assert_ne!(ran_on["finish"], "end", "{ran_on}");
+    assert!(ran_on["tokens"].as_array().unwrap().len() > ended["tokens"].as_array().unwrap().len());
     // The list form of `chat_template`: the entry named "default".
     let mut listed = hf_tokenizer_config_json(&byte_vocab());
     listed["chat_template"] = serde_json::json!([
@@ -317,6 +323,33 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
             "eos_token",
         ),
         (edit(&|v| v["bos_token"] = 3.into()), "bos_token"),
+        // A token `transformers` would make special, changing the encoding.
+        (edit(&|v| v["eos_token"] = "Ġ".into()), "eos_token"),
+        (
+            edit(&|v| v["additional_special_tokens"] = serde_json::json!(["<|im_end|>", "A"])),
+            "additional_special_tokens",
+        ),
+        (edit(&|v| v["pad_token"] = "<pad>".into()), "pad_token"),
+        (edit(&|v| v["unk_token"] = "B".into()), "unk_token"),
+        (
+            edit(&|v| v["split_special_tokens"] = true.into()),
+            "split_special_tokens",
+        ),
+        (
+            edit(&|v| {
+                v["added_tokens_decoder"]["200"] =
+                    serde_json::json!({"content": "x", "special": true})
+            }),
+            "added_tokens_decoder",
+        ),
+        (
+            edit(&|v| v["added_tokens_decoder"]["97"]["special"] = false.into()),
+            "added_tokens_decoder",
+        ),
+        (
+            edit(&|v| v["added_tokens_decoder"]["5"] = serde_json::json!({"content": "&"})),
+            "added_tokens_decoder",
+        ),
     ];
     for (bytes, needle) in cases {
         let id = put(&mut blobs, bytes);
@@ -351,4 +384,35 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
         }
         other => panic!("{other}"),
     }
+    // No `bos_token` while the post-processor adds one (`transformers` would render "").
+    let unnamed = put(
+        &mut blobs,
+        edit(&|v| {
+            v.as_object_mut().unwrap().remove("bos_token");
+            v["add_bos_token"] = true.into();
+        }),
+    );
+    match refusal(
+        &with_config(task(st, Some(with_bos), true), Some(unnamed)),
+        &blobs,
+    ) {
+        ComputeError::InvalidBlob { reason, .. } => {
+            assert!(reason.starts_with("bos_token: absent"), "{reason}")
+        }
+        other => panic!("{other}"),
+    }
+    // The special tokens the file already has may be listed again.
+    let listed = put(
+        &mut blobs,
+        edit(&|v| {
+            v["additional_special_tokens"] =
+                serde_json::json!(["<|im_start|>", {"content": "<|im_end|>"}]);
+            v["pad_token"] = "<|im_end|>".into();
+        }),
+    );
+    InferenceJob::plan(
+        &with_config(task(st, Some(json), true), Some(listed)),
+        &blobs,
+    )
+    .unwrap();
 }

@@ -2,8 +2,8 @@
 //! lacks for a chat, the chat template and the EOS (and BOS) token's text (`spec/COMPUTE.md`
 //! 11.7b). The encoding stays the `tokenizer.json`'s (11.7a): the few keys of the config that
 //! would change it (`add_bos_token`, `add_eos_token`) must agree with it, or the file is
-//! refused; every other key is ignored, as `transformers` ignores what a tokenizer class does
-//! not use.
+//! refused; so must the keys by which `transformers` adds tokens or makes them special, which
+//! may only name the `tokenizer.json`'s own special tokens. Every other key is ignored.
 
 use serde_json::{Map, Value};
 
@@ -38,7 +38,10 @@ fn token_text(config: &Map<String, Value>, key: &str) -> Result<Option<String>> 
     }
 }
 
-/// The id of the one token whose text is `text`.
+/// The id of the one special token (an added token with `special` true, 11.7a) whose string
+/// is `text`. `transformers` makes any token a config names special, which changes how text
+/// containing it is encoded: only a token that already is one leaves the encoding as 11.7a
+/// defines it.
 fn token_id(vocab: &GgufVocab, key: &str, text: &str) -> Result<u32> {
     let mut ids = vocab
         .tokens
@@ -46,15 +49,107 @@ fn token_id(vocab: &GgufVocab, key: &str, text: &str) -> Result<u32> {
         .enumerate()
         .filter(|(_, t)| *t == text)
         .map(|(id, _)| id as u32);
-    match (ids.next(), ids.next()) {
-        (Some(id), None) => Ok(id),
-        (None, _) => Err(bad(format!(
-            "{key}: {text:?} is not a token of the tokenizer"
-        ))),
-        (Some(_), Some(_)) => Err(bad(format!(
-            "{key}: {text:?} is more than one token of the tokenizer"
-        ))),
+    let id = match (ids.next(), ids.next()) {
+        (Some(id), None) => id,
+        (None, _) => {
+            return Err(bad(format!(
+                "{key}: {text:?} is not a token of the tokenizer"
+            )))
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(format!(
+                "{key}: {text:?} is the string of more than one token id"
+            )))
+        }
+    };
+    if vocab.token_types.get(id as usize) != Some(&3) {
+        return Err(bad(format!(
+            "{key}: {text:?} is not a special token (an added token with special true)"
+        )));
     }
+    Ok(id)
+}
+
+/// The keys `transformers` reads to add or re-mark tokens: each may only name what the
+/// `tokenizer.json` already has as special tokens, so the encoding stays 11.7a's.
+fn check_special_keys(vocab: &GgufVocab, config: &Map<String, Value>) -> Result<()> {
+    match config.get("split_special_tokens") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(_) => {
+            return Err(bad(
+                "split_special_tokens: must be false or null (special tokens are matched whole)",
+            ))
+        }
+    }
+    for key in [
+        "unk_token",
+        "pad_token",
+        "sep_token",
+        "cls_token",
+        "mask_token",
+    ] {
+        if let Some(text) = token_text(config, key)? {
+            token_id(vocab, key, &text)?;
+        }
+    }
+    match config.get("additional_special_tokens") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            for entry in list {
+                let text = match entry {
+                    Value::String(s) => s,
+                    Value::Object(o) => match o.get("content") {
+                        Some(Value::String(s)) => s,
+                        _ => {
+                            return Err(bad(
+                                "additional_special_tokens: an object without a string `content`",
+                            ))
+                        }
+                    },
+                    _ => {
+                        return Err(bad(
+                            "additional_special_tokens: every entry is a string or an object with `content`",
+                        ))
+                    }
+                };
+                token_id(vocab, "additional_special_tokens", text)?;
+            }
+        }
+        Some(_) => return Err(bad("additional_special_tokens: must be a list or null")),
+    }
+    match config.get("added_tokens_decoder") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (id, entry) in map {
+                let known = id
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| n.to_string() == *id)
+                    .and_then(|n| vocab.tokens.get(n).map(|t| (n, t)));
+                let content = entry.get("content").and_then(Value::as_str);
+                let special = match entry.get("special") {
+                    None | Some(Value::Null) => Some(false),
+                    Some(Value::Bool(b)) => Some(*b),
+                    Some(_) => None,
+                };
+                // Only an added token (type 3 or 4): `transformers` makes any other id it
+                // names one, which changes the encoding.
+                match known {
+                    Some((n, t))
+                        if Some(t.as_str()) == content
+                            && matches!(vocab.token_types[n], 3 | 4)
+                            && special == Some(vocab.token_types[n] == 3) => {}
+                    _ => {
+                        return Err(bad(format!(
+                            "added_tokens_decoder: entry {id:?} is not the tokenizer.json's added token of that id (content and special)"
+                        )))
+                    }
+                }
+            }
+        }
+        Some(_) => return Err(bad("added_tokens_decoder: must be an object or null")),
+    }
+    Ok(())
 }
 
 /// The chat template: a string, or a list of `{name, template}` of which the one named
@@ -93,7 +188,7 @@ fn chat_template(config: &Map<String, Value>) -> Result<Option<String>> {
 /// Completes `vocab` (read from a `tokenizer.json`) with the `tokenizer_config.json` in
 /// `bytes`, in 11.7b's order: the size, the JSON (the same dialect and first pass as a
 /// `tokenizer.json`'s, 11.7a), an object at the top, `add_eos_token`, `add_bos_token`,
-/// `chat_template`, `bos_token`, `eos_token`.
+/// `chat_template`, `bos_token`, `eos_token`, then the keys that could add or re-mark tokens.
 pub fn apply_tokenizer_config(vocab: &mut GgufVocab, bytes: &[u8]) -> Result<()> {
     if bytes.len() > MAX_TOKENIZER_CONFIG_BYTES {
         return Err(bad(format!(
@@ -128,20 +223,28 @@ pub fn apply_tokenizer_config(vocab: &mut GgufVocab, bytes: &[u8]) -> Result<()>
         Some(_) => return Err(bad("add_bos_token: must be a boolean or null")),
     }
     let template = chat_template(&config)?;
-    if let Some(text) = token_text(&config, "bos_token")? {
-        let id = token_id(vocab, "bos_token", &text)?;
-        match vocab.bos {
-            Some(own) if own != id => {
+    match (token_text(&config, "bos_token")?, vocab.bos) {
+        (Some(text), own) => {
+            let id = token_id(vocab, "bos_token", &text)?;
+            if let Some(own) = own.filter(|&own| own != id) {
                 return Err(bad(format!(
                     "bos_token: {text:?} (id {id}), but the tokenizer.json's post-processor adds id {own}"
-                )))
+                )));
             }
-            _ => vocab.bos = Some(id),
+            vocab.bos = Some(id);
         }
+        (None, Some(own)) => {
+            // `transformers` would render `bos_token` as "" while the encoding adds one.
+            return Err(bad(format!(
+                "bos_token: absent, but the tokenizer.json's post-processor adds id {own}: name it"
+            )));
+        }
+        (None, None) => {}
     }
     if let Some(text) = token_text(&config, "eos_token")? {
         vocab.eos = Some(token_id(vocab, "eos_token", &text)?);
     }
+    check_special_keys(vocab, &config)?;
     vocab.chat_template = template;
     Ok(())
 }

@@ -33,6 +33,9 @@ pub struct TextCodec {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     add_bos: bool,
+    /// Whether the BOS is matched whole in text (a control or user-defined token), so that a
+    /// text starting with its string starts with its id.
+    bos_in_text: bool,
     /// A bound on the tokenizer's memory (COMPUTE section 9's `tokenizer`).
     memory_bytes: u64,
 }
@@ -206,6 +209,10 @@ impl TextCodec {
             bos: named(v.bos)?,
             eos: named(v.eos)?,
             add_bos: v.add_bos,
+            bos_in_text: v
+                .bos
+                .and_then(|id| v.token_types.get(id as usize))
+                .is_some_and(|t| matches!(t, 3 | 4)),
         })
     }
 
@@ -215,6 +222,20 @@ impl TextCodec {
         let mut ids: Vec<u32> = self.leading_bos().into_iter().collect();
         ids.extend(self.encode_plain(text)?);
         Ok(ids)
+    }
+
+    /// Token ids of a rendered chat: as [`Self::encode`], except that a text that already
+    /// starts with the BOS token's string (a template that writes `{{ bos_token }}`), where
+    /// that string is matched whole as the BOS, is not given a second one (11.8).
+    pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.bos {
+            Some((_, bos))
+                if self.bos_in_text && !bos.is_empty() && text.starts_with(bos.as_str()) =>
+            {
+                self.encode_plain(text)
+            }
+            _ => self.encode(text),
+        }
     }
 
     /// Token ids of `text` with no BOS token: a piece of a longer text (a text dataset).
@@ -349,5 +370,32 @@ mod tests {
         // What `Digits` does depends on the compiler (split on this one).
         let compiler_knows = newer.chars().nth(1).is_some_and(char::is_numeric);
         assert_eq!(splits(&digits, newer).len() == 4, compiler_knows);
+    }
+}
+
+#[cfg(test)]
+mod chat_bos_tests {
+    use super::*;
+    use crate::llama::fixtures::byte_vocab;
+
+    #[test]
+    fn a_chat_that_starts_with_the_bos_gets_no_second_one() {
+        let mut v = byte_vocab();
+        v.add_bos = true;
+        let codec = TextCodec::from_gguf(&v).unwrap();
+        let bos = v.bos.unwrap();
+        // A template that writes the BOS itself: one BOS, as `transformers` and llama.cpp give.
+        let chat = codec.encode_chat("<|im_start|>user").unwrap();
+        assert_eq!(chat.iter().filter(|&&t| t == bos).count(), 1, "{chat:?}");
+        assert_eq!(chat[0], bos);
+        // One that does not: the model's BOS rule, as for a plain prompt.
+        assert_eq!(
+            codec.encode_chat("hi").unwrap(),
+            codec.encode("hi").unwrap()
+        );
+        assert_eq!(codec.encode("hi").unwrap()[0], bos);
+        // A plain prompt that starts with the BOS's string keeps the rule (two BOS).
+        let plain = codec.encode("<|im_start|>user").unwrap();
+        assert_eq!(plain.iter().filter(|&&t| t == bos).count(), 2, "{plain:?}");
     }
 }

@@ -1,32 +1,35 @@
 """A Hugging Face `tokenizer_config.json` read as spec/COMPUTE.md section 11.7b says, written from
 the spec alone (no Rust read): given the values 11.7a gave from the task's `tokenizer.json` (its
-`tokens`, the post-processor's BOS id or None, and whether the post-processor adds it) and the
-config's bytes, the chat template, BOS id and EOS id 11.7 then builds with, or a refusal, raised
-as Refused (a ValueError, field `tokenizer_config`) whose message is the reason and starts with
-the key (or phrase) 11.7b names for the step, its `step` that step's number (1-8). The steps are
-checked in 11.7b's numbered order, so the first failure is the one reported.
+`tokens` and their `types` by id, 11.7a's `token_type`: 3 for an added token with `special`
+true, 4 for one with `special` false, 1 otherwise; the post-processor's BOS id or None, and
+whether the post-processor adds it) and the config's bytes, the chat template, BOS id and EOS id
+11.7 then builds with, or a refusal, raised as Refused (a ValueError, field `tokenizer_config`)
+whose message is 11.7b's reason for the step and its `step` that step's number (1-9). The steps
+are checked in 11.7b's numbered order, so the first failure is the one reported.
 
     keys = hf_tokenizer.keys_from_tokenizer_json(tokenizer_json)
-    tokens = keys["tokenizer.ggml.tokens"]
-    bos = keys.get("tokenizer.ggml.bos_token_id")
-    template, bos, eos = read(tokens, bos, keys["tokenizer.ggml.add_bos_token"], config_blob)
+    template, bos, eos = read(keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"],
+                              keys.get("tokenizer.ggml.bos_token_id"),
+                              keys["tokenizer.ggml.add_bos_token"], config_blob)
     keys = apply(keys, template, bos, eos)          # 11.7's keys with the config's values
 
 Step 2 is 11.7a's step 2 exactly, so it is hf_tokenizer.scan (the same scanner, in document
-order, before anything is built), its reason re-prefixed "not a tokenizer_config.json".
+order, before anything is built), its reason re-prefixed "not a tokenizer_config.json: ".
 
-Where 11.7b is silent this port chose (each marked `ASSUMED` below):
-- step 1 names no key: its reason starts "size".
-- `bos_token` absent or null ("nothing") leaves the tokenizer.json's BOS (the post-processor's,
-  if any) as it is: the BOS id returned is then that one (so the template's `bos_token` is its
-  string), not None. (The other reading, no BOS at all, would change how text is encoded, which
-  11.7b's preamble says it never does.)
-- in a list-form `chat_template`, each entry is checked in list order (object, `name` a string,
-  `template` a string, `name` not seen before), and the missing `default` is checked after the
-  whole list; all are refusals of `chat_template` either way.
+Reasons: 11.7b gives each step's opening ("a tokenizer_config.json of N bytes, over the limit of
+4194304", "not a tokenizer_config.json: ...", "add_eos_token: ...", ..., step 9 "the key"); the
+text after it is this port's. Where 11.7b is silent this port chose (each marked `ASSUMED`):
+- the special-token phrases ("is not a token of the tokenizer", "is the string of more than one
+  token id", "is not a special token") follow "KEY: " and T written as a JSON string.
+- step 7's "bos_token: absent, ..." is the reason for `null` as for an absent key.
+- step 9's `unk_token` ... `mask_token` may also be absent (11.7b lists only "a token value
+  naming a special token or `null`"); an `added_tokens_decoder` value that is not an object, or
+  whose `content` is not a string, fails "content equal to tokens[i]"; its `special` must be a
+  JSON boolean when present (`null` is neither absent nor false); the key is checked (digits,
+  no leading zero, below len(tokens)) before the value, `content` before `special`.
 - "exactly one token string": the token strings are compared as Python str (code points), the
   tokens list being 11.7a's `tokens` by id (duplicates in it, which 11.7 refuses only later when
-  it builds the tokenizer, make a match "more than one token").
+  it builds the tokenizer, make a match "more than one token id").
 """
 import json
 import os
@@ -36,11 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_tokenizer as hf  # noqa: E402  (11.7a's step-2 scanner)
 
 MAX_TOKENIZER_CONFIG_BYTES = 4 * 1024 * 1024  # 11.7b 1: 4 MiB, 4,194,304 bytes, before parsing
+SPECIAL = 3  # 11.7a's type of an added token with `special` true
+STEP9_TOKENS = ("unk_token", "pad_token", "sep_token", "cls_token", "mask_token")  # 11.7b 9, in order
 
 
 class Refused(ValueError):
-    """An 11.7b refusal: invalid blob `tokenizer_config`; str(e) is the reason, starting with the
-    key 11.7b names; `step` the number of 11.7b's step."""
+    """An 11.7b refusal: invalid blob `tokenizer_config`; str(e) is the reason; `step` the number
+    of 11.7b's step."""
 
     field = "tokenizer_config"
 
@@ -57,11 +62,16 @@ def show(v):
     return hf.show(v)[:80]
 
 
+def q(t):
+    """A token string in a reason: as a JSON string."""
+    return json.dumps(t, ensure_ascii=False)[:80]
+
+
 # ---------- 1, 2, 3 ----------
 def parse(blob):
-    if len(blob) > MAX_TOKENIZER_CONFIG_BYTES:  # ASSUMED: step 1 names no key; "size"
-        refuse(1, "size: the tokenizer_config.json is %d bytes, over 4,194,304 "
-                  "(MAX_TOKENIZER_CONFIG_BYTES)" % len(blob))
+    if len(blob) > MAX_TOKENIZER_CONFIG_BYTES:                                # 1
+        refuse(1, "a tokenizer_config.json of %d bytes, over the limit of %d"
+               % (len(blob), MAX_TOKENIZER_CONFIG_BYTES))
     try:
         s = blob.decode("utf-8")  # 11.7a 2: UTF-8 (strict)
     except UnicodeDecodeError as e:
@@ -77,46 +87,54 @@ def parse(blob):
         raise RuntimeError("json refuses what scan accepted: %s" % e)
 
 
-# ---------- 7, 8 ----------
-def token_text(doc, key):
-    """bos_token / eos_token's value: None (absent or null), or its text (a string, or an
-    object whose `content` is a string; its other keys ignored)."""
-    v = doc.get(key)
+# ---------- token values and special tokens (11.7b's preamble) ----------
+def token_value(step, key, v):
+    """A token value: None (null), or T (a string, or an object whose `content` is a string;
+    its other keys not read). Anything else refused at `step`, the reason starting `key`."""
     if v is None:
         return None
     if isinstance(v, str):
         return v
     if isinstance(v, dict) and isinstance(v.get("content"), str):
         return v["content"]
-    refuse(7 if key == "bos_token" else 8,
-           "%s is %s: neither null, a string, nor an object whose content is a string" % (key, show(v)))
+    refuse(step, "%s: %s is not a token value (a string, an object whose content is a string, "
+                 "or null)" % (key, show(v)))
 
 
-def lookup(tokens, text, key):
-    step = 7 if key == "bos_token" else 8
-    ids = [i for i, t in enumerate(tokens) if t == text]
+def special_token(step, key, tokens, types, t):
+    """The special token named by T: the one id whose string is exactly T, of type 3."""
+    ids = [i for i, s in enumerate(tokens) if s == t]
     if not ids:
-        refuse(step, "%s %s is not a token of the tokenizer.json" % (key, show(text)))
+        refuse(step, "%s: %s is not a token of the tokenizer" % (key, q(t)))
     if len(ids) > 1:
-        refuse(step, "%s %s is more than one token (ids %s)" % (key, show(text), ", ".join(map(str, ids[:8]))))
-    return ids[0]
+        refuse(step, "%s: %s is the string of more than one token id (%s)"
+               % (key, q(t), ", ".join(map(str, ids[:8]))))
+    i = ids[0]
+    if types[i] != SPECIAL:
+        refuse(step, "%s: %s is not a special token (id %d, type %d)" % (key, q(t), i, types[i]))
+    return i
 
 
-def read(tokens, pp_bos, pp_adds_bos, blob):
+def is_decimal_id(k):
+    return k.isascii() and k.isdigit() and (k == "0" or not k.startswith("0"))
+
+
+def read(tokens, types, pp_bos, pp_adds_bos, blob):
     """(chat_template or None, BOS id or None, EOS id or None) from 11.7a's values and the
     config's bytes, or Refused at 11.7b's first failing step."""
+    types = list(types) + [1] * (len(tokens) - len(types))  # 11.7: ids past token_type's end are normal
     doc = parse(blob)                                                        # 1, 2
     if not isinstance(doc, dict):                                            # 3
-        refuse(3, "not a JSON object (the top level is %s)" % type(doc).__name__)
+        refuse(3, "not a tokenizer_config.json: not a JSON object")
 
     v = doc.get("add_eos_token")                                             # 4
     if not (v is None or v is False):
-        refuse(4, "add_eos_token is %s: only absent, null or false (an EOS appended to every text "
-                  "is not supported)" % show(v))
+        refuse(4, "add_eos_token: %s, but only absent, null or false (an EOS appended to every "
+                  "text is not supported)" % show(v))
 
     v = doc.get("add_bos_token")                                             # 5
     if not (v is None or (isinstance(v, bool) and v == pp_adds_bos)):
-        refuse(5, "add_bos_token is %s, but the tokenizer.json's post-processor %s a BOS"
+        refuse(5, "add_bos_token: %s, but the tokenizer.json's post-processor %s a BOS"
                % (show(v), "adds" if pp_adds_bos else "does not add"))
 
     v = doc.get("chat_template")                                             # 6
@@ -126,37 +144,78 @@ def read(tokens, pp_bos, pp_adds_bos, blob):
         template = v
     elif isinstance(v, list):
         names, template = set(), None
-        for j, e in enumerate(v):  # ASSUMED: entry by entry, then `default`
+        for j, e in enumerate(v):  # 11.7b: entry by entry, in order; `default` after the list
             if not isinstance(e, dict):
-                refuse(6, "chat_template[%d] is %s, not an object" % (j, show(e)))
+                refuse(6, "chat_template: entry %d is %s, not an object" % (j, show(e)))
             if not isinstance(e.get("name"), str):
-                refuse(6, "chat_template[%d].name is %s, not a string" % (j, show(e.get("name"))))
+                refuse(6, "chat_template: entry %d's name is %s, not a string" % (j, show(e.get("name"))))
             if not isinstance(e.get("template"), str):
-                refuse(6, "chat_template[%d].template is %s, not a string" % (j, show(e.get("template"))))
+                refuse(6, "chat_template: entry %d's template is %s, not a string" % (j, show(e.get("template"))))
             if e["name"] in names:
-                refuse(6, "chat_template[%d].name %s appears twice" % (j, show(e["name"])))
+                refuse(6, "chat_template: entry %d's name %s is an earlier entry's" % (j, q(e["name"])))
             names.add(e["name"])
             if e["name"] == "default":
                 template = e["template"]
         if "default" not in names:
-            refuse(6, "chat_template has no entry named \"default\"")
+            refuse(6, "chat_template: no entry named \"default\"")
     else:
-        refuse(6, "chat_template is %s: neither null, a string nor a list of {name, template}" % show(v))
+        refuse(6, "chat_template: %s, neither null, a string nor a list of {name, template}" % show(v))
 
-    bos = pp_bos                                                             # 7
-    t = token_text(doc, "bos_token")
+    t = token_value(7, "bos_token", doc.get("bos_token"))                    # 7
     if t is not None:
-        i = lookup(tokens, t, "bos_token")
-        if pp_adds_bos and i != pp_bos:
-            refuse(7, "bos_token %s is id %d, but the tokenizer.json's post-processor adds id %d"
-                   % (show(t), i, pp_bos))
-        bos = i
-    # else ASSUMED: "nothing" keeps the tokenizer.json's BOS (the post-processor's, or none)
+        bos = special_token(7, "bos_token", tokens, types, t)
+        if pp_adds_bos and bos != pp_bos:
+            refuse(7, "bos_token: %s is id %d, but the tokenizer.json's post-processor adds id %d"
+                   % (q(t), bos, pp_bos))
+    elif pp_adds_bos:  # ASSUMED: the same "absent" reason for null
+        refuse(7, "bos_token: absent, but the tokenizer.json's post-processor adds a BOS (id %d): "
+                  "transformers would render bos_token as \"\"" % pp_bos)
+    else:
+        bos = None
 
-    eos = None                                                               # 8
-    t = token_text(doc, "eos_token")
-    if t is not None:
-        eos = lookup(tokens, t, "eos_token")
+    t = token_value(8, "eos_token", doc.get("eos_token"))                    # 8
+    eos = None if t is None else special_token(8, "eos_token", tokens, types, t)
+
+    v = doc.get("split_special_tokens")                                      # 9
+    if not (v is None or v is False):
+        refuse(9, "split_special_tokens: %s, but only absent, null or false" % show(v))
+    for key in STEP9_TOKENS:
+        t = token_value(9, key, doc.get(key))  # ASSUMED: absent as null
+        if t is not None:
+            special_token(9, key, tokens, types, t)
+    key = "additional_special_tokens"
+    v = doc.get(key)
+    if v is not None:
+        if not isinstance(v, list):
+            refuse(9, "%s: %s, neither null nor a list of token values" % (key, show(v)))
+        for j, e in enumerate(v):
+            k = "%s: entry %d" % (key, j)
+            if e is None:
+                refuse(9, "%s is null" % k)
+            special_token(9, k, tokens, types, token_value(9, k, e))
+    key = "added_tokens_decoder"
+    v = doc.get(key)
+    if v is not None:
+        if not isinstance(v, dict):
+            refuse(9, "%s: %s, neither null nor an object" % (key, show(v)))
+        for k in sorted(v, key=lambda k: k.encode("utf-8", "surrogatepass")):  # ascending byte order
+            if not is_decimal_id(k):
+                refuse(9, "%s: key %s is not a decimal id without leading zeros" % (key, q(k)))
+            i = int(k)
+            if not i < len(tokens):
+                refuse(9, "%s: key %s is not below the %d tokens" % (key, k, len(tokens)))
+            e = v[k]
+            content = e.get("content") if isinstance(e, dict) else None
+            if not (isinstance(content, str) and content == tokens[i]):
+                refuse(9, "%s: %s's content is %s, not token %d's string %s"
+                       % (key, k, show(content) if isinstance(e, dict) else "(not an object)", i, q(tokens[i])))
+            if types[i] not in (3, 4):
+                refuse(9, "%s: %s names token %d, which is not an added token" % (key, k, i))
+            special = e.get("special")
+            special = False if special is None else special  # absent or null: false
+            if not (isinstance(special, bool) and special == (types[i] == SPECIAL)):
+                refuse(9, "%s: %s's special is %s, but token %d is %sa special token"
+                       % (key, k, show(special), i, "" if types[i] == SPECIAL else "not "))
     return template, bos, eos
 
 
@@ -173,9 +232,13 @@ def apply(keys, template, bos, eos):
     return keys
 
 
+def read_keys(keys, blob):
+    """11.7b on 11.7a's keys (hf_tokenizer.keys_from_tokenizer_json's)."""
+    return read(keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"],
+                keys.get("tokenizer.ggml.bos_token_id"), keys["tokenizer.ggml.add_bos_token"], blob)
+
+
 def read_pair(tokenizer_json, config):
     """The two blobs (bytes) read in 11.11 item 3's order: 11.7a, then 11.7b."""
     keys = hf.keys_from_tokenizer_json(tokenizer_json)
-    tpl, bos, eos = read(keys["tokenizer.ggml.tokens"], keys.get("tokenizer.ggml.bos_token_id"),
-                         keys["tokenizer.ggml.add_bos_token"], config)
-    return apply(keys, tpl, bos, eos)
+    return apply(keys, *read_keys(keys, config))

@@ -240,6 +240,11 @@ class ByteTokenizer:
             i = j
         return out
 
+    def encode_chat(self, text):
+        """11.8: a rendered chat is encoded by 11.7 with its BOS rule, no second BOS when the text
+        already starts with the BOS token's string; this tokenizer has no BOS, so encode(text)."""
+        return self.encode(text)
+
     def decode(self, ids):
         b = bytearray()
         for t in ids:
@@ -409,7 +414,7 @@ def check(path=VECTOR, verbose=True):
         res.append(("prompt_text", text == v["prompt_text"]))
     else:
         print("compute-llama.json: prompt_text not checked (pip install jinja2)")
-    ids = tok.encode(v["prompt_text"])
+    ids = tok.encode_chat(v["prompt_text"])  # 11.8: the rendered chat
     res.append(("prompt", ids == v["prompt"]))
     model = Model(k, P)
     lg = model.forward(model.new_cache(), ids)[-1]

@@ -177,6 +177,8 @@ class Tokenizer:
             raise RuntimeError("the crate refuses the document%s: %s"
                                % (" (11.7 accepts it)" if own_merge_check else "", e))
         self.n = len(tokens)
+        self.tokens = tokens
+        self.types = types + [1] * (len(tokens) - len(types))
         self.bos, self.eos = g("bos_token_id"), g("eos_token_id")
         for name, v in (("bos_token_id", self.bos), ("eos_token_id", self.eos)):
             if v is not None and not v < self.n:
@@ -196,6 +198,15 @@ class Tokenizer:
     def encode(self, s):
         """11.7's encode: the BOS id first iff add_bos_token is true and there is a BOS id."""
         return ([self.bos] if self.add_bos else []) + self.encode_raw(s)
+
+    def encode_chat(self, s):
+        """11.8: a rendered chat is encoded by 11.7 with its BOS rule, except that a text that
+        already starts with the BOS token's string, where the BOS is matched whole in text (a
+        type 3 or 4 token) and its string is not empty, gets no second BOS."""
+        bos = self.tokens[self.bos] if self.bos is not None else ""
+        if self.add_bos and bos and self.types[self.bos] in (3, 4) and s.startswith(bos):
+            return self.encode_raw(s)
+        return self.encode(s)
 
 
 def check_spec_examples():
