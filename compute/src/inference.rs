@@ -400,19 +400,19 @@ impl InferenceJob {
                 }
                 v
             }
-            (None, _) if inf.tokenizer_config.is_some() => {
-                return Err(ComputeError::config(
-                    "tokenizer_config",
-                    "goes with a `tokenizer` (a tokenizer.json) and names none here",
-                ))
-            }
-            (None, Some(v)) => v,
             (None, None) => {
                 return Err(ComputeError::config(
                     "tokenizer",
                     "safetensors weights carry no tokenizer: name one (a GGUF file or a Hugging Face tokenizer.json)",
                 ))
             }
+            (None, Some(_)) if inf.tokenizer_config.is_some() => {
+                return Err(ComputeError::config(
+                    "tokenizer_config",
+                    "goes with a `tokenizer` (a tokenizer.json) and names none here",
+                ))
+            }
+            (None, Some(v)) => v,
         };
         let codec = TextCodec::from_gguf(&vocab)?;
         let longest_token = vocab.tokens.iter().map(|t| t.len()).max().unwrap_or(1);
@@ -456,7 +456,7 @@ impl InferenceJob {
         {
             return Err(ComputeError::config(
                 "model",
-                "names other weights, another tokenizer, another config or another profile than the model served",
+                "names other weights, another tokenizer or tokenizer config, another config or another profile than the model served",
             ));
         }
         check_decoding(&inf.decoding)?;

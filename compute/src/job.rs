@@ -201,10 +201,11 @@ impl TrainingJob {
             return Err(ComputeError::config(
                 "checkpoint_interval",
                 format!(
-                    "is {}; in the {:?} profile at most {tolerant} (an audit compares a segment \
+                    "is {}; in the {} profile at most {tolerant} (an audit compares a segment \
                      within a tolerance, and two machines' runs drift further apart with every \
                      step), or choose the repro profile",
-                    t.checkpoint_interval, spec.profile
+                    t.checkpoint_interval,
+                    format!("{:?}", spec.profile).to_lowercase()
                 ),
             ));
         }

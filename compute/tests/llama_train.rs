@@ -658,7 +658,7 @@ fn a_lazy_fine_tuning_segment_passes_the_state_check_alone_and_fails_the_update_
     job.step(&mut lazy).unwrap();
     assert_eq!(lazy.step, honest.step);
     assert!(
-        states_match(&job.layout, &honest, &lazy),
+        states_match(&job.layout, &lazy, &honest),
         "the per-tensor state check alone would have caught it: the attack needs a smaller step"
     );
     let err = segment_matches(&job.layout, &start, &honest, &lazy).unwrap_err();

@@ -265,9 +265,14 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
         ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
         other => format!("{other}"),
     };
-    // With no tokenizer, with a GGUF tokenizer, on a model that takes none.
+    // Safetensors weights with a config but no tokenizer: the missing tokenizer first (11.11).
+    let e = field(refusal(
+        &with_config(task(st, None, true), Some(config)),
+        &blobs,
+    ));
+    assert!(e.starts_with("tokenizer:"), "{e}");
+    // With a GGUF tokenizer, or GGUF weights and no tokenizer, on a model that takes none.
     for t in [
-        with_config(task(st, None, true), Some(config)),
         with_config(task(st, Some(gguf), true), Some(config)),
         with_config(task(gguf, None, true), Some(config)),
     ] {

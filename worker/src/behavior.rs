@@ -18,8 +18,9 @@ pub enum Behavior {
     /// A fraction of segments are trained, then their weights perturbed.
     Noise(f64),
     /// A fraction of segments leave the parameters where the segment started and take only
-    /// its last step from there, committing each step's loss at the start parameters (a
-    /// forward pass each): the cheap cheat a `native` tolerance must still catch where a
+    /// its last step from there, committing each step's loss at the start parameters (which a
+    /// real cheater gets from a forward pass each; this test aid computes them with whole
+    /// steps, the same outputs): the cheap cheat a `native` tolerance must still catch where a
     /// segment moves the parameters little (plain SGD, a small learning rate).
     LastStep(f64),
     /// Trains the first part of the run only and pads the rest (the last fraction) with copies.

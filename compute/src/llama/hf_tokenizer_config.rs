@@ -27,12 +27,19 @@ fn bad(reason: impl Into<String>) -> ComputeError {
 fn token_text(config: &Map<String, Value>, key: &str) -> Result<Option<String>> {
     match config.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Object(o)) => match o.get("content") {
-            Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => token_value(v, key).map(|t| Some(t.to_owned())),
+    }
+}
+
+/// A token value that is not `null`: a string, or an object's string `content`.
+fn token_value<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    match v {
+        Value::String(s) => Ok(s),
+        Value::Object(o) => match o.get("content") {
+            Some(Value::String(s)) => Ok(s),
             _ => Err(bad(format!("{key}: an object without a string `content`"))),
         },
-        Some(_) => Err(bad(format!(
+        _ => Err(bad(format!(
             "{key}: must be a string, an object with `content`, or null"
         ))),
     }
@@ -96,22 +103,7 @@ fn check_special_keys(vocab: &GgufVocab, config: &Map<String, Value>) -> Result<
         None | Some(Value::Null) => {}
         Some(Value::Array(list)) => {
             for entry in list {
-                let text = match entry {
-                    Value::String(s) => s,
-                    Value::Object(o) => match o.get("content") {
-                        Some(Value::String(s)) => s,
-                        _ => {
-                            return Err(bad(
-                                "additional_special_tokens: an object without a string `content`",
-                            ))
-                        }
-                    },
-                    _ => {
-                        return Err(bad(
-                            "additional_special_tokens: every entry is a string or an object with `content`",
-                        ))
-                    }
-                };
+                let text = token_value(entry, "additional_special_tokens")?;
                 token_id(vocab, "additional_special_tokens", text)?;
             }
         }
@@ -137,8 +129,8 @@ fn check_special_keys(vocab: &GgufVocab, config: &Map<String, Value>) -> Result<
                 match known {
                     Some((n, t))
                         if Some(t.as_str()) == content
-                            && matches!(vocab.token_types[n], 3 | 4)
-                            && special == Some(vocab.token_types[n] == 3) => {}
+                            && matches!(vocab.token_types.get(n), Some(3 | 4))
+                            && special == Some(vocab.token_types.get(n) == Some(&3)) => {}
                     _ => {
                         return Err(bad(format!(
                             "added_tokens_decoder: entry {id:?} is not the tokenizer.json's added token of that id (content and special)"

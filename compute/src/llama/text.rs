@@ -33,9 +33,6 @@ pub struct TextCodec {
     bos: Option<(u32, String)>,
     eos: Option<(u32, String)>,
     add_bos: bool,
-    /// Whether the BOS is matched whole in text (a control or user-defined token), so that a
-    /// text starting with its string starts with its id.
-    bos_in_text: bool,
     /// A bound on the tokenizer's memory (COMPUTE section 9's `tokenizer`).
     memory_bytes: u64,
 }
@@ -209,10 +206,6 @@ impl TextCodec {
             bos: named(v.bos)?,
             eos: named(v.eos)?,
             add_bos: v.add_bos,
-            bos_in_text: v
-                .bos
-                .and_then(|id| v.token_types.get(id as usize))
-                .is_some_and(|t| matches!(t, 3 | 4)),
         })
     }
 
@@ -224,18 +217,15 @@ impl TextCodec {
         Ok(ids)
     }
 
-    /// Token ids of a rendered chat: as [`Self::encode`], except that a text that already
-    /// starts with the BOS token's string (a template that writes `{{ bos_token }}`), where
-    /// that string is matched whole as the BOS, is not given a second one (11.8).
+    /// Token ids of a rendered chat: as [`Self::encode`], except that a text whose own
+    /// tokens already start with the BOS id (a template that writes `{{ bos_token }}`) is not
+    /// given a second one (11.8).
     pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
-        match &self.bos {
-            Some((_, bos))
-                if self.bos_in_text && !bos.is_empty() && text.starts_with(bos.as_str()) =>
-            {
-                self.encode_plain(text)
-            }
-            _ => self.encode(text),
-        }
+        let plain = self.encode_plain(text)?;
+        Ok(match self.leading_bos() {
+            Some(bos) if plain.first() != Some(&bos) => std::iter::once(bos).chain(plain).collect(),
+            _ => plain,
+        })
     }
 
     /// Token ids of `text` with no BOS token: a piece of a longer text (a text dataset).

@@ -55,8 +55,11 @@ impl Node {
                     (job, start)
                 }
                 Some(s) => {
-                    let start = super::rounds::read_state(&blobs, &BlobId(s.start.0), &job)?;
-                    (job.slot_round(s.slot, s.round)?, start)
+                    let start = super::rounds::read_state(&blobs, &BlobId(s.start.0), &job);
+                    match (start, job.slot_round(s.slot, s.round)) {
+                        (Ok(start), Ok(run)) => (run, start),
+                        _ => return unchecked,
+                    }
                 }
             };
             for segment in 0..run.segments() {
@@ -154,7 +157,9 @@ pub(super) enum Divergence {
     Confirmed(String),
     /// It does not, up to the step reported.
     Refuted,
-    /// Not checked: this many steps in, more than the node runs for a report.
+    /// Not judged, at this many steps in: more than the node runs for a report, a job over
+    /// the node's memory for checks or one it cannot build or run, or a `native`/`cuda` run
+    /// that does not diverge on the node (its values differ from the worker's machine's).
     Unchecked(u32),
 }
 

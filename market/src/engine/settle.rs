@@ -344,9 +344,10 @@ impl Node {
                         .await;
                 }
                 Divergence::Unchecked(steps) => {
-                    // Too far in for the node to check: not held against the worker, which
-                    // does not get the task again.
-                    tracing::warn!(task = %t.id, %worker, steps, "a reported divergence too far in to check; the task goes to another worker");
+                    // The node cannot judge it: not held against the worker, which does not
+                    // get the task again (PROTOCOL "Divergence"; a known cost: a worker may so
+                    // leave a `native` task unslashed).
+                    tracing::warn!(task = %t.id, %worker, steps, "a reported divergence the node cannot judge (too far in, too large, or not reproducible in this profile); the task goes to another worker");
                     t.state = TaskState::Queued;
                     self.save(&t)?;
                     self.wake();

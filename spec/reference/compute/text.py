@@ -200,13 +200,12 @@ class Tokenizer:
         return ([self.bos] if self.add_bos else []) + self.encode_raw(s)
 
     def encode_chat(self, s):
-        """11.8: a rendered chat is encoded by 11.7 with its BOS rule, except that a text that
-        already starts with the BOS token's string, where the BOS is matched whole in text (a
-        type 3 or 4 token) and its string is not empty, gets no second BOS."""
-        bos = self.tokens[self.bos] if self.bos is not None else ""
-        if self.add_bos and bos and self.types[self.bos] in (3, 4) and s.startswith(bos):
-            return self.encode_raw(s)
-        return self.encode(s)
+        """11.8: a rendered chat is encoded by 11.7 with its BOS rule, except that a text whose
+        own tokens (without the BOS) already start with the BOS id gets no second BOS."""
+        plain = self.encode_raw(s)
+        if self.add_bos and not (plain and plain[0] == self.bos):
+            return [self.bos] + plain
+        return plain
 
 
 def check_spec_examples():
