@@ -373,38 +373,27 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
         &mut blobs,
         serde_json::to_vec(&hf_tokenizer_json(&bos_vocab)).unwrap(),
     );
-    let other_bos = put(
-        &mut blobs,
-        edit(&|v| {
-            v["bos_token"] = "<|im_end|>".into();
-            v["add_bos_token"] = true.into();
-        }),
-    );
-    match refusal(
-        &with_config(task(st, Some(with_bos), true), Some(other_bos)),
-        &blobs,
-    ) {
-        ComputeError::InvalidBlob { reason, .. } => {
-            assert!(reason.starts_with("bos_token:"), "{reason}")
+    // A BOS other than the one the post-processor adds, and none while it adds one
+    // (`transformers` would render ""): each refused on `bos_token`.
+    let other_bos = edit(&|v| {
+        v["bos_token"] = "<|im_end|>".into();
+        v["add_bos_token"] = true.into();
+    });
+    let unnamed = edit(&|v| {
+        v.as_object_mut().unwrap().remove("bos_token");
+        v["add_bos_token"] = true.into();
+    });
+    for (bytes, prefix) in [(other_bos, "bos_token:"), (unnamed, "bos_token: absent")] {
+        let id = put(&mut blobs, bytes);
+        match refusal(
+            &with_config(task(st, Some(with_bos), true), Some(id)),
+            &blobs,
+        ) {
+            ComputeError::InvalidBlob { reason, .. } => {
+                assert!(reason.starts_with(prefix), "{prefix}: {reason}")
+            }
+            other => panic!("{prefix}: {other}"),
         }
-        other => panic!("{other}"),
-    }
-    // No `bos_token` while the post-processor adds one (`transformers` would render "").
-    let unnamed = put(
-        &mut blobs,
-        edit(&|v| {
-            v.as_object_mut().unwrap().remove("bos_token");
-            v["add_bos_token"] = true.into();
-        }),
-    );
-    match refusal(
-        &with_config(task(st, Some(with_bos), true), Some(unnamed)),
-        &blobs,
-    ) {
-        ComputeError::InvalidBlob { reason, .. } => {
-            assert!(reason.starts_with("bos_token: absent"), "{reason}")
-        }
-        other => panic!("{other}"),
     }
     // The special tokens the file already has may be listed again.
     let listed = put(
