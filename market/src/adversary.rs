@@ -124,7 +124,12 @@ pub fn run_case(
 pub fn strategies(fractions: &[f64]) -> Vec<Behavior> {
     let mut v = vec![Behavior::Honest];
     for &f in fractions {
-        v.extend([Behavior::Skip(f), Behavior::Noise(f), Behavior::Truncate(f)]);
+        v.extend([
+            Behavior::Skip(f),
+            Behavior::Noise(f),
+            Behavior::LastStep(f),
+            Behavior::Truncate(f),
+        ]);
     }
     v.extend([
         Behavior::WrongData,

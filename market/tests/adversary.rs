@@ -8,19 +8,33 @@ use std::path::PathBuf;
 
 use market_node::adversary::{run_case, strategies, table};
 use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
-use market_protocol::TaskSpec;
+use market_protocol::{ExecutionProfile, TaskSpec};
 
 #[test]
 fn every_strategy_is_caught_as_predicted() {
+    check_every_strategy(ExecutionProfile::Repro);
+}
+
+/// The same in `native`, where the audit compares within the tolerance (COMPUTE.md section 7)
+/// instead of bit for bit: a faked segment must still fail it whenever it is sampled, and
+/// honest work, re-executed, must still pass.
+#[test]
+fn every_strategy_is_caught_as_predicted_in_native() {
+    check_every_strategy(ExecutionProfile::Native);
+}
+
+fn check_every_strategy(profile: ExecutionProfile) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/mlp-train.json");
-    let task: TaskSpec =
+    let mut task: TaskSpec =
         from_json_limited(&std::fs::read(path).unwrap(), MAX_MESSAGE_BYTES).unwrap();
+    task.profile = profile;
     let dir = tempfile::tempdir().unwrap();
     let mut results = Vec::new();
     for b in strategies(&[0.1, 0.5]) {
         results.push(run_case(&task, b, 3, 120, dir.path()).unwrap());
     }
-    println!("{}", table(&results));
+    println!("{profile:?}\n{}", table(&results));
+    assert!(results.iter().any(|r| r.strategy.starts_with("last-step")));
     for r in &results {
         assert!(r.caught_exactly_when_sampled, "{}", r.strategy);
         assert!(

@@ -11,7 +11,7 @@ use market_node::adversary::{
     strategies, table,
 };
 use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
-use market_protocol::TaskSpec;
+use market_protocol::{ExecutionProfile, TaskSpec};
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure how often audits catch each cheating strategy")]
@@ -40,13 +40,26 @@ struct Args {
     /// Ringer rate for the lazy verifier, parts per million.
     #[arg(long, default_value_t = 100_000)]
     ringer_rate_ppm: u32,
+    /// Run the task in this profile instead of its own (`native`: the audits compare within
+    /// the tolerance of COMPUTE.md section 7 rather than bit for bit).
+    #[arg(long, value_parser = parse_profile)]
+    profile: Option<ExecutionProfile>,
+}
+
+/// A profile by its name in a task's JSON (`repro`, `native`, `cuda`).
+fn parse_profile(name: &str) -> Result<ExecutionProfile, String> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .map_err(|_| format!("unknown profile {name:?}: use repro, native or cuda"))
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let bytes =
         std::fs::read(&args.task).with_context(|| format!("reading {}", args.task.display()))?;
-    let task: TaskSpec = from_json_limited(&bytes, MAX_MESSAGE_BYTES)?;
+    let mut task: TaskSpec = from_json_limited(&bytes, MAX_MESSAGE_BYTES)?;
+    if let Some(profile) = args.profile {
+        task.profile = profile;
+    }
     let dir = tempfile::tempdir()?;
     let mut results = Vec::new();
     for b in strategies(&args.fractions) {
