@@ -1,7 +1,8 @@
 //! The audit-soundness attacks, each against a whole node (in-process workers and verifiers):
 //! a worker grinding its beacon, a lying verifier, outputs swapped after committing, a crash
 //! between settlement appends, a buyer asking for no detection, a silent verifier and
-//! throwaway workers. Each test names its attack and fails without the defence.
+//! throwaway workers, a worker that makes up a divergence. Each test names its attack and fails
+//! without the defence.
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
@@ -28,6 +29,8 @@ use market_worker::{Behavior, Progress};
 struct Rigged {
     inner: InProcess,
     failing: Vec<AccountId>,
+    /// Workers that report, without running anything, that the run diverged at step 3.
+    diverges_falsely: Vec<AccountId>,
     swaps_outputs: Vec<AccountId>,
     silent: Vec<AccountId>,
     /// Tasks at once, and how long each run and each audit take beyond their work.
@@ -66,6 +69,10 @@ impl Dispatch for Rigged {
     ) -> anyhow::Result<Signed<Commitment>> {
         if self.failing.contains(worker) {
             anyhow::bail!("a throwaway worker gives up");
+        }
+        if self.diverges_falsely.contains(worker) {
+            // The failure a real divergence produces (compute's `NonFinite`), made up.
+            anyhow::bail!("non-finite value in `loss` after step 3: the run diverged");
         }
         let now = {
             let mut running = self.running.lock().unwrap();
@@ -141,6 +148,7 @@ fn rigged(workers: &[(&Identity, Behavior)], verifiers: &[(&Identity, VerifierMo
             verifiers: verifiers.iter().map(|(i, m)| ((*i).clone(), *m)).collect(),
         },
         failing: Vec::new(),
+        diverges_falsely: Vec::new(),
         swaps_outputs: Vec::new(),
         silent: Vec::new(),
         concurrency: 1,
@@ -678,6 +686,80 @@ async fn attack_9_throwaway_workers_cannot_get_tasks_rejected() {
     let second = settle(&m, 2).await;
     assert_eq!(second.attempts.len(), 1);
     assert_eq!(second.attempts[0].worker, honest.account());
+}
+
+/// Attack 10 (a worker walks away from a task without the abandon slash): it reports that the
+/// run diverged, which a buyer's diverging spec makes an honest worker report too, and which
+/// therefore slashes nobody when true (PROTOCOL.md, "Divergence"). The node runs the task itself
+/// up to the reported step: in `repro` a run that does not diverge refutes the report, and the
+/// liar is slashed as for any run that produced nothing. Where the node cannot judge (a `native`
+/// run, whose values differ between machines; a task over `max_divergence_check_memory_bytes`)
+/// the liar keeps its stake, a cost PROTOCOL.md states, but never gets the task again: it goes
+/// to the honest worker and settles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_10_a_made_up_divergence_is_refuted_in_repro_and_never_handed_back() {
+    let cases = [
+        (
+            "repro",
+            ExecutionProfile::Repro,
+            NodeConfig::default(),
+            true,
+        ),
+        (
+            "native",
+            ExecutionProfile::Native,
+            NodeConfig::default(),
+            false,
+        ),
+        (
+            "memory cap",
+            ExecutionProfile::Repro,
+            NodeConfig {
+                max_divergence_check_memory_bytes: 1,
+                ..NodeConfig::default()
+            },
+            false,
+        ),
+    ];
+    for (case, profile, config, refuted) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let liar = Identity::from_test_label(&format!("divergence liar {case}"));
+        let honest = Identity::from_test_label(&format!("divergence honest {case}"));
+        let v = Identity::from_test_label(&format!("divergence verifier {case}"));
+        // Ties go to the dispatcher's order: the liar is handed the task first.
+        let mut d = rigged(
+            &[(&liar, Behavior::Honest), (&honest, Behavior::Honest)],
+            &[(&v, VerifierMode::Honest)],
+        );
+        d.diverges_falsely = vec![liar.account()];
+        let m = market(dir.path(), &format!("divergence {case}"), d, config).await;
+        let mut spec = small_task(&m.buyer, 1);
+        spec.profile = profile;
+        let id = m
+            .node
+            .post_task(Signed::sign(spec, &m.buyer).unwrap())
+            .await
+            .unwrap()
+            .id;
+        let t = m
+            .node
+            .wait_final(&id, Duration::from_secs(240))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{case}: {t:?}");
+        assert_eq!(t.attempts.len(), 2, "{case}: {:?}", t.attempts);
+        assert_eq!(t.attempts[0].worker, liar.account(), "{case}");
+        assert_eq!(t.attempts[0].divergence_claim, Some(3), "{case}");
+        assert!(t.attempts[1].accepted, "{case}");
+        assert_eq!(t.attempts[1].worker, honest.account(), "{case}");
+        if refuted {
+            assert_eq!(stake(&m, &liar), 300 - m.config.abandon_slash, "{case}");
+            assert!(m.node.ledger.reputation(&liar.account()) < 0, "{case}");
+        } else {
+            assert_eq!(stake(&m, &liar), 300, "{case}: unjudged, not slashed");
+        }
+        assert_eq!(stake(&m, &honest), 300, "{case}");
+    }
 }
 
 /// Found by review: a worker is freed for other tasks when its run ends, while its result is
