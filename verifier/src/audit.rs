@@ -566,8 +566,12 @@ fn check_training(
         let loss_ok = if exact {
             committed.to_bits() == loss.to_bits()
         } else {
+            // A committed infinity would be "within" any share of itself: only finite losses
+            // can match (a re-execution's loss is finite, or the run failed before).
             let (a, b) = (f64::from(committed), f64::from(loss));
-            (a - b).abs() <= market_compute::tolerance::MAX_RELATIVE_L2 * a.abs().max(b.abs())
+            committed.is_finite()
+                && (a - b).abs()
+                    <= market_compute::tolerance::MAX_RELATIVE_L2 * a.abs().max(b.abs())
         };
         if !loss_ok {
             return Ok(Some(fail(

@@ -524,3 +524,46 @@ fn a_native_worker_that_skips_the_work_of_small_steps_is_caught_by_the_update_ch
         other => panic!("a lazy native worker passed: {other:?}"),
     }
 }
+
+/// In `native` a committed loss is checked within 5% of the re-execution's: a worker that
+/// commits losses of its own making is caught, an infinite one too (it used to be "within"
+/// 5% of itself: `inf <= 0.05 * inf`).
+#[test]
+fn a_native_worker_that_commits_made_up_losses_is_caught() {
+    let mut task = example("mlp-train.json");
+    task.profile = ExecutionProfile::Native;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = Bundle::at(dir.path());
+    exec(
+        &task,
+        &worker(),
+        Behavior::Honest,
+        &bundle,
+        &NoBlobs,
+        |_| {},
+    )
+    .unwrap();
+    let honest = bundle.read_commitment().unwrap().body;
+    let true_loss = honest.loss_trace[5].to_f32();
+    let with_loss = |loss: f32| {
+        let mut body = honest.clone();
+        body.loss_trace[5] = F32Bits::from_f32(loss);
+        bundle
+            .write_commitment(&Signed::sign(body, &worker()).unwrap())
+            .unwrap();
+        outcome(&bundle, SamplePolicy::All)
+    };
+    // Within the tolerance: the rounding of another machine.
+    assert_eq!(with_loss(true_loss * 1.01), VerdictOutcome::Pass);
+    for made_up in [true_loss * 1.2, f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        match with_loss(made_up) {
+            VerdictOutcome::Fail {
+                segment, reason, ..
+            } => {
+                assert_eq!(segment, 5, "{made_up}");
+                assert_eq!(reason, FailureReason::InvalidCommitment, "{made_up}");
+            }
+            other => panic!("a committed loss of {made_up} passed: {other:?}"),
+        }
+    }
+}
