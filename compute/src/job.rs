@@ -6,7 +6,7 @@
 //! training step anywhere: the verifier's narrowing to the first bad step calls
 //! [`TrainingJob::step`] itself.
 
-use market_protocol::{BlobId, DatasetSource, ExecutionProfile, TaskSpec, Workload};
+use market_protocol::{BlobId, DatasetSource, ExecutionProfile, Hash, TaskSpec, Workload};
 
 use crate::backend::Backend;
 use crate::batch::{self, check_token_data};
@@ -35,6 +35,20 @@ pub mod limits {
 pub trait BlobSource {
     /// The bytes of `id`, or `None` if not available.
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>>;
+
+    /// Work derived from blobs that this holder kept from an earlier job under `key` (a text
+    /// blob's tokens: [`data::text::tokens_key`]), if it is at most `max_bytes`; `None` by
+    /// default: nothing is kept. A worker or verifier runs many jobs of one task (a pooled
+    /// task's rounds, its audits), and tokenizing a large text costs minutes each time. What is
+    /// read back is checked (its own hash, every id below the vocabulary) and the work redone
+    /// when the check fails; the holder trusts its own disk no further than that.
+    fn derived(&self, _key: &Hash, _max_bytes: u64) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Keeps `bytes`, derived from blobs, under `key` for later jobs
+    /// ([`BlobSource::derived`]); best effort: a holder that cannot keep them drops them.
+    fn keep_derived(&self, _key: &Hash, _bytes: &[u8]) {}
 }
 
 /// No blobs at all: enough for tasks that use only generated data.
@@ -95,8 +109,33 @@ fn fetch(blobs: &dyn BlobSource, id: &BlobId) -> Result<Vec<u8>> {
 
 /// A text blob tokenized by a tokenizer blob's tokenizer, for a model of `vocab` tokens, and
 /// the memory that takes beyond the text and the dataset: the tokenizer, and the pieces' ids
-/// (4 bytes a token), held until they are joined into the dataset.
+/// (4 bytes a token), held until they are joined into the dataset. The tokens an earlier job
+/// of this holder kept are read back instead ([`BlobSource::derived`]), and tokens made here
+/// are kept for the next.
 fn text_dataset(
+    blobs: &dyn BlobSource,
+    text: &BlobId,
+    tokenizer: &BlobId,
+    vocab: usize,
+) -> Result<(data::Dataset, u64)> {
+    let key = data::text::tokens_key(text, tokenizer, vocab);
+    if let Some(tokens) = blobs
+        .derived(&key, data::text::MAX_KEPT_TOKENS_BYTES)
+        .and_then(|kept| data::text::tokens_from_kept(&kept, vocab))
+    {
+        // The kept file's bytes, read before they became the dataset.
+        let setup = 4 * tokens.len() as u64 + 32;
+        return Ok((data::Dataset::Tokens(tokens), setup));
+    }
+    let (data, setup) = tokenize_text_blob(blobs, text, tokenizer, vocab)?;
+    if let data::Dataset::Tokens(tokens) = &data {
+        blobs.keep_derived(&key, &data::text::kept_tokens(tokens));
+    }
+    Ok((data, setup))
+}
+
+/// [`text_dataset`]'s work when nothing was kept: the tokenizer built, the text tokenized.
+fn tokenize_text_blob(
     blobs: &dyn BlobSource,
     text: &BlobId,
     tokenizer: &BlobId,

@@ -270,3 +270,88 @@ fn bad_text_and_bad_tokenizers_are_refused_with_their_reason() {
         "{e}"
     );
 }
+
+/// A holder that keeps derived work in memory, as a worker's or verifier's blob cache keeps
+/// it on disk (`market_net::participant::DirBlobs`).
+#[derive(Default)]
+struct Keeping {
+    blobs: BTreeMap<BlobId, Vec<u8>>,
+    kept: std::cell::RefCell<BTreeMap<market_protocol::Hash, Vec<u8>>>,
+}
+
+impl market_compute::BlobSource for Keeping {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        self.blobs.get(id).cloned()
+    }
+    fn derived(&self, key: &market_protocol::Hash, max_bytes: u64) -> Option<Vec<u8>> {
+        let kept = self.kept.borrow();
+        kept.get(key)
+            .filter(|b| b.len() as u64 <= max_bytes)
+            .cloned()
+    }
+    fn keep_derived(&self, key: &market_protocol::Hash, bytes: &[u8]) {
+        self.kept.borrow_mut().insert(*key, bytes.to_vec());
+    }
+}
+
+/// A worker runs many jobs of one text task (a pooled task's rounds, audits): the text is
+/// tokenized once, its tokens kept and read back by the next job, and what is read back is
+/// checked: a damaged file, or one with an id the vocabulary lacks, is tokenized again.
+#[test]
+fn a_holder_tokenizes_a_text_once_and_checks_what_it_kept() {
+    use market_compute::data::text::{kept_tokens, tokens_from_kept, tokens_key};
+    use market_compute::data::Dataset;
+    let mut holder = Keeping::default();
+    let gguf = put(&mut holder.blobs, bpe_gguf(3).unwrap());
+    let text_id = put(&mut holder.blobs, text().into_bytes());
+    let spec = task(
+        DatasetSource::Text {
+            id: text_id,
+            tokenizer: gguf,
+        },
+        gguf,
+    );
+    let tokens = |h: &Keeping| match TrainingJob::from_spec(&spec, h).map(|j| j.data) {
+        Ok(Dataset::Tokens(t)) => Ok(t),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    let fresh = tokens(&holder).unwrap();
+    let vocab = bpe_vocab().tokens.len();
+    let key = tokens_key(&text_id, &gguf, vocab);
+    assert_eq!(holder.kept.borrow().len(), 1);
+    assert_eq!(holder.kept.borrow()[&key], kept_tokens(&fresh));
+    assert_eq!(
+        tokens_from_kept(&kept_tokens(&fresh), vocab),
+        Some(fresh.clone())
+    );
+
+    // The next job reads them back: without the text it still has its tokens.
+    let text = holder.blobs.remove(&text_id).unwrap();
+    assert_eq!(tokens(&holder).unwrap(), fresh);
+
+    // A kept file that is damaged, cut short, or holds an id the vocabulary lacks is not used.
+    let good = kept_tokens(&fresh);
+    let mut damaged = good.clone();
+    damaged[5] ^= 1;
+    let mut outside = fresh.clone();
+    outside[3] = vocab as u32;
+    for bad in [
+        damaged,
+        good[..good.len() - 4].to_vec(),
+        kept_tokens(&outside),
+    ] {
+        holder.kept.borrow_mut().insert(key, bad.clone());
+        assert!(
+            matches!(tokens(&holder), Err(ComputeError::MissingBlob(id)) if id == text_id),
+            "a bad kept file was used"
+        );
+        // With the text there, it is tokenized again, and the good tokens kept instead.
+        holder.blobs.insert(text_id, text.clone());
+        assert_eq!(tokens(&holder).unwrap(), fresh);
+        assert_eq!(holder.kept.borrow()[&key], good);
+        holder.blobs.remove(&text_id);
+    }
+    // Another vocabulary size is another key: tokens kept for one model are not another's.
+    assert_ne!(tokens_key(&text_id, &gguf, vocab + 1), key);
+}

@@ -228,6 +228,27 @@ impl DirBlobs {
         self.dir.join(id.to_string())
     }
 
+    fn derived_path(&self, key: &Hash) -> PathBuf {
+        self.dir.join(format!("{key}.derived"))
+    }
+
+    /// Removes what earlier jobs kept here besides blobs (a text's tokens): what another build
+    /// derived (an older tokenizer's tokens) must not be read back by this one. A worker or
+    /// verifier calls it once when it starts.
+    pub fn forget_derived(&self) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "derived") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Fetches every blob `task` reads from `node` that is not yet cached.
     pub async fn fetch_for(
         &self,
@@ -317,6 +338,32 @@ fn hash_file(path: &Path) -> Result<Hash, TransferError> {
 impl BlobSource for DirBlobs {
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
         std::fs::read(self.path(id)).ok()
+    }
+
+    /// A text's tokens an earlier job kept here (`KEY.derived`), checked by the job that reads
+    /// them. Counted and evicted with the blobs.
+    fn derived(&self, key: &Hash, max_bytes: u64) -> Option<Vec<u8>> {
+        let path = self.derived_path(key);
+        if std::fs::metadata(&path).ok()?.len() > max_bytes {
+            return None;
+        }
+        std::fs::read(path).ok()
+    }
+
+    /// Written to a file of its own and renamed into place, so two jobs keeping the same
+    /// tokens at once do not interleave, and a reader sees a whole file or none.
+    fn keep_derived(&self, key: &Hash, bytes: &[u8]) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = self.derived_path(key);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = self
+            .dir
+            .join(format!("{key}.{}.{n}.part", std::process::id()));
+        let kept = std::fs::write(&part, bytes).and_then(|()| std::fs::rename(&part, &path));
+        if let Err(e) = kept {
+            let _ = std::fs::remove_file(&part);
+            tracing::debug!(path = %path.display(), error = %e, "derived bytes not kept");
+        }
     }
 }
 
@@ -626,5 +673,57 @@ impl Membership {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a job keeps in a blob cache is read back whole by the next, never past the reader's
+    /// limit, is evicted with the blobs, and is forgotten when a daemon starts.
+    #[test]
+    fn derived_bytes_are_kept_bounded_evicted_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = DirBlobs::new(dir.path()).with_limit(0);
+        let (a, b) = (Hash::of(b"a"), Hash::of(b"b"));
+        assert_eq!(blobs.derived(&a, 1 << 20), None);
+        blobs.keep_derived(&a, b"tokens of a");
+        blobs.keep_derived(&b, &[7; 100]);
+        assert_eq!(
+            blobs.derived(&a, 1 << 20).as_deref(),
+            Some(&b"tokens of a"[..])
+        );
+        assert_eq!(blobs.derived(&b, 99), None, "over the reader's limit");
+        assert_eq!(blobs.derived(&b, 100), Some(vec![7; 100]));
+        // Kept again: replaced whole, no part file left.
+        blobs.keep_derived(&a, b"again");
+        assert_eq!(blobs.derived(&a, 1 << 20).as_deref(), Some(&b"again"[..]));
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(
+            names().iter().all(|n| n.ends_with(".derived")),
+            "{:?}",
+            names()
+        );
+        // A blob stays where a daemon forgets what was derived.
+        let blob = BlobId::of(b"a blob");
+        std::fs::write(blobs.path(&blob), b"a blob").unwrap();
+        blobs.forget_derived().unwrap();
+        assert_eq!(names(), vec![blob.to_string()]);
+        // Counted against the cache's limit like a blob: evicted first, as the least used.
+        blobs.keep_derived(&a, b"tokens of a");
+        blobs.evict_except(&[blob]).unwrap();
+        assert_eq!(names(), vec![blob.to_string()]);
+        // A cache directory that does not exist yet has nothing to forget.
+        DirBlobs::new(dir.path().join("none"))
+            .forget_derived()
+            .unwrap();
     }
 }

@@ -59,6 +59,8 @@ pub async fn run(identity: Identity, options: VerifierOptions) -> anyhow::Result
     }
     std::fs::create_dir_all(&audits)?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
+    // Tokens an earlier process kept may come from another build's tokenizer.
+    DirBlobs::new(options.data_dir.join("blobs")).forget_derived()?;
     let (member, events) = Membership::start(
         &identity,
         &options.market,

@@ -136,6 +136,8 @@ impl Worker {
 pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(options.data_dir.join("jobs"))?;
     std::fs::create_dir_all(options.data_dir.join("blobs"))?;
+    // Tokens an earlier process kept may come from another build's tokenizer.
+    DirBlobs::new(options.data_dir.join("blobs")).forget_derived()?;
     sweep_job_dirs(&options.data_dir.join("jobs"), KEPT_JOBS)?;
     let served = match options.serve.clone() {
         Some(serve) if !serve.models.is_empty() => {

@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use market_protocol::{BlobId, Hash};
+
 use super::{Dataset, MAX_DATASET_BYTES};
 use crate::error::{ComputeError, Result};
 use crate::llama::gguf::{self, GgufVocab};
@@ -88,6 +90,52 @@ pub fn check_tokenizer_size(tokens: usize, vocab: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The most a kept token stream may be ([`kept_tokens`]): a token per byte of the largest
+/// text, a BOS, and the hash.
+pub const MAX_KEPT_TOKENS_BYTES: u64 = 4 * (MAX_DATASET_BYTES as u64 + 1) + 32;
+
+/// The key under which a holder keeps a text blob's tokens ([`crate::BlobSource::derived`]):
+/// the text, the tokenizer and the vocabulary they were tokenized for. The tokenization code
+/// itself is not in the key: a worker or verifier forgets what it kept when it starts, so
+/// tokens made by another build are never read back.
+pub fn tokens_key(text: &BlobId, tokenizer: &BlobId, vocab: usize) -> Hash {
+    Hash::of(
+        &[
+            b"market/kept-tokens\0".as_slice(),
+            text.0.as_bytes(),
+            tokenizer.0.as_bytes(),
+            &(vocab as u64).to_le_bytes(),
+        ]
+        .concat(),
+    )
+}
+
+/// A token stream as a holder keeps it: each id as 4 little-endian bytes, then the blake3 of
+/// those bytes (so a file cut short or damaged is refused on reading).
+pub fn kept_tokens(tokens: &[u32]) -> Vec<u8> {
+    let mut bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    let hash = Hash::of(&bytes);
+    bytes.extend_from_slice(hash.as_bytes());
+    bytes
+}
+
+/// The token stream of a kept file ([`kept_tokens`]), if it is whole (its hash matches) and
+/// every id is below `vocab`; `None` otherwise, and the text is tokenized again.
+pub fn tokens_from_kept(bytes: &[u8], vocab: usize) -> Option<Vec<u32>> {
+    let (ids, hash) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if ids.len() % 4 != 0 || Hash::of(ids).as_bytes() != hash {
+        return None;
+    }
+    let tokens: Vec<u32> = ids
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    tokens
+        .iter()
+        .all(|&t| (t as usize) < vocab)
+        .then_some(tokens)
 }
 
 /// The token stream of a text blob: the BOS id first if the tokenizer asks for one, then each
