@@ -2,6 +2,8 @@
 //! a task's input blobs into a local cache, and measuring what this machine can do.
 
 use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
@@ -198,52 +200,82 @@ impl DirBlobs {
                 .and_then(|f| f.set_modified(now))
                 .map_err(io(&path))?;
         }
-        let mut cached = Vec::new();
-        let mut total = 0u64;
-        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let entry = entry.map_err(io(&self.dir))?;
-            let meta = entry.metadata().map_err(io(&entry.path()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !meta.is_file() || name.ends_with(".part") {
-                continue;
-            }
-            total += meta.len();
-            if !keep.iter().any(|id| id.to_string() == name) {
-                let used = meta.modified().map_err(io(&entry.path()))?;
-                cached.push((used, meta.len(), entry.path()));
-            }
-        }
+        let (mut cached, mut total) = self.cached_files().map_err(io(&self.dir))?;
+        cached.retain(|(_, _, path)| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            !keep.iter().any(|id| Some(id.to_string()) == name)
+        });
         cached.sort();
         for (_, len, path) in cached {
             if total <= self.max_bytes {
                 break;
             }
-            std::fs::remove_file(&path).map_err(io(&path))?;
+            match std::fs::remove_file(&path) {
+                // Another job's eviction took it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(io(&path))?,
+            }
             total -= len;
         }
         Ok(())
+    }
+
+    /// Every file the cache counts (blobs and kept tokens; not files being written), each with
+    /// its last use and size, and their total size. A file another job removes or renames
+    /// meanwhile is skipped.
+    #[allow(clippy::type_complexity)]
+    fn cached_files(&self) -> std::io::Result<(Vec<(std::time::SystemTime, u64, PathBuf)>, u64)> {
+        let mut cached = Vec::new();
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().ends_with(".part") {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                other => other?,
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            total += meta.len();
+            cached.push((meta.modified()?, meta.len(), entry.path()));
+        }
+        Ok((cached, total))
     }
 
     fn path(&self, id: &BlobId) -> PathBuf {
         self.dir.join(id.to_string())
     }
 
-    fn derived_path(&self, key: &Hash) -> PathBuf {
-        self.dir.join(format!("{key}.derived"))
+    /// Where the bytes kept under `key` are: named by the key and this build, so a worker and
+    /// a verifier of different builds sharing a data directory never read each other's tokens
+    /// (`None` when this build cannot be told apart: then nothing is kept).
+    fn derived_path(&self, key: &Hash) -> Option<PathBuf> {
+        let build = build_fingerprint()?;
+        let name = Hash::of(&[build.as_bytes().as_slice(), key.as_bytes()].concat());
+        Some(self.dir.join(format!("{name}.derived")))
     }
 
     /// Removes what earlier jobs kept here besides blobs (a text's tokens): what another build
     /// derived (an older tokenizer's tokens) must not be read back by this one. A worker or
     /// verifier calls it once when it starts.
-    pub fn forget_derived(&self) -> std::io::Result<()> {
+    pub fn forget_derived(&self) -> anyhow::Result<()> {
         let entries = match std::fs::read_dir(&self.dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            other => other?,
+            other => other.with_context(|| format!("reading {}", self.dir.display()))?,
         };
         for entry in entries {
-            let path = entry?.path();
-            if path.extension().is_some_and(|e| e == "derived") {
-                std::fs::remove_file(&path)?;
+            let entry = entry.with_context(|| format!("reading {}", self.dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Kept files, and part files a process died writing.
+            if !name.contains(".derived") || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.with_context(|| format!("removing {}", entry.path().display()))?,
             }
         }
         Ok(())
@@ -340,31 +372,59 @@ impl BlobSource for DirBlobs {
         std::fs::read(self.path(id)).ok()
     }
 
-    /// A text's tokens an earlier job kept here (`KEY.derived`), checked by the job that reads
-    /// them. Counted and evicted with the blobs.
+    /// A text's tokens an earlier job of this build kept here (`NAME.derived`), checked by the
+    /// job that reads them; a plain file only (no link followed), read no further than
+    /// `max_bytes`. Reading marks it used, for the cache's least-recently-used eviction.
     fn derived(&self, key: &Hash, max_bytes: u64) -> Option<Vec<u8>> {
-        let path = self.derived_path(key);
-        if std::fs::metadata(&path).ok()?.len() > max_bytes {
+        use std::io::Read;
+        let path = self.derived_path(key)?;
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() || meta.len() > max_bytes {
             return None;
         }
-        std::fs::read(path).ok()
+        let file = std::fs::File::open(&path).ok()?;
+        let _ = file.set_modified(std::time::SystemTime::now());
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(max_bytes.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .ok()?;
+        (bytes.len() as u64 <= max_bytes).then_some(bytes)
     }
 
-    /// Written to a file of its own and renamed into place, so two jobs keeping the same
-    /// tokens at once do not interleave, and a reader sees a whole file or none.
+    /// Kept only while the cache stays within its limit. Written to a file of its own and
+    /// renamed into place, so two jobs keeping the same tokens at once do not interleave, and
+    /// a reader sees a whole file or none.
     fn keep_derived(&self, key: &Hash, bytes: &[u8]) {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let path = self.derived_path(key);
+        let Some(path) = self.derived_path(key) else {
+            return;
+        };
+        let fits = self
+            .cached_files()
+            .is_ok_and(|(_, total)| total.saturating_add(bytes.len() as u64) <= self.max_bytes);
+        if !fits {
+            tracing::debug!(path = %path.display(), "derived bytes not kept: the cache is full");
+            return;
+        }
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let part = self
-            .dir
-            .join(format!("{key}.{}.{n}.part", std::process::id()));
+        let part = path.with_extension(format!("derived.{}.{n}.part", std::process::id()));
         let kept = std::fs::write(&part, bytes).and_then(|()| std::fs::rename(&part, &path));
         if let Err(e) = kept {
             let _ = std::fs::remove_file(&part);
             tracing::debug!(path = %path.display(), error = %e, "derived bytes not kept");
         }
     }
+}
+
+/// This build: the blake3 of the running executable, read once. What a build derives from
+/// blobs (a tokenizer's tokens) is kept under it, so another build never reads it back. `None`
+/// when the executable cannot be read (nothing is kept then).
+fn build_fingerprint() -> Option<Hash> {
+    static BUILD: std::sync::OnceLock<Option<Hash>> = std::sync::OnceLock::new();
+    *BUILD.get_or_init(|| {
+        let exe = std::env::current_exe().ok()?;
+        hash_file(&exe).ok()
+    })
 }
 
 /// Measures this machine on the reference task (a few `repro` steps of the zoo's `gpt` on the
@@ -685,7 +745,7 @@ mod tests {
     #[test]
     fn derived_bytes_are_kept_bounded_evicted_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = DirBlobs::new(dir.path()).with_limit(0);
+        let blobs = DirBlobs::new(dir.path()).with_limit(1_000);
         let (a, b) = (Hash::of(b"a"), Hash::of(b"b"));
         assert_eq!(blobs.derived(&a, 1 << 20), None);
         blobs.keep_derived(&a, b"tokens of a");
@@ -719,7 +779,23 @@ mod tests {
         assert_eq!(names(), vec![blob.to_string()]);
         // Counted against the cache's limit like a blob: evicted first, as the least used.
         blobs.keep_derived(&a, b"tokens of a");
-        blobs.evict_except(&[blob]).unwrap();
+        assert_eq!(names().len(), 2);
+        DirBlobs::new(dir.path())
+            .with_limit(0)
+            .evict_except(&[blob])
+            .unwrap();
+        assert_eq!(names(), vec![blob.to_string()]);
+        // Not kept at all when it would take the cache past its limit.
+        let small = DirBlobs::new(dir.path()).with_limit(50);
+        small.keep_derived(&a, &[1; 100]);
+        assert_eq!(small.derived(&a, 1 << 20), None);
+        assert_eq!(names(), vec![blob.to_string()]);
+        // A part file a process died writing is forgotten too.
+        let orphan = dir
+            .path()
+            .join(format!("{}.derived.7.0.part", Hash::of(b"c")));
+        std::fs::write(&orphan, b"half").unwrap();
+        blobs.forget_derived().unwrap();
         assert_eq!(names(), vec![blob.to_string()]);
         // A cache directory that does not exist yet has nothing to forget.
         DirBlobs::new(dir.path().join("none"))

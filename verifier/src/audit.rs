@@ -566,10 +566,11 @@ fn check_training(
         let loss_ok = if exact {
             committed.to_bits() == loss.to_bits()
         } else {
-            // A committed infinity would be "within" any share of itself: only finite losses
-            // can match (a re-execution's loss is finite, or the run failed before).
+            // An infinity is "within" any share of itself: only finite losses can match (so a
+            // mean that overflows binary32 fails, as it did before as inf − inf).
             let (a, b) = (f64::from(committed), f64::from(loss));
             committed.is_finite()
+                && loss.is_finite()
                 && (a - b).abs()
                     <= market_compute::tolerance::MAX_RELATIVE_L2 * a.abs().max(b.abs())
         };

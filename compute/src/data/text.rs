@@ -115,7 +115,8 @@ pub fn tokens_key(text: &BlobId, tokenizer: &BlobId, vocab: usize) -> Hash {
 /// A token stream as a holder keeps it: each id as 4 little-endian bytes, then the blake3 of
 /// those bytes (so a file cut short or damaged is refused on reading).
 pub fn kept_tokens(tokens: &[u32]) -> Vec<u8> {
-    let mut bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+    let mut bytes = Vec::with_capacity(4 * tokens.len() + 32);
+    bytes.extend(tokens.iter().flat_map(|t| t.to_le_bytes()));
     let hash = Hash::of(&bytes);
     bytes.extend_from_slice(hash.as_bytes());
     bytes
