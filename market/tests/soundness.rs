@@ -187,7 +187,10 @@ fn small_task(buyer: &Identity, nonce: u64) -> TaskSpec {
 }
 
 async fn post(m: &Market, nonce: u64) -> TaskId {
-    let spec = small_task(&m.buyer, nonce);
+    post_spec(m, small_task(&m.buyer, nonce)).await
+}
+
+async fn post_spec(m: &Market, spec: TaskSpec) -> TaskId {
     m.node
         .post_task(Signed::sign(spec, &m.buyer).unwrap())
         .await
@@ -196,7 +199,12 @@ async fn post(m: &Market, nonce: u64) -> TaskId {
 }
 
 async fn settle(m: &Market, nonce: u64) -> TaskRecord {
-    let id = post(m, nonce).await;
+    settle_spec(m, small_task(&m.buyer, nonce)).await
+}
+
+/// `spec` posted, and its record once it is final.
+async fn settle_spec(m: &Market, spec: TaskSpec) -> TaskRecord {
+    let id = post_spec(m, spec).await;
     m.node
         .wait_final(&id, Duration::from_secs(240))
         .await
@@ -735,17 +743,7 @@ async fn attack_10_a_made_up_divergence_is_refuted_in_repro_and_never_handed_bac
         let m = market(dir.path(), &format!("divergence {case}"), d, config).await;
         let mut spec = small_task(&m.buyer, 1);
         spec.profile = profile;
-        let id = m
-            .node
-            .post_task(Signed::sign(spec, &m.buyer).unwrap())
-            .await
-            .unwrap()
-            .id;
-        let t = m
-            .node
-            .wait_final(&id, Duration::from_secs(240))
-            .await
-            .unwrap();
+        let t = settle_spec(&m, spec).await;
         assert_eq!(t.state, TaskState::Settled, "{case}: {t:?}");
         assert_eq!(t.attempts.len(), 2, "{case}: {:?}", t.attempts);
         assert_eq!(t.attempts[0].worker, liar.account(), "{case}");

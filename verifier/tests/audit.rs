@@ -120,16 +120,7 @@ fn detect_policy_samples_the_fewest_and_costs_under_five_percent_on_1000_segment
         t.checkpoint_interval = 1;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bundle = Bundle::at(dir.path());
-    exec(
-        &task,
-        &worker(),
-        Behavior::Honest,
-        &bundle,
-        &NoBlobs,
-        |_| {},
-    )
-    .unwrap();
+    let bundle = honest_run(&task, dir.path());
     let policy = SamplePolicy::Detect {
         target: "0.99".parse().unwrap(),
         assumed_faked: "0.1".parse().unwrap(),
@@ -162,16 +153,13 @@ fn detect_policy_samples_the_fewest_and_costs_under_five_percent_on_1000_segment
 }
 
 fn honest_bundle(dir: &Path) -> Bundle {
+    honest_run(&example("mlp-train.json"), dir)
+}
+
+/// `task` run honestly by the test worker into a bundle in `dir`.
+fn honest_run(task: &TaskSpec, dir: &Path) -> Bundle {
     let bundle = Bundle::at(dir);
-    exec(
-        &example("mlp-train.json"),
-        &worker(),
-        Behavior::Honest,
-        &bundle,
-        &NoBlobs,
-        |_| {},
-    )
-    .unwrap();
+    exec(task, &worker(), Behavior::Honest, &bundle, &NoBlobs, |_| {}).unwrap();
     bundle
 }
 
@@ -533,16 +521,7 @@ fn a_native_worker_that_commits_made_up_losses_is_caught() {
     let mut task = example("mlp-train.json");
     task.profile = ExecutionProfile::Native;
     let dir = tempfile::tempdir().unwrap();
-    let bundle = Bundle::at(dir.path());
-    exec(
-        &task,
-        &worker(),
-        Behavior::Honest,
-        &bundle,
-        &NoBlobs,
-        |_| {},
-    )
-    .unwrap();
+    let bundle = honest_run(&task, dir.path());
     let honest = bundle.read_commitment().unwrap().body;
     let true_loss = honest.loss_trace[5].to_f32();
     let with_loss = |loss: f32| {
