@@ -2,9 +2,9 @@
 //! a task's input blobs into a local cache, and measuring what this machine can do.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use market_compute::BlobSource;
@@ -258,9 +258,9 @@ impl DirBlobs {
         Some(self.dir.join(format!("{name}.derived")))
     }
 
-    /// Removes what earlier jobs kept here besides blobs (a text's tokens): what another build
-    /// derived (an older tokenizer's tokens) must not be read back by this one. A worker or
-    /// verifier calls it once when it starts.
+    /// Removes what earlier processes kept here besides blobs (a text's tokens, and part files
+    /// of one that died writing): another build's files are never read (their names hold its
+    /// build), so they would only take room. A worker or verifier calls it once when it starts.
     pub fn forget_derived(&self) -> anyhow::Result<()> {
         let entries = match std::fs::read_dir(&self.dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -777,7 +777,7 @@ mod tests {
         std::fs::write(blobs.path(&blob), b"a blob").unwrap();
         blobs.forget_derived().unwrap();
         assert_eq!(names(), vec![blob.to_string()]);
-        // Counted against the cache's limit like a blob: evicted first, as the least used.
+        // Counted against the cache's limit like a blob, and evicted like one.
         blobs.keep_derived(&a, b"tokens of a");
         assert_eq!(names().len(), 2);
         DirBlobs::new(dir.path())

@@ -740,9 +740,10 @@ pub struct RunArgs {
     pub serve_fault: Option<crate::serve::ServeFault>,
 }
 
-fn parse_profile(s: &str) -> Result<ExecutionProfile, String> {
+/// A profile by its name in a task's JSON (`repro`, `native`, `cuda`), for command lines.
+pub fn parse_profile(s: &str) -> Result<ExecutionProfile, String> {
     serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("{s:?} is not a profile (repro or native)"))
+        .map_err(|_| format!("{s:?} is not a profile (repro, native or cuda)"))
 }
 
 /// Runs the worker daemon from command-line arguments, on a new tokio runtime.

@@ -98,8 +98,8 @@ pub const MAX_KEPT_TOKENS_BYTES: u64 = 4 * (MAX_DATASET_BYTES as u64 + 1) + 32;
 
 /// The key under which a holder keeps a text blob's tokens ([`crate::BlobSource::derived`]):
 /// the text, the tokenizer and the vocabulary they were tokenized for. The tokenization code
-/// itself is not in the key: a worker or verifier forgets what it kept when it starts, so
-/// tokens made by another build are never read back.
+/// is the holder's to tell apart (a worker's or verifier's cache names what it keeps by this
+/// key and its own build), so tokens made by another build are never read back.
 pub fn tokens_key(text: &BlobId, tokenizer: &BlobId, vocab: usize) -> Hash {
     Hash::of(
         &[

@@ -12,6 +12,7 @@ use market_node::adversary::{
 };
 use market_protocol::canonical::{from_json_limited, MAX_MESSAGE_BYTES};
 use market_protocol::{ExecutionProfile, TaskSpec};
+use market_worker::daemon::parse_profile;
 
 #[derive(Parser, Debug)]
 #[command(about = "Measure how often audits catch each cheating strategy")]
@@ -44,12 +45,6 @@ struct Args {
     /// the tolerance of COMPUTE.md section 7 rather than bit for bit).
     #[arg(long, value_parser = parse_profile)]
     profile: Option<ExecutionProfile>,
-}
-
-/// A profile by its name in a task's JSON (`repro`, `native`, `cuda`).
-fn parse_profile(name: &str) -> Result<ExecutionProfile, String> {
-    serde_json::from_value(serde_json::Value::String(name.to_owned()))
-        .map_err(|_| format!("unknown profile {name:?}: use repro, native or cuda"))
 }
 
 fn main() -> Result<()> {
