@@ -163,7 +163,14 @@ async fn wait_running(m: &Market, task: &TaskId, steps: u32) -> AccountId {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("task never got going");
+    let t = m.node.store.task(task).unwrap().unwrap();
+    let offers: Vec<_> = m
+        .dispatch
+        .participants()
+        .into_values()
+        .map(|p| (p.role, p.capabilities))
+        .collect();
+    panic!("task never got going: {t:?}; the participants offer {offers:?}");
 }
 
 async fn settled(m: &Market, task: &TaskId) -> TaskRecord {
@@ -813,8 +820,21 @@ fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
         let w = worker(&m, label).await;
         verifier(&m, "verifier c").await;
         wait_joined(&m, 1, 1).await;
-        // A quarter of an hour of steps on this machine: only a cancel stops it in time.
-        let long = post(&m, 50, 200_000).await;
+        // A quarter of an hour of steps on this machine: only a cancel stops it in time. Few
+        // checkpoints: at the fixture's interval of 10 its 20,000 states would need 6.5 GB of
+        // free disk, and a worker that offers less never gets the task (it waited in the
+        // queue, once, in CI).
+        let mut spec = training_task(&m.buyer, 50);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.steps = 200_000;
+            t.checkpoint_interval = 2_000;
+        }
+        let long = m
+            .node
+            .post_task(Signed::sign(spec, &m.buyer).unwrap())
+            .await
+            .unwrap()
+            .id;
         assert_eq!(wait_running(&m, &long, 1).await, w.account());
         assert_eq!(
             job_dirs_of(&m, label, &long).len(),
