@@ -662,6 +662,16 @@ impl TrainingJob {
             after_step(&state, loss)?;
         }
         state.check_finite(&self.layout)?;
-        Ok((state, total / (end - first) as f32))
+        let mean = total / (end - first) as f32;
+        // Finite step losses can still sum past binary32's range: such a segment diverged
+        // like a step whose loss overflows (committing it would fail every `native` audit,
+        // whose loss check takes finite losses only).
+        if !mean.is_finite() {
+            return Err(ComputeError::NonFinite {
+                tensor: "loss".into(),
+                step: end,
+            });
+        }
+        Ok((state, mean))
     }
 }

@@ -211,6 +211,65 @@ fn divergence_fails_with_a_clear_error_instead_of_a_hash() {
     assert!(TrainState::from_bytes(b"not a state", &job.layout).is_err());
 }
 
+/// Every step's loss is finite, but ten of them sum past binary32's range: the segment diverged
+/// (a mean of infinity committed would fail every `native` audit, honest as the run was).
+#[test]
+fn a_segment_whose_finite_losses_sum_past_binary32_diverges() {
+    let rows = 16;
+    let f32s = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (x, y) = (f32s(vec![0.0; rows * 4]), f32s(vec![7e18; rows]));
+    let blob = safetensors::serialize(
+        [
+            (
+                "x",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, 4], &x)
+                    .unwrap(),
+            ),
+            (
+                "y",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![rows, 1], &y)
+                    .unwrap(),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    let task = with_training(|t| {
+        t.model = ModelSpec::Mlp {
+            widths: vec![4, 8, 1],
+            activation: Activation::Relu,
+        };
+        t.dataset = DatasetSource::Blob {
+            id: BlobId::of(&blob),
+        };
+        t.batch_size = 4;
+        t.checkpoint_interval = 10;
+        // Small steps: the loss stays near 7e18² ≈ 4.9e37, under binary32's 3.4e38 also summed
+        // over the batch of four, and seven steps of it are past it.
+        t.optimizer = OptimizerSpec::Sgd {
+            lr: "0.000001".parse().unwrap(),
+            momentum: "0".parse().unwrap(),
+            weight_decay: "0".parse().unwrap(),
+        };
+    });
+    let job = TrainingJob::from_spec(&task, &OneBlob(blob)).unwrap();
+    let mut losses = Vec::new();
+    let e = job
+        .run_segment(0, &job.initial_state(), |_, loss| losses.push(loss))
+        .unwrap_err();
+    assert_eq!(losses.len(), 10, "every step ran");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 1e37),
+        "{losses:?}"
+    );
+    // The text a worker reports and the node reads as a divergence (PROTOCOL "Divergence").
+    assert_eq!(
+        e.to_string(),
+        "non-finite value in `loss` after step 10: the run diverged"
+    );
+    assert!(matches!(e, ComputeError::NonFinite { .. }), "{e:?}");
+}
+
 #[test]
 fn inference_inputs_are_checked() {
     let buyer = Identity::from_test_label("buyer");

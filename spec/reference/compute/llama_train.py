@@ -279,6 +279,8 @@ def train(task, blobs, check_forward=False):
             for s in seg:
                 acc = F(acc + s)
             sl = F(acc / F(len(seg)))
+            if not np.isfinite(sl):
+                raise ValueError("loss")  # COMPUTE 5: a segment whose mean overflows diverged
             seg = []
             ckpts.append({"step": step + 1, "segment_loss_bits": "%08x" % fbits(sl),
                           "state_hash": b3(state_bytes(P, M, Vs, step + 1))})

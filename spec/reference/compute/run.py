@@ -84,6 +84,8 @@ def train(task, blobs):
             acc = F(0)
             for l in seg_losses: acc = F(acc + l)
             sl = F(acc / F(len(seg_losses)))
+            if not np.isfinite(sl):
+                raise ValueError('loss')  # COMPUTE 5: a segment whose mean overflows diverged
             seg_losses = []
             ckpts.append({'step': step + 1, 'segment_loss_bits': '%08x' % fbits(sl),
                           'state_hash': b3(state_bytes(P, M, Vs, step + 1))})
