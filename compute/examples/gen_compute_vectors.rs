@@ -358,6 +358,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
         weights: None,
         tokenizer: None,
         tokenizer_config: None,
+        chat_template: None,
         inputs: InferenceInputs::Rows { id: rows },
         decoding: Decoding::Greedy,
     });
@@ -381,6 +382,7 @@ fn inference_cases(blobs: &mut Blobs) -> Vec<(&'static str, TaskSpec)> {
         weights: None,
         tokenizer: None,
         tokenizer_config: None,
+        chat_template: None,
         inputs: InferenceInputs::Rows { id: wide_rows },
         decoding: Decoding::Greedy,
     });

@@ -73,6 +73,8 @@ struct LlamaRun {
     tokenizer: Option<BlobId>,
     /// The blob that completed a `tokenizer.json` (11.7b), if any.
     tokenizer_config: Option<BlobId>,
+    /// The `chat_template.jinja` beside it (11.7c), if any.
+    chat_template: Option<BlobId>,
     /// Its parameter layout.
     layout: ParamLayout,
     codec: TextCodec,
@@ -233,6 +235,7 @@ impl InferenceJob {
         for (field, named) in [
             ("tokenizer", inf.tokenizer.is_some()),
             ("tokenizer_config", inf.tokenizer_config.is_some()),
+            ("chat_template", inf.chat_template.is_some()),
         ] {
             if named {
                 return Err(ComputeError::config(
@@ -396,7 +399,16 @@ impl InferenceJob {
                         ));
                     }
                     let config_bytes = blobs.blob(c).ok_or(ComputeError::MissingBlob(*c))?;
-                    apply_tokenizer_config(&mut v, &config_bytes)?;
+                    let template = match &inf.chat_template {
+                        Some(t) => Some(blobs.blob(t).ok_or(ComputeError::MissingBlob(*t))?),
+                        None => None,
+                    };
+                    apply_tokenizer_config(&mut v, &config_bytes, template.as_deref())?;
+                } else if inf.chat_template.is_some() {
+                    return Err(ComputeError::config(
+                        "chat_template",
+                        "goes with a `tokenizer_config` (a chat_template.jinja completes the tokenizer_config.json beside it)",
+                    ));
                 }
                 v
             }
@@ -410,6 +422,12 @@ impl InferenceJob {
                 return Err(ComputeError::config(
                     "tokenizer_config",
                     "goes with a `tokenizer` (a tokenizer.json) and names none here",
+                ))
+            }
+            (None, Some(_)) if inf.chat_template.is_some() => {
+                return Err(ComputeError::config(
+                    "chat_template",
+                    "goes with a `tokenizer_config` (a chat_template.jinja completes the tokenizer_config.json beside it)",
                 ))
             }
             (None, Some(v)) => v,
@@ -428,6 +446,7 @@ impl InferenceJob {
             weights: *id,
             tokenizer: inf.tokenizer,
             tokenizer_config: inf.tokenizer_config,
+            chat_template: inf.chat_template,
             layout: weights.layout.clone(),
             codec,
             model,
@@ -451,12 +470,13 @@ impl InferenceJob {
         if inf.weights != Some(run.weights)
             || inf.tokenizer != run.tokenizer
             || inf.tokenizer_config != run.tokenizer_config
+            || inf.chat_template != run.chat_template
             || ModelConfig::from_spec(&inf.model)? != self.model
             || spec.profile != self.profile
         {
             return Err(ComputeError::config(
                 "model",
-                "names other weights, another tokenizer or tokenizer config, another config or another profile than the model served",
+                "names other weights, another tokenizer, tokenizer config or chat template, another config or another profile than the model served",
             ));
         }
         check_decoding(&inf.decoding)?;

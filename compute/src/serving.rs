@@ -82,6 +82,7 @@ impl ServeRequest {
                 weights: Some(self.weights),
                 tokenizer: None,
                 tokenizer_config: None,
+                chat_template: None,
                 inputs,
                 decoding: self.decoding.clone(),
             }),

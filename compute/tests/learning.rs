@@ -70,6 +70,7 @@ fn gpt_learns_arithmetic_and_solves_held_out_sums() {
         weights: Some(id),
         tokenizer: None,
         tokenizer_config: None,
+        chat_template: None,
         inputs: InferenceInputs::Prompts {
             prompts: held_out.iter().map(|(a, b)| format!("{a}+{b}=")).collect(),
             max_new_tokens: 4,

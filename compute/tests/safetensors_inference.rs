@@ -255,6 +255,122 @@ fn a_tokenizer_json_with_its_tokenizer_config_answers_chats_as_the_gguf_does() {
     );
 }
 
+/// `task` with `config` as its `tokenizer_config` and `template` as its `chat_template`.
+fn with_template(task: TaskSpec, config: Option<BlobId>, template: Option<BlobId>) -> TaskSpec {
+    let mut task = with_config(task, config);
+    if let Workload::Inference(inf) = &mut task.workload {
+        inf.chat_template = template;
+    }
+    task
+}
+
+#[test]
+fn a_chat_template_jinja_beside_the_config_is_the_template_as_transformers_reads_it() {
+    let (mut blobs, _, st, json) = tiny_model();
+    let gguf = put(&mut blobs, tiny_gguf(11).unwrap());
+    let reference = answers(&task(gguf, None, true), &blobs);
+    // The config as recent `transformers` save it: no `chat_template` key, the
+    // template in a file of its own, here with Windows line ends (made LF, 11.8).
+    let mut bare = hf_tokenizer_config_json(&byte_vocab());
+    bare.as_object_mut().unwrap().remove("chat_template");
+    let bare = put(&mut blobs, serde_json::to_vec(&bare).unwrap());
+    let crlf = market_compute::llama::fixtures::CHATML.replace('\n', "\r\n");
+    let jinja = put(&mut blobs, crlf.into_bytes());
+    // Without the file the config gives no template, and a chat cannot be rendered.
+    assert!(
+        InferenceJob::from_spec(&with_config(task(st, Some(json), true), Some(bare)), &blobs)
+            .and_then(|job| job.run_all(|_| {}))
+            .is_err(),
+        "a chat ran without a template"
+    );
+    let chat = with_template(task(st, Some(json), true), Some(bare), Some(jinja));
+    assert_eq!(answers(&chat, &blobs), reference);
+    assert!(chat.blobs().contains(&jinja));
+    // The file wins over a template in the config, whatever that holds (the key is not read).
+    for other in [
+        serde_json::json!("{{ raise_exception('not this one') }}"),
+        serde_json::json!(7),
+    ] {
+        let mut config = hf_tokenizer_config_json(&byte_vocab());
+        config["chat_template"] = other;
+        let config = put(&mut blobs, serde_json::to_vec(&config).unwrap());
+        let t = with_template(task(st, Some(json), true), Some(config), Some(jinja));
+        assert_eq!(answers(&t, &blobs), reference);
+    }
+    // Every template's line ends are made LF, as Jinja2 makes them (11.8): the config's own
+    // template with Windows line ends renders the same chat.
+    let mut crlf_config = hf_tokenizer_config_json(&byte_vocab());
+    crlf_config["chat_template"] = market_compute::llama::fixtures::CHATML
+        .replace('\n', "\r\n")
+        .into();
+    let crlf_config = put(&mut blobs, serde_json::to_vec(&crlf_config).unwrap());
+    let t = with_config(task(st, Some(json), true), Some(crlf_config));
+    assert_eq!(answers(&t, &blobs), reference);
+    // Another template gives other answers: the file is what renders the chat.
+    let plain = put(
+        &mut blobs,
+        b"{% for m in messages %}{{ m.content }}{% endfor %}".to_vec(),
+    );
+    let t = with_template(task(st, Some(json), true), Some(bare), Some(plain));
+    assert_ne!(answers(&t, &blobs), reference);
+}
+
+#[test]
+fn a_chat_template_jinja_that_cannot_be_used_is_refused_by_field() {
+    let (mut blobs, _, st, json) = tiny_model();
+    let gguf = put(&mut blobs, tiny_gguf(11).unwrap());
+    let config = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_config_json(&byte_vocab())).unwrap(),
+    );
+    let jinja = put(
+        &mut blobs,
+        market_compute::llama::fixtures::CHATML.as_bytes().to_vec(),
+    );
+    let field = |e: ComputeError| match e {
+        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
+        other => format!("{other}"),
+    };
+    // Without a `tokenizer_config` to complete: a tokenizer.json alone, a GGUF tokenizer,
+    // GGUF weights with their own.
+    for t in [
+        with_template(task(st, Some(json), true), None, Some(jinja)),
+        with_template(task(st, Some(gguf), true), None, Some(jinja)),
+        with_template(task(gguf, None, true), None, Some(jinja)),
+    ] {
+        let e = field(refusal(&t, &blobs));
+        assert!(e.starts_with("chat_template:"), "{e}");
+    }
+    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
+    if let Workload::Inference(inf) = &mut gpt.workload {
+        inf.weights = None;
+        inf.chat_template = Some(jinja);
+    }
+    assert!(field(refusal(&gpt, &blobs)).starts_with("chat_template:"));
+    let missing = BlobId::of(b"no such template");
+    assert!(matches!(
+        refusal(
+            &with_template(task(st, Some(json), true), Some(config), Some(missing)),
+            &blobs
+        ),
+        ComputeError::MissingBlob(id) if id == missing
+    ));
+    for (bytes, needle) in [
+        (b"{{ m }}\xff".to_vec(), "not UTF-8"),
+        (vec![b' '; (4 << 20) + 1], "over the limit"),
+    ] {
+        let id = put(&mut blobs, bytes);
+        let t = with_template(task(st, Some(json), true), Some(config), Some(id));
+        match refusal(&t, &blobs) {
+            ComputeError::InvalidBlob {
+                what: "chat_template",
+                reason,
+            } => assert!(reason.contains(needle), "{needle}: {reason}"),
+            other => panic!("{needle}: {other}"),
+        }
+    }
+}
+
 #[test]
 fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
     let (mut blobs, _, st, json) = tiny_model();

@@ -298,6 +298,7 @@ async fn a_buyer_asks_smollm2_and_gets_verified_answers_over_http() {
         weights: Some(weights),
         tokenizer: None,
         tokenizer_config: None,
+        chat_template: None,
         inputs: InferenceInputs::Chat {
             chats: vec![
                 ask("What is the capital of France?"),

@@ -77,6 +77,7 @@ pub fn inference_task(buyer: &Identity, nonce: u64) -> TaskSpec {
             weights: Some(BlobId(Hash::of(b"weights"))),
             tokenizer: None,
             tokenizer_config: None,
+            chat_template: None,
             inputs: InferenceInputs::Prompts {
                 prompts: vec!["17+25=".into(), "3+4=".into()],
                 max_new_tokens: 4,

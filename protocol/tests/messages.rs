@@ -224,11 +224,12 @@ fn every_member_left_out_when_unset_is_refused_by_name_when_null() {
     let training = serde_json::to_value(training_task(&Identity::from_test_label("b"), 1)).unwrap();
     let inference =
         serde_json::to_value(inference_task(&Identity::from_test_label("b"), 1)).unwrap();
-    let cases: [(&serde_json::Value, &str, &str); 5] = [
+    let cases: [(&serde_json::Value, &str, &str); 6] = [
         (&training, "/workload", "pool"),
         (&training, "/workload", "eval_dataset"),
         (&inference, "/workload", "tokenizer"),
         (&inference, "/workload", "tokenizer_config"),
+        (&inference, "/workload", "chat_template"),
         (&inference, "/workload/decoding", "top_p"),
     ];
     for (task, at, member) in cases {

@@ -401,6 +401,7 @@ fn llama_chat_task(gguf: &Gguf, profile: ExecutionProfile) -> TaskSpec {
         weights: Some(gguf.0),
         tokenizer: None,
         tokenizer_config: None,
+        chat_template: None,
         inputs: InferenceInputs::Chat {
             chats: vec![ask("What is 2+2?"), ask("Name a colour."), ask("Hello!")],
             max_new_tokens: 12,

@@ -177,11 +177,38 @@ fn chat_template(config: &Map<String, Value>) -> Result<Option<String>> {
     }
 }
 
+/// The largest `chat_template.jinja` read (Llama 3.1's template is 4 KB): the limit of the
+/// `tokenizer_config.json` it comes out of.
+pub const MAX_CHAT_TEMPLATE_BYTES: usize = MAX_TOKENIZER_CONFIG_BYTES;
+
+/// The template of a Hugging Face `chat_template.jinja` (11.7c): its text, which must be
+/// UTF-8, as it is (a BOM kept; its CRs become LFs where every template's do, 11.8).
+pub fn chat_template_file(bytes: &[u8]) -> Result<String> {
+    let bad = |reason: String| ComputeError::InvalidBlob {
+        what: "chat_template",
+        reason,
+    };
+    if bytes.len() > MAX_CHAT_TEMPLATE_BYTES {
+        return Err(bad(format!(
+            "a chat_template.jinja of {} bytes, over the limit of {MAX_CHAT_TEMPLATE_BYTES}",
+            bytes.len()
+        )));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    Ok(text.to_owned())
+}
+
 /// Completes `vocab` (read from a `tokenizer.json`) with the `tokenizer_config.json` in
 /// `bytes`, in 11.7b's order: the size, the JSON (the same dialect and first pass as a
 /// `tokenizer.json`'s, 11.7a), an object at the top, `add_eos_token`, `add_bos_token`,
 /// `chat_template`, `bos_token`, `eos_token`, then the keys that could add or re-mark tokens.
-pub fn apply_tokenizer_config(vocab: &mut GgufVocab, bytes: &[u8]) -> Result<()> {
+/// With a `chat_template.jinja` (`template_file`), the template is that file's and the
+/// config's `chat_template` is not read: `transformers` lets the file win (4.57 and 5.25 checked).
+pub fn apply_tokenizer_config(
+    vocab: &mut GgufVocab,
+    bytes: &[u8],
+    template_file: Option<&[u8]>,
+) -> Result<()> {
     if bytes.len() > MAX_TOKENIZER_CONFIG_BYTES {
         return Err(bad(format!(
             "a tokenizer_config.json of {} bytes, over the limit of {MAX_TOKENIZER_CONFIG_BYTES}",
@@ -214,7 +241,10 @@ pub fn apply_tokenizer_config(vocab: &mut GgufVocab, bytes: &[u8]) -> Result<()>
         }
         Some(_) => return Err(bad("add_bos_token: must be a boolean or null")),
     }
-    let template = chat_template(&config)?;
+    let template = match template_file {
+        Some(file) => Some(chat_template_file(file)?),
+        None => chat_template(&config)?,
+    };
     match (token_text(&config, "bos_token")?, vocab.bos) {
         (Some(text), own) => {
             let id = token_id(vocab, "bos_token", &text)?;

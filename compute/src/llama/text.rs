@@ -202,7 +202,7 @@ impl TextCodec {
         Ok(Self {
             tokenizer,
             memory_bytes: memory_bound(v),
-            chat_template: v.chat_template.clone(),
+            chat_template: v.chat_template.as_deref().map(lf_line_ends),
             bos: named(v.bos)?,
             eos: named(v.eos)?,
             add_bos: v.add_bos,
@@ -321,6 +321,13 @@ impl TextCodec {
     }
 }
 
+/// A template's source with every CR LF, then every remaining CR, made LF: what Jinja2 (and
+/// so `transformers`) does to a template's source before anything else, string literals
+/// included, and minijinja does not (11.8).
+fn lf_line_ends(template: &str) -> String {
+    template.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +394,40 @@ mod chat_bos_tests {
         // A plain prompt that starts with the BOS's string keeps the rule (two BOS).
         let plain = codec.encode("<|im_start|>user").unwrap();
         assert_eq!(plain.iter().filter(|&&t| t == bos).count(), 2, "{plain:?}");
+    }
+}
+
+#[cfg(test)]
+mod line_end_tests {
+    use super::*;
+    use crate::llama::fixtures::{byte_vocab, CHATML};
+
+    /// A template's CR LF and lone CR are LF, as Jinja2 reads any template (11.8): in the text
+    /// it prints and in its string literals alike.
+    #[test]
+    fn a_template_renders_with_lf_line_ends_whatever_its_source_has() {
+        let chat = [ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        let render = |template: String| {
+            let mut v = byte_vocab();
+            v.chat_template = Some(template);
+            TextCodec::from_gguf(&v)
+                .unwrap()
+                .render_chat(&chat)
+                .unwrap()
+        };
+        let lf = render(CHATML.into());
+        assert_eq!(
+            lf,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(render(CHATML.replace('\n', "\r\n")), lf);
+        assert_eq!(render(CHATML.replace('\n', "\r")), lf);
+        // In a string literal, and at the very end (one trailing line end is dropped).
+        assert_eq!(render("{{ 'a\r\nb\rc' }}\r\n".into()), "a\nb\nc");
+        // An escape sequence is not a line end of the source: it stays.
+        assert_eq!(render(r"{{ 'a\r' }}".into()), "a\r");
     }
 }

@@ -35,6 +35,7 @@ absent_not_null!(pool_member, "pool");
 absent_not_null!(eval_dataset_member, "eval_dataset");
 absent_not_null!(tokenizer_member, "tokenizer");
 absent_not_null!(tokenizer_config_member, "tokenizer_config");
+absent_not_null!(chat_template_member, "chat_template");
 absent_not_null!(top_p_member, "top_p");
 
 /// A buyer's task. Signed by the buyer; its [`crate::TaskId`] is the message id.
@@ -171,6 +172,16 @@ pub struct InferenceSpec {
         deserialize_with = "tokenizer_config_member"
     )]
     pub tokenizer_config: Option<BlobId>,
+    /// With a `tokenizer_config`: a Hugging Face `chat_template.jinja`, the chat template as
+    /// recent `transformers` save it (beside the config, which then has none); it
+    /// takes the place of the config's `chat_template`, as there (`COMPUTE.md` 11.7c). Absent
+    /// from the encoding when unset, like `tokenizer`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "chat_template_member"
+    )]
+    pub chat_template: Option<BlobId>,
     /// The items to run.
     pub inputs: InferenceInputs,
     /// How tokens are chosen (ignored by models that do not generate).
@@ -454,6 +465,9 @@ impl TaskSpec {
                     add(id);
                 }
                 if let Some(id) = &i.tokenizer_config {
+                    add(id);
+                }
+                if let Some(id) = &i.chat_template {
                     add(id);
                 }
                 if let InferenceInputs::Rows { id, .. } = &i.inputs {

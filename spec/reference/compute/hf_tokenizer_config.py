@@ -3,9 +3,10 @@ the spec alone (no Rust read): given the values 11.7a gave from the task's `toke
 `tokens` and their `types` by id, 11.7a's `token_type`: 3 for an added token with `special`
 true, 4 for one with `special` false, 1 otherwise; the post-processor's BOS id or None, and
 whether the post-processor adds it) and the config's bytes, the chat template, BOS id and EOS id
-11.7 then builds with, or a refusal, raised as Refused (a ValueError, field `tokenizer_config`)
-whose message is 11.7b's reason for the step and its `step` that step's number (1-9). The steps
-are checked in 11.7b's numbered order, so the first failure is the one reported.
+11.7 then builds with, or a refusal, raised as Refused (a ValueError, field `tokenizer_config`;
+for 11.7c's file its subclass ChatTemplateRefused, field `chat_template`, below) whose message
+is 11.7b's reason for the step and its `step` that step's number (1-9). The steps are checked
+in 11.7b's numbered order, so the first failure is the one reported.
 
     keys = hf_tokenizer.keys_from_tokenizer_json(tokenizer_json)
     template, bos, eos = read(keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"],
@@ -30,6 +31,24 @@ text after it is this port's. Where 11.7b is silent this port chose (each marked
 - "exactly one token string": the token strings are compared as Python str (code points), the
   tokens list being 11.7a's `tokens` by id (duplicates in it, which 11.7 refuses only later when
   it builds the tokenizer, make a match "more than one token id").
+
+11.7c, a `chat_template.jinja` blob: `read`, `read_keys` and `read_pair` take it as an optional
+last argument `chat_template` (bytes; None, the default, when the task names no such blob, and
+then step 6 reads the config's key as before; b"" is an empty file, an empty template). Given,
+step 6 reads the file (`chat_template_file`) in place of the key, which is not looked up at all
+(its value, whatever it is, is still inside the document steps 1-3 parse and scan). A refusal of
+the file is a ChatTemplateRefused, a subclass of Refused (so it is still raised at 11.7b's step
+6, after steps 1-5 of the config and before its steps 7-9, and `except Refused` still catches
+it), told apart from a refusal of the config by `field` ("chat_template" instead of
+"tokenizer_config": invalid blob `chat_template`) or isinstance; its `step` is 6 (11.7b's step
+it comes at) and its `file_step` 11.7c's step (1 or 2). Reasons: 11.7c's openings ("a
+chat_template.jinja of N bytes, over the limit of 4194304", "not UTF-8: "); after "not UTF-8: "
+the failure is Python's codec's reason and the offset of the first byte it refuses (ASSUMED:
+11.7c says only "the failure").
+- ASSUMED: 11.7c step 1's "length" is the blob's byte length, before decoding or replacing line
+  ends (so a file of 4 MiB of CR LF is refused though its template would be 2 MiB).
+- 11.11 item 3's field refusal (a `chat_template` without a `tokenizer_config`) is a check of the
+  task, not of a blob, and is not modelled here: a caller passes a file only with a config.
 """
 import json
 import os
@@ -41,6 +60,7 @@ import hf_tokenizer as hf  # noqa: E402  (11.7a's step-2 scanner)
 MAX_TOKENIZER_CONFIG_BYTES = 4 * 1024 * 1024  # 11.7b 1: 4 MiB, 4,194,304 bytes, before parsing
 SPECIAL = 3  # 11.7a's type of an added token with `special` true
 STEP9_TOKENS = ("unk_token", "pad_token", "sep_token", "cls_token", "mask_token")  # 11.7b 9, in order
+MAX_CHAT_TEMPLATE_BYTES = 4 * 1024 * 1024  # 11.7c 1: 4 MiB, 4,194,304 bytes, on the blob's length
 
 
 class Refused(ValueError):
@@ -54,8 +74,38 @@ class Refused(ValueError):
         self.step = step
 
 
+class ChatTemplateRefused(Refused):
+    """An 11.7c refusal: invalid blob `chat_template` (not `tokenizer_config`); str(e) is the
+    reason; `step` is 6, the step of 11.7b at which the file is read, and `file_step` the number
+    of 11.7c's step (1 or 2)."""
+
+    field = "chat_template"
+
+    def __init__(self, file_step, reason):
+        Refused.__init__(self, 6, reason)
+        self.file_step = file_step
+
+
 def refuse(step, reason):
     raise Refused(step, reason)
+
+
+def chat_template_file(blob):
+    """11.7c: the template a `chat_template.jinja` blob holds, or ChatTemplateRefused."""
+    blob = bytes(blob)
+    if len(blob) > MAX_CHAT_TEMPLATE_BYTES:                                  # 11.7c 1
+        raise ChatTemplateRefused(1, "a chat_template.jinja of %d bytes, over the limit of %d"
+                                  % (len(blob), MAX_CHAT_TEMPLATE_BYTES))
+    try:
+        text = blob.decode("utf-8")  # 11.7c 2: strict (no overlong forms, surrogates, > U+10FFFF)
+    except UnicodeDecodeError as e:
+        raise ChatTemplateRefused(2, "not UTF-8: %s at byte %d" % (e.reason, e.start))
+    return text  # 11.7c 3: the text as it is (a BOM stays); 11.8 makes its line ends LF
+
+
+def lf_line_ends(template):
+    """11.8: a template's source with every CR LF, then every remaining CR, made LF."""
+    return template.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def show(v):
@@ -119,9 +169,10 @@ def is_decimal_id(k):
     return k.isascii() and k.isdigit() and (k == "0" or not k.startswith("0"))
 
 
-def read(tokens, types, pp_bos, pp_adds_bos, blob):
+def read(tokens, types, pp_bos, pp_adds_bos, blob, chat_template=None):
     """(chat_template or None, BOS id or None, EOS id or None) from 11.7a's values and the
-    config's bytes, or Refused at 11.7b's first failing step."""
+    config's bytes, or Refused at 11.7b's first failing step. `chat_template`: the bytes of a
+    `chat_template.jinja` blob (11.7c), read at step 6 in place of the config's key, or None."""
     types = list(types) + [1] * (len(tokens) - len(types))  # 11.7: ids past token_type's end are normal
     doc = parse(blob)                                                        # 1, 2
     if not isinstance(doc, dict):                                            # 3
@@ -137,12 +188,14 @@ def read(tokens, types, pp_bos, pp_adds_bos, blob):
         refuse(5, "add_bos_token: %s, but the tokenizer.json's post-processor %s a BOS"
                % (show(v), "adds" if pp_adds_bos else "does not add"))
 
-    v = doc.get("chat_template")                                             # 6
-    if v is None:
+    if chat_template is not None:                                            # 6, by 11.7c
+        template = chat_template_file(chat_template)  # the key is not read
+    elif doc.get("chat_template") is None:                                   # 6
         template = None
-    elif isinstance(v, str):
-        template = v
-    elif isinstance(v, list):
+    elif isinstance(doc["chat_template"], str):
+        template = doc["chat_template"]
+    elif isinstance(doc["chat_template"], list):
+        v = doc["chat_template"]
         names, template = set(), None
         for j, e in enumerate(v):  # 11.7b: entry by entry, in order; `default` after the list
             if not isinstance(e, dict):
@@ -159,7 +212,8 @@ def read(tokens, types, pp_bos, pp_adds_bos, blob):
         if "default" not in names:
             refuse(6, "chat_template: no entry named \"default\"")
     else:
-        refuse(6, "chat_template: %s, neither null, a string nor a list of {name, template}" % show(v))
+        refuse(6, "chat_template: %s, neither null, a string nor a list of {name, template}"
+               % show(doc["chat_template"]))
 
     t = token_value(7, "bos_token", doc.get("bos_token"))                    # 7
     if t is not None:
@@ -232,13 +286,15 @@ def apply(keys, template, bos, eos):
     return keys
 
 
-def read_keys(keys, blob):
-    """11.7b on 11.7a's keys (hf_tokenizer.keys_from_tokenizer_json's)."""
+def read_keys(keys, blob, chat_template=None):
+    """11.7b on 11.7a's keys (hf_tokenizer.keys_from_tokenizer_json's), with 11.7c's file if given."""
     return read(keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"],
-                keys.get("tokenizer.ggml.bos_token_id"), keys["tokenizer.ggml.add_bos_token"], blob)
+                keys.get("tokenizer.ggml.bos_token_id"), keys["tokenizer.ggml.add_bos_token"], blob,
+                chat_template)
 
 
-def read_pair(tokenizer_json, config):
-    """The two blobs (bytes) read in 11.11 item 3's order: 11.7a, then 11.7b."""
+def read_pair(tokenizer_json, config, chat_template=None):
+    """The blobs (bytes) read in 11.11 item 3's order: 11.7a, then 11.7b (with 11.7c's file, if
+    given, at its step 6)."""
     keys = hf.keys_from_tokenizer_json(tokenizer_json)
-    return apply(keys, *read_keys(keys, config))
+    return apply(keys, *read_keys(keys, config, chat_template))

@@ -19,7 +19,18 @@ bos_token_id / eos_token_id, a plain prompt's ids (add_special_tokens true) and 
 (apply_chat_template, tokenize true), the last two against 11.7's encode with its BOS rule (for
 the chat, 11.8's: no second BOS when the rendered text starts with the BOS token's string; the
 spec's chat rendered here by jinja2 with transformers' settings, trim_blocks and lstrip_blocks,
-standing in for minijinja). Exit 1 if a case does not go as 11.7b says."""
+standing in for minijinja). Exit 1 if a case does not go as 11.7b says.
+
+11.7c, a `chat_template.jinja` beside the config (printed after 11.7b's cases, which print as
+before): files it refuses (invalid blob `chat_template`, reported at 11.7b's step 6: each checked
+for the field, 11.7b's step, 11.7c's step and the reason's opening; cases with a config that
+also fails check which comes first) and files it accepts whatever the config's key holds (CR LF,
+lone CR, a BOM, an empty file, 4 MiB exactly; beside a config whose `chat_template` is a string,
+7, a list without `default`, a template that raises, or absent), each checked to give 11.7c's
+template. With --transformers the accepted ones are loaded as above with the file written as
+`chat_template.jinja` beside `tokenizer_config.json`, and the template `transformers` ends up
+with (`tokenizer.chat_template`) is compared with 11.7c's too; the refused files whose config
+is otherwise fine are loaded as well, and what `transformers` does with them is shown."""
 import copy, json, os, subprocess, sys, tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -394,9 +405,100 @@ ACCEPTED = [
      R(' \n{"eos_\\u0074oken" : "<|im_end|>" , "bos_token":"<|im_start|>"}\t\r\n'), (None, 96, 97)),
 ]
 
+# ---------- 11.7c: a chat_template.jinja beside the config ----------
+CFG = JB({"eos_token": IM_END})  # a config 11.7b accepts, without chat_template
+SMOL_NO_T = {k: v for k, v in SMOL.items() if k != "chat_template"}  # as transformers >= 4.47 saves it
+RAISES = "{{ raise_exception('the config template') }}"
+T_MIXED = ("{{ bos_token }}\r\r\n{% for m in messages %}<|im_start|>{{ m.role }}\n\r{{ m.content }}<|im_end|>"
+           "\r\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\r{% endif %}\r")
+T_MIXED_LF = ("{{ bos_token }}\n\n{% for m in messages %}<|im_start|>{{ m.role }}\n\n{{ m.content }}<|im_end|>"
+              "\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}\n")
+T_WIDE = T.replace("\n{{ m.content }}", "\n\u00e9\U0010ffff {{ m.content }}")  # 2- and 4-byte characters
+COMMENT_4MIB = R(T) + b"{#" + b"x" * (4_194_304 - len(R(T)) - 4) + b"#}"  # exactly 4 MiB, renders as T
 
-def run_port(variant, blob):
-    return hc.read_keys(KEYS[variant], blob)
+
+def crlf(t):
+    return t.replace("\n", "\r\n")
+
+
+# (case, tokenizer variant, config bytes, file bytes, (field, 11.7b step, 11.7c step or None), reason's opening)
+FILE_REFUSED = [
+    ("file of 4,194,305 bytes (T and a comment)", "pp", CFG, COMMENT_4MIB + b" ", ("chat_template", 6, 1),
+     "a chat_template.jinja of 4194305 bytes, over the limit of 4194304"),
+    ("file of 4 MiB of CR LF plus one byte (the limit is on the bytes)", "pp", CFG, b"\r\n" * 2_097_152 + b"x",
+     ("chat_template", 6, 1), "a chat_template.jinja of 4194305 bytes"),
+    ("order: file over 4 MiB (1) and not UTF-8 (2)", "pp", CFG, b"\xff" * 4_194_305, ("chat_template", 6, 1),
+     "a chat_template.jinja of "),
+    ("a lone 0xFF byte", "pp", CFG, b"\xff", ("chat_template", 6, 2), "not UTF-8: "),
+    ("T then a lone 0xFF byte", "pp", CFG, R(T) + b"\xff", ("chat_template", 6, 2), "not UTF-8: "),
+    ("overlong '/' (C0 AF)", "pp", CFG, b"{{ 'a\xc0\xafb' }}", ("chat_template", 6, 2), "not UTF-8: "),
+    ("overlong '/' in 3 bytes (E0 80 AF)", "pp", CFG, b"\xe0\x80\xaf", ("chat_template", 6, 2), "not UTF-8: "),
+    ("encoded surrogate U+D800 (ED A0 80)", "pp", CFG, b"a\xed\xa0\x80", ("chat_template", 6, 2), "not UTF-8: "),
+    ("encoded surrogate pair (ED A0 BD ED B8 80, CESU-8)", "pp", CFG, b"\xed\xa0\xbd\xed\xb8\x80",
+     ("chat_template", 6, 2), "not UTF-8: "),
+    ("past U+10FFFF (F4 90 80 80)", "pp", CFG, b"\xf4\x90\x80\x80", ("chat_template", 6, 2), "not UTF-8: "),
+    ("truncated at the end (E2 82)", "pp", CFG, R(T) + b"\xe2\x82", ("chat_template", 6, 2), "not UTF-8: "),
+    ("UTF-16 LE with its BOM", "pp", CFG, b"\xff\xfe" + T.encode("utf-16-le"), ("chat_template", 6, 2), "not UTF-8: "),
+    # which blob is refused first: the file's refusals come at 11.7b's step 6
+    ("order: config over 4 MiB (1), file over 4 MiB", "pp", padded(dict(B), 4_194_305), COMMENT_4MIB + b" ",
+     ("tokenizer_config", 1, None), "a tokenizer_config.json of "),
+    ("order: config's chat_template key twice (2), file fine", "pp",
+     R('{"bos_token": "<|im_start|>", "chat_template": "a", "chat_template": "b"}'), R(T),
+     ("tokenizer_config", 2, None), "not a tokenizer_config.json: "),
+    ("order: config a list (3), file not UTF-8", "pp", R("[]"), b"\xff", ("tokenizer_config", 3, None),
+     "not a tokenizer_config.json: not a JSON object"),
+    ("order: config's add_eos_token true (4), file not UTF-8", "pp", JB({"add_eos_token": True}), b"\xff",
+     ("tokenizer_config", 4, None), "add_eos_token: "),
+    ("order: config's add_bos_token false (5), file over 4 MiB", "pp", JB({"add_bos_token": False}),
+     COMMENT_4MIB + b" ", ("tokenizer_config", 5, None), "add_bos_token: "),
+    ("order: file not UTF-8 (6), config's bos_token bad (7)", "pp", J({"bos_token": "<s>"}), b"\xff",
+     ("chat_template", 6, 2), "not UTF-8: "),
+    ("order: file not UTF-8 (6), config's bos_token absent (7)", "pp", J({}), b"\xff",
+     ("chat_template", 6, 2), "not UTF-8: "),
+    ("order: file fine, config's bos_token absent (7)", "pp", J({"eos_token": IM_END}), R(T),
+     ("tokenizer_config", 7, None), "bos_token: absent, "),
+    ("order: file fine, config's eos_token bad (8)", "pp", JB({"eos_token": "</s>"}), R(T),
+     ("tokenizer_config", 8, None), "eos_token: "),
+    ("order: file fine, config's split_special_tokens true (9)", "nopp", J({"split_special_tokens": True}), R(T),
+     ("tokenizer_config", 9, None), "split_special_tokens"),
+]
+
+# (case, tokenizer variant, config bytes, file bytes, (chat_template, bos id, eos id))
+FILE_ACCEPTED = [
+    ("CR LF, beside a config without chat_template (as saved)", "pp", J(SMOL_NO_T), R(crlf(T)), (T, 96, 97)),
+    ("lone CR", "pp", CFG, R(T.replace("\n", "\r")), (T, 96, 97)),
+    ("CR CR LF, LF CR, a CR at the end", "pp", CFG, R(T_MIXED), (T_MIXED_LF, 96, 97)),
+    ("LF only (unchanged)", "pp", CFG, R(T), (T, 96, 97)),
+    ("a leading BOM (kept)", "pp", CFG, b"\xef\xbb\xbf" + R(T), ("\ufeff" + T, 96, 97)),
+    ("a BOM, CR LF, config's chat_template 7", "pp", JB({"eos_token": IM_END, "chat_template": 7}),
+     b"\xef\xbb\xbf" + R(crlf(T)), ("\ufeff" + T, 96, 97)),
+    ("a BOM in the middle (kept)", "pp", CFG, R(T.replace("<|im_start|>assistant", "\ufeff<|im_start|>assistant")),
+     (T.replace("<|im_start|>assistant", "\ufeff<|im_start|>assistant"), 96, 97)),
+    ("empty file (an empty template)", "pp", CFG, b"", ("", 96, 97)),
+    ("empty file, config's chat_template a string", "pp", JB({"chat_template": T}), b"", ("", 96, None)),
+    ("2- and 4-byte characters (U+00E9, U+10FFFF)", "pp", CFG, R(T_WIDE), (T_WIDE, 96, 97)),
+    ("exactly 4,194,304 bytes (T and a comment)", "pp", CFG, COMMENT_4MIB,
+     (COMMENT_4MIB.decode("utf-8"), 96, 97)),
+    ("config's chat_template a string (the file wins)", "pp", JB({"eos_token": IM_END, "chat_template": "{{ 'x' }}"}),
+     R(T), (T, 96, 97)),
+    ("config's chat_template a template that raises", "pp", JB({"eos_token": IM_END, "chat_template": RAISES}),
+     R(crlf(T)), (T, 96, 97)),
+    ("config's chat_template 7", "pp", JB({"chat_template": 7}), R(T), (T, 96, None)),
+    ("config's chat_template true", "pp", JB({"chat_template": True}), R(T), (T, 96, None)),
+    ("config's chat_template a list without default", "pp",
+     JB({"chat_template": L(("tool_use", "t"), ("rag", "r"))}), R(T), (T, 96, None)),
+    ("config's chat_template a list with default (not read)", "pp",
+     JB({"chat_template": L(("default", "{{ 'config' }}"))}), R(T), (T, 96, None)),
+    ("config's chat_template a malformed list", "pp", JB({"chat_template": [1, {"name": 2}]}), R(T), (T, 96, None)),
+    ("config's chat_template null", "pp", JB({"chat_template": None}), R(T), (T, 96, None)),
+    ("config's chat_template absent, no post-processor BOS", "nopp", J({"eos_token": IM_END}), R(crlf(T)),
+     (T, None, 97)),
+    ("config {} beside a file, no post-processor BOS", "nopp", J({}), R(T_EOS), (T_EOS, None, None)),
+]
+
+
+def run_port(variant, blob, chat_template=None):
+    return hc.read_keys(KEYS[variant], blob, chat_template)
 
 
 def short(v, n=40):
@@ -420,6 +522,8 @@ for j, c in enumerate(cases):                                       # from the p
     os.makedirs(d)
     open(os.path.join(d, "tokenizer.json"), "wb").write(bytes.fromhex(c["tj"]))
     open(os.path.join(d, "tokenizer_config.json"), "wb").write(bytes.fromhex(c["cfg"]))
+    if c.get("ct") is not None:  # 11.7c: the file beside the config
+        open(os.path.join(d, "chat_template.jinja"), "wb").write(bytes.fromhex(c["ct"]))
     r = {}
     try:
         try:
@@ -433,6 +537,7 @@ for j, c in enumerate(cases):                                       # from the p
         out["cases"].append(r); continue
     r["class"] = type(t).__name__
     r["bos"], r["eos"], r["len"] = t.bos_token_id, t.eos_token_id, len(t)
+    r["template"] = t.chat_template
     r["plain"] = t(c["plain"])["input_ids"]
     try:
         r["render"] = t.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -469,9 +574,38 @@ def spec_values(variant, want):
     return plain, rendered, chat
 
 
-def compare_transformers(python, rows):
-    """rows: [(name, variant, blob, want)] accepted by the port."""
+def tf_notes(variant, want, r):
+    """Where transformers' reading r differs from 11.7b/11.7/11.8's values."""
+    plain, rendered, chat = spec_values(variant, want)
+    notes = []
+    if r["bos"] != want[1]:
+        notes.append("bos_token_id %s (11.7b %s)" % (r["bos"], want[1]))
+    if r["eos"] != want[2]:
+        notes.append("eos_token_id %s (11.7b %s)" % (r["eos"], want[2]))
+    if r["len"] != len(KEYS[variant]["tokenizer.ggml.tokens"]):
+        notes.append("%d tokens (11.7a %d)" % (r["len"], len(KEYS[variant]["tokenizer.ggml.tokens"])))
+    if r["plain"] != plain:
+        notes.append("plain %r: %s (11.7 %s)" % (PLAIN, r["plain"], plain))
+    if want[0] is None:
+        if "render_error" not in r:
+            notes.append("renders a chat (11.7b: no template)")
+    elif "render_error" in r:
+        notes.append("chat fails: %s" % r["render_error"])
+    else:
+        if rendered is not None and r["render"] != rendered:
+            notes.append("renders %s (spec %s)" % (short(r["render"]), short(rendered)))
+        if chat is not None and r["chat"] != chat:
+            notes.append("chat ids %s (11.7+11.8 %s)" % (r["chat"], chat))
+    return notes
+
+
+def compare_transformers(python, rows, file_rows=(), file_refused=()):
+    """rows: [(name, variant, blob, want)] accepted by the port; file_rows: [(name, variant, blob,
+    file, want)] accepted by the port with a chat_template.jinja (11.7c); file_refused: [(name,
+    variant, blob, file)] whose file the port refuses (and nothing else)."""
     cases = [{"tj": TOKENIZERS[v].hex(), "cfg": b.hex(), "plain": PLAIN} for _, v, b, _ in rows]
+    cases += [{"tj": TOKENIZERS[v].hex(), "cfg": b.hex(), "ct": f.hex(), "plain": PLAIN}
+              for _, v, b, f, _ in list(file_rows) + [c + (None,) for c in file_refused]]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(cases, f)
     res = subprocess.run([python, "-c", TF_HELPER, f.name], capture_output=True, text=True)
@@ -480,37 +614,50 @@ def compare_transformers(python, rows):
         print("transformers helper failed:\n" + res.stderr[-2000:])
         return
     out = json.loads(res.stdout.strip().splitlines()[-1])
+    results = out["cases"]
     print("\ntransformers %s (AutoTokenizer.from_pretrained) on the accepted pairs; '=' agrees with 11.7b/11.7/11.8"
           % out["version"])
     n_diff = 0
-    for (name, variant, blob, want), r in zip(rows, out["cases"]):
+    for (name, variant, blob, want), r in zip(rows, results):
         if "load" in r:
             print("  DIFF %-60s transformers refuses to load: %s" % (name, r["load"]))
             n_diff += 1
             continue
-        plain, rendered, chat = spec_values(variant, want)
-        notes = []
-        if r["bos"] != want[1]:
-            notes.append("bos_token_id %s (11.7b %s)" % (r["bos"], want[1]))
-        if r["eos"] != want[2]:
-            notes.append("eos_token_id %s (11.7b %s)" % (r["eos"], want[2]))
-        if r["len"] != len(KEYS[variant]["tokenizer.ggml.tokens"]):
-            notes.append("%d tokens (11.7a %d)" % (r["len"], len(KEYS[variant]["tokenizer.ggml.tokens"])))
-        if r["plain"] != plain:
-            notes.append("plain %r: %s (11.7 %s)" % (PLAIN, r["plain"], plain))
-        if want[0] is None:
-            if "render_error" not in r:
-                notes.append("renders a chat (11.7b: no template)")
-        elif "render_error" in r:
-            notes.append("chat fails: %s" % r["render_error"])
-        else:
-            if rendered is not None and r["render"] != rendered:
-                notes.append("renders %s (spec %s)" % (short(r["render"]), short(rendered)))
-            if chat is not None and r["chat"] != chat:
-                notes.append("chat ids %s (11.7+11.8 %s)" % (r["chat"], chat))
+        notes = tf_notes(variant, want, r)
         n_diff += bool(notes)
         print("  %-4s %-60s [%s] %s" % ("DIFF" if notes else "=", name, r["class"], "; ".join(notes)))
     print("  %d of %d accepted pairs read differently by transformers" % (n_diff, len(rows)))
+    if not file_rows and not file_refused:
+        return
+    results = results[len(rows):]
+    print("\ntransformers %s with a chat_template.jinja beside the config (11.7c); '=' agrees with "
+          "11.7c/11.7b/11.7/11.8, the template compared as transformers holds it" % out["version"])
+    n_diff = 0
+    for (name, variant, blob, ct, want), r in zip(file_rows, results):
+        if "load" in r:
+            print("  DIFF %-60s transformers refuses to load: %s" % (name, r["load"]))
+            n_diff += 1
+            continue
+        notes = []
+        # transformers holds the template with LF line ends (it reads the file as text); 11.7c
+        # keeps the file's text and 11.8 makes its line ends LF before compiling it.
+        if r["template"] != hc.lf_line_ends(want[0]):
+            notes.append("template %s (11.7c, 11.8: %s)" % (short(r["template"]),
+                                                             short(hc.lf_line_ends(want[0]))))
+        notes += tf_notes(variant, want, r)
+        n_diff += bool(notes)
+        print("  %-4s %-60s [%s] %s" % ("DIFF" if notes else "=", name, r["class"], "; ".join(notes)))
+    print("  %d of %d accepted files read differently by transformers" % (n_diff, len(file_rows)))
+    print("  files 11.7c refuses (invalid blob chat_template), config otherwise accepted:")
+    for (name, variant, blob, ct), r in zip(file_refused, results[len(file_rows):]):
+        if "load" in r:
+            what = "refuses to load: " + r["load"]
+        else:
+            t = r["template"]
+            what = "loads it: template of %s characters%s" % (
+                len(t) if isinstance(t, str) else "?",
+                "; chat fails: " + r["render_error"][:60] if "render_error" in r else "; renders a chat")
+        print("  info %-60s transformers %s" % (name, what))
 
 
 def main():
@@ -548,9 +695,50 @@ def main():
         print("%-4s %-72s %s" % ("ok" if good else "FAIL", name, res))
     print("\n%d of %d cases as 11.7b says (%d refused, %d accepted)%s"
           % (n_ok, n, len(REFUSED), len(ACCEPTED), "" if ok else "; SOME CASE NOT AS 11.7b SAYS"))
+
+    ok_c, n_ok, n = True, 0, 0
+    print("\nwith a chat_template.jinja, refused (11.7c at 11.7b's step 6, or the config first): "
+          "field [11.7b step/11.7c step] reason")
+    file_refused = []
+    for name, variant, blob, ct, (field, step, c_step), prefix in FILE_REFUSED:
+        n += 1
+        try:
+            got = run_port(variant, blob, ct)
+            res, good = "ACCEPTED %s (refused by %s at %s)" % (short(got), field, step), False
+        except hc.Refused as e:
+            good = (e.field == field and e.step == step and getattr(e, "file_step", None) == c_step
+                    and str(e).startswith(prefix))
+            res = "%s [%d/%s] %s" % (e.field, e.step, getattr(e, "file_step", "-"), str(e)[:90])
+            if not good:
+                res += "  (WANT %s [%d/%s], reason starting %r)" % (field, step, c_step or "-", prefix)
+        ok_c, n_ok = ok_c and good, n_ok + good
+        print("%-4s %-72s %s" % ("ok" if good else "FAIL", name, res))
+        if good and field == "chat_template" and not name.startswith("order"):
+            file_refused.append((name, variant, blob, ct))
+    print("\nwith a chat_template.jinja, accepted: (chat_template with 11.8's LF line ends, BOS id, EOS id)")
+    file_accepted = []
+    for name, variant, blob, ct, want in FILE_ACCEPTED:
+        n += 1
+        try:
+            got = run_port(variant, blob, ct)
+            # The file's text as 11.7c keeps it, compared as 11.8 compiles it (line ends LF);
+            # `want` is written so.
+            got = (hc.lf_line_ends(got[0]), got[1], got[2])
+            good = got == want
+            res = "(%s, %s, %s)" % (short(got[0], 20), got[1], got[2])
+            if not good:
+                res += "  (WANT (%s, %s, %s))" % (short(want[0], 20), want[1], want[2])
+            else:
+                file_accepted.append((name, variant, blob, ct, want))
+        except hc.Refused as e:
+            res, good = "REFUSED %s [%d] %s" % (e.field, e.step, e), False
+        ok_c, n_ok = ok_c and good, n_ok + good
+        print("%-4s %-72s %s" % ("ok" if good else "FAIL", name, res))
+    print("\n%d of %d cases as 11.7c says (%d refused, %d accepted)%s"
+          % (n_ok, n, len(FILE_REFUSED), len(FILE_ACCEPTED), "" if ok_c else "; SOME CASE NOT AS 11.7c SAYS"))
     if "--transformers" in sys.argv:
-        compare_transformers(sys.argv[sys.argv.index("--transformers") + 1], accepted)
-    return 0 if ok else 1
+        compare_transformers(sys.argv[sys.argv.index("--transformers") + 1], accepted, file_accepted, file_refused)
+    return 0 if ok and ok_c else 1
 
 
 if __name__ == "__main__":
