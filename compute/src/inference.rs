@@ -20,7 +20,7 @@ use crate::llama::generate::{
 use crate::llama::hf_tokenizer_config::apply_tokenizer_config;
 use crate::llama::native::NativeLlama;
 use crate::llama::repro::ReproLlama;
-use crate::llama::text::TextCodec;
+use crate::llama::text::{TextCodec, TASK_TEMPLATE_FUEL};
 use crate::llama::{gguf, LlamaConfig, LlamaWeights};
 use crate::repro::kernels::softmax_row;
 use crate::rng::{self, Purpose};
@@ -541,11 +541,20 @@ impl InferenceJob {
             ));
         }
         let mut rendered_bytes = 0usize;
+        // Compiled at the first chat, once for the task; its chats share one instruction
+        // budget (11.8).
+        let mut renderer = None;
         let prompts = texts
             .iter()
             .map(|p| {
                 let (text, chat) = match p {
-                    Prompt::Chat(c) => (codec.render_chat(c)?, true),
+                    Prompt::Chat(c) => {
+                        let r = match &mut renderer {
+                            Some(r) => r,
+                            None => renderer.insert(codec.chat_renderer(TASK_TEMPLATE_FUEL)?),
+                        };
+                        (r.render(c)?, true)
+                    }
                     Prompt::Text(t) => (t.to_string(), false),
                 };
                 rendered_bytes += text.len();

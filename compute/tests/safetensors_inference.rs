@@ -315,6 +315,60 @@ fn a_chat_template_jinja_beside_the_config_is_the_template_as_transformers_reads
     assert_ne!(answers(&t, &blobs), reference);
 }
 
+/// A task's chats share one template instruction budget (11.8): many chats of a costly
+/// template, each within its own fuel, are refused on `inputs` by the node's check and a
+/// worker's alike, instead of holding every worker and verifier for as long as they render.
+#[test]
+fn a_task_whose_chats_together_run_the_template_too_long_is_refused() {
+    use market_compute::llama::text::{TextCodec, TASK_TEMPLATE_FUEL, TEMPLATE_FUEL};
+    let (mut blobs, _, st, json) = tiny_model();
+    let config = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_config_json(&byte_vocab())).unwrap(),
+    );
+    // A template that loops before printing the chat as ChatML does.
+    let costly = format!(
+        "{{% for i in range(200) %}}{{% for j in range(1000) %}}{{% endfor %}}{{% endfor %}}{}",
+        market_compute::llama::fixtures::CHATML
+    );
+    let chat = vec![ChatMessage {
+        role: "user".into(),
+        content: "Name a colour.".into(),
+    }];
+    let mut v = byte_vocab();
+    v.chat_template = Some(costly.clone());
+    let codec = TextCodec::from_gguf(&v).unwrap();
+    let mut probe = codec.chat_renderer(TASK_TEMPLATE_FUEL).unwrap();
+    probe.render(&chat).unwrap();
+    let one = TASK_TEMPLATE_FUEL - probe.fuel_left();
+    assert!(one > TEMPLATE_FUEL / 10 && one < TEMPLATE_FUEL, "{one}");
+    let jinja = put(&mut blobs, costly.into_bytes());
+    let with_chats = |n: u64| {
+        let mut t = with_template(task(st, Some(json), true), Some(config), Some(jinja));
+        if let Workload::Inference(inf) = &mut t.workload {
+            if let InferenceInputs::Chat { chats, .. } = &mut inf.inputs {
+                *chats = vec![chat.clone(); n as usize];
+            }
+        }
+        t
+    };
+    // As many chats as the budget holds render; one more is refused.
+    let fit = (TASK_TEMPLATE_FUEL - 1) / one;
+    let start = std::time::Instant::now();
+    InferenceJob::plan(&with_chats(fit), &blobs).unwrap();
+    eprintln!(
+        "{fit} chats of {one} instructions rendered in {:?}",
+        start.elapsed()
+    );
+    match refusal(&with_chats(fit + 1), &blobs) {
+        ComputeError::InvalidConfig { field, reason } => {
+            assert_eq!(field, "inputs");
+            assert!(reason.contains("template instructions in all"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
 #[test]
 fn a_chat_template_jinja_that_cannot_be_used_is_refused_by_field() {
     let (mut blobs, _, st, json) = tiny_model();

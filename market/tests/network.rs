@@ -163,14 +163,43 @@ async fn wait_running(m: &Market, task: &TaskId, steps: u32) -> AccountId {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let t = m.node.store.task(task).unwrap().unwrap();
+    panic!("task never got going: {}", why_stuck(m, task));
+}
+
+/// What a wait on `task` that ran out should say: the task's record and what every
+/// participant offers (a task nobody can hold waits in the queue without a word).
+fn why_stuck(m: &Market, task: &TaskId) -> String {
+    let t = m.node.store.task(task).unwrap();
     let offers: Vec<_> = m
         .dispatch
         .participants()
         .into_values()
-        .map(|p| (p.role, p.capabilities))
+        .map(|p| (p.role, p.connected, p.capabilities))
         .collect();
-    panic!("task never got going: {t:?}; the participants offer {offers:?}");
+    format!("{t:?}; the participants (role, connected, offer) are {offers:?}")
+}
+
+/// The first event of `events` that `pick` takes (it answers the request), within two
+/// minutes; past that the test fails with what `task` is waiting for, rather than hanging.
+async fn next_event<T>(
+    m: &Market,
+    task: &TaskId,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    mut pick: impl FnMut(Event) -> Option<T>,
+) -> T {
+    let wait = async {
+        while let Some(ev) = events.recv().await {
+            if let Some(t) = pick(ev) {
+                return Some(t);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(120), wait).await {
+        Ok(Some(t)) => t,
+        Ok(None) => panic!("the participant's network stopped: {}", why_stuck(m, task)),
+        Err(_) => panic!("no such request in two minutes: {}", why_stuck(m, task)),
+    }
 }
 
 async fn settled(m: &Market, task: &TaskId) -> TaskRecord {
@@ -273,7 +302,7 @@ fn a_silent_verifier_is_replaced_after_the_timeout_and_a_verdict_signed_by_anoth
             .await
             .unwrap();
         let (net, mut events) = Net::start(&silent, NetConfig::default()).unwrap();
-        let caps = measure_capabilities("cpu", std::path::Path::new("."));
+        let caps = stub_capabilities();
         let dialed = tokio::sync::watch::channel(None).0;
         join(
             &net,
@@ -420,11 +449,23 @@ fn assert_not_sent(
     }
 }
 
+/// What a participant the test drives by hand announces: this machine's profiles and speed,
+/// but memory and disk to spare, so that no task waits in the queue because the machine
+/// running the tests is short of free disk or memory at the moment it joins (such a
+/// participant computes and stores nothing).
+fn stub_capabilities() -> Capabilities {
+    Capabilities {
+        memory_bytes: 1 << 36,
+        disk_bytes: 1 << 40,
+        ..measure_capabilities("cpu", std::path::Path::new("."))
+    }
+}
+
 /// Capabilities announcing only `profiles`.
 fn running(profiles: &[ExecutionProfile]) -> Capabilities {
     Capabilities {
         profiles: profiles.iter().map(|p| p.name().to_owned()).collect(),
-        ..measure_capabilities("cpu", std::path::Path::new("."))
+        ..stub_capabilities()
     }
 }
 
@@ -490,7 +531,7 @@ fn tasks_run_at_once_on_different_workers_and_a_busy_worker_gets_no_second_one()
     in_runtime(async {
         let m = market(NodeConfig::default(), P2pOptions::default()).await;
         verifier(&m, "verifier for parallel tasks").await;
-        let caps = measure_capabilities("cpu", std::path::Path::new("."));
+        let caps = stub_capabilities();
         // Workers that take their assignment and then sit on it: only running tasks at once can
         // hand all of them one.
         let mut workers = Vec::new();
@@ -563,7 +604,7 @@ fn a_verifier_is_handed_one_audit_at_a_time_while_tasks_run_in_parallel() {
             &m,
             "one-at-a-time verifier",
             Role::Verifier,
-            &measure_capabilities("cpu", std::path::Path::new(".")),
+            &stub_capabilities(),
         )
         .await;
         wait_joined(&m, 2, 1).await;
@@ -643,7 +684,7 @@ fn a_hello_signed_by_another_key_is_refused() {
             account: other.account(),
             node: m.node.operator.account(),
             role: Role::Worker,
-            capabilities: measure_capabilities("cpu", std::path::Path::new(".")),
+            capabilities: stub_capabilities(),
             stake: Credits(500),
             session: 7,
         };
@@ -889,7 +930,7 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
             ..P2pOptions::default()
         };
         let m = market(NodeConfig::default(), options).await;
-        let caps = measure_capabilities("cpu", std::path::Path::new("."));
+        let caps = stub_capabilities();
         let _v = raw_participant(&m, "cancel verifier", Role::Verifier, &caps).await;
         let me = Identity::from_test_label("silent worker");
         m.node.fund("test", &me.account(), 1_000, 0).await.unwrap();
@@ -902,20 +943,19 @@ fn a_worker_is_told_to_cancel_now_on_its_reports_and_when_it_comes_back() {
         wait_joined(&m, 1, 1).await;
         let task = post(&m, 60, 20).await;
         // Takes the assignment, then neither reports nor commits.
-        let job = loop {
-            match events.recv().await.unwrap() {
-                Event::Request {
-                    request: Request::Assign { task_id, job, .. },
-                    responder,
-                    ..
-                } => {
-                    assert_eq!(task_id, task);
-                    responder.send(Reply::of(Response::Ok));
-                    break job;
-                }
-                _ => continue,
+        let job = next_event(&m, &task, &mut events, |ev| match ev {
+            Event::Request {
+                request: Request::Assign { task_id, job, .. },
+                responder,
+                ..
+            } => {
+                assert_eq!(task_id, task);
+                responder.send(Reply::of(Response::Ok));
+                Some(job)
             }
-        };
+            _ => None,
+        })
+        .await;
         // The next cancel from the node, answered `ok` (taken) or refused (as a worker that
         // was away would never have answered).
         async fn next_cancel(
@@ -1427,13 +1467,8 @@ fn a_worker_away_when_a_stand_in_needs_its_openings_is_audited_when_it_returns()
         };
         let m = market(config, options).await;
         // A verifier that refuses every audit: the one drawn first is silent.
-        let mut mute = raw_participant(
-            &m,
-            "mute verifier",
-            Role::Verifier,
-            &measure_capabilities("cpu", std::path::Path::new(".")),
-        )
-        .await;
+        let mut mute =
+            raw_participant(&m, "mute verifier", Role::Verifier, &stub_capabilities()).await;
         tokio::spawn(async move {
             while let Some(ev) = mute.recv().await {
                 if let Event::Request { responder, .. } = ev {
@@ -1543,7 +1578,7 @@ async fn stranger(
         &dialed,
         &who,
         role,
-        &measure_capabilities("cpu", std::path::Path::new(".")),
+        &stub_capabilities(),
         200,
         1,
     )
@@ -1573,19 +1608,18 @@ fn reports_are_taken_only_from_the_worker_of_the_job() {
         let (intruder, _intruder_events) = stranger(&m, "reports intruder", Role::Verifier).await;
         wait_joined(&m, 1, 1).await;
         let task = post(&m, 25, 20).await;
-        let (task_id, job) = loop {
-            match worker_events.recv().await.unwrap() {
-                Event::Request {
-                    request: Request::Assign { task_id, job, .. },
-                    responder,
-                    ..
-                } => {
-                    responder.send(Reply::of(Response::Ok));
-                    break (task_id, job);
-                }
-                _ => continue,
+        let (task_id, job) = next_event(&m, &task, &mut worker_events, |ev| match ev {
+            Event::Request {
+                request: Request::Assign { task_id, job, .. },
+                responder,
+                ..
+            } => {
+                responder.send(Reply::of(Response::Ok));
+                Some((task_id, job))
             }
-        };
+            _ => None,
+        })
+        .await;
         assert_eq!(task_id, task);
         let progress = |job, done| Request::Progress {
             task_id,
@@ -1658,19 +1692,18 @@ fn a_verdict_is_taken_only_from_its_verifier_and_once() {
         let (intruder, _intruder_events) = stranger(&m, "verdicts intruder", Role::Worker).await;
         wait_joined(&m, 2, 1).await;
         let task = post(&m, 26, 20).await;
-        let job = loop {
-            match verifier_events.recv().await.unwrap() {
-                Event::Request {
-                    request: Request::Audit { job },
-                    responder,
-                    ..
-                } => {
-                    responder.send(Reply::of(Response::Ok));
-                    break job;
-                }
-                _ => continue,
+        let job = next_event(&m, &task, &mut verifier_events, |ev| match ev {
+            Event::Request {
+                request: Request::Audit { job },
+                responder,
+                ..
+            } => {
+                responder.send(Reply::of(Response::Ok));
+                Some(job)
             }
-        };
+            _ => None,
+        })
+        .await;
         assert_eq!(job.task_id, task);
         let verdict_of = |who: &Identity| {
             let body = Verdict {

@@ -19,7 +19,11 @@ pub const MAX_VOCAB_TEXT_BYTES: usize = 32 << 20;
 pub const MAX_ADDED_TOKEN_BYTES: usize = 1 << 20;
 
 /// Most template instructions a chat template may execute for one rendering.
-const TEMPLATE_FUEL: u64 = 1_000_000;
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// Most template instructions the chats of one task may execute together: with only the
+/// per-chat fuel, a task of many chats and a costly template would hold every worker and
+/// verifier for hours (11.8).
+pub const TASK_TEMPLATE_FUEL: u64 = 100_000_000;
 /// The longest rendered chat prompt, in bytes.
 pub const MAX_PROMPT_BYTES: usize = 1 << 20;
 
@@ -268,14 +272,20 @@ impl TextCodec {
         self.tokenizer.get_vocab_size(true)
     }
 
-    /// `messages` rendered with the model's chat template, ready for the assistant's answer.
+    /// `messages` rendered with the model's chat template, ready for the assistant's answer
+    /// (one chat: its own [`TEMPLATE_FUEL`]).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.chat_renderer(TEMPLATE_FUEL)?.render(messages)
+    }
+
+    /// The chat template compiled once, to render chat after chat, all of them together
+    /// within `budget` template instructions (11.8).
+    pub fn chat_renderer(&self, budget: u64) -> Result<ChatRenderer<'_>> {
         let template = self
             .chat_template
             .as_deref()
             .ok_or_else(|| bad("the model has no chat template; send plain text prompts"))?;
         let mut env = minijinja::Environment::new();
-        env.set_fuel(Some(TEMPLATE_FUEL));
         // As Hugging Face renders chat templates (so the prompt is the one the model's
         // authors meant), with Python's string methods (`.strip()`, `.startswith()`...).
         env.set_trim_blocks(true);
@@ -292,31 +302,74 @@ impl TextCodec {
         );
         env.add_template("chat", template)
             .map_err(|e| bad(format!("chat template: {e}")))?;
-        let tmpl = env
+        Ok(ChatRenderer {
+            codec: self,
+            env,
+            fuel_left: budget,
+        })
+    }
+}
+
+/// A chat template compiled once ([`TextCodec::chat_renderer`]): parsing it again for every
+/// chat would let a large template cost its parse once per chat of a task.
+#[derive(Debug)]
+pub struct ChatRenderer<'a> {
+    codec: &'a TextCodec,
+    env: minijinja::Environment<'a>,
+    /// Template instructions left to the chats still to render.
+    fuel_left: u64,
+}
+
+impl ChatRenderer<'_> {
+    /// Template instructions left to the chats still to render.
+    pub fn fuel_left(&self) -> u64 {
+        self.fuel_left
+    }
+
+    /// `messages` rendered, ready for the assistant's answer, with fuel
+    /// `min(TEMPLATE_FUEL, what is left)`; what it consumed is no longer left.
+    pub fn render(&mut self, messages: &[ChatMessage]) -> Result<String> {
+        let fuel = TEMPLATE_FUEL.min(self.fuel_left);
+        self.env.set_fuel(Some(fuel));
+        let tmpl = self
+            .env
             .get_template("chat")
             .map_err(|e| bad(format!("chat template: {e}")))?;
+        let codec = self.codec;
         // The output is written into a buffer that refuses to grow past the limit, so a
         // template that prints without end stops there.
         let mut out = Bounded(Vec::new(), false);
-        tmpl.render_captured_to(
+        let rendered = tmpl.render_captured_to(
             minijinja::context! {
                 messages => messages,
                 add_generation_prompt => true,
-                bos_token => self.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
-                eos_token => self.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+                bos_token => codec.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
+                eos_token => codec.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
             },
             &mut out,
-        )
-        .map_err(|e| {
+        );
+        let captured = rendered.map_err(|e| {
             if out.1 {
                 ComputeError::config(
                     "inputs",
                     format!("a chat renders to more than {MAX_PROMPT_BYTES} bytes"),
                 )
+            } else if e.kind() == minijinja::ErrorKind::OutOfFuel && fuel < TEMPLATE_FUEL {
+                ComputeError::config(
+                    "inputs",
+                    format!(
+                        "the chats take more than {TASK_TEMPLATE_FUEL} template instructions in all"
+                    ),
+                )
             } else {
                 bad(format!("chat template: {e}"))
             }
         })?;
+        let consumed = captured
+            .state()
+            .fuel_levels()
+            .map_or(fuel, |(consumed, _)| consumed);
+        self.fuel_left = self.fuel_left.saturating_sub(consumed);
         String::from_utf8(out.0).map_err(|_| bad("chat template: output is not UTF-8"))
     }
 }
@@ -429,5 +482,57 @@ mod line_end_tests {
         assert_eq!(render("{{ 'a\r\nb\rc' }}\r\n".into()), "a\nb\nc");
         // An escape sequence is not a line end of the source: it stays.
         assert_eq!(render(r"{{ 'a\r' }}".into()), "a\r");
+    }
+}
+
+#[cfg(test)]
+mod fuel_tests {
+    use super::*;
+    use crate::llama::fixtures::{byte_vocab, CHATML};
+
+    /// The chats of one renderer share its budget: what each consumes is gone for the next,
+    /// and the chat that finds too little left fails on `inputs`, not on the template.
+    #[test]
+    fn chats_share_one_instruction_budget() {
+        let mut v = byte_vocab();
+        v.chat_template = Some(CHATML.into());
+        let codec = TextCodec::from_gguf(&v).unwrap();
+        let chat = [ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        let mut probe = codec.chat_renderer(TASK_TEMPLATE_FUEL).unwrap();
+        probe.render(&chat).unwrap();
+        let one = TASK_TEMPLATE_FUEL - probe.fuel_left;
+        eprintln!("one ChatML chat of one message: {one} instructions");
+        assert!(one > 10 && one < 10_000, "{one}");
+        let mut renderer = codec.chat_renderer(10 * one + one / 2).unwrap();
+        for i in 0..10 {
+            assert_eq!(
+                renderer.render(&chat).unwrap(),
+                codec.render_chat(&chat).unwrap(),
+                "chat {i}"
+            );
+        }
+        match renderer.render(&chat).unwrap_err() {
+            ComputeError::InvalidConfig { field, reason } => {
+                assert_eq!(field, "inputs");
+                assert!(reason.contains("template instructions in all"), "{reason}");
+            }
+            other => panic!("{other}"),
+        }
+        // One chat alone past the per-chat fuel is the template's fault, as before.
+        let mut v = byte_vocab();
+        v.chat_template = Some(
+            "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}".into(),
+        );
+        let e = TextCodec::from_gguf(&v)
+            .unwrap()
+            .render_chat(&chat)
+            .unwrap_err();
+        assert!(
+            matches!(&e, ComputeError::InvalidBlob { what: "tokenizer", reason } if reason.contains("fuel")),
+            "{e}"
+        );
     }
 }

@@ -339,7 +339,14 @@ impl Node {
                 return Ok(t);
             }
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("task {id} still {} after {timeout:?}", t.state.name());
+                // What it waits for, so that a wait that runs out says why.
+                anyhow::bail!(
+                    "task {id} still {} after {timeout:?}: {:?}, {} attempt(s), needs {:?}",
+                    t.state.name(),
+                    t.state,
+                    t.attempts.len(),
+                    t.needs
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
