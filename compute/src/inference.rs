@@ -17,7 +17,9 @@ use crate::llama::generate::{
     check_answer, generate, generate_streaming, Finish, GenerateParams, Generation, Match,
     TextStream,
 };
-use crate::llama::hf_tokenizer_config::apply_tokenizer_config;
+use crate::llama::hf_tokenizer_config::{
+    apply_tokenizer_config, chat_template_file, check_chat_template_len, check_tokenizer_config_len,
+};
 use crate::llama::native::NativeLlama;
 use crate::llama::repro::ReproLlama;
 use crate::llama::text::{TextCodec, TASK_TEMPLATE_FUEL};
@@ -398,12 +400,28 @@ impl InferenceJob {
                             "goes with a tokenizer.json only: a GGUF tokenizer carries its own chat template and EOS",
                         ));
                     }
+                    // Each blob's length is checked before it is read (11.7b, 11.7c step 1),
+                    // the template only at the config's step 6.
+                    let config_len = blobs.blob_len(c).ok_or(ComputeError::MissingBlob(*c))?;
+                    if let Some(t) = &inf.chat_template {
+                        blobs.blob_len(t).ok_or(ComputeError::MissingBlob(*t))?;
+                    }
+                    check_tokenizer_config_len(config_len)?;
                     let config_bytes = blobs.blob(c).ok_or(ComputeError::MissingBlob(*c))?;
-                    let template = match &inf.chat_template {
-                        Some(t) => Some(blobs.blob(t).ok_or(ComputeError::MissingBlob(*t))?),
-                        None => None,
+                    let read_template = |t: BlobId| {
+                        move || -> Result<String> {
+                            check_chat_template_len(
+                                blobs.blob_len(&t).ok_or(ComputeError::MissingBlob(t))?,
+                            )?;
+                            chat_template_file(&blobs.blob(&t).ok_or(ComputeError::MissingBlob(t))?)
+                        }
                     };
-                    apply_tokenizer_config(&mut v, &config_bytes, template.as_deref())?;
+                    let template = inf.chat_template.map(read_template);
+                    apply_tokenizer_config(
+                        &mut v,
+                        &config_bytes,
+                        template.as_ref().map(|f| f as &dyn Fn() -> Result<String>),
+                    )?;
                 } else if inf.chat_template.is_some() {
                     return Err(ComputeError::config(
                         "chat_template",

@@ -36,6 +36,13 @@ pub trait BlobSource {
     /// The bytes of `id`, or `None` if not available.
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>>;
 
+    /// The length of `id` in bytes, or `None` if not available: how a size limit is checked
+    /// before a blob is read (holders on disk answer from the file's metadata; the default
+    /// reads it).
+    fn blob_len(&self, id: &BlobId) -> Option<u64> {
+        self.blob(id).map(|b| b.len() as u64)
+    }
+
     /// Work derived from blobs that this holder kept from an earlier job under `key` (a text
     /// blob's tokens: [`data::text::tokens_key`]), if it is at most `max_bytes`; `None` by
     /// default: nothing is kept. A worker or verifier runs many jobs of one task (a pooled
@@ -65,6 +72,10 @@ impl BlobSource for NoBlobs {
 impl BlobSource for std::collections::BTreeMap<BlobId, Vec<u8>> {
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
         self.get(id).cloned()
+    }
+
+    fn blob_len(&self, id: &BlobId) -> Option<u64> {
+        self.get(id).map(|b| b.len() as u64)
     }
 }
 

@@ -12,7 +12,7 @@ use market_compute::llama::fixtures::{
     byte_vocab, hf_tokenizer_config_json, hf_tokenizer_json, tiny_gguf, tiny_spec,
 };
 use market_compute::llama::gguf;
-use market_compute::{ComputeError, InferenceJob};
+use market_compute::{BlobSource, ComputeError, InferenceJob};
 use market_protocol::fixtures::inference_task;
 use market_protocol::{
     BlobId, ChatMessage, Decoding, Identity, InferenceInputs, TaskSpec, Workload,
@@ -421,6 +421,58 @@ fn a_chat_template_jinja_that_cannot_be_used_is_refused_by_field() {
                 reason,
             } => assert!(reason.contains(needle), "{needle}: {reason}"),
             other => panic!("{needle}: {other}"),
+        }
+    }
+}
+
+/// Blobs in memory, and one of 5 GiB that must never be read: its length is all a size
+/// check may ask for.
+struct WithHuge(BTreeMap<BlobId, Vec<u8>>, BlobId);
+
+impl BlobSource for WithHuge {
+    fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
+        assert_ne!(*id, self.1, "a blob over its limit was read");
+        self.0.blob(id)
+    }
+
+    fn blob_len(&self, id: &BlobId) -> Option<u64> {
+        if *id == self.1 {
+            return Some(5 << 30);
+        }
+        self.0.blob_len(id)
+    }
+}
+
+#[test]
+fn a_config_or_template_over_its_limit_is_refused_before_it_is_read() {
+    let (mut blobs, _, st, json) = tiny_model();
+    let config = put(
+        &mut blobs,
+        serde_json::to_vec(&hf_tokenizer_config_json(&byte_vocab())).unwrap(),
+    );
+    let huge = BlobId::of(b"five gibibytes");
+    let blobs = WithHuge(blobs, huge);
+    for (t, what) in [
+        (
+            with_config(task(st, Some(json), true), Some(huge)),
+            "tokenizer_config",
+        ),
+        (
+            with_template(task(st, Some(json), true), Some(config), Some(huge)),
+            "chat_template",
+        ),
+    ] {
+        let planned = InferenceJob::plan(&t, &blobs).unwrap_err();
+        match InferenceJob::from_spec(&t, &blobs).unwrap_err() {
+            ComputeError::InvalidBlob { what: w, reason } => {
+                assert_eq!(w, what);
+                assert!(
+                    reason.contains("5368709120 bytes, over the limit"),
+                    "{reason}"
+                );
+                assert_eq!(planned.to_string(), format!("invalid {what}: {reason}"));
+            }
+            other => panic!("{what}: {other}"),
         }
     }
 }

@@ -155,4 +155,8 @@ impl market_compute::BlobSource for BlobStore {
     fn blob(&self, id: &BlobId) -> Option<Vec<u8>> {
         self.read(id)
     }
+
+    fn blob_len(&self, id: &BlobId) -> Option<u64> {
+        std::fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
 }

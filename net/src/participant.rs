@@ -372,6 +372,10 @@ impl BlobSource for DirBlobs {
         std::fs::read(self.path(id)).ok()
     }
 
+    fn blob_len(&self, id: &BlobId) -> Option<u64> {
+        std::fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
+
     /// A text's tokens an earlier job of this build kept here (`NAME.derived`), checked by the
     /// job that reads them; a plain file only (no link followed), read no further than
     /// `max_bytes`. Reading marks it used, for the cache's least-recently-used eviction.

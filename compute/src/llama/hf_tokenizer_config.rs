@@ -181,20 +181,40 @@ fn chat_template(config: &Map<String, Value>) -> Result<Option<String>> {
 /// `tokenizer_config.json` it comes out of.
 pub const MAX_CHAT_TEMPLATE_BYTES: usize = MAX_TOKENIZER_CONFIG_BYTES;
 
+fn bad_template(reason: String) -> ComputeError {
+    ComputeError::InvalidBlob {
+        what: "chat_template",
+        reason,
+    }
+}
+
+/// Refuses a `tokenizer_config.json` of `len` bytes over the limit (11.7b step 1): checked on
+/// the blob's length before it is read.
+pub fn check_tokenizer_config_len(len: u64) -> Result<()> {
+    if len > MAX_TOKENIZER_CONFIG_BYTES as u64 {
+        return Err(bad(format!(
+            "a tokenizer_config.json of {len} bytes, over the limit of {MAX_TOKENIZER_CONFIG_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a `chat_template.jinja` of `len` bytes over the limit (11.7c step 1): checked on
+/// the blob's length before it is read.
+pub fn check_chat_template_len(len: u64) -> Result<()> {
+    if len > MAX_CHAT_TEMPLATE_BYTES as u64 {
+        return Err(bad_template(format!(
+            "a chat_template.jinja of {len} bytes, over the limit of {MAX_CHAT_TEMPLATE_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// The template of a Hugging Face `chat_template.jinja` (11.7c): its text, which must be
 /// UTF-8, as it is (a BOM kept; its CRs become LFs where every template's do, 11.8).
 pub fn chat_template_file(bytes: &[u8]) -> Result<String> {
-    let bad = |reason: String| ComputeError::InvalidBlob {
-        what: "chat_template",
-        reason,
-    };
-    if bytes.len() > MAX_CHAT_TEMPLATE_BYTES {
-        return Err(bad(format!(
-            "a chat_template.jinja of {} bytes, over the limit of {MAX_CHAT_TEMPLATE_BYTES}",
-            bytes.len()
-        )));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+    check_chat_template_len(bytes.len() as u64)?;
+    let text = std::str::from_utf8(bytes).map_err(|e| bad_template(format!("not UTF-8: {e}")))?;
     Ok(text.to_owned())
 }
 
@@ -202,19 +222,15 @@ pub fn chat_template_file(bytes: &[u8]) -> Result<String> {
 /// `bytes`, in 11.7b's order: the size, the JSON (the same dialect and first pass as a
 /// `tokenizer.json`'s, 11.7a), an object at the top, `add_eos_token`, `add_bos_token`,
 /// `chat_template`, `bos_token`, `eos_token`, then the keys that could add or re-mark tokens.
-/// With a `chat_template.jinja` (`template_file`), the template is that file's and the
-/// config's `chat_template` is not read: `transformers` lets the file win (4.57 and 5.25 checked).
+/// With a `chat_template.jinja` (`template_file`, which reads it: only at step 6, so the
+/// config's own refusals come first), the template is that file's and the config's
+/// `chat_template` is not read: `transformers` lets the file win (4.57 and 5.25 checked).
 pub fn apply_tokenizer_config(
     vocab: &mut GgufVocab,
     bytes: &[u8],
-    template_file: Option<&[u8]>,
+    template_file: Option<&dyn Fn() -> Result<String>>,
 ) -> Result<()> {
-    if bytes.len() > MAX_TOKENIZER_CONFIG_BYTES {
-        return Err(bad(format!(
-            "a tokenizer_config.json of {} bytes, over the limit of {MAX_TOKENIZER_CONFIG_BYTES}",
-            bytes.len()
-        )));
-    }
+    check_tokenizer_config_len(bytes.len() as u64)?;
     scan_json(bytes).map_err(|e| bad(format!("not a tokenizer_config.json: {e}")))?;
     let Value::Object(config) = serde_json::from_slice::<Value>(bytes)
         .map_err(|e| bad(format!("not a tokenizer_config.json: {e}")))?
@@ -242,7 +258,7 @@ pub fn apply_tokenizer_config(
         Some(_) => return Err(bad("add_bos_token: must be a boolean or null")),
     }
     let template = match template_file {
-        Some(file) => Some(chat_template_file(file)?),
+        Some(read) => Some(read()?),
         None => chat_template(&config)?,
     };
     match (token_text(&config, "bos_token")?, vocab.bos) {
