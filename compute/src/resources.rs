@@ -35,8 +35,7 @@ pub fn estimate(task: &TaskSpec, blobs: &dyn BlobSource) -> Result<Resources> {
     let input_bytes: u64 = task
         .blobs()
         .iter()
-        .filter_map(|id| blobs.blob(id))
-        .map(|b| b.len() as u64)
+        .filter_map(|id| blobs.blob_len(id))
         .sum();
     Ok(match &task.workload {
         Workload::Training(_) => TrainingJob::from_spec(task, blobs)?.needs(input_bytes),
