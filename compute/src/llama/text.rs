@@ -354,7 +354,7 @@ impl ChatRenderer<'_> {
                     "inputs",
                     format!("a chat renders to more than {MAX_PROMPT_BYTES} bytes"),
                 )
-            } else if e.kind() == minijinja::ErrorKind::OutOfFuel && fuel < TEMPLATE_FUEL {
+            } else if out_of_fuel(&e) && fuel < TEMPLATE_FUEL {
                 ComputeError::config(
                     "inputs",
                     format!(
@@ -372,6 +372,21 @@ impl ChatRenderer<'_> {
         self.fuel_left = self.fuel_left.saturating_sub(consumed);
         String::from_utf8(out.0).map_err(|_| bad("chat template: output is not UTF-8"))
     }
+}
+
+/// Whether `e` is minijinja running out of fuel, or an error it caused (an include or a
+/// block that ran out is reported as its own kind of error, with the cause as its source).
+fn out_of_fuel(e: &minijinja::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<minijinja::Error>()
+            .is_some_and(|m| m.kind() == minijinja::ErrorKind::OutOfFuel)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A template's source with every CR LF, then every remaining CR, made LF: what Jinja2 (and
@@ -518,6 +533,18 @@ mod fuel_tests {
             ComputeError::InvalidConfig { field, reason } => {
                 assert_eq!(field, "inputs");
                 assert!(reason.contains("template instructions in all"), "{reason}");
+            }
+            other => panic!("{other}"),
+        }
+        // Running out inside an include (the template includes itself, without end) is the budget
+        // too: minijinja reports it as a failed include caused by running out.
+        let mut v = byte_vocab();
+        v.chat_template = Some("{% include 'chat' %}".into());
+        let codec = TextCodec::from_gguf(&v).unwrap();
+        let mut renderer = codec.chat_renderer(5).unwrap();
+        match renderer.render(&chat).unwrap_err() {
+            ComputeError::InvalidConfig { field, reason } => {
+                assert_eq!(field, "inputs", "{reason}");
             }
             other => panic!("{other}"),
         }
