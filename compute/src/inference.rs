@@ -66,6 +66,14 @@ pub const MAX_STOP_TEXTS: usize = 8;
 /// The longest stop text, in bytes.
 pub const MAX_STOP_BYTES: usize = 128;
 
+/// The refusal of a `chat_template` without a `tokenizer_config` to complete (11.7c).
+fn template_without_config() -> ComputeError {
+    ComputeError::config(
+        "chat_template",
+        "goes with a `tokenizer_config` (a chat_template.jinja completes the tokenizer_config.json beside it)",
+    )
+}
+
 /// A loaded `llama` with its tokenizer: shared by the job's clones (it is the size of the
 /// model).
 struct LlamaRun {
@@ -402,31 +410,24 @@ impl InferenceJob {
                     }
                     // Each blob's length is checked before it is read (11.7b, 11.7c step 1),
                     // the template only at the config's step 6.
-                    let config_len = blobs.blob_len(c).ok_or(ComputeError::MissingBlob(*c))?;
-                    if let Some(t) = &inf.chat_template {
-                        blobs.blob_len(t).ok_or(ComputeError::MissingBlob(*t))?;
-                    }
+                    let len = |id: &BlobId| blobs.blob_len(id).ok_or(ComputeError::MissingBlob(*id));
+                    let config_len = len(c)?;
+                    let template = inf.chat_template.map(|t| len(&t).map(|n| (t, n))).transpose()?;
                     check_tokenizer_config_len(config_len)?;
                     let config_bytes = blobs.blob(c).ok_or(ComputeError::MissingBlob(*c))?;
-                    let read_template = |t: BlobId| {
+                    let read_template = template.map(|(t, n)| {
                         move || -> Result<String> {
-                            check_chat_template_len(
-                                blobs.blob_len(&t).ok_or(ComputeError::MissingBlob(t))?,
-                            )?;
+                            check_chat_template_len(n)?;
                             chat_template_file(&blobs.blob(&t).ok_or(ComputeError::MissingBlob(t))?)
                         }
-                    };
-                    let template = inf.chat_template.map(read_template);
+                    });
                     apply_tokenizer_config(
                         &mut v,
                         &config_bytes,
-                        template.as_ref().map(|f| f as &dyn Fn() -> Result<String>),
+                        read_template.as_ref().map(|f| f as _),
                     )?;
                 } else if inf.chat_template.is_some() {
-                    return Err(ComputeError::config(
-                        "chat_template",
-                        "goes with a `tokenizer_config` (a chat_template.jinja completes the tokenizer_config.json beside it)",
-                    ));
+                    return Err(template_without_config());
                 }
                 v
             }
@@ -442,12 +443,7 @@ impl InferenceJob {
                     "goes with a `tokenizer` (a tokenizer.json) and names none here",
                 ))
             }
-            (None, Some(_)) if inf.chat_template.is_some() => {
-                return Err(ComputeError::config(
-                    "chat_template",
-                    "goes with a `tokenizer_config` (a chat_template.jinja completes the tokenizer_config.json beside it)",
-                ))
-            }
+            (None, Some(_)) if inf.chat_template.is_some() => return Err(template_without_config()),
             (None, Some(v)) => v,
         };
         let codec = TextCodec::from_gguf(&vocab)?;

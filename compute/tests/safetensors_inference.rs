@@ -86,6 +86,34 @@ fn refusal(task: &TaskSpec, blobs: &BTreeMap<BlobId, Vec<u8>>) -> ComputeError {
     e
 }
 
+/// A refusal as `FIELD: REASON` for a bad config, else its message.
+fn field(e: ComputeError) -> String {
+    match e {
+        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
+        other => format!("{other}"),
+    }
+}
+
+/// A `gpt` inference task (a model that takes no tokenizer blobs) changed by `f`.
+fn gpt_task(f: impl FnOnce(&mut market_protocol::InferenceSpec)) -> TaskSpec {
+    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
+    if let Workload::Inference(inf) = &mut gpt.workload {
+        inf.weights = None;
+        f(inf);
+    }
+    gpt
+}
+
+/// Asserts that `e` refuses blob `what` for a reason containing `needle`.
+fn assert_invalid_blob(e: ComputeError, what: &str, needle: &str) {
+    match e {
+        ComputeError::InvalidBlob { what: w, reason } if w == what => {
+            assert!(reason.contains(needle), "{needle}: {reason}")
+        }
+        other => panic!("{what}, {needle}: {other}"),
+    }
+}
+
 #[test]
 fn safetensors_weights_with_a_tokenizer_blob_answer_as_the_gguf_does() {
     let (mut blobs, file, st, json) = tiny_model();
@@ -112,10 +140,6 @@ fn safetensors_weights_with_a_tokenizer_blob_answer_as_the_gguf_does() {
 #[test]
 fn what_cannot_run_is_refused_by_field() {
     let (mut blobs, file, st, json) = tiny_model();
-    let field = |e: ComputeError| match e {
-        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
-        other => format!("{other}"),
-    };
     // Safetensors carry no tokenizer.
     let e = field(refusal(&task(st, None, false), &blobs));
     assert!(e.starts_with("tokenizer:"), "{e}");
@@ -153,11 +177,7 @@ fn what_cannot_run_is_refused_by_field() {
     let e = refusal(&task(nan, Some(json), false), &blobs).to_string();
     assert!(e.contains("NaN"), "{e}");
     // A tokenizer on a model that takes none (workers would fetch it for nothing).
-    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
-    if let Workload::Inference(inf) = &mut gpt.workload {
-        inf.weights = None;
-        inf.tokenizer = Some(json);
-    }
+    let gpt = gpt_task(|inf| inf.tokenizer = Some(json));
     let e = field(refusal(&gpt, &blobs));
     assert!(e.starts_with("tokenizer:"), "{e}");
     // A tokenizer blob nobody uploaded.
@@ -381,10 +401,6 @@ fn a_chat_template_jinja_that_cannot_be_used_is_refused_by_field() {
         &mut blobs,
         market_compute::llama::fixtures::CHATML.as_bytes().to_vec(),
     );
-    let field = |e: ComputeError| match e {
-        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
-        other => format!("{other}"),
-    };
     // Without a `tokenizer_config` to complete: a tokenizer.json alone, a GGUF tokenizer,
     // GGUF weights with their own.
     for t in [
@@ -395,11 +411,7 @@ fn a_chat_template_jinja_that_cannot_be_used_is_refused_by_field() {
         let e = field(refusal(&t, &blobs));
         assert!(e.starts_with("chat_template:"), "{e}");
     }
-    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
-    if let Workload::Inference(inf) = &mut gpt.workload {
-        inf.weights = None;
-        inf.chat_template = Some(jinja);
-    }
+    let gpt = gpt_task(|inf| inf.chat_template = Some(jinja));
     assert!(field(refusal(&gpt, &blobs)).starts_with("chat_template:"));
     let missing = BlobId::of(b"no such template");
     assert!(matches!(
@@ -415,13 +427,7 @@ fn a_chat_template_jinja_that_cannot_be_used_is_refused_by_field() {
     ] {
         let id = put(&mut blobs, bytes);
         let t = with_template(task(st, Some(json), true), Some(config), Some(id));
-        match refusal(&t, &blobs) {
-            ComputeError::InvalidBlob {
-                what: "chat_template",
-                reason,
-            } => assert!(reason.contains(needle), "{needle}: {reason}"),
-            other => panic!("{needle}: {other}"),
-        }
+        assert_invalid_blob(refusal(&t, &blobs), "chat_template", needle);
     }
 }
 
@@ -483,10 +489,6 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
     let gguf = put(&mut blobs, tiny_gguf(11).unwrap());
     let good = hf_tokenizer_config_json(&byte_vocab());
     let config = put(&mut blobs, serde_json::to_vec(&good).unwrap());
-    let field = |e: ComputeError| match e {
-        ComputeError::InvalidConfig { field, reason } => format!("{field}: {reason}"),
-        other => format!("{other}"),
-    };
     // Safetensors weights with a config but no tokenizer: the missing tokenizer first (11.11).
     let e = field(refusal(
         &with_config(task(st, None, true), Some(config)),
@@ -501,11 +503,7 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
         let e = field(refusal(&t, &blobs));
         assert!(e.starts_with("tokenizer_config:"), "{e}");
     }
-    let mut gpt = inference_task(&Identity::from_test_label("st buyer"), 4);
-    if let Workload::Inference(inf) = &mut gpt.workload {
-        inf.weights = None;
-        inf.tokenizer_config = Some(config);
-    }
+    let gpt = gpt_task(|inf| inf.tokenizer_config = Some(config));
     assert!(field(refusal(&gpt, &blobs)).starts_with("tokenizer_config:"));
     // A config nobody uploaded.
     let missing = BlobId::of(b"no such config");
@@ -580,13 +578,11 @@ fn a_tokenizer_config_that_cannot_be_used_is_refused_by_field() {
     ];
     for (bytes, needle) in cases {
         let id = put(&mut blobs, bytes);
-        match refusal(&with_config(task(st, Some(json), true), Some(id)), &blobs) {
-            ComputeError::InvalidBlob {
-                what: "tokenizer_config",
-                reason,
-            } => assert!(reason.contains(needle), "{needle}: {reason}"),
-            other => panic!("{needle}: {other}"),
-        }
+        assert_invalid_blob(
+            refusal(&with_config(task(st, Some(json), true), Some(id)), &blobs),
+            "tokenizer_config",
+            needle,
+        );
     }
     // A BOS that is not the one the tokenizer.json's post-processor adds.
     let mut bos_vocab = byte_vocab();

@@ -139,12 +139,7 @@ async fn post(m: &Market, nonce: u64, steps: u32) -> TaskId {
     if let Workload::Training(t) = &mut spec.workload {
         t.steps = steps;
     }
-    let posted = m
-        .node
-        .post_task(Signed::sign(spec, &m.buyer).unwrap())
-        .await
-        .unwrap();
-    posted.id
+    common::post_signed(&m.node, &m.buyer, spec).await
 }
 
 /// Waits until `task` runs on `worker` and has done at least `steps`; fails at once, with the
@@ -483,12 +478,7 @@ fn a_task_waits_for_a_worker_that_runs_its_profile_without_holding_up_the_queue(
         // goes ahead, and the native one is never handed to the repro-only worker.
         let mut spec = training_task(&m.buyer, 30);
         spec.profile = ExecutionProfile::Native;
-        let native = m
-            .node
-            .post_task(Signed::sign(spec, &m.buyer).unwrap())
-            .await
-            .unwrap()
-            .id;
+        let native = common::post_signed(&m.node, &m.buyer, spec).await;
         let repro = post(&m, 31, 20).await;
         assert_eq!(next_assignment(&mut w1).await, Some(repro));
         let waiting = m.node.store.task(&native).unwrap().unwrap();
@@ -870,12 +860,7 @@ fn a_worker_the_node_gave_up_on_stops_computing_and_takes_the_next_task() {
             t.steps = 200_000;
             t.checkpoint_interval = 2_000;
         }
-        let long = m
-            .node
-            .post_task(Signed::sign(spec, &m.buyer).unwrap())
-            .await
-            .unwrap()
-            .id;
+        let long = common::post_signed(&m.node, &m.buyer, spec).await;
         assert_eq!(wait_running(&m, &long, 1).await, w.account());
         assert_eq!(
             job_dirs_of(&m, label, &long).len(),

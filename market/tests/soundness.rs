@@ -191,11 +191,7 @@ async fn post(m: &Market, nonce: u64) -> TaskId {
 }
 
 async fn post_spec(m: &Market, spec: TaskSpec) -> TaskId {
-    m.node
-        .post_task(Signed::sign(spec, &m.buyer).unwrap())
-        .await
-        .unwrap()
-        .id
+    common::post_signed(&m.node, &m.buyer, spec).await
 }
 
 async fn settle(m: &Market, nonce: u64) -> TaskRecord {

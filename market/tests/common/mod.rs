@@ -201,6 +201,14 @@ pub async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
 }
 
 /// A signed task, as a request body.
+/// `spec` signed by `buyer` and posted to `node` (the engine, not the HTTP API); its id.
+pub async fn post_signed(node: &Node, buyer: &Identity, spec: TaskSpec) -> market_protocol::TaskId {
+    node.post_task(Signed::sign(spec, buyer).unwrap())
+        .await
+        .unwrap()
+        .id
+}
+
 pub fn post_body(buyer: &Identity, task: TaskSpec) -> Vec<u8> {
     serde_json::to_vec(&Signed::sign(task, buyer).unwrap()).unwrap()
 }

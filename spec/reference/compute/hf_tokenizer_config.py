@@ -45,8 +45,9 @@ it comes at) and its `file_step` 11.7c's step (1 or 2). Reasons: 11.7c's opening
 chat_template.jinja of N bytes, over the limit of 4194304", "not UTF-8: "); after "not UTF-8: "
 the failure is Python's codec's reason and the offset of the first byte it refuses (ASSUMED:
 11.7c says only "the failure").
-- ASSUMED: 11.7c step 1's "length" is the blob's byte length, before decoding or replacing line
-  ends (so a file of 4 MiB of CR LF is refused though its template would be 2 MiB).
+- 11.7c step 1's length is the blob's byte length as uploaded (the spec now says so); the
+  template is the file's text as it is, and 11.8 makes its line ends LF when it is compiled
+  (`lf_line_ends` below, which the experiment applies before comparing).
 - 11.11 item 3's field refusal (a `chat_template` without a `tokenizer_config`) is a check of the
   task, not of a blob, and is not modelled here: a caller passes a file only with a config.
 """
