@@ -28,6 +28,10 @@ pub enum ComputeError {
     /// The run was stopped from outside (the worker's node gave up on the job).
     #[error("the run was cancelled")]
     Cancelled,
+    /// The node's sandbox for chat templates failed (could not start, or answered nonsense):
+    /// the node's fault, not the task's.
+    #[error("the node could not render the chat template in its sandbox: {0}")]
+    Sandbox(String),
     /// A candle kernel failed (native and cuda profiles).
     #[error("candle: {0}")]
     Candle(String),

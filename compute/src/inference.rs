@@ -22,7 +22,7 @@ use crate::llama::hf_tokenizer_config::{
 };
 use crate::llama::native::NativeLlama;
 use crate::llama::repro::ReproLlama;
-use crate::llama::text::{TextCodec, TASK_TEMPLATE_FUEL};
+use crate::llama::text::{Rendered, TextCodec};
 use crate::llama::{gguf, LlamaConfig, LlamaWeights};
 use crate::repro::kernels::softmax_row;
 use crate::rng::{self, Purpose};
@@ -57,7 +57,8 @@ pub const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// A `llama` item's prompt before rendering.
 enum Prompt<'a> {
-    Chat(&'a Vec<market_protocol::ChatMessage>),
+    /// A chat: its text is the next of the task's rendered chats.
+    Chat,
     Text(&'a str),
 }
 
@@ -515,10 +516,10 @@ impl InferenceJob {
                 stop,
             } => {
                 check_count("inputs.chats", chats.len())?;
-                // Rendered and encoded one at a time (below): a template that prints much
-                // must fail on the first chat, not after holding every chat's text.
+                // Rendered in order up to the texts' limit, then encoded one at a time
+                // (below): a template that prints much fails on the first chat.
                 (
-                    chats.iter().map(Prompt::Chat).collect::<Vec<_>>(),
+                    chats.iter().map(|_| Prompt::Chat).collect::<Vec<_>>(),
                     *max_new_tokens,
                     stop.clone(),
                 )
@@ -555,20 +556,26 @@ impl InferenceJob {
             ));
         }
         let mut rendered_bytes = 0usize;
-        // Compiled at the first chat, once for the task; its chats share one instruction
-        // budget (11.8).
-        let mut renderer = None;
+        // Rendered by one compiled template, the chats sharing one instruction budget, up to
+        // the first that fails or brings the texts past the limit (11.8); taken in order
+        // below, so a chat's refusal comes where it would rendering one by one.
+        let mut rendered = match &inf.inputs {
+            InferenceInputs::Chat { chats, .. } => codec.render_chats(chats, MAX_RENDERED_BYTES)?,
+            _ => Rendered::default(),
+        };
+        let mut chat_texts = std::mem::take(&mut rendered.texts).into_iter();
         let prompts = texts
             .iter()
             .map(|p| {
                 let (text, chat) = match p {
-                    Prompt::Chat(c) => {
-                        let r = match &mut renderer {
-                            Some(r) => r,
-                            None => renderer.insert(codec.chat_renderer(TASK_TEMPLATE_FUEL)?),
-                        };
-                        (r.render(c)?, true)
-                    }
+                    Prompt::Chat => match chat_texts.next() {
+                        Some(text) => (text, true),
+                        None => {
+                            return Err(rendered.failure.take().unwrap_or_else(|| {
+                                ComputeError::config("inputs", "a chat was not rendered")
+                            }))
+                        }
+                    },
                     Prompt::Text(t) => (t.to_string(), false),
                 };
                 rendered_bytes += text.len();

@@ -57,6 +57,15 @@ pub struct NodeConfig {
     /// How long a verifier may take per token of a served answer (prompt and completion), in
     /// milliseconds, on top of the network's audit timeout, before its silence counts.
     pub serve_check_ms_per_token: u64,
+    /// Address space a chat template may use while the node renders it (a task post's or a
+    /// served request's), bytes: the node renders clients' templates in a child process
+    /// (`market-template-sandbox`) with this limit, and refuses what needs more.
+    pub template_memory_bytes: u64,
+    /// CPU time a chat template may take while the node renders it, seconds; likewise.
+    pub template_cpu_secs: u64,
+    /// The `market-template-sandbox` program; by default the one beside the node's own
+    /// executable.
+    pub template_sandbox: Option<std::path::PathBuf>,
     /// Stake taken from a verifier that passes a planted faulty bundle.
     pub verifier_slash: u64,
     /// Share of audits that are ringers (planted faulty bundles), in parts per million.
@@ -169,6 +178,9 @@ impl Default for NodeConfig {
             max_divergence_check_steps: 10_000,
             max_divergence_check_memory_bytes: 8 << 30,
             keep_bundles: false,
+            template_memory_bytes: 1 << 30,
+            template_cpu_secs: 10,
+            template_sandbox: None,
             network: NetworkConfig::default(),
         }
     }

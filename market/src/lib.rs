@@ -20,3 +20,4 @@ pub mod p2p;
 pub mod server;
 pub mod serving;
 pub mod store;
+pub mod template_sandbox;

@@ -617,6 +617,62 @@ async fn a_model_the_node_does_not_hold_is_not_served() {
     assert_eq!(v["data"], json!([]));
 }
 
+/// A served model's chat template is a blob someone uploaded; one that allocates without
+/// bound on one message (and renders ChatML otherwise) is rendered in the node's sandbox when
+/// that message is asked: the request is refused as invalid and costs nothing, and the next
+/// is answered. Fails on the code before the sandbox (the node renders 512 MiB in its own
+/// process and sends the request on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_template_that_explodes_on_one_message_is_refused_and_the_next_answered() {
+    let mut m = market_without_verifiers(NodeConfig {
+        template_memory_bytes: 256 << 20,
+        template_cpu_secs: 2,
+        ..config()
+    })
+    .await;
+    let mut file = market_compute::llama::gguf::read(&m.model_bytes).unwrap();
+    file.vocab.chat_template = Some(format!(
+        "{{% if messages[0].content == 'boom' %}}{{% set ns = namespace(s='xxxxxxxx') %}}\
+         {{% for i in range(26) %}}{{% set ns.s = ns.s ~ ns.s %}}{{% endfor %}}{{% endif %}}{}",
+        market_compute::llama::fixtures::CHATML
+    ));
+    m.model_bytes = market_compute::llama::gguf::write_f32(&file.weights, &file.vocab).unwrap();
+    std::fs::write(&m.model, &m.model_bytes).unwrap();
+    let (status, _) = upload(&m.app, &m.buyer, &m.model_bytes).await;
+    assert_eq!(status, StatusCode::CREATED);
+    serving_worker(&m, "serving worker boom", 1).await;
+    wait_models(&m, 1).await;
+    let (key, _) = new_key(&m, &m.buyer, None).await;
+    let balance = m.node.ledger.balance(&m.buyer.account()).0;
+    let chat = |content: &str| {
+        bearer(
+            "POST",
+            "/v1/chat/completions",
+            &key,
+            json!({"model": "tiny", "messages": [{"role": "user", "content": content}],
+                   "max_tokens": 4, "temperature": 0}),
+        )
+    };
+    let start = std::time::Instant::now();
+    let (status, receipt, body) = send(&m, chat("boom")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(receipt.is_none());
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["param"], "messages", "{body}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs more than this node allows a template"),
+        "{body}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_eq!(m.node.ledger.balance(&m.buyer.account()).0, balance);
+    let (status, receipt, body) = send(&m, chat("hello")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(receipt.is_some());
+}
+
 /// The pinned SmolLM2 GGUF and a `python3` with the `openai` package, or `None` (skipping)
 /// when either is missing and `MARKET_REQUIRE_MODELS` is not set (CI sets it, and installs
 /// both).

@@ -285,6 +285,187 @@ impl TextCodec {
             .chat_template
             .as_deref()
             .ok_or_else(|| bad("the model has no chat template; send plain text prompts"))?;
+        ChatRenderer::new(template, self.bos_token(), self.eos_token(), budget)
+    }
+
+    /// The BOS token's string, `""` if the model has none (the template's `bos_token`).
+    fn bos_token(&self) -> String {
+        self.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default()
+    }
+
+    /// The EOS token's string, `""` if the model has none (the template's `eos_token`).
+    fn eos_token(&self) -> String {
+        self.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default()
+    }
+
+    /// A task's chats rendered in order by one compiled template within
+    /// [`TASK_TEMPLATE_FUEL`], up to the first that fails or the one that brings their texts
+    /// past `max_total_bytes` together (11.8). In a thread inside [`sandboxed`], the
+    /// rendering runs in that sandbox (a child process with memory and CPU limits, on the
+    /// node), since fuel bounds neither what a template allocates nor what one instruction
+    /// costs; the result is the same either way. `Err` only when the sandbox itself failed.
+    pub fn render_chats(
+        &self,
+        chats: &[Vec<ChatMessage>],
+        max_total_bytes: usize,
+    ) -> Result<Rendered> {
+        let Some(template) = self.chat_template.as_deref() else {
+            return Ok(Rendered {
+                texts: Vec::new(),
+                failure: (!chats.is_empty())
+                    .then(|| bad("the model has no chat template; send plain text prompts")),
+            });
+        };
+        if chats.is_empty() {
+            return Ok(Rendered::default());
+        }
+        match SANDBOX.with(|s| s.borrow().clone()) {
+            Some(sandbox) => sandbox.render(&TemplateRun {
+                template: template.to_owned(),
+                bos_token: self.bos_token(),
+                eos_token: self.eos_token(),
+                chats: chats.to_vec(),
+                budget: TASK_TEMPLATE_FUEL,
+                max_total_bytes,
+            }),
+            None => Ok(render_in_order(
+                template,
+                self.bos_token(),
+                self.eos_token(),
+                chats,
+                TASK_TEMPLATE_FUEL,
+                max_total_bytes,
+            )),
+        }
+    }
+}
+
+/// Chats rendered by one template, in order: their texts up to the first chat that failed,
+/// and why it failed (an error on `inputs`, or on the template as `tokenizer`). A chat whose
+/// text brings the texts past `max_total_bytes` together is the last rendered (its caller
+/// refuses it).
+#[derive(Debug, Default)]
+pub struct Rendered {
+    /// The rendered texts, one per chat, in order.
+    pub texts: Vec<String>,
+    /// Why the chat after the last text could not be rendered; `None` if none failed.
+    pub failure: Option<ComputeError>,
+}
+
+/// All that rendering a task's chats needs, and nothing else: what the node sends to its
+/// rendering sandbox ([`RenderSandbox`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateRun {
+    /// The template's source, line ends already made LF (11.8).
+    pub template: String,
+    /// The template's `bos_token`.
+    pub bos_token: String,
+    /// The template's `eos_token`.
+    pub eos_token: String,
+    /// The chats, in order.
+    pub chats: Vec<Vec<ChatMessage>>,
+    /// Template instructions the chats share.
+    pub budget: u64,
+    /// Rendering stops after the chat that brings the texts past this many bytes.
+    pub max_total_bytes: usize,
+}
+
+impl TemplateRun {
+    /// Rendered in this process, as [`TextCodec::render_chats`] does without a sandbox.
+    pub fn render_here(&self) -> Rendered {
+        render_in_order(
+            &self.template,
+            self.bos_token.clone(),
+            self.eos_token.clone(),
+            &self.chats,
+            self.budget,
+            self.max_total_bytes,
+        )
+    }
+}
+
+fn render_in_order(
+    template: &str,
+    bos_token: String,
+    eos_token: String,
+    chats: &[Vec<ChatMessage>],
+    budget: u64,
+    max_total_bytes: usize,
+) -> Rendered {
+    let mut renderer = match ChatRenderer::new(template, bos_token, eos_token, budget) {
+        Ok(r) => r,
+        Err(e) => {
+            return Rendered {
+                texts: Vec::new(),
+                failure: Some(e),
+            }
+        }
+    };
+    let mut out = Rendered::default();
+    let mut total = 0usize;
+    for chat in chats {
+        match renderer.render(chat) {
+            Ok(text) => {
+                total = total.saturating_add(text.len());
+                out.texts.push(text);
+                if total > max_total_bytes {
+                    break;
+                }
+            }
+            Err(e) => {
+                out.failure = Some(e);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Where a thread's chat templates are rendered instead of in the process itself: the node's
+/// child process with memory and CPU limits (`market-template-sandbox`). Must render as
+/// [`TemplateRun::render_here`] does; `Err` only for a failure of the sandbox itself.
+pub trait RenderSandbox: Send + Sync {
+    /// `run` rendered, or why the sandbox could not say.
+    fn render(&self, run: &TemplateRun) -> Result<Rendered>;
+}
+
+thread_local! {
+    static SANDBOX: std::cell::RefCell<Option<std::sync::Arc<dyn RenderSandbox>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with every chat rendering of this thread ([`TextCodec::render_chats`]) done in
+/// `sandbox`: the node wraps its checks of what clients send (task posts, served requests) in
+/// it, so a template that allocates without bound or runs one costly instruction after
+/// another stops a child process, not the node. Tasks it admitted render within its limits,
+/// so workers and verifiers render them in process.
+pub fn sandboxed<R>(sandbox: std::sync::Arc<dyn RenderSandbox>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<std::sync::Arc<dyn RenderSandbox>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SANDBOX.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(SANDBOX.with(|s| s.borrow_mut().replace(sandbox)));
+    f()
+}
+
+/// A chat template compiled once ([`TextCodec::chat_renderer`]): parsing it again for every
+/// chat would let a large template cost its parse once per chat of a task.
+#[derive(Debug)]
+pub struct ChatRenderer<'a> {
+    env: minijinja::Environment<'a>,
+    bos_token: String,
+    eos_token: String,
+    /// Template instructions left to the chats still to render.
+    fuel_left: u64,
+}
+
+impl<'a> ChatRenderer<'a> {
+    /// `template` (its line ends already LF) compiled, with the token strings it is given and
+    /// `budget` instructions for all the chats it will render.
+    fn new(template: &'a str, bos_token: String, eos_token: String, budget: u64) -> Result<Self> {
         let mut env = minijinja::Environment::new();
         // As Hugging Face renders chat templates (so the prompt is the one the model's
         // authors meant), with Python's string methods (`.strip()`, `.startswith()`...).
@@ -302,25 +483,14 @@ impl TextCodec {
         );
         env.add_template("chat", template)
             .map_err(|e| bad(format!("chat template: {e}")))?;
-        Ok(ChatRenderer {
-            codec: self,
+        Ok(Self {
             env,
+            bos_token,
+            eos_token,
             fuel_left: budget,
         })
     }
-}
 
-/// A chat template compiled once ([`TextCodec::chat_renderer`]): parsing it again for every
-/// chat would let a large template cost its parse once per chat of a task.
-#[derive(Debug)]
-pub struct ChatRenderer<'a> {
-    codec: &'a TextCodec,
-    env: minijinja::Environment<'a>,
-    /// Template instructions left to the chats still to render.
-    fuel_left: u64,
-}
-
-impl ChatRenderer<'_> {
     /// Template instructions left to the chats still to render.
     pub fn fuel_left(&self) -> u64 {
         self.fuel_left
@@ -335,7 +505,6 @@ impl ChatRenderer<'_> {
             .env
             .get_template("chat")
             .map_err(|e| bad(format!("chat template: {e}")))?;
-        let codec = self.codec;
         // The output is written into a buffer that refuses to grow past the limit, so a
         // template that prints without end stops there.
         let mut out = Bounded(Vec::new(), false);
@@ -343,8 +512,8 @@ impl ChatRenderer<'_> {
             minijinja::context! {
                 messages => messages,
                 add_generation_prompt => true,
-                bos_token => codec.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default(),
-                eos_token => codec.eos.as_ref().map(|e| e.1.clone()).unwrap_or_default(),
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
             },
             &mut out,
         );

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use market_compute::inference::{MAX_NEW_TOKENS, MAX_STOP_BYTES, MAX_STOP_TEXTS};
+use market_compute::llama::text::{sandboxed, RenderSandbox};
 use market_compute::serving::{ServePrompt, ServeRequest};
 use market_protocol::{
     message_id, AuditPolicy, ChatMessage, Credits, Decimal, Decoding, Hash, TaskId,
@@ -483,6 +484,16 @@ struct Prepared {
     escrow_seq: Option<u64>,
 }
 
+/// [`prepare`] on the blocking pool: it waits for the node's template sandbox (a child
+/// process) to render a chat.
+async fn off_thread(
+    run: impl FnOnce() -> Result<Prepared, OaiError> + Send + 'static,
+) -> Result<Prepared, OaiError> {
+    tokio::task::spawn_blocking(run)
+        .await
+        .unwrap_or_else(|e| Err(OaiError::internal(e)))
+}
+
 /// Everything checked before anything runs: the key, the request, the model, a worker, and
 /// what it may cost (held while it runs). Nothing is charged for a refused request.
 fn prepare(
@@ -544,7 +555,15 @@ fn prepare(
         price: Credits(0),
         audit: served_audit_policy(),
     };
-    serving.validate(&probe.to_task()).map_err(|e| match e {
+    // The chat is rendered by the model's template (a client's blob) in the node's sandbox.
+    let sandbox: Arc<dyn RenderSandbox> = node.template_sandbox.clone();
+    sandboxed(sandbox, || serving.validate(&probe.to_task())).map_err(|e| match e {
+        market_compute::ComputeError::Sandbox(_) => OaiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "template_sandbox_unavailable",
+            e.to_string(),
+        ),
         market_compute::ComputeError::ContextLength { .. } => OaiError {
             param: Some(prompt_param),
             ..OaiError::new(
@@ -990,7 +1009,9 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let run = || -> Result<Prepared, OaiError> {
+    let for_run = node.clone();
+    let run = move || -> Result<Prepared, OaiError> {
+        let node = for_run;
         // The key first: an unauthenticated request learns nothing about its body.
         let key = bearer(&node, &headers)?;
         let chat: ChatIn = parse(body)?;
@@ -1003,7 +1024,7 @@ pub(crate) async fn chat_completions(
             DEFAULT_CHAT_TOKENS,
         )
     };
-    let prepared = run();
+    let prepared = off_thread(run).await;
     respond(node, prepared).await
 }
 
@@ -1017,7 +1038,9 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let run = || -> Result<Prepared, OaiError> {
+    let for_run = node.clone();
+    let run = move || -> Result<Prepared, OaiError> {
+        let node = for_run;
         let key = bearer(&node, &headers)?;
         let req: CompletionIn = parse(body)?;
         let prompt = match req.prompt {
@@ -1042,7 +1065,7 @@ pub(crate) async fn completions(
             DEFAULT_COMPLETION_TOKENS,
         )
     };
-    let prepared = run();
+    let prepared = off_thread(run).await;
     respond(node, prepared).await
 }
 

@@ -145,6 +145,8 @@ impl Drop for Children {
 }
 
 fn main() -> Result<()> {
+    // The node process renders clients' chat templates in a child: this executable.
+    market_node::template_sandbox::serve_as_child_if_asked();
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -92,8 +92,14 @@ enum ApiKeyCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // The node renders clients' chat templates in a child process: this executable, started
+    // again; the check comes before any thread.
+    market_node::template_sandbox::serve_as_child_if_asked();
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -50,6 +50,9 @@ pub struct Node {
     pub events: broadcast::Sender<String>,
     /// Served models and requests in flight.
     pub serving: Arc<crate::serving::Serving>,
+    /// Where clients' chat templates are rendered: a child process with memory and CPU
+    /// limits, since fuel bounds neither (COMPUTE 11.13).
+    pub template_sandbox: Arc<crate::template_sandbox::TemplateSandbox>,
     bundles: PathBuf,
     wake: Notify,
     /// Tasks claimed by the engine (being assigned, run, audited, settled or rejected) or by a
@@ -158,6 +161,14 @@ impl Node {
             config.max_concurrent_validations.max(1),
         ));
         let serving: Arc<crate::serving::Serving> = Default::default();
+        let template_sandbox = Arc::new(crate::template_sandbox::TemplateSandbox::new(
+            config.template_sandbox.as_deref(),
+            config.template_memory_bytes,
+            config.template_cpu_secs,
+        ));
+        if let Some(why) = template_sandbox.unavailable() {
+            tracing::warn!("chat tasks and chat requests will be refused: {why}");
+        }
         let (stakes, min_stake) = (ledger.clone(), config.min_worker_stake);
         serving.set_eligibility(move |worker| stakes.stake(worker).0 >= min_stake);
         let node = Arc::new(Self {
@@ -169,6 +180,7 @@ impl Node {
             dispatch,
             events,
             serving,
+            template_sandbox,
             bundles,
             wake: Notify::new(),
             claimed: Mutex::new(BTreeSet::new()),

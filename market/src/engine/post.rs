@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use market_compute::llama::text::{sandboxed, RenderSandbox};
 use market_ledger::{EntryKind, LedgerError, OpError};
 use market_protocol::{AccountId, Resources, Signed, TaskId, TaskSpec, Workload};
 
@@ -24,6 +25,19 @@ fn invalid(e: impl std::fmt::Display) -> ApiError {
         "invalid_task",
         e.to_string(),
     )
+}
+
+/// A task the node cannot take: 422, or 503 when the node's template sandbox failed (the
+/// node's fault, not the task's).
+fn refused(e: market_compute::ComputeError) -> ApiError {
+    match e {
+        market_compute::ComputeError::Sandbox(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "template_sandbox_unavailable",
+            e.to_string(),
+        ),
+        e => invalid(e),
+    }
 }
 
 impl Node {
@@ -209,42 +223,48 @@ impl Node {
         let (spec, blobs) = (spec.clone(), self.blobs.clone());
         let verifiers = self.config.verifiers_per_task.max(1) as u64;
         let min_target = self.config.min_detection_target.clone();
+        let sandbox: Arc<dyn RenderSandbox> = self.template_sandbox.clone();
+        // The buyer's chat template is rendered in the sandbox (a child process with memory
+        // and CPU limits), not here.
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            // The inputs' lengths on disk (the job reads them just below anyway).
-            let input_bytes: u64 = spec
-                .blobs()
-                .iter()
-                .filter_map(|id| std::fs::metadata(blobs.path(id)).ok())
-                .map(|m| m.len())
-                .sum();
-            let (needs, shape) = match &spec.workload {
-                Workload::Training(_) => market_compute::TrainingJob::from_spec(&spec, &blobs)
-                    .map(|job| (job.needs(input_bytes), job.bundle_shape())),
-                // Validated and sized without loading a model's weights.
-                Workload::Inference(_) => market_compute::InferenceJob::plan(&spec, &blobs)
-                    .map(|job| (job.needs(input_bytes), job.bundle_shape())),
-            }
-            .map_err(invalid)?;
-            // A result its worker could not report is never posted.
-            let report = market_net::transfer::done_header_bound(&shape);
-            let limit = market_net::wire::MAX_HEADER_BYTES as u64;
-            if report > limit {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "result_too_big_to_report",
-                    format!(
-                        "the worker's report of this task's result (its commitment and the \
+            sandboxed(sandbox, || {
+                let _permit = permit;
+                // The inputs' lengths on disk (the job reads them just below anyway).
+                let input_bytes: u64 = spec
+                    .blobs()
+                    .iter()
+                    .filter_map(|id| std::fs::metadata(blobs.path(id)).ok())
+                    .map(|m| m.len())
+                    .sum();
+                let (needs, shape) = match &spec.workload {
+                    Workload::Training(_) => market_compute::TrainingJob::from_spec(&spec, &blobs)
+                        .map(|job| (job.needs(input_bytes), job.bundle_shape())),
+                    // Validated and sized without loading a model's weights.
+                    Workload::Inference(_) => market_compute::InferenceJob::plan(&spec, &blobs)
+                        .map(|job| (job.needs(input_bytes), job.bundle_shape())),
+                }
+                .map_err(refused)?;
+                // A result its worker could not report is never posted.
+                let report = market_net::transfer::done_header_bound(&shape);
+                let limit = market_net::wire::MAX_HEADER_BYTES as u64;
+                if report > limit {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "result_too_big_to_report",
+                        format!(
+                            "the worker's report of this task's result (its commitment and the \
                          manifest of {} files) would take up to {report} bytes, over the \
                          network's limit of {limit}: use fewer checkpoints or items",
-                        shape.files.len()
-                    ),
-                ));
-            }
-            let plan = audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)?;
-            // An evaluation blob is read by the node alone, at every merge: checked now.
-            market_compute::pool::eval_examples(&spec, &blobs).map_err(invalid)?;
-            Ok((plan, needs))
+                            shape.files.len()
+                        ),
+                    ));
+                }
+                let plan =
+                    audit_plan::plan(&spec, &blobs, verifiers, &min_target).map_err(invalid)?;
+                // An evaluation blob is read by the node alone, at every merge: checked now.
+                market_compute::pool::eval_examples(&spec, &blobs).map_err(invalid)?;
+                Ok((plan, needs))
+            })
         })
         .await
         .map_err(ApiError::internal)?

@@ -283,10 +283,26 @@ impl Drop for NodeProcess {
 /// which another process could take first) and returns it with its API address, from the
 /// `endpoints.json` it writes once it listens.
 pub async fn start(data: &std::path::Path, buyer: &Identity) -> (NodeProcess, String) {
+    start_with(
+        std::path::Path::new(env!("CARGO_BIN_EXE_market-node")),
+        data,
+        buyer,
+        &[],
+    )
+    .await
+}
+
+/// [`start`] with the node executable `exe` and further arguments to `serve`.
+pub async fn start_with(
+    exe: &std::path::Path,
+    data: &std::path::Path,
+    buyer: &Identity,
+    extra: &[&str],
+) -> (NodeProcess, String) {
     let endpoints = data.join("endpoints.json");
     let _ = std::fs::remove_file(&endpoints);
     let node = NodeProcess(
-        Command::new(env!("CARGO_BIN_EXE_market-node"))
+        Command::new(exe)
             .args([
                 "serve",
                 "--data",
@@ -299,6 +315,7 @@ pub async fn start(data: &std::path::Path, buyer: &Identity) -> (NodeProcess, St
                 "2",
             ])
             .args(["--mint", &format!("{}:5000", buyer.account())])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
