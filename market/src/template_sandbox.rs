@@ -25,7 +25,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use market_compute::llama::text::{RenderSandbox, Rendered, TemplateRun, MAX_PROMPT_BYTES};
+use market_compute::llama::text::{
+    RenderSandbox, Rendered, TemplateRun, MAX_PROMPT_BYTES, SANDBOX_STACK_BYTES,
+};
 use market_compute::{ComputeError, Result};
 use wait_timeout::ChildExt;
 
@@ -42,6 +44,13 @@ const MAX_RUNNING: usize = 4;
 const MAX_REQUEST_BYTES: u64 = 256 << 20;
 /// The longest failure reason a child may send.
 const MAX_REASON_BYTES: usize = 64 << 10;
+/// How long a rendering waits for one of the [`MAX_RUNNING`] children before it is refused
+/// as the node being busy.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+/// The child's exit status when it failed on its own (its arguments, the request, writing
+/// the reply): the node's fault. Any other failure (a signal at a limit, a stack overflow) is
+/// the template's.
+const CHILD_FAILED: i32 = 2;
 
 /// The node's sandbox: where the child program is and the limits it runs under.
 #[derive(Debug)]
@@ -89,21 +98,30 @@ impl TemplateSandbox {
                 what: "tokenizer",
                 reason: format!(
                     "chat template: rendering the chats needs more than this node allows a \
-                     template ({} MiB of memory, {} s of CPU time)",
+                     template ({} MiB of memory, {} s of CPU time, {} MiB of stack)",
                     self.memory_bytes >> 20,
-                    self.cpu_secs
+                    self.cpu_secs,
+                    SANDBOX_STACK_BYTES >> 20
                 ),
             }),
         }
     }
 
-    fn slot(&self) -> Slot<'_> {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        while *running >= MAX_RUNNING {
-            running = self.freed.wait(running).unwrap_or_else(|e| e.into_inner());
+    /// One of the [`MAX_RUNNING`] children, waiting at most [`SLOT_WAIT`] for it.
+    fn slot(&self) -> Result<Slot<'_>> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut running, waited) = self
+            .freed
+            .wait_timeout_while(running, SLOT_WAIT, |n| *n >= MAX_RUNNING)
+            .unwrap_or_else(|e| e.into_inner());
+        if waited.timed_out() && *running >= MAX_RUNNING {
+            return Err(sandbox_error(format!(
+                "it is rendering {MAX_RUNNING} clients' templates and none ended in {}s: try again",
+                SLOT_WAIT.as_secs()
+            )));
         }
         *running += 1;
-        Slot(self)
+        Ok(Slot(self))
     }
 }
 
@@ -140,7 +158,7 @@ impl RenderSandbox for TemplateSandbox {
     fn render(&self, run: &TemplateRun) -> Result<Rendered> {
         let program = self.program.as_ref().map_err(sandbox_error)?;
         let request = serde_json::to_vec(run).map_err(sandbox_error)?;
-        let _slot = self.slot();
+        let _slot = self.slot()?;
         let mut child = Command::new(program)
             .arg(CHILD_ARG)
             .arg(self.memory_bytes.to_string())
@@ -183,14 +201,17 @@ impl RenderSandbox for TemplateSandbox {
             tracing::warn!("a chat template ran past {wall:?} of wall clock in the sandbox");
             return Ok(self.over_limits());
         };
-        if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
-            // Killed at its CPU limit, or aborted when an allocation failed at its memory
-            // limit.
-            tracing::info!(%status, errors = errors.trim(), "a chat template hit the sandbox's limits");
-            return Ok(self.over_limits());
+        if status.code() == Some(CHILD_FAILED) {
+            // What it wrote stays in the node's log: a client is told only that the node
+            // failed.
+            tracing::error!(%status, errors = errors.trim(), "the template sandbox failed");
+            return Err(sandbox_error(format!("its child exited with {status}")));
         }
         if !status.success() {
-            return Err(sandbox_error(format!("{status}: {}", errors.trim())));
+            // Killed at its CPU limit, aborted when an allocation failed at its memory limit
+            // or when the template overflowed its stack.
+            tracing::info!(%status, errors = errors.trim(), "a chat template hit the sandbox's limits");
+            return Ok(self.over_limits());
         }
         parse_reply(&reply, run.chats.len()).map_err(sandbox_error)
     }
@@ -263,7 +284,7 @@ pub fn serve_as_child_if_asked() {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("template sandbox: {e}");
-            std::process::exit(2)
+            std::process::exit(CHILD_FAILED)
         }
     }
 }
@@ -289,7 +310,9 @@ fn child() -> std::result::Result<(), String> {
     let run: TemplateRun =
         serde_json::from_slice(&request).map_err(|e| format!("the request: {e}"))?;
     drop(request);
-    let rendered = run.render_here();
+    let rendered = run
+        .render_on_stack(SANDBOX_STACK_BYTES)
+        .map_err(|e| e.to_string())?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = (|| {
         for text in &rendered.texts {

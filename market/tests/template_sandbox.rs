@@ -93,7 +93,8 @@ async fn bomb_is_refused_and_the_node_goes_on(bomb: &str) {
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
         message.contains(
-            "needs more than this node allows a template (256 MiB of memory, 2 s of CPU time)"
+            "needs more than this node allows a template (256 MiB of memory, 2 s of CPU time, \
+             8 MiB of stack)"
         ),
         "{message}"
     );
@@ -154,6 +155,72 @@ async fn the_node_executable_is_its_own_sandbox() {
     );
     let good = client.upload(gguf_with_template(CHATML)).await.unwrap();
     client.submit(chat_task(&buyer, 2, good)).await.unwrap();
+}
+
+/// A buyer's posts built to be slow (each up to the template limits, refused at no cost)
+/// hold one validation slot at most: another buyer's post is validated meanwhile. Fails
+/// without the per-buyer slot (the two slow posts hold both of the node's slots, and the
+/// other buyer's post waits past `validation_wait_secs`: 429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_buyers_slow_posts_do_not_hold_every_validation_slot() {
+    let n = open(
+        tempfile::tempdir().unwrap(),
+        NodeConfig {
+            validation_wait_secs: 1,
+            ..limited()
+        },
+        &[],
+        &[],
+    )
+    .await;
+    let bad = model(&n, &format!("{TIME_BOMB}{CHATML}")).await;
+    let other = Identity::from_test_label("sandbox other buyer");
+    n.node
+        .fund("test", &other.account(), 5_000, 0)
+        .await
+        .unwrap();
+    let good_bytes = gguf_with_template(CHATML);
+    let (status, v) = upload(&n.app, &other, &good_bytes).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let good = BlobId(market_protocol::Hash::of(&good_bytes));
+    let slow = |nonce: u64| {
+        let app = n.app.clone();
+        let buyer = n.buyer.clone();
+        tokio::spawn(async move {
+            call(
+                &app,
+                signed(
+                    &buyer,
+                    "POST",
+                    "/v1/tasks",
+                    post_body(&buyer, chat_task(&buyer, nonce, bad)),
+                ),
+            )
+            .await
+        })
+    };
+    let (first, second) = (slow(1), slow(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, v) = call(
+        &n.app,
+        signed(
+            &other,
+            "POST",
+            "/v1/tasks",
+            post_body(&other, chat_task(&other, 1, good)),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let mut slow_statuses = vec![first.await.unwrap().0, second.await.unwrap().0];
+    slow_statuses.sort();
+    assert_eq!(
+        slow_statuses,
+        [
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
 }
 
 /// Without its sandbox program the node cannot render a client's template: chat posts are
@@ -226,18 +293,25 @@ fn the_sandbox_renders_as_the_process_does() {
         TASK_TEMPLATE_FUEL - r.fuel_left()
     };
     cases.push(run(CHATML, vec![user("one"); 3], 2 * one + one / 2));
+    // A panic in minijinja (a capacity overflow) is the template's failure, in the child as
+    // in process (it was the sandbox's: 503).
+    cases.push(run(
+        "{{ ([1] * 4611686018427387904)|sort|first }}",
+        vec![user("x")],
+        TASK_TEMPLATE_FUEL,
+    ));
     // Rendering stops after the chat that brings the texts past their limit.
     let mut capped = run(CHATML, three, TASK_TEMPLATE_FUEL);
     capped.max_total_bytes = 60;
     cases.push(capped);
     for (i, case) in cases.iter().enumerate() {
-        let here = case.render_here();
+        let here = case.render_here().unwrap();
         let there = sandbox.render(case).unwrap();
         assert!(same(&here, &there), "case {i}: {here:?} vs {there:?}");
         eprintln!("case {i}: {} texts, {:?}", there.texts.len(), there.failure);
     }
     // What each case shows, so a case that stopped showing it is noticed.
-    let r: Vec<Rendered> = cases.iter().map(TemplateRun::render_here).collect();
+    let r: Vec<Rendered> = cases.iter().map(|c| c.render_here().unwrap()).collect();
     assert_eq!(r[0].texts.len(), 4);
     assert!(r[0].failure.is_none());
     assert_eq!(r[1].texts.len(), 2);
@@ -261,6 +335,11 @@ fn the_sandbox_renders_as_the_process_does() {
         .unwrap()
         .to_string()
         .contains("in all"));
-    assert_eq!(r[6].texts.len(), 2);
-    assert!(r[6].failure.is_none());
+    assert!(
+        matches!(&r[6].failure, Some(market_compute::ComputeError::InvalidBlob { what: "tokenizer", reason }) if reason.contains("capacity overflow")),
+        "{:?}",
+        r[6].failure
+    );
+    assert_eq!(r[7].texts.len(), 2);
+    assert!(r[7].failure.is_none());
 }

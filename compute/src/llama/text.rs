@@ -273,7 +273,8 @@ impl TextCodec {
     }
 
     /// `messages` rendered with the model's chat template, ready for the assistant's answer
-    /// (one chat: its own [`TEMPLATE_FUEL`]).
+    /// (one chat: its own [`TEMPLATE_FUEL`]), on the caller's thread: for tools and tests
+    /// with known templates; a task's chats go through [`TextCodec::render_chats`].
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         self.chat_renderer(TEMPLATE_FUEL)?.render(messages)
     }
@@ -328,14 +329,13 @@ impl TextCodec {
                 budget: TASK_TEMPLATE_FUEL,
                 max_total_bytes,
             }),
-            None => Ok(render_in_order(
+            None => render_in_order(
                 template,
-                self.bos_token(),
-                self.eos_token(),
+                (self.bos_token(), self.eos_token()),
                 chats,
-                TASK_TEMPLATE_FUEL,
-                max_total_bytes,
-            )),
+                (TASK_TEMPLATE_FUEL, max_total_bytes),
+                RENDER_STACK_BYTES,
+            ),
         }
     }
 }
@@ -371,23 +371,72 @@ pub struct TemplateRun {
 }
 
 impl TemplateRun {
-    /// Rendered in this process, as [`TextCodec::render_chats`] does without a sandbox.
-    pub fn render_here(&self) -> Rendered {
+    /// Rendered in this process, as [`TextCodec::render_chats`] does without a sandbox (on a
+    /// thread of [`RENDER_STACK_BYTES`]).
+    pub fn render_here(&self) -> Result<Rendered> {
+        self.render_on_stack(RENDER_STACK_BYTES)
+    }
+
+    /// Rendered in this process on a thread of `stack` bytes (the node's sandbox:
+    /// [`SANDBOX_STACK_BYTES`]).
+    pub fn render_on_stack(&self, stack: usize) -> Result<Rendered> {
         render_in_order(
             &self.template,
-            self.bos_token.clone(),
-            self.eos_token.clone(),
+            (self.bos_token.clone(), self.eos_token.clone()),
             &self.chats,
-            self.budget,
-            self.max_total_bytes,
+            (self.budget, self.max_total_bytes),
+            stack,
         )
     }
 }
 
+/// The stack of the thread every chat template renders on in process, whatever thread asks
+/// (a tokio thread has 2 MiB): minijinja recurses once per level of a nested value when it
+/// prints, compares or drops one, and bounds neither the depth nor the stack, so a stack
+/// overflow (which aborts the whole process) is bounded by giving the rendering a known
+/// stack: eight times what the node's sandbox gives ([`SANDBOX_STACK_BYTES`]), so a template
+/// the node admitted renders on every worker and verifier. Reserved, not used, until a
+/// template recurses.
+pub const RENDER_STACK_BYTES: usize = 64 << 20;
+/// The stack of the rendering thread in the node's sandbox: a template that recurses deeper
+/// ends the child and is refused.
+pub const SANDBOX_STACK_BYTES: usize = 8 << 20;
+
+/// [`render_chats_here`] on a thread of its own with `stack` bytes of stack; a panic in
+/// minijinja (a capacity overflow in `[1] * 2**62`, say) fails the chat it rendered, on the
+/// template. `Err` only if the thread could not start.
 fn render_in_order(
     template: &str,
-    bos_token: String,
-    eos_token: String,
+    tokens: (String, String),
+    chats: &[Vec<ChatMessage>],
+    (budget, max_total_bytes): (u64, usize),
+    stack: usize,
+) -> Result<Rendered> {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("chat-template".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || {
+                render_chats_here(template, tokens, chats, budget, max_total_bytes)
+            })
+            .map_err(|e| ComputeError::Sandbox(format!("cannot start a rendering thread: {e}")))?;
+        Ok(thread.join().unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Rendered {
+                texts: Vec::new(),
+                failure: Some(bad(format!("chat template: rendering failed: {why}"))),
+            }
+        }))
+    })
+}
+
+fn render_chats_here(
+    template: &str,
+    (bos_token, eos_token): (String, String),
     chats: &[Vec<ChatMessage>],
     budget: u64,
     max_total_bytes: usize,
@@ -673,6 +722,33 @@ mod line_end_tests {
 mod fuel_tests {
     use super::*;
     use crate::llama::fixtures::{byte_vocab, CHATML};
+
+    /// A value nested 80,000 deep (minijinja recurses once per level to drop it) renders from
+    /// a thread with a tokio thread's 2 MiB of stack: the rendering runs on its own thread of
+    /// `RENDER_STACK_BYTES`. Rendered on the caller's thread, it overflowed the stack and
+    /// aborted the process (a worker's, a verifier's, or the node's), after the node's
+    /// sandbox had admitted it.
+    #[test]
+    fn a_value_nested_past_a_small_stack_renders_on_the_rendering_thread() {
+        let mut v = byte_vocab();
+        v.chat_template = Some(format!(
+            "{{% set ns = namespace(a=1) %}}{{% for i in range(80000) %}}{{% set ns.a = [ns.a] %}}{{% endfor %}}{CHATML}"
+        ));
+        let codec = TextCodec::from_gguf(&v).unwrap();
+        let chats = vec![vec![ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }]];
+        let rendered = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || codec.render_chats(&chats, usize::MAX))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(rendered.failure.is_none(), "{:?}", rendered.failure);
+        assert_eq!(rendered.texts.len(), 1);
+    }
 
     /// The chats of one renderer share its budget: what each consumes is gone for the next,
     /// and the chat that finds too little left fails on `inputs`, not on the template.

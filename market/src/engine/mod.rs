@@ -68,6 +68,9 @@ pub struct Node {
     /// Task posts being validated (building a dataset can take seconds of CPU): a bound, so
     /// a flood of posts cannot take every core.
     validations: Arc<tokio::sync::Semaphore>,
+    /// One validation at a time per buyer (a refused post costs nothing, so one account must
+    /// not hold every validation slot with posts built to be slow).
+    validating: Mutex<std::collections::BTreeMap<AccountId, Arc<tokio::sync::Semaphore>>>,
     /// Ledger exports streaming now (`max_concurrent_exports` at once).
     pub(crate) exports: Arc<tokio::sync::Semaphore>,
     /// Slashes read a stake and then take from it; two at once of one account would both take
@@ -187,6 +190,7 @@ impl Node {
             busy: Mutex::new(std::collections::BTreeMap::new()),
             audit_slots: Mutex::new(std::collections::BTreeMap::new()),
             validations,
+            validating: Mutex::new(std::collections::BTreeMap::new()),
             exports,
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),

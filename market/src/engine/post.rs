@@ -207,7 +207,28 @@ impl Node {
     /// `cuda` feature and has a GPU).
     async fn validate(&self, spec: &TaskSpec) -> Result<(AuditPlan, Resources), ApiError> {
         let wait = Duration::from_secs(self.config.validation_wait_secs);
-        let permit = tokio::time::timeout(wait, Arc::clone(&self.validations).acquire_owned())
+        let deadline = tokio::time::Instant::now() + wait;
+        // The buyer's own slot first, then one of the node's.
+        let own = Arc::clone(
+            super::lock(&self.validating)
+                .entry(spec.buyer)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))),
+        );
+        let own_permit = tokio::time::timeout_at(deadline, own.acquire_owned())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "validation_busy",
+                    format!(
+                        "the node validates one task post per buyer at a time and this buyer's \
+                         other post took more than {}s: try again",
+                        self.config.validation_wait_secs
+                    ),
+                )
+            })?
+            .map_err(ApiError::internal)?;
+        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.validations).acquire_owned())
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -228,7 +249,7 @@ impl Node {
         // and CPU limits), not here.
         tokio::task::spawn_blocking(move || {
             sandboxed(sandbox, || {
-                let _permit = permit;
+                let _permits = (own_permit, permit);
                 // The inputs' lengths on disk (the job reads them just below anyway).
                 let input_bytes: u64 = spec
                     .blobs()
