@@ -10,7 +10,7 @@
 #    tasks, reads them, cancels them and fetches their results);
 # 2. a client generated from the document by openapi-python-client posts a task, follows it to
 #    settlement and fetches its result (scripts/api/client_flow.py).
-# Needs: pip install schemathesis==4.32.5 openapi-python-client==0.29.1 blake3 cryptography httpx (CI installs
+# Needs: pip install schemathesis==4.32.5 openapi-python-client==0.29.1 blake3==1.0.11 cryptography==48.0.0 httpx==0.28.1 (CI installs
 # them). Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
