@@ -47,10 +47,12 @@ const MAX_REASON_BYTES: usize = 64 << 10;
 /// How long a rendering waits for one of the [`MAX_RUNNING`] children before it is refused
 /// as the node being busy.
 const SLOT_WAIT: Duration = Duration::from_secs(30);
-/// The child's exit status when it failed on its own (its arguments, the request, writing
-/// the reply): the node's fault. Any other failure (a signal at a limit, a stack overflow) is
-/// the template's.
+/// The child's exit status when it failed on its own (its arguments, a request it cannot
+/// parse, writing the reply): the node's fault. Any other failure (a signal at a limit, a
+/// stack overflow, a request it could not read within its memory) is the template's.
 const CHILD_FAILED: i32 = 2;
+/// The child's exit status when the request did not fit its memory limit.
+const REQUEST_TOO_BIG: i32 = 3;
 
 /// The node's sandbox: where the child program is and the limits it runs under.
 #[derive(Debug)]
@@ -158,6 +160,10 @@ impl RenderSandbox for TemplateSandbox {
     fn render(&self, run: &TemplateRun) -> Result<Rendered> {
         let program = self.program.as_ref().map_err(sandbox_error)?;
         let request = serde_json::to_vec(run).map_err(sandbox_error)?;
+        if request.len() as u64 > MAX_REQUEST_BYTES {
+            // Chats and a template (at most 4 MiB) too long to send: theirs, not the node's.
+            return Ok(self.over_limits());
+        }
         let _slot = self.slot()?;
         let mut child = Command::new(program)
             .arg(CHILD_ARG)
@@ -282,37 +288,42 @@ pub fn serve_as_child_if_asked() {
     }
     match child() {
         Ok(()) => std::process::exit(0),
-        Err(e) => {
+        Err((code, e)) => {
             eprintln!("template sandbox: {e}");
-            std::process::exit(CHILD_FAILED)
+            std::process::exit(code)
         }
     }
 }
 
-fn child() -> std::result::Result<(), String> {
+fn child() -> std::result::Result<(), (i32, String)> {
+    let failed = |e: String| (CHILD_FAILED, e);
     use nix::sys::resource::{setrlimit, Resource};
     let args: Vec<String> = std::env::args().skip(2).collect();
     let [memory, cpu] = args.as_slice() else {
-        return Err(format!("usage: EXE {CHILD_ARG} MEMORY_BYTES CPU_SECS"));
+        return Err(failed(format!(
+            "usage: EXE {CHILD_ARG} MEMORY_BYTES CPU_SECS"
+        )));
     };
-    let memory: u64 = memory.parse().map_err(|e| format!("memory: {e}"))?;
-    let cpu: u64 = cpu.parse().map_err(|e| format!("cpu: {e}"))?;
+    let memory: u64 = memory.parse().map_err(|e| failed(format!("memory: {e}")))?;
+    let cpu: u64 = cpu.parse().map_err(|e| failed(format!("cpu: {e}")))?;
     // No core file of a child killed at its limits; SIGXCPU at `cpu` seconds, SIGKILL a
     // second later.
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("RLIMIT_CORE: {e}"))?;
-    setrlimit(Resource::RLIMIT_CPU, cpu, cpu + 1).map_err(|e| format!("RLIMIT_CPU: {e}"))?;
-    setrlimit(Resource::RLIMIT_AS, memory, memory).map_err(|e| format!("RLIMIT_AS: {e}"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| failed(format!("RLIMIT_CORE: {e}")))?;
+    setrlimit(Resource::RLIMIT_CPU, cpu, cpu + 1)
+        .map_err(|e| failed(format!("RLIMIT_CPU: {e}")))?;
+    setrlimit(Resource::RLIMIT_AS, memory, memory)
+        .map_err(|e| failed(format!("RLIMIT_AS: {e}")))?;
     let mut request = Vec::new();
     std::io::stdin()
         .take(MAX_REQUEST_BYTES)
         .read_to_end(&mut request)
-        .map_err(|e| format!("reading the request: {e}"))?;
+        .map_err(|e| (REQUEST_TOO_BIG, format!("reading the request: {e}")))?;
     let run: TemplateRun =
-        serde_json::from_slice(&request).map_err(|e| format!("the request: {e}"))?;
+        serde_json::from_slice(&request).map_err(|e| failed(format!("the request: {e}")))?;
     drop(request);
     let rendered = run
         .render_on_stack(SANDBOX_STACK_BYTES)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(e.to_string()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = (|| {
         for text in &rendered.texts {
@@ -333,7 +344,7 @@ fn child() -> std::result::Result<(), String> {
         }
         out.flush()
     })();
-    written.map_err(|e| format!("writing the reply: {e}"))
+    written.map_err(|e| failed(format!("writing the reply: {e}")))
 }
 
 /// A reason cut to [`MAX_REASON_BYTES`], at a character boundary.

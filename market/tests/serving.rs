@@ -519,14 +519,27 @@ async fn bad_requests_get_openai_errors_and_cost_nothing() {
         "insufficient_quota",
         "insufficient_quota",
     )(send(&m, bearer("POST", chat, &poor_key, ok.clone())).await);
-    // A prompt the model cannot take is refused as such, before its hold is weighed.
+    // An account that cannot pay is refused before its prompt is rendered (rendering a chat
+    // costs the node up to its template limits); a funded account's prompt the model cannot
+    // take is refused as such before the key's limit is weighed.
     let mut too_long_for_anyone = ok.clone();
     too_long_for_anyone["max_tokens"] = json!(256);
+    expect(
+        StatusCode::TOO_MANY_REQUESTS,
+        "insufficient_quota",
+        "insufficient_quota",
+    )(
+        send(
+            &m,
+            bearer("POST", chat, &poor_key, too_long_for_anyone.clone()),
+        )
+        .await,
+    );
     expect(
         StatusCode::BAD_REQUEST,
         "invalid_request_error",
         "context_length_exceeded",
-    )(send(&m, bearer("POST", chat, &poor_key, too_long_for_anyone)).await);
+    )(send(&m, bearer("POST", chat, &small, too_long_for_anyone)).await);
     assert_eq!(m.node.ledger.balance(&m.buyer.account()).0, balance_before);
     assert_eq!(m.node.ledger.balance(&poor.account()).0, 0);
     let (_, keys) = call(&m.app, signed(&m.buyer, "GET", "/v1/keys", Vec::new())).await;
@@ -668,6 +681,24 @@ async fn a_served_template_that_explodes_on_one_message_is_refused_and_the_next_
     );
     assert!(start.elapsed() < Duration::from_secs(30));
     assert_eq!(m.node.ledger.balance(&m.buyer.account()).0, balance);
+    // An account that could not pay for the answer is refused before its chat is rendered
+    // (without the check: rendered, then refused on the template, at the node's cost).
+    let poor = Identity::from_test_label("serving poor buyer");
+    m.node.fund("test", &poor.account(), 5, 0).await.unwrap();
+    let (poor_key, _) = new_key(&m, &poor, None).await;
+    let (status, _, body) = send(
+        &m,
+        bearer(
+            "POST",
+            "/v1/chat/completions",
+            &poor_key,
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "boom"}],
+                   "max_tokens": 4, "temperature": 0}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body.contains("insufficient_quota"), "{body}");
     let (status, receipt, body) = send(&m, chat("hello")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(receipt.is_some());

@@ -312,29 +312,19 @@ fn the_sandbox_renders_as_the_process_does() {
     }
     // What each case shows, so a case that stopped showing it is noticed.
     let r: Vec<Rendered> = cases.iter().map(|c| c.render_here().unwrap()).collect();
+    let failed_with = |r: &Rendered, needle: &str| {
+        r.failure
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains(needle))
+    };
     assert_eq!(r[0].texts.len(), 4);
     assert!(r[0].failure.is_none());
     assert_eq!(r[1].texts.len(), 2);
-    assert!(r[1]
-        .failure
-        .as_ref()
-        .unwrap()
-        .to_string()
-        .contains("no three"));
-    assert!(r[2]
-        .failure
-        .as_ref()
-        .unwrap()
-        .to_string()
-        .contains("more than"));
+    assert!(failed_with(&r[1], "no three"));
+    assert!(failed_with(&r[2], "more than"));
     assert!(r[3].failure.is_some() && r[4].failure.is_some());
     assert_eq!(r[5].texts.len(), 2);
-    assert!(r[5]
-        .failure
-        .as_ref()
-        .unwrap()
-        .to_string()
-        .contains("in all"));
+    assert!(failed_with(&r[5], "in all"));
     assert!(
         matches!(&r[6].failure, Some(market_compute::ComputeError::InvalidBlob { what: "tokenizer", reason }) if reason.contains("capacity overflow")),
         "{:?}",

@@ -203,12 +203,22 @@ impl TextCodec {
             })
             .transpose()
         };
+        let (bos, eos) = (named(v.bos)?, named(v.eos)?);
+        // A GGUF's template has no limit of its own (a config's or a `chat_template.jinja`'s
+        // is the file's): the node sends it to its sandbox whole.
+        let max = super::hf_tokenizer_config::MAX_CHAT_TEMPLATE_BYTES;
+        if let Some(t) = v.chat_template.as_ref().filter(|t| t.len() > max) {
+            return Err(bad(format!(
+                "a chat template of {} bytes, over the limit of {max}",
+                t.len()
+            )));
+        }
         Ok(Self {
             tokenizer,
             memory_bytes: memory_bound(v),
             chat_template: v.chat_template.as_deref().map(lf_line_ends),
-            bos: named(v.bos)?,
-            eos: named(v.eos)?,
+            bos,
+            eos,
             add_bos: v.add_bos,
         })
     }
@@ -722,6 +732,22 @@ mod line_end_tests {
 mod fuel_tests {
     use super::*;
     use crate::llama::fixtures::{byte_vocab, CHATML};
+
+    /// A template over 4 MiB is refused, whatever it came in (a GGUF's has no limit of its
+    /// own): the node sends it to its sandbox, whose request it must fit.
+    #[test]
+    fn a_chat_template_over_four_mib_is_refused() {
+        let max = crate::llama::hf_tokenizer_config::MAX_CHAT_TEMPLATE_BYTES;
+        let mut v = byte_vocab();
+        v.chat_template = Some(format!("{CHATML}{}", " ".repeat(max - CHATML.len())));
+        TextCodec::from_gguf(&v).unwrap();
+        v.chat_template.as_mut().unwrap().push(' ');
+        let e = TextCodec::from_gguf(&v).unwrap_err();
+        assert!(
+            matches!(&e, ComputeError::InvalidBlob { what: "tokenizer", reason } if reason.contains("over the limit of 4194304")),
+            "{e}"
+        );
+    }
 
     /// A value nested 80,000 deep (minijinja recurses once per level to drop it) renders from
     /// a thread with a tokio thread's 2 MiB of stack: the rendering runs on its own thread of

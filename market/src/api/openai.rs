@@ -484,14 +484,46 @@ struct Prepared {
     escrow_seq: Option<u64>,
 }
 
-/// [`prepare`] on the blocking pool: it waits for the node's template sandbox (a child
-/// process) to render a chat.
+/// How long a request waits to be prepared (its account's turn, then one of the node's
+/// [`PREPARING`] slots) before it is refused with 429.
+const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Requests prepared at once: each may wait for the node's template sandbox (a child process
+/// rendering a chat, up to the template limits), on a thread of the blocking pool, which the
+/// node's other work (task posts, ledger writes) shares.
+pub(crate) const PREPARING: usize = 4;
+
+/// [`prepare`] for `key`'s account on the blocking pool, one request per account and
+/// [`PREPARING`] in all at a time, taken in order of arrival: a flood of requests to a model
+/// whose template renders slowly waits here, on no thread, rather than filling the pool.
 async fn off_thread(
-    run: impl FnOnce() -> Result<Prepared, OaiError> + Send + 'static,
+    node: &Arc<Node>,
+    key: (ApiKey, Hash),
+    run: impl FnOnce((ApiKey, Hash)) -> Result<Prepared, OaiError> + Send + 'static,
 ) -> Result<Prepared, OaiError> {
-    tokio::task::spawn_blocking(run)
+    let deadline = tokio::time::Instant::now() + PREPARE_WAIT;
+    let busy = |why: &str| {
+        OaiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            format!("{why} for {}s: try again", PREPARE_WAIT.as_secs()),
+        )
+    };
+    let own = node.preparing_by.of(key.0.account);
+    let own = tokio::time::timeout_at(deadline, own.acquire_owned())
         .await
-        .unwrap_or_else(|e| Err(OaiError::internal(e)))
+        .map_err(|_| busy("this account's other request was being prepared"))?
+        .map_err(OaiError::internal)?;
+    let any = tokio::time::timeout_at(deadline, node.preparing.clone().acquire_owned())
+        .await
+        .map_err(|_| busy("the node was preparing as many requests as it takes"))?
+        .map_err(OaiError::internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _permits = (own, any);
+        run(key)
+    })
+    .await
+    .unwrap_or_else(|e| Err(OaiError::internal(e)))
 }
 
 /// Everything checked before anything runs: the key, the request, the model, a worker, and
@@ -539,6 +571,20 @@ fn prepare(
             "no worker serves this model at {cap} credits per token or less; allow a higher price with max_price_per_token"
         ))
     })?;
+    // Every token costs the same; a byte-level tokenizer makes at most one prompt token per
+    // byte, so this bounds the answer's cost at the highest price a worker it may go to asks.
+    let hold = price
+        .checked_mul(prompt_bytes as u64 + u64::from(max_new_tokens))
+        .ok_or_else(|| OaiError::invalid("max_tokens", "the request's cost overflows"))?;
+    let account = key.account;
+    // An account that could not pay is refused before its chat is rendered (the rendering
+    // costs the node up to its template limits, and a refusal costs the client nothing).
+    let balance = node.ledger.balance(&account).0;
+    if balance < hold {
+        return Err(OaiError::quota(format!(
+            "this request may cost {hold} credits; the account has {balance}"
+        )));
+    }
     // A prompt the model cannot take is the client's mistake: 400 before anything is held
     // (the nonce, seed and price do not change what the prompt is).
     let probe = ServeRequest {
@@ -575,12 +621,6 @@ fn prepare(
         },
         other => OaiError::invalid(prompt_param, other.to_string()),
     })?;
-    // Every token costs the same; a byte-level tokenizer makes at most one prompt token per
-    // byte, so this bounds the answer's cost at the highest price a worker it may go to asks.
-    let hold = price
-        .checked_mul(prompt_bytes as u64 + u64::from(max_new_tokens))
-        .ok_or_else(|| OaiError::invalid("max_tokens", "the request's cost overflows"))?;
-    let account = key.account;
     // Answers already taken are escrowed: the balance is what is left to spend.
     let balance = node.ledger.balance(&account).0;
     let guard = serving.hold(account, &key.id, hold, |on_account, on_key| {
@@ -1009,11 +1049,14 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    // The key first: an unauthenticated request learns nothing about its body.
+    let key = match bearer(&node, &headers) {
+        Ok(key) => key,
+        Err(e) => return respond(node, Err(e)).await,
+    };
     let for_run = node.clone();
-    let run = move || -> Result<Prepared, OaiError> {
+    let run = move |key| -> Result<Prepared, OaiError> {
         let node = for_run;
-        // The key first: an unauthenticated request learns nothing about its body.
-        let key = bearer(&node, &headers)?;
         let chat: ChatIn = parse(body)?;
         let messages = messages(chat.messages)?;
         prepare(
@@ -1024,7 +1067,7 @@ pub(crate) async fn chat_completions(
             DEFAULT_CHAT_TOKENS,
         )
     };
-    let prepared = off_thread(run).await;
+    let prepared = off_thread(&node, key, run).await;
     respond(node, prepared).await
 }
 
@@ -1038,10 +1081,13 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let key = match bearer(&node, &headers) {
+        Ok(key) => key,
+        Err(e) => return respond(node, Err(e)).await,
+    };
     let for_run = node.clone();
-    let run = move || -> Result<Prepared, OaiError> {
+    let run = move |key| -> Result<Prepared, OaiError> {
         let node = for_run;
-        let key = bearer(&node, &headers)?;
         let req: CompletionIn = parse(body)?;
         let prompt = match req.prompt {
             PromptIn::One(p) => p,
@@ -1065,7 +1111,7 @@ pub(crate) async fn completions(
             DEFAULT_COMPLETION_TOKENS,
         )
     };
-    let prepared = off_thread(run).await;
+    let prepared = off_thread(&node, key, run).await;
     respond(node, prepared).await
 }
 

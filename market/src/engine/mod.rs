@@ -70,7 +70,12 @@ pub struct Node {
     validations: Arc<tokio::sync::Semaphore>,
     /// One validation at a time per buyer (a refused post costs nothing, so one account must
     /// not hold every validation slot with posts built to be slow).
-    validating: Mutex<std::collections::BTreeMap<AccountId, Arc<tokio::sync::Semaphore>>>,
+    pub(crate) validating: PerAccount,
+    /// OpenAI requests being prepared (their chats rendered in the template sandbox), at most
+    /// `api::openai::PREPARING` at once.
+    pub(crate) preparing: Arc<tokio::sync::Semaphore>,
+    /// One OpenAI request prepared at a time per account.
+    pub(crate) preparing_by: PerAccount,
     /// Ledger exports streaming now (`max_concurrent_exports` at once).
     pub(crate) exports: Arc<tokio::sync::Semaphore>,
     /// Slashes read a stake and then take from it; two at once of one account would both take
@@ -123,6 +128,25 @@ enum Step {
 }
 
 pub use operations::Operation;
+
+/// A semaphore of one permit per account, made at its first use: one piece of an account's
+/// work of a kind at a time. Kept for good (an account's entry is a few dozen bytes, and only
+/// registered accounts, which held credits, reach one).
+#[derive(Default)]
+pub(crate) struct PerAccount(
+    Mutex<std::collections::BTreeMap<AccountId, Arc<tokio::sync::Semaphore>>>,
+);
+
+impl PerAccount {
+    /// `account`'s semaphore.
+    pub(crate) fn of(&self, account: AccountId) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(
+            lock(&self.0)
+                .entry(account)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))),
+        )
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -190,7 +214,9 @@ impl Node {
             busy: Mutex::new(std::collections::BTreeMap::new()),
             audit_slots: Mutex::new(std::collections::BTreeMap::new()),
             validations,
-            validating: Mutex::new(std::collections::BTreeMap::new()),
+            validating: PerAccount::default(),
+            preparing: Arc::new(tokio::sync::Semaphore::new(crate::api::openai::PREPARING)),
+            preparing_by: PerAccount::default(),
             exports,
             slashing: tokio::sync::Mutex::new(()),
             resume: Mutex::new(Vec::new()),

@@ -209,38 +209,26 @@ impl Node {
         let wait = Duration::from_secs(self.config.validation_wait_secs);
         let deadline = tokio::time::Instant::now() + wait;
         // The buyer's own slot first, then one of the node's.
-        let own = Arc::clone(
-            super::lock(&self.validating)
-                .entry(spec.buyer)
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1))),
-        );
-        let own_permit = tokio::time::timeout_at(deadline, own.acquire_owned())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "validation_busy",
-                    format!(
-                        "the node validates one task post per buyer at a time and this buyer's \
-                         other post took more than {}s: try again",
-                        self.config.validation_wait_secs
-                    ),
-                )
-            })?
-            .map_err(ApiError::internal)?;
-        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.validations).acquire_owned())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "validation_busy",
-                    format!(
-                        "the node validates at most {} task posts at once and none freed up in {}s: try again",
-                        self.config.max_concurrent_validations, self.config.validation_wait_secs
-                    ),
-                )
-            })?
-            .map_err(ApiError::internal)?;
+        let own = self.validating.of(spec.buyer);
+        let own_permit = permit_by(
+            deadline,
+            own,
+            format!(
+                "the node validates one task post per buyer at a time and this buyer's other \
+                 post took more than {}s: try again",
+                self.config.validation_wait_secs
+            ),
+        )
+        .await?;
+        let permit = permit_by(
+            deadline,
+            Arc::clone(&self.validations),
+            format!(
+                "the node validates at most {} task posts at once and none freed up in {}s: try again",
+                self.config.max_concurrent_validations, self.config.validation_wait_secs
+            ),
+        )
+        .await?;
         let (spec, blobs) = (spec.clone(), self.blobs.clone());
         let verifiers = self.config.verifiers_per_task.max(1) as u64;
         let min_target = self.config.min_detection_target.clone();
@@ -290,6 +278,18 @@ impl Node {
         .await
         .map_err(ApiError::internal)?
     }
+}
+
+/// A permit of `slots` taken by `deadline`, else 429 `validation_busy` saying `why`.
+async fn permit_by(
+    deadline: tokio::time::Instant,
+    slots: Arc<tokio::sync::Semaphore>,
+    why: String,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    tokio::time::timeout_at(deadline, slots.acquire_owned())
+        .await
+        .map_err(|_| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "validation_busy", why))?
+        .map_err(ApiError::internal)
 }
 
 fn insufficient(spec: &TaskSpec, balance: u64) -> ApiError {
