@@ -492,13 +492,28 @@ const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// node's other work (task posts, ledger writes) shares.
 pub(crate) const PREPARING: usize = 4;
 
-/// [`prepare`] for `key`'s account on the blocking pool, one request per account and
+/// A request answered: its key checked first (an unauthenticated request learns nothing
+/// about its body), then `prepare` (parsing the body and [`prepare`]) run by [`off_thread`],
+/// then the answer sent.
+async fn checked_then_prepared(
+    node: Arc<Node>,
+    headers: &HeaderMap,
+    prepare: impl FnOnce(&Arc<Node>, (ApiKey, Hash)) -> Result<Prepared, OaiError> + Send + 'static,
+) -> Response {
+    let prepared = match bearer(&node, headers) {
+        Ok(key) => off_thread(&node, key, prepare).await,
+        Err(e) => Err(e),
+    };
+    respond(node, prepared).await
+}
+
+/// `run` for `key`'s account on the blocking pool, one request per account and
 /// [`PREPARING`] in all at a time, taken in order of arrival: a flood of requests to a model
 /// whose template renders slowly waits here, on no thread, rather than filling the pool.
 async fn off_thread(
     node: &Arc<Node>,
     key: (ApiKey, Hash),
-    run: impl FnOnce((ApiKey, Hash)) -> Result<Prepared, OaiError> + Send + 'static,
+    run: impl FnOnce(&Arc<Node>, (ApiKey, Hash)) -> Result<Prepared, OaiError> + Send + 'static,
 ) -> Result<Prepared, OaiError> {
     let deadline = tokio::time::Instant::now() + PREPARE_WAIT;
     let busy = |why: &str| {
@@ -518,9 +533,10 @@ async fn off_thread(
         .await
         .map_err(|_| busy("the node was preparing as many requests as it takes"))?
         .map_err(OaiError::internal)?;
+    let node = Arc::clone(node);
     tokio::task::spawn_blocking(move || {
         let _permits = (own, any);
-        run(key)
+        run(&node, key)
     })
     .await
     .unwrap_or_else(|e| Err(OaiError::internal(e)))
@@ -1049,26 +1065,18 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    // The key first: an unauthenticated request learns nothing about its body.
-    let key = match bearer(&node, &headers) {
-        Ok(key) => key,
-        Err(e) => return respond(node, Err(e)).await,
-    };
-    let for_run = node.clone();
-    let run = move |key| -> Result<Prepared, OaiError> {
-        let node = for_run;
+    checked_then_prepared(node, &headers, move |node, key| {
         let chat: ChatIn = parse(body)?;
         let messages = messages(chat.messages)?;
         prepare(
-            &node,
+            node,
             key,
             &chat.common,
             ServePrompt::Chat(messages),
             DEFAULT_CHAT_TOKENS,
         )
-    };
-    let prepared = off_thread(&node, key, run).await;
-    respond(node, prepared).await
+    })
+    .await
 }
 
 /// Completes a prompt (one prompt per request).
@@ -1081,13 +1089,7 @@ pub(crate) async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let key = match bearer(&node, &headers) {
-        Ok(key) => key,
-        Err(e) => return respond(node, Err(e)).await,
-    };
-    let for_run = node.clone();
-    let run = move |key| -> Result<Prepared, OaiError> {
-        let node = for_run;
+    checked_then_prepared(node, &headers, move |node, key| {
         let req: CompletionIn = parse(body)?;
         let prompt = match req.prompt {
             PromptIn::One(p) => p,
@@ -1104,15 +1106,14 @@ pub(crate) async fn completions(
             ));
         }
         prepare(
-            &node,
+            node,
             key,
             &req.common,
             ServePrompt::Text(prompt),
             DEFAULT_COMPLETION_TOKENS,
         )
-    };
-    let prepared = off_thread(&node, key, run).await;
-    respond(node, prepared).await
+    })
+    .await
 }
 
 /// A served model.
