@@ -153,8 +153,10 @@ async fn run(case: &Case, nonce: u64) {
         transfer += timing.transfer;
         audits += timing.audits.iter().sum::<Duration>();
     }
-    // Each accepted slot-round's start state went to its worker once (a re-run fetches it
-    // again; none here).
+    // What the start states would move whole (each accepted slot-round's start to its worker
+    // once), against the blob bytes the node sent: a worker that keeps its slot copies the
+    // moments from its last final state and fetches only the rest.
+    let starts_sent = dispatch.blob_bytes_sent();
     let mut starts = 0u64;
     let mut checked = 0u64;
     let mut runs = 0u64;
@@ -175,7 +177,8 @@ async fn run(case: &Case, nonce: u64) {
         }
     }
     let rounds = u64::from(case.rounds);
-    let per_round = (fetched + opened + starts) / rounds;
+    let per_round = (fetched + opened + starts_sent) / rounds;
+    let per_round_whole = (fetched + opened + starts) / rounds;
     let data_parallel = 2 * 4 * params * u64::from(case.slots) * u64::from(case.inner);
     let trained = u64::from(case.slots * case.rounds) * plan.segments;
     println!(
@@ -185,15 +188,18 @@ async fn run(case: &Case, nonce: u64) {
         wall.as_secs_f64()
     );
     println!(
-        "  per round: {} bytes of start states to the workers + {} bytes of final states and {} bytes of openings to the node = {per_round}",
+        "  per round: {} bytes of start states sent to the workers (whole: {}) + {} bytes of final states and {} bytes of openings to the node = {per_round} (whole starts: {per_round_whole})",
+        starts_sent / rounds,
         starts / rounds,
         fetched / rounds,
         opened / rounds
     );
     println!(
-        "  per-step data parallel over the same {} steps: {data_parallel} bytes; ratio {:.1}",
+        "  per-step data parallel over the same {} steps: {data_parallel} bytes; ratio {:.1} (whole starts: {:.1}); training traffic alone (starts and final states) {:.1}",
         case.inner,
-        data_parallel as f64 / per_round as f64
+        data_parallel as f64 / per_round as f64,
+        data_parallel as f64 / per_round_whole as f64,
+        data_parallel as f64 / ((starts_sent + fetched) / rounds) as f64
     );
     println!(
         "  audit plan per slot-round: {} of {} segments per verifier, {} verifiers, detection >= {:.6} against {} faked over the pool",

@@ -365,6 +365,9 @@ pub struct P2pDispatch {
     state: Arc<Mutex<State>>,
     next_job: AtomicU64,
     timings: Mutex<Vec<RunTiming>>,
+    /// Bytes of blob chunks sent to participants (what their fetches of datasets, models and
+    /// pooled start states moved over their links).
+    blob_bytes_sent: AtomicU64,
 }
 
 impl std::fmt::Debug for P2pDispatch {
@@ -393,6 +396,7 @@ impl P2pDispatch {
             state: Arc::new(Mutex::new(State::default())),
             next_job: AtomicU64::new(job_seed()?),
             timings: Mutex::new(Vec::new()),
+            blob_bytes_sent: AtomicU64::new(0),
         }))
     }
 
@@ -408,6 +412,11 @@ impl P2pDispatch {
     /// Participants that said hello, connected or not.
     pub fn participants(&self) -> BTreeMap<AccountId, Participant> {
         self.state().participants.clone()
+    }
+
+    /// Bytes of blob chunks sent to participants so far.
+    pub fn blob_bytes_sent(&self) -> u64 {
+        self.blob_bytes_sent.load(Ordering::Relaxed)
     }
 
     /// Per-task timings so far.
@@ -745,9 +754,16 @@ impl P2pDispatch {
                 Err(e) => Reply::refused(e),
             },
             Request::Fetch { source, chunk } => match self.readable(&account, &source, node) {
-                Ok((path, _)) => tokio::task::spawn_blocking(move || chunk_reply(&path, chunk))
-                    .await
-                    .unwrap_or_else(|e| Reply::refused(e.to_string())),
+                Ok((path, _)) => {
+                    let reply = tokio::task::spawn_blocking(move || chunk_reply(&path, chunk))
+                        .await
+                        .unwrap_or_else(|e| Reply::refused(e.to_string()));
+                    if matches!(source, Source::Blob { .. }) {
+                        self.blob_bytes_sent
+                            .fetch_add(reply.payload.len() as u64, Ordering::Relaxed);
+                    }
+                    reply
+                }
                 Err(e) => Reply::refused(e),
             },
             other => Reply::refused(format!("a node does not answer {}", other.name())),

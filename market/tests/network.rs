@@ -1281,6 +1281,94 @@ fn a_worker_killed_mid_round_loses_its_slot_and_the_pool_ends_as_an_honest_one()
     });
 }
 
+/// Issue 14, communication: a pooled slot goes back to the worker whose run of it was merged,
+/// and that worker keeps its final state, so the slot's next start (the merged parameters with
+/// the slot's own optimizer moments) costs it only the chunks of the parameters: the moments'
+/// chunks are copied from the kept state, each checked against the start's entry, whose root is
+/// the start's hash. The merged states are still the all-honest run's, bit for bit.
+#[test]
+fn a_slot_that_stays_on_its_worker_fetches_only_the_merged_parameters() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        verifier(&m, "stay verifier").await;
+        worker(&m, "stay worker a").await;
+        worker(&m, "stay worker b").await;
+        wait_joined(&m, 2, 1).await;
+        // A state of 9.6 MB (AdamW: parameters and two moments of 799,488 values each), so
+        // each part spans whole chunks.
+        let mut spec = training_task(&m.buyer, 41);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.model = ModelSpec::Gpt {
+                layers: 4,
+                heads: 4,
+                width: 128,
+                vocab: 16,
+                context: 16,
+            };
+            t.steps = 2 * 4;
+            t.checkpoint_interval = 2;
+            t.pool = Some(market_protocol::fixtures::pool(2, 2, 4));
+        }
+        let posted = m
+            .node
+            .post_task(Signed::sign(spec.clone(), &m.buyer).unwrap())
+            .await
+            .unwrap();
+        let t = m
+            .node
+            .wait_final(&posted.id, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+        let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
+        let expected: Vec<_> = market_compute::pool::run_locally(&job, |_| {})
+            .unwrap()
+            .globals
+            .iter()
+            .map(|g| market_compute::pool::global_hash(g, &job.layout).unwrap())
+            .collect();
+        let history = m.node.pool_history(&t.id).unwrap();
+        assert_eq!(
+            history.iter().map(|h| h.global).collect::<Vec<_>>(),
+            expected
+        );
+        // Each slot stayed on its worker, each slot-round ran once.
+        for k in 0..2 {
+            assert_eq!(history[0].slots[k].worker, history[1].slots[k].worker);
+        }
+        let start_bytes = |round: usize| -> Vec<u64> {
+            history[round]
+                .slots
+                .iter()
+                .map(|s| {
+                    let slot = m.node.store.task(&s.task).unwrap().unwrap();
+                    assert_eq!(slot.attempts.len(), 1);
+                    let start = slot.slot().unwrap().start;
+                    std::fs::metadata(m.node.blobs.path(&BlobId(start.0)))
+                        .unwrap()
+                        .len()
+                })
+                .collect()
+        };
+        // Round 0's starts went whole (no worker held anything of them); round 1's moved the
+        // parameters' chunks only: at most the parameters plus one chunk on each side.
+        let (whole_0, whole_1) = (start_bytes(0), start_bytes(1));
+        let sent = m.dispatch.blob_bytes_sent();
+        let round_1 = sent - whole_0.iter().sum::<u64>();
+        let params = 4 * job.layout.total() as u64;
+        let chunk = u64::from(market_net::wire::CHUNK_BYTES);
+        assert!(
+            round_1 <= 2 * (params + 2 * chunk),
+            "round 1 sent {round_1} bytes for starts of {whole_1:?}; parameters are {params}"
+        );
+        assert!(round_1 * 2 < whole_1.iter().sum::<u64>(), "{round_1}");
+    });
+}
+
 /// A task of 100 steps in 10 segments whose audit samples 3 of them (0.9 against half faked).
 async fn post_sampled(m: &Market, nonce: u64) -> TaskId {
     let mut spec = training_task(&m.buyer, nonce);

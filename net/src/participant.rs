@@ -13,7 +13,7 @@ use market_protocol::{
 };
 
 use crate::peer::{account_of, Net};
-use crate::transfer::{describe, fetch_file, FetchStats, TransferError};
+use crate::transfer::{check_entry_root, describe, fetch_file_reusing, FetchStats, TransferError};
 use crate::wire::{Request, Response, Source};
 
 /// What the node answered to a hello.
@@ -288,16 +288,19 @@ impl DirBlobs {
         node: PeerId,
         task: &TaskSpec,
     ) -> Result<FetchStats, TransferError> {
-        self.fetch_for_run(net, node, task, &[]).await
+        self.fetch_for_run(net, node, task, &[], &[]).await
     }
 
-    /// [`DirBlobs::fetch_for`], and the blobs in `extra` besides (a slot-round's start state).
+    /// [`DirBlobs::fetch_for`], and the blobs in `extra` besides (a slot-round's start state),
+    /// copying the chunks that the files `local` hold in the same place instead of fetching
+    /// them ([`crate::transfer::fetch_file_reusing`]).
     pub async fn fetch_for_run(
         &self,
         net: &Net,
         node: PeerId,
         task: &TaskSpec,
         extra: &[BlobId],
+        local: &[PathBuf],
     ) -> Result<FetchStats, TransferError> {
         let mut ids = task.blobs();
         ids.extend(
@@ -319,8 +322,11 @@ impl DirBlobs {
             }
             let source = Source::Blob { id };
             let entry = describe(net, node, source.clone()).await?;
+            // The id is the blob's blake3: an entry that does not make it is refused before
+            // a byte is fetched.
+            check_entry_root(&entry, &id.0)?;
             let part = dest.with_extension("part");
-            stats += fetch_file(net, node, &source, &entry, &part).await?;
+            stats += fetch_file_reusing(net, node, &source, &entry, &part, local).await?;
             // Each chunk matched the manifest the node sent; the whole must match the id.
             let whole = hash_file(&part)?;
             if whole != id.0 {

@@ -1,7 +1,12 @@
 //! Chunked file transfer: manifests of chunk hashes, serving chunks from disk, and fetching
-//! with each chunk checked against its blake3 hash as it arrives. A fetch is resumable: chunks
+//! with each chunk checked against its hash as it arrives. A fetch is resumable: chunks
 //! already on disk that match their hash are kept, so an interrupted transfer goes on where it
 //! stopped.
+//!
+//! A chunk's hash is its node in the file's own BLAKE3 tree ([`chunk_hash`]), so a manifest
+//! entry combines into the file's blake3 hash without any of its bytes ([`entry_root`]): an
+//! entry can be checked against a hash the receiver already trusts (a blob id, a committed
+//! state) before anything is fetched, and then any chunk fetched alone is bound to that hash.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -56,6 +61,9 @@ pub struct FetchStats {
     pub received: u64,
     /// Chunks already on disk and kept.
     pub kept_chunks: u32,
+    /// Chunks copied from a local file that held them at the same place
+    /// ([`fetch_file_reusing`]) instead of fetched.
+    pub local_chunks: u32,
     /// Chunks that arrived corrupted and were fetched again.
     pub corrupt_chunks: u32,
 }
@@ -64,6 +72,7 @@ impl std::ops::AddAssign for FetchStats {
     fn add_assign(&mut self, o: Self) {
         self.received += o.received;
         self.kept_chunks += o.kept_chunks;
+        self.local_chunks += o.local_chunks;
         self.corrupt_chunks += o.corrupt_chunks;
     }
 }
@@ -80,6 +89,75 @@ pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(u64::from(CHUNK_BYTES))
 }
 
+/// The hash a manifest lists for chunk `i` (holding `bytes`) of a file of `size` bytes: for a
+/// file of one chunk, the file's blake3 hash; otherwise the chunk's BLAKE3 chaining value as
+/// the subtree at input offset `i × CHUNK_BYTES` of the file's tree (`NETWORK.md` section 10).
+/// Every chunk but the last holds 2^20 bytes (1,024 BLAKE3 chunks) at a multiple of 2^20, so
+/// each is a whole subtree of the file's tree and the chunk hashes combine into the file's
+/// hash ([`entry_root`]).
+pub fn chunk_hash(size: u64, i: u32, bytes: &[u8]) -> Hash {
+    use blake3::hazmat::HasherExt;
+    if size <= u64::from(CHUNK_BYTES) {
+        return Hash::of(bytes);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(u64::from(i) * u64::from(CHUNK_BYTES));
+    hasher.update(bytes);
+    Hash(hasher.finalize_non_root())
+}
+
+/// The blake3 hash of the file `entry` describes, from its chunk hashes alone (checked
+/// against the entry's limits first). Merges follow the BLAKE3 tree: a subtree of `len` bytes
+/// splits at `left_subtree_len(len)`, which for any subtree longer than one chunk is a
+/// multiple of `CHUNK_BYTES`.
+pub fn entry_root(entry: &FileEntry) -> Result<Hash, TransferError> {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
+    fn subtree(chunks: &[Hash], len: u64) -> [u8; 32] {
+        match chunks {
+            [one] => one.0,
+            _ => {
+                let left = left_subtree_len(len);
+                let n = (left / u64::from(CHUNK_BYTES)) as usize;
+                merge_subtrees_non_root(
+                    &subtree(&chunks[..n], left),
+                    &subtree(&chunks[n..], len - left),
+                    Mode::Hash,
+                )
+            }
+        }
+    }
+    check_entry(entry)?;
+    Ok(match entry.chunks.as_slice() {
+        [] => Hash::of(b""),
+        [one] => *one,
+        chunks => {
+            let left = left_subtree_len(entry.size);
+            let n = (left / u64::from(CHUNK_BYTES)) as usize;
+            Hash(
+                *merge_subtrees_root(
+                    &subtree(&chunks[..n], left),
+                    &subtree(&chunks[n..], entry.size - left),
+                    Mode::Hash,
+                )
+                .as_bytes(),
+            )
+        }
+    })
+}
+
+/// Checks that `entry` describes the file whose blake3 hash is `want` (before fetching it):
+/// refused as a bad manifest otherwise.
+pub fn check_entry_root(entry: &FileEntry, want: &Hash) -> Result<(), TransferError> {
+    let root = entry_root(entry)?;
+    if root != *want {
+        return Err(TransferError::BadManifest(format!(
+            "{}: its chunks make {root}, not the expected {want}",
+            entry.path
+        )));
+    }
+    Ok(())
+}
+
 /// Hashes `path` chunk by chunk into a manifest entry named `name`.
 fn describe_file(path: &Path, name: &str) -> Result<FileEntry, TransferError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
@@ -91,7 +169,7 @@ fn describe_file(path: &Path, name: &str) -> Result<FileEntry, TransferError> {
         if n == 0 {
             break;
         }
-        chunks.push(Hash::of(&buf[..n]));
+        chunks.push(chunk_hash(size, chunks.len() as u32, &buf[..n]));
     }
     Ok(FileEntry {
         path: name.to_owned(),
@@ -289,6 +367,22 @@ pub async fn fetch_file(
     entry: &FileEntry,
     dest: &Path,
 ) -> Result<FetchStats, TransferError> {
+    fetch_file_reusing(net, peer, source, entry, dest, &[]).await
+}
+
+/// [`fetch_file`], first copying every chunk that one of the files `local` holds at the same
+/// offset with the same chunk hash (a pooled slot's next start shares its optimizer moments,
+/// byte for byte and place for place, with the slot's last final state). A chunk hash is the
+/// chunk's node in the file's tree, bound to its offset, so a copied chunk is exactly the one
+/// the entry names; files that are missing or shorter are passed over.
+pub async fn fetch_file_reusing(
+    net: &Net,
+    peer: PeerId,
+    source: &Source,
+    entry: &FileEntry,
+    dest: &Path,
+    local: &[PathBuf],
+) -> Result<FetchStats, TransferError> {
     check_entry(entry)?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -304,15 +398,30 @@ pub async fn fetch_file(
     let mut stats = FetchStats::default();
     let mut buf = vec![0u8; CHUNK_BYTES as usize];
     let mut todo = Vec::new();
-    for (i, want) in entry.chunks.iter().enumerate() {
+    let mut others: Vec<std::fs::File> = local
+        .iter()
+        .filter_map(|p| std::fs::File::open(p).ok())
+        .collect();
+    'chunks: for (i, want) in entry.chunks.iter().enumerate() {
         let i = i as u32;
         let (offset, len) = chunk_span(entry, i);
         if offset + len as u64 <= on_disk {
             file.seek(SeekFrom::Start(offset)).map_err(io_err(dest))?;
             file.read_exact(&mut buf[..len]).map_err(io_err(dest))?;
-            if Hash::of(&buf[..len]) == *want {
+            if chunk_hash(entry.size, i, &buf[..len]) == *want {
                 stats.kept_chunks += 1;
                 continue;
+            }
+        }
+        for other in &mut others {
+            let held = other.seek(SeekFrom::Start(offset)).is_ok()
+                && other.read_exact(&mut buf[..len]).is_ok()
+                && chunk_hash(entry.size, i, &buf[..len]) == *want;
+            if held {
+                file.seek(SeekFrom::Start(offset)).map_err(io_err(dest))?;
+                file.write_all(&buf[..len]).map_err(io_err(dest))?;
+                stats.local_chunks += 1;
+                continue 'chunks;
             }
         }
         todo.push(i);
@@ -379,7 +488,7 @@ async fn fetch_chunk(
             }
         }
         stats.received += reply.payload.len() as u64;
-        if reply.payload.len() == len && Hash::of(&reply.payload) == want {
+        if reply.payload.len() == len && chunk_hash(entry.size, i, &reply.payload) == want {
             return Ok((i, reply.payload, stats));
         }
         tries += 1;
@@ -455,6 +564,95 @@ mod tests {
         ] {
             assert!(check_bundle_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Deterministic bytes that differ from chunk to chunk and within each.
+    fn bytes_of(size: usize) -> Vec<u8> {
+        (0..size)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn describe_bytes(bytes: &[u8]) -> FileEntry {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        describe_file(&path, "leaves.json").unwrap()
+    }
+
+    #[test]
+    fn chunk_hashes_combine_into_the_files_blake3_hash() {
+        let mib = CHUNK_BYTES as usize;
+        for size in [
+            0,
+            1,
+            1023,
+            1024,
+            1025,
+            mib - 1,
+            mib,
+            mib + 1,
+            2 * mib,
+            2 * mib + 1,
+            3 * mib + 7,
+            4 * mib,
+            5 * mib + 123_456,
+            8 * mib + 1,
+        ] {
+            let bytes = bytes_of(size);
+            let entry = describe_bytes(&bytes);
+            assert_eq!(entry.chunks.len() as u64, chunk_count(size as u64));
+            let whole = Hash::of(&bytes);
+            assert_eq!(entry_root(&entry).unwrap(), whole, "{size} bytes");
+            assert!(check_entry_root(&entry, &whole).is_ok());
+            // Each chunk hash is the one a receiver computes from that chunk alone.
+            for (i, want) in entry.chunks.iter().enumerate() {
+                let start = i * mib;
+                let end = (start + mib).min(size);
+                assert_eq!(chunk_hash(size as u64, i as u32, &bytes[start..end]), *want);
+            }
+        }
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_make_the_expected_hash_is_refused_before_any_fetch() {
+        let mib = CHUNK_BYTES as usize;
+        let bytes = bytes_of(3 * mib + 5);
+        let whole = Hash::of(&bytes);
+        let entry = describe_bytes(&bytes);
+        // One byte changed in the middle chunk: its hash, and so the root, changes.
+        let mut other = bytes.clone();
+        other[mib + 17] ^= 1;
+        let changed = describe_bytes(&other);
+        assert_eq!(changed.chunks[0], entry.chunks[0]);
+        assert_ne!(changed.chunks[1], entry.chunks[1]);
+        assert!(matches!(
+            check_entry_root(&changed, &whole),
+            Err(TransferError::BadManifest(_))
+        ));
+        // Chunks swapped: not the same file either.
+        let mut swapped = entry.clone();
+        swapped.chunks.swap(0, 1);
+        assert!(check_entry_root(&swapped, &whole).is_err());
+        // The root does not bind the size claimed for the last chunk; that chunk's hash does
+        // (it covers its length), so no bytes of another length are ever accepted for it.
+        let mut shorter = entry.clone();
+        shorter.size -= 1;
+        assert!(check_entry_root(&shorter, &whole).is_ok());
+        let last = &bytes[3 * mib..];
+        assert_eq!(chunk_hash(entry.size, 3, last), entry.chunks[3]);
+        assert_ne!(
+            chunk_hash(shorter.size, 3, &last[..last.len() - 1]),
+            entry.chunks[3]
+        );
+        // A chunk's hash depends on where it stands: the same bytes elsewhere hash otherwise,
+        // so a chunk cannot be served in another's place.
+        let same = vec![7u8; 2 * mib];
+        let e = describe_bytes(&same);
+        assert_ne!(e.chunks[0], e.chunks[1]);
+        // A one-chunk file's hash is the file's own blake3.
+        let small = bytes_of(100);
+        assert_eq!(describe_bytes(&small).chunks, vec![Hash::of(&small)]);
     }
 
     #[test]

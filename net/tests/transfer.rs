@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use market_compute::BlobSource;
 use market_net::participant::DirBlobs;
-use market_net::transfer::{chunk_reply, describe, describe_reply, fetch_file};
+use market_net::transfer::{
+    check_entry_root, chunk_reply, describe, describe_reply, fetch_file, fetch_file_reusing,
+};
 use market_net::wire::{Reply, Request, Response, Source, CHUNK_BYTES};
 use market_net::{Event, Net, NetConfig};
 use market_protocol::{BlobId, Identity};
@@ -55,6 +57,57 @@ fn serve_file(
             }
         }
     });
+}
+
+/// A pooled slot's next start shares its optimizer moments, place for place, with the slot's
+/// last final state: a fetch that may reuse that file copies the chunks it holds in the same
+/// place (checked against the entry, whose root is the blob id) and fetches only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_a_local_file_holds_in_the_same_place_are_copied_not_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = CHUNK_BYTES as usize;
+    let bytes: Vec<u8> = (0..(4 * mib + 999)).map(|i| (i * 7 % 253) as u8).collect();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let id = BlobId::of(&bytes);
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("server"), loopback()).unwrap();
+    serve_file(server_events, src, id, Arc::new(AtomicBool::new(false)));
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, _client_events) =
+        Net::start(&Identity::from_test_label("client"), NetConfig::default()).unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    let source = Source::Blob { id };
+    let entry = describe(&client, peer, source.clone()).await.unwrap();
+    check_entry_root(&entry, &id.0).unwrap();
+
+    // The local file: chunks 0 and 2 the same, chunk 1 and the last changed, and one chunk
+    // more at its end.
+    let mut local = bytes.clone();
+    local[mib + 5] ^= 1;
+    local[4 * mib + 3] ^= 1;
+    local.extend_from_slice(&[9; 100]);
+    let kept = dir.path().join("kept.st");
+    std::fs::write(&kept, &local).unwrap();
+    // The same bytes one place off, and a file that is not there: neither gives a chunk.
+    let shifted = dir.path().join("shifted.st");
+    std::fs::write(&shifted, [&[0u8][..], &bytes].concat()).unwrap();
+    let sources = vec![dir.path().join("missing.st"), shifted, kept];
+    let dest = dir.path().join("dest.bin");
+    let stats = fetch_file_reusing(&client, peer, &source, &entry, &dest, &sources)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert_eq!(stats.local_chunks, 3, "chunks 0, 2 and 3");
+    assert_eq!(stats.received, (mib + 999) as u64, "chunk 1 and the last");
+
+    // Without the local file every chunk travels.
+    std::fs::remove_file(&dest).unwrap();
+    let stats = fetch_file(&client, peer, &source, &entry, &dest)
+        .await
+        .unwrap();
+    assert_eq!(stats.local_chunks, 0);
+    assert_eq!(stats.received, bytes.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -819,9 +819,156 @@ def check_vrf():
     return len(VRF_VECTORS)
 
 
+# --- Chunk hashes of manifest entries (NETWORK.md section 10) ------------------------------
+# A BLAKE3 of its own (compression function, chunk and parent nodes, from the BLAKE3 paper),
+# vectorized over chunks with numpy; the library `blake3` only checks the final roots.
+
+B3_IV = [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19]
+B3_PERMUTATION = [2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8]
+B3_CHUNK_START, B3_CHUNK_END, B3_PARENT, B3_ROOT = 1, 2, 4, 8
+TRANSFER_CHUNK = 1 << 20
+
+
+def b3_compress(cv, block, counter, block_len, flags):
+    """One compression for n lanes at once: cv is 8 arrays, block 16 arrays (uint32, length n);
+    counter, block_len and flags are arrays or scalars. Returns the 8 words of the chaining value."""
+    import numpy as np
+
+    def rotr(x, r):
+        return (x >> np.uint32(r)) | (x << np.uint32(32 - r))
+
+    n = len(cv[0])
+    u = lambda x: np.broadcast_to(np.asarray(x, dtype=np.uint64), (n,))
+    counter = u(counter)
+    s = [c.copy() for c in cv] + [np.full(n, B3_IV[i], dtype=np.uint32) for i in range(4)] + [
+        (counter & 0xFFFFFFFF).astype(np.uint32), (counter >> 32).astype(np.uint32),
+        u(block_len).astype(np.uint32), u(flags).astype(np.uint32)]
+    m = list(block)
+
+    def g(a, b, c, d, x, y):
+        s[a] = s[a] + s[b] + x
+        s[d] = rotr(s[d] ^ s[a], 16)
+        s[c] = s[c] + s[d]
+        s[b] = rotr(s[b] ^ s[c], 12)
+        s[a] = s[a] + s[b] + y
+        s[d] = rotr(s[d] ^ s[a], 8)
+        s[c] = s[c] + s[d]
+        s[b] = rotr(s[b] ^ s[c], 7)
+
+    with np.errstate(over="ignore"):
+        for r in range(7):
+            g(0, 4, 8, 12, m[0], m[1]); g(1, 5, 9, 13, m[2], m[3])
+            g(2, 6, 10, 14, m[4], m[5]); g(3, 7, 11, 15, m[6], m[7])
+            g(0, 5, 10, 15, m[8], m[9]); g(1, 6, 11, 12, m[10], m[11])
+            g(2, 7, 8, 13, m[12], m[13]); g(3, 4, 9, 14, m[14], m[15])
+            m = [m[B3_PERMUTATION[i]] for i in range(16)]
+    return [s[i] ^ s[i + 8] for i in range(8)]
+
+
+def b3_words(cvs):
+    """An (n, 8) uint32 array as 8 lane arrays."""
+    return [cvs[:, i].copy() for i in range(8)]
+
+
+def b3_chunk_cvs(data: bytes, first_counter: int):
+    """The chaining values (non-root) of the 1 KiB BLAKE3 chunks of `data`, numbered from
+    `first_counter`, as an (n, 8) uint32 array."""
+    import numpy as np
+    full = len(data) // 1024
+    out = []
+    if full:
+        words = np.frombuffer(data[:full * 1024], dtype="<u4").reshape(full, 16, 16)
+        cv = [np.full(full, B3_IV[i], dtype=np.uint32) for i in range(8)]
+        counters = np.arange(first_counter, first_counter + full, dtype=np.uint64)
+        for b in range(16):
+            flags = (B3_CHUNK_START if b == 0 else 0) | (B3_CHUNK_END if b == 15 else 0)
+            cv = b3_compress(cv, [words[:, b, w].copy() for w in range(16)], counters, 64, flags)
+        out.append(np.stack(cv, axis=1))
+    rest = data[full * 1024:]
+    if rest or not full:
+        blocks = [rest[i:i + 64] for i in range(0, len(rest), 64)] or [b""]
+        cv = [np.full(1, B3_IV[i], dtype=np.uint32) for i in range(8)]
+        for b, block in enumerate(blocks):
+            flags = (B3_CHUNK_START if b == 0 else 0) | (B3_CHUNK_END if b == len(blocks) - 1 else 0)
+            words = np.frombuffer(block.ljust(64, b"\0"), dtype="<u4")
+            cv = b3_compress(cv, [words[w:w + 1].copy() for w in range(16)], first_counter + full, len(block), flags)
+        out.append(np.stack(cv, axis=1))
+    return np.concatenate(out)
+
+
+def b3_parent(left, right, root: bool):
+    """Parent nodes of n pairs of (n, 8) chaining values: chaining values, or root hashes."""
+    import numpy as np
+    n = len(left)
+    cv = [np.full(n, B3_IV[i], dtype=np.uint32) for i in range(8)]
+    block = b3_words(left) + b3_words(right)
+    return np.stack(b3_compress(cv, block, 0, 64, B3_PARENT | (B3_ROOT if root else 0)), axis=1)
+
+
+def b3_subtree(cvs):
+    """The chaining value of a subtree from its chunks' chaining values (left-complete: pairs
+    merged level by level, a trailing odd node carried up)."""
+    import numpy as np
+    while len(cvs) > 1:
+        even = len(cvs) // 2 * 2
+        merged = b3_parent(cvs[0:even:2], cvs[1:even:2], False)
+        cvs = np.concatenate([merged, cvs[even:]]) if even < len(cvs) else merged
+    return cvs[0]
+
+
+def cv_bytes(cv) -> bytes:
+    import numpy as np
+    return np.asarray(cv, dtype="<u4").tobytes()
+
+
+def transfer_chunk_hash(size: int, i: int, data: bytes) -> bytes:
+    if size <= TRANSFER_CHUNK:
+        return blake3.blake3(data).digest()
+    return cv_bytes(b3_subtree(b3_chunk_cvs(data, i * 1024)))
+
+
+def entry_root(size: int, chunks) -> bytes:
+    """The spec's node(o, len, r) recursion over the chunk hashes."""
+    import numpy as np
+    if not chunks:
+        return blake3.blake3(b"").digest()
+    if len(chunks) == 1:
+        return chunks[0]
+
+    def node(o, length, root):
+        if length <= TRANSFER_CHUNK:
+            return chunks[o // TRANSFER_CHUNK]
+        full = (length - 1) // 1024
+        left = (1 << (full.bit_length() - 1)) * 1024
+        assert left % TRANSFER_CHUNK == 0
+        as_cv = lambda b: np.frombuffer(b, dtype="<u4").reshape(1, 8)
+        out = b3_parent(as_cv(node(o, left, False)), as_cv(node(o + left, length - left, False)), root)
+        return cv_bytes(out[0])
+
+    return node(0, size, True)
+
+
+def check_chunks():
+    vectors = load("chunks.json")
+    for v in vectors:
+        size = v["size"]
+        import numpy as np
+        data = (np.arange(size, dtype=np.uint64) % 251).astype(np.uint8).tobytes()
+        chunks = [transfer_chunk_hash(size, i, data[o:o + TRANSFER_CHUNK])
+                  for i, o in enumerate(range(0, size, TRANSFER_CHUNK))]
+        assert [c.hex() for c in chunks] == v["chunks"], f"chunk hashes of {size} bytes"
+        root = entry_root(size, chunks)
+        assert root.hex() == v["root"], f"root of {size} bytes"
+        assert root == blake3.blake3(data).digest(), f"the root of {size} bytes is not its blake3"
+    # A chunk hash is bound to its position: the same bytes as another chunk hash otherwise.
+    same = bytes(7 for _ in range(2 * TRANSFER_CHUNK))
+    assert transfer_chunk_hash(len(same), 0, same[:TRANSFER_CHUNK]) != transfer_chunk_hash(len(same), 1, same[TRANSFER_CHUNK:])
+    return len(vectors)
+
+
 def main():
     total = 0
-    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf, check_operation_keys, check_export]:
+    for check in [check_keys, check_canonical, check_signatures, check_merkle, check_challenge, check_detection, check_vrf, check_operation_keys, check_export, check_chunks]:
         count = check()
         print(f"{check.__name__[6:]:<10} {count} vectors ok")
         total += count

@@ -314,12 +314,29 @@ fn on_request(worker: &Arc<Worker>, node: PeerId, request: Request, responder: R
                 .filter(|(_, (t, s))| *t == task_id && matches!(s, JobStatus::Finished(_)))
                 .map(|(j, _)| *j)
                 .collect();
-            let dirs = done
+            let dirs: Vec<PathBuf> = done
                 .iter()
                 .filter_map(|j| jobs.remove(j).map(|(t, _)| worker.job_dir(&t, *j)))
                 .collect();
             drop(jobs);
-            remove_then_refresh(worker, dirs);
+            // A pooled slot's final state stays (its next start shares its moments); the rest
+            // of the bundle goes.
+            let data_dir = worker.options.data_dir.clone();
+            let keep = dirs.clone();
+            let w = worker.clone();
+            tokio::spawn(async move {
+                let _ = tokio::task::spawn_blocking(move || {
+                    for dir in &keep {
+                        if let Err(e) =
+                            crate::pool_keep::keep_final_state(&data_dir, &task_id, dir)
+                        {
+                            tracing::debug!(dir = %dir.display(), error = %e, "no pooled state kept");
+                        }
+                    }
+                })
+                .await;
+                remove_then_refresh(&w, dirs);
+            });
             let mut b = worker.balance.lock().unwrap_or_else(|e| e.into_inner());
             b.1 = balance;
             worker.status(format!(
@@ -506,7 +523,15 @@ async fn run_job(
         }
         let node = worker.member.connected().await;
         let start: Vec<_> = slot_round.iter().map(|r| BlobId(r.start.0)).collect();
-        match blobs.fetch_for_run(&worker.net, node, &task, &start).await {
+        // This worker's last final state of the pool, if it kept one: the start's moments.
+        let local: Vec<PathBuf> = slot_round
+            .iter()
+            .map(|_| crate::pool_keep::kept_state(&worker.options.data_dir, &task_id))
+            .collect();
+        match blobs
+            .fetch_for_run(&worker.net, node, &task, &start, &local)
+            .await
+        {
             Ok(_) => {
                 fetched = true;
                 break;

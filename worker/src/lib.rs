@@ -8,6 +8,7 @@
 pub mod behavior;
 pub mod daemon;
 pub mod exec;
+pub mod pool_keep;
 pub mod serve;
 
 pub use behavior::Behavior;

@@ -43,11 +43,21 @@ impl Node {
             } else {
                 // The idle worker with the best record (reputation, earned one accepted task at
                 // a time and lost on every failure): a fresh account is never preferred over
-                // one that has delivered. Ties go to the dispatcher's order.
-                let idle = eligible
+                // one that has delivered. Ties go to the dispatcher's order. A pooled slot goes
+                // back to the worker whose run of it was merged last round, when that worker
+                // may take it and is idle: it holds the slot's optimizer moments, so only the
+                // merged parameters travel to it.
+                let idle: Vec<AccountId> = eligible
                     .into_iter()
                     .filter(|w| !busy.contains_key(w))
-                    .min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)));
+                    .collect();
+                let idle = self
+                    .previous_holder(&t)
+                    .filter(|w| idle.contains(w))
+                    .or_else(|| {
+                        idle.into_iter()
+                            .min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)))
+                    });
                 match idle {
                     Some(w) if self.has_verifier_for(&t) => {
                         busy.insert(w, t.id);
@@ -60,6 +70,16 @@ impl Node {
             return Ok(Some((t.id, step)));
         }
         Ok(None)
+    }
+
+    /// The worker (by its current key) whose run of the same slot was merged in the round
+    /// before, for a slot-round after the first; none otherwise.
+    fn previous_holder(&self, t: &TaskRecord) -> Option<AccountId> {
+        let slot = t.slot()?;
+        let before = slot.round.checked_sub(1)?;
+        let merged = self.store.pool_round(&slot.parent, before).ok()??;
+        let held = merged.slots.get(slot.slot as usize)?;
+        Some(self.current_key(&held.worker))
     }
 
     pub(super) fn has_verifier_for(&self, t: &TaskRecord) -> bool {
