@@ -326,6 +326,9 @@ impl DirBlobs {
             // a byte is fetched.
             check_entry_root(&entry, &id.0)?;
             let part = dest.with_extension("part");
+            // Local files are read only for the extra blobs (a start shares chunks with the
+            // slot's last state; a dataset or model shares none).
+            let local = if extra.contains(&id) { local } else { &[] };
             stats += fetch_file_reusing(net, node, &source, &entry, &part, local).await?;
             // Each chunk matched the manifest the node sent; the whole must match the id.
             let whole = hash_file(&part)?;

@@ -95,9 +95,13 @@ pub fn chunk_count(size: u64) -> u64 {
 /// Every chunk but the last holds 2^20 bytes (1,024 BLAKE3 chunks) at a multiple of 2^20, so
 /// each is a whole subtree of the file's tree and the chunk hashes combine into the file's
 /// hash ([`entry_root`]).
+///
+/// `bytes` must be the chunk's whole length (1 to `CHUNK_BYTES`, as the entry's size gives it);
+/// every caller checks the length before the hash. Other lengths are not a subtree at that
+/// offset; they get their plain blake3 here instead of a panic in BLAKE3's tree code.
 pub fn chunk_hash(size: u64, i: u32, bytes: &[u8]) -> Hash {
     use blake3::hazmat::HasherExt;
-    if size <= u64::from(CHUNK_BYTES) {
+    if size <= u64::from(CHUNK_BYTES) || bytes.is_empty() || bytes.len() > CHUNK_BYTES as usize {
         return Hash::of(bytes);
     }
     let mut hasher = blake3::Hasher::new();

@@ -50,7 +50,8 @@ pub enum Source {
     },
 }
 
-/// One file to transfer: its size and the blake3 hash of each chunk.
+/// One file to transfer: its size and the hash of each chunk (its node in the file's BLAKE3
+/// tree: [`crate::transfer::chunk_hash`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -58,7 +59,7 @@ pub struct FileEntry {
     pub path: String,
     /// Bytes.
     pub size: u64,
-    /// blake3 of each [`CHUNK_BYTES`] chunk, in order.
+    /// The hash of each [`CHUNK_BYTES`] chunk, in order ([`crate::transfer::chunk_hash`]).
     pub chunks: Vec<Hash>,
 }
 

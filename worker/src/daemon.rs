@@ -16,7 +16,7 @@ use market_net::transfer::{bundle_manifest, check_bundle_path, chunk_reply, desc
 use market_net::wire::{Reply, Request, Response, Source};
 use market_net::{Multiaddr, Net, PeerId, Responder};
 use market_protocol::{
-    message_id, BlobId, ExecutionProfile, F32Bits, Identity, Role, TaskId, TaskSpec,
+    message_id, BlobId, ExecutionProfile, F32Bits, Identity, Role, TaskId, TaskSpec, Workload,
 };
 
 use crate::{exec_slot_round_from, exec_until, open_steps, Behavior, CancelToken};
@@ -139,6 +139,7 @@ pub async fn run(identity: Identity, options: WorkerOptions) -> anyhow::Result<(
     // Tokens an earlier process kept may come from another build's tokenizer.
     DirBlobs::new(options.data_dir.join("blobs")).forget_derived()?;
     sweep_job_dirs(&options.data_dir.join("jobs"), KEPT_JOBS)?;
+    crate::pool_keep::prune(&options.data_dir)?;
     let served = match options.serve.clone() {
         Some(serve) if !serve.models.is_empty() => {
             let id = identity.clone();
@@ -314,29 +315,12 @@ fn on_request(worker: &Arc<Worker>, node: PeerId, request: Request, responder: R
                 .filter(|(_, (t, s))| *t == task_id && matches!(s, JobStatus::Finished(_)))
                 .map(|(j, _)| *j)
                 .collect();
-            let dirs: Vec<PathBuf> = done
+            let dirs = done
                 .iter()
                 .filter_map(|j| jobs.remove(j).map(|(t, _)| worker.job_dir(&t, *j)))
                 .collect();
             drop(jobs);
-            // A pooled slot's final state stays (its next start shares its moments); the rest
-            // of the bundle goes.
-            let data_dir = worker.options.data_dir.clone();
-            let keep = dirs.clone();
-            let w = worker.clone();
-            tokio::spawn(async move {
-                let _ = tokio::task::spawn_blocking(move || {
-                    for dir in &keep {
-                        if let Err(e) =
-                            crate::pool_keep::keep_final_state(&data_dir, &task_id, dir)
-                        {
-                            tracing::debug!(dir = %dir.display(), error = %e, "no pooled state kept");
-                        }
-                    }
-                })
-                .await;
-                remove_then_refresh(&w, dirs);
-            });
+            remove_then_refresh(worker, dirs);
             let mut b = worker.balance.lock().unwrap_or_else(|e| e.into_inner());
             b.1 = balance;
             worker.status(format!(
@@ -555,10 +539,12 @@ async fn run_job(
             turn.clone().lock_owned().await
         }
     };
-    if !dir.exists() && !cancel.is_cancelled() {
+    if !dir.exists() && !cancel.is_cancelled() && slot_round.is_none() {
         // The same task under another job number: the node restarted (its job numbers start
         // afresh) or assigned it again. Its checkpoints are this worker's own and the run is
-        // deterministic, so it continues from them instead of starting over.
+        // deterministic, so it continues from them instead of starting over. Not a
+        // slot-round: it never resumes, and every slot-round of a pool shares the pool's id
+        // (the directory found could be another round's, still waiting for its `settled`).
         if let Some(earlier) = earlier_run_dir(&worker.options.data_dir.join("jobs"), &task_id) {
             match std::fs::rename(&earlier, &dir) {
                 Ok(()) => {
@@ -581,6 +567,7 @@ async fn run_job(
             task.clone(),
             cancel.clone(),
         );
+        let data_dir = worker.options.data_dir.clone();
         let handle = tokio::task::spawn_blocking(move || {
             let progress = |p| {
                 let _ = progress_tx.send(p);
@@ -588,9 +575,24 @@ async fn run_job(
             let bundle = Bundle::at(&d);
             match slot_round {
                 None => exec_until(&spec, &identity, behavior, &bundle, &blobs, &stop, progress),
-                Some(r) => exec_slot_round_from(
-                    &spec, r, &identity, behavior, &bundle, &blobs, &stop, progress,
-                ),
+                Some(r) => {
+                    let report = exec_slot_round_from(
+                        &spec, r, &identity, behavior, &bundle, &blobs, &stop, progress,
+                    );
+                    // Its final state holds the moments of this slot's next start (none after
+                    // the pool's last round).
+                    let last_round = matches!(&spec.workload, Workload::Training(t)
+                        if t.pool.as_ref().is_some_and(|p| r.round + 1 >= p.rounds));
+                    if let (Ok(done), false) = (&report, last_round) {
+                        let last = done.commitment.body.segments;
+                        if let Err(e) =
+                            crate::pool_keep::keep_final_state(&data_dir, &task_id, &bundle, last)
+                        {
+                            tracing::warn!(task = %task_id, error = %e, "the slot's final state was not kept");
+                        }
+                    }
+                    report
+                }
             }
         });
         // Forward progress, at most a few times a second.

@@ -51,13 +51,16 @@ impl Node {
                     .into_iter()
                     .filter(|w| !busy.contains_key(w))
                     .collect();
-                let idle = self
-                    .previous_holder(&t)
-                    .filter(|w| idle.contains(w))
-                    .or_else(|| {
-                        idle.into_iter()
-                            .min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)))
-                    });
+                let holders = self.previous_holders(&t);
+                let best = |ws: &mut dyn Iterator<Item = AccountId>| {
+                    ws.min_by_key(|w| std::cmp::Reverse(self.ledger.reputation(w)))
+                };
+                let idle = match holders.get(t.slot().map_or(0, |s| s.slot as usize)) {
+                    Some(own) if idle.contains(own) => Some(*own),
+                    // Not another slot's holder, while someone else may take it.
+                    _ => best(&mut idle.iter().copied().filter(|w| !holders.contains(w)))
+                        .or_else(|| best(&mut idle.into_iter())),
+                };
                 match idle {
                     Some(w) if self.has_verifier_for(&t) => {
                         busy.insert(w, t.id);
@@ -72,14 +75,19 @@ impl Node {
         Ok(None)
     }
 
-    /// The worker (by its current key) whose run of the same slot was merged in the round
-    /// before, for a slot-round after the first; none otherwise.
-    fn previous_holder(&self, t: &TaskRecord) -> Option<AccountId> {
-        let slot = t.slot()?;
-        let before = slot.round.checked_sub(1)?;
-        let merged = self.store.pool_round(&slot.parent, before).ok()??;
-        let held = merged.slots.get(slot.slot as usize)?;
-        Some(self.current_key(&held.worker))
+    /// For a slot-round after the first, the workers (by their current keys) whose runs were
+    /// merged in the round before, in slot order; empty otherwise.
+    fn previous_holders(&self, t: &TaskRecord) -> Vec<AccountId> {
+        let merged = t.slot().and_then(|slot| {
+            let before = slot.round.checked_sub(1)?;
+            self.store.pool_round(&slot.parent, before).ok()?
+        });
+        merged.map_or_else(Vec::new, |m| {
+            m.slots
+                .iter()
+                .map(|s| self.current_key(&s.worker))
+                .collect()
+        })
     }
 
     pub(super) fn has_verifier_for(&self, t: &TaskRecord) -> bool {
