@@ -27,8 +27,14 @@ pub enum BlobError {
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    derived: PathBuf,
+    derived_max: u64,
     max_bytes: u64,
 }
+
+/// The most bytes of derived work (text datasets' tokens) the node keeps; the least recently
+/// used go first. A 256 MiB text of digits is a GiB of tokens.
+pub const MAX_DERIVED_BYTES: u64 = 4 << 30;
 
 /// A finished upload, not yet published under its id.
 #[derive(Debug)]
@@ -49,11 +55,44 @@ impl BlobStore {
         for entry in std::fs::read_dir(&tmp)? {
             let _ = std::fs::remove_file(entry?.path());
         }
+        // What an earlier process derived may come from another build: started afresh.
+        let derived = dir.join("derived");
+        match std::fs::remove_dir_all(&derived) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&derived)?;
         Ok(Self {
             dir: dir.to_owned(),
             tmp,
+            derived,
+            derived_max: MAX_DERIVED_BYTES,
             max_bytes,
         })
+    }
+
+    /// The same store keeping at most `bytes` of derived work.
+    pub fn with_derived_limit(mut self, bytes: u64) -> Self {
+        self.derived_max = bytes;
+        self
+    }
+
+    /// The derived files kept (not being written), least recently used first: each with its
+    /// last use, its size and its path.
+    fn derived_files(&self) -> std::io::Result<Vec<(std::time::SystemTime, u64, PathBuf)>> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&self.derived)? {
+            let entry = entry?;
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if !meta.is_file() || entry.file_name().to_string_lossy().ends_with(".part") {
+                continue;
+            }
+            files.push((meta.modified()?, meta.len(), entry.path()));
+        }
+        files.sort();
+        Ok(files)
     }
 
     /// The path of a stored blob.
@@ -158,5 +197,76 @@ impl market_compute::BlobSource for BlobStore {
 
     fn blob_len(&self, id: &BlobId) -> Option<u64> {
         std::fs::metadata(self.path(id)).ok().map(|m| m.len())
+    }
+
+    /// A text's tokens this process kept from an earlier job of the same task (its post's
+    /// validation, a pooled round's start or merge, a ringer), checked by whoever reads them:
+    /// a pooled text task is tokenized once, not twice a round.
+    fn derived(&self, key: &market_protocol::Hash, max_bytes: u64) -> Option<Vec<u8>> {
+        market_net::derived::read(
+            &self.derived.join(market_net::derived::file_name(key)?),
+            max_bytes,
+        )
+    }
+
+    /// Kept within the store's limit ([`MAX_DERIVED_BYTES`] unless set), the least recently
+    /// used removed first to make room.
+    fn keep_derived(&self, key: &market_protocol::Hash, bytes: &[u8]) {
+        let Some(name) = market_net::derived::file_name(key) else {
+            return;
+        };
+        let size = bytes.len() as u64;
+        if size > self.derived_max {
+            return;
+        }
+        if let Ok(files) = self.derived_files() {
+            let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+            for (_, len, path) in files {
+                if total + size <= self.derived_max {
+                    break;
+                }
+                if std::fs::remove_file(&path).is_ok() {
+                    total -= len;
+                }
+            }
+        }
+        market_net::derived::write(&self.derived.join(name), bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use market_compute::BlobSource;
+    use market_protocol::Hash;
+
+    #[test]
+    fn derived_work_is_kept_within_its_limit_and_forgotten_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_derived_limit(250);
+        let (a, b, c) = (Hash::of(b"a"), Hash::of(b"b"), Hash::of(b"c"));
+        assert_eq!(store.derived(&a, 1 << 20), None);
+        store.keep_derived(&a, &[1; 100]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        store.keep_derived(&b, &[2; 100]);
+        assert_eq!(store.derived(&a, 1 << 20), Some(vec![1; 100]));
+        assert_eq!(store.derived(&a, 99), None, "over the reader's limit");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A third does not fit beside both: the least recently used (b; a was just read) goes.
+        store.keep_derived(&c, &[3; 100]);
+        assert_eq!(store.derived(&b, 1 << 20), None);
+        assert_eq!(store.derived(&a, 1 << 20), Some(vec![1; 100]));
+        assert_eq!(store.derived(&c, 1 << 20), Some(vec![3; 100]));
+        // More than the whole limit is not kept, and evicts nothing.
+        store.keep_derived(&b, &[4; 300]);
+        assert_eq!(store.derived(&b, 1 << 20), None);
+        assert_eq!(store.derived(&c, 1 << 20), Some(vec![3; 100]));
+        // A restart (another build, perhaps) starts afresh; blobs stay.
+        let id = store.put(b"blob").unwrap();
+        let store = BlobStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.derived(&a, 1 << 20), None);
+        assert_eq!(store.read(&id).as_deref(), Some(&b"blob"[..]));
     }
 }

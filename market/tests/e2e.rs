@@ -416,6 +416,16 @@ async fn a_llama_is_fine_tuned_audited_and_returned_over_http() {
         .await
         .unwrap();
     assert_eq!(t.state, TaskState::Settled, "{t:?}");
+    // The node tokenized the text once and keeps the tokens (checked whole on reading) for
+    // its later builds of the job: one file, the text's tokens.
+    let kept: Vec<_> = std::fs::read_dir(dir.path().join("blobs/derived"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 1);
+    let tokens = market_compute::data::text::tokens_from_kept(&kept[0], config.vocab_size)
+        .expect("the kept tokens read back");
+    assert!(tokens.len() > 100, "{}", tokens.len());
     assert_eq!(t.attempts.len(), 2, "{t:?}");
     assert_eq!(t.attempts[0].worker, cheater.account());
     assert!(!t.attempts[0].accepted && t.attempts[0].verdicts.iter().any(|v| !v.passed));

@@ -1145,6 +1145,31 @@ fn a_task_too_big_for_every_worker_waits_and_says_so_then_goes_to_one_that_holds
     });
 }
 
+/// The merged rounds of pooled task `id` (posted as `spec`), after checking that their states
+/// are, bit for bit, those of the all-honest run in one process; with the task's job.
+fn merged_as_honest(
+    m: &Market,
+    spec: &TaskSpec,
+    id: &TaskId,
+) -> (
+    market_compute::TrainingJob,
+    Vec<market_node::model::RoundSummary>,
+) {
+    let job = market_compute::TrainingJob::from_spec(spec, &market_compute::NoBlobs).unwrap();
+    let expected: Vec<_> = market_compute::pool::run_locally(&job, |_| {})
+        .unwrap()
+        .globals
+        .iter()
+        .map(|g| market_compute::pool::global_hash(g, &job.layout).unwrap())
+        .collect();
+    let history = m.node.pool_history(id).unwrap();
+    assert_eq!(
+        history.iter().map(|h| h.global).collect::<Vec<_>>(),
+        expected
+    );
+    (job, history)
+}
+
 /// Issue 14, faults: a worker killed in the middle of its slot-round loses the slot to another
 /// worker (not to its round mate), the round completes, the merged states are the all-honest
 /// run's, each slot-round is paid once, and no credit is lost or invented.
@@ -1215,18 +1240,7 @@ fn a_worker_killed_mid_round_loses_its_slot_and_the_pool_ends_as_an_honest_one()
             slot.attempts[1].worker,
             Identity::from_test_label("pool worker c").account()
         );
-        let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
-        let expected: Vec<_> = market_compute::pool::run_locally(&job, |_| {})
-            .unwrap()
-            .globals
-            .iter()
-            .map(|g| market_compute::pool::global_hash(g, &job.layout).unwrap())
-            .collect();
-        let history = m.node.pool_history(&t.id).unwrap();
-        assert_eq!(
-            history.iter().map(|h| h.global).collect::<Vec<_>>(),
-            expected
-        );
+        merged_as_honest(&m, &spec, &t.id);
         // One release per slot-round, none to the killed worker.
         let head = m.node.ledger.head().seq;
         let releases: Vec<AccountId> = (0..=head)
@@ -1324,18 +1338,7 @@ fn a_slot_that_stays_on_its_worker_fetches_only_the_merged_parameters() {
             .await
             .unwrap();
         assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
-        let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
-        let expected: Vec<_> = market_compute::pool::run_locally(&job, |_| {})
-            .unwrap()
-            .globals
-            .iter()
-            .map(|g| market_compute::pool::global_hash(g, &job.layout).unwrap())
-            .collect();
-        let history = m.node.pool_history(&t.id).unwrap();
-        assert_eq!(
-            history.iter().map(|h| h.global).collect::<Vec<_>>(),
-            expected
-        );
+        let (job, history) = merged_as_honest(&m, &spec, &t.id);
         // Each slot stayed on its worker, each slot-round ran once.
         for k in 0..2 {
             assert_eq!(history[0].slots[k].worker, history[1].slots[k].worker);

@@ -8,6 +8,7 @@
 //! is its ed25519 account key, so the connection itself authenticates who speaks.
 
 pub mod codec;
+pub mod derived;
 pub mod gossip;
 pub mod heads;
 pub mod participant;

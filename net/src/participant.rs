@@ -249,13 +249,11 @@ impl DirBlobs {
         self.dir.join(id.to_string())
     }
 
-    /// Where the bytes kept under `key` are: named by the key and this build, so a worker and
-    /// a verifier of different builds sharing a data directory never read each other's tokens
-    /// (`None` when this build cannot be told apart: then nothing is kept).
+    /// Where the bytes kept under `key` are ([`crate::derived::file_name`]: named by the key
+    /// and this build, so a worker and a verifier of different builds sharing a data
+    /// directory never read each other's tokens; `None` when nothing can be kept).
     fn derived_path(&self, key: &Hash) -> Option<PathBuf> {
-        let build = build_fingerprint()?;
-        let name = Hash::of(&[build.as_bytes().as_slice(), key.as_bytes()].concat());
-        Some(self.dir.join(format!("{name}.derived")))
+        Some(self.dir.join(crate::derived::file_name(key)?))
     }
 
     /// Removes what earlier processes kept here besides blobs (a text's tokens, and part files
@@ -386,29 +384,13 @@ impl BlobSource for DirBlobs {
     }
 
     /// A text's tokens an earlier job of this build kept here (`NAME.derived`), checked by the
-    /// job that reads them; a plain file only (no link followed), read no further than
-    /// `max_bytes`. Reading marks it used, for the cache's least-recently-used eviction.
+    /// job that reads them ([`crate::derived::read`]).
     fn derived(&self, key: &Hash, max_bytes: u64) -> Option<Vec<u8>> {
-        use std::io::Read;
-        let path = self.derived_path(key)?;
-        let meta = std::fs::symlink_metadata(&path).ok()?;
-        if !meta.is_file() || meta.len() > max_bytes {
-            return None;
-        }
-        let file = std::fs::File::open(&path).ok()?;
-        let _ = file.set_modified(std::time::SystemTime::now());
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(max_bytes.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .ok()?;
-        (bytes.len() as u64 <= max_bytes).then_some(bytes)
+        crate::derived::read(&self.derived_path(key)?, max_bytes)
     }
 
-    /// Kept only while the cache stays within its limit. Written to a file of its own and
-    /// renamed into place, so two jobs keeping the same tokens at once do not interleave, and
-    /// a reader sees a whole file or none.
+    /// Kept only while the cache stays within its limit ([`crate::derived::write`]).
     fn keep_derived(&self, key: &Hash, bytes: &[u8]) {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let Some(path) = self.derived_path(key) else {
             return;
         };
@@ -419,25 +401,8 @@ impl BlobSource for DirBlobs {
             tracing::debug!(path = %path.display(), "derived bytes not kept: the cache is full");
             return;
         }
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let part = path.with_extension(format!("derived.{}.{n}.part", std::process::id()));
-        let kept = std::fs::write(&part, bytes).and_then(|()| std::fs::rename(&part, &path));
-        if let Err(e) = kept {
-            let _ = std::fs::remove_file(&part);
-            tracing::debug!(path = %path.display(), error = %e, "derived bytes not kept");
-        }
+        crate::derived::write(&path, bytes);
     }
-}
-
-/// This build: the blake3 of the running executable, read once. What a build derives from
-/// blobs (a tokenizer's tokens) is kept under it, so another build never reads it back. `None`
-/// when the executable cannot be read (nothing is kept then).
-fn build_fingerprint() -> Option<Hash> {
-    static BUILD: std::sync::OnceLock<Option<Hash>> = std::sync::OnceLock::new();
-    *BUILD.get_or_init(|| {
-        let exe = std::env::current_exe().ok()?;
-        hash_file(&exe).ok()
-    })
 }
 
 /// Measures this machine on the reference task (a few `repro` steps of the zoo's `gpt` on the
