@@ -302,6 +302,50 @@ async fn send_raw(
     (me, outcome)
 }
 
+/// A lying node: it describes other bytes under a blob's id. The entry's chunk hashes do not
+/// make the id, so the participant refuses it before fetching a byte (no part file is even
+/// made), instead of downloading the whole file and finding out at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_described_as_other_bytes_is_refused_before_any_chunk_is_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..(2 * CHUNK_BYTES as usize + 5))
+        .map(|i| (i % 249) as u8)
+        .collect();
+    let src = dir.path().join("other.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let claimed = BlobId::of(b"the bytes the task names");
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("lying blob server"), loopback()).unwrap();
+    serve_file(
+        server_events,
+        src,
+        claimed,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, _client_events) = Net::start(
+        &Identity::from_test_label("careful client"),
+        NetConfig::default(),
+    )
+    .unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    let task = market_protocol::fixtures::training_task(&Identity::from_test_label("b"), 1);
+    let cache_dir = dir.path().join("blobs");
+    let cache = DirBlobs::new(&cache_dir);
+    let err = cache
+        .fetch_for_run(&client, peer, &task, &[claimed], &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, market_net::transfer::TransferError::BadManifest(_)),
+        "{err}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&cache_dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_jobs_needing_the_same_blob_fetch_it_once_into_the_shared_cache() {
     let dir = tempfile::tempdir().unwrap();
