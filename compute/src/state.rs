@@ -188,3 +188,82 @@ impl TrainState {
         Ok(state)
     }
 }
+
+/// Where a canonical state of `size` bytes (of a model with `layout`) holds its parameters:
+/// `[size − 4 − 4·P, size − 4)`. safetensors orders the tensors by dtype and then by name, so
+/// every binary32 tensor (`opt.m.*`, `opt.v.*`, then `param.*`, each in layout order, which
+/// is name order) comes before the one u32, `step`, the last 4 bytes. The parameters are
+/// therefore the end of the file but for its step, little-endian in layout order: a peer that
+/// holds a state's last chunks holds its parameters. `None` when `size` is too small to hold
+/// them.
+pub fn param_span(layout: &ParamLayout, size: u64) -> Option<std::ops::Range<u64>> {
+    let end = size.checked_sub(4)?;
+    let start = end.checked_sub(4 * layout.total() as u64)?;
+    Some(start..end)
+}
+
+/// The parameters held by a state's [`param_span`] bytes (whole binary32 values, little-endian).
+pub fn params_from_span(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The bytes of `params` as a state's [`param_span`] holds them.
+pub fn params_to_span(params: &[f32]) -> Vec<u8> {
+    le_bytes(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> ParamLayout {
+        ParamLayout::new(vec![
+            ("wte".into(), vec![5, 3]),
+            ("blocks.0.w".into(), vec![3, 3]),
+            ("blocks.0.b".into(), vec![3]),
+            ("ln.g".into(), vec![3]),
+        ])
+    }
+
+    fn state(layout: &ParamLayout, moments: usize) -> TrainState {
+        let n = layout.total();
+        let at = |k: usize| (0..n).map(|i| (i * 7 + k) as f32 * 0.25 - 3.0).collect();
+        TrainState {
+            step: 77_000,
+            params: at(1),
+            m: if moments > 0 { at(2) } else { Vec::new() },
+            v: if moments > 1 { at(3) } else { Vec::new() },
+        }
+    }
+
+    /// The span is where the canonical bytes really hold the parameters, with the step after
+    /// them, whatever the optimizer keeps (AdamW, momentum SGD, plain SGD).
+    #[test]
+    fn the_parameters_are_the_end_of_a_state_but_for_its_step() {
+        let layout = layout();
+        for moments in 0..3 {
+            let s = state(&layout, moments);
+            let bytes = s.to_bytes(&layout).unwrap();
+            let span = param_span(&layout, bytes.len() as u64).unwrap();
+            let held = &bytes[span.start as usize..span.end as usize];
+            assert_eq!(
+                held,
+                params_to_span(&s.params).as_slice(),
+                "{moments} moments"
+            );
+            assert_eq!(params_from_span(held), s.params);
+            assert_eq!(bytes[span.end as usize..], s.step.to_le_bytes());
+            // Other parameters in the span make exactly the state with those parameters.
+            let mut other = s.clone();
+            other.params.iter_mut().for_each(|p| *p = -*p + 0.5);
+            let mut patched = bytes.clone();
+            patched[span.start as usize..span.end as usize]
+                .copy_from_slice(&params_to_span(&other.params));
+            assert_eq!(patched, other.to_bytes(&layout).unwrap());
+        }
+        assert_eq!(param_span(&layout, 10), None);
+    }
+}

@@ -3,7 +3,8 @@
 //! pooled task to settlement. Reported from the real run:
 //!
 //! - **communication**: bytes moved per round over the workers' links (each slot's start state
-//!   the worker fetches, the final state the node fetches when the slot-round commits, and the
+//!   the worker fetches, what the node fetches of the final state when the slot-round commits
+//!   (its parameters, when they start past its first chunk), and the
 //!   checkpoints the audits' challenges open, fetched when each audit is handed out), against
 //!   what per-step synchronous data parallel
 //!   training would move over the same steps (each of the `K` workers sends its gradient and
@@ -24,7 +25,7 @@ use market_node::config::NodeConfig;
 use market_node::model::{PoolPart, TaskState};
 use market_node::p2p::P2pOptions;
 use market_protocol::fixtures::training_task;
-use market_protocol::{BlobId, Identity, ModelSpec, Signed, TaskSpec, Workload};
+use market_protocol::{Identity, ModelSpec, Signed, TaskSpec, Workload};
 
 /// One configuration: `slots` × `rounds` of `inner` steps with a checkpoint every `interval`.
 struct Case {
@@ -157,16 +158,15 @@ async fn run(case: &Case, nonce: u64) {
     // once), against the blob bytes the node sent: a worker that keeps its slot copies the
     // moments from its last final state and fetches only the rest.
     let starts_sent = dispatch.blob_bytes_sent();
+    // Every start is a whole state's size (those held in part are gone with the pool).
+    let state_size = job.initial_state().to_bytes(&job.layout).unwrap().len() as u64;
     let mut starts = 0u64;
     let mut checked = 0u64;
     let mut runs = 0u64;
     for h in &prog.history {
         for s in &h.slots {
             let slot = node.store.task(&s.task).unwrap().unwrap();
-            let start = slot.slot().unwrap().start;
-            starts += std::fs::metadata(node.blobs.path(&BlobId(start.0)))
-                .unwrap()
-                .len();
+            starts += state_size;
             runs += slot.attempts.len() as u64;
             checked += slot
                 .attempts

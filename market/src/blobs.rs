@@ -30,6 +30,7 @@ pub struct BlobStore {
     derived: PathBuf,
     derived_max: u64,
     max_bytes: u64,
+    partial: crate::partial::PartialStates,
 }
 
 /// The most bytes of derived work (text datasets' tokens) the node keeps; the least recently
@@ -68,6 +69,7 @@ impl BlobStore {
             derived,
             derived_max: MAX_DERIVED_BYTES,
             max_bytes,
+            partial: crate::partial::PartialStates::open(&dir.join("partial"))?,
         })
     }
 
@@ -93,6 +95,11 @@ impl BlobStore {
         }
         files.sort();
         Ok(files)
+    }
+
+    /// The pooled slots' states held only in part ([`crate::partial`]).
+    pub fn partial(&self) -> &crate::partial::PartialStates {
+        &self.partial
     }
 
     /// The path of a stored blob.

@@ -99,6 +99,26 @@ pub trait Dispatch: Send + Sync {
         Ok(0)
     }
 
+    /// Fetches what a pooled slot's final state held in part lacks (`meta`, whose origin is
+    /// the worker that ran it: [`crate::partial::Origin::Final`]) into `file`, keeping the
+    /// chunks already there; returns the bytes fetched. An error when the worker cannot be
+    /// reached, or does not serve them, for a while (`P2pOptions::state_wait`): the node then
+    /// starts the slot's moments afresh.
+    fn fetch_state_rest(
+        &self,
+        _meta: &crate::partial::PartialMeta,
+        _file: &Path,
+    ) -> anyhow::Result<u64> {
+        anyhow::bail!("this dispatch holds every state whole")
+    }
+
+    /// Whether the node refused `worker` a chunk of start `start` (held in part, its chunk
+    /// kept by the slot's worker) a moment ago: only then is its report that it lost the
+    /// state it kept taken ([`crate::partial`]).
+    fn refused_kept_chunk(&self, _worker: &AccountId, _start: &market_protocol::BlobId) -> bool {
+        false
+    }
+
     /// Has `worker` open the per-step state hashes of `segment` of the bundle in `dir` (asked
     /// when a verifier found the segment wrong, so its verdict can name the first bad step).
     fn open_steps(

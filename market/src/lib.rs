@@ -17,6 +17,7 @@ pub mod engine;
 pub mod error;
 pub mod model;
 pub mod p2p;
+pub mod partial;
 pub mod server;
 pub mod serving;
 pub mod store;

@@ -283,6 +283,11 @@ pub struct SlotRef {
     pub start: StateHash,
     /// What it is paid from the escrow.
     pub budget: u64,
+    /// Whether the slot starts this round with zero optimizer moments because the worker that
+    /// kept them did not give them to the node when the slot moved (`spec/COMPUTE.md` 10.2):
+    /// the round's start is then the global state with zero moments, as in round 0.
+    #[serde(default)]
+    pub fresh_moments: bool,
 }
 
 impl SlotRef {

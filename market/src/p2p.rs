@@ -16,9 +16,11 @@ use market_compute::BlobSource;
 use market_net::heads::HeadWatch;
 use market_net::transfer::{
     bundle_manifest, check_bundle_path, check_manifest, chunk_reply, describe_reply, fetch_bundle,
-    fetch_file, FetchStats, TransferError,
+    fetch_file, fetch_file_tail, FetchStats, TransferError,
 };
-use market_net::wire::{AuditJob, FileEntry, Manifest, Reply, Request, Response, Source};
+use market_net::wire::{
+    AuditJob, FileEntry, Manifest, Reply, Request, Response, Source, CHUNK_BYTES,
+};
 use market_net::{account_of, Event, Net, PeerId};
 use market_protocol::{
     message_id, AccountId, BlobId, Capabilities, Commitment, ExecutionProfile, Role, Signed,
@@ -29,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::dispatch::{AuditRequest, Dispatch};
 use crate::engine::Node;
+use crate::partial::{Origin, PartialError, PartialMeta};
 
 /// Timeouts and limits of the networked dispatch.
 #[derive(Debug, Clone)]
@@ -49,6 +52,11 @@ pub struct P2pOptions {
     pub min_transfer_rate: u64,
     /// Most tasks running at once; 0 for one per worker with no other limit.
     pub max_parallel_tasks: usize,
+    /// How long the node tries to fetch the optimizer moments of a pooled slot that moves
+    /// from the worker that keeps them before the slot starts its round with zero moments
+    /// (`run_grace` by default: a worker away that long has lost its run too, and the pool
+    /// waits meanwhile).
+    pub state_wait: Duration,
 }
 
 impl Default for P2pOptions {
@@ -67,6 +75,7 @@ impl From<&crate::config::NetworkConfig> for P2pOptions {
             opening_wait: Duration::from_secs(c.opening_wait_secs),
             min_transfer_rate: c.min_transfer_bytes_per_sec,
             max_parallel_tasks: c.max_parallel_tasks,
+            state_wait: Duration::from_secs(c.run_grace_secs),
         }
     }
 }
@@ -207,6 +216,46 @@ fn fetched_at_commit(task: &TaskSpec, commitment: &Commitment, path: &str) -> bo
         }
         market_protocol::Workload::Inference(_) => !written_by_node(path),
     }
+}
+
+/// What a peer may read: a file, or a pooled slot's state the node holds in part (its
+/// entry whole, its chunks from the parameters on; [`crate::partial`]).
+enum Readable {
+    File(PathBuf, String),
+    Partial(BlobId),
+}
+
+/// For a slot-round's commitment: the entry of its final state in `manifest` and the first
+/// chunk holding its parameters, when that is not the first (a state of one chunk, or whose
+/// parameters begin in its first chunk, is fetched whole).
+fn final_tail_plan(
+    task: &TaskSpec,
+    commitment: &Commitment,
+    manifest: &Manifest,
+) -> Option<(FileEntry, u32)> {
+    let market_protocol::Workload::Training(training) = &task.workload else {
+        return None;
+    };
+    let layout = market_compute::zoo::ModelConfig::from_spec(&training.model)
+        .ok()?
+        .layout();
+    let path = format!("checkpoints/{:06}.st", commitment.segments);
+    let entry = manifest.files.iter().find(|f| f.path == path)?;
+    let span = market_compute::state::param_span(&layout, entry.size)?;
+    let from_chunk = u32::try_from(span.start / u64::from(CHUNK_BYTES)).ok()?;
+    (from_chunk > 0).then(|| (entry.clone(), from_chunk))
+}
+
+/// Whether `entry` describes the final state `commitment` binds: the bundle's leaves in `dir`
+/// make the committed root, the last is the committed final state, and the entry's chunks
+/// combine into it.
+fn final_entry_is_committed(dir: &Path, commitment: &Commitment, entry: &FileEntry) -> bool {
+    let Ok(leaves) = Bundle::at(dir).read_leaves() else {
+        return false;
+    };
+    market_protocol::MerkleTree::new(&leaves).root() == commitment.root
+        && leaves.last() == Some(&commitment.final_state_hash)
+        && market_net::transfer::check_entry_root(entry, &commitment.final_state_hash.0).is_ok()
 }
 
 /// Disconnected participants remembered (for the operator's view and the order of first joins).
@@ -368,7 +417,17 @@ pub struct P2pDispatch {
     /// Bytes of blob chunks sent to participants (what their fetches of datasets, models and
     /// pooled start states moved over their links).
     blob_bytes_sent: AtomicU64,
+    /// When the node last refused each worker a chunk of a start it holds in part (the chunk is
+    /// in the slot's kept final state): what a claim that the kept state is gone must follow.
+    kept_chunk_refusals: Mutex<BTreeMap<(AccountId, BlobId), Instant>>,
 }
+
+/// How long after the node refused a worker a chunk of a start held in part that worker's
+/// report that it lost its kept state is taken (it reports at once).
+const LOST_STATE_CLAIM_WINDOW: Duration = Duration::from_secs(120);
+
+/// Refusals remembered for [`P2pDispatch::kept_chunk_refusals`]; the oldest go first.
+const REMEMBERED_REFUSALS: usize = 1024;
 
 impl std::fmt::Debug for P2pDispatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -397,6 +456,7 @@ impl P2pDispatch {
             next_job: AtomicU64::new(job_seed()?),
             timings: Mutex::new(Vec::new()),
             blob_bytes_sent: AtomicU64::new(0),
+            kept_chunk_refusals: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -746,18 +806,42 @@ impl P2pDispatch {
             }
             // File work runs on the blocking pool, never on the task answering the network.
             Request::Describe { source } => match self.readable(&account, &source, node) {
-                Ok((path, name)) => {
+                Ok(Readable::File(path, name)) => {
                     tokio::task::spawn_blocking(move || describe_reply(&path, &name))
                         .await
                         .unwrap_or_else(|e| Reply::refused(e.to_string()))
                 }
+                Ok(Readable::Partial(id)) => match node.blobs.partial().meta(&id) {
+                    Some(meta) => Reply::of(Response::File { entry: meta.entry }),
+                    None => Reply::refused(format!("blob {id} is gone")),
+                },
                 Err(e) => Reply::refused(e),
             },
             Request::Fetch { source, chunk } => match self.readable(&account, &source, node) {
-                Ok((path, _)) => {
-                    let reply = tokio::task::spawn_blocking(move || chunk_reply(&path, chunk))
+                Ok(readable) => {
+                    let partial = node.blobs.partial().clone();
+                    let (reply, kept_elsewhere) =
+                        tokio::task::spawn_blocking(move || match readable {
+                            Readable::File(path, _) => (chunk_reply(&path, chunk), None),
+                            Readable::Partial(id) => match partial.chunk(&id, chunk) {
+                                Ok(payload) => (
+                                    Reply {
+                                        response: Response::Chunk,
+                                        payload,
+                                    },
+                                    None,
+                                ),
+                                Err(e @ PartialError::NotHeld { .. }) => {
+                                    (Reply::refused(e.to_string()), Some(id))
+                                }
+                                Err(e) => (Reply::refused(e.to_string()), None),
+                            },
+                        })
                         .await
-                        .unwrap_or_else(|e| Reply::refused(e.to_string()));
+                        .unwrap_or_else(|e| (Reply::refused(e.to_string()), None));
+                    if let Some(id) = kept_elsewhere {
+                        self.note_kept_chunk_refusal(account, id);
+                    }
                     if matches!(source, Source::Blob { .. }) {
                         self.blob_bytes_sent
                             .fetch_add(reply.payload.len() as u64, Ordering::Relaxed);
@@ -922,7 +1006,7 @@ impl P2pDispatch {
         account: &AccountId,
         source: &Source,
         node: &Node,
-    ) -> Result<(PathBuf, String), String> {
+    ) -> Result<Readable, String> {
         let st = self.state();
         match source {
             Source::Blob { id } => {
@@ -939,7 +1023,9 @@ impl P2pDispatch {
                         .values()
                         .any(|c| c.verifier == *account && c.weights == *id);
                 if working && node.blobs.contains(id) {
-                    Ok((node.blobs.path(id), id.to_string()))
+                    Ok(Readable::File(node.blobs.path(id), id.to_string()))
+                } else if working && node.blobs.partial().meta(id).is_some() {
+                    Ok(Readable::Partial(*id))
                 } else {
                     Err(format!("blob {id} is not yours to read"))
                 }
@@ -949,7 +1035,7 @@ impl P2pDispatch {
                 match st.audits.get(job) {
                     Some(a) if a.verifier == *account && a.task_id == *task_id => {
                         if a.openings.iter().any(|o| o == path) {
-                            Ok((a.dir.join(path), path.clone()))
+                            Ok(Readable::File(a.dir.join(path), path.clone()))
                         } else {
                             Err(format!("{path} is not opened by your challenge"))
                         }
@@ -994,6 +1080,116 @@ impl P2pDispatch {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("bundle transfer failed")))
+    }
+
+    /// Fetches the chunks of a slot-round's final state that `meta` holds (its parameters)
+    /// into the bundle `dir` beside its description ([`crate::partial::tail_files`]),
+    /// resuming an interrupted transfer a few times.
+    async fn fetch_tail(&self, meta: &PartialMeta, dir: &Path) -> anyhow::Result<FetchStats> {
+        let Origin::Final {
+            worker,
+            task_id,
+            job,
+            path,
+        } = &meta.origin
+        else {
+            anyhow::bail!("not a final state");
+        };
+        let (data, described) = crate::partial::tail_files(&dir.join(path));
+        let source = Source::Bundle {
+            task_id: *task_id,
+            job: *job,
+            path: path.clone(),
+        };
+        let mut last = None;
+        for _ in 0..5 {
+            let peer = match self.peer_of(worker) {
+                Ok(p) => p,
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            match fetch_file_tail(
+                &self.net,
+                peer,
+                &source,
+                &meta.entry,
+                &data,
+                meta.from_chunk,
+            )
+            .await
+            {
+                Ok(stats) => {
+                    crate::partial::write_durably(&described, &serde_json::to_vec(meta)?)?;
+                    return Ok(stats);
+                }
+                Err(e @ (TransferError::Net(_) | TransferError::Corrupt { .. })) => {
+                    tracing::warn!(%worker, error = %e, "final state transfer interrupted; resuming");
+                    last = Some(e.into());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("final state transfer failed")))
+    }
+
+    /// Remembers that `account` was refused a chunk of start `id`, held in part.
+    fn note_kept_chunk_refusal(&self, account: AccountId, id: BlobId) {
+        let Ok(mut refusals) = self.kept_chunk_refusals.lock() else {
+            return;
+        };
+        refusals.insert((account, id), Instant::now());
+        while refusals.len() > REMEMBERED_REFUSALS {
+            let oldest = refusals.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k);
+            match oldest {
+                Some(k) => refusals.remove(&k),
+                None => break,
+            };
+        }
+    }
+
+    /// [`Dispatch::fetch_state_rest`]: tries again 1 s apart for `state_wait`, each try
+    /// bounded by the transfer limit and keeping the chunks already fetched.
+    async fn fetch_state_rest_async(&self, meta: &PartialMeta, file: &Path) -> anyhow::Result<u64> {
+        let Origin::Final {
+            worker,
+            task_id,
+            job,
+            path,
+        } = &meta.origin
+        else {
+            anyhow::bail!("not a final state");
+        };
+        let source = Source::Bundle {
+            task_id: *task_id,
+            job: *job,
+            path: path.clone(),
+        };
+        let limit =
+            Duration::from_secs(60 + meta.entry.size / self.options.min_transfer_rate.max(1));
+        let started = Instant::now();
+        loop {
+            let why = match self.peer_of(worker) {
+                Err(e) => e.to_string(),
+                Ok(peer) => {
+                    let fetch = fetch_file(&self.net, peer, &source, &meta.entry, file);
+                    match tokio::time::timeout(limit, fetch).await {
+                        Ok(Ok(stats)) => return Ok(stats.received),
+                        Ok(Err(e @ TransferError::Io { .. })) => return Err(e.into()),
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "the transfer did not finish in time".to_owned(),
+                    }
+                }
+            };
+            if started.elapsed() >= self.options.state_wait {
+                anyhow::bail!("worker {worker} did not serve the slot's state: {why}");
+            }
+            tracing::info!(%worker, %why, "fetching a slot's state again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1059,15 +1255,50 @@ impl P2pDispatch {
             manifest: manifest.clone(),
         }
         .save(dir)?;
-        let wanted = |p: &str| fetched_at_commit(task, &commitment.body, p);
+        // A pooled slot's final state: only its last chunks, the parameters (see
+        // `crate::partial`); its worker keeps the rest.
+        let tail = slot_round
+            .is_some()
+            .then(|| final_tail_plan(task, &commitment.body, &manifest))
+            .flatten();
+        let wanted = |p: &str| {
+            fetched_at_commit(task, &commitment.body, p)
+                && tail.as_ref().is_none_or(|(e, _)| e.path != p)
+        };
         // However the worker paces its chunks, the transfer ends.
         let limit = self.transfer_limit(&manifest, &wanted);
-        let stats = tokio::time::timeout(
+        let mut stats = tokio::time::timeout(
             limit,
             self.fetch_result(worker, task_id, job, &manifest, dir, &wanted),
         )
         .await
         .map_err(|_| anyhow::anyhow!("the bundle transfer took longer than {limit:?}"))??;
+        if let Some((entry, from_chunk)) = tail {
+            // Only a final state the commitment binds (its leaves now on disk): an entry
+            // that is not is never fetched, and settling finds no final state.
+            if final_entry_is_committed(dir, &commitment.body, &entry) {
+                let meta = PartialMeta {
+                    pool: task_id,
+                    from_chunk,
+                    origin: Origin::Final {
+                        worker: *worker,
+                        task_id,
+                        job,
+                        path: entry.path.clone(),
+                    },
+                    entry,
+                };
+                let size = meta.entry.size - meta.tail_offset();
+                let limit = Duration::from_secs(60 + size / self.options.min_transfer_rate.max(1));
+                stats += tokio::time::timeout(limit, self.fetch_tail(&meta, dir))
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("the final state's transfer took longer than {limit:?}")
+                    })??;
+            } else {
+                tracing::warn!(%worker, task = %task_id, "the final state's entry is not the committed state; not fetched");
+            }
+        }
         let bundle = Bundle::at(dir);
         bundle.create()?;
         bundle.write_task(task)?;
@@ -1418,6 +1649,17 @@ impl Dispatch for P2pDispatch {
 
     fn fetch_files(&self, dir: &Path, paths: Option<&[String]>) -> anyhow::Result<u64> {
         self.rt.block_on(self.fetch_files_async(dir, paths))
+    }
+
+    fn fetch_state_rest(&self, meta: &PartialMeta, file: &Path) -> anyhow::Result<u64> {
+        self.rt.block_on(self.fetch_state_rest_async(meta, file))
+    }
+
+    fn refused_kept_chunk(&self, worker: &AccountId, start: &BlobId) -> bool {
+        self.kept_chunk_refusals.lock().is_ok_and(|r| {
+            r.get(&(*worker, *start))
+                .is_some_and(|t| t.elapsed() <= LOST_STATE_CLAIM_WINDOW)
+        })
     }
 
     fn open_steps(

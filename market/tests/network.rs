@@ -89,6 +89,11 @@ async fn verifier(m: &Market, label: &str) -> Identity {
 
 /// A worker as its own process, killable.
 fn worker_process(m: &Market, who: &Identity, label: &str) -> Child {
+    worker_process_with(m, who, label, "honest")
+}
+
+/// [`worker_process`] with a (possibly cheating) `fault` strategy.
+fn worker_process_with(m: &Market, who: &Identity, label: &str, fault: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_market-devnet"))
         .args([
             "worker",
@@ -97,6 +102,8 @@ fn worker_process(m: &Market, who: &Identity, label: &str) -> Child {
             "200",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--fault",
+            fault,
         ])
         .arg("--market")
         .arg(m.addr.to_string())
@@ -1343,32 +1350,403 @@ fn a_slot_that_stays_on_its_worker_fetches_only_the_merged_parameters() {
         for k in 0..2 {
             assert_eq!(history[0].slots[k].worker, history[1].slots[k].worker);
         }
-        let start_bytes = |round: usize| -> Vec<u64> {
-            history[round]
-                .slots
-                .iter()
-                .map(|s| {
-                    let slot = m.node.store.task(&s.task).unwrap().unwrap();
-                    assert_eq!(slot.attempts.len(), 1);
-                    let start = slot.slot().unwrap().start;
-                    std::fs::metadata(m.node.blobs.path(&BlobId(start.0)))
-                        .unwrap()
-                        .len()
-                })
-                .collect()
-        };
+        let state_size = job.initial_state().to_bytes(&job.layout).unwrap().len() as u64;
+        let whole_0: u64 = history[0]
+            .slots
+            .iter()
+            .map(|s| {
+                let slot = m.node.store.task(&s.task).unwrap().unwrap();
+                assert_eq!(slot.attempts.len(), 1);
+                let start = BlobId(slot.slot().unwrap().start.0);
+                std::fs::metadata(m.node.blobs.path(&start)).unwrap().len()
+            })
+            .sum();
+        assert_eq!(whole_0, 2 * state_size);
         // Round 0's starts went whole (no worker held anything of them); round 1's moved the
         // parameters' chunks only: at most the parameters plus one chunk on each side.
-        let (whole_0, whole_1) = (start_bytes(0), start_bytes(1));
         let sent = m.dispatch.blob_bytes_sent();
-        let round_1 = sent - whole_0.iter().sum::<u64>();
+        let round_1 = sent - whole_0;
         let params = 4 * job.layout.total() as u64;
         let chunk = u64::from(market_net::wire::CHUNK_BYTES);
         assert!(
             round_1 <= 2 * (params + 2 * chunk),
-            "round 1 sent {round_1} bytes for starts of {whole_1:?}; parameters are {params}"
+            "round 1 sent {round_1} bytes for starts of {state_size} each; parameters are {params}"
         );
-        assert!(round_1 * 2 < whole_1.iter().sum::<u64>(), "{round_1}");
+        // The other way, the node fetched of each slot's final state its parameters only (and
+        // the leaves and losses): never its moments.
+        let finals: Vec<u64> = m
+            .dispatch
+            .timings()
+            .iter()
+            .filter(|r| r.task_id == Some(t.id))
+            .map(|r| r.bytes)
+            .collect();
+        assert_eq!(finals.len(), 4, "{finals:?}");
+        for bytes in &finals {
+            assert!(
+                *bytes <= params + 2 * chunk && *bytes * 2 < state_size,
+                "a final state fetch moved {bytes} bytes of {state_size}; parameters are {params}"
+            );
+        }
+        // Once the pool is over, nothing is held in part any more.
+        let partial = m.dir.path().join("node/blobs/partial");
+        assert_eq!(std::fs::read_dir(partial).unwrap().count(), 0);
+    });
+}
+
+/// Issue 14: a slot's worker that lost the final state it kept (its disk was cleaned between
+/// rounds) cannot assemble a start held in part; it says so, is not slashed for it, and the
+/// node makes the start whole (from the worker's bundle while it still has it, or else with
+/// zero moments, recorded) before the slot runs again. The pool ends.
+#[test]
+fn a_slot_worker_that_lost_its_kept_state_is_not_slashed_and_the_slot_goes_on() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            state_wait: Duration::from_secs(3),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        verifier(&m, "forgetful verifier").await;
+        worker(&m, "forgetful worker a").await;
+        worker(&m, "forgetful worker b").await;
+        wait_joined(&m, 2, 1).await;
+        let mut spec = training_task(&m.buyer, 44);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.model = ModelSpec::Gpt {
+                layers: 4,
+                heads: 4,
+                width: 128,
+                vocab: 16,
+                context: 16,
+            };
+            t.steps = 2 * 4;
+            t.checkpoint_interval = 2;
+            t.pool = Some(market_protocol::fixtures::pool(2, 2, 4));
+        }
+        let posted = m
+            .node
+            .post_task(Signed::sign(spec.clone(), &m.buyer).unwrap())
+            .await
+            .unwrap();
+        // Every state the workers keep goes as soon as it is there, until the pool ends.
+        let kept: Vec<_> = ["forgetful worker a", "forgetful worker b"]
+            .iter()
+            .map(|w| m.dir.path().join(w).join("pools"))
+            .collect();
+        for _ in 0..60_000 {
+            for dir in &kept {
+                for f in std::fs::read_dir(dir).into_iter().flatten() {
+                    let _ = std::fs::remove_file(f.unwrap().path());
+                }
+            }
+            let t = m.node.store.task(&posted.id).unwrap().unwrap();
+            if t.state.is_final() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = m
+            .node
+            .wait_final(&posted.id, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+        let history = m.node.pool_history(&t.id).unwrap();
+        for s in &history[1].slots {
+            let slot = m.node.store.task(&s.task).unwrap().unwrap();
+            assert_eq!(slot.attempts.len(), 2, "{slot:?}");
+            assert!(!slot.attempts[0].accepted && slot.attempts[1].accepted);
+        }
+        let head = m.node.ledger.head().seq;
+        let slashes = (0..=head)
+            .filter(|s| {
+                matches!(
+                    m.node.ledger.entry(*s).unwrap().unwrap().body.kind,
+                    market_ledger::EntryKind::Slash { .. }
+                )
+            })
+            .count();
+        assert_eq!(slashes, 0);
+    });
+}
+
+/// Issue 14, cheating, with states held in part: the worker that held a slot in round 0 cheats
+/// in round 1 (it came back as a cheater). Its run is caught before the merge, it is slashed,
+/// and the slot moves to another worker, whose start needs the moments of the cheater's
+/// honest round-0 state: the node fetches them from the cheater, which keeps that state beside
+/// its later (cheating) one, and the merged states are the all-honest run's, bit for bit.
+#[test]
+fn a_holder_that_cheats_in_round_1_is_caught_and_its_slot_moves_with_its_moments() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let m = market(config, P2pOptions::default()).await;
+        verifier(&m, "turncoat verifier").await;
+        let holder = Identity::from_test_label("turncoat");
+        m.node
+            .fund("test", &holder.account(), 1_000, 0)
+            .await
+            .unwrap();
+        let mut child = worker_process(&m, &holder, "turncoat");
+        wait_joined(&m, 1, 1).await;
+        worker(&m, "turncoat's mate").await;
+        wait_joined(&m, 2, 1).await;
+        let mut spec = training_task(&m.buyer, 45);
+        if let Workload::Training(t) = &mut spec.workload {
+            t.model = ModelSpec::Gpt {
+                layers: 4,
+                heads: 4,
+                width: 128,
+                vocab: 16,
+                context: 16,
+            };
+            t.steps = 3 * 4;
+            t.checkpoint_interval = 2;
+            // Three rounds: round 1 is not the last, so the cheater keeps its (cheating) final
+            // state of it beside its round-0 one.
+            t.pool = Some(market_protocol::fixtures::pool(2, 3, 4));
+        }
+        let posted = m
+            .node
+            .post_task(Signed::sign(spec.clone(), &m.buyer).unwrap())
+            .await
+            .unwrap();
+        // Once its round-0 run is recorded (its final state kept), it comes back a cheater.
+        let mut first = None;
+        for _ in 0..24_000 {
+            let t = m.node.store.task(&posted.id).unwrap().unwrap();
+            for sid in &t.rounds().unwrap().slot_tasks {
+                let s = m.node.store.task(sid).unwrap().unwrap();
+                let recorded = s
+                    .attempts
+                    .first()
+                    .is_some_and(|a| a.worker == holder.account() && a.commit_seq.is_some());
+                if recorded {
+                    first = Some(s.id);
+                }
+            }
+            if first.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let first = first.expect("the holder never committed a slot of round 0");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let round_0_dirs = job_dirs_of(&m, "turncoat", &posted.id);
+        assert_eq!(round_0_dirs.len(), 1);
+        let mut child = worker_process_with(&m, &holder, "turncoat", "skip:1");
+        worker(&m, "turncoat's replacement").await;
+        // Its round-0 job goes once the round is merged, as its `settled` would have removed it
+        // had it not restarted: from then on only the state it kept of that job has the moments.
+        for _ in 0..24_000 {
+            if !m.node.pool_history(&posted.id).unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for dir in &round_0_dirs {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        let t = m
+            .node
+            .wait_final(&posted.id, Duration::from_secs(600))
+            .await
+            .unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+        let history = m.node.pool_history(&t.id).unwrap();
+        let k = history[0]
+            .slots
+            .iter()
+            .position(|s| s.task == first)
+            .unwrap();
+        assert_eq!(history[0].slots[k].worker, holder.account());
+        let slot = m
+            .node
+            .store
+            .task(&history[1].slots[k].task)
+            .unwrap()
+            .unwrap();
+        assert_eq!(slot.attempts.len(), 2, "{slot:?}");
+        assert_eq!(slot.attempts[0].worker, holder.account());
+        assert!(slot.attempts[0].result_failed);
+        assert_eq!(
+            slot.attempts[1].worker,
+            Identity::from_test_label("turncoat's replacement").account()
+        );
+        assert!(!slot.slot().unwrap().fresh_moments, "{slot:?}");
+        merged_as_honest(&m, &spec, &t.id);
+    });
+}
+
+/// Starts a pool of 2 slots × 2 rounds of the 4×128 `gpt` (slot states of 9.6 MB, so the
+/// node holds round 1's starts in part) with `killed` a worker process among its workers
+/// (started first, so it gets a slot of round 0), and kills that worker once it is well into
+/// its slot-round of round 1 (after it kept its final state of round 0). Returns the pool,
+/// the killed slot-round and the spec.
+async fn pool_with_a_holder_killed_in_round_1(
+    m: &Market,
+    killed: &Identity,
+    nonce: u64,
+) -> (TaskId, TaskId, TaskSpec) {
+    m.node
+        .fund("test", &killed.account(), 1_000, 0)
+        .await
+        .unwrap();
+    let mut child = worker_process(m, killed, "holder");
+    wait_joined(m, 1, 1).await;
+    worker(m, "holder's mate").await;
+    wait_joined(m, 2, 1).await;
+    let mut spec = training_task(&m.buyer, nonce);
+    if let Workload::Training(t) = &mut spec.workload {
+        t.model = ModelSpec::Gpt {
+            layers: 4,
+            heads: 4,
+            width: 128,
+            vocab: 16,
+            context: 16,
+        };
+        t.steps = 2 * 40;
+        t.checkpoint_interval = 10;
+        t.pool = Some(market_protocol::fixtures::pool(2, 2, 40));
+    }
+    let posted = m
+        .node
+        .post_task(Signed::sign(spec.clone(), &m.buyer).unwrap())
+        .await
+        .unwrap();
+    let mut victim = None;
+    for _ in 0..12_000 {
+        let t = m.node.store.task(&posted.id).unwrap().unwrap();
+        for sid in &t.rounds().unwrap().slot_tasks {
+            let s = m.node.store.task(sid).unwrap().unwrap();
+            if s.slot().unwrap().round == 1
+                && matches!(s.state, TaskState::Running { worker, done, .. } if worker == killed.account() && done >= 10)
+            {
+                victim = Some(s.id);
+            }
+        }
+        if victim.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let victim = victim.expect("the holder never ran its slot of round 1");
+    let slot = m.node.store.task(&victim).unwrap().unwrap();
+    assert!(
+        m.node
+            .blobs
+            .partial()
+            .meta(&BlobId(slot.slot().unwrap().start.0))
+            .is_some(),
+        "round 1's start is held in part"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    (posted.id, victim, spec)
+}
+
+/// Issue 14: a slot whose worker keeps its moments moves to another worker (its worker went
+/// away mid-round, then came back): the node fetches the rest of the slot's final state from
+/// the worker that keeps it, checked against the committed state, makes the start whole for
+/// the new worker, and the merged states are still the all-honest run's, bit for bit.
+#[test]
+fn a_slot_that_moves_gets_its_moments_from_the_worker_that_kept_them() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            run_grace: Duration::from_secs(2),
+            state_wait: Duration::from_secs(120),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        verifier(&m, "moves verifier").await;
+        let holder = Identity::from_test_label("moves holder");
+        let (pool, victim, spec) = pool_with_a_holder_killed_in_round_1(&m, &holder, 42).await;
+        worker(&m, "moves worker c").await;
+        // Back once its run went to another worker: it still keeps its round-0 state.
+        for _ in 0..2400 {
+            let s = m.node.store.task(&victim).unwrap().unwrap();
+            if s.attempts.first().is_some_and(|a| a.result_failed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut back = worker_process(&m, &holder, "holder");
+        let t = m
+            .node
+            .wait_final(&pool, Duration::from_secs(600))
+            .await
+            .unwrap();
+        back.kill().unwrap();
+        back.wait().unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+        let slot = m.node.store.task(&victim).unwrap().unwrap();
+        assert_eq!(slot.attempts.len(), 2, "{slot:?}");
+        assert_eq!(
+            slot.attempts[1].worker,
+            Identity::from_test_label("moves worker c").account()
+        );
+        assert!(!slot.slot().unwrap().fresh_moments);
+        merged_as_honest(&m, &spec, &t.id);
+    });
+}
+
+/// Issue 14: a slot whose worker keeps its moments moves while that worker is gone for good:
+/// after `state_wait` the slot starts its round from the global state with zero moments, which
+/// the slot-round records; the pool still ends, every merge recomputable from the committed
+/// final states, and the rounds before are the all-honest run's.
+#[test]
+fn a_slot_whose_moments_are_lost_starts_afresh_and_says_so() {
+    in_runtime(async {
+        let config = NodeConfig {
+            verifiers_per_task: 1,
+            ..NodeConfig::default()
+        };
+        let options = P2pOptions {
+            run_grace: Duration::from_secs(2),
+            state_wait: Duration::from_secs(3),
+            ..P2pOptions::default()
+        };
+        let m = market(config, options).await;
+        verifier(&m, "lost verifier").await;
+        let holder = Identity::from_test_label("lost holder");
+        let (pool, victim, spec) = pool_with_a_holder_killed_in_round_1(&m, &holder, 43).await;
+        worker(&m, "lost worker c").await;
+        let t = m
+            .node
+            .wait_final(&pool, Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(t.state, TaskState::Settled, "{:?}", t.state);
+        let slot = m.node.store.task(&victim).unwrap().unwrap();
+        let at = slot.slot().unwrap();
+        assert!(at.fresh_moments, "{slot:?}");
+        // Its start is the round's global parameters with zero moments.
+        let job = market_compute::TrainingJob::from_spec(&spec, &market_compute::NoBlobs).unwrap();
+        let history = m.node.pool_history(&t.id).unwrap();
+        let honest = market_compute::pool::run_locally(&job, |_| {}).unwrap();
+        assert_eq!(
+            history[0].global,
+            market_compute::pool::global_hash(&honest.globals[0], &job.layout).unwrap()
+        );
+        let fresh = market_compute::pool::slot_start(&job, &honest.globals[0], None);
+        assert_eq!(at.start, fresh.hash(&job.layout).unwrap());
+        assert_ne!(
+            history[1].global,
+            market_compute::pool::global_hash(&honest.globals[1], &job.layout).unwrap()
+        );
     });
 }
 

@@ -387,6 +387,52 @@ pub async fn fetch_file_reusing(
     dest: &Path,
     local: &[PathBuf],
 ) -> Result<FetchStats, TransferError> {
+    fetch_chunks(net, peer, source, entry, dest, local, 0).await
+}
+
+/// [`fetch_file`] of chunks `from_chunk..` only: `dest` gets the file's size, those chunks in
+/// place, and whatever was there before (a hole, in a new file) elsewhere. A pooled slot's
+/// final state holds its parameters in its last chunks (`market_compute::state::param_span`),
+/// which is all the node needs of it while the slot's worker keeps the moments.
+pub async fn fetch_file_tail(
+    net: &Net,
+    peer: PeerId,
+    source: &Source,
+    entry: &FileEntry,
+    dest: &Path,
+    from_chunk: u32,
+) -> Result<FetchStats, TransferError> {
+    fetch_chunks(net, peer, source, entry, dest, &[], from_chunk).await
+}
+
+/// The entry of the file that has `entry`'s chunks before `from_chunk` and `tail` (the file's
+/// bytes from chunk `from_chunk` to its end) after: the hashes of the chunks before are kept,
+/// those of the tail computed. `None` when the tail is not the length the entry gives it.
+pub fn entry_with_tail(entry: &FileEntry, from_chunk: u32, tail: &[u8]) -> Option<FileEntry> {
+    let offset = u64::from(from_chunk) * u64::from(CHUNK_BYTES);
+    if offset + tail.len() as u64 != entry.size || from_chunk as usize > entry.chunks.len() {
+        return None;
+    }
+    let mut chunks = entry.chunks[..from_chunk as usize].to_vec();
+    for (k, bytes) in tail.chunks(CHUNK_BYTES as usize).enumerate() {
+        chunks.push(chunk_hash(entry.size, from_chunk + k as u32, bytes));
+    }
+    Some(FileEntry {
+        path: entry.path.clone(),
+        size: entry.size,
+        chunks,
+    })
+}
+
+async fn fetch_chunks(
+    net: &Net,
+    peer: PeerId,
+    source: &Source,
+    entry: &FileEntry,
+    dest: &Path,
+    local: &[PathBuf],
+    from_chunk: u32,
+) -> Result<FetchStats, TransferError> {
     check_entry(entry)?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -406,7 +452,7 @@ pub async fn fetch_file_reusing(
         .iter()
         .filter_map(|p| std::fs::File::open(p).ok())
         .collect();
-    'chunks: for (i, want) in entry.chunks.iter().enumerate() {
+    'chunks: for (i, want) in entry.chunks.iter().enumerate().skip(from_chunk as usize) {
         let i = i as u32;
         let (offset, len) = chunk_span(entry, i);
         if offset + len as u64 <= on_disk {

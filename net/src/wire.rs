@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 pub const PROTOCOL_NAME: &str = "/market/rr/1";
 /// Bytes per transfer chunk (the last chunk of a file may be shorter).
 pub const CHUNK_BYTES: u32 = 1 << 20;
+
+/// How a node's refusal of a chunk of a pooled slot's start that it holds only in part ends
+/// (the chunk is in the slot's last final state, which the slot's own worker keeps): a worker
+/// that meets it has lost that state and says so, which the node does not hold against it.
+pub const NOT_HELD_BY_NODE: &str = "is kept by the slot's worker, not held by the node";
 /// Largest message header accepted, checked before allocation.
 pub const MAX_HEADER_BYTES: usize = market_protocol::canonical::MAX_MESSAGE_BYTES;
 /// Largest payload accepted (one chunk), checked before allocation.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use market_compute::BlobSource;
 use market_net::participant::DirBlobs;
 use market_net::transfer::{
-    check_entry_root, chunk_reply, describe, describe_reply, fetch_file, fetch_file_reusing,
+    check_entry_root, chunk_reply, describe, describe_reply, entry_root, entry_with_tail,
+    fetch_file, fetch_file_reusing, fetch_file_tail,
 };
 use market_net::wire::{Reply, Request, Response, Source, CHUNK_BYTES};
 use market_net::{Event, Net, NetConfig};
@@ -108,6 +109,59 @@ async fn chunks_a_local_file_holds_in_the_same_place_are_copied_not_fetched() {
         .unwrap();
     assert_eq!(stats.local_chunks, 0);
     assert_eq!(stats.received, bytes.len() as u64);
+}
+
+/// A pooled slot's final state holds its parameters in its last chunks: fetching the tail
+/// moves only those, checked against the entry, and the rest of the file comes later into the
+/// same place, nothing fetched twice. The entry of the file with another tail (a slot's next
+/// start: the same moments, other parameters) is computed from the old chunk hashes and the
+/// new tail alone, and is the entry of those bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_is_fetched_alone_and_another_tail_gives_its_entry_without_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = CHUNK_BYTES as usize;
+    let bytes: Vec<u8> = (0..(4 * mib + 999)).map(|i| (i * 13 % 251) as u8).collect();
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, &bytes).unwrap();
+    let id = BlobId::of(&bytes);
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("server"), loopback()).unwrap();
+    serve_file(server_events, src, id, Arc::new(AtomicBool::new(false)));
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, _client_events) =
+        Net::start(&Identity::from_test_label("client"), NetConfig::default()).unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    let source = Source::Blob { id };
+    let entry = describe(&client, peer, source.clone()).await.unwrap();
+
+    let dest = dir.path().join("dest.bin");
+    let stats = fetch_file_tail(&client, peer, &source, &entry, &dest, 3)
+        .await
+        .unwrap();
+    assert_eq!(stats.received, (mib + 999) as u64, "chunks 3 and 4 only");
+    let held = std::fs::read(&dest).unwrap();
+    assert_eq!(held.len(), bytes.len());
+    assert_eq!(held[3 * mib..], bytes[3 * mib..]);
+    assert!(
+        held[..3 * mib].iter().all(|b| *b == 0),
+        "the head is a hole"
+    );
+    let stats = fetch_file(&client, peer, &source, &entry, &dest)
+        .await
+        .unwrap();
+    assert_eq!(stats.kept_chunks, 2);
+    assert_eq!(stats.received, (3 * mib) as u64);
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+
+    // Another tail from chunk 2 on (a boundary chunk whose start is kept, its end changed).
+    let mut other = bytes.clone();
+    for b in &mut other[2 * mib + 100..] {
+        *b = b.wrapping_add(1);
+    }
+    let derived = entry_with_tail(&entry, 2, &other[2 * mib..]).unwrap();
+    assert_eq!(entry_root(&derived).unwrap(), BlobId::of(&other).0);
+    assert_eq!(derived.chunks[..2], entry.chunks[..2]);
+    assert!(entry_with_tail(&entry, 2, &other[2 * mib + 1..]).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

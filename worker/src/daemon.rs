@@ -359,20 +359,35 @@ fn on_request(worker: &Arc<Worker>, node: PeerId, request: Request, responder: R
         Request::Describe {
             source: Source::Bundle { task_id, job, path },
         } => responder.send(match check_bundle_path(&path) {
-            Ok(()) => describe_reply(&worker.job_dir(&task_id, job).join(&path), &path),
+            Ok(()) => describe_reply(&bundle_file(worker, &task_id, job, &path), &path),
             Err(e) => Reply::refused(e.to_string()),
         }),
         Request::Fetch {
             source: Source::Bundle { task_id, job, path },
             chunk,
         } => responder.send(match check_bundle_path(&path) {
-            Ok(()) => chunk_reply(&worker.job_dir(&task_id, job).join(&path), chunk),
+            Ok(()) => chunk_reply(&bundle_file(worker, &task_id, job, &path), chunk),
             Err(e) => Reply::refused(e.to_string()),
         }),
         other => responder.send(Reply::refused(format!(
             "a worker does not answer {}",
             other.name()
         ))),
+    }
+}
+
+/// The file of job `job`'s bundle at `path`; once the job's directory is gone (settled), a
+/// checkpoint of a pooled task is the final state kept of that job
+/// ([`crate::pool_keep::kept_state`]): the node fetches the moments of a slot's final state
+/// from it when the slot moves to another worker. Whatever is served, the node checks every
+/// chunk against the committed state's entry.
+fn bundle_file(worker: &Worker, task_id: &TaskId, job: u64, path: &str) -> PathBuf {
+    let in_job = worker.job_dir(task_id, job).join(path);
+    let kept = crate::pool_keep::kept_state(&worker.options.data_dir, task_id, job);
+    if !in_job.exists() && path.starts_with("checkpoints/") && kept.is_file() {
+        kept
+    } else {
+        in_job
     }
 }
 
@@ -501,23 +516,32 @@ async fn run_job(
     worker.status(format!("task {short}: fetching inputs"));
     let blobs = worker.blobs();
     let mut fetched = false;
+    let mut lost_kept_state = None;
     for _ in 0..10 {
         if cancel.is_cancelled() {
             break;
         }
         let node = worker.member.connected().await;
         let start: Vec<_> = slot_round.iter().map(|r| BlobId(r.start.0)).collect();
-        // This worker's last final state of the pool, if it kept one: the start's moments.
-        let local: Vec<PathBuf> = slot_round
-            .iter()
-            .map(|_| crate::pool_keep::kept_state(&worker.options.data_dir, &task_id))
-            .collect();
+        // This worker's last final states of the pool, if it kept any: the start's moments.
+        let local: Vec<PathBuf> = match slot_round {
+            Some(_) => crate::pool_keep::kept_states(&worker.options.data_dir, &task_id),
+            None => Vec::new(),
+        };
         match blobs
             .fetch_for_run(&worker.net, node, &task, &start, &local)
             .await
         {
             Ok(_) => {
                 fetched = true;
+                break;
+            }
+            Err(e) if e.to_string().contains(market_net::wire::NOT_HELD_BY_NODE) => {
+                // The start's moments are in the slot's last final state, which this worker
+                // no longer keeps: no retry brings them back. Said as such, the node makes the
+                // start whole (or starts the slot's moments afresh) and does not slash.
+                tracing::warn!(task = %task_id, error = %e, "the slot's kept state is gone");
+                lost_kept_state = Some(format!("{e:#}"));
                 break;
             }
             Err(e) => {
@@ -585,9 +609,9 @@ async fn run_job(
                         if t.pool.as_ref().is_some_and(|p| r.round + 1 >= p.rounds));
                     if let (Ok(done), false) = (&report, last_round) {
                         let last = done.commitment.body.segments;
-                        if let Err(e) =
-                            crate::pool_keep::keep_final_state(&data_dir, &task_id, &bundle, last)
-                        {
+                        if let Err(e) = crate::pool_keep::keep_final_state(
+                            &data_dir, &task_id, job, &bundle, last,
+                        ) {
                             tracing::warn!(task = %task_id, error = %e, "the slot's final state was not kept");
                         }
                     }
@@ -655,7 +679,7 @@ async fn run_job(
         Some(Request::Failed {
             task_id,
             job,
-            reason: "could not fetch the task's inputs".into(),
+            reason: lost_kept_state.unwrap_or_else(|| "could not fetch the task's inputs".into()),
         })
     };
     drop(held);

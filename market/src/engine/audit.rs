@@ -11,8 +11,8 @@ use std::time::Duration;
 use market_ledger::EntryKind;
 use market_protocol::vrf::VrfProof;
 use market_protocol::{
-    AccountId, Beacon, Challenge, Commitment, CommitmentId, Hash, Signed, Verdict, VerdictId,
-    VerdictOutcome, Workload,
+    AccountId, Beacon, BlobId, Challenge, Commitment, CommitmentId, Hash, Signed, Verdict,
+    VerdictId, VerdictOutcome, Workload,
 };
 
 use super::verdicts::{check_verdict, VerdictDefect};
@@ -457,7 +457,11 @@ impl Node {
         }
         let bundle = market_compute::bundle::Bundle::at(dir);
         let path = bundle.checkpoint_path(0);
-        if path.exists() {
+        // A start held in part: the worker that ran it kept it whole.
+        let in_part = t
+            .slot()
+            .is_some_and(|s| self.blobs.partial().meta(&BlobId(s.start.0)).is_some());
+        if path.exists() || in_part {
             return Ok(());
         }
         let leaf0 = *bundle

@@ -37,6 +37,12 @@ impl Node {
             return Ok(Divergence::Unchecked(steps));
         }
         let max_memory = self.config.max_divergence_check_memory_bytes;
+        // A pooled slot's start held in part: its moments are with the worker that reports,
+        // which ran from them; one that does not give them has no claim the node can check.
+        if let Err(e) = self.start_made_whole(t).await {
+            tracing::warn!(task = %t.id, error = %e, "the reporter did not give its start's moments");
+            return Ok(Divergence::Refuted);
+        }
         let _permit = std::sync::Arc::clone(&self.validations)
             .acquire_owned()
             .await?;
@@ -336,6 +342,7 @@ mod divergence_tests {
             slot: 1,
             round: 2,
             start: StateHash(market_protocol::Hash::of(b"start")),
+            fresh_moments: false,
             budget: 10,
         };
         assert_eq!(

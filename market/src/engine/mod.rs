@@ -14,6 +14,7 @@ pub mod ringers;
 mod rotation;
 pub mod rounds;
 mod settle;
+mod slot_states;
 pub mod verdicts;
 mod view;
 
@@ -578,7 +579,7 @@ impl Node {
     /// Takes a claimed task through `step`: rejects it, or runs it on the worker, audits the
     /// result and settles.
     async fn process(self: Arc<Self>, id: TaskId, step: Step) -> anyhow::Result<()> {
-        let mut t = self
+        let t = self
             .store
             .task(&id)?
             .ok_or_else(|| anyhow::anyhow!("task vanished"))?;
@@ -591,6 +592,8 @@ impl Node {
             Step::Reject(reason) => return self.reject(t, reason).await,
             Step::Resume => return self.resume_task(t).await,
         };
+        // A pooled slot's start held in part is whole before anyone but its keeper runs it.
+        let mut t = self.whole_start_for(t, &worker).await?;
         let attempt_no = t.attempts.len();
         t.attempts.push(Attempt {
             worker,

@@ -236,7 +236,9 @@ impl Node {
                 finals
             }
         };
-        let (spec, blobs, global_id) = (p.spec.body.clone(), self.blobs.clone(), prog.global);
+        let previous_ids = previous.clone();
+        let (spec, blobs, global_id, pool_id) =
+            (p.spec.body.clone(), self.blobs.clone(), prog.global, p.id);
         let first = prog.round == 0;
         let (global, starts) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let job = TrainingJob::from_spec(&spec, &blobs)?;
@@ -250,14 +252,24 @@ impl Node {
             let g = read_global(&blobs, &BlobId(global.0), &job)?;
             let mut starts = Vec::new();
             for prev in previous {
-                let prev = prev.map(|b| read_state(&blobs, &b, &job)).transpose()?;
-                let start = pool::slot_start(&job, &g, prev.as_ref());
-                starts.push(StateHash(blobs.put(&start.to_bytes(&job.layout)?)?.0));
+                starts.push(super::slot_states::store_start(
+                    &blobs,
+                    &pool_id,
+                    &job,
+                    global,
+                    &g,
+                    prev.as_ref(),
+                )?);
             }
             Ok((global, starts))
         })
         .await??;
         let buyer = p.spec.body.buyer;
+        // Of the states held in part, this round's starts and the final states they come from
+        // are all the pool needs from now on.
+        let mut needed: Vec<BlobId> = starts.iter().map(|s| BlobId(s.0)).collect();
+        needed.extend(previous_ids.iter().flatten().copied());
+        self.blobs.partial().retain_pool(&p.id, &needed);
         self.store.hold_result(&BlobId(global.0), &buyer)?;
         prog.global = global;
         prog.slot_tasks.clear();
@@ -269,6 +281,7 @@ impl Node {
                 round: prog.round,
                 start,
                 budget: prog.budget,
+                fresh_moments: false,
             };
             let child = TaskRecord {
                 id: slot_task_id(&p.id, prog.round, slot),
@@ -341,7 +354,7 @@ impl Node {
             let global = read_global(&blobs, &BlobId(global_id.0), &job)?;
             let finals = finals
                 .iter()
-                .map(|b| read_state(&blobs, b, &job))
+                .map(|b| super::slot_states::read_final(&blobs, b, &job))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let next = match pool::outer_step(&pool, &global, &finals) {
                 Ok(next) => next,
@@ -440,6 +453,8 @@ impl Node {
             self.store.hold_result(&weights, &p.spec.body.buyer)?;
             p.outputs = vec![weights];
         }
+        // Slot states held in part are no use once no round follows.
+        self.blobs.partial().forget_pool(&p.id);
         if let Some(seq) = self.refund_rest(&p).await? {
             if !p.ledger_seqs.contains(&seq) {
                 p.ledger_seqs.push(seq);
@@ -555,7 +570,7 @@ pub(super) fn read_state(
 }
 
 /// A global state stored as blob `id`.
-fn read_global(
+pub(super) fn read_global(
     blobs: &crate::blobs::BlobStore,
     id: &BlobId,
     job: &TrainingJob,

@@ -16,6 +16,16 @@ use super::divergence::{divergence_claim, Divergence};
 use super::Node;
 use crate::model::{Settlement, TaskRecord, TaskState};
 
+/// The step a slot-round's final state must be at: its round's end, `(r + 1)·H`.
+fn slot_round_end(t: &TaskRecord) -> Option<u32> {
+    let slot = t.slot()?;
+    let Workload::Training(training) = &t.spec.body.workload else {
+        return None;
+    };
+    let h = training.pool.as_ref()?.inner_steps;
+    (slot.round + 1).checked_mul(h)
+}
+
 /// Why a result's outputs cannot be handed to the buyer.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum OutputError {
@@ -235,6 +245,101 @@ impl Node {
         Ok(())
     }
 
+    /// Whether attempt `n` of `worker` failed only because the worker no longer keeps the
+    /// slot's last final state: it says so (its fetch met the node's refusal of a chunk of a
+    /// start held in part), the node did refuse it such a chunk of this start a moment ago
+    /// (so the claim comes at the run's start, before any compute, never at its end), the start
+    /// is held in part (only the slot's own worker is ever given such a start), and it is the
+    /// worker's first attempt at this slot-round.
+    fn lost_kept_state(&self, t: &TaskRecord, n: usize, worker: &AccountId, why: &str) -> bool {
+        why.contains(market_net::wire::NOT_HELD_BY_NODE)
+            && t.slot().is_some_and(|s| {
+                let start = BlobId(s.start.0);
+                self.blobs.partial().meta(&start).is_some()
+                    && self.dispatch.refused_kept_chunk(worker, &start)
+            })
+            && t.attempts
+                .iter()
+                .enumerate()
+                .all(|(i, a)| i == n || a.worker != *worker)
+    }
+
+    /// [`Self::collect_outputs`] of a slot-round whose final state the node fetched only the
+    /// tail of (its parameters, [`crate::partial`]): the entry must be the committed state's,
+    /// the tail its chunks, the parameters finite and the committed weights theirs. The state
+    /// is then held in part, as the buyer's.
+    fn collect_final_tail(
+        &self,
+        t: &TaskRecord,
+        final_path: &Path,
+        c: &Commitment,
+        layout: &market_compute::zoo::ParamLayout,
+    ) -> Result<Vec<BlobId>, OutputError> {
+        let mismatch = |s: &str| OutputError::Mismatch(s.to_owned());
+        let io = |e: &dyn std::fmt::Display| OutputError::Io(anyhow::anyhow!("{e}"));
+        let (data, described) = crate::partial::tail_files(final_path);
+        let meta: crate::partial::PartialMeta = std::fs::read(&described)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| mismatch("the final checkpoint was not fetched"))?;
+        if market_net::transfer::entry_root(&meta.entry).ok() != Some(c.final_state_hash.0) {
+            return Err(mismatch(
+                "the final checkpoint is not the committed final state",
+            ));
+        }
+        let tail = crate::partial::read_tail(&data, &meta)
+            .ok_or_else(|| mismatch("the final checkpoint's parameters are not its own"))?;
+        let params = market_compute::state::param_span(layout, meta.entry.size)
+            .and_then(|span| {
+                let from = span.start.checked_sub(meta.tail_offset())? as usize;
+                let to = (span.end - meta.tail_offset()) as usize;
+                tail.get(from..to)
+            })
+            .map(market_compute::state::params_from_span)
+            .ok_or_else(|| mismatch("the final checkpoint is too short for its parameters"))?;
+        if params.iter().any(|p| !p.is_finite()) {
+            return Err(mismatch("the final state's parameters are not finite"));
+        }
+        // A canonical final state is its start's size (the same header, tensors and step
+        // width) and at the round's last step: the rest of it the node does not hold.
+        let slot = t.slot().ok_or_else(|| mismatch("not a slot-round"))?;
+        let start = BlobId(slot.start.0);
+        let start_size = match self.blobs.partial().meta(&start) {
+            Some(m) => Some(m.entry.size),
+            None => std::fs::metadata(self.blobs.path(&start))
+                .ok()
+                .map(|m| m.len()),
+        };
+        if start_size != Some(meta.entry.size) {
+            return Err(mismatch("the final state is not the size of its start"));
+        }
+        let step = tail
+            .last_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b))
+            .ok_or_else(|| mismatch("the final checkpoint has no step"))?;
+        if Some(step) != slot_round_end(t) {
+            return Err(mismatch(&format!(
+                "the final state is at step {step}, not at the round's end"
+            )));
+        }
+        let weights =
+            market_compute::init::weights_to_bytes(layout, &params).map_err(|e| io(&e))?;
+        if c.outputs != vec![BlobId::of(&weights)] {
+            return Err(mismatch(
+                "the weights are not the parameters of the committed final state",
+            ));
+        }
+        let id = BlobId(c.final_state_hash.0);
+        self.store
+            .hold_result(&id, &t.spec.body.buyer)
+            .map_err(|e| io(&e))?;
+        self.blobs
+            .partial()
+            .put(&id, &meta, &tail)
+            .map_err(|e| io(&e))?;
+        Ok(vec![id])
+    }
+
     fn collect_outputs(
         &self,
         t: &TaskRecord,
@@ -262,7 +367,18 @@ impl Node {
                     .checked_sub(1)
                     .ok_or_else(|| mismatch("no committed leaves".into()))?
                     as u32;
-                let state_bytes = std::fs::read(bundle.checkpoint_path(last))
+                if c.final_state_hash != leaves[last as usize] {
+                    return Err(mismatch(
+                        "the final checkpoint is not the committed final state".into(),
+                    ));
+                }
+                let final_path = bundle.checkpoint_path(last);
+                // A slot-round whose final state the node fetched in part: settled from that
+                // part, whatever a later fetch (a ringer's, of the whole bundle) left beside it.
+                if t.slot().is_some() && crate::partial::tail_files(&final_path).1.exists() {
+                    return self.collect_final_tail(t, &final_path, c, &layout);
+                }
+                let state_bytes = std::fs::read(&final_path)
                     .map_err(|e| mismatch(format!("the final checkpoint cannot be read: {e}")))?;
                 if StateHash(Hash::of(&state_bytes)) != c.final_state_hash
                     || c.final_state_hash != leaves[last as usize]
@@ -273,6 +389,14 @@ impl Node {
                 }
                 let state = market_compute::TrainState::from_bytes(&state_bytes, &layout)
                     .map_err(|e| mismatch(format!("the final checkpoint is not a state: {e}")))?;
+                if let Some(end) = slot_round_end(t) {
+                    if state.step != end {
+                        return Err(mismatch(format!(
+                            "the final state is at step {}, the round ends at {end}",
+                            state.step
+                        )));
+                    }
+                }
                 let weights = market_compute::init::weights_to_bytes(&layout, &state.params)
                     .map_err(|e| io(&e))?;
                 // The weights follow from the final state: the node derives them rather than
@@ -355,6 +479,16 @@ impl Node {
                 }
                 Divergence::Refuted => {}
             }
+        }
+        if self.lost_kept_state(&t, n, &worker, why) {
+            // A slot's worker that no longer keeps its last final state cannot assemble a
+            // start held in part; not its fault the first time. The next run of the slot gets
+            // the start whole (`slot_states`), so the claim is honoured once per slot-round.
+            tracing::warn!(task = %t.id, %worker, error = %why, "the slot's worker lost its kept state; the slot goes on without slashing it");
+            t.state = TaskState::Queued;
+            self.save(&t)?;
+            self.wake();
+            return Ok(());
         }
         tracing::warn!(task = %t.id, %worker, error = %why, "worker produced no usable result");
         let evidence = super::operations::abandon_evidence(&t.id, n, &worker);
