@@ -69,9 +69,17 @@ async fn main() {
     let cases = [
         Case {
             name: "communication: gpt 4x128, K=4, H=50, R=2, checkpoint every 10",
-            model: wide,
+            model: wide.clone(),
             slots: 4,
             rounds: 2,
+            inner: 50,
+            interval: 10,
+        },
+        Case {
+            name: "communication at the issue's shape: gpt 4x128, K=4, H=50, R=20, checkpoint every 10",
+            model: wide,
+            slots: 4,
+            rounds: 20,
             inner: 50,
             interval: 10,
         },
@@ -201,6 +209,18 @@ async fn run(case: &Case, nonce: u64) {
         data_parallel as f64 / per_round_whole as f64,
         data_parallel as f64 / ((starts_sent + fetched) / rounds) as f64
     );
+    if rounds > 1 {
+        // Round 0's starts go whole (no worker holds anything of them yet); from round 1 on a
+        // slot that stays costs its worker only the parameters' chunks.
+        let later_starts =
+            starts_sent.saturating_sub(u64::from(case.slots) * state_size) / (rounds - 1);
+        let steady = later_starts + fetched / rounds;
+        println!(
+            "  from round 1 on: {later_starts} bytes of starts + {} bytes of final states per round; training traffic ratio {:.1}",
+            fetched / rounds,
+            data_parallel as f64 / steady as f64
+        );
+    }
     println!(
         "  audit plan per slot-round: {} of {} segments per verifier, {} verifiers, detection >= {:.6} against {} faked over the pool",
         plan.samples, plan.segments, plan.verifiers, plan.detection_probability, plan.assumed_faked

@@ -143,6 +143,12 @@ pub struct Attempt {
     /// checks it (kept across a restart, so the reporter is not handed the task again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub divergence_claim: Option<u32>,
+    /// Whether the run failed for a reason not held against its worker: a pooled slot's
+    /// worker that no longer kept the slot's last final state, which the node then makes
+    /// whole (`NETWORK.md` section 10, "States held in part"). Such an attempt does not bar
+    /// the worker from the task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub excused: bool,
 }
 
 /// An accepted attempt being paid: written before the first payment, so a node restarted

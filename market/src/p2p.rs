@@ -1086,24 +1086,16 @@ impl P2pDispatch {
     /// into the bundle `dir` beside its description ([`crate::partial::tail_files`]),
     /// resuming an interrupted transfer a few times.
     async fn fetch_tail(&self, meta: &PartialMeta, dir: &Path) -> anyhow::Result<FetchStats> {
-        let Origin::Final {
-            worker,
-            task_id,
-            job,
-            path,
-        } = &meta.origin
-        else {
+        let Some((worker, source)) = meta.final_source() else {
             anyhow::bail!("not a final state");
         };
-        let (data, described) = crate::partial::tail_files(&dir.join(path));
-        let source = Source::Bundle {
-            task_id: *task_id,
-            job: *job,
-            path: path.clone(),
+        let Source::Bundle { path, .. } = &source else {
+            anyhow::bail!("not a bundle file");
         };
+        let (data, described) = crate::partial::tail_files(&dir.join(path));
         let mut last = None;
         for _ in 0..5 {
-            let peer = match self.peer_of(worker) {
+            let peer = match self.peer_of(&worker) {
                 Ok(p) => p,
                 Err(e) => {
                     last = Some(e);
@@ -1154,25 +1146,14 @@ impl P2pDispatch {
     /// [`Dispatch::fetch_state_rest`]: tries again 1 s apart for `state_wait`, each try
     /// bounded by the transfer limit and keeping the chunks already fetched.
     async fn fetch_state_rest_async(&self, meta: &PartialMeta, file: &Path) -> anyhow::Result<u64> {
-        let Origin::Final {
-            worker,
-            task_id,
-            job,
-            path,
-        } = &meta.origin
-        else {
+        let Some((worker, source)) = meta.final_source() else {
             anyhow::bail!("not a final state");
-        };
-        let source = Source::Bundle {
-            task_id: *task_id,
-            job: *job,
-            path: path.clone(),
         };
         let limit =
             Duration::from_secs(60 + meta.entry.size / self.options.min_transfer_rate.max(1));
         let started = Instant::now();
         loop {
-            let why = match self.peer_of(worker) {
+            let why = match self.peer_of(&worker) {
                 Err(e) => e.to_string(),
                 Ok(peer) => {
                     let fetch = fetch_file(&self.net, peer, &source, &meta.entry, file);

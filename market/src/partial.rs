@@ -64,6 +64,43 @@ impl PartialMeta {
     pub fn tail_offset(&self) -> u64 {
         u64::from(self.from_chunk) * u64::from(CHUNK_BYTES)
     }
+
+    /// For a final state: the worker that keeps it and the bundle file to ask it for.
+    pub fn final_source(&self) -> Option<(AccountId, market_net::wire::Source)> {
+        match &self.origin {
+            Origin::Final {
+                worker,
+                task_id,
+                job,
+                path,
+            } => Some((
+                *worker,
+                market_net::wire::Source::Bundle {
+                    task_id: *task_id,
+                    job: *job,
+                    path: path.clone(),
+                },
+            )),
+            Origin::Start { .. } => None,
+        }
+    }
+}
+
+/// Stores `bytes` as the whole blob `id` (checked to hash to it) and forgets its partial
+/// state.
+pub fn put_whole(
+    blobs: &crate::blobs::BlobStore,
+    id: &BlobId,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    if BlobId::of(bytes) != *id {
+        return Err(std::io::Error::other(format!(
+            "the bytes made whole are not {id}"
+        )));
+    }
+    blobs.put(bytes)?;
+    blobs.partial().remove(id);
+    Ok(())
 }
 
 /// Why a partial state could not be read or stored.

@@ -60,6 +60,42 @@ fn serve_file(
     });
 }
 
+/// A server peer serving `bytes` as a blob (from a file in `dir`), a client dialled to it, and
+/// the blob's entry as the client got it.
+struct Served {
+    _server: Net,
+    _client_events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    client: Net,
+    peer: market_net::PeerId,
+    source: Source,
+    entry: market_net::wire::FileEntry,
+    id: BlobId,
+}
+
+async fn served(dir: &std::path::Path, bytes: &[u8]) -> Served {
+    let src = dir.join("src.bin");
+    std::fs::write(&src, bytes).unwrap();
+    let id = BlobId::of(bytes);
+    let (server, server_events) =
+        Net::start(&Identity::from_test_label("server"), loopback()).unwrap();
+    serve_file(server_events, src, id, Arc::new(AtomicBool::new(false)));
+    let addr = server.wait_listening().await.unwrap()[0].clone();
+    let (client, client_events) =
+        Net::start(&Identity::from_test_label("client"), NetConfig::default()).unwrap();
+    let peer = client.dial(addr).await.unwrap();
+    let source = Source::Blob { id };
+    let entry = describe(&client, peer, source.clone()).await.unwrap();
+    Served {
+        _server: server,
+        _client_events: client_events,
+        client,
+        peer,
+        source,
+        entry,
+        id,
+    }
+}
+
 /// A pooled slot's next start shares its optimizer moments, place for place, with the slot's
 /// last final state: a fetch that may reuse that file copies the chunks it holds in the same
 /// place (checked against the entry, whose root is the blob id) and fetches only the rest.
@@ -68,18 +104,15 @@ async fn chunks_a_local_file_holds_in_the_same_place_are_copied_not_fetched() {
     let dir = tempfile::tempdir().unwrap();
     let mib = CHUNK_BYTES as usize;
     let bytes: Vec<u8> = (0..(4 * mib + 999)).map(|i| (i * 7 % 253) as u8).collect();
-    let src = dir.path().join("src.bin");
-    std::fs::write(&src, &bytes).unwrap();
-    let id = BlobId::of(&bytes);
-    let (server, server_events) =
-        Net::start(&Identity::from_test_label("server"), loopback()).unwrap();
-    serve_file(server_events, src, id, Arc::new(AtomicBool::new(false)));
-    let addr = server.wait_listening().await.unwrap()[0].clone();
-    let (client, _client_events) =
-        Net::start(&Identity::from_test_label("client"), NetConfig::default()).unwrap();
-    let peer = client.dial(addr).await.unwrap();
-    let source = Source::Blob { id };
-    let entry = describe(&client, peer, source.clone()).await.unwrap();
+    let Served {
+        _server,
+        _client_events,
+        client,
+        peer,
+        source,
+        entry,
+        id,
+    } = served(dir.path(), &bytes).await;
     check_entry_root(&entry, &id.0).unwrap();
 
     // The local file: chunks 0 and 2 the same, chunk 1 and the last changed, and one chunk
@@ -121,18 +154,15 @@ async fn a_tail_is_fetched_alone_and_another_tail_gives_its_entry_without_the_he
     let dir = tempfile::tempdir().unwrap();
     let mib = CHUNK_BYTES as usize;
     let bytes: Vec<u8> = (0..(4 * mib + 999)).map(|i| (i * 13 % 251) as u8).collect();
-    let src = dir.path().join("src.bin");
-    std::fs::write(&src, &bytes).unwrap();
-    let id = BlobId::of(&bytes);
-    let (server, server_events) =
-        Net::start(&Identity::from_test_label("server"), loopback()).unwrap();
-    serve_file(server_events, src, id, Arc::new(AtomicBool::new(false)));
-    let addr = server.wait_listening().await.unwrap()[0].clone();
-    let (client, _client_events) =
-        Net::start(&Identity::from_test_label("client"), NetConfig::default()).unwrap();
-    let peer = client.dial(addr).await.unwrap();
-    let source = Source::Blob { id };
-    let entry = describe(&client, peer, source.clone()).await.unwrap();
+    let Served {
+        _server,
+        _client_events,
+        client,
+        peer,
+        source,
+        entry,
+        id: _,
+    } = served(dir.path(), &bytes).await;
 
     let dest = dir.path().join("dest.bin");
     let stats = fetch_file_tail(&client, peer, &source, &entry, &dest, 3)

@@ -158,6 +158,7 @@ impl Node {
         let tried: Vec<AccountId> = t
             .attempts
             .iter()
+            .filter(|a| !a.excused)
             .map(|a| a.worker)
             .chain(self.barred_by_pool(t))
             .map(|a| self.current_key(&a))

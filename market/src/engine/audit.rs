@@ -821,6 +821,7 @@ mod tests {
                 run_millis: Some(20_000),
                 result_failed: false,
                 divergence_claim: None,
+                excused: false,
             }],
             outputs: Vec::new(),
             ledger_seqs: Vec::new(),

@@ -607,6 +607,7 @@ impl Node {
             run_millis: None,
             result_failed: false,
             divergence_claim: None,
+            excused: false,
         });
         t.state = TaskState::Running {
             worker,

@@ -485,6 +485,7 @@ impl Node {
             // start held in part; not its fault the first time. The next run of the slot gets
             // the start whole (`slot_states`), so the claim is honoured once per slot-round.
             tracing::warn!(task = %t.id, %worker, error = %why, "the slot's worker lost its kept state; the slot goes on without slashing it");
+            t.attempts[n].excused = true;
             t.state = TaskState::Queued;
             self.save(&t)?;
             self.wake();

@@ -179,15 +179,8 @@ impl Node {
                     .await??;
             tracing::info!(task = %t.id, bytes, "fetched the rest of a slot's state");
             let (blobs, file) = (self.blobs.clone(), self.blobs.partial().file(&previous));
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let bytes = std::fs::read(&file)?;
-                anyhow::ensure!(
-                    BlobId::of(&bytes) == previous,
-                    "the fetched state is not {previous}"
-                );
-                blobs.put(&bytes)?;
-                blobs.partial().remove(&previous);
-                Ok(())
+            tokio::task::spawn_blocking(move || {
+                crate::partial::put_whole(&blobs, &previous, &std::fs::read(&file)?)
             })
             .await??;
         }
@@ -208,13 +201,7 @@ impl Node {
             let g = read_global(&blobs, &BlobId(global.0), &job)?;
             let prev = read_state(&blobs, &previous, &job)?;
             let bytes = pool::slot_start(&job, &g, Some(&prev)).to_bytes(&job.layout)?;
-            anyhow::ensure!(
-                BlobId::of(&bytes) == start,
-                "the slot's start made whole is not {start}"
-            );
-            blobs.put(&bytes)?;
-            blobs.partial().remove(&start);
-            Ok(())
+            Ok(crate::partial::put_whole(&blobs, &start, &bytes)?)
         })
         .await?
     }
