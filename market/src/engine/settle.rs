@@ -261,7 +261,7 @@ impl Node {
             && t.attempts
                 .iter()
                 .enumerate()
-                .all(|(i, a)| i == n || a.worker != *worker)
+                .all(|(i, a)| i == n || self.current_key(&a.worker) != self.current_key(worker))
     }
 
     /// [`Self::collect_outputs`] of a slot-round whose final state the node fetched only the

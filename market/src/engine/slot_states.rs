@@ -144,8 +144,9 @@ impl Node {
             self.blobs.partial().meta(&previous).map(|m| m.origin)
         {
             // By their current keys: a holder that rotated its key keeps its slot's moments.
-            let own = self.current_key(&holder) == self.current_key(worker);
-            if own && t.attempts.iter().all(|a| a.worker != *worker) {
+            let me = self.current_key(worker);
+            let own = self.current_key(&holder) == me;
+            if own && t.attempts.iter().all(|a| self.current_key(&a.worker) != me) {
                 return Ok(t);
             }
         }
